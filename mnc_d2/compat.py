@@ -1,0 +1,156 @@
+"""Every compatibility shim mnc_d2 needs, in one place, applied once on ``import mnc_d2``.
+
+mnc_d2 runs on two Detectron2 builds:
+
+* upstream detectron2 installed from git (C++/CUDA ops compiled), and
+* the upstream v0.6 Python sources from PyPI (``pb1-detectron2==0.6``) installed as pure Python
+  by ``tools/install_detectron2.py``, running on torch 2.14, numpy 2 and Pillow >= 10.
+
+Each shim below says which version needs it and why. Every shim is conditional: it only acts when
+the thing it replaces is missing or known-broken, so it is a no-op on a build that has it. No file
+of detectron2 is edited. ``applied_shims()`` lists what was done (logged at DEBUG, tested).
+
+The CPU multi-process launcher lives in :mod:`mnc_d2.engine.launch` (it is a function of ours,
+not a patch) and ``create_ddp_model`` is wrapped here for CPU models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import types
+
+logger = logging.getLogger(__name__)
+
+_APPLIED: list[str] = []
+_DONE = False
+
+
+def applied_shims() -> list[str]:
+    """Names of the shims that were needed (and applied) in this process."""
+    return list(_APPLIED)
+
+
+# --- 1. detectron2._C (v0.6 from the PyPI sdist: the C++ ops are not built) -------------------
+# v0.6 imports ``detectron2._C`` at module level in layers/deform_conv.py, roi_align_rotated.py,
+# rotated_boxes.py and evaluation/fast_eval_api.py, so ``import detectron2.layers`` fails without
+# it. MNC never calls those ops (rotated boxes, deformable conv, fast COCOeval); the stand-in
+# raises a clear NotImplementedError if anything does. ``collect_env`` (called by
+# ``default_setup``) reads get_compiler_version/get_cuda_version/has_cuda from it.
+class _MissingCppOps(types.ModuleType):
+    """Stand-in for detectron2's compiled extension when it was not built."""
+
+    _INFO = {
+        "get_compiler_version": lambda: "not built (pure-Python detectron2, see mnc_d2.compat)",
+        "get_cuda_version": lambda: "not built",
+        "has_cuda": lambda: False,
+    }
+
+    def __getattr__(self, name: str):
+        if name in self._INFO:
+            return self._INFO[name]
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def _missing(*args, **kwargs):
+            raise NotImplementedError(
+                f"detectron2._C.{name} is a C++ op that this pure-Python detectron2 build lacks. "
+                "MNC does not need it; if you do (rotated boxes, deformable conv, fast COCOeval), "
+                "install upstream detectron2: DETECTRON2_SOURCE=<git URL or checkout> make setup"
+            )
+
+        return _missing
+
+
+def _shim_missing_cpp_ops() -> None:
+    if "detectron2._C" in sys.modules:
+        return
+    try:
+        found = importlib.util.find_spec("detectron2._C") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return
+    sys.modules["detectron2._C"] = _MissingCppOps("detectron2._C")
+    _APPLIED.append("detectron2._C stand-in")
+
+
+# --- 2. PIL.Image.LINEAR (v0.6 on Pillow >= 10) -------------------------------------------------
+# v0.6's data/transforms/transform.py uses ``Image.LINEAR`` as a default argument (evaluated at
+# import); Pillow 10 removed that alias of BILINEAR. Upstream main no longer uses it.
+def _shim_pil_linear() -> None:
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        _APPLIED.append("PIL.Image.LINEAR alias")
+
+
+# --- 3. pkg_resources (v0.6 model_zoo with setuptools >= 82) ------------------------------------
+# v0.6's model_zoo imports pkg_resources only for ``resource_filename``; setuptools 82 dropped
+# pkg_resources. Our constraints pin setuptools<82; this stand-in covers environments that don't.
+def _shim_pkg_resources() -> None:
+    if importlib.util.find_spec("pkg_resources") is not None:
+        return
+    from importlib import resources as importlib_resources
+
+    def resource_filename(package: str, resource: str) -> str:
+        return str(importlib_resources.files(package).joinpath(resource))
+
+    module = types.ModuleType("pkg_resources")
+    module.resource_filename = resource_filename
+    sys.modules["pkg_resources"] = module
+    _APPLIED.append("pkg_resources stand-in (resource_filename only)")
+
+
+# --- 4. numpy scalar-type aliases (v0.6 on numpy >= 1.24) ---------------------------------------
+# v0.6 uses np.int / np.float / np.object in the SemSeg evaluator, the VOC evaluator and the class
+# histogram of data/build.py (whose failure it swallows silently). numpy 1.24 removed them.
+def _shim_numpy_aliases() -> None:
+    import numpy as np
+
+    for name, value in (("int", int), ("float", float), ("object", object), ("bool", bool)):
+        if name not in np.__dict__:
+            setattr(np, name, value)
+            _APPLIED.append(f"numpy.{name} alias")
+
+
+# --- 5. create_ddp_model on CPU (v0.6 and upstream main) ----------------------------------------
+# ``DefaultTrainer`` wraps the model with ``create_ddp_model(model, broadcast_buffers=False)``,
+# which always passes ``device_ids=[local_rank]``; DistributedDataParallel rejects device_ids for
+# a CPU module. On CPU we pass ``device_ids=None``; on GPU detectron2's own function runs as is.
+def _shim_cpu_ddp() -> None:
+    import detectron2.engine as d2_engine
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+    if getattr(original, "_mnc_d2_cpu_ok", False):
+        return
+
+    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+        params = list(model.parameters())
+        if "device_ids" not in kwargs and params and params[0].device.type == "cpu":
+            kwargs["device_ids"] = None
+        return original(model, fp16_compression=fp16_compression, **kwargs)
+
+    create_ddp_model._mnc_d2_cpu_ok = True
+    create_ddp_model.__doc__ = original.__doc__
+    d2_defaults.create_ddp_model = create_ddp_model
+    d2_engine.create_ddp_model = create_ddp_model
+    _APPLIED.append("create_ddp_model: device_ids=None for CPU models")
+
+
+def apply() -> None:
+    """Apply every needed shim once. Must run before detectron2's submodules are imported."""
+    global _DONE
+    if _DONE:
+        return
+    _shim_missing_cpp_ops()
+    _shim_pil_linear()
+    _shim_pkg_resources()
+    _shim_numpy_aliases()
+    _shim_cpu_ddp()
+    _DONE = True
+    if _APPLIED:
+        logger.debug("mnc_d2 compatibility shims applied: %s", ", ".join(_APPLIED))

@@ -1,0 +1,118 @@
+"""``add_mnc_config``: the config keys mnc_d2 adds to Detectron2's defaults.
+
+The function only *adds* keys (it never changes an existing default) so that a plain Detectron2
+config and an mnc_d2 config differ only by these keys and by what YAML files set.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def _add_input_keys(cfg: CN) -> None:
+    _C = cfg
+    # 1-based band indices read from every GeoTIFF, in this order; [] reads all bands in file order.
+    _C.INPUT.BANDS = []
+    # Per-band normalisation statistics: "" uses MODEL.PIXEL_MEAN/STD as written; "auto" computes
+    # them from the training split and writes OUTPUT_DIR/band_stats.json; a path loads that JSON.
+    _C.INPUT.BAND_STATS = ""
+    # Number of training images sampled when BAND_STATS is "auto" (0 = all of them).
+    _C.INPUT.BAND_STATS_MAX_IMAGES = 200
+    # Remote-sensing augmentation applied by the SpaceNet mapper at training time.
+    _C.INPUT.AUGMENT = CN()
+    # Probability of a horizontal flip.
+    _C.INPUT.AUGMENT.HFLIP_PROB = 0.5
+    # Probability of a vertical flip.
+    _C.INPUT.AUGMENT.VFLIP_PROB = 0.5
+    # Rotate by a random multiple of 90 degrees (overhead imagery has no "up").
+    _C.INPUT.AUGMENT.ROT90 = True
+    # Scale jitter: each image is resized by a factor drawn uniformly from this range.
+    _C.INPUT.AUGMENT.SCALE_RANGE = (1.0, 1.0)
+
+
+def _add_mnc_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.MNC = CN()
+    # 5 = the paper's 5-stage cascade (box, mask, cls+box, mask, cls); 3 = the 3-stage model.
+    _C.MODEL.MNC.NUM_STAGES = 5
+    # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates);
+    # "roialign": Detectron2's ROIAlign on detached boxes (faster, no gradient to boxes).
+    _C.MODEL.MNC.ROI_WARP = "warp"
+    # Side of the warped feature grid (the paper warps to 14x14 before its RoI pooling).
+    _C.MODEL.MNC.WARP_SIZE = 14
+    # Sampling points per warped cell side in ROIAlign mode (0 = adaptive, as in Detectron2).
+    _C.MODEL.MNC.SAMPLING_RATIO = 2
+    # Side of the predicted class-agnostic mask (the paper regresses 28x28 masks).
+    _C.MODEL.MNC.MASK_SIZE = 28
+    # Width of the fully connected layers of the box/class head (paper: 4096 on VGG-16).
+    _C.MODEL.MNC.FC_DIM = 1024
+    # Width of the mask head's hidden fully connected layer (paper: 256).
+    _C.MODEL.MNC.MASK_FC_DIM = 256
+    # Convolutions applied to warped features before the heads (0 = none).
+    _C.MODEL.MNC.NUM_CONV = 0
+    # Channels of those convolutions.
+    _C.MODEL.MNC.CONV_DIM = 256
+    # Normalisation of those convolutions ("", "BN", "GN", "SyncBN").
+    _C.MODEL.MNC.NORM = ""
+    # Stages 4-5 reuse the weights of stages 2-3 (as in the paper); False gives them their own.
+    _C.MODEL.MNC.SHARE_STAGE_WEIGHTS = True
+    # Per-stage loss weights (the RPN's are MODEL.RPN.*_LOSS_WEIGHT).
+    _C.MODEL.MNC.LOSS_WEIGHTS = CN()
+    # Weight of the stage-2 mask loss.
+    _C.MODEL.MNC.LOSS_WEIGHTS.MASK2 = 1.0
+    # Weight of the stage-3 classification loss.
+    _C.MODEL.MNC.LOSS_WEIGHTS.CLS3 = 1.0
+    # Weight of the stage-3 box regression loss.
+    _C.MODEL.MNC.LOSS_WEIGHTS.BOX3 = 1.0
+    # Weight of the stage-4 mask loss.
+    _C.MODEL.MNC.LOSS_WEIGHTS.MASK4 = 1.0
+    # Weight of the stage-5 classification loss.
+    _C.MODEL.MNC.LOSS_WEIGHTS.CLS5 = 1.0
+    # Element-wise clip of the gradient reaching box coordinates through RoI warping (0 = off).
+    _C.MODEL.MNC.BOX_GRAD_CLIP = 1.0
+    # IoU of a box with its ground truth above which a RoI is foreground for the box/mask stages.
+    _C.MODEL.MNC.FG_IOU = 0.5
+    # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask, in the box) above which a RoI is
+    # labelled foreground for the stage-3/5 classifiers (the paper's mask-level labels).
+    _C.MODEL.MNC.MASK_FG_IOU = 0.5
+    # Inference: score threshold before NMS.
+    _C.MODEL.MNC.SCORE_THRESH_TEST = 0.05
+    # Inference: box NMS IoU threshold applied to the pooled stage-3 and stage-5 instances.
+    _C.MODEL.MNC.NMS_THRESH_TEST = 0.3
+    # Inference: at most this many detections per image (SpaceNet tiles hold 100+ buildings).
+    _C.MODEL.MNC.DETECTIONS_PER_IMAGE = 300
+    # Inference: mask voting (each kept mask = score-weighted mean of overlapping candidates).
+    _C.MODEL.MNC.MASK_VOTING = True
+    # Inference: box IoU above which a candidate votes for a kept instance's mask.
+    _C.MODEL.MNC.MASK_VOTING_IOU = 0.5
+    # Inference: threshold applied to the voted soft mask.
+    _C.MODEL.MNC.MASK_THRESHOLD = 0.5
+
+
+def _add_spacenet_eval_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.TEST.SPACENET = CN()
+    # Detections below this score are not turned into polygons.
+    _C.TEST.SPACENET.SCORE_THRESH = 0.5
+    # Soft masks are binarised at this value before polygonisation.
+    _C.TEST.SPACENET.MASK_THRESH = 0.5
+    # Polygon simplification tolerance in pixels (0 = off).
+    _C.TEST.SPACENET.SIMPLIFY_TOLERANCE = 0.5
+    # Snap polygon edges to the building's dominant orientation (rectilinear regularisation).
+    _C.TEST.SPACENET.REGULARIZE = False
+    # Scoring rules: "spacenet" (the SpaceNet 2 leaderboard) or "solaris" (solaris 0.4.0).
+    _C.TEST.SPACENET.RULES = "spacenet"
+    # Also run Detectron2's COCOEvaluator (segm + bbox AP) next to the SpaceNet evaluator.
+    _C.TEST.SPACENET.COCO_AP = False
+
+
+def add_mnc_config(cfg: CN) -> None:
+    """Add mnc_d2's keys (data, MNC head, SpaceNet evaluation) to a Detectron2 config.
+
+    Existing keys are never modified; a second call on the same config changes nothing.
+    """
+    if "MNC" in cfg.MODEL:
+        return
+    _add_input_keys(cfg)
+    _add_mnc_keys(cfg)
+    _add_spacenet_eval_keys(cfg)

@@ -1,0 +1,5 @@
+"""Training-side helpers: the CPU-capable launcher."""
+
+from .launch import launch
+
+__all__ = ["launch"]
