@@ -1,0 +1,180 @@
+"""Binary masks -> valid building polygons (pixel and map coordinates).
+
+Pixel coordinates follow SpaceNet's ``PolygonWKT_Pix``: x to the right, y down, the pixel (r, c)
+covering the square [c, c+1] x [r, r+1]. Polygons are traced along pixel edges by
+``rasterio.features.shapes`` (holes kept), made valid, optionally simplified and optionally
+regularised to right angles (:func:`regularize_rectilinear`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import rasterio.features
+import shapely
+from affine import Affine
+from shapely import affinity
+from shapely.geometry import Polygon, shape
+
+logger = logging.getLogger(__name__)
+
+
+def _polygonal_parts(geom) -> list[Polygon]:
+    if geom.is_empty:
+        return []
+    if geom.geom_type == "Polygon":
+        return [geom]
+    return [g for g in shapely.get_parts(geom) if g.geom_type == "Polygon" and not g.is_empty]
+
+
+def mask_to_polygons(mask: np.ndarray, simplify_tolerance: float = 0.0,
+                     regularize: bool = False, min_area: float = 0.0) -> list[Polygon]:
+    """Trace the connected regions of a binary mask as polygons in pixel coordinates.
+
+    mask: (H, W) bool/0-1 array. Each 4-connected region gives one polygon, holes included;
+    parts below ``min_area`` px are dropped. Returns valid polygons, largest first.
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if not mask.any():
+        return []
+    polygons: list[Polygon] = []
+    for geojson, value in rasterio.features.shapes(mask, mask=mask.astype(bool), connectivity=4):
+        if value != 1:
+            continue
+        poly = shapely.make_valid(shape(geojson))
+        if simplify_tolerance > 0:
+            poly = poly.simplify(simplify_tolerance, preserve_topology=True)
+        for part in _polygonal_parts(poly):
+            if regularize:
+                part = regularize_rectilinear(part)
+            if part.area >= max(min_area, 1e-9):
+                polygons.append(part)
+    polygons.sort(key=lambda p: -p.area)
+    return polygons
+
+
+def mask_to_polygon(mask: np.ndarray, **kwargs) -> Polygon | None:
+    """The largest polygon of a mask (one building per instance mask), or None if empty."""
+    polygons = mask_to_polygons(mask, **kwargs)
+    return polygons[0] if polygons else None
+
+
+def _edges(poly: Polygon) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, angles in radians) of the exterior's edges."""
+    d = np.diff(np.asarray(poly.exterior.coords), axis=0)
+    return np.hypot(d[:, 0], d[:, 1]), np.arctan2(d[:, 1], d[:, 0])
+
+
+def dominant_orientation(poly: Polygon) -> float:
+    """Length-weighted dominant edge direction of the exterior, in radians in [0, pi/2)."""
+    length, angle = _edges(poly)
+    # Directions modulo 90 degrees: average on the circle of 4*angle.
+    s, c = (length * np.sin(4 * angle)).sum(), (length * np.cos(4 * angle)).sum()
+    return (math.atan2(s, c) / 4.0) % (math.pi / 2)
+
+
+def rectilinearity(poly: Polygon, theta: float, tolerance_deg: float = 15.0) -> float:
+    """Share of the exterior's length running within ``tolerance_deg`` of theta or theta+90."""
+    length, angle = _edges(poly)
+    off = np.abs((angle - theta + math.pi / 4) % (math.pi / 2) - math.pi / 4)
+    return float(length[off <= math.radians(tolerance_deg)].sum() / max(length.sum(), 1e-12))
+
+
+def _rectilinear_ring(coords: np.ndarray) -> np.ndarray | None:
+    """Make a closed ring (already rotated so its edges are near-axis-aligned) rectilinear.
+
+    Each edge is classed horizontal or vertical by its direction; runs of edges of one class
+    merge into one line at their length-weighted mean coordinate; consecutive lines meet at
+    right angles. Returns the new closed ring, or None if it degenerates.
+    """
+    pts = coords[:-1]
+    d = np.roll(pts, -1, axis=0) - pts
+    length = np.hypot(d[:, 0], d[:, 1])
+    keep = length > 1e-9
+    pts, d, length = pts[keep], d[keep], length[keep]
+    if len(pts) < 4:
+        return None
+    horizontal = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+    # Rotate so the ring starts at a class change: runs then do not wrap around.
+    changes = np.flatnonzero(horizontal != np.roll(horizontal, 1))
+    if changes.size < 4:
+        return None
+    start = changes[0]
+    pts, d, length, horizontal = (np.roll(a, -start, axis=0) for a in (pts, d, length, horizontal))
+    mid = pts + d / 2.0
+    run_id = np.cumsum(np.r_[0, horizontal[1:] != horizontal[:-1]])
+    lines = []  # (is_horizontal, coordinate)
+    for rid in range(run_id[-1] + 1):
+        sel = run_id == rid
+        axis = 1 if horizontal[sel][0] else 0
+        lines.append((bool(horizontal[sel][0]),
+                      float(np.average(mid[sel, axis], weights=length[sel]))))
+    if len(lines) % 2 or len(lines) < 4:
+        return None
+    ring = []
+    for i, (is_h, value) in enumerate(lines):
+        nxt_h, nxt_value = lines[(i + 1) % len(lines)]
+        if is_h == nxt_h:
+            return None
+        ring.append((nxt_value, value) if is_h else (value, nxt_value))
+    ring.append(ring[0])
+    return np.asarray(ring)
+
+
+def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
+                           min_rectilinearity: float = 0.5, max_circularity: float = 0.85
+                           ) -> Polygon:
+    """Snap a building outline to right angles along its dominant orientation.
+
+    The seed's MNC produced smooth convex blobs for L-shaped buildings; rectilinear outlines fit
+    SpaceNet's hand-drawn footprints better. The polygon is rotated so its dominant direction is
+    axis-aligned, each ring is made rectilinear (see ``_rectilinear_ring``), and the result is
+    rotated back. Round outlines (less than ``min_rectilinearity`` of the length near the two
+    dominant directions, e.g. silos) are left alone, and so is any result that is invalid or whose
+    IoU with the input falls below ``min_iou``. Outlines rounder than a square (circularity
+    4*pi*area/perimeter^2 above ``max_circularity``; a square has 0.785, a disk 1) are left alone.
+    """
+    if poly.is_empty or len(poly.exterior.coords) < 5:
+        return poly
+    # Orientation from a 1 px simplification: mask outlines are pixel staircases whose raw edges
+    # are all axis-aligned whatever the building's angle.
+    smooth = poly.simplify(1.0, preserve_topology=True)
+    theta = dominant_orientation(smooth)
+    circularity = 4 * math.pi * smooth.area / max(smooth.exterior.length ** 2, 1e-12)
+    if circularity > max_circularity or rectilinearity(smooth, theta) < min_rectilinearity:
+        return poly
+    origin = poly.centroid
+    rotated = affinity.rotate(smooth, -theta, origin=origin, use_radians=True)
+    shell = _rectilinear_ring(np.asarray(rotated.exterior.coords))
+    if shell is None:
+        return poly
+    holes = [r for r in (_rectilinear_ring(np.asarray(h.coords)) for h in rotated.interiors)
+             if r is not None]
+    candidate = Polygon(shell, holes)
+    if not candidate.is_valid:
+        candidate = shapely.make_valid(candidate)
+        parts = _polygonal_parts(candidate)
+        if not parts:
+            return poly
+        candidate = max(parts, key=lambda p: p.area)
+    candidate = affinity.rotate(candidate, theta, origin=origin, use_radians=True)
+    union = poly.union(candidate).area
+    if union <= 0 or poly.intersection(candidate).area / union < min_iou:
+        return poly
+    return candidate
+
+
+def pixel_to_map(geom, transform: Affine):
+    """Pixel-coordinate geometry -> map coordinates through a rasterio affine transform."""
+    t = Affine(*transform[:6]) if not isinstance(transform, Affine) else transform
+    return affinity.affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
+
+
+def map_to_pixel(geom, transform: Affine):
+    """Map-coordinate geometry -> pixel coordinates (inverse of :func:`pixel_to_map`)."""
+    t = Affine(*transform[:6]) if not isinstance(transform, Affine) else transform
+    return pixel_to_map(geom, ~t)

@@ -1,0 +1,21 @@
+"""Human-readable tables for SpaceNet scores."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from .spacenet_metric import ScoreResult
+
+
+def score_table(result: ScoreResult) -> str:
+    """Per-city and overall TP/FP/FN, precision, recall and F1 as a text table."""
+    rows = []
+    for name, counts in sorted(result.cities.items()):
+        d = counts.as_dict()
+        rows.append([name, d["tp"], d["fp"], d["fn"], d["precision"], d["recall"], d["f1"]])
+    o = result.overall.as_dict()
+    rows.append(["overall (global sums)", o["tp"], o["fp"], o["fn"], o["precision"],
+                 o["recall"], o["f1"]])
+    table = tabulate(rows, headers=["city", "TP", "FP", "FN", "precision", "recall", "F1"],
+                     floatfmt=".4f")
+    return f"{table}\n\nmean city F1 ({result.rules} rules): {result.mean_city_f1:.4f}"

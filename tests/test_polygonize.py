@@ -1,0 +1,142 @@
+"""Mask -> polygon, regularisation, georeferencing and the writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from shapely.geometry import Polygon, box
+
+from mnc_d2.evaluation.polygonize import (
+    dominant_orientation,
+    map_to_pixel,
+    mask_to_polygon,
+    mask_to_polygons,
+    pixel_to_map,
+    regularize_rectilinear,
+)
+from mnc_d2.evaluation.writers import write_geojson, write_proposal_csv
+
+
+def test_l_shape_traced_exactly():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[2:12, 3:7] = True  # vertical bar: rows 2..11, cols 3..6
+    mask[8:12, 7:15] = True  # foot: rows 8..11, cols 7..14
+    poly = mask_to_polygon(mask)
+    expected = Polygon([(3, 2), (7, 2), (7, 8), (15, 8), (15, 12), (3, 12)])
+    assert poly.is_valid
+    assert poly.area == mask.sum() == 72
+    assert poly.symmetric_difference(expected).area == 0
+    assert shapely.normalize(poly.simplify(0)).equals(shapely.normalize(expected))
+
+
+def test_holed_square_keeps_hole():
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[2:12, 2:12] = True
+    mask[5:9, 5:9] = False
+    poly = mask_to_polygon(mask)
+    assert len(poly.interiors) == 1
+    assert poly.area == 100 - 16
+    assert Polygon(poly.interiors[0]).equals(box(5, 5, 9, 9))
+
+
+def test_separate_regions_and_min_area():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0:5, 0:5] = True
+    mask[8:10, 8:10] = True
+    polys = mask_to_polygons(mask, min_area=5)
+    assert [p.area for p in polys] == [25]
+    assert mask_to_polygons(np.zeros((4, 4), bool)) == []
+    with pytest.raises(ValueError, match="mask must be"):
+        mask_to_polygons(np.zeros((2, 2, 2)))
+
+
+def _rotated_l(angle_deg: float) -> Polygon:
+    l_shape = Polygon([(0, 0), (40, 0), (40, 15), (15, 15), (15, 40), (0, 40)])
+    return shapely.affinity.rotate(l_shape, angle_deg, origin=(0, 0))
+
+
+def test_regularize_turns_a_blob_back_into_an_l():
+    truth = _rotated_l(23)
+    # A "blobby" prediction: the L's outline with noisy, rounded corners.
+    # Rounded convex corners and a filled-in concave corner, as the seed's MNC produced.
+    blob = truth.buffer(-4, quad_segs=4).buffer(8, quad_segs=4).buffer(-4, quad_segs=4)
+    rng = np.random.default_rng(0)
+    coords = np.asarray(blob.exterior.coords)[:-1]
+    coords = coords + rng.normal(0, 0.4, coords.shape)
+    noisy = Polygon(coords)
+    regular = regularize_rectilinear(noisy)
+    assert math.degrees(dominant_orientation(regular)) == pytest.approx(23, abs=1.5)
+    iou = lambda a, b: a.intersection(b).area / a.union(b).area  # noqa: E731
+    assert iou(regular, truth) > iou(noisy, truth)
+    assert iou(regular, truth) > 0.93
+    assert len(regular.exterior.coords) == 7  # six right-angled corners
+
+
+def test_regularize_falls_back_for_round_shapes():
+    disk = shapely.Point(0, 0).buffer(10, quad_segs=16)
+    assert regularize_rectilinear(disk).equals(disk)
+
+
+def test_pixel_map_roundtrip():
+    transform = Affine(0.5, 0, 500000.0, 0, -0.5, 3700000.0)
+    poly = box(10, 20, 30, 40)
+    mapped = pixel_to_map(poly, transform)
+    assert mapped.bounds == (500005.0, 3699980.0, 500015.0, 3699990.0)
+    back = map_to_pixel(mapped, transform)
+    assert back.equals_exact(shapely.normalize(poly), 1e-9) or back.symmetric_difference(poly).area < 1e-9
+
+
+def test_proposal_csv_writer(tmp_path):
+    path = tmp_path / "out" / "proposals.csv"
+    n = write_proposal_csv(path, {"AOI_2_Vegas_img1": [(box(0, 0, 10, 10), 0.4), (box(20, 20, 30, 30), 0.9)],
+                                  "AOI_2_Vegas_img2": []})
+    assert n == 2
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == ["ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence"]
+    assert rows[1][0:2] == ["AOI_2_Vegas_img1", "0"] and rows[1][3] == "0.900000"
+    assert rows[3] == ["AOI_2_Vegas_img2", "-1", "POLYGON EMPTY", "1.0"]
+    assert not list(tmp_path.joinpath("out").glob(".*tmp"))
+
+
+def test_atomic_write_leaves_nothing_on_crash(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("old")
+
+    class Boom:
+        def __iter__(self):
+            yield (box(0, 0, 1, 1), 0.5)
+            raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_proposal_csv(path, {"AOI_1_X_img1": Boom()})
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_geojson_names_crs(tmp_path):
+    path = tmp_path / "buildings.geojson"
+    n = write_geojson(path, [box(500000, 3700000, 500010, 3700010)], "EPSG:32616",
+                      [{"score": 0.9, "image_id": "x"}])
+    assert n == 1
+    data = json.loads(path.read_text())
+    assert "32616" in data["crs"]["properties"]["name"]
+    assert data["features"][0]["properties"]["score"] == 0.9
+
+
+def test_regularize_from_a_rasterised_rotated_l():
+    import rasterio.features
+
+    truth = shapely.affinity.translate(_rotated_l(23), 40, 5)
+    mask = rasterio.features.rasterize([truth], out_shape=(80, 80)).astype(bool)
+    plain = mask_to_polygon(mask, simplify_tolerance=0.5)
+    regular = mask_to_polygon(mask, simplify_tolerance=0.5, regularize=True)
+    assert math.degrees(dominant_orientation(regular)) == pytest.approx(23, abs=2)
+    iou = lambda a, b: a.intersection(b).area / a.union(b).area  # noqa: E731
+    assert iou(regular, truth) > 0.93
+    assert len(regular.exterior.coords) < len(plain.exterior.coords)
