@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mnc_d2.evaluation.spacenet_metric import SpaceNetCSVError, city_of, score_csv

@@ -23,17 +23,13 @@ pinned constraints file.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import html.parser
+import importlib.util
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 logger = logging.getLogger("install_detectron2")
@@ -106,57 +102,13 @@ def _pip(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-class _LinkParser(html.parser.HTMLParser):
-    """Collect the hrefs of a PEP 503 'simple' index page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self.links.extend(v for k, v in attrs if k == "href" and v)
-
-
-def _sdist_url(index_url: str) -> str:
-    page_url = index_url.rstrip("/") + f"/{SDIST_NAME}/"
-    with urllib.request.urlopen(page_url, timeout=120) as resp:
-        parser = _LinkParser()
-        parser.feed(resp.read().decode("utf-8", "replace"))
-    for link in parser.links:
-        if urllib.parse.urlparse(link).path.endswith("/" + SDIST_FILE):
-            return urllib.parse.urljoin(page_url, link.split("#", 1)[0])
-    raise RuntimeError(
-        f"{SDIST_FILE} not listed at {page_url}; set PIP_INDEX_URL to a PyPI mirror that has it, "
-        "or set DETECTRON2_SOURCE to a detectron2 git URL or checkout."
-    )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch_sdist(cache_dir: Path) -> Path:
-    """Download the pinned sdist into ``cache_dir`` (once) and verify its sha256."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / SDIST_FILE
-    if not target.exists() or _sha256(target) != SDIST_SHA256:
-        index_url = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
-        url = _sdist_url(index_url)
-        logger.info("downloading %s", url)
-        tmp = target.with_suffix(".part")
-        with urllib.request.urlopen(url, timeout=300) as resp, open(tmp, "wb") as out:
-            shutil.copyfileobj(resp, out)
-        got = _sha256(tmp)
-        if got != SDIST_SHA256:
-            tmp.unlink()
-            raise RuntimeError(f"sha256 of {url} is {got}, expected {SDIST_SHA256}; refusing it.")
-        tmp.replace(target)
-    return target
+def _load_pypi_helper():
+    """Load mnc_d2/utils/pypi.py by path: ``import mnc_d2`` needs detectron2, not installed yet."""
+    path = Path(__file__).resolve().parents[1] / "mnc_d2" / "utils" / "pypi.py"
+    spec = importlib.util.spec_from_file_location("_mnc_d2_pypi", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_purepy_wheel(sdist: Path, dist_dir: Path) -> Path:
@@ -201,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s %s already installed; nothing to do", dist, version)
         return 0
     cache = Path(args.cache_dir).resolve() / "detectron2"
-    wheel = build_purepy_wheel(fetch_sdist(cache), cache / "wheels")
+    sdist = _load_pypi_helper().fetch_pinned(SDIST_NAME, SDIST_FILE, SDIST_SHA256, cache)
+    wheel = build_purepy_wheel(sdist, cache / "wheels")
     _pip("install", "--no-deps", "--force-reinstall", str(wheel))
     return 0
 

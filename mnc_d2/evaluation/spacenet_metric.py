@@ -229,32 +229,45 @@ def _repair(geoms: np.ndarray) -> np.ndarray:
     return out
 
 
+def _same_image_box_pairs(props: np.ndarray, truths: np.ndarray, p_img: np.ndarray,
+                          t_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(proposal, truth) index pairs of the same image whose bounding boxes intersect.
+
+    All tiles share one pixel frame, so a single STRtree over raw boxes would pair every image
+    with every other. The boxes are shifted along x by (image code x frame width) instead, which
+    keeps images apart in one tree. props/truths: (P,)/(T,) non-empty geometries.
+    """
+    pb, tb = shapely.bounds(props), shapely.bounds(truths)  # (P, 4), (T, 4)
+    lo = min(pb[:, 0].min(), tb[:, 0].min())
+    span = max(pb[:, 2].max(), tb[:, 2].max()) - lo + 1.0
+    p_off, t_off = (p_img * span - lo), (t_img * span - lo)
+    tree = shapely.STRtree(shapely.box(tb[:, 0] + t_off, tb[:, 1], tb[:, 2] + t_off, tb[:, 3]))
+    pi, ti = tree.query(shapely.box(pb[:, 0] + p_off, pb[:, 1], pb[:, 2] + p_off, pb[:, 3]))
+    same = p_img[pi] == t_img[ti]  # guards against float rounding at the tile seams
+    return pi[same], ti[same]
+
+
 def _candidate_pairs(props: np.ndarray, truths: np.ndarray, p_img: np.ndarray,
                      t_img: np.ndarray, rules: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (proposal, truth) of the same image that intersect, with their IoU.
 
-    props: (P,) geometries, truths: (T,) geometries, p_img/t_img: (P,)/(T,) image codes.
-    Returns (pi, ti, iou), each (K,).
+    props: (P,) geometries, truths: (T,) geometries, p_img/t_img: (P,)/(T,) image codes; no
+    geometry is empty (the area filter removed those). Returns (pi, ti, iou), each (K,).
     """
     if len(props) == 0 or len(truths) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
-    tree = shapely.STRtree(truths)
+    pi, ti = _same_image_box_pairs(props, truths, p_img, t_img)
     if rules == "solaris":
-        # An invalid truth gets IoU 0 without any overlay (GEOS could raise on it): keep only
-        # the bounding-box pairs with a valid truth, then test them exactly.
-        pi, ti = tree.query(props)
-        keep = (p_img[pi] == t_img[ti]) & shapely.is_valid(truths[ti])
+        # An invalid truth gets IoU 0 without any overlay (GEOS could raise on it).
+        keep = shapely.is_valid(truths[ti])
         pi, ti = pi[keep], ti[keep]
-        keep = shapely.intersects(props[pi], truths[ti])
-        pi, ti = pi[keep], ti[keep]
-        inter = shapely.area(shapely.intersection(props[pi], truths[ti]))
+    keep = shapely.intersects(props[pi], truths[ti])
+    pi, ti = pi[keep], ti[keep]
+    inter = shapely.area(shapely.intersection(props[pi], truths[ti]))
+    if rules == "solaris":
         union = shapely.area(shapely.union(props[pi], truths[ti]))
     else:
-        pi, ti = tree.query(props, predicate="intersects")
-        same = p_img[pi] == t_img[ti]
-        pi, ti = pi[same], ti[same]
-        inter = shapely.area(shapely.intersection(props[pi], truths[ti]))
         union = shapely.area(props[pi]) + shapely.area(truths[ti]) - inter
     iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
     return pi, ti, iou

@@ -1,0 +1,36 @@
+"""Load solaris 0.4.0's SpaceNet scorer (``solaris.eval``) for side-by-side comparisons.
+
+The wheel is fetched from PyPI (sha256 pinned) into ``.cache/bench``; only ``solaris/eval`` is
+extracted and imported under a bare parent package, because ``solaris/__init__`` imports
+TensorFlow-era modules that do not install today. Needs fiona and scipy
+(``pip install -r bench/requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+from mnc_d2.utils.pypi import fetch_pinned
+
+WHEEL = "solaris-0.4.0-py3-none-any.whl"
+WHEEL_SHA256 = "09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df"
+
+
+def load_solaris_challenges(cache_dir: str | Path = ".cache/bench"):
+    """Return the ``solaris.eval.challenges`` module of solaris 0.4.0."""
+    cache_dir = Path(cache_dir).resolve()
+    root = cache_dir / "solaris-0.4.0"
+    if not (root / "solaris" / "eval" / "challenges.py").exists():
+        wheel = fetch_pinned("solaris", WHEEL, WHEEL_SHA256, cache_dir)
+        with zipfile.ZipFile(wheel) as zf:
+            members = [n for n in zf.namelist() if n.startswith("solaris/eval/")]
+            zf.extractall(root, members)
+    if "solaris" not in sys.modules:
+        package = types.ModuleType("solaris")
+        package.__path__ = [str(root / "solaris")]
+        sys.modules["solaris"] = package
+    return importlib.import_module("solaris.eval.challenges")

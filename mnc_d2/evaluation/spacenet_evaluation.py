@@ -1,0 +1,174 @@
+"""``SpaceNetEvaluator``: the SpaceNet building metric inside Detectron2's evaluation hooks.
+
+For each image, ``process`` turns every predicted instance mask whose score passes
+``TEST.SPACENET.SCORE_THRESH`` into one pixel polygon (the largest connected part; simplified and
+optionally regularised) with the instance score as its confidence. There is no cap on the number
+of detections beyond the model's own. ``evaluate`` gathers the polygons of all processes, scores
+them against the ground truth of the same images with :mod:`.spacenet_metric` (rules in its
+docstring), writes ``spacenet_proposals.csv`` and ``spacenet_per_image.csv`` to the output folder
+and returns::
+
+    {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "mean_city_F1",
+                  "<city>/F1", "<city>/precision", "<city>/recall", ...}}
+
+Ground truth comes from the dataset dicts: each annotation's exact pixel polygon
+(``wkt_pix``, written by :mod:`mnc_d2.data`), else its polygon ``segmentation``, else its RLE
+traced back to polygons.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pycocotools.mask as mask_util
+import shapely
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from shapely.geometry import Polygon
+
+from ..utils.atomic import atomic_write
+from .polygonize import mask_to_polygon, mask_to_polygons
+from .spacenet_metric import score
+from .writers import write_proposal_csv
+
+logger = logging.getLogger(__name__)
+
+
+def annotation_polygon(ann: dict):
+    """The exact pixel geometry of one dataset annotation (see module docstring)."""
+    if ann.get("wkt_pix"):
+        return shapely.from_wkt(ann["wkt_pix"])
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        parts = [Polygon(np.asarray(p, dtype=float).reshape(-1, 2)) for p in seg if len(p) >= 6]
+        return shapely.make_valid(shapely.union_all(parts)) if parts else Polygon()
+    if isinstance(seg, dict):
+        rle = seg if not isinstance(seg.get("counts"), list) else mask_util.frPyObjects(
+            seg, *seg["size"])
+        polys = mask_to_polygons(mask_util.decode(rle).astype(bool))
+        return shapely.union_all(polys) if polys else Polygon()
+    raise ValueError(f"annotation has neither 'wkt_pix' nor a 'segmentation': keys {list(ann)}")
+
+
+def truth_frame(dataset_dicts: list[dict], image_ids: set[str] | None = None) -> pd.DataFrame:
+    """Truth table (ImageId, BuildingId, geometry) from Detectron2 dataset dicts.
+
+    Images without annotations get a ``POLYGON EMPTY`` row so they are scored.
+    """
+    rows = []
+    for record in dataset_dicts:
+        image_id = str(record["image_id"])
+        if image_ids is not None and image_id not in image_ids:
+            continue
+        anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not anns:
+            rows.append((image_id, -1, Polygon()))
+        rows.extend((image_id, i, annotation_polygon(a)) for i, a in enumerate(anns))
+    return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "geometry"])
+
+
+def _proposal_frame(predictions: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
+    rows = [(image_id, i, wkt, conf) for image_id, items in predictions.items()
+            for i, (wkt, conf) in enumerate(items)]
+    frame = pd.DataFrame(rows, columns=["ImageId", "BuildingId", "wkt", "Confidence"])
+    frame["geometry"] = shapely.from_wkt(frame["wkt"].to_numpy(dtype=object))
+    return frame.drop(columns="wkt")
+
+
+class SpaceNetEvaluator(DatasetEvaluator):
+    """SpaceNet F1 of predicted instance masks (see the module docstring)."""
+
+    @configurable
+    def __init__(self, dataset_name: str, *, output_dir: str | None = None,
+                 score_thresh: float = 0.5, mask_thresh: float = 0.5,
+                 simplify_tolerance: float = 0.5, regularize: bool = False,
+                 rules: str = "spacenet", distributed: bool = True):
+        self._dataset_name = dataset_name
+        self._output_dir = Path(output_dir) if output_dir else None
+        self._score_thresh = score_thresh
+        self._mask_thresh = mask_thresh
+        self._simplify = simplify_tolerance
+        self._regularize = regularize
+        self._rules = rules
+        self._distributed = distributed
+        self._predictions: dict[str, list[tuple[str, float]]] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
+        sn = cfg.TEST.SPACENET
+        return {"dataset_name": dataset_name, "output_dir": output_dir,
+                "score_thresh": sn.SCORE_THRESH, "mask_thresh": sn.MASK_THRESH,
+                "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
+                "rules": sn.RULES}
+
+    def reset(self):
+        self._predictions = OrderedDict()
+
+    def instances_to_polygons(self, instances) -> list[tuple[str, float]]:
+        """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(WKT, score)]."""
+        if len(instances) == 0:
+            return []
+        if not instances.has("pred_masks"):
+            raise KeyError("SpaceNetEvaluator needs instance masks: the model output has no "
+                           "'pred_masks' (is MODEL.MASK_ON False?)")
+        scores = instances.scores.numpy()
+        masks = instances.pred_masks
+        keep = np.flatnonzero(scores >= self._score_thresh)
+        out = []
+        for i in keep.tolist():
+            mask = masks[i]
+            mask = (mask if mask.dtype == torch.bool else mask >= self._mask_thresh).numpy()
+            poly = mask_to_polygon(mask, simplify_tolerance=self._simplify,
+                                   regularize=self._regularize)
+            if poly is not None:
+                out.append((poly.wkt, float(scores[i])))
+        return out
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            instances = out["instances"].to("cpu")
+            self._predictions[str(inp["image_id"])] = self.instances_to_polygons(instances)
+
+    def evaluate(self):
+        predictions = self._predictions
+        if self._distributed and comm.get_world_size() > 1:
+            comm.synchronize()
+            gathered = comm.gather(predictions, dst=0)
+            if not comm.is_main_process():
+                return {}
+            predictions = OrderedDict()
+            for part in gathered:
+                predictions.update(part)
+        if not predictions:
+            logger.warning("SpaceNetEvaluator received no predictions")
+            return {}
+        truth = truth_frame(DatasetCatalog.get(self._dataset_name), set(predictions))
+        result = score(truth, _proposal_frame(predictions), rules=self._rules)
+        if self._output_dir is not None:
+            self._write(predictions, result)
+        return {"spacenet": self._summary(result)}
+
+    def _write(self, predictions, result) -> None:
+        polys = {k: [(shapely.from_wkt(w), c) for w, c in v] for k, v in predictions.items()}
+        write_proposal_csv(self._output_dir / "spacenet_proposals.csv", polys)
+        with atomic_write(self._output_dir / "spacenet_per_image.csv", "w", newline="") as f:
+            result.per_image.to_csv(f, index=False)
+
+    @staticmethod
+    def _summary(result) -> dict:
+        o = result.overall
+        out = OrderedDict(F1=o.f1, precision=o.precision, recall=o.recall, TP=o.tp, FP=o.fp,
+                          FN=o.fn, mean_city_F1=result.mean_city_f1)
+        for city, c in sorted(result.cities.items()):
+            out[f"{city}/F1"], out[f"{city}/precision"] = c.f1, c.precision
+            out[f"{city}/recall"] = c.recall
+        logger.info("SpaceNet (%s rules): F1 %.4f, precision %.4f, recall %.4f, mean city F1 "
+                    "%.4f", result.rules, o.f1, o.precision, o.recall, result.mean_city_f1)
+        return out

@@ -1,0 +1,107 @@
+"""TP/FP/FN overlays in the style of the SpaceNet visualizer.
+
+TP proposals are outlined white, FP proposals yellow, FN truth polygons blue; every proposal is
+labelled with its best IoU. Images are 8-bit renderings of the GeoTIFF (2-98 percentile stretch
+per band).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+import rasterio
+import shapely
+from tqdm import tqdm
+
+from .spacenet_metric import ScoreResult, read_proposal_csv, read_truth_csv, score
+
+logger = logging.getLogger(__name__)
+
+WHITE, YELLOW, BLUE = (255, 255, 255), (255, 255, 0), (0, 0, 255)  # RGB
+
+
+def stretch_to_uint8(array: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
+    """(C, H, W) raster of any dtype -> (H, W, 3) uint8 (percentile stretch per band).
+
+    One band is repeated to grey; of more than three bands the first three are used (pass the
+    RGB bands in that order).
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    bands = array[:3] if array.shape[0] >= 3 else np.repeat(array[:1], 3, axis=0)
+    out = np.empty(bands.shape[1:] + (3,), dtype=np.uint8)
+    for i, band in enumerate(bands):
+        lo, hi = np.percentile(band, [low, high])
+        scaled = (band - lo) / max(hi - lo, 1e-6)
+        out[..., i] = np.clip(scaled * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def read_display_image(path: str | Path, bands: Iterable[int] | None = None) -> np.ndarray:
+    """Read a GeoTIFF for display: 1-based ``bands`` (default: the first three) -> (H, W, 3)."""
+    with rasterio.open(path) as src:
+        indexes = list(bands) if bands else list(range(1, min(src.count, 3) + 1))
+        return stretch_to_uint8(src.read(indexes))
+
+
+def _draw(image: np.ndarray, geom, color, thickness: int) -> None:
+    for part in shapely.get_parts(geom):
+        if part.geom_type != "Polygon" or part.is_empty:
+            continue
+        for ring in [part.exterior, *part.interiors]:
+            pts = np.round(np.asarray(ring.coords)[:, :2]).astype(np.int32)
+            cv2.polylines(image, [pts], True, color, thickness, lineType=cv2.LINE_8)
+
+
+def draw_image_overlay(image: np.ndarray, result: ScoreResult, truth_geoms: np.ndarray,
+                       truth_rows: np.ndarray, prop_geoms: np.ndarray, prop_rows: np.ndarray,
+                       thickness: int = 1) -> np.ndarray:
+    """Draw one image's TP/FP/FN polygons (rows index the full tables of ``result``)."""
+    canvas = image.copy()
+    for t in truth_rows[result.truth_kept[truth_rows] & ~result.truth_matched[truth_rows]]:
+        _draw(canvas, truth_geoms[t], BLUE, thickness)
+    for p in prop_rows[result.proposal_kept[prop_rows]]:
+        tp = result.proposal_match[p] >= 0
+        _draw(canvas, prop_geoms[p], WHITE if tp else YELLOW, thickness)
+        anchor = prop_geoms[p].representative_point()
+        cv2.putText(canvas, f"{result.proposal_iou[p]:.2f}", (int(anchor.x), int(anchor.y)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.3, WHITE if tp else YELLOW, 1, cv2.LINE_AA)
+    return canvas
+
+
+def find_image(image_dir: str | Path, image_id: str) -> Path:
+    """The GeoTIFF of ``image_id`` in ``image_dir`` (SpaceNet names: ``<product>_<ImageId>.tif``)."""
+    image_dir = Path(image_dir)
+    for path in sorted(image_dir.rglob("*.tif")):
+        if path.stem == image_id or path.stem.endswith(f"_{image_id}"):
+            return path
+    raise FileNotFoundError(f"no GeoTIFF for ImageId {image_id!r} under {image_dir} "
+                            f"(expected a file named like RGB-PanSharpen_{image_id}.tif)")
+
+
+def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: str | Path,
+                   out_dir: str | Path, image_ids: list[str] | None = None,
+                   rules: str = "spacenet", bands: Iterable[int] | None = None) -> list[Path]:
+    """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images."""
+    truth, props = read_truth_csv(truth_csv), read_proposal_csv(proposal_csv)
+    result = score(truth, props, rules=rules)
+    t_geoms, p_geoms = truth["geometry"].to_numpy(), props["geometry"].to_numpy()
+    t_ids, p_ids = truth["ImageId"].to_numpy(), props["ImageId"].to_numpy()
+    wanted = image_ids or list(result.per_image["ImageId"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image_id in tqdm(wanted, desc="overlays", unit="img"):
+        image = read_display_image(find_image(image_dir, image_id), bands)
+        canvas = draw_image_overlay(image, result, t_geoms, np.flatnonzero(t_ids == image_id),
+                                    p_geoms, np.flatnonzero(p_ids == image_id))
+        path = out_dir / f"{image_id}_score.png"
+        if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
+        written.append(path)
+    return written

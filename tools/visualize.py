@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Draw SpaceNet TP (white) / FP (yellow) / FN (blue) overlays, each proposal labelled with its IoU.
+
+    python tools/visualize.py --truth T.csv --proposals P.csv --images DIR --output OUT
+                              [--image-id AOI_2_Vegas_img12 ...] [--rules spacenet|solaris]
+                              [--bands 5 3 2]
+"""
+
+import argparse
+import logging
+import sys
+
+from mnc_d2.evaluation.spacenet_metric import RULES, SpaceNetCSVError
+from mnc_d2.evaluation.visualize import visualize_csvs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--truth", required=True)
+    parser.add_argument("--proposals", required=True)
+    parser.add_argument("--images", required=True, help="folder holding the GeoTIFF tiles")
+    parser.add_argument("--output", required=True, help="folder for the PNG overlays")
+    parser.add_argument("--image-id", nargs="*", help="only these ImageIds (default: all)")
+    parser.add_argument("--rules", choices=RULES, default="spacenet")
+    parser.add_argument("--bands", nargs=3, type=int, help="1-based bands shown as R G B")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        paths = visualize_csvs(args.truth, args.proposals, args.images, args.output,
+                               image_ids=args.image_id, rules=args.rules, bands=args.bands)
+    except (SpaceNetCSVError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} overlay(s) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
