@@ -11,7 +11,11 @@ from . import compat
 compat.apply()
 
 from .config import add_mnc_config  # noqa: E402
+from .data import register_builtin_spacenet, register_spacenet_instances  # noqa: E402
+from .evaluation.spacenet_evaluation import SpaceNetEvaluator  # noqa: E402
+
+register_builtin_spacenet()
 
 __version__ = "0.1.0"
 
-__all__ = ["add_mnc_config", "__version__"]
+__all__ = ["SpaceNetEvaluator", "add_mnc_config", "register_spacenet_instances", "__version__"]

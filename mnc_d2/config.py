@@ -13,6 +13,9 @@ def _add_input_keys(cfg: CN) -> None:
     _C = cfg
     # 1-based band indices read from every GeoTIFF, in this order; [] reads all bands in file order.
     _C.INPUT.BANDS = []
+    # For a 3-band checkpoint loaded into an N-band model: the 1-based file band each checkpoint
+    # channel was trained on, in channel order ([] = the first three INPUT.BANDS).
+    _C.INPUT.CHECKPOINT_BANDS = []
     # Per-band normalisation statistics: "" uses MODEL.PIXEL_MEAN/STD as written; "auto" computes
     # them from the training split and writes OUTPUT_DIR/band_stats.json; a path loads that JSON.
     _C.INPUT.BAND_STATS = ""

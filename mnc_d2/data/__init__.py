@@ -1,0 +1,10 @@
+"""SpaceNet data: layout, labels, dataset registration, N-band mapper, synthetic generator."""
+
+from .band_stats import compute_band_stats, resolve_band_stats
+from .builtin import register_builtin_spacenet, split_of
+from .mapper import SpaceNetDatasetMapper, check_band_config, read_bands
+from .spacenet import load_spacenet_dicts, register_spacenet_instances
+
+__all__ = ["SpaceNetDatasetMapper", "check_band_config", "compute_band_stats",
+           "load_spacenet_dicts", "read_bands", "register_builtin_spacenet",
+           "register_spacenet_instances", "resolve_band_stats", "split_of"]

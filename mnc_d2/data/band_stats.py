@@ -1,0 +1,78 @@
+"""Per-band normalisation statistics computed from the training split and saved with the run.
+
+``INPUT.BAND_STATS: "auto"`` makes :func:`resolve_band_stats` compute the mean and standard
+deviation of every selected band over (a deterministic sample of) the training images, write
+them to ``OUTPUT_DIR/band_stats.json`` and put them in ``MODEL.PIXEL_MEAN/STD``. The run's saved
+``config.yaml`` then carries them, so evaluation and ``predict.py`` normalise exactly as training
+did. A path instead of "auto" loads such a JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from detectron2.data import DatasetCatalog
+
+from ..utils.atomic import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def compute_band_stats(file_names: list[str], bands: list[int], max_images: int = 200
+                       ) -> dict:
+    """Mean/std per band over up to ``max_images`` files (every k-th file, deterministic).
+
+    Nodata pixels (the file's nodata value) are excluded. Returns {"bands", "mean", "std",
+    "num_images"}, floats only (checkpoints load them under torch's weights_only default).
+    """
+    if not file_names:
+        raise ValueError("no training images to compute band statistics from")
+    step = max(1, len(file_names) // max_images) if max_images else 1
+    chosen = sorted(file_names)[::step][: max_images or None]
+    total = sq = count = None
+    for path in chosen:
+        with rasterio.open(path) as src:
+            indexes = list(bands) if bands else list(range(1, src.count + 1))
+            data = src.read(indexes, masked=True).astype(np.float64)  # (C, H, W), nodata masked
+        flat = data.reshape(data.shape[0], -1)
+        if total is None:
+            total, sq, count = (np.zeros(flat.shape[0]) for _ in range(3))
+        total += flat.sum(axis=1).filled(0)
+        sq += (flat ** 2).sum(axis=1).filled(0)
+        count += flat.count(axis=1)
+    count = np.maximum(count, 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
+    return {"bands": [int(b) for b in bands], "mean": [float(m) for m in mean],
+            "std": [float(max(s, 1e-3)) for s in std], "num_images": len(chosen)}
+
+
+def resolve_band_stats(cfg) -> dict | None:
+    """Apply INPUT.BAND_STATS to a (not yet frozen) cfg; returns the stats used, or None."""
+    mode = cfg.INPUT.BAND_STATS
+    if not mode:
+        return None
+    if mode == "auto":
+        files = [d["file_name"] for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
+        stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES)
+        out = Path(cfg.OUTPUT_DIR) / "band_stats.json"
+        with atomic_write(out, "w") as f:
+            json.dump(stats, f, indent=2)
+        logger.info("band statistics from %d training images written to %s",
+                    stats["num_images"], out)
+    else:
+        path = Path(mode)
+        if not path.is_file():
+            raise FileNotFoundError(f"INPUT.BAND_STATS={mode!r}: no such file; use 'auto' or "
+                                    "the band_stats.json of a previous run")
+        stats = json.loads(path.read_text())
+        if [int(b) for b in stats["bands"]] != [int(b) for b in cfg.INPUT.BANDS]:
+            raise ValueError(f"{path} holds statistics of bands {stats['bands']} but "
+                             f"INPUT.BANDS is {list(cfg.INPUT.BANDS)}")
+    cfg.MODEL.PIXEL_MEAN = stats["mean"]
+    cfg.MODEL.PIXEL_STD = stats["std"]
+    return stats

@@ -1,0 +1,125 @@
+"""``SpaceNetDatasetMapper``: N-band GeoTIFF -> the model's input dict.
+
+Reads the selected bands (1-based, ``INPUT.BANDS``; all bands when empty) with rasterio as
+float32 (uint16 DNs are kept as values: normalisation happens in the model with
+``MODEL.PIXEL_MEAN/STD``, one entry per band). Pixels equal to the file's nodata value are set to
+the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensing augmentation:
+resize (``INPUT.MIN_SIZE_TRAIN``), horizontal and vertical flips, 90-degree rotations and scale
+jitter (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
+RLE) train exactly.
+
+Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
+``image_id``, ``file_name``, and when training ``instances`` (gt_boxes, gt_classes, gt_masks).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import rasterio
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from rasterio.errors import RasterioIOError
+
+from .transforms import RandomRot90
+
+logger = logging.getLogger(__name__)
+
+
+def check_band_config(cfg) -> int:
+    """Check INPUT.BANDS against MODEL.PIXEL_MEAN/STD; return the band count they imply."""
+    mean, std, bands = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, cfg.INPUT.BANDS
+    if len(mean) != len(std):
+        raise ValueError(f"MODEL.PIXEL_MEAN has {len(mean)} entries but MODEL.PIXEL_STD has "
+                         f"{len(std)}; give one of each per input band")
+    if bands and len(bands) != len(mean):
+        raise ValueError(f"INPUT.BANDS has {len(bands)} entries ({list(bands)}) but "
+                         f"MODEL.PIXEL_MEAN has {len(mean)}; give one mean/std per band")
+    if any(int(b) < 1 for b in bands):
+        raise ValueError(f"INPUT.BANDS={list(bands)}: band indices are 1-based")
+    return len(mean)
+
+
+def read_bands(path: str, bands: list[int] | None, fill: list[float] | None = None
+               ) -> np.ndarray:
+    """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF; nodata pixels get ``fill``."""
+    try:
+        with rasterio.open(path) as src:
+            indexes = list(bands) if bands else list(range(1, src.count + 1))
+            if max(indexes) > src.count:
+                raise ValueError(f"INPUT.BANDS={indexes} asks for band {max(indexes)} but "
+                                 f"{path} has {src.count} band(s)")
+            data = src.read(indexes).astype(np.float32)
+            nodata = src.nodata
+    except RasterioIOError as exc:
+        raise OSError(f"cannot read {path} ({exc}): the file is truncated or corrupt; "
+                      "re-download or regenerate it") from None
+    if nodata is not None and fill is not None:
+        holes = data == np.float32(nodata)
+        if holes.any():
+            data = np.where(holes, np.asarray(fill, np.float32)[:, None, None], data)
+    return np.ascontiguousarray(data.transpose(1, 2, 0))
+
+
+class SpaceNetDatasetMapper:
+    """Map a SpaceNet dataset dict to model input (see the module docstring)."""
+
+    @configurable
+    def __init__(self, is_train: bool, *, augmentations: list, bands: list[int],
+                 fill_values: list[float] | None = None, mask_format: str = "bitmask"):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.bands = [int(b) for b in bands]
+        self.fill_values = fill_values
+        self.mask_format = mask_format
+        mode = "training" if is_train else "inference"
+        logger.info("[SpaceNetDatasetMapper] %s: bands %s, augmentations %s", mode,
+                    self.bands or "all", augmentations)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        check_band_config(cfg)
+        if is_train:
+            aug = cfg.INPUT.AUGMENT
+            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+            lo, hi = aug.SCALE_RANGE
+            if (lo, hi) != (1.0, 1.0):
+                size = max(cfg.INPUT.MIN_SIZE_TRAIN)
+                augs.append(T.ResizeScale(lo, hi, size, size))
+            if aug.HFLIP_PROB > 0:
+                augs.append(T.RandomFlip(prob=aug.HFLIP_PROB, horizontal=True, vertical=False))
+            if aug.VFLIP_PROB > 0:
+                augs.append(T.RandomFlip(prob=aug.VFLIP_PROB, horizontal=False, vertical=True))
+            if aug.ROT90:
+                augs.append(RandomRot90())
+        else:
+            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        return {"is_train": is_train, "augmentations": augs, "bands": list(cfg.INPUT.BANDS),
+                "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT}
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_bands(dataset_dict["file_name"], self.bands, self.fill_values)
+        if self.fill_values is not None and image.shape[2] != len(self.fill_values):
+            raise ValueError(
+                f"{dataset_dict['file_name']} gives {image.shape[2]} band(s) but "
+                f"MODEL.PIXEL_MEAN has {len(self.fill_values)} entries; set INPUT.BANDS or "
+                "MODEL.PIXEL_MEAN/STD to match")
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        shape = image.shape[:2]
+        annos = [utils.transform_instance_annotations(obj, transforms, shape)
+                 for obj in dataset_dict.pop("annotations", []) if not obj.get("iscrowd", 0)]
+        instances = utils.annotations_to_instances(annos, shape, mask_format=self.mask_format)
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict

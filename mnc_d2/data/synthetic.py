@@ -1,0 +1,291 @@
+"""Synthetic SpaceNet 2 data in the exact released layout (the project's embedded default).
+
+``generate_city(out_root, city, num_images, seed)`` writes ``<out_root>/<AOI>_Train/`` with the
+four products (RGB-PanSharpen 3 bands, MUL-PanSharpen 8 bands and PAN 1 band at 650x650, MUL 8
+bands at 163x163; uint16 holding 11-bit values; EPSG:4326 georeferencing), per-image building
+GeoJSON in lon/lat, and the summary CSV (pixel WKT with z=0, ``POLYGON EMPTY`` rows for empty
+images). Everything is deterministic in (seed, city, image index).
+
+Scenes reproduce SpaceNet's hard cases: rectangles and L-, U-, T-shaped and courtyard (holed)
+buildings, small buildings down to ~4 m, dark roofs, shadows, roads, trees (some overhanging
+roofs), buildings cut by the tile edge and empty tiles. Materials have distinct 8-band
+WorldView-3 signatures: dark roofs look like asphalt and shadow in RGB but are brighter in red
+edge / NIR, so 8-band input can help.
+
+An extra file, ``summaryData/<AOI>_Train_Building_Attributes.csv`` (ImageId, BuildingId, shape,
+roof, area_m2, solidity), records what each building is, for failure-mode benchmarks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+from rasterio.transform import Affine
+from shapely import affinity
+from shapely.geometry import Polygon, box
+
+from ..utils.atomic import atomic_write
+from .layout import CITIES, LABEL_GRID
+
+logger = logging.getLogger(__name__)
+
+GSD_M = 0.3  # metres per pixel of the pan-sharpened grid
+MUL_SIZE = 163
+
+# Reflectance per WorldView-3 band: coastal, blue, green, yellow, red, red edge, NIR1, NIR2.
+SIGNATURES = {
+    "soil": (0.20, 0.22, 0.26, 0.30, 0.33, 0.36, 0.38, 0.39),
+    "dark_soil": (0.13, 0.14, 0.17, 0.20, 0.23, 0.26, 0.28, 0.29),
+    "grass": (0.05, 0.06, 0.10, 0.09, 0.07, 0.20, 0.40, 0.42),
+    "pavement": (0.17, 0.18, 0.19, 0.19, 0.20, 0.20, 0.21, 0.21),
+    "asphalt": (0.09, 0.09, 0.10, 0.10, 0.11, 0.11, 0.12, 0.12),
+    "tree": (0.03, 0.04, 0.08, 0.07, 0.05, 0.18, 0.45, 0.47),
+    "roof_concrete": (0.40, 0.45, 0.48, 0.50, 0.50, 0.50, 0.48, 0.47),
+    "roof_tile": (0.08, 0.09, 0.12, 0.20, 0.35, 0.40, 0.42, 0.42),
+    "roof_metal": (0.36, 0.40, 0.37, 0.33, 0.30, 0.28, 0.26, 0.25),
+    "roof_grey": (0.24, 0.26, 0.27, 0.27, 0.27, 0.28, 0.29, 0.29),
+    # Dark roofs: as dark as asphalt in the visible bands, bright in red edge / NIR.
+    "roof_dark": (0.07, 0.07, 0.08, 0.08, 0.09, 0.22, 0.32, 0.33),
+}
+DARK_ROOFS = ("roof_dark",)
+
+
+@dataclass(frozen=True)
+class CityStyle:
+    ground: str
+    origin: tuple[float, float]  # lon, lat of the first tile
+    buildings: tuple[int, int]  # min, max buildings per non-empty tile
+    angle_jitter: float  # degrees around the street grid orientation
+    roofs: tuple[float, ...]  # probabilities of concrete, tile, metal, grey, dark
+    trees: int
+
+
+STYLES = {
+    "vegas": CityStyle("soil", (-115.30, 36.20), (18, 40), 4, (0.35, 0.25, 0.10, 0.15, 0.15), 6),
+    "paris": CityStyle("grass", (2.30, 48.85), (8, 24), 25, (0.15, 0.40, 0.10, 0.20, 0.15), 14),
+    "shanghai": CityStyle("pavement", (121.40, 31.20), (15, 35), 10,
+                          (0.25, 0.10, 0.25, 0.25, 0.15), 8),
+    "khartoum": CityStyle("dark_soil", (32.50, 15.60), (20, 45), 30,
+                          (0.30, 0.05, 0.25, 0.20, 0.20), 4),
+}
+ROOFS = ("roof_concrete", "roof_tile", "roof_metal", "roof_grey", "roof_dark")
+SHAPES = ("rect", "L", "U", "T", "courtyard", "small")
+SHAPE_P = (0.34, 0.18, 0.08, 0.08, 0.08, 0.24)
+EMPTY_TILE_P = 0.08
+
+
+def _m(metres: float) -> float:
+    return metres / GSD_M
+
+
+def building_shape(kind: str, rng: np.random.Generator) -> Polygon:
+    """A footprint of ``kind`` in pixels, centred at the origin, axis-aligned."""
+    if kind == "small":
+        w, h = _m(rng.uniform(4, 7)), _m(rng.uniform(4, 7))
+        return box(-w / 2, -h / 2, w / 2, h / 2)
+    if kind == "rect":
+        w, h = _m(rng.uniform(8, 24)), _m(rng.uniform(7, 18))
+        return box(-w / 2, -h / 2, w / 2, h / 2)
+    w, h = _m(rng.uniform(14, 28)), _m(rng.uniform(12, 24))
+    outer = box(-w / 2, -h / 2, w / 2, h / 2)
+    t = rng.uniform(0.38, 0.55)
+    if kind == "L":
+        cut = box(-w / 2 + w * t, -h / 2 + h * t, w / 2, h / 2)
+    elif kind == "U":
+        arm = w * t / 2
+        cut = box(-w / 2 + arm, -h / 2 + h * t, w / 2 - arm, h / 2)
+    elif kind == "T":
+        stem = w * t / 2
+        cut = shapely.union(box(-w / 2, -h / 2 + h * t, -stem, h / 2),
+                            box(stem, -h / 2 + h * t, w / 2, h / 2))
+    elif kind == "courtyard":
+        cut = box(-w * t / 2, -h * t / 2, w * t / 2, h * t / 2)
+    else:
+        raise ValueError(f"unknown building kind {kind!r}")
+    shape = outer.difference(cut)
+    return shape if shape.geom_type == "Polygon" else max(shape.geoms, key=lambda g: g.area)
+
+
+def _noise(rng: np.random.Generator, size: int, scale: int, amplitude: float) -> np.ndarray:
+    """Smooth multiplicative texture (1 +- amplitude), (size, size) float32."""
+    coarse = rng.normal(0, 1, (size // scale + 2, size // scale + 2)).astype(np.float32)
+    smooth = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    return 1.0 + amplitude * smooth / max(float(np.abs(smooth).max()), 1e-6)
+
+
+def _paint(image: np.ndarray, geoms, material: str, rng, texture: float = 0.05) -> None:
+    if not geoms:
+        return
+    mask = rasterio.features.rasterize(geoms, out_shape=image.shape[1:], dtype=np.uint8) > 0
+    sig = np.asarray(SIGNATURES[material], dtype=np.float32) * rng.uniform(0.9, 1.1)
+    tex = _noise(rng, image.shape[1], 16, texture)
+    image[:, mask] = sig[:, None] * tex[mask][None]
+
+
+def _place_buildings(rng, style: CityStyle, size: int):
+    """Non-overlapping footprints (pixel coords, may cross the tile edge) with attributes."""
+    n = int(rng.integers(*style.buildings))
+    base = rng.uniform(0, 90)
+    placed, attrs = [], []
+    for _ in range(n * 6):
+        if len(placed) >= n:
+            break
+        kind = str(rng.choice(SHAPES, p=SHAPE_P))
+        shape = building_shape(kind, rng)
+        angle = base + rng.normal(0, style.angle_jitter) + 90 * rng.integers(0, 4)
+        cx, cy = rng.uniform(-0.04 * size, 1.04 * size, 2)
+        poly = affinity.translate(affinity.rotate(shape, angle, origin=(0, 0)), cx, cy)
+        halo = poly.buffer(_m(2.5))
+        if any(halo.intersects(p) for p in placed):
+            continue
+        placed.append(poly)
+        attrs.append({"shape": kind, "roof": str(rng.choice(ROOFS, p=style.roofs))})
+    return placed, attrs
+
+
+def render_scene(rng: np.random.Generator, style: CityStyle, size: int = LABEL_GRID):
+    """One scene: (8, size, size) reflectance, building footprints and their attributes."""
+    image = np.empty((8, size, size), dtype=np.float32)
+    image[:] = np.asarray(SIGNATURES[style.ground], np.float32)[:, None, None]
+    image *= _noise(rng, size, 64, 0.15)[None]
+    roads = []
+    for _ in range(int(rng.integers(0, 3))):
+        y, w = rng.uniform(0, size), _m(rng.uniform(6, 12))
+        road = box(-size, y - w / 2, 2 * size, y + w / 2)
+        roads.append(affinity.rotate(road, rng.uniform(0, 180), origin=(size / 2, size / 2)))
+    _paint(image, roads, "asphalt", rng, 0.03)
+    empty = rng.random() < EMPTY_TILE_P
+    footprints, attrs = ([], []) if empty else _place_buildings(rng, style, size)
+    # Shadows: each footprint shifted away from the sun darkens what lies under it.
+    sun = rng.uniform(0, 2 * math.pi)
+    shift = _m(rng.uniform(1.5, 4.0))
+    shadows = [affinity.translate(f, shift * math.cos(sun), shift * math.sin(sun))
+               for f in footprints]
+    if shadows:
+        mask = rasterio.features.rasterize(shadows, out_shape=(size, size), dtype=np.uint8) > 0
+        image[:, mask] *= 0.35
+    trees = [shapely.Point(*rng.uniform(0, size, 2)).buffer(_m(rng.uniform(1.5, 4)))
+             for _ in range(int(rng.poisson(style.trees)))]
+    _paint(image, trees[: len(trees) // 2], "tree", rng, 0.2)
+    for poly, attr in zip(footprints, attrs):
+        _paint(image, [poly], attr["roof"], rng, 0.04)
+    _paint(image, trees[len(trees) // 2:], "tree", rng, 0.2)  # some overhang roofs
+    image = cv2.GaussianBlur(image.transpose(1, 2, 0), (0, 0), 0.7).transpose(2, 0, 1)
+    image += rng.normal(0, 0.008, image.shape).astype(np.float32)
+    return image, footprints, attrs
+
+
+def to_dn(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance -> uint16 digital numbers holding 11-bit values (0..2047)."""
+    return np.clip(np.round(reflectance * 2047 / 0.6), 0, 2047).astype(np.uint16)
+
+
+def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with rasterio.open(tmp, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+                       count=data.shape[0], dtype="uint16", crs="EPSG:4326",
+                       transform=transform, compress="deflate") as dst:
+        dst.write(data)
+    tmp.replace(path)
+
+
+def _wkt3(geom) -> str:
+    """SpaceNet's WKT: 'POLYGON ((x y 0, ...))' (z = 0, no 'Z' tag)."""
+    text = shapely.to_wkt(shapely.force_3d(geom), rounding_precision=6, output_dimension=3)
+    return text.replace("POLYGON Z ", "POLYGON ", 1)
+
+
+def _solidity(geom) -> float:
+    return float(geom.area / geom.convex_hull.area) if geom.area > 0 else 0.0
+
+
+def tile_transform(style: CityStyle, index: int, size: int = LABEL_GRID) -> Affine:
+    """EPSG:4326 transform of tile ``index`` (tiles laid out on a 100-wide grid)."""
+    lon0, lat0 = style.origin
+    dy = GSD_M / 111_320.0
+    dx = dy / math.cos(math.radians(lat0))
+    row, col = divmod(index, 100)
+    return Affine(dx, 0.0, lon0 + col * size * dx, 0.0, -dy, lat0 - row * size * dy)
+
+
+def generate_image(aoi_root: Path, city: str, index: int, seed: int) -> tuple[list, list]:
+    """Write one image in all four products plus its GeoJSON; return its CSV rows."""
+    style = STYLES[city]
+    aoi = CITIES[city]
+    image_id = f"{aoi}_img{index + 1}"
+    rng = np.random.default_rng([seed, list(CITIES).index(city), index])
+    reflectance, footprints, attrs = render_scene(rng, style)
+    transform = tile_transform(style, index)
+    mul = to_dn(reflectance)
+    _write_tif(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
+    _write_tif(aoi_root / "RGB-PanSharpen" / f"RGB-PanSharpen_{image_id}.tif", mul[[4, 2, 1]],
+               transform)
+    pan = to_dn(reflectance[1:6].mean(axis=0, keepdims=True))
+    _write_tif(aoi_root / "PAN" / f"PAN_{image_id}.tif", pan, transform)
+    small = np.stack([cv2.resize(band, (MUL_SIZE, MUL_SIZE), interpolation=cv2.INTER_AREA)
+                      for band in reflectance])
+    scale = LABEL_GRID / MUL_SIZE
+    _write_tif(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
+               transform * Affine.scale(scale, scale))
+
+    tile = box(0, 0, LABEL_GRID, LABEL_GRID)
+    rows, features, attr_rows = [], [], []
+    for poly, attr in zip(footprints, attrs):
+        clipped = poly.intersection(tile)
+        if clipped.is_empty or clipped.area < 1.0:
+            continue
+        if clipped.geom_type != "Polygon":
+            clipped = max(shapely.get_parts(clipped), key=lambda g: g.area)
+        geo = affinity.affine_transform(clipped, [transform.a, transform.b, transform.d,
+                                                  transform.e, transform.c, transform.f])
+        building_id = len(rows)
+        rows.append([image_id, building_id, _wkt3(clipped), _wkt3(geo)])
+        features.append({"type": "Feature", "properties": {"Id": 0, "building": "yes"},
+                         "geometry": shapely.geometry.mapping(shapely.set_precision(geo, 1e-9))})
+        attr_rows.append([image_id, building_id, attr["shape"], attr["roof"],
+                          round(clipped.area * GSD_M ** 2, 2), round(_solidity(clipped), 4)])
+    if not rows:
+        rows.append([image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"])
+    geojson = aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson"
+    with atomic_write(geojson, "w") as f:
+        json.dump({"type": "FeatureCollection", "features": features}, f)
+    return rows, attr_rows
+
+
+def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 0,
+                  progress: bool = True) -> Path:
+    """Write ``<out_root>/<AOI>_Train`` for ``city`` (vegas, paris, shanghai, khartoum)."""
+    if city not in STYLES:
+        raise ValueError(f"city={city!r} is not one of {sorted(STYLES)}")
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images} must be >= 1")
+    from tqdm import tqdm
+
+    aoi_root = Path(out_root) / f"{CITIES[city]}_Train"
+    all_rows, all_attrs = [], []
+    for index in tqdm(range(num_images), desc=f"synthetic {CITIES[city]}", unit="img",
+                      disable=not progress):
+        rows, attrs = generate_image(aoi_root, city, index, seed)
+        all_rows.extend(rows)
+        all_attrs.extend(attrs)
+    summary = aoi_root / "summaryData"
+    with atomic_write(summary / f"{aoi_root.name}_Building_Solutions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "BuildingId", "PolygonWKT_Pix", "PolygonWKT_Geo"])
+        writer.writerows(all_rows)
+    with atomic_write(summary / f"{aoi_root.name}_Building_Attributes.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "BuildingId", "shape", "roof", "area_m2", "solidity"])
+        writer.writerows(all_attrs)
+    return aoi_root

@@ -1,0 +1,409 @@
+"""SpaceNet data layer: layout, labels, registration, mapper, bad input, synthetic generator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from affine import Affine
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from shapely.geometry import box
+
+import mnc_d2
+from mnc_d2.data import (
+    SpaceNetDatasetMapper,
+    compute_band_stats,
+    load_spacenet_dicts,
+    register_spacenet_instances,
+    resolve_band_stats,
+    split_of,
+)
+from mnc_d2.data.labels import LabelError, RepairLog, read_geojson_footprints
+from mnc_d2.data.spacenet import RasterError, raster_header
+from mnc_d2.data.synthetic import generate_city
+from mnc_d2.data.transforms import Rot90Transform
+from mnc_d2.modeling.checkpoint import MultiBandCheckpointer, inflate_input_channels
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("syn") / "spacenet"
+    generate_city(root, "vegas", 5, seed=3, progress=False)
+    generate_city(root, "paris", 3, seed=3, progress=False)
+    return root
+
+
+def _write_tif(path: Path, data: np.ndarray, transform=None, crs="EPSG:4326", nodata=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"transform": transform} if transform is not None else {}
+    if crs is not None:
+        kwargs["crs"] = crs
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+                       count=data.shape[0], dtype=str(data.dtype), nodata=nodata, **kwargs) as dst:
+        dst.write(data)
+
+
+def _base_cfg(bands=3):
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.MODEL.PIXEL_MEAN = [0.0] * bands
+    cfg.MODEL.PIXEL_STD = [1.0] * bands
+    cfg.INPUT.MIN_SIZE_TRAIN = (650,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 650
+    cfg.INPUT.MIN_SIZE_TEST = 650
+    return cfg
+
+
+# --- synthetic generator: the exact SpaceNet layout ------------------------------------------
+
+
+def test_synthetic_layout(synthetic):
+    aoi = synthetic / "AOI_2_Vegas_Train"
+    expected = {"RGB-PanSharpen": (3, 650), "MUL-PanSharpen": (8, 650), "PAN": (1, 650),
+                "MUL": (8, 163)}
+    for product, (count, size) in expected.items():
+        path = aoi / product / f"{product}_AOI_2_Vegas_img1.tif"
+        with rasterio.open(path) as src:
+            assert (src.count, src.width, src.height) == (count, size, size)
+            assert src.dtypes[0] == "uint16" and src.crs.to_epsg() == 4326
+            assert src.read().max() <= 2047
+    header = (aoi / "summaryData" / "AOI_2_Vegas_Train_Building_Solutions.csv").read_text()
+    assert header.startswith("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n")
+    assert '"POLYGON ((' in header and " 0, " in header and "POLYGON Z" not in header
+    assert (aoi / "geojson" / "buildings" / "buildings_AOI_2_Vegas_img5.geojson").exists()
+
+
+def test_synthetic_is_deterministic(tmp_path, synthetic):
+    generate_city(tmp_path, "paris", 3, seed=3, progress=False)
+    name = "AOI_3_Paris_Train/summaryData/AOI_3_Paris_Train_Building_Solutions.csv"
+    assert (tmp_path / name).read_bytes() == (synthetic / name).read_bytes()
+    tif = "AOI_3_Paris_Train/MUL/MUL_AOI_3_Paris_img2.tif"
+    with rasterio.open(tmp_path / tif) as a, rasterio.open(synthetic / tif) as b:
+        assert np.array_equal(a.read(), b.read())
+
+
+def test_dark_roofs_differ_from_asphalt_only_beyond_rgb():
+    from mnc_d2.data.synthetic import SIGNATURES
+
+    dark, asphalt = np.array(SIGNATURES["roof_dark"]), np.array(SIGNATURES["asphalt"])
+    rgb = [4, 2, 1]
+    assert np.abs(dark[rgb] - asphalt[rgb]).max() <= 0.021
+    assert (dark[5:] - asphalt[5:]).min() > 0.1  # red edge and NIR separate them
+
+
+# --- registration and labels -------------------------------------------------------------------
+
+
+def test_csv_and_geojson_labels_agree(synthetic):
+    aoi = synthetic / "AOI_2_Vegas_Train"
+    from_csv = {d["image_id"]: d for d in load_spacenet_dicts(aoi, labels="csv")}
+    from_geojson = {d["image_id"]: d for d in load_spacenet_dicts(aoi, labels="geojson")}
+    assert from_csv.keys() == from_geojson.keys()
+    for image_id, rec in from_csv.items():
+        a = [shapely.from_wkt(x["wkt_pix"]) for x in rec["annotations"]]
+        b = [shapely.from_wkt(x["wkt_pix"]) for x in from_geojson[image_id]["annotations"]]
+        assert len(a) == len(b)
+        for pa, pb in zip(a, b):
+            assert pa.symmetric_difference(pb).area < 0.05 * pa.area + 0.5
+
+
+def test_registration_and_dict_fields(synthetic):
+    register_spacenet_instances("_t_vegas", synthetic / "AOI_2_Vegas_Train")
+    dicts = DatasetCatalog.get("_t_vegas")
+    meta = mnc_d2.data.spacenet.MetadataCatalog.get("_t_vegas")
+    assert meta.thing_classes == ["building"] and meta.evaluator_type == "spacenet"
+    assert (meta.aoi, meta.product, meta.num_bands) == ("AOI_2_Vegas", "RGB-PanSharpen", 3)
+    rec = next(d for d in dicts if d["annotations"])
+    assert set(rec) >= {"file_name", "image_id", "height", "width", "annotations", "crs",
+                        "transform"}
+    ann = rec["annotations"][0]
+    assert ann["category_id"] == 0 and ann["iscrowd"] == 0 and ann["bbox_mode"] == 0
+
+
+def test_mul_labels_scaled_to_its_grid(synthetic):
+    aoi = synthetic / "AOI_2_Vegas_Train"
+    pan = {d["image_id"]: d for d in load_spacenet_dicts(aoi, "RGB-PanSharpen")}
+    mul = {d["image_id"]: d for d in load_spacenet_dicts(aoi, "MUL")}
+    for image_id, rec in mul.items():
+        assert (rec["height"], rec["width"]) == (163, 163)
+        for a, b in zip(rec["annotations"], pan[image_id]["annotations"]):
+            assert a["bbox"] == pytest.approx([v * 163 / 650 for v in b["bbox"]], abs=1e-3)
+
+
+def test_holes_are_kept_as_rle_and_train_as_holes(tmp_path):
+    aoi = tmp_path / "AOI_9_Test_Train"
+    transform = Affine(1e-5, 0, 10.0, 0, -1e-5, 50.0)
+    _write_tif(aoi / "RGB-PanSharpen" / "RGB-PanSharpen_AOI_9_Test_img1.tif",
+               np.ones((3, 64, 64), np.uint16), transform)
+    (aoi / "summaryData").mkdir(parents=True)
+    courtyard = "POLYGON ((10 10 0,50 10 0,50 50 0,10 50 0,10 10 0),(20 20 0,40 20 0,40 40 0,20 40 0,20 20 0))"
+    (aoi / "summaryData" / "AOI_9_Test_Train_Building_Solutions.csv").write_text(
+        f'ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\nAOI_9_Test_img1,0,"{courtyard}",x\n')
+    rec = load_spacenet_dicts(aoi)[0]
+    seg = rec["annotations"][0]["segmentation"]
+    assert isinstance(seg, dict) and "counts" in seg
+    cfg = _base_cfg()
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
+    cfg.INPUT.AUGMENT.HFLIP_PROB = cfg.INPUT.AUGMENT.VFLIP_PROB = 0.0
+    cfg.INPUT.AUGMENT.ROT90 = False
+    out = SpaceNetDatasetMapper(cfg, is_train=True)(rec)
+    mask = out["instances"].gt_masks.tensor[0]
+    assert mask[15, 15] and not mask[30, 30] and int(mask.sum()) == 40 * 40 - 20 * 20
+
+
+def test_real_tile_footprints_land_at_known_pixels(spacenet_sample):
+    tif = spacenet_sample / "sample_geotiff.tif"
+    head = raster_header(tif)
+    repairs = RepairLog()
+    polys = read_geojson_footprints(spacenet_sample / "geotiff_labels.geojson", head["crs"],
+                                    head["transform"], head["width"], head["height"], repairs)
+    assert len(polys) == 43
+    assert all(box(0, 0, 900, 900).contains(p) for p in polys)
+    # Independent check: pixel = (X - x_origin) / 0.5, (y_origin - Y) / 0.5 from the raw file.
+    t = head["transform"]
+    raw = json.loads((spacenet_sample / "geotiff_labels.geojson").read_text())
+    x, y = raw["features"][0]["geometry"]["coordinates"][0][0][:2]
+    expected = ((x - t.c) / t.a, (y - t.f) / t.e)
+    first = shapely.get_coordinates(polys[0])
+    assert np.min(np.hypot(*(first - expected).T)) < 1e-6
+    assert not repairs
+
+
+def test_projected_geojson_without_crs_uses_raster_crs(spacenet_sample, caplog):
+    tif = spacenet_sample / "sample_geotiff_custom_proj.tif"
+    head = raster_header(tif)
+    polys = read_geojson_footprints(spacenet_sample / "geotiff_custom_proj_labels.geojson",
+                                    head["crs"], head["transform"], head["width"],
+                                    head["height"], RepairLog())
+    assert len(polys) == 19
+    assert all(box(0, 0, head["width"], head["height"]).intersects(p) for p in polys)
+    assert "names no CRS" in caplog.text
+
+
+def test_projected_geojson_without_crs_outside_raster_is_an_error(tmp_path):
+    tif = tmp_path / "t.tif"
+    _write_tif(tif, np.ones((1, 10, 10), np.uint16), Affine(1, 0, 500000, 0, -1, 4000000),
+               crs="EPSG:32616")
+    gj = tmp_path / "l.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {},
+        "geometry": shapely.geometry.mapping(box(100000, 100000, 100005, 100005))}]}))
+    head = raster_header(tif)
+    with pytest.raises(LabelError, match="names no CRS"):
+        read_geojson_footprints(gj, head["crs"], head["transform"], 10, 10, RepairLog())
+
+
+def test_geojson_is_reprojected_and_clipped(tmp_path):
+    # Raster in UTM 16N; labels in lon/lat (named CRS), one crossing the right edge.
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 3700000.0)
+    tif = tmp_path / "t.tif"
+    _write_tif(tif, np.ones((1, 100, 100), np.uint16), t, crs="EPSG:32616")
+    from pyproj import Transformer
+
+    to_ll = Transformer.from_crs("EPSG:32616", "EPSG:4326", always_xy=True)
+    inside = [to_ll.transform(*t * (px, py)) for px, py in [(10, 10), (30, 10), (30, 30), (10, 30), (10, 10)]]
+    crossing = [to_ll.transform(*t * (px, py)) for px, py in [(90, 50), (120, 50), (120, 60), (90, 60), (90, 50)]]
+    gj = tmp_path / "l.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"Id": 0}, "geometry": {"type": "Polygon", "coordinates": [inside]}},
+        {"type": "Feature", "properties": {"Id": 0}, "geometry": {"type": "Polygon", "coordinates": [crossing]}},
+    ]}))
+    repairs = RepairLog()
+    polys = read_geojson_footprints(gj, raster_header(tif)["crs"], t, 100, 100, repairs)
+    assert polys[0].symmetric_difference(box(10, 10, 30, 30)).area < 1e-3
+    assert polys[1].symmetric_difference(box(90, 50, 100, 60)).area < 1e-3  # clipped, kept
+    assert repairs["clipped: crossing the tile edge"] == 1
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_missing_folder_names_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="RGB-PanSharpen does not exist"):
+        load_spacenet_dicts(tmp_path / "AOI_2_Vegas_Train")
+
+
+def test_builtin_missing_folder_names_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="DETECTRON2_DATASETS"):
+        DatasetCatalog.get("spacenet2_khartoum_val")
+
+
+def test_builtin_names_read_synthetic_with_split(monkeypatch, synthetic):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic.parent))
+    train = DatasetCatalog.get("spacenet2_vegas_train")
+    val = DatasetCatalog.get("spacenet2_vegas_val")
+    ids = {d["image_id"] for d in train} | {d["image_id"] for d in val}
+    assert len(ids) == 5 and not ({d["image_id"] for d in train} & {d["image_id"] for d in val})
+    assert all(split_of(d["image_id"]) == "val" for d in val)
+    both = DatasetCatalog.get("spacenet2_all_train_8band")
+    assert {d["image_id"].rsplit("_", 1)[0] for d in both} <= {"AOI_2_Vegas", "AOI_3_Paris"}
+    assert all("MUL-PanSharpen" in d["file_name"] for d in both)
+
+
+def test_raster_without_crs(tmp_path):
+    tif = tmp_path / "x.tif"
+    _write_tif(tif, np.ones((1, 8, 8), np.uint16), Affine(1, 0, 5, 0, -1, 5), crs=None)
+    with pytest.raises(RasterError, match="has no CRS"):
+        raster_header(tif)
+
+
+def test_raster_without_transform(tmp_path):
+    tif = tmp_path / "x.tif"
+    _write_tif(tif, np.ones((1, 8, 8), np.uint16), None, crs="EPSG:4326")
+    with pytest.raises(RasterError, match="no geotransform"):
+        raster_header(tif)
+
+
+def test_truncated_raster(synthetic, tmp_path):
+    src = synthetic / "AOI_2_Vegas_Train" / "MUL-PanSharpen" / "MUL-PanSharpen_AOI_2_Vegas_img1.tif"
+    data = src.read_bytes()
+    bad = tmp_path / "trunc.tif"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RasterError, match="truncated or corrupt"):
+        raster_header(bad)
+
+
+def test_label_repairs_are_counted(tmp_path, caplog):
+    aoi = tmp_path / "AOI_9_Test_Train"
+    _write_tif(aoi / "RGB-PanSharpen" / "RGB-PanSharpen_AOI_9_Test_img1.tif",
+               np.ones((3, 64, 64), np.uint16), Affine(1e-5, 0, 10, 0, -1e-5, 50))
+    _write_tif(aoi / "RGB-PanSharpen" / "RGB-PanSharpen_AOI_9_Test_img2.tif",
+               np.ones((3, 64, 64), np.uint16), Affine(1e-5, 0, 10, 0, -1e-5, 50))
+    rows = [
+        'AOI_9_Test_img1,0,"POLYGON ((0 0 0,20 20 0,20 0 0,0 20 0,0 0 0))",x',  # bowtie
+        'AOI_9_Test_img1,1,"MULTIPOLYGON (((30 30,40 30,40 40,30 40,30 30)),((45 45,50 45,50 50,45 50,45 45)))",x',
+        "AOI_9_Test_img2,-1,POLYGON EMPTY,POLYGON EMPTY",
+    ]
+    (aoi / "summaryData").mkdir()
+    (aoi / "summaryData" / "AOI_9_Test_Train_Building_Solutions.csv").write_text(
+        "ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n" + "\n".join(rows) + "\n")
+    recs = {d["image_id"]: d for d in load_spacenet_dicts(aoi)}
+    assert len(recs["AOI_9_Test_img1"]["annotations"]) == 4  # 2 triangles + 2 parts
+    assert recs["AOI_9_Test_img2"]["annotations"] == []
+    assert "made valid: self-intersecting: 1" in caplog.text
+    assert "split: MultiPolygon into parts: 1" in caplog.text
+
+
+
+def test_nan_coordinates(tmp_path, caplog):
+    t = Affine(1, 0, 500000.0, 0, -1, 3700000.0)
+    tif = tmp_path / "t.tif"
+    _write_tif(tif, np.ones((1, 20, 20), np.uint16), t, crs="EPSG:32616")
+    nan = float("nan")
+    ring = [[500001, 3699999], [500005, 3699999], [500005, 3699995], [500001, 3699995]]
+    gj = tmp_path / "l.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection",
+                              "crs": {"type": "name", "properties": {"name": "EPSG:32616"}},
+                              "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[[nan, 1]] + ring + [[nan, 1]]]}},
+    ]}))
+    repairs = RepairLog()
+    polys = read_geojson_footprints(gj, raster_header(tif)["crs"], t, 20, 20, repairs)
+    assert len(polys) == 1 and repairs["dropped: NaN or unreadable coordinates"] == 1
+    # In a summary CSV, 'nan' is not WKT: a clear error names the file and line.
+    from mnc_d2.data.labels import read_summary_csv
+
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text('ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n'
+                        'AOI_1_X_img1,0,"POLYGON ((nan 1 0,5 1 0,5 5 0,nan 1 0))",x\n')
+    with pytest.raises(ValueError, match=r"s\.csv, line 2: .*not valid WKT"):
+        read_summary_csv(csv_path)
+
+
+def test_summary_csv_wrong_header(tmp_path):
+    aoi = tmp_path / "AOI_9_Test_Train"
+    _write_tif(aoi / "RGB-PanSharpen" / "RGB-PanSharpen_AOI_9_Test_img1.tif",
+               np.ones((3, 8, 8), np.uint16), Affine(1e-5, 0, 10, 0, -1e-5, 50))
+    (aoi / "summaryData").mkdir()
+    (aoi / "summaryData" / "AOI_9_Test_Train_Building_Solutions.csv").write_text(
+        "image,poly\nAOI_9_Test_img1,POLYGON EMPTY\n")
+    with pytest.raises(ValueError, match=r"Building_Solutions.csv lacks column\(s\)"):
+        load_spacenet_dicts(aoi)
+
+
+def test_duplicate_image_ids_in_a_product_folder(synthetic, tmp_path):
+    aoi = tmp_path / "AOI_2_Vegas_Train"
+    shutil.copytree(synthetic / "AOI_2_Vegas_Train", aoi)
+    shutil.copy(aoi / "MUL-PanSharpen" / "MUL-PanSharpen_AOI_2_Vegas_img1.tif",
+                aoi / "RGB-PanSharpen" / "MUL-PanSharpen_AOI_2_Vegas_img1.tif")
+    with pytest.raises(ValueError, match="appears twice"):
+        load_spacenet_dicts(aoi)
+
+
+# --- mapper, transforms, band statistics, checkpoint inflation ----------------------------------
+
+
+def test_band_selection_and_pixel_mean_check(synthetic):
+    rec = load_spacenet_dicts(synthetic / "AOI_2_Vegas_Train", "MUL-PanSharpen")[1]
+    cfg = _base_cfg(bands=3)
+    cfg.INPUT.BANDS = [7, 5, 3]
+    out = SpaceNetDatasetMapper(cfg, is_train=False)(rec)
+    with rasterio.open(rec["file_name"]) as src:
+        assert torch.equal(out["image"][0], torch.from_numpy(src.read(7).astype(np.float32)))
+    cfg.INPUT.BANDS = [1, 2, 3, 4, 5, 6, 7, 8]
+    with pytest.raises(ValueError, match="INPUT.BANDS has 8 entries.*MODEL.PIXEL_MEAN has 3"):
+        SpaceNetDatasetMapper(cfg, is_train=False)
+
+
+def test_nodata_is_filled_with_the_band_mean(tmp_path):
+    tif = tmp_path / "n.tif"
+    data = np.full((2, 4, 4), 100, np.uint16)
+    data[:, 0, 0] = 0
+    _write_tif(tif, data, Affine(1, 0, 0, 0, -1, 0), nodata=0)
+    from mnc_d2.data import read_bands
+
+    image = read_bands(str(tif), [1, 2], fill=[7.0, 9.0])
+    assert image[0, 0].tolist() == [7.0, 9.0] and image[1, 1].tolist() == [100.0, 100.0]
+
+
+def test_rot90_coords_follow_the_image():
+    image = np.zeros((4, 6), np.uint8)
+    image[1, 4] = 1  # pixel centre (x=4.5, y=1.5)
+    for k in range(4):
+        t = Rot90Transform(4, 6, k)
+        rotated = t.apply_image(image)
+        y, x = np.argwhere(rotated)[0]
+        assert t.apply_coords(np.array([[4.5, 1.5]]))[0].tolist() == [x + 0.5, y + 0.5]
+        assert np.array_equal(t.inverse().apply_image(rotated), image)
+
+
+def test_band_stats_auto(synthetic, tmp_path):
+    register_spacenet_instances("_t_stats", synthetic / "AOI_3_Paris_Train", "MUL-PanSharpen")
+    cfg = _base_cfg(bands=2)
+    cfg.INPUT.BANDS = [2, 7]
+    cfg.INPUT.BAND_STATS = "auto"
+    cfg.DATASETS.TRAIN = ("_t_stats",)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    stats = resolve_band_stats(cfg)
+    saved = json.loads((tmp_path / "band_stats.json").read_text())
+    assert saved == stats and cfg.MODEL.PIXEL_MEAN == stats["mean"]
+    files = [d["file_name"] for d in DatasetCatalog.get("_t_stats")]
+    pixels = np.concatenate([rasterio.open(f).read([2, 7]).reshape(2, -1) for f in files], 1)
+    assert stats["mean"] == pytest.approx(pixels.mean(1).tolist(), rel=1e-6)
+    assert stats["std"] == pytest.approx(pixels.std(1).tolist(), rel=1e-4)
+    assert compute_band_stats(files, [2, 7], max_images=1)["num_images"] == 1
+
+
+def test_stem_inflation(tmp_path):
+    rgb = torch.nn.Conv2d(3, 4, 3)
+    torch.save({"model": {"conv.weight": rgb.weight.detach().clone()}}, tmp_path / "rgb.pth")
+    model = torch.nn.Module()
+    model.conv = torch.nn.Conv2d(8, 4, 3, bias=False)
+    # MUL band order: 5 = red, 3 = green, 2 = blue.
+    MultiBandCheckpointer(model, input_bands=list(range(1, 9)),
+                          checkpoint_bands=[5, 3, 2]).load(str(tmp_path / "rgb.pth"))
+    w = model.conv.weight.detach()
+    assert torch.equal(w[:, 4], rgb.weight[:, 0]) and torch.equal(w[:, 1], rgb.weight[:, 2])
+    assert torch.allclose(w[:, 0], rgb.weight.mean(1)) and torch.allclose(w[:, 7], rgb.weight.mean(1))
+    with pytest.raises(ValueError, match="CHECKPOINT_BANDS lists 2"):
+        inflate_input_channels(rgb.weight, [1, 2, 3], [1, 2])
