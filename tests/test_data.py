@@ -407,3 +407,32 @@ def test_stem_inflation(tmp_path):
     assert torch.allclose(w[:, 0], rgb.weight.mean(1)) and torch.allclose(w[:, 7], rgb.weight.mean(1))
     with pytest.raises(ValueError, match="CHECKPOINT_BANDS lists 2"):
         inflate_input_channels(rgb.weight, [1, 2, 3], [1, 2])
+
+
+def test_empty_images_are_kept_by_the_mapper(synthetic):
+    rec = {"file_name": str(synthetic / "AOI_2_Vegas_Train" / "RGB-PanSharpen" /
+                            "RGB-PanSharpen_AOI_2_Vegas_img1.tif"),
+           "image_id": "AOI_2_Vegas_img1", "height": 650, "width": 650, "annotations": []}
+    out = SpaceNetDatasetMapper(_base_cfg(), is_train=True)(rec)
+    assert len(out["instances"]) == 0 and out["image"].shape[0] == 3
+
+
+def test_convert_to_coco(synthetic, tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "vegas.json"
+    subprocess.run([sys.executable, str(repo_root / "tools" / "convert_spacenet_to_coco.py"),
+                    "--aoi-root", str(synthetic / "AOI_2_Vegas_Train"), "--output", str(out)],
+                   check=True, capture_output=True)
+    coco = COCO(str(out))
+    dicts = load_spacenet_dicts(synthetic / "AOI_2_Vegas_Train")
+    assert len(coco.getImgIds()) == len(dicts)
+    assert len(coco.getAnnIds()) == sum(len(d["annotations"]) for d in dicts)
+    ann = coco.loadAnns(coco.getAnnIds())[0]
+    wkt_area = shapely.from_wkt(dicts[[d["image_id"] for d in dicts].index(
+        coco.loadImgs(ann["image_id"])[0]["spacenet_image_id"])]["annotations"][0]["wkt_pix"]).area
+    assert ann["area"] == pytest.approx(wkt_area)
+    assert abs(int(coco.annToMask(ann).sum()) - wkt_area) < 0.1 * wkt_area + 20

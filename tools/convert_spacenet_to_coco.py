@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Write a SpaceNet city folder (or a registered dataset name) as COCO instance JSON.
+
+    python tools/convert_spacenet_to_coco.py --aoi-root AOI_2_Vegas_Train --output vegas.json
+        [--product RGB-PanSharpen] [--labels csv|geojson] [--rle]
+    python tools/convert_spacenet_to_coco.py --dataset spacenet2_vegas_train --output train.json
+"""
+
+import argparse
+import logging
+import sys
+
+from mnc_d2.data import load_spacenet_dicts  # first: applies the detectron2 shims
+from mnc_d2.data.coco_export import write_coco_json
+from mnc_d2.data.layout import PRODUCTS
+from detectron2.data import DatasetCatalog  # noqa: E402,I001
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--aoi-root", help="a SpaceNet city folder, e.g. .../AOI_2_Vegas_Train")
+    src.add_argument("--dataset", help="a registered Detectron2 dataset name")
+    parser.add_argument("--product", default="RGB-PanSharpen", choices=sorted(PRODUCTS))
+    parser.add_argument("--labels", default="csv", choices=("csv", "geojson"))
+    parser.add_argument("--rle", action="store_true", help="write every mask as RLE")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        dicts = (DatasetCatalog.get(args.dataset) if args.dataset
+                 else load_spacenet_dicts(args.aoi_root, args.product, args.labels))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = write_coco_json(dicts, args.output, use_rle=args.rle)
+    print(f"wrote {counts['images']} images and {counts['annotations']} annotations to "
+          f"{args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
