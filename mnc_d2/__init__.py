@@ -13,9 +13,10 @@ compat.apply()
 from .config import add_mnc_config  # noqa: E402
 from .data import register_builtin_spacenet, register_spacenet_instances  # noqa: E402
 from .evaluation.spacenet_evaluation import SpaceNetEvaluator  # noqa: E402
+from .modeling import MNCROIHeads  # noqa: E402  (registers in ROI_HEADS_REGISTRY)
 
 register_builtin_spacenet()
 
 __version__ = "0.1.0"
 
-__all__ = ["SpaceNetEvaluator", "add_mnc_config", "register_spacenet_instances", "__version__"]
+__all__ = ["MNCROIHeads", "SpaceNetEvaluator", "add_mnc_config", "register_spacenet_instances", "__version__"]

@@ -1,0 +1,80 @@
+"""The per-stage networks of the MNC cascade: mask regression and masked classification.
+
+Shapes: R = RoIs in the batch, C = feature channels, S = warp size, M = mask size,
+K = foreground classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, get_norm
+from torch import nn
+
+
+def _trunk(in_channels: int, num_conv: int, conv_dim: int, norm: str) -> tuple[nn.Module, int]:
+    """Optional 3x3 convolutions on the warped features (returns the module and out channels)."""
+    layers = []
+    for _ in range(num_conv):
+        layers.append(Conv2d(in_channels, conv_dim, 3, padding=1, bias=not norm,
+                             norm=get_norm(norm, conv_dim), activation=F.relu))
+        in_channels = conv_dim
+    return nn.Sequential(*layers), in_channels
+
+
+class MaskRegressionHead(nn.Module):
+    """Stages 2 and 4: class-agnostic mask logits from box-warped features.
+
+    As in the paper: a hidden fully connected layer (256-d there) followed by a fully connected
+    layer regressing the M x M mask. Input (R, C, S, S) -> logits (R, M, M).
+    """
+
+    def __init__(self, in_channels: int, warp_size: int, mask_size: int, fc_dim: int,
+                 num_conv: int = 0, conv_dim: int = 256, norm: str = ""):
+        super().__init__()
+        self.trunk, channels = _trunk(in_channels, num_conv, conv_dim, norm)
+        self.fc = nn.Linear(channels * warp_size * warp_size, fc_dim)
+        self.predictor = nn.Linear(fc_dim, mask_size * mask_size)
+        self.mask_size = mask_size
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0.0)
+
+    def forward(self, warped: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(warped).flatten(1)
+        x = F.relu(self.fc(x))
+        return self.predictor(x).view(-1, self.mask_size, self.mask_size)
+
+
+class MaskedClassificationHead(nn.Module):
+    """Stages 3 and 5: classification from mask-multiplied features plus plain box features.
+
+    The paper's masking layer multiplies the box-warped features by the previous stage's soft
+    mask (resized to the warp grid); the masked and the plain pathways each get a fully connected
+    layer and are concatenated before the classifier and the class-specific box regressor.
+    Input: warped (R, C, S, S), mask_probs (R, M, M) -> (class logits (R, K+1), deltas (R, 4K)).
+    """
+
+    def __init__(self, in_channels: int, warp_size: int, num_classes: int, fc_dim: int,
+                 num_conv: int = 0, conv_dim: int = 256, norm: str = ""):
+        super().__init__()
+        self.trunk, channels = _trunk(in_channels, num_conv, conv_dim, norm)
+        flat = channels * warp_size * warp_size
+        self.fc_masked = nn.Linear(flat, fc_dim)
+        self.fc_box = nn.Linear(flat, fc_dim)
+        self.fc_joint = nn.Linear(2 * fc_dim, fc_dim)
+        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
+        self.warp_size = warp_size
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.constant_(layer.bias, 0.0)
+
+    def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):
+        feats = self.trunk(warped)
+        mask = F.interpolate(mask_probs[:, None], size=(self.warp_size, self.warp_size),
+                             mode="bilinear", align_corners=False)
+        masked = F.relu(self.fc_masked((feats * mask).flatten(1)))
+        plain = F.relu(self.fc_box(feats.flatten(1)))
+        joint = F.relu(self.fc_joint(torch.cat([masked, plain], dim=1)))
+        return self.cls_score(joint), self.bbox_pred(joint)

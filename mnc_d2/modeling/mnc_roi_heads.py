@@ -1,0 +1,318 @@
+"""``MNCROIHeads``: the Multi-task Network Cascade (Dai, He, Sun, CVPR 2016) as a Detectron2
+ROI head, on Detectron2's backbone, FPN and RPN (stage 1).
+
+Stages (5 by default, ``MODEL.MNC.NUM_STAGES: 3`` stops after stage 3):
+
+2. class-agnostic mask regression on each RPN box B, from features warped by B;
+3. classification from the masked features (warped features x stage-2 soft mask, the paper's
+   masking layer) together with the plain box features, plus class-specific box regression
+   giving refined boxes B';
+4. mask regression on B' (weights shared with stage 2 unless SHARE_STAGE_WEIGHTS is False);
+5. masked classification on B' (shared with stage 3).
+
+Training (choices of the paper and its code, and where we deviate):
+
+* RoIs are sampled from RPN proposals with Detectron2's sampler (ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+  POSITIVE_FRACTION, IOU_THRESHOLDS; the paper samples 64 RoIs/image at 1:3, box IoU >= 0.5
+  foreground). The same RoIs go through every stage.
+* Mask targets: the matched ground-truth mask cropped to the RoI and resized to M x M (binary
+  cross-entropy per pixel, foreground RoIs only), as in the paper.
+* Classifier labels are mask-level, as in the paper: a box-foreground RoI stays foreground for
+  the stage-3 (stage-5) classifier only if the stage-2 (stage-4) predicted mask has mask IoU >=
+  MODEL.MNC.MASK_FG_IOU with its ground truth (``mask_iou_in_box``); MASK_FG_IOU 0 falls back to
+  box labels. Deviation: the IoU is measured on the RoI's M x M grid with the ground truth's full
+  area in the union, not on full-image masks.
+* Box regression (stage 3): Detectron2's Box2BoxTransform deltas, smooth L1, box-foreground RoIs.
+* Stage 4/5 RoIs are the stage-3 refined boxes of the same sampled RoIs, re-matched to the ground
+  truth by box IoU for their mask targets and labels. With ``ROI_WARP: warp`` the stage-4/5 losses
+  reach the stage-3 box regression through the box coordinates (clipped, see roi_warp.py).
+* Losses: loss_mask2, loss_cls3, loss_box3, loss_mask4, loss_cls5 (weights MODEL.MNC.LOSS_WEIGHTS)
+  plus Detectron2's RPN losses.
+
+Inference (as MNC): up to RPN.POST_NMS_TOPK_TEST proposals (600 in our configs); stage-3
+instances (box B, stage-2 mask, stage-3 score) and stage-5 instances (box B', stage-4 mask,
+stage-5 score) are pooled, box-NMSed per class, capped at DETECTIONS_PER_IMAGE, and each kept
+mask is replaced by mask voting (``mask_voting``). Output: Instances with pred_boxes, scores,
+pred_classes and pred_masks (R, 1, M, M) soft masks that GeneralizedRCNN pastes at image size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, ROIHeads
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import smooth_l1_loss
+from torch import nn
+
+from .mask_ops import mask_iou_in_box, mask_voting
+from .mnc_heads import MaskedClassificationHead, MaskRegressionHead
+from .roi_warp import MultiLevelWarp
+
+
+def _mask_areas(masks) -> torch.Tensor:
+    """Pixel areas of BitMasks (which have no area() in detectron2 0.6) or PolygonMasks."""
+    if hasattr(masks, "area"):
+        return masks.area().float()
+    return masks.tensor.flatten(1).sum(dim=1).float()
+
+
+def remap_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Monotone map of [0, 1] sending ``threshold`` to 0.5 (Detectron2 pastes masks at 0.5)."""
+    if abs(threshold - 0.5) < 1e-9:
+        return probs
+    low = probs * (0.5 / threshold)
+    high = 0.5 + (probs - threshold) * (0.5 / (1.0 - threshold))
+    return torch.where(probs <= threshold, low, high)
+
+
+@ROI_HEADS_REGISTRY.register()
+class MNCROIHeads(ROIHeads):
+    """The MNC cascade (see the module docstring)."""
+
+    @configurable
+    def __init__(self, *, in_features: list[str], warp: MultiLevelWarp,
+                 mask_heads: list[nn.Module], cls_heads: list[nn.Module], num_stages: int,
+                 box2box_transform: Box2BoxTransform, loss_weights: dict[str, float],
+                 mask_fg_iou: float = 0.5, smooth_l1_beta: float = 0.0,
+                 test_score_thresh: float = 0.05, test_nms_thresh: float = 0.3,
+                 test_detections_per_img: int = 300, mask_voting: bool = True,
+                 mask_voting_iou: float = 0.5, mask_threshold: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        if num_stages not in (3, 5):
+            raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
+        self.in_features = in_features
+        self.warp = warp
+        self.mask_heads = nn.ModuleList(mask_heads)
+        self.cls_heads = nn.ModuleList(cls_heads)
+        self.num_stages = num_stages
+        self.box2box_transform = box2box_transform
+        self.loss_weights = loss_weights
+        self.mask_fg_iou = mask_fg_iou
+        self.smooth_l1_beta = smooth_l1_beta
+        self.test_score_thresh = test_score_thresh
+        self.test_nms_thresh = test_nms_thresh
+        self.test_detections_per_img = test_detections_per_img
+        self.use_mask_voting = mask_voting
+        self.mask_voting_iou = mask_voting_iou
+        self.mask_threshold = mask_threshold
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg)
+        mnc = cfg.MODEL.MNC
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"ROI_HEADS.IN_FEATURES {in_features} have different channel "
+                             f"counts {channels}; MNC needs one (use FPN levels)")
+        channels = channels.pop()
+        scales = [1.0 / input_shape[f].stride for f in in_features]
+        num_heads = 1 if mnc.SHARE_STAGE_WEIGHTS or mnc.NUM_STAGES == 3 else 2
+        conv = {"num_conv": mnc.NUM_CONV, "conv_dim": mnc.CONV_DIM, "norm": mnc.NORM}
+        w = mnc.LOSS_WEIGHTS
+        ret.update(
+            in_features=in_features,
+            warp=MultiLevelWarp(mnc.WARP_SIZE, scales, mnc.ROI_WARP, mnc.SAMPLING_RATIO,
+                                box_grad_clip=mnc.BOX_GRAD_CLIP),
+            mask_heads=[MaskRegressionHead(channels, mnc.WARP_SIZE, mnc.MASK_SIZE,
+                                           mnc.MASK_FC_DIM, **conv) for _ in range(num_heads)],
+            cls_heads=[MaskedClassificationHead(channels, mnc.WARP_SIZE,
+                                                cfg.MODEL.ROI_HEADS.NUM_CLASSES, mnc.FC_DIM,
+                                                **conv) for _ in range(num_heads)],
+            num_stages=mnc.NUM_STAGES,
+            box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+            loss_weights={"loss_mask2": w.MASK2, "loss_cls3": w.CLS3, "loss_box3": w.BOX3,
+                          "loss_mask4": w.MASK4, "loss_cls5": w.CLS5},
+            mask_fg_iou=mnc.MASK_FG_IOU,
+            smooth_l1_beta=cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
+            test_score_thresh=mnc.SCORE_THRESH_TEST,
+            test_nms_thresh=mnc.NMS_THRESH_TEST,
+            test_detections_per_img=mnc.DETECTIONS_PER_IMAGE,
+            mask_voting=mnc.MASK_VOTING,
+            mask_voting_iou=mnc.MASK_VOTING_IOU,
+            mask_threshold=mnc.MASK_THRESHOLD,
+        )
+        return ret
+
+    # --- shared pieces ------------------------------------------------------------------------
+
+    def _stage_heads(self, second: bool) -> tuple[nn.Module, nn.Module]:
+        index = 1 if second and len(self.mask_heads) > 1 else 0
+        return self.mask_heads[index], self.cls_heads[index]
+
+    def _run_pair(self, feats, boxes: list[torch.Tensor], second: bool):
+        """One mask stage + one classification stage on ``boxes`` (per image (R_i, 4)).
+
+        Returns mask logits (R, M, M), class logits (R, K+1), box deltas (R, 4K).
+        """
+        mask_head, cls_head = self._stage_heads(second)
+        warped = self.warp(feats, boxes)
+        mask_logits = mask_head(warped)
+        cls_logits, deltas = cls_head(warped, mask_logits.sigmoid())
+        return mask_logits, cls_logits, deltas
+
+    def _refine(self, boxes: list[torch.Tensor], deltas: torch.Tensor, classes: torch.Tensor,
+                image_sizes) -> list[torch.Tensor]:
+        """Stage-3 regression: boxes (per image (R_i, 4)) + deltas of ``classes`` -> B'."""
+        rows = torch.arange(deltas.shape[0], device=deltas.device)
+        picked = deltas.view(deltas.shape[0], -1, 4)[rows, classes]
+        refined = self.box2box_transform.apply_deltas(picked, cat(boxes))
+        out, start = [], 0
+        for b, (h, w) in zip(boxes, image_sizes):
+            r = refined[start: start + len(b)]
+            start += len(b)
+            x = r[:, 0::2].clamp(0, w)
+            y = r[:, 1::2].clamp(0, h)
+            out.append(torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1))
+        return out
+
+    def forward(self, images, features, proposals, targets=None):
+        feats = [features[f] for f in self.in_features]
+        if self.training:
+            assert targets is not None, "MNCROIHeads needs targets in training"
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            return proposals, self._forward_train(feats, proposals, targets)
+        return self._forward_test(feats, proposals), {}
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _mask_loss_and_labels(self, mask_logits, rois, gt_masks, gt_classes, fg, name):
+        """BCE mask loss on foreground RoIs and mask-level classifier labels. rois: (R, 4)."""
+        m = mask_logits.shape[-1]
+        labels = gt_classes.clone()
+        if fg.any():
+            targets = cat([g.crop_and_resize(r, m) for g, r in gt_masks]).to(mask_logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(mask_logits[fg], targets, reduction="mean")
+            if self.mask_fg_iou > 0:
+                areas = cat([_mask_areas(g) for g, _ in gt_masks]).to(mask_logits.device)
+                miou = mask_iou_in_box(mask_logits[fg].detach(), targets, rois[fg], areas)
+                fg_idx = torch.nonzero(fg, as_tuple=True)[0]
+                labels[fg_idx[miou < self.mask_fg_iou]] = self.num_classes
+                get_event_storage().put_scalar(f"mnc/{name}_mask_fg_fraction",
+                                               float((miou >= self.mask_fg_iou).float().mean()))
+        else:
+            loss = mask_logits.sum() * 0.0
+        return loss, labels
+
+    def _forward_train(self, feats, proposals: list[Instances], targets: list[Instances]):
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        gt_classes = cat([p.gt_classes for p in proposals])
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        mask2, cls3, deltas3 = self._run_pair(feats, boxes, second=False)
+        masks = self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
+                                for p in proposals], [p.gt_classes for p in proposals], boxes)
+        rois = cat(boxes)
+        losses = {}
+        losses["loss_mask2"], labels3 = self._mask_loss_and_labels(
+            mask2, rois, masks, gt_classes, fg, "stage3")
+        losses["loss_cls3"] = F.cross_entropy(cls3, labels3, reduction="mean", ignore_index=-1)
+        losses["loss_box3"] = self._box_loss(deltas3, rois, proposals, gt_classes, fg)
+        if self.num_stages == 5:
+            classes = torch.where(fg, gt_classes, cls3[:, : self.num_classes].argmax(1))
+            refined = self._refine(boxes, deltas3, classes, [p.image_size for p in proposals])
+            stage4 = self._match(refined, targets)
+            mask4, cls5, _ = self._run_pair(feats, refined, second=True)
+            fg4 = cat([s.gt_classes < self.num_classes for s in stage4])
+            masks4 = self._fg_masks([s.gt_masks for s in stage4],
+                                    [s.gt_classes for s in stage4], [r.detach() for r in refined])
+            losses["loss_mask4"], labels5 = self._mask_loss_and_labels(
+                mask4, cat(refined).detach(), masks4, cat([s.gt_classes for s in stage4]), fg4,
+                "stage5")
+            losses["loss_cls5"] = F.cross_entropy(cls5, labels5, reduction="mean", ignore_index=-1)
+        return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    def _fg_masks(self, gt_masks, gt_classes, boxes):
+        """[(ground-truth masks of the foreground RoIs, their boxes)] per image with any."""
+        out = []
+        for masks, classes, b in zip(gt_masks, gt_classes, boxes):
+            fg = classes < self.num_classes
+            fg &= classes >= 0
+            if masks is not None and fg.any():
+                out.append((masks[fg], b[fg]))
+        return out
+
+    def _box_loss(self, deltas, rois, proposals, gt_classes, fg):
+        if not fg.any():
+            return deltas.sum() * 0.0
+        gt_boxes = cat([p.gt_boxes.tensor for p in proposals])
+        targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
+        rows = torch.nonzero(fg, as_tuple=True)[0]
+        picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+        loss = smooth_l1_loss(picked, targets, self.smooth_l1_beta, reduction="sum")
+        return loss / max(gt_classes.numel(), 1)
+
+    @torch.no_grad()
+    def _match(self, boxes: list[torch.Tensor], targets: list[Instances]) -> list[Instances]:
+        """Match refined boxes (no re-sampling) to the ground truth by box IoU."""
+        out = []
+        for b, t in zip(boxes, targets):
+            inst = Instances(t.image_size)
+            if len(t) == 0:
+                inst.gt_classes = torch.full((len(b),), self.num_classes, dtype=torch.long,
+                                             device=b.device)
+                inst.gt_masks = None
+                out.append(inst)
+                continue
+            idx, labels = self.proposal_matcher(pairwise_iou(t.gt_boxes, Boxes(b.detach())))
+            classes = t.gt_classes[idx].clone()
+            classes[labels == 0] = self.num_classes
+            classes[labels == -1] = -1
+            inst.gt_classes = classes
+            inst.gt_masks = t.gt_masks[idx]
+            out.append(inst)
+        return out
+
+    # --- inference ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward_test(self, feats, proposals: list[Instances]) -> list[Instances]:
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        sizes = [p.image_size for p in proposals]
+        mask2, cls3, deltas3 = self._run_pair(feats, boxes, second=False)
+        probs3 = F.softmax(cls3, dim=1)
+        stages = [(boxes, mask2, probs3)]
+        if self.num_stages == 5:
+            classes = probs3[:, : self.num_classes].argmax(1)
+            refined = self._refine(boxes, deltas3, classes, sizes)
+            mask4, cls5, _ = self._run_pair(feats, refined, second=True)
+            stages.append((refined, mask4, F.softmax(cls5, dim=1)))
+        results, start = [], 0
+        for i, size in enumerate(sizes):
+            n = len(boxes[i])
+            cand_boxes = cat([s[0][i] for s in stages])
+            cand_masks = cat([s[1][start: start + n].sigmoid() for s in stages])
+            cand_probs = cat([s[2][start: start + n, : self.num_classes] for s in stages])
+            results.append(self._select(cand_boxes, cand_masks, cand_probs, size))
+            start += n
+        return results
+
+    def _select(self, boxes, masks, probs, image_size) -> Instances:
+        """Score filter, per-class NMS, top-K and mask voting for one image.
+
+        boxes: (N, 4), masks: (N, M, M) probabilities, probs: (N, K) class probabilities.
+        """
+        cand, cls = torch.nonzero(probs > self.test_score_thresh, as_tuple=True)
+        scores = probs[cand, cls]
+        keep = batched_nms(boxes[cand], scores, cls, self.test_nms_thresh)
+        keep = keep[: self.test_detections_per_img]
+        result = Instances(image_size)
+        kept = cand[keep]
+        voted = masks[kept]
+        if self.use_mask_voting and kept.numel():
+            voted = torch.empty_like(voted)
+            for c in cls[keep].unique():
+                members = torch.nonzero(cls == c, as_tuple=True)[0]  # candidates of class c
+                slots = torch.nonzero(cls[keep] == c, as_tuple=True)[0]
+                local = torch.searchsorted(members, keep[slots])
+                voted[slots] = mask_voting(local, boxes[cand[members]], masks[cand[members]],
+                                           scores[members], self.mask_voting_iou)
+        result.pred_boxes = Boxes(boxes[kept])
+        result.scores = scores[keep]
+        result.pred_classes = cls[keep]
+        result.pred_masks = remap_threshold(voted, self.mask_threshold)[:, None]
+        return result

@@ -1,0 +1,139 @@
+"""Differentiable RoI warping (MNC's key layer) and its multi-level (FPN) wrapper.
+
+``roi_warp`` crops each box out of a feature map and resamples it to an S x S grid by bilinear
+interpolation at the centres of the S x S cells of the box. Because the sample positions are a
+linear function of the box coordinates, the output is differentiable with respect to both the
+features and the boxes: a loss on a later cascade stage reaches the boxes regressed by an earlier
+one, which is what makes the cascade trainable end to end. The paper warps to a fixed size and
+then max-pools; here the warped grid is used directly (an average of bilinear samples, like
+ROIAlign with one sample per cell), which we name as our approximation of RoI warping + pooling.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.structures import Boxes
+from torch import nn
+
+
+def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
+             spatial_scale: float) -> torch.Tensor:
+    """Warp boxes of a feature map to a fixed grid, differentiably in features and boxes.
+
+    features: (N, C, H, W). rois: (R, 5) rows (batch index, x0, y0, x1, y1) in image pixels
+    (continuous coordinates: pixel i covers [i, i+1]). Returns (R, C, S, S) with S =
+    ``output_size``; points outside the feature map read 0.
+    """
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (R, 5), got {tuple(rois.shape)}")
+    num_rois, channels = rois.shape[0], features.shape[1]
+    out = features.new_zeros((num_rois, channels, output_size, output_size))
+    if num_rois == 0:
+        return out + 0 * features.sum()  # keep the graph connected
+    height, width = features.shape[-2:]
+    steps = (torch.arange(output_size, device=rois.device, dtype=rois.dtype) + 0.5) / output_size
+    batch_index = rois[:, 0].detach().long()
+    results = []
+    order = []
+    for b in torch.unique(batch_index).tolist():
+        idx = torch.nonzero(batch_index == b, as_tuple=True)[0]
+        x0, y0, x1, y1 = (rois[idx, k + 1] * spatial_scale for k in range(4))
+        xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R_b, S) feature-map coordinates
+        ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+        # grid_sample (align_corners=False): normalised -1 is the left edge of pixel 0.
+        gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
+        gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
+        grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
+        sampled = F.grid_sample(features[b: b + 1], grid.to(features.dtype), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)
+        results.append(sampled.reshape(channels, len(idx), output_size, output_size)
+                       .permute(1, 0, 2, 3))
+        order.append(idx)
+    order = torch.cat(order)
+    return out.index_copy(0, order, torch.cat(results))
+
+
+class _ClipGradient(torch.autograd.Function):
+    """Identity forward; element-wise clamp of the gradient to [-limit, limit] backward."""
+
+    @staticmethod
+    def forward(ctx, tensor, limit):
+        ctx.limit = limit
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(-ctx.limit, ctx.limit), None
+
+
+def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
+    """Bound the gradient that RoI warping sends to box coordinates (0 = no bound).
+
+    A box's gradient sums the gradients of all S x S x C samples, so it can be much larger than
+    any feature gradient; an element-wise clamp keeps the cascade stable (our clipping rule; the
+    original Caffe implementation's exact rule is not reproduced).
+    """
+    if limit <= 0 or not boxes.requires_grad:
+        return boxes
+    return _ClipGradient.apply(boxes, float(limit))
+
+
+class MultiLevelWarp(nn.Module):
+    """Warp boxes from FPN levels: each box is read from the level its size assigns it to.
+
+    mode "warp": differentiable :func:`roi_warp`; mode "roialign": Detectron2's ROIAlign
+    (aligned) on detached boxes, faster, no gradient to the boxes.
+    """
+
+    def __init__(self, output_size: int, scales: Sequence[float], mode: str = "warp",
+                 sampling_ratio: int = 2, canonical_box_size: int = 224, canonical_level: int = 4,
+                 box_grad_clip: float = 0.0):
+        super().__init__()
+        if mode not in ("warp", "roialign"):
+            raise ValueError(f"MODEL.MNC.ROI_WARP={mode!r} must be 'warp' or 'roialign'")
+        self.output_size = output_size
+        self.scales = list(scales)
+        self.mode = mode
+        self.box_grad_clip = box_grad_clip
+        self.min_level = int(round(-torch.log2(torch.tensor(self.scales[0])).item()))
+        self.max_level = int(round(-torch.log2(torch.tensor(self.scales[-1])).item()))
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+        if mode == "roialign":
+            self.aligners = nn.ModuleList(
+                ROIAlign((output_size, output_size), s, sampling_ratio, aligned=True)
+                for s in self.scales)
+
+    def forward(self, features: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+        """features: per level (N, C, H_l, W_l); boxes: per image (R_i, 4) -> (sum R_i, C, S, S).
+        """
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1)
+                          for i, b in enumerate(boxes)])
+        if self.mode == "roialign":
+            rois = rois.detach()
+        else:
+            rois = torch.cat([rois[:, :1], clip_box_gradient(rois[:, 1:], self.box_grad_clip)], 1)
+        if len(self.scales) == 1:
+            levels = torch.zeros(rois.shape[0], dtype=torch.long, device=rois.device)
+        else:
+            levels = assign_boxes_to_levels([Boxes(b.detach()) for b in boxes], self.min_level,
+                                            self.max_level, self.canonical_box_size,
+                                            self.canonical_level)
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], self.output_size,
+                                     self.output_size))
+        for level, (feat, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.nonzero(levels == level, as_tuple=True)[0]
+            if idx.numel() == 0:
+                out = out + 0 * feat.sum()  # every level stays in the graph (DDP)
+                continue
+            if self.mode == "roialign":
+                warped = self.aligners[level](feat, rois[idx])
+            else:
+                warped = roi_warp(feat, rois[idx], self.output_size, scale)
+            out = out.index_copy(0, idx, warped)
+        return out
