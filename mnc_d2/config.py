@@ -72,7 +72,8 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Weight of the stage-5 classification loss.
     _C.MODEL.MNC.LOSS_WEIGHTS.CLS5 = 1.0
     # Element-wise clip of the gradient reaching box coordinates through RoI warping (0 = off).
-    _C.MODEL.MNC.BOX_GRAD_CLIP = 1.0
+    # It sums over all warped samples and otherwise swamps the stage-3 box loss ~100x.
+    _C.MODEL.MNC.BOX_GRAD_CLIP = 0.01
     # IoU of a box with its ground truth above which a RoI is foreground for the box/mask stages.
     _C.MODEL.MNC.FG_IOU = 0.5
     # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask, in the box) above which a RoI is

@@ -153,3 +153,30 @@ def test_cpu_launch_two_processes_with_ddp(tmp_path: Path):
         assert res["grad"] == [[1.5, 1.5, 1.5]]
         assert sorted(g["rank"] for g in res["gathered"]) == [0, 1]
         assert sorted(g["local_rank"] for g in res["gathered"]) == [0, 1]
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_config_loads(path):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.merge_from_file(str(path))
+    assert len(cfg.MODEL.PIXEL_MEAN) == len(cfg.MODEL.PIXEL_STD)
+    assert not cfg.INPUT.BANDS or len(cfg.INPUT.BANDS) == len(cfg.MODEL.PIXEL_MEAN)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        assert name in DatasetCatalog.list(), f"{path.name} names unregistered dataset {name}"
+    if "quick_schedules" in str(path):
+        from detectron2.modeling import build_model
+
+        cfg.MODEL.DEVICE = "cpu"
+        assert build_model(cfg) is not None
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert "Base-MNC-RCNN-FPN.yaml" in names and len(CONFIGS) >= 10
