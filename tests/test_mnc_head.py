@@ -108,6 +108,21 @@ def test_stages_build_and_give_finite_gradients(stages, keys):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_training_with_an_empty_image_in_the_batch():
+    torch.manual_seed(0)
+    model = build_model(quick_cfg())
+    model.train()
+    batch = toy_batch()
+    empty = Instances(batch[1]["instances"].image_size)
+    empty.gt_boxes = Boxes(torch.zeros(0, 4))
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    empty.gt_masks = BitMasks(torch.zeros(0, 128, 128, dtype=torch.bool))
+    batch[1]["instances"] = empty
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def _stage3_box_grad(mode: str) -> float:
     torch.manual_seed(0)
     model = build_model(quick_cfg(**{"MODEL.MNC.ROI_WARP": mode}))

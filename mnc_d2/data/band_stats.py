@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
 
 from ..utils.atomic import atomic_write
 
@@ -60,10 +61,11 @@ def resolve_band_stats(cfg) -> dict | None:
         files = [d["file_name"] for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
         stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES)
         out = Path(cfg.OUTPUT_DIR) / "band_stats.json"
-        with atomic_write(out, "w") as f:
-            json.dump(stats, f, indent=2)
-        logger.info("band statistics from %d training images written to %s",
-                    stats["num_images"], out)
+        if comm.is_main_process():  # every process computes the same numbers; one writes
+            with atomic_write(out, "w") as f:
+                json.dump(stats, f, indent=2)
+            logger.info("band statistics from %d training images written to %s",
+                        stats["num_images"], out)
     else:
         path = Path(mode)
         if not path.is_file():

@@ -57,6 +57,28 @@ def annotation_polygon(ann: dict):
     raise ValueError(f"annotation has neither 'wkt_pix' nor a 'segmentation': keys {list(ann)}")
 
 
+def instances_to_polygons(instances, score_thresh: float = 0.5, mask_thresh: float = 0.5,
+                          simplify_tolerance: float = 0.5, regularize: bool = False
+                          ) -> list[tuple[Polygon, float]]:
+    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W), ``scores`` (R,)) -> one pixel
+    polygon per instance scoring at least ``score_thresh`` (its largest part), with the score."""
+    if len(instances) == 0:
+        return []
+    if not instances.has("pred_masks"):
+        raise KeyError("instance masks needed: the model output has no 'pred_masks' (is "
+                       "MODEL.MASK_ON False?)")
+    scores = instances.scores.numpy()
+    out = []
+    for i in np.flatnonzero(scores >= score_thresh).tolist():
+        mask = instances.pred_masks[i]
+        mask = (mask if mask.dtype == torch.bool else mask >= mask_thresh).numpy()
+        poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
+                               regularize=regularize)
+        if poly is not None:
+            out.append((poly, float(scores[i])))
+    return out
+
+
 def truth_frame(dataset_dicts: list[dict], image_ids: set[str] | None = None) -> pd.DataFrame:
     """Truth table (ImageId, BuildingId, geometry) from Detectron2 dataset dicts.
 
@@ -113,23 +135,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
 
     def instances_to_polygons(self, instances) -> list[tuple[str, float]]:
         """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(WKT, score)]."""
-        if len(instances) == 0:
-            return []
-        if not instances.has("pred_masks"):
-            raise KeyError("SpaceNetEvaluator needs instance masks: the model output has no "
-                           "'pred_masks' (is MODEL.MASK_ON False?)")
-        scores = instances.scores.numpy()
-        masks = instances.pred_masks
-        keep = np.flatnonzero(scores >= self._score_thresh)
-        out = []
-        for i in keep.tolist():
-            mask = masks[i]
-            mask = (mask if mask.dtype == torch.bool else mask >= self._mask_thresh).numpy()
-            poly = mask_to_polygon(mask, simplify_tolerance=self._simplify,
-                                   regularize=self._regularize)
-            if poly is not None:
-                out.append((poly.wkt, float(scores[i])))
-        return out
+        return [(p.wkt, s) for p, s in instances_to_polygons(
+            instances, self._score_thresh, self._mask_thresh, self._simplify, self._regularize)]
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):

@@ -217,12 +217,12 @@ class MNCROIHeads(ROIHeads):
             refined = self._refine(boxes, deltas3, classes, [p.image_size for p in proposals])
             stage4 = self._match(refined, targets)
             mask4, cls5, _ = self._run_pair(feats, refined, second=True)
-            fg4 = cat([s.gt_classes < self.num_classes for s in stage4])
-            masks4 = self._fg_masks([s.gt_masks for s in stage4],
-                                    [s.gt_classes for s in stage4], [r.detach() for r in refined])
+            classes4 = cat([c for c, _ in stage4])
+            fg4 = (classes4 >= 0) & (classes4 < self.num_classes)
+            masks4 = self._fg_masks([m for _, m in stage4], [c for c, _ in stage4],
+                                    [r.detach() for r in refined])
             losses["loss_mask4"], labels5 = self._mask_loss_and_labels(
-                mask4, cat(refined).detach(), masks4, cat([s.gt_classes for s in stage4]), fg4,
-                "stage5")
+                mask4, cat(refined).detach(), masks4, classes4, fg4, "stage5")
             losses["loss_cls5"] = F.cross_entropy(cls5, labels5, reduction="mean", ignore_index=-1)
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
 
@@ -239,7 +239,9 @@ class MNCROIHeads(ROIHeads):
     def _box_loss(self, deltas, rois, proposals, gt_classes, fg):
         if not fg.any():
             return deltas.sum() * 0.0
-        gt_boxes = cat([p.gt_boxes.tensor for p in proposals])
+        # Images without ground truth have no gt_boxes field (all their RoIs are background).
+        gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
+                        else p.proposal_boxes.tensor.new_zeros((len(p), 4)) for p in proposals])
         targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
         rows = torch.nonzero(fg, as_tuple=True)[0]
         picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
@@ -247,24 +249,22 @@ class MNCROIHeads(ROIHeads):
         return loss / max(gt_classes.numel(), 1)
 
     @torch.no_grad()
-    def _match(self, boxes: list[torch.Tensor], targets: list[Instances]) -> list[Instances]:
-        """Match refined boxes (no re-sampling) to the ground truth by box IoU."""
+    def _match(self, boxes: list[torch.Tensor], targets: list[Instances]):
+        """Match refined boxes (no re-sampling) to the ground truth by box IoU.
+
+        Returns per image (gt_classes (R_i,), gt masks of the matches or None without GT).
+        """
         out = []
         for b, t in zip(boxes, targets):
-            inst = Instances(t.image_size)
             if len(t) == 0:
-                inst.gt_classes = torch.full((len(b),), self.num_classes, dtype=torch.long,
-                                             device=b.device)
-                inst.gt_masks = None
-                out.append(inst)
+                out.append((torch.full((len(b),), self.num_classes, dtype=torch.long,
+                                       device=b.device), None))
                 continue
             idx, labels = self.proposal_matcher(pairwise_iou(t.gt_boxes, Boxes(b.detach())))
             classes = t.gt_classes[idx].clone()
             classes[labels == 0] = self.num_classes
             classes[labels == -1] = -1
-            inst.gt_classes = classes
-            inst.gt_masks = t.gt_masks[idx]
-            out.append(inst)
+            out.append((classes, t.gt_masks[idx]))
         return out
 
     # --- inference ----------------------------------------------------------------------------

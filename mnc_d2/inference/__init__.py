@@ -1,0 +1,7 @@
+"""Whole-scene prediction on GeoTIFFs of any size: tiling, merging, georeferenced output."""
+
+from .predictor import ScenePrediction, ScenePredictor, write_outputs
+from .tiling import in_core, merge_across_tiles, tile_grid
+
+__all__ = ["ScenePrediction", "ScenePredictor", "in_core", "merge_across_tiles", "tile_grid",
+           "write_outputs"]

@@ -1,0 +1,146 @@
+"""Building footprints for whole GeoTIFF scenes of any size (``tools/predict.py``).
+
+The scene is read window by window (memory stays bounded by one batch of tiles plus the
+polygons), tiles overlap and are batched through the model, predictions are merged across tile
+borders (:mod:`.tiling`), and the result is written as GeoJSON in the source CRS, a SpaceNet
+proposal CSV (pixel coordinates) and optionally a PNG overlay. Band selection and normalisation
+are those of the training run (its config.yaml: INPUT.BANDS, MODEL.PIXEL_MEAN/STD).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rasterio
+import torch
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from rasterio.enums import Resampling
+from shapely import affinity
+from tqdm import tqdm
+
+from ..data.layout import image_id_from_path
+from ..engine.trainer import build_checkpointer, input_bands
+from ..evaluation.polygonize import pixel_to_map
+from ..evaluation.spacenet_evaluation import instances_to_polygons
+from ..evaluation.visualize import stretch_to_uint8
+from ..evaluation.writers import write_geojson, write_proposal_csv
+from .tiling import in_core, merge_across_tiles, tile_grid
+
+logger = logging.getLogger(__name__)
+
+MAX_OVERLAY_SIDE = 4096
+
+
+@dataclass
+class ScenePrediction:
+    """Building polygons of one scene (pixel coordinates) with scores and georeferencing."""
+
+    path: Path
+    image_id: str
+    polygons: list
+    scores: list[float]
+    crs: object
+    transform: object
+    width: int
+    height: int
+
+
+class ScenePredictor:
+    """Run a trained model over GeoTIFF scenes (see the module docstring)."""
+
+    def __init__(self, cfg, tile_size: int = 650, overlap: int = 128, batch_size: int = 2):
+        self.cfg = cfg
+        self.model = build_model(cfg).eval()
+        build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+        self.bands = input_bands(cfg)
+        self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
+        sn = cfg.TEST.SPACENET
+        self.post = {"score_thresh": sn.SCORE_THRESH, "mask_thresh": sn.MASK_THRESH,
+                     "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE}
+
+    def _read(self, src, window) -> np.ndarray:
+        data = src.read(self.bands, window=window).astype(np.float32)
+        if src.nodata is not None:
+            data = np.where(data == np.float32(src.nodata), self.fill[:, None, None], data)
+        return np.ascontiguousarray(data.transpose(1, 2, 0))
+
+    @torch.no_grad()
+    def _run(self, images: list[np.ndarray]) -> list:
+        inputs = []
+        for image in images:
+            resized = self.resize.get_transform(image).apply_image(image)
+            inputs.append({"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
+                           "height": image.shape[0], "width": image.shape[1]})
+        return [out["instances"].to("cpu") for out in self.model(inputs)]
+
+    def predict(self, path: str | Path, progress: bool = True) -> ScenePrediction:
+        path = Path(path)
+        with rasterio.open(path) as src:
+            if max(self.bands) > src.count:
+                raise ValueError(f"{path} has {src.count} band(s) but the model reads bands "
+                                 f"{self.bands} (INPUT.BANDS of its config)")
+            tiles = tile_grid(src.width, src.height, self.tile_size, self.overlap)
+            polygons, scores, tile_ids = [], [], []
+            bar = tqdm(total=len(tiles), desc=path.name, unit="tile", disable=not progress)
+            for start in range(0, len(tiles), self.batch_size):
+                chunk = tiles[start: start + self.batch_size]
+                outputs = self._run([self._read(src, t.window) for t in chunk])
+                for k, (tile, instances) in enumerate(zip(chunk, outputs)):
+                    found = instances_to_polygons(instances, **self.post)
+                    shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
+                               for p, _ in found]
+                    for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
+                        if keep:
+                            polygons.append(poly)
+                            scores.append(score)
+                            tile_ids.append(start + k)
+                bar.update(len(chunk))
+            bar.close()
+            polygons, scores = merge_across_tiles(polygons, scores, tile_ids)
+            try:
+                image_id = image_id_from_path(path)
+            except ValueError:
+                image_id = path.stem
+            return ScenePrediction(path, image_id, polygons, scores, src.crs, src.transform,
+                                   src.width, src.height)
+
+
+def write_outputs(pred: ScenePrediction, out_dir: str | Path, png: bool = True,
+                  rgb_bands: list[int] | None = None) -> dict[str, Path]:
+    """GeoJSON (source CRS), SpaceNet proposal CSV and optional PNG overlay for one scene."""
+    out_dir = Path(out_dir)
+    stem = pred.path.stem
+    paths = {"geojson": out_dir / f"{stem}_buildings.geojson",
+             "csv": out_dir / f"{stem}_proposals.csv"}
+    geo = [pixel_to_map(p, pred.transform) for p in pred.polygons]
+    props = [{"image_id": pred.image_id, "building_id": i, "score": round(s, 4)}
+             for i, s in enumerate(pred.scores)]
+    write_geojson(paths["geojson"], geo, pred.crs, props)
+    write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pred.polygons, pred.scores))})
+    if png:
+        paths["png"] = out_dir / f"{stem}_overlay.png"
+        _write_overlay(pred, paths["png"], rgb_bands)
+    return paths
+
+
+def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | None) -> None:
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(pred.width, pred.height))
+    h, w = max(1, int(pred.height * scale)), max(1, int(pred.width * scale))
+    with rasterio.open(pred.path) as src:
+        bands = rgb_bands or list(range(1, min(src.count, 3) + 1))
+        image = stretch_to_uint8(src.read(bands, out_shape=(len(bands), h, w),
+                                          resampling=Resampling.average))
+    for poly, score in zip(pred.polygons, pred.scores):
+        pts = np.round(np.asarray(poly.exterior.coords) * scale).astype(np.int32)
+        cv2.polylines(image, [pts], True, (255, 255, 0), 1, lineType=cv2.LINE_8)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {tmp}")
+    tmp.replace(path)

@@ -1,0 +1,199 @@
+"""train_net (single and 2-process CPU), --resume after a kill, predict.py, tiling, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from shapely.geometry import box
+
+from mnc_d2.data.synthetic import STYLES, generate_city, render_scene, tile_transform, to_dn
+from mnc_d2.inference.tiling import in_core, merge_across_tiles, tile_grid
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "configs" / "quick_schedules" / "mnc_R_18_FPN_quick_synthetic.yaml"
+FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "INPUT.BAND_STATS", "auto",
+        "INPUT.BAND_STATS_MAX_IMAGES", "4"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("d2data")
+    generate_city(root / "spacenet", "vegas", 17, seed=1, progress=False)  # val: img16, img17
+    return root
+
+
+def _env(data_root: Path) -> dict:
+    return dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONUNBUFFERED="1")
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(QUICK),
+            *[a for a in extra if a.startswith("--")], "OUTPUT_DIR", str(out), *FAST,
+            *[a for a in extra if not a.startswith("--")]]
+
+
+# --- tiling -----------------------------------------------------------------------------------
+
+
+def test_tile_cores_partition_the_scene():
+    tiles = tile_grid(1500, 1000, 650, 128)
+    cores = [box(*t.core) for t in tiles]
+    assert shapely.union_all(cores).equals(box(0, 0, 1500, 1000))
+    assert sum(c.area for c in cores) == pytest.approx(1500 * 1000)
+    for t in tiles:  # every core lies inside its tile
+        w = t.window
+        assert box(w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height).contains(
+            box(*t.core))
+
+
+def test_building_on_a_tile_border_comes_out_once():
+    tiles = tile_grid(1200, 650, 650, 128)  # two columns overlapping in x 550..650
+    building = box(590, 100, 620, 140)  # inside both tiles
+    kept = [bool(in_core([building], t.core)[0]) for t in tiles]
+    assert kept.count(True) == 1
+    # A large building cut by both tiles is reassembled.
+    left, right = box(400, 300, 650, 400), box(550, 300, 800, 400)
+    merged, scores = merge_across_tiles([left, right, box(0, 0, 10, 10)], [0.9, 0.8, 0.7],
+                                        [0, 1, 0])
+    assert len(merged) == 2 and any(m.equals(box(400, 300, 800, 400)) for m in merged)
+    assert sorted(scores) == [0.7, 0.9]
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_train_net_single_process_then_eval_only(tmp_path, data_root):
+    out = tmp_path / "run"
+    subprocess.run(_train_cmd(out, "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3"),
+                   env=_env(data_root), check=True, capture_output=True, timeout=600)
+    assert (out / "model_final.pth").exists() and (out / "band_stats.json").exists()
+    assert (out / "inference" / "spacenet2_vegas_val" / "spacenet_proposals.csv").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert any("spacenet/F1" in m for m in metrics)
+    evaluated = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+         str(out / "config.yaml"), "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth")],
+        env=_env(data_root), check=True, capture_output=True, text=True, timeout=600)
+    assert "copypaste: Task: spacenet" in evaluated.stdout + evaluated.stderr
+
+
+def _ddp_train_worker(config: str, out: str, opts: list[str]) -> None:
+    from detectron2.utils import comm
+
+    from mnc_d2.engine.trainer import Trainer, setup_cfg
+
+    cfg = setup_cfg(config, ["OUTPUT_DIR", out, *opts])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    checksum = float(sum(p.double().sum() for p in model.parameters()))
+    sums = comm.all_gather(checksum)
+    results = Trainer.test(cfg, model)
+    Path(out, f"rank{comm.get_rank()}.json").write_text(
+        json.dumps({"checksums": sums, "results": results, "world": comm.get_world_size()}))
+
+
+def test_two_process_cpu_training_stays_in_sync_and_gathers(tmp_path, data_root, monkeypatch):
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.engine import launch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: 2-process CPU training is the no-GPU path")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
+    opts = [*FAST, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+            "TEST.SPACENET.SCORE_THRESH", "0.0"]
+    launch(_ddp_train_worker, 2, dist_url="auto", args=(str(QUICK), str(tmp_path), opts))
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0["world"] == 2
+    assert rank0["checksums"][0] == rank0["checksums"][1]  # DDP kept the replicas identical
+    # Each rank evaluated half of the val images; the gathered result counts every building
+    # (of at least 20 px) of both halves as TP or FN.
+    sn = rank0["results"]["spacenet"]
+    truth = sum(1 for d in DatasetCatalog.get("spacenet2_vegas_val") for a in d["annotations"]
+                if shapely.from_wkt(a["wkt_pix"]).area >= 20)
+    assert truth > 0 and sn["TP"] + sn["FN"] == truth
+    assert rank1["results"] == {}
+
+
+def test_resume_after_kill_continues_at_the_checkpoint(tmp_path, data_root):
+    out = tmp_path / "run"
+    cmd = _train_cmd(out, "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "2")
+    proc = subprocess.Popen(cmd, env=_env(data_root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "model_0000003.pth").exists():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "last_checkpoint").exists(), "no checkpoint before the kill"
+    last = (out / "last_checkpoint").read_text().strip()
+    iteration = int(last.split("_")[1].split(".")[0])
+    resumed = subprocess.run(_train_cmd(out, "--resume", "SOLVER.MAX_ITER", str(iteration + 3)),
+                             env=_env(data_root), capture_output=True, text=True, timeout=600)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-2000:]
+    assert f"Starting training from iteration {iteration + 1}" in log
+
+
+# --- prediction and the demo ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    subprocess.run(_train_cmd(out, "SOLVER.MAX_ITER", "2"), env=_env(data_root), check=True,
+                   capture_output=True, timeout=600)
+    return out
+
+
+def test_predict_on_a_scene_larger_than_a_tile(tmp_path, trained, data_root):
+    rng = np.random.default_rng(3)
+    image, _, _ = render_scene(rng, STYLES["vegas"], size=900)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", height=900, width=900, count=3, dtype="uint16",
+                       crs="EPSG:4326", transform=tile_transform(STYLES["vegas"], 7)) as dst:
+        dst.write(to_dn(image)[[4, 2, 1]])
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file",
+         str(trained / "config.yaml"), "--input", str(scene), "--output", str(tmp_path / "out"),
+         "MODEL.WEIGHTS", str(trained / "model_final.pth"), "TEST.SPACENET.SCORE_THRESH", "0.0"],
+        env=_env(data_root), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    geojson = json.loads((tmp_path / "out" / "scene_buildings.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection"
+    assert (tmp_path / "out" / "scene_proposals.csv").read_text().startswith(
+        "ImageId,BuildingId,PolygonWKT_Pix,Confidence")
+    assert (tmp_path / "out" / "scene_overlay.png").stat().st_size > 0
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(QUICK),
+         "--input", str(scene), "--output", str(tmp_path / "o2")],
+        env=_env(data_root), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "BAND_STATS 'auto'" in bad.stderr
+
+
+def test_demo_smoke(tmp_path):
+    """The demo end to end with a handful of images and iterations (the real run: make demo)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "demo.py"), "--data-root", str(tmp_path / "data"),
+         "--output", str(tmp_path / "demo"), "--images", "9", "SOLVER.MAX_ITER", "2", *FAST[:8]],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "mean city F1" in result.stdout and "AOI_3_Paris" in result.stdout
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert "spacenet" in json.dumps(metrics)
+    assert list((tmp_path / "demo" / "predictions").glob("*_buildings.geojson"))

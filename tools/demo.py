@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""The README's main job (`make demo`): synthetic SpaceNet-layout data, MNC training on CPU,
+SpaceNet evaluation, prediction on held-out GeoTIFFs, summary. See mnc_d2/demo.py."""
+
+import sys
+
+import mnc_d2  # noqa: F401  (shims and registrations first)
+from mnc_d2.demo import main
+
+if __name__ == "__main__":
+    sys.exit(main())
