@@ -60,7 +60,10 @@ def _evaluate(cfg) -> dict:
 def _predict_held_out(cfg, out_dir: Path) -> list[Path]:
     test_name = cfg.DATASETS.TEST[0]
     files = [d["file_name"] for d in DatasetCatalog.get(test_name)]
-    predictor = ScenePredictor(cfg.clone(), tile_size=650, overlap=128, batch_size=2)
+    pred_cfg = cfg.clone()
+    pred_cfg.defrost()
+    pred_cfg.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
+    predictor = ScenePredictor(pred_cfg, tile_size=650, overlap=128, batch_size=2)
     written = []
     for path in files:
         written.extend(write_outputs(predictor.predict(path, progress=False), out_dir).values())

@@ -186,6 +186,34 @@ def test_predict_on_a_scene_larger_than_a_tile(tmp_path, trained, data_root):
     assert bad.returncode == 2 and "BAND_STATS 'auto'" in bad.stderr
 
 
+def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, monkeypatch):
+    """One 650 px tile through ScenePredictor gives the polygons the evaluator sees."""
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.data import SpaceNetDatasetMapper
+    from mnc_d2.engine.trainer import setup_cfg
+    from mnc_d2.evaluation.spacenet_evaluation import instances_to_polygons
+    from mnc_d2.inference import ScenePredictor
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
+    cfg = setup_cfg(str(trained / "config.yaml"),
+                    ["MODEL.WEIGHTS", str(trained / "model_final.pth"),
+                     "TEST.SPACENET.SCORE_THRESH", "0.0"], for_training=False)
+    predictor = ScenePredictor(cfg)
+    record = DatasetCatalog.get("spacenet2_vegas_val")[0]
+    scene = predictor.predict(record["file_name"], progress=False)
+    with torch.no_grad():
+        out = predictor.model([SpaceNetDatasetMapper(cfg, False)(record)])[0]["instances"]
+    direct = instances_to_polygons(out.to("cpu"), 0.0, 0.5, cfg.TEST.SPACENET.SIMPLIFY_TOLERANCE)
+    assert len(scene.polygons) == len(direct) > 0
+    assert sorted(round(s, 4) for s in scene.scores) == sorted(round(s, 4) for _, s in direct)
+    cfg_no_weights = cfg.clone()
+    cfg_no_weights.defrost()
+    cfg_no_weights.MODEL.WEIGHTS = ""
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        ScenePredictor(cfg_no_weights)
+
+
 def test_demo_smoke(tmp_path):
     """The demo end to end with a handful of images and iterations (the real run: make demo)."""
     result = subprocess.run(

@@ -54,6 +54,9 @@ class ScenePredictor:
     """Run a trained model over GeoTIFF scenes (see the module docstring)."""
 
     def __init__(self, cfg, tile_size: int = 650, overlap: int = 128, batch_size: int = 2):
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
+                             "MODEL.WEIGHTS output/run/model_final.pth")
         self.cfg = cfg
         self.model = build_model(cfg).eval()
         build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
