@@ -26,7 +26,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import box
 
-from ..evaluation.polygonize import map_to_pixel
+from ..evaluation.polygonize import map_to_pixel, polygonal_parts
 from ..evaluation.spacenet_metric import read_truth_csv
 
 logger = logging.getLogger(__name__)
@@ -45,14 +45,6 @@ class RepairLog(Counter):
                            ", ".join(f"{k}: {v}" for k, v in sorted(self.items())))
 
 
-def _polygons(geom) -> list:
-    if geom is None or geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [g for g in shapely.get_parts(geom) if g.geom_type == "Polygon" and not g.is_empty]
-
-
 def clean_footprints(geoms, repairs: RepairLog) -> list:
     """Raw label geometries -> valid Polygons, one per building (see module docstring)."""
     out = []
@@ -66,7 +58,7 @@ def clean_footprints(geoms, repairs: RepairLog) -> list:
         if not geom.is_valid:
             geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
             repairs["made valid: self-intersecting"] += 1
-        parts = _polygons(geom)
+        parts = polygonal_parts(geom)
         if was_multi and len(parts) > 1:
             repairs["split: MultiPolygon into parts"] += 1
         out.extend(parts)
@@ -82,7 +74,7 @@ def clip_to_tile(polygons: list, width: int, height: int, repairs: RepairLog) ->
             out.append(poly)
             continue
         clipped = poly.intersection(tile)
-        parts = _polygons(clipped)
+        parts = polygonal_parts(clipped)
         if not parts:
             repairs["dropped: outside the tile"] += 1
             continue

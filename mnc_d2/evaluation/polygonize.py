@@ -21,7 +21,8 @@ from shapely.geometry import Polygon, shape
 logger = logging.getLogger(__name__)
 
 
-def _polygonal_parts(geom) -> list[Polygon]:
+def polygonal_parts(geom) -> list[Polygon]:
+    """The non-empty Polygons of any geometry (lines and points dropped)."""
     if geom.is_empty:
         return []
     if geom.geom_type == "Polygon":
@@ -48,7 +49,7 @@ def mask_to_polygons(mask: np.ndarray, simplify_tolerance: float = 0.0,
         poly = shapely.make_valid(shape(geojson))
         if simplify_tolerance > 0:
             poly = poly.simplify(simplify_tolerance, preserve_topology=True)
-        for part in _polygonal_parts(poly):
+        for part in polygonal_parts(poly):
             if regularize:
                 part = regularize_rectilinear(part)
             if part.area >= max(min_area, 1e-9):
@@ -157,7 +158,7 @@ def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
     candidate = Polygon(shell, holes)
     if not candidate.is_valid:
         candidate = shapely.make_valid(candidate)
-        parts = _polygonal_parts(candidate)
+        parts = polygonal_parts(candidate)
         if not parts:
             return poly
         candidate = max(parts, key=lambda p: p.area)

@@ -11,6 +11,7 @@ ROIAlign with one sample per cell), which we name as our approximation of RoI wa
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -100,8 +101,8 @@ class MultiLevelWarp(nn.Module):
         self.scales = list(scales)
         self.mode = mode
         self.box_grad_clip = box_grad_clip
-        self.min_level = int(round(-torch.log2(torch.tensor(self.scales[0])).item()))
-        self.max_level = int(round(-torch.log2(torch.tensor(self.scales[-1])).item()))
+        self.min_level = int(round(-math.log2(self.scales[0])))
+        self.max_level = int(round(-math.log2(self.scales[-1])))
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
         if mode == "roialign":
