@@ -49,7 +49,9 @@ VARIANTS = {
                    ["INPUT.BANDS", "[1,2,3,4,5,6,7,8]",
                     "MODEL.PIXEL_MEAN", "[400.,400.,400.,400.,400.,400.,400.,400.]",
                     "MODEL.PIXEL_STD", "[200.,200.,200.,200.,200.,200.,200.,200.]",
-                    "DATASETS.TRAIN", "('spacenet2_all_train_8band',)"]),
+                    "DATASETS.TRAIN", "('spacenet2_all_train_8band',)",
+                    # DefaultTrainer evaluates DATASETS.TEST once at the end of training.
+                    "DATASETS.TEST", "('spacenet2_all_val_8band',)"]),
     "mnc5_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                            ["MODEL.ANCHOR_GENERATOR.SIZES",
                             "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]),
@@ -153,6 +155,8 @@ def main() -> None:
         res = _evaluate(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs)
         res["train_wall_s"] = round(train_s, 1)
         report["variants"][name] = res
+        # Partial results survive a crash of a later variant.
+        (work / f"report_{iters}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 
