@@ -17,8 +17,6 @@ from pathlib import Path
 
 # product folder -> band count
 PRODUCTS = {"RGB-PanSharpen": 3, "MUL-PanSharpen": 8, "PAN": 1, "MUL": 8}
-# WorldView-3 multispectral band names, 1-based order of the MUL products.
-WV3_BANDS = ("coastal", "blue", "green", "yellow", "red", "red_edge", "nir1", "nir2")
 # Side of the grid the summary CSV's pixel coordinates refer to (the pan-sharpened products).
 LABEL_GRID = 650
 CITIES = {
@@ -63,7 +61,3 @@ def summary_csv_path(aoi_root: str | Path) -> Path:
 
 def geojson_path(aoi_root: str | Path, image_id: str) -> Path:
     return Path(aoi_root) / "geojson" / "buildings" / f"buildings_{image_id}.geojson"
-
-
-def image_path(aoi_root: str | Path, product: str, image_id: str) -> Path:
-    return product_dir(aoi_root, product) / f"{product}_{image_id}.tif"
