@@ -35,6 +35,13 @@ def test_l_shape_traced_exactly():
     assert shapely.normalize(poly.simplify(0)).equals(shapely.normalize(expected))
 
 
+def test_traced_in_frame_coordinates_at_the_frame_edge():
+    # Tracing works on the mask's bounding box; coordinates must still be the frame's.
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[15:20, 26:30] = 1
+    assert mask_to_polygon(mask).equals(box(26, 15, 30, 20))
+
+
 def test_holed_square_keeps_hole():
     mask = np.zeros((16, 16), dtype=bool)
     mask[2:12, 2:12] = True

@@ -37,13 +37,20 @@ def mask_to_polygons(mask: np.ndarray, simplify_tolerance: float = 0.0,
     mask: (H, W) bool/0-1 array. Each 4-connected region gives one polygon, holes included;
     parts below ``min_area`` px are dropped. Returns valid polygons, largest first.
     """
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return []
+    cols = np.flatnonzero(mask.any(axis=0))
+    # Trace only the mask's bounding box (an instance covers a small part of the frame); the
+    # translation puts the coordinates back in the frame's pixel grid.
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = np.ascontiguousarray(mask[r0:rows[-1] + 1, c0:cols[-1] + 1], dtype=np.uint8)
     polygons: list[Polygon] = []
-    for geojson, value in rasterio.features.shapes(mask, mask=mask.astype(bool), connectivity=4):
+    for geojson, value in rasterio.features.shapes(crop, mask=crop.astype(bool), connectivity=4,
+                                                   transform=Affine.translation(c0, r0)):
         if value != 1:
             continue
         poly = shapely.make_valid(shape(geojson))

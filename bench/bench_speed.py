@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Speed and memory side by side: MNC variants vs Mask R-CNN, and polygonization throughput.
+
+Every model variant uses the demo's backbone and input (R-18-FPN, configs/quick_schedules/
+*_demo_synthetic.yaml) and runs, from random initialisation, in its own child process so its
+peak RSS is its own:
+
+* training: seconds per iteration (forward, backward and optimizer step on a pre-loaded batch of
+  IMS_PER_BATCH images; data loading excluded), after warm-up steps;
+* inference: seconds per 650 x 650 px tile (model forward incl. mask pasting; reading and
+  polygonization excluded), at the config's test size (416 px) and at native 650 px.
+
+Children run in rounds, the variants' order alternating between rounds, so every variant sees the
+machine in the same states; medians are taken over all rounds and ratios against Mask R-CNN.
+Polygonization throughput (instance masks -> SpaceNet polygons per second) is measured in the
+parent on full-frame 650 px masks of synthetic ground-truth footprints.
+
+Prints one JSON object on stdout (logs go to stderr).
+
+    python bench/bench_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUICK = "configs/quick_schedules/"
+VARIANTS = {
+    "mask_rcnn": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml", []),
+    "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
+    "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
+    "mnc5_roialign": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                      ["MODEL.MNC.ROI_WARP", "roialign"]),
+}
+TILE = 650
+logger = logging.getLogger("bench_speed")
+
+
+def _data(root: Path, images: int) -> Path:
+    from mnc_d2.data.synthetic import generate_city
+
+    marker = root / "spacenet" / f".complete-{images}"
+    if not marker.exists():
+        generate_city(root / "spacenet", "vegas", images, seed=2)
+        marker.write_text("ok\n")
+    return root
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
+           tiles: int) -> dict:
+    """One variant in this process: training s/iter, inference s/tile, peak RSS."""
+    os.environ["DETECTRON2_DATASETS"] = str(data_root)
+    import torch
+
+    import mnc_d2  # noqa: F401
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+    from mnc_d2.data.mapper import SpaceNetDatasetMapper
+    from mnc_d2.engine.trainer import Trainer, setup_cfg
+
+    config, opts = VARIANTS[name]
+    cfg = setup_cfg(config, [*opts, "OUTPUT_DIR", str(out_dir / name), "SEED", "0",
+                             "DATASETS.TRAIN", "('spacenet2_vegas_train',)"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
+    batches = [next(loader) for _ in range(4)]
+
+    def train_step(i: int) -> None:
+        losses = sum(model(batches[i % len(batches)]).values())
+        optimizer.zero_grad()
+        losses.backward()
+        optimizer.step()
+
+    model.train()
+    with EventStorage(0):
+        for i in range(warmup):
+            train_step(i)
+        train_s = [_timed(lambda i=i: train_step(i)) for i in range(steps)]
+
+    dicts = DatasetCatalog.get("spacenet2_vegas_train")[:tiles]
+    model.eval()
+    infer = {}
+    for size in (cfg.INPUT.MIN_SIZE_TEST, TILE):
+        test_cfg = cfg.clone()
+        test_cfg.defrost()
+        test_cfg.INPUT.MIN_SIZE_TEST = size
+        test_cfg.INPUT.MAX_SIZE_TEST = size
+        mapper = SpaceNetDatasetMapper(test_cfg, False)
+        inputs = [mapper(d) for d in dicts]
+        if any(tuple(x["image"].shape[1:]) != (size, size) for x in inputs):
+            raise ValueError(f"expected {TILE} px tiles resized to {size} px, got "
+                             f"{[tuple(x['image'].shape[1:]) for x in inputs]}")
+        with torch.no_grad():
+            for x in inputs[:warmup]:
+                model([x])
+            infer[str(size)] = [_timed(lambda x=x: model([x])) for x in inputs]
+    return {"train_step_s": train_s, "infer_s": infer,
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _polygon_masks(data_root: Path, count: int) -> list[np.ndarray]:
+    """Full-frame (650, 650) bool masks of synthetic ground-truth buildings."""
+    import rasterio.features
+    from mnc_d2.evaluation.spacenet_metric import read_truth_csv
+
+    aoi = next((data_root / "spacenet").glob("AOI_*_Train"))
+    truth = read_truth_csv(aoi / "summaryData" / f"{aoi.name}_Building_Solutions.csv")
+    geoms = [g for g in truth["geometry"] if not g.is_empty][:count]
+    return [rasterio.features.rasterize([g], out_shape=(TILE, TILE)).astype(bool) for g in geoms]
+
+
+def polygonize_throughput(data_root: Path, count: int, repeats: int) -> dict:
+    from mnc_d2.evaluation.polygonize import mask_to_polygon
+
+    masks = _polygon_masks(data_root, count)
+    out = {"masks": len(masks), "mask_shape": [TILE, TILE]}
+    for label, kwargs in (("simplify", {"simplify_tolerance": 0.5}),
+                          ("simplify_regularize", {"simplify_tolerance": 0.5,
+                                                   "regularize": True})):
+        runs = [_timed(lambda: [mask_to_polygon(m, **kwargs) for m in masks])
+                for _ in range(repeats)]
+        out[label] = {"median_s": round(statistics.median(runs), 4),
+                      "masks_per_s": round(len(masks) / statistics.median(runs), 1)}
+    return out
+
+
+def _summary(results: dict[str, list[dict]]) -> dict:
+    out = {}
+    for name, runs in results.items():
+        train = [t for r in runs for t in r["train_step_s"]]
+        entry = {"train_s_per_iter_median": round(statistics.median(train), 4),
+                 "train_steps_timed": len(train),
+                 "ims_per_batch": runs[0]["ims_per_batch"],
+                 "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in runs), 1)}
+        for size in runs[0]["infer_s"]:
+            times = [t for r in runs for t in r["infer_s"][size]]
+            entry[f"infer_s_per_tile_median_{size}px"] = round(statistics.median(times), 4)
+        out[name] = entry
+    base = out.get("mask_rcnn")
+    if base:
+        for name, entry in out.items():
+            entry["ratio_vs_mask_rcnn"] = {
+                key.replace("_median", ""): round(entry[key] / base[key], 3)
+                for key in entry if key.endswith(("_median", "px")) and base[key] > 0}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round, few steps")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--rounds", type=int, help="child runs per variant (default 3, quick 1)")
+    parser.add_argument("--steps", type=int, help="timed training steps per child (default 8)")
+    parser.add_argument("--tiles", type=int, default=10, help="timed tiles per child and size")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--masks", type=int, default=500, help="masks for polygonization")
+    parser.add_argument("--work", default=".cache/bench/speed")
+    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    work = Path(args.work).resolve()
+    steps = args.steps or (3 if args.quick else 8)
+    data_root = _data(work / "data", max(args.tiles, 4) * 2)
+    if args.worker:
+        res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles)
+        print(json.dumps(res))
+        return
+    rounds = args.rounds or (1 if args.quick else 3)
+    results: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for r in range(rounds):
+        order = args.variants if r % 2 == 0 else list(reversed(args.variants))
+        for name in order:
+            logger.info("round %d/%d: %s", r + 1, rounds, name)
+            cmd = [sys.executable, "-W", "ignore", __file__, "--worker", name,
+                   "--steps", str(steps), "--tiles", str(args.tiles),
+                   "--warmup", str(args.warmup), "--work", str(work)]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"worker for {name} failed (exit {proc.returncode}); "
+                                   f"run {' '.join(cmd)} to see why")
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    import torch
+
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+              "torch_threads": torch.get_num_threads(), "rounds": rounds,
+              "timed_train_steps_per_round": steps, "timed_tiles_per_round": args.tiles,
+              "models": _summary(results),
+              "polygonize": polygonize_throughput(data_root, args.masks, 3)}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
