@@ -44,6 +44,13 @@ def _train(cfg, retrain: bool) -> None:
     if final.exists() and not retrain:
         logger.info("found %s: skipping training (pass --retrain to train again)", final)
         return
+    if cfg.TEST.EVAL_PERIOD <= 0:
+        # DefaultTrainer's EvalHook evaluates DATASETS.TEST once more after the last iteration
+        # even without periodic evaluation; the demo evaluates model_final itself right after.
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = ()
+        cfg.freeze()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=not retrain)
     trainer.train()

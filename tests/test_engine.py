@@ -225,3 +225,5 @@ def test_demo_smoke(tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert "spacenet" in json.dumps(metrics)
     assert list((tmp_path / "demo" / "predictions").glob("*_buildings.geojson"))
+    # The held-out split is evaluated once (not again by DefaultTrainer's end-of-training hook).
+    assert (result.stdout + result.stderr).count("SpaceNet (spacenet rules): F1") == 1
