@@ -63,6 +63,22 @@ VARIANTS = {
 CITIES = ["vegas", "paris"]
 
 
+def variant_cfg(name: str, out_dir: Path, iters: int):
+    """The frozen config of one variant; also written to ``out_dir/config.yaml`` (the file
+    tools/predict.py and bench/bench_predict.py take)."""
+    config, opts = VARIANTS[name]
+    # DATASETS.TEST is emptied: the benchmark evaluates on its own held-out set, so the
+    # trainer's end-of-training evaluation on the training seed's val split is skipped.
+    cfg = setup_cfg(config, ["OUTPUT_DIR", str(out_dir), "SEED", "0",
+                             "SOLVER.MAX_ITER", str(iters),
+                             "SOLVER.STEPS", f"({int(iters * 0.8)},)", *opts,
+                             "DATASETS.TEST", "()"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "config.yaml") as f:
+        f.write(cfg.dump())
+    return cfg
+
+
 def _data(root: Path, seed: int, images: int) -> Path:
     marker = root / "spacenet" / f".complete-{images}-{seed}"
     if not marker.exists():
@@ -147,14 +163,8 @@ def main() -> None:
               "iterations": iters, "train_images_per_city": images,
               "test_images_per_city": images // 2, "variants": {}}
     for name in args.variants:
-        config, opts = VARIANTS[name]
         out_dir = work / "runs" / f"{name}_{images}img_{iters}it"
-        # DATASETS.TEST is emptied: the benchmark evaluates on its own held-out set below, so the
-        # trainer's end-of-training evaluation on the training seed's val split is skipped.
-        cfg = setup_cfg(config, ["OUTPUT_DIR", str(out_dir), "SEED", "0",
-                                 "SOLVER.MAX_ITER", str(iters),
-                                 "SOLVER.STEPS", f"({int(iters * 0.8)},)", *opts,
-                                 "DATASETS.TEST", "()"])
+        cfg = variant_cfg(name, out_dir, iters)
         start = time.perf_counter()
         if not (out_dir / "model_final.pth").exists():
             trainer = Trainer(cfg)

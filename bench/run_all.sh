@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every benchmark of BENCHMARKS.md in one go; one JSON report per script in .cache/bench/results/
+# (logs next to them). About an hour on a 2-core CPU; --quick takes about 20 minutes.
+#   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=".venv/bin/python -W ignore"
+OUT=.cache/bench/results
+mkdir -p "$OUT"
+QUICK=""
+SCORER_ARGS=(--tiles 2000 --solaris-tiles 200 --repeats 3)
+SCENE=10000
+ITERS=600
+IMAGES=60
+if [[ "${1:-}" == "--quick" ]]; then
+  QUICK="--quick"
+  SCORER_ARGS=(--tiles 500 --solaris-tiles 50 --repeats 3)
+  SCENE=3000
+  ITERS=200
+  IMAGES=20
+elif [[ -n "${1:-}" ]]; then
+  echo "usage: bench/run_all.sh [--quick]" >&2
+  exit 2
+fi
+run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr to $OUT/NAME.log
+  local name=$1
+  shift
+  echo "== $name: $*" >&2
+  local start=$SECONDS
+  if ! "$@" > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"; then
+    echo "$name failed; see $OUT/$name.log" >&2
+    exit 1
+  fi
+  mv "$OUT/$name.json.tmp" "$OUT/$name.json"
+  echo "$name: $((SECONDS - start)) s" >&2
+}
+run accuracy $PY bench/bench_accuracy.py $QUICK
+run speed $PY bench/bench_speed.py $QUICK
+run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
+run predict $PY bench/bench_predict.py --size "$SCENE" \
+  --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it"
+echo "reports in $OUT/" >&2
