@@ -94,11 +94,7 @@ def _slices(spacenet_root: Path) -> pd.DataFrame:
         attrs = pd.read_csv(aoi / "summaryData" / f"{aoi.name}_Building_Attributes.csv")
         frames.append(attrs)
     attrs = pd.concat(frames, ignore_index=True)
-    attrs["slice"] = "other"
-    attrs.loc[attrs.roof == "roof_dark", "slice"] = "dark"
-    attrs.loc[attrs.solidity < 0.85, "slice"] = "concave"
-    attrs.loc[attrs.area_m2 < 100, "slice"] = "small"
-    # A building can be small and concave, or dark and small: report overlapping flags too.
+    # Flags, not classes: a building can be small and dark, or concave and dark.
     attrs["small"] = attrs.area_m2 < 100
     attrs["concave"] = attrs.solidity < 0.85
     attrs["dark"] = attrs.roof == "roof_dark"
