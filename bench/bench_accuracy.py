@@ -63,13 +63,13 @@ VARIANTS = {
 CITIES = ["vegas", "paris"]
 
 
-def variant_cfg(name: str, out_dir: Path, iters: int):
+def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0):
     """The frozen config of one variant; also written to ``out_dir/config.yaml`` (the file
     tools/predict.py and bench/bench_predict.py take)."""
     config, opts = VARIANTS[name]
     # DATASETS.TEST is emptied: the benchmark evaluates on its own held-out set, so the
     # trainer's end-of-training evaluation on the training seed's val split is skipped.
-    cfg = setup_cfg(config, ["OUTPUT_DIR", str(out_dir), "SEED", "0",
+    cfg = setup_cfg(config, ["OUTPUT_DIR", str(out_dir), "SEED", str(seed),
                              "SOLVER.MAX_ITER", str(iters),
                              "SOLVER.STEPS", f"({int(iters * 0.8)},)", *opts,
                              "DATASETS.TEST", "()"])
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--work", default=".cache/bench/accuracy")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--test-seed", type=int, default=1)
+    parser.add_argument("--model-seed", type=int, default=0,
+                        help="cfg.SEED of every variant (another value measures seed spread)")
     args = parser.parse_args()
     # Detectron2's default logger writes to stdout; configuring logging first keeps stdout JSON only.
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
@@ -157,10 +159,12 @@ def main() -> None:
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "iterations": iters, "train_images_per_city": images,
-              "test_images_per_city": images // 2, "variants": {}}
+              "test_images_per_city": images // 2, "model_seed": args.model_seed,
+              "variants": {}}
+    tag = f"{images}img_{iters}it" + (f"_seed{args.model_seed}" if args.model_seed else "")
     for name in args.variants:
-        out_dir = work / "runs" / f"{name}_{images}img_{iters}it"
-        cfg = variant_cfg(name, out_dir, iters)
+        out_dir = work / "runs" / f"{name}_{tag}"
+        cfg = variant_cfg(name, out_dir, iters, args.model_seed)
         start = time.perf_counter()
         if not (out_dir / "model_final.pth").exists():
             trainer = Trainer(cfg)
@@ -173,7 +177,7 @@ def main() -> None:
         res["run_dir"] = str(out_dir)
         report["variants"][name] = res
         # Partial results survive a crash of a later variant.
-        with atomic_write(work / f"report_{images}img_{iters}it.json") as f:
+        with atomic_write(work / f"report_{tag}.json") as f:
             json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
 

@@ -10,6 +10,10 @@ peak RSS is its own:
 * inference: seconds per 650 x 650 px tile (model forward incl. mask pasting; reading and
   polygonization excluded), at the config's test size (416 px) and at native 650 px.
 
+A variant starts from its bench_accuracy.py model when that exists (see --trained), else from
+random initialisation (the report says which): a random model detects nothing, which makes its
+inference cheaper than in real use.
+
 Children run in rounds, the variants' order alternating between rounds, so every variant sees the
 machine in the same states; medians are taken over all rounds and ratios against Mask R-CNN.
 Polygonization throughput (instance masks -> SpaceNet polygons per second) is measured in the
@@ -65,8 +69,10 @@ def _timed(fn) -> float:
 
 
 def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
-           tiles: int) -> dict:
-    """One variant in this process: training s/iter, inference s/tile, peak RSS."""
+           tiles: int, weights: Path | None) -> dict:
+    """One variant in this process: training s/iter, inference s/tile, peak RSS. With
+    ``weights`` (the variant's model from bench_accuracy.py) the model starts trained, so
+    inference sees real detections (mask pasting and voting cost what they cost in use)."""
     os.environ["DETECTRON2_DATASETS"] = str(data_root)
     import torch
 
@@ -75,13 +81,15 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
     from mnc_d2.data.mapper import SpaceNetDatasetMapper
-    from mnc_d2.engine.trainer import Trainer, setup_cfg
+    from mnc_d2.engine.trainer import Trainer, build_checkpointer, setup_cfg
 
     config, opts = VARIANTS[name]
     cfg = setup_cfg(config, [*opts, "OUTPUT_DIR", str(out_dir / name), "SEED", "0",
                              "DATASETS.TRAIN", "('spacenet2_vegas_train',)"])
     torch.manual_seed(0)
     model = build_model(cfg)
+    if weights is not None:
+        build_checkpointer(cfg, model).load(str(weights))
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(4)]
@@ -115,7 +123,7 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
             for x in inputs[:warmup]:
                 model([x])
             infer[str(size)] = [_timed(lambda x=x: model([x])) for x in inputs]
-    return {"train_step_s": train_s, "infer_s": infer,
+    return {"train_step_s": train_s, "infer_s": infer, "weights": str(weights or "random init"),
             "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -153,7 +161,8 @@ def _summary(results: dict[str, list[dict]]) -> dict:
         entry = {"train_s_per_iter_median": round(statistics.median(train), 4),
                  "train_steps_timed": len(train),
                  "ims_per_batch": runs[0]["ims_per_batch"],
-                 "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in runs), 1)}
+                 "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in runs), 1),
+                 "weights": runs[0]["weights"]}
         for size in runs[0]["infer_s"]:
             times = [t for r in runs for t in r["infer_s"][size]]
             entry[f"infer_s_per_tile_median_{size}px"] = round(statistics.median(times), 4)
@@ -177,6 +186,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--masks", type=int, default=500, help="masks for polygonization")
     parser.add_argument("--work", default=".cache/bench/speed")
+    parser.add_argument("--trained", default=".cache/bench/accuracy/runs",
+                        help="bench_accuracy.py's runs: a variant's model_final.pth there "
+                        "(<variant>_60img_600it, quick: _20img_200it) is used when present")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
@@ -185,7 +197,10 @@ def main() -> None:
     steps = args.steps or (3 if args.quick else 8)
     data_root = _data(work / "data", max(args.tiles, 4) * 2)
     if args.worker:
-        res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles)
+        tag = "20img_200it" if args.quick else "60img_600it"
+        weights = Path(args.trained).resolve() / f"{args.worker}_{tag}" / "model_final.pth"
+        res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles,
+                     weights if weights.exists() else None)
         print(json.dumps(res))
         return
     rounds = args.rounds or (1 if args.quick else 3)
@@ -196,7 +211,8 @@ def main() -> None:
             logger.info("round %d/%d: %s", r + 1, rounds, name)
             cmd = [sys.executable, "-W", "ignore", __file__, "--worker", name,
                    "--steps", str(steps), "--tiles", str(args.tiles),
-                   "--warmup", str(args.warmup), "--work", str(work)]
+                   "--warmup", str(args.warmup), "--work", str(work),
+                   "--trained", args.trained, *(["--quick"] if args.quick else [])]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"worker for {name} failed (exit {proc.returncode}); "

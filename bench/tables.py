@@ -56,7 +56,7 @@ def speed_tables(report: dict) -> list[str]:
                     if k.startswith("infer_s_per_tile_median_")}, key=lambda s: int(s[:-2]))
     header = ["model", "train s/iter (median)", "x Mask R-CNN",
               *(x for s in sizes for x in (f"infer s/tile at {s} (median)", "x Mask R-CNN")),
-              "peak RSS MB"]
+              "peak RSS MB", "weights"]
     rows = []
     for name, m in models.items():
         ratio = m.get("ratio_vs_mask_rcnn", {})
@@ -65,7 +65,8 @@ def speed_tables(report: dict) -> list[str]:
         for s in sizes:
             key = f"infer_s_per_tile_median_{s}"
             row += [f"{m[key]:.3f}", f"{ratio.get(key.replace('_median', ''), float('nan')):.2f}"]
-        rows.append(row + [f"{m['peak_rss_mb_max']:.0f}"])
+        rows.append(row + [f"{m['peak_rss_mb_max']:.0f}",
+                           "random init" if m["weights"] == "random init" else "trained"])
     lines = [f"{report['rounds']} rounds x {report['timed_train_steps_per_round']} timed training "
              f"steps (batch {next(iter(models.values()))['ims_per_batch']}) and "
              f"{report['timed_tiles_per_round']} timed tiles per model; torch threads "
