@@ -45,7 +45,8 @@ def accuracy_tables(report: dict) -> list[str]:
     lines += _table(header, rows) + [""]
     slices = list(first["recall_slices"])
     rows = [[name, *(f"{v['recall_slices'].get(s, float('nan')):.3f}" for s in slices),
-             f"{v['train_wall_s']:.0f}"] for name, v in variants.items()]
+             "n/a" if v["train_wall_s"] is None else f"{v['train_wall_s']:.0f}"]
+            for name, v in variants.items()]
     lines += _table(["variant", *(f"recall {s}" for s in slices), "training wall s"], rows)
     return lines
 
