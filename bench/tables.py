@@ -51,6 +51,26 @@ def accuracy_tables(report: dict) -> list[str]:
     return lines
 
 
+def seed_spread_table(results: Path) -> list[str]:
+    """Variants re-trained with other cfg.SEED values (accuracy_seed<N>.json) beside seed 0."""
+    base = json.loads((results / "accuracy.json").read_text())
+    reports = [base] + [json.loads(p.read_text())
+                        for p in sorted(results.glob("accuracy_seed*.json"))]
+    names = [n for n in base["variants"] if any(n in r["variants"] for r in reports[1:])]
+    rows = []
+    for name in names:
+        for r in reports:
+            v = r["variants"].get(name)
+            if v is None:
+                continue
+            rs = v["recall_slices"]
+            rows.append([name, r.get("model_seed", 0), f"{v['mean_city_f1']:.3f}",
+                         f"{v['overall']['f1']:.3f}", f"{rs['small']:.3f}",
+                         f"{rs['concave']:.3f}", f"{rs['dark']:.3f}", f"{rs['other']:.3f}"])
+    return _table(["variant", "SEED", "mean city F1", "overall F1", "recall small",
+                   "recall concave", "recall dark", "recall other"], rows)
+
+
 def speed_tables(report: dict) -> list[str]:
     models = report["models"]
     sizes = sorted({k.rsplit("_", 1)[1] for m in models.values() for k in m
@@ -105,11 +125,33 @@ def predict_table(report: dict) -> list[str]:
                     report["wall_s"], report["peak_rss_gb"], f"{report['buildings']:,}"]])
 
 
+def readme_table(results: Path) -> list[str]:
+    """The short table of README.md: every variant's mean city F1 and slice recalls, with the
+    training and inference time ratios against Mask R-CNN where measured."""
+    acc = json.loads((results / "accuracy.json").read_text())
+    speed_path = results / "speed.json"
+    speed = json.loads(speed_path.read_text())["models"] if speed_path.exists() else {}
+    rows = []
+    for name, v in acc["variants"].items():
+        r = v["recall_slices"]
+        ratio = speed.get(name, {}).get("ratio_vs_mask_rcnn", {})
+        times = (f"{ratio['train_s_per_iter']:.2f} / "
+                 f"{ratio['infer_s_per_tile_650px']:.2f}" if ratio else "")
+        rows.append([name, f"{v['mean_city_f1']:.3f}", f"{r['small']:.3f}", f"{r['concave']:.3f}",
+                     f"{r['dark']:.3f}", times])
+    return _table(["variant", "mean city F1", "recall small", "recall concave", "recall dark",
+                   "train / infer time vs Mask R-CNN"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=".cache/bench/results")
+    parser.add_argument("--readme", action="store_true", help="only README.md's short table")
     args = parser.parse_args()
     results = Path(args.results)
+    if args.readme:
+        print("\n".join(readme_table(results)))
+        return
     makers = {"accuracy": accuracy_tables, "speed": speed_tables, "scorer": scorer_table,
               "predict": predict_table}
     for name, make in makers.items():
@@ -119,6 +161,9 @@ def main() -> None:
         report = json.loads(path.read_text())
         print(f"### {name} ({path}, {report.get('machine', '')})\n")
         print("\n".join(make(report)) + "\n")
+        if name == "accuracy" and list(results.glob("accuracy_seed*.json")):
+            print("### accuracy, seed spread (accuracy_seed*.json)\n")
+            print("\n".join(seed_spread_table(results)) + "\n")
 
 
 if __name__ == "__main__":
