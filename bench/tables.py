@@ -140,7 +140,7 @@ def readme_table(results: Path) -> list[str]:
         rows.append([name, f"{v['mean_city_f1']:.3f}", f"{r['small']:.3f}", f"{r['concave']:.3f}",
                      f"{r['dark']:.3f}", times])
     return _table(["variant", "mean city F1", "recall small", "recall concave", "recall dark",
-                   "train / infer time vs Mask R-CNN"], rows)
+                   "time vs Mask R-CNN: train iter / 650 px tile"], rows)
 
 
 def main() -> None:
