@@ -36,6 +36,7 @@ import shapely
 import mnc_d2  # noqa: F401
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import inference_on_dataset
+from detectron2.utils.env import seed_all_rng
 
 from mnc_d2.data import register_spacenet_instances
 from mnc_d2.data.synthetic import generate_city
@@ -169,6 +170,9 @@ def main() -> None:
         trained_now = not (out_dir / "model_final.pth").exists()
         if trained_now:
             start = time.perf_counter()
+            # What default_setup does in tools/train_net.py: without it cfg.SEED is not applied
+            # and the initialisation and data order differ from run to run.
+            seed_all_rng(cfg.SEED)
             trainer = Trainer(cfg)
             trainer.resume_or_load(resume=False)
             trainer.train()
