@@ -67,7 +67,7 @@ def seed_spread_table(results: Path) -> list[str]:
             rows.append([name, r.get("model_seed", 0), f"{v['mean_city_f1']:.3f}",
                          f"{v['overall']['f1']:.3f}", f"{rs['small']:.3f}",
                          f"{rs['concave']:.3f}", f"{rs['dark']:.3f}", f"{rs['other']:.3f}"])
-    return _table(["variant", "SEED", "mean city F1", "overall F1", "recall small",
+    return _table(["variant", "--model-seed", "mean city F1", "overall F1", "recall small",
                    "recall concave", "recall dark", "recall other"], rows)
 
 
