@@ -1,4 +1,4 @@
-"""bench/: the BENCHMARKS.md / README tables come from the JSON reports unchanged; speed medians and ratios."""
+"""bench/: README/BENCHMARKS tables come from the JSON reports unchanged; speed ratios."""
 
 import importlib.util
 import json
