@@ -39,7 +39,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng
 
 from mnc_d2.data import register_spacenet_instances
-from mnc_d2.data.synthetic import generate_city
+from mnc_d2.demo import ensure_synthetic
 from mnc_d2.engine.trainer import Trainer, build_checkpointer, setup_cfg
 from mnc_d2.evaluation.spacenet_evaluation import SpaceNetEvaluator
 from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
@@ -81,11 +81,7 @@ def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0):
 
 
 def _data(root: Path, seed: int, images: int) -> Path:
-    marker = root / "spacenet" / f".complete-{images}-{seed}"
-    if not marker.exists():
-        for city in CITIES:
-            generate_city(root / "spacenet", city, images, seed=seed)
-        marker.write_text("ok\n")
+    ensure_synthetic(root, CITIES, images, seed)
     return root
 
 

@@ -53,12 +53,9 @@ logger = logging.getLogger("bench_speed")
 
 
 def _data(root: Path, images: int) -> Path:
-    from mnc_d2.data.synthetic import generate_city
+    from mnc_d2.demo import ensure_synthetic
 
-    marker = root / "spacenet" / f".complete-{images}"
-    if not marker.exists():
-        generate_city(root / "spacenet", "vegas", images, seed=2)
-        marker.write_text("ok\n")
+    ensure_synthetic(root, ["vegas"], images, seed=2)
     return root
 
 
