@@ -38,14 +38,21 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC = CN()
     # 5 = the paper's 5-stage cascade (box, mask, cls+box, mask, cls); 3 = the 3-stage model.
     _C.MODEL.MNC.NUM_STAGES = 5
+    # Stages run at inference (0 = NUM_STAGES). 5 on a 3-stage model runs the 5-stage inference
+    # with its shared weights, as the paper evaluates its 3-stage model.
+    _C.MODEL.MNC.TEST_NUM_STAGES = 0
     # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates);
     # "roialign": Detectron2's ROIAlign on detached boxes (faster, no gradient to boxes).
     _C.MODEL.MNC.ROI_WARP = "warp"
-    # Side of the warped feature grid (the paper warps to 14x14 before its RoI pooling).
+    # Side of the warped feature grid (the original warps conv5 RoIs to 14 x 14).
     _C.MODEL.MNC.WARP_SIZE = 14
+    # Pooling of the (masked) warped features before the classifier's fc layers: "max" = 2 x 2
+    # max pooling, stride 2 (the original: 14 x 14 -> 7 x 7); "" = none (fc on the full warp).
+    # The mask head always reads the full warp, as in the original.
+    _C.MODEL.MNC.CLS_POOL = "max"
     # Sampling points per warped cell side in ROIAlign mode (0 = adaptive, as in Detectron2).
     _C.MODEL.MNC.SAMPLING_RATIO = 2
-    # Side of the predicted class-agnostic mask (the paper regresses 28x28 masks).
+    # Side of the predicted class-agnostic mask (the paper: 28 x 28; the released code: 21 x 21).
     _C.MODEL.MNC.MASK_SIZE = 28
     # Width of the fully connected layers of the box/class head (paper: 4096 on VGG-16).
     _C.MODEL.MNC.FC_DIM = 1024
@@ -59,23 +66,37 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC.NORM = ""
     # Stages 4-5 reuse the weights of stages 2-3 (as in the paper); False gives them their own.
     _C.MODEL.MNC.SHARE_STAGE_WEIGHTS = True
+    # Masking layer: the classifier's gradient reaches the mask it was masked with only for RoIs
+    # whose mask-level label is foreground (the original's MaskLayer); False: for every RoI.
+    _C.MODEL.MNC.MASK_GRAD_FG_ONLY = True
+    # How the stage-4/5 losses reach the stage-3 box regression through the refined boxes:
+    # "delta" = chain rule to the stage-3 box deltas, each element clamped to 1/BOX_GRAD_CLIP_BASE
+    # (the original's stage bridge); "coord" = clamp on the pixel-coordinate gradient to
+    # BOX_GRAD_CLIP (mnc_d2 <= 0.1); "none" = refined boxes detached.
+    _C.MODEL.MNC.BOX_GRAD = "delta"
+    # "delta" mode: the element-wise clamp is 1 / this (the original's clip_base: 512).
+    _C.MODEL.MNC.BOX_GRAD_CLIP_BASE = 512.0
+    # "coord" mode: element-wise clamp of the gradient on box coordinates (pixels).
+    _C.MODEL.MNC.BOX_GRAD_CLIP = 0.01
     # Per-stage loss weights (the RPN's are MODEL.RPN.*_LOSS_WEIGHT).
     _C.MODEL.MNC.LOSS_WEIGHTS = CN()
-    # Weight of the stage-2 mask loss.
+    # Weight of the stage-2 mask loss (the original: 2 on a per-pixel mean).
     _C.MODEL.MNC.LOSS_WEIGHTS.MASK2 = 1.0
-    # Weight of the stage-3 classification loss.
+    # Weight of the stage-3 mask-level classification loss.
     _C.MODEL.MNC.LOSS_WEIGHTS.CLS3 = 1.0
+    # Weight of the stage-3 box-level classifier (auxiliary, as in the original; 0 = no such head).
+    _C.MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX = 1.0
     # Weight of the stage-3 box regression loss.
     _C.MODEL.MNC.LOSS_WEIGHTS.BOX3 = 1.0
     # Weight of the stage-4 mask loss.
     _C.MODEL.MNC.LOSS_WEIGHTS.MASK4 = 1.0
-    # Weight of the stage-5 classification loss.
+    # Weight of the stage-5 mask-level classification loss.
     _C.MODEL.MNC.LOSS_WEIGHTS.CLS5 = 1.0
-    # Element-wise clip of the gradient reaching box coordinates through RoI warping (0 = off).
-    # It sums over all warped samples and otherwise swamps the stage-3 box loss ~100x.
-    _C.MODEL.MNC.BOX_GRAD_CLIP = 0.01
-    # IoU of a box with its ground truth above which a RoI is foreground for the box/mask stages.
-    _C.MODEL.MNC.FG_IOU = 0.5
+    # Weight of the stage-5 box-level classifier (auxiliary, as in the original).
+    _C.MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX = 1.0
+    # Weight of the stage-5 box regression on the shared box predictor (auxiliary, as in the
+    # original; its deltas are not used at inference).
+    _C.MODEL.MNC.LOSS_WEIGHTS.BOX5 = 1.0
     # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask, in the box) above which a RoI is
     # labelled foreground for the stage-3/5 classifiers (the paper's mask-level labels).
     _C.MODEL.MNC.MASK_FG_IOU = 0.5
@@ -89,17 +110,23 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC.MASK_VOTING = True
     # Inference: box IoU above which a candidate votes for a kept instance's mask.
     _C.MODEL.MNC.MASK_VOTING_IOU = 0.5
-    # Inference: threshold applied to the voted soft mask.
+    # Inference: where votes are averaged: "image" = on the union of the voters' boxes, the kept
+    # box becoming the tight box of the voted mask (the original); "box" = inside the kept box.
+    _C.MODEL.MNC.MASK_VOTING_SPACE = "image"
+    # Inference: threshold applied to the voted soft mask (also the output masks' binarisation).
     _C.MODEL.MNC.MASK_THRESHOLD = 0.5
 
 
 def _add_spacenet_eval_keys(cfg: CN) -> None:
     _C = cfg
     _C.TEST.SPACENET = CN()
-    # Detections below this score are not turned into polygons.
+    # Detections below this score are not turned into polygons (masks are binarised at
+    # MODEL.MNC.MASK_THRESHOLD inside the model).
     _C.TEST.SPACENET.SCORE_THRESH = 0.5
-    # Soft masks are binarised at this value before polygonisation.
-    _C.TEST.SPACENET.MASK_THRESH = 0.5
+    # Score thresholds swept on the evaluation split (best F1 and its threshold are reported and
+    # saved with the run as OUTPUT_DIR/score_threshold.json); [] = no sweep.
+    _C.TEST.SPACENET.SWEEP_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+                                         0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     # Polygon simplification tolerance in pixels (0 = off).
     _C.TEST.SPACENET.SIMPLIFY_TOLERANCE = 0.5
     # Snap polygon edges to the building's dominant orientation (rectilinear regularisation).

@@ -14,7 +14,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import mnc_d2
-from mnc_d2.modeling.mask_ops import mask_voting, resample_to_box
+from mnc_d2.modeling.mask_ops import mask_voting, mask_voting_image, resample_to_box
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
 from mnc_d2.modeling.roi_warp import clip_box_gradient, roi_warp
 
@@ -93,8 +93,9 @@ def test_box_gradient_clip():
 
 
 @pytest.mark.parametrize("stages,keys", [
-    (5, {"loss_mask2", "loss_cls3", "loss_box3", "loss_mask4", "loss_cls5"}),
-    (3, {"loss_mask2", "loss_cls3", "loss_box3"}),
+    (5, {"loss_mask2", "loss_cls3", "loss_cls3_box", "loss_box3", "loss_mask4", "loss_cls5",
+         "loss_cls5_box", "loss_box5"}),
+    (3, {"loss_mask2", "loss_cls3", "loss_cls3_box", "loss_box3"}),
 ])
 def test_stages_build_and_give_finite_gradients(stages, keys):
     torch.manual_seed(0)
@@ -123,9 +124,10 @@ def test_training_with_an_empty_image_in_the_batch():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def _stage3_box_grad(mode: str) -> float:
+def _stage3_box_grad(mode: str, box_grad: str = "delta") -> float:
     torch.manual_seed(0)
-    model = build_model(quick_cfg(**{"MODEL.MNC.ROI_WARP": mode}))
+    model = build_model(quick_cfg(**{"MODEL.MNC.ROI_WARP": mode, "MODEL.MNC.BOX_GRAD": box_grad,
+                                     "MODEL.MNC.LOSS_WEIGHTS.BOX5": 0.0}))
     model.train()
     with EventStorage(0):
         losses = model(toy_batch())
@@ -136,6 +138,8 @@ def _stage3_box_grad(mode: str) -> float:
 
 def test_later_stage_losses_reach_stage3_box_regression_only_with_warping():
     assert _stage3_box_grad("warp") > 0
+    assert _stage3_box_grad("warp", "coord") > 0
+    assert _stage3_box_grad("warp", "none") == 0.0
     assert _stage3_box_grad("roialign") == 0.0
 
 
@@ -230,3 +234,124 @@ def test_overfit_one_image_reaches_high_f1():
                           "Confidence": [c for _, c in preds]})
     result = score(truth, props)
     assert result.overall.f1 >= 0.8, result.overall
+
+
+# --- training rules of the original --------------------------------------------------------------
+
+
+def _stage2_mask_grad(fg_only: bool):
+    """Gradient of loss_cls3 w.r.t. the stage-2 mask logits, and the stage-3 mask-level labels."""
+    torch.manual_seed(0)
+    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3, "MODEL.MNC.MASK_FG_IOU": 0.0,
+                                     "MODEL.MNC.MASK_GRAD_FG_ONLY": fg_only}))
+    model.train()
+    heads = model.roi_heads
+    captured = {}
+
+    def keep_logits(_module, _inputs, output):
+        output.retain_grad()
+        captured["logits"] = output
+
+    heads.mask_heads[0].register_forward_hook(keep_logits)
+    original = heads._mask_loss_and_labels
+
+    def keep_labels(*args, **kwargs):
+        loss, labels = original(*args, **kwargs)
+        captured["labels"] = labels
+        return loss, labels
+
+    heads._mask_loss_and_labels = keep_labels
+    with EventStorage(0):
+        losses = model(toy_batch())
+    losses["loss_cls3"].backward()
+    grad = captured["logits"].grad.flatten(1).abs().sum(dim=1)
+    labels = captured["labels"]
+    return grad, labels < heads.num_classes
+
+
+def test_masking_layer_passes_classifier_gradient_only_to_foreground_masks():
+    grad, fg = _stage2_mask_grad(fg_only=True)
+    assert fg.any() and (~fg).any()
+    assert torch.all(grad[~fg] == 0)
+    assert torch.all(grad[fg] > 0)
+    grad, fg = _stage2_mask_grad(fg_only=False)  # the old rule: every RoI's mask moves
+    assert torch.all(grad[~fg] > 0)
+
+
+def test_delta_clip_bounds_the_cascade_gradient_on_stage3_deltas():
+    torch.manual_seed(0)
+    model = build_model(quick_cfg(**{"MODEL.MNC.BOX_GRAD_CLIP_BASE": 512.0,
+                                     "MODEL.MNC.LOSS_WEIGHTS.BOX5": 0.0}))
+    model.train()
+    outputs = []
+
+    def keep_deltas(_module, _inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    model.roi_heads.cls_heads[0].bbox_pred.register_forward_hook(keep_deltas)
+    with EventStorage(0) as storage:
+        losses = model(toy_batch())
+        (losses["loss_mask4"] + losses["loss_cls5"] + losses["loss_box3"]).backward()
+        scalars = {k: v[0] for k, v in storage.latest().items()}
+    assert "mnc/box_grad_ratio" in scalars and scalars["mnc/box_grad_ratio"] > 0
+    assert 0.0 <= scalars["mnc/box_grad_clipped_fraction"] <= 1.0
+    stage3 = outputs[0]
+    # Stage-3 deltas get the box loss's gradient plus the clipped cascade gradient; without the
+    # box loss only the clipped part remains, bounded by 1/512 per element.
+    model.zero_grad()
+    outputs.clear()
+    with EventStorage(0):
+        losses = model(toy_batch())
+    (losses["loss_mask4"] + losses["loss_cls5"]).backward()
+    cascade = outputs[0].grad
+    assert stage3.grad is not None
+    assert cascade.abs().max() <= 1.0 / 512 + 1e-9 and cascade.abs().max() > 0
+
+
+def test_cls_pool_quarters_the_classifier_fc_input():
+    pooled = build_model(quick_cfg()).roi_heads.cls_heads[0]
+    full = build_model(quick_cfg(**{"MODEL.MNC.CLS_POOL": ""})).roi_heads.cls_heads[0]
+    assert full.fc_masked.in_features == 4 * pooled.fc_masked.in_features
+    with pytest.raises(ValueError, match="WARP_SIZE=7"):
+        build_model(quick_cfg(**{"MODEL.MNC.WARP_SIZE": 7}))
+
+
+def test_box_classifier_only_when_its_loss_is_on():
+    off = quick_cfg(**{"MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX": 0.0,
+                       "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 0.0})
+    assert build_model(off).roi_heads.cls_heads[0].box_cls_score is None
+    assert build_model(quick_cfg()).roi_heads.cls_heads[0].box_cls_score is not None
+
+
+def _count_stage_pairs(cfg) -> int:
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    calls = []
+    original = model.roi_heads._run_pair
+    model.roi_heads._run_pair = lambda *a, **k: calls.append(1) or original(*a, **k)
+    with torch.no_grad():
+        model([{"image": toy_batch()[0]["image"], "height": 128, "width": 128}])
+    return len(calls)
+
+
+def test_three_stage_model_runs_five_stage_inference_on_request():
+    assert _count_stage_pairs(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3})) == 1
+    assert _count_stage_pairs(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3,
+                                           "MODEL.MNC.TEST_NUM_STAGES": 5})) == 2
+
+
+def test_mask_voting_in_image_space_moves_the_box_to_the_voted_mask():
+    m = 8
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 0.0, 10.0, 8.0], [2.0, 0.0, 10.0, 8.0]])
+    masks = torch.ones(3, m, m)
+    scores = torch.tensor([0.6, 0.5, 0.5])
+    voted, new_boxes = mask_voting_image(torch.tensor([0]), boxes, masks, scores, 0.5, 0.5,
+                                         grid=20)
+    # Weights 0.375 / 0.625: x in [0, 2) has 0.375 < 0.5, x in (8, 10] has 0.625 >= 0.5.
+    x0, y0, x1, y1 = new_boxes[0].tolist()
+    assert 1.5 <= x0 <= 2.5 and 9.0 <= x1 <= 10.0 and y0 <= 0.5 and y1 >= 7.5
+    assert voted.shape == (1, m, m) and float(voted[0, 2:-2, 2:-2].min()) > 0.9
+    # Voting inside the kept box cannot move it.
+    kept_box_vote = mask_voting(torch.tensor([0]), boxes, masks, scores, 0.5)
+    assert kept_box_vote.shape == (1, m, m)

@@ -49,32 +49,60 @@ class MaskedClassificationHead(nn.Module):
     """Stages 3 and 5: classification from mask-multiplied features plus plain box features.
 
     The paper's masking layer multiplies the box-warped features by the previous stage's soft
-    mask (resized to the warp grid); the masked and the plain pathways each get a fully connected
-    layer and are concatenated before the classifier and the class-specific box regressor.
-    Input: warped (R, C, S, S), mask_probs (R, M, M) -> (class logits (R, K+1), deltas (R, 4K)).
+    mask (resized to the warp grid); with ``pool="max"`` both pathways are then 2 x 2 max-pooled
+    (stride 2) as in the original (its 14 x 14 warp becomes 7 x 7 before fc6). Each pathway gets a
+    fully connected layer; they are concatenated into a joint layer that feeds
+
+    * ``cls_score``: the mask-level classifier (trained with mask-level labels; the original and
+      mnc_d2 score detections with it at test time);
+    * ``box_cls_score`` (only when ``box_classifier``): the box-level classifier, an auxiliary
+      loss trained with box labels beside it, as in the original; unused at test time;
+    * ``bbox_pred``: class-specific box deltas.
+
+    Input: warped (R, C, S, S), mask_probs (R, M, M) -> (class logits (R, K+1), deltas (R, 4K),
+    box-level class logits (R, K+1) or None).
     """
 
     def __init__(self, in_channels: int, warp_size: int, num_classes: int, fc_dim: int,
-                 num_conv: int = 0, conv_dim: int = 256, norm: str = ""):
+                 num_conv: int = 0, conv_dim: int = 256, norm: str = "", pool: str = "",
+                 box_classifier: bool = False):
         super().__init__()
+        if pool not in ("", "max"):
+            raise ValueError(f"MODEL.MNC.CLS_POOL={pool!r} must be 'max' or ''")
+        if pool and warp_size % 2:
+            raise ValueError(f"MODEL.MNC.CLS_POOL='max' halves the warp: MODEL.MNC.WARP_SIZE="
+                             f"{warp_size} must be even (the original: 14)")
         self.trunk, channels = _trunk(in_channels, num_conv, conv_dim, norm)
-        flat = channels * warp_size * warp_size
+        side = warp_size // 2 if pool else warp_size
+        flat = channels * side * side
+        self.pool = pool
         self.fc_masked = nn.Linear(flat, fc_dim)
         self.fc_box = nn.Linear(flat, fc_dim)
         self.fc_joint = nn.Linear(2 * fc_dim, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
+        self.box_cls_score = nn.Linear(fc_dim, num_classes + 1) if box_classifier else None
         self.warp_size = warp_size
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        for layer in (self.cls_score, self.bbox_pred):
+        layers = [self.cls_score, self.bbox_pred]
+        if self.box_cls_score is not None:
+            nn.init.normal_(self.box_cls_score.weight, std=0.01)
+            layers.append(self.box_cls_score)
+        for layer in layers:
             nn.init.constant_(layer.bias, 0.0)
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool:
+            x = F.max_pool2d(x, kernel_size=2, stride=2)
+        return x.flatten(1)
 
     def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):
         feats = self.trunk(warped)
         mask = F.interpolate(mask_probs[:, None], size=(self.warp_size, self.warp_size),
                              mode="bilinear", align_corners=False)
-        masked = F.relu(self.fc_masked((feats * mask).flatten(1)))
-        plain = F.relu(self.fc_box(feats.flatten(1)))
+        masked = F.relu(self.fc_masked(self._flat(feats * mask)))
+        plain = F.relu(self.fc_box(self._flat(feats)))
         joint = F.relu(self.fc_joint(torch.cat([masked, plain], dim=1)))
-        return self.cls_score(joint), self.bbox_pred(joint)
+        box_logits = self.box_cls_score(joint) if self.box_cls_score is not None else None
+        return self.cls_score(joint), self.bbox_pred(joint), box_logits

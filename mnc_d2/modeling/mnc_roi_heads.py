@@ -10,7 +10,7 @@ Stages (5 by default, ``MODEL.MNC.NUM_STAGES: 3`` stops after stage 3):
 4. mask regression on B' (weights shared with stage 2 unless SHARE_STAGE_WEIGHTS is False);
 5. masked classification on B' (shared with stage 3).
 
-Training (choices of the paper and its code, and where we deviate):
+Training (choices of the paper and of its released code, and where we deviate):
 
 * RoIs are sampled from RPN proposals with Detectron2's sampler (ROI_HEADS.BATCH_SIZE_PER_IMAGE,
   POSITIVE_FRACTION, IOU_THRESHOLDS; the paper samples 64 RoIs/image at 1:3, box IoU >= 0.5
@@ -22,18 +22,28 @@ Training (choices of the paper and its code, and where we deviate):
   MODEL.MNC.MASK_FG_IOU with its ground truth (``mask_iou_in_box``); MASK_FG_IOU 0 falls back to
   box labels. Deviation: the IoU is measured on the RoI's M x M grid with the ground truth's full
   area in the union, not on full-image masks.
+* Masking layer (MASK_GRAD_FG_ONLY, default as the original's MaskLayer): the classifier's
+  gradient reaches the soft mask it multiplied only for RoIs whose mask-level label is
+  foreground; background and failed RoIs see a detached mask.
+* Auxiliary losses of the original (weights MODEL.MNC.LOSS_WEIGHTS.*): a box-level classifier
+  trained with box labels beside the mask-level one at stages 3 and 5 (CLS3_BOX, CLS5_BOX), and a
+  stage-5 box regression on the shared box predictor (BOX5). At test time the original, and this
+  head, score with the mask-level classifier only and refine boxes with stage 3's deltas only.
 * Box regression (stage 3): Detectron2's Box2BoxTransform deltas, smooth L1, box-foreground RoIs.
 * Stage 4/5 RoIs are the stage-3 refined boxes of the same sampled RoIs, re-matched to the ground
-  truth by box IoU for their mask targets and labels. With ``ROI_WARP: warp`` the stage-4/5 losses
-  reach the stage-3 box regression through the box coordinates (clipped, see roi_warp.py).
-* Losses: loss_mask2, loss_cls3, loss_box3, loss_mask4, loss_cls5 (weights MODEL.MNC.LOSS_WEIGHTS)
-  plus Detectron2's RPN losses.
+  truth by box IoU for their mask targets and labels (the original also appends the ground-truth
+  boxes as extra stage-4 RoIs; we do not). With ``ROI_WARP: warp`` the stage-4/5 losses reach
+  the stage-3 box deltas through the box coordinates (MODEL.MNC.BOX_GRAD, :mod:`.box_gradient`).
+* Losses: loss_mask2, loss_cls3, loss_cls3_box, loss_box3, loss_mask4, loss_cls5, loss_cls5_box,
+  loss_box5 (a weight of 0 removes the loss) plus Detectron2's RPN losses.
 
-Inference (as MNC): up to RPN.POST_NMS_TOPK_TEST proposals (600 in our configs); stage-3
-instances (box B, stage-2 mask, stage-3 score) and stage-5 instances (box B', stage-4 mask,
-stage-5 score) are pooled, box-NMSed per class, capped at DETECTIONS_PER_IMAGE, and each kept
-mask is replaced by mask voting (``mask_voting``). Output: Instances with pred_boxes, scores,
-pred_classes and pred_masks (R, 1, M, M) soft masks that GeneralizedRCNN pastes at image size.
+Inference (as MNC): up to RPN.POST_NMS_TOPK_TEST proposals; stage-3 instances (box B, stage-2
+mask, stage-3 score) and stage-5 instances (box B', stage-4 mask, stage-5 score) are pooled,
+box-NMSed per class, capped at DETECTIONS_PER_IMAGE, and each kept mask is replaced by mask
+voting (``MASK_VOTING_SPACE``: in image space as the original, the box becoming the voted mask's
+tight box, or inside the kept box). TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
+model. Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
+masks that GeneralizedRCNN pastes at image size.
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import smooth_l1_loss
 from torch import nn
 
-from .mask_ops import mask_iou_in_box, mask_voting
+from .box_gradient import GradientRatioProbe, clip_gradient
+from .mask_ops import mask_iou_in_box, mask_voting, mask_voting_image
 from .mnc_heads import MaskedClassificationHead, MaskRegressionHead
 from .roi_warp import MultiLevelWarp
 
@@ -70,6 +81,13 @@ def remap_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(probs <= threshold, low, high)
 
 
+_LOSS_KEYS = {"loss_mask2": "MASK2", "loss_cls3": "CLS3", "loss_cls3_box": "CLS3_BOX",
+              "loss_box3": "BOX3", "loss_mask4": "MASK4", "loss_cls5": "CLS5",
+              "loss_cls5_box": "CLS5_BOX", "loss_box5": "BOX5"}
+_BOX_GRAD_MODES = ("delta", "coord", "none")
+_VOTING_SPACES = ("image", "box")
+
+
 @ROI_HEADS_REGISTRY.register()
 class MNCROIHeads(ROIHeads):
     """The MNC cascade (see the module docstring)."""
@@ -78,27 +96,47 @@ class MNCROIHeads(ROIHeads):
     def __init__(self, *, in_features: list[str], warp: MultiLevelWarp,
                  mask_heads: list[nn.Module], cls_heads: list[nn.Module], num_stages: int,
                  box2box_transform: Box2BoxTransform, loss_weights: dict[str, float],
-                 mask_fg_iou: float = 0.5, smooth_l1_beta: float = 0.0,
+                 test_num_stages: int = 0, mask_fg_iou: float = 0.5,
+                 mask_grad_fg_only: bool = True, box_grad: str = "delta",
+                 box_grad_clip_base: float = 512.0, smooth_l1_beta: float = 0.0,
                  test_score_thresh: float = 0.05, test_nms_thresh: float = 0.3,
                  test_detections_per_img: int = 300, mask_voting: bool = True,
-                 mask_voting_iou: float = 0.5, mask_threshold: float = 0.5, **kwargs):
+                 mask_voting_iou: float = 0.5, mask_voting_space: str = "image",
+                 mask_threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         if num_stages not in (3, 5):
             raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
+        test_num_stages = test_num_stages or num_stages
+        if test_num_stages not in (3, 5):
+            raise ValueError(f"MODEL.MNC.TEST_NUM_STAGES={test_num_stages}: use 0, 3 or 5")
+        if box_grad not in _BOX_GRAD_MODES:
+            raise ValueError(f"MODEL.MNC.BOX_GRAD={box_grad!r}: use one of {_BOX_GRAD_MODES}")
+        if mask_voting_space not in _VOTING_SPACES:
+            raise ValueError(f"MODEL.MNC.MASK_VOTING_SPACE={mask_voting_space!r}: use one of "
+                             f"{_VOTING_SPACES}")
+        unknown = set(loss_weights) - set(_LOSS_KEYS)
+        if unknown:
+            raise ValueError(f"unknown MNC loss names {sorted(unknown)}; known: {list(_LOSS_KEYS)}")
         self.in_features = in_features
         self.warp = warp
         self.mask_heads = nn.ModuleList(mask_heads)
         self.cls_heads = nn.ModuleList(cls_heads)
         self.num_stages = num_stages
+        self.test_num_stages = test_num_stages
         self.box2box_transform = box2box_transform
         self.loss_weights = loss_weights
         self.mask_fg_iou = mask_fg_iou
+        self.mask_grad_fg_only = mask_grad_fg_only
+        self.box_grad = box_grad
+        self.box_grad_clip_base = box_grad_clip_base
+        self.grad_probe = GradientRatioProbe()
         self.smooth_l1_beta = smooth_l1_beta
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
         self.test_detections_per_img = test_detections_per_img
         self.use_mask_voting = mask_voting
         self.mask_voting_iou = mask_voting_iou
+        self.mask_voting_space = mask_voting_space
         self.mask_threshold = mask_threshold
 
     @classmethod
@@ -115,26 +153,40 @@ class MNCROIHeads(ROIHeads):
         num_heads = 1 if mnc.SHARE_STAGE_WEIGHTS or mnc.NUM_STAGES == 3 else 2
         conv = {"num_conv": mnc.NUM_CONV, "conv_dim": mnc.CONV_DIM, "norm": mnc.NORM}
         w = mnc.LOSS_WEIGHTS
+        weights = {name: float(w[key]) for name, key in _LOSS_KEYS.items()}
+        # Which heads need a box-level classifier (no parameter may go unused under DDP).
+        stage5_box = mnc.NUM_STAGES == 5 and weights["loss_cls5_box"] > 0
+        box_classifier = [weights["loss_cls3_box"] > 0 or (stage5_box and num_heads == 1),
+                          stage5_box][:num_heads]
+        if mnc.TEST_NUM_STAGES == 5 and mnc.NUM_STAGES == 3 and not mnc.SHARE_STAGE_WEIGHTS:
+            raise ValueError("MODEL.MNC.TEST_NUM_STAGES=5 on a 3-stage model reuses stages 2-3 "
+                             "for 4-5: it needs MODEL.MNC.SHARE_STAGE_WEIGHTS True")
         ret.update(
             in_features=in_features,
             warp=MultiLevelWarp(mnc.WARP_SIZE, scales, mnc.ROI_WARP, mnc.SAMPLING_RATIO,
-                                box_grad_clip=mnc.BOX_GRAD_CLIP),
+                                box_grad_clip=mnc.BOX_GRAD_CLIP if mnc.BOX_GRAD == "coord"
+                                else 0.0),
             mask_heads=[MaskRegressionHead(channels, mnc.WARP_SIZE, mnc.MASK_SIZE,
                                            mnc.MASK_FC_DIM, **conv) for _ in range(num_heads)],
             cls_heads=[MaskedClassificationHead(channels, mnc.WARP_SIZE,
                                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, mnc.FC_DIM,
-                                                **conv) for _ in range(num_heads)],
+                                                pool=mnc.CLS_POOL, box_classifier=box_cls,
+                                                **conv) for box_cls in box_classifier],
             num_stages=mnc.NUM_STAGES,
+            test_num_stages=mnc.TEST_NUM_STAGES,
             box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
-            loss_weights={"loss_mask2": w.MASK2, "loss_cls3": w.CLS3, "loss_box3": w.BOX3,
-                          "loss_mask4": w.MASK4, "loss_cls5": w.CLS5},
+            loss_weights=weights,
             mask_fg_iou=mnc.MASK_FG_IOU,
+            mask_grad_fg_only=mnc.MASK_GRAD_FG_ONLY,
+            box_grad=mnc.BOX_GRAD,
+            box_grad_clip_base=mnc.BOX_GRAD_CLIP_BASE,
             smooth_l1_beta=cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
             test_score_thresh=mnc.SCORE_THRESH_TEST,
             test_nms_thresh=mnc.NMS_THRESH_TEST,
             test_detections_per_img=mnc.DETECTIONS_PER_IMAGE,
             mask_voting=mnc.MASK_VOTING,
             mask_voting_iou=mnc.MASK_VOTING_IOU,
+            mask_voting_space=mnc.MASK_VOTING_SPACE,
             mask_threshold=mnc.MASK_THRESHOLD,
         )
         return ret
@@ -146,21 +198,29 @@ class MNCROIHeads(ROIHeads):
         return self.mask_heads[index], self.cls_heads[index]
 
     def _run_pair(self, feats, boxes: list[torch.Tensor], second: bool):
-        """One mask stage + one classification stage on ``boxes`` (per image (R_i, 4)).
+        """Inference: one mask stage + one classification stage on ``boxes`` (per image (R_i, 4)).
 
         Returns mask logits (R, M, M), class logits (R, K+1), box deltas (R, 4K).
         """
         mask_head, cls_head = self._stage_heads(second)
         warped = self.warp(feats, boxes)
         mask_logits = mask_head(warped)
-        cls_logits, deltas = cls_head(warped, mask_logits.sigmoid())
+        cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())
         return mask_logits, cls_logits, deltas
 
     def _refine(self, boxes: list[torch.Tensor], deltas: torch.Tensor, classes: torch.Tensor,
                 image_sizes) -> list[torch.Tensor]:
-        """Stage-3 regression: boxes (per image (R_i, 4)) + deltas of ``classes`` -> B'."""
+        """Stage-3 regression: boxes (per image (R_i, 4)) + deltas (R, 4K) of ``classes`` -> B'.
+
+        In training, MODEL.MNC.BOX_GRAD decides what gradient flows back into the deltas.
+        """
         rows = torch.arange(deltas.shape[0], device=deltas.device)
         picked = deltas.view(deltas.shape[0], -1, 4)[rows, classes]
+        if self.training and self.box_grad == "none":
+            picked = picked.detach()
+        elif self.training and self.box_grad == "delta":
+            picked = clip_gradient(self.grad_probe.tap(picked, "cascade"),
+                                   1.0 / self.box_grad_clip_base, self.grad_probe)
         refined = self.box2box_transform.apply_deltas(picked, cat(boxes))
         out, start = [], 0
         for b, (h, w) in zip(boxes, image_sizes):
@@ -199,31 +259,61 @@ class MNCROIHeads(ROIHeads):
             loss = mask_logits.sum() * 0.0
         return loss, labels
 
+    def _train_pair(self, feats, boxes, gt_masks, gt_classes, second: bool, name: str):
+        """Training: mask stage, mask-level labels, masking layer and classification stage.
+
+        boxes: per image (R_i, 4); gt_masks: [(masks, boxes)] of the foreground RoIs per image;
+        gt_classes: (R,) box-level labels (K = background, -1 = ignored). Returns mask logits
+        (R, M, M), the mask loss, mask-level labels (R,), class logits (R, K+1), deltas (R, 4K)
+        and box-level class logits (R, K+1) or None.
+        """
+        mask_head, cls_head = self._stage_heads(second)
+        warped = self.warp(feats, boxes)
+        mask_logits = mask_head(warped)
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        rois = cat(boxes).detach()
+        mask_loss, labels = self._mask_loss_and_labels(mask_logits, rois, gt_masks, gt_classes,
+                                                       fg, name)
+        probs = mask_logits.sigmoid()
+        if self.mask_grad_fg_only:
+            mask_fg = ((labels >= 0) & (labels < self.num_classes))[:, None, None]
+            probs = torch.where(mask_fg, probs, probs.detach())
+        cls_logits, deltas, box_logits = cls_head(warped, probs)
+        return mask_logits, mask_loss, labels, cls_logits, deltas, box_logits
+
+    def _cls_losses(self, losses, stage: int, cls_logits, labels, box_logits, box_labels):
+        losses[f"loss_cls{stage}"] = F.cross_entropy(cls_logits, labels, ignore_index=-1)
+        if box_logits is not None and self.loss_weights[f"loss_cls{stage}_box"] > 0:
+            losses[f"loss_cls{stage}_box"] = F.cross_entropy(box_logits, box_labels,
+                                                             ignore_index=-1)
+
     def _forward_train(self, feats, proposals: list[Instances], targets: list[Instances]):
         boxes = [p.proposal_boxes.tensor for p in proposals]
         gt_classes = cat([p.gt_classes for p in proposals])
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        mask2, cls3, deltas3 = self._run_pair(feats, boxes, second=False)
         masks = self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
                                 for p in proposals], [p.gt_classes for p in proposals], boxes)
-        rois = cat(boxes)
         losses = {}
-        losses["loss_mask2"], labels3 = self._mask_loss_and_labels(
-            mask2, rois, masks, gt_classes, fg, "stage3")
-        losses["loss_cls3"] = F.cross_entropy(cls3, labels3, reduction="mean", ignore_index=-1)
-        losses["loss_box3"] = self._box_loss(deltas3, rois, proposals, gt_classes, fg)
+        _, losses["loss_mask2"], labels3, cls3, deltas3, box3 = self._train_pair(
+            feats, boxes, masks, gt_classes, second=False, name="stage3")
+        self._cls_losses(losses, 3, cls3, labels3, box3, gt_classes)
+        gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
+                        else p.proposal_boxes.tensor.new_zeros((len(p), 4)) for p in proposals])
+        losses["loss_box3"] = self._box_loss(deltas3, cat(boxes), gt_boxes, gt_classes,
+                                             probe=self.box_grad == "delta")
         if self.num_stages == 5:
             classes = torch.where(fg, gt_classes, cls3[:, : self.num_classes].argmax(1))
             refined = self._refine(boxes, deltas3, classes, [p.image_size for p in proposals])
             stage4 = self._match(refined, targets)
-            mask4, cls5, _ = self._run_pair(feats, refined, second=True)
-            classes4 = cat([c for c, _ in stage4])
-            fg4 = (classes4 >= 0) & (classes4 < self.num_classes)
-            masks4 = self._fg_masks([m for _, m in stage4], [c for c, _ in stage4],
+            classes4 = cat([c for c, _, _ in stage4])
+            masks4 = self._fg_masks([m for _, m, _ in stage4], [c for c, _, _ in stage4],
                                     [r.detach() for r in refined])
-            losses["loss_mask4"], labels5 = self._mask_loss_and_labels(
-                mask4, cat(refined).detach(), masks4, classes4, fg4, "stage5")
-            losses["loss_cls5"] = F.cross_entropy(cls5, labels5, reduction="mean", ignore_index=-1)
+            _, losses["loss_mask4"], labels5, cls5, deltas5, box5 = self._train_pair(
+                feats, refined, masks4, classes4, second=True, name="stage5")
+            self._cls_losses(losses, 5, cls5, labels5, box5, classes4)
+            if self.loss_weights["loss_box5"] > 0:
+                losses["loss_box5"] = self._box_loss(deltas5, cat(refined).detach(),
+                                                     cat([b for _, _, b in stage4]), classes4)
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
 
     def _fg_masks(self, gt_masks, gt_classes, boxes):
@@ -236,15 +326,21 @@ class MNCROIHeads(ROIHeads):
                 out.append((masks[fg], b[fg]))
         return out
 
-    def _box_loss(self, deltas, rois, proposals, gt_classes, fg):
+    def _box_loss(self, deltas, rois, gt_boxes, gt_classes, probe: bool = False):
+        """Smooth-L1 box loss on foreground RoIs, normalised by all RoIs (Detectron2's rule).
+
+        deltas: (R, 4K); rois, gt_boxes: (R, 4) (rows of background RoIs are unused);
+        gt_classes: (R,). ``probe``: record this loss's gradient on the deltas for
+        ``mnc/box_grad_ratio``.
+        """
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
         if not fg.any():
             return deltas.sum() * 0.0
-        # Images without ground truth have no gt_boxes field (all their RoIs are background).
-        gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
-                        else p.proposal_boxes.tensor.new_zeros((len(p), 4)) for p in proposals])
         targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
         rows = torch.nonzero(fg, as_tuple=True)[0]
         picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+        if probe:
+            picked = self.grad_probe.tap(picked, "box_loss")
         loss = smooth_l1_loss(picked, targets, self.smooth_l1_beta, reduction="sum")
         return loss / max(gt_classes.numel(), 1)
 
@@ -252,19 +348,20 @@ class MNCROIHeads(ROIHeads):
     def _match(self, boxes: list[torch.Tensor], targets: list[Instances]):
         """Match refined boxes (no re-sampling) to the ground truth by box IoU.
 
-        Returns per image (gt_classes (R_i,), gt masks of the matches or None without GT).
+        Returns per image (gt_classes (R_i,), gt masks of the matches or None without GT,
+        matched gt boxes (R_i, 4), zeros without GT).
         """
         out = []
         for b, t in zip(boxes, targets):
             if len(t) == 0:
                 out.append((torch.full((len(b),), self.num_classes, dtype=torch.long,
-                                       device=b.device), None))
+                                       device=b.device), None, torch.zeros_like(b)))
                 continue
             idx, labels = self.proposal_matcher(pairwise_iou(t.gt_boxes, Boxes(b.detach())))
             classes = t.gt_classes[idx].clone()
             classes[labels == 0] = self.num_classes
             classes[labels == -1] = -1
-            out.append((classes, t.gt_masks[idx]))
+            out.append((classes, t.gt_masks[idx], t.gt_boxes.tensor[idx]))
         return out
 
     # --- inference ----------------------------------------------------------------------------
@@ -276,7 +373,7 @@ class MNCROIHeads(ROIHeads):
         mask2, cls3, deltas3 = self._run_pair(feats, boxes, second=False)
         probs3 = F.softmax(cls3, dim=1)
         stages = [(boxes, mask2, probs3)]
-        if self.num_stages == 5:
+        if self.test_num_stages == 5:
             classes = probs3[:, : self.num_classes].argmax(1)
             refined = self._refine(boxes, deltas3, classes, sizes)
             mask4, cls5, _ = self._run_pair(feats, refined, second=True)
@@ -291,6 +388,13 @@ class MNCROIHeads(ROIHeads):
             start += n
         return results
 
+    def _vote(self, keep, boxes, masks, scores):
+        """Mask voting among one class's candidates; returns (masks (K, M, M), boxes (K, 4))."""
+        if self.mask_voting_space == "image":
+            return mask_voting_image(keep, boxes, masks, scores, self.mask_voting_iou,
+                                     self.mask_threshold)
+        return mask_voting(keep, boxes, masks, scores, self.mask_voting_iou), boxes[keep]
+
     def _select(self, boxes, masks, probs, image_size) -> Instances:
         """Score filter, per-class NMS, top-K and mask voting for one image.
 
@@ -302,16 +406,16 @@ class MNCROIHeads(ROIHeads):
         keep = keep[: self.test_detections_per_img]
         result = Instances(image_size)
         kept = cand[keep]
-        voted = masks[kept]
+        voted, out_boxes = masks[kept], boxes[kept]
         if self.use_mask_voting and kept.numel():
-            voted = torch.empty_like(voted)
+            voted, out_boxes = torch.empty_like(voted), torch.empty_like(out_boxes)
             for c in cls[keep].unique():
                 members = torch.nonzero(cls == c, as_tuple=True)[0]  # candidates of class c
                 slots = torch.nonzero(cls[keep] == c, as_tuple=True)[0]
                 local = torch.searchsorted(members, keep[slots])
-                voted[slots] = mask_voting(local, boxes[cand[members]], masks[cand[members]],
-                                           scores[members], self.mask_voting_iou)
-        result.pred_boxes = Boxes(boxes[kept])
+                voted[slots], out_boxes[slots] = self._vote(
+                    local, boxes[cand[members]], masks[cand[members]], scores[members])
+        result.pred_boxes = Boxes(out_boxes)
         result.scores = scores[keep]
         result.pred_classes = cls[keep]
         result.pred_masks = remap_threshold(voted, self.mask_threshold)[:, None]

@@ -5,8 +5,9 @@ interpolation at the centres of the S x S cells of the box. Because the sample p
 linear function of the box coordinates, the output is differentiable with respect to both the
 features and the boxes: a loss on a later cascade stage reaches the boxes regressed by an earlier
 one, which is what makes the cascade trainable end to end. The paper warps to a fixed size and
-then max-pools; here the warped grid is used directly (an average of bilinear samples, like
-ROIAlign with one sample per cell), which we name as our approximation of RoI warping + pooling.
+then max-pools 2 x 2 (``MODEL.MNC.CLS_POOL``, in the classification head). Each warped cell is one
+bilinear sample at its centre (like ROIAlign with one sample per cell), as the original's
+warping layer interpolates at each output position.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 from torch import nn
+
+from .box_gradient import clip_gradient
 
 
 def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
@@ -59,29 +62,13 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
     return out.index_copy(0, order, torch.cat(results))
 
 
-class _ClipGradient(torch.autograd.Function):
-    """Identity forward; element-wise clamp of the gradient to [-limit, limit] backward."""
-
-    @staticmethod
-    def forward(ctx, tensor, limit):
-        ctx.limit = limit
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(-ctx.limit, ctx.limit), None
-
-
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
-    """Bound the gradient that RoI warping sends to box coordinates (0 = no bound).
-
-    A box's gradient sums the gradients of all S x S x C samples, so it can be much larger than
-    any feature gradient; an element-wise clamp keeps the cascade stable (our clipping rule; the
-    original Caffe implementation's exact rule is not reproduced).
+    """``MODEL.MNC.BOX_GRAD: coord``: clamp the gradient that RoI warping sends to box coordinates
+    (pixels) element-wise to [-limit, limit] (0 = no bound). This was mnc_d2's rule before the
+    original's delta-space clamp (:mod:`.box_gradient`); its effective strength scales with box
+    size. boxes: (R, 4).
     """
-    if limit <= 0 or not boxes.requires_grad:
-        return boxes
-    return _ClipGradient.apply(boxes, float(limit))
+    return clip_gradient(boxes, limit)
 
 
 class MultiLevelWarp(nn.Module):
