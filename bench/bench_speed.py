@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Speed and memory side by side: MNC variants vs Mask R-CNN, and polygonization throughput.
 
-Every model variant uses the demo's backbone and input (R-18-FPN, configs/quick_schedules/
-*_demo_synthetic.yaml) and runs, from random initialisation, in its own child process so its
-peak RSS is its own:
+The default variants use the demo's backbone and input (R-18-FPN, configs/quick_schedules/
+*_demo_synthetic.yaml); the ``*_R50`` variants are the ResNet-50-FPN SpaceNet 2 configs
+(configs/SpaceNet2/, 650 px input) with 2 images per training step instead of 8 (CPU), compared
+with ``mask_rcnn_R50``. Each runs in its own child process so its peak RSS is its own, and reports
+its parameter count (total and ROI heads):
 
 * training: seconds per iteration (forward, backward and optimizer step on a pre-loaded batch of
   IMS_PER_BATCH images; data loading excluded), after warm-up steps;
@@ -41,13 +43,22 @@ from pathlib import Path
 import numpy as np
 
 QUICK = "configs/quick_schedules/"
+SN2 = "configs/SpaceNet2/"
+R50_CPU = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
 VARIANTS = {
     "mask_rcnn": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml", []),
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
     "mnc5_roialign": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                       ["MODEL.MNC.ROI_WARP", "roialign"]),
+    # The R-50 SpaceNet 2 configs GPU users train (2 images per step here, not 8: CPU).
+    "mask_rcnn_R50": (SN2 + "mask_rcnn_R_50_FPN_3x_all.yaml", R50_CPU),
+    "mnc5_R50": (SN2 + "mnc_R_50_FPN_3x_all.yaml", R50_CPU),
+    # The R-50 MNC without the pooling before the classifier's fc layers (mnc_d2 0.1's head).
+    "mnc5_R50_nopool": (SN2 + "mnc_R_50_FPN_3x_all.yaml", [*R50_CPU, "MODEL.MNC.CLS_POOL", ""]),
 }
+BASELINE = {"mnc5_R50": "mask_rcnn_R50", "mnc5_R50_nopool": "mask_rcnn_R50",
+            "mask_rcnn_R50": "mask_rcnn_R50"}  # everything else: vs mask_rcnn
 TILE = 650
 logger = logging.getLogger("bench_speed")
 
@@ -121,6 +132,9 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
                 model([x])
             infer[str(size)] = [_timed(lambda x=x: model([x])) for x in inputs]
     return {"train_step_s": train_s, "infer_s": infer, "weights": str(weights or "random init"),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "roi_head_params_m": round(sum(p.numel() for p in model.roi_heads.parameters())
+                                       / 1e6, 2),
             "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -159,24 +173,29 @@ def _summary(results: dict[str, list[dict]]) -> dict:
                  "train_steps_timed": len(train),
                  "ims_per_batch": runs[0]["ims_per_batch"],
                  "peak_rss_mb_max": round(max(r["peak_rss_mb"] for r in runs), 1),
-                 "weights": runs[0]["weights"]}
+                 "weights": runs[0]["weights"], "params_m": runs[0]["params_m"],
+                 "roi_head_params_m": runs[0]["roi_head_params_m"]}
         for size in runs[0]["infer_s"]:
             times = [t for r in runs for t in r["infer_s"][size]]
             entry[f"infer_s_per_tile_median_{size}px"] = round(statistics.median(times), 4)
         out[name] = entry
-    base = out.get("mask_rcnn")
-    if base:
-        for name, entry in out.items():
+    for name, entry in out.items():
+        base = out.get(BASELINE.get(name, "mask_rcnn"))
+        if base:
             entry["ratio_vs_mask_rcnn"] = {
                 key.replace("_median", ""): round(entry[key] / base[key], 3)
-                for key in entry if key.endswith(("_median", "px")) and base[key] > 0}
+                for key in entry if key.endswith(("_median", "px", "params_m"))
+                and key in base and base[key] > 0}
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round, few steps")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=[n for n in VARIANTS if "R50" not in n],
+                        help="default: the R-18 demo variants; the R-50 SpaceNet 2 configs: "
+                        "mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool")
     parser.add_argument("--rounds", type=int, help="child runs per variant (default 3, quick 1)")
     parser.add_argument("--steps", type=int, help="timed training steps per child (default 8)")
     parser.add_argument("--tiles", type=int, default=10, help="timed tiles per child and size")

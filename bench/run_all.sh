@@ -36,6 +36,8 @@ run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr t
 }
 run accuracy $PY bench/bench_accuracy.py $QUICK
 run speed $PY bench/bench_speed.py $QUICK
+run speed_r50 $PY bench/bench_speed.py $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
+  --steps 4 --tiles 5
 run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
 run predict $PY bench/bench_predict.py --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it"

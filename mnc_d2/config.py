@@ -21,6 +21,10 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.BAND_STATS = ""
     # Number of training images sampled when BAND_STATS is "auto" (0 = all of them).
     _C.INPUT.BAND_STATS_MAX_IMAGES = 200
+    # Standard deviation the normalised bands get with BAND_STATS (PIXEL_STD = band std / this):
+    # 1.0 for from-scratch, GN and torchvision weights; ~57.4 (ImageNet pixel std in 0-255) for
+    # the Caffe2 MSRA weights, which expect mean-subtracted, unscaled pixels.
+    _C.INPUT.BAND_STATS_TARGET_STD = 1.0
     # Remote-sensing augmentation applied by the SpaceNet mapper at training time.
     _C.INPUT.AUGMENT = CN()
     # Probability of a horizontal flip.

@@ -199,12 +199,12 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
     cfg = setup_cfg(str(trained / "config.yaml"),
                     ["MODEL.WEIGHTS", str(trained / "model_final.pth"),
                      "TEST.SPACENET.SCORE_THRESH", "0.0"], for_training=False)
-    predictor = ScenePredictor(cfg)
+    predictor = ScenePredictor(cfg, score_thresh=0.0)
     record = DatasetCatalog.get("spacenet2_vegas_val")[0]
     scene = predictor.predict(record["file_name"], progress=False)
     with torch.no_grad():
         out = predictor.model([SpaceNetDatasetMapper(cfg, False)(record)])[0]["instances"]
-    direct = instances_to_polygons(out.to("cpu"), 0.0, 0.5, cfg.TEST.SPACENET.SIMPLIFY_TOLERANCE)
+    direct = instances_to_polygons(out.to("cpu"), 0.0, cfg.TEST.SPACENET.SIMPLIFY_TOLERANCE)
     assert len(scene.polygons) == len(direct) > 0
     assert sorted(round(s, 4) for s in scene.scores) == sorted(round(s, 4) for _, s in direct)
     cfg_no_weights = cfg.clone()

@@ -2,7 +2,8 @@
 
 ``INPUT.BAND_STATS: "auto"`` makes :func:`resolve_band_stats` compute the mean and standard
 deviation of every selected band over (a deterministic sample of) the training images, write
-them to ``OUTPUT_DIR/band_stats.json`` and put them in ``MODEL.PIXEL_MEAN/STD``. The run's saved
+them to ``OUTPUT_DIR/band_stats.json`` and put them in ``MODEL.PIXEL_MEAN/STD`` (the std
+divided by ``INPUT.BAND_STATS_TARGET_STD``, the spread a pretrained backbone expects). The run's saved
 ``config.yaml`` then carries them, so evaluation and ``predict.py`` normalise exactly as training
 did. A path instead of "auto" loads such a JSON.
 """
@@ -75,6 +76,9 @@ def resolve_band_stats(cfg) -> dict | None:
         if [int(b) for b in stats["bands"]] != [int(b) for b in cfg.INPUT.BANDS]:
             raise ValueError(f"{path} holds statistics of bands {stats['bands']} but "
                              f"INPUT.BANDS is {list(cfg.INPUT.BANDS)}")
+    target = float(cfg.INPUT.BAND_STATS_TARGET_STD)
+    if target <= 0:
+        raise ValueError(f"INPUT.BAND_STATS_TARGET_STD={target} must be > 0 (1.0 = unit std)")
     cfg.MODEL.PIXEL_MEAN = stats["mean"]
-    cfg.MODEL.PIXEL_STD = stats["std"]
+    cfg.MODEL.PIXEL_STD = [s / target for s in stats["std"]]
     return stats

@@ -12,6 +12,13 @@ roofs), buildings cut by the tile edge and empty tiles. Materials have distinct 
 WorldView-3 signatures: dark roofs look like asphalt and shadow in RGB but are brighter in red
 edge / NIR, so 8-band input can help.
 
+Two settings (``setting=``): ``"default"`` as above, and ``"hard"``: denser tiles with more and
+smaller buildings (down to ~3 m) packed closer together, twice the trees, extra clutter (cars,
+containers and sheds' worth of small dark and bright patches that are not buildings), more roads,
+and dark roofs that stay dark in every band, near infrared included (``roof_dark_nir``), so 8-band
+input cannot simply separate them. The hard setting exists so that claims are checked on data
+whose statistics no model or default was tuned on.
+
 An extra file, ``summaryData/<AOI>_Train_Building_Attributes.csv`` (ImageId, BuildingId, shape,
 roof, area_m2, solidity), records what each building is, for failure-mode benchmarks.
 """
@@ -56,8 +63,13 @@ SIGNATURES = {
     "roof_grey": (0.24, 0.26, 0.27, 0.27, 0.27, 0.28, 0.29, 0.29),
     # Dark roofs: as dark as asphalt in the visible bands, bright in red edge / NIR.
     "roof_dark": (0.07, 0.07, 0.08, 0.08, 0.09, 0.22, 0.32, 0.33),
+    # Hard setting: dark in every band (tar, dark membranes), only texture and shape tell.
+    "roof_dark_nir": (0.06, 0.06, 0.07, 0.07, 0.08, 0.08, 0.09, 0.09),
+    # Hard setting: clutter that is not a building.
+    "clutter_dark": (0.05, 0.05, 0.06, 0.06, 0.06, 0.07, 0.08, 0.08),
+    "clutter_bright": (0.42, 0.46, 0.47, 0.47, 0.46, 0.45, 0.44, 0.43),
 }
-DARK_ROOFS = ("roof_dark",)
+DARK_ROOFS = ("roof_dark", "roof_dark_nir")
 
 
 @dataclass(frozen=True)
@@ -84,14 +96,37 @@ SHAPE_P = (0.34, 0.18, 0.08, 0.08, 0.08, 0.24)
 EMPTY_TILE_P = 0.08
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How a generated city departs from its CityStyle (see the module docstring)."""
+
+    density: float = 1.0  # multiplier of the buildings per tile
+    halo_m: float = 2.5  # minimum gap between buildings, metres
+    shape_p: tuple[float, ...] = SHAPE_P
+    small_m: tuple[float, float] = (4.0, 7.0)  # side range of "small" buildings, metres
+    trees: float = 1.0  # multiplier of the trees per tile
+    clutter: int = 0  # mean number of non-building patches per tile
+    roads: tuple[int, int] = (0, 3)  # range of roads per tile (high end exclusive)
+    dark_roof: str = "roof_dark"  # the material drawn for "dark" roofs
+
+
+SETTINGS = {
+    "default": Setting(),
+    "hard": Setting(density=1.6, halo_m=1.0, shape_p=(0.26, 0.14, 0.06, 0.06, 0.06, 0.42),
+                    small_m=(3.0, 6.0), trees=2.0, clutter=25, roads=(1, 4),
+                    dark_roof="roof_dark_nir"),
+}
+
+
 def _m(metres: float) -> float:
     return metres / GSD_M
 
 
-def building_shape(kind: str, rng: np.random.Generator) -> Polygon:
+def building_shape(kind: str, rng: np.random.Generator,
+                   small_m: tuple[float, float] = (4.0, 7.0)) -> Polygon:
     """A footprint of ``kind`` in pixels, centred at the origin, axis-aligned."""
     if kind == "small":
-        w, h = _m(rng.uniform(4, 7)), _m(rng.uniform(4, 7))
+        w, h = _m(rng.uniform(*small_m)), _m(rng.uniform(*small_m))
         return box(-w / 2, -h / 2, w / 2, h / 2)
     if kind == "rect":
         w, h = _m(rng.uniform(8, 24)), _m(rng.uniform(7, 18))
@@ -132,40 +167,53 @@ def _paint(image: np.ndarray, geoms, material: str, rng, texture: float = 0.05) 
     image[:, mask] = sig[:, None] * tex[mask][None]
 
 
-def _place_buildings(rng, style: CityStyle, size: int):
+def _place_buildings(rng, style: CityStyle, size: int, setting: Setting = SETTINGS["default"]):
     """Non-overlapping footprints (pixel coords, may cross the tile edge) with attributes."""
-    n = int(rng.integers(*style.buildings))
+    n = int(round(int(rng.integers(*style.buildings)) * setting.density))
     base = rng.uniform(0, 90)
     placed, attrs = [], []
     for _ in range(n * 6):
         if len(placed) >= n:
             break
-        kind = str(rng.choice(SHAPES, p=SHAPE_P))
-        shape = building_shape(kind, rng)
+        kind = str(rng.choice(SHAPES, p=setting.shape_p))
+        shape = building_shape(kind, rng, setting.small_m)
         angle = base + rng.normal(0, style.angle_jitter) + 90 * rng.integers(0, 4)
         cx, cy = rng.uniform(-0.04 * size, 1.04 * size, 2)
         poly = affinity.translate(affinity.rotate(shape, angle, origin=(0, 0)), cx, cy)
-        halo = poly.buffer(_m(2.5))
+        halo = poly.buffer(_m(setting.halo_m))
         if any(halo.intersects(p) for p in placed):
             continue
         placed.append(poly)
-        attrs.append({"shape": kind, "roof": str(rng.choice(ROOFS, p=style.roofs))})
+        roof = str(rng.choice(ROOFS, p=style.roofs))
+        attrs.append({"shape": kind, "roof": setting.dark_roof if roof == "roof_dark" else roof})
     return placed, attrs
 
 
-def render_scene(rng: np.random.Generator, style: CityStyle, size: int = LABEL_GRID):
+def _clutter(rng: np.random.Generator, count: int, size: int) -> dict[str, list]:
+    """Small non-building patches (cars, containers, sheds' worth), dark and bright."""
+    patches = {"clutter_dark": [], "clutter_bright": []}
+    for _ in range(int(rng.poisson(count)) if count else 0):
+        w, h = _m(rng.uniform(1.5, 5.0)), _m(rng.uniform(1.5, 3.0))
+        patch = affinity.rotate(box(-w / 2, -h / 2, w / 2, h / 2), rng.uniform(0, 180))
+        patch = affinity.translate(patch, *rng.uniform(0, size, 2))
+        patches["clutter_dark" if rng.random() < 0.5 else "clutter_bright"].append(patch)
+    return patches
+
+
+def render_scene(rng: np.random.Generator, style: CityStyle, size: int = LABEL_GRID,
+                 setting: Setting = SETTINGS["default"]):
     """One scene: (8, size, size) reflectance, building footprints and their attributes."""
     image = np.empty((8, size, size), dtype=np.float32)
     image[:] = np.asarray(SIGNATURES[style.ground], np.float32)[:, None, None]
     image *= _noise(rng, size, 64, 0.15)[None]
     roads = []
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(*setting.roads))):
         y, w = rng.uniform(0, size), _m(rng.uniform(6, 12))
         road = box(-size, y - w / 2, 2 * size, y + w / 2)
         roads.append(affinity.rotate(road, rng.uniform(0, 180), origin=(size / 2, size / 2)))
     _paint(image, roads, "asphalt", rng, 0.03)
     empty = rng.random() < EMPTY_TILE_P
-    footprints, attrs = ([], []) if empty else _place_buildings(rng, style, size)
+    footprints, attrs = ([], []) if empty else _place_buildings(rng, style, size, setting)
     # Shadows: each footprint shifted away from the sun darkens what lies under it.
     sun = rng.uniform(0, 2 * math.pi)
     shift = _m(rng.uniform(1.5, 4.0))
@@ -175,8 +223,10 @@ def render_scene(rng: np.random.Generator, style: CityStyle, size: int = LABEL_G
         mask = rasterio.features.rasterize(shadows, out_shape=(size, size), dtype=np.uint8) > 0
         image[:, mask] *= 0.35
     trees = [shapely.Point(*rng.uniform(0, size, 2)).buffer(_m(rng.uniform(1.5, 4)))
-             for _ in range(int(rng.poisson(style.trees)))]
+             for _ in range(int(rng.poisson(style.trees * setting.trees)))]
     _paint(image, trees[: len(trees) // 2], "tree", rng, 0.2)
+    for material, patches in _clutter(rng, setting.clutter, size).items():
+        _paint(image, patches, material, rng, 0.1)
     for poly, attr in zip(footprints, attrs):
         _paint(image, [poly], attr["roof"], rng, 0.04)
     _paint(image, trees[len(trees) // 2:], "tree", rng, 0.2)  # some overhang roofs
@@ -219,13 +269,15 @@ def tile_transform(style: CityStyle, index: int, size: int = LABEL_GRID) -> Affi
     return Affine(dx, 0.0, lon0 + col * size * dx, 0.0, -dy, lat0 - row * size * dy)
 
 
-def generate_image(aoi_root: Path, city: str, index: int, seed: int) -> tuple[list, list]:
+def generate_image(aoi_root: Path, city: str, index: int, seed: int,
+                   setting: str = "default") -> tuple[list, list]:
     """Write one image in all four products plus its GeoJSON; return its CSV rows."""
     style = STYLES[city]
     aoi = CITIES[city]
     image_id = f"{aoi}_img{index + 1}"
-    rng = np.random.default_rng([seed, list(CITIES).index(city), index])
-    reflectance, footprints, attrs = render_scene(rng, style)
+    extra = [] if setting == "default" else [list(SETTINGS).index(setting)]
+    rng = np.random.default_rng([seed, list(CITIES).index(city), index, *extra])
+    reflectance, footprints, attrs = render_scene(rng, style, setting=SETTINGS[setting])
     transform = tile_transform(style, index)
     mul = to_dn(reflectance)
     _write_tif(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
@@ -264,10 +316,13 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int) -> tuple[li
 
 
 def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 0,
-                  progress: bool = True) -> Path:
-    """Write ``<out_root>/<AOI>_Train`` for ``city`` (vegas, paris, shanghai, khartoum)."""
+                  progress: bool = True, setting: str = "default") -> Path:
+    """Write ``<out_root>/<AOI>_Train`` for ``city`` (vegas, paris, shanghai, khartoum) in the
+    given ``setting`` ("default" or "hard", see the module docstring)."""
     if city not in STYLES:
         raise ValueError(f"city={city!r} is not one of {sorted(STYLES)}")
+    if setting not in SETTINGS:
+        raise ValueError(f"setting={setting!r} is not one of {sorted(SETTINGS)}")
     if num_images < 1:
         raise ValueError(f"num_images={num_images} must be >= 1")
     from tqdm import tqdm
@@ -276,7 +331,7 @@ def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 
     all_rows, all_attrs = [], []
     for index in tqdm(range(num_images), desc=f"synthetic {CITIES[city]}", unit="img",
                       disable=not progress):
-        rows, attrs = generate_image(aoi_root, city, index, seed)
+        rows, attrs = generate_image(aoi_root, city, index, seed, setting)
         all_rows.extend(rows)
         all_attrs.extend(attrs)
     summary = aoi_root / "summaryData"

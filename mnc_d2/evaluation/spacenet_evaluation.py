@@ -1,15 +1,25 @@
 """``SpaceNetEvaluator``: the SpaceNet building metric inside Detectron2's evaluation hooks.
 
-For each image, ``process`` turns every predicted instance mask whose score passes
-``TEST.SPACENET.SCORE_THRESH`` into one pixel polygon (the largest connected part; simplified and
-optionally regularised) with the instance score as its confidence. There is no cap on the number
-of detections beyond the model's own. ``evaluate`` gathers the polygons of all processes, scores
-them against the ground truth of the same images with :mod:`.spacenet_metric` (rules in its
-docstring), writes ``spacenet_proposals.csv`` and ``spacenet_per_image.csv`` to the output folder
+For each image, ``process`` turns every predicted instance mask whose score passes the lowest
+of ``TEST.SPACENET.SCORE_THRESH`` and ``TEST.SPACENET.SWEEP_THRESHOLDS`` into one pixel polygon
+(the largest connected part; simplified and optionally regularised) with the instance score as
+its confidence. Masks arrive binarised by the model (MODEL.MNC.MASK_THRESHOLD for MNC, 0.5 for
+Detectron2's heads). There is no cap on the number of detections beyond the model's own.
+
+``evaluate`` gathers the polygons of all processes, scores them against the ground truth of the
+same images with :mod:`.spacenet_metric` (rules in its docstring) at ``SCORE_THRESH`` (the
+headline numbers), sweeps the score threshold over ``SWEEP_THRESHOLDS`` and measures the scores'
+calibration (:mod:`.calibration`, from the same single scoring), writes
+``spacenet_proposals.csv`` (proposals at SCORE_THRESH), ``spacenet_per_image.csv`` and
+``spacenet_sweep.json`` to the output folder, writes the best threshold to ``threshold_file``
+(a training run's ``OUTPUT_DIR/score_threshold.json``, which ``tools/predict.py`` then uses)
 and returns::
 
     {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "mean_city_F1",
-                  "<city>/F1", "<city>/precision", "<city>/recall", ...}}
+                  "<city>/F1", "<city>/precision", "<city>/recall", ...,
+                  "best_threshold", "best_threshold/mean_city_F1", "best_threshold/F1", "ECE"}}
+
+The best threshold maximises mean city F1 (SpaceNet 2's headline number).
 
 Ground truth comes from the dataset dicts: each annotation's exact pixel polygon
 (``wkt_pix``, written by :mod:`mnc_d2.data`), else its polygon ``segmentation``, else its RLE
@@ -18,6 +28,7 @@ traced back to polygons.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -34,11 +45,15 @@ from detectron2.utils import comm
 from shapely.geometry import Polygon
 
 from ..utils.atomic import atomic_write
+from .calibration import best_threshold, reliability, threshold_sweep
 from .polygonize import mask_to_polygon, mask_to_polygons
 from .spacenet_metric import score
 from .writers import write_proposal_csv
 
 logger = logging.getLogger(__name__)
+
+# Written by the evaluator into a training run's OUTPUT_DIR; read by tools/predict.py.
+THRESHOLD_FILE = "score_threshold.json"
 
 
 def annotation_polygon(ann: dict):
@@ -57,11 +72,12 @@ def annotation_polygon(ann: dict):
     raise ValueError(f"annotation has neither 'wkt_pix' nor a 'segmentation': keys {list(ann)}")
 
 
-def instances_to_polygons(instances, score_thresh: float = 0.5, mask_thresh: float = 0.5,
+def instances_to_polygons(instances, score_thresh: float = 0.5,
                           simplify_tolerance: float = 0.5, regularize: bool = False
                           ) -> list[tuple[Polygon, float]]:
-    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W), ``scores`` (R,)) -> one pixel
-    polygon per instance scoring at least ``score_thresh`` (its largest part), with the score."""
+    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
+    0.5; ``scores`` (R,)) -> one pixel polygon per instance scoring at least ``score_thresh``
+    (its largest part), with the score."""
     if len(instances) == 0:
         return []
     if not instances.has("pred_masks"):
@@ -71,7 +87,7 @@ def instances_to_polygons(instances, score_thresh: float = 0.5, mask_thresh: flo
     out = []
     for i in np.flatnonzero(scores >= score_thresh).tolist():
         mask = instances.pred_masks[i]
-        mask = (mask if mask.dtype == torch.bool else mask >= mask_thresh).numpy()
+        mask = (mask if mask.dtype == torch.bool else mask >= 0.5).numpy()
         poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
                                regularize=regularize)
         if poly is not None:
@@ -109,16 +125,19 @@ class SpaceNetEvaluator(DatasetEvaluator):
 
     @configurable
     def __init__(self, dataset_name: str, *, output_dir: str | None = None,
-                 score_thresh: float = 0.5, mask_thresh: float = 0.5,
+                 score_thresh: float = 0.5, sweep_thresholds: tuple[float, ...] = (),
                  simplify_tolerance: float = 0.5, regularize: bool = False,
-                 rules: str = "spacenet", distributed: bool = True):
+                 rules: str = "spacenet", threshold_file: str | None = None,
+                 distributed: bool = True):
         self._dataset_name = dataset_name
         self._output_dir = Path(output_dir) if output_dir else None
         self._score_thresh = score_thresh
-        self._mask_thresh = mask_thresh
+        self._sweep = sorted(float(t) for t in sweep_thresholds)
+        self._floor = min([score_thresh, *self._sweep])
         self._simplify = simplify_tolerance
         self._regularize = regularize
         self._rules = rules
+        self._threshold_file = Path(threshold_file) if threshold_file else None
         self._distributed = distributed
         self._predictions: dict[str, list[tuple[str, float]]] = OrderedDict()
 
@@ -126,17 +145,20 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
         sn = cfg.TEST.SPACENET
         return {"dataset_name": dataset_name, "output_dir": output_dir,
-                "score_thresh": sn.SCORE_THRESH, "mask_thresh": sn.MASK_THRESH,
+                "score_thresh": sn.SCORE_THRESH, "sweep_thresholds": tuple(sn.SWEEP_THRESHOLDS),
                 "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
-                "rules": sn.RULES}
+                "rules": sn.RULES,
+                "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
+                if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None}
 
     def reset(self):
         self._predictions = OrderedDict()
 
     def instances_to_polygons(self, instances) -> list[tuple[str, float]]:
-        """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(WKT, score)]."""
+        """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(WKT, score)]
+        for every instance at or above the lowest threshold evaluated."""
         return [(p.wkt, s) for p, s in instances_to_polygons(
-            instances, self._score_thresh, self._mask_thresh, self._simplify, self._regularize)]
+            instances, self._floor, self._simplify, self._regularize)]
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -157,16 +179,52 @@ class SpaceNetEvaluator(DatasetEvaluator):
             logger.warning("SpaceNetEvaluator received no predictions")
             return {}
         truth = truth_frame(DatasetCatalog.get(self._dataset_name), set(predictions))
-        result = score(truth, _proposal_frame(predictions), rules=self._rules)
+        proposals = _proposal_frame(predictions)
+        headline = proposals[proposals.Confidence >= self._score_thresh].reset_index(drop=True)
+        result = score(truth, headline, rules=self._rules)
+        summary = self._summary(result)
+        sweep = None
+        if self._sweep:
+            floor = score(truth, proposals, rules=self._rules)
+            sweep = self._sweep_and_calibration(floor, proposals, truth, summary)
         if self._output_dir is not None:
-            self._write(predictions, result)
-        return {"spacenet": self._summary(result)}
+            self._write(list(predictions), headline, result, sweep)
+        return {"spacenet": summary}
 
-    def _write(self, predictions, result) -> None:
-        polys = {k: [(shapely.from_wkt(w), c) for w, c in v] for k, v in predictions.items()}
+    def _sweep_and_calibration(self, floor, proposals, truth, summary) -> dict:
+        table = threshold_sweep(floor, proposals, truth, self._sweep)
+        best = best_threshold(table)
+        kept = floor.proposal_kept
+        calib = reliability(proposals.Confidence.to_numpy()[kept],
+                            (floor.proposal_match >= 0)[kept])
+        summary["best_threshold"] = best["threshold"]
+        summary["best_threshold/mean_city_F1"] = best["mean_city_F1"]
+        summary["best_threshold/F1"] = best["F1"]
+        summary["ECE"] = calib["ECE"]
+        logger.info("SpaceNet score sweep: best threshold %.2f (mean city F1 %.4f; %.4f at the "
+                    "configured %.2f); score calibration ECE %.3f", best["threshold"],
+                    best["mean_city_F1"], summary["mean_city_F1"], self._score_thresh,
+                    calib["ECE"])
+        sweep = {"dataset": self._dataset_name, "rules": self._rules,
+                 "configured_threshold": self._score_thresh, "best": best,
+                 "sweep": table.to_dict(orient="records"), "calibration": calib}
+        if self._threshold_file is not None:
+            with atomic_write(self._threshold_file, "w") as f:
+                json.dump({"score_thresh": best["threshold"], "dataset": self._dataset_name,
+                           "mean_city_F1": best["mean_city_F1"]}, f, indent=2)
+            logger.info("best score threshold written to %s", self._threshold_file)
+        return sweep
+
+    def _write(self, image_ids, proposals, result, sweep) -> None:
+        polys = {image: [] for image in image_ids}
+        for row in proposals.itertuples():
+            polys.setdefault(row.ImageId, []).append((row.geometry, row.Confidence))
         write_proposal_csv(self._output_dir / "spacenet_proposals.csv", polys)
         with atomic_write(self._output_dir / "spacenet_per_image.csv", "w", newline="") as f:
             result.per_image.to_csv(f, index=False)
+        if sweep is not None:
+            with atomic_write(self._output_dir / "spacenet_sweep.json", "w") as f:
+                json.dump(sweep, f, indent=2)
 
     @staticmethod
     def _summary(result) -> dict:

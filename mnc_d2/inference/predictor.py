@@ -9,6 +9,7 @@ are those of the training run (its config.yaml: INPUT.BANDS, MODEL.PIXEL_MEAN/ST
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from ..data.layout import image_id_from_path
 from ..engine.trainer import build_checkpointer, input_bands
 from ..evaluation.polygonize import pixel_to_map
-from ..evaluation.spacenet_evaluation import instances_to_polygons
+from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8
 from ..evaluation.writers import write_geojson, write_proposal_csv
 from .tiling import in_core, merge_across_tiles, tile_grid
@@ -50,10 +51,33 @@ class ScenePrediction:
     height: int
 
 
+def resolve_score_threshold(cfg, override: float | None = None) -> float:
+    """The score threshold for prediction: ``override`` when given; else the best threshold the
+    training run's evaluation recorded next to the weights (``score_threshold.json``, written by
+    SpaceNetEvaluator's sweep); else TEST.SPACENET.SCORE_THRESH."""
+    if override is not None:
+        logger.info("score threshold %.3f (given)", override)
+        return float(override)
+    recorded = Path(cfg.MODEL.WEIGHTS).parent / THRESHOLD_FILE
+    if recorded.is_file():
+        try:
+            value = float(json.loads(recorded.read_text())["score_thresh"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{recorded}: unreadable score threshold ({exc}); delete the file "
+                             "or pass --score-thresh") from exc
+        logger.info("score threshold %.3f from %s (the training run's best on its validation "
+                    "split; --score-thresh overrides)", value, recorded)
+        return value
+    logger.info("score threshold %.3f (TEST.SPACENET.SCORE_THRESH; no %s next to the weights)",
+                cfg.TEST.SPACENET.SCORE_THRESH, THRESHOLD_FILE)
+    return float(cfg.TEST.SPACENET.SCORE_THRESH)
+
+
 class ScenePredictor:
     """Run a trained model over GeoTIFF scenes (see the module docstring)."""
 
-    def __init__(self, cfg, tile_size: int = 650, overlap: int = 128, batch_size: int = 2):
+    def __init__(self, cfg, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
+                 score_thresh: float | None = None):
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
                              "MODEL.WEIGHTS output/run/model_final.pth")
@@ -65,7 +89,7 @@ class ScenePredictor:
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         sn = cfg.TEST.SPACENET
-        self.post = {"score_thresh": sn.SCORE_THRESH, "mask_thresh": sn.MASK_THRESH,
+        self.post = {"score_thresh": resolve_score_threshold(cfg, score_thresh),
                      "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE}
 
     def _read(self, src, window) -> np.ndarray:

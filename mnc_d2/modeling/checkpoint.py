@@ -6,6 +6,14 @@ model input band that is one of the checkpoint's bands, that band's filter is co
 other band gets the mean of the checkpoint's filters. Which file band each checkpoint channel
 was trained on is ``INPUT.CHECKPOINT_BANDS`` (1-based file band indices, in the checkpoint's
 channel order; empty = the first three entries of INPUT.BANDS). A log line says what was done.
+
+ImageNet checkpoints (Detectron2's Caffe2-format ``ImageNetPretrained`` .pkl files, and torchvision
+weights converted by ``tools/convert_torchvision_resnet.py``) are matched to the model by name
+heuristics. Detectron2 does that matching before any inflation could happen and drops tensors
+whose shapes differ, which would silently leave an N-band stem untrained; here the matching
+compares against the 3-channel shape the stem would have, so the stem is matched by name and then
+inflated. The MSRA files' ``conv1_b`` (a stem-convolution bias of ~1e-9 that Detectron2's bias-free
+stem has no place for) is dropped with a log line instead of being reported as unused.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,36 @@ class MultiBandCheckpointer(DetectionCheckpointer):
         self.input_bands = [int(b) for b in input_bands]
         self.checkpoint_bands = [int(b) for b in (checkpoint_bands or self.input_bands[:3])]
 
+    def _inflatable(self, target: torch.Tensor, value: torch.Tensor | None = None) -> bool:
+        """Whether a model tensor is an N-band input filter a 3-band one can inflate."""
+        n = len(self.input_bands)
+        return (target.dim() == 4 and n != 3 and target.shape[1] == n
+                and (value is None or (value.dim() == 4 and value.shape[1] == 3
+                                       and value.shape[0] == target.shape[0]
+                                       and value.shape[2:] == target.shape[2:])))
+
+    def _load_model(self, checkpoint):
+        if checkpoint.get("matching_heuristics", False):
+            model_state = checkpoint["model"]
+            DetectionCheckpointer._convert_ndarray_to_tensor(self, model_state)
+            c2 = checkpoint.get("__author__") == "Caffe2"
+            bias = model_state.get("conv1_b")
+            if c2 and bias is not None and float(bias.abs().max()) < 1e-3:
+                del model_state["conv1_b"]
+                logger.info("conv1_b dropped: the stem convolution has no bias (max |b| %.1e)",
+                            float(bias.abs().max()))
+            # Match names against the shapes a 3-band model would have, so an N-band stem is
+            # matched (and inflated later) instead of dropped for its shape.
+            shapes = {}
+            for key, target in self.model.state_dict().items():
+                if self._inflatable(target):
+                    target = target.new_empty((target.shape[0], 3, *target.shape[2:]))
+                shapes[key] = target
+            checkpoint["model"] = align_and_update_state_dicts(shapes, model_state,
+                                                               c2_conversion=c2)
+            checkpoint["matching_heuristics"] = False
+        return super()._load_model(checkpoint)
+
     def _convert_ndarray_to_tensor(self, state_dict: dict) -> None:
         # fvcore calls this on the (name-aligned) checkpoint dict right before comparing shapes
         # with the model, which is the one place where inflation sees final parameter names.
@@ -50,13 +89,8 @@ class MultiBandCheckpointer(DetectionCheckpointer):
         model_state = self.model.state_dict()
         for key, value in list(state_dict.items()):
             target = model_state.get(key)
-            if (target is None or value.dim() != 4 or target.dim() != 4
-                    or value.shape[1] == target.shape[1] or value.shape[1] != 3
-                    or value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:]):
+            if target is None or not self._inflatable(target, value):
                 continue
-            if len(self.input_bands) != target.shape[1]:
-                raise ValueError(f"{key}: the model takes {target.shape[1]} bands but "
-                                 f"INPUT.BANDS lists {len(self.input_bands)}")
             state_dict[key] = inflate_input_channels(value, self.input_bands,
                                                      self.checkpoint_bands)
             copied = [b for b in self.input_bands if b in self.checkpoint_bands]

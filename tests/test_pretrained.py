@@ -1,0 +1,174 @@
+"""Starting from ImageNet weights: the MSRA and GN Caffe2 files, torchvision weights converted by
+tools/convert_torchvision_resnet.py, and the 8-band stem inflation, on checkpoints written here
+with exactly those files' key layouts (nothing can be downloaded)."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import mnc_d2
+from mnc_d2.engine.trainer import build_checkpointer
+from mnc_d2.modeling.torchvision_weights import torchvision_to_detectron2_name
+
+REPO = Path(__file__).resolve().parents[1]
+SN2 = REPO / "configs" / "SpaceNet2"
+
+
+def model_of(config: str):
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.merge_from_file(str(SN2 / config))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.BAND_STATS = ""
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.PIXEL_MEAN = [0.0] * len(cfg.INPUT.BANDS)
+    cfg.MODEL.PIXEL_STD = [1.0] * len(cfg.INPUT.BANDS)
+    cfg.freeze()
+    return cfg, build_model(cfg)
+
+
+def caffe2_name(name: str, norm: str) -> str | None:
+    """Detectron2 backbone name -> the Caffe2 name in Detectron's ImageNet .pkl files (the
+    inverse of Detectron2's c2 conversion; norm "bn" for MSRA, "gn" for R-50-GN)."""
+    if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+        return None  # the ImageNet Caffe2 files hold the affine parameters only
+    name = name.replace(".shortcut", ".branch1").replace(".conv1.", ".branch2a.", 1) \
+        if name.startswith("res") else name
+    name = re.sub(r"^(res\d\.\d+)\.conv2\.", r"\1.branch2b.", name)
+    name = re.sub(r"^(res\d\.\d+)\.conv3\.", r"\1.branch2c.", name)
+    if name.startswith("stem.conv1.norm."):
+        prefix = "res_conv1_bn" if norm == "bn" else "conv1_gn"
+        return prefix + {"weight": "_s", "bias": "_b"}[name.rsplit(".", 1)[1]]
+    if name == "stem.conv1.weight":
+        return "conv1_w"
+    name = re.sub(r"\.norm\.weight$", f"_{norm}_s", name)
+    name = re.sub(r"\.norm\.bias$", f"_{norm}_b", name)
+    name = re.sub(r"\.weight$", "_w", name)
+    return name.replace(".", "_")
+
+
+def write_caffe2_file(model, path: Path, norm: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random checkpoint with the key layout of MSRA/R-50.pkl (norm "bn": conv1_b, fc1000_*)
+    or FAIR/R-50-GN.pkl (norm "gn": under "blobs", pred_*). Returns {d2 name: value}."""
+    rng = np.random.default_rng(seed)
+    blobs, expected = {}, {}
+    for name, tensor in model.backbone.bottom_up.state_dict().items():
+        c2 = caffe2_name(name, norm)
+        if c2 is None:
+            continue
+        shape = tuple(tensor.shape)
+        if name == "stem.conv1.weight":
+            shape = (shape[0], 3, *shape[2:])
+        value = rng.normal(size=shape).astype(np.float32)
+        blobs[c2] = value
+        expected[name] = value
+    if norm == "bn":
+        blobs["conv1_b"] = np.full(64, 1e-9, np.float32)
+        blobs["fc1000_w"] = rng.normal(size=(1000, 2048)).astype(np.float32)
+        blobs["fc1000_b"] = np.zeros(1000, np.float32)
+        data = blobs
+    else:
+        blobs["pred_w"] = rng.normal(size=(1000, 2048)).astype(np.float32)
+        blobs["pred_b"] = np.zeros(1000, np.float32)
+        data = {"blobs": blobs}
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return expected
+
+
+def load(cfg, model, path: Path):
+    checkpointer = build_checkpointer(cfg, model, save_dir="")
+    return checkpointer._load_model(checkpointer._load_file(str(path)))
+
+
+def assert_backbone_is(model, expected: dict[str, np.ndarray]):
+    """Every learned backbone tensor holds the file's value."""
+    state = model.backbone.bottom_up.state_dict()
+    assert set(expected) == {k for k in state if not k.endswith(("running_mean", "running_var",
+                                                                  "num_batches_tracked"))}
+    for name, value in expected.items():
+        assert np.array_equal(state[name].numpy(), value), name
+
+
+@pytest.mark.parametrize("config,norm", [("mnc_R_50_FPN_3x_all_imagenet_msra.yaml", "bn"),
+                                         ("mask_rcnn_R_50_FPN_3x_all_imagenet_msra.yaml", "bn"),
+                                         ("mnc_R_50_FPN_3x_all_imagenet_gn.yaml", "gn")])
+def test_imagenet_caffe2_files_fill_every_backbone_tensor(tmp_path, config, norm):
+    cfg, model = model_of(config)
+    expected = write_caffe2_file(model, tmp_path / "R-50.pkl", norm)
+    incompatible = load(cfg, model, tmp_path / "R-50.pkl")
+    missing = [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up.")]
+    assert missing == [] and incompatible.incorrect_shapes == []
+    assert_backbone_is(model, expected)
+    # FrozenBN without running statistics in the file: identity statistics.
+    if norm == "bn":
+        norm_layer = model.backbone.bottom_up.stem.conv1.norm
+        assert torch.all(norm_layer.running_mean == 0) and torch.all(norm_layer.running_var == 1)
+
+
+def test_imagenet_configs_name_the_model_zoo_files():
+    assert "detectron2://ImageNetPretrained/MSRA/R-50.pkl" in \
+        (SN2 / "mnc_R_50_FPN_3x_all_imagenet_msra.yaml").read_text()
+    assert "detectron2://ImageNetPretrained/FAIR/R-50-GN.pkl" in \
+        (SN2 / "mnc_R_50_FPN_3x_all_imagenet_gn.yaml").read_text()
+
+
+def test_8band_model_inflates_the_pretrained_stem(tmp_path):
+    cfg3, model3 = model_of("mnc_R_50_FPN_3x_all_imagenet_msra.yaml")
+    expected = write_caffe2_file(model3, tmp_path / "R-50.pkl", "bn")
+    cfg, model = model_of("mnc_R_50_FPN_3x_all_8band_imagenet_msra.yaml")
+    incompatible = load(cfg, model, tmp_path / "R-50.pkl")
+    assert [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up.")] == []
+    bgr = expected["stem.conv1.weight"]  # checkpoint channels B, G, R = file bands 2, 3, 5
+    stem = model.backbone.bottom_up.stem.conv1.weight.detach().numpy()
+    assert stem.shape[1] == 8
+    for channel, band in enumerate([2, 3, 5]):
+        assert np.array_equal(stem[:, band - 1], bgr[:, channel])
+    for band in (1, 4, 6, 7, 8):
+        assert np.allclose(stem[:, band - 1], bgr.mean(axis=1), atol=1e-6)
+    rest = {k: v for k, v in expected.items() if k != "stem.conv1.weight"}
+    state = model.backbone.bottom_up.state_dict()
+    assert all(np.array_equal(state[k].numpy(), v) for k, v in rest.items())
+
+
+def test_torchvision_conversion_fills_every_backbone_tensor(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(weights=None)
+    for module in tv.modules():  # non-trivial running statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    torch.save(tv.state_dict(), tmp_path / "resnet50.pth")
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "convert_torchvision_resnet.py"),
+                             str(tmp_path / "resnet50.pth"), str(tmp_path / "R-50-tv.pkl")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cfg, model = model_of("mnc_R_50_FPN_3x_all_imagenet_torchvision.yaml")
+    incompatible = load(cfg, model, tmp_path / "R-50-tv.pkl")
+    assert [k for k in incompatible.missing_keys if k.startswith("backbone.bottom_up.")] == []
+    state = model.backbone.bottom_up.state_dict()
+    converted = {torchvision_to_detectron2_name(k): v for k, v in tv.state_dict().items()}
+    converted.pop(None)
+    assert set(converted) == {k for k in state if not k.endswith("num_batches_tracked")}
+    for name, value in converted.items():
+        assert torch.equal(state[name], value), name
+
+
+def test_converter_rejects_what_is_not_a_torchvision_resnet(tmp_path):
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "convert_torchvision_resnet.py"),
+                             str(tmp_path / "other.pth"), str(tmp_path / "out.pkl")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "not a torchvision ResNet" in result.stderr
+    assert not (tmp_path / "out.pkl").exists()
