@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md in one go; one JSON report per script in .cache/bench/results/
-# (logs next to them). About an hour on a 2-core CPU; --quick takes about 20 minutes.
+# (logs next to them). About 9 hours on a 2-core CPU (accuracy: 2 settings x 3 seeds x 4 variants);
+# --quick takes about 2 hours.
 #   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,11 +35,16 @@ run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr t
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
   echo "$name: $((SECONDS - start)) s" >&2
 }
-run accuracy $PY bench/bench_accuracy.py $QUICK
+# Issue 14's comparison: both data settings, three model seeds, MNC as the original trains it,
+# Mask R-CNN, the mnc_d2 0.1 head and warping without the box gradient (about 8 h on 2 cores).
+for setting in default hard; do
+  run accuracy_$setting $PY bench/bench_accuracy.py $QUICK --setting $setting \
+    --model-seeds 0 1 2 --variants mnc5 mask_rcnn mnc5_v01 mnc5_no_box_grad
+done
 run speed $PY bench/bench_speed.py $QUICK
 run speed_r50 $PY bench/bench_speed.py $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
   --steps 4 --tiles 5
 run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
 run predict $PY bench/bench_predict.py --size "$SCENE" \
-  --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it"
+  --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
 echo "reports in $OUT/" >&2

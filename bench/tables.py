@@ -25,50 +25,48 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
+def _spread(entry: dict, digits: int = 3) -> str:
+    """'mean ± std (min-max)' of a bench_accuracy summary entry."""
+    if entry["n"] == 1:
+        return f"{entry['mean']:.{digits}f} (1 seed)"
+    return (f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f} "
+            f"({entry['min']:.{digits}f}-{entry['max']:.{digits}f})")
+
+
 def accuracy_tables(report: dict) -> list[str]:
-    variants = report["variants"]
-    cities = sorted({c for v in variants.values() for c in v["cities"]})
-    first = next(iter(variants.values()))
-    lines = [f"{report['iterations']} iterations, {report['train_images_per_city']} training "
-             f"tiles per city, benchmark {report['test_images_per_city']} tiles per city; slice "
-             f"sizes (benchmark truth): " + ", ".join(
-                 f"{k} {v}" for k, v in first["slice_counts"].items()), ""]
-    header = ["variant", "mean city F1", *(f"{CITY_NAMES.get(c, c)} F1" for c in cities),
-              "overall P", "overall R", "overall F1", "TP / FP / FN"]
-    rows = []
-    for name, v in variants.items():
-        o = v["overall"]
-        rows.append([name, f"{v['mean_city_f1']:.3f}",
-                     *(f"{v['cities'][c]['f1']:.3f}" for c in cities),
-                     f"{o['precision']:.3f}", f"{o['recall']:.3f}", f"{o['f1']:.3f}",
-                     f"{o['tp']} / {o['fp']} / {o['fn']}"])
+    """Per-variant spread over seeds, then every run, of one bench_accuracy report."""
+    runs, summary = report["runs"], report["summary"]
+    first = next(iter(next(iter(runs.values())).values()))
+    lines = [f"Setting **{report['setting']}**: {report['iterations']} iterations, "
+             f"{report['train_images_per_city']} training tiles per city, benchmark "
+             f"{report['test_images_per_city']} tiles per city (another generator seed); slice "
+             "sizes (benchmark truth): " + ", ".join(
+                 f"{k} {v}" for k, v in first["slice_counts"].items())
+             + ". Mean ± sample std (min-max) over model seeds.", ""]
+    slices = [k[len("recall_"):] for k in next(iter(summary.values())) if k.startswith("recall_")]
+    header = ["variant", "seeds", "mean city F1 at the config's threshold",
+              "mean city F1 at the best threshold", "best threshold", "score ECE",
+              *(f"recall {s}" for s in slices)]
+    rows = [[name, e["mean_city_f1"]["n"], _spread(e["mean_city_f1"]),
+             _spread(e["best_threshold_mean_city_f1"]), _spread(e["best_threshold"], 2),
+             _spread(e["ECE"]), *(f"{e['recall_' + s]['mean']:.3f}" for s in slices)]
+            for name, e in summary.items()]
     lines += _table(header, rows) + [""]
-    slices = list(first["recall_slices"])
-    rows = [[name, *(f"{v['recall_slices'].get(s, float('nan')):.3f}" for s in slices),
-             "n/a" if v["train_wall_s"] is None else f"{v['train_wall_s']:.0f}"]
-            for name, v in variants.items()]
-    lines += _table(["variant", *(f"recall {s}" for s in slices), "training wall s"], rows)
-    return lines
-
-
-def seed_spread_table(results: Path) -> list[str]:
-    """Variants re-trained with other cfg.SEED values (accuracy_seed<N>.json) beside seed 0."""
-    base = json.loads((results / "accuracy.json").read_text())
-    reports = [base] + [json.loads(p.read_text())
-                        for p in sorted(results.glob("accuracy_seed*.json"))]
-    names = [n for n in base["variants"] if any(n in r["variants"] for r in reports[1:])]
+    header = ["variant", "seed", "mean city F1", "overall P", "overall R", "TP / FP / FN",
+              "best threshold (mean city F1)", "ECE", *(f"recall {s}" for s in slices),
+              "training wall s"]
     rows = []
-    for name in names:
-        for r in reports:
-            v = r["variants"].get(name)
-            if v is None:
-                continue
-            rs = v["recall_slices"]
-            rows.append([name, r.get("model_seed", 0), f"{v['mean_city_f1']:.3f}",
-                         f"{v['overall']['f1']:.3f}", f"{rs['small']:.3f}",
-                         f"{rs['concave']:.3f}", f"{rs['dark']:.3f}", f"{rs['other']:.3f}"])
-    return _table(["variant", "--model-seed", "mean city F1", "overall F1", "recall small",
-                   "recall concave", "recall dark", "recall other"], rows)
+    for name, by_seed in runs.items():
+        for seed, v in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+            o, best = v["overall"], v["best_threshold"]
+            rows.append([name, seed, f"{v['mean_city_f1']:.3f}", f"{o['precision']:.3f}",
+                         f"{o['recall']:.3f}", f"{o['tp']} / {o['fp']} / {o['fn']}",
+                         f"{best['threshold']:.2f} ({best['mean_city_F1']:.3f})",
+                         f"{v['calibration']['ECE']:.3f}",
+                         *(f"{v['recall_slices'].get(s, float('nan')):.3f}" for s in slices),
+                         "n/a" if v["train_wall_s"] is None else f"{v['train_wall_s']:.0f}"])
+    lines += _table(header, rows)
+    return lines
 
 
 def speed_tables(report: dict) -> list[str]:
@@ -77,7 +75,7 @@ def speed_tables(report: dict) -> list[str]:
                     if k.startswith("infer_s_per_tile_median_")}, key=lambda s: int(s[:-2]))
     header = ["model", "train s/iter (median)", "x Mask R-CNN",
               *(x for s in sizes for x in (f"infer s/tile at {s} (median)", "x Mask R-CNN")),
-              "peak RSS MB", "weights"]
+              "peak RSS MB", "params M (ROI heads)", "weights"]
     rows = []
     for name, m in models.items():
         ratio = m.get("ratio_vs_mask_rcnn", {})
@@ -86,7 +84,9 @@ def speed_tables(report: dict) -> list[str]:
         for s in sizes:
             key = f"infer_s_per_tile_median_{s}"
             row += [f"{m[key]:.3f}", f"{ratio.get(key.replace('_median', ''), float('nan')):.2f}"]
-        rows.append(row + [f"{m['peak_rss_mb_max']:.0f}",
+        params = (f"{m['params_m']:.1f} ({m['roi_head_params_m']:.1f})" if "params_m" in m
+                  else "n/a")
+        rows.append(row + [f"{m['peak_rss_mb_max']:.0f}", params,
                            "random init" if m["weights"] == "random init" else "trained"])
     lines = [f"{report['rounds']} rounds x {report['timed_train_steps_per_round']} timed training "
              f"steps (batch {next(iter(models.values()))['ims_per_batch']}) and "
@@ -126,21 +126,17 @@ def predict_table(report: dict) -> list[str]:
 
 
 def readme_table(results: Path) -> list[str]:
-    """The short table of README.md: every variant's mean city F1 and slice recalls, with the
-    training and inference time ratios against Mask R-CNN where measured."""
-    acc = json.loads((results / "accuracy.json").read_text())
-    speed_path = results / "speed.json"
-    speed = json.loads(speed_path.read_text())["models"] if speed_path.exists() else {}
+    """The short table of README.md: per data setting and variant, mean city F1 over seeds and
+    the mean slice recalls (from every accuracy_<setting>.json report)."""
     rows = []
-    for name, v in acc["variants"].items():
-        r = v["recall_slices"]
-        ratio = speed.get(name, {}).get("ratio_vs_mask_rcnn", {})
-        times = (f"{ratio['train_s_per_iter']:.2f} / "
-                 f"{ratio['infer_s_per_tile_650px']:.2f}" if ratio else "")
-        rows.append([name, f"{v['mean_city_f1']:.3f}", f"{r['small']:.3f}", f"{r['concave']:.3f}",
-                     f"{r['dark']:.3f}", times])
-    return _table(["variant", "mean city F1", "recall small", "recall concave", "recall dark",
-                   "time vs Mask R-CNN: train iter / 650 px tile"], rows)
+    for path in sorted(results.glob("accuracy_*.json")):
+        report = json.loads(path.read_text())
+        for name, e in report["summary"].items():
+            rows.append([report["setting"], name, _spread(e["mean_city_f1"]),
+                         *(f"{e['recall_' + s]['mean']:.3f}" if f"recall_{s}" in e else "n/a"
+                           for s in ("small", "concave", "dark"))])
+    return _table(["data", "variant", "mean city F1 (mean ± std over seeds)", "recall small",
+                   "recall concave", "recall dark"], rows)
 
 
 def main() -> None:
@@ -152,8 +148,12 @@ def main() -> None:
     if args.readme:
         print("\n".join(readme_table(results)))
         return
-    makers = {"accuracy": accuracy_tables, "speed": speed_tables, "scorer": scorer_table,
+    makers = {"speed": speed_tables, "speed_r50": speed_tables, "scorer": scorer_table,
               "predict": predict_table}
+    for path in sorted(results.glob("accuracy_*.json")):
+        report = json.loads(path.read_text())
+        print(f"### accuracy, {report['setting']} data ({path}, {report.get('machine', '')})\n")
+        print("\n".join(accuracy_tables(report)) + "\n")
     for name, make in makers.items():
         path = results / f"{name}.json"
         if not path.exists():
@@ -161,9 +161,6 @@ def main() -> None:
         report = json.loads(path.read_text())
         print(f"### {name} ({path}, {report.get('machine', '')})\n")
         print("\n".join(make(report)) + "\n")
-        if name == "accuracy" and list(results.glob("accuracy_seed*.json")):
-            print("### accuracy, seed spread (accuracy_seed*.json)\n")
-            print("\n".join(seed_spread_table(results)) + "\n")
 
 
 if __name__ == "__main__":

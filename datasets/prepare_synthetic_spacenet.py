@@ -2,7 +2,7 @@
 """Generate synthetic SpaceNet 2 data in the exact released layout.
 
     python datasets/prepare_synthetic_spacenet.py --out datasets/synthetic/spacenet \
-        --cities vegas paris --images 60 --seed 0
+        --cities vegas paris --images 60 --seed 0 [--setting hard]
 
 Then ``DETECTRON2_DATASETS=datasets/synthetic`` makes the built-in names (spacenet2_vegas_train,
 ...) read it. See mnc_d2/data/synthetic.py for what the scenes contain.
@@ -11,7 +11,7 @@ Then ``DETECTRON2_DATASETS=datasets/synthetic`` makes the built-in names (spacen
 import argparse
 import logging
 
-from mnc_d2.data.synthetic import STYLES, generate_city
+from mnc_d2.data.synthetic import SETTINGS, STYLES, generate_city
 
 
 def main() -> None:
@@ -20,10 +20,13 @@ def main() -> None:
     parser.add_argument("--cities", nargs="+", default=["vegas", "paris"], choices=sorted(STYLES))
     parser.add_argument("--images", type=int, default=60, help="images per city")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--setting", default="default", choices=sorted(SETTINGS),
+                        help="hard: denser, smaller buildings, clutter, dark roofs dark in NIR")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for city in args.cities:
-        root = generate_city(args.out, city, args.images, seed=args.seed)
+        root = generate_city(args.out, city, args.images, seed=args.seed,
+                             setting=args.setting)
         logging.info("wrote %s", root)
 
 

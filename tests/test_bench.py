@@ -14,49 +14,61 @@ def _tables():
     return module
 
 
-def _variant(f1: float, dark: float, wall) -> dict:
+def _run(f1: float, dark: float, wall) -> dict:
     city = {"tp": 8, "fp": 1, "fn": 2, "precision": 0.889, "recall": 0.8, "f1": f1}
     return {"overall": city, "mean_city_f1": f1, "cities": {"AOI_2_Vegas": city},
             "recall_slices": {"small": 0.5, "concave": 0.25, "dark": dark, "other": 0.9},
             "slice_counts": {"small": 4, "concave": 4, "dark": 2, "other": 3},
-            "train_wall_s": wall}
+            "best_threshold": {"threshold": 0.35, "mean_city_F1": f1 + 0.01},
+            "calibration": {"ECE": 0.125}, "train_wall_s": wall}
 
 
-def _speed(train: float, infer: float) -> dict:
-    return {"train_s_per_iter_median": train, "infer_s_per_tile_median_650px": infer,
-            "ims_per_batch": 2, "peak_rss_mb_max": 1000.0, "weights": "random init"}
+def _report(tmp_path=None) -> dict:
+    bench = _bench_accuracy()
+    runs = {"mnc5": {"0": _run(0.8, 0.125, 12.3), "1": _run(0.9, 0.25, 10.0)},
+            "mask_rcnn": {"0": _run(0.5, 0.0, None)}}
+    report = {"setting": "hard", "iterations": 10, "train_images_per_city": 2,
+              "test_images_per_city": 1, "runs": runs, "summary": bench.summarize(runs)}
+    if tmp_path is not None:
+        (tmp_path / "accuracy_hard.json").write_text(json.dumps(report))
+    return report
 
 
-def test_accuracy_table_rows_carry_the_report_numbers():
-    report = {"iterations": 10, "train_images_per_city": 2, "test_images_per_city": 1,
-              "variants": {"mnc5": _variant(0.8421, 0.125, 12.3), "mask_rcnn": _variant(
-                  0.5, 0.0, None)}}
+def _bench_accuracy():
+    spec = importlib.util.spec_from_file_location("bench_acc", REPO / "bench" / "bench_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_summary_and_tables_carry_the_report_numbers():
+    report = _report()
+    mnc = report["summary"]["mnc5"]
+    assert mnc["mean_city_f1"] == {"mean": 0.85, "min": 0.8, "max": 0.9, "std": 0.0707, "n": 2}
+    assert mnc["recall_dark"]["mean"] == 0.1875
     lines = _tables().accuracy_tables(report)
-    assert "| mnc5 | 0.842 | 0.842 | 0.889 | 0.800 | 0.842 | 8 / 1 / 2 |" in lines
-    assert "| mnc5 | 0.500 | 0.250 | 0.125 | 0.900 | 12 |" in lines
-    assert "| mask_rcnn | 0.500 | 0.250 | 0.000 | 0.900 | n/a |" in lines
+    assert ("| mnc5 | 2 | 0.850 ± 0.071 (0.800-0.900) | 0.860 ± 0.071 (0.810-0.910) | "
+            "0.35 ± 0.00 (0.35-0.35) | 0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 | "
+            "0.900 |") in lines
+    assert ("| mnc5 | 1 | 0.900 | 0.889 | 0.800 | 8 / 1 / 2 | 0.35 (0.910) | 0.125 | 0.500 | "
+            "0.250 | 0.250 | 0.900 | 10 |") in lines
+    assert "| mask_rcnn | 0 | 0.500 | 0.889 | 0.800 | 8 / 1 / 2 | 0.35 (0.510) | 0.125 | 0.500 | "\
+        "0.250 | 0.000 | 0.900 | n/a |" in lines
 
 
-def test_readme_table_joins_accuracy_and_speed_ratios(tmp_path):
-    acc = {"variants": {"mnc5": _variant(0.9, 0.2, 1.0), "mask_rcnn": _variant(0.8, 0.1, 1.0)}}
-    speed = {"models": {"mask_rcnn": _speed(1.0, 0.5), "mnc5": _speed(1.1, 0.4)}}
-    tables = _tables()
-    for entry in speed["models"].values():
-        entry["ratio_vs_mask_rcnn"] = {
-            "train_s_per_iter": entry["train_s_per_iter_median"] / 1.0,
-            "infer_s_per_tile_650px": entry["infer_s_per_tile_median_650px"] / 0.5}
-    (tmp_path / "accuracy.json").write_text(json.dumps(acc))
-    (tmp_path / "speed.json").write_text(json.dumps(speed))
-    lines = tables.readme_table(tmp_path)
-    assert "| mnc5 | 0.900 | 0.500 | 0.250 | 0.200 | 1.10 / 0.80 |" in lines
-    assert "| mask_rcnn | 0.800 | 0.500 | 0.250 | 0.100 | 1.00 / 1.00 |" in lines
+def test_readme_table_lists_each_setting_and_variant(tmp_path):
+    _report(tmp_path)
+    lines = _tables().readme_table(tmp_path)
+    assert "| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.500 | 0.250 | 0.188 |" in lines
+    assert "| hard | mask_rcnn | 0.500 (1 seed) | 0.500 | 0.250 | 0.000 |" in lines
 
 
 def test_speed_summary_medians_and_ratios_against_mask_rcnn():
     spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "bench_speed.py")
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
-    run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "w.pth"}
+    run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "w.pth", "params_m": 40.0,
+           "roi_head_params_m": 10.0}
     results = {
         "mask_rcnn": [dict(run, train_step_s=[1.0, 3.0, 2.0], infer_s={"650": [0.5, 0.4]}),
                       dict(run, train_step_s=[2.0], infer_s={"650": [0.6]})],
@@ -70,3 +82,4 @@ def test_speed_summary_medians_and_ratios_against_mask_rcnn():
     assert out["mnc5"]["peak_rss_mb_max"] == 1200.0
     assert out["mnc5"]["ratio_vs_mask_rcnn"]["train_s_per_iter"] == 1.5
     assert out["mnc5"]["ratio_vs_mask_rcnn"]["infer_s_per_tile_650px"] == 2.0  # 1.0 / 0.5
+    assert out["mnc5"]["ratio_vs_mask_rcnn"]["params_m"] == 1.0

@@ -99,6 +99,44 @@ def test_dark_roofs_differ_from_asphalt_only_beyond_rgb():
     assert (dark[5:] - asphalt[5:]).min() > 0.1  # red edge and NIR separate them
 
 
+def test_hard_setting_is_denser_smaller_cluttered_and_dark_in_nir():
+    from mnc_d2.data.synthetic import SETTINGS, SIGNATURES, STYLES, render_scene
+
+    def stats(setting):
+        counts, small, dark = [], 0, 0
+        for i in range(6):
+            _, footprints, attrs = render_scene(np.random.default_rng(i), STYLES["paris"],
+                                                setting=SETTINGS[setting])
+            counts.append(len(footprints))
+            small += sum(f.area * 0.09 < 100 for f in footprints)
+            dark += sum(a["roof"] == "roof_dark_nir" for a in attrs)
+        return np.mean(counts), small / max(sum(counts), 1), dark
+
+    default, hard = stats("default"), stats("hard")
+    assert hard[0] > 1.3 * default[0] and hard[1] > default[1]
+    assert default[2] == 0 and hard[2] > 0
+    dark, asphalt = np.array(SIGNATURES["roof_dark_nir"]), np.array(SIGNATURES["asphalt"])
+    assert np.abs(dark - asphalt).max() <= 0.031  # no band separates them
+    with pytest.raises(ValueError, match="setting='medium'"):
+        generate_city(Path("/nonexistent"), "paris", 1, setting="medium")
+
+
+def test_band_stats_target_std_rescales_pixel_std(synthetic, tmp_path):
+    register_spacenet_instances("_t_stats_target", synthetic / "AOI_3_Paris_Train",
+                                "RGB-PanSharpen")
+    cfg = _base_cfg(bands=3)
+    cfg.INPUT.BANDS = [3, 2, 1]
+    cfg.INPUT.BAND_STATS = "auto"
+    cfg.INPUT.BAND_STATS_TARGET_STD = 57.4
+    cfg.DATASETS.TRAIN = ("_t_stats_target",)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    stats = resolve_band_stats(cfg)
+    assert cfg.MODEL.PIXEL_STD == pytest.approx([s / 57.4 for s in stats["std"]])
+    cfg.INPUT.BAND_STATS_TARGET_STD = 0.0
+    with pytest.raises(ValueError, match="BAND_STATS_TARGET_STD"):
+        resolve_band_stats(cfg)
+
+
 # --- registration and labels -------------------------------------------------------------------
 
 

@@ -140,3 +140,42 @@ def test_visualize_colours_tp_fp_fn(tmp_path, repo_root):
     assert tuple(png[20, 10]) == (255, 255, 255)  # TP outline: white
     assert tuple(png[50, 2]) == (255, 255, 0)  # FP outline: yellow
     assert tuple(png[50, 40]) == (0, 0, 255)  # FN outline: blue
+
+
+def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.inference.predictor import resolve_score_threshold
+
+    threshold_file = tmp_path / "run" / "score_threshold.json"
+    ev = SpaceNetEvaluator(DATASET, output_dir=str(tmp_path / "eval"), score_thresh=0.5,
+                           sweep_thresholds=(0.2, 0.5, 0.7), simplify_tolerance=0.0,
+                           threshold_file=str(threshold_file))
+    ev.reset()
+    _run_one(ev, 0)
+    _run_one(ev, 1)
+    res = ev.evaluate()["spacenet"]
+    # Headline at 0.5 is unchanged by the sweep's lower floor (0.2 keeps the 0.3 detection).
+    assert (res["TP"], res["FP"], res["FN"]) == (2, 1, 1)
+    # Mean city F1: 0.2 -> (0.4 + 1) / 2, 0.5 -> 0.75, 0.7 -> (2/3 + 1) / 2.
+    assert res["best_threshold"] == 0.7
+    assert res["best_threshold/mean_city_F1"] == pytest.approx(5 / 6)
+    sweep = json.loads((tmp_path / "eval" / "spacenet_sweep.json").read_text())
+    assert [round(r["mean_city_F1"], 4) for r in sweep["sweep"]] == [0.7, 0.75, 0.8333]
+    assert 0 <= res["ECE"] <= 1 and sum(b["count"] for b in sweep["calibration"]["bins"]) == 4
+    csv_rows = (tmp_path / "eval" / "spacenet_proposals.csv").read_text().splitlines()
+    assert len(csv_rows) == 4  # the proposals at the configured threshold only
+    assert json.loads(threshold_file.read_text())["score_thresh"] == 0.7
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
+    assert resolve_score_threshold(cfg) == 0.7
+    assert resolve_score_threshold(cfg, 0.25) == 0.25
+    cfg.MODEL.WEIGHTS = str(tmp_path / "elsewhere" / "model_final.pth")
+    assert resolve_score_threshold(cfg) == cfg.TEST.SPACENET.SCORE_THRESH
+    threshold_file.write_text("{not json")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
+    with pytest.raises(ValueError, match="score_threshold.json"):
+        resolve_score_threshold(cfg)

@@ -86,4 +86,4 @@ def reliability(confidences: np.ndarray, is_tp: np.ndarray, bins: int = 10) -> d
         gap += sel.sum() * abs(mean_conf - frac)
         table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(sel.sum()),
                       "mean_confidence": mean_conf, "tp_fraction": frac})
-    return {"ECE": gap / max(len(confidences), 1), "bins": table}
+    return {"ECE": float(gap / max(len(confidences), 1)), "bins": table}
