@@ -64,6 +64,10 @@ VARIANTS = {
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
     "mnc5_roialign": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                       ["MODEL.MNC.ROI_WARP", "roialign"]),
+    # With the original's auxiliary box-level classifiers (off by default since issue 14).
+    "mnc5_box_cls": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                     ["MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX", "1.0",
+                      "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX", "1.0"]),
     # RoI warping without the cascade's box gradient (warp-with vs warp-without gradient).
     "mnc5_no_box_grad": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.BOX_GRAD", "none"]),
     # The head as mnc_d2 0.1 trained it (before issue 14): every RoI's mask gets the classifier

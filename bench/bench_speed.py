@@ -204,7 +204,8 @@ def main() -> None:
     parser.add_argument("--work", default=".cache/bench/speed")
     parser.add_argument("--trained", default=".cache/bench/accuracy/runs",
                         help="bench_accuracy.py's runs: a variant's model_final.pth there "
-                        "(<variant>_60img_600it, quick: _20img_200it) is used when present")
+                        "(<variant>_60img_600it/seed0, quick: _20img_200it/seed0) is used when "
+                        "present")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
@@ -214,7 +215,8 @@ def main() -> None:
     data_root = _data(work / "data", max(args.tiles, 4) * 2)
     if args.worker:
         tag = "20img_200it" if args.quick else "60img_600it"
-        weights = Path(args.trained).resolve() / f"{args.worker}_{tag}" / "model_final.pth"
+        weights = (Path(args.trained).resolve() / f"{args.worker}_{tag}" / "seed0"
+                   / "model_final.pth")
         res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles,
                      weights if weights.exists() else None)
         print(json.dumps(res))

@@ -99,7 +99,9 @@ def test_box_gradient_clip():
 ])
 def test_stages_build_and_give_finite_gradients(stages, keys):
     torch.manual_seed(0)
-    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": stages}))
+    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": stages,
+                                     "MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX": 1.0,
+                                     "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 1.0}))
     model.train()
     with EventStorage(0):
         losses = model(toy_batch())
@@ -318,10 +320,13 @@ def test_cls_pool_quarters_the_classifier_fc_input():
 
 
 def test_box_classifier_only_when_its_loss_is_on():
-    off = quick_cfg(**{"MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX": 0.0,
-                       "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 0.0})
-    assert build_model(off).roi_heads.cls_heads[0].box_cls_score is None
-    assert build_model(quick_cfg()).roi_heads.cls_heads[0].box_cls_score is not None
+    assert build_model(quick_cfg()).roi_heads.cls_heads[0].box_cls_score is None  # default off
+    on = quick_cfg(**{"MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 1.0})
+    assert build_model(on).roi_heads.cls_heads[0].box_cls_score is not None
+    unshared = build_model(quick_cfg(**{"MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 1.0,
+                                        "MODEL.MNC.SHARE_STAGE_WEIGHTS": False})).roi_heads
+    assert unshared.cls_heads[0].box_cls_score is None  # stage 3 has no box-level loss
+    assert unshared.cls_heads[1].box_cls_score is not None
 
 
 def _count_stage_pairs(cfg) -> int:
