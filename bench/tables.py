@@ -125,6 +125,17 @@ def predict_table(report: dict) -> list[str]:
                     report["wall_s"], report["peak_rss_gb"], f"{report['buildings']:,}"]])
 
 
+def diagnose_table(results: Path) -> list[str]:
+    """bench/diagnose_scores.py's JSON lines (diagnose.jsonl) as a table."""
+    rows = [json.loads(line) for line in (results / "diagnose.jsonl").read_text().splitlines()
+            if line.strip()]
+    return _table(["variant (one change)", "mean city F1 at 0.5", "best threshold",
+                   "mean city F1 there", "ECE", "last loss_cls3"],
+                  [[r["variant"], f"{r['mean_city_f1_at_0.5']:.3f}", f"{r['best_threshold']:.2f}",
+                    f"{r['best_mean_city_f1']:.3f}", f"{r['ECE']:.3f}",
+                    f"{r['loss_cls3_last']:.3f}"] for r in rows])
+
+
 def readme_table(results: Path) -> list[str]:
     """The short table of README.md: per data setting and variant, mean city F1 over seeds and
     the mean slice recalls (from every accuracy_<setting>.json report)."""
@@ -154,6 +165,9 @@ def main() -> None:
         report = json.loads(path.read_text())
         print(f"### accuracy, {report['setting']} data ({path}, {report.get('machine', '')})\n")
         print("\n".join(accuracy_tables(report)) + "\n")
+    if (results / "diagnose.jsonl").exists():
+        print(f"### diagnose ({results / 'diagnose.jsonl'})\n")
+        print("\n".join(diagnose_table(results)) + "\n")
     for name, make in makers.items():
         path = results / f"{name}.json"
         if not path.exists():
