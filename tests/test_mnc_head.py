@@ -10,7 +10,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ROIAlign
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import mnc_d2
@@ -360,3 +360,31 @@ def test_mask_voting_in_image_space_moves_the_box_to_the_voted_mask():
     # Voting inside the kept box cannot move it.
     kept_box_vote = mask_voting(torch.tensor([0]), boxes, masks, scores, 0.5)
     assert kept_box_vote.shape == (1, m, m)
+
+
+def test_batched_image_space_voting_equals_voting_each_instance():
+    """The batched vote equals the rule applied one kept instance at a time."""
+    torch.manual_seed(0)
+    n, m, grid = 40, 7, 14
+    xy = torch.rand(n, 2) * 60
+    boxes = torch.cat([xy, xy + 8 + torch.rand(n, 2) * 20], dim=1)
+    masks, scores = torch.rand(n, m, m), torch.rand(n) * 0.9 + 0.05
+    keep = torch.tensor([0, 3, 7, 12, 30])
+    voted, new_boxes = mask_voting_image(keep, boxes, masks, scores, 0.3, 0.5, grid=grid)
+    iou = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes))
+    for slot, k in enumerate(keep.tolist()):
+        voters = torch.nonzero(iou[slot] >= 0.3, as_tuple=True)[0]
+        frame = torch.cat([boxes[voters, :2].min(0).values, boxes[voters, 2:].max(0).values])
+        pasted = resample_to_box(masks[voters], boxes[voters], frame, grid)
+        mean = (scores[voters, None, None] * pasted).sum(0) / scores[voters].sum()
+        rows = torch.nonzero((mean >= 0.5).any(1)).flatten()
+        cols = torch.nonzero((mean >= 0.5).any(0)).flatten()
+        if len(rows):
+            cw, ch = (frame[2] - frame[0]) / grid, (frame[3] - frame[1]) / grid
+            expected = torch.stack([frame[0] + cols[0] * cw, frame[1] + rows[0] * ch,
+                                    frame[0] + (cols[-1] + 1) * cw, frame[1] + (rows[-1] + 1) * ch])
+        else:
+            expected = boxes[k]
+        assert torch.allclose(new_boxes[slot], expected, atol=1e-4)
+        assert torch.allclose(voted[slot], resample_to_box(mean[None], frame[None], expected, m)[0],
+                              atol=1e-5)

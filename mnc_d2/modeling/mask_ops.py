@@ -28,6 +28,26 @@ def mask_iou_in_box(mask_logits: torch.Tensor, targets: torch.Tensor, boxes: tor
     return torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(union))
 
 
+def resample_pairs(masks: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor,
+                   size: int) -> torch.Tensor:
+    """Resample each soft mask defined on its box onto the size x size grid of its target box.
+
+    masks: (P, M, M) probabilities; boxes, target_boxes: (P, 4). Returns (P, size, size), 0 where
+    a target grid cell falls outside the mask's box (bilinear, cell centres).
+    """
+    steps = (torch.arange(size, device=masks.device, dtype=masks.dtype) + 0.5) / size
+    xs = target_boxes[:, :1] + (target_boxes[:, 2:3] - target_boxes[:, :1]) * steps  # (P, size)
+    ys = target_boxes[:, 1:2] + (target_boxes[:, 3:4] - target_boxes[:, 1:2]) * steps
+    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6)[:, None]
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6)[:, None]
+    gx = 2.0 * (xs - boxes[:, :1]) / w - 1.0  # (P, size), in each mask's own frame
+    gy = 2.0 * (ys - boxes[:, 1:2]) / h - 1.0
+    grid = torch.stack([gx[:, None, :].expand(-1, size, -1),
+                        gy[:, :, None].expand(-1, -1, size)], dim=-1)
+    return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[:, 0]
+
+
 def resample_to_box(masks: torch.Tensor, boxes: torch.Tensor, target_box: torch.Tensor,
                     size: int) -> torch.Tensor:
     """Resample soft masks defined on ``boxes`` onto the size x size grid of ``target_box``.
@@ -35,17 +55,7 @@ def resample_to_box(masks: torch.Tensor, boxes: torch.Tensor, target_box: torch.
     masks: (J, M, M) probabilities; boxes: (J, 4); target_box: (4,). Returns (J, size, size),
     0 where the target grid falls outside a mask's box.
     """
-    steps = (torch.arange(size, device=masks.device, dtype=masks.dtype) + 0.5) / size
-    xs = target_box[0] + (target_box[2] - target_box[0]) * steps  # (size,) image coordinates
-    ys = target_box[1] + (target_box[3] - target_box[1]) * steps
-    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6)[:, None]
-    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6)[:, None]
-    gx = 2.0 * (xs[None] - boxes[:, :1]) / w - 1.0  # (J, size), in each mask's own frame
-    gy = 2.0 * (ys[None] - boxes[:, 1:2]) / h - 1.0
-    grid = torch.stack([gx[:, None, :].expand(-1, size, -1),
-                        gy[:, :, None].expand(-1, -1, size)], dim=-1)
-    return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[:, 0]
+    return resample_pairs(masks, boxes, target_box.expand(len(masks), 4), size)
 
 
 def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
@@ -70,24 +80,26 @@ def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
     return torch.stack(out)
 
 
-def _union_box(boxes: torch.Tensor) -> torch.Tensor:
-    """(J, 4) -> (4,) the smallest box holding all of them."""
-    return torch.cat([boxes[:, :2].min(dim=0).values, boxes[:, 2:].max(dim=0).values])
+def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, G) bool -> index of the first and last True per row (rows without any: 0, G-1)."""
+    grid = flags.shape[1]
+    first = flags.float().argmax(dim=1)
+    last = grid - 1 - flags.flip(1).float().argmax(dim=1)
+    return first, last
 
 
-def _tight_box(voted: torch.Tensor, frame: torch.Tensor, threshold: float) -> torch.Tensor | None:
-    """Tight box (4,) in image coordinates of ``voted`` >= threshold, where voted (G, G) covers
-    ``frame`` (4,); None when no cell reaches the threshold."""
+def _tight_boxes(voted: torch.Tensor, frames: torch.Tensor, threshold: float):
+    """Tight boxes (K, 4) in image coordinates of ``voted`` (K, G, G) >= threshold, each voted
+    grid covering its frame (K, 4); and (K,) whether any cell reached the threshold."""
     fg = voted >= threshold
-    if not bool(fg.any()):
-        return None
     grid = voted.shape[-1]
-    rows = torch.nonzero(fg.any(dim=1), as_tuple=True)[0]
-    cols = torch.nonzero(fg.any(dim=0), as_tuple=True)[0]
-    cell_w = (frame[2] - frame[0]) / grid
-    cell_h = (frame[3] - frame[1]) / grid
-    return torch.stack([frame[0] + cols[0] * cell_w, frame[1] + rows[0] * cell_h,
-                        frame[0] + (cols[-1] + 1) * cell_w, frame[1] + (rows[-1] + 1) * cell_h])
+    r0, r1 = _first_last(fg.any(dim=2))
+    c0, c1 = _first_last(fg.any(dim=1))
+    cell_w = (frames[:, 2] - frames[:, 0]) / grid
+    cell_h = (frames[:, 3] - frames[:, 1]) / grid
+    tight = torch.stack([frames[:, 0] + c0 * cell_w, frames[:, 1] + r0 * cell_h,
+                         frames[:, 0] + (c1 + 1) * cell_w, frames[:, 1] + (r1 + 1) * cell_h], 1)
+    return tight, fg.flatten(1).any(dim=1)
 
 
 def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
@@ -101,7 +113,7 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     ``mask_threshold``; the kept box becomes the tight box of the voted mask and the voted soft
     mask is resampled onto it. (The original binarises each voter before averaging; the soft
     average here keeps the sub-threshold evidence of every voter.) A voted mask with no cell at
-    the threshold keeps the candidate's box.
+    the threshold keeps the candidate's box. All kept candidates are voted in one batch.
 
     keep: (K,) indices of kept candidates; boxes: (N, 4); masks: (N, M, M) probabilities on each
     candidate's box; scores: (N,). Returns (voted masks (K, M, M) on the new boxes, boxes (K, 4)).
@@ -110,18 +122,19 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     if keep.numel() == 0:
         return masks[:0], boxes[:0]
     grid = grid or 2 * size
-    iou = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes))  # (K, N)
-    out_masks, out_boxes = [], []
-    for k, row in zip(keep.tolist(), iou):
-        voters = torch.nonzero(row >= iou_threshold, as_tuple=True)[0]
-        if voters.numel() == 0:
-            voters = torch.tensor([k], device=boxes.device)
-        frame = _union_box(boxes[voters])
-        pasted = resample_to_box(masks[voters], boxes[voters], frame, grid)  # (J, G, G)
-        weights = scores[voters] / scores[voters].sum().clamp(min=1e-12)
-        voted = (weights[:, None, None] * pasted).sum(dim=0)
-        tight = _tight_box(voted, frame, mask_threshold)
-        box = boxes[k] if tight is None else tight
-        out_masks.append(resample_to_box(voted[None], frame[None], box, size)[0])
-        out_boxes.append(box)
-    return torch.stack(out_masks), torch.stack(out_boxes)
+    votes = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes)) >= iou_threshold  # (K, N)
+    votes[torch.arange(len(keep), device=keep.device), keep] = True
+    inf = boxes.new_tensor(float("inf"))
+    frames = torch.stack([torch.where(votes, boxes[None, :, 0], inf).min(dim=1).values,
+                          torch.where(votes, boxes[None, :, 1], inf).min(dim=1).values,
+                          torch.where(votes, boxes[None, :, 2], -inf).max(dim=1).values,
+                          torch.where(votes, boxes[None, :, 3], -inf).max(dim=1).values], 1)
+    k_idx, j_idx = torch.nonzero(votes, as_tuple=True)  # one row per (kept, voter) pair
+    pasted = resample_pairs(masks[j_idx], boxes[j_idx], frames[k_idx], grid)  # (P, G, G)
+    total = scores.new_zeros(len(keep)).index_add_(0, k_idx, scores[j_idx])
+    weights = scores[j_idx] / total[k_idx].clamp(min=1e-12)
+    voted = pasted.new_zeros((len(keep), grid, grid)).index_add_(
+        0, k_idx, weights[:, None, None] * pasted)
+    tight, found = _tight_boxes(voted, frames, mask_threshold)
+    out_boxes = torch.where(found[:, None], tight, boxes[keep])
+    return resample_pairs(voted, frames, out_boxes, size), out_boxes
