@@ -388,3 +388,9 @@ def test_batched_image_space_voting_equals_voting_each_instance():
         assert torch.allclose(new_boxes[slot], expected, atol=1e-4)
         assert torch.allclose(voted[slot], resample_to_box(mean[None], frame[None], expected, m)[0],
                               atol=1e-5)
+
+
+def test_cls_pool_is_2x2_max_pooling():
+    head = build_model(quick_cfg()).roi_heads.cls_heads[0]
+    x = torch.randn(5, 3, 14, 14)
+    assert torch.equal(head._flat(x), torch.nn.functional.max_pool2d(x, 2, 2).flatten(1))

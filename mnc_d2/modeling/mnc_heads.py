@@ -93,8 +93,12 @@ class MaskedClassificationHead(nn.Module):
             nn.init.constant_(layer.bias, 0.0)
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, C, S, S) -> (R, C * S'^2), S' = S / 2 after 2 x 2 max pooling (stride 2)."""
         if self.pool:
-            x = F.max_pool2d(x, kernel_size=2, stride=2)
+            # Same result as F.max_pool2d(x, 2, 2) for even S, several times faster on CPU for
+            # these many-channel, few-pixel inputs.
+            r, c, h, w = x.shape
+            x = x.reshape(r, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
         return x.flatten(1)
 
     def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):
