@@ -58,6 +58,29 @@ def resample_to_box(masks: torch.Tensor, boxes: torch.Tensor, target_box: torch.
     return resample_pairs(masks, boxes, target_box.expand(len(masks), 4), size)
 
 
+def _voters(keep: torch.Tensor, boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """(K, N) bool: candidate j votes for kept candidate k when their box IoU >= threshold
+    (a kept candidate always votes for itself)."""
+    votes = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes)) >= iou_threshold
+    votes[torch.arange(len(keep), device=keep.device), keep] = True
+    return votes
+
+
+def _weighted_vote(votes: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
+                   scores: torch.Tensor, frames: torch.Tensor, grid: int) -> torch.Tensor:
+    """Score-weighted mean of the voters' masks, each pasted on its kept candidate's frame.
+
+    votes: (K, N) bool; boxes: (N, 4); masks: (N, M, M); scores: (N,); frames: (K, 4).
+    Returns (K, grid, grid). All (kept, voter) pairs are resampled in one batch.
+    """
+    k_idx, j_idx = torch.nonzero(votes, as_tuple=True)  # one row per (kept, voter) pair
+    pasted = resample_pairs(masks[j_idx], boxes[j_idx], frames[k_idx], grid)  # (P, G, G)
+    total = scores.new_zeros(len(votes)).index_add_(0, k_idx, scores[j_idx])
+    weights = scores[j_idx] / total[k_idx].clamp(min=1e-12)
+    return pasted.new_zeros((len(votes), grid, grid)).index_add_(
+        0, k_idx, weights[:, None, None] * pasted)
+
+
 def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
                 scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """MNC's mask voting: each kept instance's mask becomes the score-weighted mean of the masks
@@ -68,16 +91,8 @@ def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
     """
     if keep.numel() == 0:
         return masks[:0]
-    iou = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes))  # (K, N)
-    out = []
-    for k, row in zip(keep.tolist(), iou):
-        voters = torch.nonzero(row >= iou_threshold, as_tuple=True)[0]
-        if voters.numel() == 0:
-            voters = torch.tensor([k], device=boxes.device)
-        sampled = resample_to_box(masks[voters], boxes[voters], boxes[k], masks.shape[-1])
-        weights = scores[voters] / scores[voters].sum().clamp(min=1e-12)
-        out.append((weights[:, None, None] * sampled).sum(dim=0))
-    return torch.stack(out)
+    return _weighted_vote(_voters(keep, boxes, iou_threshold), boxes, masks, scores,
+                          boxes[keep], masks.shape[-1])
 
 
 def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,19 +137,13 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     if keep.numel() == 0:
         return masks[:0], boxes[:0]
     grid = grid or 2 * size
-    votes = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes)) >= iou_threshold  # (K, N)
-    votes[torch.arange(len(keep), device=keep.device), keep] = True
+    votes = _voters(keep, boxes, iou_threshold)  # (K, N)
     inf = boxes.new_tensor(float("inf"))
     frames = torch.stack([torch.where(votes, boxes[None, :, 0], inf).min(dim=1).values,
                           torch.where(votes, boxes[None, :, 1], inf).min(dim=1).values,
                           torch.where(votes, boxes[None, :, 2], -inf).max(dim=1).values,
                           torch.where(votes, boxes[None, :, 3], -inf).max(dim=1).values], 1)
-    k_idx, j_idx = torch.nonzero(votes, as_tuple=True)  # one row per (kept, voter) pair
-    pasted = resample_pairs(masks[j_idx], boxes[j_idx], frames[k_idx], grid)  # (P, G, G)
-    total = scores.new_zeros(len(keep)).index_add_(0, k_idx, scores[j_idx])
-    weights = scores[j_idx] / total[k_idx].clamp(min=1e-12)
-    voted = pasted.new_zeros((len(keep), grid, grid)).index_add_(
-        0, k_idx, weights[:, None, None] * pasted)
+    voted = _weighted_vote(votes, boxes, masks, scores, frames, grid)
     tight, found = _tight_boxes(voted, frames, mask_threshold)
     out_boxes = torch.where(found[:, None], tight, boxes[keep])
     return resample_pairs(voted, frames, out_boxes, size), out_boxes
