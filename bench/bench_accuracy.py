@@ -45,7 +45,9 @@ import numpy as np
 import pandas as pd
 import shapely
 
-import mnc_d2  # noqa: F401
+import mnc_d2
+
+mnc_d2.setup()  # shims and registrations before anything else of detectron2
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng

@@ -84,7 +84,9 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
     os.environ["DETECTRON2_DATASETS"] = str(data_root)
     import torch
 
-    import mnc_d2  # noqa: F401
+    import mnc_d2
+
+    mnc_d2.setup()
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage

@@ -9,13 +9,13 @@ PY=".venv/bin/python -W ignore"
 OUT=.cache/bench/results
 mkdir -p "$OUT"
 QUICK=""
-SCORER_ARGS=(--tiles 2000 --solaris-tiles 200 --repeats 3)
+SCORER_ARGS=(--tiles 200 2000 --solaris-tiles 2000 --repeats 5)
 SCENE=10000
 ITERS=600
 IMAGES=60
 if [[ "${1:-}" == "--quick" ]]; then
   QUICK="--quick"
-  SCORER_ARGS=(--tiles 500 --solaris-tiles 50 --repeats 3)
+  SCORER_ARGS=(--tiles 200 500 --solaris-tiles 500 --repeats 3)
   SCENE=3000
   ITERS=200
   IMAGES=20

@@ -34,3 +34,24 @@ def load_solaris_challenges(cache_dir: str | Path = ".cache/bench"):
         package.__path__ = [str(root / "solaris")]
         sys.modules["solaris"] = package
     return importlib.import_module("solaris.eval.challenges")
+
+
+def solaris_per_image(truth: str | Path, props: str | Path) -> dict[str, tuple[int, int, int]]:
+    """Per-image (TP, FP, FN) of solaris' ``spacenet_buildings_2``, with its exact calls.
+
+    Its per-city aggregation (``float(Series)``) fails on pandas >= 3; the per-image counts it
+    sums are what we compare, so we stop before it.
+    """
+    challenges = load_solaris_challenges(Path(__file__).resolve().parents[1] / ".cache" / "bench")
+    evaluator = challenges.Evaluator(ground_truth_vector_file=str(truth))
+    evaluator.load_proposal(str(props), conf_field_list=["Confidence"], proposalCSV=True)
+    rows = evaluator.eval_iou_spacenet_csv(miniou=0.5, iou_field_prefix="iou_score",
+                                           imageIDField="ImageId", min_area=20)
+    return {r["imageID"]: (int(r["TruePos"]), int(r["FalsePos"]), int(r["FalseNeg"]))
+            for r in rows}
+
+
+if __name__ == "__main__":  # python bench/solaris_ref.py TRUTH PROPOSALS -> per-image JSON
+    import json
+
+    print(json.dumps(solaris_per_image(sys.argv[1], sys.argv[2])))

@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import sys
 import types
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,21 @@ def _shim_cpu_ddp() -> None:
     _APPLIED.append("create_ddp_model: device_ids=None for CPU models")
 
 
+# --- 6. torch >= 2.10 deprecates torch.jit.script with a FutureWarning; detectron2 (v0.6 and main)
+# decorates a few helpers with it at import time, so every command printed the warning twice.
+# The scripted helpers still work; only that one message is silenced (not FutureWarnings at large).
+def _silence_jit_script_deprecation() -> None:
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
+    _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports")
+
+
 def apply() -> None:
     """Apply every needed shim once. Must run before detectron2's submodules are imported."""
     global _DONE
     if _DONE:
         return
+    _silence_jit_script_deprecation()
     _shim_missing_cpp_ops()
     _shim_pil_linear()
     _shim_pkg_resources()

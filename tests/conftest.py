@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-import mnc_d2  # noqa: F401  (applies shims before any detectron2 submodule import)
+import mnc_d2
+
+mnc_d2.setup()  # shims before any detectron2 submodule import, registrations
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "spacenet_sample"

@@ -232,7 +232,7 @@ def test_overfit_one_image_reaches_high_f1():
                           "geometry": [shapely.box(*b) for b in batch[0]["instances"].gt_boxes.tensor.tolist()]})
     props = pd.DataFrame({"ImageId": ["AOI_1_T_img1"] * len(preds),
                           "BuildingId": list(range(len(preds))),
-                          "geometry": [shapely.from_wkt(w) for w, _ in preds],
+                          "geometry": [p for p, _ in preds],
                           "Confidence": [c for _, c in preds]})
     result = score(truth, props)
     assert result.overall.f1 >= 0.8, result.overall

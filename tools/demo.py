@@ -4,7 +4,9 @@ SpaceNet evaluation, prediction on held-out GeoTIFFs, summary. See mnc_d2/demo.p
 
 import sys
 
-import mnc_d2  # noqa: F401  (shims and registrations first)
+import mnc_d2
+
+mnc_d2.setup()  # shims and registrations before anything else of detectron2
 from mnc_d2.demo import main
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import argparse
 import logging
 import sys
 
-import mnc_d2  # noqa: F401  (shims and registrations first)
+import mnc_d2
+
+mnc_d2.setup()  # shims and registrations before anything else of detectron2
 from mnc_d2.engine.trainer import setup_cfg
 from mnc_d2.inference import ScenePredictor, write_outputs
 

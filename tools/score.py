@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""Score a SpaceNet proposal CSV against a truth CSV (SpaceNet 2 or solaris 0.4.0 rules).
+"""Score a SpaceNet proposal CSV against truth CSV(s): the SpaceNet 2 tester's rules or solaris'.
 
-    python tools/score.py --truth T.csv --proposals P.csv [--rules spacenet|solaris]
-                          [--per-image OUT.csv] [--json]
+    python tools/score.py --truth T.csv [T2.csv ...] --proposals P.csv
+                          [--rules spacenet|solaris] [--images DIR ...] [--per-image OUT.csv]
+                          [--json]
+
+Torch-free: starts in a fraction of a second. ``--rules spacenet`` (default) gives the numbers of
+the SpaceNet 2 offline tester v2.0 (the leaderboard scorer); see
+mnc_d2/evaluation/spacenet_metric.py for both rule sets.
 """
 
 import argparse
@@ -11,27 +16,35 @@ import logging
 import sys
 
 from mnc_d2.evaluation.report import score_table
-from mnc_d2.evaluation.spacenet_metric import RULES, SpaceNetCSVError, score_csv
+from mnc_d2.evaluation.spacenet_metric import RULES, SpaceNetCSVError, image_folder_ids, score_csv
 from mnc_d2.utils.atomic import atomic_write
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--truth", required=True, help="truth CSV (ImageId,BuildingId,PolygonWKT_Pix,...)")
+    parser.add_argument("--truth", required=True, nargs="+",
+                        help="truth CSV(s) (ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo), "
+                             "read in order like the tester's several -truth files")
     parser.add_argument("--proposals", required=True, help="proposal CSV (...,Confidence)")
     parser.add_argument("--rules", choices=RULES, default="spacenet")
+    parser.add_argument("--images", nargs="+", default=[], metavar="DIR",
+                        help="image folder(s) whose PAN/*.tif also count as images (the "
+                             "tester's -image-dir): their cities enter the mean city F1")
+    parser.add_argument("--iou-threshold", type=float, default=0.5)
     parser.add_argument("--per-image", metavar="OUT.csv", help="also write per-image rows here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        result = score_csv(args.truth, args.proposals, rules=args.rules)
-    except SpaceNetCSVError as exc:
+        images = [i for folder in args.images for i in image_folder_ids(folder)]
+        result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
+                           iou_threshold=args.iou_threshold)
+    except (SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.per_image:
         with atomic_write(args.per_image, "w", newline="") as handle:
-            result.per_image.to_csv(handle, index=False)
+            result.write_per_image_csv(handle)
     print(json.dumps(result.to_json(), indent=2) if args.json else score_table(result))
     return 0
 

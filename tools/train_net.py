@@ -7,7 +7,9 @@
 Without CUDA, --num-gpus N runs N CPU processes with the gloo backend.
 """
 
-import mnc_d2  # noqa: F401  (shims and registrations before anything else of detectron2)
+import mnc_d2
+
+mnc_d2.setup()  # shims and registrations before anything else of detectron2
 from detectron2.engine import default_argument_parser
 
 from mnc_d2.engine import launch

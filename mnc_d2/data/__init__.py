@@ -1,5 +1,9 @@
 """SpaceNet data: layout, labels, dataset registration, N-band mapper, synthetic generator."""
 
+import mnc_d2
+
+mnc_d2.setup()  # shims before any detectron2 import; registrations
+
 from .band_stats import compute_band_stats, resolve_band_stats
 from .builtin import register_builtin_spacenet, split_of
 from .mapper import SpaceNetDatasetMapper, check_band_config, read_bands

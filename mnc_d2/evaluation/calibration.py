@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .spacenet_metric import ScoreResult, city_of
+from .spacenet_metric import ScoreResult
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -38,8 +38,8 @@ def threshold_sweep(result: ScoreResult, proposals: pd.DataFrame, truth: pd.Data
     conf = proposals["Confidence"].to_numpy(dtype=float)
     tp_mask = result.proposal_match >= 0
     fp_mask = result.proposal_kept & ~tp_mask
-    p_city = np.array([city_of(i) for i in proposals["ImageId"].astype(str)])
-    t_city = np.array([city_of(i) for i in truth["ImageId"].astype(str)])
+    p_city = np.array([result.group_of(i) for i in proposals["ImageId"].astype(str)])
+    t_city = np.array([result.group_of(i) for i in truth["ImageId"].astype(str)])
     cities = sorted(set(t_city) | set(p_city))
     above = conf[None, :] >= thresholds[:, None]  # (T, P)
     rows = {"threshold": thresholds}

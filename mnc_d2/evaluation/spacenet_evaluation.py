@@ -28,6 +28,10 @@ traced back to polygons.
 
 from __future__ import annotations
 
+import mnc_d2
+
+mnc_d2.setup()  # shims before any detectron2 import; registrations
+
 import json
 import logging
 from collections import OrderedDict
@@ -112,12 +116,12 @@ def truth_frame(dataset_dicts: list[dict], image_ids: set[str] | None = None) ->
     return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "geometry"])
 
 
-def _proposal_frame(predictions: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
-    rows = [(image_id, i, wkt, conf) for image_id, items in predictions.items()
-            for i, (wkt, conf) in enumerate(items)]
-    frame = pd.DataFrame(rows, columns=["ImageId", "BuildingId", "wkt", "Confidence"])
-    frame["geometry"] = shapely.from_wkt(frame["wkt"].to_numpy(dtype=object))
-    return frame.drop(columns="wkt")
+def _proposal_frame(predictions: dict[str, list[tuple[Polygon, float]]]) -> pd.DataFrame:
+    """(ImageId, BuildingId, Confidence, geometry) rows; a MultiPolygon becomes one row per part
+    (as the CSV writer writes it, since the SpaceNet tester reads one polygon per row)."""
+    rows = [(image_id, i, conf, part) for image_id, items in predictions.items()
+            for i, (geom, conf) in enumerate(items) for part in shapely.get_parts(geom)]
+    return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "Confidence", "geometry"])
 
 
 class SpaceNetEvaluator(DatasetEvaluator):
@@ -139,7 +143,9 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._rules = rules
         self._threshold_file = Path(threshold_file) if threshold_file else None
         self._distributed = distributed
-        self._predictions: dict[str, list[tuple[str, float]]] = OrderedDict()
+        # ImageId -> [(pixel Polygon, score)]; shapely geometries pickle, so the process gather
+        # carries them as they are (no WKT round trip).
+        self._predictions: dict[str, list[tuple[Polygon, float]]] = OrderedDict()
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
@@ -154,11 +160,10 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def reset(self):
         self._predictions = OrderedDict()
 
-    def instances_to_polygons(self, instances) -> list[tuple[str, float]]:
-        """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(WKT, score)]
+    def instances_to_polygons(self, instances) -> list[tuple[Polygon, float]]:
+        """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(Polygon, score)]
         for every instance at or above the lowest threshold evaluated."""
-        return [(p.wkt, s) for p, s in instances_to_polygons(
-            instances, self._floor, self._simplify, self._regularize)]
+        return instances_to_polygons(instances, self._floor, self._simplify, self._regularize)
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):

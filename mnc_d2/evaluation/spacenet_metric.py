@@ -1,67 +1,72 @@
-"""The SpaceNet building-footprint metric as pure, vectorised functions (no Detectron2 import).
+"""The SpaceNet building-footprint metric as pure, vectorised functions (no torch, no Detectron2).
 
-Rules (``rules="spacenet"``, the SpaceNet 2 leaderboard):
+Two rule sets (:mod:`.rules`, one description each):
 
-* Truth rows are ``ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo``; proposal rows are
-  ``ImageId,BuildingId,PolygonWKT_Pix,Confidence``. Z coordinates are dropped. ``POLYGON EMPTY``
-  (BuildingId -1) registers an image without buildings. The images scored are the union of the
-  ImageIds of both files; an image only in the proposals scores all its proposals as FP.
-* Polygons whose area is below 20 px are ignored on both sides (neither TP, FP nor FN). Areas
-  count holes (exterior minus holes).
-* Proposals are taken in descending confidence; ties keep file order (a stable sort). NaN
-  confidences sort last. Each proposal is compared with every still-unmatched truth polygon of
-  its image; the best IoU wins (ties go to the truth that comes first in the file). IoU strictly
-  greater than 0.5 makes a TP and removes that truth from the pool, otherwise the proposal is an
-  FP. Unmatched truth polygons are FN. There is no re-matching.
-* Self-intersecting (invalid) polygons, on either side, are repaired with
-  ``shapely.make_valid(method="structure", keep_collapsed=False)`` before anything else: a bowtie
-  becomes its two triangles; collapsed (zero-area) parts are dropped. Area and IoU use the
-  repaired shape.
-* TP/FP/FN are summed per city (the ImageId without its last ``_`` part, e.g. ``AOI_2_Vegas``);
-  precision, recall and F1 per city come from those sums. The SpaceNet 2 score is the mean of the
-  city F1s. F1 from the global sums is reported too. A ratio whose denominator is 0 is 0.
+``rules="spacenet"`` (default) reproduces the SpaceNet 2 leaderboard scorer, the Topcoder offline
+tester v2.0 (Java), on every input:
 
-Rules ``"solaris"`` reproduce the solaris 0.4.0 Python scorer (``spacenet_buildings_2``):
-proposals are kept only if their raw area is > 20 and truth if >= 20; an invalid proposal is
-replaced by ``buffer(0)`` (a bowtie keeps one lobe) before IoU; an invalid truth polygon gets IoU 0
-with everything, so it is never matched (and counts as FN); IoU is intersection area over union
-area (GEOS union); proposals are ordered by pandas' default (not stable) descending sort of the
-confidence. Everything else is as above.
+* Polygons are read, measured and shaped as the tester does (:mod:`.tester_polygons`): string
+  cutting instead of a WKT parser (first polygon of a MULTIPOLYGON, rings split at ``),(``),
+  shoelace areas (exterior minus holes), even-odd regions for the overlap, no repair. A line
+  containing ``POLYGON EMPTY`` or with BuildingId ``-1`` registers its image only.
+* Polygons with area <= 0 or area < 20 are ignored on both sides (exactly 20 is kept).
+* Per image, proposals in descending confidence (a stable sort: file order on ties; NaN
+  confidences last, where the tester's order is undefined). Each is compared with the
+  still-unmatched truth polygons whose bounding boxes overlap (touching counts);
+  IoU = overlap / (area_s + area_t - overlap) with the areas above; the first maximum in truth
+  order wins and IoU strictly greater than 0.5 makes a TP. Unmatched truths are FN.
+* The images are the union of the truth and solution ImageIds (and of an image folder's
+  listing, when given). An image with neither truth nor solution polygons is not scored, but its
+  city still counts. TP/FP/FN are summed per city (the first three ``_`` fields of the ImageId,
+  e.g. ``AOI_2_Vegas``); the score is the mean of the city F1s. F1 from the global sums is
+  reported too. A ratio whose denominator is 0 is 0.
+
+``rules="solaris"`` reproduces the solaris 0.4.0 Python scorer (``spacenet_buildings_2``): WKT
+parsed by shapely; proposals kept only if their area is > 20 and truth if >= 20; an invalid
+proposal is replaced by ``buffer(0)`` (a bowtie keeps one lobe) before IoU; an invalid truth
+polygon gets IoU 0 with everything (so it counts as FN); IoU is intersection area over GEOS union
+area; proposals are ordered by pandas' default (not stable) descending sort of the confidence;
+cities are the ImageId without its last ``_`` field.
+
+Only pairs whose IoU could exceed the threshold are overlaid (a bound from the bounding-box
+overlap and the areas rules out the rest without changing any match); ``full_iou=True`` overlays
+every pair whose boxes overlap so that ``proposal_iou`` is each proposal's best IoU.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import shapely
+
+from .rules import RULES, RuleSet, city_before_last, get_rules
+from .tester_polygons import (PolygonTable, SpaceNetCSVError, read_polygon_csv,
+                              table_from_geometries)
 
 logger = logging.getLogger(__name__)
 
-RULES = ("spacenet", "solaris")
+__all__ = ["RULES", "Counts", "ScoreResult", "SpaceNetCSVError", "city_of", "read_proposal_csv",
+           "read_truth_csv", "score", "score_csv", "score_tables"]
+
 MIN_AREA = 20.0
 IOU_THRESHOLD = 0.5
 TRUTH_COLUMNS = ("ImageId", "BuildingId", "PolygonWKT_Pix")
 PROPOSAL_COLUMNS = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
 
-
-class SpaceNetCSVError(ValueError):
-    """A truth or proposal CSV that cannot be scored; the message names file, row and format."""
-
-
-def city_of(image_id: str) -> str:
-    """``AOI_2_Vegas_img1234`` -> ``AOI_2_Vegas`` (everything before the last ``_``)."""
-    head, sep, _ = str(image_id).rpartition("_")
-    return head if sep else str(image_id)
+city_of = city_before_last
 
 
 # --- reading ----------------------------------------------------------------------------------
 
 
 def _read_table(path: str | Path, required: tuple[str, ...], kind: str) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(path)
     expected = ",".join(required)
     if not path.is_file():
@@ -87,6 +92,8 @@ def _read_table(path: str | Path, required: tuple[str, ...], kind: str) -> pd.Da
 
 def parse_wkt_column(values: pd.Series, path: str | Path, kind: str) -> np.ndarray:
     """WKT strings -> 2-D shapely geometries; malformed rows raise naming the line and format."""
+    import pandas as pd
+
     text = values.fillna("").astype(str).to_numpy()
     geoms = shapely.from_wkt(text, on_invalid="ignore")
     bad = np.flatnonzero(pd.isna(geoms))
@@ -121,7 +128,13 @@ def _warn_duplicates(frame: pd.DataFrame, columns: list[str], path, kind: str) -
 
 
 def read_truth_csv(path: str | Path) -> pd.DataFrame:
-    """Read a SpaceNet truth CSV -> DataFrame(ImageId, BuildingId, geometry)."""
+    """Read a SpaceNet truth CSV with shapely -> DataFrame(ImageId, BuildingId, geometry).
+
+    For dataset labels and the solaris rules; ``rules="spacenet"`` reads files as the tester
+    does (:func:`.tester_polygons.read_polygon_csv`).
+    """
+    import pandas as pd
+
     frame = _read_table(path, TRUTH_COLUMNS, "truth")
     _warn_duplicates(frame, list(TRUTH_COLUMNS), path, "truth")
     geoms = parse_wkt_column(frame["PolygonWKT_Pix"], path, "truth")
@@ -137,6 +150,8 @@ def read_proposal_csv(path: str | Path) -> pd.DataFrame:
     A non-numeric confidence is an error; an empty or NaN confidence is kept as NaN and sorts
     last (documented rule).
     """
+    import pandas as pd
+
     frame = _read_table(path, PROPOSAL_COLUMNS, "proposal")
     conf = pd.to_numeric(frame["Confidence"], errors="coerce")
     bad = conf.isna() & frame["Confidence"].notna() & (frame["Confidence"].astype(str) != "nan")
@@ -189,25 +204,63 @@ class Counts:
 class ScoreResult:
     """Everything the scorer computed.
 
-    ``per_image``: one row per ImageId (ImageId, city, tp, fp, fn, precision, recall, f1).
-    ``proposal_iou`` / ``proposal_match`` / ``proposal_kept``: per proposal row (input order):
-    best IoU with any kept truth of its image, the index of the truth row it matched (-1 = none),
-    and whether it passed the area filter. ``truth_matched`` / ``truth_kept``: per truth row.
+    ``images``/``image_tp``/``image_fp``/``image_fn``/``image_scored``: one entry per image
+    (sorted ImageIds); :attr:`per_image` is the same as a DataFrame. Per proposal row (input
+    order, empty rows included): ``proposal_iou`` (best IoU with a truth of its image among the
+    pairs overlaid, see the module docstring), ``proposal_match`` (index of the truth row it
+    matched, -1 = none), ``proposal_kept`` (passed the area filter). Per truth row:
+    ``truth_matched``, ``truth_kept``. ``group_of``: ImageId -> city of these rules.
     """
 
     rules: str
     overall: Counts
     cities: dict[str, Counts]
-    per_image: pd.DataFrame
+    images: np.ndarray = field(repr=False)
+    image_tp: np.ndarray = field(repr=False)
+    image_fp: np.ndarray = field(repr=False)
+    image_fn: np.ndarray = field(repr=False)
+    image_scored: np.ndarray = field(repr=False)
     proposal_iou: np.ndarray = field(repr=False)
     proposal_match: np.ndarray = field(repr=False)
     proposal_kept: np.ndarray = field(repr=False)
     truth_matched: np.ndarray = field(repr=False)
     truth_kept: np.ndarray = field(repr=False)
+    group_of: object = field(repr=False, default=city_before_last)
 
     @property
     def mean_city_f1(self) -> float:
         return float(np.mean([c.f1 for c in self.cities.values()])) if self.cities else 0.0
+
+    PER_IMAGE_COLUMNS = ("ImageId", "city", "scored", "tp", "fp", "fn", "precision", "recall",
+                         "f1")
+
+    def per_image_columns(self) -> dict[str, np.ndarray]:
+        """One array per :attr:`PER_IMAGE_COLUMNS` entry, one element per image."""
+        tp, fp, fn = self.image_tp, self.image_fp, self.image_fn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+            recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+            f1 = np.where(precision * recall > 0,
+                          2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        city = np.asarray([self.group_of(i) for i in self.images.tolist()], dtype=object)
+        return dict(zip(self.PER_IMAGE_COLUMNS, (self.images, city, self.image_scored, tp, fp,
+                                                 fn, precision, recall, f1)))
+
+    @property
+    def per_image(self):
+        """DataFrame of :meth:`per_image_columns` (one row per image)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.per_image_columns())
+
+    def write_per_image_csv(self, handle) -> None:
+        """Per-image rows as CSV into an open text ``handle`` (no pandas needed)."""
+        import csv
+
+        columns = self.per_image_columns()
+        writer = csv.writer(handle)
+        writer.writerow(self.PER_IMAGE_COLUMNS)
+        writer.writerows(zip(*(columns[c].tolist() for c in self.PER_IMAGE_COLUMNS)))
 
     def to_json(self) -> dict:
         return {
@@ -218,64 +271,58 @@ class ScoreResult:
         }
 
 
-def _repair(geoms: np.ndarray) -> np.ndarray:
-    """Make invalid polygons valid, keeping only polygonal parts (spacenet rules)."""
-    out = geoms.copy()
-    invalid = np.flatnonzero(~shapely.is_valid(geoms) & ~shapely.is_empty(geoms))
-    if invalid.size:
-        out[invalid] = shapely.make_valid(geoms[invalid], method="structure",
-                                          keep_collapsed=False)
-        logger.debug("repaired %d invalid polygon(s)", invalid.size)
-    return out
+def overlay_areas(op, a: np.ndarray, b: np.ndarray, min_chunk: int = 20000) -> np.ndarray:
+    """(K,) ``area(op(a[k], b[k]))`` for shapely's ``intersection`` or ``union``.
+
+    shapely releases the GIL inside its vectorised GEOS calls, so large arrays are cut into
+    chunks overlaid by a few threads (results are per pair, hence identical to one call).
+    """
+    n = len(a)
+    workers = min(os.cpu_count() or 1, 4, max(1, n // min_chunk))
+    if workers <= 1:
+        return shapely.area(op(a, b))
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = pool.map(lambda k: shapely.area(op(a[bounds[k]:bounds[k + 1]],
+                                                   b[bounds[k]:bounds[k + 1]])), range(workers))
+        return np.concatenate(list(parts))
 
 
-def _same_image_box_pairs(props: np.ndarray, truths: np.ndarray, p_img: np.ndarray,
+def _same_image_box_pairs(p_bounds: np.ndarray, t_bounds: np.ndarray, p_img: np.ndarray,
                           t_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(proposal, truth) index pairs of the same image whose bounding boxes intersect.
+    """(proposal, truth) index pairs of the same image whose bounding boxes overlap (touching
+    counts).
 
-    All tiles share one pixel frame, so a single STRtree over raw boxes would pair every image
-    with every other. The boxes are shifted along x by (image code x frame width) instead, which
-    keeps images apart in one tree. props/truths: (P,)/(T,) non-empty geometries.
+    p_bounds/t_bounds: (P, 4)/(T, 4) minx, miny, maxx, maxy; p_img/t_img: (P,)/(T,) image codes.
+    All tiles share one pixel frame, so one STRtree over raw boxes would pair every image with
+    every other: the boxes are shifted along x by (image code x frame width) instead.
     """
-    pb, tb = shapely.bounds(props), shapely.bounds(truths)  # (P, 4), (T, 4)
-    lo = min(pb[:, 0].min(), tb[:, 0].min())
-    span = max(pb[:, 2].max(), tb[:, 2].max()) - lo + 1.0
-    p_off, t_off = (p_img * span - lo), (t_img * span - lo)
-    tree = shapely.STRtree(shapely.box(tb[:, 0] + t_off, tb[:, 1], tb[:, 2] + t_off, tb[:, 3]))
-    pi, ti = tree.query(shapely.box(pb[:, 0] + p_off, pb[:, 1], pb[:, 2] + p_off, pb[:, 3]))
-    same = p_img[pi] == t_img[ti]  # guards against float rounding at the tile seams
-    return pi[same], ti[same]
-
-
-def _candidate_pairs(props: np.ndarray, truths: np.ndarray, p_img: np.ndarray,
-                     t_img: np.ndarray, rules: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (proposal, truth) of the same image that intersect, with their IoU.
-
-    props: (P,) geometries, truths: (T,) geometries, p_img/t_img: (P,)/(T,) image codes; no
-    geometry is empty (the area filter removed those). Returns (pi, ti, iou), each (K,).
-    """
-    if len(props) == 0 or len(truths) == 0:
+    if len(p_bounds) == 0 or len(t_bounds) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0)
-    pi, ti = _same_image_box_pairs(props, truths, p_img, t_img)
-    if rules == "solaris":
-        # An invalid truth gets IoU 0 without any overlay (GEOS could raise on it).
-        keep = shapely.is_valid(truths[ti])
-        pi, ti = pi[keep], ti[keep]
-    keep = shapely.intersects(props[pi], truths[ti])
-    pi, ti = pi[keep], ti[keep]
-    inter = shapely.area(shapely.intersection(props[pi], truths[ti]))
-    if rules == "solaris":
-        union = shapely.area(shapely.union(props[pi], truths[ti]))
-    else:
-        union = shapely.area(props[pi]) + shapely.area(truths[ti]) - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return pi, ti, iou
+        return empty, empty
+    lo = min(p_bounds[:, 0].min(), t_bounds[:, 0].min())
+    span = max(p_bounds[:, 2].max(), t_bounds[:, 2].max()) - lo + 1.0
+    if not np.isfinite(span):
+        span = 1.0  # non-finite coordinates: no shifting; the image check below still holds
+    p_off, t_off = (p_img * span - lo), (t_img * span - lo)
+    tree = shapely.STRtree(shapely.box(t_bounds[:, 0] + t_off, t_bounds[:, 1],
+                                       t_bounds[:, 2] + t_off, t_bounds[:, 3]))
+    pi, ti = tree.query(shapely.box(p_bounds[:, 0] + p_off, p_bounds[:, 1],
+                                    p_bounds[:, 2] + p_off, p_bounds[:, 3]))
+    same = p_img[pi] == t_img[ti]  # guards against float rounding at the tile seams
+    pi, ti = pi[same], ti[same]
+    # The tree's box test is GEOS' (float, after shifting); settle touching boxes exactly.
+    pb, tb = p_bounds[pi], t_bounds[ti]
+    overlap = ((pb[:, 0] <= tb[:, 2]) & (pb[:, 2] >= tb[:, 0]) & (pb[:, 1] <= tb[:, 3])
+               & (pb[:, 3] >= tb[:, 1]))
+    return pi[overlap], ti[overlap]
 
 
-def _proposal_order(conf: np.ndarray, rules: str) -> np.ndarray:
+def _proposal_order(conf: np.ndarray, rules: RuleSet) -> np.ndarray:
     """Processing order of proposals: descending confidence, NaN last."""
-    if rules == "solaris":
+    if rules.order == "pandas":
+        import pandas as pd
+
         # solaris sorts with pandas' default (quicksort, not stable); reproduce it exactly.
         return pd.Series(conf).sort_values(ascending=False).index.to_numpy()
     key = np.where(np.isnan(conf), np.inf, -conf)
@@ -311,45 +358,182 @@ def _greedy_match(order: np.ndarray, pi: np.ndarray, ti: np.ndarray, iou: np.nda
     return match
 
 
-def score(truth: pd.DataFrame, proposals: pd.DataFrame, rules: str = "spacenet",
-          iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA) -> ScoreResult:
-    """Score proposals against truth (DataFrames from ``read_truth_csv``/``read_proposal_csv``).
+def _iou_bound_prune(pi, ti, p_area, t_area, p_rarea, t_rarea, p_bounds, t_bounds,
+                     threshold: float) -> np.ndarray:
+    """(K,) bool: pairs whose IoU could exceed ``threshold`` (the others cannot match).
 
-    truth: T rows with ImageId, geometry. proposals: P rows with ImageId, geometry, Confidence.
+    The overlap is at most the smaller region area and the overlap of the bounding boxes;
+    IoU = ov / (a_s + a_t - ov) grows with ov while the denominator is positive, so that bound
+    settles the pair. Pairs with odd areas (denominator not positive at the bound, non-finite
+    values) are always kept; a 1e-9 margin absorbs rounding of the region areas.
     """
-    if rules not in RULES:
-        raise ValueError(f"rules={rules!r} is not one of {RULES}")
+    pb, tb = p_bounds[pi], t_bounds[ti]
+    box_w = np.minimum(pb[:, 2], tb[:, 2]) - np.maximum(pb[:, 0], tb[:, 0])
+    box_h = np.minimum(pb[:, 3], tb[:, 3]) - np.maximum(pb[:, 1], tb[:, 1])
+    bound = np.minimum(np.minimum(p_rarea[pi], t_rarea[ti]), box_w * box_h)
+    denom = p_area[pi] + t_area[ti] - bound
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper = bound / denom
+    odd = ~(np.isfinite(upper) & (denom > 0))
+    return odd | (upper > threshold - 1e-9)
+
+
+def _image_codes(table_images: np.ndarray, images: np.ndarray) -> np.ndarray:
+    if len(table_images) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.searchsorted(images, table_images.astype(str)).astype(np.int64)
+
+
+def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spacenet",
+                 iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA,
+                 images=(), full_iou: bool = False) -> ScoreResult:
+    """Score two tester-read tables (:mod:`.tester_polygons`) by the rules in the docstring.
+
+    ``images``: extra ImageIds (an image folder's listing) that count as images even without
+    rows. Per-row arrays of the result follow the tables' rows.
+    """
+    rs = get_rules(rules)
+    t_area, p_area = truth.areas(), proposals.areas()
+    t_kept_poly = (t_area > 0) & (t_area >= min_area)
+    p_kept_poly = (p_area > 0) & (p_area >= min_area)
+    if not truth.registered or not proposals.registered:
+        logger.warning("the %s file has no rows: the SpaceNet tester prints 'Nothing to score' "
+                       "for this input; scored here as empty", "truth" if not truth.registered
+                       else "proposal")
+    image_list = sorted(set(truth.registered) | set(proposals.registered) | set(images))
+    image_arr = np.asarray(image_list, dtype=str)
+    t_code = _image_codes(truth.image, image_arr)
+    p_code = _image_codes(proposals.image, image_arr)
+
+    t_idx, p_idx = np.flatnonzero(t_kept_poly), np.flatnonzero(p_kept_poly)
+    t_bounds, p_bounds = truth.bounds(), proposals.bounds()
+    pi, ti = _same_image_box_pairs(p_bounds[p_idx], t_bounds[t_idx], p_code[p_idx],
+                                   t_code[t_idx])
+    pi, ti = p_idx[pi], t_idx[ti]
+    iou = np.zeros(0)
+    if len(pi):
+        used_p, used_t = np.unique(pi), np.unique(ti)
+        p_region = np.empty(len(proposals), dtype=object)
+        t_region = np.empty(len(truth), dtype=object)
+        p_region[used_p] = proposals.regions(used_p)
+        t_region[used_t] = truth.regions(used_t)
+        if not full_iou:
+            p_rarea, t_rarea = np.zeros(len(proposals)), np.zeros(len(truth))
+            p_rarea[used_p] = shapely.area(p_region[used_p])
+            t_rarea[used_t] = shapely.area(t_region[used_t])
+            keep = _iou_bound_prune(pi, ti, p_area, t_area, p_rarea, t_rarea, p_bounds,
+                                    t_bounds, iou_threshold)
+            pi, ti = pi[keep], ti[keep]
+        overlap = overlay_areas(shapely.intersection, p_region[pi], t_region[ti])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = overlap / (p_area[pi] + t_area[ti] - overlap)  # the tester's expression
+
+    num_p, num_t = len(proposals), len(truth)
+    order = _proposal_order(proposals.confidence, rs)
+    order = order[p_kept_poly[order]]
+    match_poly = _greedy_match(order, pi, ti, iou, num_p, num_t, iou_threshold)
+
+    n_img = len(image_list)
+    matched = match_poly >= 0
+    t_matched_poly = np.zeros(num_t, dtype=bool)
+    t_matched_poly[match_poly[matched]] = True
+    tp = np.bincount(p_code[matched], minlength=n_img)
+    fp = np.bincount(p_code[p_kept_poly & ~matched], minlength=n_img)
+    fn = np.bincount(t_code[t_kept_poly & ~t_matched_poly], minlength=n_img)
+    scored = (np.bincount(p_code[p_kept_poly], minlength=n_img)
+              + np.bincount(t_code[t_kept_poly], minlength=n_img)) > 0
+
+    # Per-row arrays (rows without a polygon are neither kept nor matched).
+    best = np.zeros(num_p)
+    ok = np.isfinite(iou)
+    np.maximum.at(best, pi[ok], iou[ok])
+    p_rows, t_rows = proposals.row, truth.row
+    proposal_iou = np.zeros(proposals.num_rows)
+    proposal_iou[p_rows] = best
+    proposal_match = np.full(proposals.num_rows, -1, dtype=np.int64)
+    proposal_match[p_rows[matched]] = t_rows[match_poly[matched]]
+    proposal_kept = np.zeros(proposals.num_rows, dtype=bool)
+    proposal_kept[p_rows] = p_kept_poly
+    truth_matched = np.zeros(truth.num_rows, dtype=bool)
+    truth_matched[t_rows] = t_matched_poly
+    truth_kept = np.zeros(truth.num_rows, dtype=bool)
+    truth_kept[t_rows] = t_kept_poly
+    return _result(rs, image_arr, tp, fp, fn, scored, proposal_iou, proposal_match,
+                   proposal_kept, truth_matched, truth_kept)
+
+
+def _result(rs: RuleSet, images, tp, fp, fn, scored, *per_row) -> ScoreResult:
+    city_names = np.asarray([rs.group(i) for i in images.tolist()], dtype=str)
+    cities = {}
+    for city in sorted(set(city_names.tolist())):
+        sel = city_names == city
+        cities[city] = Counts(int(tp[sel].sum()), int(fp[sel].sum()), int(fn[sel].sum()))
+    overall = Counts(int(tp.sum()), int(fp.sum()), int(fn.sum()))
+    return ScoreResult(rs.name, overall, cities, images, tp, fp, fn, scored, *per_row,
+                       group_of=rs.group)
+
+
+def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: float,
+               images=(), full_iou: bool = False) -> ScoreResult:
+    """The ``reader="wkt"`` rule sets (solaris): shapely geometries from the DataFrames."""
     t_geom = np.asarray(truth["geometry"].to_numpy(), dtype=object)
     p_geom = np.asarray(proposals["geometry"].to_numpy(), dtype=object)
     t_ids = truth["ImageId"].astype(str).to_numpy()
     p_ids = proposals["ImageId"].astype(str).to_numpy()
     conf = proposals["Confidence"].to_numpy(dtype=np.float64)
 
-    if rules == "spacenet":
-        t_geom, p_geom = _repair(t_geom), _repair(p_geom)
-        t_kept = shapely.area(t_geom) >= min_area
-        p_kept = shapely.area(p_geom) >= min_area
-        p_eval = p_geom
-    else:
-        t_kept = shapely.area(t_geom) >= min_area
-        p_area = shapely.area(p_geom)
-        p_kept = p_area > min_area
-        invalid = ~shapely.is_valid(p_geom)
-        p_eval = p_geom.copy()
-        if invalid.any():
-            p_eval[invalid] = shapely.buffer(p_geom[invalid], 0.0)
+    t_area, p_area = shapely.area(t_geom), shapely.area(p_geom)
+    t_kept = t_area >= min_area if rs.truth_area_inclusive else t_area > min_area
+    p_kept = p_area >= min_area if rs.proposal_area_inclusive else p_area > min_area
+    p_eval = p_geom.copy()
+    invalid = ~shapely.is_valid(p_geom)
+    if rs.invalid_proposal == "buffer0" and invalid.any():
+        p_eval[invalid] = shapely.buffer(p_geom[invalid], 0.0)
 
-    images, codes = np.unique(np.concatenate([t_ids, p_ids]), return_inverse=True)
-    t_code, p_code = codes[: len(t_ids)], codes[len(t_ids):]
-
+    images = np.asarray(sorted(set(t_ids) | set(p_ids) | set(images)), dtype=str)
+    t_code, p_code = _image_codes(t_ids, images), _image_codes(p_ids, images)
     t_idx, p_idx = np.flatnonzero(t_kept), np.flatnonzero(p_kept)
-    pi, ti, iou = _candidate_pairs(p_eval[p_idx], t_geom[t_idx], p_code[p_idx], t_code[t_idx],
-                                   rules)
-    pi, ti = p_idx[pi], t_idx[ti]  # back to row indices
+    p_bounds, t_bounds = shapely.bounds(p_eval), shapely.bounds(t_geom)
+    pi, ti = _same_image_box_pairs(p_bounds[p_idx], t_bounds[t_idx], p_code[p_idx],
+                                   t_code[t_idx])
+    pi, ti = p_idx[pi], t_idx[ti]
+    if rs.invalid_truth == "never_match":
+        # An invalid truth gets IoU 0 without any overlay (GEOS could raise on it).
+        keep = shapely.is_valid(t_geom[ti])
+        pi, ti = pi[keep], ti[keep]
+    pe_area = shapely.area(p_eval)
+    if not full_iou:
+        # IoU <= min(areas, box overlap) / max(areas) (the union covers either polygon).
+        pb, tb = p_bounds[pi], t_bounds[ti]
+        box = ((np.minimum(pb[:, 2], tb[:, 2]) - np.maximum(pb[:, 0], tb[:, 0]))
+               * (np.minimum(pb[:, 3], tb[:, 3]) - np.maximum(pb[:, 1], tb[:, 1])))
+        big = np.maximum(pe_area[pi], t_area[ti])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upper = np.minimum(np.minimum(pe_area[pi], t_area[ti]), box) / big
+        keep = ~(upper <= iou_threshold - 1e-9)
+        pi, ti = pi[keep], ti[keep]
+    inter = overlay_areas(shapely.intersection, p_eval[pi], t_geom[ti])
+    if rs.union == "geos":
+        # area(union) equals area_p + area_t - inter up to rounding; GEOS' own union area is
+        # computed where rounding could matter: IoU within 1e-9 of the threshold, or a
+        # proposal with several candidates above it (their order decides the match).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / (pe_area[pi] + t_area[ti] - inter)
+        strong = iou > iou_threshold - 1e-9
+        several = np.bincount(pi[strong], minlength=len(p_geom)) > 1
+        exact = full_iou | (np.abs(iou - iou_threshold) < 1e-9) | (strong & several[pi])
+        if np.any(exact):
+            union = overlay_areas(shapely.union, p_eval[pi[exact]], t_geom[ti[exact]])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iou[exact] = inter[exact] / union
+        iou = np.where(np.isfinite(iou), iou, 0.0)
+    else:
+        union = pe_area[pi] + t_area[ti] - inter
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
     best_iou = np.zeros(len(p_geom))
     np.maximum.at(best_iou, pi, iou)
-    order = _proposal_order(conf, rules)
+    order = _proposal_order(conf, rs)
     order = order[p_kept[order]]
     match = _greedy_match(order, pi, ti, iou, len(p_geom), len(t_geom), iou_threshold)
     t_matched = np.zeros(len(t_geom), dtype=bool)
@@ -359,38 +543,96 @@ def score(truth: pd.DataFrame, proposals: pd.DataFrame, rules: str = "spacenet",
     tp = np.bincount(p_code[match >= 0], minlength=n_img)
     fp = np.bincount(p_code[p_kept & (match < 0)], minlength=n_img)
     fn = np.bincount(t_code[t_kept & ~t_matched], minlength=n_img)
-    per_image = _per_image_table(images, tp, fp, fn)
-    cities = {
-        city: Counts(int(g.tp.sum()), int(g.fp.sum()), int(g.fn.sum()))
-        for city, g in per_image.groupby("city", sort=True)
-    }
-    overall = Counts(int(tp.sum()), int(fp.sum()), int(fn.sum()))
-    return ScoreResult(rules, overall, cities, per_image, best_iou, match, p_kept, t_matched,
-                       t_kept)
+    scored = (np.bincount(p_code[p_kept], minlength=n_img)
+              + np.bincount(t_code[t_kept], minlength=n_img)) > 0
+    return _result(rs, images, tp, fp, fn, scored, best_iou, match, p_kept, t_matched, t_kept)
 
 
-def _per_image_table(images: np.ndarray, tp: np.ndarray, fp: np.ndarray,
-                     fn: np.ndarray) -> pd.DataFrame:
-    table = pd.DataFrame({"ImageId": images, "city": [city_of(i) for i in images],
-                          "tp": tp, "fp": fp, "fn": fn})
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-        recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
-        f1 = np.where(precision * recall > 0,
-                      2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    table["precision"], table["recall"], table["f1"] = precision, recall, f1
-    return table
+def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_THRESHOLD,
+          min_area: float = MIN_AREA, images=(), full_iou: bool = False) -> ScoreResult:
+    """Score in-memory proposals against truth (module docstring for the rules).
+
+    truth: DataFrame with T rows of ImageId, geometry (shapely, pixel coordinates).
+    proposals: DataFrame with P rows of ImageId, geometry, Confidence. Empty geometries register
+    their image. For the tester rules each geometry is read as the tester would read its row
+    written by :func:`.tester_polygons.wkt_for_tester` (first polygon of a MultiPolygon: write
+    MultiPolygons as one row per part, as :mod:`mnc_d2.io.writers` does). ``images``: extra
+    ImageIds to score (an image folder's listing).
+    """
+    rs = get_rules(rules)
+    if rs.reader == "tester":
+        t_table = table_from_geometries(truth["ImageId"].astype(str).to_numpy(),
+                                        truth["geometry"].to_numpy())
+        p_table = table_from_geometries(proposals["ImageId"].astype(str).to_numpy(),
+                                        proposals["geometry"].to_numpy(),
+                                        proposals["Confidence"].to_numpy(dtype=np.float64))
+        return score_tables(t_table, p_table, rs.name, iou_threshold, min_area, images,
+                            full_iou)
+    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
 
 
-def score_csv(truth_csv: str | Path, proposal_csv: str | Path, rules: str = "spacenet",
-              iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA) -> ScoreResult:
-    """Read both CSVs and score them (see the module docstring for the rules)."""
-    truth = read_truth_csv(truth_csv)
+def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
+              iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA, images=(),
+              full_iou: bool = False) -> ScoreResult:
+    """Read both CSVs the way the rule set's reference scorer does and score them.
+
+    ``truth_csv`` may be one path or a list of paths (read in order, as the tester's several
+    ``-truth`` files). ``images``: extra ImageIds (see :func:`image_folder_ids`).
+    """
+    rs = get_rules(rules)
+    truth_paths = [truth_csv] if isinstance(truth_csv, (str, Path)) else list(truth_csv)
+    if rs.reader == "tester":
+        truth = _concat_tables([read_polygon_csv(p, truth=True) for p in truth_paths])
+        if not truth.registered:
+            raise SpaceNetCSVError(f"truth CSV {', '.join(map(str, truth_paths))} has no data "
+                                   "rows (the SpaceNet tester prints 'Nothing to score'); "
+                                   "expected rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
+        proposals = read_polygon_csv(proposal_csv, truth=False)
+        _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
+        return score_tables(truth, proposals, rs.name, iou_threshold, min_area, images,
+                            full_iou)
+    import pandas as pd
+
+    truth = pd.concat([read_truth_csv(p) for p in truth_paths], ignore_index=True)
     proposals = read_proposal_csv(proposal_csv)
-    unknown = set(proposals["ImageId"]) - set(truth["ImageId"])
+    _warn_unknown(set(proposals["ImageId"]) - set(truth["ImageId"]), proposal_csv)
+    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
+
+
+def _warn_unknown(unknown: set, proposal_csv) -> None:
     if unknown:
-        logger.warning(
-            "%d ImageId(s) in %s are not in %s (e.g. %s): all their proposals count as FP",
-            len(unknown), proposal_csv, truth_csv, sorted(unknown)[0],
-        )
-    return score(truth, proposals, rules=rules, iou_threshold=iou_threshold, min_area=min_area)
+        logger.warning("%d ImageId(s) in %s are not in the truth (e.g. %s): all their proposals "
+                       "count as FP", len(unknown), proposal_csv, sorted(unknown)[0])
+
+
+def _concat_tables(tables: list[PolygonTable]) -> PolygonTable:
+    if len(tables) == 1:
+        return tables[0]
+    coords, rings, polys, rows = [], [], [], []
+    point_base = ring_base = row_base = 0
+    for t in tables:
+        coords.append(t.coords)
+        rings.append(t.ring_offsets[:-1] + point_base)
+        polys.append(t.poly_offsets[:-1] + ring_base)
+        rows.append(t.row + row_base)
+        point_base += len(t.coords)
+        ring_base += len(t.ring_offsets) - 1
+        row_base += t.num_rows
+    registered = list(dict.fromkeys(i for t in tables for i in t.registered))
+    return PolygonTable(
+        np.concatenate([t.image for t in tables]), np.concatenate(coords),
+        np.concatenate([*rings, [point_base]]).astype(np.int64),
+        np.concatenate([*polys, [ring_base]]).astype(np.int64),
+        np.concatenate([t.confidence for t in tables]), np.concatenate(rows),
+        np.concatenate([t.line for t in tables]), registered, row_base)
+
+
+def image_folder_ids(folder: str | Path) -> list[str]:
+    """ImageIds of an image folder as the tester lists them: ``<folder>/PAN/*.tif`` with every
+    ``.tif`` and ``PAN_`` removed from the name (the tester's ``-image-dir``)."""
+    pan = Path(folder) / "PAN"
+    if not pan.is_dir():
+        raise FileNotFoundError(f"image folder {folder} has no PAN/ subfolder; the SpaceNet "
+                                "tester lists images from <image-dir>/PAN/*.tif")
+    return sorted(p.name.replace(".tif", "").replace("PAN_", "")
+                  for p in pan.iterdir() if p.name.endswith(".tif"))

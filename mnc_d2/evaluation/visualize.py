@@ -17,7 +17,7 @@ import rasterio
 import shapely
 from tqdm import tqdm
 
-from .spacenet_metric import ScoreResult, read_proposal_csv, read_truth_csv, score
+from .spacenet_metric import ScoreResult, read_proposal_csv, read_truth_csv, score, score_csv
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: s
                    rules: str = "spacenet", bands: Iterable[int] | None = None) -> list[Path]:
     """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images."""
     truth, props = read_truth_csv(truth_csv), read_proposal_csv(proposal_csv)
-    result = score(truth, props, rules=rules)
+    # Scored from the files as the rule set's reference reads them; drawn from shapely's reading.
+    result = score_csv(truth_csv, proposal_csv, rules=rules, full_iou=True)
+    if len(result.proposal_match) != len(props) or len(result.truth_kept) != len(truth):
+        result = score(truth, props, rules=rules, full_iou=True)  # rows differ (comment lines)
     t_geoms, p_geoms = truth["geometry"].to_numpy(), props["geometry"].to_numpy()
     t_ids, p_ids = truth["ImageId"].to_numpy(), props["ImageId"].to_numpy()
     wanted = image_ids or list(result.per_image["ImageId"])

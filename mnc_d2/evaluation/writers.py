@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import geopandas as gpd
-import shapely
 
 from ..utils.atomic import atomic_path, atomic_write
+from .tester_polygons import wkt_for_tester
 
 logger = logging.getLogger(__name__)
 
 PROPOSAL_HEADER = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
 
 
-def _wkt(geom, precision: int) -> str:
-    return shapely.to_wkt(geom, rounding_precision=precision, output_dimension=2)
 
 
 def write_proposal_csv(path: str | Path,
@@ -26,9 +24,11 @@ def write_proposal_csv(path: str | Path,
                        precision: int = 2) -> int:
     """Write ``{ImageId: [(pixel polygon, confidence), ...]}`` as a SpaceNet proposal CSV.
 
-    An image without polygons gets the ``ImageId,-1,POLYGON EMPTY,1.0`` row SpaceNet uses, so it
-    still counts as scored. BuildingIds number the polygons of an image from 0 in descending
-    confidence. Returns the number of polygon rows written.
+    Polygons are written as the SpaceNet 2 tester reads them (:func:`wkt_for_tester`: rings
+    joined by ``),(``; a MultiPolygon as one row per part, since the tester stops on a
+    MULTIPOLYGON proposal). An image without polygons gets the ``ImageId,-1,POLYGON EMPTY,1.0``
+    row SpaceNet uses. BuildingIds number the rows of an image from 0 in descending confidence.
+    Returns the number of polygon rows written.
     """
     rows = 0
     with atomic_write(path, "w", newline="") as handle:
@@ -39,8 +39,12 @@ def write_proposal_csv(path: str | Path,
             if not ordered:
                 writer.writerow([image_id, -1, "POLYGON EMPTY", 1.0])
                 continue
-            for building_id, (geom, conf) in enumerate(ordered):
-                writer.writerow([image_id, building_id, _wkt(geom, precision), f"{conf:.6f}"])
+            texts = [(text, conf) for geom, conf in ordered
+                     for text in wkt_for_tester(geom, precision)]
+            if not texts:
+                writer.writerow([image_id, -1, "POLYGON EMPTY", 1.0])
+            for building_id, (text, conf) in enumerate(texts):
+                writer.writerow([image_id, building_id, text, f"{conf:.6f}"])
                 rows += 1
     return rows
 

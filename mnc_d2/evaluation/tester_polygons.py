@@ -1,0 +1,508 @@
+"""Building polygons exactly as the SpaceNet 2 offline tester (Topcoder, v2.0) reads them.
+
+The official SpaceNet 2 leaderboard was computed by a Java tester (``BuildingVisualizer``,
+v2.0 by walrus71; source in ``SpaceNetChallenge/BuildingDetectors_Round2``,
+``1-XD_XD/code/visualizer-2.0.zip``). It does not use a WKT or CSV library: it cuts strings. This
+module reproduces its reading, areas and regions with numpy and shapely, so that
+:mod:`.spacenet_metric` scores every file the way the tester does:
+
+* **Lines.** Each line is trimmed (characters <= U+0020); blank lines, lines starting with ``#``
+  and lines starting with ``imageid`` (any case) are skipped. The ImageId is the text before the
+  first comma (quotes are not removed), the BuildingId the text between the first and second
+  comma. Every ImageId seen registers its image, whatever follows.
+* **Empty rows.** A line containing ``POLYGON EMPTY`` anywhere (for example in the
+  PolygonWKT_Geo column) or with BuildingId ``-1`` adds no polygon; neither does a line without
+  ``((``.
+* **Polygon text.** From the first ``((`` to the first ``))`` after it: of a MULTIPOLYGON only
+  the first polygon is read. Rings are split at ``),(`` exactly (``), (`` with a space does not
+  split, so those rings run together as one), then every parenthesis is dropped.
+* **Points.** A ring is split at commas (trailing empty parts dropped); each part is trimmed and
+  split at single spaces; the first two fields are x and y (``Double.parseDouble``), anything
+  after them (z) is never read.
+* **Area.** Per ring, the trapezoid sum over consecutive points *as given* (an unclosed ring is
+  not closed for the area), summed in point order; polygon area = |ring 0| - sum |ring i|.
+  Polygons with area <= 0, or below the minimum area (20), are dropped on both sides; their
+  image stays registered.
+* **Region.** The shape used for overlaps is ``java.awt.geom.Area``: each ring becomes the
+  region its closed path encloses under the **even-odd** rule; ring 0 is added and every other
+  ring subtracted. A bow-tie therefore covers both lobes while its area above is the difference
+  of the lobes; no repair happens anywhere.
+* **Bounds.** Minimum and maximum over every point of every ring.
+
+Valid polygons (the vast majority) are their own region; only invalid ones get the even-odd
+construction (:func:`even_odd_region`). Coordinates that ``Double.parseDouble`` reads but that
+are not plain decimals (``NaN``, ``Infinity``, a ``d``/``f`` suffix) go through a slower
+per-point reader; a point the tester cannot read (it stops with an error) raises
+:class:`SpaceNetCSVError` naming the file and line. Approximation: overlaps are computed by GEOS,
+not by ``java.awt.geom.Area``; the two agree to floating-point rounding, so an IoU within ~1e-12
+of the threshold could in principle be decided differently.
+
+No torch or detectron2 import: :mod:`tools/score.py <tools.score>` stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+logger = logging.getLogger(__name__)
+
+JAVA_TRIM = "".join(chr(c) for c in range(33))  # String.trim() strips every char <= U+0020
+_NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_POINT = rf"{_NUM} {_NUM}(?: {_NUM})?"
+# Rings the fast reader handles: points "x y" or "x y z" of plain decimals, single spaces,
+# optional spaces after commas, and the same number of fields in every point (checked by
+# counting). Anything else goes through the per-point reader.
+_RING = rf" *{_POINT}(?:, *{_POINT})*"
+_FAST = re.compile(_RING)
+# The usual line: id and BuildingId without parentheses or quotes, a quoted POLYGON of rings
+# joined by "),(", then the rest (Confidence, or the Geo column). Such a line reads the same
+# through the tester's string cutting; any other line takes the general path. Its numbers are only
+# checked loosely here (digits, dots, signs, one exponent): every such string is either a decimal
+# that Python and Java read to the same double, or rejected by both, which the bulk conversion
+# in ``_Builder.table`` detects (the file is then re-read on the general path, which names the
+# line).
+_LOOSE = r"[-+0-9.]+(?:[eE][-+0-9]+)?"
+_LOOSE_POINT = rf"{_LOOSE} {_LOOSE}(?: {_LOOSE})?"
+_LOOSE_RING = rf" *{_LOOSE_POINT}(?:, *{_LOOSE_POINT})*"
+_FAST_LINE = re.compile(rf'([^\s,"(][^,"(]*),([^,("]*),"POLYGON \(\(({_LOOSE_RING}'
+                        rf'(?:\),\({_LOOSE_RING})*)\)\)"(.*)')
+
+
+class _LooseNumber(ValueError):
+    """A loosely checked number did not convert: re-read on the general path."""
+_PLAIN_NUM = re.compile(_NUM)
+_JAVA_DOUBLE = re.compile(
+    rf"(?:{_NUM}[dDfF]?|[+-]?NaN|[+-]?Infinity)"
+)
+
+
+class SpaceNetCSVError(ValueError):
+    """A truth or proposal CSV that cannot be scored (for the tester rules: a line the tester
+    cannot read, where it stops); the message names file, line and the expected format."""
+
+
+@dataclass
+class PolygonTable:
+    """Polygons of one CSV side, flattened into arrays.
+
+    ``image``: (N,) ImageId per polygon. ``coords``: (K, 2) float64 points of every ring.
+    ``ring_offsets``: (R + 1,) start of each ring in ``coords``. ``poly_offsets``: (N + 1,) start
+    of each polygon in the rings. ``confidence``: (N,) float64 (0 for truth). ``row``: (N,) data
+    row of each polygon (0-based, over the ``num_rows`` rows of the file or input, empty rows
+    included). ``line``: (N,) line number in the source file (-1 for in-memory geometries).
+    ``registered``: every ImageId seen, in first-seen order (images without polygons included).
+    """
+
+    image: np.ndarray
+    coords: np.ndarray
+    ring_offsets: np.ndarray
+    poly_offsets: np.ndarray
+    confidence: np.ndarray
+    row: np.ndarray
+    line: np.ndarray
+    registered: list
+    num_rows: int
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def areas(self) -> np.ndarray:
+        """(N,) tester areas: |ring 0| - sum |ring i| (see module docstring)."""
+        ring = np.abs(ring_areas(self.coords, self.ring_offsets))  # (R,)
+        out = np.zeros(len(self))
+        counts = np.diff(self.poly_offsets)
+        has = counts > 0
+        out[has] = ring[self.poly_offsets[:-1][has]]
+        # Subtract holes one at a time, in ring order, as the tester does.
+        for k in range(1, int(counts.max(initial=0))):
+            sel = np.flatnonzero(counts > k)
+            out[sel] -= ring[self.poly_offsets[sel] + k]
+        return out
+
+    def bounds(self) -> np.ndarray:
+        """(N, 4) minx, miny, maxx, maxy over every point of every ring."""
+        out = np.zeros((len(self), 4))
+        point_start = self.ring_offsets[self.poly_offsets]  # (N + 1,)
+        has = point_start[1:] > point_start[:-1]
+        if has.any() and len(self.coords):
+            starts = point_start[:-1][has]
+            out[has, :2] = np.minimum.reduceat(self.coords, starts, axis=0)
+            out[has, 2:] = np.maximum.reduceat(self.coords, starts, axis=0)
+        return out
+
+    def regions(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) shapely geometries: the tester's region of each polygon in ``rows``."""
+        out = np.empty(len(rows), dtype=object)
+        if len(rows) == 0:
+            return out
+        polys = self._simple_polygons(rows)
+        valid = np.zeros(len(rows), dtype=bool)
+        built = ~shapely.is_missing(polys)
+        valid[built] = shapely.is_valid(polys[built])
+        out[valid] = polys[valid]
+        for i in np.flatnonzero(~valid).tolist():
+            out[i] = self._even_odd_polygon(int(rows[i]))
+        return out
+
+    def _rings_of(self, row: int) -> list[np.ndarray]:
+        r0, r1 = self.poly_offsets[row], self.poly_offsets[row + 1]
+        return [self.coords[self.ring_offsets[r]:self.ring_offsets[r + 1]] for r in range(r0, r1)]
+
+    def _simple_polygons(self, rows: np.ndarray) -> np.ndarray:
+        """Shapely polygons (shell + holes) for ``rows``; None where a ring encloses nothing
+        by construction (fewer than 3 distinct closing points) so the slow path decides."""
+        r0, r1 = self.poly_offsets[rows], self.poly_offsets[rows + 1]
+        ring_ids = _ranges(r0, r1)
+        ring_poly = np.repeat(np.arange(len(rows)), r1 - r0)
+        starts, ends = self.ring_offsets[ring_ids], self.ring_offsets[ring_ids + 1]
+        sizes = ends - starts
+        closed = np.zeros(len(ring_ids), dtype=bool)
+        has = sizes > 0
+        closed[has] = (self.coords[starts[has]] == self.coords[ends[has] - 1]).all(axis=1)
+        bad_poly = np.zeros(len(rows), dtype=bool)
+        bad_poly[ring_poly[sizes + ~closed < 4]] = True  # linearrings need 4 closed coords
+        keep = ~bad_poly[ring_poly]
+        ring_ids, ring_poly = ring_ids[keep], ring_poly[keep]
+        starts, ends = starts[keep], ends[keep]
+        out = np.full(len(rows), None, dtype=object)
+        if len(ring_ids) == 0:
+            return out
+        point_ring = np.repeat(np.arange(len(ring_ids)), ends - starts)
+        rings = shapely.linearrings(self.coords[_ranges(starts, ends)], indices=point_ring)
+        shapely.polygons(rings, indices=ring_poly, out=out)
+        return out
+
+    def _even_odd_polygon(self, row: int):
+        rings = self._rings_of(row)
+        if not rings:
+            return shapely.Polygon()
+        region = even_odd_region(rings[0])
+        holes = [even_odd_region(r) for r in rings[1:]]
+        holes = [h for h in holes if not h.is_empty]
+        if holes:
+            region = shapely.difference(region, shapely.union_all(holes))
+        return region
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for every pair, without a Python loop."""
+    counts = ends - starts
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+
+
+def ring_areas(coords: np.ndarray, ring_offsets: np.ndarray) -> np.ndarray:
+    """(R,) signed ring areas by the tester's formula, summed in point order.
+
+    coords: (K, 2); ring_offsets: (R + 1,). Term i of a ring is
+    ``(x[i-1] + x[i]) * (y[i-1] - y[i])`` for i = 1..n-1 (the ring is not closed); the terms
+    are added left to right like the Java loop (numpy's pairwise sum would round differently),
+    then halved.
+    """
+    num_rings = len(ring_offsets) - 1
+    out = np.zeros(num_rings)
+    if num_rings == 0 or len(coords) < 2:
+        return out
+    x, y = coords[:, 0], coords[:, 1]
+    terms = np.empty(len(coords))
+    terms[1:] = (x[:-1] + x[1:]) * (y[:-1] - y[1:])
+    starts, sizes = ring_offsets[:-1], np.diff(ring_offsets)
+    order = np.argsort(-sizes, kind="stable")  # longest first: active rings are a prefix
+    sorted_starts, sorted_sizes = starts[order], sizes[order]
+    acc = np.zeros(num_rings)
+    for k in range(1, int(sorted_sizes.max(initial=0))):
+        n = int(np.searchsorted(-sorted_sizes, -k, side="left"))  # rings with size > k
+        acc[:n] += terms[sorted_starts[:n] + k]
+    out[order] = acc / 2
+    return out
+
+
+def even_odd_region(ring: np.ndarray):
+    """The region a closed path through ``ring`` (n, 2) encloses under the even-odd rule.
+
+    The path is noded and polygonised into faces; a face belongs to the region when a point
+    inside it crosses the original path (duplicate edges counted twice) an odd number of times.
+    """
+    if len(ring) < 3:
+        return shapely.Polygon()
+    closed = np.vstack([ring, ring[:1]])
+    faces = shapely.get_parts(shapely.polygonize(shapely.get_parts(shapely.node(
+        shapely.linestrings(closed)))))
+    if len(faces) == 0:
+        return shapely.Polygon()
+    points = shapely.get_coordinates(shapely.point_on_surface(faces))  # (F, 2)
+    x0, y0, x1, y1 = closed[:-1, 0], closed[:-1, 1], closed[1:, 0], closed[1:, 1]
+    px, py = points[:, :1], points[:, 1:]
+    spans = (y0 > py) != (y1 > py)  # (F, E)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross_x = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+    odd = (spans & (px < cross_x)).sum(axis=1) % 2 == 1
+    if not odd.any():
+        return shapely.Polygon()
+    return shapely.union_all(faces[odd])
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _java_double(token: str, where: str, what: str = "coordinate") -> float:
+    token = token.strip(JAVA_TRIM)
+    if not _JAVA_DOUBLE.fullmatch(token):
+        raise SpaceNetCSVError(f"{where}: {what} {token[:40]!r} is not a number the SpaceNet "
+                               "tester reads (Java's Double.parseDouble; NaN must be written "
+                               "'NaN'); write plain decimals such as 0.87")
+    if token[-1] in "dDfF" and not token.endswith("Infinity"):
+        token = token[:-1]
+    return float(token)
+
+
+def _java_split(text: str, sep: str) -> list[str]:
+    """``String.split`` for a literal separator: trailing empty strings are removed."""
+    parts = text.split(sep)
+    while parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _slow_ring(ring: str, where: str) -> list[tuple[float, float]]:
+    points = []
+    for part in _java_split(ring, ","):
+        fields = part.strip(JAVA_TRIM).split(" ")
+        if len(fields) < 2:
+            raise SpaceNetCSVError(f"{where}: point {part.strip()!r} has no y coordinate; "
+                                    "write 'x y' or 'x y z' separated by single spaces")
+        points.append((_java_double(fields[0], where), _java_double(fields[1], where)))
+    return points
+
+
+class _Builder:
+    """Accumulates rings and polygons while a file is read."""
+
+    def __init__(self):
+        self.tokens: list[str] = []  # fast rings' numbers, flattened
+        self.blocks: list[tuple[int, int, int]] = []  # (first token, number of points, dims)
+        self.slow: dict[int, list] = {}  # ring index -> points
+        self.ring_sizes: list[int] = []
+        self.poly_rings: list[int] = []
+        self.image: list[str] = []
+        self.confidence: list[float] = []
+        self.row: list[int] = []
+        self.line: list[int] = []
+
+    def add_ring(self, ring: str, where: str, checked: bool = False) -> None:
+        if checked or _FAST.fullmatch(ring):
+            fields = ring.replace(",", " ").split()
+            points = ring.count(",") + 1
+            # 2 or 3 fields in every point: a mix can give neither 2 x points nor 3 x points
+            dims = 3 if len(fields) == 3 * points else 2 if len(fields) == 2 * points else 0
+        else:
+            dims = 0
+        if dims:
+            self.blocks.append((len(self.tokens), points, dims))
+            self.tokens.extend(fields)
+            self.ring_sizes.append(points)
+        else:
+            points = _slow_ring(ring, where)
+            self.slow[len(self.ring_sizes)] = points
+            self.blocks.append((-1, len(points), 0))
+            self.ring_sizes.append(len(points))
+
+    def table(self, registered: list[str], num_rows: int) -> PolygonTable:
+        try:
+            values = np.array(self.tokens, dtype=np.float64) if self.tokens else np.zeros(0)
+        except ValueError as exc:
+            raise _LooseNumber(str(exc)) from None
+        sizes = np.asarray(self.ring_sizes, dtype=np.int64)
+        ring_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        coords = np.zeros((int(ring_offsets[-1]), 2))
+        blocks = np.asarray(self.blocks, dtype=np.int64).reshape(-1, 3)
+        for dims in (2, 3):
+            sel = np.flatnonzero(blocks[:, 2] == dims)
+            if sel.size == 0:
+                continue
+            n = blocks[sel, 1]
+            # point j of ring r: tokens start + j * dims (+0 for x, +1 for y)
+            point_ring = np.repeat(sel, n)
+            j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            src = blocks[point_ring, 0] + j * dims
+            dst = ring_offsets[point_ring] + j
+            coords[dst, 0], coords[dst, 1] = values[src], values[src + 1]
+        for ring, points in self.slow.items():
+            if points:
+                coords[ring_offsets[ring]:ring_offsets[ring + 1]] = np.asarray(points)
+        poly_offsets = np.concatenate([[0], np.cumsum(self.poly_rings)]).astype(np.int64)
+        return PolygonTable(np.asarray(self.image, dtype=object), coords, ring_offsets,
+                            poly_offsets, np.asarray(self.confidence, dtype=np.float64),
+                            np.asarray(self.row, dtype=np.int64),
+                            np.asarray(self.line, dtype=np.int64), registered, num_rows)
+
+
+def _confidence(token: str, where: str, multipolygon: bool, header: str, path) -> float:
+    """A proposal's confidence as ``Double.parseDouble`` reads it, with a hint on failure."""
+    try:
+        return _java_double(token, where, "Confidence")
+    except SpaceNetCSVError as exc:
+        if multipolygon:
+            raise SpaceNetCSVError(f"{exc}. The tester reads the Confidence right after the "
+                                   "first polygon's '))', so a MULTIPOLYGON proposal stops it: "
+                                   "write one row per polygon") from None
+        if "PolygonWKT_Geo" in header:
+            raise SpaceNetCSVError(f"{exc}. {path} has a truth header ({header[:60]!r}); pass "
+                                   "it as the truth, not the proposals") from None
+        raise
+
+
+def read_polygon_csv(path: str | Path, truth: bool) -> PolygonTable:
+    """Read a truth (``truth=True``) or solution CSV the way the tester does (module docstring).
+
+    Solution lines carry the confidence after ``))",`` (the tester reads it from 4 characters
+    past the polygon's closing ``))``).
+    """
+    try:
+        return _read_polygon_csv(path, truth, fast=True)
+    except _LooseNumber:
+        return _read_polygon_csv(path, truth, fast=False)  # raises, naming the line
+
+
+def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable:
+    path = Path(path)
+    kind = "truth" if truth else "proposal"
+    if not path.is_file():
+        raise SpaceNetCSVError(f"{kind} CSV {path} does not exist")
+    with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
+        text = handle.read()
+    builder = _Builder()
+    if not text.strip(JAVA_TRIM):
+        raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and rows "
+                               "'ImageId,BuildingId,PolygonWKT_Pix,...'")
+    registered: dict[str, None] = {}
+    num_rows = 0
+    header = ""
+    seen: set[str] = set()
+    duplicates = 0
+    for number, raw in enumerate(io.StringIO(text), start=1):
+        line = raw.strip(JAVA_TRIM)
+        if not line or line[0] == "#":
+            continue
+        if line[0] in "iI" and line[:7].lower() == "imageid":
+            header = header or line
+            continue
+        if line in seen:
+            duplicates += 1
+        seen.add(line)
+        match = _FAST_LINE.fullmatch(line) if fast else None
+        if match is not None:
+            image, building, body, rest = match.groups()
+            registered.setdefault(image, None)
+            num_rows += 1
+            if building == "-1" or "POLYGON EMPTY" in rest:
+                continue
+            confidence = 0.0
+            if not truth:
+                token = rest[1:]
+                confidence = (float(token) if _PLAIN_NUM.fullmatch(token) else
+                              _confidence(token, f"{kind} CSV {path}, line {number}", False,
+                                          header, path))
+            rings = body.split("),(")
+            for ring in rings:
+                builder.add_ring(ring, "", checked=True)
+            builder.poly_rings.append(len(rings))
+            builder.image.append(image)
+            builder.confidence.append(confidence)
+            builder.row.append(num_rows - 1)
+            builder.line.append(number)
+            continue
+        first = line.find(",")
+        second = line.find(",", first + 1) if first >= 0 else -1
+        if second < 0:
+            raise SpaceNetCSVError(
+                f"{kind} CSV {path}, line {number}: {line[:80]!r} has fewer than three "
+                "comma-separated fields; expected 'ImageId,BuildingId,PolygonWKT_Pix,...'")
+        image = line[:first]
+        registered.setdefault(image, None)
+        num_rows += 1
+        if "POLYGON EMPTY" in line or line[first + 1:second] == "-1":
+            continue
+        start = line.find("((")
+        if start < 0:
+            continue
+        end = line.find("))", start)
+        if end < 0:
+            raise SpaceNetCSVError(f"{kind} CSV {path}, line {number}: polygon text has "
+                                    "'((' but no closing '))'")
+        where = f"{kind} CSV {path}, line {number}"
+        confidence = 0.0
+        if not truth:
+            confidence = _confidence(line[end + 4:], where, "MULTIPOLYGON" in line[:end],
+                                     header, path)
+        body = line[start:end + 2].replace("),(", "x").replace(")", "").replace("(", "")
+        rings = _java_split(body, "x")
+        for ring in rings:
+            builder.add_ring(ring, where)
+        builder.poly_rings.append(len(rings))
+        builder.image.append(image)
+        builder.confidence.append(confidence)
+        builder.row.append(num_rows - 1)
+        builder.line.append(number)
+    if duplicates:
+        logger.warning("%s CSV %s has %d duplicate row(s); each is scored as a separate polygon "
+                       "(a duplicate proposal becomes an FP, a duplicate truth an FN)", kind,
+                       path, duplicates)
+    return builder.table(list(registered), num_rows)
+
+
+def table_from_geometries(image_ids, geometries, confidence=None) -> PolygonTable:
+    """A table for in-memory shapely geometries, read as the tester would read their CSV rows.
+
+    ``image_ids``/``geometries``/``confidence``: (N,) each. An empty geometry registers its image
+    only; of a MultiPolygon the first polygon counts (as the tester reads MULTIPOLYGON text).
+    Rings keep their stored points (closing point included). Rows are kept in input order; the
+    table's ``row`` holds each polygon's input row.
+    """
+    image_ids = np.asarray(image_ids, dtype=object)
+    geoms = np.asarray(geometries, dtype=object)
+    conf = np.zeros(len(geoms)) if confidence is None else np.asarray(confidence, np.float64)
+    registered = list(dict.fromkeys(image_ids.tolist()))
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    rows = np.flatnonzero(~empty)
+    polys = geoms[rows]
+    multi = shapely.get_type_id(polys) == 6
+    if multi.any():
+        polys = polys.copy()
+        polys[multi] = shapely.get_geometry(polys[multi], 0)
+    rings, ring_poly = shapely.get_rings(polys, return_index=True)
+    coords, point_ring = shapely.get_coordinates(rings, return_index=True)
+    ring_sizes = np.bincount(point_ring, minlength=len(rings))
+    ring_offsets = np.concatenate([[0], np.cumsum(ring_sizes)]).astype(np.int64)
+    poly_offsets = np.concatenate([[0], np.cumsum(np.bincount(ring_poly,
+                                                              minlength=len(polys)))])
+    return PolygonTable(image_ids[rows], coords, ring_offsets, poly_offsets.astype(np.int64),
+                        conf[rows], rows.astype(np.int64), np.full(len(rows), -1, np.int64),
+                        registered, len(geoms))
+
+
+def wkt_for_tester(geom, precision: int = 2) -> list[str]:
+    """Pixel geometry -> WKT text the tester reads as intended, one string per polygon part.
+
+    Rings are joined by ``),(`` without a space (``shapely.to_wkt`` writes ``), (``, which the
+    tester would read as one ring); a MultiPolygon yields one polygon per part, since the tester
+    reads only the first polygon of a MULTIPOLYGON.
+    """
+    out = []
+    for part in shapely.get_parts(geom):
+        if part.is_empty or part.geom_type != "Polygon":
+            continue
+        rings = [part.exterior, *part.interiors]
+        text = "),(".join(", ".join(f"{x:.{precision}f} {y:.{precision}f}" for x, y in r.coords)
+                          for r in rings)
+        out.append(f"POLYGON (({text}))")
+    return out

@@ -1,0 +1,294 @@
+"""Golden cases for ``rules="spacenet"``: the SpaceNet 2 offline tester v2.0, computed by hand.
+
+Each case writes a truth and a proposal CSV exactly as given (raw lines, so the tester's
+string-cutting matters) and states the per-image TP/FP/FN and mean city F1 the tester's rules give;
+the arithmetic is in the comments. ``bench/check_tester_golden.py`` runs the same cases through
+the Java tester itself when its jar is at hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from mnc_d2.evaluation.spacenet_metric import SpaceNetCSVError, score, score_csv
+from mnc_d2.evaluation.tester_polygons import (even_odd_region, read_polygon_csv, ring_areas,
+                                               wkt_for_tester)
+
+TRUTH_HEADER = "ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo"
+PROP_HEADER = "ImageId,BuildingId,PolygonWKT_Pix,Confidence"
+
+
+def poly(*rings: str, sep: str = "),(") -> str:
+    return "POLYGON ((" + sep.join(rings) + "))"
+
+
+def ring(*points) -> str:
+    return ",".join(f"{x} {y} 0" for x, y in points)
+
+
+def rect(x0, y0, x1, y1) -> str:
+    return poly(ring((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)))
+
+
+def t_line(image: str, bid, wkt: str) -> str:
+    # The Geo column holds a polygon, as in SpaceNet's truth files.
+    geo = "POLYGON EMPTY" if "EMPTY" in wkt else wkt
+    return f'{image},{bid},"{wkt}","{geo}"'
+
+
+def p_line(image: str, bid, wkt: str, conf) -> str:
+    return f'{image},{bid},"{wkt}",{conf}'
+
+
+# Bow-tie: edges (0,0)-(30,30) and (30,0)-(0,60) cross at (20,20). Left lobe (0,0),(20,20),(0,60):
+# 0.5*|20*60 - 20*0| = 600; right lobe (20,20),(30,30),(30,0): 0.5*|10*-20 - 10*10| = 150. The
+# lobes wind in opposite directions, so the tester's area is |600 - 150| = 450 while its even-odd
+# region covers both lobes (750).
+BOWTIE = poly(ring((0, 0), (30, 30), (30, 0), (0, 60), (0, 0)))
+# Same ring traced twice: area 2 x 100 = 200, even-odd region empty (winding 2 everywhere).
+TWICE = poly(ring(*[(0, 0), (10, 0), (10, 10), (0, 10)] * 2, (0, 0)))
+# One ring: outer square 10x10, in to (2,2), inner square 6x6 in the same direction, back out.
+# Terms (x[i-1]+x[i])*(y[i-1]-y[i]): outer -200, (0,0)->(2,2) -4, inner -96 + 24, (2,2)->(0,0) +4
+# -> |-272| / 2 = 136. Even-odd: the inner square has winding 2, so the region is 100 - 36 = 64.
+LOOPED = poly(ring((0, 0), (10, 0), (10, 10), (0, 10), (0, 0), (2, 2), (8, 2), (8, 8), (2, 8),
+                   (2, 2), (0, 0)))
+OUTER = ring((0, 0), (10, 0), (10, 10), (0, 10), (0, 0))
+THIN_HOLE = ring((1, 1), (9, 1), (9, 9), (1, 9), (1, 1))  # 8x8 = 64
+# Hole written with "), (": not split, read as ONE ring of 10 points, not closed back to (0,0):
+# terms -200 (outer), (0,0)->(1,1) -1, (9,1)->(9,9) -144, (1,9)->(1,1) +16 -> |-329| / 2 = 164.5.
+# Even-odd region (path closed back to (0,0)): 100 - 64 = 36.
+SPACED_HOLE = poly(OUTER, THIN_HOLE, sep="), (")
+PROPER_HOLE = poly(OUTER, THIN_HOLE)  # area 100 - 64 = 36, region 36
+# Unclosed 4x4 square at x 5..9: terms (9,0)->(9,4) 18*-4 = -72 only -> area 36 (closed: 16).
+UNCLOSED = poly(ring((5, 0), (9, 0), (9, 4), (5, 4)))
+MULTI = ("MULTIPOLYGON (((0 0 0,10 0 0,10 10 0,0 10 0,0 0 0)),"
+         "((20 20 0,30 20 0,30 30 0,20 30 0,20 20 0)))")
+
+I = "AOI_1_A_img1"
+CASES = {
+    # bow-tie truth vs the 20x60 rectangle holding its left lobe: overlap 600,
+    # IoU 600 / (1200 + 450 - 600) = 4/7 > 0.5: TP (a repaired bow-tie gives 600/1350: FP).
+    "bowtie_truth": ([t_line(I, 0, BOWTIE)], [p_line(I, 0, rect(0, 0, 20, 60), 0.9)],
+                     {I: (1, 0, 0)}, 1.0),
+    # the same bow-tie as a proposal; its own copy as truth: 750 / (450 + 450 - 750) = 5: TP.
+    "bowtie_both": ([t_line(I, 0, BOWTIE)], [p_line(I, 0, BOWTIE, 0.9)], {I: (1, 0, 0)}, 1.0),
+    # equal lobes: area 0 -> dropped on both sides; the image has no polygons: not scored.
+    "bowtie_equal": ([t_line(I, 0, poly(ring((0, 0), (10, 10), (10, 0), (0, 10), (0, 0))))],
+                     [p_line(I, 0, poly(ring((0, 0), (10, 10), (10, 0), (0, 10), (0, 0))), 0.9)],
+                     {I: (0, 0, 0)}, 0.0),
+    # a ring traced twice has an empty region: nothing overlaps it. FP + FN.
+    "ring_twice": ([t_line(I, 0, TWICE)], [p_line(I, 0, rect(0, 0, 10, 10), 0.9)],
+                   {I: (0, 1, 1)}, 0.0),
+    # looped ring vs its own square: overlap 64, IoU 64 / (100 + 136 - 64) = 0.372: FP + FN;
+    # and vs an identical copy: 64 / (136 + 136 - 64) = 0.308: FP + FN as well.
+    "looped_ring": ([t_line(I, 0, LOOPED), t_line("AOI_1_A_img2", 0, LOOPED)],
+                    [p_line(I, 0, rect(0, 0, 10, 10), 0.9),
+                     p_line("AOI_1_A_img2", 0, LOOPED, 0.9)],
+                    {I: (0, 1, 1), "AOI_1_A_img2": (0, 1, 1)}, 0.0),
+    # proper hole "),(": area 36 both sides, IoU 1: TP. Spaced hole truth vs the proper
+    # polygon: 36 / (36 + 164.5 - 36) = 0.219: FP + FN.
+    "holes": ([t_line(I, 0, PROPER_HOLE), t_line("AOI_1_A_img2", 0, SPACED_HOLE)],
+              [p_line(I, 0, PROPER_HOLE, 0.9), p_line("AOI_1_A_img2", 0, PROPER_HOLE, 0.9)],
+              {I: (1, 0, 0), "AOI_1_A_img2": (0, 1, 1)}, 2 * 0.5 * 0.5 / 1.0),
+    # only the first polygon of a MULTIPOLYGON counts: a proposal on the second part is an FP.
+    "multipolygon": ([t_line(I, 0, MULTI)], [p_line(I, 0, rect(20, 20, 30, 30), 0.9)],
+                     {I: (0, 1, 1)}, 0.0),
+    # exactly 20 px is kept on both sides (4 x 5); 4 x 4.99 = 19.96 is dropped on both sides.
+    "area_20": ([t_line(I, 0, rect(0, 0, 4, 5)), t_line("AOI_1_A_img2", 0, rect(0, 0, 4, 4.99))],
+                [p_line(I, 0, rect(0, 0, 4, 5), 0.9),
+                 p_line("AOI_1_A_img2", 0, rect(0, 0, 4, 4.99), 0.9)],
+                {I: (1, 0, 0), "AOI_1_A_img2": (0, 0, 0)}, 1.0),
+    # unclosed ring: area 36 (kept) though it encloses 16; the closed copy (16) is dropped.
+    # img2: the unclosed copy as proposal: 16 / (36 + 36 - 16) = 0.286: FP + FN.
+    "unclosed": ([t_line(I, 0, UNCLOSED), t_line("AOI_1_A_img2", 0, UNCLOSED)],
+                 [p_line(I, 0, rect(5, 0, 9, 4), 0.9), p_line("AOI_1_A_img2", 0, UNCLOSED, 0.9)],
+                 {I: (0, 0, 1), "AOI_1_A_img2": (0, 1, 1)}, 0.0),
+    # "POLYGON EMPTY" anywhere on the line (here the Geo column) or BuildingId -1 drop a truth.
+    "empty_markers": ([f'{I},0,"{rect(0, 0, 10, 10)}","POLYGON EMPTY"',
+                       f'AOI_1_A_img2,-1,"{rect(0, 0, 10, 10)}","{rect(0, 0, 10, 10)}"'],
+                      [p_line(I, 0, rect(0, 0, 10, 10), 0.9),
+                       p_line("AOI_1_A_img2", 0, rect(0, 0, 10, 10), 0.9)],
+                      {I: (0, 1, 0), "AOI_1_A_img2": (0, 1, 0)}, 0.0),
+    # a city whose images have no polygons still counts in the mean: AOI_2_B F1 1, AOI_1_A 0.
+    "empty_city": ([t_line(I, -1, "POLYGON EMPTY"), t_line("AOI_2_B_img1", 0, rect(0, 0, 10, 10))],
+                   [p_line("AOI_2_B_img1", 0, rect(0, 0, 10, 10), 0.9)],
+                   {I: (0, 0, 0), "AOI_2_B_img1": (1, 0, 0)}, 0.5),
+    # candidates need overlapping boxes; touching boxes are candidates but overlap 0: FP + FN.
+    # Ties in confidence keep file order; ties in IoU go to the first truth in the file.
+    "order": ([t_line(I, 0, rect(0, 0, 10, 10)), t_line(I, 1, rect(0, 0, 10, 10))],
+              [p_line(I, 0, rect(0, 0, 10, 6), 0.7), p_line(I, 1, rect(0, 0, 10, 10), 0.7),
+               p_line(I, 2, rect(10, 0, 20, 10), 0.9)],
+              {I: (2, 1, 0)}, 0.8),
+}
+
+
+def write_case(tmp_path: Path, truth_lines, prop_lines) -> tuple[Path, Path]:
+    truth, props = tmp_path / "truth.csv", tmp_path / "props.csv"
+    truth.write_text("\n".join([TRUTH_HEADER, *truth_lines]) + "\n")
+    props.write_text("\n".join([PROP_HEADER, *prop_lines]) + "\n")
+    return truth, props
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_case(tmp_path, name):
+    truth_lines, prop_lines, per_image, mean_f1 = CASES[name]
+    result = score_csv(*write_case(tmp_path, truth_lines, prop_lines))
+    got = {r.ImageId: (int(r.tp), int(r.fp), int(r.fn)) for r in result.per_image.itertuples()}
+    assert got == per_image
+    assert result.mean_city_f1 == pytest.approx(mean_f1)
+
+
+def test_bowtie_iou_and_areas_by_hand(tmp_path):
+    table = read_polygon_csv(write_case(tmp_path, [t_line(I, 0, BOWTIE)], [])[0], truth=True)
+    assert table.areas().tolist() == [450.0]
+    assert shapely.area(table.regions(np.array([0]))[0]) == pytest.approx(750.0)
+    result = score_csv(*write_case(tmp_path, [t_line(I, 0, BOWTIE)],
+                                   [p_line(I, 0, rect(0, 0, 20, 60), 0.9)]), full_iou=True)
+    assert result.proposal_iou[0] == pytest.approx(4 / 7)
+
+
+def test_looped_and_spaced_rings_by_hand(tmp_path):
+    lines = [t_line(I, 0, LOOPED), t_line(I, 1, SPACED_HOLE), t_line(I, 2, TWICE),
+             t_line(I, 3, UNCLOSED)]
+    table = read_polygon_csv(write_case(tmp_path, lines, [])[0], truth=True)
+    assert table.areas().tolist() == [136.0, 164.5, 200.0, 36.0]
+    regions = shapely.area(table.regions(np.arange(4)))
+    assert regions == pytest.approx([64.0, 36.0, 0.0, 16.0])
+
+
+def test_even_odd_region_of_a_pentagram():
+    # A five-pointed star drawn in one stroke: even-odd leaves the central pentagon out.
+    angles = np.deg2rad(90 + 144 * np.arange(5))
+    star = np.stack([np.cos(angles), np.sin(angles)], axis=1) * 10
+    region = even_odd_region(star)
+    full = shapely.make_valid(shapely.Polygon(star), method="linework")
+    nonzero = shapely.union_all(shapely.get_parts(shapely.polygonize(
+        shapely.get_parts(shapely.node(shapely.LineString(np.vstack([star, star[:1]])))))))
+    # five tips only: strictly less than the whole star, and the hole is the pentagon
+    assert region.area < nonzero.area
+    assert region.area + shapely.difference(nonzero, region).area == pytest.approx(nonzero.area)
+    assert full.area >= region.area - 1e-9
+
+
+def test_ring_areas_add_terms_in_point_order():
+    # numpy's pairwise sum would add these 12 terms in another order; the tester adds them left
+    # to right, which (with these magnitudes) gives a different last bit.
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(0, 650, size=(12, 2)).round(2)
+    java = 0.0
+    for i in range(1, len(pts)):
+        java += (pts[i - 1, 0] + pts[i, 0]) * (pts[i - 1, 1] - pts[i, 1])
+    got = ring_areas(pts, np.array([0, len(pts)]))
+    assert got[0] == java / 2  # bit-identical
+
+
+def test_wkt_for_tester_writes_readable_holes_and_parts():
+    shape = shapely.from_wkt("MULTIPOLYGON (((0 0, 10 0, 10 10, 0 10, 0 0), (1 1, 9 1, 9 9, 1 9, "
+                             "1 1)), ((20 20, 30 20, 30 30, 20 30, 20 20)))")
+    texts = wkt_for_tester(shape, precision=1)
+    assert len(texts) == 2 and "),(" in texts[0] and "), (" not in texts[0]
+
+
+def test_in_memory_scoring_equals_csv_scoring(tmp_path):
+    truth_lines, prop_lines, _, _ = CASES["holes"]
+    truth, props = write_case(tmp_path, truth_lines, prop_lines)
+    from_csv = score_csv(truth, props)
+    import pandas as pd
+
+    frame_t = pd.DataFrame({"ImageId": [I, "AOI_1_A_img2"],
+                            "geometry": shapely.from_wkt([PROPER_HOLE, PROPER_HOLE])})
+    frame_p = frame_t.assign(Confidence=[0.9, 0.9])
+    in_memory = score(frame_t, frame_p)
+    # shapely keeps both holes properly, so both images match in memory
+    assert in_memory.overall.tp == 2 and from_csv.overall.tp == 1
+
+
+def test_pruning_never_changes_a_match(tmp_path):
+    rng = np.random.default_rng(0)
+    truth_lines, prop_lines = [], []
+    for k in range(300):
+        image = f"AOI_{k % 3}_C_img{k // 30}"
+        x, y, w, h = *rng.uniform(0, 600, 2), *rng.uniform(3, 40, 2)
+        truth_lines.append(t_line(image, k, rect(round(x, 2), round(y, 2), round(x + w, 2),
+                                                 round(y + h, 2))))
+        dx, dy, s = *rng.normal(0, 4, 2), rng.uniform(0.7, 1.3)
+        prop_lines.append(p_line(image, k, rect(round(x + dx, 2), round(y + dy, 2),
+                                                round(x + dx + w * s, 2),
+                                                round(y + dy + h * s, 2)), rng.random()))
+    truth, props = write_case(tmp_path, truth_lines, prop_lines)
+    fast, full = score_csv(truth, props), score_csv(truth, props, full_iou=True)
+    assert fast.proposal_match.tolist() == full.proposal_match.tolist()
+    assert 0 < fast.overall.tp < 300
+
+
+@pytest.mark.parametrize("line, message", [
+    ('AOI_1_A_img1,0', "fewer than three comma-separated fields"),
+    ('AOI_1_A_img1,0,"POLYGON ((1 2, 3 4",0.5', r"line 2: polygon text has '\(\(' but no"),
+    (f'AOI_1_A_img1,0,"{rect(0, 0, 9, 9)}",high', "line 2: Confidence 'high' is not a number"),
+    (f'AOI_1_A_img1,0,"{rect(0, 0, 9, 9)}",nan', "NaN must be written 'NaN'"),
+    ('AOI_1_A_img1,0,"POLYGON ((1 2,3 x4,5 6,1 2))",0.5', "coordinate"),
+    ('AOI_1_A_img1,0,"POLYGON ((1.2.3 2,3 4,5 6,1.2.3 2))",0.5', "line 2: coordinate '1.2.3'"),
+    ('AOI_1_A_img1,0,"POLYGON ((1  2,3 4,5 6,1 2))",0.5', "coordinate ''"),
+    ('AOI_1_A_img1,0,"POLYGON ((1 2 3,4,5 6 7,1 2 3))",0.5', "has no y coordinate"),
+    (f'AOI_1_A_img1,0,"{MULTI}",0.9', "a MULTIPOLYGON proposal stops it"),
+])
+def test_lines_the_tester_cannot_read_name_file_and_line(tmp_path, line, message):
+    truth, props = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10))], [line])
+    with pytest.raises(SpaceNetCSVError, match=message) as info:
+        score_csv(truth, props)
+    assert "props.csv" in str(info.value)
+
+
+def test_truth_passed_as_proposals_says_so(tmp_path):
+    truth, _ = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10))], [])
+    with pytest.raises(SpaceNetCSVError, match="has a truth header"):
+        score_csv(truth, truth)
+
+
+def test_several_truth_files_and_an_image_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    t1, props = write_case(tmp_path / "a", [t_line(I, 0, rect(0, 0, 10, 10))],
+                           [p_line(I, 0, rect(0, 0, 10, 10), 0.9)])
+    t2, _ = write_case(tmp_path / "b", [t_line("AOI_2_B_img1", 0, rect(0, 0, 10, 10))], [])
+    pan = tmp_path / "imgs" / "PAN"
+    pan.mkdir(parents=True)
+    (pan / "PAN_AOI_3_C_img7.tif").write_bytes(b"")
+    from mnc_d2.evaluation.spacenet_metric import image_folder_ids
+
+    result = score_csv([t1, t2], props, images=image_folder_ids(tmp_path / "imgs"))
+    assert sorted(result.cities) == ["AOI_1_A", "AOI_2_B", "AOI_3_C"]
+    assert result.mean_city_f1 == pytest.approx(1 / 3)  # F1 1, 0 (all FN), 0 (no polygons)
+
+
+def test_score_tool_imports_neither_torch_nor_detectron2(repo_root):
+    out = subprocess.run([sys.executable, "-X", "importtime", str(repo_root / "tools" / "score.py"),
+                          "--help"], capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "shapely" in imported  # the import log is there
+    assert "torch" not in imported and "detectron2" not in imported
+
+
+def test_import_mnc_d2_prints_no_warnings(repo_root):
+    code = ("import mnc_d2; mnc_d2.setup(); import mnc_d2.modeling, mnc_d2.engine.trainer, "
+            "mnc_d2.inference")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=repo_root)
+    assert out.stderr == ""
+
+
+def test_threaded_overlay_equals_one_call():
+    from mnc_d2.evaluation.spacenet_metric import overlay_areas
+
+    rng = np.random.default_rng(1)
+    a = shapely.box(*rng.uniform(0, 50, (2, 500)), *rng.uniform(50, 100, (2, 500)))
+    b = shapely.box(*rng.uniform(0, 50, (2, 500)), *rng.uniform(50, 100, (2, 500)))
+    for op in (shapely.intersection, shapely.union):
+        assert np.array_equal(overlay_areas(op, a, b, min_chunk=100), shapely.area(op(a, b)))
