@@ -57,7 +57,7 @@ def main() -> None:
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "predict.py"),
              "--config-file", str(run / "config.yaml"), "--input", str(scene), "--output",
-             str(Path(tmp) / "out"), "--no-png", "MODEL.WEIGHTS", str(run / "model_final.pth")],
+             str(Path(tmp) / "out"), "MODEL.WEIGHTS", str(run / "model_final.pth")],
             capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode:

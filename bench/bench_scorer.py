@@ -86,9 +86,11 @@ def _hostile(poly, rng, truth: bool) -> tuple[str, str]:
     return kind, spacenet_text([[c[0], c[0], *c[1:], c[0]]])
 
 
-def make_pair(tiles: int, per_tile: int, seed: int, out: Path, hostile: bool = True
-              ) -> tuple[Path, Path, int]:
-    """Write truth.csv and proposals.csv; returns their paths and the proposal count."""
+def make_pair(tiles: int, per_tile: int, seed: int, out: Path, hostile: bool = True,
+              kinds: dict | None = None) -> tuple[Path, Path, int]:
+    """Write truth.csv and proposals.csv; returns their paths and the proposal count.
+    ``kinds`` (optional dict) receives how many awkward polygons of each kind were written."""
+    kinds = {} if kinds is None else kinds
     rng = np.random.default_rng(seed)
     truth_lines = ["ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo"]
     prop_lines = ["ImageId,BuildingId,PolygonWKT_Pix,Confidence"]
@@ -108,14 +110,16 @@ def make_pair(tiles: int, per_tile: int, seed: int, out: Path, hostile: bool = T
             rings = [list(poly.exterior.coords)]
             text = spacenet_text(rings)
             if hostile and rng.random() < 0.01:
-                text = _hostile(poly, rng, True)[1]
+                kind, text = _hostile(poly, rng, True)
+                kinds[f"truth_{kind}"] = kinds.get(f"truth_{kind}", 0) + 1
             truth_lines.append(f'{image_id},{b},"{text}","{_geo(rings)}"')
             if rng.random() < 0.85:  # detected, with localisation error
                 jitter = affinity.translate(affinity.scale(poly, *rng.uniform(0.8, 1.2, 2)),
                                             *rng.normal(0, w * 0.08, 2))
                 text = spacenet_text([list(jitter.exterior.coords)])
                 if hostile and rng.random() < 0.04:
-                    text = _hostile(jitter, rng, False)[1]
+                    kind, text = _hostile(jitter, rng, False)
+                    kinds[f"proposal_{kind}"] = kinds.get(f"proposal_{kind}", 0) + 1
                 prop_lines.append(f'{image_id},{b},"{text}",{rng.random():.6f}')
         for f in range(int(rng.poisson(per_tile * 0.12))):  # false positives
             x, y = rng.uniform(0, 640, 2)
@@ -183,8 +187,10 @@ def main() -> None:
         for tiles in args.tiles:
             work = Path(tmp) / f"t{tiles}"
             work.mkdir()
-            truth, props, n_props = make_pair(tiles, args.per_tile, args.seed, work, args.hostile)
-            run = {"tiles": tiles, "proposals": n_props, "hostile": args.hostile}
+            kinds: dict = {}
+            truth, props, n_props = make_pair(tiles, args.per_tile, args.seed, work, args.hostile,
+                                              kinds)
+            run = {"tiles": tiles, "proposals": n_props, "hostile": dict(sorted(kinds.items()))}
             t_ours, times, js, rows = ours(truth, props, "spacenet", work / "pi.csv",
                                            args.repeats)
             run.update(mnc_d2_spacenet_s=round(t_ours, 3),

@@ -104,19 +104,28 @@ def speed_tables(report: dict) -> list[str]:
 
 
 def scorer_table(report: dict) -> list[str]:
-    rows = [["proposals (full pair)", f"{report['proposals']:,}"],
-            ["mnc_d2, spacenet rules, full pair (read + parse + score), median",
-             f"{report['mnc_d2_full_s_median']} s"],
-            ["mnc_d2, solaris rules, full pair, median",
-             f"{report['mnc_d2_full_solaris_rules_s_median']} s"]]
-    if "subset_tiles" in report:
-        rows += [[f"{report['subset_tiles']}-tile subset ({report['subset_proposals']:,} "
-                  "proposals): mnc_d2 solaris rules, median", f"{report['subset_mnc_d2_s_median']} s"],
-                 ["subset: solaris 0.4.0 (one run)", f"{report['subset_solaris_0.4.0_s']} s"],
-                 ["ratio on the subset", f"{report['subset_speedup_vs_solaris']}x"],
-                 ["identical per-image TP/FP/FN to solaris",
-                  "yes" if report["subset_identical_per_image_counts"] else "NO"]]
-    return _table(["what", "value"], rows)
+    """bench_scorer.py: whole-process times against the Java tester and solaris, agreement."""
+    def agree(d: dict) -> str:
+        return ("identical" if d["identical"] else
+                f"{d['images_differing']} images / {d['tp_differing']} TP differ") + \
+            f" ({d['images']} images, {d['tp_reference']:,} TP)"
+
+    rows = []
+    for run in report["runs"]:
+        hostile = sum(run["hostile"].values()) if isinstance(run["hostile"], dict) else 0
+        name = f"{run['tiles']:,} tiles, {run['proposals']:,} proposals ({hostile} awkward polygons)"
+        if "java_tester_s" in run:
+            rows.append([name, f"{run['mnc_d2_spacenet_s']} s", f"{run['java_tester_s']} s (Java tester v2.0)",
+                         f"{run['speedup_vs_java']}x", agree(run["vs_java"])])
+        else:
+            rows.append([name, f"{run['mnc_d2_spacenet_s']} s", "tester not run", "", ""])
+    sol = report.get("solaris")
+    if sol:
+        rows.append([f"{sol['tiles']:,} tiles, {sol['proposals']:,} proposals (clean), solaris rules",
+                     f"{sol['mnc_d2_solaris_rules_s']} s", f"{sol['solaris_0_4_0_s']} s (solaris 0.4.0)",
+                     f"{sol['speedup_vs_solaris']}x", agree(sol["vs_solaris"])])
+    return _table(["input", "mnc_d2 tools/score.py", "reference", "ratio", "per-image TP/FP/FN"],
+                  rows)
 
 
 def predict_table(report: dict) -> list[str]:

@@ -75,6 +75,9 @@ _FAST_LINE = re.compile(rf'([^\s,"(][^,"(]*),([^,("]*),"POLYGON \(\(({_LOOSE_RIN
                         rf'(?:\),\({_LOOSE_RING})*)\)\)"(.*)')
 
 
+_LOOSE_LIST = re.compile(rf"{_LOOSE}(?:\n{_LOOSE})*")
+
+
 class _LooseNumber(ValueError):
     """A loosely checked number did not convert: re-read on the general path."""
 _PLAIN_NUM = re.compile(_NUM)
@@ -389,7 +392,13 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
     header = ""
     seen: set[str] = set()
     duplicates = 0
-    for number, raw in enumerate(io.StringIO(text), start=1):
+    # Fast lines' confidences are collected as text and converted at the end in one call (their
+    # characters are checked there in one regex pass, so NaN/Infinity spellings cannot slip in).
+    conf_text: list[str] = []
+    conf_slot: list[int] = []
+    tokens, blocks, ring_sizes = builder.tokens, builder.blocks, builder.ring_sizes
+    match_line = _FAST_LINE.fullmatch if fast else (lambda _line: None)
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip(JAVA_TRIM)
         if not line or line[0] == "#":
             continue
@@ -399,25 +408,30 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         if line in seen:
             duplicates += 1
         seen.add(line)
-        match = _FAST_LINE.fullmatch(line) if fast else None
+        match = match_line(line)
         if match is not None:
             image, building, body, rest = match.groups()
             registered.setdefault(image, None)
             num_rows += 1
             if building == "-1" or "POLYGON EMPTY" in rest:
                 continue
-            confidence = 0.0
             if not truth:
-                token = rest[1:]
-                confidence = (float(token) if _PLAIN_NUM.fullmatch(token) else
-                              _confidence(token, f"{kind} CSV {path}, line {number}", False,
-                                          header, path))
+                conf_slot.append(len(builder.image))
+                conf_text.append(rest[1:].strip(JAVA_TRIM))
             rings = body.split("),(")
             for ring in rings:
-                builder.add_ring(ring, "", checked=True)
+                fields = ring.replace(",", " ").split()
+                points = ring.count(",") + 1
+                dims = 3 if len(fields) == 3 * points else 2 if len(fields) == 2 * points else 0
+                if dims:
+                    blocks.append((len(tokens), points, dims))
+                    tokens.extend(fields)
+                    ring_sizes.append(points)
+                else:
+                    builder.add_ring(ring, "", checked=False)
             builder.poly_rings.append(len(rings))
             builder.image.append(image)
-            builder.confidence.append(confidence)
+            builder.confidence.append(0.0)
             builder.row.append(num_rows - 1)
             builder.line.append(number)
             continue
@@ -453,6 +467,15 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         builder.confidence.append(confidence)
         builder.row.append(num_rows - 1)
         builder.line.append(number)
+    if conf_text:
+        if not _LOOSE_LIST.fullmatch("\n".join(conf_text)):
+            raise _LooseNumber("a confidence is not a plain decimal")
+        try:
+            values = np.array(conf_text, dtype=np.float64)
+        except ValueError as exc:
+            raise _LooseNumber(str(exc)) from None
+        for slot, value in zip(conf_slot, values.tolist()):
+            builder.confidence[slot] = value
     if duplicates:
         logger.warning("%s CSV %s has %d duplicate row(s); each is scored as a separate polygon "
                        "(a duplicate proposal becomes an FP, a duplicate truth an FN)", kind,

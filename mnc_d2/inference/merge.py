@@ -1,0 +1,177 @@
+"""Merge the per-scene GeoParquet files of a prediction folder into one city-wide GeoParquet.
+
+Neighbouring scenes of a mosaic overlap, so a building near a seam is found twice (once per
+scene) or cut in two pieces. The rule is the one used between tiles inside a scene
+(:func:`.tiling.merge_across_tiles`): buildings of *different* scenes that overlap are unioned
+into one, keeping the higher score; buildings of the same scene are never merged with each other.
+
+Streaming, so memory does not grow with the city: scenes are visited in Hilbert order of their
+extents; a building that touches no other scene's extent is written at once, the others wait in
+a seam pool until every scene whose extent they touch has been read, then their overlapping
+groups are unioned and written. The pool holds the seam buildings along the frontier of visited
+scenes (for a mosaic visited in Hilbert order: about the seams of a few neighbouring scenes).
+Output rows are written scene by scene in Hilbert order and, inside each batch, sorted by the
+Hilbert distance of their centroids; ``building_id`` is renumbered over the city and ``scenes``
+lists the scene(s) each building came from. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from ..utils.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def _extent(path: Path) -> tuple[float, float, float, float] | None:
+    import pyarrow.parquet as pq
+
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    bbox = geo["columns"][geo["primary_column"]].get("bbox")
+    return tuple(bbox) if bbox and all(np.isfinite(bbox)) else None
+
+
+def _groups(geoms: np.ndarray, scene_ids: np.ndarray) -> np.ndarray:
+    """(N,) group label: connected components of 'overlaps, from different scenes'."""
+    parent = np.arange(len(geoms))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    keep = (a < b) & (scene_ids[a] != scene_ids[b])
+    a, b = a[keep], b[keep]
+    if len(a):
+        real = shapely.area(shapely.intersection(geoms[a], geoms[b])) > 0
+        for i, j in zip(a[real].tolist(), b[real].tolist()):
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(len(geoms))])
+
+
+def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
+    """Merge ``folder/buildings/*.parquet`` into the GeoParquet ``dest`` (module docstring).
+
+    Returns counts: scenes, buildings read, buildings written, seam groups merged.
+    """
+    import geopandas as gpd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(folder) / "buildings").glob("*.parquet"))
+    files = [f for f in files if not f.name.startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"no per-scene GeoParquet under {Path(folder) / 'buildings'}; "
+                                "run tools/predict.py --output there first")
+    extents = [_extent(f) for f in files]
+    scenes = [(f, e) for f, e in zip(files, extents) if e is not None]
+    empty_scenes = len(files) - len(scenes)
+    boxes = gpd.GeoSeries([shapely.box(*e) for _, e in scenes], crs="EPSG:4326")
+    order = np.argsort(boxes.hilbert_distance().to_numpy(), kind="stable")
+    scenes, boxes = [scenes[i] for i in order], boxes.iloc[order].reset_index(drop=True)
+    box_arr = boxes.to_numpy()
+    tree = shapely.STRtree(box_arr)
+    stats = {"scenes": len(files), "empty_scenes": empty_scenes, "read": 0, "written": 0,
+             "merged_groups": 0}
+    pool = []  # seam buildings waiting: frames with columns + "_needs" (set of scene indices)
+    writer = None
+    next_id = 0
+    with atomic_path(dest) as tmp:
+        def emit(frame) -> None:
+            nonlocal writer, next_id
+            if frame.empty:
+                return
+            frame = frame.iloc[np.argsort(frame.geometry.centroid.hilbert_distance(
+                total_bounds=total).to_numpy(), kind="stable")].reset_index(drop=True)
+            frame["building_id"] = np.arange(next_id, next_id + len(frame), dtype=np.int64)
+            next_id += len(frame)
+            table = frame[["building_id", "scenes", "score", "area_m2", "geometry"]].to_arrow(
+                geometry_encoding="WKB")
+            table = pa.table(table)
+            if writer is None:
+                meta = dict(table.schema.metadata or {})
+                writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
+            writer.write_table(table.cast(writer.schema))
+            stats["written"] += len(frame)
+
+        total = tuple(shapely.total_bounds(box_arr))
+        for k, (path, _) in enumerate(scenes):
+            frame = gpd.read_parquet(path)
+            stats["read"] += len(frame)
+            frame["scenes"] = frame["scene"].astype(str)
+            frame["_scene"] = k
+            others = [j for j in tree.query(box_arr[k]).tolist() if j != k]
+            if others:
+                touches = shapely.STRtree(box_arr[others]).query(frame.geometry.to_numpy(),
+                                                                 predicate="intersects")
+                needs = [set() for _ in range(len(frame))]
+                for b, o in zip(*touches):
+                    needs[b].add(others[o])
+                seam = np.array([bool(n) for n in needs], dtype=bool)
+            else:
+                needs, seam = [set()] * len(frame), np.zeros(len(frame), dtype=bool)
+            emit(frame[~seam])
+            if seam.any():
+                waiting = frame[seam].copy()
+                waiting["_needs"] = [needs[i] for i in np.flatnonzero(seam)]
+                pool.append(waiting)
+            pool = _flush(pool, k, emit, stats, final=False)
+        _flush(pool, len(scenes), emit, stats, final=True)
+        if writer is None:  # nothing at all: an empty but valid GeoParquet
+            gpd.GeoDataFrame({"building_id": np.zeros(0, np.int64), "scenes": [],
+                              "score": np.zeros(0), "area_m2": np.zeros(0)},
+                             geometry=[], crs="EPSG:4326").to_parquet(tmp)
+        else:
+            writer.close()
+    logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
+                stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
+    return stats
+
+
+def _flush(pool: list, visited: int, emit, stats: dict, final: bool) -> list:
+    """Union and emit the seam groups whose scenes have all been read; returns the rest."""
+    import pandas as pd
+
+    if not pool:
+        return pool
+    frame = pd.concat(pool, ignore_index=True)
+    geoms = frame.geometry.to_numpy()
+    label = _groups(geoms, frame["_scene"].to_numpy())
+    ready_member = np.array([final or max(n, default=-1) <= visited for n in frame["_needs"]])
+    ready_group = pd.Series(ready_member).groupby(label).transform("all").to_numpy()
+    done = frame[ready_group]
+    pieces = []
+    for _, members in done.groupby(label[ready_group], sort=False):
+        if len(members) == 1:
+            pieces.append(members)
+            continue
+        best = members.iloc[[int(np.argmax(members["score"].to_numpy()))]].copy()
+        best["geometry"] = [shapely.union_all(members.geometry.to_numpy())]
+        best["area_m2"] = np.nan  # recomputed below for the union
+        best["scenes"] = ",".join(sorted(set(",".join(members["scenes"]).split(","))))
+        pieces.append(best)
+        stats["merged_groups"] += 1
+    if pieces:
+        out = pd.concat(pieces, ignore_index=True)
+        _fill_area(out)
+        emit(out)
+    rest = frame[~ready_group]
+    return [rest] if len(rest) else []
+
+
+def _fill_area(frame) -> None:
+    """area_m2 of unioned buildings, in their UTM zone (the per-scene rule)."""
+    missing = frame["area_m2"].isna().to_numpy()
+    if missing.any():
+        part = frame[missing]
+        frame.loc[missing, "area_m2"] = part.to_crs(part.estimate_utm_crs()).area.to_numpy()

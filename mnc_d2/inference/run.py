@@ -1,0 +1,119 @@
+"""``tools/predict.py``: predict many GeoTIFF scenes into one output folder (see
+:mod:`.scenes` for the folder's layout and :mod:`.engines` for the engines).
+
+Exit status: 0 when every scene succeeded (or was skipped as already done), 1 when any failed,
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
+                     now_iso, parquet_path, prepare_output, run_record)
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", required=True,
+                        help="the training run's config.yaml (band selection, normalisation)")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="GeoTIFF files, globs ('scenes/*.tif') and @list.txt files, mixed")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process (default); ray: a Ray Data actor pool")
+    parser.add_argument("--workers", type=int, default=2, help="ray: actors (model copies)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--ray-address", help="ray: join this cluster (default: RAY_ADDRESS, "
+                                              "else start Ray in this process)")
+    parser.add_argument("--formats", default="parquet",
+                        help=f"comma-separated subset of {','.join(FORMATS)}; the GeoParquet is "
+                             "always written (it marks a scene done)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of a different run in --output")
+    parser.add_argument("--manifest-csv", action="store_true",
+                        help="also write OUTPUT/manifest.csv")
+    parser.add_argument("--tile-size", type=int, default=650)
+    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--score-thresh", type=float,
+                        help="detection score threshold (default: the run's recorded best)")
+    parser.add_argument("--rgb-bands", type=int, nargs=3, help="1-based bands for the PNG")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"--formats {text!r}: unknown {unknown}; choose from {FORMATS}")
+    return sorted(set(formats) | {"parquet"}, key=FORMATS.index)
+
+
+def main(argv=None, description: str = "Predict building footprints on GeoTIFF scenes") -> int:
+    args = build_parser(description).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from ..engine.trainer import setup_cfg
+    from .engines import run_local, run_ray
+    from .predictor import ScenePredictor, resolve_score_threshold
+
+    formats = parse_formats(args.formats)
+    scenes = expand_inputs(args.input)
+    if not scenes:
+        raise UsageError("no input scenes")
+    try:
+        cfg = setup_cfg(args.config_file, args.opts, for_training=False)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if not cfg.MODEL.WEIGHTS:
+        raise UsageError("no weights: pass MODEL.WEIGHTS path/to/model_final.pth")
+    try:
+        score_thresh = resolve_score_threshold(cfg, args.score_thresh)
+        record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
+                            args.overlap, formats)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    reuse = prepare_output(args.output, record, args.overwrite)
+    started = now_iso()
+    todo, rows = [], {}
+    for scene in scenes:
+        if reuse and parquet_path(args.output, scene).is_file():
+            rows[scene.name] = SceneRow(scene.name, scene.path, "skipped", run_started=started,
+                                        error=f"done by an earlier run ({RUN_FILE} matches)")
+        else:
+            todo.append(scene)
+    logger.info("%d scene(s): %d to predict, %d already done", len(scenes), len(todo),
+                len(scenes) - len(todo))
+    kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
+              "batch_size": args.batch_size, "score_thresh": score_thresh}
+    if args.engine == "local":
+        done = run_local(lambda: ScenePredictor(cfg, **kwargs), todo, args.output, formats,
+                         started, args.rgb_bands)
+    else:
+        done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
+                       args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
+                       args.rgb_bands)
+    rows.update({r.scene: r for r in done})
+    ordered = [rows[s.name] for s in scenes]
+    manifest = append_manifest(args.output, ordered, csv=args.manifest_csv)
+    failed = [r for r in ordered if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in ordered) for s in ("ok", "skipped", "failed")}
+    logger.info("%d ok, %d skipped, %d failed; %d buildings; manifest %s", counts["ok"],
+                counts["skipped"], counts["failed"], sum(r.buildings for r in ordered), manifest)
+    for r in failed:
+        print(f"failed: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
