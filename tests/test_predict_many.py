@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
+import torch
 from rasterio.warp import transform_bounds
 
 from mnc_d2.data.synthetic import STYLES, generate_city, render_scene, tile_transform, to_dn
@@ -154,12 +155,20 @@ def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path
     ray = pytest.importorskip("ray")
     good = [str(scenes["good0"]), str(scenes["good1"]), str(scenes["notes"])]
     local, remote = tmp_path / "local", tmp_path / "ray"
-    assert predict_main(_args(trained, good, local, "--score-thresh", "0.0")) == 1
+    # One torch thread in both engines: CPU results are bit-identical only for equal thread
+    # counts (another count changes float32 reduction order: scores move by ~1e-7).
+    threads = torch.get_num_threads()
+    try:
+        assert predict_main(_args(trained, good, local, "--score-thresh", "0.0",
+                                  "--torch-threads", "1")) == 1
+    finally:
+        torch.set_num_threads(threads)
     marker = tmp_path / "died_once"
     monkeypatch.setenv("MNC_D2_FAULT_DIE_ONCE", str(marker))
     try:
         code = predict_main(_args(trained, good, remote, "--score-thresh", "0.0", "--engine",
-                                  "ray", "--workers", "2", "--cpus-per-worker", "1"))
+                                  "ray", "--workers", "2", "--cpus-per-worker", "1",
+                                  "--torch-threads", "1"))
     finally:
         ray.shutdown()
     assert code == 1
@@ -169,7 +178,8 @@ def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path
     for name in ("good0", "good1"):
         a = gpd.read_parquet(local / "buildings" / f"{name}.parquet")
         b = gpd.read_parquet(remote / "buildings" / f"{name}.parquet")
-        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"),
+                                      check_exact=True)
         assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
         assert rows.loc[name, "buildings"] == len(b)
 
@@ -201,4 +211,4 @@ def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     assert areas == [100.0, 100.0, 100.0, 1000.0]  # cut building 70..120 x 20..40 reassembled
     assert np.allclose(np.sort(city.area_m2.to_numpy()), [100, 100, 100, 1000], rtol=1e-3)
     merged = city[city.scenes == "A,B"]
-    assert len(merged) == 2 and sorted(merged.score.tolist()) == [0.9, 0.95]
+    assert len(merged) == 2 and sorted(merged.score.tolist()) == [0.8, 0.95]  # the higher

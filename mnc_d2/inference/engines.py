@@ -140,7 +140,7 @@ def load_cfg_text(cfg_text: str):
 def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: str,
             predictor_kwargs: dict, workers: int = 2, cpus_per_worker: float = 1.0,
             gpus_per_worker: float = 0.0, address: str | None = None, rgb_bands=None,
-            max_retries: int = 3) -> list[SceneRow]:
+            max_retries: int = 3, threads: int | None = None) -> list[SceneRow]:
     """Every scene on a Ray actor pool (module docstring); returns the rows in scene order."""
     import ray
 
@@ -163,7 +163,7 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         fn_constructor_kwargs={"cfg_text": cfg.dump(), "predictor_kwargs": predictor_kwargs,
                                "out_dir": str(out_dir), "formats": list(formats),
                                "run_started": run_started, "rgb_bands": rgb_bands,
-                               "threads": max(1, int(cpus_per_worker))},
+                               "threads": threads or max(1, int(cpus_per_worker))},
         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
         max_restarts=max_retries, max_task_retries=max_retries)
     by_name = {}

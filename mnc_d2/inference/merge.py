@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,27 @@ def _extent(path: Path) -> tuple[float, float, float, float] | None:
     geo = json.loads(pq.read_schema(path).metadata[b"geo"])
     bbox = geo["columns"][geo["primary_column"]].get("bbox")
     return tuple(bbox) if bbox and all(np.isfinite(bbox)) else None
+
+
+def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float]) -> None:
+    """Concatenate GeoParquet chunks into ``dest`` (atomic), one chunk in memory at a time; the
+    file-level bbox of the geo metadata covers every chunk."""
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+
+    with atomic_path(dest) as tmp:
+        if not chunks:  # nothing at all: an empty but valid GeoParquet
+            gpd.GeoDataFrame({"building_id": np.zeros(0, np.int64), "scenes": [],
+                              "score": np.zeros(0), "area_m2": np.zeros(0)}, geometry=[],
+                             crs="EPSG:4326").to_parquet(tmp, index=False)
+            return
+        schema = pq.read_schema(chunks[0])
+        geo = json.loads(schema.metadata[b"geo"])
+        geo["columns"][geo["primary_column"]]["bbox"] = [float(v) for v in bounds]
+        schema = schema.with_metadata({**schema.metadata, b"geo": json.dumps(geo).encode()})
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for chunk in chunks:
+                writer.write_table(pq.read_table(chunk).replace_schema_metadata(schema.metadata))
 
 
 def _groups(geoms: np.ndarray, scene_ids: np.ndarray) -> np.ndarray:
@@ -65,8 +87,6 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     Returns counts: scenes, buildings read, buildings written, seam groups merged.
     """
     import geopandas as gpd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     files = sorted((Path(folder) / "buildings").glob("*.parquet"))
     files = [f for f in files if not f.name.startswith(".")]
@@ -84,42 +104,45 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     stats = {"scenes": len(files), "empty_scenes": empty_scenes, "read": 0, "written": 0,
              "merged_groups": 0}
     pool = []  # seam buildings waiting: frames with columns + "_needs" (set of scene indices)
-    writer = None
     next_id = 0
-    with atomic_path(dest) as tmp:
+    bounds = [np.inf, np.inf, -np.inf, -np.inf]
+    total = tuple(shapely.total_bounds(box_arr))
+    with tempfile.TemporaryDirectory(dir=Path(dest).parent) as chunk_dir:
+        chunks: list[Path] = []
+
         def emit(frame) -> None:
-            nonlocal writer, next_id
+            """Write one batch as its own GeoParquet chunk (joined into ``dest`` at the end)."""
+            nonlocal next_id
             if frame.empty:
                 return
-            frame = frame.iloc[np.argsort(frame.geometry.centroid.hilbert_distance(
-                total_bounds=total).to_numpy(), kind="stable")].reset_index(drop=True)
+            centres = gpd.GeoSeries(shapely.centroid(frame.geometry.to_numpy()))  # lon/lat: an
+            # ordering key only, so the planar centroid of geographic coordinates is fine
+            frame = frame.iloc[np.argsort(centres.hilbert_distance(total_bounds=total).to_numpy(),
+                                          kind="stable")].reset_index(drop=True)
             frame["building_id"] = np.arange(next_id, next_id + len(frame), dtype=np.int64)
             next_id += len(frame)
-            table = frame[["building_id", "scenes", "score", "area_m2", "geometry"]].to_arrow(
-                geometry_encoding="WKB")
-            table = pa.table(table)
-            if writer is None:
-                meta = dict(table.schema.metadata or {})
-                writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
-            writer.write_table(table.cast(writer.schema))
+            chunk = Path(chunk_dir) / f"{len(chunks):06d}.parquet"
+            frame[["building_id", "scenes", "score", "area_m2", "geometry"]].to_parquet(
+                chunk, index=False, write_covering_bbox=True, schema_version="1.1.0")
+            chunks.append(chunk)
+            b = frame.total_bounds
+            bounds[:2] = np.minimum(bounds[:2], b[:2])
+            bounds[2:] = np.maximum(bounds[2:], b[2:])
             stats["written"] += len(frame)
 
-        total = tuple(shapely.total_bounds(box_arr))
         for k, (path, _) in enumerate(scenes):
             frame = gpd.read_parquet(path)
             stats["read"] += len(frame)
             frame["scenes"] = frame["scene"].astype(str)
             frame["_scene"] = k
             others = [j for j in tree.query(box_arr[k]).tolist() if j != k]
+            needs = [set() for _ in range(len(frame))]
             if others:
                 touches = shapely.STRtree(box_arr[others]).query(frame.geometry.to_numpy(),
                                                                  predicate="intersects")
-                needs = [set() for _ in range(len(frame))]
                 for b, o in zip(*touches):
                     needs[b].add(others[o])
-                seam = np.array([bool(n) for n in needs], dtype=bool)
-            else:
-                needs, seam = [set()] * len(frame), np.zeros(len(frame), dtype=bool)
+            seam = np.array([bool(n) for n in needs], dtype=bool)
             emit(frame[~seam])
             if seam.any():
                 waiting = frame[seam].copy()
@@ -127,12 +150,7 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
                 pool.append(waiting)
             pool = _flush(pool, k, emit, stats, final=False)
         _flush(pool, len(scenes), emit, stats, final=True)
-        if writer is None:  # nothing at all: an empty but valid GeoParquet
-            gpd.GeoDataFrame({"building_id": np.zeros(0, np.int64), "scenes": [],
-                              "score": np.zeros(0), "area_m2": np.zeros(0)},
-                             geometry=[], crs="EPSG:4326").to_parquet(tmp)
-        else:
-            writer.close()
+        _join_chunks(chunks, dest, bounds)
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
                 stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
     return stats

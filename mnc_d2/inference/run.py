@@ -29,6 +29,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="ray: actors (model copies)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch CPU threads per process (local: this process, default torch's; "
+                             "ray: per actor, default --cpus-per-worker). Outputs are bit-identical "
+                             "across engines for equal thread counts")
     parser.add_argument("--ray-address", help="ray: join this cluster (default: RAY_ADDRESS, "
                                               "else start Ray in this process)")
     parser.add_argument("--formats", default="parquet",
@@ -101,12 +105,16 @@ def _run(args) -> int:
     kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
               "batch_size": args.batch_size, "score_thresh": score_thresh}
     if args.engine == "local":
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         done = run_local(lambda: ScenePredictor(cfg, **kwargs), todo, args.output, formats,
                          started, args.rgb_bands)
     else:
         done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
                        args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
-                       args.rgb_bands)
+                       args.rgb_bands, threads=args.torch_threads)
     rows.update({r.scene: r for r in done})
     ordered = [rows[s.name] for s in scenes]
     manifest = append_manifest(args.output, ordered, csv=args.manifest_csv)
