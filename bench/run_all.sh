@@ -47,4 +47,6 @@ run speed_r50 $PY bench/bench_speed.py $QUICK --variants mask_rcnn_R50 mnc5_R50 
 run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
 run predict $PY bench/bench_predict.py --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
+run predict_many $PY bench/bench_predict_many.py \
+  --run ".cache/bench/accuracy14/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
 echo "reports in $OUT/" >&2

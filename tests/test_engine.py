@@ -130,6 +130,32 @@ def test_two_process_cpu_training_stays_in_sync_and_gathers(tmp_path, data_root,
     assert rank1["results"] == {}
 
 
+def test_two_machines_as_two_local_process_groups(tmp_path, data_root):
+    """tools/train_net.py --num-machines 2 --machine-rank R --dist-url tcp://...: two "machines"
+    (one process each, gloo on CPU) train together for a few iterations."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(_env(data_root), OMP_NUM_THREADS="1")
+    procs = []
+    for rank in (0, 1):
+        cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(QUICK),
+               "--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank),
+               "--dist-url", f"tcp://127.0.0.1:{port}", "OUTPUT_DIR", str(tmp_path / f"m{rank}"),
+               *FAST, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-1500:] + logs[1][-1500:]
+    rank1_log = (tmp_path / "m1" / "log.txt.rank1").read_text()  # non-main ranks log to a file
+    assert "Rank of current process: 1. World size: 2" in rank1_log
+    assert "Rank of current process: 0. World size: 2" in logs[0]
+    assert (tmp_path / "m0" / "model_final.pth").exists()  # the main process saves
+    assert not (tmp_path / "m1" / "model_final.pth").exists()
+
+
 def test_resume_after_kill_continues_at_the_checkpoint(tmp_path, data_root):
     out = tmp_path / "run"
     cmd = _train_cmd(out, "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "2")
@@ -171,14 +197,16 @@ def test_predict_on_a_scene_larger_than_a_tile(tmp_path, trained, data_root):
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file",
          str(trained / "config.yaml"), "--input", str(scene), "--output", str(tmp_path / "out"),
+         "--formats", "parquet,geojson,csv,png",
          "MODEL.WEIGHTS", str(trained / "model_final.pth"), "TEST.SPACENET.SCORE_THRESH", "0.0"],
         env=_env(data_root), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    geojson = json.loads((tmp_path / "out" / "scene_buildings.geojson").read_text())
+    geojson = json.loads((tmp_path / "out" / "geojson" / "scene.geojson").read_text())
     assert geojson["type"] == "FeatureCollection"
-    assert (tmp_path / "out" / "scene_proposals.csv").read_text().startswith(
+    assert (tmp_path / "out" / "csv" / "scene.csv").read_text().startswith(
         "ImageId,BuildingId,PolygonWKT_Pix,Confidence")
-    assert (tmp_path / "out" / "scene_overlay.png").stat().st_size > 0
+    assert (tmp_path / "out" / "png" / "scene.png").stat().st_size > 0
+    assert (tmp_path / "out" / "buildings" / "scene.parquet").stat().st_size > 0
     bad = subprocess.run(
         [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(QUICK),
          "--input", str(scene), "--output", str(tmp_path / "o2")],

@@ -25,7 +25,8 @@ import rasterio.errors
 
 from ..evaluation.polygonize import pixel_to_map
 from ..evaluation.writers import write_geojson, write_proposal_csv
-from .scenes import (Scene, SceneRow, parquet_path, worker_name, write_buildings_parquet)
+from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
+                     write_buildings_parquet)
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
         count = write_buildings_parquet(parquet_path(out_dir, scene), scene.name, geo,
                                         pred.scores, pred.crs)
         return SceneRow(scene.name, scene.path, "ok", count, time.perf_counter() - start,
-                        worker_name(), "", run_started)
+                        worker_name(), "", run_started, peak_rss_mb())
     except Exception as exc:  # one bad scene never stops the others
         message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         message = f"{type(exc).__name__}: {message}"
         logger.error("scene %s failed: %s", scene.name, message)
         return SceneRow(scene.name, scene.path, "failed", 0, time.perf_counter() - start,
-                        worker_name(), message, run_started)
+                        worker_name(), message, run_started, peak_rss_mb())
 
 
 def run_local(predictor_factory, scenes: list[Scene], out_dir, formats: list[str],

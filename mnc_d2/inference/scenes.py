@@ -4,7 +4,7 @@ Layout of an output folder (``tools/predict.py --output OUTPUT``)::
 
     OUTPUT/run.json                   what produced the folder (config and weights hashes, ...)
     OUTPUT/manifest.parquet           one row per scene and run: scene, path, status, buildings,
-                                      seconds, worker, error, run_started
+                                      seconds, worker, error, run_started, peak_rss_mb
     OUTPUT/buildings/<scene>.parquet  GeoParquet 1.1, EPSG:4326, bbox covering column; one row
                                       per building: scene, building_id, score, area_m2, geometry
     OUTPUT/<format>/<scene>.*         optional GeoJSON (source CRS), SpaceNet CSV, PNG overlay
@@ -56,6 +56,7 @@ class SceneRow:
     worker: str = ""
     error: str = ""
     run_started: str = ""
+    peak_rss_mb: float = 0.0  # the worker process' peak resident memory after this scene
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -174,6 +175,15 @@ def parquet_path(out_dir: str | Path, scene: Scene) -> Path:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def peak_rss_mb() -> float:
+    """This process' peak resident set size in MB (Linux reports KB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: list,
