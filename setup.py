@@ -31,6 +31,9 @@ setup(
         "fvcore>=0.1.5",
         "iopath>=0.1.7",
         "PyYAML>=5.4",
+        "tabulate>=0.9",
+        "pyarrow>=14",
+        "ray[data]>=2.9",
     ],
     extras_require={"test": ["pytest>=7"]},
     classifiers=[
