@@ -474,3 +474,55 @@ def test_convert_to_coco(synthetic, tmp_path, repo_root):
         coco.loadImgs(ann["image_id"])[0]["spacenet_image_id"])]["annotations"][0]["wkt_pix"]).area
     assert ann["area"] == pytest.approx(wkt_area)
     assert abs(int(coco.annToMask(ann).sum()) - wkt_area) < 0.1 * wkt_area + 20
+
+
+def test_one_band_rule_for_training_and_prediction(tmp_path):
+    """A file with more bands than the model has channels trains and predicts on the same
+    bands: INPUT.BANDS, else 1..len(PIXEL_MEAN), through one reader (window or whole file)."""
+    from detectron2.config import get_cfg
+    from rasterio.windows import Window
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data import SpaceNetDatasetMapper, input_bands, read_bands
+
+    tif = tmp_path / "four.tif"
+    data = np.stack([np.full((8, 8), v, np.uint16) for v in (10, 20, 30, 40)])
+    _write_tif(tif, data, Affine(1, 0, 0, 0, -1, 0))
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.INPUT.BANDS = []
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]
+    assert input_bands(cfg) == [1, 2, 3]
+    mapper = SpaceNetDatasetMapper(cfg, is_train=False)
+    assert mapper.bands == [1, 2, 3]
+    whole = read_bands(str(tif), mapper.bands)
+    with rasterio.open(tif) as src:
+        window = read_bands(src, input_bands(cfg), window=Window(2, 2, 4, 4))
+    assert whole.shape == (8, 8, 3) and whole[0, 0].tolist() == [10, 20, 30]
+    assert np.array_equal(window, whole[2:6, 2:6])
+    with pytest.raises(ValueError, match=r"reads bands \[1, 2, 3, 4, 5\].*has 4 band"):
+        read_bands(str(tif), [1, 2, 3, 4, 5])
+
+
+def test_auto_band_stats_with_empty_bands_fix_the_bands_in_the_config(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data import input_bands, resolve_band_stats
+
+    tif = tmp_path / "four.tif"
+    _write_tif(tif, np.stack([np.full((8, 8), v, np.uint16) for v in (10, 20, 30, 40)]),
+               Affine(1, 0, 0, 0, -1, 0))
+    name = "_test_four_band_train"
+    DatasetCatalog.register(name, lambda: [{"file_name": str(tif)}])
+    try:
+        cfg = get_cfg()
+        add_mnc_config(cfg)
+        cfg.DATASETS.TRAIN = (name,)
+        cfg.INPUT.BANDS, cfg.INPUT.BAND_STATS, cfg.OUTPUT_DIR = [], "auto", str(tmp_path)
+        stats = resolve_band_stats(cfg)
+    finally:
+        DatasetCatalog.remove(name)
+    assert list(cfg.INPUT.BANDS) == [1, 2, 3, 4] == input_bands(cfg)
+    assert cfg.MODEL.PIXEL_MEAN == pytest.approx([10, 20, 30, 40]) and stats["bands"] == [1, 2, 3, 4]

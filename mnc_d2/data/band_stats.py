@@ -60,6 +60,13 @@ def resolve_band_stats(cfg) -> dict | None:
         return None
     if mode == "auto":
         files = [d["file_name"] for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
+        if not cfg.INPUT.BANDS and files:
+            # Empty INPUT.BANDS with statistics from the data: every band of the training files,
+            # written into the config so that evaluation and prediction read the same bands.
+            with rasterio.open(sorted(files)[0]) as src:
+                cfg.INPUT.BANDS = list(range(1, src.count + 1))
+            logger.info("INPUT.BANDS was empty: using all %d bands of the training files",
+                        len(cfg.INPUT.BANDS))
         stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES)
         out = Path(cfg.OUTPUT_DIR) / "band_stats.json"
         if comm.is_main_process():  # every process computes the same numbers; one writes
@@ -73,6 +80,8 @@ def resolve_band_stats(cfg) -> dict | None:
             raise FileNotFoundError(f"INPUT.BAND_STATS={mode!r}: no such file; use 'auto' or "
                                     "the band_stats.json of a previous run")
         stats = json.loads(path.read_text())
+        if not cfg.INPUT.BANDS and stats["bands"]:
+            cfg.INPUT.BANDS = [int(b) for b in stats["bands"]]
         if [int(b) for b in stats["bands"]] != [int(b) for b in cfg.INPUT.BANDS]:
             raise ValueError(f"{path} holds statistics of bands {stats['bands']} but "
                              f"INPUT.BANDS is {list(cfg.INPUT.BANDS)}")

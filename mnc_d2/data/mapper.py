@@ -23,8 +23,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from rasterio.errors import RasterioIOError
 
+from .bands import input_bands, read_bands
 from .transforms import RandomRot90
 
 logger = logging.getLogger(__name__)
@@ -42,27 +42,6 @@ def check_band_config(cfg) -> int:
     if any(int(b) < 1 for b in bands):
         raise ValueError(f"INPUT.BANDS={list(bands)}: band indices are 1-based")
     return len(mean)
-
-
-def read_bands(path: str, bands: list[int] | None, fill: list[float] | None = None
-               ) -> np.ndarray:
-    """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF; nodata pixels get ``fill``."""
-    try:
-        with rasterio.open(path) as src:
-            indexes = list(bands) if bands else list(range(1, src.count + 1))
-            if max(indexes) > src.count:
-                raise ValueError(f"INPUT.BANDS={indexes} asks for band {max(indexes)} but "
-                                 f"{path} has {src.count} band(s)")
-            data = src.read(indexes).astype(np.float32)
-            nodata = src.nodata
-    except RasterioIOError as exc:
-        raise OSError(f"cannot read {path} ({exc}): the file is truncated or corrupt; "
-                      "re-download or regenerate it") from None
-    if nodata is not None and fill is not None:
-        holes = data == np.float32(nodata)
-        if holes.any():
-            data = np.where(holes, np.asarray(fill, np.float32)[:, None, None], data)
-    return np.ascontiguousarray(data.transpose(1, 2, 0))
 
 
 class SpaceNetDatasetMapper:
@@ -99,7 +78,7 @@ class SpaceNetDatasetMapper:
                 augs.append(RandomRot90())
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-        return {"is_train": is_train, "augmentations": augs, "bands": list(cfg.INPUT.BANDS),
+        return {"is_train": is_train, "augmentations": augs, "bands": input_bands(cfg),
                 "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT}
 
     def __call__(self, dataset_dict: dict) -> dict:

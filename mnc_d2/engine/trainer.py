@@ -16,17 +16,13 @@ from detectron2.utils import comm
 
 from ..config import add_mnc_config
 from ..data import SpaceNetDatasetMapper, check_band_config, resolve_band_stats
+from ..data.bands import input_bands
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
 from ..modeling.checkpoint import MultiBandCheckpointer
 
 logger = logging.getLogger(__name__)
 
 BEST_METRIC = "spacenet/F1"
-
-
-def input_bands(cfg) -> list[int]:
-    """The 1-based file bands the model reads (INPUT.BANDS, or all bands it has channels for)."""
-    return [int(b) for b in cfg.INPUT.BANDS] or list(range(1, len(cfg.MODEL.PIXEL_MEAN) + 1))
 
 
 def build_checkpointer(cfg, model, save_dir: str | None = None, **checkpointables):

@@ -25,7 +25,8 @@ from shapely import affinity
 from tqdm import tqdm
 
 from ..data.layout import image_id_from_path
-from ..engine.trainer import build_checkpointer, input_bands
+from ..data.bands import input_bands, read_bands
+from ..engine.trainer import build_checkpointer
 from ..evaluation.polygonize import pixel_to_map
 from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8
@@ -93,10 +94,7 @@ class ScenePredictor:
                      "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE}
 
     def _read(self, src, window) -> np.ndarray:
-        data = src.read(self.bands, window=window).astype(np.float32)
-        if src.nodata is not None:
-            data = np.where(data == np.float32(src.nodata), self.fill[:, None, None], data)
-        return np.ascontiguousarray(data.transpose(1, 2, 0))
+        return read_bands(src, self.bands, self.fill, window)
 
     @torch.no_grad()
     def _run(self, images: list[np.ndarray]) -> list:

@@ -1,0 +1,50 @@
+"""One band reader: which file bands the model reads, and reading them (nodata filled).
+
+Training (the dataset mapper), band statistics and prediction (whole scenes, window by window)
+all go through :func:`input_bands` and :func:`read_bands`, so a file trains and predicts the
+same way. Rule: ``INPUT.BANDS`` when given; otherwise bands ``1..len(MODEL.PIXEL_MEAN)``
+(``INPUT.BAND_STATS: auto`` with empty ``INPUT.BANDS`` first fixes ``INPUT.BANDS`` to every band
+of the training files and records it in the run's config.yaml).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+
+
+def input_bands(cfg) -> list[int]:
+    """The 1-based file bands the model reads (INPUT.BANDS, or 1..len(MODEL.PIXEL_MEAN))."""
+    return [int(b) for b in cfg.INPUT.BANDS] or list(range(1, len(cfg.MODEL.PIXEL_MEAN) + 1))
+
+
+def read_bands(source, bands: list[int], fill: list[float] | None = None,
+               window=None) -> np.ndarray:
+    """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF (a path or an open rasterio
+    dataset), optionally one ``window``; pixels equal to the file's nodata get ``fill``
+    (one value per band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0).
+    """
+    if isinstance(source, rasterio.io.DatasetReader):
+        return _read(source, bands, fill, window)
+    try:
+        with rasterio.open(source) as src:
+            return _read(src, bands, fill, window)
+    except RasterioIOError as exc:
+        raise OSError(f"cannot read {source} ({exc}): the file is truncated or corrupt; "
+                      "re-download or regenerate it") from None
+
+
+def _read(src, bands: list[int], fill, window) -> np.ndarray:
+    bands = [int(b) for b in bands]
+    if not bands:
+        raise ValueError("no bands to read: INPUT.BANDS and MODEL.PIXEL_MEAN are empty")
+    if max(bands) > src.count:
+        raise ValueError(f"the model reads bands {bands} (INPUT.BANDS, or 1..len(PIXEL_MEAN)) "
+                         f"but {src.name} has {src.count} band(s)")
+    data = src.read(bands, window=window).astype(np.float32)
+    if src.nodata is not None and fill is not None:
+        holes = data == np.float32(src.nodata)
+        if holes.any():
+            data = np.where(holes, np.asarray(fill, np.float32)[:, None, None], data)
+    return np.ascontiguousarray(data.transpose(1, 2, 0))
