@@ -23,11 +23,7 @@ from mnc_d2.data.synthetic import STYLES, generate_city, render_scene, tile_tran
 from mnc_d2.inference.run import main as predict_main
 from mnc_d2.inference.scenes import expand_inputs
 
-REPO = Path(__file__).resolve().parents[1]
-QUICK = REPO / "configs" / "quick_schedules" / "mnc_R_18_FPN_quick_synthetic.yaml"
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "INPUT.BAND_STATS", "auto",
-        "INPUT.BAND_STATS_MAX_IMAGES", "4"]
+from test_engine import FAST, QUICK, REPO  # the tiny CPU training setup shared with its tests
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +208,11 @@ def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     assert np.allclose(np.sort(city.area_m2.to_numpy()), [100, 100, 100, 1000], rtol=1e-3)
     merged = city[city.scenes == "A,B"]
     assert len(merged) == 2 and sorted(merged.score.tolist()) == [0.8, 0.95]  # the higher
+
+
+def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"not a checkpoint")
+    args = _args(trained, [str(scenes["good0"])], tmp_path / "out")
+    args[-1] = str(bad)
+    assert predict_main(args) == 2

@@ -109,12 +109,24 @@ def _run(args) -> int:
             import torch
 
             torch.set_num_threads(args.torch_threads)
-        done = run_local(lambda: ScenePredictor(cfg, **kwargs), todo, args.output, formats,
-                         started, args.rgb_bands)
+        predictor = None
+        if todo:
+            try:
+                predictor = ScenePredictor(cfg, **kwargs)
+            except Exception as exc:  # unreadable weights, wrong architecture, ...
+                raise UsageError(f"cannot load the model from {cfg.MODEL.WEIGHTS}: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        done = run_local(lambda: predictor, todo, args.output, formats, started, args.rgb_bands)
     else:
-        done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
-                       args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
-                       args.rgb_bands, threads=args.torch_threads)
+        try:
+            done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
+                           args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
+                           args.rgb_bands, threads=args.torch_threads)
+        except Exception as exc:  # the pool itself failed (e.g. no node can load the model)
+            logger.error("the Ray run failed: %s", exc)
+            done = [SceneRow(s.name, s.path, "failed", run_started=started,
+                             error=f"the Ray run failed before this scene finished: "
+                                   f"{type(exc).__name__}: {str(exc)[:500]}") for s in todo]
     rows.update({r.scene: r for r in done})
     ordered = [rows[s.name] for s in scenes]
     manifest = append_manifest(args.output, ordered, csv=args.manifest_csv)
