@@ -573,11 +573,12 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
 
 def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
               iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA, images=(),
-              full_iou: bool = False) -> ScoreResult:
+              full_iou: bool = False, warn_unknown: bool = True) -> ScoreResult:
     """Read both CSVs the way the rule set's reference scorer does and score them.
 
     ``truth_csv`` may be one path or a list of paths (read in order, as the tester's several
     ``-truth`` files). ``images``: extra ImageIds (see :func:`image_folder_ids`).
+    ``warn_unknown``: log proposals for images the truth does not name (they count as FP).
     """
     rs = get_rules(rules)
     truth_paths = [truth_csv] if isinstance(truth_csv, (str, Path)) else list(truth_csv)
@@ -588,14 +589,16 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
                                    "rows (the SpaceNet tester prints 'Nothing to score'); "
                                    "expected rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
         proposals = read_polygon_csv(proposal_csv, truth=False)
-        _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
+        if warn_unknown:
+            _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
         return score_tables(truth, proposals, rs.name, iou_threshold, min_area, images,
                             full_iou)
     import pandas as pd
 
     truth = pd.concat([read_truth_csv(p) for p in truth_paths], ignore_index=True)
     proposals = read_proposal_csv(proposal_csv)
-    _warn_unknown(set(proposals["ImageId"]) - set(truth["ImageId"]), proposal_csv)
+    if warn_unknown:
+        _warn_unknown(set(proposals["ImageId"]) - set(truth["ImageId"]), proposal_csv)
     return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
 
 

@@ -90,7 +90,8 @@ def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: s
     """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images."""
     truth, props = read_truth_csv(truth_csv), read_proposal_csv(proposal_csv)
     # Scored from the files as the rule set's reference reads them; drawn from shapely's reading.
-    result = score_csv(truth_csv, proposal_csv, rules=rules, full_iou=True)
+    result = score_csv(truth_csv, proposal_csv, rules=rules, full_iou=True,
+                       warn_unknown=image_ids is None)  # a subset: other images are expected
     if len(result.proposal_match) != len(props) or len(result.truth_kept) != len(truth):
         result = score(truth, props, rules=rules, full_iou=True)  # rows differ (comment lines)
     t_geoms, p_geoms = truth["geometry"].to_numpy(), props["geometry"].to_numpy()
