@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mnc_d2-setup-done
 # Everything that changes what gets installed; editing any of them re-runs the set-up.
 SETUP_INPUTS := requirements/requirements.txt requirements/constraints.txt setup.py \
-                tools/install_detectron2.py
+                tools/install_detectron2.py tools/pypi_fetch.py
 
 .PHONY: setup demo test clean-venv
 

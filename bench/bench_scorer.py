@@ -123,7 +123,8 @@ def make_pair(tiles: int, per_tile: int, seed: int, out: Path, hostile: bool = T
                 prop_lines.append(f'{image_id},{b},"{text}",{rng.random():.6f}')
         for f in range(int(rng.poisson(per_tile * 0.12))):  # false positives
             x, y = rng.uniform(0, 640, 2)
-            prop_lines.append(f'{image_id},{1000 + f},"{spacenet_text([list(box(x, y, x + 9, y + 7).exterior.coords)])}",{rng.random():.6f}')
+            fp_text = spacenet_text([list(box(x, y, x + 9, y + 7).exterior.coords)])
+            prop_lines.append(f'{image_id},{1000 + f},"{fp_text}",{rng.random():.6f}')
     truth, props = out / "truth.csv", out / "proposals.csv"
     truth.write_text("\n".join(truth_lines) + "\n")
     props.write_text("\n".join(prop_lines) + "\n")

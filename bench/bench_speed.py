@@ -64,7 +64,7 @@ logger = logging.getLogger("bench_speed")
 
 
 def _data(root: Path, images: int) -> Path:
-    from mnc_d2.demo import ensure_synthetic
+    from mnc_d2.data.synthetic import ensure_synthetic
 
     ensure_synthetic(root, ["vegas"], images, seed=2)
     return root

@@ -14,7 +14,8 @@ import types
 import zipfile
 from pathlib import Path
 
-from mnc_d2.utils.pypi import fetch_pinned
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from pypi_fetch import fetch_pinned  # noqa: E402  (tools/: the installer's helper)
 
 WHEEL = "solaris-0.4.0-py3-none-any.whl"
 WHEEL_SHA256 = "09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df"

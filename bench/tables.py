@@ -113,16 +113,19 @@ def scorer_table(report: dict) -> list[str]:
     rows = []
     for run in report["runs"]:
         hostile = sum(run["hostile"].values()) if isinstance(run["hostile"], dict) else 0
-        name = f"{run['tiles']:,} tiles, {run['proposals']:,} proposals ({hostile} awkward polygons)"
+        name = (f"{run['tiles']:,} tiles, {run['proposals']:,} proposals "
+                f"({hostile} awkward polygons)")
+        ours = f"{run['mnc_d2_spacenet_s']} s"
         if "java_tester_s" in run:
-            rows.append([name, f"{run['mnc_d2_spacenet_s']} s", f"{run['java_tester_s']} s (Java tester v2.0)",
+            rows.append([name, ours, f"{run['java_tester_s']} s (Java tester v2.0)",
                          f"{run['speedup_vs_java']}x", agree(run["vs_java"])])
         else:
-            rows.append([name, f"{run['mnc_d2_spacenet_s']} s", "tester not run", "", ""])
+            rows.append([name, ours, "tester not run", "", ""])
     sol = report.get("solaris")
     if sol:
-        rows.append([f"{sol['tiles']:,} tiles, {sol['proposals']:,} proposals (clean), solaris rules",
-                     f"{sol['mnc_d2_solaris_rules_s']} s", f"{sol['solaris_0_4_0_s']} s (solaris 0.4.0)",
+        rows.append([f"{sol['tiles']:,} tiles, {sol['proposals']:,} proposals (clean), "
+                     "solaris rules", f"{sol['mnc_d2_solaris_rules_s']} s",
+                     f"{sol['solaris_0_4_0_s']} s (solaris 0.4.0)",
                      f"{sol['speedup_vs_solaris']}x", agree(sol["vs_solaris"])])
     return _table(["input", "mnc_d2 tools/score.py", "reference", "ratio", "per-image TP/FP/FN"],
                   rows)

@@ -103,8 +103,8 @@ def _pip(*args: str) -> None:
 
 
 def _load_pypi_helper():
-    """Load mnc_d2/utils/pypi.py by path: ``import mnc_d2`` needs detectron2, not installed yet."""
-    path = Path(__file__).resolve().parents[1] / "mnc_d2" / "utils" / "pypi.py"
+    """Load tools/pypi_fetch.py by path (it lives beside this script, outside the package)."""
+    path = Path(__file__).resolve().parent / "pypi_fetch.py"
     spec = importlib.util.spec_from_file_location("_mnc_d2_pypi", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

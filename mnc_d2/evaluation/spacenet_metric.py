@@ -556,8 +556,8 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
     proposals: DataFrame with P rows of ImageId, geometry, Confidence. Empty geometries register
     their image. For the tester rules each geometry is read as the tester would read its row
     written by :func:`.tester_polygons.wkt_for_tester` (first polygon of a MultiPolygon: write
-    MultiPolygons as one row per part, as :mod:`mnc_d2.io.writers` does). ``images``: extra
-    ImageIds to score (an image folder's listing).
+    MultiPolygons as one row per part, as :func:`.writers.write_proposal_csv` does).
+    ``images``: extra ImageIds to score (an image folder's listing).
     """
     rs = get_rules(rules)
     if rs.reader == "tester":

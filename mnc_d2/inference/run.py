@@ -30,9 +30,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--torch-threads", type=int,
-                        help="torch CPU threads per process (local: this process, default torch's; "
-                             "ray: per actor, default --cpus-per-worker). Outputs are bit-identical "
-                             "across engines for equal thread counts")
+                        help="torch CPU threads per process (local: this process, default "
+                             "torch's; ray: per actor, default --cpus-per-worker). Outputs are "
+                             "bit-identical across engines for equal thread counts")
     parser.add_argument("--ray-address", help="ray: join this cluster (default: RAY_ADDRESS, "
                                               "else start Ray in this process)")
     parser.add_argument("--formats", default="parquet",
