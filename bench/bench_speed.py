@@ -153,7 +153,7 @@ def _polygon_masks(data_root: Path, count: int) -> list[np.ndarray]:
 
 
 def polygonize_throughput(data_root: Path, count: int, repeats: int) -> dict:
-    from mnc_d2.evaluation.polygonize import mask_to_polygon
+    from mnc_d2.geometry.polygons import mask_to_polygon
 
     masks = _polygon_masks(data_root, count)
     out = {"masks": len(masks), "mask_shape": [TILE, TILE]}

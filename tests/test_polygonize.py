@@ -12,7 +12,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import Polygon, box
 
-from mnc_d2.evaluation.polygonize import (
+from mnc_d2.geometry.polygons import (
     dominant_orientation,
     map_to_pixel,
     mask_to_polygon,

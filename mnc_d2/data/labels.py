@@ -26,7 +26,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import box
 
-from ..evaluation.polygonize import map_to_pixel, polygonal_parts
+from ..geometry.polygons import map_to_pixel, polygonal_parts
 from ..evaluation.spacenet_metric import read_truth_csv
 
 logger = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ from shapely.geometry import Polygon
 
 from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
-from .polygonize import mask_to_polygon, mask_to_polygons
+from ..geometry.polygons import mask_to_polygon, mask_to_polygons
 from .spacenet_metric import score
 from .writers import write_proposal_csv
 

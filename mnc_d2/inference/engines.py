@@ -23,7 +23,7 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 
-from ..evaluation.polygonize import pixel_to_map
+from ..geometry.polygons import pixel_to_map
 from ..evaluation.writers import write_geojson, write_proposal_csv
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
