@@ -54,7 +54,9 @@ from detectron2.utils.env import seed_all_rng
 
 from mnc_d2.data import register_spacenet_instances
 from mnc_d2.data.synthetic import ensure_synthetic
-from mnc_d2.engine.trainer import Trainer, build_checkpointer, setup_cfg
+from mnc_d2.engine.setup import setup_cfg
+from mnc_d2.engine.trainer import Trainer
+from mnc_d2.modeling.checkpoint import build_checkpointer
 from mnc_d2.evaluation.calibration import best_threshold, reliability, threshold_sweep
 from mnc_d2.evaluation.spacenet_evaluation import SpaceNetEvaluator
 from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score

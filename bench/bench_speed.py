@@ -91,7 +91,9 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
     from mnc_d2.data.mapper import SpaceNetDatasetMapper
-    from mnc_d2.engine.trainer import Trainer, build_checkpointer, setup_cfg
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.engine.trainer import Trainer
+    from mnc_d2.modeling.checkpoint import build_checkpointer
 
     config, opts = VARIANTS[name]
     cfg = setup_cfg(config, [*opts, "OUTPUT_DIR", str(out_dir / name), "SEED", "0",

@@ -18,7 +18,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
 from .data.synthetic import ensure_synthetic
-from .engine.trainer import Trainer, setup_cfg
+from .engine.setup import setup_cfg
+from .engine.trainer import Trainer
 from .evaluation.visualize import visualize_csvs
 from .inference import ScenePredictor, write_outputs
 from .utils.atomic import atomic_write
@@ -47,7 +48,7 @@ def _train(cfg, retrain: bool) -> None:
 
 def _evaluate(cfg) -> dict:
     model = Trainer.build_model(cfg)
-    from .engine.trainer import build_checkpointer
+    from .modeling.checkpoint import build_checkpointer
 
     build_checkpointer(cfg, model).load(str(Path(cfg.OUTPUT_DIR) / "model_final.pth"))
     return Trainer.test(cfg, model)

@@ -63,7 +63,8 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
 def _ddp_train_worker(config: str, out: str, opts: list[str]) -> None:
     from detectron2.utils import comm
 
-    from mnc_d2.engine.trainer import Trainer, setup_cfg
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.engine.trainer import Trainer
 
     cfg = setup_cfg(config, ["OUTPUT_DIR", out, *opts])
     trainer = Trainer(cfg)
@@ -190,7 +191,7 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
     from detectron2.data import DatasetCatalog
 
     from mnc_d2.data import SpaceNetDatasetMapper
-    from mnc_d2.engine.trainer import setup_cfg
+    from mnc_d2.engine.setup import setup_cfg
     from mnc_d2.evaluation.spacenet_evaluation import instances_to_polygons
     from mnc_d2.inference import ScenePredictor
 

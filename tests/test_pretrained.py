@@ -18,7 +18,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mnc_d2
-from mnc_d2.engine.trainer import build_checkpointer
+from mnc_d2.modeling.checkpoint import build_checkpointer
 from mnc_d2.modeling.torchvision_weights import torchvision_to_detectron2_name
 
 REPO = Path(__file__).resolve().parents[1]

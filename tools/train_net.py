@@ -10,17 +10,28 @@ Without CUDA, --num-gpus N runs N CPU processes with the gloo backend.
 import mnc_d2
 
 mnc_d2.setup()  # shims and registrations before anything else of detectron2
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 
-from mnc_d2.engine import launch
-from mnc_d2.engine.trainer import train_main
+from mnc_d2.engine import launch  # noqa: E402
+from mnc_d2.engine.setup import setup_cfg  # noqa: E402
+from mnc_d2.engine.trainer import Trainer  # noqa: E402
+from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
 
 
-def main() -> None:
-    args = default_argument_parser().parse_args()
-    launch(train_main, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+def main(args):
+    """Run in each process: train (or evaluate with --eval-only)."""
+    cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
 
 
 if __name__ == "__main__":
-    main()
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

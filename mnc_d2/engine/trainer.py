@@ -1,5 +1,9 @@
-"""``Trainer`` (Detectron2's DefaultTrainer with SpaceNet data, evaluation and checkpoints) and
-the config set-up shared by ``tools/train_net.py`` and ``tools/predict.py``."""
+"""``Trainer``: Detectron2's DefaultTrainer with SpaceNet data, evaluation and checkpoints.
+
+The config set-up shared by the tools is :func:`mnc_d2.engine.setup.setup_cfg`; the multi-band
+checkpointer factory lives beside the checkpointer
+(:func:`mnc_d2.modeling.checkpoint.build_checkpointer`); ``tools/train_net.py`` holds the entry
+point, as in Detectron2's projects."""
 
 from __future__ import annotations
 
@@ -7,30 +11,18 @@ import logging
 import os
 import weakref
 
-import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
-from ..config import add_mnc_config
-from ..data import SpaceNetDatasetMapper, check_band_config, resolve_band_stats
-from ..data.bands import input_bands
+from ..data import SpaceNetDatasetMapper
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
-from ..modeling.checkpoint import MultiBandCheckpointer
+from ..modeling.checkpoint import build_checkpointer
 
 logger = logging.getLogger(__name__)
 
 BEST_METRIC = "spacenet/F1"
-
-
-def build_checkpointer(cfg, model, save_dir: str | None = None, **checkpointables):
-    """A checkpointer that also loads 3-band checkpoints into N-band models."""
-    return MultiBandCheckpointer(model, save_dir if save_dir is not None else cfg.OUTPUT_DIR,
-                                 input_bands=input_bands(cfg),
-                                 checkpoint_bands=list(cfg.INPUT.CHECKPOINT_BANDS),
-                                 **checkpointables)
 
 
 class Trainer(DefaultTrainer):
@@ -69,41 +61,3 @@ class Trainer(DefaultTrainer):
             ret.insert(position, hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD,
                                                         self.checkpointer, BEST_METRIC, "max"))
         return ret
-
-
-def setup_cfg(config_file: str, opts: list[str], for_training: bool = True):
-    """Load a config (mnc_d2 keys added), apply overrides, fall back to CPU without CUDA,
-    resolve per-band statistics and check the band configuration. Returns the frozen cfg."""
-    cfg = get_cfg()
-    add_mnc_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
-                       cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.INPUT.BAND_STATS == "auto" and not for_training:
-        raise ValueError(
-            f"{config_file} has INPUT.BAND_STATS 'auto', which computes statistics from the "
-            "training data; for evaluation or prediction use the config.yaml written by the "
-            "training run (it names the run's band_stats.json)")
-    stats = resolve_band_stats(cfg)
-    if stats is not None and cfg.INPUT.BAND_STATS == "auto":
-        # The saved config.yaml then points at the statistics this run used.
-        cfg.INPUT.BAND_STATS = os.path.join(cfg.OUTPUT_DIR, "band_stats.json")
-    check_band_config(cfg)
-    cfg.freeze()
-    return cfg
-
-
-def train_main(args):
-    """Entry point of tools/train_net.py inside each process."""
-    cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only)
-    default_setup(cfg, args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()

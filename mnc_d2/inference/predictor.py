@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..data.layout import image_id_from_path
 from ..data.bands import input_bands, read_bands
-from ..engine.trainer import build_checkpointer
+from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
 from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8

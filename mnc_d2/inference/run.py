@@ -71,7 +71,7 @@ def main(argv=None, description: str = "Predict building footprints on GeoTIFF s
 
 
 def _run(args) -> int:
-    from ..engine.trainer import setup_cfg
+    from ..engine.setup import setup_cfg
     from .engines import run_local, run_ray
     from .predictor import ScenePredictor, resolve_score_threshold
 

@@ -98,3 +98,13 @@ class MultiBandCheckpointer(DetectionCheckpointer):
                         "to bands %s, initialised bands %s from their mean", key,
                         target.shape[1], copied,
                         [b for b in self.input_bands if b not in self.checkpoint_bands])
+
+
+def build_checkpointer(cfg, model, save_dir: str | None = None, **checkpointables):
+    """The checkpointer for ``cfg``'s model: loads 3-band checkpoints into N-band models."""
+    from ..data.bands import input_bands
+
+    return MultiBandCheckpointer(model, save_dir if save_dir is not None else cfg.OUTPUT_DIR,
+                                 input_bands=input_bands(cfg),
+                                 checkpoint_bands=list(cfg.INPUT.CHECKPOINT_BANDS),
+                                 **checkpointables)

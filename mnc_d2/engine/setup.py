@@ -1,0 +1,39 @@
+"""Config set-up shared by the tools (train_net.py, predict.py, the demo, the benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from detectron2.config import get_cfg
+
+from ..config import add_mnc_config
+from ..data import check_band_config, resolve_band_stats
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(config_file: str, opts: list[str], for_training: bool = True):
+    """Load a config (mnc_d2 keys added), apply overrides, fall back to CPU without CUDA,
+    resolve per-band statistics and check the band configuration. Returns the frozen cfg."""
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
+                       cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.INPUT.BAND_STATS == "auto" and not for_training:
+        raise ValueError(
+            f"{config_file} has INPUT.BAND_STATS 'auto', which computes statistics from the "
+            "training data; for evaluation or prediction use the config.yaml written by the "
+            "training run (it names the run's band_stats.json)")
+    stats = resolve_band_stats(cfg)
+    if stats is not None and cfg.INPUT.BAND_STATS == "auto":
+        # The saved config.yaml then points at the statistics this run used.
+        cfg.INPUT.BAND_STATS = os.path.join(cfg.OUTPUT_DIR, "band_stats.json")
+    check_band_config(cfg)
+    cfg.freeze()
+    return cfg
