@@ -583,12 +583,11 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
     rs = get_rules(rules)
     truth_paths = [truth_csv] if isinstance(truth_csv, (str, Path)) else list(truth_csv)
     if rs.reader == "tester":
-        truth = _concat_tables([read_polygon_csv(p, truth=True) for p in truth_paths])
+        truth, proposals = _read_both(truth_paths, proposal_csv)
         if not truth.registered:
             raise SpaceNetCSVError(f"truth CSV {', '.join(map(str, truth_paths))} has no data "
                                    "rows (the SpaceNet tester prints 'Nothing to score'); "
                                    "expected rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
-        proposals = read_polygon_csv(proposal_csv, truth=False)
         if warn_unknown:
             _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
         return score_tables(truth, proposals, rs.name, iou_threshold, min_area, images,
@@ -600,6 +599,32 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
     if warn_unknown:
         _warn_unknown(set(proposals["ImageId"]) - set(truth["ImageId"]), proposal_csv)
     return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
+
+
+def _read_truth_tables(paths: list) -> PolygonTable:
+    return _concat_tables([read_polygon_csv(p, truth=True) for p in paths])
+
+
+def _read_both(truth_paths: list, proposal_csv, min_bytes: int = 4 << 20):
+    """Read the truth and proposal files (tester rules). Reading is pure-Python string work, so
+    for large files on a multi-core Linux machine the truth is read in a forked process while
+    this one reads the proposals (same functions, same result; errors are raised the same).
+    Only a single-threaded process forks (a fork copies no other thread, nor the locks they
+    might hold); otherwise both are read here."""
+    import multiprocessing as mp
+    import sys
+    import threading
+
+    size = sum(Path(p).stat().st_size for p in truth_paths if Path(p).is_file())
+    if (sys.platform != "linux" or (os.cpu_count() or 1) < 2 or size < min_bytes
+            or threading.active_count() > 1 or not Path(proposal_csv).is_file()):
+        return _read_truth_tables(truth_paths), read_polygon_csv(proposal_csv, truth=False)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+        future = pool.submit(_read_truth_tables, truth_paths)
+        proposals = read_polygon_csv(proposal_csv, truth=False)
+        return future.result(), proposals
 
 
 def _warn_unknown(unknown: set, proposal_csv) -> None:
