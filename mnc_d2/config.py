@@ -144,6 +144,10 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     _C.TEST.SPACENET.REGULARIZE = False
     # Scoring rules: "spacenet" (the SpaceNet 2 leaderboard) or "solaris" (solaris 0.4.0).
     _C.TEST.SPACENET.RULES = "spacenet"
+    # Groups whose F1s are averaged into the score: "city" (SpaceNet 2), "nadir" (SpaceNet 4's
+    # Nadir / Off-Nadir / Very-Off-Nadir segments), "none", or "auto" (nadir for SpaceNet 4
+    # ImageIds, else city).
+    _C.TEST.SPACENET.GROUP_BY = "auto"
     # Also run Detectron2's COCOEvaluator (segm + bbox AP) next to the SpaceNet evaluator.
     _C.TEST.SPACENET.COCO_AP = False
 

@@ -232,7 +232,8 @@ def test_score_cli_json(tmp_path, repo_root):
         check=True, capture_output=True, text=True,
     )
     data = json.loads(out.stdout)
-    assert set(data) == {"rules", "overall", "mean_city_f1", "cities"}
+    assert set(data) == {"rules", "group_by", "overall", "mean_city_f1", "cities"}
+    assert data["group_by"] == "city"
     assert data["overall"]["tp"] == 1 and data["cities"]["AOI_2_Vegas"]["f1"] == 1.0
     assert per_image.read_text().startswith("ImageId,city,scored,tp,fp,fn")
     bad = subprocess.run(

@@ -308,3 +308,35 @@ def test_reading_truth_in_a_forked_process_gives_the_same_tables(tmp_path):
     bad.write_text(TRUTH_HEADER + "\nAOI_1_A_img1,0\n")
     with pytest.raises(SpaceNetCSVError, match="fewer than three"):
         _read_both([bad], props, min_bytes=0)
+
+
+def test_nadir_segments_of_spacenet4_ids():
+    from mnc_d2.evaluation.rules import nadir_bin
+
+    collect = "Atlanta_nadir{}_catid_1030010003D22F00_732701_3730989"
+    assert [nadir_bin(collect.format(a)) for a in (7, 25, 26, 40, 42, 53)] == [
+        "Nadir", "Nadir", "Off-Nadir", "Off-Nadir", "Very-Off-Nadir", "Very-Off-Nadir"]
+    with pytest.raises(ValueError, match="names no off-nadir angle"):
+        nadir_bin("AOI_2_Vegas_img1")
+
+
+def test_spacenet4_ids_are_scored_by_nadir_segment(tmp_path, repo_root):
+    ids = {a: f"Atlanta_nadir{a}_catid_10300100039AB000_7327{a:02d}_3730989" for a in (7, 30, 50)}
+    truth = [t_line(ids[a], k, rect(0, 0, 10, 10 + k)) for a in ids for k in range(2)]
+    # Nadir: both found (F1 1); Off-Nadir: one found, one FP (P 0.5, R 0.5, F1 0.5);
+    # Very-Off-Nadir: nothing found (F1 0). Mean of the segment F1s = 0.5.
+    props = [p_line(ids[7], 0, rect(0, 0, 10, 10), 0.9), p_line(ids[7], 1, rect(0, 0, 10, 11), 0.8),
+             p_line(ids[30], 0, rect(0, 0, 10, 10), 0.9), p_line(ids[30], 1, rect(50, 50, 60, 60), 0.8)]
+    t, p = write_case(tmp_path, truth, props)
+    result = score_csv(t, p)
+    assert result.group_by == "nadir"
+    assert {k: round(c.f1, 6) for k, c in result.cities.items()} == {
+        "Nadir": 1.0, "Off-Nadir": 0.5, "Very-Off-Nadir": 0.0}
+    assert result.mean_city_f1 == pytest.approx(0.5)
+    overall = score_csv(t, p, group_by="none")
+    assert list(overall.cities) == ["all"] and overall.mean_city_f1 == pytest.approx(
+        overall.overall.f1) and overall.overall.f1 == pytest.approx(2 * 3 / (2 * 3 + 1 + 3))
+    out = subprocess.run([sys.executable, str(repo_root / "tools" / "score.py"), "--truth", str(t),
+                          "--proposals", str(p), "--group-by", "nadir"],
+                         capture_output=True, text=True, check=True)
+    assert "mean nadir segment F1 (spacenet rules, grouped by nadir): 0.5000" in out.stdout

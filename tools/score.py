@@ -2,8 +2,8 @@
 """Score a SpaceNet proposal CSV against truth CSV(s): the SpaceNet 2 tester's rules or solaris'.
 
     python tools/score.py --truth T.csv [T2.csv ...] --proposals P.csv
-                          [--rules spacenet|solaris] [--images DIR ...] [--per-image OUT.csv]
-                          [--json]
+                          [--rules spacenet|solaris] [--group-by auto|city|nadir|none]
+                          [--images DIR ...] [--per-image OUT.csv] [--json]
 
 Torch-free: starts in a fraction of a second. ``--rules spacenet`` (default) gives the numbers of
 the SpaceNet 2 offline tester v2.0 (the leaderboard scorer); see
@@ -16,7 +16,8 @@ import logging
 import sys
 
 from mnc_d2.evaluation.report import score_table
-from mnc_d2.evaluation.spacenet_metric import RULES, SpaceNetCSVError, image_folder_ids, score_csv
+from mnc_d2.evaluation.spacenet_metric import (GROUP_BY, RULES, SpaceNetCSVError,
+                                               image_folder_ids, score_csv)
 from mnc_d2.utils.atomic import atomic_write
 
 
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--images", nargs="+", default=[], metavar="DIR",
                         help="image folder(s) whose PAN/*.tif also count as images (the "
                              "tester's -image-dir): their cities enter the mean city F1")
+    parser.add_argument("--group-by", choices=GROUP_BY, default="auto",
+                        help="groups whose F1s are averaged: city (SpaceNet 2), nadir (SpaceNet "
+                             "4's Nadir / Off-Nadir / Very-Off-Nadir segments), none; auto picks "
+                             "nadir for SpaceNet 4 ImageIds, else city")
     parser.add_argument("--iou-threshold", type=float, default=0.5)
     parser.add_argument("--per-image", metavar="OUT.csv", help="also write per-image rows here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,7 +43,7 @@ def main(argv=None) -> int:
     try:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
-                           iou_threshold=args.iou_threshold)
+                           iou_threshold=args.iou_threshold, group_by=args.group_by)
     except (SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ def score_table(result: ScoreResult) -> str:
     o = result.overall.as_dict()
     rows.append(["overall (global sums)", o["tp"], o["fp"], o["fn"], o["precision"],
                  o["recall"], o["f1"]])
-    table = tabulate(rows, headers=["city", "TP", "FP", "FN", "precision", "recall", "F1"],
+    group = {"city": "city", "nadir": "nadir segment", "none": "group"}.get(result.group_by,
+                                                                           result.group_by)
+    table = tabulate(rows, headers=[group, "TP", "FP", "FN", "precision", "recall", "F1"],
                      floatfmt=".4f")
-    return f"{table}\n\nmean city F1 ({result.rules} rules): {result.mean_city_f1:.4f}"
+    return (f"{table}\n\nmean {group} F1 ({result.rules} rules, grouped by "
+            f"{result.group_by}): {result.mean_city_f1:.4f}")

@@ -6,7 +6,8 @@ documented, tested and extended in one place. Torch-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 
 def city_first_three(image_id: str) -> str:
@@ -83,3 +84,41 @@ def get_rules(name: str) -> RuleSet:
         return RULESETS[name]
     except KeyError:
         raise ValueError(f"rules={name!r} is not one of {RULES}") from None
+
+
+# --- grouping: how per-image counts are summed into the groups whose F1s are averaged ----------
+
+GROUP_BY = ("auto", "city", "nadir", "none")
+_NADIR = re.compile(r"nadir(\d+)_catid")
+NADIR_BINS = (("Nadir", 25), ("Off-Nadir", 40), ("Very-Off-Nadir", 90))
+
+
+def nadir_bin(image_id: str) -> str:
+    """SpaceNet 4's segment of an ImageId by the collect's off-nadir angle
+    (``Atlanta_nadir27_catid_..._x_y`` -> ``Off-Nadir``): <= 25 deg Nadir, 26-40 Off-Nadir,
+    > 40 Very-Off-Nadir. The SpaceNet 4 score is the mean of the three segments' F1s."""
+    match = _NADIR.search(str(image_id))
+    if not match:
+        raise ValueError(f"ImageId {image_id!r} names no off-nadir angle ('..._nadir27_catid_...'); "
+                         "group by city or none instead")
+    angle = int(match.group(1))
+    return next(name for name, top in NADIR_BINS if angle <= top)
+
+
+def one_group(image_id: str) -> str:
+    """Every image in one group (the score is then the F1 of the global sums)."""
+    return "all"
+
+
+def with_grouping(rules: RuleSet, group_by: str | None, image_ids) -> tuple[RuleSet, str]:
+    """``rules`` with its grouping replaced by ``group_by`` (``auto``: ``nadir`` when every
+    ImageId names an off-nadir angle, as SpaceNet 4's do, else the rules' city); returns the rule
+    set and the grouping used."""
+    group_by = group_by or "auto"
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by={group_by!r} is not one of {GROUP_BY}")
+    if group_by == "auto":
+        ids = list(image_ids)
+        group_by = "nadir" if ids and all(_NADIR.search(str(i)) for i in ids) else "city"
+    group = {"city": rules.group, "nadir": nadir_bin, "none": one_group}[group_by]
+    return replace(rules, group=group), group_by

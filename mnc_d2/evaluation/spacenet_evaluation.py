@@ -131,7 +131,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name: str, *, output_dir: str | None = None,
                  score_thresh: float = 0.5, sweep_thresholds: tuple[float, ...] = (),
                  simplify_tolerance: float = 0.5, regularize: bool = False,
-                 rules: str = "spacenet", threshold_file: str | None = None,
+                 rules: str = "spacenet", group_by: str = "auto",
+                 threshold_file: str | None = None,
                  distributed: bool = True):
         self._dataset_name = dataset_name
         self._output_dir = Path(output_dir) if output_dir else None
@@ -141,6 +142,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._simplify = simplify_tolerance
         self._regularize = regularize
         self._rules = rules
+        self._group_by = group_by
         self._threshold_file = Path(threshold_file) if threshold_file else None
         self._distributed = distributed
         # ImageId -> [(pixel Polygon, score)]; shapely geometries pickle, so the process gather
@@ -153,7 +155,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         return {"dataset_name": dataset_name, "output_dir": output_dir,
                 "score_thresh": sn.SCORE_THRESH, "sweep_thresholds": tuple(sn.SWEEP_THRESHOLDS),
                 "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
-                "rules": sn.RULES,
+                "rules": sn.RULES, "group_by": sn.GROUP_BY,
                 "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
                 if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None}
 
@@ -186,11 +188,11 @@ class SpaceNetEvaluator(DatasetEvaluator):
         truth = truth_frame(DatasetCatalog.get(self._dataset_name), set(predictions))
         proposals = _proposal_frame(predictions)
         headline = proposals[proposals.Confidence >= self._score_thresh].reset_index(drop=True)
-        result = score(truth, headline, rules=self._rules)
+        result = score(truth, headline, rules=self._rules, group_by=self._group_by)
         summary = self._summary(result)
         sweep = None
         if self._sweep:
-            floor = score(truth, proposals, rules=self._rules)
+            floor = score(truth, proposals, rules=self._rules, group_by=self._group_by)
             sweep = self._sweep_and_calibration(floor, proposals, truth, summary)
         if self._output_dir is not None:
             self._write(list(predictions), headline, result, sweep)

@@ -20,6 +20,10 @@ tester v2.0 (Java), on every input:
   city still counts. TP/FP/FN are summed per city (the first three ``_`` fields of the ImageId,
   e.g. ``AOI_2_Vegas``); the score is the mean of the city F1s. F1 from the global sums is
   reported too. A ratio whose denominator is 0 is 0.
+* Grouping follows the data (``group_by``, :func:`.rules.with_grouping`): SpaceNet 4 ImageIds
+  (``..._nadir27_catid_...``) are grouped into the Nadir (<= 25 deg), Off-Nadir (26-40) and
+  Very-Off-Nadir (> 40) segments and the score is the mean of the three segment F1s (SpaceNet
+  4's headline number); ``none`` puts every image in one group.
 
 ``rules="solaris"`` reproduces the solaris 0.4.0 Python scorer (``spacenet_buildings_2``): WKT
 parsed by shapely; proposals kept only if their area is > 20 and truth if >= 20; an invalid
@@ -44,13 +48,13 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from .rules import RULES, RuleSet, city_before_last, get_rules
+from .rules import GROUP_BY, RULES, RuleSet, city_before_last, get_rules, with_grouping
 from .tester_polygons import (PolygonTable, SpaceNetCSVError, read_polygon_csv,
                               table_from_geometries)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RULES", "Counts", "ScoreResult", "SpaceNetCSVError", "city_of", "read_proposal_csv",
+__all__ = ["GROUP_BY", "RULES", "Counts", "ScoreResult", "SpaceNetCSVError", "city_of", "read_proposal_csv",
            "read_truth_csv", "score", "score_csv", "score_tables"]
 
 MIN_AREA = 20.0
@@ -226,6 +230,7 @@ class ScoreResult:
     truth_matched: np.ndarray = field(repr=False)
     truth_kept: np.ndarray = field(repr=False)
     group_of: object = field(repr=False, default=city_before_last)
+    group_by: str = "city"
 
     @property
     def mean_city_f1(self) -> float:
@@ -265,6 +270,7 @@ class ScoreResult:
     def to_json(self) -> dict:
         return {
             "rules": self.rules,
+            "group_by": self.group_by,
             "overall": self.overall.as_dict(),
             "mean_city_f1": self.mean_city_f1,
             "cities": {name: c.as_dict() for name, c in sorted(self.cities.items())},
@@ -386,7 +392,7 @@ def _image_codes(table_images: np.ndarray, images: np.ndarray) -> np.ndarray:
 
 def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spacenet",
                  iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA,
-                 images=(), full_iou: bool = False) -> ScoreResult:
+                 images=(), full_iou: bool = False, group_by: str | None = None) -> ScoreResult:
     """Score two tester-read tables (:mod:`.tester_polygons`) by the rules in the docstring.
 
     ``images``: extra ImageIds (an image folder's listing) that count as images even without
@@ -401,6 +407,7 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spa
                        "for this input; scored here as empty", "truth" if not truth.registered
                        else "proposal")
     image_list = sorted(set(truth.registered) | set(proposals.registered) | set(images))
+    rs, group_by = with_grouping(rs, group_by, image_list)
     image_arr = np.asarray(image_list, dtype=str)
     t_code = _image_codes(truth.image, image_arr)
     p_code = _image_codes(proposals.image, image_arr)
@@ -459,10 +466,10 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spa
     truth_kept = np.zeros(truth.num_rows, dtype=bool)
     truth_kept[t_rows] = t_kept_poly
     return _result(rs, image_arr, tp, fp, fn, scored, proposal_iou, proposal_match,
-                   proposal_kept, truth_matched, truth_kept)
+                   proposal_kept, truth_matched, truth_kept, group_by=group_by)
 
 
-def _result(rs: RuleSet, images, tp, fp, fn, scored, *per_row) -> ScoreResult:
+def _result(rs: RuleSet, images, tp, fp, fn, scored, *per_row, group_by: str) -> ScoreResult:
     city_names = np.asarray([rs.group(i) for i in images.tolist()], dtype=str)
     cities = {}
     for city in sorted(set(city_names.tolist())):
@@ -470,11 +477,11 @@ def _result(rs: RuleSet, images, tp, fp, fn, scored, *per_row) -> ScoreResult:
         cities[city] = Counts(int(tp[sel].sum()), int(fp[sel].sum()), int(fn[sel].sum()))
     overall = Counts(int(tp.sum()), int(fp.sum()), int(fn.sum()))
     return ScoreResult(rs.name, overall, cities, images, tp, fp, fn, scored, *per_row,
-                       group_of=rs.group)
+                       group_of=rs.group, group_by=group_by)
 
 
 def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: float,
-               images=(), full_iou: bool = False) -> ScoreResult:
+               images=(), full_iou: bool = False, group_by: str | None = None) -> ScoreResult:
     """The ``reader="wkt"`` rule sets (solaris): shapely geometries from the DataFrames."""
     t_geom = np.asarray(truth["geometry"].to_numpy(), dtype=object)
     p_geom = np.asarray(proposals["geometry"].to_numpy(), dtype=object)
@@ -491,6 +498,7 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
         p_eval[invalid] = shapely.buffer(p_geom[invalid], 0.0)
 
     images = np.asarray(sorted(set(t_ids) | set(p_ids) | set(images)), dtype=str)
+    rs, group_by = with_grouping(rs, group_by, images.tolist())
     t_code, p_code = _image_codes(t_ids, images), _image_codes(p_ids, images)
     t_idx, p_idx = np.flatnonzero(t_kept), np.flatnonzero(p_kept)
     p_bounds, t_bounds = shapely.bounds(p_eval), shapely.bounds(t_geom)
@@ -545,11 +553,13 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
     fn = np.bincount(t_code[t_kept & ~t_matched], minlength=n_img)
     scored = (np.bincount(p_code[p_kept], minlength=n_img)
               + np.bincount(t_code[t_kept], minlength=n_img)) > 0
-    return _result(rs, images, tp, fp, fn, scored, best_iou, match, p_kept, t_matched, t_kept)
+    return _result(rs, images, tp, fp, fn, scored, best_iou, match, p_kept, t_matched, t_kept,
+                   group_by=group_by)
 
 
 def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_THRESHOLD,
-          min_area: float = MIN_AREA, images=(), full_iou: bool = False) -> ScoreResult:
+          min_area: float = MIN_AREA, images=(), full_iou: bool = False,
+          group_by: str | None = None) -> ScoreResult:
     """Score in-memory proposals against truth (module docstring for the rules).
 
     truth: DataFrame with T rows of ImageId, geometry (shapely, pixel coordinates).
@@ -567,18 +577,21 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
                                         proposals["geometry"].to_numpy(),
                                         proposals["Confidence"].to_numpy(dtype=np.float64))
         return score_tables(t_table, p_table, rs.name, iou_threshold, min_area, images,
-                            full_iou)
-    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
+                            full_iou, group_by)
+    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou, group_by)
 
 
 def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
               iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA, images=(),
-              full_iou: bool = False, warn_unknown: bool = True) -> ScoreResult:
+              full_iou: bool = False, warn_unknown: bool = True,
+              group_by: str | None = None) -> ScoreResult:
     """Read both CSVs the way the rule set's reference scorer does and score them.
 
     ``truth_csv`` may be one path or a list of paths (read in order, as the tester's several
     ``-truth`` files). ``images``: extra ImageIds (see :func:`image_folder_ids`).
     ``warn_unknown``: log proposals for images the truth does not name (they count as FP).
+    ``group_by``: city | nadir | none | auto (default: nadir for SpaceNet 4 ImageIds, else
+    city); the score is the mean of the groups' F1s.
     """
     rs = get_rules(rules)
     truth_paths = [truth_csv] if isinstance(truth_csv, (str, Path)) else list(truth_csv)
@@ -591,14 +604,14 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
         if warn_unknown:
             _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
         return score_tables(truth, proposals, rs.name, iou_threshold, min_area, images,
-                            full_iou)
+                            full_iou, group_by)
     import pandas as pd
 
     truth = pd.concat([read_truth_csv(p) for p in truth_paths], ignore_index=True)
     proposals = read_proposal_csv(proposal_csv)
     if warn_unknown:
         _warn_unknown(set(proposals["ImageId"]) - set(truth["ImageId"]), proposal_csv)
-    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou)
+    return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou, group_by)
 
 
 def _read_truth_tables(paths: list) -> PolygonTable:
