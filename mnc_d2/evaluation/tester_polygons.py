@@ -413,7 +413,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
             image, building, body, rest = match.groups()
             registered.setdefault(image, None)
             num_rows += 1
-            if building == "-1" or "POLYGON EMPTY" in rest:
+            if building == "-1" or "POLYGON EMPTY" in line:
                 continue
             if not truth:
                 conf_slot.append(len(builder.image))
