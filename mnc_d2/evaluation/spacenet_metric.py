@@ -364,6 +364,27 @@ def _greedy_match(order: np.ndarray, pi: np.ndarray, ti: np.ndarray, iou: np.nda
     return match
 
 
+def _box_overlap_area(pb: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    """(K,) area of the overlap of boxes ``pb`` and ``tb`` (K, 4) that are known to overlap."""
+    return ((np.minimum(pb[:, 2], tb[:, 2]) - np.maximum(pb[:, 0], tb[:, 0]))
+            * (np.minimum(pb[:, 3], tb[:, 3]) - np.maximum(pb[:, 1], tb[:, 1])))
+
+
+def _image_counts(match: np.ndarray, p_kept: np.ndarray, t_kept: np.ndarray, p_code: np.ndarray,
+                  t_code: np.ndarray, num_images: int):
+    """Per-image counts from a matching: returns (truth matched (T,) bool, tp, fp, fn,
+    scored), the last four (num_images,); an image is scored when it has a kept polygon."""
+    matched = match >= 0
+    t_matched = np.zeros(len(t_kept), dtype=bool)
+    t_matched[match[matched]] = True
+    tp = np.bincount(p_code[matched], minlength=num_images)
+    fp = np.bincount(p_code[p_kept & ~matched], minlength=num_images)
+    fn = np.bincount(t_code[t_kept & ~t_matched], minlength=num_images)
+    scored = (np.bincount(p_code[p_kept], minlength=num_images)
+              + np.bincount(t_code[t_kept], minlength=num_images)) > 0
+    return t_matched, tp, fp, fn, scored
+
+
 def _iou_bound_prune(pi, ti, p_area, t_area, p_rarea, t_rarea, p_bounds, t_bounds,
                      threshold: float) -> np.ndarray:
     """(K,) bool: pairs whose IoU could exceed ``threshold`` (the others cannot match).
@@ -373,10 +394,8 @@ def _iou_bound_prune(pi, ti, p_area, t_area, p_rarea, t_rarea, p_bounds, t_bound
     settles the pair. Pairs with odd areas (denominator not positive at the bound, non-finite
     values) are always kept; a 1e-9 margin absorbs rounding of the region areas.
     """
-    pb, tb = p_bounds[pi], t_bounds[ti]
-    box_w = np.minimum(pb[:, 2], tb[:, 2]) - np.maximum(pb[:, 0], tb[:, 0])
-    box_h = np.minimum(pb[:, 3], tb[:, 3]) - np.maximum(pb[:, 1], tb[:, 1])
-    bound = np.minimum(np.minimum(p_rarea[pi], t_rarea[ti]), box_w * box_h)
+    box = _box_overlap_area(p_bounds[pi], t_bounds[ti])
+    bound = np.minimum(np.minimum(p_rarea[pi], t_rarea[ti]), box)
     denom = p_area[pi] + t_area[ti] - bound
     with np.errstate(divide="ignore", invalid="ignore"):
         upper = bound / denom
@@ -440,15 +459,9 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spa
     order = order[p_kept_poly[order]]
     match_poly = _greedy_match(order, pi, ti, iou, num_p, num_t, iou_threshold)
 
-    n_img = len(image_list)
     matched = match_poly >= 0
-    t_matched_poly = np.zeros(num_t, dtype=bool)
-    t_matched_poly[match_poly[matched]] = True
-    tp = np.bincount(p_code[matched], minlength=n_img)
-    fp = np.bincount(p_code[p_kept_poly & ~matched], minlength=n_img)
-    fn = np.bincount(t_code[t_kept_poly & ~t_matched_poly], minlength=n_img)
-    scored = (np.bincount(p_code[p_kept_poly], minlength=n_img)
-              + np.bincount(t_code[t_kept_poly], minlength=n_img)) > 0
+    t_matched_poly, tp, fp, fn, scored = _image_counts(match_poly, p_kept_poly, t_kept_poly,
+                                                       p_code, t_code, len(image_list))
 
     # Per-row arrays (rows without a polygon are neither kept nor matched).
     best = np.zeros(num_p)
@@ -512,9 +525,7 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
     pe_area = shapely.area(p_eval)
     if not full_iou:
         # IoU <= min(areas, box overlap) / max(areas) (the union covers either polygon).
-        pb, tb = p_bounds[pi], t_bounds[ti]
-        box = ((np.minimum(pb[:, 2], tb[:, 2]) - np.maximum(pb[:, 0], tb[:, 0]))
-               * (np.minimum(pb[:, 3], tb[:, 3]) - np.maximum(pb[:, 1], tb[:, 1])))
+        box = _box_overlap_area(p_bounds[pi], t_bounds[ti])
         big = np.maximum(pe_area[pi], t_area[ti])
         with np.errstate(divide="ignore", invalid="ignore"):
             upper = np.minimum(np.minimum(pe_area[pi], t_area[ti]), box) / big
@@ -544,15 +555,8 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
     order = _proposal_order(conf, rs)
     order = order[p_kept[order]]
     match = _greedy_match(order, pi, ti, iou, len(p_geom), len(t_geom), iou_threshold)
-    t_matched = np.zeros(len(t_geom), dtype=bool)
-    t_matched[match[match >= 0]] = True
-
-    n_img = len(images)
-    tp = np.bincount(p_code[match >= 0], minlength=n_img)
-    fp = np.bincount(p_code[p_kept & (match < 0)], minlength=n_img)
-    fn = np.bincount(t_code[t_kept & ~t_matched], minlength=n_img)
-    scored = (np.bincount(p_code[p_kept], minlength=n_img)
-              + np.bincount(t_code[t_kept], minlength=n_img)) > 0
+    t_matched, tp, fp, fn, scored = _image_counts(match, p_kept, t_kept, p_code, t_code,
+                                                  len(images))
     return _result(rs, images, tp, fp, fn, scored, best_iou, match, p_kept, t_matched, t_kept,
                    group_by=group_by)
 
