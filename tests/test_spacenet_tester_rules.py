@@ -340,3 +340,12 @@ def test_spacenet4_ids_are_scored_by_nadir_segment(tmp_path, repo_root):
                           "--proposals", str(p), "--group-by", "nadir"],
                          capture_output=True, text=True, check=True)
     assert "mean nadir segment F1 (spacenet rules, grouped by nadir): 0.5000" in out.stdout
+
+
+def test_a_mixed_ring_with_a_bad_number_names_file_and_line(tmp_path):
+    # Loose characters pass the fast line; the mixed 3- and 2-field points go to the per-point
+    # reader, whose error must still name the file and line.
+    truth, props = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10))],
+                              ['AOI_1_A_img1,0,"POLYGON ((1.2.3 2 0,3 4,5 6,1 2))",0.5'])
+    with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 2: coordinate '1\.2\.3'"):
+        score_csv(truth, props)

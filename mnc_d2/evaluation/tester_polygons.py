@@ -290,7 +290,8 @@ def _slow_ring(ring: str, where: str) -> list[tuple[float, float]]:
 class _Builder:
     """Accumulates rings and polygons while a file is read."""
 
-    def __init__(self):
+    def __init__(self, source: str = ""):
+        self.source = source  # "<kind> CSV <path>", for error messages
         self.tokens: list[str] = []  # fast rings' numbers, flattened
         self.blocks: list[tuple[int, int, int]] = []  # (first token, number of points, dims)
         self.slow: dict[int, list] = {}  # ring index -> points
@@ -301,7 +302,9 @@ class _Builder:
         self.row: list[int] = []
         self.line: list[int] = []
 
-    def add_ring(self, ring: str, where: str, checked: bool = False) -> None:
+    def add_ring(self, ring: str, line: int, checked: bool = False) -> None:
+        """Add one ring's text from source line ``line``; ``checked``: the caller's regex has
+        already matched the ring's characters (the field count is still checked here)."""
         if checked or _FAST.fullmatch(ring):
             fields = ring.replace(",", " ").split()
             points = ring.count(",") + 1
@@ -314,7 +317,7 @@ class _Builder:
             self.tokens.extend(fields)
             self.ring_sizes.append(points)
         else:
-            points = _slow_ring(ring, where)
+            points = _slow_ring(ring, f"{self.source}, line {line}")
             self.slow[len(self.ring_sizes)] = points
             self.blocks.append((-1, len(points), 0))
             self.ring_sizes.append(len(points))
@@ -383,7 +386,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         raise SpaceNetCSVError(f"{kind} CSV {path} does not exist")
     with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
         text = handle.read()
-    builder = _Builder()
+    builder = _Builder(f"{kind} CSV {path}")
     if not text.strip(JAVA_TRIM):
         raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and rows "
                                "'ImageId,BuildingId,PolygonWKT_Pix,...'")
@@ -396,7 +399,6 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
     # characters are checked there in one regex pass, so NaN/Infinity spellings cannot slip in).
     conf_text: list[str] = []
     conf_slot: list[int] = []
-    tokens, blocks, ring_sizes = builder.tokens, builder.blocks, builder.ring_sizes
     match_line = _FAST_LINE.fullmatch if fast else (lambda _line: None)
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip(JAVA_TRIM)
@@ -420,15 +422,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
                 conf_text.append(rest[1:].strip(JAVA_TRIM))
             rings = body.split("),(")
             for ring in rings:
-                fields = ring.replace(",", " ").split()
-                points = ring.count(",") + 1
-                dims = 3 if len(fields) == 3 * points else 2 if len(fields) == 2 * points else 0
-                if dims:
-                    blocks.append((len(tokens), points, dims))
-                    tokens.extend(fields)
-                    ring_sizes.append(points)
-                else:
-                    builder.add_ring(ring, "", checked=False)
+                builder.add_ring(ring, number, checked=True)
             builder.poly_rings.append(len(rings))
             builder.image.append(image)
             builder.confidence.append(0.0)
@@ -461,7 +455,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         body = line[start:end + 2].replace("),(", "x").replace(")", "").replace("(", "")
         rings = _java_split(body, "x")
         for ring in rings:
-            builder.add_ring(ring, where)
+            builder.add_ring(ring, number)
         builder.poly_rings.append(len(rings))
         builder.image.append(image)
         builder.confidence.append(confidence)
