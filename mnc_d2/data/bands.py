@@ -35,13 +35,18 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
                       "re-download or regenerate it") from None
 
 
-def _read(src, bands: list[int], fill, window) -> np.ndarray:
-    bands = [int(b) for b in bands]
+def check_band_count(src, bands: list[int]) -> None:
+    """Raise, naming the file, when the open dataset ``src`` lacks one of ``bands``."""
     if not bands:
         raise ValueError("no bands to read: INPUT.BANDS and MODEL.PIXEL_MEAN are empty")
     if max(bands) > src.count:
-        raise ValueError(f"the model reads bands {bands} (INPUT.BANDS, or 1..len(PIXEL_MEAN)) "
-                         f"but {src.name} has {src.count} band(s)")
+        raise ValueError(f"the model reads bands {list(bands)} (INPUT.BANDS, or "
+                         f"1..len(PIXEL_MEAN)) but {src.name} has {src.count} band(s)")
+
+
+def _read(src, bands: list[int], fill, window) -> np.ndarray:
+    bands = [int(b) for b in bands]
+    check_band_count(src, bands)
     data = src.read(bands, window=window).astype(np.float32)
     if src.nodata is not None and fill is not None:
         holes = data == np.float32(src.nodata)

@@ -23,8 +23,8 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 
-from ..geometry.polygons import pixel_to_map
-from ..evaluation.writers import write_geojson, write_proposal_csv
+from ..data.bands import check_band_count
+from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
 
@@ -44,9 +44,7 @@ def _check_scene(path: Path, bands: list[int]) -> None:
             if src.crs is None:
                 raise ValueError(f"{path} has no CRS, so its buildings cannot be placed on a map; "
                                  "georeference it (e.g. gdal_edit.py -a_srs EPSG:32611 ...)")
-            if max(bands) > src.count:
-                raise ValueError(f"{path} has {src.count} band(s) but the model reads bands "
-                                 f"{bands} (INPUT.BANDS of its config)")
+            check_band_count(src, bands)
     except rasterio.errors.RasterioIOError as exc:
         raise ValueError(f"{path} is not a readable GeoTIFF ({exc})") from None
 
@@ -60,19 +58,8 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
     try:
         _check_scene(path, predictor.bands)
         pred = predictor.predict(path, progress=False)
-        geo = [pixel_to_map(p, pred.transform) for p in pred.polygons]
-        if "geojson" in formats:
-            props = [{"scene": scene.name, "building_id": i, "score": round(s, 4)}
-                     for i, s in enumerate(pred.scores)]
-            write_geojson(out_dir / "geojson" / f"{scene.name}.geojson", geo, pred.crs, props)
-        if "csv" in formats:
-            write_proposal_csv(out_dir / "csv" / f"{scene.name}.csv",
-                               {pred.image_id: list(zip(pred.polygons, pred.scores))})
-        if "png" in formats:
-            from .predictor import _write_overlay
-
-            (out_dir / "png").mkdir(parents=True, exist_ok=True)
-            _write_overlay(pred, out_dir / "png" / f"{scene.name}.png", rgb_bands)
+        extra = {fmt: out_dir / fmt / f"{scene.name}.{fmt}" for fmt in formats if fmt != "parquet"}
+        geo = write_scene_formats(pred, extra, {"scene": scene.name}, rgb_bands)
         count = write_buildings_parquet(parquet_path(out_dir, scene), scene.name, geo,
                                         pred.scores, pred.crs)
         return SceneRow(scene.name, scene.path, "ok", count, time.perf_counter() - start,
@@ -85,18 +72,13 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
                         worker_name(), message, run_started, peak_rss_mb())
 
 
-def run_local(predictor_factory, scenes: list[Scene], out_dir, formats: list[str],
+def run_local(predictor, scenes: list[Scene], out_dir, formats: list[str],
               run_started: str, rgb_bands=None) -> list[SceneRow]:
-    """Every scene in this process, one after the other (the model is built on first need)."""
+    """Every scene in this process, one after the other, with one loaded ``predictor``."""
     from tqdm import tqdm
 
-    predictor = None
-    rows = []
-    for scene in tqdm(scenes, desc="scenes", unit="scene"):
-        if predictor is None:
-            predictor = predictor_factory()
-        rows.append(process_scene(predictor, scene, out_dir, formats, run_started, rgb_bands))
-    return rows
+    return [process_scene(predictor, scene, out_dir, formats, run_started, rgb_bands)
+            for scene in tqdm(scenes, desc="scenes", unit="scene")]
 
 
 class _SceneActor:
@@ -169,7 +151,7 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         max_restarts=max_retries, max_task_retries=max_retries)
     by_name = {}
     for row in results.take_all():
-        by_name[str(row["name"] if "name" in row else row["scene"])] = SceneRow(
+        by_name[str(row["scene"])] = SceneRow(
             **{k: _plain(row[k]) for k in SceneRow.__dataclass_fields__})
     missing = [s for s in scenes if s.name not in by_name]
     for s in missing:  # should not happen: Ray retried the scene; say so if it did

@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 
 from ..utils.atomic import atomic_path
+from .scenes import area_m2
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +189,7 @@ def _flush(pool: list, visited: int, emit, stats: dict, final: bool) -> list:
 
 
 def _fill_area(frame) -> None:
-    """area_m2 of unioned buildings, in their UTM zone (the per-scene rule)."""
+    """area_m2 of unioned buildings, by the per-scene rule (:func:`.scenes.area_m2`)."""
     missing = frame["area_m2"].isna().to_numpy()
     if missing.any():
-        part = frame[missing]
-        frame.loc[missing, "area_m2"] = part.to_crs(part.estimate_utm_crs()).area.to_numpy()
+        frame.loc[missing, "area_m2"] = area_m2(frame[missing])

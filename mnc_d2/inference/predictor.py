@@ -25,7 +25,7 @@ from shapely import affinity
 from tqdm import tqdm
 
 from ..data.layout import image_id_from_path
-from ..data.bands import input_bands, read_bands
+from ..data.bands import check_band_count, input_bands, read_bands
 from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
 from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
@@ -108,9 +108,7 @@ class ScenePredictor:
     def predict(self, path: str | Path, progress: bool = True) -> ScenePrediction:
         path = Path(path)
         with rasterio.open(path) as src:
-            if max(self.bands) > src.count:
-                raise ValueError(f"{path} has {src.count} band(s) but the model reads bands "
-                                 f"{self.bands} (INPUT.BANDS of its config)")
+            check_band_count(src, self.bands)
             tiles = tile_grid(src.width, src.height, self.tile_size, self.overlap)
             polygons, scores, tile_ids = [], [], []
             bar = tqdm(total=len(tiles), desc=path.name, unit="tile", disable=not progress)
@@ -139,20 +137,34 @@ class ScenePredictor:
 
 def write_outputs(pred: ScenePrediction, out_dir: str | Path, png: bool = True,
                   rgb_bands: list[int] | None = None) -> dict[str, Path]:
-    """GeoJSON (source CRS), SpaceNet proposal CSV and optional PNG overlay for one scene."""
+    """GeoJSON (source CRS), SpaceNet proposal CSV and optional PNG overlay for one scene,
+    named after the scene file in ``out_dir``."""
     out_dir = Path(out_dir)
     stem = pred.path.stem
     paths = {"geojson": out_dir / f"{stem}_buildings.geojson",
              "csv": out_dir / f"{stem}_proposals.csv"}
-    geo = [pixel_to_map(p, pred.transform) for p in pred.polygons]
-    props = [{"image_id": pred.image_id, "building_id": i, "score": round(s, 4)}
-             for i, s in enumerate(pred.scores)]
-    write_geojson(paths["geojson"], geo, pred.crs, props)
-    write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pred.polygons, pred.scores))})
     if png:
         paths["png"] = out_dir / f"{stem}_overlay.png"
-        _write_overlay(pred, paths["png"], rgb_bands)
+    write_scene_formats(pred, paths, {"image_id": pred.image_id}, rgb_bands)
     return paths
+
+
+def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_id: dict,
+                        rgb_bands: list[int] | None = None) -> list:
+    """Write the formats ``paths`` names (``geojson``: map coordinates in the source CRS, each
+    feature with ``feature_id``, building_id and score; ``csv``: SpaceNet proposals in pixels;
+    ``png``: overlay), each atomically. Returns the polygons in map coordinates."""
+    geo = [pixel_to_map(p, pred.transform) for p in pred.polygons]
+    if "geojson" in paths:
+        props = [{**feature_id, "building_id": i, "score": round(s, 4)}
+                 for i, s in enumerate(pred.scores)]
+        write_geojson(paths["geojson"], geo, pred.crs, props)
+    if "csv" in paths:
+        write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pred.polygons, pred.scores))})
+    if "png" in paths:
+        Path(paths["png"]).parent.mkdir(parents=True, exist_ok=True)
+        _write_overlay(pred, Path(paths["png"]), rgb_bands)
+    return geo
 
 
 def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | None) -> None:

@@ -116,7 +116,7 @@ def _run(args) -> int:
             except Exception as exc:  # unreadable weights, wrong architecture, ...
                 raise UsageError(f"cannot load the model from {cfg.MODEL.WEIGHTS}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
-        done = run_local(lambda: predictor, todo, args.output, formats, started, args.rgb_bands)
+        done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands)
     else:
         try:
             done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,

@@ -161,7 +161,7 @@ def prepare_output(out_dir: str | Path, record: dict, overwrite: bool) -> bool:
             raise UsageError(f"{out_dir} holds the outputs of another run ({', '.join(changed)} "
                              "differ); use a new --output folder, or --overwrite to replace them")
         for fmt in ("buildings", *FORMATS[1:]):
-            for old_file in (out_dir / fmt).glob("*") if (out_dir / fmt).is_dir() else []:
+            for old_file in (out_dir / fmt).glob("*"):  # nothing when the folder is absent
                 old_file.unlink()
         (out_dir / MANIFEST).unlink(missing_ok=True)
     with atomic_write(path, "w") as handle:
@@ -200,17 +200,22 @@ def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: lis
          "building_id": np.arange(len(polygons_map), dtype=np.int64),
          "score": np.asarray(scores, dtype=np.float64)},
         geometry=list(polygons_map), crs=crs)
-    if len(frame):
-        metric = frame.crs if frame.crs.is_projected and _metre_units(frame.crs) else \
-            frame.estimate_utm_crs()
-        frame["area_m2"] = frame.to_crs(metric).area.to_numpy()
-    else:
-        frame["area_m2"] = np.zeros(0)
+    frame["area_m2"] = area_m2(frame)
     frame = frame[["scene", "building_id", "score", "area_m2", "geometry"]].to_crs("EPSG:4326")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False, write_covering_bbox=True, schema_version="1.1.0")
     return len(frame)
+
+
+def area_m2(frame) -> np.ndarray:
+    """(N,) areas in m^2 of a GeoDataFrame's polygons: in its own CRS when that is projected in
+    metres, else in the UTM zone of the polygons."""
+    if not len(frame):
+        return np.zeros(0)
+    metric = frame.crs if frame.crs.is_projected and _metre_units(frame.crs) else \
+        frame.estimate_utm_crs()
+    return frame.to_crs(metric).area.to_numpy()
 
 
 def _metre_units(crs) -> bool:
