@@ -216,3 +216,28 @@ def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
     args = _args(trained, [str(scenes["good0"])], tmp_path / "out")
     args[-1] = str(bad)
     assert predict_main(args) == 2
+
+
+def test_merge_footprints_along_a_row_of_three_scenes(tmp_path):
+    """Seams between A|B and B|C: each cut building is reassembled once, whatever the order in
+    which the scenes are visited."""
+    from mnc_d2.inference.merge import merge_footprints
+    from mnc_d2.inference.scenes import write_buildings_parquet
+
+    crs, x0, y0 = "EPSG:32611", 500000.0, 4000000.0
+
+    def b(x1, x2):
+        return shapely.box(x0 + x1, y0 + 10, x0 + x2, y0 + 20)
+
+    folder = tmp_path / "pred"
+    # A covers x 0..100, B 80..200, C 180..300 (building extents reach the borders).
+    parts = {"A": [b(0, 10), b(70, 100)], "B": [b(80, 120), b(150, 200)], "C": [b(180, 230),
+                                                                              b(290, 300)]}
+    for name, geoms in parts.items():
+        write_buildings_parquet(folder / "buildings" / f"{name}.parquet", name, geoms,
+                                [0.5] * len(geoms), crs)
+    stats = merge_footprints(folder, tmp_path / "city.parquet")
+    city = gpd.read_parquet(tmp_path / "city.parquet").to_crs(crs)
+    widths = sorted(np.round(city.bounds.maxx - city.bounds.minx).astype(int).tolist())
+    assert widths == [10, 10, 50, 80]  # 70..120 and 150..230 reassembled, the ends untouched
+    assert stats["merged_groups"] == 2 and stats["written"] == 4

@@ -104,7 +104,8 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     tree = shapely.STRtree(box_arr)
     stats = {"scenes": len(files), "empty_scenes": empty_scenes, "read": 0, "written": 0,
              "merged_groups": 0}
-    pool = []  # seam buildings waiting: frames with columns + "_needs" (set of scene indices)
+    pool = []  # seam buildings waiting: frames + "_last" (the last scene, in visiting order,
+    # whose extent they touch: a building is final once that scene has been read)
     next_id = 0
     bounds = [np.inf, np.inf, -np.inf, -np.inf]
     total = tuple(shapely.total_bounds(box_arr))
@@ -136,20 +137,19 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
             stats["read"] += len(frame)
             frame["scenes"] = frame["scene"].astype(str)
             frame["_scene"] = k
-            others = [j for j in tree.query(box_arr[k]).tolist() if j != k]
-            needs = [set() for _ in range(len(frame))]
-            if others:
-                touches = shapely.STRtree(box_arr[others]).query(frame.geometry.to_numpy(),
-                                                                 predicate="intersects")
-                for b, o in zip(*touches):
-                    needs[b].add(others[o])
-            seam = np.array([bool(n) for n in needs], dtype=bool)
+            others = np.array([j for j in tree.query(box_arr[k]).tolist() if j != k], dtype=int)
+            last = np.full(len(frame), -1)
+            if len(others):
+                b, o = shapely.STRtree(box_arr[others]).query(frame.geometry.to_numpy(),
+                                                              predicate="intersects")
+                np.maximum.at(last, b, others[o])
+            seam = last >= 0
             emit(frame[~seam])
             if seam.any():
-                waiting = frame[seam].copy()
-                waiting["_needs"] = [needs[i] for i in np.flatnonzero(seam)]
-                pool.append(waiting)
-            pool = _flush(pool, k, emit, stats, final=False)
+                pool.append(frame[seam].assign(_last=last[seam]))
+            # Readiness changes only when the last scene a waiting building touches is read.
+            if any((waiting["_last"] == k).any() for waiting in pool):
+                pool = _flush(pool, k, emit, stats, final=False)
         _flush(pool, len(scenes), emit, stats, final=True)
         _join_chunks(chunks, dest, bounds)
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
@@ -166,7 +166,7 @@ def _flush(pool: list, visited: int, emit, stats: dict, final: bool) -> list:
     frame = pd.concat(pool, ignore_index=True)
     geoms = frame.geometry.to_numpy()
     label = _groups(geoms, frame["_scene"].to_numpy())
-    ready_member = np.array([final or max(n, default=-1) <= visited for n in frame["_needs"]])
+    ready_member = final | (frame["_last"].to_numpy() <= visited)
     ready_group = pd.Series(ready_member).groupby(label).transform("all").to_numpy()
     done = frame[ready_group]
     pieces = []
