@@ -193,6 +193,7 @@ def test_wkt_for_tester_writes_readable_holes_and_parts():
                              "1 1)), ((20 20, 30 20, 30 30, 20 30, 20 20)))")
     texts = wkt_for_tester(shape, precision=1)
     assert len(texts) == 2 and "),(" in texts[0] and "), (" not in texts[0]
+    assert texts[1] == "POLYGON ((20.0 20.0, 30.0 20.0, 30.0 30.0, 20.0 30.0, 20.0 20.0))"
 
 
 def test_in_memory_scoring_equals_csv_scoring(tmp_path):

@@ -518,8 +518,7 @@ def wkt_for_tester(geom, precision: int = 2) -> list[str]:
     for part in shapely.get_parts(geom):
         if part.is_empty or part.geom_type != "Polygon":
             continue
-        rings = [part.exterior, *part.interiors]
-        text = "),(".join(", ".join(f"{x:.{precision}f} {y:.{precision}f}" for x, y in r.coords)
-                          for r in rings)
-        out.append(f"POLYGON (({text}))")
+        rings = shapely.to_wkt(shapely.get_rings(part), rounding_precision=precision,
+                               trim=False, output_dimension=2)  # "LINEARRING (x y, ...)"
+        out.append("POLYGON ((" + "),(".join(r[len("LINEARRING ("):-1] for r in rings) + "))")
     return out

@@ -36,12 +36,9 @@ def write_proposal_csv(path: str | Path,
         writer.writerow(PROPOSAL_HEADER)
         for image_id, items in predictions.items():
             ordered = sorted(items, key=lambda item: -float(item[1]))
-            if not ordered:
-                writer.writerow([image_id, -1, "POLYGON EMPTY", 1.0])
-                continue
             texts = [(text, conf) for geom, conf in ordered
                      for text in wkt_for_tester(geom, precision)]
-            if not texts:
+            if not texts:  # no polygons, or only empty ones
                 writer.writerow([image_id, -1, "POLYGON EMPTY", 1.0])
             for building_id, (text, conf) in enumerate(texts):
                 writer.writerow([image_id, building_id, text, f"{conf:.6f}"])
