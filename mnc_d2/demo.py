@@ -76,11 +76,11 @@ def summary_lines(metrics: dict, out_dir: Path, seconds: float) -> list[str]:
         lines.append(f"{city:<16}{sn[city + '/precision']:>10.3f}{sn[city + '/recall']:>10.3f}"
                      f"{sn[city + '/F1']:>10.3f}")
     lines += [f"{'all (global)':<16}{sn['precision']:>10.3f}{sn['recall']:>10.3f}{sn['F1']:>10.3f}",
-              f"mean city F1 (the SpaceNet 2 score): {sn['mean_city_F1']:.3f}",
+              f"mean city F1 (the SpaceNet 2 score): {sn['score']:.3f}",
               f"TP {int(sn['TP'])}  FP {int(sn['FP'])}  FN {int(sn['FN'])}"]
     if "best_threshold" in sn:
         lines += [f"score threshold sweep: best {sn['best_threshold']:.2f} (mean city F1 "
-                  f"{sn['best_threshold/mean_city_F1']:.3f}; used by the predictions), score "
+                  f"{sn['best_threshold/score']:.3f}; used by the predictions), score "
                   f"calibration error (ECE) {sn['ECE']:.3f}"]
     lines += [f"files in {out_dir}/: metrics.json, inference/*/spacenet_proposals.csv, "
               "predictions/*.geojson|*.csv|*.png, overlays/*_score.png",

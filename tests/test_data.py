@@ -265,8 +265,10 @@ def test_geojson_is_reprojected_and_clipped(tmp_path):
 
 
 def test_missing_folder_names_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="RGB-PanSharpen does not exist"):
+    with pytest.raises(FileNotFoundError, match="AOI_2_Vegas_Train does not exist"):
         load_spacenet_dicts(tmp_path / "AOI_2_Vegas_Train")
+    with pytest.raises(FileNotFoundError, match=r"RGB-PanSharpen/\*.tif"):
+        load_spacenet_dicts(tmp_path, version="spacenet2")
 
 
 def test_builtin_missing_folder_names_variable(monkeypatch, tmp_path):

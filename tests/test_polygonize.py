@@ -20,7 +20,8 @@ from mnc_d2.geometry.polygons import (
     pixel_to_map,
     regularize_rectilinear,
 )
-from mnc_d2.evaluation.writers import write_geojson, write_proposal_csv
+from mnc_d2.formats.geojson import write_geojson
+from mnc_d2.formats.spacenet_csv import write_proposal_csv
 
 
 def test_l_shape_traced_exactly():

@@ -160,7 +160,7 @@ def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):
     assert (res["TP"], res["FP"], res["FN"]) == (2, 1, 1)
     # Mean city F1: 0.2 -> (0.4 + 1) / 2, 0.5 -> 0.75, 0.7 -> (2/3 + 1) / 2.
     assert res["best_threshold"] == 0.7
-    assert res["best_threshold/mean_city_F1"] == pytest.approx(5 / 6)
+    assert res["best_threshold/score"] == pytest.approx(5 / 6)
     sweep = json.loads((tmp_path / "eval" / "spacenet_sweep.json").read_text())
     assert [round(r["mean_city_F1"], 4) for r in sweep["sweep"]] == [0.7, 0.75, 0.8333]
     assert 0 <= res["ECE"] <= 1 and sum(b["count"] for b in sweep["calibration"]["bins"]) == 4

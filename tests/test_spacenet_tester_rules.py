@@ -17,8 +17,8 @@ import pytest
 import shapely
 
 from mnc_d2.evaluation.spacenet_metric import SpaceNetCSVError, score, score_csv
-from mnc_d2.evaluation.tester_polygons import (even_odd_region, read_polygon_csv, ring_areas,
-                                               wkt_for_tester)
+from mnc_d2.evaluation.tester_polygons import even_odd_region, read_polygon_csv, ring_areas
+from mnc_d2.formats.spacenet_csv import wkt_for_tester
 
 TRUTH_HEADER = "ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo"
 PROP_HEADER = "ImageId,BuildingId,PolygonWKT_Pix,Confidence"

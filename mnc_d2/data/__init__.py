@@ -1,15 +1,32 @@
-"""SpaceNet data: layout, labels, dataset registration, N-band mapper, synthetic generator."""
+"""SpaceNet data: release descriptions, labels, dataset registration, band reader, N-band mapper,
+synthetic generator.
 
-import mnc_d2
+Importing this package is light: the torch-free modules (:mod:`.versions`, :mod:`.bands`,
+:mod:`.labels`, :mod:`.synthetic`) import neither torch nor detectron2. The Detectron2-facing
+names below load on first use, after :func:`mnc_d2.setup` has applied the shims.
+"""
 
-mnc_d2.setup()  # shims before any detectron2 import; registrations
+from __future__ import annotations
 
-from .band_stats import compute_band_stats, resolve_band_stats
-from .builtin import register_builtin_spacenet, split_of
-from .bands import input_bands, read_bands
-from .mapper import SpaceNetDatasetMapper, check_band_config
-from .spacenet import load_spacenet_dicts, register_spacenet_instances
+import importlib
 
-__all__ = ["SpaceNetDatasetMapper", "check_band_config", "compute_band_stats",
-           "input_bands", "load_spacenet_dicts", "read_bands", "register_builtin_spacenet",
-           "register_spacenet_instances", "resolve_band_stats", "split_of"]
+_EXPORTS = {
+    "SpaceNetDatasetMapper": ".mapper", "check_band_config": ".mapper",
+    "compute_band_stats": ".band_stats", "resolve_band_stats": ".band_stats",
+    "register_builtin_spacenet": ".builtin", "split_of": ".builtin",
+    "input_bands": ".bands", "read_bands": ".bands",
+    "load_spacenet_dicts": ".spacenet", "register_spacenet_instances": ".spacenet",
+    "SpaceNetVersion": ".versions", "VERSIONS": ".versions", "get_version": ".versions",
+    "infer_version": ".versions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import mnc_d2
+
+        mnc_d2.setup()  # shims before any detectron2 import; registrations
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'mnc_d2.data' has no attribute {name!r}")

@@ -1,86 +1,114 @@
-"""Built-in SpaceNet 2 dataset names, registered on ``import mnc_d2``.
+"""Built-in SpaceNet dataset names, registered by :func:`mnc_d2.setup`, one set per release
+entry of :mod:`.versions` (nothing here is release-specific).
 
-Root: ``$DETECTRON2_DATASETS/spacenet`` (default ``./datasets/spacenet``), holding the released
-city folders ``AOI_2_Vegas_Train``, ``AOI_3_Paris_Train``, ``AOI_4_Shanghai_Train``,
-``AOI_5_Khartoum_Train``. Names:
+Root: ``$DETECTRON2_DATASETS/spacenet`` (default ``./datasets/spacenet``), holding each release's
+area folders (``Area.folder``). Names: ``<version>_<area>[_<subset>]_<split>[<variant>]``:
 
-* ``spacenet2_{vegas,paris,shanghai,khartoum,all}_{train,val}``: RGB-PanSharpen (3 bands);
-* the same with ``_8band``: MUL-PanSharpen (8 bands, 650x650).
+* ``spacenet1_rio_{train,val}`` (3band), ``..._8band``;
+* ``spacenet2_{vegas,paris,shanghai,khartoum,all}_{train,val}`` (RGB-PanSharpen), ``..._8band``
+  (MUL-PanSharpen); ``all`` joins the cities present (missing ones are logged);
+* ``spacenet4_atlanta_{nadir,offnadir,veryoffnadir,all}_{train,val}`` (Pan-Sharpen): the
+  collects of one nadir segment (<= 25, 26-40, > 40 degrees off nadir) or all 27.
 
 Split (deterministic, independent of file order or of which other images exist): an image is in
-``val`` when ``zlib.crc32(ImageId) % 5 == 0`` (about 20%), else in ``train``. The SpaceNet
-``*_Test_public`` folders have no labels, so validation is carved from ``*_Train``.
+``val`` when ``zlib.crc32(key) % 5 == 0`` (about 20%), else in ``train``; the key is the ImageId,
+except for SpaceNet 4, where it is the tile (``{x}_{y}``), so the 27 views of a place never sit on
+both sides of the split. The public test folders have no labels, so validation is carved from
+the training folders.
 
 A name whose folder is missing stays registered; using it raises ``FileNotFoundError`` naming the
-path and the variable. ``..._all_...`` uses the cities present and logs the missing ones (it
-fails only when none is present).
+path and the variable.
 """
 
 from __future__ import annotations
 
+from mnc_d2 import compat
+
+compat.apply()  # shims before any detectron2 import
+
 import functools
 import logging
 import os
-import zlib
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .layout import CITIES, PRODUCTS
-from .spacenet import list_images, load_spacenet_dicts
+from .versions import VERSIONS, SPACENET2, SpaceNetVersion, get_version, split_of_key
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-VARIANTS = {"": "RGB-PanSharpen", "_8band": "MUL-PanSharpen"}
 
 
 def spacenet_root() -> Path:
     return Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "spacenet"
 
 
-def split_of(image_id: str) -> str:
+def split_of(image_id: str, version: str | SpaceNetVersion = SPACENET2) -> str:
     """The deterministic split of an ImageId (see module docstring)."""
-    return "val" if zlib.crc32(image_id.encode("utf-8")) % 5 == 0 else "train"
+    if isinstance(version, str):
+        version = get_version(version)
+    return split_of_key(version.split_key(image_id))
 
 
-def _city_dicts(aoi: str, product: str, split: str, root: Path | None = None) -> list[dict]:
-    root = root or spacenet_root()
-    aoi_root = root / f"{aoi}_Train"
-    if not aoi_root.is_dir():
+def builtin_name(version: SpaceNetVersion, area: str, subset: str, split: str,
+                 variant: str) -> str:
+    return "_".join(p for p in (version.name, area, subset, split) if p) + variant
+
+
+def _area_dicts(version: str, area: str, subset: str, product: str, split: str,
+                root: Path | None = None) -> list[dict]:
+    from .spacenet import list_images, load_spacenet_dicts
+
+    entry = get_version(version)
+    folder = (root or spacenet_root()) / entry.area(area).folder
+    if not folder.is_dir():
         raise FileNotFoundError(
-            f"SpaceNet folder {aoi_root} does not exist. Point DETECTRON2_DATASETS at the folder "
-            f"that holds spacenet/{aoi}_Train (now {os.environ.get('DETECTRON2_DATASETS', 'unset')}"
-            "), or generate synthetic data: python datasets/prepare_synthetic_spacenet.py")
-    ids = [i for i in list_images(aoi_root, product) if split_of(i) == split]
-    return load_spacenet_dicts(aoi_root, product, "csv", image_ids=ids)
+            f"{entry.title} folder {folder} does not exist. Point DETECTRON2_DATASETS at the "
+            f"folder that holds spacenet/{folder.name} (now "
+            f"{os.environ.get('DETECTRON2_DATASETS', 'unset')}), or generate synthetic data: "
+            f"python datasets/prepare_synthetic_spacenet.py --version {entry.name}")
+    ids = [i for i in list_images(folder, product, entry)
+           if entry.split_of(i) == split and entry.in_subset(subset, i)]
+    return load_spacenet_dicts(folder, product, None, ids, entry)
 
 
-def _all_cities_dicts(product: str, split: str) -> list[dict]:
+def _union_dicts(version: str, subset: str, product: str, split: str) -> list[dict]:
+    entry = get_version(version)
     root = spacenet_root()
-    present = [aoi for aoi in CITIES.values() if (root / f"{aoi}_Train").is_dir()]
+    present = [a.short for a in entry.areas if (root / a.folder).is_dir()]
     if not present:
-        return _city_dicts(next(iter(CITIES.values())), product, split, root)  # raises, clearly
-    missing = sorted(set(CITIES.values()) - set(present))
+        return _area_dicts(version, entry.areas[0].short, subset, product, split, root)  # raises
+    missing = sorted(a.folder for a in entry.areas if a.short not in present)
     if missing:
-        logger.warning("spacenet2_all: %s missing under %s; using %s", missing, root, present)
-    return [d for aoi in present for d in _city_dicts(aoi, product, split, root)]
+        logger.warning("%s_%s: %s missing under %s; using %s", version, entry.union_name,
+                       missing, root, present)
+    return [d for a in present for d in _area_dicts(version, a, subset, product, split, root)]
+
+
+def _register(name: str, loader, entry: SpaceNetVersion, aoi: str, product: str,
+              split: str) -> None:
+    if name in DatasetCatalog.list():
+        return
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(
+        thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
+        group_by=entry.group_by, aoi=aoi, product=product,
+        num_bands=entry.product(product).bands, split=split)
 
 
 def register_builtin_spacenet() -> None:
-    for suffix, product in VARIANTS.items():
-        for split in SPLITS:
-            for city, aoi in CITIES.items():
-                name = f"spacenet2_{city}_{split}{suffix}"
-                if name in DatasetCatalog.list():
-                    continue
-                DatasetCatalog.register(name, functools.partial(_city_dicts, aoi, product, split))
-                MetadataCatalog.get(name).set(
-                    thing_classes=["building"], evaluator_type="spacenet", aoi=aoi,
-                    product=product, num_bands=PRODUCTS[product], split=split)
-            name = f"spacenet2_all_{split}{suffix}"
-            if name not in DatasetCatalog.list():
-                DatasetCatalog.register(name, functools.partial(_all_cities_dicts, product, split))
-                MetadataCatalog.get(name).set(
-                    thing_classes=["building"], evaluator_type="spacenet", aoi="all",
-                    product=product, num_bands=PRODUCTS[product], split=split)
+    for entry in VERSIONS.values():
+        for variant, product in entry.variants.items():
+            for split in SPLITS:
+                for subset in entry.subsets:
+                    for area in entry.areas:
+                        _register(builtin_name(entry, area.short, subset, split, variant),
+                                  functools.partial(_area_dicts, entry.name, area.short, subset,
+                                                    product, split),
+                                  entry, area.aoi, product, split)
+                    if entry.union_name:
+                        _register(builtin_name(entry, entry.union_name, subset, split, variant),
+                                  functools.partial(_union_dicts, entry.name, subset, product,
+                                                    split),
+                                  entry, entry.union_name, product, split)

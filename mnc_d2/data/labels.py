@@ -27,7 +27,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from ..geometry.polygons import map_to_pixel, polygonal_parts
-from ..evaluation.spacenet_metric import read_truth_csv
+from ..formats.spacenet_csv import read_truth_csv
 
 logger = logging.getLogger(__name__)
 

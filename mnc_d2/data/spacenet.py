@@ -1,9 +1,11 @@
-"""SpaceNet city folders -> Detectron2 dataset dicts, and their registration.
+"""SpaceNet folders -> Detectron2 dataset dicts, and their registration, for every release
+described in :mod:`.versions` (SpaceNet 1, 2 and 4).
 
 Each dict (one per GeoTIFF of the chosen product)::
 
     file_name  str    path of the GeoTIFF
-    image_id   str    SpaceNet ImageId, e.g. "AOI_2_Vegas_img1234"
+    image_id   str    SpaceNet ImageId, e.g. "AOI_2_Vegas_img1234",
+                      "Atlanta_nadir27_catid_1030010003472200_733601_3725139"
     height, width int raster size in pixels
     crs        str    the raster's CRS as WKT
     transform  tuple  the raster's affine transform (a, b, c, d, e, f), pixel -> map
@@ -14,14 +16,20 @@ Each dict (one per GeoTIFF of the chosen product)::
                       (train with INPUT.MASK_FORMAT "bitmask": Detectron2 then decodes both)
         wkt_pix       the exact pixel footprint (holes kept), used for SpaceNet scoring
 
-Labels: ``labels="csv"`` reads the city's summary CSV, whose pixel coordinates refer to the
-pan-sharpened grid (650x650 in SpaceNet 2; for the other products that is the raster's own grid);
-for the 163x163 ``MUL`` product they are scaled by 163/650 to its grid (the image is not
-resampled). ``labels="geojson"`` reprojects each image's GeoJSON to the raster CRS
-and maps it through the raster's own inverse affine, which is exact for every product.
+Labels: ``labels="csv"`` reads the release's summary CSV(s), whose pixel coordinates refer to
+one product's grid (``SpaceNetVersion.csv_grid``: SpaceNet 2's 650x650 pan-sharpened grid,
+SpaceNet 4's 900x900 one, SpaceNet 1's CSV per product); rasters of another size are reached by
+scaling (e.g. 163/650 for SpaceNet 2's ``MUL``; the image is not resampled).
+``labels="geojson"`` reprojects each image's GeoJSON to the raster CRS and maps it through the
+raster's own inverse affine, which is exact for every product. ``None`` uses the release's
+default (CSV for SpaceNet 2, GeoJSON for 1 and 4, whose archives ship GeoJSON).
 """
 
 from __future__ import annotations
+
+import mnc_d2
+
+mnc_d2.setup()  # shims before any detectron2 import; registrations
 
 import functools
 import logging
@@ -40,7 +48,7 @@ from shapely import affinity
 from tqdm import tqdm
 
 from .labels import LabelError, RepairLog, clean_footprints, clip_to_tile, read_geojson_footprints, read_summary_csv
-from .layout import LABEL_GRID, PRODUCTS, aoi_name, geojson_path, image_id_from_path, product_dir, summary_csv_path
+from .versions import SpaceNetVersion, get_version, infer_version
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,8 @@ def raster_header(path: Path) -> dict:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise RasterError(f"{path} has no CRS; SpaceNet tiles are georeferenced "
-                                  "(EPSG:4326): use the original file or assign its CRS")
+                                  "(EPSG:4326 in SpaceNet 1 and 2, UTM in SpaceNet 4): use the "
+                                  "original file or assign its CRS")
             if src.transform.is_identity:
                 raise RasterError(f"{path} has no geotransform (pixel -> map affine); use the "
                                   "original file or assign its transform")
@@ -86,86 +95,130 @@ def make_annotation(geom, height: int, width: int) -> dict:
             "wkt_pix": shapely.to_wkt(geom, rounding_precision=3)}
 
 
-def list_images(aoi_root: Path, product: str) -> dict[str, Path]:
-    """{ImageId: GeoTIFF path} of one product folder; duplicates are an error."""
-    folder = product_dir(aoi_root, product)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"product folder {folder} does not exist; expected "
-                                f"{aoi_root}/{product}/{product}_<ImageId>.tif (see "
+def resolve_version(root: str | Path, version: str | SpaceNetVersion | None,
+                    product: str | None = None) -> SpaceNetVersion:
+    """``version`` as an entry; ``None``: inferred from what ``root`` holds."""
+    if isinstance(version, SpaceNetVersion):
+        return version
+    if version is None:
+        return infer_version(root, product)
+    return get_version(version)
+
+
+def list_images(root: Path, product: str | None = None,
+                version: str | SpaceNetVersion | None = None) -> dict[str, Path]:
+    """{ImageId: GeoTIFF path} of one product; duplicates are an error."""
+    root = Path(root)
+    version = resolve_version(root, version, product)
+    product = version.product(product).name
+    paths = version.find_images(root, product)
+    if not paths:
+        raise FileNotFoundError(f"no {version.title} {product} images under {root} (looked for "
+                                f"{root}/{version.image_glob(root, product)}; see "
                                 "datasets/README.md)")
     images: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.tif")):
-        image_id = image_id_from_path(path)
+    for path in paths:
+        image_id = version.image_id_from_path(path)
         if image_id in images:
-            raise ValueError(f"ImageId {image_id} appears twice in {folder}: {images[image_id].name} "
-                             f"and {path.name}; keep one file per ImageId per product folder")
+            raise ValueError(f"ImageId {image_id} appears twice under {root}: {images[image_id]} "
+                             f"and {path}; keep one file per ImageId per product")
         images[image_id] = path
-    if not images:
-        raise FileNotFoundError(f"no .tif files in {folder}")
     return images
 
 
-def _csv_labels(aoi_root: Path, image_ids) -> dict[str, list]:
-    path = summary_csv_path(aoi_root)
-    if not path.is_file():
-        raise FileNotFoundError(f"summary CSV {path} does not exist; pass labels='geojson' to "
-                                "read geojson/buildings/ instead")
-    labels = read_summary_csv(path)
+def _csv_labels(root: Path, version: SpaceNetVersion, product: str, image_ids) -> dict[str, list]:
+    files = version.csv_label_files(root, product)
+    if not files:
+        raise FileNotFoundError(f"no summary CSV for {version.title} {product} under {root} "
+                                f"(looked for {' or '.join(version.csv_patterns(root, product))}); "
+                                "pass labels='geojson' to read the GeoJSON labels instead")
+    labels: dict[str, list] = {}
+    for path in files:
+        for image_id, geoms in read_summary_csv(path).items():
+            labels.setdefault(image_id, []).extend(geoms)
     missing = sorted(set(image_ids) - set(labels))
     if missing:
-        raise LabelError(f"{len(missing)} image(s) have no row in {path} (e.g. {missing[0]}); "
+        where = files[0] if len(files) == 1 else f"{len(files)} CSVs under {files[0].parent}"
+        raise LabelError(f"{len(missing)} image(s) have no row in {where} (e.g. {missing[0]}); "
                          "an image without buildings needs an 'ImageId,-1,POLYGON EMPTY,POLYGON "
                          "EMPTY' row. Fix the CSV or pass labels='geojson'")
     return labels
 
 
-def load_spacenet_dicts(aoi_root: str | Path, product: str = "RGB-PanSharpen",
-                        labels: str = "csv", image_ids: list[str] | None = None) -> list[dict]:
-    """Build the dataset dicts of one SpaceNet city folder (see the module docstring)."""
-    aoi_root = Path(aoi_root)
+def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: str | None = None,
+                        image_ids: list[str] | None = None,
+                        version: str | SpaceNetVersion | None = None) -> list[dict]:
+    """Build the dataset dicts of one SpaceNet area folder (see the module docstring)."""
+    root = Path(root)
+    version = resolve_version(root, version, product)
+    product = version.product(product)
+    labels = labels or version.labels
     if labels not in LABEL_SOURCES:
         raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
-    images = list_images(aoi_root, product)
+    images = list_images(root, product.name, version)
     if image_ids is not None:
         images = {k: images[k] for k in image_ids if k in images}
-    csv_labels = _csv_labels(aoi_root, images) if labels == "csv" else None
+    csv_labels = _csv_labels(root, version, product.name, images) if labels == "csv" else None
     repairs = RepairLog()
+    band_mismatch = []
     dicts = []
-    for image_id, path in tqdm(images.items(), desc=f"loading {aoi_root.name}/{product}",
+    for image_id, path in tqdm(images.items(), desc=f"loading {root.name}/{product.name}",
                                unit="img", disable=len(images) < 200):
         head = raster_header(path)
         h, w = head["height"], head["width"]
+        if head["count"] != product.bands:
+            band_mismatch.append(path)
         if csv_labels is not None:
             footprints = clean_footprints(csv_labels[image_id], repairs)
-            if product == "MUL":  # 163x163 grid; the CSV's pixels are on the 650x650 one
-                footprints = [affinity.scale(f, w / LABEL_GRID, h / LABEL_GRID, origin=(0, 0))
-                              for f in footprints]
+            sx, sy = version.csv_scale(product.name, w, h)
+            if (sx, sy) != (1.0, 1.0):
+                footprints = [affinity.scale(f, sx, sy, origin=(0, 0)) for f in footprints]
             footprints = clip_to_tile(footprints, w, h, repairs)
         else:
-            footprints = read_geojson_footprints(geojson_path(aoi_root, image_id), head["crs"],
-                                                 head["transform"], w, h, repairs)
+            footprints = read_geojson_footprints(version.geojson_label_file(root, image_id),
+                                                 head["crs"], head["transform"], w, h, repairs)
         dicts.append({
             "file_name": str(path), "image_id": image_id, "height": h, "width": w,
             "crs": head["crs"].to_wkt(), "transform": tuple(head["transform"])[:6],
             "annotations": [make_annotation(f, h, w) for f in footprints],
         })
-    repairs.report(f"{aoi_root}/{product} ({labels} labels)")
+    if band_mismatch:
+        logger.warning("%d %s file(s) do not have the %d bands %s describes (e.g. %s); "
+                       "INPUT.BANDS decides which bands are read", len(band_mismatch),
+                       product.name, product.bands, version.title, band_mismatch[0])
+    repairs.report(f"{root}/{product.name} ({labels} labels)")
     return dicts
 
 
-def register_spacenet_instances(name: str, aoi_root: str | Path, product: str = "RGB-PanSharpen",
-                                labels: str = "csv", image_ids: list[str] | None = None) -> None:
-    """Register a SpaceNet city folder as Detectron2 dataset ``name`` (lazy: read on first use).
+def register_spacenet_instances(name: str, root: str | Path, product: str | None = None,
+                                labels: str | None = None, image_ids: list[str] | None = None,
+                                version: str | None = None) -> None:
+    """Register a SpaceNet area folder as Detectron2 dataset ``name`` (lazy: read on first use).
 
-    Metadata: thing_classes=["building"], evaluator_type="spacenet", aoi, product, num_bands,
-    aoi_root, labels.
+    ``version``: ``"spacenet1"``, ``"spacenet2"`` or ``"spacenet4"`` (:mod:`.versions`);
+    ``None`` infers it from the folder (an error says so when the folder holds none or several
+    layouts). ``product`` / ``labels``: ``None`` = the release's defaults.
+
+    Metadata: thing_classes=["building"], evaluator_type="spacenet", version, group_by (how the
+    evaluator groups images for the headline number), aoi, product, num_bands, aoi_root, labels.
     """
-    if product not in PRODUCTS:
-        raise ValueError(f"product={product!r} is not one of {sorted(PRODUCTS)}")
+    root = Path(root)
+    entry = resolve_version(root, version, product)
+    prod = entry.product(product)
+    labels = labels or entry.labels
     if labels not in LABEL_SOURCES:
         raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
-    DatasetCatalog.register(name, functools.partial(load_spacenet_dicts, aoi_root, product,
-                                                    labels, image_ids))
+    DatasetCatalog.register(name, functools.partial(load_spacenet_dicts, root, prod.name,
+                                                    labels, image_ids, entry.name))
     MetadataCatalog.get(name).set(
-        thing_classes=["building"], evaluator_type="spacenet", aoi=aoi_name(aoi_root),
-        product=product, num_bands=PRODUCTS[product], aoi_root=str(aoi_root), labels=labels)
+        thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
+        group_by=entry.group_by, aoi=area_aoi(entry, root), product=prod.name,
+        num_bands=prod.bands, aoi_root=str(root), labels=labels)
+
+
+def area_aoi(version: SpaceNetVersion, root: Path) -> str:
+    """The AOI of an area folder: a built-in area's, else the folder name up to ``_Train``."""
+    for area in version.areas:
+        if area.folder == root.name:
+            return area.aoi
+    return root.name.removesuffix("_Train")

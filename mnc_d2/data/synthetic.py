@@ -42,12 +42,14 @@ from shapely import affinity
 from shapely.geometry import Polygon, box
 
 from ..utils.atomic import atomic_write
-from .layout import CITIES, LABEL_GRID
+from .versions import SPACENET2
 
 logger = logging.getLogger(__name__)
 
 GSD_M = 0.3  # metres per pixel of the pan-sharpened grid
-MUL_SIZE = 163
+LABEL_GRID = SPACENET2.product("RGB-PanSharpen").size[0]  # 650
+MUL_SIZE = SPACENET2.product("MUL").size[0]  # 163
+CITIES = {a.short: a.aoi for a in SPACENET2.areas}
 
 # Reflectance per WorldView-3 band: coastal, blue, green, yellow, red, red edge, NIR1, NIR2.
 SIGNATURES = {
@@ -69,6 +71,7 @@ SIGNATURES = {
     "clutter_dark": (0.05, 0.05, 0.06, 0.06, 0.06, 0.07, 0.08, 0.08),
     "clutter_bright": (0.42, 0.46, 0.47, 0.47, 0.46, 0.45, 0.44, 0.43),
 }
+ATTRIBUTE_HEADER = ("ImageId", "BuildingId", "shape", "roof", "area_m2", "solidity")
 DARK_ROOFS = ("roof_dark", "roof_dark_nir")
 
 
@@ -240,23 +243,24 @@ def to_dn(reflectance: np.ndarray) -> np.ndarray:
     return np.clip(np.round(reflectance * 2047 / 0.6), 0, 2047).astype(np.uint16)
 
 
-def _write_tif(path: Path, data: np.ndarray, transform: Affine) -> None:
+def write_tif(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:4326") -> None:
+    """(C, H, W) array -> GeoTIFF (atomic: written beside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with rasterio.open(tmp, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
-                       count=data.shape[0], dtype="uint16", crs="EPSG:4326",
+                       count=data.shape[0], dtype=str(data.dtype), crs=crs,
                        transform=transform, compress="deflate") as dst:
         dst.write(data)
     tmp.replace(path)
 
 
-def _wkt3(geom) -> str:
+def wkt3(geom) -> str:
     """SpaceNet's WKT: 'POLYGON ((x y 0, ...))' (z = 0, no 'Z' tag)."""
     text = shapely.to_wkt(shapely.force_3d(geom), rounding_precision=6, output_dimension=3)
     return text.replace("POLYGON Z ", "POLYGON ", 1)
 
 
-def _solidity(geom) -> float:
+def solidity(geom) -> float:
     return float(geom.area / geom.convex_hull.area) if geom.area > 0 else 0.0
 
 
@@ -280,18 +284,31 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
     reflectance, footprints, attrs = render_scene(rng, style, setting=SETTINGS[setting])
     transform = tile_transform(style, index)
     mul = to_dn(reflectance)
-    _write_tif(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
-    _write_tif(aoi_root / "RGB-PanSharpen" / f"RGB-PanSharpen_{image_id}.tif", mul[[4, 2, 1]],
-               transform)
+    write_tif(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
+    write_tif(aoi_root / "RGB-PanSharpen" / f"RGB-PanSharpen_{image_id}.tif", mul[[4, 2, 1]],
+              transform)
     pan = to_dn(reflectance[1:6].mean(axis=0, keepdims=True))
-    _write_tif(aoi_root / "PAN" / f"PAN_{image_id}.tif", pan, transform)
+    write_tif(aoi_root / "PAN" / f"PAN_{image_id}.tif", pan, transform)
     small = np.stack([cv2.resize(band, (MUL_SIZE, MUL_SIZE), interpolation=cv2.INTER_AREA)
                       for band in reflectance])
     scale = LABEL_GRID / MUL_SIZE
-    _write_tif(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
-               transform * Affine.scale(scale, scale))
+    write_tif(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
+              transform * Affine.scale(scale, scale))
 
-    tile = box(0, 0, LABEL_GRID, LABEL_GRID)
+    rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
+                                            LABEL_GRID, LABEL_GRID)
+    if not rows:
+        rows.append([image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"])
+    write_geojson_labels(aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson",
+                         features)
+    return rows, attr_rows
+
+
+def tile_labels(image_id: str, footprints, attrs, transform: Affine, width: int, height: int,
+                gsd_m: float = GSD_M) -> tuple[list, list, list]:
+    """Footprints drawn on a scene -> (summary CSV rows, GeoJSON features in the transform's CRS,
+    attribute rows) of the ``width`` x ``height`` tile; buildings cut by the edge are clipped."""
+    tile = box(0, 0, width, height)
     rows, features, attr_rows = [], [], []
     for poly, attr in zip(footprints, attrs):
         clipped = poly.intersection(tile)
@@ -302,17 +319,30 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
         geo = affinity.affine_transform(clipped, [transform.a, transform.b, transform.d,
                                                   transform.e, transform.c, transform.f])
         building_id = len(rows)
-        rows.append([image_id, building_id, _wkt3(clipped), _wkt3(geo)])
+        rows.append([image_id, building_id, wkt3(clipped), wkt3(geo)])
         features.append({"type": "Feature", "properties": {"Id": 0, "building": "yes"},
                          "geometry": shapely.geometry.mapping(shapely.set_precision(geo, 1e-9))})
         attr_rows.append([image_id, building_id, attr["shape"], attr["roof"],
-                          round(clipped.area * GSD_M ** 2, 2), round(_solidity(clipped), 4)])
-    if not rows:
-        rows.append([image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"])
-    geojson = aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson"
-    with atomic_write(geojson, "w") as f:
-        json.dump({"type": "FeatureCollection", "features": features}, f)
-    return rows, attr_rows
+                          round(clipped.area * gsd_m ** 2, 2), round(solidity(clipped), 4)])
+    return rows, features, attr_rows
+
+
+def write_summary_csv(path: Path, rows: list, header=("ImageId", "BuildingId", "PolygonWKT_Pix",
+                                                      "PolygonWKT_Geo")) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_geojson_labels(path: Path, features: list, crs: str | None = None) -> None:
+    """A label FeatureCollection; ``crs`` (e.g. "EPSG:32616") is named in the file when given
+    (lon/lat files name none, as SpaceNet's)."""
+    collection = {"type": "FeatureCollection", "features": features}
+    if crs is not None:
+        collection["crs"] = {"type": "name", "properties": {"name": crs}}
+    with atomic_write(path, "w") as f:
+        json.dump(collection, f)
 
 
 def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 0,
@@ -335,14 +365,9 @@ def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 
         all_rows.extend(rows)
         all_attrs.extend(attrs)
     summary = aoi_root / "summaryData"
-    with atomic_write(summary / f"{aoi_root.name}_Building_Solutions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ImageId", "BuildingId", "PolygonWKT_Pix", "PolygonWKT_Geo"])
-        writer.writerows(all_rows)
-    with atomic_write(summary / f"{aoi_root.name}_Building_Attributes.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ImageId", "BuildingId", "shape", "roof", "area_m2", "solidity"])
-        writer.writerows(all_attrs)
+    write_summary_csv(summary / f"{aoi_root.name}_Building_Solutions.csv", all_rows)
+    write_summary_csv(summary / f"{aoi_root.name}_Building_Attributes.csv", all_attrs,
+                      ATTRIBUTE_HEADER)
     return aoi_root
 
 

@@ -22,12 +22,21 @@ from ..modeling.checkpoint import build_checkpointer
 
 logger = logging.getLogger(__name__)
 
-BEST_METRIC = "spacenet/F1"
+
+
+def best_metric(cfg) -> str:
+    """The flattened result key the best checkpoint follows: the SpaceNet ``score`` (the
+    headline number of the dataset's release, see SpaceNetEvaluator) of the first test set
+    (Detectron2 prefixes keys with the dataset name when there are several)."""
+    if len(cfg.DATASETS.TEST) > 1:
+        return f"{cfg.DATASETS.TEST[0]}/spacenet/score"
+    return "spacenet/score"
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the N-band SpaceNet mapper, SpaceNetEvaluator (plus COCO AP when
-    TEST.SPACENET.COCO_AP), best-checkpoint by SpaceNet F1 and multi-band checkpoint loading.
+    TEST.SPACENET.COCO_AP), best checkpoint by the release's headline SpaceNet score and
+    multi-band checkpoint loading.
     Only ``build_*`` hooks are overridden."""
 
     @classmethod
@@ -59,5 +68,6 @@ class Trainer(DefaultTrainer):
         if self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
             ret.insert(position, hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD,
-                                                        self.checkpointer, BEST_METRIC, "max"))
+                                                        self.checkpointer, best_metric(self.cfg),
+                                                        "max"))
         return ret

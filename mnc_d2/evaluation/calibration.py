@@ -32,7 +32,10 @@ def threshold_sweep(result: ScoreResult, proposals: pd.DataFrame, truth: pd.Data
 
     ``result`` = ``score(truth, proposals)`` with every proposal above the lowest threshold;
     ``proposals`` needs ImageId and Confidence, ``truth`` ImageId (rows in the order scored).
-    Returns one row per threshold: threshold, TP, FP, FN, precision, recall, F1, mean_city_F1.
+    Returns one row per threshold: threshold, TP, FP, FN, precision, recall, F1, score (the mean
+    of the group F1s under the result's grouping: cities for SpaceNet 1/2, nadir segments for
+    SpaceNet 4; the release's headline number) and mean_city_F1 (the same number, under the
+    name SpaceNet 2 reports used).
     """
     thresholds = np.asarray(sorted(float(t) for t in thresholds))
     conf = proposals["Confidence"].to_numpy(dtype=float)
@@ -57,11 +60,12 @@ def threshold_sweep(result: ScoreResult, proposals: pd.DataFrame, truth: pd.Data
                 precision=np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0),
                 recall=np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0),
                 F1=_f1(tp, fp, fn),
-                mean_city_F1=np.mean(city_f1, axis=0) if city_f1 else np.zeros(len(thresholds)))
+                score=np.mean(city_f1, axis=0) if city_f1 else np.zeros(len(thresholds)))
+    rows["mean_city_F1"] = rows["score"]
     return pd.DataFrame(rows)
 
 
-def best_threshold(sweep: pd.DataFrame, key: str = "mean_city_F1") -> dict:
+def best_threshold(sweep: pd.DataFrame, key: str = "score") -> dict:
     """The sweep row with the highest ``key`` (ties: the lowest threshold), as a dict."""
     row = sweep.iloc[int(np.argmax(sweep[key].to_numpy()))]
     return {k: (float(v) if k not in ("TP", "FP", "FN") else int(v)) for k, v in row.items()}

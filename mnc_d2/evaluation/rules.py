@@ -6,8 +6,9 @@ documented, tested and extended in one place. Torch-free.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
+
+from ..data.versions import NADIR_BINS, nadir_angle, nadir_bin  # noqa: F401  (re-exported)
 
 
 def city_first_three(image_id: str) -> str:
@@ -89,20 +90,6 @@ def get_rules(name: str) -> RuleSet:
 # --- grouping: how per-image counts are summed into the groups whose F1s are averaged ----------
 
 GROUP_BY = ("auto", "city", "nadir", "none")
-_NADIR = re.compile(r"nadir(\d+)_catid")
-NADIR_BINS = (("Nadir", 25), ("Off-Nadir", 40), ("Very-Off-Nadir", 90))
-
-
-def nadir_bin(image_id: str) -> str:
-    """SpaceNet 4's segment of an ImageId by the collect's off-nadir angle
-    (``Atlanta_nadir27_catid_..._x_y`` -> ``Off-Nadir``): <= 25 deg Nadir, 26-40 Off-Nadir,
-    > 40 Very-Off-Nadir. The SpaceNet 4 score is the mean of the three segments' F1s."""
-    match = _NADIR.search(str(image_id))
-    if not match:
-        raise ValueError(f"ImageId {image_id!r} names no off-nadir angle ('..._nadir27_catid_...'); "
-                         "group by city or none instead")
-    angle = int(match.group(1))
-    return next(name for name, top in NADIR_BINS if angle <= top)
 
 
 def one_group(image_id: str) -> str:
@@ -119,6 +106,6 @@ def with_grouping(rules: RuleSet, group_by: str | None, image_ids) -> tuple[Rule
         raise ValueError(f"group_by={group_by!r} is not one of {GROUP_BY}")
     if group_by == "auto":
         ids = list(image_ids)
-        group_by = "nadir" if ids and all(_NADIR.search(str(i)) for i in ids) else "city"
+        group_by = "nadir" if ids and all(nadir_angle(i) is not None for i in ids) else "city"
     group = {"city": rules.group, "nadir": nadir_bin, "none": one_group}[group_by]
     return replace(rules, group=group), group_by

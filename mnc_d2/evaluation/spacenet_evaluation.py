@@ -15,11 +15,16 @@ calibration (:mod:`.calibration`, from the same single scoring), writes
 (a training run's ``OUTPUT_DIR/score_threshold.json``, which ``tools/predict.py`` then uses)
 and returns::
 
-    {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "mean_city_F1",
-                  "<city>/F1", "<city>/precision", "<city>/recall", ...,
-                  "best_threshold", "best_threshold/mean_city_F1", "best_threshold/F1", "ECE"}}
+    {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "score", "mean_<group>_F1",
+                  "<group>/F1", "<group>/precision", "<group>/recall", ...,
+                  "best_threshold", "best_threshold/score", "best_threshold/F1", "ECE"}}
 
-The best threshold maximises mean city F1 (SpaceNet 2's headline number).
+Groups follow the dataset's release (``TEST.SPACENET.GROUP_BY: auto`` reads the ``group_by``
+its registration recorded, :mod:`mnc_d2.data.versions`; without one, SpaceNet 4 ImageIds are
+grouped by nadir segment and others by city): cities for SpaceNet 1 and 2
+(``mean_city_F1``), the Nadir / Off-Nadir / Very-Off-Nadir segments for SpaceNet 4
+(``mean_nadir_F1``). ``score`` is the release's headline number, the mean of the group F1s; the
+best threshold maximises it and so does the best checkpoint (:mod:`mnc_d2.engine.trainer`).
 
 Ground truth comes from the dataset dicts: each annotation's exact pixel polygon
 (``wkt_pix``, written by :mod:`mnc_d2.data`), else its polygon ``segmentation``, else its RLE
@@ -43,7 +48,7 @@ import pycocotools.mask as mask_util
 import shapely
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from shapely.geometry import Polygon
@@ -52,7 +57,7 @@ from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
 from ..geometry.polygons import mask_to_polygon, mask_to_polygons
 from .spacenet_metric import score
-from .writers import write_proposal_csv
+from ..formats.spacenet_csv import write_proposal_csv
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +167,13 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def reset(self):
         self._predictions = OrderedDict()
 
+    def group_by(self) -> str:
+        """The grouping used: the configured one, or for ``auto`` the one the dataset's
+        registration recorded (its release's), else ``auto`` (decided from the ImageIds)."""
+        if self._group_by != "auto":
+            return self._group_by
+        return MetadataCatalog.get(self._dataset_name).get("group_by", "auto")
+
     def instances_to_polygons(self, instances) -> list[tuple[Polygon, float]]:
         """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(Polygon, score)]
         for every instance at or above the lowest threshold evaluated."""
@@ -188,11 +200,12 @@ class SpaceNetEvaluator(DatasetEvaluator):
         truth = truth_frame(DatasetCatalog.get(self._dataset_name), set(predictions))
         proposals = _proposal_frame(predictions)
         headline = proposals[proposals.Confidence >= self._score_thresh].reset_index(drop=True)
-        result = score(truth, headline, rules=self._rules, group_by=self._group_by)
+        group_by = self.group_by()
+        result = score(truth, headline, rules=self._rules, group_by=group_by)
         summary = self._summary(result)
         sweep = None
         if self._sweep:
-            floor = score(truth, proposals, rules=self._rules, group_by=self._group_by)
+            floor = score(truth, proposals, rules=self._rules, group_by=group_by)
             sweep = self._sweep_and_calibration(floor, proposals, truth, summary)
         if self._output_dir is not None:
             self._write(list(predictions), headline, result, sweep)
@@ -205,20 +218,19 @@ class SpaceNetEvaluator(DatasetEvaluator):
         calib = reliability(proposals.Confidence.to_numpy()[kept],
                             (floor.proposal_match >= 0)[kept])
         summary["best_threshold"] = best["threshold"]
-        summary["best_threshold/mean_city_F1"] = best["mean_city_F1"]
+        summary["best_threshold/score"] = best["score"]
         summary["best_threshold/F1"] = best["F1"]
         summary["ECE"] = calib["ECE"]
-        logger.info("SpaceNet score sweep: best threshold %.2f (mean city F1 %.4f; %.4f at the "
+        logger.info("SpaceNet score sweep: best threshold %.2f (score %.4f; %.4f at the "
                     "configured %.2f); score calibration ECE %.3f", best["threshold"],
-                    best["mean_city_F1"], summary["mean_city_F1"], self._score_thresh,
-                    calib["ECE"])
+                    best["score"], summary["score"], self._score_thresh, calib["ECE"])
         sweep = {"dataset": self._dataset_name, "rules": self._rules,
                  "configured_threshold": self._score_thresh, "best": best,
                  "sweep": table.to_dict(orient="records"), "calibration": calib}
         if self._threshold_file is not None:
             with atomic_write(self._threshold_file, "w") as f:
                 json.dump({"score_thresh": best["threshold"], "dataset": self._dataset_name,
-                           "mean_city_F1": best["mean_city_F1"]}, f, indent=2)
+                           "score": best["score"], "group_by": floor.group_by}, f, indent=2)
             logger.info("best score threshold written to %s", self._threshold_file)
         return sweep
 
@@ -237,10 +249,13 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def _summary(result) -> dict:
         o = result.overall
         out = OrderedDict(F1=o.f1, precision=o.precision, recall=o.recall, TP=o.tp, FP=o.fp,
-                          FN=o.fn, mean_city_F1=result.mean_city_f1)
-        for city, c in sorted(result.cities.items()):
-            out[f"{city}/F1"], out[f"{city}/precision"] = c.f1, c.precision
-            out[f"{city}/recall"] = c.recall
-        logger.info("SpaceNet (%s rules): F1 %.4f, precision %.4f, recall %.4f, mean city F1 "
-                    "%.4f", result.rules, o.f1, o.precision, o.recall, result.mean_city_f1)
+                          FN=o.fn, score=result.mean_city_f1)
+        if result.group_by != "none":
+            out[f"mean_{result.group_by}_F1"] = result.mean_city_f1
+        for group, c in sorted(result.cities.items()):
+            out[f"{group}/F1"], out[f"{group}/precision"] = c.f1, c.precision
+            out[f"{group}/recall"] = c.recall
+        logger.info("SpaceNet (%s rules): F1 %.4f, precision %.4f, recall %.4f, score (mean %s "
+                    "F1) %.4f", result.rules, o.f1, o.precision, o.recall, result.group_by,
+                    result.mean_city_f1)
         return out

@@ -49,8 +49,9 @@ import numpy as np
 import shapely
 
 from .rules import GROUP_BY, RULES, RuleSet, city_before_last, get_rules, with_grouping
-from .tester_polygons import (PolygonTable, SpaceNetCSVError, read_polygon_csv,
-                              table_from_geometries)
+from ..formats.spacenet_csv import (PROPOSAL_COLUMNS, TRUTH_COLUMNS, SpaceNetCSVError,
+                                   read_proposal_csv, read_truth_csv)
+from .tester_polygons import PolygonTable, read_polygon_csv, table_from_geometries
 
 logger = logging.getLogger(__name__)
 
@@ -59,120 +60,8 @@ __all__ = ["GROUP_BY", "RULES", "Counts", "ScoreResult", "SpaceNetCSVError", "ci
 
 MIN_AREA = 20.0
 IOU_THRESHOLD = 0.5
-TRUTH_COLUMNS = ("ImageId", "BuildingId", "PolygonWKT_Pix")
-PROPOSAL_COLUMNS = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
 
 city_of = city_before_last
-
-
-# --- reading ----------------------------------------------------------------------------------
-
-
-def _read_table(path: str | Path, required: tuple[str, ...], kind: str) -> pd.DataFrame:
-    import pandas as pd
-
-    path = Path(path)
-    expected = ",".join(required)
-    if not path.is_file():
-        raise SpaceNetCSVError(f"{kind} CSV {path} does not exist")
-    if path.stat().st_size == 0:
-        raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line '{expected}'")
-    try:
-        frame = pd.read_csv(path, dtype={"ImageId": str}, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SpaceNetCSVError(f"{kind} CSV {path} is not a readable CSV ({exc})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise SpaceNetCSVError(
-            f"{kind} CSV {path} lacks column(s) {missing}; its header is "
-            f"{list(frame.columns)}, expected '{expected}'"
-        )
-    if frame["ImageId"].isna().any():
-        row = int(np.flatnonzero(frame["ImageId"].isna().to_numpy())[0])
-        raise SpaceNetCSVError(f"{kind} CSV {path}, line {row + 2}: empty ImageId")
-    return frame
-
-
-def parse_wkt_column(values: pd.Series, path: str | Path, kind: str) -> np.ndarray:
-    """WKT strings -> 2-D shapely geometries; malformed rows raise naming the line and format."""
-    import pandas as pd
-
-    text = values.fillna("").astype(str).to_numpy()
-    geoms = shapely.from_wkt(text, on_invalid="ignore")
-    bad = np.flatnonzero(pd.isna(geoms))
-    if bad.size:
-        row = int(bad[0])
-        raise SpaceNetCSVError(
-            f"{kind} CSV {path}, line {row + 2}: PolygonWKT_Pix {text[row][:80]!r} is not valid "
-            f"WKT ({bad.size} such row(s)); expected e.g. 'POLYGON ((x0 y0 0, x1 y1 0, ...))' "
-            "or 'POLYGON EMPTY'"
-        )
-    kinds = shapely.get_type_id(geoms)
-    polygonal = np.isin(kinds, (3, 6)) | shapely.is_empty(geoms)  # Polygon, MultiPolygon
-    if not polygonal.all():
-        row = int(np.flatnonzero(~polygonal)[0])
-        raise SpaceNetCSVError(
-            f"{kind} CSV {path}, line {row + 2}: {text[row][:80]!r} is not a POLYGON or "
-            "MULTIPOLYGON"
-        )
-    return shapely.force_2d(geoms)
-
-
-def _warn_duplicates(frame: pd.DataFrame, columns: list[str], path, kind: str) -> None:
-    dups = int(frame.duplicated(subset=columns).sum())
-    if dups:
-        logger.warning(
-            "%s CSV %s has %d duplicate row(s); each is scored as a separate polygon "
-            "(a duplicate proposal becomes an FP, a duplicate truth an FN)",
-            kind,
-            path,
-            dups,
-        )
-
-
-def read_truth_csv(path: str | Path) -> pd.DataFrame:
-    """Read a SpaceNet truth CSV with shapely -> DataFrame(ImageId, BuildingId, geometry).
-
-    For dataset labels and the solaris rules; ``rules="spacenet"`` reads files as the tester
-    does (:func:`.tester_polygons.read_polygon_csv`).
-    """
-    import pandas as pd
-
-    frame = _read_table(path, TRUTH_COLUMNS, "truth")
-    _warn_duplicates(frame, list(TRUTH_COLUMNS), path, "truth")
-    geoms = parse_wkt_column(frame["PolygonWKT_Pix"], path, "truth")
-    return pd.DataFrame(
-        {"ImageId": frame["ImageId"].astype(str).to_numpy(), "BuildingId": frame["BuildingId"],
-         "geometry": geoms}
-    )
-
-
-def read_proposal_csv(path: str | Path) -> pd.DataFrame:
-    """Read a SpaceNet proposal CSV -> DataFrame(ImageId, BuildingId, geometry, Confidence).
-
-    A non-numeric confidence is an error; an empty or NaN confidence is kept as NaN and sorts
-    last (documented rule).
-    """
-    import pandas as pd
-
-    frame = _read_table(path, PROPOSAL_COLUMNS, "proposal")
-    conf = pd.to_numeric(frame["Confidence"], errors="coerce")
-    bad = conf.isna() & frame["Confidence"].notna() & (frame["Confidence"].astype(str) != "nan")
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise SpaceNetCSVError(
-            f"proposal CSV {path}, line {row + 2}: Confidence {frame['Confidence'].iloc[row]!r} "
-            "is not a number; expected a float such as 0.87"
-        )
-    if conf.isna().any():
-        logger.warning("proposal CSV %s: %d NaN confidence(s) sort last", path, conf.isna().sum())
-    _warn_duplicates(frame, list(PROPOSAL_COLUMNS), path, "proposal")
-    geoms = parse_wkt_column(frame["PolygonWKT_Pix"], path, "proposal")
-    return pd.DataFrame(
-        {"ImageId": frame["ImageId"].astype(str).to_numpy(), "BuildingId": frame["BuildingId"],
-         "geometry": geoms, "Confidence": conf.to_numpy(dtype=np.float64)}
-    )
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -569,7 +458,7 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
     truth: DataFrame with T rows of ImageId, geometry (shapely, pixel coordinates).
     proposals: DataFrame with P rows of ImageId, geometry, Confidence. Empty geometries register
     their image. For the tester rules each geometry is read as the tester would read its row
-    written by :func:`.tester_polygons.wkt_for_tester` (first polygon of a MultiPolygon: write
+    written by :func:`mnc_d2.formats.spacenet_csv.wkt_for_tester` (first polygon of a MultiPolygon: write
     MultiPolygons as one row per part, as :func:`.writers.write_proposal_csv` does).
     ``images``: extra ImageIds to score (an image folder's listing).
     """

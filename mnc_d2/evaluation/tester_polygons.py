@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+from ..formats.spacenet_csv import SpaceNetCSVError
+
 logger = logging.getLogger(__name__)
 
 JAVA_TRIM = "".join(chr(c) for c in range(33))  # String.trim() strips every char <= U+0020
@@ -84,11 +86,6 @@ _PLAIN_NUM = re.compile(_NUM)
 _JAVA_DOUBLE = re.compile(
     rf"(?:{_NUM}[dDfF]?|[+-]?NaN|[+-]?Infinity)"
 )
-
-
-class SpaceNetCSVError(ValueError):
-    """A truth or proposal CSV that cannot be scored (for the tester rules: a line the tester
-    cannot read, where it stops); the message names file, line and the expected format."""
 
 
 @dataclass
@@ -505,20 +502,3 @@ def table_from_geometries(image_ids, geometries, confidence=None) -> PolygonTabl
     return PolygonTable(image_ids[rows], coords, ring_offsets, poly_offsets.astype(np.int64),
                         conf[rows], rows.astype(np.int64), np.full(len(rows), -1, np.int64),
                         registered, len(geoms))
-
-
-def wkt_for_tester(geom, precision: int = 2) -> list[str]:
-    """Pixel geometry -> WKT text the tester reads as intended, one string per polygon part.
-
-    Rings are joined by ``),(`` without a space (``shapely.to_wkt`` writes ``), (``, which the
-    tester would read as one ring); a MultiPolygon yields one polygon per part, since the tester
-    reads only the first polygon of a MULTIPOLYGON.
-    """
-    out = []
-    for part in shapely.get_parts(geom):
-        if part.is_empty or part.geom_type != "Polygon":
-            continue
-        rings = shapely.to_wkt(shapely.get_rings(part), rounding_precision=precision,
-                               trim=False, output_dimension=2)  # "LINEARRING (x y, ...)"
-        out.append("POLYGON ((" + "),(".join(r[len("LINEARRING ("):-1] for r in rings) + "))")
-    return out

@@ -24,13 +24,14 @@ from rasterio.enums import Resampling
 from shapely import affinity
 from tqdm import tqdm
 
-from ..data.layout import image_id_from_path
+from ..data.versions import image_id_of
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
 from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8
-from ..evaluation.writers import write_geojson, write_proposal_csv
+from ..formats.geojson import write_geojson
+from ..formats.spacenet_csv import write_proposal_csv
 from .tiling import in_core, merge_across_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -127,10 +128,7 @@ class ScenePredictor:
                 bar.update(len(chunk))
             bar.close()
             polygons, scores = merge_across_tiles(polygons, scores, tile_ids)
-            try:
-                image_id = image_id_from_path(path)
-            except ValueError:
-                image_id = path.stem
+            image_id = image_id_of(path) or path.stem
             return ScenePrediction(path, image_id, polygons, scores, src.crs, src.transform,
                                    src.width, src.height)
 
