@@ -150,8 +150,8 @@ def _assume_raster_crs(frame, path, raster_crs, transform, width, height):
             f"{path}: coordinates {tuple(np.round(frame.total_bounds, 1))} are not lon/lat, but "
             "the file names no CRS and the raster's CRS is geographic; add a 'crs' member "
             "to the GeoJSON naming its projection")
-    left, top = transform * (0, 0)
-    right, bottom = transform * (width, height)
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (width, height)
     tile = box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
     if not tile.intersects(box(*frame.total_bounds)):
         raise LabelError(

@@ -293,7 +293,7 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
                       for band in reflectance])
     scale = LABEL_GRID / MUL_SIZE
     write_tif(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
-              transform * Affine.scale(scale, scale))
+              transform @ Affine.scale(scale, scale))
 
     rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                             LABEL_GRID, LABEL_GRID)

@@ -87,7 +87,7 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
         eight = np.stack([cv2.resize(b, small, interpolation=cv2.INTER_AREA) for b in reflectance])
         sx, sy = width / small[0], height / small[1]
         write_tif(root / "8band" / f"8band_{image_id}.tif", to_dn(eight),
-                  transform * Affine.scale(sx, sy))
+                  transform @ Affine.scale(sx, sy))
         tile_rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                                      width, height, gsd)
         write_geojson_labels(root / "geojson" / f"Geo_{image_id}.geojson", features)
@@ -166,7 +166,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
             low = np.stack([cv2.resize(b, (ms, ms), interpolation=cv2.INTER_AREA)
                             for b in view[[1, 2, 4, 6]]])
             write_tif(folder / "MS" / f"MS_{image_id}.tif", to_dn(low),
-                      transform * Affine.scale(size / ms, size / ms), "EPSG:32616")
+                      transform @ Affine.scale(size / ms, size / ms), "EPSG:32616")
             rows[collect].extend([[image_id, *r[1:]] for r in tile_rows]
                                  or [_empty_row(image_id)])
     for collect, collect_rows in rows.items():
