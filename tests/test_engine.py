@@ -45,6 +45,29 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
 # --- training ---------------------------------------------------------------------------------
 
 
+def test_train_net_on_spacenet4_four_bands_scored_by_nadir_segment(tmp_path):
+    """Another release end to end: 4-band Pan-Sharpen SpaceNet 4 (built-in names, split by tile),
+    band statistics, evaluation grouped by nadir segment, best checkpoint by that score."""
+    from mnc_d2.data.synthetic_versions import generate
+
+    generate("spacenet4", tmp_path / "data" / "spacenet", 7, seed=2)  # tile 7 is the val split
+    out = tmp_path / "sn4"
+    cmd = _train_cmd(out, "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "2",
+                     "MODEL.PIXEL_MEAN", "[400.0, 400.0, 400.0, 400.0]",
+                     "MODEL.PIXEL_STD", "[200.0, 200.0, 200.0, 200.0]", "INPUT.BANDS", "[1, 2, 3, 4]",
+                     "DATASETS.TRAIN", "('spacenet4_atlanta_all_train',)",
+                     "DATASETS.TEST", "('spacenet4_atlanta_all_val',)")
+    subprocess.run(cmd, env=_env(tmp_path / "data"), check=True, capture_output=True, timeout=600)
+    stats = json.loads((out / "band_stats.json").read_text())
+    assert len(stats["mean"]) == 4
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    scored = [m for m in metrics if "spacenet/score" in m]
+    assert scored and all(f"spacenet/{g}/F1" in scored[-1]
+                          for g in ("Nadir", "Off-Nadir", "Very-Off-Nadir"))
+    assert scored[-1]["spacenet/mean_nadir_F1"] == scored[-1]["spacenet/score"]
+    assert (out / "model_best.pth").exists()
+
+
 def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     out = tmp_path / "run"
     subprocess.run(_train_cmd(out, "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3"),

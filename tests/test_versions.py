@@ -24,7 +24,9 @@ from mnc_d2.data.versions import SPACENET1, SPACENET2, SPACENET4, VERSIONS, infe
 from mnc_d2.evaluation.spacenet_metric import score
 
 REPO = Path(__file__).resolve().parents[1]
-COUNT = {"spacenet1": 3, "spacenet2": 3, "spacenet4": 4}
+# Enough images that every split is non-empty: AOI_1_RIO_img18 and tile 736301_3725139 (the
+# 7th) are the first in val.
+COUNT = {"spacenet1": 18, "spacenet2": 3, "spacenet4": 7}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,7 @@ def test_builtin_names_of_every_release(monkeypatch, releases):
     assert expected <= registered
     for name in ("spacenet1_rio", "spacenet4_atlanta_all"):
         train, val = DatasetCatalog.get(f"{name}_train"), DatasetCatalog.get(f"{name}_val")
+        assert train and val
         assert not {d["image_id"] for d in train} & {d["image_id"] for d in val}
         assert len(train) + len(val) == len(load_spacenet_dicts(
             releases / _area(VERSIONS[name.split("_")[0]]), version=name.split("_")[0]))
@@ -121,7 +124,7 @@ def test_builtin_names_of_every_release(monkeypatch, releases):
     tiles = {split: {SPACENET4.split_key(d["image_id"]) for d in
                      DatasetCatalog.get(f"spacenet4_atlanta_all_{split}")}
              for split in ("train", "val")}
-    assert not tiles["train"] & tiles["val"]
+    assert tiles["val"] == {"736301_3725139"} and not tiles["train"] & tiles["val"]
     # Subsets keep the collects of one nadir segment.
     everything = (DatasetCatalog.get("spacenet4_atlanta_all_train")
                   + DatasetCatalog.get("spacenet4_atlanta_all_val"))
