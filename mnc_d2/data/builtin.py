@@ -93,7 +93,7 @@ def _register(name: str, loader, entry: SpaceNetVersion, aoi: str, product: str,
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(
         thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
-        group_by=entry.group_by, aoi=aoi, product=product,
+        group_by=entry.group_by, headline=entry.headline, aoi=aoi, product=product,
         num_bands=entry.product(product).bands, split=split)
 
 

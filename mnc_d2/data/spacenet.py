@@ -200,7 +200,8 @@ def register_spacenet_instances(name: str, root: str | Path, product: str | None
     layouts). ``product`` / ``labels``: ``None`` = the release's defaults.
 
     Metadata: thing_classes=["building"], evaluator_type="spacenet", version, group_by (how the
-    evaluator groups images for the headline number), aoi, product, num_bands, aoi_root, labels.
+    evaluator groups images), headline (what its score is), aoi, product, num_bands, aoi_root,
+    labels.
     """
     root = Path(root)
     entry = resolve_version(root, version, product)
@@ -212,7 +213,8 @@ def register_spacenet_instances(name: str, root: str | Path, product: str | None
                                                     labels, image_ids, entry.name))
     MetadataCatalog.get(name).set(
         thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
-        group_by=entry.group_by, aoi=area_aoi(entry, root), product=prod.name,
+        group_by=entry.group_by, headline=entry.headline, aoi=area_aoi(entry, root),
+        product=prod.name,
         num_bands=prod.bands, aoi_root=str(root), labels=labels)
 
 

@@ -203,6 +203,9 @@ class SpaceNetEvaluator(DatasetEvaluator):
         group_by = self.group_by()
         result = score(truth, headline, rules=self._rules, group_by=group_by)
         summary = self._summary(result)
+        meta = MetadataCatalog.get(self._dataset_name)
+        if meta.get("headline", None) and result.group_by == meta.get("group_by", None):
+            logger.info("%s: score = %s", self._dataset_name, meta.headline)
         sweep = None
         if self._sweep:
             floor = score(truth, proposals, rules=self._rules, group_by=group_by)
