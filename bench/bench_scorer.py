@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import shapely
 from shapely import affinity
 from shapely.geometry import box
 

@@ -29,7 +29,6 @@ from mnc_d2.data.labels import LabelError, RepairLog, read_geojson_footprints
 from mnc_d2.data.spacenet import RasterError, raster_header
 from mnc_d2.data.synthetic import generate_city
 from mnc_d2.data.transforms import Rot90Transform
-from mnc_d2.modeling.checkpoint import MultiBandCheckpointer, inflate_input_channels
 
 
 @pytest.fixture(scope="module")
@@ -432,21 +431,6 @@ def test_band_stats_auto(synthetic, tmp_path):
     assert stats["mean"] == pytest.approx(pixels.mean(1).tolist(), rel=1e-6)
     assert stats["std"] == pytest.approx(pixels.std(1).tolist(), rel=1e-4)
     assert compute_band_stats(files, [2, 7], max_images=1)["num_images"] == 1
-
-
-def test_stem_inflation(tmp_path):
-    rgb = torch.nn.Conv2d(3, 4, 3)
-    torch.save({"model": {"conv.weight": rgb.weight.detach().clone()}}, tmp_path / "rgb.pth")
-    model = torch.nn.Module()
-    model.conv = torch.nn.Conv2d(8, 4, 3, bias=False)
-    # MUL band order: 5 = red, 3 = green, 2 = blue.
-    MultiBandCheckpointer(model, input_bands=list(range(1, 9)),
-                          checkpoint_bands=[5, 3, 2]).load(str(tmp_path / "rgb.pth"))
-    w = model.conv.weight.detach()
-    assert torch.equal(w[:, 4], rgb.weight[:, 0]) and torch.equal(w[:, 1], rgb.weight[:, 2])
-    assert torch.allclose(w[:, 0], rgb.weight.mean(1)) and torch.allclose(w[:, 7], rgb.weight.mean(1))
-    with pytest.raises(ValueError, match="CHECKPOINT_BANDS lists 2"):
-        inflate_input_channels(rgb.weight, [1, 2, 3], [1, 2])
 
 
 def test_empty_images_are_kept_by_the_mapper(synthetic):

@@ -18,7 +18,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mnc_d2
-from mnc_d2.modeling.checkpoint import build_checkpointer
+from mnc_d2.modeling.checkpoint import MultiBandCheckpointer, build_checkpointer, inflate_input_channels
 from mnc_d2.modeling.torchvision_weights import torchvision_to_detectron2_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +172,18 @@ def test_converter_rejects_what_is_not_a_torchvision_resnet(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "not a torchvision ResNet" in result.stderr
     assert not (tmp_path / "out.pkl").exists()
+
+
+def test_stem_inflation(tmp_path):
+    rgb = torch.nn.Conv2d(3, 4, 3)
+    torch.save({"model": {"conv.weight": rgb.weight.detach().clone()}}, tmp_path / "rgb.pth")
+    model = torch.nn.Module()
+    model.conv = torch.nn.Conv2d(8, 4, 3, bias=False)
+    # MUL band order: 5 = red, 3 = green, 2 = blue.
+    MultiBandCheckpointer(model, input_bands=list(range(1, 9)),
+                          checkpoint_bands=[5, 3, 2]).load(str(tmp_path / "rgb.pth"))
+    w = model.conv.weight.detach()
+    assert torch.equal(w[:, 4], rgb.weight[:, 0]) and torch.equal(w[:, 1], rgb.weight[:, 2])
+    assert torch.allclose(w[:, 0], rgb.weight.mean(1)) and torch.allclose(w[:, 7], rgb.weight.mean(1))
+    with pytest.raises(ValueError, match="CHECKPOINT_BANDS lists 2"):
+        inflate_input_channels(rgb.weight, [1, 2, 3], [1, 2])

@@ -22,7 +22,6 @@ import copy
 import logging
 
 import numpy as np
-import rasterio
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils

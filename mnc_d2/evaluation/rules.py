@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..data.versions import NADIR_BINS, nadir_angle, nadir_bin  # noqa: F401  (re-exported)
+from ..data.versions import nadir_angle, nadir_bin
 
 
 def city_first_three(image_id: str) -> str:

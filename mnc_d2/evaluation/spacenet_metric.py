@@ -49,8 +49,7 @@ import numpy as np
 import shapely
 
 from .rules import GROUP_BY, RULES, RuleSet, city_before_last, get_rules, with_grouping
-from ..formats.spacenet_csv import (PROPOSAL_COLUMNS, TRUTH_COLUMNS, SpaceNetCSVError,
-                                   read_proposal_csv, read_truth_csv)
+from ..formats.spacenet_csv import SpaceNetCSVError, read_proposal_csv, read_truth_csv
 from .tester_polygons import PolygonTable, read_polygon_csv, table_from_geometries
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,6 @@ No torch or detectron2 import: :mod:`tools/score.py <tools.score>` stays light.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass
