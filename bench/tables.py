@@ -72,22 +72,36 @@ def accuracy_tables(report: dict) -> list[str]:
 def speed_tables(report: dict) -> list[str]:
     models = report["models"]
     sizes = sorted({k.rsplit("_", 1)[1] for m in models.values() for k in m
-                    if k.startswith("infer_s_per_tile_median_")}, key=lambda s: int(s[:-2]))
-    header = ["model", "train s/iter (median)", "x Mask R-CNN",
-              *(x for s in sizes for x in (f"infer s/tile at {s} (median)", "x Mask R-CNN")),
-              "peak RSS MB", "params M (ROI heads)", "weights"]
+                    if k.startswith("infer_s_per_tile_median_") and k.endswith("px")},
+                   key=lambda s: int(s[:-2]))
+    bases = {m.get("baseline", "mask_rcnn") for m in models.values()}
+    vs = "x Mask R-CNN" if all(b.startswith("mask_rcnn") for b in bases) else "x baseline"
+    at_config = any("infer_s_per_tile_median_at_config_size" in m for m in models.values())
+    header = ["model", "train s/iter (median)", vs,
+              *(x for s in sizes for x in (f"infer s/tile at {s} (median)", vs)),
+              *(["infer s/tile at the config's size", vs] if at_config else []),
+              "peak RSS MB", "params M (ROI heads)", "weights",
+              *(["baseline"] if vs == "x baseline" else [])]
     rows = []
+
+    def cell(m: dict, ratio: dict, key: str) -> list[str]:
+        if key not in m:
+            return ["-", "-"]
+        r = ratio.get(key.replace("_median", ""))
+        return [f"{m[key]:.3f}", "-" if r is None else f"{r:.2f}"]
+
     for name, m in models.items():
-        ratio = m.get("ratio_vs_mask_rcnn", {})
-        row = [name, f"{m['train_s_per_iter_median']:.3f}",
-               f"{ratio.get('train_s_per_iter', float('nan')):.2f}"]
+        ratio = m.get("ratio_vs_baseline", m.get("ratio_vs_mask_rcnn", {}))
+        row = [name, *cell(m, ratio, "train_s_per_iter_median")]
         for s in sizes:
-            key = f"infer_s_per_tile_median_{s}"
-            row += [f"{m[key]:.3f}", f"{ratio.get(key.replace('_median', ''), float('nan')):.2f}"]
+            row += cell(m, ratio, f"infer_s_per_tile_median_{s}")
+        if at_config:
+            row += cell(m, ratio, "infer_s_per_tile_median_at_config_size")
         params = (f"{m['params_m']:.1f} ({m['roi_head_params_m']:.1f})" if "params_m" in m
                   else "n/a")
         rows.append(row + [f"{m['peak_rss_mb_max']:.0f}", params,
-                           "random init" if m["weights"] == "random init" else "trained"])
+                           "random init" if m["weights"] == "random init" else "trained",
+                           *([m.get("baseline", "")] if vs == "x baseline" else [])])
     lines = [f"{report['rounds']} rounds x {report['timed_train_steps_per_round']} timed training "
              f"steps (batch {next(iter(models.values()))['ims_per_batch']}) and "
              f"{report['timed_tiles_per_round']} timed tiles per model; torch threads "
@@ -171,7 +185,8 @@ def main() -> None:
     if args.readme:
         print("\n".join(readme_table(results)))
         return
-    makers = {"speed": speed_tables, "speed_r50": speed_tables, "scorer": scorer_table,
+    makers = {"speed": speed_tables, "speed_r50": speed_tables, "speed_releases": speed_tables,
+              "scorer": scorer_table,
               "predict": predict_table}
     for path in sorted(results.glob("accuracy_*.json")):
         report = json.loads(path.read_text())
