@@ -161,6 +161,7 @@ def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: st
     csv_labels = _csv_labels(root, version, product.name, images) if labels == "csv" else None
     repairs = RepairLog()
     band_mismatch = []
+    projected: dict[tuple, list] = {}
     dicts = []
     for image_id, path in tqdm(images.items(), desc=f"loading {root.name}/{product.name}",
                                unit="img", disable=len(images) < 200):
@@ -175,8 +176,14 @@ def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: st
                 footprints = [affinity.scale(f, sx, sy, origin=(0, 0)) for f in footprints]
             footprints = clip_to_tile(footprints, w, h, repairs)
         else:
-            footprints = read_geojson_footprints(version.geojson_label_file(root, image_id),
-                                                 head["crs"], head["transform"], w, h, repairs)
+            # SpaceNet 4's 27 views of a tile share one label file and, per product, one grid:
+            # read and project it once per (file, grid). Repairs are counted once per file.
+            label_file = version.geojson_label_file(root, image_id)
+            key = (label_file, head["crs"].to_wkt(), tuple(head["transform"])[:6], w, h)
+            if key not in projected:
+                projected[key] = read_geojson_footprints(label_file, head["crs"],
+                                                         head["transform"], w, h, repairs)
+            footprints = projected[key]
         dicts.append({
             "file_name": str(path), "image_id": image_id, "height": h, "width": w,
             "crs": head["crs"].to_wkt(), "transform": tuple(head["transform"])[:6],
