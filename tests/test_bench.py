@@ -68,7 +68,7 @@ def test_speed_summary_medians_and_ratios_against_mask_rcnn():
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
     run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "w.pth", "params_m": 40.0,
-           "roi_head_params_m": 10.0}
+           "roi_head_params_m": 10.0, "config_size": 650, "input_hw": [650, 650], "bands": 3}
     results = {
         "mask_rcnn": [dict(run, train_step_s=[1.0, 3.0, 2.0], infer_s={"650": [0.5, 0.4]}),
                       dict(run, train_step_s=[2.0], infer_s={"650": [0.6]})],
@@ -80,6 +80,39 @@ def test_speed_summary_medians_and_ratios_against_mask_rcnn():
     assert out["mnc5"]["train_s_per_iter_median"] == 3.0  # median of 3, 3, 9, 1
     assert out["mnc5"]["train_steps_timed"] == 4
     assert out["mnc5"]["peak_rss_mb_max"] == 1200.0
-    assert out["mnc5"]["ratio_vs_mask_rcnn"]["train_s_per_iter"] == 1.5
-    assert out["mnc5"]["ratio_vs_mask_rcnn"]["infer_s_per_tile_650px"] == 2.0  # 1.0 / 0.5
-    assert out["mnc5"]["ratio_vs_mask_rcnn"]["params_m"] == 1.0
+    assert out["mnc5"]["baseline"] == "mask_rcnn"
+    assert out["mnc5"]["ratio_vs_baseline"]["train_s_per_iter"] == 1.5
+    assert out["mnc5"]["ratio_vs_baseline"]["infer_s_per_tile_650px"] == 2.0  # 1.0 / 0.5
+    assert out["mnc5"]["ratio_vs_baseline"]["infer_s_per_tile_at_config_size"] == 2.0
+    assert out["mnc5"]["ratio_vs_baseline"]["params_m"] == 1.0
+    assert out["mnc5"]["test_input"] == {"bands": 3, "hw": [650, 650]}
+
+
+def test_speed_table_of_other_releases_against_their_baseline():
+    """Variants with different input sizes (SpaceNet 4's 900 px vs SpaceNet 2's 650 px) are
+    compared at each config's own size against the baseline the report names."""
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "bench_speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "random init", "params_m": 68.3,
+           "roi_head_params_m": 40.8, "bands": 3}
+    results = {
+        "mnc5_R50": [dict(run, train_step_s=[2.0], infer_s={"650": [1.0]}, config_size=650,
+                          input_hw=[650, 650])],
+        "mnc5_R50_sn4": [dict(run, train_step_s=[5.0], infer_s={"900": [1.5]}, config_size=900,
+                              input_hw=[900, 900], bands=4)],
+    }
+    models = speed._summary(results)
+    assert models["mnc5_R50_sn4"]["baseline"] == "mnc5_R50"
+    assert models["mnc5_R50_sn4"]["ratio_vs_baseline"] == {
+        "train_s_per_iter": 2.5, "infer_s_per_tile_at_config_size": 1.5, "params_m": 1.0,
+        "roi_head_params_m": 1.0}
+    report = {"rounds": 1, "timed_train_steps_per_round": 1, "timed_tiles_per_round": 1,
+              "torch_threads": 2, "models": models,
+              "polygonize": {"masks": 1, "mask_shape": [650, 650]}}
+    lines = _tables().speed_tables(report)
+    header = next(line for line in lines if line.startswith("| model"))
+    assert "x baseline" in header and "x Mask R-CNN" not in header
+    row = next(line for line in lines if line.startswith("| mnc5_R50_sn4 "))
+    assert row.startswith("| mnc5_R50_sn4 | 5.000 | 2.50 | - | - | 1.500 | - | 1.500 | 1.50 |")
+    assert row.endswith("| mnc5_R50 |")
