@@ -44,6 +44,8 @@ done
 run speed $PY bench/bench_speed.py $QUICK
 run speed_r50 $PY bench/bench_speed.py $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
   --steps 4 --tiles 5
+run speed_releases $PY bench/bench_speed.py $QUICK --variants mnc5_R50 mnc5_R50_sn1 mnc5_R50_sn4 \
+  --steps 4 --tiles 6 --work .cache/bench/speed_releases
 run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
 run predict $PY bench/bench_predict.py --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
