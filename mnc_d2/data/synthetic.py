@@ -238,9 +238,10 @@ def render_scene(rng: np.random.Generator, style: CityStyle, size: int = LABEL_G
     return image, footprints, attrs
 
 
-def to_dn(reflectance: np.ndarray) -> np.ndarray:
-    """Reflectance -> uint16 digital numbers holding 11-bit values (0..2047)."""
-    return np.clip(np.round(reflectance * 2047 / 0.6), 0, 2047).astype(np.uint16)
+def to_dn(reflectance: np.ndarray, max_dn: int = 2047, dtype=np.uint16) -> np.ndarray:
+    """Reflectance -> digital numbers 0..``max_dn`` (reflectance 0.6 saturates): uint16 holding
+    11-bit values by default, ``(255, np.uint8)`` for 8-bit products."""
+    return np.clip(np.round(reflectance * max_dn / 0.6), 0, max_dn).astype(dtype)
 
 
 def write_tif(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:4326") -> None:
@@ -264,10 +265,12 @@ def solidity(geom) -> float:
     return float(geom.area / geom.convex_hull.area) if geom.area > 0 else 0.0
 
 
-def tile_transform(style: CityStyle, index: int, size: int = LABEL_GRID) -> Affine:
-    """EPSG:4326 transform of tile ``index`` (tiles laid out on a 100-wide grid)."""
+def tile_transform(style: CityStyle, index: int, size: int = LABEL_GRID,
+                   gsd_m: float = GSD_M) -> Affine:
+    """EPSG:4326 transform of tile ``index`` with ``gsd_m`` pixels (tiles of ``size`` pixels
+    laid out on a 100-wide grid)."""
     lon0, lat0 = style.origin
-    dy = GSD_M / 111_320.0
+    dy = gsd_m / 111_320.0
     dx = dy / math.cos(math.radians(lat0))
     row, col = divmod(index, 100)
     return Affine(dx, 0.0, lon0 + col * size * dx, 0.0, -dy, lat0 - row * size * dy)

@@ -22,8 +22,8 @@ import numpy as np
 from rasterio.transform import Affine
 
 from .synthetic import (ATTRIBUTE_HEADER, SETTINGS, STYLES, CityStyle, render_scene, tile_labels,
-                        to_dn, write_geojson_labels, write_summary_csv, write_tif)
-from .versions import SPACENET1, SPACENET4, nadir_bin
+                        tile_transform, to_dn, write_geojson_labels, write_summary_csv, write_tif)
+from .versions import SPACENET1, SPACENET4, nadir_angle, nadir_bin
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,9 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
         reflectance, footprints, attrs = render_scene(_rng(seed, 1, index, setting), RIO,
                                                       size=width, setting=SETTINGS[setting])
         reflectance = reflectance[:, :height, :width]
-        lon0, lat0 = RIO.origin
-        dy = gsd / 111_320.0
-        dx = dy / np.cos(np.radians(lat0))
-        transform = Affine(dx, 0.0, lon0 + index * width * dx, 0.0, -dy, lat0)
-        rgb = np.clip(np.round(reflectance[[4, 2, 1]] * 255 / 0.6), 0, 255).astype(np.uint8)
-        write_tif(root / "3band" / f"3band_{image_id}.tif", rgb, transform)
+        transform = tile_transform(RIO, index, width, gsd)
+        write_tif(root / "3band" / f"3band_{image_id}.tif",
+                  to_dn(reflectance[[4, 2, 1]], 255, np.uint8), transform)
         eight = np.stack([cv2.resize(b, small, interpolation=cv2.INTER_AREA) for b in reflectance])
         sx, sy = width / small[0], height / small[1]
         write_tif(root / "8band" / f"8band_{image_id}.tif", to_dn(eight),
@@ -154,17 +151,15 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
                              f"spacenet-buildings_{tile}.geojson", features)
         attrs_all.extend(attr_rows)
         for collect in collects:
-            angle = int(collect.split("nadir")[1].split("_")[0])
             image_id = f"{collect}_{tile}"
-            view = _view(reflectance, angle)
-            bgrn = to_dn(view[[1, 2, 4, 6]])  # blue, green, red, NIR1
+            view = _view(reflectance, nadir_angle(collect))
+            bgrn = view[[1, 2, 4, 6]]  # blue, green, red, NIR1
             folder = root / collect
-            write_tif(folder / "Pan-Sharpen" / f"Pan-Sharpen_{image_id}.tif", bgrn, transform,
-                      "EPSG:32616")
+            write_tif(folder / "Pan-Sharpen" / f"Pan-Sharpen_{image_id}.tif", to_dn(bgrn),
+                      transform, "EPSG:32616")
             write_tif(folder / "PAN" / f"PAN_{image_id}.tif",
                       to_dn(view[1:6].mean(axis=0, keepdims=True)), transform, "EPSG:32616")
-            low = np.stack([cv2.resize(b, (ms, ms), interpolation=cv2.INTER_AREA)
-                            for b in view[[1, 2, 4, 6]]])
+            low = np.stack([cv2.resize(b, (ms, ms), interpolation=cv2.INTER_AREA) for b in bgrn])
             write_tif(folder / "MS" / f"MS_{image_id}.tif", to_dn(low),
                       transform @ Affine.scale(size / ms, size / ms), "EPSG:32616")
             rows[collect].extend([[image_id, *r[1:]] for r in tile_rows]
@@ -173,7 +168,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
         write_summary_csv(root / "summaryData" / f"{collect}_Train.csv", collect_rows)
     write_summary_csv(root / "Building_Attributes.csv", attrs_all, ATTRIBUTE_HEADER)
     logger.info("SpaceNet 4 synthetic: %d tiles x %d collects (%s)", num_tiles, len(collects),
-                ", ".join(sorted({nadir_bin(c + '_0_0') for c in collects})))
+                ", ".join(sorted({nadir_bin(c) for c in collects})))
     return root
 
 
