@@ -101,6 +101,11 @@ def test_inference_errors_name_the_folder_and_the_fix(releases, tmp_path):
         register_spacenet_instances("_t_ambiguous", both)
     register_spacenet_instances("_t_explicit", both, version="spacenet1")  # resolved by hand
     assert MetadataCatalog.get("_t_explicit").version == "spacenet1"
+    no_csv = tmp_path / "no_csv"
+    shutil.copytree(releases / _area(SPACENET4), no_csv, ignore=shutil.ignore_patterns("*.csv"))
+    with pytest.raises(FileNotFoundError,
+                       match=r"no summary CSV .*\(looked for summaryData/\*\.csv\)"):
+        load_spacenet_dicts(no_csv, labels="csv")
     with pytest.raises(ValueError, match="not a SpaceNet 4 product"):
         register_spacenet_instances("_t_bad_product", releases / _area(SPACENET4),
                                     product="RGB-PanSharpen", version="spacenet4")

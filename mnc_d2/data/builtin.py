@@ -33,7 +33,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .versions import VERSIONS, SPACENET2, SpaceNetVersion, get_version, split_of_key
+from .versions import VERSIONS, SPACENET2, SpaceNetVersion, get_version
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ def spacenet_root() -> Path:
 
 def split_of(image_id: str, version: str | SpaceNetVersion = SPACENET2) -> str:
     """The deterministic split of an ImageId (see module docstring)."""
-    if isinstance(version, str):
-        version = get_version(version)
-    return split_of_key(version.split_key(image_id))
+    return (get_version(version) if isinstance(version, str) else version).split_of(image_id)
 
 
 def builtin_name(version: SpaceNetVersion, area: str, subset: str, split: str,
@@ -58,7 +56,7 @@ def builtin_name(version: SpaceNetVersion, area: str, subset: str, split: str,
 
 def _area_dicts(version: str, area: str, subset: str, product: str, split: str,
                 root: Path | None = None) -> list[dict]:
-    from .spacenet import list_images, load_spacenet_dicts
+    from .spacenet import dicts_of_images, list_images
 
     entry = get_version(version)
     folder = (root or spacenet_root()) / entry.area(area).folder
@@ -68,9 +66,9 @@ def _area_dicts(version: str, area: str, subset: str, product: str, split: str,
             f"folder that holds spacenet/{folder.name} (now "
             f"{os.environ.get('DETECTRON2_DATASETS', 'unset')}), or generate synthetic data: "
             f"python datasets/prepare_synthetic_spacenet.py --version {entry.name}")
-    ids = [i for i in list_images(folder, product, entry)
-           if entry.split_of(i) == split and entry.in_subset(subset, i)]
-    return load_spacenet_dicts(folder, product, None, ids, entry)
+    images = {i: path for i, path in list_images(folder, product, entry).items()
+              if entry.split_of(i) == split and entry.in_subset(subset, i)}
+    return dicts_of_images(folder, images, entry, product)
 
 
 def _union_dicts(version: str, subset: str, product: str, split: str) -> list[dict]:
@@ -91,10 +89,7 @@ def _register(name: str, loader, entry: SpaceNetVersion, aoi: str, product: str,
     if name in DatasetCatalog.list():
         return
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(
-        thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
-        group_by=entry.group_by, headline=entry.headline, aoi=aoi, product=product,
-        num_bands=entry.product(product).bands, split=split)
+    MetadataCatalog.get(name).set(**entry.metadata(product), aoi=aoi, split=split)
 
 
 def register_builtin_spacenet() -> None:

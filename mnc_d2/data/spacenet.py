@@ -151,13 +151,20 @@ def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: st
     """Build the dataset dicts of one SpaceNet area folder (see the module docstring)."""
     root = Path(root)
     version = resolve_version(root, version, product)
+    images = list_images(root, product, version)
+    if image_ids is not None:
+        images = {k: images[k] for k in image_ids if k in images}
+    return dicts_of_images(root, images, version, product, labels)
+
+
+def dicts_of_images(root: Path, images: dict[str, Path], version: SpaceNetVersion,
+                    product: str | None = None, labels: str | None = None) -> list[dict]:
+    """The dataset dicts of ``images`` ({ImageId: GeoTIFF}, as :func:`list_images` gives them,
+    possibly filtered) of one area folder."""
     product = version.product(product)
     labels = labels or version.labels
     if labels not in LABEL_SOURCES:
         raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
-    images = list_images(root, product.name, version)
-    if image_ids is not None:
-        images = {k: images[k] for k in image_ids if k in images}
     csv_labels = _csv_labels(root, version, product.name, images) if labels == "csv" else None
     repairs = RepairLog()
     band_mismatch = []
@@ -167,6 +174,7 @@ def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: st
                                unit="img", disable=len(images) < 200):
         head = raster_header(path)
         h, w = head["height"], head["width"]
+        crs, transform = head["crs"].to_wkt(), tuple(head["transform"])[:6]
         if head["count"] != product.bands:
             band_mismatch.append(path)
         if csv_labels is not None:
@@ -179,14 +187,14 @@ def load_spacenet_dicts(root: str | Path, product: str | None = None, labels: st
             # SpaceNet 4's 27 views of a tile share one label file and, per product, one grid:
             # read and project it once per (file, grid). Repairs are counted once per file.
             label_file = version.geojson_label_file(root, image_id)
-            key = (label_file, head["crs"].to_wkt(), tuple(head["transform"])[:6], w, h)
+            key = (label_file, crs, transform, w, h)
             if key not in projected:
                 projected[key] = read_geojson_footprints(label_file, head["crs"],
                                                          head["transform"], w, h, repairs)
             footprints = projected[key]
         dicts.append({
             "file_name": str(path), "image_id": image_id, "height": h, "width": w,
-            "crs": head["crs"].to_wkt(), "transform": tuple(head["transform"])[:6],
+            "crs": crs, "transform": transform,
             "annotations": [make_annotation(f, h, w) for f in footprints],
         })
     if band_mismatch:
@@ -218,11 +226,8 @@ def register_spacenet_instances(name: str, root: str | Path, product: str | None
         raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
     DatasetCatalog.register(name, functools.partial(load_spacenet_dicts, root, prod.name,
                                                     labels, image_ids, entry.name))
-    MetadataCatalog.get(name).set(
-        thing_classes=["building"], evaluator_type="spacenet", version=entry.name,
-        group_by=entry.group_by, headline=entry.headline, aoi=area_aoi(entry, root),
-        product=prod.name,
-        num_bands=prod.bands, aoi_root=str(root), labels=labels)
+    MetadataCatalog.get(name).set(**entry.metadata(prod.name), aoi=area_aoi(entry, root),
+                                  aoi_root=str(root), labels=labels)
 
 
 def area_aoi(version: SpaceNetVersion, root: Path) -> str:

@@ -152,6 +152,14 @@ class SpaceNetVersion:
         """``val`` when crc32(split key) % 5 == 0 (about 20%), else ``train``."""
         return split_of_key(self.split_key(image_id))
 
+    def metadata(self, product: str | None = None) -> dict:
+        """The Detectron2 metadata every registration of this release's ``product`` carries:
+        what the evaluator needs (evaluator_type, version, group_by, headline) and the input."""
+        prod = self.product(product)
+        return {"thing_classes": ["building"], "evaluator_type": "spacenet", "version": self.name,
+                "group_by": self.group_by, "headline": self.headline, "product": prod.name,
+                "num_bands": prod.bands}
+
     def in_subset(self, subset: str, image_id: str) -> bool:
         """Whether ``image_id`` belongs to built-in subset ``subset`` (its scoring group)."""
         kept = self.subsets[subset]
@@ -177,19 +185,19 @@ class SpaceNetVersion:
         root = Path(root)
         return sorted(root.glob(self.image_glob(root, product)))
 
+    def csv_patterns(self, root: str | Path, product: str | None = None) -> list[str]:
+        """``csv_labels`` filled in for ``root`` and ``product`` (globs relative to ``root``)."""
+        root = Path(root)
+        return [self._fill(p, root, self.product(product).name) for p in self.csv_labels]
+
     def csv_label_files(self, root: str | Path, product: str | None = None) -> list[Path]:
         """Every summary CSV of the first ``csv_labels`` pattern that matches (may be empty)."""
         root = Path(root)
-        for pattern in self.csv_labels:
-            found = sorted(root.glob(self._fill(pattern, root, self.product(product).name)))
+        for pattern in self.csv_patterns(root, product):
+            found = sorted(root.glob(pattern))
             if found:
                 return found
         return []
-
-    def csv_patterns(self, root: str | Path, product: str | None = None) -> list[str]:
-        root = Path(root)
-        return [str(root / self._fill(p, root, self.product(product).name))
-                for p in self.csv_labels]
 
     def geojson_candidates(self, root: str | Path, image_id: str) -> list[Path]:
         root = Path(root)
