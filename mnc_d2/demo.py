@@ -23,6 +23,7 @@ from .engine.trainer import Trainer
 from .evaluation.visualize import visualize_csvs
 from .inference import ScenePredictor, write_outputs
 from .utils.atomic import atomic_write
+from .utils.logs import configure_cli_logging
 
 logger = logging.getLogger("mnc_d2.demo")
 
@@ -100,12 +101,12 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     start = time.time()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_cli_logging(fmt="[%(asctime)s %(name)s] %(message)s")
     data_root, out_dir = Path(args.data_root).resolve(), Path(args.output).resolve()
     ensure_synthetic(data_root, args.cities, args.images, args.seed)
     os.environ["DETECTRON2_DATASETS"] = str(data_root)
-    cfg = setup_cfg(args.config_file, ["OUTPUT_DIR", str(out_dir), *args.opts])
+    cfg = setup_cfg(args.config_file, ["OUTPUT_DIR", str(out_dir), *args.opts],
+                    log_to_output=True)
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, eval_only=False,
                                           opts=args.opts))
     _train(cfg, args.retrain)

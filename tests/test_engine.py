@@ -73,6 +73,10 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     subprocess.run(_train_cmd(out, "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3"),
                    env=_env(data_root), check=True, capture_output=True, timeout=600)
     assert (out / "model_final.pth").exists() and (out / "band_stats.json").exists()
+    # mnc_d2's own lines reach the run's log beside Detectron2's (default_setup alone drops them).
+    log = (out / "log.txt").read_text()
+    assert "mnc_d2.data.band_stats INFO: band statistics from" in log
+    assert "mnc_d2.evaluation.spacenet_evaluation INFO: SpaceNet (spacenet rules)" in log
     assert (out / "inference" / "spacenet2_vegas_val" / "spacenet_proposals.csv").exists()
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert any("spacenet/score" in m for m in metrics)

@@ -8,12 +8,12 @@
 """
 
 import argparse
-import logging
 import sys
 
 from mnc_d2.data import load_spacenet_dicts  # first: applies the detectron2 shims
 from mnc_d2.data.coco_export import write_coco_json
 from mnc_d2.data.versions import VERSIONS
+from mnc_d2.utils.logs import configure_cli_logging
 from detectron2.data import DatasetCatalog  # noqa: E402,I001
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rle", action="store_true", help="write every mask as RLE")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_cli_logging(fmt="%(levelname)s %(message)s")
     try:
         dicts = (DatasetCatalog.get(args.dataset) if args.dataset
                  else load_spacenet_dicts(args.aoi_root, args.product, args.labels,

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from mnc_d2.modeling.torchvision_weights import convert_torchvision_file
+from mnc_d2.utils.logs import configure_cli_logging
 
 
 def main(argv=None) -> int:
@@ -23,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("src", help="torchvision ResNet state_dict (.pth)")
     parser.add_argument("dst", help="Detectron2 checkpoint to write (.pkl)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
     try:
         model = convert_torchvision_file(args.src, args.dst)
     except (ValueError, FileNotFoundError, OSError) as exc:

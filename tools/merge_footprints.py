@@ -9,10 +9,10 @@ being merged, and the file is written atomically. See mnc_d2/inference/merge.py.
 """
 
 import argparse
-import logging
 import sys
 
 from mnc_d2.inference.merge import merge_footprints
+from mnc_d2.utils.logs import configure_cli_logging
 
 
 def main(argv=None) -> int:
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("folder", help="tools/predict.py --output folder (has buildings/)")
     parser.add_argument("--out", required=True, help="city-wide GeoParquet to write")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
     try:
         stats = merge_footprints(args.folder, args.out)
     except FileNotFoundError as exc:

@@ -19,6 +19,7 @@ from mnc_d2.evaluation.report import score_table
 from mnc_d2.evaluation.spacenet_metric import (GROUP_BY, RULES, SpaceNetCSVError,
                                                image_folder_ids, score_csv)
 from mnc_d2.utils.atomic import atomic_write
+from mnc_d2.utils.logs import configure_cli_logging
 
 
 def main(argv=None) -> int:
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--per-image", metavar="OUT.csv", help="also write per-image rows here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    configure_cli_logging(logging.WARNING, fmt="%(levelname)s %(message)s")
     try:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,

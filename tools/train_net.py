@@ -20,7 +20,8 @@ from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
 
 def main(args):
     """Run in each process: train (or evaluate with --eval-only)."""
-    cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only)
+    cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only,
+                    log_to_output=True)
     default_setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

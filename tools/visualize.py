@@ -7,11 +7,11 @@
 """
 
 import argparse
-import logging
 import sys
 
 from mnc_d2.evaluation.spacenet_metric import RULES, SpaceNetCSVError
 from mnc_d2.evaluation.visualize import visualize_csvs
+from mnc_d2.utils.logs import configure_cli_logging
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rules", choices=RULES, default="spacenet")
     parser.add_argument("--bands", nargs=3, type=int, help="1-based bands shown as R G B")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_cli_logging(fmt="%(levelname)s %(message)s")
     try:
         paths = visualize_csvs(args.truth, args.proposals, args.images, args.output,
                                image_ids=args.image_id, rules=args.rules, bands=args.bands)

@@ -10,17 +10,27 @@ from detectron2.config import get_cfg
 
 from ..config import add_mnc_config
 from ..data import check_band_config, resolve_band_stats
+from ..utils.logs import setup_mnc_logger
 
 logger = logging.getLogger(__name__)
 
 
-def setup_cfg(config_file: str, opts: list[str], for_training: bool = True):
+def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
+              log_to_output: bool = False):
     """Load a config (mnc_d2 keys added), apply overrides, fall back to CPU without CUDA,
-    resolve per-band statistics and check the band configuration. Returns the frozen cfg."""
+    resolve per-band statistics and check the band configuration. Returns the frozen cfg.
+
+    ``log_to_output`` (the tools' processes): before anything is logged, send the ``mnc_d2``
+    logger to the console and ``OUTPUT_DIR/log.txt`` the way Detectron2's ``default_setup``
+    does for its own logger; without it the band statistics, the mapper's bands and the
+    evaluator's SpaceNet lines would reach neither.
+    """
     cfg = get_cfg()
     add_mnc_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    if log_to_output:
+        setup_mnc_logger(cfg.OUTPUT_DIR)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
                      now_iso, parquet_path, prepare_output, run_record)
 
@@ -62,7 +63,7 @@ def parse_formats(text: str) -> list[str]:
 
 def main(argv=None, description: str = "Predict building footprints on GeoTIFF scenes") -> int:
     args = build_parser(description).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging()
     try:
         return _run(args)
     except UsageError as exc:
