@@ -431,6 +431,8 @@ def test_band_stats_auto(synthetic, tmp_path):
     assert stats["mean"] == pytest.approx(pixels.mean(1).tolist(), rel=1e-6)
     assert stats["std"] == pytest.approx(pixels.std(1).tolist(), rel=1e-4)
     assert compute_band_stats(files, [2, 7], max_images=1)["num_images"] == 1
+    with pytest.raises(ValueError, match=r"reads bands \[2, 9\].*has 8 band"):
+        compute_band_stats(files, [2, 9], max_images=1)  # the band reader's check, file named
 
 
 def test_empty_images_are_kept_by_the_mapper(synthetic):

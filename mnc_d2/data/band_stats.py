@@ -24,6 +24,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
 from ..utils.atomic import atomic_write
+from .bands import check_band_count
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,21 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
                        ) -> dict:
     """Mean/std per band over up to ``max_images`` files (every k-th file, deterministic).
 
-    Nodata pixels (the file's nodata value) are excluded. Returns {"bands", "mean", "std",
-    "num_images"}, floats only (checkpoints load them under torch's weights_only default).
+    ``bands``: the 1-based file bands the model reads (:func:`.bands.input_bands`; the caller
+    resolves an empty INPUT.BANDS first). Nodata pixels (the file's nodata value) are excluded.
+    Returns {"bands", "mean", "std", "num_images"}, floats only (checkpoints load them under
+    torch's weights_only default).
     """
     if not file_names:
         raise ValueError("no training images to compute band statistics from")
+    bands = [int(b) for b in bands]
     step = max(1, len(file_names) // max_images) if max_images else 1
     chosen = sorted(file_names)[::step][: max_images or None]
     total = sq = count = None
     for path in chosen:
         with rasterio.open(path) as src:
-            indexes = list(bands) if bands else list(range(1, src.count + 1))
-            data = src.read(indexes, masked=True).astype(np.float64)  # (C, H, W), nodata masked
+            check_band_count(src, bands)  # the band reader's check: names the file
+            data = src.read(bands, masked=True).astype(np.float64)  # (C, H, W), nodata masked
         flat = data.reshape(data.shape[0], -1)
         if total is None:
             total, sq, count = (np.zeros(flat.shape[0]) for _ in range(3))
@@ -53,7 +57,7 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
     count = np.maximum(count, 1)
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
-    return {"bands": [int(b) for b in bands], "mean": [float(m) for m in mean],
+    return {"bands": bands, "mean": [float(m) for m in mean],
             "std": [float(max(s, 1e-3)) for s in std], "num_images": len(chosen)}
 
 
