@@ -105,6 +105,14 @@ def resolve_version(root: str | Path, version: str | SpaceNetVersion | None,
     return get_version(version)
 
 
+def label_source(version: SpaceNetVersion, labels: str | None) -> str:
+    """``labels`` checked against LABEL_SOURCES; ``None``: the release's default."""
+    labels = labels or version.labels
+    if labels not in LABEL_SOURCES:
+        raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
+    return labels
+
+
 def list_images(root: Path, product: str | None = None,
                 version: str | SpaceNetVersion | None = None) -> dict[str, Path]:
     """{ImageId: GeoTIFF path} of one product; duplicates are an error."""
@@ -162,9 +170,7 @@ def dicts_of_images(root: Path, images: dict[str, Path], version: SpaceNetVersio
     """The dataset dicts of ``images`` ({ImageId: GeoTIFF}, as :func:`list_images` gives them,
     possibly filtered) of one area folder."""
     product = version.product(product)
-    labels = labels or version.labels
-    if labels not in LABEL_SOURCES:
-        raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
+    labels = label_source(version, labels)
     csv_labels = _csv_labels(root, version, product.name, images) if labels == "csv" else None
     repairs = RepairLog()
     band_mismatch = []
@@ -221,9 +227,7 @@ def register_spacenet_instances(name: str, root: str | Path, product: str | None
     root = Path(root)
     entry = resolve_version(root, version, product)
     prod = entry.product(product)
-    labels = labels or entry.labels
-    if labels not in LABEL_SOURCES:
-        raise ValueError(f"labels={labels!r} is not one of {LABEL_SOURCES}")
+    labels = label_source(entry, labels)
     DatasetCatalog.register(name, functools.partial(load_spacenet_dicts, root, prod.name,
                                                     labels, image_ids, entry.name))
     MetadataCatalog.get(name).set(**entry.metadata(prod.name), aoi=area_aoi(entry, root),
