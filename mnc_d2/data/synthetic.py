@@ -276,14 +276,26 @@ def tile_transform(style: CityStyle, index: int, size: int = LABEL_GRID,
     return Affine(dx, 0.0, lon0 + col * size * dx, 0.0, -dy, lat0 - row * size * dy)
 
 
+def scene_rng(seed: int, stream: int, index: int, setting: str) -> np.random.Generator:
+    """The generator of scene ``index``: ``stream`` separates cities (SpaceNet 2: the city's
+    position in CITIES) and releases (100 + release number); the default setting keeps the
+    seed sequences the generator had before settings existed."""
+    extra = [] if setting == "default" else [list(SETTINGS).index(setting)]
+    return np.random.default_rng([seed, stream, index, *extra])
+
+
+def empty_row(image_id: str) -> list:
+    """The summary CSV row of an image without buildings."""
+    return [image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"]
+
+
 def generate_image(aoi_root: Path, city: str, index: int, seed: int,
                    setting: str = "default") -> tuple[list, list]:
     """Write one image in all four products plus its GeoJSON; return its CSV rows."""
     style = STYLES[city]
     aoi = CITIES[city]
     image_id = f"{aoi}_img{index + 1}"
-    extra = [] if setting == "default" else [list(SETTINGS).index(setting)]
-    rng = np.random.default_rng([seed, list(CITIES).index(city), index, *extra])
+    rng = scene_rng(seed, list(CITIES).index(city), index, setting)
     reflectance, footprints, attrs = render_scene(rng, style, setting=SETTINGS[setting])
     transform = tile_transform(style, index)
     mul = to_dn(reflectance)
@@ -301,7 +313,7 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
     rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                             LABEL_GRID, LABEL_GRID)
     if not rows:
-        rows.append([image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"])
+        rows.append(empty_row(image_id))
     write_geojson_labels(aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson",
                          features)
     return rows, attr_rows

@@ -19,10 +19,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import shapely
 from rasterio.transform import Affine
+from shapely import affinity
+from shapely.geometry import mapping, shape
 
-from .synthetic import (ATTRIBUTE_HEADER, SETTINGS, STYLES, CityStyle, render_scene, tile_labels,
-                        tile_transform, to_dn, write_geojson_labels, write_summary_csv, write_tif)
+from .synthetic import (ATTRIBUTE_HEADER, SETTINGS, STYLES, CityStyle, empty_row, generate_city,
+                        render_scene, scene_rng, tile_labels, tile_transform, to_dn,
+                        write_geojson_labels, write_summary_csv, write_tif, wkt3)
 from .versions import SPACENET1, SPACENET4, nadir_angle, nadir_bin
 
 logger = logging.getLogger(__name__)
@@ -55,15 +59,6 @@ def sn4_collect_names() -> list[str]:
     return [f"Atlanta_nadir{angle}_catid_{catid}" for angle, catid in SN4_COLLECTS]
 
 
-def _rng(seed: int, release: int, index: int, setting: str) -> np.random.Generator:
-    extra = [] if setting == "default" else [list(SETTINGS).index(setting)]
-    return np.random.default_rng([seed, 100 + release, index, *extra])
-
-
-def _empty_row(image_id: str) -> list:
-    return [image_id, -1, "POLYGON EMPTY", "POLYGON EMPTY"]
-
-
 def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
                        setting: str = "default") -> Path:
     """Write ``<out_root>/SN1_buildings_train_AOI_1_Rio`` (3band, 8band, geojson, summary CSVs)."""
@@ -75,7 +70,7 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
     attrs_all = []
     for index in range(num_images):
         image_id = f"AOI_1_RIO_img{index + 1}"
-        reflectance, footprints, attrs = render_scene(_rng(seed, 1, index, setting), RIO,
+        reflectance, footprints, attrs = render_scene(scene_rng(seed, 101, index, setting), RIO,
                                                       size=width, setting=SETTINGS[setting])
         reflectance = reflectance[:, :height, :width]
         transform = tile_transform(RIO, index, width, gsd)
@@ -88,10 +83,10 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
         tile_rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                                      width, height, gsd)
         write_geojson_labels(root / "geojson" / f"Geo_{image_id}.geojson", features)
-        rows["3band"].extend(tile_rows or [_empty_row(image_id)])
+        rows["3band"].extend(tile_rows or [empty_row(image_id)])
         # The 8band CSV's pixels are on the 8band grid.
         rows["8band"].extend([[r[0], r[1], _scaled_wkt(r[2], 1 / sx, 1 / sy), r[3]]
-                              for r in tile_rows] or [_empty_row(image_id)])
+                              for r in tile_rows] or [empty_row(image_id)])
         attrs_all.extend(attr_rows)
     summary = root / "vectordata" / "summarydata"
     for product, product_rows in rows.items():
@@ -101,11 +96,6 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
 
 
 def _scaled_wkt(text: str, sx: float, sy: float) -> str:
-    import shapely
-    from shapely import affinity
-
-    from .synthetic import wkt3
-
     return wkt3(affinity.scale(shapely.from_wkt(text), sx, sy, origin=(0, 0)))
 
 
@@ -141,7 +131,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
         x0, y0 = SN4_ORIGIN[0] + col * SN4_TILE_M, SN4_ORIGIN[1] - row * SN4_TILE_M
         tile = f"{x0}_{y0}"
         transform = Affine(gsd, 0.0, x0, 0.0, -gsd, y0)
-        reflectance, footprints, attrs = render_scene(_rng(seed, 4, index, setting), ATLANTA,
+        reflectance, footprints, attrs = render_scene(scene_rng(seed, 104, index, setting), ATLANTA,
                                                       size=size, setting=SETTINGS[setting])
         tile_rows, features, attr_rows = tile_labels(tile, footprints, attrs, transform, size,
                                                      size, gsd)
@@ -163,7 +153,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
             write_tif(folder / "MS" / f"MS_{image_id}.tif", to_dn(low),
                       transform @ Affine.scale(size / ms, size / ms), "EPSG:32616")
             rows[collect].extend([[image_id, *r[1:]] for r in tile_rows]
-                                 or [_empty_row(image_id)])
+                                 or [empty_row(image_id)])
     for collect, collect_rows in rows.items():
         write_summary_csv(root / "summaryData" / f"{collect}_Train.csv", collect_rows)
     write_summary_csv(root / "Building_Attributes.csv", attrs_all, ATTRIBUTE_HEADER)
@@ -173,9 +163,6 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
 
 
 def _reproject(geometry: dict, transformer) -> dict:
-    import shapely
-    from shapely.geometry import mapping, shape
-
     geom = shapely.transform(shape(geometry), lambda xy: np.column_stack(
         transformer.transform(xy[:, 0], xy[:, 1])))
     return mapping(shapely.set_precision(geom, 1e-9))
@@ -185,8 +172,6 @@ def generate(version: str, out_root: str | Path, count: int, seed: int = 0,
              setting: str = "default", cities: tuple[str, ...] = ("vegas", "paris")) -> list[Path]:
     """Synthetic data of release ``version`` under ``out_root`` (``count`` images per city for
     SpaceNet 2, images for SpaceNet 1, tiles for SpaceNet 4); returns the area folders."""
-    from .synthetic import generate_city
-
     if version == "spacenet2":
         unknown = [c for c in cities if c not in STYLES]
         if unknown:
