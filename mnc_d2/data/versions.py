@@ -175,7 +175,7 @@ class SpaceNetVersion:
         tile = ""
         if image_id:
             match = self.image_id.search(image_id)
-            tile = match.groupdict().get("tile") or "" if match else ""
+            tile = (match.groupdict().get("tile") or "") if match else ""
         return pattern.format(product=product, area=root.name, id=image_id, tile=tile)
 
     def image_glob(self, root: Path, product: str | None = None) -> str:

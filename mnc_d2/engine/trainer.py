@@ -23,7 +23,6 @@ from ..modeling.checkpoint import build_checkpointer
 logger = logging.getLogger(__name__)
 
 
-
 def best_metric(cfg) -> str:
     """The flattened result key the best checkpoint follows: the SpaceNet ``score`` (the
     headline number of the dataset's release, see SpaceNetEvaluator) of the first test set

@@ -457,8 +457,9 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
     truth: DataFrame with T rows of ImageId, geometry (shapely, pixel coordinates).
     proposals: DataFrame with P rows of ImageId, geometry, Confidence. Empty geometries register
     their image. For the tester rules each geometry is read as the tester would read its row
-    written by :func:`mnc_d2.formats.spacenet_csv.wkt_for_tester` (first polygon of a MultiPolygon: write
-    MultiPolygons as one row per part, as :func:`.writers.write_proposal_csv` does).
+    written by :func:`mnc_d2.formats.spacenet_csv.wkt_for_tester` (first polygon of a
+    MultiPolygon: write MultiPolygons as one row per part, as
+    :func:`mnc_d2.formats.spacenet_csv.write_proposal_csv` does).
     ``images``: extra ImageIds to score (an image folder's listing).
     """
     rs = get_rules(rules)
