@@ -41,7 +41,7 @@ from rasterio.transform import Affine
 from shapely import affinity
 from shapely.geometry import Polygon, box
 
-from ..utils.atomic import atomic_write
+from ..utils.atomic import atomic_path, atomic_write
 from .versions import SPACENET2
 
 logger = logging.getLogger(__name__)
@@ -246,13 +246,11 @@ def to_dn(reflectance: np.ndarray, max_dn: int = 2047, dtype=np.uint16) -> np.nd
 
 def write_tif(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:4326") -> None:
     """(C, H, W) array -> GeoTIFF (atomic: written beside, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(tmp, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
-                       count=data.shape[0], dtype=str(data.dtype), crs=crs,
-                       transform=transform, compress="deflate") as dst:
+    with atomic_path(path) as tmp, rasterio.open(
+            tmp, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+            count=data.shape[0], dtype=str(data.dtype), crs=crs, transform=transform,
+            compress="deflate") as dst:
         dst.write(data)
-    tmp.replace(path)
 
 
 def wkt3(geom) -> str:

@@ -17,6 +17,7 @@ import rasterio
 import shapely
 from tqdm import tqdm
 
+from ..utils.atomic import atomic_path
 from .spacenet_metric import ScoreResult, read_proposal_csv, read_truth_csv, score, score_csv
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,15 @@ def stretch_to_uint8(array: np.ndarray, low: float = 2, high: float = 98) -> np.
         scaled = (band - lo) / max(hi - lo, 1e-6)
         out[..., i] = np.clip(scaled * 255, 0, 255).astype(np.uint8)
     return out
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """(H, W, 3) uint8 RGB -> PNG at ``path``, atomically (parent folders created)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path} (cv2.imwrite failed)")
+    return path
 
 
 def read_display_image(path: str | Path, bands: Iterable[int] | None = None) -> np.ndarray:
@@ -104,8 +114,5 @@ def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: s
         image = read_display_image(find_image(image_dir, image_id), bands)
         canvas = draw_image_overlay(image, result, t_geoms, np.flatnonzero(t_ids == image_id),
                                     p_geoms, np.flatnonzero(p_ids == image_id))
-        path = out_dir / f"{image_id}_score.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")
-        written.append(path)
+        written.append(write_png(out_dir / f"{image_id}_score.png", canvas))
     return written

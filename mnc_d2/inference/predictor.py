@@ -29,7 +29,7 @@ from ..data.bands import check_band_count, input_bands, read_bands
 from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
 from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
-from ..evaluation.visualize import stretch_to_uint8
+from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
 from .tiling import in_core, merge_across_tiles, tile_grid
@@ -160,7 +160,6 @@ def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_i
     if "csv" in paths:
         write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pred.polygons, pred.scores))})
     if "png" in paths:
-        Path(paths["png"]).parent.mkdir(parents=True, exist_ok=True)
         _write_overlay(pred, Path(paths["png"]), rgb_bands)
     return geo
 
@@ -175,7 +174,4 @@ def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | Non
     for poly in pred.polygons:
         pts = np.round(np.asarray(poly.exterior.coords) * scale).astype(np.int32)
         cv2.polylines(image, [pts], True, (255, 255, 0), 1, lineType=cv2.LINE_8)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(path)
+    write_png(path, image)

@@ -202,8 +202,7 @@ def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: lis
         geometry=list(polygons_map), crs=crs)
     frame["area_m2"] = area_m2(frame)
     frame = frame[["scene", "building_id", "score", "area_m2", "geometry"]].to_crs("EPSG:4326")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # creates the parent folder
         frame.to_parquet(tmp, index=False, write_covering_bbox=True, schema_version="1.1.0")
     return len(frame)
 
