@@ -1,9 +1,11 @@
 """Merge the per-scene GeoParquet files of a prediction folder into one city-wide GeoParquet.
 
 Neighbouring scenes of a mosaic overlap, so a building near a seam is found twice (once per
-scene) or cut in two pieces. The rule is the one used between tiles inside a scene
-(:func:`.tiling.merge_across_tiles`): buildings of *different* scenes that overlap are unioned
-into one, keeping the higher score; buildings of the same scene are never merged with each other.
+scene) or cut in two pieces. Buildings of *different* scenes that overlap (any intersection of
+positive area) are unioned into one, keeping the higher score; buildings of the same scene are
+never merged with each other. The grouping is the one used between tiles inside a scene
+(:func:`.tiling.overlap_groups`), which there asks for more: an overlap above 30% of the
+smaller polygon (``merge_overlap``).
 
 Streaming, so memory does not grow with the city: scenes are visited in Hilbert order of their
 extents; a building that touches no other scene's extent is written at once, the others wait in
@@ -27,6 +29,7 @@ import shapely
 
 from ..utils.atomic import atomic_path
 from .scenes import area_m2
+from .tiling import overlap_groups
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +61,6 @@ def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float]) -> N
         with pq.ParquetWriter(tmp, schema) as writer:
             for chunk in chunks:
                 writer.write_table(pq.read_table(chunk).replace_schema_metadata(schema.metadata))
-
-
-def _groups(geoms: np.ndarray, scene_ids: np.ndarray) -> np.ndarray:
-    """(N,) group label: connected components of 'overlaps, from different scenes'."""
-    parent = np.arange(len(geoms))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    keep = (a < b) & (scene_ids[a] != scene_ids[b])
-    a, b = a[keep], b[keep]
-    if len(a):
-        real = shapely.area(shapely.intersection(geoms[a], geoms[b])) > 0
-        for i, j in zip(a[real].tolist(), b[real].tolist()):
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(len(geoms))])
 
 
 def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
@@ -165,7 +146,7 @@ def _flush(pool: list, visited: int, emit, stats: dict, final: bool) -> list:
         return pool
     frame = pd.concat(pool, ignore_index=True)
     geoms = frame.geometry.to_numpy()
-    label = _groups(geoms, frame["_scene"].to_numpy())
+    label = overlap_groups(geoms, frame["_scene"].to_numpy())  # any positive overlap
     ready_member = final | (frame["_last"].to_numpy() <= visited)
     ready_group = pd.Series(ready_member).groupby(label).transform("all").to_numpy()
     done = frame[ready_group]

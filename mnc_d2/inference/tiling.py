@@ -62,24 +62,25 @@ def in_core(polygons: list, core: tuple[float, float, float, float]) -> np.ndarr
     return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
 
 
-def merge_across_tiles(polygons: list, scores: list[float], tile_ids: list[int],
-                       merge_overlap: float = 0.3) -> tuple[list, list[float]]:
-    """Union polygons of *different* tiles that overlap (see module docstring)."""
-    n = len(polygons)
-    if n == 0:
-        return [], []
-    geoms = np.asarray(polygons, dtype=object)
-    tree = shapely.STRtree(geoms)
-    a, b = tree.query(geoms, predicate="intersects")
-    tiles = np.asarray(tile_ids)
-    keep = (a < b) & (tiles[a] != tiles[b])
+def overlap_groups(geoms: np.ndarray, sources: np.ndarray, min_overlap: float = 0.0
+                   ) -> np.ndarray:
+    """(N,) group label of each polygon (the smallest index in its group): the connected
+    components of "from different ``sources`` and intersecting by more than ``min_overlap`` x the
+    smaller polygon's area" (``0``: any overlap of positive area). Polygons of one source are
+    joined only through polygons of another.
+
+    geoms: (N,) shapely polygons; sources: (N,) tile or scene of each.
+    """
+    n = len(geoms)
+    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    keep = (a < b) & (sources[a] != sources[b])
     a, b = a[keep], b[keep]
     if a.size:
         inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
         smaller = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
-        join = inter > merge_overlap * np.maximum(smaller, 1e-9)
+        join = inter > min_overlap * np.maximum(smaller, 1e-9)
         a, b = a[join], b[join]
-    parent = list(range(n))
+    parent = list(range(n))  # union-find; a root is the smallest index of its group
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -88,10 +89,22 @@ def merge_across_tiles(polygons: list, scores: list[float], tile_ids: list[int],
         return i
 
     for i, j in zip(a.tolist(), b.tolist()):
-        parent[find(i)] = find(j)
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def merge_across_tiles(polygons: list, scores: list[float], tile_ids: list[int],
+                       merge_overlap: float = 0.3) -> tuple[list, list[float]]:
+    """Union polygons of *different* tiles that overlap (see module docstring)."""
+    if len(polygons) == 0:
+        return [], []
+    geoms = np.asarray(polygons, dtype=object)
+    label = overlap_groups(geoms, np.asarray(tile_ids), merge_overlap)
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+    for i, root in enumerate(label.tolist()):
+        groups.setdefault(root, []).append(i)
     merged, merged_scores = [], []
     for members in groups.values():
         geom = shapely.union_all(geoms[members]) if len(members) > 1 else geoms[members[0]]
@@ -101,4 +114,3 @@ def merge_across_tiles(polygons: list, scores: list[float], tile_ids: list[int],
         merged.append(geom)
         merged_scores.append(max(scores[i] for i in members))
     return merged, merged_scores
-
