@@ -50,7 +50,7 @@ import shapely
 
 from .rules import GROUP_BY, RULES, RuleSet, city_before_last, get_rules, with_grouping
 from ..formats.spacenet_csv import SpaceNetCSVError, read_proposal_csv, read_truth_csv
-from .tester_polygons import PolygonTable, read_polygon_csv, table_from_geometries
+from .tester_polygons import PolygonTable, concat_tables, read_polygon_csv, table_from_geometries
 
 logger = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
 
 
 def _read_truth_tables(paths: list) -> PolygonTable:
-    return _concat_tables([read_polygon_csv(p, truth=True) for p in paths])
+    return concat_tables([read_polygon_csv(p, truth=True) for p in paths])
 
 
 def _read_both(truth_paths: list, proposal_csv, min_bytes: int = 4 << 20):
@@ -537,28 +537,6 @@ def _warn_unknown(unknown: set, proposal_csv) -> None:
     if unknown:
         logger.warning("%d ImageId(s) in %s are not in the truth (e.g. %s): all their proposals "
                        "count as FP", len(unknown), proposal_csv, sorted(unknown)[0])
-
-
-def _concat_tables(tables: list[PolygonTable]) -> PolygonTable:
-    if len(tables) == 1:
-        return tables[0]
-    coords, rings, polys, rows = [], [], [], []
-    point_base = ring_base = row_base = 0
-    for t in tables:
-        coords.append(t.coords)
-        rings.append(t.ring_offsets[:-1] + point_base)
-        polys.append(t.poly_offsets[:-1] + ring_base)
-        rows.append(t.row + row_base)
-        point_base += len(t.coords)
-        ring_base += len(t.ring_offsets) - 1
-        row_base += t.num_rows
-    registered = list(dict.fromkeys(i for t in tables for i in t.registered))
-    return PolygonTable(
-        np.concatenate([t.image for t in tables]), np.concatenate(coords),
-        np.concatenate([*rings, [point_base]]).astype(np.int64),
-        np.concatenate([*polys, [ring_base]]).astype(np.int64),
-        np.concatenate([t.confidence for t in tables]), np.concatenate(rows),
-        np.concatenate([t.line for t in tables]), registered, row_base)
 
 
 def image_folder_ids(folder: str | Path) -> list[str]:

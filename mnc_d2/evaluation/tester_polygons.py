@@ -501,3 +501,27 @@ def table_from_geometries(image_ids, geometries, confidence=None) -> PolygonTabl
     return PolygonTable(image_ids[rows], coords, ring_offsets, poly_offsets.astype(np.int64),
                         conf[rows], rows.astype(np.int64), np.full(len(rows), -1, np.int64),
                         registered, len(geoms))
+
+
+def concat_tables(tables: list[PolygonTable]) -> PolygonTable:
+    """The tables of several files read in order (the tester's several ``-truth`` files) as one:
+    offsets and rows shifted, ImageIds registered in first-seen order."""
+    if len(tables) == 1:
+        return tables[0]
+    coords, rings, polys, rows = [], [], [], []
+    point_base = ring_base = row_base = 0
+    for t in tables:
+        coords.append(t.coords)
+        rings.append(t.ring_offsets[:-1] + point_base)
+        polys.append(t.poly_offsets[:-1] + ring_base)
+        rows.append(t.row + row_base)
+        point_base += len(t.coords)
+        ring_base += len(t.ring_offsets) - 1
+        row_base += t.num_rows
+    registered = list(dict.fromkeys(i for t in tables for i in t.registered))
+    return PolygonTable(
+        np.concatenate([t.image for t in tables]), np.concatenate(coords),
+        np.concatenate([*rings, [point_base]]).astype(np.int64),
+        np.concatenate([*polys, [ring_base]]).astype(np.int64),
+        np.concatenate([t.confidence for t in tables]), np.concatenate(rows),
+        np.concatenate([t.line for t in tables]), registered, row_base)
