@@ -3,9 +3,9 @@
 
     python tools/merge_footprints.py OUTPUT --out city.parquet
 
-Buildings cut or duplicated across overlapping scene borders are unioned (the rule used between
-tiles inside a scene), rows are ordered spatially (Hilbert), memory stays bounded by the seams
-being merged, and the file is written atomically. See mnc_d2/inference/merge.py.
+Buildings of different scenes that overlap (any overlap of positive area) are unioned, rows are
+ordered spatially (Hilbert), memory stays bounded by the seams being merged, and the file is
+written atomically. See mnc_d2/inference/merge.py.
 """
 
 import argparse
