@@ -1,4 +1,4 @@
-"""Every compatibility shim mnc_d2 needs, in one place, applied once on ``import mnc_d2``.
+"""Every compatibility shim mnc_d2 needs, in one place, armed by ``import mnc_d2``.
 
 mnc_d2 runs on two Detectron2 builds:
 
@@ -6,16 +6,31 @@ mnc_d2 runs on two Detectron2 builds:
 * the upstream v0.6 Python sources from PyPI (``pb1-detectron2==0.6``) installed as pure Python
   by ``tools/install_detectron2.py``, running on torch 2.14, numpy 2 and Pillow >= 10.
 
-Each shim below says which version needs it and why. Every shim is conditional: it only acts when
-the thing it replaces is missing or known-broken, so it is a no-op on a build that has it. No file
-of detectron2 is edited. ``applied_shims()`` lists what was done (logged at DEBUG, tested).
+Detectron2's extension convention is that importing the extension is all a user does before
+using Detectron2 (``import mnc_d2; from detectron2.data import DatasetCatalog``), while mnc_d2's
+torch-free tools (the scorer, the footprint merge) must not pay for torch. So ``import mnc_d2``
+imports neither: :func:`install` puts one finder on ``sys.meta_path`` that acts when Detectron2
+itself is imported:
+
+* before the first ``detectron2`` module runs, the *pre-import* shims below (1-4, 6);
+* after ``detectron2.engine`` has run, shim 5 (CPU DDP);
+* after ``detectron2.data`` has run, the built-in SpaceNet names are registered; after
+  ``detectron2.modeling`` has run, the MNC ROI head is (``import mnc_d2.modeling``).
+
+When Detectron2 was imported before mnc_d2, :func:`install` applies whatever is still due at
+once. Each shim says which version needs it and why, and is conditional: it only acts when the
+thing it replaces is missing or known-broken, so it is a no-op on a build that has it. No file of
+detectron2 is edited. ``applied_shims()`` lists what was done (logged at DEBUG, tested).
 
 The CPU multi-process launcher lives in :mod:`mnc_d2.engine.launch` (it is a function of ours,
-not a patch) and ``create_ddp_model`` is wrapped here for CPU models.
+not a patch).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -67,11 +82,17 @@ class _MissingCppOps(types.ModuleType):
 def _shim_missing_cpp_ops() -> None:
     if "detectron2._C" in sys.modules:
         return
-    try:
-        found = importlib.util.find_spec("detectron2._C") is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
+    # Look for the compiled module next to detectron2's sources without running detectron2's
+    # __init__ (which imports torch): the tools that never touch Detectron2 stay torch-free.
+    package = sys.modules.get("detectron2")
+    if package is not None:
+        locations = list(getattr(package, "__path__", []))
+    else:
+        spec = importlib.machinery.PathFinder.find_spec("detectron2")
+        locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        return  # detectron2 is not installed: nothing to stand in for
+    if importlib.machinery.PathFinder.find_spec("detectron2._C", locations) is not None:
         return
     sys.modules["detectron2._C"] = _MissingCppOps("detectron2._C")
     _APPLIED.append("detectron2._C stand-in")
@@ -148,20 +169,108 @@ def _shim_cpu_ddp() -> None:
 def _silence_jit_script_deprecation() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                             category=FutureWarning)
-    _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports")
+    if not _DONE:
+        _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports")
 
 
-def apply() -> None:
-    """Apply every needed shim once. Must run before detectron2's submodules are imported."""
+def _register_builtin_datasets() -> None:
+    from .data.builtin import register_builtin_spacenet
+
+    register_builtin_spacenet()
+
+
+def _register_roi_head() -> None:
+    importlib.import_module("mnc_d2.modeling")  # @ROI_HEADS_REGISTRY.register() on import
+
+
+_PRE_IMPORT = (_silence_jit_script_deprecation, _shim_missing_cpp_ops, _shim_pil_linear,
+               _shim_pkg_resources, _shim_numpy_aliases)
+# Detectron2 module -> what runs once it has been imported (in this order).
+_AFTER_IMPORT = {
+    "detectron2.engine": (_shim_cpu_ddp,),
+    "detectron2.data": (_register_builtin_datasets,),
+    "detectron2.modeling": (_register_roi_head,),
+}
+_PENDING = dict(_AFTER_IMPORT)  # not run yet in this process
+
+
+def _run_pre_import() -> None:
     global _DONE
     if _DONE:
         return
-    _silence_jit_script_deprecation()
-    _shim_missing_cpp_ops()
-    _shim_pil_linear()
-    _shim_pkg_resources()
-    _shim_numpy_aliases()
-    _shim_cpu_ddp()
-    _DONE = True
+    for shim in _PRE_IMPORT:
+        shim()
+    _DONE = True  # only once every shim succeeded: a failed one is tried again next import
     if _APPLIED:
         logger.debug("mnc_d2 compatibility shims applied: %s", ", ".join(_APPLIED))
+
+
+def _run_after_import(name: str) -> None:
+    for action in _PENDING.get(name, ()):
+        action()  # an error propagates, and the module's next import runs the actions again
+    _PENDING.pop(name, None)
+
+
+class _AfterImportLoader(importlib.abc.Loader):
+    """Runs a module with its own loader, then mnc_d2's actions for it."""
+
+    def __init__(self, loader: importlib.abc.Loader, name: str):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _run_after_import(self._name)
+
+    def __getattr__(self, attr):  # get_source, get_filename, ... of the real loader
+        return getattr(self._loader, attr)
+
+
+class _Detectron2Hook(importlib.abc.MetaPathFinder):
+    """The ``sys.meta_path`` finder :func:`install` adds (see the module docstring)."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != "detectron2" and not fullname.startswith("detectron2."):
+            return None
+        _run_pre_import()
+        if fullname not in _PENDING:
+            return None
+        for finder in sys.meta_path:  # the finder that would have found it without us
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _AfterImportLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+_HOOK = _Detectron2Hook()
+
+
+def install() -> None:
+    """Arm the shims and registrations (cheap, idempotent; see the module docstring).
+
+    Already-imported Detectron2 modules get their pre- and after-import actions at once.
+    """
+    if _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
+    if "detectron2" in sys.modules:
+        _run_pre_import()
+    for name in [n for n in _PENDING if n in sys.modules]:
+        _run_after_import(name)
+
+
+def apply() -> None:
+    """Apply every shim and registration now (imports detectron2 and torch).
+
+    ``import mnc_d2`` already arranges for all of it to happen when Detectron2 is imported;
+    this only forces it, e.g. before timing something.
+    """
+    install()
+    for name in list(_AFTER_IMPORT):
+        importlib.import_module(name)

@@ -6,10 +6,6 @@ config and an mnc_d2 config differ only by these keys and by what YAML files set
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import; registrations
-
 from detectron2.config import CfgNode as CN
 
 

@@ -268,23 +268,6 @@ def test_several_truth_files_and_an_image_folder(tmp_path):
     assert result.mean_city_f1 == pytest.approx(1 / 3)  # F1 1, 0 (all FN), 0 (no polygons)
 
 
-def test_score_tool_imports_neither_torch_nor_detectron2(repo_root):
-    out = subprocess.run([sys.executable, "-X", "importtime", str(repo_root / "tools" / "score.py"),
-                          "--help"], capture_output=True, text=True, check=True)
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
-                if line.startswith("import time:")}
-    assert "shapely" in imported  # the import log is there
-    assert "torch" not in imported and "detectron2" not in imported
-
-
-def test_import_mnc_d2_prints_no_warnings(repo_root):
-    code = ("import mnc_d2; mnc_d2.setup(); import mnc_d2.modeling, mnc_d2.engine.trainer, "
-            "mnc_d2.inference")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=repo_root)
-    assert out.stderr == ""
-
-
 def test_threaded_overlay_equals_one_call():
     from mnc_d2.evaluation.spacenet_metric import overlay_areas
 

@@ -3,7 +3,7 @@ synthetic generator.
 
 Importing this package is light: the torch-free modules (:mod:`.versions`, :mod:`.bands`,
 :mod:`.labels`, :mod:`.synthetic`) import neither torch nor detectron2. The Detectron2-facing
-names below load on first use, after :func:`mnc_d2.setup` has applied the shims.
+names below load on first use.
 """
 
 from __future__ import annotations
@@ -25,8 +25,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import mnc_d2
-
-        mnc_d2.setup()  # shims before any detectron2 import; registrations
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module 'mnc_d2.data' has no attribute {name!r}")

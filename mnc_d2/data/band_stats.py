@@ -10,10 +10,6 @@ did. A path instead of "auto" loads such a JSON.
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import
-
 import json
 import logging
 from pathlib import Path

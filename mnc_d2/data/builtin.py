@@ -22,10 +22,6 @@ path and the variable.
 
 from __future__ import annotations
 
-from mnc_d2 import compat
-
-compat.apply()  # shims before any detectron2 import
-
 import functools
 import logging
 import os

@@ -14,10 +14,6 @@ Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the ori
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import
-
 import copy
 import logging
 

@@ -27,10 +27,6 @@ default (CSV for SpaceNet 2, GeoJSON for 1 and 4, whose archives ship GeoJSON).
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import; registrations
-
 import functools
 import logging
 from pathlib import Path

@@ -3,10 +3,6 @@ Detectron2's own ``RandomFlip`` and ``ResizeScale``)."""
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import
-
 import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform

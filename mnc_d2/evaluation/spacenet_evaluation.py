@@ -33,10 +33,6 @@ traced back to polygons.
 
 from __future__ import annotations
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import; registrations
-
 import json
 import logging
 from collections import OrderedDict

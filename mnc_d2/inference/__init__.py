@@ -1,11 +1,22 @@
-"""Whole-scene prediction on GeoTIFFs of any size: tiling, merging, georeferenced output."""
+"""Whole-scene prediction on GeoTIFFs of any size: tiling, merging, georeferenced output.
 
-import mnc_d2
+Importing this package is light: :mod:`.merge` and :mod:`.tiling` (the city-wide footprint merge)
+import neither torch nor detectron2. The names below load on first use.
+"""
 
-mnc_d2.setup()  # shims before any detectron2 import; registrations
+from __future__ import annotations
 
-from .predictor import ScenePrediction, ScenePredictor, write_outputs
-from .tiling import in_core, merge_across_tiles, tile_grid
+import importlib
 
-__all__ = ["ScenePrediction", "ScenePredictor", "in_core", "merge_across_tiles", "tile_grid",
-           "write_outputs"]
+_EXPORTS = {
+    "ScenePrediction": ".predictor", "ScenePredictor": ".predictor", "write_outputs": ".predictor",
+    "in_core": ".tiling", "merge_across_tiles": ".tiling", "tile_grid": ".tiling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'mnc_d2.inference' has no attribute {name!r}")

@@ -88,9 +88,6 @@ class _SceneActor:
                  run_started: str, rgb_bands, threads: int):
         import torch
 
-        import mnc_d2
-
-        mnc_d2.setup()
         from .predictor import ScenePredictor
 
         torch.set_num_threads(max(1, threads))

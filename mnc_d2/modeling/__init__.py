@@ -1,9 +1,5 @@
 """Modeling: the MNC cascade ROI head, differentiable RoI warping, multi-band checkpoints."""
 
-import mnc_d2
-
-mnc_d2.setup()  # shims before any detectron2 import; registrations
-
 from .checkpoint import MultiBandCheckpointer, inflate_input_channels
 from .mnc_roi_heads import MNCROIHeads
 from .roi_warp import MultiLevelWarp, roi_warp
