@@ -38,6 +38,13 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.AUGMENT.SCALE_RANGE = (1.0, 1.0)
 
 
+def _add_backbone_keys(cfg: CN) -> None:
+    _C = cfg
+    # With MODEL.WEIGHTS and other than 3 bands: the N-band input convolution (inflated from a
+    # 3-band checkpoint, see INPUT.CHECKPOINT_BANDS) trains even where FREEZE_AT freezes the stem.
+    _C.MODEL.BACKBONE.TRAIN_INFLATED_STEM = True
+
+
 def _add_mnc_keys(cfg: CN) -> None:
     _C = cfg
     _C.MODEL.MNC = CN()
@@ -156,5 +163,6 @@ def add_mnc_config(cfg: CN) -> None:
     if "MNC" in cfg.MODEL:
         return
     _add_input_keys(cfg)
+    _add_backbone_keys(cfg)
     _add_mnc_keys(cfg)
     _add_spacenet_eval_keys(cfg)

@@ -187,3 +187,59 @@ def test_stem_inflation(tmp_path):
     assert torch.allclose(w[:, 0], rgb.weight.mean(1)) and torch.allclose(w[:, 7], rgb.weight.mean(1))
     with pytest.raises(ValueError, match="CHECKPOINT_BANDS lists 2"):
         inflate_input_channels(rgb.weight, [1, 2, 3], [1, 2])
+
+
+def _stem_after_one_step(tmp_path, train_inflated: bool):
+    """A 4-band R-18 model under FREEZE_AT 2 (stem and res2 frozen, frozen BN) loads a 3-band
+    checkpoint's stem and takes one SGD step. Returns (stem before, after), (res2 before, after)
+    and whether the stem was given to the optimizer."""
+    from detectron2.utils.events import EventStorage
+
+    from mnc_d2.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    rgb = torch.randn(64, 3, 7, 7) * 0.1
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": rgb}}, tmp_path / "rgb.pth")
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / "quick_schedules" / "mnc_R_18_FPN_quick_synthetic.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "rgb.pth"),
+                         "MODEL.BACKBONE.FREEZE_AT", 2, "MODEL.RESNETS.NORM", "FrozenBN",
+                         "INPUT.BANDS", [1, 2, 3, 4], "INPUT.BAND_STATS", "",
+                         "MODEL.PIXEL_MEAN", [0.5] * 4, "MODEL.PIXEL_STD", [0.25] * 4,
+                         "MODEL.BACKBONE.TRAIN_INFLATED_STEM", train_inflated])
+    model = Trainer.build_model(cfg)
+    build_checkpointer(cfg, model, save_dir="").load(cfg.MODEL.WEIGHTS)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    stem = model.backbone.bottom_up.stem.conv1.weight
+    res2 = next(model.backbone.bottom_up.res2.parameters())
+    before = stem.detach().clone(), res2.detach().clone()
+    image = torch.full((4, 128, 128), 0.3)
+    image[3, 30:90, 40:100] = 0.9  # a roof seen only in the 4th band
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    inst = Instances((128, 128))
+    inst.gt_boxes = Boxes(torch.tensor([[40.0, 30.0, 100.0, 90.0]]))
+    inst.gt_classes = torch.zeros(1, dtype=torch.long)
+    mask = torch.zeros(1, 128, 128, dtype=torch.bool)
+    mask[0, 30:90, 40:100] = True
+    inst.gt_masks = BitMasks(mask)
+    model.train()
+    with EventStorage(0):
+        losses = model([{"image": image, "instances": inst, "height": 128, "width": 128}])
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    in_optimizer = any(p is stem for g in optimizer.param_groups for p in g["params"])
+    return (before[0], stem.detach()), (before[1], res2.detach()), in_optimizer
+
+
+def test_inflated_stem_trains_where_freeze_at_freezes_the_stem(tmp_path):
+    (s0, s1), (r0, r1), in_optimizer = _stem_after_one_step(tmp_path, train_inflated=True)
+    assert in_optimizer
+    assert torch.allclose(s0[:, 3], s0[:, :3].mean(1), atol=1e-6)  # inflated: NIR = RGB mean
+    assert not torch.equal(s0[:, 3], s1[:, 3]), "the new band's filters did not move"
+    assert torch.equal(r0, r1), "res2 must stay frozen (FREEZE_AT 2)"
+    # Off: the stem stays frozen, as Detectron2's FREEZE_AT says.
+    (s0, s1), _, in_optimizer = _stem_after_one_step(tmp_path, train_inflated=False)
+    assert not in_optimizer and torch.equal(s0, s1)

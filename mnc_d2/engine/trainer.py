@@ -18,7 +18,7 @@ from detectron2.utils import comm
 
 from ..data import SpaceNetDatasetMapper
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
-from ..modeling.checkpoint import build_checkpointer
+from ..modeling.checkpoint import build_checkpointer, train_inflated_stem
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,15 @@ def best_metric(cfg) -> str:
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with the N-band SpaceNet mapper, SpaceNetEvaluator (plus COCO AP when
-    TEST.SPACENET.COCO_AP), best checkpoint by the release's headline SpaceNet score and
-    multi-band checkpoint loading.
+    TEST.SPACENET.COCO_AP), best checkpoint by the release's headline SpaceNet score,
+    multi-band checkpoint loading and a trainable inflated stem.
     Only ``build_*`` hooks are overridden."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        train_inflated_stem(cfg, model)  # before build_optimizer collects trainable parameters
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

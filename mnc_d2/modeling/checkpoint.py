@@ -14,6 +14,13 @@ whose shapes differ, which would silently leave an N-band stem untrained; here t
 compares against the 3-channel shape the stem would have, so the stem is matched by name and then
 inflated. The MSRA files' ``conv1_b`` (a stem-convolution bias of ~1e-9 that Detectron2's bias-free
 stem has no place for) is dropped with a log line instead of being reported as unused.
+
+An inflated stem must train: the filters of the bands the checkpoint lacks (near infrared, red
+edge, coastal, yellow) start as the mean of its RGB filters and would keep that forever under
+Detectron2's ``FREEZE_AT >= 1``, which the ImageNet configs set. With
+``MODEL.BACKBONE.TRAIN_INFLATED_STEM`` (default on), :func:`train_inflated_stem` lets the N-band
+input convolution train whenever a checkpoint is loaded into a model of other than 3 bands; the
+rest of what FREEZE_AT freezes (res2, frozen batch norm) stays frozen.
 """
 
 from __future__ import annotations
@@ -25,6 +32,32 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 logger = logging.getLogger(__name__)
+
+
+def is_input_filter(tensor: torch.Tensor, num_bands: int) -> bool:
+    """Whether a model tensor is a convolution weight reading the N-band input, (O, N, k, k)."""
+    return tensor.dim() == 4 and num_bands != 3 and tensor.shape[1] == num_bands
+
+
+def train_inflated_stem(cfg, model: torch.nn.Module) -> list[str]:
+    """Let the N-band input filters train when a 3-band checkpoint inflates them (see the module
+    docstring). Call before the optimizer is built. Returns the parameters it unfroze."""
+    from ..data.bands import input_bands
+
+    num_bands = len(input_bands(cfg))
+    if not (cfg.MODEL.BACKBONE.TRAIN_INFLATED_STEM and cfg.MODEL.WEIGHTS and num_bands != 3):
+        return []
+    unfrozen = []
+    for name, param in model.named_parameters():
+        if is_input_filter(param, num_bands) and not param.requires_grad:
+            param.requires_grad_(True)
+            unfrozen.append(name)
+    if unfrozen:
+        logger.info("%s: trains although MODEL.BACKBONE.FREEZE_AT=%d freezes the stem: its %d-band "
+                    "filters are inflated from a 3-band checkpoint (MODEL.BACKBONE."
+                    "TRAIN_INFLATED_STEM)", ", ".join(unfrozen), cfg.MODEL.BACKBONE.FREEZE_AT,
+                    num_bands)
+    return unfrozen
 
 
 def inflate_input_channels(weight: torch.Tensor, input_bands: list[int],
@@ -54,8 +87,7 @@ class MultiBandCheckpointer(DetectionCheckpointer):
 
     def _inflatable(self, target: torch.Tensor, value: torch.Tensor | None = None) -> bool:
         """Whether a model tensor is an N-band input filter a 3-band one can inflate."""
-        n = len(self.input_bands)
-        return (target.dim() == 4 and n != 3 and target.shape[1] == n
+        return (is_input_filter(target, len(self.input_bands))
                 and (value is None or (value.dim() == 4 and value.shape[1] == 3
                                        and value.shape[0] == target.shape[0]
                                        and value.shape[2:] == target.shape[2:])))
