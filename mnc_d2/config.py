@@ -114,12 +114,6 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask, in the box) above which a RoI is
     # labelled foreground for the stage-3/5 classifiers (the paper's mask-level labels).
     _C.MODEL.MNC.MASK_FG_IOU = 0.5
-    # Inference: score threshold before NMS.
-    _C.MODEL.MNC.SCORE_THRESH_TEST = 0.05
-    # Inference: box NMS IoU threshold applied to the pooled stage-3 and stage-5 instances.
-    _C.MODEL.MNC.NMS_THRESH_TEST = 0.3
-    # Inference: at most this many detections per image (SpaceNet tiles hold 100+ buildings).
-    _C.MODEL.MNC.DETECTIONS_PER_IMAGE = 300
     # Inference: mask voting (each kept mask = score-weighted mean of overlapping candidates).
     _C.MODEL.MNC.MASK_VOTING = True
     # Inference: box IoU above which a candidate votes for a kept instance's mask.
@@ -129,6 +123,11 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC.MASK_VOTING_SPACE = "image"
     # Inference: threshold applied to the voted soft mask (also the output masks' binarisation).
     _C.MODEL.MNC.MASK_THRESHOLD = 0.5
+    # Inference, image-space voting: box NMS (ROI_HEADS.NMS_THRESH_TEST) again on the voted boxes.
+    # Voting moves each kept box to its voted mask's tight box, so two kept candidates that
+    # overlapped little (a partial box and the full one) can come out as one building twice.
+    # The original does not (deviation; False = as the original).
+    _C.MODEL.MNC.NMS_AFTER_VOTING = True
 
 
 def _add_spacenet_eval_keys(cfg: CN) -> None:
@@ -155,13 +154,28 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     _C.TEST.SPACENET.COCO_AP = False
 
 
+# Keys of mnc_d2 <= 0.1 that shadowed Detectron2's own: merging a config that still sets one
+# raises a KeyError naming the key to use instead.
+RENAMED_KEYS = {
+    "MODEL.MNC.SCORE_THRESH_TEST": "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "MODEL.MNC.NMS_THRESH_TEST": "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "MODEL.MNC.DETECTIONS_PER_IMAGE": "TEST.DETECTIONS_PER_IMAGE",
+}
+
+
 def add_mnc_config(cfg: CN) -> None:
     """Add mnc_d2's keys (data, MNC head, SpaceNet evaluation) to a Detectron2 config.
 
-    Existing keys are never modified; a second call on the same config changes nothing.
+    Existing keys are never modified; a second call on the same config changes nothing. The MNC
+    head's inference thresholds are Detectron2's own keys (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``,
+    ``MODEL.ROI_HEADS.NMS_THRESH_TEST``, ``TEST.DETECTIONS_PER_IMAGE``); the mnc_d2 0.1 names
+    of those (``RENAMED_KEYS``) raise an error saying so.
     """
     if "MNC" in cfg.MODEL:
         return
+    for old, new in RENAMED_KEYS.items():
+        cfg.register_renamed_key(old, new, "mnc_d2 >= 0.2 reads Detectron2's own key; a run's "
+                                 "config.yaml written by mnc_d2 0.1 needs the same edit")
     _add_input_keys(cfg)
     _add_backbone_keys(cfg)
     _add_mnc_keys(cfg)

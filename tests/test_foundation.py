@@ -194,3 +194,22 @@ def test_every_mnc_key_is_read_by_the_package():
                 continue
             pattern = rf"(\.{key}\b|\"{key}\")"  # cfg.X.KEY, or "KEY" in a name table
             assert re.search(pattern, code), f"{names}.{key} is read nowhere"
+
+
+@pytest.mark.parametrize("old,new", [("MODEL.MNC.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
+                                     ("MODEL.MNC.NMS_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"),
+                                     ("MODEL.MNC.DETECTIONS_PER_IMAGE", "TEST.DETECTIONS_PER_IMAGE")])
+def test_mnc_0_1_threshold_keys_name_detectron2_s_key(tmp_path, old, new):
+    """The MNC head reads Detectron2's threshold keys; a config still setting the old mnc_d2 0.1
+    name fails with the key to use, from a file and from the command line."""
+    from detectron2.config import get_cfg
+
+    *path, last = old.split(".")
+    text = "MODEL:\n  MNC:\n    " + f"{last}: 0.3\n"
+    (tmp_path / "old.yaml").write_text(text)
+    for merge in (lambda c: c.merge_from_file(str(tmp_path / "old.yaml")),
+                  lambda c: c.merge_from_list([old, 0.3])):
+        cfg = get_cfg()
+        mnc_d2.add_mnc_config(cfg)
+        with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+            merge(cfg)

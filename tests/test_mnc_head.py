@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ROIAlign
+from detectron2.layers import ROIAlign, cat
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import mnc_d2
-from mnc_d2.modeling.mask_ops import mask_voting, mask_voting_image, resample_to_box
+from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
+                                      resample_to_box)
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
 from mnc_d2.modeling.roi_warp import clip_box_gradient, roi_warp
 
@@ -152,7 +153,7 @@ def test_unshared_stage_weights():
 
 def test_inference_returns_instances_with_image_size_masks():
     torch.manual_seed(0)
-    model = build_model(quick_cfg(**{"MODEL.MNC.SCORE_THRESH_TEST": 0.0}))
+    model = build_model(quick_cfg(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0}))
     model.eval()
     image = toy_batch()[0]["image"]
     with torch.no_grad():
@@ -177,6 +178,24 @@ def test_mask_voting_hand_case():
     # Left half: 0.75 * 1 + 0.25 * 1 = 1; right half: 0.75 * 0 + 0.25 * 1 = 0.25.
     assert torch.allclose(voted[:, :2], torch.ones(m, 2))
     assert torch.allclose(voted[:, 2:], torch.full((m, 2), 0.25))
+
+
+def test_nms_runs_again_on_boxes_that_voting_moved():
+    """Two kept candidates that did not overlap can vote themselves onto one building; the
+    lower-scored copy is dropped (MODEL.MNC.NMS_AFTER_VOTING), or kept when it is off."""
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]])
+    masks = torch.ones(2, 14, 14)
+    probs = torch.tensor([[0.9], [0.8]])
+
+    def select(nms_after_voting: bool):
+        heads = build_model(quick_cfg(**{"MODEL.MNC.NMS_AFTER_VOTING": nms_after_voting})).roi_heads
+        # Voting that sends every kept instance to the first building's box.
+        heads._vote = lambda keep, b, m, s: (m[keep], b[:1].expand(len(keep), 4).clone())
+        return heads._select(boxes, masks, probs, (64, 64))
+
+    kept = select(True)
+    assert kept.scores.tolist() == [pytest.approx(0.9)]
+    assert select(False).scores.tolist() == [pytest.approx(0.9), pytest.approx(0.8)]
 
 
 def test_resample_to_shifted_box():
@@ -394,3 +413,116 @@ def test_cls_pool_is_2x2_max_pooling():
     head = build_model(quick_cfg()).roi_heads.cls_heads[0]
     x = torch.randn(5, 3, 14, 14)
     assert torch.equal(head._flat(x), torch.nn.functional.max_pool2d(x, 2, 2).flatten(1))
+
+
+# --- mask-level labels, stage-4 re-matching, stage-5 targets -----------------------------------
+
+
+def test_mask_iou_in_box_hand_cases():
+    """A 10 x 10 RoI on a 2 x 2 grid: every cell is 25 px."""
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    pred = torch.tensor([[[5.0, 5.0], [-5.0, -5.0]]])  # top row predicted: 50 px
+    target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # left column inside the RoI
+    # Intersection: the top-left cell (25 px); union: 50 + 60 (ground truth's full area, 10 px
+    # of it outside the RoI) - 25.
+    iou = mask_iou_in_box(pred, target, box, torch.tensor([60.0]))
+    assert iou.tolist() == [pytest.approx(25 / 85)]
+    full = torch.full((1, 2, 2), 5.0)
+    assert mask_iou_in_box(full, torch.ones(1, 2, 2), box, torch.tensor([100.0])).tolist() == [1.0]
+    # Ground truth reaching outside the RoI can never be fully covered.
+    assert mask_iou_in_box(full, torch.ones(1, 2, 2), box, torch.tensor([200.0])).tolist() == [0.5]
+    empty = torch.full((1, 2, 2), -5.0)
+    assert mask_iou_in_box(empty, torch.zeros(1, 2, 2), box, torch.tensor([0.0])).tolist() == [0.0]
+
+
+def test_stage4_rematches_refined_boxes_to_the_ground_truth():
+    heads = build_model(quick_cfg()).roi_heads
+    target = toy_batch()[0]["instances"]  # boxes (10,12,40,32), (60,50,84,90), (20,80,60,104)
+    refined = torch.tensor([[11.0, 12.0, 40.0, 33.0],   # on building 0
+                            [60.0, 52.0, 84.0, 88.0],   # on building 1
+                            [20.0, 80.0, 32.0, 90.0],   # a corner of building 2: IoU 0.13
+                            [100.0, 0.0, 120.0, 20.0]])  # nothing
+    (classes, masks, gt_boxes), = heads._match([refined], [target])
+    bg = heads.num_classes
+    assert classes.tolist() == [0, 0, bg, bg]
+    assert torch.equal(gt_boxes[:2], target.gt_boxes.tensor[:2])
+    assert torch.equal(masks.tensor[1], target.gt_masks.tensor[1])
+    empty = Instances((128, 128))
+    empty.gt_boxes = Boxes(torch.zeros(0, 4))
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    (classes, masks, gt_boxes), = heads._match([refined], [empty])
+    assert classes.tolist() == [bg] * 4 and masks is None and not gt_boxes.any()
+
+
+def test_stage5_box_targets_are_the_rematched_ground_truth_of_the_refined_boxes():
+    """loss_box5 regresses each refined (stage-3) box towards the ground truth it re-matches,
+    from the detached refined box, on its re-matched class."""
+    torch.manual_seed(0)
+    model = build_model(quick_cfg())
+    model.train()
+    heads = model.roi_heads
+    calls = []
+    original = heads._box_loss
+    heads._box_loss = lambda *a, **k: calls.append(a) or original(*a, **k)
+    sample = heads.label_and_sample_proposals
+    counts = []
+    heads.label_and_sample_proposals = lambda *a, **k: [
+        counts.append(len(p)) or p for p in sample(*a, **k)]
+    batch = toy_batch()
+    with EventStorage(0):
+        model(batch)
+    assert len(calls) == 2  # stage 3, then stage 5
+    _, rois, gt_boxes, classes = calls[1]
+    assert not rois.requires_grad
+    image_of = torch.cat([torch.full((n,), i) for i, n in enumerate(counts)])
+    assert len(image_of) == len(rois)
+    fg = classes < heads.num_classes
+    assert fg.any() and (~fg).any()
+    for row in torch.nonzero(fg, as_tuple=True)[0].tolist():
+        truth = batch[int(image_of[row])]["instances"].gt_boxes
+        iou = pairwise_iou(Boxes(rois[row: row + 1]), truth)[0]
+        assert iou.max() >= 0.5 and torch.equal(gt_boxes[row], truth.tensor[iou.argmax()])
+
+
+def test_masking_layer_with_mask_level_labels(monkeypatch):
+    """MASK_FG_IOU > 0: a box-foreground RoI whose stage-2 mask misses (mask IoU below the
+    threshold) becomes background for the classifier and its mask gets no classifier gradient;
+    the RoIs whose mask hits keep both."""
+    import mnc_d2.modeling.mnc_roi_heads as heads_module
+
+    def alternating_iou(mask_logits, targets, boxes, areas):
+        iou = torch.full((len(mask_logits),), 0.9)
+        iou[1::2] = 0.1
+        return iou
+
+    monkeypatch.setattr(heads_module, "mask_iou_in_box", alternating_iou)
+    torch.manual_seed(0)
+    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3, "MODEL.MNC.MASK_FG_IOU": 0.5}))
+    model.train()
+    heads = model.roi_heads
+    captured = {}
+
+    def keep_logits(_module, _inputs, output):
+        output.retain_grad()
+        captured["logits"] = output
+
+    heads.mask_heads[0].register_forward_hook(keep_logits)
+    original = heads.label_and_sample_proposals
+
+    def keep_box_labels(*args, **kwargs):
+        proposals = original(*args, **kwargs)
+        captured["box_labels"] = cat([p.gt_classes for p in proposals])
+        return proposals
+
+    heads.label_and_sample_proposals = keep_box_labels
+    with EventStorage(0):
+        losses = model(toy_batch())
+    losses["loss_cls3"].backward()
+    grad = captured["logits"].grad.flatten(1).abs().sum(dim=1)
+    box_fg = captured["box_labels"] < heads.num_classes
+    fg_rows = torch.nonzero(box_fg, as_tuple=True)[0]
+    hit, missed = fg_rows[0::2], fg_rows[1::2]
+    assert len(hit) and len(missed)
+    assert torch.all(grad[hit] > 0), "mask-foreground RoIs must pass the classifier gradient"
+    assert torch.all(grad[missed] == 0), "a missed mask is background: no classifier gradient"
+    assert torch.all(grad[~box_fg] == 0)

@@ -126,8 +126,8 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     it, itself included) have their soft masks pasted on the union of their boxes (a G x G grid,
     G = ``grid`` or 2M), averaged with their scores as weights and thresholded at
     ``mask_threshold``; the kept box becomes the tight box of the voted mask and the voted soft
-    mask is resampled onto it. (The original binarises each voter before averaging; the soft
-    average here keeps the sub-threshold evidence of every voter.) A voted mask with no cell at
+    mask is resampled onto it. The original's default (GPU) voting averages soft masks too; its
+    CPU fallback binarises each voter at 0.4 first. A voted mask with no cell at
     the threshold keeps the candidate's box. All kept candidates are voted in one batch.
 
     keep: (K,) indices of kept candidates; boxes: (N, 4); masks: (N, M, M) probabilities on each

@@ -38,10 +38,12 @@ Training (choices of the paper and of its released code, and where we deviate):
   loss_box5 (a weight of 0 removes the loss) plus Detectron2's RPN losses.
 
 Inference (as MNC): up to RPN.POST_NMS_TOPK_TEST proposals; stage-3 instances (box B, stage-2
-mask, stage-3 score) and stage-5 instances (box B', stage-4 mask, stage-5 score) are pooled,
-box-NMSed per class, capped at DETECTIONS_PER_IMAGE, and each kept mask is replaced by mask
+mask, stage-3 score) and stage-5 instances (box B', stage-4 mask, stage-5 score) above
+ROI_HEADS.SCORE_THRESH_TEST are pooled, box-NMSed per class (ROI_HEADS.NMS_THRESH_TEST), capped
+at TEST.DETECTIONS_PER_IMAGE, and each kept mask is replaced by mask
 voting (``MASK_VOTING_SPACE``: in image space as the original, the box becoming the voted mask's
-tight box, or inside the kept box). TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
+tight box, or inside the kept box). Image-space voting can move two kept boxes onto one
+building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not). TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
 model. Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
 masks that GeneralizedRCNN pastes at image size.
 """
@@ -102,7 +104,7 @@ class MNCROIHeads(ROIHeads):
                  test_score_thresh: float = 0.05, test_nms_thresh: float = 0.3,
                  test_detections_per_img: int = 300, mask_voting: bool = True,
                  mask_voting_iou: float = 0.5, mask_voting_space: str = "image",
-                 mask_threshold: float = 0.5, **kwargs):
+                 mask_threshold: float = 0.5, nms_after_voting: bool = True, **kwargs):
         super().__init__(**kwargs)
         if num_stages not in (3, 5):
             raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
@@ -138,6 +140,7 @@ class MNCROIHeads(ROIHeads):
         self.mask_voting_iou = mask_voting_iou
         self.mask_voting_space = mask_voting_space
         self.mask_threshold = mask_threshold
+        self.nms_after_voting = nms_after_voting
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -181,13 +184,14 @@ class MNCROIHeads(ROIHeads):
             box_grad=mnc.BOX_GRAD,
             box_grad_clip_base=mnc.BOX_GRAD_CLIP_BASE,
             smooth_l1_beta=cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
-            test_score_thresh=mnc.SCORE_THRESH_TEST,
-            test_nms_thresh=mnc.NMS_THRESH_TEST,
-            test_detections_per_img=mnc.DETECTIONS_PER_IMAGE,
+            test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            test_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
             mask_voting=mnc.MASK_VOTING,
             mask_voting_iou=mnc.MASK_VOTING_IOU,
             mask_voting_space=mnc.MASK_VOTING_SPACE,
             mask_threshold=mnc.MASK_THRESHOLD,
+            nms_after_voting=mnc.NMS_AFTER_VOTING,
         )
         return ret
 
@@ -415,6 +419,10 @@ class MNCROIHeads(ROIHeads):
                 local = torch.searchsorted(members, keep[slots])
                 voted[slots], out_boxes[slots] = self._vote(
                     local, boxes[cand[members]], masks[cand[members]], scores[members])
+        if self.use_mask_voting and self.mask_voting_space == "image" and self.nms_after_voting:
+            # Voting moved the boxes: keep one instance per building (MODEL.MNC.NMS_AFTER_VOTING).
+            rows = batched_nms(out_boxes, scores[keep], cls[keep], self.test_nms_thresh).sort().values
+            keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
         result.pred_boxes = Boxes(out_boxes)
         result.scores = scores[keep]
         result.pred_classes = cls[keep]
