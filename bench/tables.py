@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Markdown tables for BENCHMARKS.md from the JSON reports of bench/run_all.sh.
+"""Markdown tables for README.md and BENCHMARKS.md from the JSON reports of bench/run_all.sh.
 
-The tables in BENCHMARKS.md are pasted from this script's output, so no number there is typed by
-hand.
+Reports committed under bench/results/ are rendered into the docs' marked sections by
+``python -m bench.render_docs`` (:func:`section_renderers`: section ``bench:<report name>`` for
+each report, ``bench:readme`` for README.md's accuracy summary); the test suite checks the docs
+hold exactly that. This script prints every table of a results folder:
 
-    python bench/tables.py [--results .cache/bench/results]
+    python -m bench.tables [--results bench/results]
 """
 
 from __future__ import annotations
@@ -176,9 +178,35 @@ def readme_table(results: Path) -> list[str]:
                    "recall concave", "recall dark"], rows)
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+_MAKERS = {"speed": speed_tables, "scorer": scorer_table, "predict": predict_table,
+           "accuracy": accuracy_tables}
+
+
+def _maker(report_name: str):
+    """The table function of a report, by its name's first word (speed_r50 -> speed)."""
+    maker = _MAKERS.get(report_name.split("_", 1)[0])
+    if maker is None:
+        raise KeyError(f"bench/results/{report_name}.json: no table for reports named like this; "
+                       f"known prefixes: {sorted(_MAKERS)}")
+    return maker
+
+
+def section_renderers(results: Path = RESULTS) -> dict:
+    """Rendered-section name -> function giving its Markdown, one per committed report."""
+    out = {}
+    for path in sorted(results.glob("*.json")):
+        maker = _maker(path.stem)
+        out[f"bench:{path.stem}"] = (
+            lambda p=path, m=maker: "\n".join(m(json.loads(p.read_text()))))
+    if any(results.glob("accuracy_*.json")):
+        out["bench:readme"] = lambda: "\n".join(readme_table(results))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default=".cache/bench/results")
+    parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--readme", action="store_true", help="only README.md's short table")
     args = parser.parse_args()
     results = Path(args.results)

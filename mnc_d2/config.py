@@ -53,8 +53,10 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Stages run at inference (0 = NUM_STAGES). 5 on a 3-stage model runs the 5-stage inference
     # with its shared weights, as the paper evaluates its 3-stage model.
     _C.MODEL.MNC.TEST_NUM_STAGES = 0
-    # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates);
-    # "roialign": Detectron2's ROIAlign on detached boxes (faster, no gradient to boxes).
+    # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates), one sample
+    # at each cell's centre on continuous coordinates (the original: at the cell's corner, on box
+    # coordinates rounded to the feature grid); "roialign": Detectron2's ROIAlign on detached
+    # boxes (faster, no gradient to boxes).
     _C.MODEL.MNC.ROI_WARP = "warp"
     # Side of the warped feature grid (the original warps conv5 RoIs to 14 x 14).
     _C.MODEL.MNC.WARP_SIZE = 14
@@ -66,7 +68,8 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC.SAMPLING_RATIO = 2
     # Side of the predicted class-agnostic mask (the paper: 28 x 28; the released code: 21 x 21).
     _C.MODEL.MNC.MASK_SIZE = 28
-    # Width of the fully connected layers of the box/class head (paper: 4096 on VGG-16).
+    # Width of the classifier's fcs: one per pathway (box, masked) and a joint one on their
+    # concatenation (the original: two 4096-wide fcs per pathway, concatenated into the outputs).
     _C.MODEL.MNC.FC_DIM = 1024
     # Width of the mask head's hidden fully connected layer (paper: 256).
     _C.MODEL.MNC.MASK_FC_DIM = 256
@@ -111,17 +114,21 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Weight of the stage-5 box regression on the shared box predictor (auxiliary, as in the
     # original; its deltas are not used at inference).
     _C.MODEL.MNC.LOSS_WEIGHTS.BOX5 = 1.0
-    # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask, in the box) above which a RoI is
-    # labelled foreground for the stage-3/5 classifiers (the paper's mask-level labels).
+    # Mask IoU (predicted stage-2/4 mask vs. ground-truth mask) above which a RoI is labelled
+    # foreground for the stage-3/5 classifiers (the paper's mask-level labels, 0.5 there; measured
+    # on the RoI's M x M grid here, on image-size masks there).
     _C.MODEL.MNC.MASK_FG_IOU = 0.5
     # Inference: mask voting (each kept mask = score-weighted mean of overlapping candidates).
     _C.MODEL.MNC.MASK_VOTING = True
     # Inference: box IoU above which a candidate votes for a kept instance's mask.
     _C.MODEL.MNC.MASK_VOTING_IOU = 0.5
-    # Inference: where votes are averaged: "image" = on the union of the voters' boxes, the kept
-    # box becoming the tight box of the voted mask (the original); "box" = inside the kept box.
+    # Inference: where votes are averaged: "image" = soft masks on the union of the voters' boxes
+    # (a 2M x 2M grid; the original's default GPU path: at image pixels), the kept box becoming
+    # the tight box of the voted mask; "box" = inside the kept box. Voters: the candidates above
+    # ROI_HEADS.SCORE_THRESH_TEST (the original: every candidate, whatever its score).
     _C.MODEL.MNC.MASK_VOTING_SPACE = "image"
-    # Inference: threshold applied to the voted soft mask (also the output masks' binarisation).
+    # Inference: threshold applied to the voted soft mask (also the output masks' binarisation;
+    # the original: 0.4).
     _C.MODEL.MNC.MASK_THRESHOLD = 0.5
     # Inference, image-space voting: box NMS (ROI_HEADS.NMS_THRESH_TEST) again on the voted boxes.
     # Voting moves each kept box to its voted mask's tight box, so two kept candidates that

@@ -50,8 +50,9 @@ class MaskedClassificationHead(nn.Module):
 
     The paper's masking layer multiplies the box-warped features by the previous stage's soft
     mask (resized to the warp grid); with ``pool="max"`` both pathways are then 2 x 2 max-pooled
-    (stride 2) as in the original (its 14 x 14 warp becomes 7 x 7 before fc6). Each pathway gets a
-    fully connected layer; they are concatenated into a joint layer that feeds
+    (stride 2) as in the original (its 14 x 14 warp becomes 7 x 7 before fc6). Each pathway gets
+    one fully connected layer; they are concatenated into a joint layer that feeds (deviation:
+    the original has two 4096-wide fcs per pathway, concatenated straight into the outputs)
 
     * ``cls_score``: the mask-level classifier (trained with mask-level labels; the original and
       mnc_d2 score detections with it at test time);

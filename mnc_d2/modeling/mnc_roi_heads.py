@@ -30,6 +30,8 @@ Training (choices of the paper and of its released code, and where we deviate):
   stage-5 box regression on the shared box predictor (BOX5). At test time the original, and this
   head, score with the mask-level classifier only and refine boxes with stage 3's deltas only.
 * Box regression (stage 3): Detectron2's Box2BoxTransform deltas, smooth L1, box-foreground RoIs.
+* The RPN learns from its own losses only: Detectron2's proposals are detached (deviation: the
+  original's proposal layer also passes the stage-2 RoIs' gradient to the RPN's box deltas).
 * Stage 4/5 RoIs are the stage-3 refined boxes of the same sampled RoIs, re-matched to the ground
   truth by box IoU for their mask targets and labels (the original also appends the ground-truth
   boxes as extra stage-4 RoIs; we do not). With ``ROI_WARP: warp`` the stage-4/5 losses reach

@@ -4,10 +4,11 @@
 interpolation at the centres of the S x S cells of the box. Because the sample positions are a
 linear function of the box coordinates, the output is differentiable with respect to both the
 features and the boxes: a loss on a later cascade stage reaches the boxes regressed by an earlier
-one, which is what makes the cascade trainable end to end. The paper warps to a fixed size and
-then max-pools 2 x 2 (``MODEL.MNC.CLS_POOL``, in the classification head). Each warped cell is one
-bilinear sample at its centre (like ROIAlign with one sample per cell), as the original's
-warping layer interpolates at each output position.
+one, which is what makes the cascade trainable end to end. As in the original, the warp is
+followed by 2 x 2 max pooling before the classifier (``MODEL.MNC.CLS_POOL``, in the
+classification head). Each warped cell is one bilinear sample at its centre on continuous box
+coordinates (like ROIAlign with one sample per cell); the original's ROIWarping layer samples
+once per cell too, but at the cell's corner and on box coordinates rounded to the feature grid.
 """
 
 from __future__ import annotations
