@@ -26,8 +26,13 @@ Prints one JSON object on stdout (logs go to stderr). The default run (60 traini
 trains 200 iterations on 20 tiles per city. Trained runs are cached under
 --work and reused (re-evaluated; their training time is the one measured when they trained).
 
-    python bench/bench_accuracy.py --quick [--variants mnc5 mask_rcnn ...]
-    python bench/bench_accuracy.py --setting hard --model-seeds 0 1 2 --variants mnc5 mask_rcnn
+``--test-opts KEY VALUE ...`` changes inference only (keys in ``INFERENCE_KEYS``): cached models
+are re-evaluated with them, and the report (its name and ``test_opts``) says which were used.
+
+    python -m bench.bench_accuracy --quick [--variants mnc5 mask_rcnn ...]
+    python -m bench.bench_accuracy --setting hard --model-seeds 0 1 2 --variants mnc5 mask_rcnn
+    python -m bench.bench_accuracy --variants mnc5_box_cls --model-seeds 0 1 2 \
+        --test-opts MODEL.MNC.NMS_AFTER_VOTING False
 """
 
 from __future__ import annotations
@@ -68,13 +73,13 @@ VARIANTS = {
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
     "mnc5_roialign": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                       ["MODEL.MNC.ROI_WARP", "roialign"]),
-    # With the original's auxiliary box-level classifiers (off by default since issue 14).
+    # With the original's auxiliary box-level classifiers (off by default since mnc_d2 0.2).
     "mnc5_box_cls": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                      ["MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX", "1.0",
                       "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX", "1.0"]),
     # RoI warping without the cascade's box gradient (warp-with vs warp-without gradient).
     "mnc5_no_box_grad": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.BOX_GRAD", "none"]),
-    # The head as mnc_d2 0.1 trained it (before issue 14): every RoI's mask gets the classifier
+    # The head as mnc_d2 0.1 trained it: every RoI's mask gets the classifier
     # gradient, pixel-coordinate box-gradient clamp 0.01, no auxiliary losses, no pooling before
     # the fc layers (7 x 7 warp), mask voting inside the kept box.
     "mnc5_v01": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
@@ -93,12 +98,31 @@ VARIANTS = {
                             "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]),
 }
 CITIES = ["vegas", "paris"]
+# Config keys that change inference only: --test-opts may set them on cached models.
+INFERENCE_KEYS = ("MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
+                  "MODEL.MNC.MASK_VOTING_IOU", "MODEL.MNC.MASK_VOTING_SPACE",
+                  "MODEL.MNC.MASK_THRESHOLD", "MODEL.MNC.TEST_NUM_STAGES",
+                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+                  "TEST.DETECTIONS_PER_IMAGE", "TEST.SPACENET.SIMPLIFY_TOLERANCE",
+                  "TEST.SPACENET.REGULARIZE")
 
 
-def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0):
+def check_test_opts(opts: list[str]) -> list[str]:
+    """KEY VALUE pairs of inference-only keys; anything else is an error naming the key."""
+    if len(opts) % 2:
+        raise SystemExit(f"--test-opts takes KEY VALUE pairs, got {opts}")
+    for key in opts[0::2]:
+        if key not in INFERENCE_KEYS:
+            raise SystemExit(f"--test-opts {key}: not an inference-only key (cached models would "
+                             f"be evaluated as if trained with it); allowed: {INFERENCE_KEYS}")
+    return list(opts)
+
+
+def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0, test_opts=()):
     """The frozen config of one variant; also written to ``out_dir/config.yaml`` (the file
-    tools/predict.py and bench/bench_predict.py take)."""
+    tools/predict.py and bench/bench_predict.py take). ``test_opts``: inference-only overrides."""
     config, opts = VARIANTS[name]
+    opts = [*opts, *test_opts]
     # DATASETS.TEST is emptied: the benchmark evaluates on its own held-out set, so the
     # trainer's end-of-training evaluation on the training seed's val split is skipped.
     cfg = setup_cfg(config, ["OUTPUT_DIR", str(out_dir), "SEED", str(seed),
@@ -215,7 +239,10 @@ def main() -> None:
                         help="cfg.SEED values; every variant trains once per seed")
     parser.add_argument("--setting", default="default", choices=["default", "hard"],
                         help="synthetic data setting of both the training and the test data")
+    parser.add_argument("--test-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="inference-only config overrides (INFERENCE_KEYS)")
     args = parser.parse_args()
+    test_opts = check_test_opts(args.test_opts)
     # Detectron2's default logger writes to stdout; configuring logging first keeps stdout JSON only.
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
@@ -232,28 +259,30 @@ def main() -> None:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "setting": args.setting, "iterations": iters, "train_images_per_city": images,
               "test_images_per_city": images // 2, "model_seeds": args.model_seeds,
-              "runs": {}, "summary": {}}
+              "test_opts": test_opts, "runs": {}, "summary": {}}
     tag = f"{images}img_{iters}it{suffix}"
-    previous = work / f"report_{tag}.json"
+    report_tag = tag + "".join(f"_{k.rsplit('.', 1)[1]}-{v}" for k, v in
+                               zip(test_opts[0::2], test_opts[1::2]))
+    previous = work / f"report_{report_tag}.json"
     if previous.exists():  # runs of earlier invocations (other seeds or variants) are kept
         report["runs"] = json.loads(previous.read_text()).get("runs", {})
     for name in args.variants:
         for seed in args.model_seeds:
             out_dir = work / "runs" / f"{name}_{tag}" / f"seed{seed}"
             report["runs"].setdefault(name, {})[str(seed)] = _run_variant(
-                name, out_dir, iters, seed, test_root, attrs)
+                name, out_dir, iters, seed, test_root, attrs, test_opts)
             report["summary"] = summarize(report["runs"])
             report["model_seeds"] = sorted({int(k) for r in report["runs"].values() for k in r})
             # Partial results survive a crash of a later run.
-            with atomic_write(work / f"report_{tag}.json") as f:
+            with atomic_write(work / f"report_{report_tag}.json") as f:
                 json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
 
 
 def _run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,
-                 attrs: pd.DataFrame) -> dict:
+                 attrs: pd.DataFrame, test_opts=()) -> dict:
     """Train (unless cached) and evaluate one variant with one model seed."""
-    cfg = variant_cfg(name, out_dir, iters, seed)
+    cfg = variant_cfg(name, out_dir, iters, seed, test_opts)
     timing = out_dir / "train_wall_s.json"
     trained_now = not (out_dir / "model_final.pth").exists()
     if trained_now:

@@ -221,7 +221,7 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
 
     from mnc_d2.data import SpaceNetDatasetMapper
     from mnc_d2.engine.setup import setup_cfg
-    from mnc_d2.evaluation.spacenet_evaluation import instances_to_polygons
+    from mnc_d2.modeling.postprocess import instances_to_polygons
     from mnc_d2.inference import ScenePredictor
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))

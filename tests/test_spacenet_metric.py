@@ -76,6 +76,27 @@ def test_min_area_boundaries_solaris(tmp_path):
     assert rows.loc["AOI_1_X_img3", ["tp", "fp", "fn"]].tolist() == [1, 0, 0]
 
 
+def test_tester_path_reads_the_rule_set_s_area_fields(tmp_path):
+    """A rule set on the tester reader that is strict about the minimum area drops a building of
+    exactly 20 px, truth and proposal alike; a field that reader cannot honour is an error."""
+    from dataclasses import replace
+
+    from mnc_d2.evaluation.rules import SPACENET
+
+    truth = [("AOI_1_X_img2", 0, rect(0, 0, 1, 20)), ("AOI_1_X_img3", 0, rect(0, 0, 1, 20.1))]
+    props = [(i, 0, g, 0.9) for i, _, g in truth]
+    strict = replace(SPACENET, name="strict", truth_area_inclusive=False,
+                     proposal_area_inclusive=False)
+    rows = run(tmp_path, truth, props, strict).per_image.set_index("ImageId")
+    assert rows.loc["AOI_1_X_img2", ["tp", "fp", "fn"]].tolist() == [0, 0, 0]
+    assert rows.loc["AOI_1_X_img3", ["tp", "fp", "fn"]].tolist() == [1, 0, 0]
+    only_truth = replace(SPACENET, name="only_truth", truth_area_inclusive=False)
+    rows = run(tmp_path, truth, props, only_truth).per_image.set_index("ImageId")
+    assert rows.loc["AOI_1_X_img2", ["tp", "fp", "fn"]].tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="tester reader .* not 'buffer0'"):
+        run(tmp_path, truth, props, replace(SPACENET, invalid_proposal="buffer0"))
+
+
 @pytest.mark.parametrize("rules", ["spacenet", "solaris"])
 def test_confident_mediocre_proposal_wins_no_rematching(tmp_path, rules):
     truth = [("AOI_1_X_img1", 0, rect(0, 0, 10, 10))]

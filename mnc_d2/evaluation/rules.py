@@ -76,11 +76,27 @@ SOLARIS = RuleSet(
 )
 
 RULESETS = {r.name: r for r in (SPACENET, SOLARIS)}
+
+
+def area_kept(areas, min_area: float, inclusive: bool):
+    """Which polygons the minimum-area filter keeps: ``area >= min_area`` when ``inclusive``
+    (the rule set's ``truth_area_inclusive`` / ``proposal_area_inclusive``), else ``>``."""
+    return areas >= min_area if inclusive else areas > min_area
 RULES = tuple(RULESETS)
 
 
-def get_rules(name: str) -> RuleSet:
-    """The rule set called ``name``; a clear error listing the known ones otherwise."""
+def get_rules(name: str | RuleSet) -> RuleSet:
+    """The rule set called ``name`` (or ``name`` itself when it is one); a clear error listing
+    the known ones otherwise. A ``reader="tester"`` rule set is checked: that reader has the
+    tester's invalid-polygon handling and union only."""
+    if isinstance(name, RuleSet):
+        if name.reader == "tester" and (name.invalid_proposal, name.invalid_truth,
+                                        name.union) != ("region", "region", "areas"):
+            raise ValueError(f"rule set {name.name!r}: the tester reader takes invalid polygons "
+                             "as their even-odd regions and unions by areas (invalid_proposal="
+                             "'region', invalid_truth='region', union='areas'), not "
+                             f"{name.invalid_proposal!r}, {name.invalid_truth!r}, {name.union!r}")
+        return name
     try:
         return RULESETS[name]
     except KeyError:

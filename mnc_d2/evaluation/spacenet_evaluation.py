@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 import pycocotools.mask as mask_util
 import shapely
-import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -51,7 +50,8 @@ from shapely.geometry import Polygon
 
 from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
-from ..geometry.polygons import mask_to_polygon, mask_to_polygons
+from ..geometry.polygons import mask_to_polygons
+from ..modeling.postprocess import instances_to_polygons
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
 
@@ -75,29 +75,6 @@ def annotation_polygon(ann: dict):
         polys = mask_to_polygons(mask_util.decode(rle).astype(bool))
         return shapely.union_all(polys) if polys else Polygon()
     raise ValueError(f"annotation has neither 'wkt_pix' nor a 'segmentation': keys {list(ann)}")
-
-
-def instances_to_polygons(instances, score_thresh: float = 0.5,
-                          simplify_tolerance: float = 0.5, regularize: bool = False
-                          ) -> list[tuple[Polygon, float]]:
-    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
-    0.5; ``scores`` (R,)) -> one pixel polygon per instance scoring at least ``score_thresh``
-    (its largest part), with the score."""
-    if len(instances) == 0:
-        return []
-    if not instances.has("pred_masks"):
-        raise KeyError("instance masks needed: the model output has no 'pred_masks' (is "
-                       "MODEL.MASK_ON False?)")
-    scores = instances.scores.numpy()
-    out = []
-    for i in np.flatnonzero(scores >= score_thresh).tolist():
-        mask = instances.pred_masks[i]
-        mask = (mask if mask.dtype == torch.bool else mask >= 0.5).numpy()
-        poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
-                               regularize=regularize)
-        if poly is not None:
-            out.append((poly, float(scores[i])))
-    return out
 
 
 def truth_frame(dataset_dicts: list[dict], image_ids: set[str] | None = None) -> pd.DataFrame:

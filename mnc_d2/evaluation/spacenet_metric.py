@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from .rules import GROUP_BY, RULES, RuleSet, city_before_last, get_rules, with_grouping
+from .rules import (GROUP_BY, RULES, RuleSet, area_kept, city_before_last, get_rules,
+                    with_grouping)
 from ..formats.spacenet_csv import SpaceNetCSVError, read_proposal_csv, read_truth_csv
 from .tester_polygons import PolygonTable, concat_tables, read_polygon_csv, table_from_geometries
 
@@ -297,9 +298,10 @@ def _image_codes(table_images: np.ndarray, images: np.ndarray) -> np.ndarray:
     return np.searchsorted(images, table_images.astype(str)).astype(np.int64)
 
 
-def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spacenet",
-                 iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA,
-                 images=(), full_iou: bool = False, group_by: str | None = None) -> ScoreResult:
+def score_tables(truth: PolygonTable, proposals: PolygonTable,
+                 rules: str | RuleSet = "spacenet", iou_threshold: float = IOU_THRESHOLD,
+                 min_area: float = MIN_AREA, images=(), full_iou: bool = False,
+                 group_by: str | None = None) -> ScoreResult:
     """Score two tester-read tables (:mod:`.tester_polygons`) by the rules in the docstring.
 
     ``images``: extra ImageIds (an image folder's listing) that count as images even without
@@ -307,8 +309,8 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable, rules: str = "spa
     """
     rs = get_rules(rules)
     t_area, p_area = truth.areas(), proposals.areas()
-    t_kept_poly = (t_area > 0) & (t_area >= min_area)
-    p_kept_poly = (p_area > 0) & (p_area >= min_area)
+    t_kept_poly = (t_area > 0) & area_kept(t_area, min_area, rs.truth_area_inclusive)
+    p_kept_poly = (p_area > 0) & area_kept(p_area, min_area, rs.proposal_area_inclusive)
     if not truth.registered or not proposals.registered:
         logger.warning("the %s file has no rows: the SpaceNet tester prints 'Nothing to score' "
                        "for this input; scored here as empty", "truth" if not truth.registered
@@ -391,8 +393,8 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
     conf = proposals["Confidence"].to_numpy(dtype=np.float64)
 
     t_area, p_area = shapely.area(t_geom), shapely.area(p_geom)
-    t_kept = t_area >= min_area if rs.truth_area_inclusive else t_area > min_area
-    p_kept = p_area >= min_area if rs.proposal_area_inclusive else p_area > min_area
+    t_kept = area_kept(t_area, min_area, rs.truth_area_inclusive)
+    p_kept = area_kept(p_area, min_area, rs.proposal_area_inclusive)
     p_eval = p_geom.copy()
     invalid = ~shapely.is_valid(p_geom)
     if rs.invalid_proposal == "buffer0" and invalid.any():
@@ -449,9 +451,9 @@ def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: fl
                    group_by=group_by)
 
 
-def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_THRESHOLD,
-          min_area: float = MIN_AREA, images=(), full_iou: bool = False,
-          group_by: str | None = None) -> ScoreResult:
+def score(truth, proposals, rules: str | RuleSet = "spacenet",
+          iou_threshold: float = IOU_THRESHOLD, min_area: float = MIN_AREA, images=(),
+          full_iou: bool = False, group_by: str | None = None) -> ScoreResult:
     """Score in-memory proposals against truth (module docstring for the rules).
 
     truth: DataFrame with T rows of ImageId, geometry (shapely, pixel coordinates).
@@ -469,8 +471,8 @@ def score(truth, proposals, rules: str = "spacenet", iou_threshold: float = IOU_
         p_table = table_from_geometries(proposals["ImageId"].astype(str).to_numpy(),
                                         proposals["geometry"].to_numpy(),
                                         proposals["Confidence"].to_numpy(dtype=np.float64))
-        return score_tables(t_table, p_table, rs.name, iou_threshold, min_area, images,
-                            full_iou, group_by)
+        return score_tables(t_table, p_table, rs, iou_threshold, min_area, images, full_iou,
+                            group_by)
     return _score_wkt(truth, proposals, rs, iou_threshold, min_area, images, full_iou, group_by)
 
 
@@ -496,7 +498,7 @@ def score_csv(truth_csv, proposal_csv, rules: str = "spacenet",
                                    "expected rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
         if warn_unknown:
             _warn_unknown(set(proposals.registered) - set(truth.registered), proposal_csv)
-        return score_tables(truth, proposals, rs.name, iou_threshold, min_area, images,
+        return score_tables(truth, proposals, rs, iou_threshold, min_area, images,
                             full_iou, group_by)
     import pandas as pd
 

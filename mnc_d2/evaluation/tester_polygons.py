@@ -81,7 +81,8 @@ _LOOSE_LIST = re.compile(rf"{_LOOSE}(?:\n{_LOOSE})*")
 
 class _LooseNumber(ValueError):
     """A loosely checked number did not convert: re-read on the general path."""
-_PLAIN_NUM = re.compile(_NUM)
+
+
 _JAVA_DOUBLE = re.compile(
     rf"(?:{_NUM}[dDfF]?|[+-]?NaN|[+-]?Infinity)"
 )

@@ -28,7 +28,8 @@ from ..data.versions import image_id_of
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
-from ..evaluation.spacenet_evaluation import THRESHOLD_FILE, instances_to_polygons
+from ..evaluation.spacenet_evaluation import THRESHOLD_FILE
+from ..modeling.postprocess import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
