@@ -138,12 +138,12 @@ def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0, test_opts=(
 SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
-def _data(root: Path, seed: int, images: int, setting: str) -> Path:
+def prepare_data(root: Path, seed: int, images: int, setting: str) -> Path:
     ensure_synthetic(root, CITIES, images, seed, setting)
     return root
 
 
-def _slices(spacenet_root: Path) -> pd.DataFrame:
+def slice_flags(spacenet_root: Path) -> pd.DataFrame:
     frames = []
     for aoi in sorted(spacenet_root.glob("AOI_*_Train")):
         attrs = pd.read_csv(aoi / "summaryData" / f"{aoi.name}_Building_Attributes.csv")
@@ -156,7 +156,7 @@ def _slices(spacenet_root: Path) -> pd.DataFrame:
     return attrs
 
 
-def _evaluate(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:
+def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:
     model = Trainer.build_model(cfg)
     build_checkpointer(cfg, model).load(weights)
     names = []
@@ -250,11 +250,11 @@ def main() -> None:
     images = 20 if args.quick else 60
     iters = args.iters or (200 if args.quick else 600)
     suffix = "" if args.setting == "default" else f"_{args.setting}"
-    train_root = _data(work / f"train_seed{args.train_seed}_{images}{suffix}", args.train_seed,
+    train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}", args.train_seed,
                        images, args.setting)
-    test_root = _data(work / f"test_seed{args.test_seed}_{images // 2}{suffix}", args.test_seed,
+    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{suffix}", args.test_seed,
                       images // 2, args.setting)
-    attrs = _slices(test_root / "spacenet")
+    attrs = slice_flags(test_root / "spacenet")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "setting": args.setting, "iterations": iters, "train_images_per_city": images,
@@ -269,7 +269,7 @@ def main() -> None:
     for name in args.variants:
         for seed in args.model_seeds:
             out_dir = work / "runs" / f"{name}_{tag}" / f"seed{seed}"
-            report["runs"].setdefault(name, {})[str(seed)] = _run_variant(
+            report["runs"].setdefault(name, {})[str(seed)] = run_variant(
                 name, out_dir, iters, seed, test_root, attrs, test_opts)
             report["summary"] = summarize(report["runs"])
             report["model_seeds"] = sorted({int(k) for r in report["runs"].values() for k in r})
@@ -279,7 +279,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def _run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,
+def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,
                  attrs: pd.DataFrame, test_opts=()) -> dict:
     """Train (unless cached) and evaluate one variant with one model seed."""
     cfg = variant_cfg(name, out_dir, iters, seed, test_opts)
@@ -296,7 +296,7 @@ def _run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Pat
         with atomic_write(timing) as f:
             json.dump({"train_wall_s": round(time.perf_counter() - start, 1)}, f)
     product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
-    res = _evaluate(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs)
+    res = evaluate_model(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs)
     # A cached model reports the training time measured when it was trained.
     res["train_wall_s"] = (json.loads(timing.read_text())["train_wall_s"]
                            if timing.exists() else None)

@@ -8,7 +8,7 @@ scene (from the manifest), peak RSS per worker process (the manifest's peak_rss_
 one process), and Ray's start-up cost (ray.init in a fresh process, and the first scene's
 completion minus its own time). Prints one JSON object.
 
-    python bench/bench_predict_many.py --run .cache/bench/accuracy14/runs/mnc5_60img_600it/seed0
+    python -m bench.bench_predict_many --run .cache/bench/accuracy/runs/mnc5_60img_600it/seed0
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Per-image TP/FP/FN are compared (spacenet rules vs the tester, solaris rules vs 
 one JSON object. The tester needs java and its zip (bench/java_tester.py); without them the
 report says so.
 
-    python bench/bench_scorer.py [--tiles 200 2000] [--solaris-tiles 2000] [--repeats 5]
+    python -m bench.bench_scorer [--tiles 200 2000] [--solaris-tiles 2000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import numpy as np
 from shapely import affinity
 from shapely.geometry import box
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from .java_tester import find_jar, parse_output
 
-from java_tester import find_jar, parse_output  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CITIES = ("AOI_2_Vegas", "AOI_3_Paris", "AOI_4_Shanghai", "AOI_5_Khartoum")
 PY = [sys.executable, "-W", "ignore"]
@@ -217,8 +216,7 @@ def main() -> None:
                                               hostile=False)
             t_sr, sr_times, _, srows = ours(truth, props, "solaris", work / "ps.csv",
                                             args.repeats)
-            t_sol, _, sout = timed([*PY, str(ROOT / "bench" / "solaris_ref.py"), str(truth),
-                                    str(props)], 1)
+            t_sol, _, sout = timed([*PY, "-m", "bench.solaris_ref", str(truth), str(props)], 1)
             run = {"tiles": args.solaris_tiles, "proposals": n_props, "hostile": False,
                    "mnc_d2_solaris_rules_s": round(t_sr, 3),
                    "mnc_d2_solaris_rules_runs_s": [round(t, 3) for t in sr_times],

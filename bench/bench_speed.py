@@ -25,7 +25,7 @@ parent on full-frame 650 px masks of synthetic ground-truth footprints.
 
 Prints one JSON object on stdout (logs go to stderr).
 
-    python bench/bench_speed.py [--quick]
+    python -m bench.bench_speed [--quick]
 """
 
 from __future__ import annotations

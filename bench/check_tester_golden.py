@@ -4,7 +4,7 @@
 Prints one JSON object: per case, the tester's per-image TP/FP/FN and mean city F1 next to
 mnc_d2's, and whether they agree. Exit status 1 when any case disagrees.
 
-    python bench/check_tester_golden.py [--tester path/to/visualizer-2.0.zip]
+    python -m bench.check_tester_golden [--tester path/to/visualizer-2.0.zip]
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+from mnc_d2.evaluation.spacenet_metric import score_csv
+from tests.test_spacenet_tester_rules import CASES, write_case
 
-from java_tester import find_jar, run_tester  # noqa: E402
-from mnc_d2.evaluation.spacenet_metric import score_csv  # noqa: E402
-from test_spacenet_tester_rules import CASES, write_case  # noqa: E402
+from .java_tester import find_jar, run_tester
 
 
 def main() -> int:

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Why MNC's scores stayed under 0.5: one-change ablations on a short schedule (diagnostic).
 
-Each variant is the head as the original trains it (issue 14's rules, box-level auxiliary
-classifiers on) with one rule changed, trained 300 iterations at 256 px from scratch on the
+Each variant is the head as the original trains it (all of the original's training rules,
+box-level auxiliary classifiers on) with one rule changed, trained 300 iterations at 256 px from scratch on the
 default synthetic data (generator seed 0, 60 tiles per city) and scored on the held-out benchmark
 (seed 1) with bench_accuracy.py's evaluation: mean city F1 at the config's threshold (0.5), the
 best threshold of the sweep and its F1, the score calibration error (ECE) and the last logged
 stage-3 classification loss. One model seed and a short schedule: this locates a cause, it does
 not rank variants (bench_accuracy.py does, over seeds and data settings).
 
-    python bench/diagnose_scores.py [--variants all_rules no_box_cls ...] [--iters 300]
+    python -m bench.diagnose_scores [--variants all_rules no_box_cls ...] [--iters 300]
 
 Prints one JSON line per variant on stdout (logs on stderr). Uses bench_accuracy.py's data under
 --work (generated when missing).
@@ -18,14 +18,13 @@ Prints one JSON line per variant on stdout (logs on stderr). Uses bench_accuracy
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from . import bench_accuracy as acc
 ALL_RULES = ["MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX", "1.0", "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX", "1.0"]
 V01 = ["MODEL.MNC.MASK_GRAD_FG_ONLY", "False", "MODEL.MNC.BOX_GRAD", "coord",
        "MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX", "0.0", "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX", "0.0",
@@ -50,23 +49,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--iters", type=int, default=300)
-    parser.add_argument("--work", default=".cache/bench/accuracy14")
+    parser.add_argument("--work", default=".cache/bench/accuracy")
     parser.add_argument("--out", default=".cache/bench/diagnose")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    spec = importlib.util.spec_from_file_location("bench_accuracy", HERE / "bench_accuracy.py")
-    acc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(acc)
     work = Path(args.work).resolve()
-    train_root = acc._data(work / "train_seed0_60", 0, 60, "default")
-    test_root = acc._data(work / "test_seed1_30", 1, 30, "default")
+    train_root = acc.prepare_data(work / "train_seed0_60", 0, 60, "default")
+    test_root = acc.prepare_data(work / "test_seed1_30", 1, 30, "default")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
-    attrs = acc._slices(test_root / "spacenet")
+    attrs = acc.slice_flags(test_root / "spacenet")
     for name in args.variants:
         acc.VARIANTS[name] = ("configs/quick_schedules/mnc_R_18_FPN_demo_synthetic.yaml",
                               VARIANTS[name] + SMALL)
         out_dir = Path(args.out).resolve() / name
-        res = acc._run_variant(name, out_dir, args.iters, 0, test_root, attrs)
+        res = acc.run_variant(name, out_dir, args.iters, 0, test_root, attrs)
         last = [json.loads(line) for line in (out_dir / "metrics.json").open()][-1]
         print(json.dumps({"variant": name, "iterations": args.iters,
                           "mean_city_f1_at_0.5": round(res["mean_city_f1"], 3),

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every benchmark of BENCHMARKS.md in one go; one JSON report per script in .cache/bench/results/
-# (logs next to them). About 9 hours on a 2-core CPU (accuracy: 2 settings x 3 seeds x 4 variants);
-# --quick takes about 2 hours.
+# Every benchmark of BENCHMARKS.md in one go. Each script's JSON report goes to bench/results/
+# (committed: README.md and BENCHMARKS.md render their tables from it with
+# `python -m bench.render_docs`), its log to .cache/bench/logs/. About 9 hours on a 2-core CPU
+# (accuracy: 2 settings x 3 seeds x 4 variants); --quick takes about 2 hours and writes to
+# .cache/bench/quick/ instead, so quick numbers never replace the committed ones.
 #   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=".venv/bin/python -W ignore"
-OUT=.cache/bench/results
-mkdir -p "$OUT"
+PY=(.venv/bin/python -W ignore -m)
+OUT=bench/results
+LOGS=.cache/bench/logs
 QUICK=""
 SCORER_ARGS=(--tiles 200 2000 --solaris-tiles 2000 --repeats 5)
 SCENE=10000
@@ -15,6 +17,7 @@ ITERS=600
 IMAGES=60
 if [[ "${1:-}" == "--quick" ]]; then
   QUICK="--quick"
+  OUT=.cache/bench/quick
   SCORER_ARGS=(--tiles 200 500 --solaris-tiles 500 --repeats 3)
   SCENE=3000
   ITERS=200
@@ -23,32 +26,38 @@ elif [[ -n "${1:-}" ]]; then
   echo "usage: bench/run_all.sh [--quick]" >&2
   exit 2
 fi
-run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr to $OUT/NAME.log
+mkdir -p "$OUT" "$LOGS"
+run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr to $LOGS/NAME.log
   local name=$1
   shift
   echo "== $name: $*" >&2
   local start=$SECONDS
-  if ! "$@" > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"; then
-    echo "$name failed; see $OUT/$name.log" >&2
+  if ! "$@" > "$OUT/$name.json.tmp" 2> "$LOGS/$name.log"; then
+    echo "$name failed; see $LOGS/$name.log" >&2
     exit 1
   fi
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
   echo "$name: $((SECONDS - start)) s" >&2
 }
-# Issue 14's comparison: both data settings, three model seeds, MNC as the original trains it,
-# Mask R-CNN, the mnc_d2 0.1 head and warping without the box gradient (about 8 h on 2 cores).
+# Both data settings, three model seeds: MNC as the original trains it (box-level classifiers
+# off), Mask R-CNN, the mnc_d2 0.1 head and warping without the box gradient.
 for setting in default hard; do
-  run accuracy_$setting $PY bench/bench_accuracy.py $QUICK --setting $setting \
+  run accuracy_$setting "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
     --model-seeds 0 1 2 --variants mnc5 mask_rcnn mnc5_v01 mnc5_no_box_grad
 done
-run speed $PY bench/bench_speed.py $QUICK
-run speed_r50 $PY bench/bench_speed.py $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
+# One-change ablations of the head on a short schedule (JSON lines).
+"${PY[@]}" bench.diagnose_scores > "$OUT/diagnose.jsonl.tmp" 2> "$LOGS/diagnose.log"
+mv "$OUT/diagnose.jsonl.tmp" "$OUT/diagnose.jsonl"
+run speed "${PY[@]}" bench.bench_speed $QUICK
+run speed_r50 "${PY[@]}" bench.bench_speed $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
   --steps 4 --tiles 5
-run speed_releases $PY bench/bench_speed.py $QUICK --variants mnc5_R50 mnc5_R50_sn1 mnc5_R50_sn4 \
-  --steps 4 --tiles 6 --work .cache/bench/speed_releases
-run scorer $PY bench/bench_scorer.py "${SCORER_ARGS[@]}"
-run predict $PY bench/bench_predict.py --size "$SCENE" \
+run speed_releases "${PY[@]}" bench.bench_speed $QUICK --variants mnc5_R50 mnc5_R50_sn1 \
+  mnc5_R50_sn4 --steps 4 --tiles 6 --work .cache/bench/speed_releases
+run scorer "${PY[@]}" bench.bench_scorer "${SCORER_ARGS[@]}"
+# The golden cases of the tester-rules tests through the Java tester (exit 1 on a disagreement).
+run tester_golden "${PY[@]}" bench.check_tester_golden
+run predict "${PY[@]}" bench.bench_predict --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
-run predict_many $PY bench/bench_predict_many.py \
-  --run ".cache/bench/accuracy14/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
-echo "reports in $OUT/" >&2
+run predict_many "${PY[@]}" bench.bench_predict_many \
+  --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
+echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2

@@ -9,13 +9,22 @@ TensorFlow-era modules that do not install today. Needs fiona and scipy
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from pypi_fetch import fetch_pinned  # noqa: E402  (tools/: the installer's helper)
+
+
+def _fetch_pinned(*args):
+    """tools/pypi_fetch.py's fetch_pinned (the installer's helper). tools/ is not a package, and
+    detectron2 installed from its sources adds a top-level "tools" package of its own."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "pypi_fetch.py"
+    spec = importlib.util.spec_from_file_location("mnc_d2_pypi_fetch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fetch_pinned(*args)
 
 WHEEL = "solaris-0.4.0-py3-none-any.whl"
 WHEEL_SHA256 = "09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df"
@@ -26,7 +35,7 @@ def load_solaris_challenges(cache_dir: str | Path = ".cache/bench"):
     cache_dir = Path(cache_dir).resolve()
     root = cache_dir / "solaris-0.4.0"
     if not (root / "solaris" / "eval" / "challenges.py").exists():
-        wheel = fetch_pinned("solaris", WHEEL, WHEEL_SHA256, cache_dir)
+        wheel = _fetch_pinned("solaris", WHEEL, WHEEL_SHA256, cache_dir)
         with zipfile.ZipFile(wheel) as zf:
             members = [n for n in zf.namelist() if n.startswith("solaris/eval/")]
             zf.extractall(root, members)
@@ -52,7 +61,7 @@ def solaris_per_image(truth: str | Path, props: str | Path) -> dict[str, tuple[i
             for r in rows}
 
 
-if __name__ == "__main__":  # python bench/solaris_ref.py TRUTH PROPOSALS -> per-image JSON
+if __name__ == "__main__":  # python -m bench.solaris_ref TRUTH PROPOSALS -> per-image JSON
     import json
 
     print(json.dumps(solaris_per_image(sys.argv[1], sys.argv[2])))

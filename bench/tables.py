@@ -179,26 +179,29 @@ def readme_table(results: Path) -> list[str]:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_MAKERS = {"speed": speed_tables, "scorer": scorer_table, "predict": predict_table,
-           "accuracy": accuracy_tables}
 
 
-def _maker(report_name: str):
-    """The table function of a report, by its name's first word (speed_r50 -> speed)."""
-    maker = _MAKERS.get(report_name.split("_", 1)[0])
-    if maker is None:
-        raise KeyError(f"bench/results/{report_name}.json: no table for reports named like this; "
-                       f"known prefixes: {sorted(_MAKERS)}")
-    return maker
+def table_maker(report_name: str):
+    """The table function of a report by its file name (None: no table renders it yet)."""
+    if report_name.startswith("accuracy_"):
+        return accuracy_tables
+    if report_name.startswith("speed"):
+        return speed_tables
+    return {"scorer": scorer_table, "predict": predict_table}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:
-    """Rendered-section name -> function giving its Markdown, one per committed report."""
+    """Rendered-section name -> function giving its Markdown: ``bench:<report name>`` for each
+    committed report with a table, ``bench:diagnose`` for diagnose.jsonl, ``bench:readme`` for
+    README.md's accuracy summary."""
     out = {}
     for path in sorted(results.glob("*.json")):
-        maker = _maker(path.stem)
-        out[f"bench:{path.stem}"] = (
-            lambda p=path, m=maker: "\n".join(m(json.loads(p.read_text()))))
+        maker = table_maker(path.stem)
+        if maker is not None:
+            out[f"bench:{path.stem}"] = (
+                lambda p=path, m=maker: "\n".join(m(json.loads(p.read_text()))))
+    if (results / "diagnose.jsonl").exists():
+        out["bench:diagnose"] = lambda: "\n".join(diagnose_table(results))
     if any(results.glob("accuracy_*.json")):
         out["bench:readme"] = lambda: "\n".join(readme_table(results))
     return out

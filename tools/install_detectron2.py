@@ -76,6 +76,8 @@ def _purepy_setup(**kw):
                                                      for p in configs]}}
     kw["install_requires"] = requires
     kw.pop("extras_require", None)
+    # find_packages() also finds the sdist's tools/ and would install it as a top-level "tools".
+    kw["packages"] = [p for p in kw.get("packages", []) if p.split(".")[0] == "detectron2"]
     return _orig_setup(**kw)
 
 setuptools.setup = _purepy_setup
