@@ -21,7 +21,6 @@ from .data.synthetic import ensure_synthetic
 from .engine.setup import setup_cfg
 from .engine.trainer import Trainer
 from .evaluation.visualize import visualize_csvs
-from .inference import ScenePredictor, write_outputs
 from .utils.atomic import atomic_write
 from .utils.logs import configure_cli_logging
 
@@ -55,17 +54,19 @@ def _evaluate(cfg) -> dict:
     return Trainer.test(cfg, model)
 
 
-def _predict_held_out(cfg, out_dir: Path) -> list[Path]:
-    test_name = cfg.DATASETS.TEST[0]
-    files = [d["file_name"] for d in DatasetCatalog.get(test_name)]
-    pred_cfg = cfg.clone()
-    pred_cfg.defrost()
-    pred_cfg.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
-    predictor = ScenePredictor(pred_cfg, tile_size=650, overlap=128, batch_size=2)
-    written = []
-    for path in files:
-        written.extend(write_outputs(predictor.predict(path, progress=False), out_dir).values())
-    return written
+def _predict_held_out(cfg, out_dir: Path) -> None:
+    """``tools/predict.py`` over the held-out GeoTIFFs, so the demo's predictions have its layout
+    (buildings/*.parquet, manifest.parquet, run.json) plus GeoJSON, SpaceNet CSV and PNG."""
+    from .inference.run import main as predict_main
+
+    files = [d["file_name"] for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])]
+    status = predict_main(["--config-file", str(Path(cfg.OUTPUT_DIR) / "config.yaml"),
+                           "--input", *files, "--output", str(out_dir), "--overwrite",
+                           "--formats", "parquet,geojson,csv,png",
+                           "MODEL.WEIGHTS", str(Path(cfg.OUTPUT_DIR) / "model_final.pth")])
+    if status != 0:
+        raise RuntimeError(f"prediction on the held-out scenes failed (exit {status}); see "
+                           f"{out_dir / 'manifest.parquet'}")
 
 
 def summary_lines(metrics: dict, out_dir: Path, seconds: float) -> list[str]:
@@ -84,7 +85,8 @@ def summary_lines(metrics: dict, out_dir: Path, seconds: float) -> list[str]:
                   f"{sn['best_threshold/score']:.3f}; used by the predictions), score "
                   f"calibration error (ECE) {sn['ECE']:.3f}"]
     lines += [f"files in {out_dir}/: metrics.json, inference/*/spacenet_proposals.csv, "
-              "predictions/*.geojson|*.csv|*.png, overlays/*_score.png",
+              "predictions/ (tools/predict.py's layout: buildings/*.parquet, manifest.parquet, "
+              "run.json, geojson/, csv/, png/), overlays/*_score.png",
               f"total time {seconds / 60:.1f} min", ""]
     return lines
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import shapely
@@ -253,6 +254,13 @@ def test_demo_smoke(tmp_path):
     assert "mean city F1" in result.stdout and "AOI_3_Paris" in result.stdout
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert "spacenet" in json.dumps(metrics)
-    assert list((tmp_path / "demo" / "predictions").glob("*_buildings.geojson"))
+    # Predictions in tools/predict.py's layout: one GeoParquet per held-out scene, the manifest
+    # (every scene ok) and the run record, plus the extra formats.
+    predictions = tmp_path / "demo" / "predictions"
+    manifest = pd.read_parquet(predictions / "manifest.parquet")
+    assert len(manifest) > 0 and set(manifest.status) == {"ok"}
+    assert len(list((predictions / "buildings").glob("*.parquet"))) == len(manifest)
+    assert (predictions / "run.json").is_file()
+    assert len(list((predictions / "geojson").glob("*.geojson"))) == len(manifest)
     # The held-out split is evaluated once (not again by DefaultTrainer's end-of-training hook).
     assert (result.stdout + result.stderr).count("SpaceNet (spacenet rules): F1") == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ScenePrediction": ".predictor", "ScenePredictor": ".predictor", "write_outputs": ".predictor",
+    "ScenePrediction": ".predictor", "ScenePredictor": ".predictor",
     "in_core": ".tiling", "merge_across_tiles": ".tiling", "tile_grid": ".tiling",
 }
 

@@ -134,20 +134,6 @@ class ScenePredictor:
                                    src.width, src.height)
 
 
-def write_outputs(pred: ScenePrediction, out_dir: str | Path, png: bool = True,
-                  rgb_bands: list[int] | None = None) -> dict[str, Path]:
-    """GeoJSON (source CRS), SpaceNet proposal CSV and optional PNG overlay for one scene,
-    named after the scene file in ``out_dir``."""
-    out_dir = Path(out_dir)
-    stem = pred.path.stem
-    paths = {"geojson": out_dir / f"{stem}_buildings.geojson",
-             "csv": out_dir / f"{stem}_proposals.csv"}
-    if png:
-        paths["png"] = out_dir / f"{stem}_overlay.png"
-    write_scene_formats(pred, paths, {"image_id": pred.image_id}, rgb_bands)
-    return paths
-
-
 def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_id: dict,
                         rgb_bands: list[int] | None = None) -> list:
     """Write the formats ``paths`` names (``geojson``: map coordinates in the source CRS, each
