@@ -14,7 +14,7 @@ reported on slices of the ground truth, read from the generator's Building_Attri
 
 Data settings (``--setting``): ``default`` (the generator the project was developed on) and
 ``hard`` (denser, smaller buildings, clutter, dark roofs dark in the near infrared too; see
-mnc_d2.data.synthetic). ``--model-seeds 0 1 2`` trains every variant once per seed; the report
+mnc_d2.synthetic.spacenet2). ``--model-seeds 0 1 2`` trains every variant once per seed; the report
 gives each run and, per variant, the mean and spread (min, max, sample std) over seeds.
 
 Detections are kept down to a score of 0.05, so each run also reports F1 at the config's own
@@ -58,7 +58,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng
 
 from mnc_d2.data import register_spacenet_instances
-from mnc_d2.data.synthetic import ensure_synthetic
+from mnc_d2.synthetic.spacenet2 import ensure_synthetic
 from mnc_d2.engine.setup import setup_cfg
 from mnc_d2.engine.trainer import Trainer
 from mnc_d2.modeling.checkpoint import build_checkpointer

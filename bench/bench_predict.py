@@ -25,7 +25,7 @@ import pandas as pd
 import rasterio
 from rasterio.windows import Window
 
-from mnc_d2.data.synthetic import STYLES, render_scene, tile_transform, to_dn
+from mnc_d2.synthetic.spacenet2 import STYLES, render_scene, tile_transform, to_dn
 from mnc_d2.inference.scenes import MANIFEST
 
 BLOCK = 1000

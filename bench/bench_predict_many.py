@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_scenes(folder: Path, count: int, size: int) -> list[Path]:
-    from mnc_d2.data.synthetic import STYLES, render_scene, tile_transform, to_dn
+    from mnc_d2.synthetic.spacenet2 import STYLES, render_scene, tile_transform, to_dn
 
     rng = np.random.default_rng(5)
     paths = []

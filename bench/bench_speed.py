@@ -73,8 +73,8 @@ logger = logging.getLogger("bench_speed")
 
 
 def _data(root: Path, images: int, releases=()) -> Path:
-    from mnc_d2.data.synthetic import ensure_synthetic
-    from mnc_d2.data.synthetic_versions import generate
+    from mnc_d2.synthetic.spacenet2 import ensure_synthetic
+    from mnc_d2.synthetic.releases import generate
 
     ensure_synthetic(root, ["vegas"], images, seed=2)
     for release in releases:

@@ -7,15 +7,15 @@
         --version spacenet4 --images 20      # 20 tiles x 3 collects (one per nadir segment)
 
 Then ``DETECTRON2_DATASETS=datasets/synthetic`` makes the built-in names (spacenet2_vegas_train,
-spacenet1_rio_train, spacenet4_atlanta_all_train, ...) read it. See mnc_d2/data/synthetic.py
-and mnc_d2/data/synthetic_versions.py for what the scenes contain.
+spacenet1_rio_train, spacenet4_atlanta_all_train, ...) read it. See mnc_d2/synthetic/spacenet2.py
+and mnc_d2/synthetic/releases.py for what the scenes contain.
 """
 
 import argparse
 import logging
 
-from mnc_d2.data.synthetic import SETTINGS, STYLES
-from mnc_d2.data.synthetic_versions import generate
+from mnc_d2.synthetic.spacenet2 import SETTINGS, STYLES
+from mnc_d2.synthetic.releases import generate
 from mnc_d2.data.versions import VERSIONS
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
-from .data.synthetic import ensure_synthetic
+from .synthetic import ensure_synthetic
 from .engine.setup import setup_cfg
 from .engine.trainer import Trainer
 from .evaluation.visualize import visualize_csvs

@@ -27,7 +27,7 @@ from mnc_d2.data import (
 )
 from mnc_d2.data.labels import LabelError, RepairLog, read_geojson_footprints
 from mnc_d2.data.spacenet import RasterError, raster_header
-from mnc_d2.data.synthetic import generate_city
+from mnc_d2.synthetic.spacenet2 import generate_city
 from mnc_d2.data.transforms import Rot90Transform
 
 
@@ -90,7 +90,7 @@ def test_synthetic_is_deterministic(tmp_path, synthetic):
 
 
 def test_dark_roofs_differ_from_asphalt_only_beyond_rgb():
-    from mnc_d2.data.synthetic import SIGNATURES
+    from mnc_d2.synthetic.spacenet2 import SIGNATURES
 
     dark, asphalt = np.array(SIGNATURES["roof_dark"]), np.array(SIGNATURES["asphalt"])
     rgb = [4, 2, 1]
@@ -99,7 +99,7 @@ def test_dark_roofs_differ_from_asphalt_only_beyond_rgb():
 
 
 def test_hard_setting_is_denser_smaller_cluttered_and_dark_in_nir():
-    from mnc_d2.data.synthetic import SETTINGS, SIGNATURES, STYLES, render_scene
+    from mnc_d2.synthetic.spacenet2 import SETTINGS, SIGNATURES, STYLES, render_scene
 
     def stats(setting):
         counts, small, dark = [], 0, 0

@@ -17,7 +17,7 @@ import rasterio
 import shapely
 import torch
 
-from mnc_d2.data.synthetic import STYLES, generate_city, render_scene, tile_transform, to_dn
+from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick_schedules" / "mnc_R_18_FPN_quick_synthetic.yaml"
@@ -49,7 +49,7 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
 def test_train_net_on_spacenet4_four_bands_scored_by_nadir_segment(tmp_path):
     """Another release end to end: 4-band Pan-Sharpen SpaceNet 4 (built-in names, split by tile),
     band statistics, evaluation grouped by nadir segment, best checkpoint by that score."""
-    from mnc_d2.data.synthetic_versions import generate
+    from mnc_d2.synthetic.releases import generate
 
     generate("spacenet4", tmp_path / "data" / "spacenet", 7, seed=2)  # tile 7 is the val split
     out = tmp_path / "sn4"

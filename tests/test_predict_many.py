@@ -19,7 +19,7 @@ import shapely
 import torch
 from rasterio.warp import transform_bounds
 
-from mnc_d2.data.synthetic import STYLES, generate_city, render_scene, tile_transform, to_dn
+from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
 from mnc_d2.inference.run import main as predict_main
 from mnc_d2.inference.scenes import expand_inputs
 

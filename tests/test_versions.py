@@ -19,7 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mnc_d2.data.builtin import split_of
 from mnc_d2.data.spacenet import load_spacenet_dicts, register_spacenet_instances
-from mnc_d2.data.synthetic_versions import generate
+from mnc_d2.synthetic.releases import generate
 from mnc_d2.data.versions import SPACENET1, SPACENET2, SPACENET4, VERSIONS, infer_version, nadir_bin
 from mnc_d2.evaluation.spacenet_metric import score
 
@@ -244,7 +244,7 @@ def test_release_descriptions_and_formats_import_without_torch():
     """The release entries, label reading, synthetic generators and file formats are torch-free:
     preparing data or reading labels does not start torch or Detectron2."""
     code = ("import sys; import mnc_d2.data.versions, mnc_d2.data.labels, mnc_d2.data.bands, "
-            "mnc_d2.data.synthetic_versions, mnc_d2.formats.spacenet_csv, mnc_d2.formats.geojson; "
+            "mnc_d2.synthetic.releases, mnc_d2.formats.spacenet_csv, mnc_d2.formats.geojson; "
             "print(sorted(m for m in ('torch', 'detectron2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          timeout=120)

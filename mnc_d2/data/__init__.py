@@ -1,8 +1,8 @@
-"""SpaceNet data: release descriptions, labels, dataset registration, band reader, N-band mapper,
-synthetic generator.
+"""SpaceNet data: release descriptions, labels, dataset registration, band reader, N-band mapper
+(synthetic data of every release: :mod:`mnc_d2.synthetic`).
 
 Importing this package is light: the torch-free modules (:mod:`.versions`, :mod:`.bands`,
-:mod:`.labels`, :mod:`.synthetic`) import neither torch nor detectron2. The Detectron2-facing
+:mod:`.labels`) import neither torch nor detectron2. The Detectron2-facing
 names below load on first use.
 """
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Iterable
 
 import geopandas as gpd
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +34,13 @@ def write_geojson(path: str | Path, geometries: Iterable, crs, properties: Itera
     with atomic_path(path) as tmp:
         frame.to_file(tmp, driver="GeoJSON")
     return len(frame)
+
+
+def write_label_geojson(path: Path, features: list, crs: str | None = None) -> None:
+    """A label FeatureCollection; ``crs`` (e.g. "EPSG:32616") is named in the file when given
+    (lon/lat files name none, as SpaceNet's)."""
+    collection = {"type": "FeatureCollection", "features": features}
+    if crs is not None:
+        collection["crs"] = {"type": "name", "properties": {"name": crs}}
+    with atomic_write(path, "w") as f:
+        json.dump(collection, f)

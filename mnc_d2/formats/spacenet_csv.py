@@ -186,3 +186,17 @@ def write_proposal_csv(path: str | Path,
                 writer.writerow([image_id, building_id, text, f"{conf:.6f}"])
                 rows += 1
     return rows
+
+
+def spacenet_wkt(geom) -> str:
+    """SpaceNet's WKT: 'POLYGON ((x y 0, ...))' (z = 0, no 'Z' tag)."""
+    text = shapely.to_wkt(shapely.force_3d(geom), rounding_precision=6, output_dimension=3)
+    return text.replace("POLYGON Z ", "POLYGON ", 1)
+
+
+def write_summary_csv(path: Path, rows: list, header=("ImageId", "BuildingId", "PolygonWKT_Pix",
+                                                      "PolygonWKT_Geo")) -> None:
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -24,10 +24,12 @@ from rasterio.transform import Affine
 from shapely import affinity
 from shapely.geometry import mapping, shape
 
-from .synthetic import (ATTRIBUTE_HEADER, SETTINGS, STYLES, CityStyle, empty_row, generate_city,
-                        render_scene, scene_rng, tile_labels, tile_transform, to_dn,
-                        write_geojson_labels, write_summary_csv, write_tif, wkt3)
-from .versions import SPACENET1, SPACENET4, nadir_angle, nadir_bin
+from ..data.versions import SPACENET1, SPACENET4, nadir_angle, nadir_bin
+from ..formats.geojson import write_label_geojson
+from ..formats.geotiff import write_geotiff
+from ..formats.spacenet_csv import spacenet_wkt, write_summary_csv
+from .spacenet2 import (ATTRIBUTE_HEADER, SETTINGS, STYLES, CityStyle, empty_row, generate_city,
+                        render_scene, scene_rng, tile_labels, tile_transform, to_dn)
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +76,15 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
                                                       size=width, setting=SETTINGS[setting])
         reflectance = reflectance[:, :height, :width]
         transform = tile_transform(RIO, index, width, gsd)
-        write_tif(root / "3band" / f"3band_{image_id}.tif",
+        write_geotiff(root / "3band" / f"3band_{image_id}.tif",
                   to_dn(reflectance[[4, 2, 1]], 255, np.uint8), transform)
         eight = np.stack([cv2.resize(b, small, interpolation=cv2.INTER_AREA) for b in reflectance])
         sx, sy = width / small[0], height / small[1]
-        write_tif(root / "8band" / f"8band_{image_id}.tif", to_dn(eight),
+        write_geotiff(root / "8band" / f"8band_{image_id}.tif", to_dn(eight),
                   transform @ Affine.scale(sx, sy))
         tile_rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                                      width, height, gsd)
-        write_geojson_labels(root / "geojson" / f"Geo_{image_id}.geojson", features)
+        write_label_geojson(root / "geojson" / f"Geo_{image_id}.geojson", features)
         rows["3band"].extend(tile_rows or [empty_row(image_id)])
         # The 8band CSV's pixels are on the 8band grid.
         rows["8band"].extend([[r[0], r[1], _scaled_wkt(r[2], 1 / sx, 1 / sy), r[3]]
@@ -96,7 +98,7 @@ def generate_spacenet1(out_root: str | Path, num_images: int, seed: int = 0,
 
 
 def _scaled_wkt(text: str, sx: float, sy: float) -> str:
-    return wkt3(affinity.scale(shapely.from_wkt(text), sx, sy, origin=(0, 0)))
+    return spacenet_wkt(affinity.scale(shapely.from_wkt(text), sx, sy, origin=(0, 0)))
 
 
 def _view(reflectance: np.ndarray, angle: int) -> np.ndarray:
@@ -137,7 +139,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
                                                      size, gsd)
         for feature in features:  # UTM -> lon/lat, as the released label files
             feature["geometry"] = _reproject(feature["geometry"], to_lonlat)
-        write_geojson_labels(root / "geojson" / "spacenet-buildings" /
+        write_label_geojson(root / "geojson" / "spacenet-buildings" /
                              f"spacenet-buildings_{tile}.geojson", features)
         attrs_all.extend(attr_rows)
         for collect in collects:
@@ -145,12 +147,12 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
             view = _view(reflectance, nadir_angle(collect))
             bgrn = view[[1, 2, 4, 6]]  # blue, green, red, NIR1
             folder = root / collect
-            write_tif(folder / "Pan-Sharpen" / f"Pan-Sharpen_{image_id}.tif", to_dn(bgrn),
+            write_geotiff(folder / "Pan-Sharpen" / f"Pan-Sharpen_{image_id}.tif", to_dn(bgrn),
                       transform, "EPSG:32616")
-            write_tif(folder / "PAN" / f"PAN_{image_id}.tif",
+            write_geotiff(folder / "PAN" / f"PAN_{image_id}.tif",
                       to_dn(view[1:6].mean(axis=0, keepdims=True)), transform, "EPSG:32616")
             low = np.stack([cv2.resize(b, (ms, ms), interpolation=cv2.INTER_AREA) for b in bgrn])
-            write_tif(folder / "MS" / f"MS_{image_id}.tif", to_dn(low),
+            write_geotiff(folder / "MS" / f"MS_{image_id}.tif", to_dn(low),
                       transform @ Affine.scale(size / ms, size / ms), "EPSG:32616")
             rows[collect].extend([[image_id, *r[1:]] for r in tile_rows]
                                  or [empty_row(image_id)])

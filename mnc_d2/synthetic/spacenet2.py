@@ -25,8 +25,6 @@ roof, area_m2, solidity), records what each building is, for failure-mode benchm
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -41,8 +39,10 @@ from rasterio.transform import Affine
 from shapely import affinity
 from shapely.geometry import Polygon, box
 
-from ..utils.atomic import atomic_path, atomic_write
-from .versions import SPACENET2
+from ..data.versions import SPACENET2
+from ..formats.geojson import write_label_geojson
+from ..formats.geotiff import write_geotiff
+from ..formats.spacenet_csv import spacenet_wkt, write_summary_csv
 
 logger = logging.getLogger(__name__)
 
@@ -244,21 +244,6 @@ def to_dn(reflectance: np.ndarray, max_dn: int = 2047, dtype=np.uint16) -> np.nd
     return np.clip(np.round(reflectance * max_dn / 0.6), 0, max_dn).astype(dtype)
 
 
-def write_tif(path: Path, data: np.ndarray, transform: Affine, crs: str = "EPSG:4326") -> None:
-    """(C, H, W) array -> GeoTIFF (atomic: written beside, then renamed)."""
-    with atomic_path(path) as tmp, rasterio.open(
-            tmp, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
-            count=data.shape[0], dtype=str(data.dtype), crs=crs, transform=transform,
-            compress="deflate") as dst:
-        dst.write(data)
-
-
-def wkt3(geom) -> str:
-    """SpaceNet's WKT: 'POLYGON ((x y 0, ...))' (z = 0, no 'Z' tag)."""
-    text = shapely.to_wkt(shapely.force_3d(geom), rounding_precision=6, output_dimension=3)
-    return text.replace("POLYGON Z ", "POLYGON ", 1)
-
-
 def solidity(geom) -> float:
     return float(geom.area / geom.convex_hull.area) if geom.area > 0 else 0.0
 
@@ -297,22 +282,22 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
     reflectance, footprints, attrs = render_scene(rng, style, setting=SETTINGS[setting])
     transform = tile_transform(style, index)
     mul = to_dn(reflectance)
-    write_tif(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
-    write_tif(aoi_root / "RGB-PanSharpen" / f"RGB-PanSharpen_{image_id}.tif", mul[[4, 2, 1]],
+    write_geotiff(aoi_root / "MUL-PanSharpen" / f"MUL-PanSharpen_{image_id}.tif", mul, transform)
+    write_geotiff(aoi_root / "RGB-PanSharpen" / f"RGB-PanSharpen_{image_id}.tif", mul[[4, 2, 1]],
               transform)
     pan = to_dn(reflectance[1:6].mean(axis=0, keepdims=True))
-    write_tif(aoi_root / "PAN" / f"PAN_{image_id}.tif", pan, transform)
+    write_geotiff(aoi_root / "PAN" / f"PAN_{image_id}.tif", pan, transform)
     small = np.stack([cv2.resize(band, (MUL_SIZE, MUL_SIZE), interpolation=cv2.INTER_AREA)
                       for band in reflectance])
     scale = LABEL_GRID / MUL_SIZE
-    write_tif(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
+    write_geotiff(aoi_root / "MUL" / f"MUL_{image_id}.tif", to_dn(small),
               transform @ Affine.scale(scale, scale))
 
     rows, features, attr_rows = tile_labels(image_id, footprints, attrs, transform,
                                             LABEL_GRID, LABEL_GRID)
     if not rows:
         rows.append(empty_row(image_id))
-    write_geojson_labels(aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson",
+    write_label_geojson(aoi_root / "geojson" / "buildings" / f"buildings_{image_id}.geojson",
                          features)
     return rows, attr_rows
 
@@ -332,30 +317,12 @@ def tile_labels(image_id: str, footprints, attrs, transform: Affine, width: int,
         geo = affinity.affine_transform(clipped, [transform.a, transform.b, transform.d,
                                                   transform.e, transform.c, transform.f])
         building_id = len(rows)
-        rows.append([image_id, building_id, wkt3(clipped), wkt3(geo)])
+        rows.append([image_id, building_id, spacenet_wkt(clipped), spacenet_wkt(geo)])
         features.append({"type": "Feature", "properties": {"Id": 0, "building": "yes"},
                          "geometry": shapely.geometry.mapping(shapely.set_precision(geo, 1e-9))})
         attr_rows.append([image_id, building_id, attr["shape"], attr["roof"],
                           round(clipped.area * gsd_m ** 2, 2), round(solidity(clipped), 4)])
     return rows, features, attr_rows
-
-
-def write_summary_csv(path: Path, rows: list, header=("ImageId", "BuildingId", "PolygonWKT_Pix",
-                                                      "PolygonWKT_Geo")) -> None:
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def write_geojson_labels(path: Path, features: list, crs: str | None = None) -> None:
-    """A label FeatureCollection; ``crs`` (e.g. "EPSG:32616") is named in the file when given
-    (lon/lat files name none, as SpaceNet's)."""
-    collection = {"type": "FeatureCollection", "features": features}
-    if crs is not None:
-        collection["crs"] = {"type": "name", "properties": {"name": crs}}
-    with atomic_write(path, "w") as f:
-        json.dump(collection, f)
 
 
 def generate_city(out_root: str | Path, city: str, num_images: int, seed: int = 0,
