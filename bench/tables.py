@@ -35,12 +35,19 @@ def _spread(entry: dict, digits: int = 3) -> str:
             f"({entry['min']:.{digits}f}-{entry['max']:.{digits}f})")
 
 
+def _test_opts(report: dict) -> str:
+    """' (inference: KEY VALUE, ...)' for a report evaluated with --test-opts, else ''."""
+    opts = report.get("test_opts") or []
+    pairs = [f"{k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[0::2], opts[1::2])]
+    return f" (inference: {', '.join(pairs)})" if pairs else ""
+
+
 def accuracy_tables(report: dict) -> list[str]:
     """Per-variant spread over seeds, then every run, of one bench_accuracy report."""
     runs, summary = report["runs"], report["summary"]
     first = next(iter(next(iter(runs.values())).values()))
-    lines = [f"Setting **{report['setting']}**: {report['iterations']} iterations, "
-             f"{report['train_images_per_city']} training tiles per city, benchmark "
+    lines = [f"Setting **{report['setting']}**{_test_opts(report)}: {report['iterations']} "
+             f"iterations, {report['train_images_per_city']} training tiles per city, benchmark "
              f"{report['test_images_per_city']} tiles per city (another generator seed); slice "
              "sizes (benchmark truth): " + ", ".join(
                  f"{k} {v}" for k, v in first["slice_counts"].items())
@@ -171,11 +178,13 @@ def readme_table(results: Path) -> list[str]:
     for path in sorted(results.glob("accuracy_*.json")):
         report = json.loads(path.read_text())
         for name, e in report["summary"].items():
-            rows.append([report["setting"], name, _spread(e["mean_city_f1"]),
+            rows.append([report["setting"] + _test_opts(report), name, _spread(e["mean_city_f1"]),
+                         _spread(e["best_threshold"], 2), _spread(e["ECE"]),
                          *(f"{e['recall_' + s]['mean']:.3f}" if f"recall_{s}" in e else "n/a"
                            for s in ("small", "concave", "dark"))])
-    return _table(["data", "variant", "mean city F1 (mean ± std over seeds)", "recall small",
-                   "recall concave", "recall dark"], rows)
+    return _table(["data", "variant", "mean city F1 at 0.5 (mean ± std over seeds)",
+                   "best threshold", "score ECE", "recall small", "recall concave",
+                   "recall dark"], rows)
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,17 +1,12 @@
 """bench/: README/BENCHMARKS tables come from the JSON reports unchanged; speed ratios."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import bench_accuracy, tables
 
 
 def _tables():
-    spec = importlib.util.spec_from_file_location("bench_tables", REPO / "bench" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tables
 
 
 def _run(f1: float, dark: float, wall) -> dict:
@@ -35,10 +30,7 @@ def _report(tmp_path=None) -> dict:
 
 
 def _bench_accuracy():
-    spec = importlib.util.spec_from_file_location("bench_acc", REPO / "bench" / "bench_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_accuracy
 
 
 def test_seed_summary_and_tables_carry_the_report_numbers():
@@ -59,14 +51,27 @@ def test_seed_summary_and_tables_carry_the_report_numbers():
 def test_readme_table_lists_each_setting_and_variant(tmp_path):
     _report(tmp_path)
     lines = _tables().readme_table(tmp_path)
-    assert "| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.500 | 0.250 | 0.188 |" in lines
-    assert "| hard | mask_rcnn | 0.500 (1 seed) | 0.500 | 0.250 | 0.000 |" in lines
+    assert ("| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.35 ± 0.00 (0.35-0.35) | "
+            "0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 |") in lines
+    assert ("| hard | mask_rcnn | 0.500 (1 seed) | 0.35 (1 seed) | 0.125 (1 seed) | 0.500 | "
+            "0.250 | 0.000 |") in lines
+
+
+def test_reports_evaluated_with_inference_overrides_say_so(tmp_path):
+    report = _report()
+    report["test_opts"] = ["MODEL.MNC.NMS_AFTER_VOTING", "False"]
+    (tmp_path / "accuracy_hard_nms-off.json").write_text(json.dumps(report))
+    assert any(line.startswith("| hard (inference: NMS_AFTER_VOTING False) | mnc5 |")
+               for line in tables.readme_table(tmp_path))
+    assert "(inference: NMS_AFTER_VOTING False)" in tables.accuracy_tables(report)[0]
+    renderers = tables.section_renderers(tmp_path)
+    assert set(renderers) == {"bench:accuracy_hard_nms-off", "bench:readme"}
+    assert renderers["bench:accuracy_hard_nms-off"]().startswith("Setting **hard** (inference")
 
 
 def test_speed_summary_medians_and_ratios_against_mask_rcnn():
-    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "bench_speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    from bench import bench_speed as speed
+
     run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "w.pth", "params_m": 40.0,
            "roi_head_params_m": 10.0, "config_size": 650, "input_hw": [650, 650], "bands": 3}
     results = {
@@ -91,9 +96,8 @@ def test_speed_summary_medians_and_ratios_against_mask_rcnn():
 def test_speed_table_of_other_releases_against_their_baseline():
     """Variants with different input sizes (SpaceNet 4's 900 px vs SpaceNet 2's 650 px) are
     compared at each config's own size against the baseline the report names."""
-    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "bench_speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    from bench import bench_speed as speed
+
     run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "random init", "params_m": 68.3,
            "roi_head_params_m": 40.8, "bands": 3}
     results = {
