@@ -160,6 +160,19 @@ def predict_table(report: dict) -> list[str]:
                     report["wall_s"], report["peak_rss_gb"], f"{report['buildings']:,}"]])
 
 
+def demo_table(report: dict) -> list[str]:
+    """bench_demo.py reports (one per kernel set): wall time, s/iteration, memory, scores."""
+    runs = report["runs"] if "runs" in report else [report]
+    return _table(["machine", "kernels", "make demo wall min", "train s/iter (median)",
+                   "peak RSS GB", "held-out mean city F1", "TP / FP / FN",
+                   "best threshold (F1)", "score ECE"],
+                  [[r["machine"], r["isa"], f"{r['wall_min']:.1f}",
+                    f"{r['train_s_per_iter_median']:.2f}", f"{r['peak_rss_gb']:.2f}",
+                    f"{r['score']:.3f}", f"{r['tp']} / {r['fp']} / {r['fn']}",
+                    f"{r['best_threshold']:.2f} ({r['best_threshold_score']:.3f})",
+                    f"{r['ECE']:.3f}"] for r in runs])
+
+
 def diagnose_table(results: Path) -> list[str]:
     """bench/diagnose_scores.py's JSON lines (diagnose.jsonl) as a table."""
     rows = [json.loads(line) for line in (results / "diagnose.jsonl").read_text().splitlines()
@@ -196,7 +209,8 @@ def table_maker(report_name: str):
         return accuracy_tables
     if report_name.startswith("speed"):
         return speed_tables
-    return {"scorer": scorer_table, "predict": predict_table}.get(report_name)
+    return {"scorer": scorer_table, "predict": predict_table,
+            "demo": demo_table}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:

@@ -4,6 +4,7 @@
     python tools/score.py --truth T.csv [T2.csv ...] --proposals P.csv
                           [--rules spacenet|solaris] [--group-by auto|city|nadir|none]
                           [--images DIR ...] [--per-image OUT.csv] [--json]
+                          [--polygon-metrics [--gsd 0.3] [--boundary-tolerance 1.0]]
 
 Torch-free: starts in a fraction of a second. ``--rules spacenet`` (default) gives the numbers of
 the SpaceNet 2 offline tester v2.0 (the leaderboard scorer); see
@@ -15,7 +16,8 @@ import json
 import logging
 import sys
 
-from mnc_d2.evaluation.report import score_table
+from mnc_d2.evaluation.polygon_metrics import csv_shape_summary
+from mnc_d2.evaluation.report import polygon_table, score_table
 from mnc_d2.evaluation.spacenet_metric import (GROUP_BY, RULES, SpaceNetCSVError,
                                                image_folder_ids, score_csv)
 from mnc_d2.utils.atomic import atomic_write
@@ -39,19 +41,34 @@ def main(argv=None) -> int:
     parser.add_argument("--iou-threshold", type=float, default=0.5)
     parser.add_argument("--per-image", metavar="OUT.csv", help="also write per-image rows here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--polygon-metrics", action="store_true",
+                        help="also judge the shape of the matched pairs: mean IoU, C-IoU, "
+                             "N-ratio, PoLiS, max tangent angle error, corner-count error, "
+                             "boundary F-score, hole recall (mnc_d2/evaluation/polygon_metrics.py)")
+    parser.add_argument("--gsd", type=float, default=0.3,
+                        help="metres per pixel of the CSVs' pixel coordinates (default 0.3: "
+                             "SpaceNet 2's 650 px grid; SpaceNet 4's 900 px grid: 0.5)")
+    parser.add_argument("--boundary-tolerance", type=float, default=1.0, metavar="METRES",
+                        help="tolerance of the boundary F-score (default 1 m)")
     args = parser.parse_args(argv)
     configure_cli_logging(logging.WARNING, fmt="%(levelname)s %(message)s")
     try:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
                            iou_threshold=args.iou_threshold, group_by=args.group_by)
+        shapes = (csv_shape_summary(args.truth, args.proposals, result, args.gsd,
+                                    args.boundary_tolerance) if args.polygon_metrics else None)
     except (SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.per_image:
         with atomic_write(args.per_image, "w", newline="") as handle:
             result.write_per_image_csv(handle)
-    print(json.dumps(result.to_json(), indent=2) if args.json else score_table(result))
+    if args.json:
+        print(json.dumps({**result.to_json(), **({"polygon_metrics": shapes} if shapes else {})},
+                         indent=2))
+    else:
+        print(score_table(result) + ("\n\n" + polygon_table(shapes) if shapes else ""))
     return 0
 
 

@@ -22,3 +22,14 @@ def score_table(result: ScoreResult) -> str:
                      floatfmt=".4f")
     return (f"{table}\n\nmean {group} F1 ({result.rules} rules, grouped by "
             f"{result.group_by}): {result.mean_city_f1:.4f}")
+
+
+def polygon_table(summary: dict) -> str:
+    """polygon_metrics.summarize's output (overall first, then per group) as a text table."""
+    columns = ["pairs", "iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "boundary_f",
+               "hole_recall"]
+    headers = ["group", "pairs", "mean IoU", "C-IoU", "N-ratio", "PoLiS m", "MTA deg",
+               "corner err", "boundary F", "hole recall"]
+    rows = [[name, *(values[c] for c in columns)] for name, values in summary.items()]
+    return ("shape of the matched pairs (polygon metrics):\n"
+            + tabulate(rows, headers=headers, floatfmt=".3f"))
