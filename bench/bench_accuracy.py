@@ -250,10 +250,10 @@ def main() -> None:
     images = 20 if args.quick else 60
     iters = args.iters or (200 if args.quick else 600)
     suffix = "" if args.setting == "default" else f"_{args.setting}"
-    train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}", args.train_seed,
-                       images, args.setting)
-    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{suffix}", args.test_seed,
-                      images // 2, args.setting)
+    train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}",
+                              args.train_seed, images, args.setting)
+    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{suffix}",
+                             args.test_seed, images // 2, args.setting)
     attrs = slice_flags(test_root / "spacenet")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",

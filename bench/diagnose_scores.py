@@ -2,8 +2,8 @@
 """Why MNC's scores stayed under 0.5: one-change ablations on a short schedule (diagnostic).
 
 Each variant is the head as the original trains it (all of the original's training rules,
-box-level auxiliary classifiers on) with one rule changed, trained 300 iterations at 256 px from scratch on the
-default synthetic data (generator seed 0, 60 tiles per city) and scored on the held-out benchmark
+box-level auxiliary classifiers on) with one rule changed, trained 300 iterations at 256 px from
+scratch on the default synthetic data (generator seed 0, 60 tiles per city) and scored on the held-out benchmark
 (seed 1) with bench_accuracy.py's evaluation: mean city F1 at the config's threshold (0.5), the
 best threshold of the sweep and its F1, the score calibration error (ECE) and the last logged
 stage-3 classification loss. One model seed and a short schedule: this locates a cause, it does

@@ -84,6 +84,11 @@ def summary_lines(metrics: dict, out_dir: Path, seconds: float) -> list[str]:
         lines += [f"score threshold sweep: best {sn['best_threshold']:.2f} (mean city F1 "
                   f"{sn['best_threshold/score']:.3f}; used by the predictions), score "
                   f"calibration error (ECE) {sn['ECE']:.3f}"]
+    if "shape/iou" in sn:
+        lines += [f"shape of the matched buildings: mean IoU {sn['shape/iou']:.3f}, C-IoU "
+                  f"{sn['shape/ciou']:.3f}, N-ratio {sn['shape/n_ratio']:.2f}, PoLiS "
+                  f"{sn['shape/polis']:.2f} m, max tangent angle error {sn['shape/mta']:.1f} deg, "
+                  f"boundary F (1 m) {sn['shape/boundary_f']:.3f}"]
     lines += [f"files in {out_dir}/: metrics.json, inference/*/spacenet_proposals.csv, "
               "predictions/ (tools/predict.py's layout: buildings/*.parquet, manifest.parquet, "
               "run.json, geojson/, csv/, png/), overlays/*_score.png",

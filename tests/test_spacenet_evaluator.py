@@ -74,6 +74,15 @@ def test_evaluator_scores_and_writes(tmp_path):
     csv_text = (tmp_path / "spacenet_proposals.csv").read_text().splitlines()
     assert csv_text[0] == "ImageId,BuildingId,PolygonWKT_Pix,Confidence" and len(csv_text) == 4
     assert (tmp_path / "spacenet_per_image.csv").exists()
+    # Shape of the two matched pairs (no gsd_m registered: pixels): the exact square (IoU 1) and
+    # the 20 x 15 box in the 20 x 20 square (IoU 0.75); both 4 corners, parallel edges.
+    assert res["shape/iou"] == pytest.approx((1 + 0.75) / 2)
+    assert res["shape/ciou"] == pytest.approx((1 + 0.75) / 2)
+    assert res["shape/n_ratio"] == 1 and res["shape/mta"] == pytest.approx(0)
+    # PoLiS: 2 of the truth square's 4 corners lie 5 px from the box; the box's lie on the square.
+    assert res["shape/polis"] == pytest.approx((0 + 0.5 * (5 * 2 / 4)) / 2)
+    shapes = json.loads((tmp_path / "spacenet_shape.json").read_text())
+    assert shapes["units"].startswith("pixels") and shapes["AOI_3_Paris"]["iou"] == 0.75
 
 
 def test_evaluator_requires_masks():

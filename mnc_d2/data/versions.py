@@ -158,7 +158,7 @@ class SpaceNetVersion:
         prod = self.product(product)
         return {"thing_classes": ["building"], "evaluator_type": "spacenet", "version": self.name,
                 "group_by": self.group_by, "headline": self.headline, "product": prod.name,
-                "num_bands": prod.bands}
+                "num_bands": prod.bands, "gsd_m": prod.gsd_m}
 
     def in_subset(self, subset: str, image_id: str) -> bool:
         """Whether ``image_id`` belongs to built-in subset ``subset`` (its scoring group)."""

@@ -17,7 +17,12 @@ and returns::
 
     {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "score", "mean_<group>_F1",
                   "<group>/F1", "<group>/precision", "<group>/recall", ...,
-                  "best_threshold", "best_threshold/score", "best_threshold/F1", "ECE"}}
+                  "best_threshold", "best_threshold/score", "best_threshold/F1", "ECE",
+                  "shape/<key>" for the SHAPE_KEYS}}
+
+The ``shape/`` keys judge the polygons of the matched pairs (:mod:`.polygon_metrics`: mean IoU,
+C-IoU, N-ratio, PoLiS, max tangent angle error, corner-count error, boundary F-score at 1 m, hole
+recall), in metres through the registration's ``gsd_m``; per group in ``spacenet_shape.json``.
 
 Groups follow the dataset's release (``TEST.SPACENET.GROUP_BY: auto`` reads the ``group_by``
 its registration recorded, :mod:`mnc_d2.data.versions`; without one, SpaceNet 4 ImageIds are
@@ -52,6 +57,7 @@ from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
 from ..geometry.polygons import mask_to_polygons
 from ..modeling.postprocess import instances_to_polygons
+from .polygon_metrics import matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
 
@@ -100,6 +106,11 @@ def _proposal_frame(predictions: dict[str, list[tuple[Polygon, float]]]) -> pd.D
     rows = [(image_id, i, conf, part) for image_id, items in predictions.items()
             for i, (geom, conf) in enumerate(items) for part in shapely.get_parts(geom)]
     return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "Confidence", "geometry"])
+
+
+# Shape metrics of the matched pairs reported beside the F1 (spacenet/shape/<key>).
+SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "boundary_f",
+              "hole_recall")
 
 
 class SpaceNetEvaluator(DatasetEvaluator):
@@ -176,6 +187,9 @@ class SpaceNetEvaluator(DatasetEvaluator):
         group_by = self.group_by()
         result = score(truth, headline, rules=self._rules, group_by=group_by)
         summary = self._summary(result)
+        shapes = self._shape_metrics(result, truth, headline)
+        summary.update({f"shape/{k}": v for k, v in shapes["all"].items()
+                        if k in SHAPE_KEYS and v is not None})
         meta = MetadataCatalog.get(self._dataset_name)
         if meta.get("headline", None) and result.group_by == meta.get("group_by", None):
             logger.info("%s: score = %s", self._dataset_name, meta.headline)
@@ -185,6 +199,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
             sweep = self._sweep_and_calibration(floor, proposals, truth, summary)
         if self._output_dir is not None:
             self._write(list(predictions), headline, result, sweep)
+            with atomic_write(self._output_dir / "spacenet_shape.json", "w") as f:
+                json.dump(shapes, f, indent=2)
         return {"spacenet": summary}
 
     def _sweep_and_calibration(self, floor, proposals, truth, summary) -> dict:
@@ -220,6 +236,22 @@ class SpaceNetEvaluator(DatasetEvaluator):
         if sweep is not None:
             with atomic_write(self._output_dir / "spacenet_sweep.json", "w") as f:
                 json.dump(sweep, f, indent=2)
+
+    def _shape_metrics(self, result, truth, proposals) -> dict:
+        """Polygon shape metrics of the matched pairs, per group and overall (metres: the
+        registration's ground sample distance; pixels when it records none)."""
+        gsd = MetadataCatalog.get(self._dataset_name).get("gsd_m", None)
+        frame, groups = matched_pair_metrics(result, truth, proposals,
+                                             metres_per_unit=gsd or 1.0)
+        shapes = summarize(frame, groups)
+        shapes["units"] = "metres" if gsd else "pixels (no gsd_m in the dataset's metadata)"
+        a = shapes["all"]
+        if a["pairs"]:
+            logger.info("SpaceNet matched pairs' shape: mean IoU %.3f, C-IoU %.3f, N-ratio %.2f, "
+                        "PoLiS %.2f %s, max tangent angle error %.1f deg, boundary F %.3f",
+                        a["iou"], a["ciou"], a["n_ratio"], a["polis"], "m" if gsd else "px",
+                        a["mta"], a["boundary_f"])
+        return shapes
 
     @staticmethod
     def _summary(result) -> dict:

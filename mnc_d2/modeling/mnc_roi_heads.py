@@ -45,7 +45,8 @@ ROI_HEADS.SCORE_THRESH_TEST are pooled, box-NMSed per class (ROI_HEADS.NMS_THRES
 at TEST.DETECTIONS_PER_IMAGE, and each kept mask is replaced by mask
 voting (``MASK_VOTING_SPACE``: in image space as the original, the box becoming the voted mask's
 tight box, or inside the kept box). Image-space voting can move two kept boxes onto one
-building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not). TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
+building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not).
+TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
 model. Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
 masks that GeneralizedRCNN pastes at image size.
 """
@@ -423,7 +424,8 @@ class MNCROIHeads(ROIHeads):
                     local, boxes[cand[members]], masks[cand[members]], scores[members])
         if self.use_mask_voting and self.mask_voting_space == "image" and self.nms_after_voting:
             # Voting moved the boxes: keep one instance per building (MODEL.MNC.NMS_AFTER_VOTING).
-            rows = batched_nms(out_boxes, scores[keep], cls[keep], self.test_nms_thresh).sort().values
+            rows = batched_nms(out_boxes, scores[keep], cls[keep], self.test_nms_thresh)
+            rows = rows.sort().values  # back to score order
             keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
         result.pred_boxes = Boxes(out_boxes)
         result.scores = scores[keep]

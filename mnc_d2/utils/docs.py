@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Mapping
 
-_SECTION = re.compile(r"(<!-- BEGIN (?P<name>[\w:.-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END (?P=name) -->)",
-                      re.DOTALL)
+_SECTION = re.compile(
+    r"(<!-- BEGIN (?P<name>[\w:.-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.DOTALL)
 
 
 def section_names(text: str) -> list[str]:
