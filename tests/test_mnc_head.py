@@ -266,11 +266,11 @@ def test_overfit_one_image_reaches_high_f1():
 # --- training rules of the original --------------------------------------------------------------
 
 
-def _stage2_mask_grad(fg_only: bool):
-    """Gradient of loss_cls3 w.r.t. the stage-2 mask logits, and the stage-3 mask-level labels."""
+def _stage2_mask_grad(**overrides):
+    """Gradient of loss_cls3 w.r.t. the stage-2 mask logits (R,), and which sampled RoIs are
+    foreground by their stage-3 mask-level labels (R,) and by their box-level labels (R,)."""
     torch.manual_seed(0)
-    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3, "MODEL.MNC.MASK_FG_IOU": 0.0,
-                                     "MODEL.MNC.MASK_GRAD_FG_ONLY": fg_only}))
+    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3, **overrides}))
     model.train()
     heads = model.roi_heads
     captured = {}
@@ -280,28 +280,36 @@ def _stage2_mask_grad(fg_only: bool):
         captured["logits"] = output
 
     heads.mask_heads[0].register_forward_hook(keep_logits)
-    original = heads._mask_loss_and_labels
+    mask_labels, sample = heads._mask_loss_and_labels, heads.label_and_sample_proposals
 
     def keep_labels(*args, **kwargs):
-        loss, labels = original(*args, **kwargs)
+        loss, labels = mask_labels(*args, **kwargs)
         captured["labels"] = labels
         return loss, labels
 
+    def keep_box_labels(*args, **kwargs):
+        proposals = sample(*args, **kwargs)
+        captured["box_labels"] = cat([p.gt_classes for p in proposals])
+        return proposals
+
     heads._mask_loss_and_labels = keep_labels
+    heads.label_and_sample_proposals = keep_box_labels
     with EventStorage(0):
         losses = model(toy_batch())
     losses["loss_cls3"].backward()
     grad = captured["logits"].grad.flatten(1).abs().sum(dim=1)
-    labels = captured["labels"]
-    return grad, labels < heads.num_classes
+    nc = heads.num_classes
+    return grad, captured["labels"] < nc, captured["box_labels"] < nc
 
 
 def test_masking_layer_passes_classifier_gradient_only_to_foreground_masks():
-    grad, fg = _stage2_mask_grad(fg_only=True)
+    grad, fg, _ = _stage2_mask_grad(**{"MODEL.MNC.MASK_FG_IOU": 0.0,
+                                       "MODEL.MNC.MASK_GRAD_FG_ONLY": True})
     assert fg.any() and (~fg).any()
     assert torch.all(grad[~fg] == 0)
     assert torch.all(grad[fg] > 0)
-    grad, fg = _stage2_mask_grad(fg_only=False)  # the old rule: every RoI's mask moves
+    grad, fg, _ = _stage2_mask_grad(**{"MODEL.MNC.MASK_FG_IOU": 0.0,  # the old rule: every
+                                       "MODEL.MNC.MASK_GRAD_FG_ONLY": False})  # RoI's mask moves
     assert torch.all(grad[~fg] > 0)
 
 
@@ -502,33 +510,11 @@ def test_masking_layer_with_mask_level_labels(monkeypatch):
         return iou
 
     monkeypatch.setattr(heads_module, "mask_iou_in_box", alternating_iou)
-    torch.manual_seed(0)
-    model = build_model(quick_cfg(**{"MODEL.MNC.NUM_STAGES": 3, "MODEL.MNC.MASK_FG_IOU": 0.5}))
-    model.train()
-    heads = model.roi_heads
-    captured = {}
-
-    def keep_logits(_module, _inputs, output):
-        output.retain_grad()
-        captured["logits"] = output
-
-    heads.mask_heads[0].register_forward_hook(keep_logits)
-    original = heads.label_and_sample_proposals
-
-    def keep_box_labels(*args, **kwargs):
-        proposals = original(*args, **kwargs)
-        captured["box_labels"] = cat([p.gt_classes for p in proposals])
-        return proposals
-
-    heads.label_and_sample_proposals = keep_box_labels
-    with EventStorage(0):
-        losses = model(toy_batch())
-    losses["loss_cls3"].backward()
-    grad = captured["logits"].grad.flatten(1).abs().sum(dim=1)
-    box_fg = captured["box_labels"] < heads.num_classes
+    grad, mask_fg, box_fg = _stage2_mask_grad(**{"MODEL.MNC.MASK_FG_IOU": 0.5})
     fg_rows = torch.nonzero(box_fg, as_tuple=True)[0]
     hit, missed = fg_rows[0::2], fg_rows[1::2]
     assert len(hit) and len(missed)
+    assert mask_fg[hit].all() and not mask_fg[missed].any()  # the classifier's labels
     assert torch.all(grad[hit] > 0), "mask-foreground RoIs must pass the classifier gradient"
     assert torch.all(grad[missed] == 0), "a missed mask is background: no classifier gradient"
     assert torch.all(grad[~box_fg] == 0)
