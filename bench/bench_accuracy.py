@@ -63,6 +63,8 @@ from mnc_d2.engine.setup import setup_cfg
 from mnc_d2.engine.trainer import Trainer
 from mnc_d2.modeling.checkpoint import build_checkpointer
 from mnc_d2.evaluation.calibration import best_threshold, reliability, threshold_sweep
+from mnc_d2.evaluation.polygon_metrics import matched_pair_metrics
+from mnc_d2.evaluation.polygon_metrics import summarize as summarize_shapes
 from mnc_d2.evaluation.spacenet_evaluation import SpaceNetEvaluator
 from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
 from mnc_d2.utils.atomic import atomic_write
@@ -98,6 +100,8 @@ VARIANTS = {
                             "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]),
 }
 CITIES = ["vegas", "paris"]
+GSD_M = 0.3  # metres per pixel of the synthetic SpaceNet 2 tiles' CSV grid
+SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds
 # Config keys that change inference only: --test-opts may set them on cached models.
 INFERENCE_KEYS = ("MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
                   "MODEL.MNC.MASK_VOTING_IOU", "MODEL.MNC.MASK_VOTING_SPACE",
@@ -183,7 +187,8 @@ def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.D
     floor = score(truth, prop)
     sweep = threshold_sweep(floor, prop, truth, SWEEP)
     thresh = cfg.TEST.SPACENET.SCORE_THRESH
-    result = score(truth, prop[prop.Confidence >= thresh].reset_index(drop=True))
+    headline = prop[prop.Confidence >= thresh].reset_index(drop=True)
+    result = score(truth, headline)
     kept = truth.assign(matched=result.truth_matched, kept=result.truth_kept)
     kept = kept[kept.kept].merge(attrs, on=["ImageId", "BuildingId"], how="left")
     recall = {flag: round(float(kept[kept[flag]].matched.mean()), 4)
@@ -198,6 +203,24 @@ def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.D
     out["best_threshold"] = best_threshold(sweep)
     out["calibration"] = reliability(prop.Confidence.to_numpy()[floor.proposal_kept],
                                      (floor.proposal_match >= 0)[floor.proposal_kept])
+    out["shape"] = shape_by_slice(result, truth, headline, attrs)
+    return out
+
+
+def shape_by_slice(result, truth: pd.DataFrame, proposals: pd.DataFrame,
+                   attrs: pd.DataFrame) -> dict:
+    """Polygon shape metrics (mnc_d2.evaluation.polygon_metrics) of the matched pairs, overall
+    and per slice of the matched truth building (small, concave, dark, other), in metres."""
+    frame, _ = matched_pair_metrics(result, truth, proposals, metres_per_unit=GSD_M)
+    truth_rows = result.proposal_match[result.proposal_match >= 0]
+    flags = truth.iloc[truth_rows][["ImageId", "BuildingId"]].merge(
+        attrs, on=["ImageId", "BuildingId"], how="left")
+    flags = flags[["small", "concave", "dark"]].fillna(False).astype(bool).to_numpy()
+    other = ~flags.any(axis=1)
+    out = {"all": summarize_shapes(frame)["all"]}
+    for k, name in enumerate(("small", "concave", "dark")):
+        out[name] = summarize_shapes(frame[flags[:, k]])["all"]
+    out["other"] = summarize_shapes(frame[other])["all"]
     return out
 
 
@@ -223,6 +246,11 @@ def summarize(runs: dict) -> dict:
             values = [r["recall_slices"][flag] for r in reports if flag in r["recall_slices"]]
             if values:
                 entry[f"recall_{flag}"] = _spread(values)
+        for key in SHAPE_KEYS:  # runs evaluated before shape metrics existed have none
+            values = [r["shape"]["all"][key] for r in reports
+                      if r.get("shape", {}).get("all", {}).get(key) is not None]
+            if values and len(values) == len(reports):
+                entry[f"shape_{key}"] = _spread(values)
         out[name] = entry
     return out
 

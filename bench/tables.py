@@ -61,6 +61,16 @@ def accuracy_tables(report: dict) -> list[str]:
              _spread(e["ECE"]), *(f"{e['recall_' + s]['mean']:.3f}" for s in slices)]
             for name, e in summary.items()]
     lines += _table(header, rows) + [""]
+    shaped = {name: e for name, e in summary.items() if "shape_ciou" in e}
+    if shaped:
+        lines += ["Shape of the matched pairs (`mnc_d2.evaluation.polygon_metrics`, metres at "
+                  "0.3 m per pixel; mean ± sample std (min-max) over seeds):", ""]
+        lines += _table(["variant", "mean IoU", "C-IoU", "N-ratio", "PoLiS m",
+                         "max tangent angle error deg", "boundary F (1 m)"],
+                        [[name, *(_spread(e[f"shape_{k}"], 3 if k not in ("mta",) else 1)
+                                  for k in ("iou", "ciou", "n_ratio", "polis", "mta",
+                                            "boundary_f"))] for name, e in shaped.items()])
+        lines += [""]
     header = ["variant", "seed", "mean city F1", "overall P", "overall R", "TP / FP / FN",
               "best threshold (mean city F1)", "ECE", *(f"recall {s}" for s in slices),
               "training wall s"]
@@ -194,10 +204,12 @@ def readme_table(results: Path) -> list[str]:
             rows.append([report["setting"] + _test_opts(report), name, _spread(e["mean_city_f1"]),
                          _spread(e["best_threshold"], 2), _spread(e["ECE"]),
                          *(f"{e['recall_' + s]['mean']:.3f}" if f"recall_{s}" in e else "n/a"
-                           for s in ("small", "concave", "dark"))])
+                           for s in ("small", "concave", "dark")),
+                         *(f"{e['shape_' + k]['mean']:.{d}f}" if f"shape_{k}" in e else "n/a"
+                           for k, d in (("ciou", 3), ("mta", 1)))])
     return _table(["data", "variant", "mean city F1 at 0.5 (mean ± std over seeds)",
                    "best threshold", "score ECE", "recall small", "recall concave",
-                   "recall dark"], rows)
+                   "recall dark", "C-IoU", "MTA deg"], rows)
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,9 +9,11 @@ def _tables():
     return tables
 
 
-def _run(f1: float, dark: float, wall) -> dict:
+def _run(f1: float, dark: float, wall, shape: bool = True) -> dict:
     city = {"tp": 8, "fp": 1, "fn": 2, "precision": 0.889, "recall": 0.8, "f1": f1}
-    return {"overall": city, "mean_city_f1": f1, "cities": {"AOI_2_Vegas": city},
+    shapes = {"all": {"iou": 0.8, "ciou": 0.5 + f1 / 4, "n_ratio": 2.0, "polis": 0.4,
+                      "mta": 35.0 - 50 * (f1 - 0.8), "boundary_f": 0.9}}
+    return {**({"shape": shapes} if shape else {}), "overall": city, "mean_city_f1": f1, "cities": {"AOI_2_Vegas": city},
             "recall_slices": {"small": 0.5, "concave": 0.25, "dark": dark, "other": 0.9},
             "slice_counts": {"small": 4, "concave": 4, "dark": 2, "other": 3},
             "best_threshold": {"threshold": 0.35, "mean_city_F1": f1 + 0.01},
@@ -21,7 +23,7 @@ def _run(f1: float, dark: float, wall) -> dict:
 def _report(tmp_path=None) -> dict:
     bench = _bench_accuracy()
     runs = {"mnc5": {"0": _run(0.8, 0.125, 12.3), "1": _run(0.9, 0.25, 10.0)},
-            "mask_rcnn": {"0": _run(0.5, 0.0, None)}}
+            "mask_rcnn": {"0": _run(0.5, 0.0, None, shape=False)}}
     report = {"setting": "hard", "iterations": 10, "train_images_per_city": 2,
               "test_images_per_city": 1, "runs": runs, "summary": bench.summarize(runs)}
     if tmp_path is not None:
@@ -46,15 +48,23 @@ def test_seed_summary_and_tables_carry_the_report_numbers():
             "0.250 | 0.250 | 0.900 | 10 |") in lines
     assert "| mask_rcnn | 0 | 0.500 | 0.889 | 0.800 | 8 / 1 / 2 | 0.35 (0.510) | 0.125 | 0.500 | "\
         "0.250 | 0.000 | 0.900 | n/a |" in lines
+    # Shape over seeds: C-IoU 0.5 + f1/4 -> 0.700 and 0.725; MTA 35 and 30 degrees.
+    assert ("| mnc5 | 0.800 ± 0.000 (0.800-0.800) | 0.713 ± 0.018 (0.700-0.725) | "
+            "2.000 ± 0.000 (2.000-2.000) | 0.400 ± 0.000 (0.400-0.400) | 32.5 ± 3.5 (30.0-35.0) | "
+            "0.900 ± 0.000 (0.900-0.900) |") in lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("Shape of the matched"))
+    end = lines.index("", start + 2)
+    assert [line.split(" | ")[0] for line in lines[start + 4:end]] == ["| mnc5"]  # no shapes:
+    # mask_rcnn's run was evaluated without them
 
 
 def test_readme_table_lists_each_setting_and_variant(tmp_path):
     _report(tmp_path)
     lines = _tables().readme_table(tmp_path)
     assert ("| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.35 ± 0.00 (0.35-0.35) | "
-            "0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 |") in lines
+            "0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 | 0.713 | 32.5 |") in lines
     assert ("| hard | mask_rcnn | 0.500 (1 seed) | 0.35 (1 seed) | 0.125 (1 seed) | 0.500 | "
-            "0.250 | 0.000 |") in lines
+            "0.250 | 0.000 | n/a | n/a |") in lines  # a run without shape metrics
 
 
 def test_reports_evaluated_with_inference_overrides_say_so(tmp_path):
