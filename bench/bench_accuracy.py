@@ -160,17 +160,26 @@ def slice_flags(spacenet_root: Path) -> pd.DataFrame:
     return attrs
 
 
-def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:
-    model = Trainer.build_model(cfg)
-    build_checkpointer(cfg, model).load(weights)
-    names = []
+def benchmark_datasets(test_root: Path, product: str) -> tuple[list[str], pd.DataFrame]:
+    """The benchmark's cities registered as datasets (one per city), and their truth (summary
+    CSV rows, in the order the scorer reads them)."""
+    names, truth = [], []
     for city_dir in sorted((test_root / "spacenet").glob("AOI_*_Train")):
         name = f"_bench_{test_root.name}_{city_dir.name}_{product}"
         if name not in DatasetCatalog.list():
             register_spacenet_instances(name, city_dir, product=product)
         names.append(name)
+        truth.append(read_truth_csv(city_dir / "summaryData" /
+                                    f"{city_dir.name}_Building_Solutions.csv"))
+    return names, pd.concat(truth, ignore_index=True)
+
+
+def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:
+    model = Trainer.build_model(cfg)
+    build_checkpointer(cfg, model).load(weights)
+    names, truth = benchmark_datasets(test_root, product)
     evaluator_dir = Path(cfg.OUTPUT_DIR) / f"bench_eval_{test_root.name}"
-    truth, props = [], []
+    props = []
     for name in names:
         sn = cfg.TEST.SPACENET  # low-score detections are kept for the sweep
         evaluator = SpaceNetEvaluator(name, output_dir=str(evaluator_dir / name),
@@ -178,10 +187,7 @@ def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.D
                                       simplify_tolerance=sn.SIMPLIFY_TOLERANCE,
                                       regularize=sn.REGULARIZE, rules=sn.RULES)
         inference_on_dataset(model, Trainer.build_test_loader(cfg, name), evaluator)
-        aoi = Path(DatasetCatalog.get(name)[0]["file_name"]).parents[1]
-        truth.append(read_truth_csv(aoi / "summaryData" / f"{aoi.name}_Building_Solutions.csv"))
         props.append(pd.read_csv(evaluator_dir / name / "spacenet_proposals.csv"))
-    truth = pd.concat(truth, ignore_index=True)
     prop = pd.concat(props, ignore_index=True)
     prop["geometry"] = shapely.from_wkt(prop["PolygonWKT_Pix"].to_numpy())
     floor = score(truth, prop)

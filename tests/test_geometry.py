@@ -107,3 +107,16 @@ def test_regularize_from_a_rasterised_rotated_l():
     iou = lambda a, b: a.intersection(b).area / a.union(b).area  # noqa: E731
     assert iou(regular, truth) > 0.93
     assert len(regular.exterior.coords) < len(plain.exterior.coords)
+
+
+def test_min_edge_merges_a_notch_and_staircase_away():
+    """A 40 x 20 rectangle with a 2 px notch and a 2 px step keeps them as corners without
+    min_edge; with min_edge 3 px it comes back as a rectangle (4 corners), nearly in place."""
+    from mnc_d2.geometry.polygons import regularize_rectilinear
+
+    notched = Polygon([(0, 0), (16, 0), (16, 2), (18, 2), (18, 0), (40, 0), (40, 20), (24, 20),
+                       (24, 22), (0, 22)])
+    plain = regularize_rectilinear(notched)
+    merged = regularize_rectilinear(notched, min_edge=3.0)
+    assert len(merged.exterior.coords) - 1 == 4 < len(plain.exterior.coords) - 1
+    assert merged.symmetric_difference(notched).area < 0.1 * notched.area

@@ -31,11 +31,13 @@ def polygonal_parts(geom) -> list[Polygon]:
 
 
 def mask_to_polygons(mask: np.ndarray, simplify_tolerance: float = 0.0,
-                     regularize: bool = False, min_area: float = 0.0) -> list[Polygon]:
+                     regularize: bool = False, min_area: float = 0.0,
+                     min_edge: float = 0.0) -> list[Polygon]:
     """Trace the connected regions of a binary mask as polygons in pixel coordinates.
 
     mask: (H, W) bool/0-1 array. Each 4-connected region gives one polygon, holes included;
-    parts below ``min_area`` px are dropped. Returns valid polygons, largest first.
+    parts below ``min_area`` px are dropped; ``min_edge``: see :func:`regularize_rectilinear`.
+    Returns valid polygons, largest first.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -58,7 +60,7 @@ def mask_to_polygons(mask: np.ndarray, simplify_tolerance: float = 0.0,
             poly = poly.simplify(simplify_tolerance, preserve_topology=True)
         for part in polygonal_parts(poly):
             if regularize:
-                part = regularize_rectilinear(part)
+                part = regularize_rectilinear(part, min_edge=min_edge)
             if part.area >= max(min_area, 1e-9):
                 polygons.append(part)
     polygons.sort(key=lambda p: -p.area)
@@ -92,12 +94,28 @@ def rectilinearity(poly: Polygon, theta: float, tolerance_deg: float = 15.0) -> 
     return float(length[off <= math.radians(tolerance_deg)].sum() / max(length.sum(), 1e-12))
 
 
-def _rectilinear_ring(coords: np.ndarray) -> np.ndarray | None:
+def _merge_short_lines(lines: list, min_edge: float) -> list:
+    """Drop the shortest line while it is shorter than ``min_edge`` (and more than 4 remain);
+    its two neighbours run the same way and fuse at their length-weighted mean coordinate.
+    ``lines``: [(is_horizontal, coordinate, length)] around a closed ring (order is cyclic)."""
+    lines = list(lines)
+    while len(lines) > 4:
+        k = min(range(len(lines)), key=lambda i: lines[i][2])
+        if lines[k][2] >= min_edge:
+            break
+        lines = lines[k - 1:] + lines[:k - 1] if k else lines[-1:] + lines[:-1]  # prev, k, next
+        (h, a, la), short, (_, b, lb) = lines[:3]
+        lines = [(h, (a * la + b * lb) / max(la + lb, 1e-12), la + lb + short[2])] + lines[3:]
+    return lines
+
+
+def _rectilinear_ring(coords: np.ndarray, min_edge: float = 0.0) -> np.ndarray | None:
     """Make a closed ring (already rotated so its edges are near-axis-aligned) rectilinear.
 
     Each edge is classed horizontal or vertical by its direction; runs of edges of one class
-    merge into one line at their length-weighted mean coordinate; consecutive lines meet at
-    right angles. Returns the new closed ring, or None if it degenerates.
+    merge into one line at their length-weighted mean coordinate; lines shorter than
+    ``min_edge`` are merged away (:func:`_merge_short_lines`); consecutive lines meet at right
+    angles. Returns the new closed ring, or None if it degenerates.
     """
     pts = coords[:-1]
     d = np.roll(pts, -1, axis=0) - pts
@@ -115,17 +133,20 @@ def _rectilinear_ring(coords: np.ndarray) -> np.ndarray | None:
     pts, d, length, horizontal = (np.roll(a, -start, axis=0) for a in (pts, d, length, horizontal))
     mid = pts + d / 2.0
     run_id = np.cumsum(np.r_[0, horizontal[1:] != horizontal[:-1]])
-    lines = []  # (is_horizontal, coordinate)
+    lines = []  # (is_horizontal, coordinate, length)
     for rid in range(run_id[-1] + 1):
         sel = run_id == rid
         axis = 1 if horizontal[sel][0] else 0
         lines.append((bool(horizontal[sel][0]),
-                      float(np.average(mid[sel, axis], weights=length[sel]))))
+                      float(np.average(mid[sel, axis], weights=length[sel])),
+                      float(length[sel].sum())))
     if len(lines) % 2 or len(lines) < 4:
         return None
+    if min_edge > 0:
+        lines = _merge_short_lines(lines, min_edge)
     ring = []
-    for i, (is_h, value) in enumerate(lines):
-        nxt_h, nxt_value = lines[(i + 1) % len(lines)]
+    for i, (is_h, value, _) in enumerate(lines):
+        nxt_h, nxt_value, _ = lines[(i + 1) % len(lines)]
         if is_h == nxt_h:
             return None
         ring.append((nxt_value, value) if is_h else (value, nxt_value))
@@ -134,8 +155,8 @@ def _rectilinear_ring(coords: np.ndarray) -> np.ndarray | None:
 
 
 def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
-                           min_rectilinearity: float = 0.5, max_circularity: float = 0.85
-                           ) -> Polygon:
+                           min_rectilinearity: float = 0.5, max_circularity: float = 0.85,
+                           min_edge: float = 0.0) -> Polygon:
     """Snap a building outline to right angles along its dominant orientation.
 
     The seed's MNC produced smooth convex blobs for L-shaped buildings; rectilinear outlines fit
@@ -145,6 +166,8 @@ def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
     dominant directions, e.g. silos) are left alone, and so is any result that is invalid or whose
     IoU with the input falls below ``min_iou``. Outlines rounder than a square (circularity
     4*pi*area/perimeter^2 above ``max_circularity``; a square has 0.785, a disk 1) are left alone.
+    ``min_edge`` (pixels; 0 = off): edges shorter than this are merged into their neighbours,
+    so a mask's staircase and notches do not survive as corners.
     """
     if poly.is_empty or len(poly.exterior.coords) < 5:
         return poly
@@ -157,11 +180,11 @@ def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
         return poly
     origin = poly.centroid
     rotated = affinity.rotate(smooth, -theta, origin=origin, use_radians=True)
-    shell = _rectilinear_ring(np.asarray(rotated.exterior.coords))
+    shell = _rectilinear_ring(np.asarray(rotated.exterior.coords), min_edge)
     if shell is None:
         return poly
-    holes = [r for r in (_rectilinear_ring(np.asarray(h.coords)) for h in rotated.interiors)
-             if r is not None]
+    holes = [r for r in (_rectilinear_ring(np.asarray(h.coords), min_edge)
+                         for h in rotated.interiors) if r is not None]
     candidate = Polygon(shell, holes)
     if not candidate.is_valid:
         candidate = shapely.make_valid(candidate)
