@@ -170,6 +170,24 @@ def predict_table(report: dict) -> list[str]:
                     report["wall_s"], report["peak_rss_gb"], f"{report['buildings']:,}"]])
 
 
+def polygonize_table(report: dict) -> list[str]:
+    """bench_polygonize.py: per method, over the trained runs: F1, shape metrics and time."""
+    n = len(report["runs"])
+    lines = [f"Setting **{report['setting']}**: {n} trained models (seeds), the same masks "
+             "polygonised by each method; mean ± sample std (min-max) over the models; "
+             "metres at 0.3 m per pixel.", ""]
+
+    def cell(e, key, digits=3):
+        return _spread(e[key], digits) if e.get(key) else "n/a"
+
+    rows = [[m, cell(e, "mean_city_f1"), cell(e, "shape_ciou"), cell(e, "shape_n_ratio", 2),
+             cell(e, "shape_polis", 2), cell(e, "shape_mta", 1), cell(e, "shape_boundary_f"),
+             cell(e, "shape_ciou_concave"), cell(e, "ms_per_1000_buildings", 0)]
+            for m, e in report["summary"].items()]
+    return lines + _table(["method", "mean city F1", "C-IoU", "N-ratio", "PoLiS m", "MTA deg",
+                           "boundary F (1 m)", "C-IoU concave", "ms per 1,000 buildings"], rows)
+
+
 def demo_table(report: dict) -> list[str]:
     """bench_demo.py reports (one per kernel set): wall time, s/iteration, memory, scores."""
     runs = report["runs"] if "runs" in report else [report]
@@ -221,6 +239,8 @@ def table_maker(report_name: str):
         return accuracy_tables
     if report_name.startswith("speed"):
         return speed_tables
+    if report_name.startswith("polygonize_"):
+        return polygonize_table
     return {"scorer": scorer_table, "predict": predict_table,
             "demo": demo_table}.get(report_name)
 

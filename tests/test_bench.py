@@ -130,3 +130,24 @@ def test_speed_table_of_other_releases_against_their_baseline():
     row = next(line for line in lines if line.startswith("| mnc5_R50_sn4 "))
     assert row.startswith("| mnc5_R50_sn4 | 5.000 | 2.50 | - | - | 1.500 | - | 1.500 | 1.50 |")
     assert row.endswith("| mnc5_R50 |")
+
+
+def test_polygonize_and_demo_tables_carry_the_report_numbers():
+    from bench import bench_polygonize
+
+    shape = {"iou": 0.8, "ciou": 0.3, "n_ratio": 8.0, "polis": 1.2, "mta": 60.0,
+             "boundary_f": 0.7, "vertex_error": 30.0}
+    method = {"mean_city_f1": 0.9, "ms_per_1000_buildings": 800.0,
+              "shape": {"all": shape, "small": shape, "dark": shape, "other": shape,
+                        "concave": dict(shape, ciou=None)}}
+    runs = [{m: method for m in bench_polygonize.METHODS} for _ in range(2)]
+    report = {"setting": "hard", "runs": runs, "summary": bench_polygonize.summarize(runs)}
+    lines = tables.table_maker("polygonize_hard")(report)
+    assert ("| traced | 0.900 ± 0.000 (0.900-0.900) | 0.300 ± 0.000 (0.300-0.300) | "
+            "8.00 ± 0.00 (8.00-8.00) | 1.20 ± 0.00 (1.20-1.20) | 60.0 ± 0.0 (60.0-60.0) | "
+            "0.700 ± 0.000 (0.700-0.700) | n/a | 800 ± 0 (800-800) |") in lines
+    demo = {"machine": "cpu", "isa": "native", "wall_min": 10.04, "train_s_per_iter_median": 0.48,
+            "peak_rss_gb": 1.9, "score": 0.9612, "tp": 419, "fp": 6, "fn": 34,
+            "best_threshold": 0.2, "best_threshold_score": 0.966, "ECE": 0.034}
+    assert tables.table_maker("demo")(demo)[-1] == (
+        "| cpu | native | 10.0 | 0.48 | 1.90 | 0.961 | 419 / 6 / 34 | 0.20 (0.966) | 0.034 |")
