@@ -196,9 +196,10 @@ def test_every_mnc_key_is_read_by_the_package():
             assert re.search(pattern, code), f"{names}.{key} is read nowhere"
 
 
-@pytest.mark.parametrize("old,new", [("MODEL.MNC.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
-                                     ("MODEL.MNC.NMS_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"),
-                                     ("MODEL.MNC.DETECTIONS_PER_IMAGE", "TEST.DETECTIONS_PER_IMAGE")])
+@pytest.mark.parametrize("old,new", [
+    ("MODEL.MNC.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
+    ("MODEL.MNC.NMS_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"),
+    ("MODEL.MNC.DETECTIONS_PER_IMAGE", "TEST.DETECTIONS_PER_IMAGE")])
 def test_mnc_0_1_threshold_keys_name_detectron2_s_key(tmp_path, old, new):
     """The MNC head reads Detectron2's threshold keys; a config still setting the old mnc_d2 0.1
     name fails with the key to use, from a file and from the command line."""
