@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="mnc_d2",
-    version="0.1.0",
+    version="0.2.0",
     description="Multi-task Network Cascades (MNC) for building footprints on SpaceNet, "
     "as a Detectron2 extension",
     long_description=open("README.md", encoding="utf-8").read(),
