@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mnc_d2.utils.atomic import atomic_write
-from mnc_d2.utils.docs import render_sections, section_names
+from mnc_d2.utils.docs import render_sections, section_bodies
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "BENCHMARKS.md")
@@ -44,9 +44,8 @@ def main(argv=None) -> int:
         text, new = path.read_text(encoding="utf-8"), rendered(path, table)
         if text == new:
             continue
-        old_sections = dict(zip(section_names(text), text.split("<!-- BEGIN ")[1:]))
-        new_sections = dict(zip(section_names(new), new.split("<!-- BEGIN ")[1:]))
-        stale += [f"{name}: {s}" for s in new_sections if old_sections.get(s) != new_sections[s]]
+        old_bodies, new_bodies = section_bodies(text), section_bodies(new)
+        stale += [f"{name}: {s}" for s in new_bodies if old_bodies.get(s) != new_bodies[s]]
         if not args.check:
             with atomic_write(path, "w", encoding="utf-8") as handle:
                 handle.write(new)

@@ -15,6 +15,11 @@ def section_names(text: str) -> list[str]:
     return [m.group("name") for m in _SECTION.finditer(text)]
 
 
+def section_bodies(text: str) -> dict[str, str]:
+    """Rendered-section name -> its current body."""
+    return {m.group("name"): m.group("body") for m in _SECTION.finditer(text)}
+
+
 def render_sections(text: str, renderers: Mapping[str, Callable[[], str]], source: str = "") -> str:
     """``text`` with every section's body replaced by its renderer's output.
 
