@@ -12,14 +12,16 @@ Methods:
 * ``traced``: the mask's outline as traced (rasterio.features.shapes), no simplification;
 * ``simplified``: traced, then Douglas-Peucker at 0.5 px (the default,
   ``TEST.SPACENET.SIMPLIFY_TOLERANCE``);
-* ``simplified_1.5px``: the same at 1.5 px;
+* ``simplified_1px`` ... ``_3px``: the same at 1, 1.5, 2 and 3 px;
 * ``rectilinear``: simplified, then mnc_d2's rectilinear regularisation
   (``TEST.SPACENET.REGULARIZE``: edges snapped to the building's dominant orientation);
 * ``rectilinear_min2px`` / ``_min4px``: the same, edges shorter than 2 / 4 px merged into their
-  neighbours (``regularize_rectilinear(min_edge=...)``);
+  neighbours (``regularize_rectilinear(min_edge=...)``); ``rectilinear_1.5px_min2px``: from the
+  1.5 px simplification;
 * ``buildingregulariser``: the traced outlines of an image through buildingregulariser 0.2.5
-  (PyPI; edges aligned to the principal direction, 45 degrees allowed, 0.5 px simplification,
-  no circles), one process.
+  (PyPI; edges aligned to the principal direction, 45 degrees allowed, its own simplification at
+  1.5 px, no circles), one process. (At 0.5 px it leaves a mask's pixel staircase as it is: the
+  staircase's edges are already at 0 and 90 degrees.)
 
 Prints one JSON object: per method, per run and summarised over runs (mean ± std).
 
@@ -59,10 +61,14 @@ from . import bench_accuracy as acc  # noqa: E402
 FROM_MASK = {
     "traced": {},
     "simplified": {"simplify_tolerance": 0.5},
+    "simplified_1px": {"simplify_tolerance": 1.0},
     "simplified_1.5px": {"simplify_tolerance": 1.5},
+    "simplified_2px": {"simplify_tolerance": 2.0},
+    "simplified_3px": {"simplify_tolerance": 3.0},
     "rectilinear": {"simplify_tolerance": 0.5, "regularize": True},
     "rectilinear_min2px": {"simplify_tolerance": 0.5, "regularize": True, "min_edge": 2.0},
     "rectilinear_min4px": {"simplify_tolerance": 0.5, "regularize": True, "min_edge": 4.0},
+    "rectilinear_1.5px_min2px": {"simplify_tolerance": 1.5, "regularize": True, "min_edge": 2.0},
 }
 METHODS = (*FROM_MASK, "buildingregulariser")
 
@@ -79,7 +85,7 @@ def _library_regularize(polygons: list) -> list:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = regularize_geodataframe(frame, parallel_threshold=1.0, simplify=True,
-                                      simplify_tolerance=0.5, allow_circles=False, num_cores=1)
+                                      simplify_tolerance=1.5, allow_circles=False, num_cores=1)
     out = out[out.geometry.notna() & ~out.geometry.is_empty]
     out = out.assign(area=out.geometry.area).sort_values("area").drop_duplicates("bid", keep="last")
     kept = dict(zip(out["bid"], out.geometry))
