@@ -188,3 +188,24 @@ def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):
     cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
     with pytest.raises(ValueError, match="score_threshold.json"):
         resolve_score_threshold(cfg)
+
+
+def test_polygonisation_keys_reach_the_evaluator_and_the_predictor_defaults():
+    """TEST.SPACENET's simplification (1.5 px by default) and regularisation keys are what the
+    evaluator polygonises with; the regularised outline of a notched rectangle has its 4 corners
+    (no repeated or collinear vertex left)."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    assert cfg.TEST.SPACENET.SIMPLIFY_TOLERANCE == 1.5
+    cfg.TEST.SPACENET.REGULARIZE = True
+    cfg.TEST.SPACENET.REGULARIZE_MIN_EDGE = 3.0
+    ev = SpaceNetEvaluator(cfg, DATASET)
+    assert (ev._simplify, ev._regularize, ev._min_edge) == (1.5, True, 3.0)
+    inst = _instances([(10, 10, 50, 40)], [0.9])
+    inst.pred_masks[0, 10:12, 25:27] = False  # a 2 px notch in the top edge
+    (poly, _), = ev.instances_to_polygons(inst)
+    assert len(poly.exterior.coords) - 1 == 4

@@ -119,7 +119,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
     @configurable
     def __init__(self, dataset_name: str, *, output_dir: str | None = None,
                  score_thresh: float = 0.5, sweep_thresholds: tuple[float, ...] = (),
-                 simplify_tolerance: float = 0.5, regularize: bool = False,
+                 simplify_tolerance: float = 1.5, regularize: bool = False,
+                 regularize_min_edge: float = 0.0,
                  rules: str = "spacenet", group_by: str = "auto",
                  threshold_file: str | None = None,
                  distributed: bool = True):
@@ -130,6 +131,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._floor = min([score_thresh, *self._sweep])
         self._simplify = simplify_tolerance
         self._regularize = regularize
+        self._min_edge = regularize_min_edge
         self._rules = rules
         self._group_by = group_by
         self._threshold_file = Path(threshold_file) if threshold_file else None
@@ -144,6 +146,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         return {"dataset_name": dataset_name, "output_dir": output_dir,
                 "score_thresh": sn.SCORE_THRESH, "sweep_thresholds": tuple(sn.SWEEP_THRESHOLDS),
                 "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
+                "regularize_min_edge": sn.REGULARIZE_MIN_EDGE,
                 "rules": sn.RULES, "group_by": sn.GROUP_BY,
                 "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
                 if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None}
@@ -161,7 +164,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def instances_to_polygons(self, instances) -> list[tuple[Polygon, float]]:
         """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(Polygon, score)]
         for every instance at or above the lowest threshold evaluated."""
-        return instances_to_polygons(instances, self._floor, self._simplify, self._regularize)
+        return instances_to_polygons(instances, self._floor, self._simplify, self._regularize,
+                                     self._min_edge)
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):

@@ -192,7 +192,9 @@ def regularize_rectilinear(poly: Polygon, min_iou: float = 0.75,
         if not parts:
             return poly
         candidate = max(parts, key=lambda p: p.area)
-    candidate = affinity.rotate(candidate, theta, origin=origin, use_radians=True)
+    # Lines at (nearly) the same coordinate leave repeated or collinear corners: drop them (a
+    # 1e-6 px tolerance absorbs the rotation's rounding).
+    candidate = affinity.rotate(candidate, theta, origin=origin, use_radians=True).simplify(1e-6)
     union = poly.union(candidate).area
     if union <= 0 or poly.intersection(candidate).area / union < min_iou:
         return poly

@@ -93,7 +93,8 @@ class ScenePredictor:
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         sn = cfg.TEST.SPACENET
         self.post = {"score_thresh": resolve_score_threshold(cfg, score_thresh),
-                     "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE}
+                     "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
+                     "min_edge": sn.REGULARIZE_MIN_EDGE}
 
     def _read(self, src, window) -> np.ndarray:
         return read_bands(src, self.bands, self.fill, window)

@@ -11,8 +11,8 @@ from ..geometry.polygons import mask_to_polygon
 
 
 def instances_to_polygons(instances, score_thresh: float = 0.5,
-                          simplify_tolerance: float = 0.5, regularize: bool = False
-                          ) -> list[tuple[Polygon, float]]:
+                          simplify_tolerance: float = 1.5, regularize: bool = False,
+                          min_edge: float = 0.0) -> list[tuple[Polygon, float]]:
     """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
     0.5; ``scores`` (R,)) -> one pixel polygon per instance scoring at least ``score_thresh``
     (its largest part), with the score."""
@@ -27,7 +27,7 @@ def instances_to_polygons(instances, score_thresh: float = 0.5,
         mask = instances.pred_masks[i]
         mask = (mask if mask.dtype == torch.bool else mask >= 0.5).numpy()
         poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
-                               regularize=regularize)
+                               regularize=regularize, min_edge=min_edge)
         if poly is not None:
             out.append((poly, float(scores[i])))
     return out
