@@ -271,23 +271,10 @@ def main() -> None:
     if args.readme:
         print("\n".join(readme_table(results)))
         return
-    makers = {"speed": speed_tables, "speed_r50": speed_tables, "speed_releases": speed_tables,
-              "scorer": scorer_table,
-              "predict": predict_table}
-    for path in sorted(results.glob("accuracy_*.json")):
-        report = json.loads(path.read_text())
-        print(f"### accuracy, {report['setting']} data ({path}, {report.get('machine', '')})\n")
-        print("\n".join(accuracy_tables(report)) + "\n")
-    if (results / "diagnose.jsonl").exists():
-        print(f"### diagnose ({results / 'diagnose.jsonl'})\n")
-        print("\n".join(diagnose_table(results)) + "\n")
-    for name, make in makers.items():
-        path = results / f"{name}.json"
-        if not path.exists():
-            continue
-        report = json.loads(path.read_text())
-        print(f"### {name} ({path}, {report.get('machine', '')})\n")
-        print("\n".join(make(report)) + "\n")
+    # The sections the docs render, each under its name: one map from reports to tables.
+    for name, render in section_renderers(results).items():
+        print(f"### {name} ({results})\n")
+        print(render() + "\n")
 
 
 if __name__ == "__main__":

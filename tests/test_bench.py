@@ -5,10 +5,6 @@ import json
 from bench import bench_accuracy, tables
 
 
-def _tables():
-    return tables
-
-
 def _run(f1: float, dark: float, wall, shape: bool = True) -> dict:
     city = {"tp": 8, "fp": 1, "fn": 2, "precision": 0.889, "recall": 0.8, "f1": f1}
     shapes = {"all": {"iou": 0.8, "ciou": 0.5 + f1 / 4, "n_ratio": 2.0, "polis": 0.4,
@@ -21,7 +17,7 @@ def _run(f1: float, dark: float, wall, shape: bool = True) -> dict:
 
 
 def _report(tmp_path=None) -> dict:
-    bench = _bench_accuracy()
+    bench = bench_accuracy
     runs = {"mnc5": {"0": _run(0.8, 0.125, 12.3), "1": _run(0.9, 0.25, 10.0)},
             "mask_rcnn": {"0": _run(0.5, 0.0, None, shape=False)}}
     report = {"setting": "hard", "iterations": 10, "train_images_per_city": 2,
@@ -31,16 +27,12 @@ def _report(tmp_path=None) -> dict:
     return report
 
 
-def _bench_accuracy():
-    return bench_accuracy
-
-
 def test_seed_summary_and_tables_carry_the_report_numbers():
     report = _report()
     mnc = report["summary"]["mnc5"]
     assert mnc["mean_city_f1"] == {"mean": 0.85, "min": 0.8, "max": 0.9, "std": 0.0707, "n": 2}
     assert mnc["recall_dark"]["mean"] == 0.1875
-    lines = _tables().accuracy_tables(report)
+    lines = tables.accuracy_tables(report)
     assert ("| mnc5 | 2 | 0.850 ± 0.071 (0.800-0.900) | 0.860 ± 0.071 (0.810-0.910) | "
             "0.35 ± 0.00 (0.35-0.35) | 0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 | "
             "0.900 |") in lines
@@ -60,7 +52,7 @@ def test_seed_summary_and_tables_carry_the_report_numbers():
 
 def test_readme_table_lists_each_setting_and_variant(tmp_path):
     _report(tmp_path)
-    lines = _tables().readme_table(tmp_path)
+    lines = tables.readme_table(tmp_path)
     assert ("| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.35 ± 0.00 (0.35-0.35) | "
             "0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 | 0.713 | 32.5 |") in lines
     assert ("| hard | mask_rcnn | 0.500 (1 seed) | 0.35 (1 seed) | 0.125 (1 seed) | 0.500 | "
@@ -124,7 +116,7 @@ def test_speed_table_of_other_releases_against_their_baseline():
     report = {"rounds": 1, "timed_train_steps_per_round": 1, "timed_tiles_per_round": 1,
               "torch_threads": 2, "models": models,
               "polygonize": {"masks": 1, "mask_shape": [650, 650]}}
-    lines = _tables().speed_tables(report)
+    lines = tables.speed_tables(report)
     header = next(line for line in lines if line.startswith("| model"))
     assert "x baseline" in header and "x Mask R-CNN" not in header
     row = next(line for line in lines if line.startswith("| mnc5_R50_sn4 "))
