@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("iou", "ciou", "vertex_error", "polis", "mta", "boundary_f", "pred_vertices",
                 "truth_vertices", "truth_holes", "holes_found")
+# The metrics :func:`summarize` gives per group (besides the pair and truth-hole counts).
+SUMMARY_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "boundary_f",
+                "hole_recall")
 
 
 def to_metres(geoms, crs=None, metres_per_unit: float | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ and returns::
     {"spacenet": {"F1", "precision", "recall", "TP", "FP", "FN", "score", "mean_<group>_F1",
                   "<group>/F1", "<group>/precision", "<group>/recall", ...,
                   "best_threshold", "best_threshold/score", "best_threshold/F1", "ECE",
-                  "shape/<key>" for the SHAPE_KEYS}}
+                  "shape/<key>" for polygon_metrics.SUMMARY_KEYS}}
 
 The ``shape/`` keys judge the polygons of the matched pairs (:mod:`.polygon_metrics`: mean IoU,
 C-IoU, N-ratio, PoLiS, max tangent angle error, corner-count error, boundary F-score at 1 m, hole
@@ -57,7 +57,7 @@ from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
 from ..geometry.polygons import mask_to_polygons
 from ..modeling.postprocess import instances_to_polygons
-from .polygon_metrics import matched_pair_metrics, summarize
+from .polygon_metrics import SUMMARY_KEYS, matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
 
@@ -106,11 +106,6 @@ def _proposal_frame(predictions: dict[str, list[tuple[Polygon, float]]]) -> pd.D
     rows = [(image_id, i, conf, part) for image_id, items in predictions.items()
             for i, (geom, conf) in enumerate(items) for part in shapely.get_parts(geom)]
     return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "Confidence", "geometry"])
-
-
-# Shape metrics of the matched pairs reported beside the F1 (spacenet/shape/<key>).
-SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "boundary_f",
-              "hole_recall")
 
 
 class SpaceNetEvaluator(DatasetEvaluator):
@@ -193,7 +188,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         summary = self._summary(result)
         shapes = self._shape_metrics(result, truth, headline)
         summary.update({f"shape/{k}": v for k, v in shapes["all"].items()
-                        if k in SHAPE_KEYS and v is not None})
+                        if k in SUMMARY_KEYS and v is not None})
         meta = MetadataCatalog.get(self._dataset_name)
         if meta.get("headline", None) and result.group_by == meta.get("group_by", None):
             logger.info("%s: score = %s", self._dataset_name, meta.headline)
