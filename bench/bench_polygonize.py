@@ -10,9 +10,10 @@ are scored: mean city F1 (SpaceNet 2 rules) and the shape metrics of the matched
 Methods:
 
 * ``traced``: the mask's outline as traced (rasterio.features.shapes), no simplification;
-* ``simplified``: traced, then Douglas-Peucker at 0.5 px (the default,
-  ``TEST.SPACENET.SIMPLIFY_TOLERANCE``);
-* ``simplified_1px`` ... ``_3px``: the same at 1, 1.5, 2 and 3 px;
+* ``simplified``: traced, then Douglas-Peucker at 0.5 px (``TEST.SPACENET.SIMPLIFY_TOLERANCE``'s
+  default before mnc_d2 0.2);
+* ``simplified_1px`` ... ``_3px``: the same at 1, 1.5 (the default since 0.2, chosen by this
+  benchmark), 2 and 3 px;
 * ``rectilinear``: simplified, then mnc_d2's rectilinear regularisation
   (``TEST.SPACENET.REGULARIZE``: edges snapped to the building's dominant orientation);
 * ``rectilinear_min2px`` / ``_min4px``: the same, edges shorter than 2 / 4 px merged into their
