@@ -94,3 +94,23 @@ def test_import_mnc_d2_prints_no_warnings(repo_root):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, cwd=repo_root)
     assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
+
+
+def test_scoring_imports_no_pandas(repo_root, tmp_path):
+    """tools/score.py reads CSVs with pyarrow compute kernels; pyarrow's numpy and scalar
+    conversions would pull in pandas (a quarter of a second at start-up), so the scorer avoids
+    them (mnc_d2/utils/arrow_numpy.py)."""
+    truth, props = tmp_path / "t.csv", tmp_path / "p.csv"
+    square = '"POLYGON ((0 0 0,30 0 0,30 30 0,0 30 0,0 0 0))"'
+    truth.write_text(f"ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\nAOI_2_Vegas_img1,0,"
+                     f"{square},{square}\n")
+    props.write_text(f"ImageId,BuildingId,PolygonWKT_Pix,Confidence\nAOI_2_Vegas_img1,0,"
+                     f"{square},0.9\n")
+    out = subprocess.run([sys.executable, "-X", "importtime", str(repo_root / "tools" / "score.py"),
+                          "--truth", str(truth), "--proposals", str(props), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"mean_city_f1": 1.0' in out.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pyarrow" in imported and "pandas" not in imported

@@ -333,3 +333,81 @@ def test_a_mixed_ring_with_a_bad_number_names_file_and_line(tmp_path):
                               ['AOI_1_A_img1,0,"POLYGON ((1.2.3 2 0,3 4,5 6,1 2))",0.5'])
     with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 2: coordinate '1\.2\.3'"):
         score_csv(truth, props)
+
+
+def _same_table(a, b):
+    for name in ("image", "coords", "ring_offsets", "poly_offsets", "confidence", "row", "line"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape, name
+        if x.dtype == object:
+            assert x.tolist() == y.tolist(), name
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    assert a.registered == b.registered and a.num_rows == b.num_rows
+
+
+MIXED_LINES = [
+    # usual lines, 3- and 2-field points, spaces after commas, holes
+    ("{img},0,\"POLYGON ((0 0 0,10 0 0,10 10 0,0 10 0,0 0 0))\",{tail}"),
+    ("{img},1,\"POLYGON ((20 0,30 0, 30 10,20 10,20 0),(22 2,24 2,24 4,22 2))\",{tail}"),
+    ("  {img},2,\"POLYGON ((1e1 2E1 0,+3.5 .5 0,7. -0 0,1e1 2E1 0))\",{tail}\x01"),
+    # general path: "), (" joins rings, MULTIPOLYGON, mixed point widths, NaN, a d suffix
+    ("{img},3,\"POLYGON ((0 0 0,5 0 0,5 5 0,0 0 0), (1 1 0,2 1 0,2 2 0,1 1 0))\",{tail}"),
+    ("{img},4,\"MULTIPOLYGON (((40 40 0,50 40 0,50 50 0,40 40 0)))\",{tail}"),
+    ("{img},5,\"POLYGON ((60 60 0,70 60,70 70 0,60 60 0))\",{tail}"),
+    ("{img},6,\"POLYGON ((80 80 0,90 80 0,90 90 0,80d 80 0))\",{tail}"),
+    # no polygon: BuildingId -1, POLYGON EMPTY, no '((' at all
+    ("{img},-1,\"POLYGON ((0 0 0,1 0 0,1 1 0,0 0 0))\",{tail}"),
+    ("{img},7,POLYGON EMPTY,{tail}"),
+    ("{img},8,\"nothing here\",{tail}"),
+    # quotes in the id, a non-ASCII id starting with a no-break space, a duplicate line
+    ("\"{img}\",9,\"POLYGON ((0 0 0,3 0 0,3 3 0,0 0 0))\",{tail}"),
+    ("\xa0{img}\u00e9,10,\"POLYGON ((0 0 0,3 0 0,3 3 0,0 0 0))\",{tail}"),
+    ("{img},0,\"POLYGON ((0 0 0,10 0 0,10 10 0,0 10 0,0 0 0))\",{tail}"),
+]
+
+
+@pytest.mark.parametrize("truth", [True, False])
+def test_bulk_reader_equals_the_line_by_line_reader(tmp_path, truth):
+    """The whole-column reader (pyarrow) gives the very table of the tester's line-by-line
+    string cutting, on every kind of line, in file order, with headers, comments and blank
+    lines between them and Windows line ends."""
+    from mnc_d2.evaluation.tester_polygons import _read_polygon_csv
+
+    tail = '"POLYGON ((0 0 0,1 0 0,1 1 0,0 0 0))"'  # truth's Geo column
+    header = TRUTH_HEADER if truth else PROP_HEADER
+    # a MULTIPOLYGON proposal stops the tester (its Confidence is read inside the polygon text)
+    templates = [t for t in MIXED_LINES if truth or "MULTIPOLYGON" not in t]
+    lines = [header]
+    for k, image in enumerate(["AOI_2_Vegas_img1", "AOI_3_Paris_img2", "AOI_2_Vegas_img3"]):
+        lines += [template.format(img=image, tail=tail if truth else f"0.{k + 1}{j}")
+                  for j, template in enumerate(templates)]
+        lines += ["", "# a comment", "IMAGEID,again a header", "   "]
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    bulk = _read_polygon_csv(path, truth, fast=True)
+    general = _read_polygon_csv(path, truth, fast=False)
+    _same_table(bulk, general)
+    # three lines per image hold no polygon, but in the truth the "nothing here" line has one
+    # in its Geo column (the tester reads the first '((' of the line)
+    assert len(bulk) == 3 * (len(templates) - 3 + truth) and len(bulk.registered) == 9
+
+
+def test_bulk_reader_equals_line_by_line_on_hostile_files(tmp_path):
+    from bench.bench_scorer import make_pair
+    from mnc_d2.evaluation.tester_polygons import _read_polygon_csv
+
+    truth, props, _ = make_pair(30, 20, 3, tmp_path, True)
+    for path, is_truth in ((truth, True), (props, False)):
+        _same_table(_read_polygon_csv(path, is_truth, fast=True),
+                    _read_polygon_csv(path, is_truth, fast=False))
+
+
+def test_a_confidence_the_bulk_reader_cannot_convert_is_named(tmp_path):
+    # '1-2' passes the loose character check of the bulk reader but is no number: the file is
+    # re-read line by line, whose error names the line.
+    truth, props = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10))],
+                              [p_line(I, 0, rect(0, 0, 10, 10), 0.5),
+                               p_line(I, 1, rect(0, 0, 10, 10), "1-2")])
+    with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 3: Confidence '1-2'"):
+        score_csv(truth, props)

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 
-from mnc_d2.evaluation.polygon_metrics import csv_shape_summary
 from mnc_d2.evaluation.report import polygon_table, score_table
 from mnc_d2.evaluation.spacenet_metric import (GROUP_BY, RULES, SpaceNetCSVError,
                                                image_folder_ids, score_csv)
@@ -56,8 +55,12 @@ def main(argv=None) -> int:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
                            iou_threshold=args.iou_threshold, group_by=args.group_by)
-        shapes = (csv_shape_summary(args.truth, args.proposals, result, args.gsd,
-                                    args.boundary_tolerance) if args.polygon_metrics else None)
+        shapes = None
+        if args.polygon_metrics:  # pandas-based; imported only when asked for
+            from mnc_d2.evaluation.polygon_metrics import csv_shape_summary
+
+            shapes = csv_shape_summary(args.truth, args.proposals, result, args.gsd,
+                                       args.boundary_tolerance)
     except (SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

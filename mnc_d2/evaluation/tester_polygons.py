@@ -3,8 +3,9 @@
 The official SpaceNet 2 leaderboard was computed by a Java tester (``BuildingVisualizer``,
 v2.0 by walrus71; source in ``SpaceNetChallenge/BuildingDetectors_Round2``,
 ``1-XD_XD/code/visualizer-2.0.zip``). It does not use a WKT or CSV library: it cuts strings. This
-module reproduces its reading, areas and regions with numpy and shapely, so that
-:mod:`.spacenet_metric` scores every file the way the tester does:
+module reproduces its reading (pyarrow's whole-column string kernels for the usual lines, the
+tester's string cutting line by line for the rest), areas and regions with numpy and shapely,
+so that :mod:`.spacenet_metric` scores every file the way the tester does:
 
 * **Lines.** Each line is trimmed (characters <= U+0020); blank lines, lines starting with ``#``
   and lines starting with ``imageid`` (any case) are skipped. The ImageId is the text before the
@@ -67,16 +68,15 @@ _FAST = re.compile(_RING)
 # through the tester's string cutting; any other line takes the general path. Its numbers are only
 # checked loosely here (digits, dots, signs, one exponent): every such string is either a decimal
 # that Python and Java read to the same double, or rejected by both, which the bulk conversion
-# in ``_Builder.table`` detects (the file is then re-read on the general path, which names the
-# line).
+# detects (the file is then re-read on the general path, which names the line). Written for
+# pyarrow's RE2 (named groups); the line is trimmed first, so its first character is above U+0020.
 _LOOSE = r"[-+0-9.]+(?:[eE][-+0-9]+)?"
 _LOOSE_POINT = rf"{_LOOSE} {_LOOSE}(?: {_LOOSE})?"
 _LOOSE_RING = rf" *{_LOOSE_POINT}(?:, *{_LOOSE_POINT})*"
-_FAST_LINE = re.compile(rf'([^\s,"(][^,"(]*),([^,("]*),"POLYGON \(\(({_LOOSE_RING}'
-                        rf'(?:\),\({_LOOSE_RING})*)\)\)"(.*)')
-
-
-_LOOSE_LIST = re.compile(rf"{_LOOSE}(?:\n{_LOOSE})*")
+_FAST_LINE_RE2 = (rf'^(?P<image>[^,"(]+),(?P<building>[^,("]*),"POLYGON \(\('
+                  rf'(?P<body>{_LOOSE_RING}(?:\),\({_LOOSE_RING})*)\)\)"(?P<rest>.*)$')
+# The polygon text of a line that matched _FAST_LINE_RE2 (its id and BuildingId hold no quote).
+_BODY_RE2 = r'^[^"]*"POLYGON \(\((?P<body>[^)]*(?:\),\([^)]*)*)\)\)"'
 
 
 class _LooseNumber(ValueError):
@@ -383,20 +383,18 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         raise SpaceNetCSVError(f"{kind} CSV {path} does not exist")
     with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
         text = handle.read()
-    builder = _Builder(f"{kind} CSV {path}")
     if not text.strip(JAVA_TRIM):
         raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and rows "
                                "'ImageId,BuildingId,PolygonWKT_Pix,...'")
+    source = f"{kind} CSV {path}"
+    if fast:
+        return _read_bulk(text, truth, source)
+    builder = _Builder(source)
     registered: dict[str, None] = {}
     num_rows = 0
     header = ""
     seen: set[str] = set()
     duplicates = 0
-    # Fast lines' confidences are collected as text and converted at the end in one call (their
-    # characters are checked there in one regex pass, so NaN/Infinity spellings cannot slip in).
-    conf_text: list[str] = []
-    conf_slot: list[int] = []
-    match_line = _FAST_LINE.fullmatch if fast else (lambda _line: None)
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip(JAVA_TRIM)
         if not line or line[0] == "#":
@@ -407,71 +405,166 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         if line in seen:
             duplicates += 1
         seen.add(line)
-        match = match_line(line)
-        if match is not None:
-            image, building, body, rest = match.groups()
-            registered.setdefault(image, None)
-            num_rows += 1
-            if building == "-1" or "POLYGON EMPTY" in line:
-                continue
-            if not truth:
-                conf_slot.append(len(builder.image))
-                conf_text.append(rest[1:].strip(JAVA_TRIM))
-            rings = body.split("),(")
-            for ring in rings:
-                builder.add_ring(ring, number, checked=True)
-            builder.poly_rings.append(len(rings))
-            builder.image.append(image)
-            builder.confidence.append(0.0)
-            builder.row.append(num_rows - 1)
-            builder.line.append(number)
-            continue
-        first = line.find(",")
-        second = line.find(",", first + 1) if first >= 0 else -1
-        if second < 0:
-            raise SpaceNetCSVError(
-                f"{kind} CSV {path}, line {number}: {line[:80]!r} has fewer than three "
-                "comma-separated fields; expected 'ImageId,BuildingId,PolygonWKT_Pix,...'")
-        image = line[:first]
+        image = _general_line(builder, line, number, num_rows, truth, header, path)
         registered.setdefault(image, None)
         num_rows += 1
-        if "POLYGON EMPTY" in line or line[first + 1:second] == "-1":
-            continue
-        start = line.find("((")
-        if start < 0:
-            continue
-        end = line.find("))", start)
-        if end < 0:
-            raise SpaceNetCSVError(f"{kind} CSV {path}, line {number}: polygon text has "
-                                    "'((' but no closing '))'")
-        where = f"{kind} CSV {path}, line {number}"
-        confidence = 0.0
-        if not truth:
-            confidence = _confidence(line[end + 4:], where, "MULTIPOLYGON" in line[:end],
-                                     header, path)
-        body = line[start:end + 2].replace("),(", "x").replace(")", "").replace("(", "")
-        rings = _java_split(body, "x")
-        for ring in rings:
-            builder.add_ring(ring, number)
-        builder.poly_rings.append(len(rings))
-        builder.image.append(image)
-        builder.confidence.append(confidence)
-        builder.row.append(num_rows - 1)
-        builder.line.append(number)
-    if conf_text:
-        if not _LOOSE_LIST.fullmatch("\n".join(conf_text)):
-            raise _LooseNumber("a confidence is not a plain decimal")
-        try:
-            values = np.array(conf_text, dtype=np.float64)
-        except ValueError as exc:
-            raise _LooseNumber(str(exc)) from None
-        for slot, value in zip(conf_slot, values.tolist()):
-            builder.confidence[slot] = value
+    _warn_duplicates(kind, path, duplicates)
+    return builder.table(list(registered), num_rows)
+
+
+def _warn_duplicates(kind: str, path, duplicates: int) -> None:
     if duplicates:
         logger.warning("%s CSV %s has %d duplicate row(s); each is scored as a separate polygon "
                        "(a duplicate proposal becomes an FP, a duplicate truth an FN)", kind,
                        path, duplicates)
-    return builder.table(list(registered), num_rows)
+
+
+def _general_line(builder: _Builder, line: str, number: int, row: int, truth: bool,
+                  header: str, path) -> str:
+    """Read one trimmed data line by the tester's string cutting; returns its ImageId."""
+    kind = "truth" if truth else "proposal"
+    first = line.find(",")
+    second = line.find(",", first + 1) if first >= 0 else -1
+    if second < 0:
+        raise SpaceNetCSVError(
+            f"{kind} CSV {path}, line {number}: {line[:80]!r} has fewer than three "
+            "comma-separated fields; expected 'ImageId,BuildingId,PolygonWKT_Pix,...'")
+    image = line[:first]
+    if "POLYGON EMPTY" in line or line[first + 1:second] == "-1":
+        return image
+    start = line.find("((")
+    if start < 0:
+        return image
+    end = line.find("))", start)
+    if end < 0:
+        raise SpaceNetCSVError(f"{kind} CSV {path}, line {number}: polygon text has "
+                               "'((' but no closing '))'")
+    where = f"{kind} CSV {path}, line {number}"
+    confidence = 0.0
+    if not truth:
+        confidence = _confidence(line[end + 4:], where, "MULTIPOLYGON" in line[:end],
+                                 header, path)
+    body = line[start:end + 2].replace("),(", "x").replace(")", "").replace("(", "")
+    rings = _java_split(body, "x")
+    for ring in rings:
+        builder.add_ring(ring, number)
+    builder.poly_rings.append(len(rings))
+    builder.image.append(image)
+    builder.confidence.append(confidence)
+    builder.row.append(row)
+    builder.line.append(number)
+    return image
+
+
+def _read_bulk(text: str, truth: bool, source: str) -> PolygonTable:
+    """The tester's reading with whole-column string operations (pyarrow compute, RE2).
+
+    Lines of the usual form (``_FAST_LINE_RE2``: a quoted POLYGON of plain-decimal rings whose points
+    all have 2 or all 3 fields) are cut, split and converted to numbers in bulk; every other data
+    line (MULTIPOLYGON, ``), (`` separators, NaN, stray quotes...) goes through
+    :func:`_general_line` one by one, and the two are merged back in line order. Numbers that the
+    loose check lets through but do not convert raise :class:`_LooseNumber` (the caller re-reads
+    on the general path, which names the line). Arrow's string-to-double conversion and Python's
+    ``float`` agree on every string the loose check admits (both round correctly).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ..utils.arrow_numpy import indices, lines as split_lines, to_numpy
+
+    kind, path = source.split(" CSV ", 1)
+    lines = pc.utf8_trim(split_lines(text.encode("utf-8")), JAVA_TRIM)
+    # Only option-taking kernels here: a Python scalar argument makes pyarrow import pandas.
+    header_line = pc.match_substring_regex(lines, "^[iI](?i:mageid)")
+    skip = pc.match_substring_regex(lines, "^(?:$|#|[iI](?i:mageid))")
+    numbers = np.flatnonzero(~to_numpy(skip)) + 1  # (D,) 1-based line numbers of the data rows
+    data = lines.take(indices(numbers - 1))
+    num_rows = len(data)
+    image_of_row = np.asarray(pc.struct_field(pc.extract_regex(data, "^(?P<image>[^,]*)"), [0])
+                              .to_pylist(), dtype=object)  # (D,) text before the first comma
+    registered = list(dict.fromkeys(image_of_row.tolist()))
+    _warn_duplicates(kind, path, num_rows - pc.count_distinct(data).as_py())
+    headers = np.flatnonzero(to_numpy(header_line))
+
+    usual = to_numpy(pc.match_substring_regex(data, _FAST_LINE_RE2))
+    usual_rows = np.flatnonzero(usual)
+    usual_lines = data.take(indices(usual_rows))
+    empty = to_numpy(pc.match_substring_regex(usual_lines, "^[^,]*,-1,|POLYGON EMPTY"))
+    fast_rows = usual_rows[~empty]  # (P,) data rows read in bulk
+    # In a usual line the first '"POLYGON ((' opens the polygon and the first '))"' closes it;
+    # the confidence starts 4 characters past '))' (after '))",'), as the tester reads it.
+    parts = pc.extract_regex(usual_lines.take(indices(np.flatnonzero(~empty))),
+                             _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$")
+    ring_lists = pc.split_pattern(pc.struct_field(parts, "body"), "),(")
+    ring_row = fast_rows[to_numpy(pc.list_parent_indices(ring_lists))]  # (R,)
+    rings = pc.list_flatten(ring_lists)
+    points = to_numpy(pc.count_substring(rings, ",")).astype(np.int64) + 1  # (R,)
+    tokens = pc.ascii_split_whitespace(pc.replace_substring(pc.utf8_ltrim(rings, " "), ",", " "))
+    fields = to_numpy(pc.list_value_length(tokens)).astype(np.int64)
+    dims = np.where(fields == 3 * points, 3, np.where(fields == 2 * points, 2, 0))
+    general = np.union1d(np.flatnonzero(~usual), usual_rows[empty])
+    # A ring mixing 2- and 3-field points: its line takes the general path.
+    odd_rows = np.unique(ring_row[dims == 0])
+    keep_poly = np.ones(len(fast_rows), dtype=bool)
+    if len(odd_rows):
+        keep = ~np.isin(ring_row, odd_rows)
+        ring_row, points, dims = ring_row[keep], points[keep], dims[keep]
+        tokens = tokens.take(indices(np.flatnonzero(keep)))
+        keep_poly = ~np.isin(fast_rows, odd_rows)
+        fast_rows = fast_rows[keep_poly]
+        general = np.union1d(general, odd_rows)
+    try:
+        values = to_numpy(pc.cast(pc.list_flatten(tokens), pa.float64()))
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise _LooseNumber(str(exc)) from None
+    ring_offsets = np.concatenate([[0], np.cumsum(points)]).astype(np.int64)
+    token_start = np.concatenate([[0], np.cumsum(points * dims)[:-1]]).astype(np.int64)
+    j = np.arange(int(ring_offsets[-1])) - np.repeat(ring_offsets[:-1], points)
+    point_ring = np.repeat(np.arange(len(points)), points)
+    src = token_start[point_ring] + j * dims[point_ring]
+    coords = np.stack([values[src], values[src + 1]], axis=1) if len(src) else np.zeros((0, 2))
+    rings_per_poly = np.bincount(np.searchsorted(fast_rows, ring_row), minlength=len(fast_rows))
+    confidence = np.zeros(len(fast_rows))
+    if not truth and len(fast_rows):
+        rest = pc.struct_field(parts, "rest").take(indices(np.flatnonzero(keep_poly)))
+        conf = pc.utf8_trim(pc.utf8_slice_codeunits(rest, 1), JAVA_TRIM)
+        if not pc.all(pc.match_substring_regex(conf, f"^{_LOOSE}$")).as_py():
+            raise _LooseNumber("a confidence is not a plain decimal")
+        try:
+            confidence = to_numpy(pc.cast(conf, pa.float64()))
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise _LooseNumber(str(exc)) from None
+    bulk = PolygonTable(
+        image_of_row[fast_rows], coords, ring_offsets,
+        np.concatenate([[0], np.cumsum(rings_per_poly)]).astype(np.int64),
+        confidence, fast_rows.astype(np.int64), numbers[fast_rows].astype(np.int64),
+        registered, num_rows)
+    if len(general) == 0:
+        return bulk
+    builder = _Builder(source)
+    header = lines[int(headers[0])].as_py() if len(headers) else ""
+    for row, line in zip(general.tolist(), data.take(indices(general)).to_pylist()):
+        number = int(numbers[row])
+        _general_line(builder, line, number, row, truth,
+                      header if len(headers) and headers[0] + 1 < number else "", path)
+    rest_table = builder.table(registered, num_rows)
+    merged = concat_tables([bulk, rest_table])
+    merged.row = np.concatenate([bulk.row, rest_table.row])  # rows are of one file, not two
+    return take_polygons(merged, np.argsort(merged.line, kind="stable"), registered, num_rows)
+
+
+def take_polygons(table: PolygonTable, order: np.ndarray, registered: list,
+                  num_rows: int) -> PolygonTable:
+    """The polygons ``order`` (M,) of ``table`` as a new table (rows and lines kept)."""
+    r0, r1 = table.poly_offsets[order], table.poly_offsets[order + 1]
+    ring_ids = _ranges(r0, r1)
+    starts, ends = table.ring_offsets[ring_ids], table.ring_offsets[ring_ids + 1]
+    coords = table.coords[_ranges(starts, ends)]
+    return PolygonTable(
+        table.image[order], coords.reshape(-1, 2),
+        np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),
+        np.concatenate([[0], np.cumsum(r1 - r0)]).astype(np.int64),
+        table.confidence[order], table.row[order], table.line[order], registered, num_rows)
 
 
 def table_from_geometries(image_ids, geometries, confidence=None) -> PolygonTable:
