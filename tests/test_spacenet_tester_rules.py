@@ -278,14 +278,14 @@ def test_threaded_overlay_equals_one_call():
         assert np.array_equal(overlay_areas(op, a, b, min_chunk=100), shapely.area(op(a, b)))
 
 
-def test_reading_truth_in_a_forked_process_gives_the_same_tables(tmp_path):
+def test_reading_truth_in_a_second_thread_gives_the_same_tables(tmp_path):
     from mnc_d2.evaluation.spacenet_metric import _read_both
 
     truth_lines, prop_lines, _, _ = CASES["holes"]
     truth, props = write_case(tmp_path, truth_lines * 50, prop_lines * 50)
-    forked = _read_both([truth], props, min_bytes=0)
+    threaded = _read_both([truth], props, min_bytes=0)
     serial = _read_both([truth], props, min_bytes=1 << 40)
-    for a, b in zip(forked, serial):
+    for a, b in zip(threaded, serial):
         assert np.array_equal(a.coords, b.coords) and a.registered == b.registered
         assert np.array_equal(a.ring_offsets, b.ring_offsets) and len(a) == len(b) == 100
     bad = tmp_path / "bad.csv"

@@ -513,26 +513,21 @@ def _read_truth_tables(paths: list) -> PolygonTable:
     return concat_tables([read_polygon_csv(p, truth=True) for p in paths])
 
 
-def _read_both(truth_paths: list, proposal_csv, min_bytes: int = 4 << 20):
-    """Read the truth and proposal files (tester rules). Reading is pure-Python string work, so
-    for large files on a multi-core Linux machine the truth is read in a forked process while
-    this one reads the proposals (same functions, same result; errors are raised the same).
-    Only a single-threaded process forks (a fork copies no other thread, nor the locks they
-    might hold); otherwise both are read here."""
-    import multiprocessing as mp
-    import sys
-    import threading
-
+def _read_both(truth_paths: list, proposal_csv, min_bytes: int = 1 << 20):
+    """Read the truth and proposal files (tester rules). The bulk of the reading runs in
+    pyarrow's kernels, which release the GIL, so for large files the truth is read in a second
+    thread while this one reads the proposals (same functions, same result; errors are raised
+    the same)."""
     size = sum(Path(p).stat().st_size for p in truth_paths if Path(p).is_file())
-    if (sys.platform != "linux" or (os.cpu_count() or 1) < 2 or size < min_bytes
-            or threading.active_count() > 1 or not Path(proposal_csv).is_file()):
+    if (os.cpu_count() or 1) < 2 or size < min_bytes:
         return _read_truth_tables(truth_paths), read_polygon_csv(proposal_csv, truth=False)
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+    with ThreadPoolExecutor(1) as pool:
         future = pool.submit(_read_truth_tables, truth_paths)
-        proposals = read_polygon_csv(proposal_csv, truth=False)
-        return future.result(), proposals
+        try:
+            proposals = read_polygon_csv(proposal_csv, truth=False)
+        finally:
+            truth = future.result()  # a truth error wins: it is named first, as before
+        return truth, proposals
 
 
 def _warn_unknown(unknown: set, proposal_csv) -> None:
