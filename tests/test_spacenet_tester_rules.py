@@ -411,3 +411,11 @@ def test_a_confidence_the_bulk_reader_cannot_convert_is_named(tmp_path):
                                p_line(I, 1, rect(0, 0, 10, 10), "1-2")])
     with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 3: Confidence '1-2'"):
         score_csv(truth, props)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    truth, props = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10))],
+                              [p_line(I, 0, rect(0, 0, 10, 10), 0.5)])
+    props.write_bytes(props.read_bytes() + b"AOI_1_A_img\xff,1,\"POLYGON ((0 0,1 0,1 1,0 0))\",1\n")
+    with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 3: byte 0xff is not UTF-8"):
+        score_csv(truth, props)

@@ -51,6 +51,7 @@ import shapely
 from .rules import (GROUP_BY, RULES, RuleSet, area_kept, city_before_last, get_rules,
                     with_grouping)
 from ..formats.spacenet_csv import SpaceNetCSVError, read_proposal_csv, read_truth_csv
+from .convex_overlap import convex_rings, pair_overlap_areas
 from .tester_polygons import PolygonTable, concat_tables, read_polygon_csv, table_from_geometries
 
 logger = logging.getLogger(__name__)
@@ -298,6 +299,66 @@ def _image_codes(table_images: np.ndarray, images: np.ndarray) -> np.ndarray:
     return np.searchsorted(images, table_images.astype(str)).astype(np.int64)
 
 
+class _Shapes:
+    """The overlap shapes of one table: strictly convex rings as vertex arrays (overlaid by
+    :mod:`.convex_overlap`), the tester's regions (shapely, built on first use) for the rest."""
+
+    def __init__(self, table: PolygonTable):
+        self.table = table
+        self.convex, self.vertices, self.count, self.area = convex_rings(
+            table.coords, table.ring_offsets, table.poly_offsets)
+        self.regions = np.empty(len(table), dtype=object)
+        self.built = np.zeros(len(table), dtype=bool)
+
+    def region(self, rows: np.ndarray) -> np.ndarray:
+        need = np.unique(rows[~self.built[rows]])
+        if len(need):
+            self.regions[need] = self.table.regions(need)
+            self.built[need] = True
+        return self.regions[rows]
+
+    def region_areas(self, rows: np.ndarray) -> np.ndarray:
+        """(N,) area of the region of every polygon in ``rows`` (convex rings: their shoelace
+        area; 0 for polygons not in ``rows``)."""
+        out = np.where(self.convex, self.area, 0.0)
+        used = np.unique(rows[~self.convex[rows]])
+        if len(used):
+            out[used] = shapely.area(self.region(used))
+        return out
+
+
+def _pair_ious(pi, ti, p: _Shapes, t: _Shapes, p_area, t_area, threshold: float,
+               margin: float = 1e-9) -> np.ndarray:
+    """(K,) the tester's IoU of each (proposal, truth) pair: overlap of the regions over
+    ``p_area + t_area - overlap`` (tester areas).
+
+    Pairs of strictly convex rings are overlaid by :mod:`.convex_overlap`; the rest, and every
+    fast pair whose IoU lies within ``margin`` of the threshold or of another candidate of the
+    same proposal (where rounding could decide the greedy matching), by GEOS.
+    """
+    overlap = np.full(len(pi), np.nan)
+    fast = np.flatnonzero(p.convex[pi] & t.convex[ti])
+    if len(fast):
+        overlap[fast] = pair_overlap_areas(p.vertices[pi[fast]], p.count[pi[fast]],
+                                           t.vertices[ti[fast]], t.count[ti[fast]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = overlap / (p_area[pi] + t_area[ti] - overlap)
+    settle = np.isnan(overlap) | (np.abs(iou - threshold) <= margin)
+    if len(fast):
+        # candidates of one proposal whose IoUs (fast) nearly tie: order decided by GEOS
+        order = np.lexsort((iou, pi))
+        close = (np.diff(iou[order]) <= margin) & (pi[order][1:] == pi[order][:-1])
+        settle[order[1:][close]] = True
+        settle[order[:-1][close]] = True
+    slow = np.flatnonzero(settle)
+    if len(slow):
+        overlap[slow] = overlay_areas(shapely.intersection, p.region(pi[slow]),
+                                      t.region(ti[slow]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou[slow] = overlap[slow] / (p_area[pi[slow]] + t_area[ti[slow]] - overlap[slow])
+    return iou
+
+
 def score_tables(truth: PolygonTable, proposals: PolygonTable,
                  rules: str | RuleSet = "spacenet", iou_threshold: float = IOU_THRESHOLD,
                  min_area: float = MIN_AREA, images=(), full_iou: bool = False,
@@ -328,21 +389,13 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable,
     pi, ti = p_idx[pi], t_idx[ti]
     iou = np.zeros(0)
     if len(pi):
-        used_p, used_t = np.unique(pi), np.unique(ti)
-        p_region = np.empty(len(proposals), dtype=object)
-        t_region = np.empty(len(truth), dtype=object)
-        p_region[used_p] = proposals.regions(used_p)
-        t_region[used_t] = truth.regions(used_t)
+        p_shapes, t_shapes = _Shapes(proposals), _Shapes(truth)
         if not full_iou:
-            p_rarea, t_rarea = np.zeros(len(proposals)), np.zeros(len(truth))
-            p_rarea[used_p] = shapely.area(p_region[used_p])
-            t_rarea[used_t] = shapely.area(t_region[used_t])
-            keep = _iou_bound_prune(pi, ti, p_area, t_area, p_rarea, t_rarea, p_bounds,
-                                    t_bounds, iou_threshold)
+            keep = _iou_bound_prune(pi, ti, p_area, t_area, p_shapes.region_areas(pi),
+                                    t_shapes.region_areas(ti), p_bounds, t_bounds,
+                                    iou_threshold)
             pi, ti = pi[keep], ti[keep]
-        overlap = overlay_areas(shapely.intersection, p_region[pi], t_region[ti])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = overlap / (p_area[pi] + t_area[ti] - overlap)  # the tester's expression
+        iou = _pair_ious(pi, ti, p_shapes, t_shapes, p_area, t_area, iou_threshold)
 
     num_p, num_t = len(proposals), len(truth)
     order = _proposal_order(proposals.confidence, rs)

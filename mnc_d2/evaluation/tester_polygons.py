@@ -79,8 +79,10 @@ _FAST_LINE_RE2 = (rf'^(?P<image>[^,"(]+),(?P<building>[^,("]*),"POLYGON \(\('
 _BODY_RE2 = r'^[^"]*"POLYGON \(\((?P<body>[^)]*(?:\),\([^)]*)*)\)\)"'
 
 
-class _LooseNumber(ValueError):
-    """A loosely checked number did not convert: re-read on the general path."""
+class _ReadLineByLine(ValueError):
+    """The bulk reader met what only the line-by-line reader explains (a loosely checked number
+    that does not convert, bytes that are not UTF-8): the file is re-read line by line, which
+    raises the error naming the line."""
 
 
 _JAVA_DOUBLE = re.compile(
@@ -323,7 +325,7 @@ class _Builder:
         try:
             values = np.array(self.tokens, dtype=np.float64) if self.tokens else np.zeros(0)
         except ValueError as exc:
-            raise _LooseNumber(str(exc)) from None
+            raise _ReadLineByLine(str(exc)) from None
         sizes = np.asarray(self.ring_sizes, dtype=np.int64)
         ring_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         coords = np.zeros((int(ring_offsets[-1]), 2))
@@ -372,7 +374,7 @@ def read_polygon_csv(path: str | Path, truth: bool) -> PolygonTable:
     """
     try:
         return _read_polygon_csv(path, truth, fast=True)
-    except _LooseNumber:
+    except _ReadLineByLine:
         return _read_polygon_csv(path, truth, fast=False)  # raises, naming the line
 
 
@@ -381,14 +383,25 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
     kind = "truth" if truth else "proposal"
     if not path.is_file():
         raise SpaceNetCSVError(f"{kind} CSV {path} does not exist")
-    with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
-        text = handle.read()
+    source = f"{kind} CSV {path}"
+    if fast:
+        data = path.read_bytes()
+        if b"\r" in data:  # \r, \n, \r\n end a line (Python's universal newlines)
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not data.strip(JAVA_TRIM.encode("ascii")):
+            raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and "
+                                   "rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
+        return _read_bulk(data, truth, source)
+    try:
+        with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise SpaceNetCSVError(f"{kind} CSV {path}, line {line}: byte {exc.object[exc.start]:#04x}"
+                               " is not UTF-8; save the file as UTF-8") from None
     if not text.strip(JAVA_TRIM):
         raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and rows "
                                "'ImageId,BuildingId,PolygonWKT_Pix,...'")
-    source = f"{kind} CSV {path}"
-    if fast:
-        return _read_bulk(text, truth, source)
     builder = _Builder(source)
     registered: dict[str, None] = {}
     num_rows = 0
@@ -456,14 +469,15 @@ def _general_line(builder: _Builder, line: str, number: int, row: int, truth: bo
     return image
 
 
-def _read_bulk(text: str, truth: bool, source: str) -> PolygonTable:
+def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
     """The tester's reading with whole-column string operations (pyarrow compute, RE2).
 
-    Lines of the usual form (``_FAST_LINE_RE2``: a quoted POLYGON of plain-decimal rings whose points
-    all have 2 or all 3 fields) are cut, split and converted to numbers in bulk; every other data
+    ``data``: the file's bytes, line ends already ``\\n``. Lines of the usual form
+    (``_FAST_LINE_RE2``: a quoted POLYGON of plain-decimal rings whose points all have 2 or all
+    3 fields) are cut, split and converted to numbers in bulk; every other data
     line (MULTIPOLYGON, ``), (`` separators, NaN, stray quotes...) goes through
     :func:`_general_line` one by one, and the two are merged back in line order. Numbers that the
-    loose check lets through but do not convert raise :class:`_LooseNumber` (the caller re-reads
+    loose check lets through but do not convert raise :class:`_ReadLineByLine` (the caller re-reads
     on the general path, which names the line). Arrow's string-to-double conversion and Python's
     ``float`` agree on every string the loose check admits (both round correctly).
     """
@@ -473,7 +487,12 @@ def _read_bulk(text: str, truth: bool, source: str) -> PolygonTable:
     from ..utils.arrow_numpy import indices, lines as split_lines, to_numpy
 
     kind, path = source.split(" CSV ", 1)
-    lines = pc.utf8_trim(split_lines(text.encode("utf-8")), JAVA_TRIM)
+    raw = split_lines(data)
+    try:
+        raw.validate(full=True)  # UTF-8 throughout
+    except pa.ArrowInvalid as exc:
+        raise _ReadLineByLine(str(exc)) from None
+    lines = pc.utf8_trim(raw, JAVA_TRIM)
     # Only option-taking kernels here: a Python scalar argument makes pyarrow import pandas.
     header_line = pc.match_substring_regex(lines, "^[iI](?i:mageid)")
     skip = pc.match_substring_regex(lines, "^(?:$|#|[iI](?i:mageid))")
@@ -516,7 +535,7 @@ def _read_bulk(text: str, truth: bool, source: str) -> PolygonTable:
     try:
         values = to_numpy(pc.cast(pc.list_flatten(tokens), pa.float64()))
     except (pa.ArrowInvalid, ValueError) as exc:
-        raise _LooseNumber(str(exc)) from None
+        raise _ReadLineByLine(str(exc)) from None
     ring_offsets = np.concatenate([[0], np.cumsum(points)]).astype(np.int64)
     token_start = np.concatenate([[0], np.cumsum(points * dims)[:-1]]).astype(np.int64)
     j = np.arange(int(ring_offsets[-1])) - np.repeat(ring_offsets[:-1], points)
@@ -529,11 +548,11 @@ def _read_bulk(text: str, truth: bool, source: str) -> PolygonTable:
         rest = pc.struct_field(parts, "rest").take(indices(np.flatnonzero(keep_poly)))
         conf = pc.utf8_trim(pc.utf8_slice_codeunits(rest, 1), JAVA_TRIM)
         if not pc.all(pc.match_substring_regex(conf, f"^{_LOOSE}$")).as_py():
-            raise _LooseNumber("a confidence is not a plain decimal")
+            raise _ReadLineByLine("a confidence is not a plain decimal")
         try:
             confidence = to_numpy(pc.cast(conf, pa.float64()))
         except (pa.ArrowInvalid, ValueError) as exc:
-            raise _LooseNumber(str(exc)) from None
+            raise _ReadLineByLine(str(exc)) from None
     bulk = PolygonTable(
         image_of_row[fast_rows], coords, ring_offsets,
         np.concatenate([[0], np.cumsum(rings_per_poly)]).astype(np.int64),

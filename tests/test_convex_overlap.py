@@ -1,0 +1,101 @@
+"""The scorer's convex fast path: the same overlaps as GEOS, and the same matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from shapely import affinity
+
+from mnc_d2.evaluation import spacenet_metric as sm
+from mnc_d2.evaluation.convex_overlap import convex_rings, pair_overlap_areas
+from mnc_d2.evaluation.tester_polygons import table_from_geometries
+
+
+def _rings(geoms):
+    t = table_from_geometries(["x"] * len(geoms), geoms)
+    return convex_rings(t.coords, t.ring_offsets, t.poly_offsets)
+
+
+def _random_convex(rng, n):
+    centre, radius = rng.uniform(0, 100, 2), rng.uniform(5, 30)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    return shapely.Polygon(centre + np.c_[radius * np.cos(angles),
+                                          radius * np.sin(angles) * rng.uniform(0.3, 1)])
+
+
+def test_overlaps_equal_geos_on_random_and_degenerate_pairs():
+    rng = np.random.default_rng(0)
+    a = [_random_convex(rng, rng.integers(3, 9)) for _ in range(2000)]
+    b = [_random_convex(rng, rng.integers(3, 9)) if k % 3 else
+         affinity.translate(a[k], *rng.choice([0.0, 0.5, 10.0], 2)) for k in range(2000)]
+    square = shapely.box(0, 0, 10, 10)
+    clockwise = shapely.Polygon([(0, 0), (0, 10), (10, 10), (10, 0)])
+    diamond = shapely.Polygon([(5, -5), (15, 5), (5, 15), (-5, 5)])  # square inside, corners on it
+    special = [(square, square), (square, shapely.box(10, 0, 20, 10)),  # same / shared edge
+               (square, shapely.box(10, 10, 20, 20)), (square, shapely.box(2, 2, 5, 5)),
+               (square, shapely.box(5, 0, 15, 10)), (clockwise, square), (square, diamond),
+               (square, shapely.box(30, 30, 40, 40))]
+    a += [p for p, _ in special]
+    b += [q for _, q in special]
+    ca, va, na, area_a = _rings(a)
+    cb, vb, nb, _ = _rings(b)
+    assert ca.all() and cb.all()
+    np.testing.assert_allclose(area_a, shapely.area(np.array(a, dtype=object)), atol=1e-9)
+    fast = pair_overlap_areas(va, na, vb, nb)
+    ref = shapely.area(shapely.intersection(np.array(a, dtype=object), np.array(b, dtype=object)))
+    np.testing.assert_allclose(fast, ref, rtol=1e-11, atol=1e-9)
+    assert fast[-len(special):].tolist() == [100.0, 0.0, 0.0, 9.0, 50.0, 100.0, 100.0, 0.0]
+
+
+def test_only_strictly_convex_simple_rings_take_the_fast_path():
+    geoms = [shapely.box(0, 0, 4, 4),
+             shapely.Polygon([(0, 0), (4, 0), (4, 2), (2, 2), (2, 4), (0, 4)]),  # L: concave
+             shapely.Polygon([(0, 0), (2, 0), (4, 0), (4, 4), (0, 4)]),  # straight vertex
+             shapely.Polygon([(0, 0), (4, 4), (4, 0), (0, 4)]),  # bow-tie
+             shapely.box(0, 0, 9, 9).difference(shapely.box(3, 3, 6, 6)),  # hole
+             shapely.Polygon([(np.cos(t), np.sin(t)) for t in  # pentagram: turns twice
+                              np.arange(5) * 4 * np.pi / 5]),
+             shapely.Polygon([(np.cos(t), np.sin(t)) for t in np.linspace(0, 6, 12)])]  # 12 > 8
+    convex, _, count, _ = _rings(geoms)
+    assert convex.tolist() == [True] + [False] * 6
+    assert count[0] == 4
+
+
+def test_fast_path_changes_no_match_or_count():
+    """Random scenes of rectangles, L-shapes and near-ties scored with the fast path and with
+    GEOS only: identical matches and counts, IoUs equal to rounding."""
+    rng = np.random.default_rng(1)
+    truth, props, conf, t_img, p_img = [], [], [], [], []
+    for image in range(40):
+        for _ in range(20):
+            x, y = rng.uniform(0, 600, 2)
+            w, h = rng.uniform(8, 40, 2)
+            shape = shapely.box(x, y, x + w, y + h)
+            if rng.random() < 0.3:
+                shape = shape.difference(shapely.box(x + w / 2, y + h / 2, x + w, y + h))
+            shape = affinity.rotate(shape, rng.uniform(0, 90))
+            truth.append(shape)
+            t_img.append(f"AOI_2_Vegas_img{image}")
+            for _ in range(rng.integers(0, 3)):
+                # a proposal moved so that some IoUs sit close to 0.5
+                props.append(affinity.translate(shape, rng.normal(0, w / 4), rng.normal(0, 2)))
+                conf.append(float(rng.uniform()))
+                p_img.append(f"AOI_2_Vegas_img{image}")
+    t = table_from_geometries(t_img, truth)
+    p = table_from_geometries(p_img, props, conf)
+    fast = sm.score_tables(t, p)
+    real = sm.convex_rings
+
+    def geos_only(*args):
+        convex, vertices, count, area = real(*args)
+        return np.zeros_like(convex), vertices, count, np.zeros_like(area)
+
+    sm.convex_rings = geos_only
+    try:
+        slow = sm.score_tables(t, p)
+    finally:
+        sm.convex_rings = real
+    assert np.array_equal(fast.proposal_match, slow.proposal_match)
+    assert (fast.image_tp == slow.image_tp).all() and (fast.image_fp == slow.image_fp).all()
+    np.testing.assert_allclose(fast.proposal_iou, slow.proposal_iou, atol=1e-12)
+    assert 0 < fast.overall.tp < len(props)
