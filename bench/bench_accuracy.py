@@ -26,6 +26,9 @@ Prints one JSON object on stdout (logs go to stderr). The default run (60 traini
 trains 200 iterations on 20 tiles per city. Trained runs are cached under
 --work and reused (re-evaluated; their training time is the one measured when they trained).
 
+``--test-setting`` scores models trained on ``--setting`` on the other setting's benchmark
+(transfer to imagery drawn differently; the models must be trained already).
+
 ``--test-opts KEY VALUE ...`` changes inference only (keys in ``INFERENCE_KEYS``): cached models
 are re-evaluated with them, and the report (its name and ``test_opts``) says which were used.
 
@@ -95,6 +98,13 @@ VARIANTS = {
                     "MODEL.PIXEL_MEAN", "[400.,400.,400.,400.,400.,400.,400.,400.]",
                     "MODEL.PIXEL_STD", "[200.,200.,200.,200.,200.,200.,200.,200.]",
                     "DATASETS.TRAIN", "('spacenet2_all_train_8band',)"]),
+    # Radiometric jitter per image and band (INPUT.AUGMENT.BRIGHTNESS/CONTRAST/GAMMA/BAND_GAIN):
+    # what the model learns about dark roofs should not hang on one renderer's exact values.
+    "mnc5_photometric": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                         ["INPUT.AUGMENT.BRIGHTNESS", "(0.7, 1.3)",
+                          "INPUT.AUGMENT.CONTRAST", "(0.7, 1.3)",
+                          "INPUT.AUGMENT.GAMMA", "(0.6, 1.6)",
+                          "INPUT.AUGMENT.BAND_GAIN", "(0.85, 1.15)"]),
     "mnc5_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                            ["MODEL.ANCHOR_GENERATOR.SIZES",
                             "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]),
@@ -275,6 +285,10 @@ def main() -> None:
                         help="synthetic data setting of both the training and the test data")
     parser.add_argument("--test-opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="inference-only config overrides (INFERENCE_KEYS)")
+    parser.add_argument("--test-setting", choices=["default", "hard"],
+                        help="score on this setting's benchmark instead of the training "
+                             "setting's (transfer: models must already be trained; nothing "
+                             "trains)")
     args = parser.parse_args()
     test_opts = check_test_opts(args.test_opts)
     # Detectron2's default logger writes to stdout; configuring logging first keeps stdout JSON only.
@@ -286,23 +300,31 @@ def main() -> None:
     suffix = "" if args.setting == "default" else f"_{args.setting}"
     train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}",
                               args.train_seed, images, args.setting)
-    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{suffix}",
-                             args.test_seed, images // 2, args.setting)
+    test_setting = args.test_setting or args.setting
+    test_suffix = "" if test_setting == "default" else f"_{test_setting}"
+    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{test_suffix}",
+                             args.test_seed, images // 2, test_setting)
     attrs = slice_flags(test_root / "spacenet")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "setting": args.setting, "iterations": iters, "train_images_per_city": images,
+              "setting": args.setting, "test_setting": test_setting,
+              "iterations": iters, "train_images_per_city": images,
               "test_images_per_city": images // 2, "model_seeds": args.model_seeds,
               "test_opts": test_opts, "runs": {}, "summary": {}}
     tag = f"{images}img_{iters}it{suffix}"
     report_tag = tag + "".join(f"_{k.rsplit('.', 1)[1]}-{v}" for k, v in
                                zip(test_opts[0::2], test_opts[1::2]))
+    if test_setting != args.setting:
+        report_tag += f"_on_{test_setting}"
     previous = work / f"report_{report_tag}.json"
     if previous.exists():  # runs of earlier invocations (other seeds or variants) are kept
         report["runs"] = json.loads(previous.read_text()).get("runs", {})
     for name in args.variants:
         for seed in args.model_seeds:
             out_dir = work / "runs" / f"{name}_{tag}" / f"seed{seed}"
+            if test_setting != args.setting and not (out_dir / "model_final.pth").exists():
+                raise SystemExit(f"--test-setting {test_setting}: {out_dir} has no trained "
+                                 f"model; train it first (--setting {args.setting})")
             report["runs"].setdefault(name, {})[str(seed)] = run_variant(
                 name, out_dir, iters, seed, test_root, attrs, test_opts)
             report["summary"] = summarize(report["runs"])

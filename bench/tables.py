@@ -42,11 +42,21 @@ def _test_opts(report: dict) -> str:
     return f" (inference: {', '.join(pairs)})" if pairs else ""
 
 
+def _setting(report: dict, bold: bool = False) -> str:
+    """'default', or 'default -> hard' for a model scored on another setting's benchmark."""
+    b = "**" if bold else ""
+    train, test = report["setting"], report.get("test_setting", report["setting"])
+    if test == train:
+        return f"Setting {b}{train}{b}" if bold else train
+    return (f"Trained on {b}{train}{b}, scored on {b}{test}{b}" if bold
+            else f"{train} -> {test}")
+
+
 def accuracy_tables(report: dict) -> list[str]:
     """Per-variant spread over seeds, then every run, of one bench_accuracy report."""
     runs, summary = report["runs"], report["summary"]
     first = next(iter(next(iter(runs.values())).values()))
-    lines = [f"Setting **{report['setting']}**{_test_opts(report)}: {report['iterations']} "
+    lines = [f"{_setting(report, bold=True)}{_test_opts(report)}: {report['iterations']} "
              f"iterations, {report['train_images_per_city']} training tiles per city, benchmark "
              f"{report['test_images_per_city']} tiles per city (another generator seed); slice "
              "sizes (benchmark truth): " + ", ".join(
@@ -219,7 +229,7 @@ def readme_table(results: Path) -> list[str]:
     for path in sorted(results.glob("accuracy_*.json")):
         report = json.loads(path.read_text())
         for name, e in report["summary"].items():
-            rows.append([report["setting"] + _test_opts(report), name, _spread(e["mean_city_f1"]),
+            rows.append([_setting(report) + _test_opts(report), name, _spread(e["mean_city_f1"]),
                          _spread(e["best_threshold"], 2), _spread(e["ECE"]),
                          *(f"{e['recall_' + s]['mean']:.3f}" if f"recall_{s}" in e else "n/a"
                            for s in ("small", "concave", "dark")),

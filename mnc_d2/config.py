@@ -36,6 +36,14 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.AUGMENT.ROT90 = True
     # Scale jitter: each image is resized by a factor drawn uniformly from this range.
     _C.INPUT.AUGMENT.SCALE_RANGE = (1.0, 1.0)
+    # Radiometric jitter (mnc_d2.data.transforms.BandPhotometricTransform), each drawn per image
+    # from its range; (1.0, 1.0) = off. BRIGHTNESS: one gain for all bands; CONTRAST: about each
+    # band's mean; GAMMA: log-uniform, on each band's own range (bends dark values most);
+    # BAND_GAIN: an independent gain per band. Not in the original MNC (no augmentation but flips).
+    _C.INPUT.AUGMENT.BRIGHTNESS = (1.0, 1.0)
+    _C.INPUT.AUGMENT.CONTRAST = (1.0, 1.0)
+    _C.INPUT.AUGMENT.GAMMA = (1.0, 1.0)
+    _C.INPUT.AUGMENT.BAND_GAIN = (1.0, 1.0)
 
 
 def _add_backbone_keys(cfg: CN) -> None:

@@ -514,3 +514,47 @@ def test_auto_band_stats_with_empty_bands_fix_the_bands_in_the_config(tmp_path):
         DatasetCatalog.remove(name)
     assert list(cfg.INPUT.BANDS) == [1, 2, 3, 4] == input_bands(cfg)
     assert cfg.MODEL.PIXEL_MEAN == pytest.approx([10, 20, 30, 40]) and stats["bands"] == [1, 2, 3, 4]
+
+
+def test_band_photometric_transform_changes_values_not_geometry():
+    from mnc_d2.data.transforms import BandPhotometricTransform
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(50, 1000, (8, 9, 3)).astype(np.float32)
+    img[0, 0] = [7.0, 8.0, 9.0]  # a filled (nodata) pixel
+    keep = [7.0, 8.0, 9.0]
+    doubled = BandPhotometricTransform(2.0, 1.0, 1.0, [1.0, 1.0, 1.0], keep).apply_image(img)
+    assert np.allclose(doubled[1:], 2 * img[1:]) and doubled[0, 0].tolist() == keep
+    gains = BandPhotometricTransform(1.0, 1.0, 1.0, [0.5, 1.0, 2.0]).apply_image(img)
+    assert np.allclose(gains, img * np.array([0.5, 1.0, 2.0], np.float32))
+    flat = BandPhotometricTransform(1.0, 0.0, 1.0, [1.0] * 3).apply_image(img)
+    assert np.allclose(flat, img.reshape(-1, 3).mean(0), rtol=1e-5)
+    # gamma < 1 lifts dark values by a larger factor than bright ones; the maximum stays
+    bent = BandPhotometricTransform(1.0, 1.0, 0.5, [1.0] * 3).apply_image(img)
+    dark, bright = np.unravel_index(img[..., 0].argmin(), img.shape[:2]), \
+        np.unravel_index(img[..., 0].argmax(), img.shape[:2])
+    assert bent[dark][0] / img[dark][0] > bent[bright][0] / img[bright][0]
+    assert bent[..., 0].max() == pytest.approx(img[..., 0].max())
+    coords = np.array([[1.5, 2.5]])
+    t = BandPhotometricTransform(1.3, 0.8, 1.2, [1.1, 0.9, 1.0])
+    assert np.array_equal(t.apply_coords(coords), coords)
+    mask = rng.integers(0, 2, (8, 9)).astype(np.uint8)
+    assert np.array_equal(t.apply_segmentation(mask), mask)
+
+
+def test_photometric_augmentation_from_config(tmp_path):
+    from mnc_d2.data.transforms import RandomBandPhotometric
+
+    cfg = _base_cfg()
+    assert not any(isinstance(a, RandomBandPhotometric) for a in
+                   SpaceNetDatasetMapper(cfg, is_train=True).augmentations.augs)
+    cfg.INPUT.AUGMENT.GAMMA = (0.7, 1.4)
+    cfg.INPUT.AUGMENT.BAND_GAIN = (0.9, 1.1)
+    augs = SpaceNetDatasetMapper(cfg, is_train=True).augmentations.augs
+    photometric = [a for a in augs if isinstance(a, RandomBandPhotometric)]
+    assert len(photometric) == 1 and photometric[0].gamma == (0.7, 1.4)
+    assert not any(isinstance(a, RandomBandPhotometric) for a in
+                   SpaceNetDatasetMapper(cfg, is_train=False).augmentations.augs)
+    cfg.INPUT.AUGMENT.CONTRAST = (1.2, 0.8)
+    with pytest.raises(ValueError, match=r"INPUT.AUGMENT.CONTRAST=\(1.2, 0.8\)"):
+        SpaceNetDatasetMapper(cfg, is_train=True)

@@ -4,8 +4,8 @@ Reads the selected bands (1-based, ``INPUT.BANDS``; all bands when empty) with r
 float32 (uint16 DNs are kept as values: normalisation happens in the model with
 ``MODEL.PIXEL_MEAN/STD``, one entry per band). Pixels equal to the file's nodata value are set to
 the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensing augmentation:
-resize (``INPUT.MIN_SIZE_TRAIN``), horizontal and vertical flips, 90-degree rotations and scale
-jitter (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
+resize (``INPUT.MIN_SIZE_TRAIN``), horizontal and vertical flips, 90-degree rotations, scale
+jitter and radiometric jitter per band (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
 RLE) train exactly.
 
 Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
@@ -24,7 +24,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .bands import input_bands, read_bands
-from .transforms import RandomRot90
+from .transforms import RandomBandPhotometric, RandomRot90
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ class SpaceNetDatasetMapper:
                 augs.append(T.RandomFlip(prob=aug.VFLIP_PROB, horizontal=False, vertical=True))
             if aug.ROT90:
                 augs.append(RandomRot90())
+            ranges = {k: tuple(getattr(aug, k.upper())) for k in
+                      ("brightness", "contrast", "gamma", "band_gain")}
+            if any(r != (1.0, 1.0) for r in ranges.values()):
+                # first, on the pixels as read: filled nodata still equals PIXEL_MEAN there
+                augs.insert(0, RandomBandPhotometric(**ranges, keep=list(cfg.MODEL.PIXEL_MEAN)))
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
         return {"is_train": is_train, "augmentations": augs, "bands": input_bands(cfg),

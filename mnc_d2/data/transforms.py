@@ -1,5 +1,5 @@
-"""Geometric augmentation for overhead imagery: 90-degree rotations (flips and scale jitter use
-Detectron2's own ``RandomFlip`` and ``ResizeScale``)."""
+"""Augmentation for overhead imagery: 90-degree rotations (flips and scale jitter use
+Detectron2's own ``RandomFlip`` and ``ResizeScale``) and radiometric jitter per band."""
 
 from __future__ import annotations
 
@@ -48,3 +48,70 @@ class RandomRot90(T.Augmentation):
             return NoOpTransform()
         h, w = image.shape[:2]
         return Rot90Transform(h, w, k)
+
+
+class BandPhotometricTransform(Transform):
+    """Radiometric change of an (H, W, C) image of non-negative values (DNs or reflectance).
+
+    Per band c, in this order: gamma ``x' = ref_c * (x / ref_c) ** gamma`` (``ref_c``: the
+    band's maximum in this image, so the curve bends the image's own range, dark values most);
+    contrast about the band's mean, ``m_c + (x - m_c) * contrast``; gain ``x * brightness *
+    band_gain[c]`` (one brightness for all bands, one gain per band: the sensor and the
+    atmosphere change bands differently). Values stay >= 0. Pixels equal to ``keep`` (a per-band
+    fill value, e.g. nodata already set to PIXEL_MEAN) are left untouched. Geometry is unchanged.
+    """
+
+    def __init__(self, brightness: float, contrast: float, gamma: float, band_gain,
+                 keep=None):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        x = np.asarray(img, dtype=np.float32)
+        out = np.maximum(x, 0.0)
+        if self.gamma != 1.0:
+            ref = np.maximum(out.reshape(-1, out.shape[2]).max(axis=0), 1e-6)  # (C,)
+            out = ref * (out / ref) ** self.gamma
+        if self.contrast != 1.0:
+            mean = out.reshape(-1, out.shape[2]).mean(axis=0)
+            out = mean + (out - mean) * self.contrast
+        gain = self.brightness * np.asarray(self.band_gain, dtype=np.float32)
+        out = np.maximum(out * gain, 0.0).astype(np.float32)
+        if self.keep is not None:
+            fill = np.all(x == np.asarray(self.keep, dtype=np.float32), axis=2)
+            out[fill] = x[fill]
+        return out
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> Transform:
+        return NoOpTransform()  # radiometry only; geometry is what inverses are used for
+
+
+class RandomBandPhotometric(T.Augmentation):
+    """Random :class:`BandPhotometricTransform`: brightness, contrast and gamma drawn uniformly
+    from their ranges (gamma log-uniformly), an independent gain per band from ``band_gain``.
+    Ranges of (1.0, 1.0) switch a part off. ``keep``: per-band fill value left untouched."""
+
+    def __init__(self, brightness=(1.0, 1.0), contrast=(1.0, 1.0), gamma=(1.0, 1.0),
+                 band_gain=(1.0, 1.0), keep=None):
+        super().__init__()
+        for name, (lo, hi) in (("BRIGHTNESS", brightness), ("CONTRAST", contrast),
+                               ("GAMMA", gamma), ("BAND_GAIN", band_gain)):
+            if not 0 < lo <= hi:
+                raise ValueError(f"INPUT.AUGMENT.{name}={(lo, hi)}: expected 0 < low <= high")
+        self._init(locals())
+
+    def get_transform(self, image):
+        def draw(lo, hi):
+            return float(np.random.uniform(lo, hi)) if hi > lo else float(lo)
+
+        lo, hi = self.gamma
+        gamma = float(np.exp(np.random.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
+        gains = [draw(*self.band_gain) for _ in range(image.shape[2])]
+        return BandPhotometricTransform(draw(*self.brightness), draw(*self.contrast), gamma,
+                                        gains, self.keep)
