@@ -223,21 +223,72 @@ def diagnose_table(results: Path) -> list[str]:
 
 
 def readme_table(results: Path) -> list[str]:
-    """The short table of README.md: per data setting and variant, mean city F1 over seeds and
-    the mean slice recalls (from every accuracy_<setting>.json report)."""
+    """The short table of README.md: per data setting and variant, mean city F1 and the slice
+    recalls over seeds, and the shape of the matched polygons (the in-setting reports
+    accuracy_default.json and accuracy_hard.json)."""
     rows = []
-    for path in sorted(results.glob("accuracy_*.json")):
+    for setting in ("default", "hard"):
+        path = results / f"accuracy_{setting}.json"
+        if not path.exists():
+            continue
         report = json.loads(path.read_text())
         for name, e in report["summary"].items():
-            rows.append([_setting(report) + _test_opts(report), name, _spread(e["mean_city_f1"]),
-                         _spread(e["best_threshold"], 2), _spread(e["ECE"]),
-                         *(f"{e['recall_' + s]['mean']:.3f}" if f"recall_{s}" in e else "n/a"
-                           for s in ("small", "concave", "dark")),
+            rows.append([_setting(report), name, _spread(e["mean_city_f1"]),
+                         *(f"{e['recall_' + s]['mean']:.3f} ± {e['recall_' + s]['std']:.3f}"
+                           if f"recall_{s}" in e else "n/a"
+                           for s in ("small", "concave", "dark", "other")),
                          *(f"{e['shape_' + k]['mean']:.{d}f}" if f"shape_{k}" in e else "n/a"
                            for k, d in (("ciou", 3), ("mta", 1)))])
-    return _table(["data", "variant", "mean city F1 at 0.5 (mean ± std over seeds)",
-                   "best threshold", "score ECE", "recall small", "recall concave",
-                   "recall dark", "C-IoU", "MTA deg"], rows)
+    return _table(["data", "variant", "mean city F1 at the threshold (mean ± std (min-max))",
+                   "recall small", "recall concave", "recall dark", "recall other", "C-IoU",
+                   "MTA deg"], rows)
+
+
+def diagnose_slices_table(report: dict) -> list[str]:
+    """bench/diagnose_slices.py: per variant, setting and slice, the fraction of truth buildings
+    that survive each stage (mean over seeds, with the seeds' range for the last two)."""
+    stages = [("rpn", "RPN box IoU >= 0.5"), ("rpn_07", "RPN box IoU >= 0.7"),
+              ("detected", "detected at score >= 0.05"), ("found", "found at the threshold"),
+              ("poor_mask", "best polygon IoU 0.3-0.5"),
+              ("median_best_score", "median score of its best detection")]
+    rows = []
+    for key, by_slice in report["summary"].items():
+        variant, setting = key.split("/")
+        for flag, e in by_slice.items():
+            n = next(iter(report["runs"][key].values()))["slices"][flag]["n"]
+            rows.append([setting, variant, f"{flag} ({n})",
+                         *(f"{e[k]['mean']:.3f}" if k in ("rpn", "rpn_07", "poor_mask",
+                                                         "median_best_score")
+                           else f"{e[k]['mean']:.3f} ({e[k]['min']:.2f}-{e[k]['max']:.2f})"
+                           for k, _ in stages)])
+    return _table(["data", "variant", "slice (truth buildings)", *(t for _, t in stages)], rows)
+
+
+def transfer_table(results: Path) -> list[str]:
+    """Per variant and slice: recall on the other setting's benchmark next to the recall on the
+    training setting's own (accuracy_<train>_on_<test>.json vs accuracy_<train>.json)."""
+    rows = []
+    for path in sorted(results.glob("accuracy_*_on_*.json")):
+        cross = json.loads(path.read_text())
+        home_path = results / f"accuracy_{cross['setting']}.json"
+        if not home_path.exists():
+            continue
+        home = json.loads(home_path.read_text())["summary"]
+        for name, e in cross["summary"].items():
+            if name not in home:
+                continue
+            cells = []
+            for s in ("small", "concave", "dark", "other"):
+                key = f"recall_{s}"
+                if key in e and key in home[name]:
+                    a, b = home[name][key]["mean"], e[key]["mean"]
+                    cells.append(f"{a:.3f} -> {b:.3f} ({b - a:+.3f})")
+                else:
+                    cells.append("n/a")
+            rows.append([_setting(cross), name, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
+                         f"{e['mean_city_f1']['mean']:.3f}", *cells])
+    return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",
+                   "recall small", "recall concave", "recall dark", "recall other"], rows)
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -247,6 +298,8 @@ def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
         return accuracy_tables
+    if report_name == "diagnose_slices":
+        return diagnose_slices_table
     if report_name.startswith("speed"):
         return speed_tables
     if report_name.startswith("polygonize_"):
@@ -269,6 +322,8 @@ def section_renderers(results: Path = RESULTS) -> dict:
         out["bench:diagnose"] = lambda: "\n".join(diagnose_table(results))
     if any(results.glob("accuracy_*.json")):
         out["bench:readme"] = lambda: "\n".join(readme_table(results))
+    if any(results.glob("accuracy_*_on_*.json")):
+        out["bench:transfer"] = lambda: "\n".join(transfer_table(results))
     return out
 
 

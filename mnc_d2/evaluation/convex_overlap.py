@@ -48,33 +48,24 @@ def convex_rings(coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.
     n = size - closed
     fits = (n >= 3) & (n <= max_vertices)
     idx, start, n = one_ring[fits], start[fits], n[fits]
-    if len(idx) == 0:
-        return convex, vertices, count, area
-    j = np.arange(max_vertices)
-    valid = j[None, :] < n[:, None]  # (M, V)
-    src = np.where(valid, start[:, None] + j[None, :], start[:, None])
-    v = np.where(valid[..., None], coords[src], 0.0)  # (M, V, 2)
-    nxt = (j[None, :] + 1) % n[:, None]
-    rows = np.arange(len(idx))[:, None]
-    e = v[rows, nxt] - v  # (M, V, 2) edge j: v[j] -> v[j + 1]
-    e_next = e[rows, nxt]
-    cross = e[..., 0] * e_next[..., 1] - e[..., 1] * e_next[..., 0]
-    dot = (e * e_next).sum(axis=-1)
-    left = np.where(valid, cross > 0, True).all(axis=1)
-    right = np.where(valid, cross < 0, True).all(axis=1)
-    turning = np.where(valid, np.arctan2(cross, dot), 0.0).sum(axis=1)
-    once = np.abs(np.abs(turning) - 2 * np.pi) < 1e-6
-    ok = (left | right) & once
-    shoelace = 0.5 * np.where(valid, v[..., 0] * v[rows, nxt][..., 1]
-                              - v[..., 1] * v[rows, nxt][..., 0], 0.0).sum(axis=1)
-    # Clockwise rings are reversed so that every ring runs counter-clockwise.
-    rev = np.where(right[:, None] & valid, n[:, None] - 1 - j[None, :], j[None, :])
-    v = v[rows, rev]
-    keep = idx[ok]
-    convex[keep] = True
-    vertices[keep] = v[ok]
-    count[keep] = n[ok]
-    area[keep] = np.abs(shoelace[ok])
+    for size in np.unique(n).tolist():  # rings of one vertex count at a time: plain rolls
+        sel = n == size
+        rows, first = idx[sel], start[sel]
+        v = coords[first[:, None] + np.arange(size)[None, :]]  # (M, size, 2)
+        e = np.roll(v, -1, axis=1) - v  # edge j: v[j] -> v[j + 1]
+        e_next = np.roll(e, -1, axis=1)
+        cross = e[..., 0] * e_next[..., 1] - e[..., 1] * e_next[..., 0]
+        left, right = (cross > 0).all(axis=1), (cross < 0).all(axis=1)
+        turning = np.arctan2(cross, (e * e_next).sum(axis=-1)).sum(axis=1)
+        ok = (left | right) & (np.abs(np.abs(turning) - 2 * np.pi) < 1e-6)
+        v_next = np.roll(v, -1, axis=1)
+        shoelace = 0.5 * (v[..., 0] * v_next[..., 1] - v[..., 1] * v_next[..., 0]).sum(axis=1)
+        v = np.where(right[:, None, None], v[:, ::-1], v)  # every ring counter-clockwise
+        keep = rows[ok]
+        convex[keep] = True
+        vertices[keep, :size] = v[ok]
+        count[keep] = size
+        area[keep] = np.abs(shoelace[ok])
     return convex, vertices, count, area
 
 
@@ -102,34 +93,35 @@ def overlap_areas(subject: np.ndarray, subject_n: np.ndarray, clip: np.ndarray,
     slots = np.arange(cap)
     failed = np.zeros(m, dtype=bool)  # more vertices than slots: cannot happen for convex input
     for k in range(k_max):
-        active = (k < clip_n) & (cnt > 0)
-        a = clip[:, k]
-        b = clip[rows, (k + 1) % np.maximum(clip_n, 1)]
-        ab = b - a
-        d = ab[:, None, 0] * (poly[..., 1] - a[:, None, 1]) - ab[:, None, 1] * (
-            poly[..., 0] - a[:, None, 0])  # (M, cap): >= 0 left of (on) the clip edge
-        valid = slots[None, :] < cnt[:, None]
-        nxt = (slots[None, :] + 1) % np.maximum(cnt, 1)[:, None]
-        poly_n, d_n = poly[rows[:, None], nxt], d[rows[:, None], nxt]
-        inside, inside_n = d >= 0, d_n >= 0
+        live = np.flatnonzero((k < clip_n) & (cnt > 0) & ~failed)  # rows cut by edge k
+        if len(live) == 0:
+            continue
+        sub, n = poly[live], cnt[live]
+        a = clip[live, k]
+        ab = clip[live, (k + 1) % clip_n[live]] - a
+        d = ab[:, None, 0] * (sub[..., 1] - a[:, None, 1]) - ab[:, None, 1] * (
+            sub[..., 0] - a[:, None, 0])  # (L, cap): >= 0 left of (on) the clip edge
+        valid = slots[None, :] < n[:, None]
+        nxt = (slots[None, :] + 1) % n[:, None]
+        lr = np.arange(len(live))[:, None]
+        d_n = d[lr, nxt]
+        inside = d >= 0
         keep_cur = valid & inside
-        cross = valid & (inside != inside_n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(cross, d / (d - d_n), 0.0)
-        meet = poly + t[..., None] * (poly_n - poly)
-        cand = np.stack([poly, meet], axis=2).reshape(m, 2 * cap, 2)
-        emit = np.stack([keep_cur, cross], axis=2).reshape(m, 2 * cap)
-        new_cnt = emit.sum(axis=1)
-        pos = np.cumsum(emit, axis=1) - 1
-        r, c = np.nonzero(emit & active[:, None])
-        new = poly.copy()
-        failed |= active & (new_cnt > cap)
-        moved = active & ~failed
-        new[moved] = 0.0
-        ok = moved[r]
-        new[r[ok], pos[r[ok], c[ok]]] = cand[r[ok], c[ok]]
-        poly = new
-        cnt = np.where(moved, new_cnt, cnt)
+        cross = valid & (inside != (d_n >= 0))
+        emitted = keep_cur.astype(np.int64) + cross
+        start = np.cumsum(emitted, axis=1) - emitted  # first output slot of vertex j
+        new_n = emitted.sum(axis=1)
+        over = new_n > cap
+        failed[live[over]] = True
+        out = np.zeros_like(sub)
+        r, c = np.nonzero(keep_cur & ~over[:, None])
+        out[r, start[r, c]] = sub[r, c]
+        r, c = np.nonzero(cross & ~over[:, None])
+        c_n = nxt[r, c]
+        t = d[r, c] / (d[r, c] - d_n[r, c])
+        out[r, start[r, c] + keep_cur[r, c]] = sub[r, c] + t[:, None] * (sub[r, c_n] - sub[r, c])
+        poly[live] = out
+        cnt[live] = np.where(over, cnt[live], new_n)
     valid = slots[None, :] < cnt[:, None]
     nxt = (slots[None, :] + 1) % np.maximum(cnt, 1)[:, None]
     p_n = poly[rows[:, None], nxt]
