@@ -278,22 +278,6 @@ def test_threaded_overlay_equals_one_call():
         assert np.array_equal(overlay_areas(op, a, b, min_chunk=100), shapely.area(op(a, b)))
 
 
-def test_reading_truth_in_a_second_thread_gives_the_same_tables(tmp_path):
-    from mnc_d2.evaluation.spacenet_metric import _read_both
-
-    truth_lines, prop_lines, _, _ = CASES["holes"]
-    truth, props = write_case(tmp_path, truth_lines * 50, prop_lines * 50)
-    threaded = _read_both([truth], props, min_bytes=0)
-    serial = _read_both([truth], props, min_bytes=1 << 40)
-    for a, b in zip(threaded, serial):
-        assert np.array_equal(a.coords, b.coords) and a.registered == b.registered
-        assert np.array_equal(a.ring_offsets, b.ring_offsets) and len(a) == len(b) == 100
-    bad = tmp_path / "bad.csv"
-    bad.write_text(TRUTH_HEADER + "\nAOI_1_A_img1,0\n")
-    with pytest.raises(SpaceNetCSVError, match="fewer than three"):
-        _read_both([bad], props, min_bytes=0)
-
-
 def test_nadir_segments_of_spacenet4_ids():
     from mnc_d2.evaluation.rules import nadir_bin
 
