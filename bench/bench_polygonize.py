@@ -19,6 +19,10 @@ Methods:
 * ``rectilinear_min2px`` / ``_min4px``: the same, edges shorter than 2 / 4 px merged into their
   neighbours (``regularize_rectilinear(min_edge=...)``); ``rectilinear_1.5px_min2px``: from the
   1.5 px simplification;
+* ``simplified_1.5px_aligned`` / ``rectilinear_1.5px_min2px_aligned``: those polygons with close
+  (10 px), nearly parallel (10 degrees) neighbours of an image made parallel
+  (``TEST.SPACENET.ALIGN_NEIGHBOURS``); each method also reports the mean orientation difference
+  of such neighbour pairs (``angle_spread_deg``; the truth's own is reported beside it);
 * ``buildingregulariser``: the traced outlines of an image through buildingregulariser 0.2.5
   (PyPI; edges aligned to the principal direction, 45 degrees allowed, its own simplification at
   1.5 px, no circles), one process. (At 0.5 px it leaves a mask's pixel staircase as it is: the
@@ -53,6 +57,7 @@ from detectron2.evaluation import DatasetEvaluator, inference_on_dataset  # noqa
 from mnc_d2.engine.setup import setup_cfg  # noqa: E402
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
 from mnc_d2.evaluation.spacenet_metric import score  # noqa: E402
+from mnc_d2.geometry.align import align_neighbours, neighbour_angle_spread  # noqa: E402
 from mnc_d2.geometry.polygons import mask_to_polygon  # noqa: E402
 from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
 
@@ -71,7 +76,12 @@ FROM_MASK = {
     "rectilinear_min4px": {"simplify_tolerance": 0.5, "regularize": True, "min_edge": 4.0},
     "rectilinear_1.5px_min2px": {"simplify_tolerance": 1.5, "regularize": True, "min_edge": 2.0},
 }
-METHODS = (*FROM_MASK, "buildingregulariser")
+# Neighbour alignment (mnc_d2.geometry.align, TEST.SPACENET.ALIGN_NEIGHBOURS 10 degrees,
+# ALIGN_NEIGHBOURS_GAP 10 px) of a method's polygons, per image; its time includes the method's.
+ALIGNED = {"simplified_1.5px_aligned": "simplified_1.5px",
+           "rectilinear_1.5px_min2px_aligned": "rectilinear_1.5px_min2px"}
+ALIGN_DEG, ALIGN_GAP = 10.0, 10.0
+METHODS = (*FROM_MASK, *ALIGNED, "buildingregulariser")
 
 
 def _library_regularize(polygons: list) -> list:
@@ -100,6 +110,7 @@ class _Polygonize(DatasetEvaluator):
         self.score_thresh = score_thresh
         self.rows = {m: [] for m in METHODS}  # (ImageId, BuildingId, Confidence, geometry)
         self.seconds = dict.fromkeys(METHODS, 0.0)
+        self.seconds_of_image: dict[str, float] = {}
         self.buildings = 0
 
     def reset(self):
@@ -108,7 +119,8 @@ class _Polygonize(DatasetEvaluator):
     def _timed(self, method: str, fn):
         start = time.perf_counter()
         out = fn()
-        self.seconds[method] += time.perf_counter() - start
+        self.seconds_of_image[method] = time.perf_counter() - start
+        self.seconds[method] += self.seconds_of_image[method]
         return out
 
     def process(self, inputs, outputs):
@@ -120,6 +132,13 @@ class _Polygonize(DatasetEvaluator):
             results = {method: self._timed(method, lambda kw=kw: [mask_to_polygon(m, **kw)
                                                                   for m in masks])
                        for method, kw in FROM_MASK.items()}
+            for method, base in ALIGNED.items():
+                start = time.perf_counter()
+                kept = [p for p in results[base] if p is not None]
+                aligned = iter(align_neighbours(kept, ALIGN_DEG, ALIGN_GAP))
+                results[method] = [next(aligned) if p is not None else None
+                                   for p in results[base]]
+                self.seconds[method] += self.seconds_of_image[base] + time.perf_counter() - start
             # The library starts from traced outlines: its time includes tracing them again.
             start = time.perf_counter()
             outlines = [mask_to_polygon(m) for m in masks]
@@ -156,8 +175,22 @@ def run_one(run: Path, test_root: Path, attrs: pd.DataFrame,
         out[method] = {"mean_city_f1": round(result.mean_city_f1, 4),
                        "ms_per_1000_buildings": round(
                            1e6 * collect.seconds[method] / max(collect.buildings, 1), 1),
-                       "shape": acc.shape_by_slice(result, truth, props, attrs)}
+                       "shape": acc.shape_by_slice(result, truth, props, attrs),
+                       "angle_spread_deg": angle_spread(props)}
+    out["truth_angle_spread_deg"] = angle_spread(truth)
     return out
+
+
+def angle_spread(frame: pd.DataFrame) -> float | None:
+    """Mean orientation difference (degrees) of close (ALIGN_GAP px), nearly parallel
+    (ALIGN_DEG) pairs of polygons of one image, over every such pair of every image."""
+    total, pairs = 0.0, 0
+    for _, group in frame.groupby("ImageId"):
+        polys = [g for g in group.geometry if g is not None and not g.is_empty]
+        spread, n = neighbour_angle_spread(polys, ALIGN_GAP, ALIGN_DEG)
+        if n:
+            total, pairs = total + spread * n, pairs + n
+    return round(total / pairs, 3) if pairs else None
 
 
 def _spread(values: list) -> dict | None:
@@ -176,6 +209,7 @@ def summarize(runs: list[dict]) -> dict:
                      [r[method]["ms_per_1000_buildings"] for r in runs])}
         for key in acc.SHAPE_KEYS:
             entry[f"shape_{key}"] = _spread([r[method]["shape"]["all"][key] for r in runs])
+        entry["angle_spread_deg"] = _spread([r[method].get("angle_spread_deg") for r in runs])
         for flag in ("concave", "small"):
             entry[f"shape_ciou_{flag}"] = _spread([r[method]["shape"][flag]["ciou"]
                                                    for r in runs])
@@ -203,6 +237,7 @@ def main() -> None:
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
                       "setting": args.setting, "methods": list(METHODS),
                       "score_thresh": args.score_thresh, "runs": runs,
+                      "truth_angle_spread_deg": runs[0]["truth_angle_spread_deg"] if runs else None,
                       "summary": summarize(runs)}, indent=2))
 
 

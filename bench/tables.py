@@ -190,12 +190,21 @@ def polygonize_table(report: dict) -> list[str]:
     def cell(e, key, digits=3):
         return _spread(e[key], digits) if e.get(key) else "n/a"
 
+    spread = any("angle_spread_deg" in e for e in report["summary"].values())
     rows = [[m, cell(e, "mean_city_f1"), cell(e, "shape_ciou"), cell(e, "shape_n_ratio", 2),
              cell(e, "shape_polis", 2), cell(e, "shape_mta", 1), cell(e, "shape_boundary_f"),
-             cell(e, "shape_ciou_concave"), cell(e, "ms_per_1000_buildings", 0)]
+             cell(e, "shape_ciou_concave"),
+             *([cell(e, "angle_spread_deg", 2)] if spread else []),
+             cell(e, "ms_per_1000_buildings", 0)]
             for m, e in report["summary"].items()]
+    if spread and report.get("truth_angle_spread_deg") is not None:
+        lines[0] += (" Neighbour angle spread: mean orientation difference of buildings at most "
+                     "10 px apart and at most 10 degrees from parallel (the truth's own: "
+                     f"{report['truth_angle_spread_deg']:.2f} degrees).")
     return lines + _table(["method", "mean city F1", "C-IoU", "N-ratio", "PoLiS m", "MTA deg",
-                           "boundary F (1 m)", "C-IoU concave", "ms per 1,000 buildings"], rows)
+                           "boundary F (1 m)", "C-IoU concave",
+                           *(["neighbour angle spread deg"] if spread else []),
+                           "ms per 1,000 buildings"], rows)
 
 
 def demo_table(report: dict) -> list[str]:

@@ -165,6 +165,12 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     # With REGULARIZE: edges shorter than this (pixels) merge into their neighbours (0 = off;
     # 2 measured best with the 1.5 px simplification).
     _C.TEST.SPACENET.REGULARIZE_MIN_EDGE = 2.0
+    # Make close, nearly parallel neighbours parallel (mnc_d2.geometry.align): buildings at most
+    # ALIGN_NEIGHBOURS_GAP pixels apart whose orientations differ by at most this many degrees
+    # turn onto their group's mean orientation (0 = off, the default; measured in BENCHMARKS.md
+    # section 10). Not in the original MNC (its polygons came from gdal.Polygonize).
+    _C.TEST.SPACENET.ALIGN_NEIGHBOURS = 0.0
+    _C.TEST.SPACENET.ALIGN_NEIGHBOURS_GAP = 10.0
     # Scoring rules: "spacenet" (the SpaceNet 2 leaderboard) or "solaris" (solaris 0.4.0).
     _C.TEST.SPACENET.RULES = "spacenet"
     # Groups whose F1s are averaged into the score: "city" (SpaceNet 2), "nadir" (SpaceNet 4's

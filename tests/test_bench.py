@@ -53,18 +53,18 @@ def test_seed_summary_and_tables_carry_the_report_numbers():
 def test_readme_table_lists_each_setting_and_variant(tmp_path):
     _report(tmp_path)
     lines = tables.readme_table(tmp_path)
-    assert ("| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.35 ± 0.00 (0.35-0.35) | "
-            "0.125 ± 0.000 (0.125-0.125) | 0.500 | 0.250 | 0.188 | 0.713 | 32.5 |") in lines
-    assert ("| hard | mask_rcnn | 0.500 (1 seed) | 0.35 (1 seed) | 0.125 (1 seed) | 0.500 | "
-            "0.250 | 0.000 | n/a | n/a |") in lines  # a run without shape metrics
+    assert ("| hard | mnc5 | 0.850 ± 0.071 (0.800-0.900) | 0.500 ± 0.000 | 0.250 ± 0.000 | "
+            "0.188 ± 0.088 | 0.900 ± 0.000 | 0.713 | 32.5 |") in lines
+    assert ("| hard | mask_rcnn | 0.500 (1 seed) | 0.500 ± 0.000 | 0.250 ± 0.000 | "
+            "0.000 ± 0.000 | 0.900 ± 0.000 | n/a | n/a |") in lines  # a run without shapes
 
 
 def test_reports_evaluated_with_inference_overrides_say_so(tmp_path):
     report = _report()
     report["test_opts"] = ["MODEL.MNC.NMS_AFTER_VOTING", "False"]
     (tmp_path / "accuracy_hard_nms-off.json").write_text(json.dumps(report))
-    assert any(line.startswith("| hard (inference: NMS_AFTER_VOTING False) | mnc5 |")
-               for line in tables.readme_table(tmp_path))
+    # README's short table holds the in-setting reports with the default inference only
+    assert len(tables.readme_table(tmp_path)) == 2
     assert "(inference: NMS_AFTER_VOTING False)" in tables.accuracy_tables(report)[0]
     renderers = tables.section_renderers(tmp_path)
     assert set(renderers) == {"bench:accuracy_hard_nms-off", "bench:readme"}
@@ -129,17 +129,46 @@ def test_polygonize_and_demo_tables_carry_the_report_numbers():
 
     shape = {"iou": 0.8, "ciou": 0.3, "n_ratio": 8.0, "polis": 1.2, "mta": 60.0,
              "boundary_f": 0.7, "vertex_error": 30.0}
-    method = {"mean_city_f1": 0.9, "ms_per_1000_buildings": 800.0,
+    method = {"mean_city_f1": 0.9, "ms_per_1000_buildings": 800.0, "angle_spread_deg": 2.5,
               "shape": {"all": shape, "small": shape, "dark": shape, "other": shape,
                         "concave": dict(shape, ciou=None)}}
     runs = [{m: method for m in bench_polygonize.METHODS} for _ in range(2)]
-    report = {"setting": "hard", "runs": runs, "summary": bench_polygonize.summarize(runs)}
+    report = {"setting": "hard", "runs": runs, "summary": bench_polygonize.summarize(runs),
+              "truth_angle_spread_deg": 1.25}
     lines = tables.table_maker("polygonize_hard")(report)
     assert ("| traced | 0.900 ± 0.000 (0.900-0.900) | 0.300 ± 0.000 (0.300-0.300) | "
             "8.00 ± 0.00 (8.00-8.00) | 1.20 ± 0.00 (1.20-1.20) | 60.0 ± 0.0 (60.0-60.0) | "
-            "0.700 ± 0.000 (0.700-0.700) | n/a | 800 ± 0 (800-800) |") in lines
+            "0.700 ± 0.000 (0.700-0.700) | n/a | 2.50 ± 0.00 (2.50-2.50) | 800 ± 0 (800-800) |"
+            ) in lines
+    assert "(the truth's own: 1.25 degrees)" in lines[0]
     demo = {"machine": "cpu", "isa": "native", "wall_min": 10.04, "train_s_per_iter_median": 0.48,
             "peak_rss_gb": 1.9, "score": 0.9612, "tp": 419, "fp": 6, "fn": 34,
             "best_threshold": 0.2, "best_threshold_score": 0.966, "ECE": 0.034}
     assert tables.table_maker("demo")(demo)[-1] == (
         "| cpu | native | 10.0 | 0.48 | 1.90 | 0.961 | 419 / 6 / 34 | 0.20 (0.966) | 0.034 |")
+
+
+def test_transfer_and_slice_diagnosis_tables(tmp_path):
+    from bench import diagnose_slices
+
+    home = _report(tmp_path)  # accuracy_hard.json
+    runs = {"mnc5": {"0": _run(0.6, 0.0, 12.3), "1": _run(0.7, 0.125, 10.0)}}
+    cross = dict(home, test_setting="default", runs=runs,
+                 summary=bench_accuracy.summarize(runs))
+    (tmp_path / "accuracy_hard_on_default.json").write_text(json.dumps(cross))
+    lines = tables.transfer_table(tmp_path)
+    # dark: 0.1875 at home, 0.0625 on the other benchmark; F1 0.85 -> 0.65
+    assert ("| hard -> default | mnc5 | 0.850 -> 0.650 | 0.500 -> 0.500 (+0.000) | "
+            "0.250 -> 0.250 (+0.000) | 0.188 -> 0.062 (-0.125) | 0.900 -> 0.900 (+0.000) |"
+            ) in lines
+    assert "bench:transfer" in tables.section_renderers(tmp_path)
+    assert tables.accuracy_tables(cross)[0].startswith("Trained on **hard**, scored on "
+                                                       "**default**")
+    slices = {f: {"n": 10, "rpn": 0.9, "rpn_07": 0.7, "detected": 0.8, "found": 0.6,
+                  "poor_mask": 0.1, "median_best_iou": 0.7, "median_best_score": 0.8}
+              for f in diagnose_slices.SLICES}
+    report = {"runs": {"mnc5/hard": {"0": {"slices": slices}, "1": {"slices": slices}}}}
+    report["summary"] = diagnose_slices.summarize(report["runs"])
+    lines = tables.table_maker("diagnose_slices")(report)
+    assert ("| hard | mnc5 | dark (10) | 0.900 | 0.700 | 0.800 (0.80-0.80) | 0.600 (0.60-0.60) | "
+            "0.100 | 0.800 |") in lines

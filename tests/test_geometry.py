@@ -120,3 +120,53 @@ def test_min_edge_merges_a_notch_and_staircase_away():
     merged = regularize_rectilinear(notched, min_edge=3.0)
     assert len(merged.exterior.coords) - 1 == 4 < len(plain.exterior.coords) - 1
     assert merged.symmetric_difference(notched).area < 0.1 * notched.area
+
+
+def test_align_neighbours_makes_close_near_parallel_buildings_parallel():
+    from shapely import affinity
+    from shapely.geometry import box
+
+    from mnc_d2.geometry.align import align_neighbours, neighbour_angle_spread
+    from mnc_d2.geometry.polygons import dominant_orientation
+
+    a = box(0, 0, 20, 10)  # 0 degrees
+    b = affinity.rotate(box(25, 0, 45, 10), 6, origin="centroid")  # 5 px away, 6 degrees
+    c = affinity.rotate(box(0, 15, 20, 25), 30, origin="centroid")  # close but 30 degrees off
+    d = affinity.rotate(box(200, 200, 220, 210), 4, origin="centroid")  # near parallel, far
+    polys = [a, b, c, d]
+    spread, pairs = neighbour_angle_spread(polys, max_gap=10, max_angle_deg=10)
+    assert pairs == 1 and spread == pytest.approx(6, abs=1e-6)
+    out = align_neighbours(polys, max_angle_deg=10, max_gap=10)
+    # a and b (equal areas) meet at 3 degrees; c and d are left exactly as they were
+    assert math.degrees(dominant_orientation(out[0])) == pytest.approx(3, abs=1e-6)
+    assert math.degrees(dominant_orientation(out[1])) == pytest.approx(3, abs=1e-6)
+    assert out[2].equals_exact(c, 0) and out[3].equals_exact(d, 0)
+    assert [p.area for p in out] == pytest.approx([p.area for p in polys])
+    assert neighbour_angle_spread(out, 10, 10)[0] == pytest.approx(0, abs=1e-6)
+    assert align_neighbours(polys, max_angle_deg=0) == polys
+    assert align_neighbours([a]) == [a] and align_neighbours([]) == []
+
+
+def test_instances_to_polygons_aligns_kept_neighbours_only():
+    import rasterio.features
+    import torch
+    from detectron2.structures import Instances
+    from shapely import affinity
+
+    from mnc_d2.geometry.align import neighbour_angle_spread
+    from mnc_d2.modeling.postprocess import instances_to_polygons
+
+    shapes = [affinity.rotate(box(10, 10, 50, 30), 3, origin="centroid"),
+              affinity.rotate(box(55, 10, 95, 30), -4, origin="centroid"),
+              affinity.rotate(box(10, 36, 50, 56), 5, origin="centroid")]
+    masks = np.stack([rasterio.features.rasterize([s], out_shape=(80, 100)) for s in shapes])
+    inst = Instances((80, 100), pred_masks=torch.as_tensor(masks.astype(bool)),
+                     scores=torch.tensor([0.9, 0.8, 0.3]))
+    plain = instances_to_polygons(inst, score_thresh=0.2)
+    aligned = instances_to_polygons(inst, score_thresh=0.2, align_deg=10, align_gap=10,
+                                    align_min_score=0.5)
+    before = neighbour_angle_spread([p for p, _ in plain[:2]], 10, 10)[0]
+    after = neighbour_angle_spread([p for p, _ in aligned[:2]], 10, 10)[0]
+    assert before > 4 and after < 1e-6
+    assert aligned[2][0].equals_exact(plain[2][0], 0)  # under align_min_score: untouched
+    assert [s for _, s in aligned] == [s for _, s in plain]

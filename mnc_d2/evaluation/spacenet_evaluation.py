@@ -115,8 +115,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name: str, *, output_dir: str | None = None,
                  score_thresh: float = 0.5, sweep_thresholds: tuple[float, ...] = (),
                  simplify_tolerance: float = 1.5, regularize: bool = False,
-                 regularize_min_edge: float = 0.0,
-                 rules: str = "spacenet", group_by: str = "auto",
+                 regularize_min_edge: float = 0.0, align_neighbours: float = 0.0,
+                 align_gap: float = 10.0, rules: str = "spacenet", group_by: str = "auto",
                  threshold_file: str | None = None,
                  distributed: bool = True):
         self._dataset_name = dataset_name
@@ -127,6 +127,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._simplify = simplify_tolerance
         self._regularize = regularize
         self._min_edge = regularize_min_edge
+        self._align = (align_neighbours, align_gap)
         self._rules = rules
         self._group_by = group_by
         self._threshold_file = Path(threshold_file) if threshold_file else None
@@ -142,6 +143,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
                 "score_thresh": sn.SCORE_THRESH, "sweep_thresholds": tuple(sn.SWEEP_THRESHOLDS),
                 "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                 "regularize_min_edge": sn.REGULARIZE_MIN_EDGE,
+                "align_neighbours": sn.ALIGN_NEIGHBOURS, "align_gap": sn.ALIGN_NEIGHBOURS_GAP,
                 "rules": sn.RULES, "group_by": sn.GROUP_BY,
                 "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
                 if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None}
@@ -159,8 +161,10 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def instances_to_polygons(self, instances) -> list[tuple[Polygon, float]]:
         """``Instances`` with ``pred_masks`` (R, H, W) and ``scores`` (R,) -> [(Polygon, score)]
         for every instance at or above the lowest threshold evaluated."""
+        # neighbours are aligned among the detections the headline threshold keeps
         return instances_to_polygons(instances, self._floor, self._simplify, self._regularize,
-                                     self._min_edge)
+                                     self._min_edge, *self._align,
+                                     align_min_score=self._score_thresh)
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):

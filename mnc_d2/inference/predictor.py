@@ -94,7 +94,8 @@ class ScenePredictor:
         sn = cfg.TEST.SPACENET
         self.post = {"score_thresh": resolve_score_threshold(cfg, score_thresh),
                      "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
-                     "min_edge": sn.REGULARIZE_MIN_EDGE}
+                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
+                     "align_gap": sn.ALIGN_NEIGHBOURS_GAP}
 
     def _read(self, src, window) -> np.ndarray:
         return read_bands(src, self.bands, self.fill, window)

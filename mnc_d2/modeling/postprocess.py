@@ -7,15 +7,21 @@ import numpy as np
 import torch
 from shapely.geometry import Polygon
 
+from ..geometry.align import align_neighbours
 from ..geometry.polygons import mask_to_polygon
 
 
 def instances_to_polygons(instances, score_thresh: float = 0.5,
                           simplify_tolerance: float = 1.5, regularize: bool = False,
-                          min_edge: float = 0.0) -> list[tuple[Polygon, float]]:
+                          min_edge: float = 0.0, align_deg: float = 0.0, align_gap: float = 10.0,
+                          align_min_score: float | None = None) -> list[tuple[Polygon, float]]:
     """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
     0.5; ``scores`` (R,)) -> one pixel polygon per instance scoring at least ``score_thresh``
-    (its largest part), with the score."""
+    (its largest part), with the score.
+
+    ``align_deg`` > 0: close (``align_gap`` px), nearly parallel neighbours among the polygons
+    scoring at least ``align_min_score`` (default ``score_thresh``) are made parallel
+    (:func:`mnc_d2.geometry.align.align_neighbours`); the others are returned as traced."""
     if len(instances) == 0:
         return []
     if not instances.has("pred_masks"):
@@ -30,4 +36,10 @@ def instances_to_polygons(instances, score_thresh: float = 0.5,
                                regularize=regularize, min_edge=min_edge)
         if poly is not None:
             out.append((poly, float(scores[i])))
+    if align_deg > 0:
+        floor = score_thresh if align_min_score is None else align_min_score
+        kept = [k for k, (_, score) in enumerate(out) if score >= floor]
+        aligned = align_neighbours([out[k][0] for k in kept], align_deg, align_gap)
+        for k, poly in zip(kept, aligned):
+            out[k] = (poly, out[k][1])
     return out
