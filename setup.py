@@ -34,6 +34,7 @@ setup(
         "tabulate>=0.9",
         "pyarrow>=14",
         "ray[data]>=2.9",
+        "pystac>=1.10",
     ],
     extras_require={"test": ["pytest>=7"]},
     classifiers=[

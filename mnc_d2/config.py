@@ -17,6 +17,13 @@ def _add_input_keys(cfg: CN) -> None:
     # For a 3-band checkpoint loaded into an N-band model: the 1-based file band each checkpoint
     # channel was trained on, in channel order ([] = the first three INPUT.BANDS).
     _C.INPUT.CHECKPOINT_BANDS = []
+    # Names of the INPUT.BANDS, in the same order (e.g. ["red", "green", "blue"]): a scene that
+    # names its bands (STAC eo:bands, GeoTIFF band descriptions) is read by these names whatever
+    # its band order; [] = by index only.
+    _C.INPUT.BAND_NAMES = []
+    # Metres per pixel of the training imagery: a scene with other pixels is resampled to it on
+    # read by tools/predict.py (a model trained at 0.3 m fails at 0.5 m); 0 = not recorded.
+    _C.INPUT.GSD = 0.0
     # Per-band normalisation statistics: "" uses MODEL.PIXEL_MEAN/STD as written; "auto" computes
     # them from the training split and writes OUTPUT_DIR/band_stats.json; a path loads that JSON.
     _C.INPUT.BAND_STATS = ""

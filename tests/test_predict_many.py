@@ -15,6 +15,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import rasterio.shutil
+import rasterio.transform
+import rasterio.windows
 import shapely
 import torch
 from rasterio.warp import transform_bounds
@@ -109,8 +112,15 @@ def test_local_run_isolates_bad_scenes_writes_geoparquet_and_resumes(tmp_path, t
     for name in ("good0", "good1"):
         frame = gpd.read_parquet(out / "buildings" / f"{name}.parquet")
         assert frame.crs.to_epsg() == 4326
-        assert list(frame.columns) == ["scene", "building_id", "score", "area_m2", "geometry"]
-        geo = json.loads(pq.read_schema(out / "buildings" / f"{name}.parquet").metadata[b"geo"])
+        assert list(frame.columns) == ["scene", "building_id", "score", "area_m2", "datetime",
+                                       "view_angle", "geometry"]
+        assert str(frame.datetime.dtype) == "datetime64[us, UTC]"
+        assert frame.datetime.isna().all() and frame.view_angle.isna().all()  # not known here
+        schema = pq.read_schema(out / "buildings" / f"{name}.parquet")
+        geo = json.loads(schema.metadata[b"geo"])
+        made_by = json.loads(schema.metadata[b"mnc_d2"])
+        assert made_by["weights_sha256"] == json.loads((out / "run.json").read_text())[
+            "weights_sha256"] and made_by["score_thresh"] == 0.0 and made_by["mnc_d2_version"]
         assert geo["version"] == "1.1.0" and "covering" in geo["columns"]["geometry"]
         with rasterio.open(scenes[name]) as src:
             footprint = shapely.box(*transform_bounds(src.crs, "EPSG:4326", *src.bounds))
@@ -192,11 +202,14 @@ def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
 
     scene_a = [b(10, 10, 20, 20), b(70, 20, 100, 40), b(85, 60, 95, 70)]
     scene_b = [b(80, 20, 120, 40), b(85, 60, 95, 70), b(150, 50, 160, 60)]
+    from mnc_d2.inference.sources import SceneInfo
+
     folder = tmp_path / "pred"
+    run = {"weights_sha256": "abc", "score_thresh": 0.5}
     write_buildings_parquet(folder / "buildings" / "A.parquet", "A", scene_a, [0.9, 0.8, 0.6],
-                            crs)
+                            crs, SceneInfo(datetime="2017-05-01T10:00:00Z", view_angle=12.5), run)
     write_buildings_parquet(folder / "buildings" / "B.parquet", "B", scene_b, [0.7, 0.95, 0.5],
-                            crs)
+                            crs, SceneInfo(datetime="2018-06-02T11:30:00Z"), run)
     write_buildings_parquet(folder / "buildings" / "C.parquet", "C", [], [], crs)  # no buildings
     stats = merge_footprints(folder, tmp_path / "city.parquet")
     city = gpd.read_parquet(tmp_path / "city.parquet")
@@ -206,8 +219,13 @@ def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     areas = sorted(np.round(metric.area.to_numpy()).tolist())
     assert areas == [100.0, 100.0, 100.0, 1000.0]  # cut building 70..120 x 20..40 reassembled
     assert np.allclose(np.sort(city.area_m2.to_numpy()), [100, 100, 100, 1000], rtol=1e-3)
-    merged = city[city.scenes == "A,B"]
-    assert len(merged) == 2 and sorted(merged.score.tolist()) == [0.8, 0.95]  # the higher
+    merged = city[city.scenes == "A,B"].sort_values("score")
+    assert len(merged) == 2 and merged.score.tolist() == [0.8, 0.95]  # the higher
+    # provenance: the best-scoring part's date and view angle (NaN: B's item gave none)
+    assert [t.isoformat() for t in merged.datetime] == ["2017-05-01T10:00:00+00:00",
+                                                        "2018-06-02T11:30:00+00:00"]
+    assert merged.view_angle.iloc[0] == 12.5 and np.isnan(merged.view_angle.iloc[1])
+    assert json.loads(pq.read_schema(tmp_path / "city.parquet").metadata[b"mnc_d2"]) == run
 
 
 def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
@@ -241,3 +259,279 @@ def test_merge_footprints_along_a_row_of_three_scenes(tmp_path):
     widths = sorted(np.round(city.bounds.maxx - city.bounds.minx).astype(int).tolist())
     assert widths == [10, 10, 50, 80]  # 70..120 and 150..230 reassembled, the ends untouched
     assert stats["merged_groups"] == 2 and stats["written"] == 4
+
+
+# --- remote inputs: COGs over HTTP, STAC, VRT mosaics, other pixel sizes -----------------------
+
+class _RangeServer:
+    """A local HTTP server for a folder: Range requests, bytes sent counted per file, chosen
+    files answering 500, the query string (a token) ignored for the lookup but recorded."""
+
+    def __init__(self, root: Path):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path, _, query = self.path.partition("?")
+                server.queries.append(query)
+                name = path.lstrip("/")
+                if name in server.failing:
+                    self.send_error(500)
+                    return
+                file = server.root / name
+                if not file.is_file():
+                    self.send_error(404)
+                    return
+                data = file.read_bytes()
+                spec = self.headers.get("Range")
+                if spec:
+                    lo, _, hi = spec.removeprefix("bytes=").partition("-")
+                    lo, hi = int(lo), min(int(hi) if hi else len(data) - 1, len(data) - 1)
+                    body = data[lo:hi + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
+                else:
+                    body = data
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                try:  # count what went out, 64 KB at a time (GDAL hangs up once it has enough)
+                    for start in range(0, len(body), 1 << 16):
+                        chunk = body[start:start + (1 << 16)]
+                        self.wfile.write(chunk)
+                        server.sent[name] = server.sent.get(name, 0) + len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+
+        self.root, self.sent, self.failing, self.queries = root, {}, set(), []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def served(tmp_path):
+    server = _RangeServer(tmp_path)
+    yield server
+    server.close()
+
+
+def _cog(src_path: Path, dest: Path, band_order=(1, 2, 3), descriptions=None, tags=None):
+    """A COG copy of ``src_path`` with its bands in ``band_order``."""
+    with rasterio.open(src_path) as src:
+        profile = dict(src.profile, driver="GTiff")
+        data = src.read(list(band_order))
+    tmp = dest.with_suffix(".plain.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        for k, name in enumerate(descriptions or [], start=1):
+            dst.set_band_description(k, name)
+        if tags:
+            dst.update_tags(**tags)
+    rasterio.shutil.copy(tmp, dest, driver="COG", BLOCKSIZE="256", COMPRESS="DEFLATE")
+    tmp.unlink()
+    return dest
+
+
+def test_a_small_window_of_a_remote_cog_fetches_a_fraction_of_it(served):
+    from mnc_d2.data.bands import read_bands
+    from mnc_d2.inference.engines import remote_env
+
+    big = served.root / "big.tif"
+    rng = np.random.default_rng(0)
+    with rasterio.open(big.with_suffix(".plain.tif"), "w", driver="GTiff", height=4096,
+                       width=4096, count=3, dtype="uint16", crs="EPSG:32611",
+                       transform=rasterio.transform.from_origin(500000, 4000000, 0.3, 0.3),
+                       tiled=True) as dst:
+        dst.write(rng.integers(0, 2000, (3, 4096, 4096), dtype=np.uint16))
+    rasterio.shutil.copy(big.with_suffix(".plain.tif"), big, driver="COG", BLOCKSIZE="256",
+                         COMPRESS="DEFLATE")
+    with remote_env(), rasterio.open(f"{served.url}/big.tif?token=SECRET") as src:
+        window = rasterio.windows.Window(1000, 1000, 300, 300)
+        image = read_bands(src, [1, 2, 3], None, window)
+    with rasterio.open(big) as local:
+        assert np.array_equal(image, read_bands(local, [1, 2, 3], None, window))
+    fraction = served.sent["big.tif"] / big.stat().st_size
+    assert fraction < 0.05, f"{fraction:.1%} of the COG fetched for a 300 x 300 window"
+
+
+def test_stac_item_collection_of_remote_cogs_gives_the_local_buildings(
+        tmp_path, served, trained, scenes, caplog):
+    """Two remote COGs found through a saved STAC search, bands stored in another order than the
+    model's and named in eo:bands; a token in the URLs. The buildings equal those of the local
+    files, each row carries its imagery date, and the token appears nowhere."""
+    names = ["red", "green", "blue"]
+    items = []
+    for k, order in enumerate([(3, 2, 1), (2, 1, 3)]):
+        file = f"cog{k}.tif"
+        _cog(scenes[f"good{k}"], served.root / file, order)
+        bands = [{"name": f"b{i}", "common_name": names[i - 1]} for i in order]
+        items.append({
+            "type": "Feature", "stac_version": "1.0.0", "id": f"scene-{k}",
+            "geometry": None, "bbox": None,
+            "properties": {"datetime": f"2019-0{k + 1}-15T10:30:00Z", "view:off_nadir": 20.0 + k,
+                           "gsd": 0.3},
+            "links": [],
+            "assets": {"visual": {"href": f"{served.url}/{file}?token=SECRET",
+                                  "type": "image/tiff; application=geotiff; "
+                                          "profile=cloud-optimized",
+                                  "roles": ["data"], "eo:bands": bands},
+                       "thumbnail": {"href": f"{served.url}/thumb.png", "type": "image/png",
+                                     "roles": ["thumbnail"]}}})
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    named = ["INPUT.BAND_NAMES", "['red','green','blue']"]
+
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    assert predict_main(_args(trained, [str(search)], remote, "--score-thresh", "0.0")
+                        + named) == 0
+    assert predict_main(_args(trained, [str(scenes["good0"]), str(scenes["good1"])], local,
+                              "--score-thresh", "0.0") + named) == 0
+    total = 0
+    for k in range(2):
+        a = gpd.read_parquet(remote / "buildings" / f"scene-{k}.parquet")
+        b = gpd.read_parquet(local / "buildings" / f"good{k}.parquet")
+        assert len(a) == len(b) and np.allclose(a.score, b.score)
+        assert all(x.equals_exact(y, 1e-9) for x, y in zip(a.geometry, b.geometry))
+        assert (a.datetime == pd.Timestamp(f"2019-0{k + 1}-15T10:30:00Z")).all()
+        assert (a.view_angle == 20.0 + k).all() and b.datetime.isna().all()
+        total += len(a)
+    assert total > 0
+    manifest = pd.read_parquet(remote / "manifest.parquet")
+    assert manifest.status.tolist() == ["ok", "ok"] and (manifest.scene_gsd_m == 0.3).all()
+    assert manifest.path.str.startswith(served.url).all()
+    assert served.queries.count("token=SECRET") >= 2  # the token did reach the server
+
+    # The Ray engine, given the same STAC input, writes the same rows (provenance included).
+    ray = pytest.importorskip("ray")
+    on_ray = tmp_path / "on_ray"
+    threads = torch.get_num_threads()
+    try:
+        code = predict_main(_args(trained, [str(search)], on_ray, "--score-thresh", "0.0",
+                                  "--engine", "ray", "--workers", "1", "--torch-threads",
+                                  str(threads)) + named)
+    finally:
+        ray.shutdown()
+        torch.set_num_threads(threads)
+    assert code == 0
+    for k in range(2):
+        a = gpd.read_parquet(remote / "buildings" / f"scene-{k}.parquet")
+        b = gpd.read_parquet(on_ray / "buildings" / f"scene-{k}.parquet")
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"),
+                                      check_exact=False, rtol=1e-5)
+    written = [p.read_bytes() for p in [*remote.rglob("*"), *on_ray.rglob("*")] if p.is_file()]
+    assert not any(b"SECRET" in data for data in written)
+    assert "SECRET" not in caplog.text
+
+    # A server error on one scene: a failed row naming the URL (not the token), the other
+    # scene done; the same command after the server recovers does the failed scene only.
+    # (Copies under new names: GDAL caches what this process already read of cog0/cog1.)
+    for k in range(2):
+        (served.root / f"copy{k}.tif").write_bytes((served.root / f"cog{k}.tif").read_bytes())
+        items[k]["assets"]["visual"]["href"] = f"{served.url}/copy{k}.tif?token=SECRET"
+    search.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    retry = tmp_path / "retry"
+    served.failing.add("copy1.tif")
+    assert predict_main(_args(trained, [str(search)], retry, "--score-thresh", "0.0")
+                        + named) == 1
+    first = pd.read_parquet(retry / "manifest.parquet").set_index("scene")
+    assert first.loc["scene-0", "status"] == "ok" and first.loc["scene-1", "status"] == "failed"
+    assert f"{served.url}/copy1.tif?***" in first.loc["scene-1", "error"]
+    assert "after 3 tries" in first.loc["scene-1", "error"]
+    assert "SECRET" not in first.loc["scene-1", "error"] + caplog.text
+    served.failing.clear()
+    assert predict_main(_args(trained, [str(search)], retry, "--score-thresh", "0.0")
+                        + named) == 0
+    second = pd.read_parquet(retry / "manifest.parquet").iloc[2:].set_index("scene")
+    assert second.status.to_dict() == {"scene-0": "skipped", "scene-1": "ok"}
+    # A band the scene does not have: one clear error naming it and the file.
+    missing = predict_main(_args(trained, [str(search)], tmp_path / "nir", "--score-thresh",
+                                 "0.0", "INPUT.BAND_NAMES", "['red','green','nir']"))
+    assert missing == 1
+    errors = pd.read_parquet(tmp_path / "nir" / "manifest.parquet").error
+    assert errors.str.contains("has no band named 'nir'").all()
+
+
+def test_static_stac_catalog_on_disk_and_over_http(tmp_path, served, trained, scenes):
+    import shutil
+
+    catalog = served.root / "catalog"
+    (catalog / "items" / "a").mkdir(parents=True)
+    shutil.copy(scenes["good0"], catalog / "items" / "a" / "a.tif")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "a", "geometry": None,
+            "bbox": None, "properties": {"datetime": "2020-03-04T05:06:07Z"},
+            "links": [{"rel": "root", "href": "../../catalog.json"},
+                      {"rel": "parent", "href": "../../catalog.json"}],
+            "assets": {"image": {"href": "./a.tif", "type": "image/tiff"}}}
+    (catalog / "items" / "a" / "a.json").write_text(json.dumps(item))
+    (catalog / "catalog.json").write_text(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "city", "description": "test",
+        "links": [{"rel": "root", "href": "./catalog.json"},
+                  {"rel": "item", "href": "./items/a/a.json"}]}))
+    for source, out in ((str(catalog / "catalog.json"), tmp_path / "disk"),
+                        (f"{served.url}/catalog/catalog.json", tmp_path / "http")):
+        assert predict_main(_args(trained, [source], out, "--score-thresh", "0.0")) == 0
+        frame = gpd.read_parquet(out / "buildings" / "a.parquet")
+        assert (frame.datetime == pd.Timestamp("2020-03-04T05:06:07Z")).all()
+    assert served.sent.get("catalog/items/a/a.tif", 0) > 0  # the http run read it remotely
+    assert predict_main(_args(trained, [str(catalog / "catalog.json")], tmp_path / "x",
+                              "--stac-asset", "nope")) == 2  # unknown asset: usage error
+
+
+def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
+    """A VRT of four tiles with one missing: no building in the gap. A scene stored at 0.5 m
+    given to a model recorded at 0.3 m is resampled to 0.3 m before prediction."""
+    with rasterio.open(scenes["good0"]) as src:
+        data, transform, crs = src.read(), src.transform, src.crs
+    half = 80
+    sources = []
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0)]):  # (1, 1) missing
+        path = tmp_path / f"q{k}.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=half, width=half, count=3,
+                           dtype="uint16", crs=crs,
+                           transform=transform @ rasterio.Affine.translation(c * half,
+                                                                             r * half)) as d:
+            d.write(data[:, r * half:(r + 1) * half, c * half:(c + 1) * half])
+        sources.append((path, r, c))
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{b}"><NoDataValue>0</NoDataValue>' + "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">{p.name}</SourceFilename>"
+            f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{half}\" "
+            f"ySize=\"{half}\"/><DstRect xOff=\"{c * half}\" yOff=\"{r * half}\" "
+            f"xSize=\"{half}\" ySize=\"{half}\"/></SimpleSource>" for p, r, c in sources)
+        + "</VRTRasterBand>" for b in (1, 2, 3))
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="160" rasterYSize="160"><SRS>{crs.to_wkt()}</SRS>'
+                   f"<GeoTransform>{', '.join(map(str, transform.to_gdal()))}</GeoTransform>"
+                   f"{bands}</VRTDataset>")
+    out = tmp_path / "vrt"
+    assert predict_main(_args(trained, [str(vrt)], out, "--score-thresh", "0.0")) == 0
+    frame = gpd.read_parquet(out / "buildings" / "mosaic.parquet")
+    assert len(frame) > 0
+    gap = shapely.box(*(transform @ (half, 2 * half)), *(transform @ (2 * half, half)))
+    assert not shapely.within(frame.geometry.representative_point(), gap).any()
+
+    # the same scene at 0.5 m pixels (96 x 96) and a model that records 0.3 m
+    coarse = tmp_path / "coarse.tif"
+    with rasterio.open(scenes["good0"]) as src:
+        small = src.read(out_shape=(3, 96, 96))
+    with rasterio.open(coarse, "w", driver="GTiff", height=96, width=96, count=3,
+                       dtype="uint16", crs=crs,
+                       transform=transform @ rasterio.Affine.scale(160 / 96)) as d:
+        d.write(small)
+    out = tmp_path / "gsd"
+    assert predict_main(_args(trained, [str(coarse)], out, "--score-thresh", "0.0",
+                              "INPUT.GSD", "0.3")) == 0
+    row = pd.read_parquet(out / "manifest.parquet").iloc[0]
+    assert row.model_gsd_m == 0.3 and abs(row.scene_gsd_m - 0.5) < 0.01
+    assert json.loads((out / "run.json").read_text())["model_gsd_m"] == 0.3

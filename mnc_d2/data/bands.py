@@ -9,6 +9,8 @@ of the training files and records it in the run's config.yaml).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
@@ -25,7 +27,7 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
     dataset), optionally one ``window``; pixels equal to the file's nodata get ``fill``
     (one value per band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0).
     """
-    if isinstance(source, rasterio.io.DatasetReader):
+    if not isinstance(source, (str, Path)):  # an open dataset (a file, a WarpedVRT, ...)
         return _read(source, bands, fill, window)
     try:
         with rasterio.open(source) as src:

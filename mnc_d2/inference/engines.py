@@ -15,6 +15,8 @@ rewrites the same files and no row is duplicated.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -27,6 +29,7 @@ from ..data.bands import check_band_count
 from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
+from .sources import SceneInfo, is_remote, redact
 
 logger = logging.getLogger(__name__)
 
@@ -35,49 +38,100 @@ logger = logging.getLogger(__name__)
 FAULT_ENV = "MNC_D2_FAULT_DIE_ONCE"
 
 
-def _check_scene(path: Path, bands: list[int]) -> None:
+# A remote scene is tried this many times, waiting 1, 2, 4 ... s between tries (GDAL retries
+# single HTTP requests on its own: GDAL_HTTP_MAX_RETRY / GDAL_HTTP_RETRY_DELAY below).
+REMOTE_ATTEMPTS = 3
+# GDAL options for remote reads, used unless the environment sets them: no directory listing
+# on open (one request fewer per file), bounded retries with back-off for each request.
+REMOTE_GDAL_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "2",
+                        "GDAL_HTTP_RETRY_DELAY": "0.5", "GDAL_HTTP_TIMEOUT": "60",
+                        "CPL_VSIL_CURL_USE_HEAD": "NO"}
+
+
+def remote_env(uncached: str | None = None) -> rasterio.Env:
+    """GDAL options for remote reads; ``uncached``: a URL GDAL must fetch afresh (a retry: GDAL
+    remembers a failed URL for the life of the process otherwise)."""
+    options = {k: v for k, v in REMOTE_GDAL_DEFAULTS.items() if k not in os.environ}
+    if uncached:
+        options["CPL_VSIL_CURL_NON_CACHED"] = gdal_vsi_prefix(uncached)
+    return rasterio.Env(**options)
+
+
+def gdal_vsi_prefix(url: str) -> str:
+    """GDAL's virtual file name of ``url`` without its query (what its caches are keyed by)."""
+    bare = url.split("?", 1)[0]
+    for scheme, vsi in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if bare.startswith(scheme):
+            return vsi + bare[len(scheme):]
+    return bare if bare.startswith("/vsi") else "/vsicurl/" + bare
+
+
+def _check_scene(path: str, bands: list[int]) -> None:
     """Fail early, naming the file, for inputs that cannot give georeferenced buildings."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+    shown = redact(path)
+    if not is_remote(path) and not Path(path).exists():
+        raise FileNotFoundError(f"{shown} does not exist")
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
-                raise ValueError(f"{path} has no CRS, so its buildings cannot be placed on a map; "
-                                 "georeference it (e.g. gdal_edit.py -a_srs EPSG:32611 ...)")
+                raise ValueError(f"{shown} has no CRS, so its buildings cannot be placed on a "
+                                 "map; georeference it (e.g. gdal_edit.py -a_srs EPSG:32611 ...)")
             check_band_count(src, bands)
     except rasterio.errors.RasterioIOError as exc:
-        raise ValueError(f"{path} is not a readable GeoTIFF ({exc})") from None
+        if is_remote(path):  # the network's failure, perhaps passing: tried again
+            raise OSError(f"{shown} could not be read ({redact(str(exc))})") from None
+        raise ValueError(f"{shown} is not a readable GeoTIFF ({exc})") from None
 
 
 def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[str],
-                  run_started: str, rgb_bands: list[int] | None = None) -> SceneRow:
-    """Predict one scene and write its outputs (GeoParquet last: it marks the scene done)."""
+                  run_started: str, rgb_bands: list[int] | None = None,
+                  provenance: dict | None = None) -> SceneRow:
+    """Predict one scene and write its outputs (GeoParquet last: it marks the scene done).
+
+    A remote scene that fails is tried again (``REMOTE_ATTEMPTS``, with back-off) before it
+    gets its ``failed`` row; the row and the logs show the URL without its query string."""
     start = time.perf_counter()
-    path = Path(scene.path)
     out_dir = Path(out_dir)
-    try:
-        _check_scene(path, predictor.bands)
-        pred = predictor.predict(path, progress=False)
-        extra = {fmt: out_dir / fmt / f"{scene.name}.{fmt}" for fmt in formats if fmt != "parquet"}
-        geo = write_scene_formats(pred, extra, {"scene": scene.name}, rgb_bands)
-        count = write_buildings_parquet(parquet_path(out_dir, scene), scene.name, geo,
-                                        pred.scores, pred.crs)
-        return SceneRow(scene.name, scene.path, "ok", count, time.perf_counter() - start,
-                        worker_name(), "", run_started, peak_rss_mb())
-    except Exception as exc:  # one bad scene never stops the others
-        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-        message = f"{type(exc).__name__}: {message}"
-        logger.error("scene %s failed: %s", scene.name, message)
-        return SceneRow(scene.name, scene.path, "failed", 0, time.perf_counter() - start,
-                        worker_name(), message, run_started, peak_rss_mb())
+    shown = redact(scene.path)
+    attempts = REMOTE_ATTEMPTS if is_remote(scene.path) else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with (remote_env(scene.path if attempt > 1 else None) if is_remote(scene.path)
+                  else rasterio.Env()):
+                _check_scene(scene.path, predictor.bands)
+                pred = predictor.predict(scene.path, progress=False, info=scene.info)
+                extra = {fmt: out_dir / fmt / f"{scene.name}.{fmt}" for fmt in formats
+                         if fmt != "parquet"}
+                geo = write_scene_formats(pred, extra, {"scene": scene.name}, rgb_bands)
+            info = dataclasses.replace(scene.info, datetime=pred.datetime)
+            count = write_buildings_parquet(parquet_path(out_dir, scene), scene.name, geo,
+                                            pred.scores, pred.crs, info, provenance)
+            return SceneRow(scene.name, shown, "ok", count, time.perf_counter() - start,
+                            worker_name(), "", run_started, peak_rss_mb(), pred.gsd_m,
+                            pred.model_gsd_m)
+        except Exception as exc:  # one bad scene never stops the others
+            text = redact(str(exc))
+            message = f"{type(exc).__name__}: " + (text if shown in text else f"{shown}: {text}")
+            if attempt < attempts and isinstance(exc, OSError):  # I/O: may pass; else final
+                logger.warning("scene %s, try %d of %d failed (%s); trying again", scene.name,
+                               attempt, attempts, message)
+                time.sleep(2 ** (attempt - 1))
+                continue
+            if attempt > 1:
+                message += f" (after {attempt} tries)"
+            logger.error("scene %s failed: %s", scene.name, message)
+            return SceneRow(scene.name, shown, "failed", 0, time.perf_counter() - start,
+                            worker_name(), message, run_started, peak_rss_mb())
 
 
 def run_local(predictor, scenes: list[Scene], out_dir, formats: list[str],
-              run_started: str, rgb_bands=None) -> list[SceneRow]:
+              run_started: str, rgb_bands=None, provenance: dict | None = None
+              ) -> list[SceneRow]:
     """Every scene in this process, one after the other, with one loaded ``predictor``."""
     from tqdm import tqdm
 
-    return [process_scene(predictor, scene, out_dir, formats, run_started, rgb_bands)
+    return [process_scene(predictor, scene, out_dir, formats, run_started, rgb_bands,
+                          provenance)
             for scene in tqdm(scenes, desc="scenes", unit="scene")]
 
 
@@ -85,22 +139,24 @@ class _SceneActor:
     """A Ray Data actor: builds the model once, then predicts the scenes of each batch."""
 
     def __init__(self, cfg_text: str, predictor_kwargs: dict, out_dir: str, formats: list[str],
-                 run_started: str, rgb_bands, threads: int):
+                 run_started: str, rgb_bands, threads: int, provenance: dict | None = None):
         import torch
 
         from .predictor import ScenePredictor
 
         torch.set_num_threads(max(1, threads))
         self.predictor = ScenePredictor(load_cfg_text(cfg_text), **predictor_kwargs)
-        self.args = (out_dir, formats, run_started, rgb_bands)
+        self.args = (out_dir, formats, run_started, rgb_bands, provenance)
 
     def __call__(self, batch: dict) -> dict:
         marker = os.environ.get(FAULT_ENV)
         if marker and not Path(marker).exists():
             Path(marker).write_text(worker_name())
             os._exit(1)
-        rows = [process_scene(self.predictor, Scene(str(p), str(n)), *self.args).as_dict()
-                for p, n in zip(batch["path"], batch["name"])]
+        rows = [process_scene(self.predictor, Scene(str(p), str(n),
+                                                    SceneInfo(**json.loads(str(i)))),
+                              *self.args).as_dict()
+                for p, n, i in zip(batch["path"], batch["name"], batch["info"])]
         return {key: [r[key] for r in rows] for key in SceneRow.__dataclass_fields__}
 
 
@@ -120,7 +176,8 @@ def load_cfg_text(cfg_text: str):
 def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: str,
             predictor_kwargs: dict, workers: int = 2, cpus_per_worker: float = 1.0,
             gpus_per_worker: float = 0.0, address: str | None = None, rgb_bands=None,
-            max_retries: int = 3, threads: int | None = None) -> list[SceneRow]:
+            max_retries: int = 3, threads: int | None = None,
+            provenance: dict | None = None) -> list[SceneRow]:
     """Every scene on a Ray actor pool (module docstring); returns the rows in scene order."""
     import ray
 
@@ -135,7 +192,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         return []
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    items = [{"path": s.path, "name": s.name} for s in scenes]
+    items = [{"path": s.path, "name": s.name, "info": json.dumps(s.info.as_dict())}
+             for s in scenes]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     results = dataset.map_batches(
         _SceneActor, batch_size=1, batch_format="numpy",
@@ -143,7 +201,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         fn_constructor_kwargs={"cfg_text": cfg.dump(), "predictor_kwargs": predictor_kwargs,
                                "out_dir": str(out_dir), "formats": list(formats),
                                "run_started": run_started, "rgb_bands": rgb_bands,
-                               "threads": threads or max(1, int(cpus_per_worker))},
+                               "threads": threads or max(1, int(cpus_per_worker)),
+                               "provenance": provenance},
         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
         max_restarts=max_retries, max_task_retries=max_retries)
     by_name = {}
@@ -152,7 +211,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
             **{k: _plain(row[k]) for k in SceneRow.__dataclass_fields__})
     missing = [s for s in scenes if s.name not in by_name]
     for s in missing:  # should not happen: Ray retried the scene; say so if it did
-        by_name[s.name] = SceneRow(s.name, s.path, "failed", 0, 0.0, "", "no result came back "
+        by_name[s.name] = SceneRow(s.name, redact(s.path), "failed", 0, 0.0, "",
+                                   "no result came back "
                                    "from Ray (worker lost after its retries)", run_started)
     return [by_name[s.name] for s in scenes]
 

@@ -14,7 +14,8 @@ groups are unioned and written. The pool holds the seam buildings along the fron
 scenes (for a mosaic visited in Hilbert order: about the seams of a few neighbouring scenes).
 Output rows are written scene by scene in Hilbert order and, inside each batch, sorted by the
 Hilbert distance of their centroids; ``building_id`` is renumbered over the city and ``scenes``
-lists the scene(s) each building came from. Torch-free.
+lists the scene(s) each building came from; ``datetime`` and ``view_angle`` are kept (a unioned
+building keeps its best-scoring part's), and so is the file metadata naming the run. Torch-free.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from .tiling import overlap_groups
 
 logger = logging.getLogger(__name__)
 
+# Per-building provenance columns carried into the merged file (a unioned building keeps the
+# values of its highest-scoring part).
+PROVENANCE = ("datetime", "view_angle")
+
 
 def _extent(path: Path) -> tuple[float, float, float, float] | None:
     import pyarrow.parquet as pq
@@ -42,22 +47,29 @@ def _extent(path: Path) -> tuple[float, float, float, float] | None:
     return tuple(bbox) if bbox and all(np.isfinite(bbox)) else None
 
 
-def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float]) -> None:
+def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float],
+                 made_by: bytes | None = None) -> None:
     """Concatenate GeoParquet chunks into ``dest`` (atomic), one chunk in memory at a time; the
-    file-level bbox of the geo metadata covers every chunk."""
+    file-level bbox of the geo metadata covers every chunk; ``made_by``: the per-scene files'
+    ``mnc_d2`` metadata (the run that predicted them), kept."""
     import geopandas as gpd
     import pyarrow.parquet as pq
 
     with atomic_path(dest) as tmp:
         if not chunks:  # nothing at all: an empty but valid GeoParquet
+            import pandas as pd
+
             gpd.GeoDataFrame({"building_id": np.zeros(0, np.int64), "scenes": [],
-                              "score": np.zeros(0), "area_m2": np.zeros(0)}, geometry=[],
+                              "score": np.zeros(0), "area_m2": np.zeros(0),
+                              "datetime": pd.Series([], dtype="datetime64[us, UTC]"),
+                              "view_angle": np.zeros(0)}, geometry=[],
                              crs="EPSG:4326").to_parquet(tmp, index=False)
             return
         schema = pq.read_schema(chunks[0])
         geo = json.loads(schema.metadata[b"geo"])
         geo["columns"][geo["primary_column"]]["bbox"] = [float(v) for v in bounds]
-        schema = schema.with_metadata({**schema.metadata, b"geo": json.dumps(geo).encode()})
+        schema = schema.with_metadata({**schema.metadata, b"geo": json.dumps(geo).encode(),
+                                       **({b"mnc_d2": made_by} if made_by else {})})
         with pq.ParquetWriter(tmp, schema) as writer:
             for chunk in chunks:
                 writer.write_table(pq.read_table(chunk).replace_schema_metadata(schema.metadata))
@@ -69,6 +81,8 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     Returns counts: scenes, buildings read, buildings written, seam groups merged.
     """
     import geopandas as gpd
+    import pandas as pd
+    import pyarrow.parquet as pq
 
     files = sorted((Path(folder) / "buildings").glob("*.parquet"))
     files = [f for f in files if not f.name.startswith(".")]
@@ -105,7 +119,7 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
             frame["building_id"] = np.arange(next_id, next_id + len(frame), dtype=np.int64)
             next_id += len(frame)
             chunk = Path(chunk_dir) / f"{len(chunks):06d}.parquet"
-            frame[["building_id", "scenes", "score", "area_m2", "geometry"]].to_parquet(
+            frame[["building_id", "scenes", "score", "area_m2", *PROVENANCE, "geometry"]].to_parquet(
                 chunk, index=False, write_covering_bbox=True, schema_version="1.1.0")
             chunks.append(chunk)
             b = frame.total_bounds
@@ -115,6 +129,11 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
 
         for k, (path, _) in enumerate(scenes):
             frame = gpd.read_parquet(path)
+            for column in PROVENANCE:  # files of mnc_d2 < 0.3 lack them
+                if column not in frame:
+                    frame[column] = (pd.Series(pd.NaT, index=frame.index,
+                                               dtype="datetime64[us, UTC]")
+                                     if column == "datetime" else np.nan)
             stats["read"] += len(frame)
             frame["scenes"] = frame["scene"].astype(str)
             frame["_scene"] = k
@@ -132,7 +151,7 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
             if any((waiting["_last"] == k).any() for waiting in pool):
                 pool = _flush(pool, k, emit, stats, final=False)
         _flush(pool, len(scenes), emit, stats, final=True)
-        _join_chunks(chunks, dest, bounds)
+        _join_chunks(chunks, dest, bounds, pq.read_schema(files[0]).metadata.get(b"mnc_d2"))
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
                 stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
     return stats

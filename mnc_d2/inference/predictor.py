@@ -9,6 +9,7 @@ are those of the training run (its config.yaml: INPUT.BANDS, MODEL.PIXEL_MEAN/ST
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rasterio
+import shapely
 import torch
+from affine import Affine
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.vrt import WarpedVRT
 from shapely import affinity
 from tqdm import tqdm
 
@@ -33,6 +37,7 @@ from ..modeling.postprocess import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
+from .sources import redact, tiff_datetime
 from .tiling import in_core, merge_across_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -42,9 +47,10 @@ MAX_OVERLAY_SIDE = 4096
 
 @dataclass
 class ScenePrediction:
-    """Building polygons of one scene (pixel coordinates) with scores and georeferencing."""
+    """Building polygons of one scene (pixel coordinates of the grid the model saw: the scene's,
+    or the scene resampled to INPUT.GSD) with scores and that grid's georeferencing."""
 
-    path: Path
+    path: str
     image_id: str
     polygons: list
     scores: list[float]
@@ -52,6 +58,47 @@ class ScenePrediction:
     transform: object
     width: int
     height: int
+    gsd_m: float = float("nan")  # metres per pixel of the scene as stored (NaN: unknown)
+    model_gsd_m: float = float("nan")  # INPUT.GSD (NaN: not recorded)
+    datetime: str | None = None  # acquisition time, ISO UTC: STAC's, else the TIFF's date tag
+
+# A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
+GSD_TOLERANCE = 0.05
+
+
+def scene_gsd_m(src, info=None) -> float:
+    """Metres per pixel of an open dataset: what its STAC item states, else from its transform
+    (metre units, or degrees converted on the ellipsoid at the scene's centre); NaN if none."""
+    if info is not None and info.gsd:
+        return float(info.gsd)
+    if src.crs is None:
+        return float("nan")
+    if src.crs.is_projected:
+        units = (src.crs.linear_units or "").lower()
+        return abs(src.transform.a) if units in ("metre", "meter", "m") else float("nan")
+    from pyproj import Geod
+
+    x, y = src.transform @ (src.width / 2, src.height / 2)
+    dx, dy = abs(src.transform.a), abs(src.transform.e)
+    geod = Geod(ellps="WGS84")
+    east = geod.inv(x, y, x + dx, y)[2]
+    north = geod.inv(x, y, x, y + dy)[2]
+    return float((east + north) / 2)
+
+
+def bands_by_name(run_names: list[str], scene_names: list[str], indices: list[int],
+                  where: str) -> list[int]:
+    """1-based file bands to read: ``run_names`` (INPUT.BAND_NAMES) looked up in the scene's
+    ``scene_names`` (case-insensitive) when both are known, else ``indices`` (INPUT.BANDS)."""
+    if not run_names or not scene_names or not all(scene_names):
+        return indices
+    lower = [n.lower() for n in scene_names]
+    missing = [n for n in run_names if n.lower() not in lower]
+    if missing:
+        raise ValueError(f"{where} has no band named {missing[0]!r} (its bands: "
+                         f"{', '.join(scene_names)}); the model reads "
+                         f"{', '.join(run_names)} (INPUT.BAND_NAMES)")
+    return [lower.index(n.lower()) + 1 for n in run_names]
 
 
 def resolve_score_threshold(cfg, override: float | None = None) -> float:
@@ -88,6 +135,8 @@ class ScenePredictor:
         self.model = build_model(cfg).eval()
         build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
         self.bands = input_bands(cfg)
+        self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
+        self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
         self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
@@ -97,8 +146,15 @@ class ScenePredictor:
                      "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
                      "align_gap": sn.ALIGN_NEIGHBOURS_GAP}
 
-    def _read(self, src, window) -> np.ndarray:
-        return read_bands(src, self.bands, self.fill, window)
+    def _read(self, src, bands: list[int], window, masked: bool):
+        """(H, W, C) image of one window, pixels outside the data (nodata, mask or alpha band,
+        a mosaic's empty parts) set to the band means; and (H, W) bool: inside the data."""
+        image = read_bands(src, bands, self.fill, window)
+        if not masked:
+            return image, np.ones(image.shape[:2], dtype=bool)
+        valid = src.dataset_mask(window=window) > 0
+        image[~valid] = self.fill
+        return image, valid
 
     @torch.no_grad()
     def _run(self, images: list[np.ndarray]) -> list:
@@ -109,31 +165,73 @@ class ScenePredictor:
                            "height": image.shape[0], "width": image.shape[1]})
         return [out["instances"].to("cpu") for out in self.model(inputs)]
 
-    def predict(self, path: str | Path, progress: bool = True) -> ScenePrediction:
-        path = Path(path)
+    def predict(self, path: str | Path, progress: bool = True, info=None) -> ScenePrediction:
+        """Buildings of the scene at ``path`` (a file, URL or /vsi path rasterio opens).
+
+        ``info`` (:class:`mnc_d2.inference.sources.SceneInfo`): its band names and GSD, when
+        known from STAC. Bands are chosen by name when the run and the scene both name them
+        (else by index); a scene whose pixel size differs from INPUT.GSD is resampled to it
+        (bilinear, on read); buildings whose representative point lies outside the data
+        (nodata, a mask or alpha band, a mosaic's gaps) are dropped."""
+        path = str(path)
+        shown = redact(path)
         with rasterio.open(path) as src:
-            check_band_count(src, self.bands)
-            tiles = tile_grid(src.width, src.height, self.tile_size, self.overlap)
-            polygons, scores, tile_ids = [], [], []
-            bar = tqdm(total=len(tiles), desc=path.name, unit="tile", disable=not progress)
-            for start in range(0, len(tiles), self.batch_size):
-                chunk = tiles[start: start + self.batch_size]
-                outputs = self._run([self._read(src, t.window) for t in chunk])
-                for k, (tile, instances) in enumerate(zip(chunk, outputs)):
-                    found = instances_to_polygons(instances, **self.post)
-                    shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
-                               for p, _ in found]
-                    for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
-                        if keep:
-                            polygons.append(poly)
-                            scores.append(score)
-                            tile_ids.append(start + k)
-                bar.update(len(chunk))
-            bar.close()
-            polygons, scores = merge_across_tiles(polygons, scores, tile_ids)
-            image_id = image_id_of(path) or path.stem
-            return ScenePrediction(path, image_id, polygons, scores, src.crs, src.transform,
-                                   src.width, src.height)
+            names = list(info.band_names) if info is not None and info.band_names else \
+                [d or "" for d in src.descriptions]
+            bands = bands_by_name(self.band_names, names, self.bands, shown)
+            check_band_count(src, bands)
+            gsd = scene_gsd_m(src, info)
+            scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
+                else 1.0
+            with contextlib.ExitStack() as stack:
+                data = src
+                if abs(scale - 1.0) > GSD_TOLERANCE:
+                    width, height = max(1, round(src.width * scale)), max(1, round(src.height
+                                                                                     * scale))
+                    data = stack.enter_context(WarpedVRT(
+                        src, crs=src.crs, width=width, height=height,
+                        transform=src.transform @ Affine.scale(src.width / width,
+                                                               src.height / height),
+                        resampling=Resampling.bilinear))
+                    logger.info("%s: %.3f m pixels resampled to the model's %.3f m (%d x %d)",
+                                shown, gsd, self.model_gsd, width, height)
+                masked = any(MaskFlags.all_valid not in flags for flags in data.mask_flag_enums)
+                polygons, scores = self._predict_grid(data, bands, masked, shown, progress)
+                image_id = image_id_of(path.split("?", 1)[0]) or Path(path.split("?", 1)[0]).stem
+                when = (info.datetime if info is not None and info.datetime
+                        else tiff_datetime(src.tags()))
+                return ScenePrediction(path, image_id, polygons, scores, data.crs,
+                                       data.transform, data.width, data.height, gsd,
+                                       self.model_gsd, when)
+
+    def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
+        tiles = tile_grid(data.width, data.height, self.tile_size, self.overlap)
+        polygons, scores, tile_ids = [], [], []
+        bar = tqdm(total=len(tiles), desc=Path(shown.split("?", 1)[0]).name, unit="tile",
+                   disable=not progress)
+        for start in range(0, len(tiles), self.batch_size):
+            chunk = tiles[start: start + self.batch_size]
+            read = [self._read(data, bands, t.window, masked) for t in chunk]
+            outputs = self._run([image for image, _ in read])
+            for k, (tile, instances, (_, valid)) in enumerate(zip(chunk, outputs, read)):
+                found = instances_to_polygons(instances, **self.post)
+                if masked and found:
+                    points = shapely.get_coordinates(shapely.point_on_surface(
+                        [p for p, _ in found])).astype(int)
+                    h, w = valid.shape
+                    inside = valid[np.clip(points[:, 1], 0, h - 1), np.clip(points[:, 0], 0,
+                                                                             w - 1)]
+                    found = [f for f, keep in zip(found, inside) if keep]
+                shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
+                           for p, _ in found]
+                for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
+                    if keep:
+                        polygons.append(poly)
+                        scores.append(score)
+                        tile_ids.append(start + k)
+            bar.update(len(chunk))
+        bar.close()
+        return merge_across_tiles(polygons, scores, tile_ids)
 
 
 def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_id: dict,

@@ -13,7 +13,8 @@ import sys
 
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
-                     now_iso, parquet_path, prepare_output, run_record)
+                     now_iso, parquet_path, prepare_output, run_provenance, run_record)
+from .sources import redact
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True,
                         help="the training run's config.yaml (band selection, normalisation)")
     parser.add_argument("--input", nargs="+", required=True,
-                        help="GeoTIFF files, globs ('scenes/*.tif') and @list.txt files, mixed")
+                        help="GeoTIFF or VRT files, globs ('scenes/*.tif'), @list.txt files, "
+                             "URLs (https://, s3://, gs://: read window by window) and STAC "
+                             "documents (a .json path or URL: item, item collection, catalog), "
+                             "mixed")
+    parser.add_argument("--stac-asset", metavar="KEY",
+                        help="STAC inputs: the asset to read (default: the item's one GeoTIFF "
+                             "data asset, or the one with the model's band count)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: this process (default); ray: a Ray Data actor pool")
@@ -76,20 +83,22 @@ def _run(args) -> int:
     from .engines import run_local, run_ray
     from .predictor import ScenePredictor, resolve_score_threshold
 
+    from ..data.bands import input_bands
+
     formats = parse_formats(args.formats)
-    scenes = expand_inputs(args.input)
-    if not scenes:
-        raise UsageError("no input scenes")
     try:
         cfg = setup_cfg(args.config_file, args.opts, for_training=False)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    scenes = expand_inputs(args.input, args.stac_asset, band_count=len(input_bands(cfg)))
+    if not scenes:
+        raise UsageError("no input scenes")
     if not cfg.MODEL.WEIGHTS:
         raise UsageError("no weights: pass MODEL.WEIGHTS path/to/model_final.pth")
     try:
         score_thresh = resolve_score_threshold(cfg, args.score_thresh)
         record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
-                            args.overlap, formats)
+                            args.overlap, formats, float(cfg.INPUT.GSD) or None)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     reuse = prepare_output(args.output, record, args.overwrite)
@@ -97,7 +106,8 @@ def _run(args) -> int:
     todo, rows = [], {}
     for scene in scenes:
         if reuse and parquet_path(args.output, scene).is_file():
-            rows[scene.name] = SceneRow(scene.name, scene.path, "skipped", run_started=started,
+            rows[scene.name] = SceneRow(scene.name, redact(scene.path), "skipped",
+                                        run_started=started,
                                         error=f"done by an earlier run ({RUN_FILE} matches)")
         else:
             todo.append(scene)
@@ -117,15 +127,17 @@ def _run(args) -> int:
             except Exception as exc:  # unreadable weights, wrong architecture, ...
                 raise UsageError(f"cannot load the model from {cfg.MODEL.WEIGHTS}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
-        done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands)
+        done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
+                         run_provenance(record))
     else:
         try:
             done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
                            args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
-                           args.rgb_bands, threads=args.torch_threads)
+                           args.rgb_bands, threads=args.torch_threads,
+                           provenance=run_provenance(record))
         except Exception as exc:  # the pool itself failed (e.g. no node can load the model)
             logger.error("the Ray run failed: %s", exc)
-            done = [SceneRow(s.name, s.path, "failed", run_started=started,
+            done = [SceneRow(s.name, redact(s.path), "failed", run_started=started,
                              error=f"the Ray run failed before this scene finished: "
                                    f"{type(exc).__name__}: {str(exc)[:500]}") for s in todo]
     rows.update({r.scene: r for r in done})

@@ -6,7 +6,9 @@ Layout of an output folder (``tools/predict.py --output OUTPUT``)::
     OUTPUT/manifest.parquet           one row per scene and run: scene, path, status, buildings,
                                       seconds, worker, error, run_started, peak_rss_mb
     OUTPUT/buildings/<scene>.parquet  GeoParquet 1.1, EPSG:4326, bbox covering column; one row
-                                      per building: scene, building_id, score, area_m2, geometry
+                                      per building: scene, building_id, score, area_m2,
+                                      datetime (UTC, null when unknown), view_angle, geometry;
+                                      file metadata ``mnc_d2``: run hashes, threshold, version
     OUTPUT/<format>/<scene>.*         optional GeoJSON (source CRS), SpaceNet CSV, PNG overlay
 
 Every file is written under a temporary name and renamed, so a file that exists is complete; a
@@ -19,8 +21,9 @@ import glob
 import hashlib
 import json
 import logging
-import socket
 import os
+import re
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_path, atomic_write
+from .sources import SceneInfo, expand_stac, is_remote, is_stac
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class SceneRow:
     error: str = ""
     run_started: str = ""
     peak_rss_mb: float = 0.0  # the worker process' peak resident memory after this scene
+    scene_gsd_m: float = float("nan")  # metres per pixel of the scene as read (NaN: unknown)
+    model_gsd_m: float = float("nan")  # the model's (INPUT.GSD; NaN: not recorded)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,20 +70,29 @@ class SceneRow:
 
 @dataclass
 class Scene:
-    """An input: its path (as given, may not exist) and its unique output name."""
+    """An input: its path (as given, may not exist; a local file, a URL or a /vsi path), its
+    unique output name and what else is known of it (:class:`SceneInfo`: STAC id, datetime,
+    view angle, GSD, band names)."""
 
     path: str
     name: str = field(default="")
+    info: SceneInfo = field(default_factory=SceneInfo)
 
 
-def expand_inputs(items: list[str]) -> list[Scene]:
-    """Files, globs and ``@list.txt`` (one path or glob per line; blank and ``#`` lines
-    skipped), mixed freely -> scenes in order, duplicates dropped.
+def expand_inputs(items: list[str], stac_asset: str | None = None,
+                  band_count: int | None = None) -> list[Scene]:
+    """Files, globs, ``@list.txt`` (one path or glob per line; blank and ``#`` lines skipped),
+    URLs (``https://``, ``s3://``, ``gs://``, ``/vsi...``) and STAC documents (a ``.json`` path or
+    URL: item, item collection, catalog or collection; one scene per item, its asset chosen by
+    ``stac_asset`` or by ``band_count``, :func:`.sources.choose_asset`), mixed freely -> scenes in
+    order, duplicates dropped.
 
     A path that does not exist is kept (it gets a ``failed`` row); a glob matching nothing is
-    kept as given, for the same reason. A missing list file is a :class:`UsageError`.
+    kept as given, for the same reason. A missing list file or an unreadable STAC document is a
+    :class:`UsageError`.
     """
     paths: list[str] = []
+    infos: dict[str, SceneInfo] = {}
 
     def add(item: str) -> None:
         if item.startswith("@"):
@@ -90,29 +105,53 @@ def expand_inputs(items: list[str]) -> list[Scene]:
                 if line and not line.startswith("#"):
                     add(line)
             return
+        if is_stac(item):
+            try:
+                found = expand_stac(item, stac_asset, band_count)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            for href, info in found:
+                paths.append(href)
+                infos[href] = info
+            return
+        if is_remote(item):
+            paths.append(item)
+            return
         if glob.has_magic(item):
             found = sorted(glob.glob(item, recursive=True))
             paths.extend(found if found else [item])
             return
-        paths.append(item)
+        paths.append(str(Path(item)))
 
     for item in items:
         add(item)
-    unique = list(dict.fromkeys(str(Path(p)) for p in paths))
-    return name_scenes(unique)
+    unique = list(dict.fromkeys(paths))
+    return name_scenes(unique, infos)
 
 
-def name_scenes(paths: list[str]) -> list[Scene]:
-    """Output names: the file stem, or stem-<8 hex of the absolute path> where stems collide."""
+def _stem(path: str, info: SceneInfo | None) -> str:
+    if info is not None and info.stac_id:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", info.stac_id)
+    if is_remote(path):
+        return Path(path.split("?", 1)[0].rstrip("/")).stem or "scene"
+    return Path(path).stem
+
+
+def name_scenes(paths: list[str], infos: dict | None = None) -> list[Scene]:
+    """Output names: the STAC item id, else the file stem (a URL's without its query), or
+    name-<8 hex of the absolute path or URL> where names collide."""
+    infos = infos or {}
     stems: dict[str, int] = {}
     for p in paths:
-        stems[Path(p).stem] = stems.get(Path(p).stem, 0) + 1
+        stem = _stem(p, infos.get(p))
+        stems[stem] = stems.get(stem, 0) + 1
     scenes = []
     for p in paths:
-        stem = Path(p).stem
+        stem = _stem(p, infos.get(p))
         if stems[stem] > 1:
-            stem = f"{stem}-{hashlib.sha1(str(Path(p).resolve()).encode()).hexdigest()[:8]}"
-        scenes.append(Scene(p, stem))
+            key = p.split("?", 1)[0] if is_remote(p) else str(Path(p).resolve())
+            stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        scenes.append(Scene(p, stem, infos.get(p, SceneInfo())))
     return scenes
 
 
@@ -125,7 +164,7 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int, overlap: int,
-               formats: list[str]) -> dict:
+               formats: list[str], model_gsd_m: float | None = None) -> dict:
     """The run's identity (IDENTITY_KEYS) plus descriptive fields, for ``run.json``."""
     from .. import __version__
 
@@ -138,6 +177,7 @@ def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int,
         "formats": sorted(formats),
         "weights": str(weights),
         "mnc_d2_version": __version__,
+        "model_gsd_m": model_gsd_m,
         "config": cfg_text,
     }
 
@@ -187,24 +227,47 @@ def peak_rss_mb() -> float:
 
 
 def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: list,
-                            scores: list[float], crs) -> int:
+                            scores: list[float], crs, info: SceneInfo | None = None,
+                            run: dict | None = None) -> int:
     """GeoParquet 1.1 (EPSG:4326, bbox covering) of one scene's buildings; atomic.
 
     ``polygons_map``: polygons in the scene's CRS ``crs``. ``area_m2`` is computed in the UTM
-    zone of the scene (an equal-distance local metric CRS) before reprojection.
+    zone of the scene (an equal-distance local metric CRS) before reprojection. Every row
+    carries the imagery's ``datetime`` (UTC; null when unknown) and ``view_angle`` (degrees;
+    null when unknown) from ``info``; the file's key-value metadata ``mnc_d2`` holds ``run``
+    (the run's identity: config and weights hashes, threshold, version) as JSON.
     """
     import geopandas as gpd
+    import pandas as pd
+    import pyarrow.parquet as pq
 
+    info = info or SceneInfo()
+    n = len(polygons_map)
     frame = gpd.GeoDataFrame(
-        {"scene": [scene_name] * len(polygons_map),
-         "building_id": np.arange(len(polygons_map), dtype=np.int64),
-         "score": np.asarray(scores, dtype=np.float64)},
+        {"scene": [scene_name] * n,
+         "building_id": np.arange(n, dtype=np.int64),
+         "score": np.asarray(scores, dtype=np.float64),
+         "datetime": pd.Series(pd.to_datetime([info.datetime] * n, utc=True),
+                               dtype="datetime64[us, UTC]"),
+         "view_angle": np.full(n, np.nan if info.view_angle is None else info.view_angle)},
         geometry=list(polygons_map), crs=crs)
     frame["area_m2"] = area_m2(frame)
-    frame = frame[["scene", "building_id", "score", "area_m2", "geometry"]].to_crs("EPSG:4326")
+    frame = frame[["scene", "building_id", "score", "area_m2", "datetime", "view_angle",
+                   "geometry"]].to_crs("EPSG:4326")
     with atomic_path(path) as tmp:  # creates the parent folder
         frame.to_parquet(tmp, index=False, write_covering_bbox=True, schema_version="1.1.0")
-    return len(frame)
+        if run is not None:
+            table = pq.read_table(tmp)
+            meta = dict(table.schema.metadata or {})
+            meta[b"mnc_d2"] = json.dumps(run).encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+    return n
+
+
+def run_provenance(record: dict) -> dict:
+    """The part of ``run.json`` each GeoParquet file carries: what made its buildings."""
+    return {k: record.get(k) for k in ("config_sha256", "weights_sha256", "score_thresh",
+                                       "mnc_d2_version", "model_gsd_m")}
 
 
 def area_m2(frame) -> np.ndarray:

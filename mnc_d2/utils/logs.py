@@ -22,10 +22,28 @@ def quiet_third_party(level: int = logging.WARNING) -> None:
             lib.setLevel(level)
 
 
+class RedactURLs(logging.Filter):
+    """Drops URL query strings and user:password parts from every record a handler emits
+    (GDAL's own messages name the URL it failed on, signed token and all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..inference.sources import redact
+
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def configure_cli_logging(level: int = logging.INFO,
                           fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
-    """Root logging for a tool's ``main`` (no-op on the root if it has handlers already)."""
+    """Root logging for a tool's ``main`` (no-op on the root if it has handlers already); every
+    root handler redacts URLs (:class:`RedactURLs`)."""
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactURLs) for f in handler.filters):
+            handler.addFilter(RedactURLs())
     quiet_third_party()
 
 
