@@ -535,3 +535,31 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     row = pd.read_parquet(out / "manifest.parquet").iloc[0]
     assert row.model_gsd_m == 0.3 and abs(row.scene_gsd_m - 0.5) < 0.01
     assert json.loads((out / "run.json").read_text())["model_gsd_m"] == 0.3
+
+
+def test_bands_by_name_and_recorded_imagery(tmp_path):
+    from mnc_d2.inference.predictor import bands_by_name
+
+    run = ["red", "green", "blue"]
+    assert bands_by_name(run, ["Blue", "GREEN", "red"], [1, 2, 3], "x.tif") == [3, 2, 1]
+    assert bands_by_name(run, ["Band 1", "Band 2", "Band 3"], [1, 2, 3], "x.tif") == [1, 2, 3]
+    assert bands_by_name(run, ["", "", ""], [1, 2, 3], "x.tif") == [1, 2, 3]  # unnamed
+    assert bands_by_name([], ["blue", "green", "red"], [1, 2, 3], "x.tif") == [1, 2, 3]
+    with pytest.raises(ValueError, match="x.tif has no band named 'blue'"):
+        bands_by_name(run, ["red", "green", "nir"], [1, 2, 3], "x.tif")
+    # A training run records its release product's band names and pixel size.
+    from detectron2.data import MetadataCatalog
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.engine.setup import record_imagery
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.DATASETS.TRAIN = ("spacenet2_all_train_8band",)
+    cfg.INPUT.BANDS = [5, 3, 2]
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [0.0] * 3, [1.0] * 3
+    record_imagery(cfg)
+    assert cfg.INPUT.BAND_NAMES == ["red", "green", "blue"] and cfg.INPUT.GSD == 0.3
+    assert MetadataCatalog.get("spacenet4_atlanta_all_train").band_names == [
+        "blue", "green", "red", "nir"]

@@ -55,13 +55,20 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Product:
     """One image product: folder and file prefix ``name``, ``bands`` per file, nominal ``size``
-    (width, height) in pixels (``None`` when chips vary), ground sample distance ``gsd_m``."""
+    (width, height) in pixels (``None`` when chips vary), ground sample distance ``gsd_m``,
+    ``band_names`` in STAC ``eo:bands`` common names (WorldView-3's NIR1 / NIR2 are ``nir08`` /
+    ``nir09``), which a training run records as INPUT.BAND_NAMES."""
 
     name: str
     bands: int
     size: tuple[int, int] | None
     gsd_m: float
     note: str = ""
+    band_names: tuple[str, ...] = ()  # STAC eo common names, file order (() = not named)
+
+
+# WorldView-2/3 multispectral bands in file order, as STAC eo common names.
+WORLDVIEW_8 = ("coastal", "blue", "green", "yellow", "red", "rededge", "nir08", "nir09")
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ class SpaceNetVersion:
         prod = self.product(product)
         return {"thing_classes": ["building"], "evaluator_type": "spacenet", "version": self.name,
                 "group_by": self.group_by, "headline": self.headline, "product": prod.name,
-                "num_bands": prod.bands, "gsd_m": prod.gsd_m}
+                "num_bands": prod.bands, "gsd_m": prod.gsd_m,
+                "band_names": list(prod.band_names)}
 
     def in_subset(self, subset: str, image_id: str) -> bool:
         """Whether ``image_id`` belongs to built-in subset ``subset`` (its scoring group)."""
@@ -249,8 +257,8 @@ SPACENET1 = SpaceNetVersion(
     name="spacenet1",
     title="SpaceNet 1",
     products=(
-        Product("3band", 3, None, 0.5, "R, G, B; 8-bit; ~438x406"),
-        Product("8band", 8, None, 2.0, "WorldView-2 multispectral; ~110x101"),
+        Product("3band", 3, None, 0.5, "R, G, B; 8-bit; ~438x406", ("red", "green", "blue")),
+        Product("8band", 8, None, 2.0, "WorldView-2 multispectral; ~110x101", WORLDVIEW_8),
     ),
     default_product="3band",
     images="{product}/*.tif",
@@ -270,11 +278,12 @@ SPACENET2 = SpaceNetVersion(
     name="spacenet2",
     title="SpaceNet 2",
     products=(
-        Product("RGB-PanSharpen", 3, (650, 650), 0.3, "R, G, B; 11-bit in uint16"),
+        Product("RGB-PanSharpen", 3, (650, 650), 0.3, "R, G, B; 11-bit in uint16",
+                ("red", "green", "blue")),
         Product("MUL-PanSharpen", 8, (650, 650), 0.3,
-                "coastal, blue, green, yellow, red, red edge, NIR1, NIR2"),
-        Product("PAN", 1, (650, 650), 0.3),
-        Product("MUL", 8, (163, 163), 1.24),
+                "coastal, blue, green, yellow, red, red edge, NIR1, NIR2", WORLDVIEW_8),
+        Product("PAN", 1, (650, 650), 0.3, "", ("pan",)),
+        Product("MUL", 8, (163, 163), 1.24, "", WORLDVIEW_8),
     ),
     default_product="RGB-PanSharpen",
     images="{product}/*.tif",
@@ -297,9 +306,10 @@ SPACENET4 = SpaceNetVersion(
     name="spacenet4",
     title="SpaceNet 4",
     products=(
-        Product("Pan-Sharpen", 4, (900, 900), 0.5, "B, G, R, NIR; 11-bit in uint16"),
-        Product("PAN", 1, (900, 900), 0.5),
-        Product("MS", 4, (225, 225), 2.0, "B, G, R, NIR"),
+        Product("Pan-Sharpen", 4, (900, 900), 0.5, "B, G, R, NIR; 11-bit in uint16",
+                ("blue", "green", "red", "nir")),
+        Product("PAN", 1, (900, 900), 0.5, "", ("pan",)),
+        Product("MS", 4, (225, 225), 2.0, "B, G, R, NIR", ("blue", "green", "red", "nir")),
     ),
     default_product="Pan-Sharpen",
     images="Atlanta_nadir*_catid_*/{product}/*.tif",

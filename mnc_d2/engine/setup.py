@@ -45,5 +45,29 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
         # The saved config.yaml then points at the statistics this run used.
         cfg.INPUT.BAND_STATS = os.path.join(cfg.OUTPUT_DIR, "band_stats.json")
     check_band_config(cfg)
+    if for_training:
+        record_imagery(cfg)
     cfg.freeze()
     return cfg
+
+
+def record_imagery(cfg) -> None:
+    """Fill INPUT.BAND_NAMES and INPUT.GSD, where the config leaves them unset, from the first
+    training dataset's registration (its release product's band names and metres per pixel), so
+    that the run's config.yaml records them and tools/predict.py can read other imagery by band
+    name and at the training pixel size. Datasets registered without them leave both unset."""
+    from detectron2.data import MetadataCatalog
+
+    from ..data.bands import input_bands
+
+    if not cfg.DATASETS.TRAIN:
+        return
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    names, gsd = meta.get("band_names", None), meta.get("gsd_m", None)
+    bands = input_bands(cfg)
+    if not cfg.INPUT.BAND_NAMES and names and max(bands) <= len(names):
+        cfg.INPUT.BAND_NAMES = [names[b - 1] for b in bands]
+        logger.info("INPUT.BAND_NAMES %s (from %s)", list(cfg.INPUT.BAND_NAMES),
+                    cfg.DATASETS.TRAIN[0])
+    if not cfg.INPUT.GSD and gsd:
+        cfg.INPUT.GSD = float(gsd)

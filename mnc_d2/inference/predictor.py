@@ -89,10 +89,14 @@ def scene_gsd_m(src, info=None) -> float:
 def bands_by_name(run_names: list[str], scene_names: list[str], indices: list[int],
                   where: str) -> list[int]:
     """1-based file bands to read: ``run_names`` (INPUT.BAND_NAMES) looked up in the scene's
-    ``scene_names`` (case-insensitive) when both are known, else ``indices`` (INPUT.BANDS)."""
+    ``scene_names`` (case-insensitive) when both are known and share a name, else ``indices``
+    (INPUT.BANDS): a file whose descriptions name no band the model knows ("Band 1", ...) is
+    read by index, one that names some of them but not all is an error."""
     if not run_names or not scene_names or not all(scene_names):
         return indices
     lower = [n.lower() for n in scene_names]
+    if not any(n.lower() in lower for n in run_names):
+        return indices
     missing = [n for n in run_names if n.lower() not in lower]
     if missing:
         raise ValueError(f"{where} has no band named {missing[0]!r} (its bands: "
