@@ -263,10 +263,13 @@ def summarize(runs: dict) -> dict:
             values = [r["recall_slices"][flag] for r in reports if flag in r["recall_slices"]]
             if values:
                 entry[f"recall_{flag}"] = _spread(values)
-        for key in SHAPE_KEYS:  # runs evaluated before shape metrics existed have none
+        for key in SHAPE_KEYS:
+            # over the runs that have matched pairs: none for a run evaluated before shape
+            # metrics existed, nor for one that kept no detection at the threshold (``n`` of the
+            # spread says how many seeds it covers)
             values = [r["shape"]["all"][key] for r in reports
-                      if r.get("shape", {}).get("all", {}).get(key) is not None]
-            if values and len(values) == len(reports):
+                      if (r.get("shape") or {}).get("all", {}).get(key) is not None]
+            if values:
                 entry[f"shape_{key}"] = _spread(values)
         out[name] = entry
     return out

@@ -74,12 +74,14 @@ def accuracy_tables(report: dict) -> list[str]:
     shaped = {name: e for name, e in summary.items() if "shape_ciou" in e}
     if shaped:
         lines += ["Shape of the matched pairs (`mnc_d2.evaluation.polygon_metrics`, metres at "
-                  "0.3 m per pixel; mean ± sample std (min-max) over seeds):", ""]
-        lines += _table(["variant", "mean IoU", "C-IoU", "N-ratio", "PoLiS m",
+                  "0.3 m per pixel; mean ± sample std (min-max) over the seeds that kept "
+                  "detections at the threshold):", ""]
+        lines += _table(["variant", "seeds", "mean IoU", "C-IoU", "N-ratio", "PoLiS m",
                          "max tangent angle error deg", "boundary F (1 m)"],
-                        [[name, *(_spread(e[f"shape_{k}"], 3 if k not in ("mta",) else 1)
-                                  for k in ("iou", "ciou", "n_ratio", "polis", "mta",
-                                            "boundary_f"))] for name, e in shaped.items()])
+                        [[name, e["shape_iou"]["n"],
+                          *(_spread(e[f"shape_{k}"], 3 if k not in ("mta",) else 1)
+                            for k in ("iou", "ciou", "n_ratio", "polis", "mta",
+                                      "boundary_f"))] for name, e in shaped.items()])
         lines += [""]
     header = ["variant", "seed", "mean city F1", "overall P", "overall R", "TP / FP / FN",
               "best threshold (mean city F1)", "ECE", *(f"recall {s}" for s in slices),

@@ -41,7 +41,7 @@ def test_seed_summary_and_tables_carry_the_report_numbers():
     assert "| mask_rcnn | 0 | 0.500 | 0.889 | 0.800 | 8 / 1 / 2 | 0.35 (0.510) | 0.125 | 0.500 | "\
         "0.250 | 0.000 | 0.900 | n/a |" in lines
     # Shape over seeds: C-IoU 0.5 + f1/4 -> 0.700 and 0.725; MTA 35 and 30 degrees.
-    assert ("| mnc5 | 0.800 ± 0.000 (0.800-0.800) | 0.713 ± 0.018 (0.700-0.725) | "
+    assert ("| mnc5 | 2 | 0.800 ± 0.000 (0.800-0.800) | 0.713 ± 0.018 (0.700-0.725) | "
             "2.000 ± 0.000 (2.000-2.000) | 0.400 ± 0.000 (0.400-0.400) | 32.5 ± 3.5 (30.0-35.0) | "
             "0.900 ± 0.000 (0.900-0.900) |") in lines
     start = next(i for i, line in enumerate(lines) if line.startswith("Shape of the matched"))
@@ -172,3 +172,13 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
     lines = tables.table_maker("diagnose_slices")(report)
     assert ("| hard | mnc5 | dark (10) | 0.900 | 0.700 | 0.800 (0.80-0.80) | 0.600 (0.60-0.60) | "
             "0.100 | 0.800 |") in lines
+
+
+def test_shape_summary_covers_the_seeds_that_kept_detections():
+    empty = _run(0.0, 0.0, 5.0)
+    empty["shape"] = {"all": dict.fromkeys(("iou", "ciou", "n_ratio", "polis", "mta",
+                                            "boundary_f"))}  # no pair at the threshold
+    summary = bench_accuracy.summarize({"mask_rcnn": {"0": empty, "1": _run(0.8, 0.1, 5.0)}})
+    assert summary["mask_rcnn"]["shape_ciou"] == {"mean": 0.7, "min": 0.7, "max": 0.7,
+                                                  "std": 0.0, "n": 1}
+    assert summary["mask_rcnn"]["mean_city_f1"]["n"] == 2
