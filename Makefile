@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mnc_d2-setup-done
 # Everything that changes what gets installed; editing any of them re-runs the set-up.
 SETUP_INPUTS := requirements/requirements.txt requirements/constraints.txt setup.py \
-                tools/install_detectron2.py tools/pypi_fetch.py
+                tools/install_detectron2.py tools/pypi_fetch.py mnc_d2/viewer/assets.py
 
 .PHONY: setup demo test clean-venv
 
@@ -20,6 +20,7 @@ $(STAMP): $(SETUP_INPUTS)
 	$(PY) -m pip install --quiet -r requirements/requirements.txt -c requirements/constraints.txt
 	$(PY) tools/install_detectron2.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m mnc_d2.viewer.assets || echo "MapLibre GL JS not vendored (needs npm once): tools/view.py will say so"
 	$(PY) -c "import mnc_d2, detectron2; print('mnc_d2 ready on detectron2', detectron2.__version__)"
 	@touch $(STAMP)
 

@@ -17,6 +17,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["mnc_d2", "mnc_d2.*"]),
+    # the viewer's page and the map library vendored by `make setup` (mnc_d2.viewer.assets)
+    package_data={"mnc_d2.viewer": ["static/*.html", "static/*.js", "static/*.css",
+                                    "static/vendor/*"]},
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.23",

@@ -91,9 +91,29 @@ def summary_lines(metrics: dict, out_dir: Path, seconds: float) -> list[str]:
                   f"boundary F (1 m) {sn['shape/boundary_f']:.3f}"]
     lines += [f"files in {out_dir}/: metrics.json, inference/*/spacenet_proposals.csv, "
               "predictions/ (tools/predict.py's layout: buildings/*.parquet, manifest.parquet, "
-              "run.json, geojson/, csv/, png/), overlays/*_score.png",
-              f"total time {seconds / 60:.1f} min", ""]
+              "run.json, geojson/, csv/, png/), overlays/*_score.png, viewer/ (the web map)",
+              viewer_line(out_dir), f"total time {seconds / 60:.1f} min", ""]
     return lines
+
+
+def viewer_line(out_dir: Path) -> str:
+    if (out_dir / "viewer" / "index.html").is_file():
+        return ("see the predictions on a map over the imagery (offline): "
+                f"python tools/view.py {out_dir / 'predictions'} --serve --port 8000, then "
+                "open http://127.0.0.1:8000/")
+    return "web map not written (MapLibre GL JS not vendored: make setup needs npm once)"
+
+
+def _write_viewer(predictions: Path, site: Path) -> None:
+    """The web map of the held-out predictions (skipped, with the reason, without the vendored
+    map library)."""
+    from .viewer.assets import AssetsMissing
+    from .viewer.site import build_site
+
+    try:
+        build_site(predictions, site)
+    except AssetsMissing as exc:
+        logger.warning("no web map: %s", exc)
 
 
 def main(argv=None) -> int:
@@ -122,6 +142,7 @@ def main(argv=None) -> int:
     with atomic_write(out_dir / "metrics.json", "w") as f:
         json.dump({"config": args.config_file, "results": results}, f, indent=2)
     _predict_held_out(cfg, out_dir / "predictions")
+    _write_viewer(out_dir / "predictions", out_dir / "viewer")
     proposals = out_dir / "inference" / cfg.DATASETS.TEST[0] / "spacenet_proposals.csv"
     _overlays(data_root / "spacenet", proposals, out_dir / "overlays")
     print("\n".join(summary_lines(metrics, out_dir, time.time() - start)))

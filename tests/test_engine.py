@@ -263,5 +263,9 @@ def test_demo_smoke(tmp_path):
     assert len(list((predictions / "buildings").glob("*.parquet"))) == len(manifest)
     assert (predictions / "run.json").is_file()
     assert len(list((predictions / "geojson").glob("*.geojson"))) == len(manifest)
+    # The web map of those predictions, and the command that opens it.
+    site = tmp_path / "demo" / "viewer"
+    assert (site / "index.html").is_file() and (site / "data" / "buildings.geojson").is_file()
+    assert f"python tools/view.py {predictions} --serve" in result.stdout
     # The held-out split is evaluated once (not again by DefaultTrainer's end-of-training hook).
     assert (result.stdout + result.stderr).count("SpaceNet (spacenet rules): F1") == 1

@@ -1,0 +1,49 @@
+"""``tools/view.py``: build the viewer site of a prediction folder, optionally serve it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+
+from ..utils.logs import configure_cli_logging
+from .assets import AssetsMissing
+from .site import ViewerInputError, build_site
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="the --output folder of tools/predict.py")
+    parser.add_argument("--city", help="a merged city GeoParquet (tools/merge_footprints.py) to "
+                                       "draw instead of the per-scene files")
+    parser.add_argument("--scene-root", help="folder where the scenes are now, when the "
+                                             "manifest's paths moved (matched by file name)")
+    parser.add_argument("--basemap", help="XYZ tile URL template of an optional basemap "
+                                          "(https://.../{z}/{x}/{y}.png); none by default")
+    parser.add_argument("--out", help="write the site here (default: a temporary folder, "
+                                      "with --serve)")
+    parser.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--overview-px", type=int, default=1024,
+                        help="long side of each scene's overview image")
+    args = parser.parse_args(argv)
+    configure_cli_logging()
+    if not args.out and not args.serve:
+        parser.error("give --out SITE/, --serve, or both")
+    site = args.out or tempfile.mkdtemp(prefix="mnc_d2_viewer_")
+    try:
+        meta = build_site(args.folder, site, args.city, args.scene_root, args.basemap,
+                          args.overview_px)
+    except (ViewerInputError, AssetsMissing, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).info("%d buildings (%d at or above the run's threshold %.2f) "
+                                     "in %s", meta["buildings"],
+                                     meta["scores_at_or_above_threshold"], meta["threshold"],
+                                     site)
+    if args.serve:
+        from .serve import serve
+
+        serve(site, args.port)
+    return 0

@@ -1,0 +1,175 @@
+"""Build the static web map of a ``tools/predict.py`` output folder.
+
+Site layout (any plain web server can host it; ``tools/view.py --serve`` runs one on 127.0.0.1)::
+
+    SITE/index.html, viewer.js, viewer.css   the page (mnc_d2/viewer/static)
+    SITE/vendor/maplibre-gl.*                the vendored map library (offline)
+    SITE/data/meta.json                      threshold, bounds, scenes (status, error, outline,
+                                             overview image and its corners), counts
+    SITE/data/buildings.geojson              every building (EPSG:4326): scene, building_id,
+                                             score, area_m2
+    SITE/imagery/<scene>.png                 each readable scene as the model saw its bands,
+                                             stretched, at most ``overview_px`` on its long side
+
+What is pre-rendered: the footprints (one GeoJSON) and one overview image per scene.
+Approximation named: imagery is shown at overview resolution (not streamed as full-resolution
+tiles), so zooming in past ``overview_px`` per scene shows blurred pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..utils.atomic import atomic_write
+from .assets import vendor_dir
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE_FILES = ("index.html", "viewer.js", "viewer.css")
+
+
+class ViewerInputError(ValueError):
+    """The folder cannot be shown: the message names the file and the fix."""
+
+
+def _read_run(folder: Path) -> tuple[dict, "object"]:
+    import pandas as pd
+
+    run_file, manifest_file = folder / "run.json", folder / "manifest.parquet"
+    if not run_file.is_file() or not manifest_file.is_file():
+        raise ViewerInputError(f"{folder} is not a tools/predict.py output folder (no run.json "
+                               "or manifest.parquet); pass the --output folder of predict.py")
+    run = json.loads(run_file.read_text())
+    manifest = pd.read_parquet(manifest_file)
+    # the latest row of each scene (a re-run appends rows)
+    manifest = manifest.groupby("scene", sort=False).tail(1).reset_index(drop=True)
+    return run, manifest
+
+
+def _bands(run: dict) -> list[int]:
+    """The run's input bands (its config's INPUT.BANDS, else 1..len(PIXEL_MEAN)), first three."""
+    import yaml
+
+    cfg = yaml.safe_load(run.get("config", "")) or {}
+    bands = (cfg.get("INPUT") or {}).get("BANDS") or []
+    if not bands:
+        bands = list(range(1, len((cfg.get("MODEL") or {}).get("PIXEL_MEAN") or [0, 0, 0]) + 1))
+    return [int(b) for b in bands][:3]
+
+
+def _remap(path: str, scene_root: str | None) -> str:
+    if scene_root is None or "://" in path:
+        return path
+    return str(Path(scene_root) / Path(path).name)
+
+
+def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
+    """Write the overview PNG of a scene; returns its corners (lon, lat) or None (unreadable)."""
+    import cv2
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.enums import Resampling
+
+    from ..evaluation.visualize import stretch_to_uint8
+
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                return None
+            scale = min(1.0, overview_px / max(src.width, src.height))
+            h, w = max(1, int(src.height * scale)), max(1, int(src.width * scale))
+            chosen = [b for b in bands if b <= src.count] or [1]
+            chosen = (chosen * 3)[:3]
+            image = stretch_to_uint8(src.read(chosen, out_shape=(3, h, w),
+                                              resampling=Resampling.average))
+            corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
+            xs, ys = zip(*[src.transform @ c for c in corners_px])
+            lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
+                                                                                             ys)
+    except Exception as exc:  # an unreadable scene shows no image, the rest of the map stays
+        logger.warning("no imagery for %s: %s", path, exc)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+
+
+def _buildings(folder: Path, city: str | None):
+    import geopandas as gpd
+    import pandas as pd
+
+    if city:
+        frame = gpd.read_parquet(city)
+        if frame.crs is None:
+            raise ViewerInputError(f"{city} has no CRS; write it with tools/merge_footprints.py "
+                                   "(EPSG:4326) or set one (GeoDataFrame.set_crs)")
+        frame = frame.rename(columns={"scenes": "scene"})
+        return frame.to_crs("EPSG:4326")
+    files = sorted(p for p in (folder / "buildings").glob("*.parquet")
+                   if not p.name.startswith("."))
+    frames = []
+    for path in files:
+        frame = gpd.read_parquet(path)
+        if frame.crs is None:
+            raise ViewerInputError(f"{path} has no CRS; it was not written by tools/predict.py "
+                                   "(re-run predict.py on its scene)")
+        frames.append(frame.to_crs("EPSG:4326"))
+    if not frames:
+        return gpd.GeoDataFrame({"scene": [], "building_id": [], "score": [], "area_m2": []},
+                                geometry=[], crs="EPSG:4326")
+    return pd.concat(frames, ignore_index=True)
+
+
+def build_site(folder: str | Path, site: str | Path, city: str | None = None,
+               scene_root: str | None = None, basemap: str | None = None,
+               overview_px: int = 1024) -> dict:
+    """Write the site for prediction folder ``folder`` into ``site`` (module docstring);
+    returns the summary written to ``data/meta.json``."""
+    folder, site = Path(folder), Path(site)
+    run, manifest = _read_run(folder)
+    vendor = vendor_dir()
+    site.mkdir(parents=True, exist_ok=True)
+    for name in PAGE_FILES:
+        shutil.copy2(STATIC / name, site / name)
+    shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
+    bands = _bands(run)
+    scenes = []
+    for row in manifest.itertuples():
+        path = _remap(str(row.path), scene_root)
+        corners = None
+        if row.status in ("ok", "skipped"):
+            corners = _scene_image(path, bands, site / "imagery" / f"{row.scene}.png",
+                                   overview_px)
+        scenes.append({"scene": row.scene, "status": row.status, "error": row.error or "",
+                       "buildings": int(row.buildings), "corners": corners,
+                       "image": f"imagery/{row.scene}.png" if corners else None})
+    frame = _buildings(folder, city)
+    geojson = json.loads(frame[["scene", "building_id", "score", "area_m2", "geometry"]]
+                         .assign(score=frame["score"].round(4),
+                                 area_m2=frame["area_m2"].round(1)).to_json(drop_id=True))
+    (site / "data").mkdir(exist_ok=True)
+    with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
+        json.dump(geojson, handle, separators=(",", ":"))
+    points = [c for s in scenes if s["corners"] for c in s["corners"]]
+    if len(frame):
+        b = frame.total_bounds
+        points += [[b[0], b[1]], [b[2], b[3]]]
+    bounds = ([float(min(p[0] for p in points)), float(min(p[1] for p in points)),
+               float(max(p[0] for p in points)), float(max(p[1] for p in points))]
+              if points else None)
+    meta = {"threshold": float(run.get("score_thresh", 0.5)), "buildings": int(len(frame)),
+            "scores_at_or_above_threshold": int((frame["score"] >= run.get("score_thresh", 0.5))
+                                                .sum()) if len(frame) else 0,
+            "bounds": bounds, "scenes": scenes, "basemap": basemap,
+            "empty_reason": None if len(frame) else
+            ("the run found no buildings" if len(manifest) else "the run has no scenes")}
+    with atomic_write(site / "data" / "meta.json", "w") as handle:
+        json.dump(meta, handle, indent=1)
+    logger.info("viewer for %s: %d buildings, %d scenes -> %s", folder, len(frame), len(scenes),
+                site)
+    return meta
+

@@ -1,0 +1,88 @@
+// The mnc_d2 web map: footprints over the imagery, offline (MapLibre GL JS, vendored).
+// State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup}.
+(async function () {
+  "use strict";
+  const state = { ready: false, threshold: 0, count: 0, total: 0, popup: "" };
+  window.viewerState = state;
+  const meta = await (await fetch("data/meta.json")).json();
+  const buildings = await (await fetch("data/buildings.geojson")).json();
+  const scores = buildings.features.map((f) => f.properties.score);
+  state.total = scores.length;
+
+  const layers = [{ id: "background", type: "background", paint: { "background-color": "#1d1f21" } }];
+  const sources = {};
+  if (meta.basemap) {
+    sources.basemap = { type: "raster", tiles: [meta.basemap], tileSize: 256 };
+    layers.push({ id: "basemap", type: "raster", source: "basemap" });
+  }
+  const map = new maplibregl.Map({
+    container: "map",
+    style: { version: 8, sources: sources, layers: layers },
+    bounds: meta.bounds || [-180, -85, 180, 85],
+    fitBoundsOptions: { padding: 20 },
+    attributionControl: false,
+  });
+  window.viewerMap = map;
+
+  const panel = document.getElementById("scenes");
+  for (const s of meta.scenes) {
+    const div = document.createElement("div");
+    div.className = "scene " + s.status;
+    div.textContent = s.scene + ": " + s.status + (s.status === "failed" ? " (" + s.error + ")" : "");
+    panel.appendChild(div);
+  }
+  if (meta.empty_reason) {
+    document.getElementById("empty").textContent = "No buildings to show: " + meta.empty_reason;
+  }
+
+  const slider = document.getElementById("threshold");
+  function apply(threshold) {
+    state.threshold = threshold;
+    state.count = scores.filter((s) => s >= threshold).length;
+    document.getElementById("threshold-value").textContent = threshold.toFixed(2);
+    document.getElementById("count").textContent = state.count + " buildings shown";
+    if (map.getLayer("buildings-fill")) {
+      const filter = [">=", ["get", "score"], threshold];
+      map.setFilter("buildings-fill", filter);
+      map.setFilter("buildings-line", filter);
+    }
+  }
+  slider.value = meta.threshold;
+  slider.addEventListener("input", () => apply(parseFloat(slider.value)));
+  window.viewerSetThreshold = (t) => { slider.value = t; apply(t); };
+
+  map.on("load", () => {
+    meta.scenes.forEach((s, i) => {
+      if (!s.corners) return;
+      map.addSource("image-" + i, { type: "image", url: s.image, coordinates: s.corners });
+      map.addLayer({ id: "image-" + i, type: "raster", source: "image-" + i });
+    });
+    const outlines = {
+      type: "FeatureCollection",
+      features: meta.scenes.filter((s) => s.corners).map((s) => ({
+        type: "Feature",
+        properties: { scene: s.scene, status: s.status },
+        geometry: { type: "Polygon", coordinates: [s.corners.concat([s.corners[0]])] },
+      })),
+    };
+    map.addSource("scenes", { type: "geojson", data: outlines });
+    map.addLayer({ id: "scenes", type: "line", source: "scenes", paint: {
+      "line-width": 2,
+      "line-color": ["match", ["get", "status"], "failed", "#ff1744", "skipped", "#9e9e9e", "#00e5ff"],
+    } });
+    map.addSource("buildings", { type: "geojson", data: buildings });
+    const colour = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
+    map.addLayer({ id: "buildings-fill", type: "fill", source: "buildings",
+                   paint: { "fill-color": colour, "fill-opacity": 0.45 } });
+    map.addLayer({ id: "buildings-line", type: "line", source: "buildings",
+                   paint: { "line-color": colour, "line-width": 1.5 } });
+    map.on("click", "buildings-fill", (e) => {
+      const p = e.features[0].properties;
+      state.popup = "scene " + p.scene + ", building " + p.building_id + ", score " +
+        Number(p.score).toFixed(4) + ", " + Number(p.area_m2).toFixed(1) + " m\u00b2";
+      new maplibregl.Popup().setLngLat(e.lngLat).setText(state.popup).addTo(map);
+    });
+    apply(meta.threshold);
+    map.once("idle", () => { state.ready = true; });
+  });
+})();

@@ -1,0 +1,158 @@
+"""tools/view.py: the web map of a prediction folder, checked in a real browser (Debian's
+headless chromium driven by selenium): no console error, no request leaving localhost, the
+building count and the score slider, a click on a known building, failed scenes marked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from mnc_d2.inference.scenes import SceneRow, append_manifest, write_buildings_parquet
+from mnc_d2.synthetic.spacenet2 import STYLES, render_scene, tile_transform, to_dn
+from mnc_d2.viewer.site import ViewerInputError, build_site
+
+SCORES = [0.30, 0.55, 0.72, 0.91]
+
+
+def _prediction_folder(root: Path) -> Path:
+    """Two scenes with four buildings each (known scores), one failed scene."""
+    out = root / "pred"
+    (root / "scenes").mkdir(parents=True)
+    rows = []
+    for k in range(2):
+        image, _, _ = render_scene(np.random.default_rng(k), STYLES["vegas"], size=160)
+        path = root / "scenes" / f"s{k}.tif"
+        transform = tile_transform(STYLES["vegas"], 21 + k, size=160)
+        with rasterio.open(path, "w", driver="GTiff", height=160, width=160, count=3,
+                           dtype="uint16", crs="EPSG:4326", transform=transform) as dst:
+            dst.write(to_dn(image)[[4, 2, 1]])
+        polys = [shapely.box(*(transform @ (20 + 35 * j, 60)), *(transform @ (45 + 35 * j, 30)))
+                 for j in range(4)]
+        write_buildings_parquet(out / "buildings" / f"s{k}.parquet", f"s{k}", polys, SCORES,
+                                "EPSG:4326")
+        rows.append(SceneRow(f"s{k}", str(path), "ok", 4))
+    rows.append(SceneRow("lost", str(root / "scenes" / "lost.tif"), "failed",
+                         error="FileNotFoundError: lost.tif does not exist"))
+    append_manifest(out, rows)
+    (out / "run.json").write_text(json.dumps({"score_thresh": 0.5, "config": "INPUT:\n  BANDS: "
+                                              "[1, 2, 3]\n"}))
+    return out
+
+
+def test_bad_folders_say_why(tmp_path):
+    with pytest.raises(ViewerInputError, match="not a tools/predict.py output folder"):
+        build_site(tmp_path, tmp_path / "site")
+    folder = _prediction_folder(tmp_path)
+    import geopandas as gpd
+
+    frame = gpd.read_parquet(folder / "buildings" / "s0.parquet")
+    frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
+    with pytest.raises(ViewerInputError, match="nocrs.parquet has no CRS"):
+        build_site(folder, tmp_path / "site", city=str(tmp_path / "nocrs.parquet"))
+    # scenes moved: --scene-root finds them by name; the map still builds without them
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "scenes"), moved)
+    meta = build_site(folder, tmp_path / "site2")
+    assert [s["corners"] for s in meta["scenes"]] == [None, None, None]
+    meta = build_site(folder, tmp_path / "site3", scene_root=str(moved))
+    assert [s["corners"] is not None for s in meta["scenes"]] == [True, True, False]
+    empty = tmp_path / "empty"
+    append_manifest(empty, [])
+    (empty / "run.json").write_text(json.dumps({"score_thresh": 0.5}))
+    assert build_site(empty, tmp_path / "site4")["empty_reason"] == "the run has no scenes"
+
+
+def _browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        message = ("the viewer's browser tests need Debian's chromium and chromium-driver "
+                   "(apt-get install chromium chromium-driver)")
+        if os.environ.get("MNC_D2_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--enable-unsafe-swiftshader",
+                "--window-size=1000,800", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _wait(browser, script: str, timeout: float = 60.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = browser.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_the_map_in_a_real_browser(tmp_path):
+    from mnc_d2.viewer.serve import start
+
+    folder = _prediction_folder(tmp_path)
+    site = tmp_path / "site"
+    build_site(folder, site)
+    server, url = start(site)
+    browser = _browser()
+    try:
+        browser.get(url)
+        _wait(browser, "return window.viewerState && window.viewerState.ready")
+        state = browser.execute_script("return window.viewerState")
+        assert state["total"] == 8
+        assert state["count"] == 2 * sum(s >= 0.5 for s in SCORES) == 6
+        assert "6 buildings shown" in browser.find_element("id", "count").text
+        drawn = browser.execute_script(
+            "const f = window.viewerMap.queryRenderedFeatures({layers: ['buildings-fill']});"
+            "return [...new Set(f.map(x => x.properties.scene + '/' + x.properties.building_id))]"
+            ".length")
+        assert drawn == 6
+        browser.execute_script("window.viewerSetThreshold(0.8)")
+        assert browser.execute_script("return window.viewerState.count") == 2
+        assert "2 buildings shown" in browser.find_element("id", "count").text
+        _wait(browser, "return window.viewerMap.loaded()")
+        assert browser.execute_script(
+            "return window.viewerMap.queryRenderedFeatures({layers: ['buildings-fill']})"
+            ".filter(f => f.properties.score >= 0.8).length > 0 && window.viewerMap"
+            ".queryRenderedFeatures({layers: ['buildings-fill']}).every(f => f.properties.score"
+            " >= 0.8)")
+        # a click on building 3 of scene s1 (score 0.91) shows its score
+        with rasterio.open(tmp_path / "scenes" / "s1.tif") as src:
+            lon, lat = src.transform @ (20 + 35 * 3 + 12, 45)
+        x, y = browser.execute_script(
+            f"const p = window.viewerMap.project([{lon}, {lat}]); return [p.x, p.y]")
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        canvas = browser.find_element("css selector", ".maplibregl-canvas")
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, int(x - canvas.size["width"] / 2), int(y - canvas.size["height"] / 2)
+        ).click().perform()
+        popup = _wait(browser, "return window.viewerState.popup")
+        assert "scene s1, building 3, score 0.9100" in popup
+        assert "lost: failed (FileNotFoundError" in browser.find_element("id", "scenes").text
+        requests = [json.loads(entry["message"])["message"] for entry in
+                    browser.get_log("performance")]
+        urls = [m["params"]["request"]["url"] for m in requests
+                if m["method"] == "Network.requestWillBeSent"]
+        assert urls and all(u.startswith((url, "data:", "blob:")) for u in urls), urls
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        shot = os.environ.get("MNC_D2_VIEWER_SCREENSHOT")
+        if shot:
+            browser.save_screenshot(shot)
+    finally:
+        browser.quit()
+        server.shutdown()
