@@ -156,3 +156,43 @@ def test_the_map_in_a_real_browser(tmp_path):
     finally:
         browser.quit()
         server.shutdown()
+
+
+def test_truth_is_matched_as_the_scorer_matches(tmp_path):
+    """TP / FP / FN of the map equal tools/score.py's on the same polygons (SpaceNet rules)."""
+    from mnc_d2.evaluation.spacenet_metric import score_csv
+    from mnc_d2.formats.spacenet_csv import write_proposal_csv
+    from mnc_d2.viewer.serve import start
+
+    folder = _prediction_folder(tmp_path)
+    truth_rows, props = [], {}
+    for k in range(2):
+        pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
+        props[f"s{k}"] = [(p, s) for p, s in zip(pix, SCORES) if s >= 0.5]
+        # truth: buildings 1 and 3 exactly, building 2 shifted away (its prediction an FP),
+        # and one building nothing found (FN)
+        kept = [pix[1], pix[3], shapely.box(100, 100, 130, 130)]
+        # (the Geo column holds a polygon: the tester drops a row with POLYGON EMPTY anywhere)
+        truth_rows += [f's{k},{i},"{t.wkt}","{t.wkt}"' for i, t in enumerate(kept)]
+    truth = tmp_path / "truth.csv"
+    truth.write_text("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n"
+                     + "\n".join(truth_rows) + "\n")
+    write_proposal_csv(tmp_path / "props.csv", props)
+    scorer = score_csv(str(truth), str(tmp_path / "props.csv"), group_by="none")
+    assert (scorer.overall.tp, scorer.overall.fp, scorer.overall.fn) == (4, 2, 2)
+    meta = build_site(folder, tmp_path / "site", truth=[str(truth)])
+    assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2}
+    buildings = json.loads((tmp_path / "site" / "data" / "buildings.geojson").read_text())
+    assert sorted(f["properties"]["match"] for f in buildings["features"]) == [
+        "FP", "FP", "TP", "TP", "TP", "TP", "below", "below"]
+    server, url = start(tmp_path / "site")
+    browser = _browser()
+    try:
+        browser.get(url)
+        _wait(browser, "return window.viewerState && window.viewerState.ready")
+        assert "TP 4, FP 2, FN 2" in browser.find_element("id", "truth").text
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+        server.shutdown()

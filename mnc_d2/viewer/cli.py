@@ -19,6 +19,10 @@ def main(argv=None) -> int:
                                        "draw instead of the per-scene files")
     parser.add_argument("--scene-root", help="folder where the scenes are now, when the "
                                              "manifest's paths moved (matched by file name)")
+    parser.add_argument("--truth", nargs="+", metavar="FILE",
+                        help="truth: SpaceNet CSVs (pixel coordinates, by ImageId) or GeoJSON / "
+                             "GeoParquet; TP / FP / FN at the run's threshold, matched as "
+                             "tools/score.py does")
     parser.add_argument("--basemap", help="XYZ tile URL template of an optional basemap "
                                           "(https://.../{z}/{x}/{y}.png); none by default")
     parser.add_argument("--out", help="write the site here (default: a temporary folder, "
@@ -34,7 +38,7 @@ def main(argv=None) -> int:
     site = args.out or tempfile.mkdtemp(prefix="mnc_d2_viewer_")
     try:
         meta = build_site(args.folder, site, args.city, args.scene_root, args.basemap,
-                          args.overview_px)
+                          args.overview_px, args.truth)
     except (ViewerInputError, AssetsMissing, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -124,11 +124,102 @@ def _buildings(folder: Path, city: str | None):
     return pd.concat(frames, ignore_index=True)
 
 
+def _scene_grid(path: str):
+    """(crs, transform, ImageId) of a readable scene, else None."""
+    import rasterio
+
+    from ..data.versions import image_id_of
+
+    try:
+        with rasterio.open(path) as src:
+            return src.crs, src.transform, image_id_of(path.split("?", 1)[0])
+    except Exception:  # unreadable: no truth matching for it
+        return None
+
+
+def _read_truth(paths: list[str]):
+    """Truth polygons: SpaceNet CSVs (pixel coordinates, by ImageId) -> ("pixel", DataFrame);
+    GeoJSON / GeoParquet (map coordinates) -> ("map", GeoDataFrame)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from ..formats.spacenet_csv import read_truth_csv
+
+    kinds = {Path(p).suffix.lower() for p in paths}
+    if kinds == {".csv"}:
+        return "pixel", pd.concat([read_truth_csv(p) for p in paths], ignore_index=True)
+    frames = []
+    for p in paths:
+        frame = gpd.read_parquet(p) if p.lower().endswith(".parquet") else gpd.read_file(p)
+        if frame.crs is None:
+            raise ViewerInputError(f"{p} has no CRS; truth in map coordinates needs one "
+                                   "(GeoDataFrame.set_crs), or give a SpaceNet CSV")
+        frames.append(frame.to_crs("EPSG:4326")[["geometry"]])
+    return "map", pd.concat(frames, ignore_index=True)
+
+
+def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
+                 threshold: float):
+    """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
+    scene by the SpaceNet tester's rules in the scene's pixel grid (tools/score.py's matching).
+    Returns the buildings' ``match`` column, the truth GeoDataFrame (EPSG:4326, ``match``,
+    ``scene``) and the counts."""
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from ..evaluation.spacenet_metric import score
+    from ..geometry.polygons import map_to_pixel, pixel_to_map
+
+    kind, truth = _read_truth(truth_paths)
+    match = np.full(len(frame), "below", dtype=object)
+    match[frame["score"].to_numpy() >= threshold] = "FP"
+    truth_rows, counts = [], {"TP": 0, "FP": 0, "FN": 0}
+    for s in scenes:
+        grid = _scene_grid(paths[s["scene"]])
+        if grid is None:
+            continue
+        crs, transform, image_id = grid
+        image_id = image_id or s["scene"]
+        mine = np.flatnonzero((frame["scene"].astype(str) == s["scene"]).to_numpy()
+                              & (frame["score"].to_numpy() >= threshold))
+        props = gpd.GeoSeries(frame.geometry.iloc[mine].to_numpy(), crs="EPSG:4326").to_crs(crs)
+        props = pd.DataFrame({"ImageId": image_id, "geometry": [map_to_pixel(g, transform)
+                                                                 for g in props],
+                              "Confidence": frame["score"].to_numpy()[mine]})
+        if kind == "pixel":
+            t = truth[truth["ImageId"] == image_id].reset_index(drop=True)
+        else:
+            corners = gpd.GeoSeries([shapely.Polygon(s["corners"])], crs="EPSG:4326")
+            inside = truth[truth.geometry.representative_point().within(corners.iloc[0])]
+            local = gpd.GeoSeries(inside.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
+            t = pd.DataFrame({"ImageId": image_id,
+                              "geometry": [map_to_pixel(g, transform) for g in local]})
+        t = t[~shapely.is_empty(t.geometry.to_numpy())].reset_index(drop=True)
+        result = score(t.assign(BuildingId=np.arange(len(t))), props, group_by="none")
+        matched = result.proposal_match >= 0
+        match[mine[matched]] = "TP"
+        counts["TP"] += int(result.overall.tp)
+        counts["FP"] += int(result.overall.fp)
+        counts["FN"] += int(result.overall.fn)
+        geo = gpd.GeoSeries([pixel_to_map(g, transform) for g in t.geometry], crs=crs)
+        truth_rows.append(gpd.GeoDataFrame(
+            {"scene": s["scene"], "match": np.where(result.truth_matched, "TP",
+                                                    np.where(result.truth_kept, "FN", "ignored"))},
+            geometry=geo.to_crs("EPSG:4326").to_numpy(), crs="EPSG:4326"))
+    truth_out = (pd.concat(truth_rows, ignore_index=True) if truth_rows else
+                 gpd.GeoDataFrame({"scene": [], "match": []}, geometry=[], crs="EPSG:4326"))
+    return match, truth_out, counts
+
+
 def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                scene_root: str | None = None, basemap: str | None = None,
-               overview_px: int = 1024) -> dict:
+               overview_px: int = 1024, truth: list[str] | None = None) -> dict:
     """Write the site for prediction folder ``folder`` into ``site`` (module docstring);
-    returns the summary written to ``data/meta.json``."""
+    returns the summary written to ``data/meta.json``. ``truth``: SpaceNet truth CSVs or
+    GeoJSON / GeoParquet files; buildings and truth then carry TP / FP / FN at the run's
+    threshold, matched as tools/score.py matches (the SpaceNet rules, per scene)."""
     folder, site = Path(folder), Path(site)
     run, manifest = _read_run(folder)
     vendor = vendor_dir()
@@ -137,9 +228,10 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shutil.copy2(STATIC / name, site / name)
     shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
     bands = _bands(run)
-    scenes = []
+    scenes, paths = [], {}
     for row in manifest.itertuples():
         path = _remap(str(row.path), scene_root)
+        paths[row.scene] = path
         corners = None
         if row.status in ("ok", "skipped"):
             corners = _scene_image(path, bands, site / "imagery" / f"{row.scene}.png",
@@ -148,10 +240,23 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                        "buildings": int(row.buildings), "corners": corners,
                        "image": f"imagery/{row.scene}.png" if corners else None})
     frame = _buildings(folder, city)
-    geojson = json.loads(frame[["scene", "building_id", "score", "area_m2", "geometry"]]
+    threshold = float(run.get("score_thresh", 0.5))
+    columns = ["scene", "building_id", "score", "area_m2", "geometry"]
+    counts = None
+    (site / "data").mkdir(exist_ok=True)
+    if truth:
+        if city:
+            raise ViewerInputError("--truth is matched per scene: use it with the per-scene "
+                                   "files, not --city")
+        frame = frame.assign(match=None)
+        frame["match"], truth_frame, counts = _match_truth(frame, scenes, paths, truth,
+                                                           threshold)
+        columns.insert(4, "match")
+        with atomic_write(site / "data" / "truth.geojson", "w") as handle:
+            handle.write(truth_frame.to_json(drop_id=True))
+    geojson = json.loads(frame[columns]
                          .assign(score=frame["score"].round(4),
                                  area_m2=frame["area_m2"].round(1)).to_json(drop_id=True))
-    (site / "data").mkdir(exist_ok=True)
     with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
         json.dump(geojson, handle, separators=(",", ":"))
     points = [c for s in scenes if s["corners"] for c in s["corners"]]
@@ -161,7 +266,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     bounds = ([float(min(p[0] for p in points)), float(min(p[1] for p in points)),
                float(max(p[0] for p in points)), float(max(p[1] for p in points))]
               if points else None)
-    meta = {"threshold": float(run.get("score_thresh", 0.5)), "buildings": int(len(frame)),
+    meta = {"threshold": threshold, "buildings": int(len(frame)), "truth_counts": counts,
             "scores_at_or_above_threshold": int((frame["score"] >= run.get("score_thresh", 0.5))
                                                 .sum()) if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap,

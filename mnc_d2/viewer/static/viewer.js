@@ -6,6 +6,9 @@
   window.viewerState = state;
   const meta = await (await fetch("data/meta.json")).json();
   const buildings = await (await fetch("data/buildings.geojson")).json();
+  // every file is read before the map exists: its "load" event must not pass unseen
+  const truth = meta.truth_counts
+    ? await (await fetch("data/truth.geojson")).json() : null;
   const scores = buildings.features.map((f) => f.properties.score);
   state.total = scores.length;
 
@@ -35,6 +38,12 @@
     document.getElementById("empty").textContent = "No buildings to show: " + meta.empty_reason;
   }
 
+  if (meta.truth_counts) {
+    const c = meta.truth_counts;
+    state.truth = c;
+    document.getElementById("truth").textContent = "TP " + c.TP + ", FP " + c.FP + ", FN " +
+      c.FN + " (SpaceNet rules, at the run's threshold " + meta.threshold.toFixed(2) + ")";
+  }
   const slider = document.getElementById("threshold");
   function apply(threshold) {
     state.threshold = threshold;
@@ -71,7 +80,17 @@
       "line-color": ["match", ["get", "status"], "failed", "#ff1744", "skipped", "#9e9e9e", "#00e5ff"],
     } });
     map.addSource("buildings", { type: "geojson", data: buildings });
-    const colour = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
+    const byScore = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
+    // with truth: TP green, FP orange (at the run's threshold); below it, by score
+    const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100", byScore]
+      : byScore;
+    if (truth) {
+      map.addSource("truth", { type: "geojson", data: truth });
+      map.addLayer({ id: "truth", type: "line", source: "truth", paint: {
+        "line-width": 2, "line-dasharray": [2, 1],
+        "line-color": ["match", ["get", "match"], "FN", "#ff1744", "TP", "#00c853", "#9e9e9e"],
+      } });
+    }
     map.addLayer({ id: "buildings-fill", type: "fill", source: "buildings",
                    paint: { "fill-color": colour, "fill-opacity": 0.45 } });
     map.addLayer({ id: "buildings-line", type: "line", source: "buildings",
