@@ -23,6 +23,7 @@ other; flags as bench_accuracy.py defines them) gets the fraction at every stage
 
     python -m bench.diagnose_slices --variants mnc5 mask_rcnn --settings default hard \
         --model-seeds 0 1 2 > bench/results/diagnose_slices.json
+    python -m bench.diagnose_slices ... --add-to earlier.json   # runs accumulate
 
 Prints one JSON object (logs on stderr). Reads the detections bench_accuracy.py's evaluation
 wrote (``bench_eval_*/**/spacenet_proposals.csv`` in each run folder); runs the backbone and RPN
@@ -178,12 +179,17 @@ def main() -> None:
     parser.add_argument("--work", default=".cache/bench/accuracy")
     parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--add-to", metavar="REPORT",
+                        help="a report of an earlier invocation whose runs are kept (runs of "
+                             "this one replace those of the same variant, setting and seed)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work).resolve()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "iterations": args.iters, "train_images_per_city": args.images, "runs": {}}
+    if args.add_to:
+        report["runs"] = json.loads(Path(args.add_to).read_text())["runs"]
     for setting in args.settings:
         for name in args.variants:
             key = f"{name}/{setting}"

@@ -164,7 +164,7 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
                                          0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     # Douglas-Peucker tolerance in pixels for the traced mask outline (0 = off). 1.5 px (0.5 px
     # before mnc_d2 0.2) removes the pixel staircase at no measurable F1 cost (BENCHMARKS.md
-    # section 10: C-IoU 0.12 -> 0.49, max tangent angle error 74 -> 49 degrees on the benchmark).
+    # section 4: C-IoU 0.12 -> 0.49, max tangent angle error 74 -> 49 degrees on the benchmark).
     _C.TEST.SPACENET.SIMPLIFY_TOLERANCE = 1.5
     # Snap polygon edges to right angles along the building's dominant orientation (rectilinear
     # regularisation): the best shape measured, at a small F1 cost, so off by default.
@@ -175,7 +175,7 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     # Make close, nearly parallel neighbours parallel (mnc_d2.geometry.align): buildings at most
     # ALIGN_NEIGHBOURS_GAP pixels apart whose orientations differ by at most this many degrees
     # turn onto their group's mean orientation (0 = off, the default; measured in BENCHMARKS.md
-    # section 10). Not in the original MNC (its polygons came from gdal.Polygonize).
+    # section 4). Not in the original MNC (its polygons came from gdal.Polygonize).
     _C.TEST.SPACENET.ALIGN_NEIGHBOURS = 0.0
     _C.TEST.SPACENET.ALIGN_NEIGHBOURS_GAP = 10.0
     # Scoring rules: "spacenet" (the SpaceNet 2 leaderboard) or "solaris" (solaris 0.4.0).

@@ -59,7 +59,7 @@ RULES: tuple[Rule, ...] = (
          "area in the union", ("MODEL.MNC.MASK_FG_IOU",)),
     Rule("box-level classifier", "an auxiliary classifier trained with box labels beside the "
          "mask-level one at stages 3 and 5 (weight 1); unused at test time",
-         "off by default (weight 0), see BENCHMARKS.md section 1b; a weight > 0 adds it",
+         "off by default (weight 0), see BENCHMARKS.md section 3; a weight > 0 adds it",
          ("MODEL.MNC.LOSS_WEIGHTS.CLS3_BOX", "MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX")),
     Rule("stage-5 box regression", "auxiliary, on the shared box predictor; inference refines "
          "boxes with stage 3's deltas only", "the same", ("MODEL.MNC.LOSS_WEIGHTS.BOX5",), True),
