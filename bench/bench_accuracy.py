@@ -271,6 +271,12 @@ def summarize(runs: dict) -> dict:
                       if (r.get("shape") or {}).get("all", {}).get(key) is not None]
             if values:
                 entry[f"shape_{key}"] = _spread(values)
+        # the L-shaped / courtyard buildings' own pairs, and courtyards' holes found
+        for key, part in (("ciou", "concave"), ("mta", "concave"), ("hole_recall", "all")):
+            values = [r["shape"][part][key] for r in reports
+                      if ((r.get("shape") or {}).get(part) or {}).get(key) is not None]
+            if values:
+                entry[f"shape_{key}_{part}"] = _spread(values)
         out[name] = entry
     return out
 

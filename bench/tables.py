@@ -76,12 +76,18 @@ def accuracy_tables(report: dict) -> list[str]:
         lines += ["Shape of the matched pairs (`mnc_d2.evaluation.polygon_metrics`, metres at "
                   "0.3 m per pixel; mean ± sample std (min-max) over the seeds that kept "
                   "detections at the threshold):", ""]
+        extra = [("ciou_concave", "C-IoU concave", 3), ("mta_concave", "MTA deg concave", 1),
+                 ("hole_recall_all", "hole recall", 3)]
+        extra = [x for x in extra if any(f"shape_{x[0]}" in e for e in shaped.values())]
         lines += _table(["variant", "seeds", "mean IoU", "C-IoU", "N-ratio", "PoLiS m",
-                         "max tangent angle error deg", "boundary F (1 m)"],
+                         "max tangent angle error deg", "boundary F (1 m)",
+                         *(title for _, title, _ in extra)],
                         [[name, e["shape_iou"]["n"],
                           *(_spread(e[f"shape_{k}"], 3 if k not in ("mta",) else 1)
                             for k in ("iou", "ciou", "n_ratio", "polis", "mta",
-                                      "boundary_f"))] for name, e in shaped.items()])
+                                      "boundary_f")),
+                          *(_spread(e[f"shape_{k}"], d) if f"shape_{k}" in e else "n/a"
+                            for k, _, d in extra)] for name, e in shaped.items()])
         lines += [""]
     header = ["variant", "seed", "mean city F1", "overall P", "overall R", "TP / FP / FN",
               "best threshold (mean city F1)", "ECE", *(f"recall {s}" for s in slices),

@@ -182,3 +182,17 @@ def test_shape_summary_covers_the_seeds_that_kept_detections():
     assert summary["mask_rcnn"]["shape_ciou"] == {"mean": 0.7, "min": 0.7, "max": 0.7,
                                                   "std": 0.0, "n": 1}
     assert summary["mask_rcnn"]["mean_city_f1"]["n"] == 2
+
+
+def test_shape_table_shows_concave_pairs_and_hole_recall():
+    run = _run(0.8, 0.1, 5.0)
+    run["shape"]["all"]["hole_recall"] = 0.5
+    run["shape"]["concave"] = dict(run["shape"]["all"], ciou=0.4, mta=60.0)
+    report = {"setting": "default", "iterations": 10, "train_images_per_city": 2,
+              "test_images_per_city": 1, "runs": {"mnc5": {"0": run}},
+              "summary": bench_accuracy.summarize({"mnc5": {"0": run}})}
+    lines = tables.accuracy_tables(report)
+    header = next(line for line in lines if line.startswith("| variant | seeds | mean IoU"))
+    assert header.endswith("| C-IoU concave | MTA deg concave | hole recall |")
+    row = next(line for line in lines if line.startswith("| mnc5 | 1 | 0.800"))
+    assert row.endswith("| 0.400 (1 seed) | 60.0 (1 seed) | 0.500 (1 seed) |")
