@@ -192,7 +192,7 @@ def test_shape_table_shows_concave_pairs_and_hole_recall():
               "test_images_per_city": 1, "runs": {"mnc5": {"0": run}},
               "summary": bench_accuracy.summarize({"mnc5": {"0": run}})}
     lines = tables.accuracy_tables(report)
-    header = next(line for line in lines if line.startswith("| variant | seeds | mean IoU"))
-    assert header.endswith("| C-IoU concave | MTA deg concave | hole recall |")
-    row = next(line for line in lines if line.startswith("| mnc5 | 1 | 0.800"))
+    at = next(i for i, line in enumerate(lines) if line.startswith("| variant | seeds | mean IoU"))
+    assert lines[at].endswith("| C-IoU concave | MTA deg concave | hole recall |")
+    row = lines[at + 2]
     assert row.endswith("| 0.400 (1 seed) | 60.0 (1 seed) | 0.500 (1 seed) |")
