@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small data, few iterations")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--iters", type=int, help="training iterations (default 600, quick 200)")
+    parser.add_argument("--images", type=int,
+                        help="training tiles per city (default 60, quick 20; the benchmark has "
+                             "half as many)")
     parser.add_argument("--work", default=".cache/bench/accuracy")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--test-seed", type=int, default=1)
@@ -305,7 +308,7 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work).resolve()
-    images = 20 if args.quick else 60
+    images = args.images or (20 if args.quick else 60)
     iters = args.iters or (200 if args.quick else 600)
     suffix = "" if args.setting == "default" else f"_{args.setting}"
     train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}",

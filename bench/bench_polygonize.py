@@ -88,10 +88,13 @@ def _library_regularize(polygons: list) -> list:
     """buildingregulariser on one image's polygons (pixel units); the largest piece of each
     building, None where the library dropped it."""
     import geopandas as gpd
-    from buildingregulariser import regularize_geodataframe
 
     if not polygons:
         return []
+    try:
+        from buildingregulariser import regularize_geodataframe
+    except ImportError:  # bench/requirements.txt not installed: the report says so
+        return [None] * len(polygons)
     frame = gpd.GeoDataFrame({"bid": range(len(polygons))}, geometry=polygons)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -234,7 +237,13 @@ def main() -> None:
                                  args.test_seed, args.test_images, args.setting)
     attrs = acc.slice_flags(test_root / "spacenet")
     runs = [run_one(Path(r).resolve(), test_root, attrs, args.score_thresh) for r in args.runs]
+    import importlib.util
+
+    library = ("buildingregulariser installed" if importlib.util.find_spec("buildingregulariser")
+               else "buildingregulariser not installed (pip install -r bench/requirements.txt): "
+                    "its method found no polygons")
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+                      "library": library,
                       "setting": args.setting, "methods": list(METHODS),
                       "score_thresh": args.score_thresh, "runs": runs,
                       "truth_angle_spread_deg": runs[0]["truth_angle_spread_deg"] if runs else None,

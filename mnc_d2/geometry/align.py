@@ -30,6 +30,16 @@ from .polygons import dominant_orientation
 QUARTER = math.pi / 2
 
 
+def orientation(geom) -> float:
+    """Dominant orientation (radians, [0, pi/2)) of a polygon, or of a multipolygon's largest
+    part; NaN for an empty geometry."""
+    if geom is None or geom.is_empty:
+        return float("nan")
+    if geom.geom_type == "MultiPolygon":
+        geom = max(geom.geoms, key=lambda part: part.area)
+    return dominant_orientation(geom)
+
+
 def _angle_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| modulo 90 degrees, in [0, 45] degrees (inputs in radians)."""
     d = np.abs(a - b) % QUARTER
@@ -54,9 +64,9 @@ def neighbour_angle_spread(polys: list[Polygon], max_gap: float = 10.0,
     i, j = close_pairs(polys, max_gap)
     if len(i) == 0:
         return float("nan"), 0
-    theta = np.array([dominant_orientation(p) for p in polys])
+    theta = np.array([orientation(p) for p in polys])
     gap = _angle_gap(theta[i], theta[j])
-    near = gap <= max_angle_deg
+    near = gap <= max_angle_deg  # NaN (an empty geometry) is never near
     return (float(gap[near].mean()) if near.any() else float("nan")), int(near.sum())
 
 
@@ -67,7 +77,7 @@ def align_neighbours(polys: list[Polygon], max_angle_deg: float = 10.0,
     n = len(polys)
     if n < 2 or max_angle_deg <= 0:
         return list(polys)
-    theta = np.array([dominant_orientation(p) for p in polys])
+    theta = np.array([orientation(p) for p in polys])
     i, j = close_pairs(polys, max_gap)
     near = _angle_gap(theta[i], theta[j]) <= max_angle_deg
     parent = list(range(n))

@@ -1,0 +1,75 @@
+"""Every benchmark script runs end to end at its smallest setting and writes a report its table
+renderer reads (the numbers of such tiny runs mean nothing; that the scripts still run does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import tables
+
+REPO = Path(__file__).resolve().parents[1]
+ITERS, IMAGES = 2, 4  # bench_accuracy's tag: mnc5_4img_2it
+
+
+def _bench(script: str, *args: str, timeout: int = 600) -> dict:
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", f"bench.{script}", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """bench_accuracy.py's smallest run: 2 iterations on 4 tiles per city, scored on 2."""
+    work = tmp_path_factory.mktemp("bench")
+    report = _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES),
+                    "--variants", "mnc5", "--work", str(work))
+    assert report["runs"]["mnc5"]["0"]["train_wall_s"] > 0
+    assert report["summary"]["mnc5"]["mean_city_f1"]["n"] == 1
+    assert tables.accuracy_tables(report)[0].startswith("Setting **default**")
+    return work
+
+
+def test_accuracy_diagnosis_and_polygonisation_scripts(work):
+    run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
+    diag = _bench("diagnose_slices", "--variants", "mnc5", "--settings", "default",
+                  "--model-seeds", "0", "--iters", str(ITERS), "--images", str(IMAGES),
+                  "--work", str(work))
+    assert set(diag["runs"]["mnc5/default"]["0"]["slices"]) == {"small", "concave", "dark",
+                                                                "other"}
+    assert tables.table_maker("diagnose_slices")(diag)[0].startswith("| data | variant")
+    poly = _bench("bench_polygonize", "--runs", str(run), "--work", str(work),
+                  "--test-images", str(IMAGES // 2), "--score-thresh", "0.0")
+    assert set(poly["summary"]) == set(poly["methods"]) and "library" in poly
+    assert tables.table_maker("polygonize_default")(poly)[0].startswith("Setting **default**")
+    transfer = _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES),
+                      "--variants", "mnc5", "--work", str(work), "--test-setting", "hard")
+    assert transfer["test_setting"] == "hard" and transfer["setting"] == "default"
+
+
+def test_prediction_scripts(work, tmp_path):
+    run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
+    predict = _bench("bench_predict", "--run", str(run), "--size", "700")
+    assert predict["scene_px"] == 700 and tables.table_maker("predict")(predict)
+    many = _bench("bench_predict_many", "--run", str(run), "--scenes", "2", "--size", "160")
+    assert many  # the report of both engines; no table renders it in the docs
+
+
+def test_scorer_and_speed_scripts(tmp_path):
+    scorer = _bench("bench_scorer", "--tiles", "5", "--per-tile", "5", "--repeats", "1",
+                    "--solaris-tiles", "0")
+    assert scorer["runs"][0]["tiles"] == 5 and scorer["runs"][0]["proposals"] > 0
+    if "vs_java" in scorer["runs"][0]:  # the tester's jar and java are at hand here
+        assert scorer["runs"][0]["vs_java"]["identical"]
+    speed = _bench("bench_speed", "--variants", "mnc5", "--rounds", "1", "--steps", "1",
+                   "--tiles", "1", "--warmup", "0", "--masks", "5", "--work", str(tmp_path),
+                   "--trained", str(tmp_path / "none"))
+    assert speed["models"]["mnc5"]["weights"] == "random init"
+    assert tables.table_maker("speed")(speed)
