@@ -496,24 +496,32 @@ def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
     # Only option-taking kernels here: a Python scalar argument makes pyarrow import pandas.
     header_line = pc.match_substring_regex(lines, "^[iI](?i:mageid)")
     skip = pc.match_substring_regex(lines, "^(?:$|#|[iI](?i:mageid))")
-    numbers = np.flatnonzero(~to_numpy(skip)) + 1  # (D,) 1-based line numbers of the data rows
-    data = lines.take(indices(numbers - 1))
-    num_rows = len(data)
-    image_of_row = np.asarray(pc.struct_field(pc.extract_regex(data, "^(?P<image>[^,]*)"), [0])
-                              .to_pylist(), dtype=object)  # (D,) text before the first comma
+    # Whole-file kernels run on ``lines`` itself (no copy of the data rows: a truth file is
+    # mostly its Geo column, tens of MB); only the polygon text of the usual lines is copied.
+    skipped = to_numpy(skip)
+    data_idx = np.flatnonzero(~skipped)  # (D,) line index of each data row
+    numbers = data_idx + 1  # (D,) 1-based line numbers of the data rows
+    num_rows = len(data_idx)
+    image_of_row = np.asarray(pc.struct_field(pc.extract_regex(lines, "^(?P<image>[^,]*)"), [0])
+                              .take(indices(data_idx)).to_pylist(), dtype=object)  # (D,)
     registered = list(dict.fromkeys(image_of_row.tolist()))
-    _warn_duplicates(kind, path, num_rows - pc.count_distinct(data).as_py())
+    # data rows never equal skipped lines, so distinct data rows = distinct lines - distinct
+    # skipped lines
+    distinct_skipped = len(set(lines.take(indices(np.flatnonzero(skipped))).to_pylist()))
+    _warn_duplicates(kind, path,
+                     num_rows - (pc.count_distinct(lines).as_py() - distinct_skipped))
     headers = np.flatnonzero(to_numpy(header_line))
 
-    usual = to_numpy(pc.match_substring_regex(data, _FAST_LINE_RE2))
+    usual = to_numpy(pc.match_substring_regex(lines, _FAST_LINE_RE2))[data_idx]  # (D,)
+    empty_line = to_numpy(pc.match_substring_regex(lines, "^[^,]*,-1,|POLYGON EMPTY"))
     usual_rows = np.flatnonzero(usual)
-    usual_lines = data.take(indices(usual_rows))
-    empty = to_numpy(pc.match_substring_regex(usual_lines, "^[^,]*,-1,|POLYGON EMPTY"))
+    empty = empty_line[data_idx[usual_rows]]
     fast_rows = usual_rows[~empty]  # (P,) data rows read in bulk
     # In a usual line the first '"POLYGON ((' opens the polygon and the first '))"' closes it;
     # the confidence starts 4 characters past '))' (after '))",'), as the tester reads it.
-    parts = pc.extract_regex(usual_lines.take(indices(np.flatnonzero(~empty))),
-                             _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$")
+    # (extracted from every line, then taken: only the polygon text is copied, not the rest)
+    parts = pc.extract_regex(lines, _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$"
+                             ).take(indices(data_idx[fast_rows]))
     ring_lists = pc.split_pattern(pc.struct_field(parts, "body"), "),(")
     ring_row = fast_rows[to_numpy(pc.list_parent_indices(ring_lists))]  # (R,)
     rings = pc.list_flatten(ring_lists)
@@ -562,7 +570,7 @@ def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
         return bulk
     builder = _Builder(source)
     header = lines[int(headers[0])].as_py() if len(headers) else ""
-    for row, line in zip(general.tolist(), data.take(indices(general)).to_pylist()):
+    for row, line in zip(general.tolist(), lines.take(indices(data_idx[general])).to_pylist()):
         number = int(numbers[row])
         _general_line(builder, line, number, row, truth,
                       header if len(headers) and headers[0] + 1 < number else "", path)
