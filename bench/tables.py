@@ -261,6 +261,17 @@ def readme_table(results: Path) -> list[str]:
                    "MTA deg"], rows)
 
 
+def viewer_table(report: dict) -> list[str]:
+    """bench_viewer.py: per city size, site build time, load times, bytes and frame times."""
+    return _table(["scenes", "buildings", "site build s", "first render s", "all drawn s",
+                   "MB transferred", "frame ms when panning (median / p90)"],
+                  [[f"{r['scenes']:,}", f"{r['buildings']:,}", f"{r['build_s']:.1f}",
+                    f"{r['first_render_s']:.2f}", f"{r['idle_s']:.2f}",
+                    f"{r['bytes'] / 1e6:.1f}",
+                    f"{r['frame_ms_median']:.0f} / {r['frame_ms_p90']:.0f}"]
+                   for r in report["runs"]])
+
+
 def diagnose_slices_table(report: dict) -> list[str]:
     """bench/diagnose_slices.py: per variant, setting and slice, the fraction of truth buildings
     that survive each stage (mean over seeds, with the seeds' range for the last two)."""
@@ -322,7 +333,7 @@ def table_maker(report_name: str):
     if report_name.startswith("polygonize_"):
         return polygonize_table
     return {"scorer": scorer_table, "predict": predict_table,
-            "demo": demo_table}.get(report_name)
+            "demo": demo_table, "viewer": viewer_table}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:

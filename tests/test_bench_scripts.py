@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,14 @@ def test_scorer_and_speed_scripts(tmp_path):
                    "--trained", str(tmp_path / "none"))
     assert speed["models"]["mnc5"]["weights"] == "random init"
     assert tables.table_maker("speed")(speed)
+
+
+def test_viewer_script():
+    if not shutil.which("chromium") or not shutil.which("chromedriver"):
+        if os.environ.get("MNC_D2_REQUIRE_BROWSER"):
+            pytest.fail("bench_viewer needs chromium and chromium-driver")
+        pytest.skip("bench_viewer needs Debian's chromium and chromium-driver")
+    report = _bench("bench_viewer", "--scenes", "2", "--buildings", "20", "--pan-frames", "5")
+    run = report["runs"][0]
+    assert run["buildings"] == 40 and 0 < run["buildings_shown"] <= 40 and run["bytes"] > 0
+    assert tables.table_maker("viewer")(report)[2].startswith("| 2 | 40 |")

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""The web map at scale: load time, bytes and frame time for 1, 100, 1,000 scenes, in a browser.
+
+For each size, a synthetic prediction folder (``--scene-px`` px 3-band scenes laid out on a
+grid, ``--buildings`` random footprints per scene with random scores, a manifest with one failed
+scene) is turned into a site by ``mnc_d2.viewer.site.build_site`` (timed), served on 127.0.0.1
+and opened in Debian's headless chromium (selenium; software WebGL, so frame times are a CPU's,
+not a GPU's). Measured: the site build time; time from navigation to the first rendered frame of
+the footprints and to the map being idle (everything drawn); bytes transferred (the network
+log's encoded lengths); the median and 90th percentile frame time while panning across the
+city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames).
+
+    python -m bench.bench_viewer --scenes 1 100 1000 > bench/results/viewer.json
+
+Prints one JSON object (logs on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+
+from mnc_d2.inference.scenes import SceneRow, append_manifest, write_buildings_parquet
+from mnc_d2.synthetic.spacenet2 import STYLES, tile_transform
+from mnc_d2.viewer.serve import start
+from mnc_d2.viewer.site import build_site
+
+logger = logging.getLogger("bench_viewer")
+
+
+def make_folder(root: Path, scenes: int, buildings: int, scene_px: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    out = root / "pred"
+    rows = []
+    for k in range(scenes):
+        transform = tile_transform(STYLES["vegas"], k, size=scene_px)
+        path = root / "scenes" / f"scene{k}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", height=scene_px, width=scene_px, count=3,
+                           dtype="uint16", crs="EPSG:4326", transform=transform) as dst:
+            dst.write(rng.integers(200, 1200, (3, scene_px, scene_px), dtype=np.uint16))
+        xy = rng.uniform(10, scene_px - 30, (buildings, 2))
+        wh = rng.uniform(5, 20, (buildings, 2))
+        polys = [shapely.box(*(transform @ (x, y + h)), *(transform @ (x + w, y)))
+                 for (x, y), (w, h) in zip(xy, wh)]
+        write_buildings_parquet(out / "buildings" / f"scene{k}.parquet", f"scene{k}", polys,
+                                rng.uniform(0, 1, buildings).round(4).tolist(), "EPSG:4326")
+        rows.append(SceneRow(f"scene{k}", str(path), "ok", buildings))
+    rows.append(SceneRow("lost", str(root / "scenes" / "lost.tif"), "failed",
+                         error="FileNotFoundError: lost.tif does not exist"))
+    append_manifest(out, rows)
+    (out / "run.json").write_text(json.dumps({"score_thresh": 0.5}))
+    return out
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--enable-unsafe-swiftshader",
+                "--window-size=1200,900", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+PAN = """
+const done = arguments[arguments.length - 1];
+const map = window.viewerMap, frames = [], n = arguments[0];
+let last = performance.now(), i = 0;
+function step(now) {
+  frames.push(now - last); last = now; i += 1;
+  map.panBy([40, 25], {duration: 0});
+  if (i < n) requestAnimationFrame(step); else done(frames.slice(2));
+}
+requestAnimationFrame(step);
+"""
+
+
+def measure(site: Path, pan_frames: int) -> dict:
+    server, url = start(site)
+    driver = browser()
+    try:
+        driver.set_script_timeout(600)
+        start_t = time.perf_counter()
+        driver.get(url)
+        first = None
+        while True:
+            state = driver.execute_script(
+                "return window.viewerMap && window.viewerMap.getLayer('buildings-fill') ? "
+                "(window.viewerState.ready ? 2 : 1) : 0")
+            if state and first is None:
+                first = time.perf_counter() - start_t
+            if state == 2:
+                break
+            if time.perf_counter() - start_t > 900:
+                raise TimeoutError("the map did not become idle in 15 minutes")
+            time.sleep(0.05)
+        idle = time.perf_counter() - start_t
+        frames = driver.execute_async_script(PAN, pan_frames)
+        received = 0
+        for entry in driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.loadingFinished":
+                received += int(message["params"].get("encodedDataLength", 0))
+        count = driver.execute_script("return window.viewerState.count")
+    finally:
+        driver.quit()
+        server.shutdown()
+    frames = np.asarray(frames)
+    return {"first_render_s": round(first, 2), "idle_s": round(idle, 2),
+            "bytes": received, "buildings_shown": count,
+            "frame_ms_median": round(float(np.median(frames)), 1),
+            "frame_ms_p90": round(float(np.percentile(frames, 90)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--buildings", type=int, default=200, help="per scene")
+    parser.add_argument("--scene-px", type=int, default=256)
+    parser.add_argument("--overview-px", type=int, default=256)
+    parser.add_argument("--pan-frames", type=int, default=60)
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, software WebGL "
+                         "(headless chromium, SwiftShader)",
+              "buildings_per_scene": args.buildings, "scene_px": args.scene_px, "runs": []}
+    for n in args.scenes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = make_folder(Path(tmp), n, args.buildings, args.scene_px)
+            t = time.perf_counter()
+            build_site(folder, Path(tmp) / "site", overview_px=args.overview_px)
+            build_s = time.perf_counter() - t
+            run = {"scenes": n, "buildings": n * args.buildings, "build_s": round(build_s, 2),
+                   **measure(Path(tmp) / "site", args.pan_frames)}
+        logger.info("%s", run)
+        report["runs"].append(run)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
