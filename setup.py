@@ -38,6 +38,7 @@ setup(
         "pyarrow>=14",
         "ray[data]>=2.9",
         "pystac>=1.10",
+        "rio-tiler>=6",
     ],
     extras_require={"test": ["pytest>=7"]},
     classifiers=[

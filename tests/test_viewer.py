@@ -150,6 +150,12 @@ def test_the_map_in_a_real_browser(tmp_path):
         assert urls and all(u.startswith((url, "data:", "blob:")) for u in urls), urls
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
+        # zoomed in (these 48 m scenes fill the window at zoom ~20), the server cuts
+        # full-resolution tiles from the scenes themselves
+        assert browser.execute_script("return window.viewerState.tiled")
+        zoomed = [p for p, status in server.tiles_served
+                  if status == 200 and int(p.split("/")[3]) >= 14]
+        assert {p.split("/")[2] for p in zoomed} == {"s0", "s1"}, server.tiles_served
         shot = os.environ.get("MNC_D2_VIEWER_SCREENSHOT")
         if shot:
             browser.save_screenshot(shot)

@@ -1,26 +1,88 @@
-"""Serve a viewer site on 127.0.0.1 (static files, HTTP range requests answered by the standard
-library's handler for whole files; nothing leaves the machine)."""
+"""Serve a viewer site on 127.0.0.1: its static files, and full-resolution imagery tiles cut on
+request from each scene's GeoTIFF / COG (``/tiles/<scene>/<z>/<x>/<y>.png``, web mercator,
+rio-tiler; the stretch of the scene's overview). Nothing leaves the machine except the reads
+of remote scenes rasterio makes (only the windows a tile needs)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import json
 import logging
+import re
 import threading
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
+TILE = re.compile(r"^/tiles/(?P<scene>[^/]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)\.png$")
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
+
+def render_tile(source: dict, z: int, x: int, y: int) -> bytes | None:
+    """PNG of tile z/x/y of one scene (``source``: path, bands, stretch), None outside it."""
+    import cv2
+    from rio_tiler.errors import TileOutsideBounds
+    from rio_tiler.io import Reader
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no overviews": fine for these tiles
+        try:
+            with Reader(source["path"]) as reader:
+                if not reader.tile_exists(x, y, z):
+                    return None
+                image = reader.tile(x, y, z, indexes=tuple(source["bands"]))
+        except TileOutsideBounds:
+            return None
+    data = image.data.astype(np.float32)  # (3, 256, 256)
+    rgba = np.zeros((256, 256, 4), np.uint8)
+    for i, (lo, hi) in enumerate(source["stretch"]):
+        rgba[..., 2 - i] = np.clip((data[i] - lo) / max(hi - lo, 1e-6) * 255, 0, 255)  # BGR
+    rgba[..., 3] = image.mask  # transparent outside the scene
+    ok, png = cv2.imencode(".png", rgba)
+    return png.tobytes() if ok else None
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    sources: dict = {}
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        match = TILE.match(self.path.split("?", 1)[0])
+        if match is None:
+            return super().do_GET()
+        source = self.sources.get(match["scene"])
+        png = None
+        if source is not None:
+            try:
+                png = render_tile(source, int(match["z"]), int(match["x"]), int(match["y"]))
+            except Exception as exc:  # a tile that fails is empty; the map goes on
+                logger.warning("tile %s: %s", self.path, exc)
+        self.server.tiles_served.append((self.path, 200 if png else 204))
+        if png is None:
+            self.send_response(204)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(png)))
+        self.end_headers()
+        self.wfile.write(png)
 
 
 def start(site: str | Path, port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
     """Serve ``site`` in a background thread; returns the server and its URL."""
-    handler = functools.partial(_Quiet, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    site = Path(site)
+    sources_file = site / "data" / "sources.json"
+    sources = json.loads(sources_file.read_text()) if sources_file.is_file() else {}
+    handler = type("SiteHandler", (_Handler,), {"sources": sources})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", port), functools.partial(handler, directory=str(site)))
+    server.tiles_served = []  # (path, status) of every tile request, for logs and tests
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 

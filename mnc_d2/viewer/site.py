@@ -11,9 +11,10 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
     SITE/imagery/<scene>.png                 each readable scene as the model saw its bands,
                                              stretched, at most ``overview_px`` on its long side
 
-What is pre-rendered: the footprints (one GeoJSON) and one overview image per scene.
-Approximation named: imagery is shown at overview resolution (not streamed as full-resolution
-tiles), so zooming in past ``overview_px`` per scene shows blurred pixels.
+What is pre-rendered: the footprints (one GeoJSON) and one overview image per scene. What needs
+the server (``tools/view.py --serve``, :mod:`.serve`): full-resolution imagery, cut on request
+from the GeoTIFFs / COGs into web-mercator tiles (rio-tiler, the overview's stretch); a static
+host shows the overviews only, so zooming in past ``overview_px`` per scene blurs there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import json
 import logging
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
@@ -84,8 +87,10 @@ def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
             h, w = max(1, int(src.height * scale)), max(1, int(src.width * scale))
             chosen = [b for b in bands if b <= src.count] or [1]
             chosen = (chosen * 3)[:3]
-            image = stretch_to_uint8(src.read(chosen, out_shape=(3, h, w),
-                                              resampling=Resampling.average))
+            data = src.read(chosen, out_shape=(3, h, w), resampling=Resampling.average)
+            image = stretch_to_uint8(data)
+            # the same stretch for the full-resolution tiles the server cuts (serve.py)
+            stretch = [[float(v) for v in np.percentile(band, [2, 98])] for band in data]
             corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
             xs, ys = zip(*[src.transform @ c for c in corners_px])
             lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
@@ -95,7 +100,8 @@ def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return [[float(a), float(b)] for a, b in zip(lon, lat)]
+    return [[float(a), float(b)] for a, b in zip(lon, lat)], {"path": path, "bands": chosen,
+                                                            "stretch": stretch}
 
 
 def _buildings(folder: Path, city: str | None):
@@ -228,14 +234,16 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shutil.copy2(STATIC / name, site / name)
     shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
     bands = _bands(run)
-    scenes, paths = [], {}
+    scenes, paths, sources = [], {}, {}
     for row in manifest.itertuples():
         path = _remap(str(row.path), scene_root)
         paths[row.scene] = path
         corners = None
         if row.status in ("ok", "skipped"):
-            corners = _scene_image(path, bands, site / "imagery" / f"{row.scene}.png",
-                                   overview_px)
+            found = _scene_image(path, bands, site / "imagery" / f"{row.scene}.png",
+                                 overview_px)
+            if found is not None:
+                corners, sources[row.scene] = found
         scenes.append({"scene": row.scene, "status": row.status, "error": row.error or "",
                        "buildings": int(row.buildings), "corners": corners,
                        "image": f"imagery/{row.scene}.png" if corners else None})
@@ -274,6 +282,9 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
     with atomic_write(site / "data" / "meta.json", "w") as handle:
         json.dump(meta, handle, indent=1)
+    # for the server's tiles only (local paths; a static host never reads it)
+    with atomic_write(site / "data" / "sources.json", "w") as handle:
+        json.dump(sources, handle, indent=1)
     logger.info("viewer for %s: %d buildings, %d scenes -> %s", folder, len(frame), len(scenes),
                 site)
     return meta

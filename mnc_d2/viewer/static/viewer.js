@@ -10,6 +10,12 @@
   const truth = meta.truth_counts
     ? await (await fetch("data/truth.geojson")).json() : null;
   const scores = buildings.features.map((f) => f.properties.score);
+  // Served by tools/view.py --serve: full-resolution tiles from the scenes themselves (a static
+  // host answers 404 here and the page keeps to the overviews).
+  const first = meta.scenes.find((s) => s.corners);
+  const tiled = first ? [200, 204].includes(
+    (await fetch("tiles/" + encodeURIComponent(first.scene) + "/0/0/0.png")).status) : false;
+  state.tiled = tiled;
   state.total = scores.length;
 
   const layers = [{ id: "background", type: "background", paint: { "background-color": "#1d1f21" } }];
@@ -61,10 +67,20 @@
   window.viewerSetThreshold = (t) => { slider.value = t; apply(t); };
 
   map.on("load", () => {
+    const base = location.origin + location.pathname.replace(/[^/]*$/, "");
     meta.scenes.forEach((s, i) => {
       if (!s.corners) return;
       map.addSource("image-" + i, { type: "image", url: s.image, coordinates: s.corners });
       map.addLayer({ id: "image-" + i, type: "raster", source: "image-" + i });
+      if (tiled) {  // zoomed in: the scene's own pixels, cut by the server
+        const lons = s.corners.map((c) => c[0]), lats = s.corners.map((c) => c[1]);
+        map.addSource("tiles-" + i, {
+          type: "raster", tileSize: 256, minzoom: 14, maxzoom: 22,
+          tiles: [base + "tiles/" + encodeURIComponent(s.scene) + "/{z}/{x}/{y}.png"],
+          bounds: [Math.min(...lons), Math.min(...lats), Math.max(...lons), Math.max(...lats)],
+        });
+        map.addLayer({ id: "tiles-" + i, type: "raster", source: "tiles-" + i, minzoom: 14 });
+      }
     });
     const outlines = {
       type: "FeatureCollection",
