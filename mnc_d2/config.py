@@ -48,8 +48,11 @@ def _add_input_keys(cfg: CN) -> None:
     # band's mean; GAMMA: log-uniform, on each band's own range (bends dark values most);
     # BAND_GAIN: an independent gain per band. Not in the original MNC (no augmentation but flips).
     _C.INPUT.AUGMENT.BRIGHTNESS = (1.0, 1.0)
+    # Contrast about each band's mean, drawn from this range.
     _C.INPUT.AUGMENT.CONTRAST = (1.0, 1.0)
+    # Gamma on each band's own range (log-uniform from this range).
     _C.INPUT.AUGMENT.GAMMA = (1.0, 1.0)
+    # An independent gain per band, drawn from this range.
     _C.INPUT.AUGMENT.BAND_GAIN = (1.0, 1.0)
 
 
@@ -177,6 +180,7 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     # turn onto their group's mean orientation (0 = off, the default; measured in BENCHMARKS.md
     # section 4). Not in the original MNC (its polygons came from gdal.Polygonize).
     _C.TEST.SPACENET.ALIGN_NEIGHBOURS = 0.0
+    # With ALIGN_NEIGHBOURS: buildings at most this many pixels apart are neighbours.
     _C.TEST.SPACENET.ALIGN_NEIGHBOURS_GAP = 10.0
     # Scoring rules: "spacenet" (the SpaceNet 2 leaderboard) or "solaris" (solaris 0.4.0).
     _C.TEST.SPACENET.RULES = "spacenet"

@@ -269,6 +269,7 @@ class _RangeServer:
 
     def __init__(self, root: Path):
         import http.server
+        import socket
         import threading
 
         server = self
@@ -276,6 +277,11 @@ class _RangeServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                # a small send buffer: what a client hangs up on is not counted as sent
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 14)
+                super().setup()
 
             def do_GET(self):
                 path, _, query = self.path.partition("?")
@@ -302,9 +308,9 @@ class _RangeServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                try:  # count what went out, 64 KB at a time (GDAL hangs up once it has enough)
-                    for start in range(0, len(body), 1 << 16):
-                        chunk = body[start:start + (1 << 16)]
+                try:  # count what went out, 16 KB at a time (GDAL hangs up once it has enough)
+                    for start in range(0, len(body), 1 << 14):
+                        chunk = body[start:start + (1 << 14)]
                         self.wfile.write(chunk)
                         server.sent[name] = server.sent.get(name, 0) + len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
