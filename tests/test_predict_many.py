@@ -569,3 +569,25 @@ def test_bands_by_name_and_recorded_imagery(tmp_path):
     assert cfg.INPUT.BAND_NAMES == ["red", "green", "blue"] and cfg.INPUT.GSD == 0.3
     assert MetadataCatalog.get("spacenet4_atlanta_all_train").band_names == [
         "blue", "green", "red", "nir"]
+
+
+def test_s3_urls_through_gdal_against_a_local_endpoint(tmp_path, served, trained, scenes,
+                                                        monkeypatch):
+    """s3:// inputs go to GDAL's /vsis3/; here an S3-style endpoint on 127.0.0.1 serves the
+    bucket (path-style addressing, unsigned requests), as an S3-compatible store would."""
+    (served.root / "bucket").mkdir()
+    _cog(scenes["good0"], served.root / "bucket" / "scene.tif")
+    host = served.url.removeprefix("http://")
+    for key, value in {"AWS_S3_ENDPOINT": host, "AWS_HTTPS": "NO",
+                       "AWS_VIRTUAL_HOSTING": "FALSE", "AWS_NO_SIGN_REQUEST": "YES"}.items():
+        monkeypatch.setenv(key, value)
+    out, local = tmp_path / "s3", tmp_path / "local"
+    assert predict_main(_args(trained, ["s3://bucket/scene.tif"], out, "--score-thresh",
+                              "0.0")) == 0
+    assert predict_main(_args(trained, [str(scenes["good0"])], local, "--score-thresh",
+                              "0.0")) == 0
+    a = gpd.read_parquet(out / "buildings" / "scene.parquet")
+    b = gpd.read_parquet(local / "buildings" / "good0.parquet")
+    assert len(a) == len(b) > 0 and np.allclose(a.score, b.score)
+    assert served.sent.get("bucket/scene.tif", 0) > 0
+    assert pd.read_parquet(out / "manifest.parquet").path.tolist() == ["s3://bucket/scene.tif"]
