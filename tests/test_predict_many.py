@@ -4,6 +4,7 @@ local and Ray engines writing the same outputs, a dead Ray worker recovered."""
 from __future__ import annotations
 
 import json
+import time
 import os
 import subprocess
 import sys
@@ -290,6 +291,8 @@ class _RangeServer:
                 if name in server.failing:
                     self.send_error(500)
                     return
+                if name in server.hanging:  # a server that does not answer in time
+                    time.sleep(server.hang_s)
                 file = server.root / name
                 if not file.is_file():
                     self.send_error(404)
@@ -317,6 +320,7 @@ class _RangeServer:
                     return
 
         self.root, self.sent, self.failing, self.queries = root, {}, set(), []
+        self.hanging, self.hang_s = set(), 6.0
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -591,3 +595,20 @@ def test_s3_urls_through_gdal_against_a_local_endpoint(tmp_path, served, trained
     assert len(a) == len(b) > 0 and np.allclose(a.score, b.score)
     assert served.sent.get("bucket/scene.tif", 0) > 0
     assert pd.read_parquet(out / "manifest.parquet").path.tolist() == ["s3://bucket/scene.tif"]
+
+
+def test_a_remote_scene_that_times_out_fails_alone(tmp_path, served, trained, scenes,
+                                                   monkeypatch):
+    _cog(scenes["good0"], served.root / "slow.tif")
+    _cog(scenes["good1"], served.root / "fast.tif")
+    served.hanging.add("slow.tif")
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    out = tmp_path / "out"
+    code = predict_main(_args(trained, [f"{served.url}/slow.tif?sig=SECRET",
+                                        f"{served.url}/fast.tif"], out, "--score-thresh", "0.0"))
+    assert code == 1
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("scene")
+    assert rows.loc["fast", "status"] == "ok" and rows.loc["slow", "status"] == "failed"
+    assert "after 3 tries" in rows.loc["slow", "error"] and "SECRET" not in rows.loc["slow",
+                                                                                     "error"]
