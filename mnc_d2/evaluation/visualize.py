@@ -25,19 +25,34 @@ logger = logging.getLogger(__name__)
 WHITE, YELLOW, BLUE = (255, 255, 255), (255, 255, 0), (0, 0, 255)  # RGB
 
 
-def stretch_to_uint8(array: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
+def stretch_limits(array: np.ndarray, low: float = 2, high: float = 98) -> list[list[float]]:
+    """Per band of a (C, H, W) raster, its ``low`` and ``high`` percentiles: the limits
+    :func:`stretch_to_uint8` maps to 0 and 255."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    return [[float(v) for v in np.percentile(band, [low, high])] for band in array]
+
+
+def stretch_to_uint8(array: np.ndarray, low: float = 2, high: float = 98,
+                     limits: list | None = None) -> np.ndarray:
     """(C, H, W) raster of any dtype -> (H, W, 3) uint8 (percentile stretch per band).
 
     One band is repeated to grey; of more than three bands the first three are used (pass the
-    RGB bands in that order).
+    RGB bands in that order). ``limits``: per band (lo, hi) to map to 0 and 255 instead of the
+    raster's own percentiles (:func:`stretch_limits`), so that pieces of one image (tiles)
+    share its stretch.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
     bands = array[:3] if array.shape[0] >= 3 else np.repeat(array[:1], 3, axis=0)
+    if limits is None:
+        limits = stretch_limits(bands, low, high)
+    elif len(limits) < 3:
+        limits = [limits[0]] * 3
     out = np.empty(bands.shape[1:] + (3,), dtype=np.uint8)
-    for i, band in enumerate(bands):
-        lo, hi = np.percentile(band, [low, high])
+    for i, (band, (lo, hi)) in enumerate(zip(bands, limits)):
         scaled = (band - lo) / max(hi - lo, 1e-6)
         out[..., i] = np.clip(scaled * 255, 0, 255).astype(np.uint8)
     return out

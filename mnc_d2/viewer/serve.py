@@ -27,6 +27,8 @@ def render_tile(source: dict, z: int, x: int, y: int) -> bytes | None:
     from rio_tiler.errors import TileOutsideBounds
     from rio_tiler.io import Reader
 
+    from ..evaluation.visualize import stretch_to_uint8
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no overviews": fine for these tiles
         try:
@@ -36,12 +38,9 @@ def render_tile(source: dict, z: int, x: int, y: int) -> bytes | None:
                 image = reader.tile(x, y, z, indexes=tuple(source["bands"]))
         except TileOutsideBounds:
             return None
-    data = image.data.astype(np.float32)  # (3, 256, 256)
-    rgba = np.zeros((256, 256, 4), np.uint8)
-    for i, (lo, hi) in enumerate(source["stretch"]):
-        rgba[..., 2 - i] = np.clip((data[i] - lo) / max(hi - lo, 1e-6) * 255, 0, 255)  # BGR
-    rgba[..., 3] = image.mask  # transparent outside the scene
-    ok, png = cv2.imencode(".png", rgba)
+    rgb = stretch_to_uint8(image.data, limits=source["stretch"])  # (256, 256, 3)
+    bgra = np.dstack([rgb[..., ::-1], image.mask])  # cv2 writes BGR; transparent outside
+    ok, png = cv2.imencode(".png", bgra)
     return png.tobytes() if ok else None
 
 

@@ -77,7 +77,7 @@ def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
     from pyproj import Transformer
     from rasterio.enums import Resampling
 
-    from ..evaluation.visualize import stretch_to_uint8
+    from ..evaluation.visualize import stretch_limits, stretch_to_uint8
 
     try:
         with rasterio.open(path) as src:
@@ -88,9 +88,9 @@ def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
             chosen = [b for b in bands if b <= src.count] or [1]
             chosen = (chosen * 3)[:3]
             data = src.read(chosen, out_shape=(3, h, w), resampling=Resampling.average)
-            image = stretch_to_uint8(data)
-            # the same stretch for the full-resolution tiles the server cuts (serve.py)
-            stretch = [[float(v) for v in np.percentile(band, [2, 98])] for band in data]
+            # one stretch for the overview and the full-resolution tiles the server cuts
+            stretch = stretch_limits(data)
+            image = stretch_to_uint8(data, limits=stretch)
             corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
             xs, ys = zip(*[src.transform @ c for c in corners_px])
             lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
@@ -171,7 +171,6 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     Returns the buildings' ``match`` column, the truth GeoDataFrame (EPSG:4326, ``match``,
     ``scene``) and the counts."""
     import geopandas as gpd
-    import numpy as np
     import pandas as pd
     import shapely
 
@@ -256,9 +255,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         if city:
             raise ViewerInputError("--truth is matched per scene: use it with the per-scene "
                                    "files, not --city")
-        frame = frame.assign(match=None)
-        frame["match"], truth_frame, counts = _match_truth(frame, scenes, paths, truth,
-                                                           threshold)
+        match, truth_frame, counts = _match_truth(frame, scenes, paths, truth, threshold)
+        frame = frame.assign(match=match)
         columns.insert(4, "match")
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
             handle.write(truth_frame.to_json(drop_id=True))
@@ -275,8 +273,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                float(max(p[0] for p in points)), float(max(p[1] for p in points))]
               if points else None)
     meta = {"threshold": threshold, "buildings": int(len(frame)), "truth_counts": counts,
-            "scores_at_or_above_threshold": int((frame["score"] >= run.get("score_thresh", 0.5))
-                                                .sum()) if len(frame) else 0,
+            "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
+            if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap,
             "empty_reason": None if len(frame) else
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
