@@ -29,7 +29,7 @@ from ..data.bands import check_band_count
 from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
-from .sources import SceneInfo, is_remote, redact
+from .sources import SceneInfo, is_remote, redact, without_query
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def remote_env(uncached: str | None = None) -> rasterio.Env:
 
 def gdal_vsi_prefix(url: str) -> str:
     """GDAL's virtual file name of ``url`` without its query (what its caches are keyed by)."""
-    bare = url.split("?", 1)[0]
+    bare = without_query(url)
     for scheme, vsi in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
         if bare.startswith(scheme):
             return vsi + bare[len(scheme):]

@@ -28,7 +28,6 @@ from rasterio.vrt import WarpedVRT
 from shapely import affinity
 from tqdm import tqdm
 
-from ..data.versions import image_id_of
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
@@ -37,7 +36,7 @@ from ..modeling.postprocess import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
-from .sources import redact, tiff_datetime
+from .sources import redact, scene_image_id, tiff_datetime, without_query
 from .tiling import in_core, merge_across_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ class ScenePredictor:
                                 shown, gsd, self.model_gsd, width, height)
                 masked = any(MaskFlags.all_valid not in flags for flags in data.mask_flag_enums)
                 polygons, scores = self._predict_grid(data, bands, masked, shown, progress)
-                image_id = image_id_of(path.split("?", 1)[0]) or Path(path.split("?", 1)[0]).stem
+                image_id = scene_image_id(path)
                 when = (info.datetime if info is not None and info.datetime
                         else tiff_datetime(src.tags()))
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
@@ -211,7 +210,7 @@ class ScenePredictor:
     def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
         tiles = tile_grid(data.width, data.height, self.tile_size, self.overlap)
         polygons, scores, tile_ids = [], [], []
-        bar = tqdm(total=len(tiles), desc=Path(shown.split("?", 1)[0]).name, unit="tile",
+        bar = tqdm(total=len(tiles), desc=Path(without_query(shown)).name, unit="tile",
                    disable=not progress)
         for start in range(0, len(tiles), self.batch_size):
             chunk = tiles[start: start + self.batch_size]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_path, atomic_write
-from .sources import SceneInfo, expand_stac, is_remote, is_stac
+from .sources import SceneInfo, expand_stac, is_remote, is_stac, without_query
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _stem(path: str, info: SceneInfo | None) -> str:
     if info is not None and info.stac_id:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", info.stac_id)
     if is_remote(path):
-        return Path(path.split("?", 1)[0].rstrip("/")).stem or "scene"
+        return Path(without_query(path).rstrip("/")).stem or "scene"
     return Path(path).stem
 
 
@@ -149,7 +149,7 @@ def name_scenes(paths: list[str], infos: dict | None = None) -> list[Scene]:
     for p in paths:
         stem = _stem(p, infos.get(p))
         if stems[stem] > 1:
-            key = p.split("?", 1)[0] if is_remote(p) else str(Path(p).resolve())
+            key = without_query(p) if is_remote(p) else str(Path(p).resolve())
             stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         scenes.append(Scene(p, stem, infos.get(p, SceneInfo())))
     return scenes

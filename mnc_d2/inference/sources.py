@@ -21,6 +21,7 @@ import re
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,27 @@ _URL = re.compile(r"((?:https?|s3|gs|az)://)([^\s'\"?#]*)(\?[^\s'\"#]*)?")
 _USERINFO = re.compile(r"^[^/@]*@")
 
 
+def without_query(path: str) -> str:
+    """``path`` without a URL's query string (what names the file itself)."""
+    return str(path).split("?", 1)[0]
+
+
+def scene_image_id(path: str) -> str:
+    """The ImageId of a scene's rows in SpaceNet CSVs: the release pattern's id in its file
+    name, else the file name's stem (a URL's without its query)."""
+    from ..data.versions import image_id_of
+
+    bare = without_query(path)
+    return image_id_of(bare) or Path(bare).stem
+
+
 def is_remote(path: str) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 
 
 def is_stac(path: str) -> bool:
     """A ``.json`` path or URL (query string aside) is read as STAC."""
-    return str(path).split("?", 1)[0].lower().endswith(".json")
+    return without_query(path).lower().endswith(".json")
 
 
 def redact(text: str) -> str:
@@ -102,7 +117,7 @@ def _band_names(asset_dict: dict, item_props: dict) -> list[str]:
 
 def _is_image(asset: dict) -> bool:
     media = str(asset.get("type", "")).lower()
-    href = str(asset.get("href", "")).split("?", 1)[0].lower()
+    href = without_query(asset.get("href", "")).lower()
     return "tiff" in media or href.endswith((".tif", ".tiff", ".vrt"))
 
 

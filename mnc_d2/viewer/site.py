@@ -131,14 +131,14 @@ def _buildings(folder: Path, city: str | None):
 
 
 def _scene_grid(path: str):
-    """(crs, transform, ImageId) of a readable scene, else None."""
+    """(crs, transform, ImageId as predict.py's CSVs name it) of a readable scene, else None."""
     import rasterio
 
-    from ..data.versions import image_id_of
+    from ..inference.sources import scene_image_id
 
     try:
         with rasterio.open(path) as src:
-            return src.crs, src.transform, image_id_of(path.split("?", 1)[0])
+            return src.crs, src.transform, scene_image_id(path)
     except Exception:  # unreadable: no truth matching for it
         return None
 
@@ -186,7 +186,6 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
         if grid is None:
             continue
         crs, transform, image_id = grid
-        image_id = image_id or s["scene"]
         mine = np.flatnonzero((frame["scene"].astype(str) == s["scene"]).to_numpy()
                               & (frame["score"].to_numpy() >= threshold))
         props = gpd.GeoSeries(frame.geometry.iloc[mine].to_numpy(), crs="EPSG:4326").to_crs(crs)
