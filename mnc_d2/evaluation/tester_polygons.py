@@ -389,7 +389,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         if not data.strip(JAVA_TRIM.encode("ascii")):
             raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and "
                                    "rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
-        return _read_bulk(data, truth, source)
+        return _read_bulk(data, truth, path)
     try:
         with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
             text = handle.read()
@@ -467,7 +467,7 @@ def _general_line(builder: _Builder, line: str, number: int, row: int, truth: bo
     return image
 
 
-def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
+def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     """The tester's reading with whole-column string operations (pyarrow compute, RE2).
 
     ``data``: the file's bytes, line ends already ``\\n``. Lines of the usual form
@@ -484,7 +484,7 @@ def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
 
     from ..utils.arrow_numpy import indices, lines as split_lines, to_numpy
 
-    kind, path = source.split(" CSV ", 1)
+    kind = "truth" if truth else "proposal"
     raw = split_lines(data)
     try:
         raw.validate(full=True)  # UTF-8 throughout
@@ -566,7 +566,7 @@ def _read_bulk(data: bytes, truth: bool, source: str) -> PolygonTable:
         registered, num_rows)
     if len(general) == 0:
         return bulk
-    builder = _Builder(source)
+    builder = _Builder(f"{kind} CSV {path}")
     header = lines[int(headers[0])].as_py() if len(headers) else ""
     for row, line in zip(general.tolist(), lines.take(indices(data_idx[general])).to_pylist()):
         number = int(numbers[row])
