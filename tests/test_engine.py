@@ -222,7 +222,7 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
 
     from mnc_d2.data import SpaceNetDatasetMapper
     from mnc_d2.engine.setup import setup_cfg
-    from mnc_d2.modeling.postprocess import instances_to_polygons
+    from mnc_d2.geometry.instances import instances_to_polygons
     from mnc_d2.inference import ScenePredictor
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
@@ -233,7 +233,7 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
     record = DatasetCatalog.get("spacenet2_vegas_val")[0]
     scene = predictor.predict(record["file_name"], progress=False)
     with torch.no_grad():
-        out = predictor.model([SpaceNetDatasetMapper(cfg, False)(record)])[0]["instances"]
+        out = predictor.model.model([SpaceNetDatasetMapper(cfg, False)(record)])[0]["instances"]
     direct = instances_to_polygons(out.to("cpu"), 0.0, cfg.TEST.SPACENET.SIMPLIFY_TOLERANCE)
     assert len(scene.polygons) == len(direct) > 0
     assert sorted(round(s, 4) for s in scene.scores) == sorted(round(s, 4) for _, s in direct)

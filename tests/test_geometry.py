@@ -154,7 +154,7 @@ def test_instances_to_polygons_aligns_kept_neighbours_only():
     from shapely import affinity
 
     from mnc_d2.geometry.align import neighbour_angle_spread
-    from mnc_d2.modeling.postprocess import instances_to_polygons
+    from mnc_d2.geometry.instances import instances_to_polygons
 
     shapes = [affinity.rotate(box(10, 10, 50, 30), 3, origin="centroid"),
               affinity.rotate(box(55, 10, 95, 30), -4, origin="centroid"),

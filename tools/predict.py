@@ -7,6 +7,8 @@
         [--formats parquet,geojson,csv,png] [--overwrite] [--manifest-csv]
         [--tile-size 650 --overlap 128 --batch-size 2] [--score-thresh T] \
         MODEL.WEIGHTS output/run/model_final.pth [KEY VALUE ...]
+    python tools/predict.py --backend onnxruntime|openvino|torchscript --model EXPORTED_DIR \
+        --input ... --output OUT [same options]     (tools/export_model.py writes EXPORTED_DIR)
 
 Writes OUT/buildings/<scene>.parquet (GeoParquet 1.1, EPSG:4326), OUT/manifest.parquet (one row
 per scene and run: ok / failed / skipped) and OUT/run.json. Re-running the same command skips the
@@ -17,10 +19,8 @@ training run's evaluation recorded next to the weights, else TEST.SPACENET.SCORE
 
 import sys
 
-import mnc_d2
-
-mnc_d2.setup()  # shims and registrations before anything else of detectron2
-from mnc_d2.inference.run import main  # noqa: E402
+import mnc_d2  # noqa: F401  arms the Detectron2 shims (applied only if Detectron2 is loaded)
+from mnc_d2.inference.run import main
 
 if __name__ == "__main__":
     sys.exit(main(description=__doc__.splitlines()[0]))

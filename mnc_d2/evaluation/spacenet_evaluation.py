@@ -56,7 +56,7 @@ from shapely.geometry import Polygon
 from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
 from ..geometry.polygons import mask_to_polygons
-from ..modeling.postprocess import instances_to_polygons
+from ..geometry.instances import instances_to_polygons
 from .polygon_metrics import SUMMARY_KEYS, matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv

@@ -138,14 +138,19 @@ def run_local(predictor, scenes: list[Scene], out_dir, formats: list[str],
 class _SceneActor:
     """A Ray Data actor: builds the model once, then predicts the scenes of each batch."""
 
-    def __init__(self, cfg_text: str, predictor_kwargs: dict, out_dir: str, formats: list[str],
-                 run_started: str, rgb_bands, threads: int, provenance: dict | None = None):
-        import torch
-
+    def __init__(self, cfg_text: str | None, predictor_kwargs: dict, out_dir: str,
+                 formats: list[str], run_started: str, rgb_bands, threads: int,
+                 provenance: dict | None = None):
         from .predictor import ScenePredictor
 
-        torch.set_num_threads(max(1, threads))
-        self.predictor = ScenePredictor(load_cfg_text(cfg_text), **predictor_kwargs)
+        threads = max(1, threads)
+        if cfg_text is None:  # an exported model: no torch, no Detectron2 in the actor
+            self.predictor = ScenePredictor(None, threads=threads, **predictor_kwargs)
+        else:
+            import torch
+
+            torch.set_num_threads(threads)
+            self.predictor = ScenePredictor(load_cfg_text(cfg_text), **predictor_kwargs)
         self.args = (out_dir, formats, run_started, rgb_bands, provenance)
 
     def __call__(self, batch: dict) -> dict:
@@ -178,7 +183,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
             gpus_per_worker: float = 0.0, address: str | None = None, rgb_bands=None,
             max_retries: int = 3, threads: int | None = None,
             provenance: dict | None = None) -> list[SceneRow]:
-    """Every scene on a Ray actor pool (module docstring); returns the rows in scene order."""
+    """Every scene on a Ray actor pool (module docstring); returns the rows in scene order.
+    ``cfg`` None: an exported model (``predictor_kwargs`` name its backend and folder)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -198,7 +204,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
     results = dataset.map_batches(
         _SceneActor, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs={"cfg_text": cfg.dump(), "predictor_kwargs": predictor_kwargs,
+        fn_constructor_kwargs={"cfg_text": cfg.dump() if cfg is not None else None,
+                               "predictor_kwargs": predictor_kwargs,
                                "out_dir": str(out_dir), "formats": list(formats),
                                "run_started": run_started, "rgb_bands": rgb_bands,
                                "threads": threads or max(1, int(cpus_per_worker)),

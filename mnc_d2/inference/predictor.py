@@ -5,6 +5,10 @@ polygons), tiles overlap and are batched through the model, predictions are merg
 borders (:mod:`.tiling`), and the result is written as GeoJSON in the source CRS, a SpaceNet
 proposal CSV (pixel coordinates) and optionally a PNG overlay. Band selection and normalisation
 are those of the training run (its config.yaml: INPUT.BANDS, MODEL.PIXEL_MEAN/STD).
+
+The model runs on a backend: ``torch`` (the training run's config and weights, eager
+Detectron2) or an exported folder (``tools/export_model.py``) on ``onnxruntime``, ``openvino``
+or ``torchscript``; this module imports neither torch nor Detectron2 for the exported backends.
 """
 
 from __future__ import annotations
@@ -19,20 +23,15 @@ import cv2
 import numpy as np
 import rasterio
 import shapely
-import torch
 from affine import Affine
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from shapely import affinity
 from tqdm import tqdm
 
 from ..data.bands import check_band_count, input_bands, read_bands
-from ..modeling.checkpoint import build_checkpointer
 from ..geometry.polygons import pixel_to_map
-from ..evaluation.spacenet_evaluation import THRESHOLD_FILE
-from ..modeling.postprocess import instances_to_polygons
+from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
@@ -108,6 +107,8 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
     """The score threshold for prediction: ``override`` when given; else the best threshold the
     training run's evaluation recorded next to the weights (``score_threshold.json``, written by
     SpaceNetEvaluator's sweep); else TEST.SPACENET.SCORE_THRESH."""
+    from ..evaluation.spacenet_evaluation import THRESHOLD_FILE
+
     if override is not None:
         logger.info("score threshold %.3f (given)", override)
         return float(override)
@@ -126,28 +127,98 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
     return float(cfg.TEST.SPACENET.SCORE_THRESH)
 
 
-class ScenePredictor:
-    """Run a trained model over GeoTIFF scenes (see the module docstring)."""
+BACKENDS = ("torch", "onnxruntime", "openvino", "torchscript")
 
-    def __init__(self, cfg, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
-                 score_thresh: float | None = None):
+
+class _EagerModel:
+    """The training run's model in eager PyTorch + Detectron2: tiles -> Instances (CPU)."""
+
+    def __init__(self, cfg):
+        from detectron2.data import transforms as T
+        from detectron2.modeling import build_model
+
+        from ..modeling.checkpoint import build_checkpointer
+
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
                              "MODEL.WEIGHTS output/run/model_final.pth")
-        self.cfg = cfg
         self.model = build_model(cfg).eval()
         build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
-        self.bands = input_bands(cfg)
-        self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
-        self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
-        self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+    def __call__(self, images: list[np.ndarray]) -> list:
+        import torch
+
+        inputs = []
+        for image in images:
+            resized = self.resize.get_transform(image).apply_image(image)
+            inputs.append({"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
+                           "height": image.shape[0], "width": image.shape[1]})
+        with torch.no_grad():
+            return [out["instances"].to("cpu") for out in self.model(inputs)]
+
+
+class _ExportedModel:
+    """An exported folder on one runtime: tiles -> numpy detections, one tile at a time (the
+    graph takes one tile)."""
+
+    def __init__(self, bundle, backend: str, threads: int | None):
+        from ..export.runtime import ExportedModel
+
+        self.model = ExportedModel(bundle, backend, threads)
+
+    def __call__(self, images: list[np.ndarray]) -> list:
+        return [self.model(image) for image in images]
+
+
+class ScenePredictor:
+    """Run a trained model over GeoTIFF scenes (see the module docstring).
+
+    ``cfg`` (backend ``torch``): the training run's config with MODEL.WEIGHTS. Other backends:
+    ``model_dir``, an exported folder, whose export.json gives the bands, GSD, threshold and
+    polygon settings (``cfg`` unused); ``threads``: the runtime's intra-op threads.
+    """
+
+    def __init__(self, cfg=None, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
+                 score_thresh: float | None = None, backend: str = "torch",
+                 model_dir: str | None = None, threads: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
-        sn = cfg.TEST.SPACENET
-        self.post = {"score_thresh": resolve_score_threshold(cfg, score_thresh),
-                     "simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
-                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
-                     "align_gap": sn.ALIGN_NEIGHBOURS_GAP}
+        self.backend = backend
+        if backend == "torch":
+            if cfg is None:
+                raise ValueError("backend torch needs the run's config (--config-file)")
+            self.model = _EagerModel(cfg)
+            self.bands = input_bands(cfg)
+            self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
+            self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
+            self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)
+            sn = cfg.TEST.SPACENET
+            post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
+                    "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
+                    "align_gap": sn.ALIGN_NEIGHBOURS_GAP}
+            threshold = resolve_score_threshold(cfg, score_thresh)
+        else:
+            from ..export.bundle import read_bundle
+
+            if not model_dir:
+                raise ValueError(f"backend {backend} runs an exported model: pass --model "
+                                 "EXPORTED_DIR (tools/export_model.py writes one)")
+            bundle = read_bundle(model_dir)
+            side = max(bundle.tile_shape)
+            if tile_size != side:
+                raise ValueError(f"--tile-size {tile_size}, but {model_dir} was exported for "
+                                 f"{side} x {side} tiles: use --tile-size {side} or re-export "
+                                 f"with --tile-size {tile_size}")
+            self.model = _ExportedModel(bundle, backend, threads)
+            self.bands, self.band_names = bundle.bands, bundle.band_names
+            self.model_gsd = bundle.gsd
+            self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
+            post = dict(bundle.meta["post"])
+            threshold = float(bundle.meta["score_thresh"] if score_thresh is None
+                              else score_thresh)
+        self.post = {"score_thresh": threshold, **post}
 
     def _read(self, src, bands: list[int], window, masked: bool):
         """(H, W, C) image of one window, pixels outside the data (nodata, mask or alpha band,
@@ -159,14 +230,8 @@ class ScenePredictor:
         image[~valid] = self.fill
         return image, valid
 
-    @torch.no_grad()
     def _run(self, images: list[np.ndarray]) -> list:
-        inputs = []
-        for image in images:
-            resized = self.resize.get_transform(image).apply_image(image)
-            inputs.append({"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
-                           "height": image.shape[0], "width": image.shape[1]})
-        return [out["instances"].to("cpu") for out in self.model(inputs)]
+        return self.model(images)
 
     def predict(self, path: str | Path, progress: bool = True, info=None) -> ScenePrediction:
         """Buildings of the scene at ``path`` (a file, URL or /vsi path rasterio opens).

@@ -21,8 +21,16 @@ logger = logging.getLogger(__name__)
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config-file", required=True,
-                        help="the training run's config.yaml (band selection, normalisation)")
+    parser.add_argument("--config-file",
+                        help="backend torch: the training run's config.yaml (band selection, "
+                             "normalisation); required with it")
+    parser.add_argument("--backend", default="torch",
+                        choices=("torch", "onnxruntime", "openvino", "torchscript"),
+                        help="torch: eager Detectron2 (default); the others run an exported "
+                             "model (--model) without Detectron2")
+    parser.add_argument("--model", metavar="EXPORTED_DIR",
+                        help="the folder tools/export_model.py wrote (backends other than "
+                             "torch); it carries the bands, threshold and polygon settings")
     parser.add_argument("--input", nargs="+", required=True,
                         help="GeoTIFF or VRT files, globs ('scenes/*.tif'), @list.txt files, "
                              "URLs (https://, s3://, gs://: read window by window) and STAC "
@@ -78,27 +86,62 @@ def main(argv=None, description: str = "Predict building footprints on GeoTIFF s
         return 2
 
 
+def _model_source(args):
+    """(cfg or None, exported bundle or None) of the command line; UsageError when wrong."""
+    if args.backend == "torch":
+        if args.model:
+            raise UsageError("--model is an exported folder: pass --backend onnxruntime, "
+                             "openvino or torchscript with it")
+        if not args.config_file:
+            raise UsageError("--config-file is required with --backend torch")
+        from ..engine.setup import setup_cfg
+
+        try:
+            cfg = setup_cfg(args.config_file, args.opts, for_training=False)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        if not cfg.MODEL.WEIGHTS:
+            raise UsageError("no weights: pass MODEL.WEIGHTS path/to/model_final.pth")
+        return cfg, None
+    from ..export.bundle import ExportError, read_bundle
+
+    if not args.model:
+        raise UsageError(f"--backend {args.backend} runs an exported model: pass --model "
+                         "EXPORTED_DIR (tools/export_model.py writes one)")
+    if args.config_file or [o for o in args.opts if o != "--"]:
+        raise UsageError("--config-file and KEY VALUE overrides are for --backend torch; an "
+                         "exported model carries its own settings (re-export to change them)")
+    try:
+        return None, read_bundle(args.model)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run(args) -> int:
-    from ..engine.setup import setup_cfg
     from .engines import run_local, run_ray
     from .predictor import ScenePredictor, resolve_score_threshold
 
     from ..data.bands import input_bands
 
     formats = parse_formats(args.formats)
-    try:
-        cfg = setup_cfg(args.config_file, args.opts, for_training=False)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    scenes = expand_inputs(args.input, args.stac_asset, band_count=len(input_bands(cfg)))
+    cfg, bundle = _model_source(args)
+    bands = input_bands(cfg) if cfg is not None else bundle.bands
+    scenes = expand_inputs(args.input, args.stac_asset, band_count=len(bands))
     if not scenes:
         raise UsageError("no input scenes")
-    if not cfg.MODEL.WEIGHTS:
-        raise UsageError("no weights: pass MODEL.WEIGHTS path/to/model_final.pth")
     try:
-        score_thresh = resolve_score_threshold(cfg, args.score_thresh)
-        record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
-                            args.overlap, formats, float(cfg.INPUT.GSD) or None)
+        if cfg is not None:
+            score_thresh = resolve_score_threshold(cfg, args.score_thresh)
+            record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
+                                args.overlap, formats, float(cfg.INPUT.GSD) or None,
+                                args.backend)
+        else:
+            score_thresh = float(bundle.meta["score_thresh"] if args.score_thresh is None
+                                 else args.score_thresh)
+            gsd = bundle.gsd
+            record = run_record(bundle.meta["config"], str(bundle.graph_path(args.backend)),
+                                score_thresh, args.tile_size, args.overlap, formats,
+                                gsd if gsd == gsd else None, args.backend)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     reuse = prepare_output(args.output, record, args.overwrite)
@@ -114,18 +157,22 @@ def _run(args) -> int:
     logger.info("%d scene(s): %d to predict, %d already done", len(scenes), len(todo),
                 len(scenes) - len(todo))
     kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
-              "batch_size": args.batch_size, "score_thresh": score_thresh}
+              "batch_size": args.batch_size, "score_thresh": score_thresh,
+              "backend": args.backend}
+    if bundle is not None:
+        kwargs["model_dir"] = str(bundle.root)
     if args.engine == "local":
-        if args.torch_threads:
+        if args.torch_threads and args.backend == "torch":
             import torch
 
             torch.set_num_threads(args.torch_threads)
         predictor = None
         if todo:
             try:
-                predictor = ScenePredictor(cfg, **kwargs)
+                predictor = ScenePredictor(cfg, threads=args.torch_threads, **kwargs)
             except Exception as exc:  # unreadable weights, wrong architecture, ...
-                raise UsageError(f"cannot load the model from {cfg.MODEL.WEIGHTS}: "
+                source = cfg.MODEL.WEIGHTS if cfg is not None else bundle.root
+                raise UsageError(f"cannot load the model from {source}: "
                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))

@@ -41,7 +41,9 @@ RUN_FILE = "run.json"
 MANIFEST = "manifest.parquet"
 # run.json keys that must match for a re-run to reuse (skip) finished scenes
 IDENTITY_KEYS = ("config_sha256", "weights_sha256", "score_thresh", "tile_size", "overlap",
-                 "formats")
+                 "formats", "backend")
+# What a run.json written before a key existed means by it.
+IDENTITY_DEFAULTS = {"backend": "torch"}
 
 
 class UsageError(ValueError):
@@ -164,7 +166,8 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int, overlap: int,
-               formats: list[str], model_gsd_m: float | None = None) -> dict:
+               formats: list[str], model_gsd_m: float | None = None,
+               backend: str = "torch") -> dict:
     """The run's identity (IDENTITY_KEYS) plus descriptive fields, for ``run.json``."""
     from .. import __version__
 
@@ -175,6 +178,7 @@ def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int,
         "tile_size": int(tile_size),
         "overlap": int(overlap),
         "formats": sorted(formats),
+        "backend": backend,
         "weights": str(weights),
         "mnc_d2_version": __version__,
         "model_gsd_m": model_gsd_m,
@@ -193,11 +197,11 @@ def prepare_output(out_dir: str | Path, record: dict, overwrite: bool) -> bool:
     path = out_dir / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        same = all(old.get(k) == record[k] for k in IDENTITY_KEYS)
+        changed = [k for k in IDENTITY_KEYS if old.get(k, IDENTITY_DEFAULTS.get(k)) != record[k]]
+        same = not changed
         if same and not overwrite:
             return True
         if not same and not overwrite:
-            changed = [k for k in IDENTITY_KEYS if old.get(k) != record[k]]
             raise UsageError(f"{out_dir} holds the outputs of another run ({', '.join(changed)} "
                              "differ); use a new --output folder, or --overwrite to replace them")
         for fmt in ("buildings", *FORMATS[1:]):

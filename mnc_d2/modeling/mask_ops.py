@@ -58,11 +58,15 @@ def resample_to_box(masks: torch.Tensor, boxes: torch.Tensor, target_box: torch.
     return resample_pairs(masks, boxes, target_box.expand(len(masks), 4), size)
 
 
-def _voters(keep: torch.Tensor, boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _voters(keep: torch.Tensor, boxes: torch.Tensor, iou_threshold: float,
+            classes: torch.Tensor | None = None) -> torch.Tensor:
     """(K, N) bool: candidate j votes for kept candidate k when their box IoU >= threshold
-    (a kept candidate always votes for itself)."""
+    (and, with ``classes`` (N,), they have the same class); a kept candidate always votes for
+    itself."""
     votes = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes)) >= iou_threshold
-    votes[torch.arange(len(keep), device=keep.device), keep] = True
+    if classes is not None:
+        votes = votes & (classes[keep][:, None] == classes[None, :])
+    votes[torch.arange(keep.shape[0], device=keep.device), keep] = True
     return votes
 
 
@@ -75,23 +79,35 @@ def _weighted_vote(votes: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
     """
     k_idx, j_idx = torch.nonzero(votes, as_tuple=True)  # one row per (kept, voter) pair
     pasted = resample_pairs(masks[j_idx], boxes[j_idx], frames[k_idx], grid)  # (P, G, G)
-    total = scores.new_zeros(len(votes)).index_add_(0, k_idx, scores[j_idx])
+    total = _sum_rows(scores.new_zeros(votes.shape[0]), k_idx, scores[j_idx])
     weights = scores[j_idx] / total[k_idx].clamp(min=1e-12)
-    return pasted.new_zeros((len(votes), grid, grid)).index_add_(
-        0, k_idx, weights[:, None, None] * pasted)
+    return _sum_rows(pasted.new_zeros((votes.shape[0], grid, grid)), k_idx,
+                     weights[:, None, None] * pasted)
+
+
+def _sum_rows(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """out[index[p]] += values[p] (repeated indices add up). out: (K, ...), index: (P,),
+    values: (P, ...). Eager: ``index_add_``; traced: ``scatter_add`` (the ONNX exporter turns
+    ``index_add_`` into a scatter that keeps one of the repeated rows instead of their sum)."""
+    if not torch.jit.is_tracing():
+        return out.index_add_(0, index, values)
+    expanded = index.reshape((-1,) + (1,) * (values.dim() - 1)).expand_as(values)
+    return out.scatter_add(0, expanded, values)
 
 
 def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
-                scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+                scores: torch.Tensor, iou_threshold: float,
+                classes: torch.Tensor | None = None) -> torch.Tensor:
     """MNC's mask voting: each kept instance's mask becomes the score-weighted mean of the masks
     of all candidates (before NMS) whose box IoU with it is at least ``iou_threshold``.
 
     keep: (K,) indices of kept candidates; boxes: (N, 4); masks: (N, M, M) probabilities on each
-    candidate's box; scores: (N,). Returns (K, M, M) voted probabilities on the kept boxes.
+    candidate's box; scores: (N,); classes: (N,) or None (one class): only candidates of the
+    kept one's class vote. Returns (K, M, M) voted probabilities on the kept boxes.
     """
-    if keep.numel() == 0:
+    if keep.numel() == 0 and not torch.jit.is_tracing():
         return masks[:0]
-    return _weighted_vote(_voters(keep, boxes, iou_threshold), boxes, masks, scores,
+    return _weighted_vote(_voters(keep, boxes, iou_threshold, classes), boxes, masks, scores,
                           boxes[keep], masks.shape[-1])
 
 
@@ -119,7 +135,8 @@ def _tight_boxes(voted: torch.Tensor, frames: torch.Tensor, threshold: float):
 
 def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
                       scores: torch.Tensor, iou_threshold: float, mask_threshold: float = 0.5,
-                      grid: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                      grid: int = 0, classes: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """MNC's mask voting in image space, as the original's ``mask_aggregation``.
 
     For each kept candidate, the voters (all candidates with box IoU >= ``iou_threshold`` with
@@ -131,13 +148,15 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
     the threshold keeps the candidate's box. All kept candidates are voted in one batch.
 
     keep: (K,) indices of kept candidates; boxes: (N, 4); masks: (N, M, M) probabilities on each
-    candidate's box; scores: (N,). Returns (voted masks (K, M, M) on the new boxes, boxes (K, 4)).
+    candidate's box; scores: (N,); classes: (N,) or None (one class): only candidates of the
+    kept one's class vote (all classes voted in one batch, as the exported graph does).
+    Returns (voted masks (K, M, M) on the new boxes, boxes (K, 4)).
     """
     size = masks.shape[-1]
-    if keep.numel() == 0:
+    if keep.numel() == 0 and not torch.jit.is_tracing():
         return masks[:0], boxes[:0]
     grid = grid or 2 * size
-    votes = _voters(keep, boxes, iou_threshold)  # (K, N)
+    votes = _voters(keep, boxes, iou_threshold, classes)  # (K, N)
     inf = boxes.new_tensor(float("inf"))
     frames = torch.stack([torch.where(votes, boxes[None, :, 0], inf).min(dim=1).values,
                           torch.where(votes, boxes[None, :, 1], inf).min(dim=1).values,

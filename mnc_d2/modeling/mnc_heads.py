@@ -98,8 +98,8 @@ class MaskedClassificationHead(nn.Module):
         if self.pool:
             # Same result as F.max_pool2d(x, 2, 2) for even S, several times faster on CPU for
             # these many-channel, few-pixel inputs.
-            r, c, h, w = x.shape
-            x = x.reshape(r, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+            _, c, h, w = x.shape
+            x = x.reshape(-1, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
         return x.flatten(1)
 
     def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):

@@ -1,45 +1,6 @@
-"""Model output -> pixel polygons: the post-processing shared by the SpaceNet evaluator and the
-scene predictor (prediction does not pass through the evaluator)."""
+"""Kept for imports of mnc_d2 0.2: the polygon step lives in :mod:`mnc_d2.geometry.instances`
+(torch-free, shared with the exported-model backends)."""
 
-from __future__ import annotations
+from ..geometry.instances import instances_to_polygons
 
-import numpy as np
-import torch
-from shapely.geometry import Polygon
-
-from ..geometry.align import align_neighbours
-from ..geometry.polygons import mask_to_polygon
-
-
-def instances_to_polygons(instances, score_thresh: float = 0.5,
-                          simplify_tolerance: float = 1.5, regularize: bool = False,
-                          min_edge: float = 0.0, align_deg: float = 0.0, align_gap: float = 10.0,
-                          align_min_score: float | None = None) -> list[tuple[Polygon, float]]:
-    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
-    0.5; ``scores`` (R,)) -> one pixel polygon per instance scoring at least ``score_thresh``
-    (its largest part), with the score.
-
-    ``align_deg`` > 0: close (``align_gap`` px), nearly parallel neighbours among the polygons
-    scoring at least ``align_min_score`` (default ``score_thresh``) are made parallel
-    (:func:`mnc_d2.geometry.align.align_neighbours`); the others are returned as traced."""
-    if len(instances) == 0:
-        return []
-    if not instances.has("pred_masks"):
-        raise KeyError("instance masks needed: the model output has no 'pred_masks' (is "
-                       "MODEL.MASK_ON False?)")
-    scores = instances.scores.numpy()
-    out = []
-    for i in np.flatnonzero(scores >= score_thresh).tolist():
-        mask = instances.pred_masks[i]
-        mask = (mask if mask.dtype == torch.bool else mask >= 0.5).numpy()
-        poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
-                               regularize=regularize, min_edge=min_edge)
-        if poly is not None:
-            out.append((poly, float(scores[i])))
-    if align_deg > 0:
-        floor = score_thresh if align_min_score is None else align_min_score
-        kept = [k for k, (_, score) in enumerate(out) if score >= floor]
-        aligned = align_neighbours([out[k][0] for k in kept], align_deg, align_gap)
-        for k, poly in zip(kept, aligned):
-            out[k] = (poly, out[k][1])
-    return out
+__all__ = ["instances_to_polygons"]

@@ -56,7 +56,7 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
         grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
         sampled = F.grid_sample(features[b: b + 1], grid.to(features.dtype), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)
-        results.append(sampled.reshape(channels, len(idx), output_size, output_size)
+        results.append(sampled.reshape(channels, -1, output_size, output_size)
                        .permute(1, 0, 2, 3))
         order.append(idx)
     order = torch.cat(order)

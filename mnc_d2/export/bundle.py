@@ -1,0 +1,112 @@
+"""The exported-model folder (``tools/export_model.py`` writes it, every backend reads it).
+
+    EXPORT_DIR/
+      export.json   what a deployment needs besides the graph: bands (indices and names),
+                    ground sample distance, tile size the graph takes, score threshold and
+                    polygon settings, the files with their SHA-256, the mnc_d2 version, the
+                    source config (text) and weights' hash
+      model.onnx    the whole model as one ONNX graph (onnxruntime, OpenVINO)
+      model.ts      the same graph as TorchScript (``torch.jit.load``)
+      config.yaml   the training run's config, for reference
+
+Torch-free: reading and checking a folder needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPORT_FILE = "export.json"
+FORMAT = "mnc_d2-export"
+FORMAT_VERSION = 1
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+# Backends and the graph file each one runs.
+BACKEND_FILES = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript"}
+BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
+                    "torchscript": "torch"}
+
+
+class ExportError(ValueError):
+    """An exported folder that cannot be used (missing file, other version, wrong hash)."""
+
+
+def _minor(version: str) -> str:
+    return ".".join(str(version).split(".")[:2])
+
+
+@dataclass
+class ExportBundle:
+    """A checked exported-model folder."""
+
+    root: Path
+    meta: dict
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return int(self.meta["input"]["tile_height"]), int(self.meta["input"]["tile_width"])
+
+    @property
+    def bands(self) -> list[int]:
+        return [int(b) for b in self.meta["input"]["bands"]]
+
+    @property
+    def band_names(self) -> list[str]:
+        return [str(n) for n in self.meta["input"]["band_names"]]
+
+    @property
+    def pixel_mean(self) -> list[float]:
+        return [float(v) for v in self.meta["input"]["pixel_mean"]]
+
+    @property
+    def gsd(self) -> float:
+        value = self.meta["input"].get("gsd")
+        return float(value) if value else float("nan")
+
+    def graph_path(self, backend: str) -> Path:
+        if backend not in BACKEND_FILES:
+            raise ExportError(f"backend {backend!r}: exported models run on "
+                              f"{', '.join(BACKEND_FILES)}")
+        kind = BACKEND_FILES[backend]
+        name = self.meta["files"].get(kind)
+        if not name:
+            raise ExportError(f"{self.root / EXPORT_FILE}: this export has no {kind} graph "
+                              f"(backend {backend}); re-export with --formats {kind}")
+        return self.root / name
+
+
+def read_bundle(root: str | Path, check_hashes: bool = True) -> ExportBundle:
+    """Open and check an exported folder; raises ExportError naming the file and the fix."""
+    from .. import __version__
+    from ..inference.scenes import sha256_of
+
+    root = Path(root)
+    path = root / EXPORT_FILE
+    if not path.is_file():
+        raise ExportError(f"{root} is not an exported mnc_d2 model (no {EXPORT_FILE}); "
+                          "create one with tools/export_model.py")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ExportError(f"{path}: unreadable ({exc}); export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ExportError(f"{path} is not an mnc_d2 export description")
+    if meta.get("format_version") != FORMAT_VERSION or \
+            _minor(meta.get("mnc_d2_version", "")) != _minor(__version__):
+        raise ExportError(f"{path} was written by mnc_d2 {meta.get('mnc_d2_version')} (export "
+                          f"format {meta.get('format_version')}); this is mnc_d2 "
+                          f"{__version__} (format {FORMAT_VERSION}): export the model again "
+                          "with tools/export_model.py of this version")
+    for key in ("input", "files", "sha256", "score_thresh", "post"):
+        if key not in meta:
+            raise ExportError(f"{path}: key {key!r} missing; export the model again")
+    for kind, name in meta["files"].items():
+        file = root / name
+        if not file.is_file():
+            raise ExportError(f"{file} is missing ({kind} graph named in {path}); copy the "
+                              "whole exported folder or export the model again")
+        if check_hashes and sha256_of(file) != meta["sha256"].get(name):
+            raise ExportError(f"{file}: SHA-256 differs from {path} (a partial copy or "
+                              "another model's file); copy the folder again or re-export")
+    return ExportBundle(root, meta)

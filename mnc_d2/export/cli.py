@@ -1,0 +1,35 @@
+"""``tools/export_model.py``'s command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..utils.logs import configure_cli_logging
+
+
+def main(argv=None, description: str = "Export a trained model") -> int:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", required=True, help="the training run's config.yaml")
+    parser.add_argument("--output", required=True, help="the exported folder (replaced)")
+    parser.add_argument("--formats", default="onnx,torchscript",
+                        help="comma-separated: onnx (onnxruntime, OpenVINO), torchscript")
+    parser.add_argument("--tile-size", type=int, default=650,
+                        help="the square tile the graph takes (predict.py's --tile-size)")
+    parser.add_argument("--score-thresh", type=float,
+                        help="recorded threshold (default: the run's recorded best)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    configure_cli_logging()
+    from ..engine.setup import setup_cfg
+    from .bundle import ExportError
+    from .exporter import export_model
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        cfg = setup_cfg(args.config_file, args.opts, for_training=False)
+        export_model(cfg, args.output, formats, args.tile_size, args.score_thresh)
+    except (ExportError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

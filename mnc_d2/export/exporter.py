@@ -1,0 +1,149 @@
+"""``tools/export_model.py``: a trained run -> an exported folder (:mod:`.bundle`).
+
+The graph (:class:`.graph.MNCExportGraph`) is traced once on a synthetic tile (band means plus
+noise of the band spread, fixed seed: no data is needed and nothing about the tile's content is
+frozen into the graph, which has no data-dependent branch), written as ONNX (opset 17, the
+TorchScript-based exporter) and/or TorchScript, then run once by every runtime installed here
+and compared with PyTorch on that tile; the differences are recorded in ``export.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .bundle import (EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES, ExportError,
+                     read_bundle)
+from .graph import MNCExportGraph
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+def _sample(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    mean = np.asarray(cfg.MODEL.PIXEL_MEAN, np.float32)[:, None, None]
+    std = np.asarray(cfg.MODEL.PIXEL_STD, np.float32)[:, None, None]
+    noise = rng.standard_normal((len(mean), height, width)).astype(np.float32)
+    return torch.from_numpy(mean + std * noise)[None]
+
+
+def build_graph(cfg, tile_size: int) -> MNCExportGraph:
+    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on the CPU."""
+    from detectron2.modeling import build_model
+
+    from ..modeling.checkpoint import build_checkpointer
+
+    if not cfg.MODEL.WEIGHTS:
+        raise ExportError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
+                          "MODEL.WEIGHTS output/run/model_final.pth")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+    return MNCExportGraph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
+                          cfg.INPUT.MAX_SIZE_TEST).eval()
+
+
+def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
+                 score_thresh: float | None = None) -> Path:
+    """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds)."""
+    from ..data.bands import input_bands
+    from ..inference.predictor import resolve_score_threshold
+    from ..inference.scenes import sha256_of
+
+    unknown = [f for f in formats if f not in MODEL_FILES]
+    if unknown or not formats:
+        raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
+    out_dir = Path(out_dir)
+    graph = build_graph(cfg, tile_size)
+    sample = _sample(cfg, tile_size, tile_size)
+    with torch.no_grad():
+        reference = [t.numpy() for t in graph(sample)]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = {}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings: the graph has no data branches
+            if "torchscript" in formats:
+                traced = torch.jit.trace(graph, (sample,), check_trace=False)
+                traced.save(str(work / MODEL_FILES["torchscript"]))
+                files["torchscript"] = MODEL_FILES["torchscript"]
+            if "onnx" in formats:
+                torch.onnx.export(graph, (sample,), str(work / MODEL_FILES["onnx"]),
+                                  input_names=["image"],
+                                  output_names=["boxes", "scores", "classes", "masks"],
+                                  opset_version=OPSET, dynamo=False)
+                files["onnx"] = MODEL_FILES["onnx"]
+        sn = cfg.TEST.SPACENET
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "mnc_d2_version": __version__,
+            "torch_version": torch.__version__, "onnx_opset": OPSET if "onnx" in files else None,
+            "files": files, "sha256": {name: sha256_of(work / name) for name in files.values()},
+            "input": {"tile_height": tile_size, "tile_width": tile_size,
+                      "channels": len(cfg.MODEL.PIXEL_MEAN), "bands": input_bands(cfg),
+                      "band_names": [str(n) for n in cfg.INPUT.BAND_NAMES],
+                      "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
+                      "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
+                      "gsd": float(cfg.INPUT.GSD) or None,
+                      "resized": list(graph.resized), "padded": list(graph.padded)},
+            "outputs": {"boxes": "(R, 4) x0 y0 x1 y1 tile pixels", "scores": "(R,)",
+                        "classes": "(R,) int64",
+                        "masks": "(R, M, M) soft masks on their boxes, 0.5 = the mask "
+                                 "threshold (pasted by mnc_d2.export.runtime.paste_masks)"},
+            "score_thresh": resolve_score_threshold(cfg, score_thresh),
+            "post": {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
+                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
+                     "align_gap": sn.ALIGN_NEIGHBOURS_GAP},
+            "source": {"weights": str(cfg.MODEL.WEIGHTS),
+                       "weights_sha256": sha256_of(cfg.MODEL.WEIGHTS)},
+            "config": cfg.dump(),
+        }
+        (work / "config.yaml").write_text(meta["config"])
+        (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
+        meta["check"] = _check(work, sample.numpy(), reference)
+        (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info("exported %s to %s (%s)", cfg.MODEL.WEIGHTS, out_dir, ", ".join(files))
+    return out_dir
+
+
+def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dict:
+    """Each installed runtime on the trace tile against PyTorch: detections, largest
+    differences (or why it could not run)."""
+    from .runtime import ExportedModel
+
+    bundle = read_bundle(folder)
+    image = sample[0].transpose(1, 2, 0)
+    out = {"torch_detections": int(len(reference[1]))}
+    for backend in ("onnxruntime", "openvino", "torchscript"):
+        try:
+            model = ExportedModel(bundle, backend)
+        except ExportError as exc:
+            out[backend] = {"skipped": str(exc)}
+            continue
+        raw = model._call(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+        same = len(raw[1]) == len(reference[1])
+        out[backend] = {"detections": int(len(raw[1])),
+                        "max_score_diff": float(np.abs(raw[1] - reference[1]).max(initial=0))
+                        if same else None,
+                        "max_box_diff_px": float(np.abs(raw[0] - reference[0]).max(initial=0))
+                        if same else None}
+        logger.info("check %s: %s", backend, out[backend])
+    return out

@@ -1,0 +1,192 @@
+"""The trained MNC model as one traceable graph (``tools/export_model.py``).
+
+:class:`MNCExportGraph` wraps a built Detectron2 ``GeneralizedRCNN`` with ``MNCROIHeads`` and runs
+the whole inference of one tile with tensor operations only (no Python branch that depends on
+the data, no ``Instances``), so that ``torch.jit.trace`` and the ONNX exporter record it
+faithfully:
+
+    raw tile (1, C, H, W) -> resize (INPUT.MIN/MAX_SIZE_TEST) -> (x - PIXEL_MEAN) / PIXEL_STD
+    -> pad to the backbone's size divisibility -> backbone + FPN -> RPN (Detectron2's own
+    proposal selection) -> MNC stages 2-5 -> score filter, per-class NMS, top-K -> mask voting
+    (class-aware, all classes at once) -> NMS after voting -> boxes in tile pixels, scores,
+    classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped to 0.5.
+
+Pasting the masks into the tile (and thresholding them) is left to the named post-processing
+step :func:`mnc_d2.export.runtime.paste_masks`, which needs no deep-learning runtime: a dense
+in-graph paste would hold (R, H, W, 2) sampling grids.
+
+Approximations against the eager model, named: the FPN level of each RoI is chosen by
+``torch.where`` over all levels rather than by indexing (same values, every level's warp is
+computed for every RoI); the graph has the fixed input size it was exported at.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.structures import Boxes
+from torch import nn
+
+from ..modeling.mask_ops import mask_voting_image
+from ..modeling.mnc_roi_heads import MNCROIHeads, remap_threshold
+from ..modeling.roi_warp import roi_warp
+
+
+def resized_shape(height: int, width: int, short: int, longest: int) -> tuple[int, int]:
+    """Detectron2's ResizeShortestEdge size for one (height, width) at test time."""
+    scale = short / min(height, width)
+    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
+    if max(new_h, new_w) > longest:
+        factor = longest / max(new_h, new_w)
+        new_h, new_w = new_h * factor, new_w * factor
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+              threshold: float, span: float) -> torch.Tensor:
+    """Per-class NMS with no branch on the number of boxes (torchvision's ``batched_nms`` returns
+    early on empty input, which tracing would freeze): boxes of class c are shifted by c x
+    ``span`` (> any coordinate) so classes never overlap. boxes (N, 4), scores (N,), classes (N,)
+    -> kept indices, by decreasing score."""
+    shift = classes.to(boxes.dtype)[:, None] * span
+    return torchvision.ops.nms(boxes + shift, scores, threshold)
+
+
+class MNCExportGraph(nn.Module):
+    """One tile through the whole model (module docstring).
+
+    forward(image (1, C, H, W) float32 raw band values at the exported tile size) ->
+    boxes (R, 4) tile pixels, scores (R,), classes (R,) int64, masks (R, M, M) float32.
+    """
+
+    def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
+                 longest: int):
+        super().__init__()
+        heads = model.roi_heads
+        if not isinstance(heads, MNCROIHeads):
+            raise ValueError(f"export needs MODEL.ROI_HEADS.NAME MNCROIHeads, got "
+                             f"{type(heads).__name__}")
+        if model.proposal_generator is None:
+            raise ValueError("export needs the model's RPN (MODEL.PROPOSAL_GENERATOR)")
+        self.model = model
+        self.tile = (int(tile_height), int(tile_width))
+        self.resized = resized_shape(tile_height, tile_width, short, longest)
+        div = model.backbone.size_divisibility or 1
+        self.padded = tuple(-(-s // div) * div for s in self.resized)
+        self.register_buffer("mean", model.pixel_mean.detach().clone().reshape(1, -1, 1, 1))
+        self.register_buffer("std", model.pixel_std.detach().clone().reshape(1, -1, 1, 1))
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def _preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        if self.resized != self.tile:
+            image = F.interpolate(image, size=self.resized, mode="bilinear",
+                                  align_corners=False)
+        x = (image - self.mean) / self.std
+        pad_h, pad_w = self.padded[0] - self.resized[0], self.padded[1] - self.resized[1]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    def _proposals(self, features: dict) -> torch.Tensor:
+        """Detectron2's RPN inference for one image -> proposal boxes (P, 4)."""
+        rpn = self.model.proposal_generator
+        feats = [features[f] for f in rpn.in_features]
+        anchors = rpn.anchor_generator(feats)
+        logits, deltas = rpn.rpn_head(feats)
+        logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
+        box_dim = rpn.anchor_generator.box_dim
+        deltas = [d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
+                  .permute(0, 3, 4, 1, 2).flatten(1, -2) for d in deltas]
+        proposals = rpn.predict_proposals(anchors, logits, deltas, [self.resized])
+        return proposals[0].proposal_boxes.tensor
+
+    def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """MultiLevelWarp for one image, the level chosen by ``torch.where`` (R, C, S, S)."""
+        warp = self.model.roi_heads.warp
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+        if len(warp.scales) == 1:
+            levels = torch.zeros_like(rois[:, 0], dtype=torch.long)
+        else:
+            levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
+                                            warp.canonical_box_size, warp.canonical_level)
+        out = None
+        for level, (feat, scale) in enumerate(zip(feats, warp.scales)):
+            if warp.mode == "roialign":
+                warped = warp.aligners[level](feat, rois)
+            else:
+                warped = roi_warp(feat, rois, warp.output_size, scale)
+            out = warped if out is None else torch.where(
+                (levels == level)[:, None, None, None], warped, out)
+        return out
+
+    def _pair(self, feats, boxes, second: bool):
+        mask_head, cls_head = self.model.roi_heads._stage_heads(second)
+        warped = self._warp(feats, boxes)
+        mask_logits = mask_head(warped)
+        cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())
+        return mask_logits, cls_logits, deltas
+
+    def _refine(self, boxes, deltas, classes):
+        heads = self.model.roi_heads
+        rows = torch.arange(deltas.shape[0], device=deltas.device)
+        picked = deltas.view(deltas.shape[0], -1, 4)[rows, classes]
+        refined = heads.box2box_transform.apply_deltas(picked, boxes)
+        h, w = self.resized
+        x = refined[:, 0::2].clamp(0, w)
+        y = refined[:, 1::2].clamp(0, h)
+        return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+    def _select(self, boxes, masks, probs):
+        """MNCROIHeads._select for one image, voting all classes at once (class-aware)."""
+        heads = self.model.roi_heads
+        cand, cls = torch.nonzero(probs > heads.test_score_thresh, as_tuple=True)
+        scores = probs[cand, cls]
+        span = float(max(self.padded)) + 1.0
+        keep = class_nms(boxes[cand], scores, cls, heads.test_nms_thresh, span)
+        keep = keep[: heads.test_detections_per_img]
+        cand_boxes, cand_masks = boxes[cand], masks[cand]
+        out_boxes, voted = cand_boxes[keep], cand_masks[keep]
+        if heads.use_mask_voting and heads.mask_voting_space == "image":
+            voted, out_boxes = mask_voting_image(keep, cand_boxes, cand_masks, scores,
+                                                 heads.mask_voting_iou, heads.mask_threshold,
+                                                 classes=cls)
+            if heads.nms_after_voting:
+                rows = class_nms(out_boxes, scores[keep], cls[keep], heads.test_nms_thresh, span)
+                rows = rows.sort().values
+                keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
+        elif heads.use_mask_voting:
+            from ..modeling.mask_ops import mask_voting
+            voted = mask_voting(keep, cand_boxes, cand_masks, scores, heads.mask_voting_iou,
+                                classes=cls)
+        return out_boxes, scores[keep], cls[keep], remap_threshold(voted, heads.mask_threshold)
+
+    # --- the graph --------------------------------------------------------------------------
+
+    def forward(self, image: torch.Tensor):
+        heads = self.model.roi_heads
+        features = self.model.backbone(self._preprocess(image))
+        boxes = self._proposals(features)
+        feats = [features[f] for f in heads.in_features]
+        mask2, cls3, deltas3 = self._pair(feats, boxes, second=False)
+        probs3 = F.softmax(cls3, dim=1)[:, : heads.num_classes]
+        cand_boxes, cand_masks, cand_probs = [boxes], [mask2.sigmoid()], [probs3]
+        if heads.test_num_stages == 5:
+            refined = self._refine(boxes, deltas3, probs3.argmax(1))
+            mask4, cls5, _ = self._pair(feats, refined, second=True)
+            cand_boxes.append(refined)
+            cand_masks.append(mask4.sigmoid())
+            cand_probs.append(F.softmax(cls5, dim=1)[:, : heads.num_classes])
+        out_boxes, scores, classes, masks = self._select(
+            torch.cat(cand_boxes), torch.cat(cand_masks), torch.cat(cand_probs))
+        # Detectron2's detector_postprocess: boxes back to the tile's pixels, clipped.
+        sy = self.tile[0] / self.resized[0]
+        sx = self.tile[1] / self.resized[1]
+        scale = out_boxes.new_tensor([sx, sy, sx, sy])
+        out_boxes = out_boxes * scale
+        x = out_boxes[:, 0::2].clamp(0, self.tile[1])
+        y = out_boxes[:, 1::2].clamp(0, self.tile[0])
+        out_boxes = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+        return out_boxes, scores, classes, masks

@@ -1,0 +1,169 @@
+"""Run an exported model (``tools/export_model.py``) without Detectron2 or mnc_d2's model code.
+
+One tile: the graph (onnxruntime, OpenVINO or TorchScript) gives boxes, scores, classes and soft
+masks on their boxes; :func:`paste_masks` (numpy, the named post-processing step) pastes each
+mask into the tile and thresholds it, as Detectron2's ``detector_postprocess`` does for the
+eager model. The polygons are then traced by :func:`mnc_d2.geometry.instances
+.instances_to_polygons`, the same step as the eager path.
+
+Why the outputs are not bit-identical to eager PyTorch: another runtime sums and fuses in
+another order (float32 rounding, ~1e-6 relative), and the paste here is the same bilinear
+formula written as two small matrix products; a pixel whose mask value sits at the 0.5
+threshold within that rounding can flip. The tests bound it (every building IoU >= 0.99, score
+within 1e-3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import BACKEND_PACKAGES, ExportBundle, ExportError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Detections:
+    """One tile's detections, numpy: boxes (R, 4) tile pixels, scores (R,), classes (R,),
+    pred_masks (R, H, W) bool. Read by ``instances_to_polygons`` like Detectron2 Instances."""
+
+    pred_boxes: np.ndarray
+    scores: np.ndarray
+    pred_classes: np.ndarray
+    pred_masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def has(self, name: str) -> bool:
+        return name in ("pred_boxes", "scores", "pred_classes", "pred_masks")
+
+
+def _interpolation(lo: float, hi: float, start: int, stop: int, size: int) -> np.ndarray:
+    """(stop - start, size) weights: bilinear samples (zero outside) of a ``size``-cell mask
+    spanning [lo, hi] at the pixel centres start+0.5 .. stop-0.5 (grid_sample's rule,
+    align_corners False)."""
+    centres = np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
+    pos = (centres - np.float32(lo)) / np.float32(hi - lo) * np.float32(size) - np.float32(0.5)
+    first = np.floor(pos)
+    frac = (pos - first).astype(np.float32)
+    first = first.astype(np.int64)
+    weights = np.zeros((len(centres), size), dtype=np.float32)
+    rows = np.arange(len(centres))
+    for index, w in ((first, 1 - frac), (first + 1, frac)):
+        ok = (index >= 0) & (index < size)
+        weights[rows[ok], index[ok]] += w[ok]
+    return weights
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
+                threshold: float = 0.5) -> np.ndarray:
+    """Soft masks on their boxes -> full-tile bool masks, Detectron2's paste rule.
+
+    masks: (R, M, M) float; boxes: (R, 4) x0, y0, x1, y1 tile pixels (non-empty). Each mask is
+    sampled bilinearly at the pixel centres inside its box grown by one pixel (outside: False)
+    and kept where >= ``threshold``. Returns (R, height, width) bool.
+    """
+    out = np.zeros((len(masks), height, width), dtype=bool)
+    size = masks.shape[-1] if len(masks) else 0
+    for k, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
+        c0, r0 = max(int(np.floor(x0)) - 1, 0), max(int(np.floor(y0)) - 1, 0)
+        c1, r1 = min(int(np.ceil(x1)) + 1, width), min(int(np.ceil(y1)) + 1, height)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        rows = _interpolation(y0, y1, r0, r1, size)
+        cols = _interpolation(x0, x1, c0, c1, size)
+        out[k, r0:r1, c0:c1] = rows @ mask.astype(np.float32) @ cols.T >= threshold
+    return out
+
+
+def _need(package: str, backend: str):
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ExportError(f"backend {backend} needs the Python package {package!r}, which is "
+                          f"not installed here: pip install {BACKEND_PACKAGES[backend]}"
+                          ) from None
+
+
+class ExportedModel:
+    """An exported graph on one backend: ``model(image)`` -> :class:`Detections`.
+
+    image: (H, W, C) float32 raw band values (the bands of ``bundle.bands``), H x W at most the
+    exported tile size; smaller tiles (scenes smaller than a tile) are padded with the band
+    means, which the model's normalisation maps to 0 (the eager model resizes them instead).
+    ``threads``: intra-op threads (None: the runtime's default).
+    """
+
+    def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
+                 threads: int | None = None):
+        self.bundle, self.backend = bundle, backend
+        path = bundle.graph_path(backend)
+        self.tile = bundle.tile_shape
+        self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
+        if backend == "onnxruntime":
+            ort = _need("onnxruntime", backend)
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+                options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            self._call = lambda x: session.run(None, {name: x})
+        elif backend == "openvino":
+            ov = _need("openvino", backend)
+            # f32: OpenVINO's CPU plugin otherwise runs in bf16 where the CPU has it, which moves
+            # scores by ~0.1 (measured); speed with it is a deployment choice, not a default.
+            config = {"INFERENCE_PRECISION_HINT": "f32"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            request = compiled.create_infer_request()
+
+            def call(x):
+                result = request.infer({0: x})
+                return [np.asarray(result[out]) for out in compiled.outputs]
+            self._call = call
+        else:  # torchscript
+            torch = _need("torch", backend)
+            _need("torchvision", backend)  # registers the nms / roi_align operators
+            if threads:
+                torch.set_num_threads(int(threads))
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+
+            def call(x):
+                with torch.no_grad():
+                    return [t.numpy() for t in module(torch.from_numpy(x))]
+            self._call = call
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        height, width, channels = image.shape
+        if channels != len(self.fill):
+            raise ValueError(f"the exported model reads {len(self.fill)} band(s), the image "
+                             f"has {channels}")
+        th, tw = self.tile
+        if height > th or width > tw:
+            raise ValueError(f"a {height} x {width} tile is larger than the exported model's "
+                             f"{th} x {tw}: predict with --tile-size {tw} or re-export with "
+                             f"--tile-size {max(height, width)}")
+        if (height, width) != (th, tw):
+            padded = np.empty((th, tw, channels), dtype=np.float32)
+            padded[:] = self.fill
+            padded[:height, :width] = image
+            image = padded
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        boxes, scores, classes, masks = self._call(x)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        # detector_postprocess: boxes clipped to the real tile, empty ones dropped
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, masks = boxes[keep], np.asarray(masks, dtype=np.float32)[keep]
+        return Detections(boxes, np.asarray(scores, dtype=np.float32)[keep],
+                          np.asarray(classes)[keep], paste_masks(masks, boxes, height, width))

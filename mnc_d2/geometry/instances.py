@@ -1,0 +1,50 @@
+"""Model output -> pixel polygons: the post-processing shared by the SpaceNet evaluator, the
+scene predictor and the exported-model backends (prediction does not pass through the
+evaluator). Torch-free: Detectron2 ``Instances`` (torch tensors) and the exported backends'
+numpy detections are read the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+from shapely.geometry import Polygon
+
+from .align import align_neighbours
+from .polygons import mask_to_polygon
+
+
+def _numpy(value) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def instances_to_polygons(instances, score_thresh: float = 0.5,
+                          simplify_tolerance: float = 1.5, regularize: bool = False,
+                          min_edge: float = 0.0, align_deg: float = 0.0, align_gap: float = 10.0,
+                          align_min_score: float | None = None) -> list[tuple[Polygon, float]]:
+    """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
+    0.5; ``scores`` (R,); torch tensors or numpy arrays) -> one pixel polygon per instance scoring at least ``score_thresh``
+    (its largest part), with the score.
+
+    ``align_deg`` > 0: close (``align_gap`` px), nearly parallel neighbours among the polygons
+    scoring at least ``align_min_score`` (default ``score_thresh``) are made parallel
+    (:func:`mnc_d2.geometry.align.align_neighbours`); the others are returned as traced."""
+    if len(instances) == 0:
+        return []
+    if not instances.has("pred_masks"):
+        raise KeyError("instance masks needed: the model output has no 'pred_masks' (is "
+                       "MODEL.MASK_ON False?)")
+    scores = _numpy(instances.scores)
+    out = []
+    for i in np.flatnonzero(scores >= score_thresh).tolist():
+        mask = _numpy(instances.pred_masks[i])
+        mask = mask if mask.dtype == bool else mask >= 0.5
+        poly = mask_to_polygon(mask, simplify_tolerance=simplify_tolerance,
+                               regularize=regularize, min_edge=min_edge)
+        if poly is not None:
+            out.append((poly, float(scores[i])))
+    if align_deg > 0:
+        floor = score_thresh if align_min_score is None else align_min_score
+        kept = [k for k, (_, score) in enumerate(out) if score >= floor]
+        aligned = align_neighbours([out[k][0] for k in kept], align_deg, align_gap)
+        for k, poly in zip(kept, aligned):
+            out[k] = (poly, out[k][1])
+    return out
