@@ -19,7 +19,8 @@ training run's evaluation recorded next to the weights, else TEST.SPACENET.SCORE
 
 import sys
 
-import mnc_d2  # noqa: F401  arms the Detectron2 shims (applied only if Detectron2 is loaded)
+# Importing the package arms the Detectron2 shims (applied only if Detectron2 is loaded: the
+# exported-model backends never load it).
 from mnc_d2.inference.run import main
 
 if __name__ == "__main__":
