@@ -13,9 +13,12 @@ or ``torchscript``; this module imports neither torch nor Detectron2 for the exp
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +222,8 @@ class ScenePredictor:
             threshold = float(bundle.meta["score_thresh"] if score_thresh is None
                               else score_thresh)
         self.post = {"score_thresh": threshold, **post}
+        self.pipeline = True  # read and polygonise beside the model (see _predict_grid)
+        self.timings = collections.Counter()
 
     def _read(self, src, bands: list[int], window, masked: bool):
         """(H, W, C) image of one window, pixels outside the data (nodata, mask or alpha band,
@@ -273,33 +278,106 @@ class ScenePredictor:
                                        self.model_gsd, when)
 
     def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
+        """Tiles through the model in batches. With ``self.pipeline`` (default) the next batch
+        is read in one thread and the last batch polygonised in another while the model runs
+        (only the reader thread touches ``data``); the result is the same either way.
+        ``self.timings`` accumulates seconds: read, model, polygons (each stage's own time),
+        waiting_for_read and waiting_for_polygons (what the model loop waited), merge."""
         tiles = tile_grid(data.width, data.height, self.tile_size, self.overlap)
-        polygons, scores, tile_ids = [], [], []
+        batches = [(start, tiles[start: start + self.batch_size])
+                   for start in range(0, len(tiles), self.batch_size)]
+        clock = self.timings
+
+        def read_batch(chunk):
+            began = time.perf_counter()
+            out = [self._read(data, bands, t.window, masked) for t in chunk]
+            clock["read"] += time.perf_counter() - began
+            return out
+
+        def polygonise(start, chunk, outputs, read):
+            began = time.perf_counter()
+            out = self._tile_polygons(start, chunk, outputs, read, masked)
+            clock["polygons"] += time.perf_counter() - began
+            return out
+
         bar = tqdm(total=len(tiles), desc=Path(without_query(shown)).name, unit="tile",
                    disable=not progress)
-        for start in range(0, len(tiles), self.batch_size):
-            chunk = tiles[start: start + self.batch_size]
-            read = [self._read(data, bands, t.window, masked) for t in chunk]
-            outputs = self._run([image for image, _ in read])
-            for k, (tile, instances, (_, valid)) in enumerate(zip(chunk, outputs, read)):
-                found = instances_to_polygons(instances, **self.post)
-                if masked and found:
-                    points = shapely.get_coordinates(shapely.point_on_surface(
-                        [p for p, _ in found])).astype(int)
-                    h, w = valid.shape
-                    inside = valid[np.clip(points[:, 1], 0, h - 1), np.clip(points[:, 0], 0,
-                                                                             w - 1)]
-                    found = [f for f, keep in zip(found, inside) if keep]
-                shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
-                           for p, _ in found]
-                for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
-                    if keep:
-                        polygons.append(poly)
-                        scores.append(score)
-                        tile_ids.append(start + k)
-            bar.update(len(chunk))
+        found = []
+        workers = 1 if self.pipeline else 0
+        with _Lane(workers) as reader, _Lane(workers) as polygoniser:
+            pending = reader.submit(read_batch, batches[0][1]) if batches else None
+            queued = collections.deque()
+            for i, (start, chunk) in enumerate(batches):
+                began = time.perf_counter()
+                read = pending.result()
+                clock["waiting_for_read"] += time.perf_counter() - began
+                if i + 1 < len(batches):
+                    pending = reader.submit(read_batch, batches[i + 1][1])
+                began = time.perf_counter()
+                outputs = self._run([image for image, _ in read])
+                clock["model"] += time.perf_counter() - began
+                queued.append(polygoniser.submit(polygonise, start, chunk, outputs, read))
+                while len(queued) > 2:  # bounded: at most two batches' masks held
+                    found.extend(self._wait(queued.popleft()))
+                bar.update(len(chunk))
+            while queued:
+                found.extend(self._wait(queued.popleft()))
         bar.close()
-        return merge_across_tiles(polygons, scores, tile_ids)
+        began = time.perf_counter()
+        merged = merge_across_tiles([f[0] for f in found], [f[1] for f in found],
+                                    [f[2] for f in found])
+        clock["merge"] += time.perf_counter() - began
+        return merged
+
+    def _wait(self, future):
+        began = time.perf_counter()
+        out = future.result()
+        self.timings["waiting_for_polygons"] += time.perf_counter() - began
+        return out
+
+    def _tile_polygons(self, start: int, chunk, outputs, read, masked: bool) -> list:
+        """(polygon in scene pixels, score, tile index) of the buildings each tile owns."""
+        out = []
+        for k, (tile, instances, (_, valid)) in enumerate(zip(chunk, outputs, read)):
+            found = instances_to_polygons(instances, **self.post)
+            if masked and found:
+                points = shapely.get_coordinates(shapely.point_on_surface(
+                    [p for p, _ in found])).astype(int)
+                h, w = valid.shape
+                inside = valid[np.clip(points[:, 1], 0, h - 1), np.clip(points[:, 0], 0,
+                                                                         w - 1)]
+                found = [f for f, keep in zip(found, inside) if keep]
+            shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
+                       for p, _ in found]
+            for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
+                if keep:
+                    out.append((poly, score, start + k))
+        return out
+
+
+class _Lane:
+    """One worker thread (``workers`` 1) or none (0: ``submit`` runs the call at once);
+    ``submit`` returns an object with ``result()`` either way."""
+
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(max_workers=1) if workers else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn, *args):
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # re-raised by result(), as a thread's would be
+            done.set_exception(exc)
+        return done
 
 
 def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_id: dict,

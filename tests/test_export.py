@@ -1,0 +1,249 @@
+"""Exported models: tools/export_model.py and tools/predict.py --backend on onnxruntime, OpenVINO
+and TorchScript give the eager model's buildings; no Detectron2 at prediction; bad exported
+folders and scenes are clear errors or failed rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import shapely
+import torch
+
+from mnc_d2.export.bundle import EXPORT_FILE
+from mnc_d2.export.runtime import paste_masks
+from mnc_d2.inference.run import main as predict_main
+from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
+
+from test_engine import FAST, QUICK, REPO
+
+pytest.importorskip("onnxruntime")
+TILE, OVERLAP = 160, 32  # 2 x 2 tiles per scene; the model resizes each tile to 128 px (FAST)
+SIZE = 288
+
+
+def _installed(package: str) -> bool:
+    try:
+        __import__(package)
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS = ["onnxruntime", "torchscript"] + (["openvino"] if _installed("openvino") else [])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("d2data")
+    generate_city(root / "spacenet", "vegas", 6, seed=1, progress=False)
+    out = tmp_path_factory.mktemp("trained")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root))
+    subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+                    str(QUICK), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", "20",
+                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+                   env=env, check=True, capture_output=True, timeout=900)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "model"
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output", str(out),
+                          "--tile-size", str(TILE), "MODEL.WEIGHTS",
+                          str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("scenes")
+    paths = []
+    for k in range(2):
+        image, _, _ = render_scene(np.random.default_rng(20 + k), STYLES["vegas"], size=SIZE)
+        path = folder / f"scene{k}.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=SIZE, width=SIZE, count=3,
+                           dtype="uint16", crs="EPSG:4326",
+                           transform=tile_transform(STYLES["vegas"], 30 + k)) as dst:
+            dst.write(to_dn(image)[[4, 2, 1]])
+        paths.append(path)
+    return paths
+
+
+def _predict(out: Path, scenes, *source: str, extra=()) -> int:
+    return predict_main(["--input", *map(str, scenes), "--output", str(out), "--tile-size",
+                         str(TILE), "--overlap", str(OVERLAP), "--score-thresh", "0.0",
+                         *extra, *source])
+
+
+def _eager(trained: Path) -> list[str]:
+    return ["--config-file", str(trained / "config.yaml"), "MODEL.WEIGHTS",
+            str(trained / "model_final.pth")]
+
+
+def _buildings(out: Path, name: str) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(out / "buildings" / f"{name}.parquet")
+
+
+def test_export_folder_records_what_a_deployment_needs(exported, trained):
+    meta = json.loads((exported / EXPORT_FILE).read_text())
+    assert set(meta["files"]) == {"onnx", "torchscript"}
+    assert meta["input"]["tile_height"] == TILE and meta["input"]["bands"] == [1, 2, 3]
+    assert meta["input"]["resized"] == [128, 128]
+    assert (exported / "config.yaml").read_text() == meta["config"]
+    # the export's own check: each runtime on the trace tile against PyTorch
+    for backend in BACKENDS:
+        check = meta["check"][backend]
+        assert check["detections"] == meta["check"]["torch_detections"]
+        if check["detections"]:
+            assert check["max_score_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exported_backend_finds_the_eager_buildings(tmp_path, trained, exported, scenes,
+                                                    backend):
+    """Every eager building has an exported counterpart with polygon IoU >= 0.99 and a score
+    within 1e-3, and the counts match (at threshold 0: every detection, low scores included).
+    Not bit-identical: other runtimes order float32 sums differently (~1e-6) and a mask pixel
+    at the threshold within that rounding can flip."""
+    eager, other = tmp_path / "eager", tmp_path / backend
+    assert _predict(eager, scenes, *_eager(trained)) == 0
+    assert _predict(other, scenes, "--backend", backend, "--model", str(exported)) == 0
+    total = 0
+    for scene in scenes:
+        a, b = _buildings(eager, scene.stem), _buildings(other, scene.stem)
+        assert len(a) == len(b)
+        total += len(a)
+        if not len(a):
+            continue
+        ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
+        inter = shapely.area(shapely.intersection(ga, gb))
+        union = shapely.area(shapely.union(ga, gb))
+        iou = inter / union
+        best = iou.argmax(axis=1)
+        assert iou.max(axis=1).min() >= 0.99
+        assert np.abs(a.score.to_numpy() - b.score.to_numpy()[best]).max() <= 1e-3
+    assert total > 0, "the tiny model found nothing: the comparison would be empty"
+    run = json.loads((other / "run.json").read_text())
+    assert run["backend"] == backend and run["weights"].startswith(str(exported))
+
+
+def test_exported_prediction_loads_neither_detectron2_nor_the_model_code(tmp_path, exported,
+                                                                         scenes):
+    code = (
+        "import sys\n"
+        "from mnc_d2.inference.run import main\n"
+        f"rc = main(['--backend', 'onnxruntime', '--model', {str(exported)!r}, '--input', "
+        f"{str(scenes[0])!r}, '--output', {str(tmp_path / 'o')!r}, '--tile-size', '{TILE}'])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('detectron2', 'torch', "
+        "'torchvision') or m.startswith('mnc_d2.modeling'))\n"
+        "print('LOADED', bad)\n"
+        "sys.exit(rc)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(REPO))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "LOADED []" in run.stdout
+
+
+def test_bad_exported_folders_and_scenes(tmp_path, exported, scenes, monkeypatch, capsys):
+    onnx = ["--backend", "onnxruntime", "--model"]
+    # not an export, a missing graph, another version, a tile size it was not exported for
+    assert _predict(tmp_path / "a", scenes, *onnx, str(tmp_path)) == 2
+    assert "no export.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "model.onnx").unlink()
+    assert _predict(tmp_path / "b", scenes, *onnx, str(broken)) == 2
+    assert "model.onnx is missing" in capsys.readouterr().err
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    meta = json.loads((old / EXPORT_FILE).read_text())
+    meta["mnc_d2_version"] = "0.1.0"
+    (old / EXPORT_FILE).write_text(json.dumps(meta))
+    assert _predict(tmp_path / "c", scenes, *onnx, str(old)) == 2
+    assert "written by mnc_d2 0.1.0" in capsys.readouterr().err
+    assert predict_main(["--input", str(scenes[0]), "--output", str(tmp_path / "d"),
+                         *onnx, str(exported)]) == 2  # default --tile-size 650
+    assert f"exported for {TILE} x {TILE}" in capsys.readouterr().err
+    assert _predict(tmp_path / "e", scenes, "--backend", "onnxruntime") == 2
+    assert "pass --model" in capsys.readouterr().err
+    # a runtime that is not installed names the package to install
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert _predict(tmp_path / "f", scenes, "--backend", "openvino", "--model",
+                    str(exported)) == 2
+    assert "pip install openvino" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "openvino")
+    # a scene with the wrong band count is a failed row, the good scene still predicted
+    one_band = tmp_path / "oneband.tif"
+    with rasterio.open(one_band, "w", driver="GTiff", height=64, width=64, count=1,
+                       dtype="uint16", crs="EPSG:4326",
+                       transform=tile_transform(STYLES["vegas"], 3)) as dst:
+        dst.write(np.zeros((1, 64, 64), dtype=np.uint16))
+    out = tmp_path / "g"
+    assert _predict(out, [scenes[0], one_band], *onnx, str(exported)) == 1
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("scene")
+    assert rows.loc["scene0", "status"] == "ok"
+    assert rows.loc["oneband", "status"] == "failed" and "1 band" in rows.loc["oneband",
+                                                                             "error"]
+
+
+def test_export_usage_errors(tmp_path, trained):
+    tool = [sys.executable, str(REPO / "tools" / "export_model.py"), "--config-file",
+            str(trained / "config.yaml"), "--output", str(tmp_path / "x")]
+    run = subprocess.run(tool + ["--formats", "tflite", "MODEL.WEIGHTS",
+                                 str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "choose from onnx, torchscript" in run.stderr
+    run = subprocess.run(tool, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "MODEL.WEIGHTS is empty" in run.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_paste_masks_matches_detectron2():
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.structures import Boxes
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((40, 14, 14)).astype(np.float32)
+    xy = rng.uniform(-10, 90, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (40, 2))], 1).astype(np.float32)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, 100)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, 80)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    masks = masks[: len(boxes)]
+    ours = paste_masks(masks, boxes, 80, 100)
+    theirs = paste_masks_in_image(torch.from_numpy(masks), Boxes(torch.from_numpy(boxes)),
+                                  (80, 100)).numpy()
+    # equal up to pixels whose value sits at 0.5 within float32 rounding
+    assert (ours != theirs).sum() <= 2
+    assert ours.sum() > 1000
+
+
+def test_pipelined_reading_and_polygonising_changes_nothing(exported, scenes):
+    """Reading and polygonising beside the model (the default) gives what the plain loop
+    gives, and the stage clocks account for the work."""
+    from mnc_d2.inference.predictor import ScenePredictor
+
+    predictor = ScenePredictor(None, TILE, OVERLAP, batch_size=1, score_thresh=0.0,
+                               backend="onnxruntime", model_dir=str(exported))
+    piped = predictor.predict(scenes[1], progress=False)
+    clocks = dict(predictor.timings)
+    predictor.pipeline = False
+    plain = predictor.predict(scenes[1], progress=False)
+    assert len(piped.polygons) == len(plain.polygons) > 0
+    assert piped.scores == plain.scores
+    assert all(a.equals_exact(b, 0) for a, b in zip(piped.polygons, plain.polygons))
+    assert {"read", "model", "polygons", "merge"} <= set(clocks)
+    assert clocks["model"] > 0 and clocks["read"] > 0
