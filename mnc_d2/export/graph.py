@@ -15,9 +15,8 @@ Pasting the masks into the tile (and thresholding them) is left to the named pos
 step :func:`mnc_d2.export.runtime.paste_masks`, which needs no deep-learning runtime: a dense
 in-graph paste would hold (R, H, W, 2) sampling grids.
 
-Approximations against the eager model, named: the FPN level of each RoI is chosen by
-``torch.where`` over all levels rather than by indexing (same values, every level's warp is
-computed for every RoI); the graph has the fixed input size it was exported at.
+Differences from the eager model, named: each FPN level warps one extra dummy box (dropped);
+the graph has the fixed input size it was exported at.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from torch import nn
 
 from ..modeling.mask_ops import mask_voting_image
 from ..modeling.mnc_roi_heads import MNCROIHeads, remap_threshold
-from ..modeling.roi_warp import roi_warp
+from ..modeling.roi_warp import warp_image
 
 
 def resized_shape(height: int, width: int, short: int, longest: int) -> tuple[int, int]:
@@ -104,23 +103,29 @@ class MNCExportGraph(nn.Module):
         return proposals[0].proposal_boxes.tensor
 
     def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """MultiLevelWarp for one image, the level chosen by ``torch.where`` (R, C, S, S)."""
+        """MultiLevelWarp for one image (R, C, S, S): each level warps only its own boxes plus
+        one dummy box (so no level is ever empty, which a traced graph cannot branch on); the
+        levels' outputs are put back in box order by one gather (a scatter is slow in ONNX
+        runtimes)."""
         warp = self.model.roi_heads.warp
-        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
         if len(warp.scales) == 1:
-            levels = torch.zeros_like(rois[:, 0], dtype=torch.long)
+            levels = torch.zeros_like(boxes[:, 0], dtype=torch.long)
         else:
             levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
                                             warp.canonical_box_size, warp.canonical_level)
-        out = None
+        dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
+        parts, order = [], []
         for level, (feat, scale) in enumerate(zip(feats, warp.scales)):
+            idx = torch.nonzero(levels == level, as_tuple=True)[0]
+            picked = torch.cat([boxes[idx], dummy])
             if warp.mode == "roialign":
+                rois = torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
                 warped = warp.aligners[level](feat, rois)
             else:
-                warped = roi_warp(feat, rois, warp.output_size, scale)
-            out = warped if out is None else torch.where(
-                (levels == level)[:, None, None, None], warped, out)
-        return out
+                warped = warp_image(feat, picked, warp.output_size, scale)
+            parts.append(warped[:-1])
+            order.append(idx)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
     def _pair(self, feats, boxes, second: bool):
         mask_head, cls_head = self.model.roi_heads._stage_heads(second)

@@ -87,12 +87,15 @@ def _weighted_vote(votes: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
 
 def _sum_rows(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """out[index[p]] += values[p] (repeated indices add up). out: (K, ...), index: (P,),
-    values: (P, ...). Eager: ``index_add_``; traced: ``scatter_add`` (the ONNX exporter turns
-    ``index_add_`` into a scatter that keeps one of the repeated rows instead of their sum)."""
+    values: (P, ...). Eager: ``index_add_``. Traced (the exported graph): a one-hot (K, P)
+    matrix product, because the ONNX exporter turns ``index_add_`` into a scatter that keeps one
+    of the repeated rows instead of their sum, and an element-wise scatter is slow in the ONNX
+    runtimes; K and P are at most a few hundred and a few thousand here."""
     if not torch.jit.is_tracing():
         return out.index_add_(0, index, values)
-    expanded = index.reshape((-1,) + (1,) * (values.dim() - 1)).expand_as(values)
-    return out.scatter_add(0, expanded, values)
+    rows = torch.arange(out.shape[0], device=index.device)
+    onehot = (rows[:, None] == index[None, :]).to(values.dtype)  # (K, P)
+    return out + (onehot @ values.reshape(values.shape[0], -1)).reshape(out.shape)
 
 
 def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,

@@ -95,9 +95,11 @@ class MaskedClassificationHead(nn.Module):
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """(R, C, S, S) -> (R, C * S'^2), S' = S / 2 after 2 x 2 max pooling (stride 2)."""
-        if self.pool:
-            # Same result as F.max_pool2d(x, 2, 2) for even S, several times faster on CPU for
-            # these many-channel, few-pixel inputs.
+        if self.pool and torch.jit.is_tracing():  # an exported graph: the runtimes' MaxPool
+            x = F.max_pool2d(x, 2, 2)
+        elif self.pool:
+            # Same result as F.max_pool2d(x, 2, 2) for even S, several times faster on CPU in
+            # PyTorch for these many-channel, few-pixel inputs.
             _, c, h, w = x.shape
             x = x.reshape(-1, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
         return x.flatten(1)

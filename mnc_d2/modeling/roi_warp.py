@@ -40,27 +40,36 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
     out = features.new_zeros((num_rois, channels, output_size, output_size))
     if num_rois == 0:
         return out + 0 * features.sum()  # keep the graph connected
-    height, width = features.shape[-2:]
-    steps = (torch.arange(output_size, device=rois.device, dtype=rois.dtype) + 0.5) / output_size
     batch_index = rois[:, 0].detach().long()
     results = []
     order = []
     for b in torch.unique(batch_index).tolist():
         idx = torch.nonzero(batch_index == b, as_tuple=True)[0]
-        x0, y0, x1, y1 = (rois[idx, k + 1] * spatial_scale for k in range(4))
-        xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R_b, S) feature-map coordinates
-        ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
-        # grid_sample (align_corners=False): normalised -1 is the left edge of pixel 0.
-        gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
-        gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
-        grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
-        sampled = F.grid_sample(features[b: b + 1], grid.to(features.dtype), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)
-        results.append(sampled.reshape(channels, -1, output_size, output_size)
-                       .permute(1, 0, 2, 3))
+        results.append(warp_image(features[b: b + 1], rois[idx, 1:], output_size,
+                                  spatial_scale))
         order.append(idx)
     order = torch.cat(order)
     return out.index_copy(0, order, torch.cat(results))
+
+
+def warp_image(feature: torch.Tensor, boxes: torch.Tensor, output_size: int,
+               spatial_scale: float) -> torch.Tensor:
+    """:func:`roi_warp` for one image: feature (1, C, H, W), boxes (R, 4) x0 y0 x1 y1 in image
+    pixels -> (R, C, S, S). No branch on R (the exported graph calls it directly)."""
+    channels = feature.shape[1]
+    height, width = feature.shape[-2:]
+    steps = (torch.arange(output_size, device=boxes.device, dtype=boxes.dtype) + 0.5) / \
+        output_size
+    x0, y0, x1, y1 = (boxes[:, k] * spatial_scale for k in range(4))
+    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R, S) feature-map coordinates
+    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+    # grid_sample (align_corners=False): normalised -1 is the left edge of pixel 0.
+    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
+    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
+    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
+    sampled = F.grid_sample(feature, grid.to(feature.dtype), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+    return sampled.reshape(channels, -1, output_size, output_size).permute(1, 0, 2, 3)
 
 
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:

@@ -1,0 +1,417 @@
+#!/usr/bin/env python
+"""Exported models measured against eager PyTorch: accuracy, speed, efficiency, time per stage.
+
+1. **Accuracy** (``--runs``, the trained bench_accuracy.py models, both settings): each run is
+   exported (tools/export_model.py) and its benchmark test tiles are predicted by
+   tools/predict.py on every backend (torch = eager Detectron2, onnxruntime, openvino,
+   torchscript) and scored with the SpaceNet metric: mean city F1 per backend and its difference
+   from eager, with the buildings found.
+2. **Speed per tile** (``--speed-tiles`` test tiles held in memory, ``--rounds`` rounds whose
+   backend order alternates): seconds per 650 x 650 px tile from pixels to pasted masks
+   (Detectron2 pastes inside the eager model; the exported backends paste in numpy), median over
+   tiles and rounds, for the MNC model at the config's 416 px input and at native 650 px, and
+   eager Mask R-CNN (the same benchmark schedule) beside it; plus the R-50 SpaceNet 2 MNC config
+   from random initialisation (no trained R-50 exists on this machine: it detects nothing, so
+   its heads' and pasting's share is smaller than in real use).
+3. **Efficiency**: FLOPs per tile by part of the model (fvcore's count on the exported graph;
+   it counts a multiply-add as one, reported here as 2 FLOPs; grid sampling, NMS and other
+   uncounted operators are listed), this CPU's peak (float32 matmul, 2048 x 2048, PyTorch, the
+   same threads) and each backend's achieved FLOP/s as a fraction of it.
+4. **A large scene** (``--scene-size`` px, a mosaic of the test tiles, deflate-compressed tiled
+   GeoTIFF): tools/predict.py's per-scene path (process_scene) on eager and on the fastest
+   exported backend, pipelined (reading and polygonising beside the model) and not: seconds in
+   each stage (read, model, polygons, merge, writing and the rest), what the model loop waited
+   for, and km2 per core-hour at the scene's 0.3 m pixels.
+
+Prints one JSON object on stdout (logs go to stderr).
+
+    python -m bench.bench_export [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / ".cache" / "bench" / "accuracy" / "runs"
+TEST = {"default": REPO / ".cache/bench/accuracy/test_seed1_30/spacenet",
+        "hard": REPO / ".cache/bench/accuracy/test_seed1_30_hard/spacenet"}
+MNC = {"default": "mnc5_60img_600it", "hard": "mnc5_60img_600it_hard"}
+MRCNN = "mask_rcnn_60img_600it"
+EXPORTED = ("onnxruntime", "openvino", "torchscript")
+TILE = 650
+logger = logging.getLogger("bench_export")
+
+
+def _tiles(root: Path, bands: int = 3) -> list[str]:
+    """The benchmark's test tiles of the product a model of ``bands`` bands reads (as
+    bench_accuracy.py: 8 bands MUL-PanSharpen, else RGB-PanSharpen)."""
+    product = "MUL-PanSharpen" if bands == 8 else "RGB-PanSharpen"
+    return sorted(glob.glob(str(root / "*" / product / "*.tif")))
+
+
+def _truth(root: Path) -> list[str]:
+    return sorted(glob.glob(str(root / "*" / "summaryData" / "*_Building_Solutions.csv")))
+
+
+def _cfg(run: Path, *opts: str):
+    from mnc_d2.engine.setup import setup_cfg
+
+    return setup_cfg(str(run / "config.yaml"), ["MODEL.WEIGHTS", str(run / "model_final.pth"),
+                                                *opts], for_training=False)
+
+
+def _export(run: Path, out: Path, *opts: str) -> Path:
+    from mnc_d2.export.exporter import export_model
+
+    if not (out / "export.json").is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_model(_cfg(run, *opts), out, ("onnx", "torchscript"), TILE)
+    return out
+
+
+# --- 1. accuracy ----------------------------------------------------------------------------
+
+def _predict_and_score(run: Path, export: Path, backend: str, test_root: Path, out: Path,
+                       threads: int) -> dict:
+    import shutil
+
+    from mnc_d2.evaluation.spacenet_metric import score_csv
+    from mnc_d2.inference.run import main as predict_main
+    from mnc_d2.inference.sources import scene_image_id
+
+    tiles = _tiles(test_root)
+    source = (["--config-file", str(run / "config.yaml")] if backend == "torch"
+              else ["--backend", backend, "--model", str(export)])
+    extra = ["MODEL.WEIGHTS", str(run / "model_final.pth")] if backend == "torch" else []
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    code = predict_main(["--input", *tiles, "--output", str(out), "--formats", "csv",
+                         "--torch-threads", str(threads), *source, *extra])
+    wall = time.perf_counter() - began
+    if code != 0:
+        raise RuntimeError(f"predict.py --backend {backend} exited {code}")
+    proposals = out / "proposals.csv"
+    parts = sorted((out / "csv").glob("*.csv"))
+    with open(proposals, "w") as handle:
+        for k, part in enumerate(parts):
+            lines = part.read_text().splitlines(keepends=True)
+            handle.writelines(lines if k == 0 else lines[1:])
+    result = score_csv(_truth(test_root), proposals, images=[scene_image_id(t) for t in tiles],
+                       warn_unknown=False)
+    o = result.overall
+    return {"mean_city_f1": round(result.mean_city_f1, 4), "tp": o.tp, "fp": o.fp, "fn": o.fn,
+            "predict_wall_s": round(wall, 2), "tiles": len(tiles)}
+
+
+def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) -> list[dict]:
+    rows = []
+    for setting in settings:
+        for seed in seeds:
+            run = RUNS / MNC[setting] / f"seed{seed}"
+            if not (run / "model_final.pth").is_file():
+                logger.warning("no trained model %s (run bench_accuracy.py first)", run)
+                continue
+            export = _export(run, work / f"{MNC[setting]}_seed{seed}" / "export")
+            row = {"setting": setting, "seed": seed, "run": str(run.relative_to(REPO))}
+            for backend in ("torch", *EXPORTED):
+                row[backend] = _predict_and_score(run, export, backend, TEST[setting],
+                                                  work / "pred" / backend, threads)
+                logger.info("%s seed %d %s: %s", setting, seed, backend, row[backend])
+            for backend in EXPORTED:
+                row[backend]["f1_minus_eager"] = round(
+                    row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
+            rows.append(row)
+    return rows
+
+
+# --- 2. speed per tile ----------------------------------------------------------------------
+
+def _read_tiles(paths: list[str], bands: list[int], fill) -> list[np.ndarray]:
+    from mnc_d2.data.bands import read_bands
+
+    return [read_bands(p, bands, fill) for p in paths]
+
+
+def _runners(run: Path, export_dir: Path, opts: tuple, backends, threads: int) -> dict:
+    import torch
+
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ExportedModel
+    from mnc_d2.inference.predictor import _EagerModel
+
+    torch.set_num_threads(threads)
+    out = {}
+    if "torch" in backends:
+        out["torch"] = _EagerModel(_cfg(run, *opts))
+    if any(b in EXPORTED for b in backends):
+        bundle = read_bundle(_export(run, export_dir, *opts))
+        for backend in EXPORTED:
+            if backend in backends:
+                model = ExportedModel(bundle, backend, threads)
+                out[backend] = lambda images, m=model: [m(i) for i in images]
+    return out
+
+
+def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
+    """Seconds per tile, median over tiles and rounds, per model and backend."""
+    run = RUNS / MNC["default"] / "seed0"
+    mrcnn = RUNS / MRCNN / "seed0"
+    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
+    models = {}
+    for label, opts in (("416", ()), ("650", native)):
+        for backend, fn in _runners(run, work / f"export_mnc5_{label}", opts,
+                                    ("torch", *EXPORTED), threads).items():
+            models[f"mnc5 {label} px / {backend}"] = fn
+        if (mrcnn / "model_final.pth").is_file():
+            models[f"mask_rcnn {label} px / torch"] = _runners(mrcnn, None, opts, ("torch",),
+                                                              threads)["torch"]
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = models[name]
+            fn(tiles[:1])  # warm-up
+            for tile in tiles:
+                began = time.perf_counter()
+                fn([tile])
+                times[name].append(time.perf_counter() - began)
+        logger.info("speed round %d done", r + 1)
+    out = {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t)}
+           for name, t in times.items()}
+    for label in ("416", "650"):
+        eager = out[f"mnc5 {label} px / torch"]["s_per_tile_median"]
+        for backend in EXPORTED:
+            entry = out[f"mnc5 {label} px / {backend}"]
+            entry["speedup_vs_eager"] = round(eager / entry["s_per_tile_median"], 3)
+        key = f"mask_rcnn {label} px / torch"
+        if key in out:
+            base = out[key]["s_per_tile_median"]
+            for backend in ("torch", *EXPORTED):
+                entry = out[f"mnc5 {label} px / {backend}"]
+                entry["ratio_vs_mask_rcnn_eager"] = round(entry["s_per_tile_median"] / base, 3)
+    return out
+
+
+def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
+    """The R-50 SpaceNet 2 MNC config, random initialisation, eager vs exported."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from mnc_d2.engine.setup import setup_cfg
+
+    folder = work / "r50"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "model_final.pth"
+    base = _cfg(RUNS / MNC["default"] / "seed0")  # its bands and band statistics
+    cfg = setup_cfg(str(REPO / "configs/SpaceNet2/mnc_R_50_FPN_3x_all.yaml"),
+                    ["MODEL.WEIGHTS", "", "INPUT.BAND_STATS", "",
+                     "INPUT.BANDS", str(list(base.INPUT.BANDS)),
+                     "MODEL.PIXEL_MEAN", str(list(base.MODEL.PIXEL_MEAN)),
+                     "MODEL.PIXEL_STD", str(list(base.MODEL.PIXEL_STD))], for_training=False)
+    if not weights.is_file():
+        torch.manual_seed(0)
+        torch.save({"model": build_model(cfg).state_dict()}, weights)
+    (folder / "config.yaml").write_text(cfg.dump())
+    runners = _runners(folder, folder / "export", (), ("torch", *EXPORTED), threads)
+    times = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            runners[name](tiles[:1])
+            for tile in tiles:
+                began = time.perf_counter()
+                runners[name]([tile])
+                times[name].append(time.perf_counter() - began)
+    eager = statistics.median(times["torch"])
+    return {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t),
+                   "speedup_vs_eager": round(eager / statistics.median(t), 3)}
+            for name, t in times.items()}
+
+
+# --- 3. efficiency --------------------------------------------------------------------------
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 size^3 matmul in PyTorch (median of ``repeats``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - began)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def flops(work: Path, tile: np.ndarray) -> dict:
+    """FLOPs of one tile through the exported graph (416 and 650 px input), by part."""
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+
+    from mnc_d2.export.exporter import build_graph
+
+    run = RUNS / MNC["default"] / "seed0"
+    out = {}
+    x = torch.from_numpy(tile.transpose(2, 0, 1).copy())[None]
+    for label, opts in (("416", ()), ("650", ("INPUT.MIN_SIZE_TEST", "650",
+                                                "INPUT.MAX_SIZE_TEST", "650"))):
+        graph = build_graph(_cfg(run, *opts), TILE)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            count = FlopCountAnalysis(graph, (x,))
+            count.unsupported_ops_warnings(False)
+            count.uncalled_modules_warnings(False)
+            by_module = count.by_module()
+            total = 2 * count.total()
+            parts = {"backbone": 2 * by_module.get("model.backbone", 0),
+                     "rpn": 2 * by_module.get("model.proposal_generator", 0),
+                     "mnc_heads": 2 * by_module.get("model.roi_heads", 0)}
+            parts["other (resize, normalise, voting)"] = total - sum(parts.values())
+            out[label] = {"gflops": round(total / 1e9, 3),
+                          "gflops_by_part": {k: round(v / 1e9, 3) for k, v in parts.items()},
+                          "uncounted_ops": sorted(count.unsupported_ops())}
+    return out
+
+
+# --- 4. a large scene -----------------------------------------------------------------------
+
+def write_mosaic(paths: list[str], size: int, dest: Path) -> Path:
+    """A size x size px scene tiled from the test tiles (cycled), georeferenced at the first
+    tile's origin and pixel size, deflate-compressed and internally tiled."""
+    import rasterio
+    from rasterio.windows import Window
+
+    if dest.is_file():
+        return dest
+    with rasterio.open(paths[0]) as first:
+        profile = first.profile
+    profile.update(width=size, height=size, driver="GTiff", compress="deflate", tiled=True,
+                   blockxsize=512, blockysize=512, BIGTIFF="IF_SAFER")
+    part = dest.with_suffix(".part.tif")
+    k = 0
+    with rasterio.open(part, "w", **profile) as dst:
+        for row in range(0, size, TILE):
+            for col in range(0, size, TILE):
+                with rasterio.open(paths[k % len(paths)]) as src:
+                    h, w = min(TILE, size - row), min(TILE, size - col)
+                    dst.write(src.read(window=Window(0, 0, w, h)), window=Window(col, row, w, h))
+                k += 1
+    os.replace(part, dest)
+    return dest
+
+
+def scene(work: Path, scene_path: Path, backends: list[str], threads: int) -> list[dict]:
+    import rasterio
+
+    from mnc_d2.inference.engines import process_scene
+    from mnc_d2.inference.predictor import ScenePredictor
+    from mnc_d2.inference.scenes import Scene, SceneInfo, now_iso
+
+    run = RUNS / MNC["default"] / "seed0"
+    export = _export(run, work / "export_mnc5_416")
+    with rasterio.open(scene_path) as src:
+        area_km2 = src.width * src.height * abs(src.transform.a * src.transform.e) / 1e6
+        if src.crs.is_geographic:  # the synthetic tiles are in degrees: 0.3 m pixels
+            area_km2 = src.width * src.height * 0.09 / 1e6
+    rows = []
+    for backend, pipeline in backends:
+        if backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+            predictor = ScenePredictor(_cfg(run), TILE, 128, 2)
+        else:
+            predictor = ScenePredictor(None, TILE, 128, 1, backend=backend,
+                                       model_dir=str(export), threads=threads)
+        predictor.pipeline = pipeline
+        out = work / "scene_out" / f"{backend}_{pipeline}"
+        began = time.perf_counter()
+        row = process_scene(predictor, Scene(str(scene_path), scene_path.stem, SceneInfo()),
+                            out, ["parquet"], now_iso())
+        wall = time.perf_counter() - began
+        if row.status != "ok":
+            raise RuntimeError(row.error)
+        t = {k: round(v, 2) for k, v in predictor.timings.items()}
+        rest = wall - (t.get("model", 0) + t.get("waiting_for_read", 0)
+                       + t.get("waiting_for_polygons", 0) + t.get("merge", 0))
+        rows.append({"backend": backend, "pipelined": pipeline, "wall_s": round(wall, 2),
+                     "stages_s": t, "writing_and_rest_s": round(rest, 2),
+                     "buildings": row.buildings, "threads": threads,
+                     "km2_per_core_hour": round(area_km2 / (wall / 3600) / threads, 2)})
+        logger.info("scene %s pipelined=%s: %s", backend, pipeline, rows[-1])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", default=["default", "hard"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--speed-tiles", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scene-size", type=int, default=9750)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
+    parser.add_argument("--parts", nargs="+",
+                        default=["accuracy", "speed", "r50", "flops", "scene"])
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, default setting, 2 speed tiles, 1 round, 1,300 px scene")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.quick:
+        args.settings, args.seeds, args.speed_tiles, args.rounds = ["default"], [0], 2, 1
+        args.scene_size = 1300
+    import mnc_d2
+
+    mnc_d2.setup()
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+              "cpu": platform.processor() or "", "threads": args.threads, "tile_px": TILE}
+    paths = _tiles(TEST["default"])
+    cfg = _cfg(RUNS / MNC["default"] / "seed0")
+    from mnc_d2.data.bands import input_bands
+
+    tiles = _read_tiles(paths[: args.speed_tiles], input_bands(cfg), cfg.MODEL.PIXEL_MEAN)
+    if "accuracy" in args.parts:
+        report["accuracy"] = accuracy(args.settings, args.seeds, args.work, args.threads)
+    if "speed" in args.parts:
+        report["speed"] = speed(args.work, tiles, args.rounds, args.threads)
+    if "r50" in args.parts:
+        report["speed_r50_random_init"] = speed_r50(args.work, tiles[: max(2, len(tiles) // 3)],
+                                                    args.rounds, args.threads)
+    if "flops" in args.parts:
+        report["peak_gflops"] = round(matmul_peak(args.threads), 1)
+        report["flops"] = flops(args.work, tiles[0])
+        if "speed" in report:
+            for label in ("416", "650"):
+                for backend in ("torch", *EXPORTED):
+                    entry = report["speed"][f"mnc5 {label} px / {backend}"]
+                    achieved = report["flops"][label]["gflops"] / entry["s_per_tile_median"]
+                    entry["achieved_gflops"] = round(achieved, 2)
+                    entry["fraction_of_peak"] = round(achieved / report["peak_gflops"], 4)
+    if "scene" in args.parts:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")
+            report["scene"] = {"px": args.scene_size, "runs": scene(
+                args.work, mosaic, [("torch", True), ("onnxruntime", True),
+                                    ("onnxruntime", False)], args.threads)}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
