@@ -126,7 +126,7 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
                 logger.warning("no trained model %s (run bench_accuracy.py first)", run)
                 continue
             export = _export(run, work / f"{MNC[setting]}_seed{seed}" / "export")
-            row = {"setting": setting, "seed": seed, "run": str(run.relative_to(REPO))}
+            row = {"setting": setting, "seed": seed, "run": f"{MNC[setting]}/seed{seed}"}
             for backend in ("torch", *EXPORTED):
                 row[backend] = _predict_and_score(run, export, backend, TEST[setting],
                                                   work / "pred" / backend, threads)
@@ -391,6 +391,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "speed", "r50", "flops", "scene"])
+    parser.add_argument("--accuracy-work", type=Path,
+                        default=REPO / ".cache" / "bench" / "accuracy",
+                        help="bench_accuracy.py's --work (its runs/ and test tiles)")
+    parser.add_argument("--tag", default="60img_600it",
+                        help="bench_accuracy.py's run tag: runs/mnc5_TAG[_hard]/seedN")
+    parser.add_argument("--test-images", type=int, default=30,
+                        help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, default setting, 2 speed tiles, 1 round, 1,300 px scene")
     args = parser.parse_args()
@@ -398,6 +405,12 @@ def main() -> None:
     if args.quick:
         args.settings, args.seeds, args.speed_tiles, args.rounds = ["default"], [0], 2, 1
         args.scene_size = 1300
+    global RUNS, MNC, MRCNN
+    RUNS = args.accuracy_work / "runs"
+    MNC = {"default": f"mnc5_{args.tag}", "hard": f"mnc5_{args.tag}_hard"}
+    MRCNN = f"mask_rcnn_{args.tag}"
+    for setting, suffix in (("default", ""), ("hard", "_hard")):
+        TEST[setting] = args.accuracy_work / f"test_seed1_{args.test_images}{suffix}" / "spacenet"
     import mnc_d2
 
     mnc_d2.setup()
@@ -414,7 +427,7 @@ def main() -> None:
     if "speed" in args.parts:
         report["speed"] = speed(args.work, tiles, args.rounds, args.threads)
     if "r50" in args.parts:
-        report["speed_r50_random_init"] = speed_r50(args.work, tiles[: max(2, len(tiles) // 3)],
+        report["speed_r50_random_init"] = speed_r50(args.work, tiles[: max(1, len(tiles) // 3)],
                                                     args.rounds, args.threads)
     if "flops" in args.parts:
         report["matmul_gflops"] = matmul_peak(args.threads)

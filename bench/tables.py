@@ -322,6 +322,92 @@ def transfer_table(results: Path) -> list[str]:
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _mean_std(values: list[float], digits: int = 3) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def export_tables(report: dict) -> list[str]:
+    """bench_export.py: accuracy per backend, speed per tile, FLOPs and peak, a large scene."""
+    backends = ["torch", "onnxruntime", "openvino", "torchscript"]
+    lines = []
+    for setting in sorted({r["setting"] for r in report.get("accuracy", [])}):
+        rows = [r for r in report["accuracy"] if r["setting"] == setting]
+        body = []
+        for b in backends:
+            f1 = [r[b]["mean_city_f1"] for r in rows]
+            diff = [abs(r[b]["mean_city_f1"] - r["torch"]["mean_city_f1"]) for r in rows]
+            same = sum((r[b]["tp"], r[b]["fp"], r[b]["fn"]) ==
+                       (r["torch"]["tp"], r["torch"]["fp"], r["torch"]["fn"]) for r in rows)
+            body.append([b if b != "torch" else "torch (eager Detectron2)", _mean_std(f1),
+                         f"{max(diff):.4f}", f"{same} of {len(rows)}"])
+        lines += [f"Setting **{setting}**: {len(rows)} trained models (seeds "
+                  f"{', '.join(str(r['seed']) for r in rows)}), {rows[0]['torch']['tiles']} "
+                  "held-out tiles each, predicted by tools/predict.py on each backend and scored "
+                  "with the SpaceNet metric.", ""]
+        lines += _table(["backend", "mean city F1 (mean ± std over seeds)",
+                         "largest F1 difference from eager", "runs with TP/FP/FN equal to eager"],
+                        body) + [""]
+    speed = report.get("speed")
+    if speed:
+        peak = report.get("peak_gflops")
+        rows = []
+        for name, e in speed.items():
+            rows.append([name, f"{e['s_per_tile_median']:.3f}",
+                         f"{e['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in e else "",
+                         f"{e['ratio_vs_mask_rcnn_eager']:.2f}"
+                         if "ratio_vs_mask_rcnn_eager" in e else "",
+                         f"{e['achieved_gflops']:.0f}" if "achieved_gflops" in e else "",
+                         f"{100 * e['fraction_of_peak']:.0f}%" if "fraction_of_peak" in e
+                         else ""])
+        lines += [f"Seconds per 650 x 650 px tile (pixels to pasted masks), median of "
+                  f"{next(iter(speed.values()))['n']} timings per row (tiles x rounds, rounds in "
+                  f"alternating order), {report['threads']} threads; peak = "
+                  f"{peak} GFLOP/s, the faster float32 matmul of "
+                  + ", ".join(f"{k} {v}" for k, v in report.get("matmul_gflops", {}).items())
+                  + ".", ""]
+        lines += _table(["model / backend", "s per tile", "x eager", "/ Mask R-CNN eager",
+                         "GFLOP/s", "of peak"], rows) + [""]
+    r50 = report.get("speed_r50_random_init")
+    if r50:
+        lines += ["R-50-FPN SpaceNet 2 MNC config (650 px input), random initialisation (it "
+                  "detects nothing: heads and pasting cost less than with trained weights):", ""]
+        lines += _table(["backend", "s per tile", "x eager"],
+                        [[b, f"{e['s_per_tile_median']:.3f}", f"{e['speedup_vs_eager']:.2f}x"]
+                         for b, e in r50.items()]) + [""]
+    fl = report.get("flops")
+    if fl:
+        parts = list(next(iter(fl.values()))["gflops_by_part"])
+        lines += ["GFLOPs per tile (fvcore's count of the exported graph, a multiply-add = 2 "
+                  "FLOPs; grid sampling, NMS and element-wise operators are not counted):", ""]
+        lines += _table(["model input px", "total", *parts],
+                        [[k, f"{v['gflops']:.2f}", *(f"{v['gflops_by_part'][p]:.2f}"
+                                                     for p in parts)]
+                         for k, v in fl.items()]) + [""]
+    sc = report.get("scene")
+    if sc:
+        lines += [f"One {sc['px']:,} x {sc['px']:,} px scene (a mosaic of the test tiles, "
+                  "deflate-compressed tiled GeoTIFF) through tools/predict.py's per-scene path; "
+                  "seconds; read and polygons are each stage's own time (in their threads when "
+                  "pipelined), 'waited' is what the model loop waited for.", ""]
+        rows = []
+        for r in sc["runs"]:
+            t = r["stages_s"]
+            rows.append([r["backend"], "yes" if r["pipelined"] else "no", f"{r['wall_s']:.1f}",
+                         f"{t.get('model', 0):.1f}", f"{t.get('read', 0):.1f}",
+                         f"{t.get('polygons', 0):.1f}", f"{t.get('waiting_for_read', 0):.1f}",
+                         f"{t.get('waiting_for_polygons', 0):.1f}", f"{t.get('merge', 0):.1f}",
+                         f"{r['writing_and_rest_s']:.1f}", f"{r['buildings']:,}",
+                         f"{r['km2_per_core_hour']:.1f}"])
+        lines += _table(["backend", "pipelined", "wall", "model", "read", "polygons",
+                         "waited for read", "waited for polygons", "merge",
+                         "writing and rest", "buildings", "km2 per core-hour"], rows)
+    return lines
+
+
 def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
@@ -332,8 +418,8 @@ def table_maker(report_name: str):
         return speed_tables
     if report_name.startswith("polygonize_"):
         return polygonize_table
-    return {"scorer": scorer_table, "predict": predict_table,
-            "demo": demo_table, "viewer": viewer_table}.get(report_name)
+    return {"scorer": scorer_table, "predict": predict_table, "demo": demo_table,
+            "viewer": viewer_table, "export": export_tables}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:

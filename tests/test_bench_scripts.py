@@ -63,6 +63,21 @@ def test_prediction_scripts(work, tmp_path):
     assert many  # the report of both engines; no table renders it in the docs
 
 
+def test_export_script(work, tmp_path):
+    report = _bench("bench_export", "--accuracy-work", str(work), "--tag",
+                    f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
+                    "default", "--seeds", "0", "--speed-tiles", "1", "--rounds", "1",
+                    "--scene-size", "700", "--work", str(tmp_path), timeout=1200)
+    (row,) = report["accuracy"]
+    assert set(row) >= {"torch", "onnxruntime", "openvino", "torchscript"}
+    assert report["speed"]["mnc5 416 px / onnxruntime"]["s_per_tile_median"] > 0
+    assert report["flops"]["416"]["gflops"] > 0 and report["peak_gflops"] > 0
+    assert [r["backend"] for r in report["scene"]["runs"]] == ["torch", "onnxruntime",
+                                                               "onnxruntime"]
+    assert any(line.startswith("Setting **default**") for line in
+               tables.table_maker("export")(report))
+
+
 def test_scorer_and_speed_scripts(tmp_path):
     scorer = _bench("bench_scorer", "--tiles", "5", "--per-tile", "5", "--repeats", "1",
                     "--solaris-tiles", "0")

@@ -231,6 +231,43 @@ def test_paste_masks_matches_detectron2():
     assert ours.sum() > 1000
 
 
+@pytest.mark.parametrize("candidates", [0, 1, 9])
+def test_traced_mask_voting_runs_in_onnxruntime_with_any_number_of_candidates(candidates,
+                                                                              tmp_path):
+    """Mask voting as the exported graph runs it (traced once, then fed tiles with no, one or
+    many candidates): onnxruntime gives PyTorch's voted masks and boxes; repeated voters add up
+    (the exporter's own index_add_ would keep one of them)."""
+    import onnxruntime as ort
+
+    from mnc_d2.modeling.mask_ops import mask_voting_image
+
+    class Vote(torch.nn.Module):
+        def forward(self, keep, boxes, masks, scores, classes):
+            return mask_voting_image(keep, boxes, masks, scores, 0.3, 0.5, classes=classes)
+
+    def inputs(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        xy = torch.rand(n, 2, generator=g) * 40
+        boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 20], 1)
+        keep = torch.arange(0, n, 3)
+        return (keep, boxes, torch.rand(n, 14, 14, generator=g), torch.rand(n, generator=g),
+                torch.zeros(n, dtype=torch.long))
+
+    path = tmp_path / "vote.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Vote(), inputs(12, 0), str(path), opset_version=17, dynamo=False,
+                          input_names=["keep", "boxes", "masks", "scores", "classes"],
+                          dynamic_axes={"keep": {0: "k"}, "boxes": {0: "n"}, "masks": {0: "n"},
+                                        "scores": {0: "n"}, "classes": {0: "n"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    args = inputs(candidates, 1)
+    got = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})
+    want = [t.numpy() for t in Vote()(*args)]
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4)
+
+
 def test_pipelined_reading_and_polygonising_changes_nothing(exported, scenes):
     """Reading and polygonising beside the model (the default) gives what the plain loop
     gives, and the stage clocks account for the work."""

@@ -95,7 +95,10 @@ def _sum_rows(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> t
         return out.index_add_(0, index, values)
     rows = torch.arange(out.shape[0], device=index.device)
     onehot = (rows[:, None] == index[None, :]).to(values.dtype)  # (K, P)
-    return out + (onehot @ values.reshape(values.shape[0], -1)).reshape(out.shape)
+    width = 1
+    for size in values.shape[1:]:  # constants (the grid), never -1: P may be 0
+        width *= int(size)
+    return out + (onehot @ values.reshape(values.shape[0], width)).reshape(out.shape)
 
 
 def mask_voting(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
