@@ -76,7 +76,10 @@ def test_synthetic_layout(synthetic):
             assert src.read().max() <= 2047
     header = (aoi / "summaryData" / "AOI_2_Vegas_Train_Building_Solutions.csv").read_text()
     assert header.startswith("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n")
-    assert '"POLYGON ((' in header and " 0, " in header and "POLYGON Z" not in header
+    # SpaceNet 2's own WKT (GDAL/OGR): 'x y 0,x y 0' and holes joined by '),(' with no space,
+    # which the Java tester reads as holes
+    assert '"POLYGON ((' in header and " 0," in header and "POLYGON Z" not in header
+    assert ", " not in header
     assert (aoi / "geojson" / "buildings" / "buildings_AOI_2_Vegas_img5.geojson").exists()
 
 

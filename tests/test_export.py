@@ -235,8 +235,8 @@ def test_paste_masks_matches_detectron2():
 def test_traced_mask_voting_runs_in_onnxruntime_with_any_number_of_candidates(candidates,
                                                                               tmp_path):
     """Mask voting as the exported graph runs it (traced once, then fed tiles with no, one or
-    many candidates): onnxruntime gives PyTorch's voted masks and boxes; repeated voters add up
-    (the exporter's own index_add_ would keep one of them)."""
+    many candidates): onnxruntime and TorchScript give PyTorch's voted masks and boxes; repeated
+    voters add up (the exporter's own index_add_ would keep one of them)."""
     import onnxruntime as ort
 
     from mnc_d2.modeling.mask_ops import mask_voting_image
@@ -266,6 +266,10 @@ def test_traced_mask_voting_runs_in_onnxruntime_with_any_number_of_candidates(ca
     assert [g.shape for g in got] == [w.shape for w in want]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-4)
+    with torch.no_grad():  # the same trace as TorchScript
+        traced = torch.jit.trace(Vote(), inputs(12, 0), check_trace=False)
+        for g, w in zip(traced(*args), want):
+            np.testing.assert_allclose(g.numpy(), w, atol=1e-4)
 
 
 def test_pipelined_reading_and_polygonising_changes_nothing(exported, scenes):

@@ -47,3 +47,24 @@ def test_geojson_names_crs(tmp_path):
     data = json.loads(path.read_text())
     assert "32616" in data["crs"]["properties"]["name"]
     assert data["features"][0]["properties"]["score"] == 0.9
+
+
+def test_spacenet2_truth_holes_are_read_as_holes_by_the_tester_rules(tmp_path):
+    """Synthetic SpaceNet 2 summary CSVs write holes as SpaceNet 2 does ('),(', OGR's WKT), so the
+    tester-faithful reader keeps a courtyard and its exact prediction matches it."""
+    from shapely.geometry import Polygon
+
+    from mnc_d2.evaluation.spacenet_metric import score_csv
+    from mnc_d2.formats.spacenet_csv import spacenet_wkt, write_proposal_csv, write_summary_csv
+
+    courtyard = Polygon([(10, 10), (60, 10), (60, 60), (10, 60)],
+                        [[(25, 25), (45, 25), (45, 45), (25, 45)]])
+    proposals = tmp_path / "proposals.csv"
+    write_proposal_csv(proposals, {"AOI_2_Vegas_img1": [(courtyard, 0.9)]})
+    text = spacenet_wkt(courtyard)
+    assert "0),(" in text and ", " not in text
+    truth = tmp_path / "truth.csv"
+    write_summary_csv(truth, [["AOI_2_Vegas_img1", 0, text, text]])
+    result = score_csv(truth, proposals, full_iou=True)
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (1, 0, 0)
+    assert result.proposal_iou[0] > 0.999  # the hole is read as a hole on both sides

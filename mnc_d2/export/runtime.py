@@ -138,7 +138,9 @@ class ExportedModel:
             module = torch.jit.load(str(path), map_location="cpu").eval()
 
             def call(x):
-                with torch.no_grad():
+                # Without the profiling executor's re-optimisation per new shape (each tile has
+                # its own detection count): measured as fast after warm-up, and no slow first calls.
+                with torch.no_grad(), torch.jit.optimized_execution(False):
                     return [t.numpy() for t in module(torch.from_numpy(x))]
             self._call = call
 

@@ -188,10 +188,19 @@ def write_proposal_csv(path: str | Path,
     return rows
 
 
-def spacenet_wkt(geom) -> str:
-    """SpaceNet's WKT: 'POLYGON ((x y 0, ...))' (z = 0, no 'Z' tag)."""
+def spacenet_wkt(geom, style: str = "ogr") -> str:
+    """SpaceNet's WKT of a summary CSV, z = 0 and no 'Z' tag.
+
+    ``ogr`` (SpaceNet 1 and 2, written by GDAL/OGR): no space after commas,
+    'POLYGON ((x y 0,x y 0,...),(hole))', so the Java tester reads a hole as a hole.
+    ``shapely`` (SpaceNet 4's label tooling): 'POLYGON ((x y 0, x y 0, ...), (hole))', whose
+    ``), (`` the tester reads as one ring with the exterior (its real behaviour on such files).
+    """
+    if style not in ("ogr", "shapely"):
+        raise ValueError(f"style {style!r}: use 'ogr' or 'shapely'")
     text = shapely.to_wkt(shapely.force_3d(geom), rounding_precision=6, output_dimension=3)
-    return text.replace("POLYGON Z ", "POLYGON ", 1)
+    text = text.replace("POLYGON Z ", "POLYGON ", 1)
+    return text.replace(", ", ",") if style == "ogr" else text
 
 
 def write_summary_csv(path: Path, rows: list, header=("ImageId", "BuildingId", "PolygonWKT_Pix",

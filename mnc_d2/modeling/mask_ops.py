@@ -163,11 +163,16 @@ def mask_voting_image(keep: torch.Tensor, boxes: torch.Tensor, masks: torch.Tens
         return masks[:0], boxes[:0]
     grid = grid or 2 * size
     votes = _voters(keep, boxes, iou_threshold, classes)  # (K, N)
-    inf = boxes.new_tensor(float("inf"))
-    frames = torch.stack([torch.where(votes, boxes[None, :, 0], inf).min(dim=1).values,
-                          torch.where(votes, boxes[None, :, 1], inf).min(dim=1).values,
-                          torch.where(votes, boxes[None, :, 2], -inf).max(dim=1).values,
-                          torch.where(votes, boxes[None, :, 3], -inf).max(dim=1).values], 1)
+    # The union of each kept candidate's voters' boxes; one extra +-inf column keeps the
+    # reductions defined when a traced graph sees no candidate at all (N = 0).
+    inf = boxes.new_full((votes.shape[0], 1), float("inf"))
+
+    def extreme(coord: int, fill: torch.Tensor, smallest: bool) -> torch.Tensor:
+        values = torch.cat([torch.where(votes, boxes[None, :, coord], fill), fill], dim=1)
+        return values.min(dim=1).values if smallest else values.max(dim=1).values
+
+    frames = torch.stack([extreme(0, inf, True), extreme(1, inf, True),
+                          extreme(2, -inf, False), extreme(3, -inf, False)], 1)
     voted = _weighted_vote(votes, boxes, masks, scores, frames, grid)
     tight, found = _tight_boxes(voted, frames, mask_threshold)
     out_boxes = torch.where(found[:, None], tight, boxes[keep])

@@ -136,7 +136,7 @@ def generate_spacenet4(out_root: str | Path, num_tiles: int, seed: int = 0,
         reflectance, footprints, attrs = render_scene(scene_rng(seed, 104, index, setting), ATLANTA,
                                                       size=size, setting=SETTINGS[setting])
         tile_rows, features, attr_rows = tile_labels(tile, footprints, attrs, transform, size,
-                                                     size, gsd)
+                                                     size, gsd, wkt_style="shapely")
         for feature in features:  # UTM -> lon/lat, as the released label files
             feature["geometry"] = _reproject(feature["geometry"], to_lonlat)
         write_label_geojson(root / "geojson" / "spacenet-buildings" /

@@ -303,9 +303,10 @@ def generate_image(aoi_root: Path, city: str, index: int, seed: int,
 
 
 def tile_labels(image_id: str, footprints, attrs, transform: Affine, width: int, height: int,
-                gsd_m: float = GSD_M) -> tuple[list, list, list]:
+                gsd_m: float = GSD_M, wkt_style: str = "ogr") -> tuple[list, list, list]:
     """Footprints drawn on a scene -> (summary CSV rows, GeoJSON features in the transform's CRS,
-    attribute rows) of the ``width`` x ``height`` tile; buildings cut by the edge are clipped."""
+    attribute rows) of the ``width`` x ``height`` tile; buildings cut by the edge are clipped.
+    ``wkt_style``: the release's WKT text (:func:`mnc_d2.formats.spacenet_csv.spacenet_wkt`)."""
     tile = box(0, 0, width, height)
     rows, features, attr_rows = [], [], []
     for poly, attr in zip(footprints, attrs):
@@ -317,7 +318,8 @@ def tile_labels(image_id: str, footprints, attrs, transform: Affine, width: int,
         geo = affinity.affine_transform(clipped, [transform.a, transform.b, transform.d,
                                                   transform.e, transform.c, transform.f])
         building_id = len(rows)
-        rows.append([image_id, building_id, spacenet_wkt(clipped), spacenet_wkt(geo)])
+        rows.append([image_id, building_id, spacenet_wkt(clipped, wkt_style),
+                     spacenet_wkt(geo, wkt_style)])
         features.append({"type": "Feature", "properties": {"Id": 0, "building": "yes"},
                          "geometry": shapely.geometry.mapping(shapely.set_precision(geo, 1e-9))})
         attr_rows.append([image_id, building_id, attr["shape"], attr["roof"],
@@ -355,7 +357,9 @@ def ensure_synthetic(root: Path, cities: list[str], images: int, seed: int,
                      setting: str = "default") -> None:
     """Generate ``root/spacenet/<AOI>_Train`` unless a complete copy with these settings exists."""
     tag = "" if setting == "default" else f"-{setting}"
-    marker = root / "spacenet" / f".complete-{'-'.join(cities)}-{images}-{seed}{tag}"
+    # "ogr": the summary CSVs' WKT as SpaceNet 2 writes it (mnc_d2 0.2 wrote '), (' holes, which
+    # the tester reads as one ring): older copies are regenerated.
+    marker = root / "spacenet" / f".complete-{'-'.join(cities)}-{images}-{seed}{tag}-ogr"
     if marker.exists():
         logger.info("synthetic data already in %s", root / "spacenet")
         return
