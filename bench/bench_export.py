@@ -89,7 +89,9 @@ def _predict_and_score(run: Path, export: Path, backend: str, test_root: Path, o
                        threads: int) -> dict:
     import shutil
 
-    from mnc_d2.evaluation.spacenet_metric import score_csv
+    import pandas as pd
+
+    from mnc_d2.evaluation.spacenet_metric import read_proposal_csv, read_truth_csv, score
     from mnc_d2.inference.run import main as predict_main
     from mnc_d2.inference.sources import scene_image_id
 
@@ -110,8 +112,11 @@ def _predict_and_score(run: Path, export: Path, backend: str, test_root: Path, o
         for k, part in enumerate(parts):
             lines = part.read_text().splitlines(keepends=True)
             handle.writelines(lines if k == 0 else lines[1:])
-    result = score_csv(_truth(test_root), proposals, images=[scene_image_id(t) for t in tiles],
-                       warn_unknown=False)
+    # Scored as bench_accuracy.py scores (truth polygons read with their holes, whatever the
+    # CSV's ring separator), so the numbers compare with section 1's.
+    truth = pd.concat([read_truth_csv(t) for t in _truth(test_root)], ignore_index=True)
+    props = read_proposal_csv(proposals)
+    result = score(truth, props, images=[scene_image_id(t) for t in tiles])
     o = result.overall
     return {"mean_city_f1": round(result.mean_city_f1, 4), "tp": o.tp, "fp": o.fp, "fn": o.fn,
             "predict_wall_s": round(wall, 2), "tiles": len(tiles)}
