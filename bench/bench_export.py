@@ -375,8 +375,9 @@ def scene(work: Path, scene_path: Path, backends: list[str], threads: int) -> li
         if row.status != "ok":
             raise RuntimeError(row.error)
         t = {k: round(v, 2) for k, v in predictor.timings.items()}
-        rest = wall - (t.get("model", 0) + t.get("waiting_for_read", 0)
-                       + t.get("waiting_for_polygons", 0) + t.get("merge", 0))
+        inline = (t.get("waiting_for_read", 0) + t.get("waiting_for_polygons", 0) if pipeline
+                  else t.get("read", 0) + t.get("polygons", 0))
+        rest = wall - (t.get("model", 0) + inline + t.get("merge", 0))
         rows.append({"backend": backend, "pipelined": pipeline, "wall_s": round(wall, 2),
                      "stages_s": t, "writing_and_rest_s": round(rest, 2),
                      "buildings": row.buildings, "threads": threads,

@@ -60,4 +60,6 @@ run predict "${PY[@]}" bench.bench_predict --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
 run predict_many "${PY[@]}" bench.bench_predict_many \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
+# Exported models (onnxruntime, OpenVINO, TorchScript) against eager on section 1's MNC models.
+run export "${PY[@]}" bench.bench_export $QUICK --tag "${IMAGES}img_${ITERS}it"
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2
