@@ -10,10 +10,10 @@
    backend order alternates): seconds per 650 x 650 px tile from pixels to pasted masks
    (Detectron2 pastes inside the eager model; the exported backends paste in numpy), median over
    tiles and rounds, for the MNC model at the config's 416 px input and at native 650 px, and
-   eager Mask R-CNN (the same benchmark schedule) beside it; plus the R-50 SpaceNet 2 MNC config
-   from random initialisation (no trained R-50 exists on this machine: it detects nothing, so
+   Mask R-CNN (the same benchmark schedule) on the same backends beside it; plus the R-50
+   SpaceNet 2 MNC config from random initialisation (no trained R-50 exists on this machine: it detects nothing, so
    its heads' and pasting's share is smaller than in real use).
-3. **Efficiency**: FLOPs per tile by part of the model (fvcore's count on the exported graph;
+3. **Efficiency**: FLOPs per tile by part of each model (fvcore's count on the exported graph;
    it counts a multiply-add as one, reported here as 2 FLOPs; grid sampling, NMS and other
    uncounted operators are listed), this CPU's peak (float32 matmul, 2048 x 2048, PyTorch, the
    same threads) and each backend's achieved FLOP/s as a fraction of it.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import logging
 import os
@@ -182,8 +183,9 @@ def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dic
                                     ("torch", *EXPORTED), threads).items():
             models[f"mnc5 {label} px / {backend}"] = fn
         if (mrcnn / "model_final.pth").is_file():
-            models[f"mask_rcnn {label} px / torch"] = _runners(mrcnn, None, opts, ("torch",),
-                                                              threads)["torch"]
+            for backend, fn in _runners(mrcnn, work / f"export_mask_rcnn_{label}", opts,
+                                        ("torch", *EXPORTED), threads).items():
+                models[f"mask_rcnn {label} px / {backend}"] = fn
     times = {name: [] for name in models}
     names = list(models)
     for r in range(rounds):
@@ -202,12 +204,17 @@ def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dic
         for backend in EXPORTED:
             entry = out[f"mnc5 {label} px / {backend}"]
             entry["speedup_vs_eager"] = round(eager / entry["s_per_tile_median"], 3)
-        key = f"mask_rcnn {label} px / torch"
-        if key in out:
-            base = out[key]["s_per_tile_median"]
-            for backend in ("torch", *EXPORTED):
-                entry = out[f"mnc5 {label} px / {backend}"]
-                entry["ratio_vs_mask_rcnn_eager"] = round(entry["s_per_tile_median"] / base, 3)
+        for backend in ("torch", *EXPORTED):
+            key = f"mask_rcnn {label} px / {backend}"
+            if key not in out:
+                continue
+            entry = out[f"mnc5 {label} px / {backend}"]
+            entry["ratio_vs_mask_rcnn_same_backend"] = round(
+                entry["s_per_tile_median"] / out[key]["s_per_tile_median"], 3)
+            if backend != "torch":
+                out[key]["speedup_vs_eager"] = round(
+                    out[f"mask_rcnn {label} px / torch"]["s_per_tile_median"]
+                    / out[key]["s_per_tile_median"], 3)
     return out
 
 
@@ -293,11 +300,13 @@ def flops(work: Path, tile: np.ndarray) -> dict:
 
     from mnc_d2.export.exporter import build_graph
 
-    run = RUNS / MNC["default"] / "seed0"
     out = {}
     x = torch.from_numpy(tile.transpose(2, 0, 1).copy())[None]
-    for label, opts in (("416", ()), ("650", ("INPUT.MIN_SIZE_TEST", "650",
-                                                "INPUT.MAX_SIZE_TEST", "650"))):
+    models = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
+    for (name, run), (px, opts) in itertools.product(
+            [m for m in models if (m[1] / "model_final.pth").is_file()],
+            (("416", ()), ("650", ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")))):
+        label = f"{name} {px}"
         graph = build_graph(_cfg(run, *opts), TILE)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -308,7 +317,7 @@ def flops(work: Path, tile: np.ndarray) -> dict:
             total = 2 * count.total()
             parts = {"backbone": 2 * by_module.get("model.backbone", 0),
                      "rpn": 2 * by_module.get("model.proposal_generator", 0),
-                     "mnc_heads": 2 * by_module.get("model.roi_heads", 0)}
+                     "roi_heads": 2 * by_module.get("model.roi_heads", 0)}
             parts["other (resize, normalise, voting)"] = total - sum(parts.values())
             out[label] = {"gflops": round(total / 1e9, 3),
                           "gflops_by_part": {k: round(v / 1e9, 3) for k, v in parts.items()},
@@ -440,12 +449,16 @@ def main() -> None:
         report["peak_gflops"] = max(report["matmul_gflops"].values())
         report["flops"] = flops(args.work, tiles[0])
         if "speed" in report:
-            for label in ("416", "650"):
-                for backend in ("torch", *EXPORTED):
-                    entry = report["speed"][f"mnc5 {label} px / {backend}"]
-                    achieved = report["flops"][label]["gflops"] / entry["s_per_tile_median"]
-                    entry["achieved_gflops"] = round(achieved, 2)
-                    entry["fraction_of_peak"] = round(achieved / report["peak_gflops"], 4)
+            for (model, px), backend in itertools.product(
+                    (("mnc5", "416"), ("mnc5", "650"), ("mask_rcnn", "416"),
+                     ("mask_rcnn", "650")), ("torch", *EXPORTED)):
+                entry = report["speed"].get(f"{model} {px} px / {backend}")
+                label = f"{model} {px}"
+                if entry is None or label not in report["flops"]:
+                    continue
+                achieved = report["flops"][label]["gflops"] / entry["s_per_tile_median"]
+                entry["achieved_gflops"] = round(achieved, 2)
+                entry["fraction_of_peak"] = round(achieved / report["peak_gflops"], 4)
     if "scene" in args.parts:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")

@@ -43,28 +43,39 @@ BACKENDS = ["onnxruntime", "torchscript"] + (["openvino"] if _installed("openvin
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("d2data")
     generate_city(root / "spacenet", "vegas", 6, seed=1, progress=False)
-    out = tmp_path_factory.mktemp("trained")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory) -> Path:
+    return _train(data_root, tmp_path_factory.mktemp("trained"), QUICK)
+
+
+def _train(root: Path, out: Path, config: Path) -> Path:
     env = dict(os.environ, DETECTRON2_DATASETS=str(root))
     subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
-                    str(QUICK), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", "20",
+                    str(config), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", "20",
                     "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
                    env=env, check=True, capture_output=True, timeout=900)
     return out
 
 
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exported") / "model"
+def _export(run_dir: Path, out: Path) -> Path:
     run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
-                          "--config-file", str(trained / "config.yaml"), "--output", str(out),
+                          "--config-file", str(run_dir / "config.yaml"), "--output", str(out),
                           "--tile-size", str(TILE), "MODEL.WEIGHTS",
-                          str(trained / "model_final.pth")],
+                          str(run_dir / "model_final.pth")],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    return _export(trained, tmp_path_factory.mktemp("exported") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +132,14 @@ def test_exported_backend_finds_the_eager_buildings(tmp_path, trained, exported,
     eager, other = tmp_path / "eager", tmp_path / backend
     assert _predict(eager, scenes, *_eager(trained)) == 0
     assert _predict(other, scenes, "--backend", backend, "--model", str(exported)) == 0
+    assert _compare(eager, other, scenes) > 0, "nothing found: the comparison is empty"
+    run = json.loads((other / "run.json").read_text())
+    assert run["backend"] == backend and run["weights"].startswith(str(exported))
+
+
+def _compare(eager: Path, other: Path, scenes) -> int:
+    """Counts equal; each eager building's best exported match: IoU >= 0.99, score within
+    1e-3. Returns the number of buildings compared."""
     total = 0
     for scene in scenes:
         a, b = _buildings(eager, scene.stem), _buildings(other, scene.stem)
@@ -129,15 +148,23 @@ def test_exported_backend_finds_the_eager_buildings(tmp_path, trained, exported,
         if not len(a):
             continue
         ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
-        inter = shapely.area(shapely.intersection(ga, gb))
-        union = shapely.area(shapely.union(ga, gb))
-        iou = inter / union
+        iou = shapely.area(shapely.intersection(ga, gb)) / shapely.area(shapely.union(ga, gb))
         best = iou.argmax(axis=1)
         assert iou.max(axis=1).min() >= 0.99
         assert np.abs(a.score.to_numpy() - b.score.to_numpy()[best]).max() <= 1e-3
-    assert total > 0, "the tiny model found nothing: the comparison would be empty"
-    run = json.loads((other / "run.json").read_text())
-    assert run["backend"] == backend and run["weights"].startswith(str(exported))
+    return total
+
+
+def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
+    """Detectron2's Mask R-CNN (the benchmark's baseline) exports through the same graph
+    interface, so both models can be timed on one runtime; its buildings equal eager's."""
+    config = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_quick_synthetic.yaml"
+    run_dir = _train(data_root, tmp_path / "mask_rcnn", config)
+    model = _export(run_dir, tmp_path / "exported")
+    eager, onnx = tmp_path / "eager", tmp_path / "onnx"
+    assert _predict(eager, scenes, *_eager(run_dir)) == 0
+    assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
+    assert _compare(eager, onnx, scenes) > 0
 
 
 def test_exported_prediction_loads_neither_detectron2_nor_the_model_code(tmp_path, exported,

@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from .bundle import (EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES, ExportError,
                      read_bundle)
-from .graph import MNCExportGraph
+from .graph import MaskRCNNExportGraph, MNCExportGraph
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ def build_graph(cfg, tile_size: int) -> MNCExportGraph:
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
-    return MNCExportGraph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
-                          cfg.INPUT.MAX_SIZE_TEST).eval()
+    from detectron2.modeling.roi_heads import StandardROIHeads
+
+    graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
+    return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
+                 cfg.INPUT.MAX_SIZE_TEST).eval()
 
 
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,

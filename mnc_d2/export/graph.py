@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
@@ -60,13 +61,15 @@ class MNCExportGraph(nn.Module):
     boxes (R, 4) tile pixels, scores (R,), classes (R,) int64, masks (R, M, M) float32.
     """
 
+    HEADS = MNCROIHeads
+
     def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
                  longest: int):
         super().__init__()
         heads = model.roi_heads
-        if not isinstance(heads, MNCROIHeads):
-            raise ValueError(f"export needs MODEL.ROI_HEADS.NAME MNCROIHeads, got "
-                             f"{type(heads).__name__}")
+        if not isinstance(heads, self.HEADS):
+            raise ValueError(f"{type(self).__name__} needs MODEL.ROI_HEADS.NAME "
+                             f"{self.HEADS.__name__}, got {type(heads).__name__}")
         if model.proposal_generator is None:
             raise ValueError("export needs the model's RPN (MODEL.PROPOSAL_GENERATOR)")
         self.model = model
@@ -186,12 +189,74 @@ class MNCExportGraph(nn.Module):
             cand_probs.append(F.softmax(cls5, dim=1)[:, : heads.num_classes])
         out_boxes, scores, classes, masks = self._select(
             torch.cat(cand_boxes), torch.cat(cand_masks), torch.cat(cand_probs))
-        # Detectron2's detector_postprocess: boxes back to the tile's pixels, clipped.
+        return self._to_tile(out_boxes), scores, classes, masks
+
+    def _to_tile(self, out_boxes: torch.Tensor) -> torch.Tensor:
+        """Detectron2's detector_postprocess: boxes back to the tile's pixels, clipped."""
         sy = self.tile[0] / self.resized[0]
         sx = self.tile[1] / self.resized[1]
         scale = out_boxes.new_tensor([sx, sy, sx, sy])
         out_boxes = out_boxes * scale
         x = out_boxes[:, 0::2].clamp(0, self.tile[1])
         y = out_boxes[:, 1::2].clamp(0, self.tile[0])
-        out_boxes = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
-        return out_boxes, scores, classes, masks
+        return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+class MaskRCNNExportGraph(MNCExportGraph):
+    """Detectron2's Mask R-CNN (``StandardROIHeads``) as the same kind of graph, with the same
+    outputs, so that both models can be timed through the same runtime (bench_export.py).
+
+    As Detectron2's inference: box head on the proposals, per-class boxes decoded and clipped,
+    score filter, per-class NMS, top-K (TEST.DETECTIONS_PER_IMAGE); the mask head on the kept
+    boxes, the predicted class's mask. RoIAlign levels as :meth:`MNCExportGraph._warp`.
+    """
+
+    HEADS = StandardROIHeads
+
+    def _pool(self, pooler, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        if len(pooler.level_poolers) == 1:
+            rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+            return pooler.level_poolers[0](feats[0], rois)
+        levels = assign_boxes_to_levels([Boxes(boxes)], pooler.min_level, pooler.max_level,
+                                        pooler.canonical_box_size, pooler.canonical_level)
+        dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
+        parts, order = [], []
+        for level, (feat, align) in enumerate(zip(feats, pooler.level_poolers)):
+            idx = torch.nonzero(levels == level, as_tuple=True)[0]
+            picked = torch.cat([boxes[idx], dummy])
+            rois = torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
+            parts.append(align(feat, rois)[:-1])
+            order.append(idx)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+    def forward(self, image: torch.Tensor):
+        heads = self.model.roi_heads
+        features = self.model.backbone(self._preprocess(image))
+        proposals = self._proposals(features)
+        predictor = heads.box_predictor
+        box_feats = heads.box_head(self._pool(heads.box_pooler,
+                                              [features[f] for f in heads.box_in_features],
+                                              proposals))
+        logits, deltas = predictor(box_feats)
+        probs = F.softmax(logits, dim=1)[:, :-1]  # (R, K)
+        num_classes = probs.shape[1]
+        boxes = predictor.box2box_transform.apply_deltas(deltas, proposals)  # (R, 4K)
+        boxes = boxes.view(-1, num_classes if deltas.shape[1] > 4 else 1, 4)
+        h, w = self.resized
+        x = boxes[..., 0::2].clamp(0, w)
+        y = boxes[..., 1::2].clamp(0, h)
+        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+        rows, cls = torch.nonzero(probs > predictor.test_score_thresh, as_tuple=True)
+        scores = probs[rows, cls]
+        cand = boxes[rows, cls if boxes.shape[1] > 1 else torch.zeros_like(cls)]
+        span = float(max(self.padded)) + 1.0
+        keep = class_nms(cand, scores, cls, predictor.test_nms_thresh, span)
+        keep = keep[: predictor.test_topk_per_image]
+        out_boxes, scores, classes = cand[keep], scores[keep], cls[keep]
+        mask_logits = heads.mask_head.layers(self._pool(
+            heads.mask_pooler, [features[f] for f in heads.mask_in_features], out_boxes))
+        if mask_logits.shape[1] > 1:
+            mask_logits = mask_logits[torch.arange(mask_logits.shape[0]), classes]
+        else:
+            mask_logits = mask_logits[:, 0]
+        return self._to_tile(out_boxes), scores, classes, mask_logits.sigmoid()
