@@ -37,6 +37,16 @@ def _env(data_root: Path) -> dict:
     return dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONUNBUFFERED="1")
 
 
+def train_quick(data_root: Path, out: Path, iters: int, config: Path = QUICK) -> Path:
+    """A tiny CPU training run (the other test modules' trained model): ``out`` holds its
+    config.yaml and model_final.pth."""
+    subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+                    str(config), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", str(iters),
+                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+                   env=_env(data_root), check=True, capture_output=True, timeout=900)
+    return out
+
+
 def _train_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(QUICK),
             *[a for a in extra if a.startswith("--")], "OUTPUT_DIR", str(out), *FAST,

@@ -5,7 +5,6 @@ folders and scenes are clear errors or failed rows."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from mnc_d2.export.runtime import paste_masks
 from mnc_d2.inference.run import main as predict_main
 from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
 
-from test_engine import FAST, QUICK, REPO
+from test_engine import REPO, train_quick
 
 pytest.importorskip("onnxruntime")
 TILE, OVERLAP = 160, 32  # 2 x 2 tiles per scene; the model resizes each tile to 128 px (FAST)
@@ -51,16 +50,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> Path:
-    return _train(data_root, tmp_path_factory.mktemp("trained"), QUICK)
-
-
-def _train(root: Path, out: Path, config: Path) -> Path:
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root))
-    subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
-                    str(config), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", "20",
-                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
-                   env=env, check=True, capture_output=True, timeout=900)
-    return out
+    return train_quick(data_root, tmp_path_factory.mktemp("trained"), iters=20)
 
 
 def _export(run_dir: Path, out: Path) -> Path:
@@ -159,7 +149,7 @@ def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     """Detectron2's Mask R-CNN (the benchmark's baseline) exports through the same graph
     interface, so both models can be timed on one runtime; its buildings equal eager's."""
     config = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_quick_synthetic.yaml"
-    run_dir = _train(data_root, tmp_path / "mask_rcnn", config)
+    run_dir = train_quick(data_root, tmp_path / "mask_rcnn", iters=20, config=config)
     model = _export(run_dir, tmp_path / "exported")
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
     assert _predict(eager, scenes, *_eager(run_dir)) == 0

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,20 +24,14 @@ from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile
 from mnc_d2.inference.run import main as predict_main
 from mnc_d2.inference.scenes import expand_inputs
 
-from test_engine import FAST, QUICK, REPO  # the tiny CPU training setup shared with its tests
+from test_engine import train_quick  # the tiny CPU training setup shared with its tests
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("d2data")
     generate_city(root / "spacenet", "vegas", 6, seed=1, progress=False)
-    out = tmp_path_factory.mktemp("trained")
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root))
-    subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
-                    str(QUICK), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", "2",
-                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
-                   env=env, check=True, capture_output=True, timeout=600)
-    return out
+    return train_quick(root, tmp_path_factory.mktemp("trained"), iters=2)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,9 @@ faithfully:
     (class-aware, all classes at once) -> NMS after voting -> boxes in tile pixels, scores,
     classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped to 0.5.
 
+:class:`MaskRCNNExportGraph` does the same for Detectron2's standard Mask R-CNN (the
+benchmark's baseline), with the same inputs and outputs.
+
 Pasting the masks into the tile (and thresholding them) is left to the named post-processing
 step :func:`mnc_d2.export.runtime.paste_masks`, which needs no deep-learning runtime: a dense
 in-graph paste would hold (R, H, W, 2) sampling grids.
@@ -52,6 +55,29 @@ def class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
     -> kept indices, by decreasing score."""
     shift = classes.to(boxes.dtype)[:, None] * span
     return torchvision.ops.nms(boxes + shift, scores, threshold)
+
+
+def _rois(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 4) boxes of the one image -> (B, 5) rows (batch index 0, x0, y0, x1, y1)."""
+    return torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+
+
+def pool_by_level(feats: list[torch.Tensor], boxes: torch.Tensor, levels: torch.Tensor,
+                  pool) -> torch.Tensor:
+    """RoI features from FPN levels for a traced graph: each level pools only its own boxes
+    plus one dummy box (so no level is ever empty, which a trace cannot branch on), and one
+    gather puts the levels' outputs back in box order (a scatter is slow in ONNX runtimes).
+
+    feats: per level (1, C, H_l, W_l); boxes: (B, 4); levels: (B,) level index of each box;
+    pool(level, feature, boxes (b, 4)) -> (b, C, S, S). Returns (B, C, S, S).
+    """
+    dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
+    parts, order = [], []
+    for level, feat in enumerate(feats):
+        idx = torch.nonzero(levels == level, as_tuple=True)[0]
+        parts.append(pool(level, feat, torch.cat([boxes[idx], dummy]))[:-1])
+        order.append(idx)
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
 
 class MNCExportGraph(nn.Module):
@@ -106,29 +132,19 @@ class MNCExportGraph(nn.Module):
         return proposals[0].proposal_boxes.tensor
 
     def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """MultiLevelWarp for one image (R, C, S, S): each level warps only its own boxes plus
-        one dummy box (so no level is ever empty, which a traced graph cannot branch on); the
-        levels' outputs are put back in box order by one gather (a scatter is slow in ONNX
-        runtimes)."""
+        """MultiLevelWarp for one image (R, C, S, S), by :func:`pool_by_level`."""
         warp = self.model.roi_heads.warp
         if len(warp.scales) == 1:
             levels = torch.zeros_like(boxes[:, 0], dtype=torch.long)
         else:
             levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
                                             warp.canonical_box_size, warp.canonical_level)
-        dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
-        parts, order = [], []
-        for level, (feat, scale) in enumerate(zip(feats, warp.scales)):
-            idx = torch.nonzero(levels == level, as_tuple=True)[0]
-            picked = torch.cat([boxes[idx], dummy])
+        def pool(level: int, feat: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
             if warp.mode == "roialign":
-                rois = torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
-                warped = warp.aligners[level](feat, rois)
-            else:
-                warped = warp_image(feat, picked, warp.output_size, scale)
-            parts.append(warped[:-1])
-            order.append(idx)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+                return warp.aligners[level](feat, _rois(picked))
+            return warp_image(feat, picked, warp.output_size, warp.scales[level])
+
+        return pool_by_level(feats, boxes, levels, pool)
 
     def _pair(self, feats, boxes, second: bool):
         mask_head, cls_head = self.model.roi_heads._stage_heads(second)
@@ -215,19 +231,12 @@ class MaskRCNNExportGraph(MNCExportGraph):
 
     def _pool(self, pooler, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
         if len(pooler.level_poolers) == 1:
-            rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
-            return pooler.level_poolers[0](feats[0], rois)
+            return pooler.level_poolers[0](feats[0], _rois(boxes))
         levels = assign_boxes_to_levels([Boxes(boxes)], pooler.min_level, pooler.max_level,
                                         pooler.canonical_box_size, pooler.canonical_level)
-        dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
-        parts, order = [], []
-        for level, (feat, align) in enumerate(zip(feats, pooler.level_poolers)):
-            idx = torch.nonzero(levels == level, as_tuple=True)[0]
-            picked = torch.cat([boxes[idx], dummy])
-            rois = torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
-            parts.append(align(feat, rois)[:-1])
-            order.append(idx)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return pool_by_level(feats, boxes, levels,
+                             lambda level, feat, picked: pooler.level_poolers[level](
+                                 feat, _rois(picked)))
 
     def forward(self, image: torch.Tensor):
         heads = self.model.roi_heads
