@@ -8,7 +8,8 @@ and opened in Debian's headless chromium (selenium; software WebGL, so frame tim
 not a GPU's). Measured: the site build time; time from navigation to the first rendered frame of
 the footprints and to the map being idle (everything drawn); bytes transferred (the network
 log's encoded lengths); the median and 90th percentile frame time while panning across the
-city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames).
+city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames). Each size is measured
+with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``).
 
     python -m bench.bench_viewer --scenes 1 100 1000 > bench/results/viewer.json
 
@@ -135,6 +136,10 @@ def main() -> None:
     parser.add_argument("--scene-px", type=int, default=256)
     parser.add_argument("--overview-px", type=int, default=256)
     parser.add_argument("--pan-frames", type=int, default=60)
+    parser.add_argument("--vector-tiles", nargs="+", default=["never", "always"],
+                        choices=("never", "always", "auto"),
+                        help="footprint modes to measure at each size (build_site's "
+                             "vector_tiles): one GeoJSON, vector tiles")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, software WebGL "
@@ -143,13 +148,17 @@ def main() -> None:
     for n in args.scenes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = make_folder(Path(tmp), n, args.buildings, args.scene_px)
-            t = time.perf_counter()
-            build_site(folder, Path(tmp) / "site", overview_px=args.overview_px)
-            build_s = time.perf_counter() - t
-            run = {"scenes": n, "buildings": n * args.buildings, "build_s": round(build_s, 2),
-                   **measure(Path(tmp) / "site", args.pan_frames)}
-        logger.info("%s", run)
-        report["runs"].append(run)
+            for mode in args.vector_tiles:
+                site = Path(tmp) / f"site_{mode}"
+                t = time.perf_counter()
+                meta = build_site(folder, site, overview_px=args.overview_px,
+                                  vector_tiles=mode)
+                build_s = time.perf_counter() - t
+                run = {"scenes": n, "buildings": n * args.buildings,
+                       "footprints": meta["footprints"]["kind"], "build_s": round(build_s, 2),
+                       **measure(site, args.pan_frames)}
+                logger.info("%s", run)
+                report["runs"].append(run)
     print(json.dumps(report, indent=2))
 
 

@@ -263,9 +263,10 @@ def readme_table(results: Path) -> list[str]:
 
 def viewer_table(report: dict) -> list[str]:
     """bench_viewer.py: per city size, site build time, load times, bytes and frame times."""
-    return _table(["scenes", "buildings", "site build s", "first render s", "all drawn s",
-                   "MB transferred", "frame ms when panning (median / p90)"],
-                  [[f"{r['scenes']:,}", f"{r['buildings']:,}", f"{r['build_s']:.1f}",
+    return _table(["scenes", "buildings", "footprints", "site build s", "first render s",
+                   "all drawn s", "MB transferred", "frame ms when panning (median / p90)"],
+                  [[f"{r['scenes']:,}", f"{r['buildings']:,}", r.get("footprints", "geojson"),
+                    f"{r['build_s']:.1f}",
                     f"{r['first_render_s']:.2f}", f"{r['idle_s']:.2f}",
                     f"{r['bytes'] / 1e6:.1f}",
                     f"{r['frame_ms_median']:.0f} / {r['frame_ms_p90']:.0f}"]

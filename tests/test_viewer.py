@@ -100,18 +100,26 @@ def _wait(browser, script: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for: {script}")
 
 
-def test_the_map_in_a_real_browser(tmp_path):
+@pytest.mark.parametrize("footprints", ["never", "always"])
+def test_the_map_in_a_real_browser(tmp_path, footprints):
+    """One GeoJSON (a run's default up to 20,000 buildings) and vector tiles (a city's): the
+    same counts, filter, click and offline behaviour."""
     from mnc_d2.viewer.serve import start
 
     folder = _prediction_folder(tmp_path)
     site = tmp_path / "site"
-    build_site(folder, site)
+    meta = build_site(folder, site, vector_tiles=footprints)
+    kind = "tiles" if footprints == "always" else "geojson"
+    assert meta["footprints"]["kind"] == kind
+    assert (site / "data" / "buildings.geojson").exists() == (kind == "geojson")
+    assert any((site / "data" / "footprints").rglob("*.pbf")) == (kind == "tiles")
     server, url = start(site)
     browser = _browser()
     try:
         browser.get(url)
         _wait(browser, "return window.viewerState && window.viewerState.ready")
         state = browser.execute_script("return window.viewerState")
+        assert state["footprints"] == kind
         assert state["total"] == 8
         assert state["count"] == 2 * sum(s >= 0.5 for s in SCORES) == 6
         assert "6 buildings shown" in browser.find_element("id", "count").text
@@ -157,7 +165,7 @@ def test_the_map_in_a_real_browser(tmp_path):
                   if status == 200 and int(p.split("/")[3]) >= 14]
         assert {p.split("/")[2] for p in zoomed} == {"s0", "s1"}, server.tiles_served
         shot = os.environ.get("MNC_D2_VIEWER_SCREENSHOT")
-        if shot:
+        if shot and kind == "geojson":
             browser.save_screenshot(shot)
     finally:
         browser.quit()

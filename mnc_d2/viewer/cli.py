@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--overview-px", type=int, default=1024,
                         help="long side of each scene's overview image")
+    parser.add_argument("--vector-tiles", choices=("auto", "always", "never"), default="auto",
+                        help="footprints as vector tiles (auto: from 20,000 buildings on) "
+                             "instead of one GeoJSON")
     args = parser.parse_args(argv)
     configure_cli_logging()
     if not args.out and not args.serve:
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     site = args.out or tempfile.mkdtemp(prefix="mnc_d2_viewer_")
     try:
         meta = build_site(args.folder, site, args.city, args.scene_root, args.basemap,
-                          args.overview_px, args.truth)
+                          args.overview_px, args.truth, args.vector_tiles)
     except (ViewerInputError, AssetsMissing, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

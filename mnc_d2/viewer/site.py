@@ -7,11 +7,15 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
     SITE/data/meta.json                      threshold, bounds, scenes (status, error, outline,
                                              overview image and its corners), counts
     SITE/data/buildings.geojson              every building (EPSG:4326): scene, building_id,
-                                             score, area_m2
+                                             score, area_m2 (and match, with truth); or, for a
+                                             city (``vector_tiles``), instead:
+    SITE/data/footprints/{z}/{x}/{y}.pbf     the same as vector tiles (:mod:`.tiles`)
+    SITE/data/scores.f64                     every score, sorted (exact counts at any threshold)
     SITE/imagery/<scene>.png                 each readable scene as the model saw its bands,
                                              stretched, at most ``overview_px`` on its long side
 
-What is pre-rendered: the footprints (one GeoJSON) and one overview image per scene. What needs
+What is pre-rendered: the footprints (one GeoJSON, or vector tiles) and one overview image per
+scene. What needs
 the server (``tools/view.py --serve``, :mod:`.serve`): full-resolution imagery, cut on request
 from the GeoTIFFs / COGs into web-mercator tiles (rio-tiler, the overview's stretch); a static
 host shows the overviews only, so zooming in past ``overview_px`` per scene blurs there.
@@ -28,6 +32,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
+from .tiles import write_sorted_scores, write_vector_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -217,13 +222,25 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     return match, truth_out, counts
 
 
+VECTOR_TILE_MODES = ("auto", "always", "never")
+# From this many buildings on, "auto" cuts vector tiles instead of one GeoJSON (BENCHMARKS.md:
+# 20,000 buildings in one GeoJSON still drew in seconds, 200,000 did not).
+AUTO_TILES_FROM = 20000
+
+
 def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                scene_root: str | None = None, basemap: str | None = None,
-               overview_px: int = 1024, truth: list[str] | None = None) -> dict:
+               overview_px: int = 1024, truth: list[str] | None = None,
+               vector_tiles: str = "auto") -> dict:
     """Write the site for prediction folder ``folder`` into ``site`` (module docstring);
     returns the summary written to ``data/meta.json``. ``truth``: SpaceNet truth CSVs or
     GeoJSON / GeoParquet files; buildings and truth then carry TP / FP / FN at the run's
-    threshold, matched as tools/score.py matches (the SpaceNet rules, per scene)."""
+    threshold, matched as tools/score.py matches (the SpaceNet rules, per scene).
+    ``vector_tiles``: footprints as vector tiles (:mod:`.tiles`) "always", "never" (one
+    GeoJSON) or "auto" (tiles from ``AUTO_TILES_FROM`` buildings on)."""
+    if vector_tiles not in VECTOR_TILE_MODES:
+        raise ViewerInputError(f"--vector-tiles {vector_tiles!r}: choose from "
+                               f"{', '.join(VECTOR_TILE_MODES)}")
     folder, site = Path(folder), Path(site)
     run, manifest = _read_run(folder)
     vendor = vendor_dir()
@@ -259,11 +276,24 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         columns.insert(4, "match")
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
             handle.write(truth_frame.to_json(drop_id=True))
-    geojson = json.loads(frame[columns]
-                         .assign(score=frame["score"].round(4),
-                                 area_m2=frame["area_m2"].round(1)).to_json(drop_id=True))
-    with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
-        json.dump(geojson, handle, separators=(",", ":"))
+    shown = frame[columns].assign(score=frame["score"].round(4),
+                                  area_m2=frame["area_m2"].round(1))
+    tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
+    for stale in ("footprints", "buildings.geojson", "scores.f64"):  # a rebuild's other kind
+        target = site / "data" / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    if tiled:
+        footprints = {"kind": "tiles", "url": "data/footprints/{z}/{x}/{y}.pbf",
+                      **write_vector_tiles(shown, site / "data" / "footprints",
+                                           [c for c in columns if c != "geometry"])}
+        write_sorted_scores(shown["score"].to_numpy(), site / "data" / "scores.f64")
+    else:
+        footprints = {"kind": "geojson", "url": "data/buildings.geojson"}
+        with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
+            json.dump(json.loads(shown.to_json(drop_id=True)), handle, separators=(",", ":"))
     points = [c for s in scenes if s["corners"] for c in s["corners"]]
     if len(frame):
         b = frame.total_bounds
@@ -274,7 +304,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     meta = {"threshold": threshold, "buildings": int(len(frame)), "truth_counts": counts,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,
-            "bounds": bounds, "scenes": scenes, "basemap": basemap,
+            "bounds": bounds, "scenes": scenes, "basemap": basemap, "footprints": footprints,
             "empty_reason": None if len(frame) else
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
     with atomic_write(site / "data" / "meta.json", "w") as handle:

@@ -5,11 +5,17 @@
   const state = { ready: false, threshold: 0, count: 0, total: 0, popup: "" };
   window.viewerState = state;
   const meta = await (await fetch("data/meta.json")).json();
-  const buildings = await (await fetch("data/buildings.geojson")).json();
+  const footprints = meta.footprints || { kind: "geojson", url: "data/buildings.geojson" };
+  const vector = footprints.kind === "tiles";
   // every file is read before the map exists: its "load" event must not pass unseen
+  const buildings = vector ? null : await (await fetch(footprints.url)).json();
   const truth = meta.truth_counts
     ? await (await fetch("data/truth.geojson")).json() : null;
-  const scores = buildings.features.map((f) => f.properties.score);
+  // scores ascending: a city's vector tiles come with every score sorted in data/scores.f64
+  const scores = vector
+    ? new Float64Array(await (await fetch("data/scores.f64")).arrayBuffer())
+    : Float64Array.from(buildings.features.map((f) => f.properties.score)).sort();
+  state.footprints = footprints.kind;
   // Served by tools/view.py --serve: full-resolution tiles from the scenes themselves (a static
   // host answers 404 here and the page keeps to the overviews).
   const first = meta.scenes.find((s) => s.corners);
@@ -53,7 +59,10 @@
   const slider = document.getElementById("threshold");
   function apply(threshold) {
     state.threshold = threshold;
-    state.count = scores.filter((s) => s >= threshold).length;
+    // buildings at or above the threshold: the scores are sorted, so a binary search
+    let lo = 0, hi = scores.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (scores[mid] < threshold) lo = mid + 1; else hi = mid; }
+    state.count = scores.length - lo;
     document.getElementById("threshold-value").textContent = threshold.toFixed(2);
     document.getElementById("count").textContent = state.count + " buildings shown";
     if (map.getLayer("buildings-fill")) {
@@ -95,7 +104,13 @@
       "line-width": 2,
       "line-color": ["match", ["get", "status"], "failed", "#ff1744", "skipped", "#9e9e9e", "#00e5ff"],
     } });
-    map.addSource("buildings", { type: "geojson", data: buildings });
+    if (vector) {  // a city: the buildings in view only, cut into tiles at site build
+      map.addSource("buildings", { type: "vector", tiles: [base + footprints.url],
+                                   minzoom: footprints.min_zoom, maxzoom: footprints.max_zoom });
+    } else {
+      map.addSource("buildings", { type: "geojson", data: buildings });
+    }
+    const layer = vector ? { "source-layer": footprints.layer } : {};
     const byScore = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
     // with truth: TP green, FP orange (at the run's threshold); below it, by score
     const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100", byScore]
@@ -107,9 +122,9 @@
         "line-color": ["match", ["get", "match"], "FN", "#ff1744", "TP", "#00c853", "#9e9e9e"],
       } });
     }
-    map.addLayer({ id: "buildings-fill", type: "fill", source: "buildings",
+    map.addLayer({ id: "buildings-fill", type: "fill", source: "buildings", ...layer,
                    paint: { "fill-color": colour, "fill-opacity": 0.45 } });
-    map.addLayer({ id: "buildings-line", type: "line", source: "buildings",
+    map.addLayer({ id: "buildings-line", type: "line", source: "buildings", ...layer,
                    paint: { "line-color": colour, "line-width": 1.5 } });
     map.on("click", "buildings-fill", (e) => {
       const p = e.features[0].properties;

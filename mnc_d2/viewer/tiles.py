@@ -1,0 +1,87 @@
+"""Footprints as Mapbox vector tiles (``SITE/data/footprints/{z}/{x}/{y}.pbf``), for cities.
+
+One GeoJSON of every footprint is what a browser must parse and hold before it draws the first
+building; at a city's 200,000 buildings that took over a minute and panned at under 10 frames a
+second (BENCHMARKS.md, the web map at scale). Vector tiles let the map load only the buildings
+in view, at the zoom in view. Tiles are cut here, at site build, so any static host serves them:
+web-mercator tiles from ``MIN_ZOOM`` (about 5 km across; buildings are not drawn when zoomed out
+further, the scene outlines and overviews are) to ``MAX_ZOOM`` (the map over-zooms past it),
+each building clipped to its tiles with a small buffer, encoded with ``mapbox-vector-tile``
+(4096 units per tile side: 0.15 m at ``MAX_ZOOM``). The scores of all buildings go beside them,
+sorted (``SITE/data/scores.f64``), so the page counts the buildings at any threshold exactly
+without holding the footprints.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from ..utils.atomic import atomic_write
+
+MIN_ZOOM, MAX_ZOOM = 13, 16
+EXTENT = 4096
+BUFFER = 64  # tile units around each tile (MapLibre draws a tile's features up to its edge)
+LAYER = "buildings"
+HALF = 20037508.342789244  # half the web-mercator world, metres
+
+
+def _tile_ranges(bounds: np.ndarray, zoom: int) -> tuple[np.ndarray, ...]:
+    """(x0, x1, y0, y1) inclusive tile index ranges of EPSG:3857 ``bounds`` (N, 4) at ``zoom``."""
+    size = 2 * HALF / 2 ** zoom
+    top = 2 ** zoom - 1
+    x0 = np.clip(np.floor((bounds[:, 0] + HALF) / size), 0, top).astype(int)
+    x1 = np.clip(np.floor((bounds[:, 2] + HALF) / size), 0, top).astype(int)
+    y0 = np.clip(np.floor((HALF - bounds[:, 3]) / size), 0, top).astype(int)
+    y1 = np.clip(np.floor((HALF - bounds[:, 1]) / size), 0, top).astype(int)
+    return x0, x1, y0, y1
+
+
+def write_vector_tiles(frame, out: Path, properties: list[str],
+                       min_zoom: int = MIN_ZOOM, max_zoom: int = MAX_ZOOM) -> dict:
+    """Write ``frame`` (a GeoDataFrame in any CRS) as vector tiles under ``out``/{z}/{x}/{y}.pbf
+    with the ``properties`` columns; returns {"tiles": count, "min_zoom", "max_zoom",
+    "layer"}. Each file is written atomically."""
+    import mapbox_vector_tile
+
+    merc = frame.to_crs(3857)
+    geoms = np.asarray(merc.geometry)
+    bounds = shapely.bounds(geoms)
+    records = merc[properties].to_dict("records")
+    written = 0
+    for zoom in range(min_zoom, max_zoom + 1):
+        size = 2 * HALF / 2 ** zoom
+        pad = size * BUFFER / EXTENT
+        members = defaultdict(list)
+        for i, (x0, x1, y0, y1) in enumerate(zip(*_tile_ranges(bounds, zoom))):
+            for x in range(x0, x1 + 1):
+                for y in range(y0, y1 + 1):
+                    members[(x, y)].append(i)
+        for (x, y), idx in members.items():
+            west, north = -HALF + x * size, HALF - y * size
+            box = (west, north - size, west + size, north)
+            clipped = shapely.clip_by_rect(geoms[idx], box[0] - pad, box[1] - pad, box[2] + pad,
+                                           box[3] + pad)
+            features = [{"geometry": g, "properties": records[i]}
+                        for g, i in zip(clipped, idx) if not g.is_empty]
+            if not features:
+                continue
+            data = mapbox_vector_tile.encode(
+                [{"name": LAYER, "features": features}],
+                default_options={"quantize_bounds": box, "extents": EXTENT})
+            path = out / str(zoom) / str(x) / f"{y}.pbf"
+            with atomic_write(path, "wb") as handle:
+                handle.write(data)
+            written += 1
+    return {"tiles": written, "min_zoom": min_zoom, "max_zoom": max_zoom, "layer": LAYER}
+
+
+def write_sorted_scores(scores: np.ndarray, path: Path) -> None:
+    """Every building's score, ascending, as little-endian float64 (the page's exact counts: the
+    same doubles as the tiles' and the GeoJSON's score property)."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(np.sort(np.asarray(scores, dtype="<f8")).tobytes())
+
