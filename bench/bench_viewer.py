@@ -144,7 +144,8 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, software WebGL "
                          "(headless chromium, SwiftShader)",
-              "buildings_per_scene": args.buildings, "scene_px": args.scene_px, "runs": []}
+              "buildings_per_scene": args.buildings, "scene_px": args.scene_px,
+              "overview_px": args.overview_px, "runs": []}
     for n in args.scenes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = make_folder(Path(tmp), n, args.buildings, args.scene_px)

@@ -429,6 +429,8 @@ def table_maker(report_name: str):
         return speed_tables
     if report_name.startswith("polygonize_"):
         return polygonize_table
+    if report_name.startswith("viewer"):
+        return viewer_table
     return {"scorer": scorer_table, "predict": predict_table, "demo": demo_table,
             "viewer": viewer_table, "export": export_tables}.get(report_name)
 
