@@ -8,7 +8,8 @@ and opened in Debian's headless chromium (selenium; software WebGL, so frame tim
 not a GPU's). Measured: the site build time; time from navigation to the first rendered frame of
 the footprints and to the map being idle (everything drawn); bytes transferred (the network
 log's encoded lengths); the median and 90th percentile frame time while panning across the
-city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames). Each size is measured
+city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames), then the same zoomed in
+to zoom 17 at the city's centre (where buildings are inspected), with the buildings drawn there. Each size is measured
 with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``).
 
     python -m bench.bench_viewer --scenes 1 100 1000 > bench/results/viewer.json
@@ -81,14 +82,22 @@ def browser():
 
 PAN = """
 const done = arguments[arguments.length - 1];
-const map = window.viewerMap, frames = [], n = arguments[0];
+const map = window.viewerMap, frames = [], n = arguments[0], dx = arguments[1], dy = arguments[2];
 let last = performance.now(), i = 0;
 function step(now) {
   frames.push(now - last); last = now; i += 1;
-  map.panBy([40, 25], {duration: 0});
+  map.panBy([dx, dy], {duration: 0});
   if (i < n) requestAnimationFrame(step); else done(frames.slice(2));
 }
 requestAnimationFrame(step);
+"""
+
+
+ZOOM_IN = """
+const done = arguments[arguments.length - 1];
+const map = window.viewerMap;
+map.jumpTo({center: [arguments[0], arguments[1]], zoom: 17});
+map.once("idle", () => done(true));
 """
 
 
@@ -112,7 +121,17 @@ def measure(site: Path, pan_frames: int) -> dict:
                 raise TimeoutError("the map did not become idle in 15 minutes")
             time.sleep(0.05)
         idle = time.perf_counter() - start_t
-        frames = driver.execute_async_script(PAN, pan_frames)
+        frames = driver.execute_async_script(PAN, pan_frames, 40, 25)
+        # then close in on the city's centre, where a mapper inspects buildings (zoom 17:
+        # about 500 m across the window; a city's buildings are drawn from zoom 16 on), and
+        # pan there by small steps (staying over the city)
+        west, south, east, north = json.loads((site / "data" / "meta.json").read_text())["bounds"]
+        driver.execute_async_script(ZOOM_IN, (west + east) / 2, (south + north) / 2)
+        close_frames = driver.execute_async_script(PAN, pan_frames, 4, 3)
+        drawn_close = driver.execute_script(
+            "const f = window.viewerMap.queryRenderedFeatures({layers: ['buildings-fill']});"
+            "return new Set(f.map(x => x.properties.scene + '/' + x.properties.building_id))"
+            ".size")
         received = 0
         for entry in driver.get_log("performance"):
             message = json.loads(entry["message"])["message"]
@@ -122,11 +141,14 @@ def measure(site: Path, pan_frames: int) -> dict:
     finally:
         driver.quit()
         server.shutdown()
-    frames = np.asarray(frames)
+    frames, close_frames = np.asarray(frames), np.asarray(close_frames)
     return {"first_render_s": round(first, 2), "idle_s": round(idle, 2),
             "bytes": received, "buildings_shown": count,
             "frame_ms_median": round(float(np.median(frames)), 1),
-            "frame_ms_p90": round(float(np.percentile(frames, 90)), 1)}
+            "frame_ms_p90": round(float(np.percentile(frames, 90)), 1),
+            "zoom17_buildings_drawn": int(drawn_close),
+            "zoom17_frame_ms_median": round(float(np.median(close_frames)), 1),
+            "zoom17_frame_ms_p90": round(float(np.percentile(close_frames, 90)), 1)}
 
 
 def main() -> None:

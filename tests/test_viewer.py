@@ -163,7 +163,13 @@ def test_the_map_in_a_real_browser(tmp_path, footprints):
         assert browser.execute_script("return window.viewerState.tiled")
         zoomed = [p for p, status in server.tiles_served
                   if status == 200 and int(p.split("/")[3]) >= 14]
-        assert {p.split("/")[2] for p in zoomed} == {"s0", "s1"}, server.tiles_served
+        if kind == "geojson":  # an image per scene, and each scene's own tiles
+            assert {p.split("/")[2] for p in zoomed} == {"s0", "s1"}, server.tiles_served
+        else:  # a city: one pre-rendered pyramid, then the server's mosaic of the scenes
+            assert meta["overview"]["tiles"] > 0
+            assert any((site / "data" / "overview").rglob("*.png"))
+            assert not (site / "imagery").exists()
+            assert {p.split("/")[2] for p in zoomed} == {"_mosaic"}, server.tiles_served
         shot = os.environ.get("MNC_D2_VIEWER_SCREENSHOT")
         if shot and kind == "geojson":
             browser.save_screenshot(shot)

@@ -11,10 +11,10 @@ import json
 import logging
 import re
 import threading
-import warnings
 from pathlib import Path
 
-import numpy as np
+from .mosaic import MOSAIC, composite, touching
+from .mosaic import png as encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -23,25 +23,10 @@ TILE = re.compile(r"^/tiles/(?P<scene>[^/]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)\.p
 
 def render_tile(source: dict, z: int, x: int, y: int) -> bytes | None:
     """PNG of tile z/x/y of one scene (``source``: path, bands, stretch), None outside it."""
-    import cv2
-    from rio_tiler.errors import TileOutsideBounds
-    from rio_tiler.io import Reader
+    from .mosaic import png, scene_tile_rgba
 
-    from ..evaluation.visualize import stretch_to_uint8
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no overviews": fine for these tiles
-        try:
-            with Reader(source["path"]) as reader:
-                if not reader.tile_exists(x, y, z):
-                    return None
-                image = reader.tile(x, y, z, indexes=tuple(source["bands"]))
-        except TileOutsideBounds:
-            return None
-    rgb = stretch_to_uint8(image.data, limits=source["stretch"])  # (256, 256, 3)
-    bgra = np.dstack([rgb[..., ::-1], image.mask])  # cv2 writes BGR; transparent outside
-    ok, png = cv2.imencode(".png", bgra)
-    return png.tobytes() if ok else None
+    rgba = scene_tile_rgba(source, z, x, y)
+    return png(rgba) if rgba is not None else None
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -54,13 +39,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         match = TILE.match(self.path.split("?", 1)[0])
         if match is None:
             return super().do_GET()
-        source = self.sources.get(match["scene"])
+        z, x, y = int(match["z"]), int(match["x"]), int(match["y"])
         png = None
-        if source is not None:
-            try:
-                png = render_tile(source, int(match["z"]), int(match["x"]), int(match["y"]))
-            except Exception as exc:  # a tile that fails is empty; the map goes on
-                logger.warning("tile %s: %s", self.path, exc)
+        try:
+            if match["scene"] == MOSAIC:  # a city: every scene under the tile, composited
+                rgba = composite(touching(self.sources, z, x, y), z, x, y)
+                png = encode_png(rgba) if rgba is not None else None
+            elif match["scene"] in self.sources:
+                png = render_tile(self.sources[match["scene"]], z, x, y)
+        except Exception as exc:  # a tile that fails is empty; the map goes on
+            logger.warning("tile %s: %s", self.path, exc)
         self.server.tiles_served.append((self.path, 200 if png else 204))
         if png is None:
             self.send_response(204)

@@ -11,11 +11,13 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
                                              city (``vector_tiles``), instead:
     SITE/data/footprints/{z}/{x}/{y}.pbf     the same as vector tiles (:mod:`.tiles`)
     SITE/data/scores.f64                     every score, sorted (exact counts at any threshold)
+    SITE/data/overview/{z}/{x}/{y}.png       (a city) one imagery pyramid (:mod:`.mosaic`)
+                                             instead of the per-scene images below
     SITE/imagery/<scene>.png                 each readable scene as the model saw its bands,
                                              stretched, at most ``overview_px`` on its long side
 
 What is pre-rendered: the footprints (one GeoJSON, or vector tiles) and one overview image per
-scene. What needs
+scene (or, for a city, one overview pyramid). What needs
 the server (``tools/view.py --serve``, :mod:`.serve`): full-resolution imagery, cut on request
 from the GeoTIFFs / COGs into web-mercator tiles (rio-tiler, the overview's stretch); a static
 host shows the overviews only, so zooming in past ``overview_px`` per scene blurs there.
@@ -32,6 +34,7 @@ import numpy as np
 
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
+from .mosaic import max_zoom_for, write_overview_pyramid
 from .tiles import write_sorted_scores, write_vector_tiles
 
 logger = logging.getLogger(__name__)
@@ -75,8 +78,9 @@ def _remap(path: str, scene_root: str | None) -> str:
     return str(Path(scene_root) / Path(path).name)
 
 
-def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
-    """Write the overview PNG of a scene; returns its corners (lon, lat) or None (unreadable)."""
+def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int):
+    """Write the overview PNG of a scene (unless ``out`` is None); returns (its corners (lon,
+    lat), its tile source, the overview's metres per pixel), or None (unreadable)."""
     import cv2
     import rasterio
     from pyproj import Transformer
@@ -103,10 +107,14 @@ def _scene_image(path: str, bands: list[int], out: Path, overview_px: int):
     except Exception as exc:  # an unreadable scene shows no image, the rest of the map stays
         logger.warning("no imagery for %s: %s", path, exc)
         return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return [[float(a), float(b)] for a, b in zip(lon, lat)], {"path": path, "bands": chosen,
-                                                            "stretch": stretch}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    from pyproj import Geod
+
+    top_m = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])[2]
+    return ([[float(a), float(b)] for a, b in zip(lon, lat)],
+            {"path": path, "bands": chosen, "stretch": stretch}, float(top_m) / w)
 
 
 def _buildings(folder: Path, city: str | None):
@@ -249,20 +257,33 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shutil.copy2(STATIC / name, site / name)
     shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
     bands = _bands(run)
-    scenes, paths, sources = [], {}, {}
+    frame = _buildings(folder, city)
+    # A city (vector tiles): one imagery mosaic (:mod:`.mosaic`), not an image per scene.
+    tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
+    for stale in ("imagery", "data/overview"):  # a rebuild's other kind
+        shutil.rmtree(site / stale, ignore_errors=True)
+    scenes, paths, sources, resolution = [], {}, {}, []
     for row in manifest.itertuples():
         path = _remap(str(row.path), scene_root)
         paths[row.scene] = path
         corners = None
         if row.status in ("ok", "skipped"):
-            found = _scene_image(path, bands, site / "imagery" / f"{row.scene}.png",
-                                 overview_px)
+            found = _scene_image(path, bands, None if tiled else
+                                 site / "imagery" / f"{row.scene}.png", overview_px)
             if found is not None:
-                corners, sources[row.scene] = found
+                corners, sources[row.scene], metres_per_px = found
+                resolution.append(metres_per_px)
+                lons, lats = [c[0] for c in corners], [c[1] for c in corners]
+                sources[row.scene]["bounds"] = [min(lons), min(lats), max(lons), max(lats)]
         scenes.append({"scene": row.scene, "status": row.status, "error": row.error or "",
                        "buildings": int(row.buildings), "corners": corners,
-                       "image": f"imagery/{row.scene}.png" if corners else None})
-    frame = _buildings(folder, city)
+                       "image": f"imagery/{row.scene}.png" if corners and not tiled else None})
+    overview = None
+    if tiled and sources:
+        lat = float(np.mean([s["bounds"][1] for s in sources.values()]))
+        overview = {"url": "data/overview/{z}/{x}/{y}.png", **write_overview_pyramid(
+            sources, site / "data" / "overview",
+            max_zoom_for(float(np.median(resolution)), lat))}
     threshold = float(run.get("score_thresh", 0.5))
     columns = ["scene", "building_id", "score", "area_m2", "geometry"]
     counts = None
@@ -278,7 +299,6 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             handle.write(truth_frame.to_json(drop_id=True))
     shown = frame[columns].assign(score=frame["score"].round(4),
                                   area_m2=frame["area_m2"].round(1))
-    tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
     for stale in ("footprints", "buildings.geojson", "scores.f64"):  # a rebuild's other kind
         target = site / "data" / stale
         if target.is_dir():
@@ -305,6 +325,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap, "footprints": footprints,
+            "overview": overview,
             "empty_reason": None if len(frame) else
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
     with atomic_write(site / "data" / "meta.json", "w") as handle:

@@ -4,10 +4,11 @@ One GeoJSON of every footprint is what a browser must parse and hold before it d
 building; at a city's 200,000 buildings that took over a minute and panned at under 10 frames a
 second (BENCHMARKS.md, the web map at scale). Vector tiles let the map load only the buildings
 in view, at the zoom in view. Tiles are cut here, at site build, so any static host serves them:
-web-mercator tiles from ``MIN_ZOOM`` (about 5 km across; buildings are not drawn when zoomed out
-further, the scene outlines and overviews are) to ``MAX_ZOOM`` (the map over-zooms past it),
-each building clipped to its tiles with a small buffer, encoded with ``mapbox-vector-tile``
-(4096 units per tile side: 0.15 m at ``MAX_ZOOM``). The scores of all buildings go beside them,
+web-mercator tiles from ``MIN_ZOOM`` to ``MAX_ZOOM`` (both 16, about 1 km across a screen: a
+whole city in view would still draw every building, which the measurement showed is what makes
+a city slow, so buildings appear from there on and the map over-zooms past it), each building
+clipped to its tiles with a small buffer, encoded with ``mapbox-vector-tile`` (4096 units per
+tile side: 0.15 m at zoom 16). The scores of all buildings go beside them,
 sorted (``SITE/data/scores.f64``), so the page counts the buildings at any threshold exactly
 without holding the footprints.
 """
@@ -22,7 +23,7 @@ import shapely
 
 from ..utils.atomic import atomic_write
 
-MIN_ZOOM, MAX_ZOOM = 13, 16
+MIN_ZOOM, MAX_ZOOM = 16, 16
 EXTENT = 4096
 BUFFER = 64  # tile units around each tile (MapLibre draws a tile's features up to its edge)
 LAYER = "buildings"

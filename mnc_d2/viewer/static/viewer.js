@@ -77,8 +77,22 @@
 
   map.on("load", () => {
     const base = location.origin + location.pathname.replace(/[^/]*$/, "");
+    const mosaic = meta.overview;
+    if (mosaic && mosaic.tiles) {  // a city: one imagery pyramid, not an image per scene
+      map.addSource("overview", { type: "raster", tileSize: 256, tiles: [base + mosaic.url],
+                                  minzoom: mosaic.min_zoom, maxzoom: mosaic.max_zoom,
+                                  bounds: mosaic.bounds });
+      map.addLayer({ id: "overview", type: "raster", source: "overview" });
+      if (tiled) {  // past the pyramid: every scene under the tile, cut by the server
+        map.addSource("mosaic", { type: "raster", tileSize: 256, minzoom: mosaic.max_zoom + 1,
+                                  maxzoom: 22, bounds: mosaic.bounds,
+                                  tiles: [base + "tiles/_mosaic/{z}/{x}/{y}.png"] });
+        map.addLayer({ id: "mosaic", type: "raster", source: "mosaic",
+                       minzoom: mosaic.max_zoom + 1 });
+      }
+    }
     meta.scenes.forEach((s, i) => {
-      if (!s.corners) return;
+      if (!s.corners || !s.image) return;
       map.addSource("image-" + i, { type: "image", url: s.image, coordinates: s.corners });
       map.addLayer({ id: "image-" + i, type: "raster", source: "image-" + i });
       if (tiled) {  // zoomed in: the scene's own pixels, cut by the server
