@@ -104,6 +104,9 @@ def test_export_folder_records_what_a_deployment_needs(exported, trained):
     assert meta["input"]["tile_height"] == TILE and meta["input"]["bands"] == [1, 2, 3]
     assert meta["input"]["resized"] == [128, 128]
     assert (exported / "config.yaml").read_text() == meta["config"]
+    from mnc_d2.utils.atomic import plain_mode
+
+    assert exported.stat().st_mode & 0o777 == plain_mode(directory=True)  # not mkdtemp's 0700
     # the export's own check: each runtime on the trace tile against PyTorch
     for backend in BACKENDS:
         check = meta["check"][backend]

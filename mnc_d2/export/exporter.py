@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..utils.atomic import plain_mode
 from .bundle import (EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES, ExportError,
                      read_bundle)
 from .graph import MaskRCNNExportGraph, MNCExportGraph
@@ -40,6 +41,7 @@ def _sample(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
 def build_graph(cfg, tile_size: int) -> MNCExportGraph:
     """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on the CPU."""
     from detectron2.modeling import build_model
+    from detectron2.modeling.roi_heads import StandardROIHeads
 
     from ..modeling.checkpoint import build_checkpointer
 
@@ -51,8 +53,6 @@ def build_graph(cfg, tile_size: int) -> MNCExportGraph:
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
-    from detectron2.modeling.roi_heads import StandardROIHeads
-
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
     return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
                  cfg.INPUT.MAX_SIZE_TEST).eval()
@@ -117,6 +117,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
         meta["check"] = _check(work, sample.numpy(), reference)
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
+        work.chmod(plain_mode(directory=True))  # mkdtemp's folder is private; the export not
         if out_dir.exists():
             shutil.rmtree(out_dir)
         work.rename(out_dir)
@@ -133,7 +134,6 @@ def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dic
     from .runtime import ExportedModel
 
     bundle = read_bundle(folder)
-    image = sample[0].transpose(1, 2, 0)
     out = {"torch_detections": int(len(reference[1]))}
     for backend in ("onnxruntime", "openvino", "torchscript"):
         try:
@@ -141,7 +141,7 @@ def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dic
         except ExportError as exc:
             out[backend] = {"skipped": str(exc)}
             continue
-        raw = model._call(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+        raw = model._call(np.ascontiguousarray(sample))  # the graph's own (1, C, H, W) input
         same = len(raw[1]) == len(reference[1])
         out[backend] = {"detections": int(len(raw[1])),
                         "max_score_diff": float(np.abs(raw[1] - reference[1]).max(initial=0))

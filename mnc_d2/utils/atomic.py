@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def _umask_mode() -> int:
-    """The mode a plainly created file would get (mkstemp makes 0600 files)."""
+def plain_mode(directory: bool = False) -> int:
+    """The mode a plainly created file (or folder) would get under this process's umask
+    (mkstemp and mkdtemp make private ones)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _umask_mode() -> int:
+    return plain_mode()
 
 
 @contextlib.contextmanager
