@@ -308,3 +308,22 @@ def test_pipelined_reading_and_polygonising_changes_nothing(exported, scenes):
     assert all(a.equals_exact(b, 0) for a, b in zip(piped.polygons, plain.polygons))
     assert {"read", "model", "polygons", "merge"} <= set(clocks)
     assert clocks["model"] > 0 and clocks["read"] > 0
+
+
+def test_ray_engine_runs_an_exported_model(tmp_path, exported, scenes):
+    """--engine ray with an exported backend: the actors load the exported folder (no
+    config, no Detectron2) and write what the local engine writes."""
+    ray = pytest.importorskip("ray")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    source = ["--backend", "onnxruntime", "--model", str(exported), "--torch-threads", "1"]
+    assert _predict(local, scenes, *source) == 0
+    try:
+        assert _predict(remote, scenes, *source, extra=("--engine", "ray", "--workers", "1",
+                                                        "--cpus-per-worker", "1")) == 0
+    finally:
+        ray.shutdown()
+    for scene in scenes:
+        a, b = _buildings(local, scene.stem), _buildings(remote, scene.stem)
+        pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+        assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
+    assert json.loads((remote / "run.json").read_text())["backend"] == "onnxruntime"

@@ -46,8 +46,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--torch-threads", type=int,
-                        help="torch CPU threads per process (local: this process, default "
-                             "torch's; ray: per actor, default --cpus-per-worker). Outputs are "
+                        help="CPU threads of the model per process: torch's, or the "
+                             "exported backend's (local: this process, default the runtime's; "
+                             "ray: per actor, default --cpus-per-worker). Outputs are "
                              "bit-identical across engines for equal thread counts")
     parser.add_argument("--ray-address", help="ray: join this cluster (default: RAY_ADDRESS, "
                                               "else start Ray in this process)")
