@@ -32,7 +32,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
-from ..modeling.mask_ops import mask_voting_image
+from ..modeling.mask_ops import mask_voting, mask_voting_image
 from ..modeling.mnc_roi_heads import MNCROIHeads, remap_threshold
 from ..modeling.roi_warp import warp_image
 
@@ -182,7 +182,6 @@ class MNCExportGraph(nn.Module):
                 rows = rows.sort().values
                 keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
         elif heads.use_mask_voting:
-            from ..modeling.mask_ops import mask_voting
             voted = mask_voting(keep, cand_boxes, cand_masks, scores, heads.mask_voting_iou,
                                 classes=cls)
         return out_boxes, scores[keep], cls[keep], remap_threshold(voted, heads.mask_threshold)

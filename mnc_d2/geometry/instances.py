@@ -21,8 +21,8 @@ def instances_to_polygons(instances, score_thresh: float = 0.5,
                           min_edge: float = 0.0, align_deg: float = 0.0, align_gap: float = 10.0,
                           align_min_score: float | None = None) -> list[tuple[Polygon, float]]:
     """Predicted ``Instances`` (CPU; ``pred_masks`` (R, H, W) bool, or probabilities read at
-    0.5; ``scores`` (R,); torch tensors or numpy arrays) -> one pixel polygon per instance scoring at least ``score_thresh``
-    (its largest part), with the score.
+    0.5; ``scores`` (R,); torch tensors or numpy arrays) -> one pixel polygon per instance
+    scoring at least ``score_thresh`` (its largest part), with the score.
 
     ``align_deg`` > 0: close (``align_gap`` px), nearly parallel neighbours among the polygons
     scoring at least ``align_min_score`` (default ``score_thresh``) are made parallel

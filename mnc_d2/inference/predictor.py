@@ -33,6 +33,7 @@ from shapely import affinity
 from tqdm import tqdm
 
 from ..data.bands import check_band_count, input_bands, read_bands
+from ..export.bundle import BACKEND_FILES
 from ..geometry.polygons import pixel_to_map
 from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
@@ -130,7 +131,7 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
     return float(cfg.TEST.SPACENET.SCORE_THRESH)
 
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "torchscript")
+BACKENDS = ("torch", *BACKEND_FILES)  # eager, then the exported-model runtimes
 
 
 class _EagerModel:

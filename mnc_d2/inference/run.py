@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from ..export.bundle import BACKEND_FILES
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
                      now_iso, parquet_path, prepare_output, run_provenance, run_record)
@@ -24,8 +25,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config-file",
                         help="backend torch: the training run's config.yaml (band selection, "
                              "normalisation); required with it")
-    parser.add_argument("--backend", default="torch",
-                        choices=("torch", "onnxruntime", "openvino", "torchscript"),
+    parser.add_argument("--backend", default="torch", choices=("torch", *BACKEND_FILES),
                         help="torch: eager Detectron2 (default); the others run an exported "
                              "model (--model) without Detectron2")
     parser.add_argument("--model", metavar="EXPORTED_DIR",

@@ -17,10 +17,6 @@ def plain_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
-def _umask_mode() -> int:
-    return plain_mode()
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
@@ -35,7 +31,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, plain_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_write
+from .tiles import HALF
 
 TILE_PX = 256
-HALF = 20037508.342789244
 MOSAIC = "_mosaic"
 
 

@@ -13,7 +13,7 @@ import re
 import threading
 from pathlib import Path
 
-from .mosaic import MOSAIC, composite, touching
+from .mosaic import MOSAIC, composite, scene_tile_rgba, touching
 from .mosaic import png as encode_png
 
 logger = logging.getLogger(__name__)
@@ -23,10 +23,8 @@ TILE = re.compile(r"^/tiles/(?P<scene>[^/]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)\.p
 
 def render_tile(source: dict, z: int, x: int, y: int) -> bytes | None:
     """PNG of tile z/x/y of one scene (``source``: path, bands, stretch), None outside it."""
-    from .mosaic import png, scene_tile_rgba
-
     rgba = scene_tile_rgba(source, z, x, y)
-    return png(rgba) if rgba is not None else None
+    return encode_png(rgba) if rgba is not None else None
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

@@ -99,7 +99,6 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
             data = src.read(chosen, out_shape=(3, h, w), resampling=Resampling.average)
             # one stretch for the overview and the full-resolution tiles the server cuts
             stretch = stretch_limits(data)
-            image = stretch_to_uint8(data, limits=stretch)
             corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
             xs, ys = zip(*[src.transform @ c for c in corners_px])
             lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
@@ -108,6 +107,7 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
         logger.warning("no imagery for %s: %s", path, exc)
         return None
     if out is not None:
+        image = stretch_to_uint8(data, limits=stretch)
         out.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     from pyproj import Geod
