@@ -561,3 +561,36 @@ def test_photometric_augmentation_from_config(tmp_path):
     cfg.INPUT.AUGMENT.CONTRAST = (1.2, 0.8)
     with pytest.raises(ValueError, match=r"INPUT.AUGMENT.CONTRAST=\(1.2, 0.8\)"):
         SpaceNetDatasetMapper(cfg, is_train=True)
+
+
+def test_native_resolution_crop_gives_windows_with_the_visible_parts_boxes(synthetic):
+    """INPUT.CROP cuts windows from the resized tile: native pixels, a smaller input; a building
+    cut by the window gets its visible part's box; one outside it is dropped."""
+    recs = DatasetCatalog.get("_crop_test") if "_crop_test" in DatasetCatalog.list() else None
+    if recs is None:
+        register_spacenet_instances("_crop_test", synthetic / "AOI_2_Vegas_Train")
+        recs = DatasetCatalog.get("_crop_test")
+    rec = max(recs, key=lambda r: len(r["annotations"]))
+    cfg = _base_cfg()
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = "absolute", [200, 300]
+    cfg.INPUT.AUGMENT.HFLIP_PROB = cfg.INPUT.AUGMENT.VFLIP_PROB = 0.0
+    cfg.INPUT.AUGMENT.ROT90 = False
+    mapper = SpaceNetDatasetMapper(cfg, is_train=True)
+    full = SpaceNetDatasetMapper(_base_cfg(), is_train=False)(rec)["image"]
+    for _ in range(5):
+        out = mapper(rec)
+        image, inst = out["image"], out["instances"]
+        assert image.shape[1:] == (200, 300)
+        # native resolution: the window is a block of the full tile's pixels
+        hits = [(y, x) for y in range(0, 651 - 200) for x in range(0, 651 - 300)
+                if torch.equal(full[:, y, x], image[:, 0, 0])
+                and torch.equal(full[:, y:y + 200, x:x + 300], image)]
+        assert hits
+        assert 0 < len(inst) < len(rec["annotations"])
+        masks = inst.gt_masks.tensor
+        assert masks.flatten(1).any(1).all()  # nothing left without a visible pixel
+        assert torch.allclose(inst.gt_boxes.tensor, inst.gt_masks.get_bounding_boxes().tensor)
+        assert (inst.gt_boxes.tensor[:, 2] <= 300).all() and (inst.gt_boxes.tensor[:, 3] <= 200).all()
+    empty = mapper({**rec, "annotations": []})
+    assert len(empty["instances"]) == 0 and empty["image"].shape[1:] == (200, 300)

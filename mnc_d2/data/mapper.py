@@ -4,8 +4,9 @@ Reads the selected bands (1-based, ``INPUT.BANDS``; all bands when empty) with r
 float32 (uint16 DNs are kept as values: normalisation happens in the model with
 ``MODEL.PIXEL_MEAN/STD``, one entry per band). Pixels equal to the file's nodata value are set to
 the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensing augmentation:
-resize (``INPUT.MIN_SIZE_TRAIN``), horizontal and vertical flips, 90-degree rotations, scale
-jitter and radiometric jitter per band (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
+resize (``INPUT.MIN_SIZE_TRAIN``), scale jitter, a random window (``INPUT.CROP``, after the
+resize: training at native resolution on windows of a tile), horizontal and vertical flips,
+90-degree rotations and radiometric jitter per band (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
 RLE) train exactly.
 
 Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
@@ -48,8 +49,11 @@ class SpaceNetDatasetMapper:
 
     @configurable
     def __init__(self, is_train: bool, *, augmentations: list, bands: list[int],
-                 fill_values: list[float] | None = None, mask_format: str = "bitmask"):
+                 fill_values: list[float] | None = None, mask_format: str = "bitmask",
+                 recompute_boxes: bool = False):
         self.is_train = is_train
+        # after a crop a building cut by the window gets the box of its visible part
+        self.recompute_boxes = recompute_boxes
         self.augmentations = T.AugmentationList(augmentations)
         self.bands = [int(b) for b in bands]
         self.fill_values = fill_values
@@ -69,6 +73,11 @@ class SpaceNetDatasetMapper:
             if (lo, hi) != (1.0, 1.0):
                 size = max(cfg.INPUT.MIN_SIZE_TRAIN)
                 augs.append(T.ResizeScale(lo, hi, size, size))
+            if cfg.INPUT.CROP.ENABLED:
+                # Unlike Detectron2's DatasetMapper (crop, then resize), the window is cut from
+                # the resized image: with MIN_SIZE_TRAIN at the tiles' size the model trains on
+                # native-resolution windows at the cost of a smaller input.
+                augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
             if aug.HFLIP_PROB > 0:
                 augs.append(T.RandomFlip(prob=aug.HFLIP_PROB, horizontal=True, vertical=False))
             if aug.VFLIP_PROB > 0:
@@ -83,7 +92,8 @@ class SpaceNetDatasetMapper:
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
         return {"is_train": is_train, "augmentations": augs, "bands": input_bands(cfg),
-                "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT}
+                "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT,
+                "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED)}
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -104,5 +114,7 @@ class SpaceNetDatasetMapper:
         annos = [utils.transform_instance_annotations(obj, transforms, shape)
                  for obj in dataset_dict.pop("annotations", []) if not obj.get("iscrowd", 0)]
         instances = utils.annotations_to_instances(annos, shape, mask_format=self.mask_format)
+        if self.recompute_boxes and instances.has("gt_masks"):  # none without annotations
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
