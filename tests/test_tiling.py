@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import shapely
 from shapely.geometry import box
@@ -31,3 +32,28 @@ def test_building_on_a_tile_border_comes_out_once():
                                         [0, 1, 0])
     assert len(merged) == 2 and any(m.equals(box(400, 300, 800, 400)) for m in merged)
     assert sorted(scores) == [0.7, 0.9]
+
+
+def test_inside_data_reads_the_owning_tiles_validity():
+    """The nodata rule on merged polygons: a representative point on a pixel without data drops
+    the building, wherever in the scene and whichever tile's core holds it."""
+    from mnc_d2.inference.predictor import _CoreValidity, inside_data
+
+    tiles = tile_grid(300, 200, 128, 32)
+    scene = np.ones((200, 300), dtype=bool)
+    scene[150:, 200:] = False  # the scene's lower-right corner holds no data
+    gaps = {}
+    for k, t in enumerate(tiles):
+        w = t.window
+        valid = scene[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width]
+        if not valid.all():
+            gaps[k] = _CoreValidity(t, valid)
+    assert 0 < len(gaps) < len(tiles)
+    squares = [box(x, y, x + 6, y + 6) for y in range(0, 194, 7) for x in range(0, 294, 7)]
+    keep = inside_data(squares, tiles, gaps)
+    points = shapely.get_coordinates(shapely.point_on_surface(squares))
+    expected = scene[points[:, 1].astype(int), points[:, 0].astype(int)]
+    assert keep.tolist() == expected.tolist() and 0 < (~keep).sum() < len(squares)
+    # a building across a tile edge, merged: judged by the whole polygon's point (in data)
+    across = box(190, 100, 260, 152)
+    assert inside_data([across], tiles, gaps).tolist() == [True]

@@ -246,7 +246,8 @@ class ScenePredictor:
         known from STAC. Bands are chosen by name when the run and the scene both name them
         (else by index); a scene whose pixel size differs from INPUT.GSD is resampled to it
         (bilinear, on read); buildings whose representative point lies outside the data
-        (nodata, a mask or alpha band, a mosaic's gaps) are dropped."""
+        (nodata, a mask or alpha band, a mosaic's gaps) are dropped, after the pieces of a
+        building cut by tile edges are merged (the rule applies to the polygon written)."""
         path = str(path)
         shown = redact(path)
         with rasterio.open(path) as src:
@@ -295,9 +296,15 @@ class ScenePredictor:
             clock["read"] += time.perf_counter() - began
             return out
 
+        gaps = {}  # tile index -> validity of its core, for tiles with pixels outside the data
+
         def polygonise(start, chunk, outputs, read):
             began = time.perf_counter()
-            out = self._tile_polygons(start, chunk, outputs, read, masked)
+            out = self._tile_polygons(start, chunk, outputs)
+            if masked:
+                for k, (tile, (_, valid)) in enumerate(zip(chunk, read)):
+                    if not valid.all():
+                        gaps[start + k] = _CoreValidity(tile, valid)
             clock["polygons"] += time.perf_counter() - began
             return out
 
@@ -327,6 +334,10 @@ class ScenePredictor:
         began = time.perf_counter()
         merged = merge_across_tiles([f[0] for f in found], [f[1] for f in found],
                                     [f[2] for f in found])
+        if gaps and merged[0]:
+            keep = inside_data(merged[0], tiles, gaps)
+            merged = ([p for p, k in zip(merged[0], keep) if k],
+                      [v for v, k in zip(merged[1], keep) if k])
         clock["merge"] += time.perf_counter() - began
         return merged
 
@@ -336,24 +347,57 @@ class ScenePredictor:
         self.timings["waiting_for_polygons"] += time.perf_counter() - began
         return out
 
-    def _tile_polygons(self, start: int, chunk, outputs, read, masked: bool) -> list:
+    def _tile_polygons(self, start: int, chunk, outputs) -> list:
         """(polygon in scene pixels, score, tile index) of the buildings each tile owns."""
         out = []
-        for k, (tile, instances, (_, valid)) in enumerate(zip(chunk, outputs, read)):
+        for k, (tile, instances) in enumerate(zip(chunk, outputs)):
             found = instances_to_polygons(instances, **self.post)
-            if masked and found:
-                points = shapely.get_coordinates(shapely.point_on_surface(
-                    [p for p, _ in found])).astype(int)
-                h, w = valid.shape
-                inside = valid[np.clip(points[:, 1], 0, h - 1), np.clip(points[:, 0], 0,
-                                                                         w - 1)]
-                found = [f for f, keep in zip(found, inside) if keep]
             shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
                        for p, _ in found]
             for keep, poly, (_, score) in zip(in_core(shifted, tile.core), shifted, found):
                 if keep:
                     out.append((poly, score, start + k))
         return out
+
+
+class _CoreValidity:
+    """Which pixels of a tile's core hold data, packed 8 to a byte (a scene's gaps are kept
+    only for the tiles that have any)."""
+
+    def __init__(self, tile, valid: np.ndarray):
+        x0, y0, x1, y1 = tile.core
+        self.col0, self.row0 = int(np.floor(x0)), int(np.floor(y0))
+        c0, r0 = self.col0 - tile.window.col_off, self.row0 - tile.window.row_off
+        c1 = int(np.ceil(x1)) - tile.window.col_off
+        r1 = int(np.ceil(y1)) - tile.window.row_off
+        core = valid[r0:r1, c0:c1]
+        self.shape = core.shape
+        self.bits = np.packbits(core, axis=None)
+
+    def at(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        h, w = self.shape
+        r = np.clip(rows - self.row0, 0, h - 1)
+        c = np.clip(cols - self.col0, 0, w - 1)
+        return np.unpackbits(self.bits, count=h * w).astype(bool)[r * w + c]
+
+
+def inside_data(polygons: list, tiles: list, gaps: dict) -> np.ndarray:
+    """(N,) bool: the polygon's representative point (scene pixels) lies on a pixel that holds
+    data. ``tiles``: the scene's tile grid (its cores partition the scene); ``gaps``: tile index
+    -> :class:`_CoreValidity` of the tiles with pixels outside the data (others are all data)."""
+    points = shapely.get_coordinates(shapely.point_on_surface(
+        np.asarray(polygons, dtype=object)))
+    x0s = np.unique([t.core[0] for t in tiles])
+    y0s = np.unique([t.core[1] for t in tiles])
+    ix = np.clip(np.searchsorted(x0s, points[:, 0], side="right") - 1, 0, len(x0s) - 1)
+    iy = np.clip(np.searchsorted(y0s, points[:, 1], side="right") - 1, 0, len(y0s) - 1)
+    owner = iy * len(x0s) + ix  # tile_grid orders tiles row by row
+    cols, rows = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
+    keep = np.ones(len(points), dtype=bool)
+    for index in np.intersect1d(owner, list(gaps)):
+        sel = owner == index
+        keep[sel] = gaps[int(index)].at(cols[sel], rows[sel])
+    return keep
 
 
 class _Lane:
