@@ -8,6 +8,7 @@ the Java tester itself when its jar is at hand.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -352,7 +353,7 @@ MIXED_LINES = [
 
 
 @pytest.mark.parametrize("truth", [True, False])
-def test_bulk_reader_equals_the_line_by_line_reader(tmp_path, truth):
+def test_bulk_reader_equals_the_line_by_line_reader(tmp_path, truth, caplog):
     """The whole-column reader (pyarrow) gives the very table of the tester's line-by-line
     string cutting, on every kind of line, in file order, with headers, comments and blank
     lines between them and Windows line ends."""
@@ -369,9 +370,16 @@ def test_bulk_reader_equals_the_line_by_line_reader(tmp_path, truth):
         lines += ["", "# a comment", "IMAGEID,again a header", "   "]
     path = tmp_path / "mixed.csv"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
-    bulk = _read_polygon_csv(path, truth, fast=True)
-    general = _read_polygon_csv(path, truth, fast=False)
+    with caplog.at_level(logging.WARNING):
+        bulk = _read_polygon_csv(path, truth, fast=True)
+        warned_bulk = caplog.text
+        caplog.clear()
+        general = _read_polygon_csv(path, truth, fast=False)
     _same_table(bulk, general)
+    # both readers count repeated data lines alike (headers, comments and blanks repeat too but
+    # are not rows): in the truth each image's last line repeats its first
+    assert warned_bulk == caplog.text
+    assert ("has 3 duplicate row(s)" in warned_bulk) == truth
     # three lines per image hold no polygon, but in the truth the "nothing here" line has one
     # in its Geo column (the tester reads the first '((' of the line)
     assert len(bulk) == 3 * (len(templates) - 3 + truth) and len(bulk.registered) == 9
@@ -403,3 +411,4 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     props.write_bytes(props.read_bytes() + b"AOI_1_A_img\xff,1,\"POLYGON ((0 0,1 0,1 1,0 0))\",1\n")
     with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 3: byte 0xff is not UTF-8"):
         score_csv(truth, props)
+

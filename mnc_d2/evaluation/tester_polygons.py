@@ -74,7 +74,7 @@ _LOOSE = r"[-+0-9.]+(?:[eE][-+0-9]+)?"
 _LOOSE_POINT = rf"{_LOOSE} {_LOOSE}(?: {_LOOSE})?"
 _LOOSE_RING = rf" *{_LOOSE_POINT}(?:, *{_LOOSE_POINT})*"
 _FAST_LINE_RE2 = (rf'^(?P<image>[^,"(]+),(?P<building>[^,("]*),"POLYGON \(\('
-                  rf'(?P<body>{_LOOSE_RING}(?:\),\({_LOOSE_RING})*)\)\)"(?P<rest>.*)$')
+                  rf'(?P<body>{_LOOSE_RING}(?:\),\({_LOOSE_RING})*)\)\)"')
 # The polygon text of a line that matched _FAST_LINE_RE2 (its id and BuildingId hold no quote).
 _BODY_RE2 = r'^[^"]*"POLYGON \(\((?P<body>[^)]*(?:\),\([^)]*)*)\)\)"'
 
