@@ -75,6 +75,10 @@ from mnc_d2.utils.atomic import atomic_write
 QUICK = "configs/quick_schedules/"
 # Two anchor sizes per FPN level, half the config's (16 px at P2) and below: 8 px anchors.
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]
+EIGHT_BAND = ["INPUT.BANDS", "[1,2,3,4,5,6,7,8]",
+              "MODEL.PIXEL_MEAN", "[400.,400.,400.,400.,400.,400.,400.,400.]",
+              "MODEL.PIXEL_STD", "[200.,200.,200.,200.,200.,200.,200.,200.]",
+              "DATASETS.TRAIN", "('spacenet2_all_train_8band',)"]
 NATIVE = ["INPUT.MIN_SIZE_TRAIN", "(650,)", "INPUT.MAX_SIZE_TRAIN", "650",
           "INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650",
           "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
@@ -99,11 +103,7 @@ VARIANTS = {
                   "0.0", "MODEL.MNC.LOSS_WEIGHTS.BOX5", "0.0", "MODEL.MNC.CLS_POOL", "",
                   "MODEL.MNC.WARP_SIZE", "7", "MODEL.MNC.MASK_VOTING_SPACE", "box"]),
     "mask_rcnn": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml", []),
-    "mnc5_8band": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
-                   ["INPUT.BANDS", "[1,2,3,4,5,6,7,8]",
-                    "MODEL.PIXEL_MEAN", "[400.,400.,400.,400.,400.,400.,400.,400.]",
-                    "MODEL.PIXEL_STD", "[200.,200.,200.,200.,200.,200.,200.,200.]",
-                    "DATASETS.TRAIN", "('spacenet2_all_train_8band',)"]),
+    "mnc5_8band": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", EIGHT_BAND),
     # Radiometric jitter per image and band (INPUT.AUGMENT.BRIGHTNESS/CONTRAST/GAMMA/BAND_GAIN):
     # what the model learns about dark roofs should not hang on one renderer's exact values.
     "mnc5_photometric": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
@@ -117,6 +117,9 @@ VARIANTS = {
     "mnc5_native": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", NATIVE),
     "mnc5_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                   NATIVE + SMALL_ANCHORS),
+    # All three levers together: 8 bands, native resolution, small anchors.
+    "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                        EIGHT_BAND + NATIVE + SMALL_ANCHORS),
 }
 CITIES = ["vegas", "paris"]
 GSD_M = 0.3  # metres per pixel of the synthetic SpaceNet 2 tiles' CSV grid

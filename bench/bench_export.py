@@ -23,6 +23,13 @@
    each stage (read, model, polygons, merge, writing and the rest), what the model loop waited
    for, and km2 per core-hour at the scene's 0.3 m pixels.
 
+5. **INT8** (``--parts int8_accuracy int8_speed``; ``--add-to`` merges them into an
+   earlier report): each run
+   exported again with ``--formats onnx,onnx-int8`` (32 calibration tiles from its own training
+   data, never the benchmark's) and its test tiles predicted on eager, onnxruntime and
+   onnxruntime-int8 (accuracy as in 1.), then seconds per tile of the three side by side (as in
+   2.; MNC and Mask R-CNN at 416 and 650 px, and the random-init R-50 MNC config).
+
 Prints one JSON object on stdout (logs go to stderr).
 
     python -m bench.bench_export [--quick]
@@ -142,6 +149,103 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
                     row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
             rows.append(row)
     return rows
+
+
+# --- 5. int8 ----------------------------------------------------------------------------------
+
+TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}
+INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
+def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
+    """``run`` exported with its int8 graph, calibrated on its own training tiles."""
+    from mnc_d2.export.exporter import export_model
+
+    if not (out / "export.json").is_file():
+        os.environ["DETECTRON2_DATASETS"] = str(train_root)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE)
+    return out
+
+
+def int8_accuracy(settings: list[str], seeds: list[int], work: Path,
+                  accuracy_work: Path, threads: int) -> list[dict]:
+    """Accuracy of onnxruntime-int8 beside eager and float onnxruntime (every trained model)."""
+    rows = []
+    for setting in settings:
+        for seed in seeds:
+            run = RUNS / MNC[setting] / f"seed{seed}"
+            if not (run / "model_final.pth").is_file():
+                continue
+            export = _export_int8(run, work / "int8" / f"{MNC[setting]}_seed{seed}",
+                                  accuracy_work / TRAIN[setting])
+            row = {"setting": setting, "seed": seed, "run": f"{MNC[setting]}/seed{seed}",
+                   "export_check": json.loads((export / "export.json").read_text())["check"]}
+            for backend in INT8:
+                row[backend] = _predict_and_score(run, export, backend, TEST[setting],
+                                                  work / "pred" / backend, threads)
+                row[backend]["f1_minus_eager"] = round(
+                    row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
+                logger.info("int8 %s seed %d %s: %s", setting, seed, backend, row[backend])
+            rows.append(row)
+    return rows
+
+
+def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
+    """Seconds per tile of eager, onnxruntime and onnxruntime-int8, side by side."""
+    import torch
+
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ExportedModel
+    from mnc_d2.inference.predictor import _EagerModel
+
+    torch.set_num_threads(threads)
+    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
+    models = {}
+    sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
+    for (name, run), (label, opts) in itertools.product(sources, (("416", ()),
+                                                                  ("650", native))):
+        if not (run / "model_final.pth").is_file():
+            continue
+        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{label}",
+                                          accuracy_work / TRAIN["default"], *opts))
+        models[f"{name} {label} px / torch"] = _EagerModel(_cfg(run, *opts))
+        for backend in INT8[1:]:
+            model = ExportedModel(bundle, backend, threads)
+            models[f"{name} {label} px / {backend}"] = lambda im, m=model: [m(i) for i in im]
+    r50 = work / "r50"  # speed_r50's random-init model and config
+    if (r50 / "model_final.pth").is_file():
+        bundle = read_bundle(_export_int8(r50, work / "int8" / "speed_r50",
+                                          accuracy_work / TRAIN["default"]))
+        models["mnc5 R-50 650 px (random init) / torch"] = _EagerModel(_cfg(r50))
+        for backend in INT8[1:]:
+            model = ExportedModel(bundle, backend, threads)
+            models[f"mnc5 R-50 650 px (random init) / {backend}"] = \
+                lambda im, m=model: [m(i) for i in im]
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            few = tiles[: max(1, len(tiles) // 3)] if "R-50" in name else tiles
+            models[name](few[:1])  # warm-up
+            for tile in few:
+                began = time.perf_counter()
+                models[name]([tile])
+                times[name].append(time.perf_counter() - began)
+        logger.info("int8 speed round %d done", r + 1)
+    speed_rows = {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t)}
+                  for name, t in times.items()}
+    for name, entry in speed_rows.items():
+        model, backend = name.rsplit(" / ", 1)
+        entry["speedup_vs_eager"] = round(
+            speed_rows[f"{model} / torch"]["s_per_tile_median"] / entry["s_per_tile_median"], 3)
+        other = model.replace("mnc5", "mask_rcnn")
+        if model.startswith("mnc5") and f"{other} / {backend}" in speed_rows:
+            entry["ratio_vs_mask_rcnn_same_backend"] = round(
+                entry["s_per_tile_median"] / speed_rows[f"{other} / {backend}"]
+                ["s_per_tile_median"], 3)
+    return speed_rows
 
 
 # --- 2. speed per tile ----------------------------------------------------------------------
@@ -405,7 +509,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
-                        default=["accuracy", "speed", "r50", "flops", "scene"])
+                        default=["accuracy", "speed", "r50", "flops", "int8_accuracy",
+                                 "int8_speed", "scene"])
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
@@ -413,6 +518,8 @@ def main() -> None:
                         help="bench_accuracy.py's run tag: runs/mnc5_TAG[_hard]/seedN")
     parser.add_argument("--test-images", type=int, default=30,
                         help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
+    parser.add_argument("--add-to", type=Path,
+                        help="an earlier report: the parts run now replace its parts")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, default setting, 2 speed tiles, 1 round, 1,300 px scene")
     args = parser.parse_args()
@@ -432,6 +539,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": platform.processor() or "", "threads": args.threads, "tile_px": TILE}
+    if args.add_to:
+        report = {**json.loads(args.add_to.read_text()), **report}
     paths = _tiles(TEST["default"])
     cfg = _cfg(RUNS / MNC["default"] / "seed0")
     from mnc_d2.data.bands import input_bands
@@ -459,6 +568,14 @@ def main() -> None:
                 achieved = report["flops"][label]["gflops"] / entry["s_per_tile_median"]
                 entry["achieved_gflops"] = round(achieved, 2)
                 entry["fraction_of_peak"] = round(achieved / report["peak_gflops"], 4)
+    if "int8_accuracy" in args.parts:
+        report.setdefault("int8", {})["accuracy"] = int8_accuracy(
+            args.settings, args.seeds, args.work, args.accuracy_work, args.threads)
+        report["int8"]["calibration"] = ("32 tiles of each model's own training data "
+                                         "(generator seed 0), never the benchmark's")
+    if "int8_speed" in args.parts:
+        report.setdefault("int8", {})["speed"] = int8_speed(
+            args.work, args.accuracy_work, tiles, args.rounds, args.threads)
     if "scene" in args.parts:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")

@@ -327,3 +327,62 @@ def test_ray_engine_runs_an_exported_model(tmp_path, exported, scenes):
         pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
         assert a.geometry.geom_equals_exact(b.geometry, tolerance=0).all()
     assert json.loads((remote / "run.json").read_text())["backend"] == "onnxruntime"
+
+
+def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained, data_root,
+                                                               exported, scenes):
+    """--formats onnx-int8: convolutions quantised (int8 weights, QDQ), calibrated on the run's
+    own training tiles (DETECTRON2_DATASETS) or named files; predict.py runs it as backend
+    onnxruntime-int8 and finds about the float model's buildings (an approximation: scores
+    move, so the test asks for most buildings, not all)."""
+    import onnx
+
+    from test_engine import _env
+
+    out = tmp_path / "int8"
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output", str(out),
+                          "--tile-size", str(TILE), "--formats", "onnx-int8",
+                          "--calibration-images", "4", "MODEL.WEIGHTS",
+                          str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=900, env=_env(data_root))
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((out / EXPORT_FILE).read_text())
+    assert set(meta["files"]) == {"onnx-int8"} and not (out / "model.onnx").exists()
+    calibrated = meta["int8"]["calibration_files"]
+    assert len(calibrated) == 4 and all("AOI_2_Vegas_Train" in f for f in calibrated)
+    assert meta["check"]["onnxruntime-int8"]["detections"] >= 0
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 20  # every convolution's weights (R-18 + FPN + RPN)
+
+    floating, quantised = tmp_path / "f32", tmp_path / "q8"
+    assert _predict(floating, scenes, "--backend", "onnxruntime", "--model", str(exported)) == 0
+    assert _predict(quantised, scenes, "--backend", "onnxruntime-int8", "--model",
+                    str(out)) == 0
+    assert json.loads((quantised / "run.json").read_text())["backend"] == "onnxruntime-int8"
+    matched = total = 0
+    for scene in scenes:
+        a, b = _buildings(floating, scene.stem), _buildings(quantised, scene.stem)
+        a = a.nlargest(10, "score")  # a 20-iteration model: its most confident buildings
+        total += len(a)
+        if len(a) and len(b):
+            ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
+            iou = shapely.area(shapely.intersection(ga, gb)) / shapely.area(
+                shapely.union(ga, gb))
+            matched += int((iou.max(axis=1) >= 0.5).sum())
+    assert total > 0 and matched >= 0.8 * total, (matched, total)
+
+    # calibration needs training data: none here names the dataset and both fixes
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output",
+                          str(tmp_path / "never"), "--formats", "onnx-int8", "MODEL.WEIGHTS",
+                          str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=900, env=_env(empty))
+    assert run.returncode == 2
+    assert "DATASETS.TRAIN" in run.stderr and "--calibration" in run.stderr
+    assert not (tmp_path / "never").exists()

@@ -7,6 +7,8 @@
                     source config (text) and weights' hash
       model.onnx    the whole model as one ONNX graph (onnxruntime, OpenVINO)
       model.ts      the same graph as TorchScript (``torch.jit.load``)
+      model.int8.onnx  (``--formats onnx-int8``) the ONNX graph with int8 convolutions
+                    (:mod:`.quantize`; backend ``onnxruntime-int8``)
       config.yaml   the training run's config, for reference
 
 Torch-free: reading and checking a folder needs only the standard library.
@@ -21,11 +23,13 @@ from pathlib import Path
 EXPORT_FILE = "export.json"
 FORMAT = "mnc_d2-export"
 FORMAT_VERSION = 1
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts",
+               "onnx-int8": "model.int8.onnx"}
 # Backends and the graph file each one runs.
-BACKEND_FILES = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript"}
+BACKEND_FILES = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript",
+                 "onnxruntime-int8": "onnx-int8"}
 BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
-                    "torchscript": "torch"}
+                    "torchscript": "torch", "onnxruntime-int8": "onnxruntime"}
 
 
 class ExportError(ValueError):

@@ -13,7 +13,13 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     parser.add_argument("--config-file", required=True, help="the training run's config.yaml")
     parser.add_argument("--output", required=True, help="the exported folder (replaced)")
     parser.add_argument("--formats", default="onnx,torchscript",
-                        help="comma-separated: onnx (onnxruntime, OpenVINO), torchscript")
+                        help="comma-separated: onnx (onnxruntime, OpenVINO), torchscript, "
+                             "onnx-int8 (onnxruntime-int8: int8 convolutions, calibrated)")
+    parser.add_argument("--calibration", nargs="+", metavar="PATH",
+                        help="onnx-int8: GeoTIFFs (files or quoted globs) to calibrate on "
+                             "(default: the run's DATASETS.TRAIN images)")
+    parser.add_argument("--calibration-images", type=int, default=32,
+                        help="onnx-int8: how many calibration tiles (default 32)")
     parser.add_argument("--tile-size", type=int, default=650,
                         help="the square tile the graph takes (predict.py's --tile-size)")
     parser.add_argument("--score-thresh", type=float,
@@ -28,7 +34,8 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     try:
         cfg = setup_cfg(args.config_file, args.opts, for_training=False)
-        export_model(cfg, args.output, formats, args.tile_size, args.score_thresh)
+        export_model(cfg, args.output, formats, args.tile_size, args.score_thresh,
+                     args.calibration, args.calibration_images)
     except (ExportError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

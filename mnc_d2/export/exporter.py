@@ -21,8 +21,8 @@ import torch
 
 from .. import __version__
 from ..utils.atomic import plain_mode
-from .bundle import (EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES, ExportError,
-                     read_bundle)
+from .bundle import (BACKEND_FILES, EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES,
+                     ExportError, read_bundle)
 from .graph import MaskRCNNExportGraph, MNCExportGraph
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ def build_graph(cfg, tile_size: int) -> MNCExportGraph:
 
 
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
-                 score_thresh: float | None = None) -> Path:
-    """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds)."""
+                 score_thresh: float | None = None, calibration: list[str] | None = None,
+                 calibration_images: int = 32) -> Path:
+    """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds).
+    ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
+    ``calibration_images`` training tiles (or the files/globs of ``calibration``)."""
     from ..data.bands import input_bands
     from ..inference.predictor import resolve_score_threshold
     from ..inference.scenes import sha256_of
@@ -69,6 +72,10 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     if unknown or not formats:
         raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
     out_dir = Path(out_dir)
+    if "onnx-int8" in formats:  # before the (slow) trace: a missing dataset fails at once
+        from .quantize import calibration_files
+
+        calibration = calibration_files(cfg, calibration_images, calibration)
     graph = build_graph(cfg, tile_size)
     sample = _sample(cfg, tile_size, tile_size)
     with torch.no_grad():
@@ -83,12 +90,25 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                 traced = torch.jit.trace(graph, (sample,), check_trace=False)
                 traced.save(str(work / MODEL_FILES["torchscript"]))
                 files["torchscript"] = MODEL_FILES["torchscript"]
-            if "onnx" in formats:
+            if "onnx" in formats or "onnx-int8" in formats:
                 torch.onnx.export(graph, (sample,), str(work / MODEL_FILES["onnx"]),
                                   input_names=["image"],
                                   output_names=["boxes", "scores", "classes", "masks"],
                                   opset_version=OPSET, dynamo=False)
                 files["onnx"] = MODEL_FILES["onnx"]
+        int8 = None
+        if "onnx-int8" in formats:
+            from .quantize import calibration_tiles, quantize_onnx
+
+            tiles = calibration_tiles(calibration, input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN),
+                                      tile_size)
+            int8 = quantize_onnx(work / MODEL_FILES["onnx"], work / MODEL_FILES["onnx-int8"],
+                                 tiles)
+            int8["calibration_files"] = [str(f) for f in calibration]
+            files["onnx-int8"] = MODEL_FILES["onnx-int8"]
+            if "onnx" not in formats:  # only the int8 graph was asked for
+                (work / MODEL_FILES["onnx"]).unlink()
+                del files["onnx"]
         sn = cfg.TEST.SPACENET
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "mnc_d2_version": __version__,
@@ -113,6 +133,8 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                        "weights_sha256": sha256_of(cfg.MODEL.WEIGHTS)},
             "config": cfg.dump(),
         }
+        if int8 is not None:
+            meta["int8"] = int8
         (work / "config.yaml").write_text(meta["config"])
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
         meta["check"] = _check(work, sample.numpy(), reference)
@@ -135,18 +157,31 @@ def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dic
 
     bundle = read_bundle(folder)
     out = {"torch_detections": int(len(reference[1]))}
-    for backend in ("onnxruntime", "openvino", "torchscript"):
+    for backend in ("onnxruntime", "openvino", "torchscript", "onnxruntime-int8"):
+        if BACKEND_FILES[backend] not in bundle.meta["files"]:
+            continue
         try:
             model = ExportedModel(bundle, backend)
         except ExportError as exc:
             out[backend] = {"skipped": str(exc)}
             continue
         raw = model._call(np.ascontiguousarray(sample))  # the graph's own (1, C, H, W) input
-        same = len(raw[1]) == len(reference[1])
-        out[backend] = {"detections": int(len(raw[1])),
-                        "max_score_diff": float(np.abs(raw[1] - reference[1]).max(initial=0))
-                        if same else None,
-                        "max_box_diff_px": float(np.abs(raw[0] - reference[0]).max(initial=0))
-                        if same else None}
+        out[backend] = {"detections": int(len(raw[1])), **_differences(raw, reference)}
         logger.info("check %s: %s", backend, out[backend])
     return out
+
+
+def _differences(raw: list, reference: list) -> dict:
+    """Largest score and box differences of each reference detection to its nearest
+    detection of ``raw`` (boxes compared by their largest coordinate difference: the order of
+    detections with near-equal scores may differ); None when the counts differ."""
+    boxes, ref_boxes = np.asarray(raw[0]).reshape(-1, 4), np.asarray(reference[0]).reshape(-1, 4)
+    if len(boxes) != len(ref_boxes):
+        return {"max_score_diff": None, "max_box_diff_px": None}
+    if not len(boxes):
+        return {"max_score_diff": 0.0, "max_box_diff_px": 0.0}
+    gap = np.abs(ref_boxes[:, None, :] - boxes[None, :, :]).max(axis=2)  # (N, N)
+    nearest = gap.argmin(axis=1)
+    return {"max_score_diff": float(np.abs(np.asarray(raw[1])[nearest]
+                                           - np.asarray(reference[1])).max()),
+            "max_box_diff_px": float(gap.min(axis=1).max())}

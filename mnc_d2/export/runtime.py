@@ -106,7 +106,7 @@ class ExportedModel:
         path = bundle.graph_path(backend)
         self.tile = bundle.tile_shape
         self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "onnxruntime-int8"):
             ort = _need("onnxruntime", backend)
             options = ort.SessionOptions()
             if threads:
