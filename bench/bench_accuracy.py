@@ -125,7 +125,7 @@ CITIES = ["vegas", "paris"]
 GSD_M = 0.3  # metres per pixel of the synthetic SpaceNet 2 tiles' CSV grid
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds
 # Config keys that change inference only: --test-opts may set them on cached models.
-INFERENCE_KEYS = ("MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
+INFERENCE_KEYS = ("MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
                   "MODEL.MNC.MASK_VOTING_IOU", "MODEL.MNC.MASK_VOTING_SPACE",
                   "MODEL.MNC.MASK_THRESHOLD", "MODEL.MNC.TEST_NUM_STAGES",
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",

@@ -204,16 +204,18 @@ def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int
     native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     models = {}
     sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
-    for (name, run), (label, opts) in itertools.product(sources, (("416", ()),
-                                                                  ("650", native))):
+    fewer = ("MODEL.RPN.POST_NMS_TOPK_TEST", "100")  # the test proposals' lever on the heads
+    inputs = (("416 px", "416", ()), ("416 px, 100 proposals", "416_100", fewer),
+              ("650 px", "650", native))
+    for (name, run), (label, tag, opts) in itertools.product(sources, inputs):
         if not (run / "model_final.pth").is_file():
             continue
-        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{label}",
+        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{tag}",
                                           accuracy_work / TRAIN["default"], *opts))
-        models[f"{name} {label} px / torch"] = _EagerModel(_cfg(run, *opts))
+        models[f"{name} {label} / torch"] = _EagerModel(_cfg(run, *opts))
         for backend in INT8[1:]:
             model = ExportedModel(bundle, backend, threads)
-            models[f"{name} {label} px / {backend}"] = lambda im, m=model: [m(i) for i in im]
+            models[f"{name} {label} / {backend}"] = lambda im, m=model: [m(i) for i in im]
     r50 = work / "r50"  # speed_r50's random-init model and config
     if (r50 / "model_final.pth").is_file():
         bundle = read_bundle(_export_int8(r50, work / "int8" / "speed_r50",

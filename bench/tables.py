@@ -398,6 +398,7 @@ def export_tables(report: dict) -> list[str]:
                         [[k, f"{v['gflops']:.2f}", *(f"{v['gflops_by_part'][p]:.2f}"
                                                      for p in parts)]
                          for k, v in fl.items()]) + [""]
+    lines += _int8_tables(report.get("int8") or {})
     sc = report.get("scene")
     if sc:
         lines += [f"One {sc['px']:,} x {sc['px']:,} px scene (a mosaic of the test tiles, "
@@ -421,6 +422,43 @@ def export_tables(report: dict) -> list[str]:
         lines += _table(["backend", "pipelined", "wall", "model", "read", "polygons",
                          "waited for read", "waited for polygons", "merge",
                          "writing and rest", "buildings", "km2 per core-hour"], rows)
+    return lines
+
+
+def _int8_tables(int8: dict) -> list[str]:
+    """bench_export.py's int8 parts: F1 and buildings of onnxruntime-int8 beside eager and
+    float onnxruntime per setting; seconds per tile of the three side by side."""
+    lines = []
+    acc = int8.get("accuracy") or []
+    for setting in sorted({r["setting"] for r in acc}):
+        rows = [r for r in acc if r["setting"] == setting]
+        body = []
+        for b in ("torch", "onnxruntime", "onnxruntime-int8"):
+            f1 = [r[b]["mean_city_f1"] for r in rows]
+            diff = [r[b]["mean_city_f1"] - r["torch"]["mean_city_f1"] for r in rows]
+            moved = [abs(r[b]["tp"] - r["torch"]["tp"]) + abs(r[b]["fp"] - r["torch"]["fp"])
+                     for r in rows]
+            body.append([b if b != "torch" else "torch (eager Detectron2)", _mean_std(f1),
+                         f"{min(diff):+.4f} to {max(diff):+.4f}",
+                         " / ".join(f"{r[b]['tp']}/{r[b]['fp']}/{r[b]['fn']}" for r in rows),
+                         f"{max(moved)}"])
+        lines += [f"INT8, setting **{setting}** ({len(rows)} models, seeds "
+                  f"{', '.join(str(r['seed']) for r in rows)}; {int8.get('calibration', '')}):",
+                  ""]
+        lines += _table(["backend", "mean city F1 (mean ± std over seeds)",
+                         "F1 minus eager (range over seeds)", "TP/FP/FN per seed",
+                         "largest TP + FP change from eager"], body) + [""]
+    speed = int8.get("speed")
+    if speed:
+        lines += [f"INT8 speed: seconds per 650 x 650 px tile, median of "
+                  f"{next(iter(speed.values()))['n']} timings per row (fewer for R-50), the "
+                  "three backends side by side in one run:", ""]
+        lines += _table(["model / backend", "s per tile", "x eager",
+                         "MNC / Mask R-CNN (same backend, input)"],
+                        [[name, f"{e['s_per_tile_median']:.3f}", f"{e['speedup_vs_eager']:.2f}x",
+                          f"{e['ratio_vs_mask_rcnn_same_backend']:.2f}"
+                          if "ratio_vs_mask_rcnn_same_backend" in e else ""]
+                         for name, e in speed.items()]) + [""]
     return lines
 
 
