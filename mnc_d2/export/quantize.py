@@ -8,10 +8,10 @@ connected layers and masks, RoI warping, NMS and mask voting, whose outputs are 
 the polygons. onnxruntime runs the quantised convolutions with integer kernels (VNNI where the
 CPU has it).
 
-Calibration tiles are real imagery the model was trained on: by default the first band-matched
-training images of the run's ``DATASETS.TRAIN`` (evenly spaced over the split), or the GeoTIFFs a
-caller names; each is read like a prediction tile (the run's bands, nodata filled with the band
-means) and cut or padded to the exported tile. Never the test data: the quantised model's
+Calibration tiles are real imagery the model was trained on: by default images evenly spaced
+over the run's ``DATASETS.TRAIN``, or the GeoTIFFs a caller names; each is read like a
+prediction tile (the run's bands, nodata filled with the band means) and its top-left window cut
+or padded to the exported tile. Never the test data: the quantised model's
 accuracy is measured on tiles its calibration has not seen.
 
 This is an approximation of the float model, not the same model: scores and masks move (the
