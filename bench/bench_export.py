@@ -153,7 +153,7 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
 
 # --- 5. int8 ----------------------------------------------------------------------------------
 
-TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}
+TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from --tag in main
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
@@ -529,8 +529,10 @@ def main() -> None:
     if args.quick:
         args.settings, args.seeds, args.speed_tiles, args.rounds = ["default"], [0], 2, 1
         args.scene_size = 1300
-    global RUNS, MNC, MRCNN
+    global RUNS, MNC, MRCNN, TRAIN
     RUNS = args.accuracy_work / "runs"
+    images = args.tag.split("img")[0]  # bench_accuracy.py's training tiles per city
+    TRAIN = {"default": f"train_seed0_{images}", "hard": f"train_seed0_{images}_hard"}
     MNC = {"default": f"mnc5_{args.tag}", "hard": f"mnc5_{args.tag}_hard"}
     MRCNN = f"mask_rcnn_{args.tag}"
     for setting, suffix in (("default", ""), ("hard", "_hard")):

@@ -67,8 +67,14 @@ def test_export_script(work, tmp_path):
     report = _bench("bench_export", "--accuracy-work", str(work), "--tag",
                     f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
                     "default", "--seeds", "0", "--speed-tiles", "1", "--rounds", "1",
-                    "--scene-size", "700", "--work", str(tmp_path), timeout=1200)
+                    "--scene-size", "700", "--work", str(tmp_path), "--parts", "accuracy",
+                    "speed", "flops", "int8_accuracy", "int8_speed", "scene", timeout=1200)
     (row,) = report["accuracy"]
+    (int8_row,) = report["int8"]["accuracy"]
+    assert int8_row["onnxruntime-int8"]["tiles"] == row["torch"]["tiles"]
+    assert report["int8"]["speed"]["mnc5 416 px / onnxruntime-int8"]["s_per_tile_median"] > 0
+    assert any(line.startswith("INT8, setting **default**") for line in
+               tables.table_maker("export")(report))
     assert set(row) >= {"torch", "onnxruntime", "openvino", "torchscript"}
     assert report["speed"]["mnc5 416 px / onnxruntime"]["s_per_tile_median"] > 0
     assert report["flops"]["mnc5 416"]["gflops"] > 0 and report["peak_gflops"] > 0
