@@ -331,8 +331,9 @@ def test_ray_engine_runs_an_exported_model(tmp_path, exported, scenes):
 
 def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained, data_root,
                                                                exported, scenes):
-    """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights, QDQ), calibrated on the run's
-    own training tiles (DETECTRON2_DATASETS) or named files; predict.py runs it as backend
+    """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
+    QDQ), calibrated on the run's own training tiles (DETECTRON2_DATASETS) or named files;
+    predict.py runs it as backend
     onnxruntime-int8 and finds about the float model's buildings (an approximation: scores
     move, so the test asks for most buildings, not all)."""
     import onnx
