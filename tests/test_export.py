@@ -333,9 +333,8 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
                                                                exported, scenes):
     """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
     QDQ), calibrated on the run's own training tiles (DETECTRON2_DATASETS) or named files;
-    predict.py runs it as backend
-    onnxruntime-int8 and finds about the float model's buildings (an approximation: scores
-    move, so the test asks for most buildings, not all)."""
+    predict.py runs it as backend onnxruntime-int8 and finds about the float model's buildings
+    (an approximation: scores move, so the test asks for most buildings, not all)."""
     import onnx
 
     from test_engine import _env
