@@ -147,7 +147,8 @@ def check_test_opts(opts: list[str]) -> list[str]:
 
 def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0, test_opts=()):
     """The frozen config of one variant; also written to ``out_dir/config.yaml`` (the file
-    tools/predict.py and bench/bench_predict.py take). ``test_opts``: inference-only overrides."""
+    tools/predict.py and bench/bench_predict.py take). ``test_opts``: inference-only overrides;
+    with them the run's config.yaml is left as trained (later tools read it as the run's)."""
     config, opts = VARIANTS[name]
     opts = [*opts, *test_opts]
     # DATASETS.TEST is emptied: the benchmark evaluates on its own held-out set, so the
@@ -157,8 +158,9 @@ def variant_cfg(name: str, out_dir: Path, iters: int, seed: int = 0, test_opts=(
                              "SOLVER.STEPS", f"({int(iters * 0.8)},)", *opts,
                              "DATASETS.TEST", "()"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_dir / "config.yaml") as f:
-        f.write(cfg.dump())
+    if not test_opts:
+        with atomic_write(out_dir / "config.yaml") as f:
+            f.write(cfg.dump())
     return cfg
 
 
