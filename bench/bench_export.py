@@ -194,48 +194,27 @@ def int8_accuracy(settings: list[str], seeds: list[int], work: Path,
 
 def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
     """Seconds per tile of eager, onnxruntime and onnxruntime-int8, side by side."""
-    import torch
-
-    from mnc_d2.export.bundle import read_bundle
-    from mnc_d2.export.runtime import ExportedModel
-    from mnc_d2.inference.predictor import _EagerModel
-
-    torch.set_num_threads(threads)
     native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
-    models = {}
-    sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
     fewer = ("MODEL.RPN.POST_NMS_TOPK_TEST", "100")  # the test proposals' lever on the heads
     inputs = (("416 px", "416", ()), ("416 px, 100 proposals", "416_100", fewer),
               ("650 px", "650", native))
-    for (name, run), (label, tag, opts) in itertools.product(sources, inputs):
-        if not (run / "model_final.pth").is_file():
-            continue
-        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{tag}",
-                                          accuracy_work / TRAIN["default"], *opts))
-        models[f"{name} {label} / torch"] = _EagerModel(_cfg(run, *opts))
-        for backend in INT8[1:]:
-            model = ExportedModel(bundle, backend, threads)
-            models[f"{name} {label} / {backend}"] = lambda im, m=model: [m(i) for i in im]
+    sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
     r50 = work / "r50"  # speed_r50's random-init model and config
-    if (r50 / "model_final.pth").is_file():
-        bundle = read_bundle(_export_int8(r50, work / "int8" / "speed_r50",
-                                          accuracy_work / TRAIN["default"]))
-        models["mnc5 R-50 650 px (random init) / torch"] = _EagerModel(_cfg(r50))
-        for backend in INT8[1:]:
-            model = ExportedModel(bundle, backend, threads)
-            models[f"mnc5 R-50 650 px (random init) / {backend}"] = \
-                lambda im, m=model: [m(i) for i in im]
-    times = {name: [] for name in models}
-    names = list(models)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            few = tiles[: max(1, len(tiles) // 3)] if "R-50" in name else tiles
-            models[name](few[:1])  # warm-up
-            for tile in few:
-                began = time.perf_counter()
-                models[name]([tile])
-                times[name].append(time.perf_counter() - began)
-        logger.info("int8 speed round %d done", r + 1)
+    jobs = [(f"{name} {label}", run, f"speed_{name}_{tag}", opts)
+            for (name, run), (label, tag, opts) in itertools.product(sources, inputs)]
+    jobs.append(("mnc5 R-50 650 px (random init)", r50, "speed_r50", ()))
+
+    def export(run: Path, out: Path, *opts: str) -> Path:
+        return _export_int8(run, out, accuracy_work / TRAIN["default"], *opts)
+
+    models = {}
+    for label, run, folder, opts in jobs:
+        if (run / "model_final.pth").is_file():
+            for backend, fn in _runners(run, work / "int8" / folder, opts, INT8, threads,
+                                        export).items():
+                models[f"{label} / {backend}"] = fn
+    times = _timed_rounds(models, rounds, lambda name: tiles[: max(1, len(tiles) // 3)]
+                          if "R-50" in name else tiles, "int8 speed")
     speed_rows = {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t)}
                   for name, t in times.items()}
     for name, entry in speed_rows.items():
@@ -258,7 +237,10 @@ def _read_tiles(paths: list[str], bands: list[int], fill) -> list[np.ndarray]:
     return [read_bands(p, bands, fill) for p in paths]
 
 
-def _runners(run: Path, export_dir: Path, opts: tuple, backends, threads: int) -> dict:
+def _runners(run: Path, export_dir: Path, opts: tuple, backends, threads: int,
+             export=None) -> dict:
+    """backend -> fn(list of tiles): eager (``torch``) and each exported backend of ``run``,
+    exported once into ``export_dir`` by ``export`` (default: :func:`_export`)."""
     import torch
 
     from mnc_d2.export.bundle import read_bundle
@@ -269,13 +251,31 @@ def _runners(run: Path, export_dir: Path, opts: tuple, backends, threads: int) -
     out = {}
     if "torch" in backends:
         out["torch"] = _EagerModel(_cfg(run, *opts))
-    if any(b in EXPORTED for b in backends):
-        bundle = read_bundle(_export(run, export_dir, *opts))
-        for backend in EXPORTED:
-            if backend in backends:
-                model = ExportedModel(bundle, backend, threads)
-                out[backend] = lambda images, m=model: [m(i) for i in images]
+    exported = [b for b in backends if b != "torch"]
+    if exported:
+        bundle = read_bundle((export or _export)(run, export_dir, *opts))
+        for backend in exported:
+            model = ExportedModel(bundle, backend, threads)
+            out[backend] = lambda images, m=model: [m(i) for i in images]
     return out
+
+
+def _timed_rounds(models: dict, rounds: int, tiles_of, label: str) -> dict:
+    """Seconds per tile of each model (name -> fn(list of tiles)): ``rounds`` rounds, the
+    models' order reversed every other round, one warm-up call per model and round;
+    ``tiles_of(name)``: the tiles a model is timed on. Returns name -> list of seconds."""
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn, tiles = models[name], tiles_of(name)
+            fn(tiles[:1])  # warm-up
+            for tile in tiles:
+                began = time.perf_counter()
+                fn([tile])
+                times[name].append(time.perf_counter() - began)
+        logger.info("%s round %d done", label, r + 1)
+    return times
 
 
 def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
@@ -292,17 +292,7 @@ def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dic
             for backend, fn in _runners(mrcnn, work / f"export_mask_rcnn_{label}", opts,
                                         ("torch", *EXPORTED), threads).items():
                 models[f"mask_rcnn {label} px / {backend}"] = fn
-    times = {name: [] for name in models}
-    names = list(models)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            fn = models[name]
-            fn(tiles[:1])  # warm-up
-            for tile in tiles:
-                began = time.perf_counter()
-                fn([tile])
-                times[name].append(time.perf_counter() - began)
-        logger.info("speed round %d done", r + 1)
+    times = _timed_rounds(models, rounds, lambda name: tiles, "speed")
     out = {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t)}
            for name, t in times.items()}
     for label in ("416", "650"):
@@ -345,15 +335,7 @@ def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) ->
         torch.save({"model": build_model(cfg).state_dict()}, weights)
     (folder / "config.yaml").write_text(cfg.dump())
     runners = _runners(folder, folder / "export", (), ("torch", *EXPORTED), threads)
-    times = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            runners[name](tiles[:1])
-            for tile in tiles:
-                began = time.perf_counter()
-                runners[name]([tile])
-                times[name].append(time.perf_counter() - began)
+    times = _timed_rounds(runners, rounds, lambda name: tiles, "r50 speed")
     eager = statistics.median(times["torch"])
     return {name: {"s_per_tile_median": round(statistics.median(t), 4), "n": len(t),
                    "speedup_vs_eager": round(eager / statistics.median(t), 3)}
