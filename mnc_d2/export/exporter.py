@@ -157,7 +157,7 @@ def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dic
 
     bundle = read_bundle(folder)
     out = {"torch_detections": int(len(reference[1]))}
-    for backend in ("onnxruntime", "openvino", "torchscript", "onnxruntime-int8"):
+    for backend in BACKEND_FILES:  # every runtime whose graph this export has
         if BACKEND_FILES[backend] not in bundle.meta["files"]:
             continue
         try:
