@@ -74,16 +74,14 @@ def calibration_tiles(files: list[str], bands: list[int], fill: list[float],
     from rasterio.windows import Window
 
     from ..data.bands import read_bands
+    from .runtime import graph_input
 
     out = []
     for path in files:
         with rasterio.open(path) as src:
             window = Window(0, 0, min(tile, src.width), min(tile, src.height))
             image = read_bands(src, bands, fill, window)
-        padded = np.empty((tile, tile, image.shape[2]), dtype=np.float32)
-        padded[:] = np.asarray(fill, dtype=np.float32)
-        padded[:image.shape[0], :image.shape[1]] = image
-        out.append(np.ascontiguousarray(padded.transpose(2, 0, 1)[None]))
+        out.append(graph_input(image, (tile, tile), np.asarray(fill, dtype=np.float32)))
     return out
 
 

@@ -91,6 +91,18 @@ def _need(package: str, backend: str):
                           ) from None
 
 
+def graph_input(image: np.ndarray, tile: tuple[int, int], fill: np.ndarray) -> np.ndarray:
+    """(H, W, C) raw band values, H x W at most ``tile`` -> the graph's (1, C, th, tw) float32
+    input: padded below and right with ``fill`` (the band means, which normalise to 0)."""
+    (th, tw), (height, width, channels) = tile, image.shape
+    if (height, width) != (th, tw):
+        padded = np.empty((th, tw, channels), dtype=np.float32)
+        padded[:] = fill
+        padded[:height, :width] = image
+        image = padded
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
 class ExportedModel:
     """An exported graph on one backend: ``model(image)`` -> :class:`Detections`.
 
@@ -154,13 +166,7 @@ class ExportedModel:
             raise ValueError(f"a {height} x {width} tile is larger than the exported model's "
                              f"{th} x {tw}: predict with --tile-size {tw} or re-export with "
                              f"--tile-size {max(height, width)}")
-        if (height, width) != (th, tw):
-            padded = np.empty((th, tw, channels), dtype=np.float32)
-            padded[:] = self.fill
-            padded[:height, :width] = image
-            image = padded
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
-        boxes, scores, classes, masks = self._call(x)
+        boxes, scores, classes, masks = self._call(graph_input(image, self.tile, self.fill))
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         # detector_postprocess: boxes clipped to the real tile, empty ones dropped
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
