@@ -120,6 +120,16 @@ VARIANTS = {
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),
+    # The three levers and band dropout of red edge and NIR (half the images): what the model
+    # learns about dark roofs must also hold without the bands where one sensor's signature sits.
+    "mnc5_8band_native_small_anchors_nirdrop": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["INPUT.AUGMENT.BAND_DROPOUT.PROB", "0.5",
+                                               "INPUT.AUGMENT.BAND_DROPOUT.BANDS", "(6, 7, 8)"]),
+    # The baseline trained the same way (the three levers), so the MNC-vs-Mask R-CNN comparison
+    # is between equals.
+    "mask_rcnn_8band_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+                                             EIGHT_BAND + NATIVE + SMALL_ANCHORS),
 }
 CITIES = ["vegas", "paris"]
 GSD_M = 0.3  # metres per pixel of the synthetic SpaceNet 2 tiles' CSV grid

@@ -54,6 +54,15 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.AUGMENT.GAMMA = (1.0, 1.0)
     # An independent gain per band, drawn from this range.
     _C.INPUT.AUGMENT.BAND_GAIN = (1.0, 1.0)
+    # Band dropout (mnc_d2.data.transforms.BandDropTransform): with probability PROB per image,
+    # the file bands in BANDS (numbers as in INPUT.BANDS, e.g. (6, 7, 8): red edge and near
+    # infrared of WorldView-3) are all set to their PIXEL_MEAN, which normalises to 0, as nodata
+    # is. The model must then also find buildings without those bands, so it cannot key on one
+    # sensor's signature there alone. PROB 0.0 = off. Not in the original MNC.
+    _C.INPUT.AUGMENT.BAND_DROPOUT = CN()
+    _C.INPUT.AUGMENT.BAND_DROPOUT.PROB = 0.0
+    # The file bands dropped together.
+    _C.INPUT.AUGMENT.BAND_DROPOUT.BANDS = ()
 
 
 def _add_backbone_keys(cfg: CN) -> None:

@@ -563,6 +563,47 @@ def test_photometric_augmentation_from_config(tmp_path):
         SpaceNetDatasetMapper(cfg, is_train=True)
 
 
+def test_band_dropout_sets_the_listed_bands_to_their_mean_and_nothing_else(synthetic):
+    """INPUT.AUGMENT.BAND_DROPOUT through the mapper on an 8-band tile: with PROB 1 the listed
+    file bands come out as their PIXEL_MEAN (normalised 0) and the others as read; with PROB 0.5
+    about half the images lose them; bands the model does not read are an error naming the key."""
+    from mnc_d2.data.transforms import RandomBandDrop
+
+    name = "_band_drop_8band"
+    if name not in DatasetCatalog.list():
+        register_spacenet_instances(name, synthetic / "AOI_2_Vegas_Train",
+                                    product="MUL-PanSharpen")
+    rec = DatasetCatalog.get(name)[0]
+    cfg = _base_cfg(bands=4)
+    cfg.INPUT.BANDS = [2, 3, 5, 7]
+    cfg.MODEL.PIXEL_MEAN = [10.0, 20.0, 30.0, 40.0]
+    cfg.INPUT.AUGMENT.HFLIP_PROB = cfg.INPUT.AUGMENT.VFLIP_PROB = 0.0
+    cfg.INPUT.AUGMENT.ROT90 = False
+    plain = SpaceNetDatasetMapper(cfg, is_train=True)(rec)["image"]
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.PROB = 1.0
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.BANDS = (7, 3)
+    dropped = SpaceNetDatasetMapper(cfg, is_train=True)(rec)["image"]
+    assert torch.equal(dropped[[0, 2]], plain[[0, 2]])  # bands 2 and 5: as read
+    assert torch.all(dropped[3] == 40.0) and torch.all(dropped[1] == 20.0)
+    assert plain[3].std() > 0 and plain[1].std() > 0  # they had texture to lose
+    assert not any(isinstance(a, RandomBandDrop) for a in
+                   SpaceNetDatasetMapper(cfg, is_train=False).augmentations.augs)
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.PROB = 0.5
+    mapper = SpaceNetDatasetMapper(cfg, is_train=True)
+    np.random.seed(0)
+    lost = sum(bool(torch.all(mapper(rec)["image"][3] == 40.0)) for _ in range(40))
+    assert 8 <= lost <= 32  # binomial(40, 0.5): outside this range with probability < 1e-4
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.BANDS = (6,)
+    with pytest.raises(ValueError, match=r"BAND_DROPOUT.BANDS=\(6,\).*\[6\] are not among"):
+        SpaceNetDatasetMapper(cfg, is_train=True)
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.BANDS = (2, 3, 5, 7)
+    with pytest.raises(ValueError, match="drops every input band"):
+        SpaceNetDatasetMapper(cfg, is_train=True)
+    cfg.INPUT.AUGMENT.BAND_DROPOUT.BANDS = ()
+    with pytest.raises(ValueError, match="needs INPUT.AUGMENT.BAND_DROPOUT.BANDS"):
+        SpaceNetDatasetMapper(cfg, is_train=True)
+
+
 def test_native_resolution_crop_gives_windows_with_the_visible_parts_boxes(synthetic):
     """INPUT.CROP cuts windows from the resized tile: native pixels, a smaller input; a building
     cut by the window gets its visible part's box; one outside it is dropped."""

@@ -25,7 +25,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .bands import input_bands, read_bands
-from .transforms import RandomBandPhotometric, RandomRot90
+from .transforms import RandomBandPhotometric, RandomRot90, band_dropout_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ class SpaceNetDatasetMapper:
             if any(r != (1.0, 1.0) for r in ranges.values()):
                 # first, on the pixels as read: filled nodata still equals PIXEL_MEAN there
                 augs.insert(0, RandomBandPhotometric(**ranges, keep=list(cfg.MODEL.PIXEL_MEAN)))
+            drop = band_dropout_from_config(cfg, input_bands(cfg))
+            if drop is not None:  # last: the dropped bands stay exactly at PIXEL_MEAN
+                augs.append(drop)
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
         return {"is_train": is_train, "augmentations": augs, "bands": input_bands(cfg),

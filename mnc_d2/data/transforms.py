@@ -1,5 +1,6 @@
 """Augmentation for overhead imagery: 90-degree rotations (flips and scale jitter use
-Detectron2's own ``RandomFlip`` and ``ResizeScale``) and radiometric jitter per band."""
+Detectron2's own ``RandomFlip`` and ``ResizeScale``), radiometric jitter per band and band
+dropout."""
 
 from __future__ import annotations
 
@@ -115,3 +116,65 @@ class RandomBandPhotometric(T.Augmentation):
         gains = [draw(*self.band_gain) for _ in range(image.shape[2])]
         return BandPhotometricTransform(draw(*self.brightness), draw(*self.contrast), gamma,
                                         gains, self.keep)
+
+
+class BandDropTransform(Transform):
+    """Set the channels ``channels`` (0-based positions in an (H, W, C) image) to ``fill``
+    (one value per channel listed, e.g. their PIXEL_MEAN, which normalises to 0). Geometry is
+    unchanged."""
+
+    def __init__(self, channels: list[int], fill: list[float]):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        out = np.array(img, dtype=np.float32, copy=True)
+        out[..., self.channels] = np.asarray(self.fill, dtype=np.float32)
+        return out
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> Transform:
+        return NoOpTransform()  # radiometry only
+
+
+class RandomBandDrop(T.Augmentation):
+    """With probability ``prob`` per image, :class:`BandDropTransform` of ``channels`` to
+    ``fill``; otherwise nothing."""
+
+    def __init__(self, prob: float, channels: list[int], fill: list[float]):
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"INPUT.AUGMENT.BAND_DROPOUT.PROB={prob}: expected 0 <= prob <= 1")
+        self._init(locals())
+
+    def get_transform(self, image):
+        if np.random.uniform() < self.prob:
+            return BandDropTransform(self.channels, self.fill)
+        return NoOpTransform()
+
+
+def band_dropout_from_config(cfg, bands: list[int]) -> RandomBandDrop | None:
+    """INPUT.AUGMENT.BAND_DROPOUT as an augmentation over the model's input ``bands`` (1-based
+    file bands, in input order), or None when it is off. A listed band the model does not read
+    is an error naming the key."""
+    drop = cfg.INPUT.AUGMENT.BAND_DROPOUT
+    if drop.PROB <= 0.0:
+        return None
+    if not drop.BANDS:
+        raise ValueError("INPUT.AUGMENT.BAND_DROPOUT.PROB > 0 needs INPUT.AUGMENT.BAND_DROPOUT."
+                         "BANDS, the file bands to drop, e.g. (6, 7, 8)")
+    missing = [b for b in drop.BANDS if b not in bands]
+    if missing:
+        raise ValueError(f"INPUT.AUGMENT.BAND_DROPOUT.BANDS={tuple(drop.BANDS)}: band(s) "
+                         f"{missing} are not among the model's input bands {bands} (INPUT.BANDS)")
+    if len(set(drop.BANDS)) == len(bands):
+        raise ValueError(f"INPUT.AUGMENT.BAND_DROPOUT.BANDS={tuple(drop.BANDS)} drops every input "
+                         "band; keep at least one")
+    channels = [bands.index(b) for b in drop.BANDS]
+    return RandomBandDrop(float(drop.PROB), channels,
+                          [float(cfg.MODEL.PIXEL_MEAN[c]) for c in channels])
