@@ -1,19 +1,24 @@
 #!/usr/bin/env python
-"""predict.py on a large scene: wall time and peak RSS.
+"""predict.py on a large scene: wall time, peak RSS and throughput per backend, side by side.
 
 Writes a synthetic SIZE x SIZE 3-band GeoTIFF (block by block, so writing it needs little memory),
-runs tools/predict.py on it in a child process with a trained run's config and weights, and
-prints one JSON object with the wall time, tiles, buildings and the child's peak RSS.
+runs tools/predict.py on it in a child process per backend (torch: a trained run's config and
+weights; onnxruntime, onnxruntime-int8, openvino, torchscript: tools/export_model.py's folder of
+the same weights), each round every backend in turn, and prints one JSON object: per backend the
+median wall time, the child's peak RSS, the buildings found, km2 per core-hour at 0.3 m pixels and
+the speed-up over torch.
 
     python -m bench.bench_predict --run output/demo [--size 10000]
+    python -m bench.bench_predict --run RUN --model EXPORTED --backends torch onnxruntime \
+        onnxruntime-int8 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +34,7 @@ from mnc_d2.synthetic.spacenet2 import STYLES, render_scene, tile_transform, to_
 from mnc_d2.inference.scenes import MANIFEST
 
 BLOCK = 1000
+GSD_M = 0.3  # metres per pixel of the synthetic scene (SpaceNet's pan-sharpened tiles)
 
 
 def write_scene(path: Path, size: int, seed: int) -> None:
@@ -53,31 +59,74 @@ def scene_buildings(out_dir: Path) -> int:
     return int(row["buildings"])
 
 
+def run_predict(scene: Path, out: Path, source: list[str]) -> tuple[float, float]:
+    """tools/predict.py on ``scene`` in a child process: (wall s, the child's own peak RSS GB,
+    from its rusage)."""
+    out.mkdir(parents=True)
+    with open(out.parent / f"{out.name}.stderr", "w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "predict.py"),
+             "--input", str(scene), "--output", str(out), *source],
+            stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            err.seek(0)
+            sys.exit(f"predict.py {' '.join(source)}: exit {code}\n{err.read()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024 ** 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="training output folder (config.yaml, "
-                        "model_final.pth)")
+                        "model_final.pth): the torch backend")
+    parser.add_argument("--model", help="tools/export_model.py's folder of the same weights: "
+                        "also time these exported backends")
+    parser.add_argument("--backends", nargs="+", default=["torch"],
+                        help="backends side by side (torch needs --run, the others --model)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds; each round runs every backend once, in turn")
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     run = Path(args.run)
+    sources = {}
+    for backend in args.backends:
+        if backend == "torch":
+            sources[backend] = ["--config-file", str(run / "config.yaml"), "MODEL.WEIGHTS",
+                                str(run / "model_final.pth")]
+        elif args.model:
+            sources[backend] = ["--backend", backend, "--model", args.model]
+        else:
+            sys.exit(f"--backends {backend}: pass --model, the exported folder")
+    walls = {b: [] for b in sources}
+    found, peak = {}, {b: 0.0 for b in sources}
     with tempfile.TemporaryDirectory() as tmp:
         scene = Path(tmp) / "scene.tif"
         write_scene(scene, args.size, args.seed)
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "predict.py"),
-             "--config-file", str(run / "config.yaml"), "--input", str(scene), "--output",
-             str(Path(tmp) / "out"), "MODEL.WEIGHTS", str(run / "model_final.pth")],
-            capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode:
-            sys.exit(proc.stderr[-3000:])
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        n = scene_buildings(Path(tmp) / "out")
-    print(json.dumps({"machine": f"{platform.machine()}, CPU only", "scene_px": args.size,
-                      "bands": 3, "wall_s": round(wall, 1), "peak_rss_gb": round(
-                          peak_kb / 1024 ** 2, 2), "buildings": n}, indent=2))
+        for _ in range(args.repeats):
+            for backend, source in sources.items():
+                out = Path(tmp) / f"out_{backend}_{len(walls[backend])}"
+                wall, rss = run_predict(scene, out, source)
+                walls[backend].append(round(wall, 2))
+                found.setdefault(backend, scene_buildings(out))
+                peak[backend] = max(peak[backend], rss)
+    km2 = (args.size * GSD_M / 1000) ** 2
+    cores = os.cpu_count()
+    base = float(np.median(walls["torch"])) if "torch" in walls else None
+    runs = []
+    for backend, w in walls.items():
+        median = float(np.median(w))
+        runs.append({"backend": backend, "wall_s": round(median, 1), "walls_s": w,
+                     "buildings": found[backend], "peak_rss_gb": round(peak[backend], 2),
+                     "km2_per_core_hour": round(km2 / (median * cores / 3600), 1),
+                     **({"speedup_vs_torch": round(base / median, 2)} if base else {})})
+    report = {"machine": f"{platform.machine()}, {cores} CPUs, CPU only",
+              "scene_px": args.size, "bands": 3, "gsd_m": GSD_M, "scene_km2": round(km2, 2),
+              "repeats": args.repeats, "runs": runs}
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

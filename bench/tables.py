@@ -183,9 +183,19 @@ def scorer_table(report: dict) -> list[str]:
 
 
 def predict_table(report: dict) -> list[str]:
-    return _table(["scene", "wall s", "peak RSS GB", "buildings"],
-                  [[f"{report['scene_px']:,} x {report['scene_px']:,} px, {report['bands']} bands",
-                    report["wall_s"], report["peak_rss_gb"], f"{report['buildings']:,}"]])
+    """bench_predict.py: per backend, the whole scene's wall time (median over rounds), peak RSS,
+    buildings and throughput."""
+    scene = f"{report['scene_px']:,} x {report['scene_px']:,} px, {report['bands']} bands"
+    if "runs" not in report:  # one eager run (reports before backends were compared)
+        return _table(["scene", "wall s", "peak RSS GB", "buildings"],
+                      [[scene, report["wall_s"], report["peak_rss_gb"],
+                        f"{report['buildings']:,}"]])
+    return _table(["scene", "backend", f"wall s (median of {report['repeats']})",
+                   "x torch speed", "peak RSS GB", "buildings", "km2 per core-hour"],
+                  [[scene, r["backend"], f"{r['wall_s']:.1f}",
+                    f"{r['speedup_vs_torch']:.2f}" if "speedup_vs_torch" in r else "n/a",
+                    f"{r['peak_rss_gb']:.2f}", f"{r['buildings']:,}",
+                    f"{r['km2_per_core_hour']:.1f}"] for r in report["runs"]])
 
 
 def polygonize_table(report: dict) -> list[str]:
