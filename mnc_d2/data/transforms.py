@@ -51,7 +51,21 @@ class RandomRot90(T.Augmentation):
         return Rot90Transform(h, w, k)
 
 
-class BandPhotometricTransform(Transform):
+class RadiometricTransform(Transform):
+    """A transform of pixel values only: coordinates and segmentations pass unchanged, and the
+    inverse (used for geometry) is a no-op."""
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> Transform:
+        return NoOpTransform()
+
+
+class BandPhotometricTransform(RadiometricTransform):
     """Radiometric change of an (H, W, C) image of non-negative values (DNs or reflectance).
 
     Per band c, in this order: gamma ``x' = ref_c * (x / ref_c) ** gamma`` (``ref_c``: the
@@ -83,15 +97,6 @@ class BandPhotometricTransform(Transform):
             out[fill] = x[fill]
         return out
 
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> Transform:
-        return NoOpTransform()  # radiometry only; geometry is what inverses are used for
-
 
 class RandomBandPhotometric(T.Augmentation):
     """Random :class:`BandPhotometricTransform`: brightness, contrast and gamma drawn uniformly
@@ -118,7 +123,7 @@ class RandomBandPhotometric(T.Augmentation):
                                         gains, self.keep)
 
 
-class BandDropTransform(Transform):
+class BandDropTransform(RadiometricTransform):
     """Set the channels ``channels`` (0-based positions in an (H, W, C) image) to ``fill``
     (one value per channel listed, e.g. their PIXEL_MEAN, which normalises to 0). Geometry is
     unchanged."""
@@ -131,15 +136,6 @@ class BandDropTransform(Transform):
         out = np.array(img, dtype=np.float32, copy=True)
         out[..., self.channels] = np.asarray(self.fill, dtype=np.float32)
         return out
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> Transform:
-        return NoOpTransform()  # radiometry only
 
 
 class RandomBandDrop(T.Augmentation):
