@@ -60,6 +60,7 @@ def _add_input_keys(cfg: CN) -> None:
     # is. The model must then also find buildings without those bands, so it cannot key on one
     # sensor's signature there alone. PROB 0.0 = off. Not in the original MNC.
     _C.INPUT.AUGMENT.BAND_DROPOUT = CN()
+    # Probability per training image that the bands of BANDS are dropped (0.0 = off).
     _C.INPUT.AUGMENT.BAND_DROPOUT.PROB = 0.0
     # The file bands dropped together.
     _C.INPUT.AUGMENT.BAND_DROPOUT.BANDS = ()
