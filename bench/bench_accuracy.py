@@ -61,7 +61,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils.env import seed_all_rng
 
 from mnc_d2.data import register_spacenet_instances
-from mnc_d2.synthetic.spacenet2 import ensure_synthetic
+from mnc_d2.synthetic.spacenet2 import GSD_M, ensure_synthetic
 from mnc_d2.engine.setup import setup_cfg
 from mnc_d2.engine.trainer import Trainer
 from mnc_d2.modeling.checkpoint import build_checkpointer
@@ -132,7 +132,6 @@ VARIANTS = {
                                              EIGHT_BAND + NATIVE + SMALL_ANCHORS),
 }
 CITIES = ["vegas", "paris"]
-GSD_M = 0.3  # metres per pixel of the synthetic SpaceNet 2 tiles' CSV grid
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds
 # Config keys that change inference only: --test-opts may set them on cached models.
 INFERENCE_KEYS = ("MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",

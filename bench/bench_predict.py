@@ -30,11 +30,10 @@ import pandas as pd
 import rasterio
 from rasterio.windows import Window
 
-from mnc_d2.synthetic.spacenet2 import STYLES, render_scene, tile_transform, to_dn
+from mnc_d2.synthetic.spacenet2 import GSD_M, STYLES, render_scene, tile_transform, to_dn
 from mnc_d2.inference.scenes import MANIFEST
 
 BLOCK = 1000
-GSD_M = 0.3  # metres per pixel of the synthetic scene (SpaceNet's pan-sharpened tiles)
 
 
 def write_scene(path: Path, size: int, seed: int) -> None:

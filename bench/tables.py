@@ -186,10 +186,6 @@ def predict_table(report: dict) -> list[str]:
     """bench_predict.py: per backend, the whole scene's wall time (median over rounds), peak RSS,
     buildings and throughput."""
     scene = f"{report['scene_px']:,} x {report['scene_px']:,} px, {report['bands']} bands"
-    if "runs" not in report:  # one eager run (reports before backends were compared)
-        return _table(["scene", "wall s", "peak RSS GB", "buildings"],
-                      [[scene, report["wall_s"], report["peak_rss_gb"],
-                        f"{report['buildings']:,}"]])
     return _table(["scene", "backend", f"wall s (median of {report['repeats']})",
                    "x torch speed", "peak RSS GB", "buildings", "km2 per core-hour"],
                   [[scene, r["backend"], f"{r['wall_s']:.1f}",

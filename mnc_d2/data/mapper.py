@@ -65,6 +65,7 @@ class SpaceNetDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         check_band_config(cfg)
+        bands = input_bands(cfg)
         if is_train:
             aug = cfg.INPUT.AUGMENT
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
@@ -89,12 +90,12 @@ class SpaceNetDatasetMapper:
             if any(r != (1.0, 1.0) for r in ranges.values()):
                 # first, on the pixels as read: filled nodata still equals PIXEL_MEAN there
                 augs.insert(0, RandomBandPhotometric(**ranges, keep=list(cfg.MODEL.PIXEL_MEAN)))
-            drop = band_dropout_from_config(cfg, input_bands(cfg))
+            drop = band_dropout_from_config(cfg, bands)
             if drop is not None:  # last: the dropped bands stay exactly at PIXEL_MEAN
                 augs.append(drop)
         else:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-        return {"is_train": is_train, "augmentations": augs, "bands": input_bands(cfg),
+        return {"is_train": is_train, "augmentations": augs, "bands": bands,
                 "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT,
                 "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED)}
 
