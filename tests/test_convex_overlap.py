@@ -99,3 +99,65 @@ def test_fast_path_changes_no_match_or_count():
     assert (fast.image_tp == slow.image_tp).all() and (fast.image_fp == slow.image_fp).all()
     np.testing.assert_allclose(fast.proposal_iou, slow.proposal_iou, atol=1e-12)
     assert 0 < fast.overall.tp < len(props)
+
+
+def test_threaded_steps_equal_one_call(monkeypatch):
+    """Box pairs, convex overlaps and GEOS overlays cut into slices for threads give exactly the
+    one-call result (the slices are forced here whatever the machine's CPU count)."""
+    import mnc_d2.utils.chunks as chunks
+
+    rng = np.random.default_rng(3)
+    a = [_random_convex(rng, rng.integers(3, 9)) for _ in range(600)]
+    b = [affinity.translate(p, *rng.normal(0, 3, 2)) for p in a]
+    _, va, na, _ = _rings(a)
+    _, vb, nb, _ = _rings(b)
+    p_bounds = shapely.bounds(np.array(a, dtype=object))
+    t_bounds = shapely.bounds(np.array(b, dtype=object))
+    p_img, t_img = rng.integers(0, 5, 600), rng.integers(0, 5, 600)
+    one = (pair_overlap_areas(va, na, vb, nb),
+           sm._same_image_box_pairs(p_bounds, t_bounds, p_img, t_img))
+    monkeypatch.setattr(chunks.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(sm, "_THREAD_CHUNK", 70)
+    assert len(chunks.row_slices(600, 70)) == 4
+    sliced = (pair_overlap_areas(va, na, vb, nb, min_chunk=70),
+              sm._same_image_box_pairs(p_bounds, t_bounds, p_img, t_img))
+    assert np.array_equal(one[0], sliced[0])
+    assert len(one[1][0]) > 600
+    assert all(np.array_equal(x, y) for x, y in zip(one[1], sliced[1]))
+
+
+def _reference_greedy(order, pi, ti, iou, num_props, threshold):
+    """The tester's matching written plainly: each proposal in turn takes its best untaken
+    truth (highest IoU, then first truth) if that IoU is above the threshold."""
+    match = np.full(num_props, -1)
+    taken = set()
+    for p in order:
+        cands = [(-iou[k], ti[k]) for k in np.flatnonzero(pi == p)
+                 if ti[k] not in taken and iou[k] > threshold]
+        if cands:
+            match[p] = min(cands)[1]
+            taken.add(match[p])
+    return match
+
+
+def test_greedy_matching_equals_the_plain_loop():
+    """The matching that settles uncontested pairs at once equals the plain greedy loop, on pairs
+    where many proposals compete for truths (and many do not), ties included."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        num_props, num_truths, k = 60, 50, 90
+        pi, ti = rng.integers(0, num_props, k), rng.integers(0, num_truths, k)
+        keep = np.unique(pi * num_truths + ti, return_index=True)[1]
+        pi, ti = pi[keep], ti[keep]
+        iou = rng.choice([0.3, 0.5, 0.6, 0.6, 0.7, 0.9], len(pi))
+        order = rng.permutation(num_props)
+        got = sm._greedy_match(order, pi, ti, iou, num_props, num_truths, 0.5)
+        assert np.array_equal(got, _reference_greedy(order, pi, ti, iou, num_props, 0.5))
+
+
+def test_unique_equals_numpy():
+    from mnc_d2.utils.arrays import unique
+
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(0, 9, 50), rng.normal(size=7), np.zeros(0, dtype=np.int64)):
+        assert np.array_equal(unique(values), np.unique(values))

@@ -240,7 +240,33 @@ def test_duplicate_rows_are_scored_separately(tmp_path, caplog):
     props = [("AOI_1_X_img1", 0, rect(0, 0, 10, 10), 0.9)] * 2
     result = run(tmp_path, truth, props)
     assert counts(result) == (1, 1, 0)
-    assert "duplicate row" in caplog.text
+    assert "has 1 duplicate row(s)" in caplog.text
+    # the same ImageId,BuildingId with another polygon is not a duplicate; a third copy is
+    caplog.clear()
+    props = props + [("AOI_1_X_img1", 0, rect(0, 0, 10, 11), 0.9), props[0]]
+    result = run(tmp_path, truth, props)
+    assert counts(result) == (1, 3, 0)
+    assert "has 2 duplicate row(s)" in caplog.text
+
+
+def test_score_cli_json_imports_only_what_it_needs(tmp_path, repo_root):
+    """``tools/score.py --json`` (tester rules) starts in a fraction of a second: it never
+    imports torch, pandas (pyarrow converts through it), tabulate (tables only) or numpy.ma
+    (``np.unique`` pulls it in)."""
+    truth = write(tmp_path, "t.csv", TRUTH_HEADER, [("AOI_2_Vegas_img1", 0, rect(0, 0, 10, 10), "x")])
+    props = write(tmp_path, "p.csv", PROP_HEADER, [("AOI_2_Vegas_img1", 0, rect(0, 0, 10, 9), 0.9),
+                                                  ("AOI_2_Vegas_img1", 1, rect(0, 0, 10, 9), 0.9)])
+    code = ("import runpy, sys; script = sys.argv[4]; sys.argv = ['score.py', '--truth', "
+            "sys.argv[1], '--proposals', sys.argv[2], '--json', '--per-image', sys.argv[3]]\n"
+            "try:\n    runpy.run_path(script, run_name='__main__')\nexcept SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'tabulate', 'numpy.ma') "
+            "if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code, str(truth), str(props),
+                          str(tmp_path / "pi.csv"), str(repo_root / "tools" / "score.py")],
+                         check=True, capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout)["overall"]["tp"] == 1
+    assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_score_cli_json(tmp_path, repo_root):

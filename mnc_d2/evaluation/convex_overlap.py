@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..utils.arrays import unique
+from ..utils.chunks import map_row_slices
+
 MAX_VERTICES = 8  # rings with more distinct vertices take GEOS's overlay
 
 
@@ -48,7 +51,7 @@ def convex_rings(coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.
     n = size - closed
     fits = (n >= 3) & (n <= max_vertices)
     idx, start, n = one_ring[fits], start[fits], n[fits]
-    for size in np.unique(n).tolist():  # rings of one vertex count at a time: plain rolls
+    for size in unique(n).tolist():  # rings of one vertex count at a time: plain rolls
         sel = n == size
         rows, first = idx[sel], start[sel]
         v = coords[first[:, None] + np.arange(size)[None, :]]  # (M, size, 2)
@@ -132,9 +135,11 @@ def overlap_areas(subject: np.ndarray, subject_n: np.ndarray, clip: np.ndarray,
 
 
 def pair_overlap_areas(vert_a: np.ndarray, n_a: np.ndarray, vert_b: np.ndarray,
-                       n_b: np.ndarray) -> np.ndarray:
+                       n_b: np.ndarray, min_chunk: int = 20000) -> np.ndarray:
     """(M,) :func:`overlap_areas` of pairs given as (M, V, 2) vertices and (M,) counts, run in
-    buckets of similar vertex counts (the work grows with the widest ring of a batch)."""
+    buckets of similar vertex counts (the work grows with the widest ring of a batch); a large
+    bucket is cut into slices of at least ``min_chunk`` pairs clipped in threads (numpy releases
+    the GIL in the long array operations; the areas are per pair, so identical to one call)."""
     out = np.zeros(len(n_a))
     widest = np.maximum(n_a, n_b)
     low = 0
@@ -142,5 +147,10 @@ def pair_overlap_areas(vert_a: np.ndarray, n_a: np.ndarray, vert_b: np.ndarray,
         sel = np.flatnonzero((widest > low) & (widest <= high))
         low = high
         if len(sel):
-            out[sel] = overlap_areas(vert_a[sel, :high], n_a[sel], vert_b[sel, :high], n_b[sel])
+            def clip(part: slice, sel=sel, high=high) -> np.ndarray:
+                rows = sel[part]
+                return overlap_areas(vert_a[rows, :high], n_a[rows], vert_b[rows, :high],
+                                     n_b[rows])
+
+            out[sel] = np.concatenate(map_row_slices(clip, len(sel), min_chunk))
     return out

@@ -1,14 +1,20 @@
-"""Human-readable tables for SpaceNet scores."""
+"""Human-readable tables for SpaceNet scores.
+
+``tabulate`` is imported when a table is made: ``tools/score.py --json`` never pays for it.
+"""
 
 from __future__ import annotations
 
-from tabulate import tabulate
+from typing import TYPE_CHECKING
 
-from .spacenet_metric import ScoreResult
+if TYPE_CHECKING:
+    from .spacenet_metric import ScoreResult
 
 
 def score_table(result: ScoreResult) -> str:
     """Per-city and overall TP/FP/FN, precision, recall and F1 as a text table."""
+    from tabulate import tabulate
+
     rows = []
     for name, counts in sorted(result.cities.items()):
         d = counts.as_dict()
@@ -26,6 +32,8 @@ def score_table(result: ScoreResult) -> str:
 
 def polygon_table(summary: dict) -> str:
     """polygon_metrics.summarize's output (overall first, then per group) as a text table."""
+    from tabulate import tabulate
+
     columns = ["pairs", "iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "boundary_f",
                "hole_recall"]
     headers = ["group", "pairs", "mean IoU", "C-IoU", "N-ratio", "PoLiS m", "MTA deg",

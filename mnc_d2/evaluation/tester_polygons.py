@@ -52,6 +52,7 @@ import numpy as np
 import shapely
 
 from ..formats.spacenet_csv import SpaceNetCSVError
+from ..utils.arrays import unique
 
 logger = logging.getLogger(__name__)
 
@@ -503,11 +504,7 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     image_of_row = np.asarray(pc.struct_field(pc.extract_regex(lines, "^(?P<image>[^,]*)"), [0])
                               .take(indices(data_idx)).to_pylist(), dtype=object)  # (D,)
     registered = list(dict.fromkeys(image_of_row.tolist()))
-    # data rows never equal skipped lines, so distinct data rows = distinct lines - distinct
-    # skipped lines
-    distinct_skipped = len(set(lines.take(indices(np.flatnonzero(skipped))).to_pylist()))
-    _warn_duplicates(kind, path,
-                     num_rows - (pc.count_distinct(lines).as_py() - distinct_skipped))
+    _warn_duplicates(kind, path, _duplicate_rows(lines, data_idx))
     headers = np.flatnonzero(to_numpy(header_line))
 
     usual = to_numpy(pc.match_substring_regex(lines, _FAST_LINE_RE2))[data_idx]  # (D,)
@@ -527,9 +524,9 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     tokens = pc.ascii_split_whitespace(pc.replace_substring(pc.utf8_ltrim(rings, " "), ",", " "))
     fields = to_numpy(pc.list_value_length(tokens)).astype(np.int64)
     dims = np.where(fields == 3 * points, 3, np.where(fields == 2 * points, 2, 0))
-    general = np.union1d(np.flatnonzero(~usual), usual_rows[empty])
+    general = unique(np.concatenate([np.flatnonzero(~usual), usual_rows[empty]]))
     # A ring mixing 2- and 3-field points: its line takes the general path.
-    odd_rows = np.unique(ring_row[dims == 0])
+    odd_rows = unique(ring_row[dims == 0])
     keep_poly = np.ones(len(fast_rows), dtype=bool)
     if len(odd_rows):
         keep = ~np.isin(ring_row, odd_rows)
@@ -537,7 +534,7 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
         tokens = tokens.take(indices(np.flatnonzero(keep)))
         keep_poly = ~np.isin(fast_rows, odd_rows)
         fast_rows = fast_rows[keep_poly]
-        general = np.union1d(general, odd_rows)
+        general = unique(np.concatenate([general, odd_rows]))
     try:
         values = to_numpy(pc.cast(pc.list_flatten(tokens), pa.float64()))
     except (pa.ArrowInvalid, ValueError) as exc:
@@ -576,6 +573,28 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     merged = concat_tables([bulk, rest_table])
     merged.row = np.concatenate([bulk.row, rest_table.row])  # rows are of one file, not two
     return take_polygons(merged, np.argsort(merged.line, kind="stable"), registered, num_rows)
+
+
+def _duplicate_rows(lines, data_idx: np.ndarray) -> int:
+    """How many of the data rows ``data_idx`` (D,) of ``lines`` repeat an earlier one exactly.
+
+    Hashing every whole line is the slowest step of reading a truth file (its Geo column is most
+    of its bytes), so rows are grouped by a short key first, the text up to the second comma
+    (ImageId,BuildingId): equal lines have equal keys, so only rows whose key repeats are compared
+    whole. duplicates = rows in repeated keys - distinct lines among them.
+    """
+    import pyarrow.compute as pc
+
+    from ..utils.arrow_numpy import indices, to_numpy
+
+    keys = pc.struct_field(pc.extract_regex(lines, "^(?P<key>[^,]*,?[^,]*)"), [0]
+                           ).take(indices(data_idx))  # (D,) short copies, not the long lines
+    codes = to_numpy(pc.dictionary_encode(keys).indices).astype(np.int64)  # (D,)
+    repeated = np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
+    if not repeated.any():
+        return 0
+    return int(repeated.sum()) - pc.count_distinct(
+        lines.take(indices(data_idx[repeated]))).as_py()
 
 
 def take_polygons(table: PolygonTable, order: np.ndarray, registered: list,
