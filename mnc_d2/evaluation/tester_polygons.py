@@ -481,8 +481,8 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     ``float`` agree on every string the loose check admits (both round correctly).
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
+    from ..utils import arrow_kernels as pc
     from ..utils.arrow_numpy import indices, lines as split_lines, to_numpy
 
     kind = "truth" if truth else "proposal"
@@ -501,8 +501,9 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     data_idx = np.flatnonzero(~skipped)  # (D,) line index of each data row
     numbers = data_idx + 1  # (D,) 1-based line numbers of the data rows
     num_rows = len(data_idx)
-    image_of_row = np.asarray(pc.struct_field(pc.extract_regex(lines, "^(?P<image>[^,]*)"), [0])
-                              .take(indices(data_idx)).to_pylist(), dtype=object)  # (D,)
+    image_of_row = np.asarray(pc.take(pc.struct_field(pc.extract_regex(lines, "^(?P<image>[^,]*)"),
+                                                      [0]), indices(data_idx)).to_pylist(),
+                              dtype=object)  # (D,)
     registered = list(dict.fromkeys(image_of_row.tolist()))
     _warn_duplicates(kind, path, _duplicate_rows(lines, data_idx))
     headers = np.flatnonzero(to_numpy(header_line))
@@ -515,8 +516,8 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     # In a usual line the first '"POLYGON ((' opens the polygon and the first '))"' closes it;
     # the confidence starts 4 characters past '))' (after '))",'), as the tester reads it.
     # (extracted from every line, then taken: only the polygon text is copied, not the rest)
-    parts = pc.extract_regex(lines, _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$"
-                             ).take(indices(data_idx[fast_rows]))
+    parts = pc.take(pc.extract_regex(lines, _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$"),
+                    indices(data_idx[fast_rows]))
     ring_lists = pc.split_pattern(pc.struct_field(parts, "body"), "),(")
     ring_row = fast_rows[to_numpy(pc.list_parent_indices(ring_lists))]  # (R,)
     rings = pc.list_flatten(ring_lists)
@@ -531,12 +532,12 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     if len(odd_rows):
         keep = ~np.isin(ring_row, odd_rows)
         ring_row, points, dims = ring_row[keep], points[keep], dims[keep]
-        tokens = tokens.take(indices(np.flatnonzero(keep)))
+        tokens = pc.take(tokens, indices(np.flatnonzero(keep)))
         keep_poly = ~np.isin(fast_rows, odd_rows)
         fast_rows = fast_rows[keep_poly]
         general = unique(np.concatenate([general, odd_rows]))
     try:
-        values = to_numpy(pc.cast(pc.list_flatten(tokens), pa.float64()))
+        values = to_numpy(pc.cast_float64(pc.list_flatten(tokens)))
     except (pa.ArrowInvalid, ValueError) as exc:
         raise _ReadLineByLine(str(exc)) from None
     ring_offsets = np.concatenate([[0], np.cumsum(points)]).astype(np.int64)
@@ -548,12 +549,12 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     rings_per_poly = np.bincount(np.searchsorted(fast_rows, ring_row), minlength=len(fast_rows))
     confidence = np.zeros(len(fast_rows))
     if not truth and len(fast_rows):
-        rest = pc.struct_field(parts, "rest").take(indices(np.flatnonzero(keep_poly)))
+        rest = pc.take(pc.struct_field(parts, "rest"), indices(np.flatnonzero(keep_poly)))
         conf = pc.utf8_trim(pc.utf8_slice_codeunits(rest, 1), JAVA_TRIM)
-        if not pc.all(pc.match_substring_regex(conf, f"^{_LOOSE}$")).as_py():
+        if not pc.all_true(pc.match_substring_regex(conf, f"^{_LOOSE}$")):
             raise _ReadLineByLine("a confidence is not a plain decimal")
         try:
-            confidence = to_numpy(pc.cast(conf, pa.float64()))
+            confidence = to_numpy(pc.cast_float64(conf))
         except (pa.ArrowInvalid, ValueError) as exc:
             raise _ReadLineByLine(str(exc)) from None
     bulk = PolygonTable(
@@ -565,7 +566,8 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
         return bulk
     builder = _Builder(f"{kind} CSV {path}")
     header = lines[int(headers[0])].as_py() if len(headers) else ""
-    for row, line in zip(general.tolist(), lines.take(indices(data_idx[general])).to_pylist()):
+    for row, line in zip(general.tolist(),
+                         pc.take(lines, indices(data_idx[general])).to_pylist()):
         number = int(numbers[row])
         _general_line(builder, line, number, row, truth,
                       header if len(headers) and headers[0] + 1 < number else "", path)
@@ -583,18 +585,16 @@ def _duplicate_rows(lines, data_idx: np.ndarray) -> int:
     (ImageId,BuildingId): equal lines have equal keys, so only rows whose key repeats are compared
     whole. duplicates = rows in repeated keys - distinct lines among them.
     """
-    import pyarrow.compute as pc
-
+    from ..utils import arrow_kernels as pc
     from ..utils.arrow_numpy import indices, to_numpy
 
-    keys = pc.struct_field(pc.extract_regex(lines, "^(?P<key>[^,]*,?[^,]*)"), [0]
-                           ).take(indices(data_idx))  # (D,) short copies, not the long lines
+    keys = pc.take(pc.struct_field(pc.extract_regex(lines, "^(?P<key>[^,]*,?[^,]*)"), [0]),
+                   indices(data_idx))  # (D,) short copies, not the long lines
     codes = to_numpy(pc.dictionary_encode(keys).indices).astype(np.int64)  # (D,)
     repeated = np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
     if not repeated.any():
         return 0
-    return int(repeated.sum()) - pc.count_distinct(
-        lines.take(indices(data_idx[repeated]))).as_py()
+    return int(repeated.sum()) - pc.count_distinct(pc.take(lines, indices(data_idx[repeated])))
 
 
 def take_polygons(table: PolygonTable, order: np.ndarray, registered: list,
