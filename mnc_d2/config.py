@@ -81,6 +81,10 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Stages run at inference (0 = NUM_STAGES). 5 on a 3-stage model runs the 5-stage inference
     # with its shared weights, as the paper evaluates its 3-stage model.
     _C.MODEL.MNC.TEST_NUM_STAGES = 0
+    # Inference shortcut: only proposals whose stage-3 foreground score reaches this go on to
+    # stages 4-5 (0.0 = all of them, as the original). Their stage-3 instances are kept either
+    # way; what is skipped is the stage-5 instance of a proposal stage 3 already scored low.
+    _C.MODEL.MNC.TEST_CASCADE_MIN_SCORE = 0.0
     # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates), one sample
     # at each cell's centre on continuous coordinates (the original: at the cell's corner, on box
     # coordinates rounded to the feature grid); "roialign": Detectron2's ROIAlign on detached

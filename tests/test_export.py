@@ -53,11 +53,11 @@ def trained(data_root, tmp_path_factory) -> Path:
     return train_quick(data_root, tmp_path_factory.mktemp("trained"), iters=20)
 
 
-def _export(run_dir: Path, out: Path) -> Path:
+def _export(run_dir: Path, out: Path, opts=()) -> Path:
     run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
                           "--config-file", str(run_dir / "config.yaml"), "--output", str(out),
                           "--tile-size", str(TILE), "MODEL.WEIGHTS",
-                          str(run_dir / "model_final.pth")],
+                          str(run_dir / "model_final.pth"), *opts],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return out
@@ -164,6 +164,19 @@ def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     model = _export(run_dir, tmp_path / "exported")
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
     assert _predict(eager, scenes, *_eager(run_dir)) == 0
+    assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
+    assert _compare(eager, onnx, scenes) > 0
+
+
+def test_cascade_shortcut_exports(tmp_path, trained, scenes):
+    """MODEL.MNC.TEST_CASCADE_MIN_SCORE (only proposals scored high enough at stage 3 go on to
+    stages 4-5) is part of the exported graph: onnxruntime gives eager's buildings with it (the
+    head's own test shows what the shortcut changes)."""
+    opts = ["MODEL.MNC.TEST_CASCADE_MIN_SCORE", "0.3"]
+    model = _export(trained, tmp_path / "exported", opts)
+    assert "TEST_CASCADE_MIN_SCORE: 0.3" in (model / "config.yaml").read_text()
+    eager, onnx = tmp_path / "eager", tmp_path / "onnx"
+    assert _predict(eager, scenes, *_eager(trained), *opts) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
     assert _compare(eager, onnx, scenes) > 0
 

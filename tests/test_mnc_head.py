@@ -518,3 +518,61 @@ def test_masking_layer_with_mask_level_labels(monkeypatch):
     assert torch.all(grad[hit] > 0), "mask-foreground RoIs must pass the classifier gradient"
     assert torch.all(grad[missed] == 0), "a missed mask is background: no classifier gradient"
     assert torch.all(grad[~box_fg] == 0)
+
+
+def _infer_with_spy(cfg):
+    """Inference of a seeded model on one toy image; returns (instances, [boxes per _run_pair
+    call (list of per-image (R_i, 4))], [class logits per call])."""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    boxes, logits = [], []
+    original = model.roi_heads._run_pair
+
+    def spy(feats, stage_boxes, second):
+        out = original(feats, stage_boxes, second)
+        boxes.append([b.clone() for b in stage_boxes])
+        logits.append(out[1])
+        return out
+
+    model.roi_heads._run_pair = spy
+    with torch.no_grad():
+        out = model([{"image": toy_batch()[0]["image"], "height": 128, "width": 128}])
+    return out[0]["instances"], boxes, logits
+
+
+def test_cascade_min_score_sends_only_high_stage3_scores_to_stages_4_5():
+    """MODEL.MNC.TEST_CASCADE_MIN_SCORE: stages 4-5 see exactly the proposals whose stage-3
+    foreground score reaches it; at 1.0 (none does) the output is the 3-stage inference's."""
+    full, boxes, logits = _infer_with_spy(quick_cfg())
+    fg3 = torch.softmax(logits[0], dim=1)[:, 0]
+    tau = float(fg3.median())
+    part, part_boxes, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": tau}))
+    go = fg3 >= tau
+    assert 0 < int(go.sum()) < len(fg3)
+    assert torch.equal(part_boxes[1][0], boxes[1][0][go])  # the same refined boxes, fewer
+    none, none_boxes, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": 1.0}))
+    assert len(none_boxes[1][0]) == 0
+    three, _, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_NUM_STAGES": 3}))
+    assert len(three) > 0 and len(full) > 0
+    for field in ("scores", "pred_classes", "pred_masks"):
+        assert torch.equal(getattr(none, field), getattr(three, field))
+    assert torch.equal(none.pred_boxes.tensor, three.pred_boxes.tensor)
+    with pytest.raises(ValueError, match="TEST_CASCADE_MIN_SCORE=1.5"):
+        build_model(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": 1.5}))
+
+
+def test_cascade_min_score_keeps_images_of_a_batch_apart():
+    """With the shortcut, a batch of two images gives each image what it gives alone."""
+    cfg = quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": 0.5})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = [{"image": b["image"], "height": 128, "width": 128} for b in toy_batch(seed=3)]
+    images[1]["image"] = images[1]["image"].flip(-1)
+    with torch.no_grad():
+        both = model(images)
+        alone = [model([image])[0] for image in images]
+    for a, b in zip(both, alone):
+        a, b = a["instances"], b["instances"]
+        assert len(a) == len(b)
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+        assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)

@@ -198,6 +198,8 @@ class MNCExportGraph(nn.Module):
         cand_boxes, cand_masks, cand_probs = [boxes], [mask2.sigmoid()], [probs3]
         if heads.test_num_stages == 5:
             refined = self._refine(boxes, deltas3, probs3.argmax(1))
+            if heads.test_cascade_min_score > 0:  # MODEL.MNC.TEST_CASCADE_MIN_SCORE
+                refined = refined[probs3.max(1).values >= heads.test_cascade_min_score]
             mask4, cls5, _ = self._pair(feats, refined, second=True)
             cand_boxes.append(refined)
             cand_masks.append(mask4.sigmoid())

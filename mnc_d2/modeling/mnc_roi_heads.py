@@ -47,7 +47,8 @@ voting (``MASK_VOTING_SPACE``: in image space as the original, the box becoming 
 tight box, or inside the kept box). Image-space voting can move two kept boxes onto one
 building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not).
 TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
-model. Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
+model. TEST_CASCADE_MIN_SCORE > 0 sends only the proposals whose stage-3 score reaches it on to
+stages 4-5 (an inference shortcut; the original sends all). Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
 masks that GeneralizedRCNN pastes at image size.
 """
 
@@ -107,7 +108,8 @@ class MNCROIHeads(ROIHeads):
                  test_score_thresh: float = 0.05, test_nms_thresh: float = 0.3,
                  test_detections_per_img: int = 300, mask_voting: bool = True,
                  mask_voting_iou: float = 0.5, mask_voting_space: str = "image",
-                 mask_threshold: float = 0.5, nms_after_voting: bool = True, **kwargs):
+                 mask_threshold: float = 0.5, nms_after_voting: bool = True,
+                 test_cascade_min_score: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if num_stages not in (3, 5):
             raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
@@ -144,6 +146,10 @@ class MNCROIHeads(ROIHeads):
         self.mask_voting_space = mask_voting_space
         self.mask_threshold = mask_threshold
         self.nms_after_voting = nms_after_voting
+        if not 0.0 <= test_cascade_min_score <= 1.0:
+            raise ValueError(f"MODEL.MNC.TEST_CASCADE_MIN_SCORE={test_cascade_min_score}: use a "
+                             "score in [0, 1] (0 = every proposal goes on to stages 4-5)")
+        self.test_cascade_min_score = test_cascade_min_score
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -195,6 +201,7 @@ class MNCROIHeads(ROIHeads):
             mask_voting_space=mnc.MASK_VOTING_SPACE,
             mask_threshold=mnc.MASK_THRESHOLD,
             nms_after_voting=mnc.NMS_AFTER_VOTING,
+            test_cascade_min_score=mnc.TEST_CASCADE_MIN_SCORE,
         )
         return ret
 
@@ -381,18 +388,26 @@ class MNCROIHeads(ROIHeads):
         probs3 = F.softmax(cls3, dim=1)
         stages = [(boxes, mask2, probs3)]
         if self.test_num_stages == 5:
-            classes = probs3[:, : self.num_classes].argmax(1)
-            refined = self._refine(boxes, deltas3, classes, sizes)
+            fg3 = probs3[:, : self.num_classes]
+            refined = self._refine(boxes, deltas3, fg3.argmax(1), sizes)
+            if self.test_cascade_min_score > 0:
+                # MODEL.MNC.TEST_CASCADE_MIN_SCORE: only proposals whose stage-3 score reaches
+                # it go on to stages 4-5 (an inference shortcut; the original runs them all)
+                go = (fg3.max(1).values >= self.test_cascade_min_score).split(
+                    [len(b) for b in boxes])
+                refined = [r[g] for r, g in zip(refined, go)]
             mask4, cls5, _ = self._run_pair(feats, refined, second=True)
             stages.append((refined, mask4, F.softmax(cls5, dim=1)))
-        results, start = [], 0
+        results = []
+        starts = [0] * len(stages)
         for i, size in enumerate(sizes):
-            n = len(boxes[i])
-            cand_boxes = cat([s[0][i] for s in stages])
-            cand_masks = cat([s[1][start: start + n].sigmoid() for s in stages])
-            cand_probs = cat([s[2][start: start + n, : self.num_classes] for s in stages])
-            results.append(self._select(cand_boxes, cand_masks, cand_probs, size))
-            start += n
+            parts = []
+            for k, (stage_boxes, masks, probs) in enumerate(stages):
+                n = len(stage_boxes[i])
+                parts.append((stage_boxes[i], masks[starts[k]: starts[k] + n].sigmoid(),
+                              probs[starts[k]: starts[k] + n, : self.num_classes]))
+                starts[k] += n
+            results.append(self._select(*(cat(list(col)) for col in zip(*parts)), size))
         return results
 
     def _vote(self, keep, boxes, masks, scores):
