@@ -155,6 +155,7 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
 
 TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from --tag in main
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
+CASCADE_MIN_SCORE = "0.05"  # MODEL.MNC.TEST_CASCADE_MIN_SCORE of the shortcut rows
 
 
 def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
@@ -198,10 +199,16 @@ def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int
     fewer = ("MODEL.RPN.POST_NMS_TOPK_TEST", "100")  # the test proposals' lever on the heads
     inputs = (("416 px", "416", ()), ("416 px, 100 proposals", "416_100", fewer),
               ("650 px", "650", native))
+    # MNC only: stages 4-5 for the proposals scored >= 0.05 at stage 3 (no effect on Mask R-CNN)
+    shortcut = ("MODEL.MNC.TEST_CASCADE_MIN_SCORE", CASCADE_MIN_SCORE)
+    mnc_only = (("416 px, cascade shortcut", "416_cascade", shortcut),
+                ("650 px, cascade shortcut", "650_cascade", native + shortcut))
     sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
     r50 = work / "r50"  # speed_r50's random-init model and config
     jobs = [(f"{name} {label}", run, f"speed_{name}_{tag}", opts)
             for (name, run), (label, tag, opts) in itertools.product(sources, inputs)]
+    jobs += [(f"mnc5 {label}", sources[0][1], f"speed_mnc5_{tag}", opts)
+             for label, tag, opts in mnc_only]
     jobs.append(("mnc5 R-50 650 px (random init)", r50, "speed_r50", ()))
 
     def export(run: Path, out: Path, *opts: str) -> Path:
@@ -221,7 +228,7 @@ def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int
         model, backend = name.rsplit(" / ", 1)
         entry["speedup_vs_eager"] = round(
             speed_rows[f"{model} / torch"]["s_per_tile_median"] / entry["s_per_tile_median"], 3)
-        other = model.replace("mnc5", "mask_rcnn")
+        other = model.replace("mnc5", "mask_rcnn").replace(", cascade shortcut", "")
         if model.startswith("mnc5") and f"{other} / {backend}" in speed_rows:
             entry["ratio_vs_mask_rcnn_same_backend"] = round(
                 entry["s_per_tile_median"] / speed_rows[f"{other} / {backend}"]

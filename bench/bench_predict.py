@@ -89,6 +89,8 @@ def main() -> None:
                         help="rounds; each round runs every backend once, in turn")
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", help="what the model is, for the report's table (e.g. "
+                        "'R-50-FPN MNC, random init')")
     args = parser.parse_args()
     run = Path(args.run)
     sources = {}
@@ -123,6 +125,7 @@ def main() -> None:
                      "km2_per_core_hour": round(km2 / (median * cores / 3600), 1),
                      **({"speedup_vs_torch": round(base / median, 2)} if base else {})})
     report = {"machine": f"{platform.machine()}, {cores} CPUs, CPU only",
+              **({"model": args.label} if args.label else {}),
               "scene_px": args.size, "bands": 3, "gsd_m": GSD_M, "scene_km2": round(km2, 2),
               "repeats": args.repeats, "runs": runs}
     print(json.dumps(report, indent=2))

@@ -186,9 +186,12 @@ def predict_table(report: dict) -> list[str]:
     """bench_predict.py: per backend, the whole scene's wall time (median over rounds), peak RSS,
     buildings and throughput."""
     scene = f"{report['scene_px']:,} x {report['scene_px']:,} px, {report['bands']} bands"
-    return _table(["scene", "backend", f"wall s (median of {report['repeats']})",
-                   "x torch speed", "peak RSS GB", "buildings", "km2 per core-hour"],
-                  [[scene, r["backend"], f"{r['wall_s']:.1f}",
+    model = [report["model"]] if report.get("model") else []
+    return _table(["model"] * len(model) + ["scene", "backend",
+                                            f"wall s (median of {report['repeats']})",
+                                            "x torch speed", "peak RSS GB", "buildings",
+                                            "km2 per core-hour"],
+                  [[*model, scene, r["backend"], f"{r['wall_s']:.1f}",
                     f"{r['speedup_vs_torch']:.2f}" if "speedup_vs_torch" in r else "n/a",
                     f"{r['peak_rss_gb']:.2f}", f"{r['buildings']:,}",
                     f"{r['km2_per_core_hour']:.1f}"] for r in report["runs"]])
@@ -480,7 +483,9 @@ def table_maker(report_name: str):
         return polygonize_table
     if report_name.startswith("viewer"):
         return viewer_table
-    return {"scorer": scorer_table, "predict": predict_table, "demo": demo_table,
+    if report_name.startswith("predict"):
+        return predict_table
+    return {"scorer": scorer_table, "demo": demo_table,
             "viewer": viewer_table, "export": export_tables}.get(report_name)
 
 
