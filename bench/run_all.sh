@@ -62,4 +62,13 @@ run predict_many "${PY[@]}" bench.bench_predict_many \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
 # Exported models (onnxruntime, OpenVINO, TorchScript) against eager on section 1's MNC models.
 run export "${PY[@]}" bench.bench_export $QUICK --tag "${IMAGES}img_${ITERS}it"
+# The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
+run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \
+  --model .cache/bench/export/int8/speed_r50 --backends torch onnxruntime onnxruntime-int8 \
+  --repeats 3 --label "R-50-FPN MNC (SpaceNet 2 config, 650 px), random init"
+# The cascade shortcut on section 1's MNC models (inference only, nothing retrained).
+for setting in default hard; do
+  run accuracy_${setting}_cascade "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
+    --model-seeds 0 1 2 --variants mnc5 --test-opts MODEL.MNC.TEST_CASCADE_MIN_SCORE 0.05
+done
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2
