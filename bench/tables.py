@@ -311,9 +311,12 @@ def transfer_table(results: Path) -> list[str]:
     """Per variant and slice: recall on the other setting's benchmark next to the recall on the
     training setting's own (accuracy_<train>_on_<test>.json vs accuracy_<train>.json)."""
     rows = []
-    for path in sorted(results.glob("accuracy_*_on_*.json")):
+    paths = sorted(results.glob("accuracy_*_on_*.json"))
+    schedules = {json.loads(p.read_text()).get("iterations") for p in paths}
+    for path in paths:
         cross = json.loads(path.read_text())
-        home_path = results / f"accuracy_{cross['setting']}.json"
+        # the same models scored on their own benchmark: the report named without "_on_<test>"
+        home_path = results / f"{path.stem.split('_on_')[0]}.json"
         if not home_path.exists():
             continue
         home = json.loads(home_path.read_text())["summary"]
@@ -328,7 +331,9 @@ def transfer_table(results: Path) -> list[str]:
                     cells.append(f"{a:.3f} -> {b:.3f} ({b - a:+.3f})")
                 else:
                     cells.append("n/a")
-            rows.append([_setting(cross), name, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
+            label = (f"{name} ({cross['iterations']:,} iterations)" if len(schedules) > 1
+                     else name)
+            rows.append([_setting(cross), label, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
                          f"{e['mean_city_f1']['mean']:.3f}", *cells])
     return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",
                    "recall small", "recall concave", "recall dark", "recall other"], rows)
