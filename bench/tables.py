@@ -311,10 +311,9 @@ def transfer_table(results: Path) -> list[str]:
     """Per variant and slice: recall on the other setting's benchmark next to the recall on the
     training setting's own (accuracy_<train>_on_<test>.json vs accuracy_<train>.json)."""
     rows = []
-    paths = sorted(results.glob("accuracy_*_on_*.json"))
-    schedules = {json.loads(p.read_text()).get("iterations") for p in paths}
-    for path in paths:
-        cross = json.loads(path.read_text())
+    crosses = {p: json.loads(p.read_text()) for p in sorted(results.glob("accuracy_*_on_*.json"))}
+    schedules = {cross.get("iterations") for cross in crosses.values()}
+    for path, cross in crosses.items():
         # the same models scored on their own benchmark: the report named without "_on_<test>"
         home_path = results / f"{path.stem.split('_on_')[0]}.json"
         if not home_path.exists():

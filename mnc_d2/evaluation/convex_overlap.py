@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.arrays import unique
-from ..utils.chunks import map_row_slices
+from ..utils.chunks import concat_row_slices
 
 MAX_VERTICES = 8  # rings with more distinct vertices take GEOS's overlay
 
@@ -152,5 +152,5 @@ def pair_overlap_areas(vert_a: np.ndarray, n_a: np.ndarray, vert_b: np.ndarray,
                 return overlap_areas(vert_a[rows, :high], n_a[rows], vert_b[rows, :high],
                                      n_b[rows])
 
-            out[sel] = np.concatenate(map_row_slices(clip, len(sel), min_chunk))
+            out[sel] = concat_row_slices(clip, len(sel), min_chunk)
     return out

@@ -54,7 +54,7 @@ from ..formats.spacenet_csv import SpaceNetCSVError, read_proposal_csv, read_tru
 from .convex_overlap import convex_rings, pair_overlap_areas
 from .tester_polygons import PolygonTable, concat_tables, read_polygon_csv, table_from_geometries
 from ..utils.arrays import unique
-from ..utils.chunks import map_row_slices
+from ..utils.chunks import concat_row_slices
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +178,8 @@ def overlay_areas(op, a: np.ndarray, b: np.ndarray, min_chunk: int | None = None
     shapely releases the GIL inside its vectorised GEOS calls, so large arrays are cut into
     slices overlaid by a few threads (results are per pair, hence identical to one call).
     """
-    parts = map_row_slices(lambda s: shapely.area(op(a[s], b[s])), len(a),
-                           min_chunk or _THREAD_CHUNK)
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return concat_row_slices(lambda s: shapely.area(op(a[s], b[s])), len(a),
+                             min_chunk or _THREAD_CHUNK)
 
 
 def _same_image_box_pairs(p_bounds: np.ndarray, t_bounds: np.ndarray, p_img: np.ndarray,
@@ -202,18 +201,16 @@ def _same_image_box_pairs(p_bounds: np.ndarray, t_bounds: np.ndarray, p_img: np.
     p_off, t_off = (p_img * span - lo), (t_img * span - lo)
 
     def boxes(bounds: np.ndarray, off: np.ndarray) -> np.ndarray:
-        parts = map_row_slices(lambda s: shapely.box(bounds[s, 0] + off[s], bounds[s, 1],
-                                                     bounds[s, 2] + off[s], bounds[s, 3]),
-                               len(bounds), _THREAD_CHUNK)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return concat_row_slices(lambda s: shapely.box(bounds[s, 0] + off[s], bounds[s, 1],
+                                                       bounds[s, 2] + off[s], bounds[s, 3]),
+                                 len(bounds), _THREAD_CHUNK)
 
     tree = shapely.STRtree(boxes(t_bounds, t_off))
     p_boxes = boxes(p_bounds, p_off)
     # the query in slices of proposals (threads; GEOS releases the GIL): each slice's pairs come
     # ordered by proposal, so the concatenation is the one-call result
-    parts = map_row_slices(lambda s: tree.query(p_boxes[s]) + np.array([[s.start], [0]]),
-                           len(p_boxes), _THREAD_CHUNK)
-    pi, ti = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    pi, ti = concat_row_slices(lambda s: tree.query(p_boxes[s]) + np.array([[s.start], [0]]),
+                               len(p_boxes), _THREAD_CHUNK, axis=1)
     same = p_img[pi] == t_img[ti]  # guards against float rounding at the tile seams
     pi, ti = pi[same], ti[same]
     # The tree's box test is GEOS' (float, after shifting); settle touching boxes exactly.
@@ -593,12 +590,7 @@ def _read_both(truth_paths: list, proposal_csv):
         return _read_truth_tables(truth_paths), read_polygon_csv(proposal_csv, truth=False)
     with ThreadPoolExecutor(1) as pool:
         proposals = pool.submit(read_polygon_csv, proposal_csv, False)
-        try:
-            truth = _read_truth_tables(truth_paths)
-        except BaseException:
-            proposals.cancel()
-            raise
-        return truth, proposals.result()
+        return _read_truth_tables(truth_paths), proposals.result()
 
 
 def _warn_unknown(unknown: set, proposal_csv) -> None:

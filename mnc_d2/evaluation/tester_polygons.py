@@ -501,11 +501,14 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     data_idx = np.flatnonzero(~skipped)  # (D,) line index of each data row
     numbers = data_idx + 1  # (D,) 1-based line numbers of the data rows
     num_rows = len(data_idx)
-    image_of_row = np.asarray(pc.take(pc.struct_field(pc.extract_regex(lines, "^(?P<image>[^,]*)"),
-                                                      [0]), indices(data_idx)).to_pylist(),
-                              dtype=object)  # (D,)
+    # each data row's text up to its second comma (ImageId,BuildingId): one pass over the long
+    # lines, then the ImageId (before the first comma) is cut from these short copies
+    keys = pc.take(pc.struct_field(pc.extract_regex(lines, "^(?P<key>[^,]*,?[^,]*)"), [0]),
+                   indices(data_idx))  # (D,)
+    image_of_row = np.asarray(pc.struct_field(pc.extract_regex(keys, "^(?P<image>[^,]*)"), [0])
+                              .to_pylist(), dtype=object)  # (D,)
     registered = list(dict.fromkeys(image_of_row.tolist()))
-    _warn_duplicates(kind, path, _duplicate_rows(lines, data_idx))
+    _warn_duplicates(kind, path, _duplicate_rows(lines, data_idx, keys))
     headers = np.flatnonzero(to_numpy(header_line))
 
     usual = to_numpy(pc.match_substring_regex(lines, _FAST_LINE_RE2))[data_idx]  # (D,)
@@ -577,19 +580,17 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     return take_polygons(merged, np.argsort(merged.line, kind="stable"), registered, num_rows)
 
 
-def _duplicate_rows(lines, data_idx: np.ndarray) -> int:
+def _duplicate_rows(lines, data_idx: np.ndarray, keys) -> int:
     """How many of the data rows ``data_idx`` (D,) of ``lines`` repeat an earlier one exactly.
 
     Hashing every whole line is the slowest step of reading a truth file (its Geo column is most
-    of its bytes), so rows are grouped by a short key first, the text up to the second comma
-    (ImageId,BuildingId): equal lines have equal keys, so only rows whose key repeats are compared
-    whole. duplicates = rows in repeated keys - distinct lines among them.
+    of its bytes), so rows are grouped by ``keys`` (D,) first, each row's text up to its second
+    comma (ImageId,BuildingId): equal lines have equal keys, so only rows whose key repeats are
+    compared whole. duplicates = rows in repeated keys - distinct lines among them.
     """
     from ..utils import arrow_kernels as pc
     from ..utils.arrow_numpy import indices, to_numpy
 
-    keys = pc.take(pc.struct_field(pc.extract_regex(lines, "^(?P<key>[^,]*,?[^,]*)"), [0]),
-                   indices(data_idx))  # (D,) short copies, not the long lines
     codes = to_numpy(pc.dictionary_encode(keys).indices).astype(np.int64)  # (D,)
     repeated = np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
     if not repeated.any():

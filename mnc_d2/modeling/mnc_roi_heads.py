@@ -48,8 +48,9 @@ tight box, or inside the kept box). Image-space voting can move two kept boxes o
 building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not).
 TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
 model. TEST_CASCADE_MIN_SCORE > 0 sends only the proposals whose stage-3 score reaches it on to
-stages 4-5 (an inference shortcut; the original sends all). Output: Instances with pred_boxes, scores, pred_classes and pred_masks (R, 1, M, M) soft
-masks that GeneralizedRCNN pastes at image size.
+stages 4-5 (an inference shortcut; the original sends all). Output: Instances with pred_boxes,
+scores, pred_classes and pred_masks (R, 1, M, M) soft masks that GeneralizedRCNN pastes at
+image size.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable
 
-T = TypeVar("T")
+import numpy as np
 
 
 def row_slices(n: int, min_chunk: int, max_workers: int = 4) -> list[slice]:
@@ -22,11 +22,13 @@ def row_slices(n: int, min_chunk: int, max_workers: int = 4) -> list[slice]:
     return [slice(bounds[k], bounds[k + 1]) for k in range(workers)]
 
 
-def map_row_slices(fn: Callable[[slice], T], n: int, min_chunk: int,
-                   max_workers: int = 4) -> list[T]:
-    """``[fn(s) for s in row_slices(n, ...)]``, the slices run in threads when more than one."""
+def concat_row_slices(fn: Callable[[slice], np.ndarray], n: int, min_chunk: int,
+                      axis: int = 0, max_workers: int = 4) -> np.ndarray:
+    """``fn(slice(0, n))`` computed as ``fn`` of each of :func:`row_slices`, the slices run in
+    threads when more than one and their arrays joined along ``axis`` (the rows' axis of
+    ``fn``'s result)."""
     slices = row_slices(n, min_chunk, max_workers)
     if len(slices) == 1:
-        return [fn(slices[0])]
+        return fn(slices[0])
     with ThreadPoolExecutor(len(slices)) as pool:
-        return list(pool.map(fn, slices))
+        return np.concatenate(list(pool.map(fn, slices)), axis=axis)
