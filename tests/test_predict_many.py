@@ -490,8 +490,9 @@ def test_static_stac_catalog_on_disk_and_over_http(tmp_path, served, trained, sc
 
 
 def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
-    """A VRT of four tiles with one missing: no building in the gap. A scene stored at 0.5 m
-    given to a model recorded at 0.3 m is resampled to 0.3 m before prediction."""
+    """A VRT of four tiles with one missing: no building lies mostly in the gap (without the
+    nodata rule about ten do). A scene stored at 0.5 m given to a model recorded at 0.3 m is
+    resampled to 0.3 m before prediction."""
     with rasterio.open(scenes["good0"]) as src:
         data, transform, crs = src.read(), src.transform, src.crs
     half = 80
@@ -520,7 +521,8 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     frame = gpd.read_parquet(out / "buildings" / "mosaic.parquet")
     assert len(frame) > 0
     gap = shapely.box(*(transform @ (half, 2 * half)), *(transform @ (2 * half, half)))
-    assert not shapely.within(frame.geometry.representative_point(), gap).any()
+    share = shapely.area(shapely.intersection(frame.geometry.values, gap)) / frame.area
+    assert share.max() <= 0.5 + 1e-9  # in degrees as in pixels: at most half of any in the gap
 
     # the same scene at 0.5 m pixels (96 x 96) and a model that records 0.3 m
     coarse = tmp_path / "coarse.tif"

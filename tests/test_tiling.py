@@ -34,26 +34,30 @@ def test_building_on_a_tile_border_comes_out_once():
     assert sorted(scores) == [0.7, 0.9]
 
 
-def test_inside_data_reads_the_owning_tiles_validity():
-    """The nodata rule on merged polygons: a representative point on a pixel without data drops
-    the building, wherever in the scene and whichever tile's core holds it."""
-    from mnc_d2.inference.predictor import _CoreValidity, inside_data
+def test_inside_data_weighs_the_area_on_data():
+    """The nodata rule on merged polygons: a building with more than half its area on pixels
+    without data is dropped, wherever in the scene and however many tiles' cores it spans."""
+    from mnc_d2.inference.predictor import gap_parts, inside_data
 
     tiles = tile_grid(300, 200, 128, 32)
     scene = np.ones((200, 300), dtype=bool)
     scene[150:, 200:] = False  # the scene's lower-right corner holds no data
-    gaps = {}
-    for k, t in enumerate(tiles):
+    scene[40:43, 60:200] = False  # and a thin seam without data across three tiles' cores
+    gaps = []
+    for t in tiles:
         w = t.window
         valid = scene[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width]
         if not valid.all():
-            gaps[k] = _CoreValidity(t, valid)
+            gaps.append(gap_parts(t, valid))
     assert 0 < len(gaps) < len(tiles)
-    squares = [box(x, y, x + 6, y + 6) for y in range(0, 194, 7) for x in range(0, 294, 7)]
-    keep = inside_data(squares, tiles, gaps)
-    points = shapely.get_coordinates(shapely.point_on_surface(squares))
-    expected = scene[points[:, 1].astype(int), points[:, 0].astype(int)]
-    assert keep.tolist() == expected.tolist() and 0 < (~keep).sum() < len(squares)
-    # a building across a tile edge, merged: judged by the whole polygon's point (in data)
-    across = box(190, 100, 260, 152)
-    assert inside_data([across], tiles, gaps).tolist() == [True]
+    # the parts of all tiles cover exactly the pixels without data, each once
+    assert shapely.area(np.concatenate(gaps)).sum() == (~scene).sum()
+    corners = [(x, y) for y in range(0, 194, 5) for x in range(0, 294, 5)]
+    squares = [box(x, y, x + 6, y + 6) for x, y in corners]
+    keep = inside_data(squares, gaps)
+    outside = np.array([(~scene[y:y + 6, x:x + 6]).mean() for x, y in corners])
+    assert keep.tolist() == (outside <= 0.5).tolist()
+    assert 0 < (~keep).sum() < len(squares) and (keep & (outside > 0)).any()
+    # a building across tile edges and the seam, merged: judged by the whole polygon
+    assert inside_data([box(40, 30, 260, 52), box(190, 140, 210, 160), box(195, 145, 215, 170)],
+                       gaps).tolist() == [True, True, False]

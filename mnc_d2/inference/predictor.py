@@ -66,6 +66,9 @@ class ScenePrediction:
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
 GSD_TOLERANCE = 0.05
+# A building with more than this fraction of its area on pixels without data (nodata, a mask or
+# alpha band, a mosaic's gaps) is dropped: the model saw only filled band means there.
+MAX_OUTSIDE_DATA = 0.5
 
 
 def scene_gsd_m(src, info=None) -> float:
@@ -245,7 +248,7 @@ class ScenePredictor:
         ``info`` (:class:`mnc_d2.inference.sources.SceneInfo`): its band names and GSD, when
         known from STAC. Bands are chosen by name when the run and the scene both name them
         (else by index); a scene whose pixel size differs from INPUT.GSD is resampled to it
-        (bilinear, on read); buildings whose representative point lies outside the data
+        (bilinear, on read); buildings with more than half their area outside the data
         (nodata, a mask or alpha band, a mosaic's gaps) are dropped, after the pieces of a
         building cut by tile edges are merged (the rule applies to the polygon written)."""
         path = str(path)
@@ -296,7 +299,7 @@ class ScenePredictor:
             clock["read"] += time.perf_counter() - began
             return out
 
-        gaps = {}  # tile index -> validity of its core, for tiles with pixels outside the data
+        gaps = []  # gap_parts of the tiles with pixels outside the data
 
         def polygonise(start, chunk, outputs, read):
             began = time.perf_counter()
@@ -304,7 +307,7 @@ class ScenePredictor:
             if masked:
                 for k, (tile, (_, valid)) in enumerate(zip(chunk, read)):
                     if not valid.all():
-                        gaps[start + k] = _CoreValidity(tile, valid)
+                        gaps.append(gap_parts(tile, valid))
             clock["polygons"] += time.perf_counter() - began
             return out
 
@@ -335,7 +338,7 @@ class ScenePredictor:
         merged = merge_across_tiles([f[0] for f in found], [f[1] for f in found],
                                     [f[2] for f in found])
         if gaps and merged[0]:
-            keep = inside_data(merged[0], tiles, gaps)
+            keep = inside_data(merged[0], gaps)
             merged = ([p for p, k in zip(merged[0], keep) if k],
                       [v for v, k in zip(merged[1], keep) if k])
         clock["merge"] += time.perf_counter() - began
@@ -360,44 +363,41 @@ class ScenePredictor:
         return out
 
 
-class _CoreValidity:
-    """Which pixels of a tile's core hold data, packed 8 to a byte (a scene's gaps are kept
-    only for the tiles that have any)."""
+def gap_parts(tile, valid: np.ndarray) -> np.ndarray:
+    """(K,) polygons (scene pixels) of the pixels of ``tile``'s core that hold no data, clipped
+    to the core (cores partition the scene, so the parts of all tiles never overlap).
 
-    def __init__(self, tile, valid: np.ndarray):
-        x0, y0, x1, y1 = tile.core
-        self.col0, self.row0 = int(np.floor(x0)), int(np.floor(y0))
-        c0, r0 = self.col0 - tile.window.col_off, self.row0 - tile.window.row_off
-        c1 = int(np.ceil(x1)) - tile.window.col_off
-        r1 = int(np.ceil(y1)) - tile.window.row_off
-        core = valid[r0:r1, c0:c1]
-        self.shape = core.shape
-        self.bits = np.packbits(core, axis=None)
+    valid: (h, w) bool over ``tile.window``: which pixels hold data."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape
 
-    def at(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        h, w = self.shape
-        r = np.clip(rows - self.row0, 0, h - 1)
-        c = np.clip(cols - self.col0, 0, w - 1)
-        return np.unpackbits(self.bits, count=h * w).astype(bool)[r * w + c]
+    holes = (~valid).astype(np.uint8)
+    shift = Affine.translation(tile.window.col_off, tile.window.row_off)
+    parts = np.asarray([shape(g) for g, _ in
+                        shapes(holes, mask=holes.astype(bool), connectivity=4, transform=shift)],
+                       dtype=object)
+    if not len(parts):
+        return parts
+    parts = shapely.intersection(parts, shapely.box(*tile.core))
+    return parts[~shapely.is_empty(parts) & (shapely.area(parts) > 0)]
 
 
-def inside_data(polygons: list, tiles: list, gaps: dict) -> np.ndarray:
-    """(N,) bool: the polygon's representative point (scene pixels) lies on a pixel that holds
-    data. ``tiles``: the scene's tile grid (its cores partition the scene); ``gaps``: tile index
-    -> :class:`_CoreValidity` of the tiles with pixels outside the data (others are all data)."""
-    points = shapely.get_coordinates(shapely.point_on_surface(
-        np.asarray(polygons, dtype=object)))
-    x0s = np.unique([t.core[0] for t in tiles])
-    y0s = np.unique([t.core[1] for t in tiles])
-    ix = np.clip(np.searchsorted(x0s, points[:, 0], side="right") - 1, 0, len(x0s) - 1)
-    iy = np.clip(np.searchsorted(y0s, points[:, 1], side="right") - 1, 0, len(y0s) - 1)
-    owner = iy * len(x0s) + ix  # tile_grid orders tiles row by row
-    cols, rows = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
-    keep = np.ones(len(points), dtype=bool)
-    for index in np.intersect1d(owner, list(gaps)):
-        sel = owner == index
-        keep[sel] = gaps[int(index)].at(cols[sel], rows[sel])
-    return keep
+def inside_data(polygons: list, gaps: list, max_outside: float = MAX_OUTSIDE_DATA) -> np.ndarray:
+    """(N,) bool: at most ``max_outside`` of the polygon's area lies on pixels without data.
+
+    The rule is on areas, so it gives the same answer in any coordinates the polygon is later
+    written in (a representative point does not: ties between equally wide parts of a polygon
+    break differently once the coordinates are scaled). ``polygons``: (N,) in scene pixels;
+    ``gaps``: arrays from :func:`gap_parts` of the tiles with pixels outside the data."""
+    geoms = np.asarray(polygons, dtype=object)
+    keep = np.ones(len(geoms), dtype=bool)
+    parts = np.concatenate(gaps) if gaps else np.zeros(0, dtype=object)
+    if not len(parts) or not len(geoms):
+        return keep
+    poly, part = shapely.STRtree(parts).query(geoms, predicate="intersects")
+    outside = np.zeros(len(geoms))
+    np.add.at(outside, poly, shapely.area(shapely.intersection(geoms[poly], parts[part])))
+    return outside <= max_outside * shapely.area(geoms)
 
 
 class _Lane:
