@@ -168,13 +168,18 @@ def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     assert _compare(eager, onnx, scenes) > 0
 
 
-def test_cascade_shortcut_exports(tmp_path, trained, scenes):
+@pytest.mark.parametrize("min_score", ["0.3", "1.0"])
+def test_cascade_shortcut_exports(tmp_path, trained, scenes, min_score):
     """MODEL.MNC.TEST_CASCADE_MIN_SCORE (only proposals scored high enough at stage 3 go on to
-    stages 4-5) is part of the exported graph: onnxruntime gives eager's buildings with it (the
-    head's own test shows what the shortcut changes)."""
-    opts = ["MODEL.MNC.TEST_CASCADE_MIN_SCORE", "0.3"]
+    stages 4-5) is part of the exported graph: every runtime gives eager's buildings with it (the
+    head's own test shows what the shortcut changes), also when no proposal reaches it (1.0),
+    where OpenVINO's pooling would refuse an empty stage 4."""
+    opts = ["MODEL.MNC.TEST_CASCADE_MIN_SCORE", min_score]
     model = _export(trained, tmp_path / "exported", opts)
-    assert "TEST_CASCADE_MIN_SCORE: 0.3" in (model / "config.yaml").read_text()
+    assert f"TEST_CASCADE_MIN_SCORE: {min_score}" in (model / "config.yaml").read_text()
+    check = json.loads((model / EXPORT_FILE).read_text())["check"]
+    for backend in BACKENDS:  # the export's own check, OpenVINO's included where installed
+        assert check[backend]["detections"] == check["torch_detections"], (backend, check)
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
     assert _predict(eager, scenes, *_eager(trained), *opts) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0

@@ -198,12 +198,20 @@ class MNCExportGraph(nn.Module):
         cand_boxes, cand_masks, cand_probs = [boxes], [mask2.sigmoid()], [probs3]
         if heads.test_num_stages == 5:
             refined = self._refine(boxes, deltas3, probs3.argmax(1))
+            probs5_gate = None
             if heads.test_cascade_min_score > 0:  # MODEL.MNC.TEST_CASCADE_MIN_SCORE
-                refined = refined[probs3.max(1).values >= heads.test_cascade_min_score]
+                best3 = probs3.max(1).values  # (R,)
+                passed = best3 >= heads.test_cascade_min_score
+                # OpenVINO's pooling refuses zero RoIs, so the best proposal always goes on;
+                # when it is below the threshold its stage-5 scores are zeroed (no candidate,
+                # as the eager head, which sends none on)
+                go = passed | (best3 == best3.max())
+                refined, probs5_gate = refined[go], passed[go].to(probs3.dtype)[:, None]
             mask4, cls5, _ = self._pair(feats, refined, second=True)
+            probs5 = F.softmax(cls5, dim=1)[:, : heads.num_classes]
             cand_boxes.append(refined)
             cand_masks.append(mask4.sigmoid())
-            cand_probs.append(F.softmax(cls5, dim=1)[:, : heads.num_classes])
+            cand_probs.append(probs5 if probs5_gate is None else probs5 * probs5_gate)
         out_boxes, scores, classes, masks = self._select(
             torch.cat(cand_boxes), torch.cat(cand_masks), torch.cat(cand_probs))
         return self._to_tile(out_boxes), scores, classes, masks
