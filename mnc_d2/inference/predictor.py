@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..export.bundle import BACKEND_FILES
-from ..geometry.polygons import pixel_to_map
+from ..geometry.polygons import mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
@@ -368,18 +368,13 @@ def gap_parts(tile, valid: np.ndarray) -> np.ndarray:
     to the core (cores partition the scene, so the parts of all tiles never overlap).
 
     valid: (h, w) bool over ``tile.window``: which pixels hold data."""
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    holes = (~valid).astype(np.uint8)
-    shift = Affine.translation(tile.window.col_off, tile.window.row_off)
-    parts = np.asarray([shape(g) for g, _ in
-                        shapes(holes, mask=holes.astype(bool), connectivity=4, transform=shift)],
-                       dtype=object)
+    parts = np.asarray(mask_to_polygons(~valid), dtype=object)
     if not len(parts):
         return parts
-    parts = shapely.intersection(parts, shapely.box(*tile.core))
-    return parts[~shapely.is_empty(parts) & (shapely.area(parts) > 0)]
+    offset = np.array([tile.window.col_off, tile.window.row_off], dtype=np.float64)
+    parts = shapely.intersection(shapely.transform(parts, lambda xy: xy + offset),
+                                 shapely.box(*tile.core))
+    return parts[shapely.area(parts) > 0]
 
 
 def inside_data(polygons: list, gaps: list, max_outside: float = MAX_OUTSIDE_DATA) -> np.ndarray:
