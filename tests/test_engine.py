@@ -188,6 +188,33 @@ def test_resume_after_kill_continues_at_the_checkpoint(tmp_path, data_root):
     assert f"Starting training from iteration {iteration + 1}" in log
 
 
+def test_checkpoints_and_their_tag_are_written_whole(tmp_path, monkeypatch):
+    """A save that dies half-way (here: torch.save raising after writing some bytes, as a kill
+    would stop it) leaves the previous checkpoint tagged and no partial model file."""
+    from mnc_d2.modeling.checkpoint import MultiBandCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = MultiBandCheckpointer(model, str(tmp_path), input_bands=[1, 2, 3])
+    ckpt.save("model_0000001", iteration=1)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    def dies_half_way(data, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_0000003", iteration=3)
+    monkeypatch.undo()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert ckpt.resume_or_load("", resume=True)["iteration"] == 1
+
+    (tmp_path / "last_checkpoint").write_text("")  # what an in-place write killed midway leaves
+    with pytest.raises(RuntimeError, match="last_checkpoint is empty"):
+        ckpt.resume_or_load("", resume=True)
+
+
 # --- prediction and the demo ------------------------------------------------------------------
 
 

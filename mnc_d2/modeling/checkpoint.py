@@ -21,15 +21,23 @@ Detectron2's ``FREEZE_AT >= 1``, which the ImageNet configs set. With
 ``MODEL.BACKBONE.TRAIN_INFLATED_STEM`` (default on), :func:`train_inflated_stem` lets the N-band
 input convolution train whenever a checkpoint is loaded into a model of other than 3 bands; the
 rest of what FREEZE_AT freezes (res2, frozen batch norm) stays frozen.
+
+Saving is atomic in a local OUTPUT_DIR: each ``model_*.pth`` and the ``last_checkpoint`` tag are
+written to a temporary file and renamed into place, so a run killed at any instant (SIGKILL, a
+preempted node) leaves the tag naming a complete checkpoint and ``--resume`` continues from it.
+fvcore writes both in place, and a kill between truncating and writing the tag left it empty.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+from ..utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,42 @@ class MultiBandCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.input_bands = [int(b) for b in input_bands]
         self.checkpoint_bands = [int(b) for b in (checkpoint_bands or self.input_bands[:3])]
+
+    def _local(self) -> bool:
+        """Whether checkpoints go to a local folder (atomic renames work there)."""
+        return "://" not in str(self.save_dir)
+
+    def save(self, name: str, **kwargs) -> None:
+        """Write ``{name}.pth`` (model, checkpointables, ``kwargs``) atomically, then tag it."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        logger.info("Saving checkpoint to %s", path)
+        with atomic_write(path, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Name the newest checkpoint in ``last_checkpoint``, atomically in a local folder."""
+        if not self._local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``last_checkpoint`` names; a clear error if the tag is empty."""
+        path = super().get_checkpoint_file()
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        if path and os.path.normpath(path) == os.path.normpath(self.save_dir):
+            raise RuntimeError(
+                f"{tag} is empty (a run killed while an older version wrote it): write the name "
+                "of the newest complete model_*.pth into it, or train without --resume")
+        return path
 
     def _inflatable(self, target: torch.Tensor, value: torch.Tensor | None = None) -> bool:
         """Whether a model tensor is an N-band input filter a 3-band one can inflate."""
