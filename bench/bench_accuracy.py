@@ -130,6 +130,9 @@ VARIANTS = {
     # is between equals.
     "mask_rcnn_8band_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                              EIGHT_BAND + NATIVE + SMALL_ANCHORS),
+    # The baseline trained with the RGB two levers (native resolution, small anchors).
+    "mask_rcnn_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+                                       NATIVE + SMALL_ANCHORS),
 }
 CITIES = ["vegas", "paris"]
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds
