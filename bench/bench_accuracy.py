@@ -83,6 +83,8 @@ NATIVE = ["INPUT.MIN_SIZE_TRAIN", "(650,)", "INPUT.MAX_SIZE_TRAIN", "650",
           "INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650",
           "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
           "INPUT.CROP.SIZE", "[416,416]"]
+ROOF_GAIN = ["INPUT.AUGMENT.ROOF_GAIN.PROB", "0.3", "INPUT.AUGMENT.ROOF_GAIN.RANGE", "(0.1, 0.5)",
+             "INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD", "2.0"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -126,6 +128,15 @@ VARIANTS = {
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
         EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["INPUT.AUGMENT.BAND_DROPOUT.PROB", "0.5",
                                                "INPUT.AUGMENT.BAND_DROPOUT.BANDS", "(6, 7, 8)"]),
+    # The three levers and roof recolouring (INPUT.AUGMENT.ROOF_GAIN): 30% of the training
+    # buildings get a roof darker by 0.1-0.5 with each band's gain spread by up to 2x either
+    # way, so the model cannot find roofs by one city's roof spectra alone.
+    "mnc5_8band_native_small_anchors_roofgain": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + ROOF_GAIN),
+    # The RGB two levers and the same roof recolouring.
+    "mnc5_native_small_anchors_roofgain": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                           NATIVE + SMALL_ANCHORS + ROOF_GAIN),
     # The baseline trained the same way (the three levers), so the MNC-vs-Mask R-CNN comparison
     # is between equals.
     "mask_rcnn_8band_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",

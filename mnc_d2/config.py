@@ -64,6 +64,19 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.AUGMENT.BAND_DROPOUT.PROB = 0.0
     # The file bands dropped together.
     _C.INPUT.AUGMENT.BAND_DROPOUT.BANDS = ()
+    # Roof recolouring (mnc_d2.data.roof_gain.RandomRoofGain): with probability PROB per
+    # building of a training image, the pixels of its footprint are multiplied by a gain per band,
+    # shared * spread_c: shared log-uniform from RANGE, spread_c log-uniform from
+    # [1/BAND_SPREAD, BAND_SPREAD] per band. Roofs of other materials (dark ones above all) on the
+    # training city's buildings; walls, shadows and surroundings unchanged. PROB 0.0 = off. Not in
+    # the original MNC.
+    _C.INPUT.AUGMENT.ROOF_GAIN = CN()
+    # Probability per building that its roof is recoloured (0.0 = off).
+    _C.INPUT.AUGMENT.ROOF_GAIN.PROB = 0.0
+    # Range of the gain shared by all bands (drawn log-uniformly): (0.1, 0.5) makes roofs darker.
+    _C.INPUT.AUGMENT.ROOF_GAIN.RANGE = (0.1, 0.5)
+    # Each band's own factor around the shared gain (>= 1; 1.0 = the same gain in every band).
+    _C.INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD = 1.0
 
 
 def _add_backbone_keys(cfg: CN) -> None:

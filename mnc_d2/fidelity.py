@@ -81,9 +81,9 @@ RULES: tuple[Rule, ...] = (
     Rule("training augmentation", "horizontal flips (TRAIN.USE_FLIPPED: each image and its "
          "mirror)", "random horizontal and vertical flips and 90-degree rotations per image "
          "(overhead imagery has no up); optional scale jitter, native-resolution crops, "
-         "radiometric jitter and band dropout, off by default",
+         "radiometric jitter, band dropout and roof recolouring, off by default",
          ("INPUT.AUGMENT.HFLIP_PROB", "INPUT.AUGMENT.VFLIP_PROB", "INPUT.AUGMENT.ROT90",
-          "INPUT.AUGMENT.BAND_DROPOUT.PROB")),
+          "INPUT.AUGMENT.BAND_DROPOUT.PROB", "INPUT.AUGMENT.ROOF_GAIN.PROB")),
     Rule("test proposals", "300 RPN proposals", "RPN.POST_NMS_TOPK_TEST (the base config: 600, "
          "the Caffe SpaceNet run's \"more proposals\" idea)", ("MODEL.RPN.POST_NMS_TOPK_TEST",)),
     Rule("inference NMS", "stage-3 and stage-5 instances pooled, box NMS at 0.3", "the same",

@@ -604,6 +604,88 @@ def test_band_dropout_sets_the_listed_bands_to_their_mean_and_nothing_else(synth
         SpaceNetDatasetMapper(cfg, is_train=True)
 
 
+def test_roof_gain_scales_the_chosen_footprints_and_nothing_else():
+    """RandomRoofGain: a polygon footprint and an RLE footprint with a hole (a courtyard) are
+    scaled inside, the courtyard and the rest of the image are not, nodata fill stays."""
+    from pycocotools import mask as mask_util
+
+    from mnc_d2.data.roof_gain import RandomRoofGain, footprint_mask
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(100, 1000, (20, 30, 3)).astype(np.float32)
+    square = {"segmentation": [[2, 2, 8, 2, 8, 8, 2, 8]], "iscrowd": 0}
+    ring = np.zeros((20, 30), dtype=np.uint8)
+    ring[10:18, 15:25] = 1
+    ring[12:16, 18:22] = 0  # courtyard
+    rle = mask_util.encode(np.asfortranarray(ring))
+    rle["counts"] = rle["counts"].decode("ascii")
+    courtyard = {"segmentation": rle, "iscrowd": 0}
+    crowd = {"segmentation": [[20, 0, 29, 0, 29, 5, 20, 5]], "iscrowd": 1}
+    inside = footprint_mask(square["segmentation"], 20, 30) | ring.astype(bool)
+    assert footprint_mask(square["segmentation"], 20, 30).sum() == 36  # pixels 2..7 both ways
+    img[3, 3] = 50.0  # a nodata pixel (filled with PIXEL_MEAN = 50) inside the square
+    out = RandomRoofGain(1.0, (0.5, 0.5), keep=[50.0] * 3)(img, [square, courtyard, crowd])
+    inside[3, 3] = False
+    np.testing.assert_allclose(out[inside], img[inside] * 0.5)
+    assert np.array_equal(out[~inside], img[~inside])  # courtyard, crowd region, ground
+    assert np.all(out[3, 3] == 50.0)
+    assert RandomRoofGain(1.0)(img, []) is img
+    with pytest.raises(ValueError, match="another raster"):
+        footprint_mask(rle, 40, 30)
+
+
+def test_roof_gain_draws_per_building_and_per_band():
+    """Per band: the shared gain times a spread within [1/s, s]; per building: chosen with
+    probability PROB; out-of-range settings are errors naming the key."""
+    from mnc_d2.data.roof_gain import RandomRoofGain
+
+    rng = np.random.RandomState(0)
+    same = np.stack([RandomRoofGain(1.0, (0.2, 0.4)).draw_gains(8, rng) for _ in range(200)])
+    assert np.allclose(same, same[:, :1]) and same.min() >= 0.2 and same.max() <= 0.4
+    spread = np.stack([RandomRoofGain(1.0, (0.2, 0.4), 2.0).draw_gains(8, rng)
+                       for _ in range(200)])
+    assert spread.min() >= 0.1 and spread.max() <= 0.8
+    assert np.ptp(spread, axis=1).min() > 0  # bands differ within a roof
+    # 100 one-pixel buildings, PROB 0.3: binomial(100, 0.3) within 12-48 but with prob. < 1e-4
+    img = np.ones((10, 40, 1), dtype=np.float32)
+    annos = [{"segmentation": [[x, y, x + 1, y, x + 1, y + 1, x, y + 1]]}
+             for y in range(0, 10, 2) for x in range(0, 40, 2)]
+    changed = (RandomRoofGain(0.3, (0.5, 0.5))(img, annos, rng) != 1.0).sum()
+    assert 12 <= changed <= 48
+    for args, key in (((1.5,), "PROB=1.5"), ((0.5, (0.5, 0.2)), r"RANGE=\(0.5, 0.2\)"),
+                      ((0.5, (0.1, 0.5), 0.5), "BAND_SPREAD=0.5")):
+        with pytest.raises(ValueError, match=f"INPUT.AUGMENT.ROOF_GAIN.{key}"):
+            RandomRoofGain(*args)
+
+
+def test_roof_gain_through_the_mapper_at_training_only(synthetic):
+    """INPUT.AUGMENT.ROOF_GAIN in the mapper: with PROB 1 every footprint of the tile as read is
+    scaled and the ground is not; the inference mapper reads the tile as it is."""
+    from mnc_d2.data.roof_gain import footprint_mask
+
+    name = "_roof_gain_test"
+    if name not in DatasetCatalog.list():
+        register_spacenet_instances(name, synthetic / "AOI_2_Vegas_Train")
+    rec = max(DatasetCatalog.get(name), key=lambda r: len(r["annotations"]))
+    cfg = _base_cfg()
+    cfg.INPUT.AUGMENT.HFLIP_PROB = cfg.INPUT.AUGMENT.VFLIP_PROB = 0.0
+    cfg.INPUT.AUGMENT.ROT90 = False
+    plain = SpaceNetDatasetMapper(cfg, is_train=True)(rec)["image"]
+    cfg.INPUT.AUGMENT.ROOF_GAIN.PROB = 1.0
+    cfg.INPUT.AUGMENT.ROOF_GAIN.RANGE = (0.25, 0.25)
+    mapper = SpaceNetDatasetMapper(cfg, is_train=True)
+    assert mapper.roof_gain is not None
+    out = mapper(rec)
+    roofs = torch.from_numpy(np.any([footprint_mask(a["segmentation"], 650, 650)
+                                     for a in rec["annotations"]], axis=0))
+    assert roofs.sum() > 1000
+    assert torch.allclose(out["image"][:, roofs], plain[:, roofs] * 0.25)
+    assert torch.equal(out["image"][:, ~roofs], plain[:, ~roofs])
+    assert len(out["instances"]) == len(rec["annotations"])  # labels unchanged
+    test = SpaceNetDatasetMapper(cfg, is_train=False)
+    assert test.roof_gain is None and torch.equal(test(rec)["image"], plain)
+
+
 def test_native_resolution_crop_gives_windows_with_the_visible_parts_boxes(synthetic):
     """INPUT.CROP cuts windows from the resized tile: native pixels, a smaller input; a building
     cut by the window gets its visible part's box; one outside it is dropped."""

@@ -6,8 +6,9 @@ float32 (uint16 DNs are kept as values: normalisation happens in the model with
 the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensing augmentation:
 resize (``INPUT.MIN_SIZE_TRAIN``), scale jitter, a random window (``INPUT.CROP``, after the
 resize: training at native resolution on windows of a tile), horizontal and vertical flips,
-90-degree rotations and radiometric jitter per band (``INPUT.AUGMENT.*``). Masks are built as bitmasks, so footprints with holes (stored as
-RLE) train exactly.
+90-degree rotations, radiometric jitter per band and roof recolouring of some buildings
+(``INPUT.AUGMENT.*``; the roofs first, on the image as read, where the footprints are). Masks
+are built as bitmasks, so footprints with holes (stored as RLE) train exactly.
 
 Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
 ``image_id``, ``file_name``, and when training ``instances`` (gt_boxes, gt_classes, gt_masks).
@@ -25,6 +26,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .bands import input_bands, read_bands
+from .roof_gain import RandomRoofGain, roof_gain_from_config
 from .transforms import RandomBandPhotometric, RandomRot90, band_dropout_from_config
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,10 @@ class SpaceNetDatasetMapper:
     @configurable
     def __init__(self, is_train: bool, *, augmentations: list, bands: list[int],
                  fill_values: list[float] | None = None, mask_format: str = "bitmask",
-                 recompute_boxes: bool = False):
+                 recompute_boxes: bool = False, roof_gain: RandomRoofGain | None = None):
         self.is_train = is_train
+        # recolours some buildings' roofs before the augmentations (training only)
+        self.roof_gain = roof_gain if is_train else None
         # after a crop a building cut by the window gets the box of its visible part
         self.recompute_boxes = recompute_boxes
         self.augmentations = T.AugmentationList(augmentations)
@@ -59,8 +63,9 @@ class SpaceNetDatasetMapper:
         self.fill_values = fill_values
         self.mask_format = mask_format
         mode = "training" if is_train else "inference"
-        logger.info("[SpaceNetDatasetMapper] %s: bands %s, augmentations %s", mode,
-                    self.bands or "all", augmentations)
+        logger.info("[SpaceNetDatasetMapper] %s: bands %s, augmentations %s%s", mode,
+                    self.bands or "all", augmentations,
+                    f", {self.roof_gain}" if self.roof_gain is not None else "")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -97,7 +102,8 @@ class SpaceNetDatasetMapper:
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
         return {"is_train": is_train, "augmentations": augs, "bands": bands,
                 "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT,
-                "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED)}
+                "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED),
+                "roof_gain": roof_gain_from_config(cfg) if is_train else None}
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -107,6 +113,8 @@ class SpaceNetDatasetMapper:
                 f"{dataset_dict['file_name']} gives {image.shape[2]} band(s) but "
                 f"MODEL.PIXEL_MEAN has {len(self.fill_values)} entries; set INPUT.BANDS or "
                 "MODEL.PIXEL_MEAN/STD to match")
+        if self.roof_gain is not None:
+            image = self.roof_gain(image, dataset_dict.get("annotations", []))
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
