@@ -3,8 +3,10 @@
 # (committed: README.md and BENCHMARKS.md render their tables from it with
 # `python -m bench.render_docs`), its log to .cache/bench/logs/. About 9 hours on a 2-core CPU
 # (accuracy: 2 settings x 3 seeds x 4 variants); --quick takes about 2 hours and writes to
-# .cache/bench/quick/ instead, so quick numbers never replace the committed ones.
-#   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick]
+# .cache/bench/quick/ instead, so quick numbers never replace the committed ones. --levers adds
+# the failure-mode levers of BENCHMARKS.md sections 1, 1c, 1d and 1e (variants, transfer between
+# the settings, the longer schedules): about 30 hours more on a 2-core CPU.
+#   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick] [--levers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=(.venv/bin/python -W ignore -m)
@@ -15,17 +17,24 @@ SCORER_ARGS=(--tiles 200 2000 --solaris-tiles 2000 --repeats 5)
 SCENE=10000
 ITERS=600
 IMAGES=60
-if [[ "${1:-}" == "--quick" ]]; then
-  QUICK="--quick"
-  OUT=.cache/bench/quick
-  SCORER_ARGS=(--tiles 200 500 --solaris-tiles 500 --repeats 3)
-  SCENE=3000
-  ITERS=200
-  IMAGES=20
-elif [[ -n "${1:-}" ]]; then
-  echo "usage: bench/run_all.sh [--quick]" >&2
-  exit 2
-fi
+LEVERS=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick)
+      QUICK="--quick"
+      OUT=.cache/bench/quick
+      SCORER_ARGS=(--tiles 200 500 --solaris-tiles 500 --repeats 3)
+      SCENE=3000
+      ITERS=200
+      IMAGES=20
+      ;;
+    --levers) LEVERS=1 ;;
+    *)
+      echo "usage: bench/run_all.sh [--quick] [--levers]" >&2
+      exit 2
+      ;;
+  esac
+done
 mkdir -p "$OUT" "$LOGS"
 run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr to $LOGS/NAME.log
   local name=$1
@@ -71,4 +80,44 @@ for setting in default hard; do
   run accuracy_${setting}_cascade "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
     --model-seeds 0 1 2 --variants mnc5 --test-opts MODEL.MNC.TEST_CASCADE_MIN_SCORE 0.05
 done
+if [[ $LEVERS == 1 ]]; then
+  # Each bench_accuracy invocation adds its runs to the report of its schedule and settings
+  # (.cache/bench/accuracy/report_*.json), so a report name recurs with other variants.
+  acc() {  # acc REPORT ARGS...: one bench_accuracy invocation, three model seeds
+    local name=$1
+    shift
+    run "$name" "${PY[@]}" bench.bench_accuracy $QUICK --model-seeds 0 1 2 "$@"
+  }
+  eightband_levers=(mnc5_8band_native_small_anchors mask_rcnn_8band_native_small_anchors
+                    mnc5_8band_native_small_anchors_nirdrop mnc5_8band_native_small_anchors_roofgain)
+  # Section 1: the levers alone and together, both settings, and each scored on the other setting.
+  acc accuracy_default --setting default --variants mnc5_8band mnc5_photometric mnc5_native
+  acc accuracy_hard --setting hard --variants mnc5_8band
+  for setting in default hard; do
+    other=$([[ $setting == default ]] && echo hard || echo default)
+    acc accuracy_$setting --setting $setting --variants "${eightband_levers[@]}"
+    acc accuracy_${setting}_on_$other --setting $setting --test-setting $other \
+      --variants mnc5 mnc5_8band_native_small_anchors mnc5_8band_native_small_anchors_nirdrop \
+      mnc5_8band_native_small_anchors_roofgain
+  done
+  acc accuracy_default_on_hard --setting default --test-setting hard --variants mnc5_photometric
+  # Section 1d: longer schedules on hard (2x and 4x), scored on default too.
+  for mult in 2 4; do
+    iters=$((ITERS * mult))
+    variants=(mnc5_8band_native_small_anchors)
+    [[ $mult == 4 ]] && variants+=(mnc5_native_small_anchors)
+    acc accuracy_hard_${iters}it --setting hard --iters $iters --variants "${variants[@]}"
+    acc accuracy_hard_${iters}it_on_default --setting hard --iters $iters --test-setting default \
+      --variants "${variants[@]}"
+  done
+  # Section 1e: the RGB two levers trained on default (and Mask R-CNN the same way at 2x).
+  for mult in 2 4; do
+    iters=$((ITERS * mult))
+    variants=(mnc5_native_small_anchors)
+    [[ $mult == 2 ]] && variants+=(mask_rcnn_native_small_anchors)
+    acc accuracy_default_${iters}it --setting default --iters $iters --variants "${variants[@]}"
+    acc accuracy_default_${iters}it_on_hard --setting default --iters $iters --test-setting hard \
+      --variants "${variants[@]}"
+  done
+fi
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2
