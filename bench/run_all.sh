@@ -101,23 +101,20 @@ if [[ $LEVERS == 1 ]]; then
       mnc5_8band_native_small_anchors_roofgain
   done
   acc accuracy_default_on_hard --setting default --test-setting hard --variants mnc5_photometric
-  # Section 1d: longer schedules on hard (2x and 4x), scored on default too.
-  for mult in 2 4; do
-    iters=$((ITERS * mult))
-    variants=(mnc5_8band_native_small_anchors)
-    [[ $mult == 4 ]] && variants+=(mnc5_native_small_anchors)
-    acc accuracy_hard_${iters}it --setting hard --iters $iters --variants "${variants[@]}"
-    acc accuracy_hard_${iters}it_on_default --setting hard --iters $iters --test-setting default \
-      --variants "${variants[@]}"
-  done
-  # Section 1e: the RGB two levers trained on default (and Mask R-CNN the same way at 2x).
-  for mult in 2 4; do
-    iters=$((ITERS * mult))
-    variants=(mnc5_native_small_anchors)
-    [[ $mult == 2 ]] && variants+=(mask_rcnn_native_small_anchors)
-    acc accuracy_default_${iters}it --setting default --iters $iters --variants "${variants[@]}"
-    acc accuracy_default_${iters}it_on_hard --setting default --iters $iters --test-setting hard \
-      --variants "${variants[@]}"
-  done
+  longer() {  # longer SETTING OTHER MULT VARIANT...: MULT x the schedule, scored on both settings
+    local setting=$1 other=$2 iters=$((ITERS * $3))
+    shift 3
+    acc accuracy_${setting}_${iters}it --setting "$setting" --iters $iters --variants "$@"
+    acc accuracy_${setting}_${iters}it_on_$other --setting "$setting" --iters $iters \
+      --test-setting "$other" --variants "$@"
+  }
+  # Section 1d: longer schedules on hard (2x and 4x).
+  longer hard default 2 mnc5_8band_native_small_anchors
+  longer hard default 4 mnc5_8band_native_small_anchors mnc5_native_small_anchors
+  # Section 1e: the RGB two levers trained on default (Mask R-CNN the same way at 2x), and
+  # section 1f's RGB model with roof recolouring.
+  longer default hard 2 mnc5_native_small_anchors mask_rcnn_native_small_anchors \
+    mnc5_native_small_anchors_roofgain
+  longer default hard 4 mnc5_native_small_anchors
 fi
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2
