@@ -630,6 +630,14 @@ def test_roof_gain_scales_the_chosen_footprints_and_nothing_else():
     assert np.array_equal(out[~inside], img[~inside])  # courtyard, crowd region, ground
     assert np.all(out[3, 3] == 50.0)
     assert RandomRoofGain(1.0)(img, []) is img
+    # rasterised in the footprint's window: the whole image's pixels, cut at its edges
+    for poly in ([[3.3, 4.7, 17.2, 5.1, 16.6, 13.9, 9.4, 11.2, 2.8, 15.5]],
+                 [[-4.5, -2.0, 6.2, -1.0, 5.5, 7.7, -3.0, 6.0]],
+                 [[25.5, 15.2, 40.0, 16.0, 33.0, 30.0]]):
+        whole = mask_util.decode(mask_util.merge(mask_util.frPyObjects(
+            [np.asarray(p, dtype=np.float64) for p in poly], 20, 30))).astype(bool)
+        assert whole.any() and np.array_equal(footprint_mask(poly, 20, 30), whole)
+    assert not footprint_mask([[40, 30, 50, 30, 50, 40]], 20, 30).any()  # wholly outside
     with pytest.raises(ValueError, match="another raster"):
         footprint_mask(rle, 40, 30)
 

@@ -25,13 +25,16 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_util
 
-__all__ = ["RandomRoofGain", "footprint_mask", "roof_gain_from_config"]
+__all__ = ["RandomRoofGain", "footprint_mask", "footprint_window", "roof_gain_from_config"]
 
 
-def footprint_mask(segmentation, height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask of one annotation's ``segmentation``: a polygon list
-    ``[[x0, y0, x1, y1, ...], ...]`` (pixel coordinates) or a COCO RLE dict (footprints with
-    holes)."""
+def footprint_window(segmentation, height: int, width: int) -> tuple[slice, slice, np.ndarray]:
+    """One annotation's footprint as ``(rows, cols, mask)``: the window of the (H, W) image that
+    holds it and its (h, w) bool mask there. ``segmentation``: a polygon list
+    ``[[x0, y0, x1, y1, ...], ...]`` (pixel coordinates; rasterised in the window only, shifted
+    by whole pixels: the pixels rasterising on the whole image gives, but for floating-point
+    rounding on the boundary, 1 pixel in about a million on the synthetic training tiles) or a
+    COCO RLE dict (footprints with holes; decoded at the image's size)."""
     if isinstance(segmentation, dict):
         rle = segmentation
         if isinstance(rle.get("counts"), list):  # uncompressed RLE
@@ -40,13 +43,29 @@ def footprint_mask(segmentation, height: int, width: int) -> np.ndarray:
         if mask.shape != (height, width):
             raise ValueError(f"RLE segmentation of size {mask.shape} on an image of size "
                              f"{(height, width)}; the annotation belongs to another raster")
-        return mask
+        return slice(0, height), slice(0, width), mask
     polygons = [np.asarray(p, dtype=np.float64) for p in segmentation if len(p) >= 6]
     if not polygons:
-        return np.zeros((height, width), dtype=bool)
+        return slice(0, 0), slice(0, 0), np.zeros((0, 0), dtype=bool)
+    xy = np.concatenate(polygons).reshape(-1, 2)
+    x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in xy.min(axis=0))
+    x1 = min(int(np.ceil(xy[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(xy[:, 1].max())) + 1, height)
+    if x1 <= x0 or y1 <= y0:  # wholly outside the image
+        return slice(0, 0), slice(0, 0), np.zeros((0, 0), dtype=bool)
+    shift = np.array([x0, y0], dtype=np.float64)
+    local = [(p.reshape(-1, 2) - shift).ravel() for p in polygons]
     # the union of the parts, as Detectron2 rasterises polygon annotations for the masks
-    rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    return mask_util.decode(rle).astype(bool)
+    rle = mask_util.merge(mask_util.frPyObjects(local, y1 - y0, x1 - x0))
+    return slice(y0, y1), slice(x0, x1), mask_util.decode(rle).astype(bool)
+
+
+def footprint_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """The (H, W) bool mask of one annotation's ``segmentation`` (see :func:`footprint_window`)."""
+    rows, cols, window = footprint_window(segmentation, height, width)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[rows, cols] = window
+    return mask
 
 
 class RandomRoofGain:
@@ -97,8 +116,9 @@ class RandomRoofGain:
         h, w, c = image.shape
         out = np.array(image, dtype=np.float32, copy=True)
         for anno in chosen:
-            mask = footprint_mask(anno["segmentation"], h, w)
-            out[mask] *= self.draw_gains(c, rng)
+            rows, cols, mask = footprint_window(anno["segmentation"], h, w)
+            window = out[rows, cols]  # a view: scaled in place
+            window[mask] *= self.draw_gains(c, rng)
         if self.keep is not None:
             fill = np.all(np.asarray(image, dtype=np.float32) == self.keep, axis=2)
             out[fill] = image[fill]
