@@ -621,10 +621,12 @@ def test_roof_gain_scales_the_chosen_footprints_and_nothing_else():
     rle["counts"] = rle["counts"].decode("ascii")
     courtyard = {"segmentation": rle, "iscrowd": 0}
     crowd = {"segmentation": [[20, 0, 29, 0, 29, 5, 20, 5]], "iscrowd": 1}
+    box_only = {"bbox": [0, 10, 5, 19], "iscrowd": 0}  # no footprint: left as it is
     inside = footprint_mask(square["segmentation"], 20, 30) | ring.astype(bool)
     assert footprint_mask(square["segmentation"], 20, 30).sum() == 36  # pixels 2..7 both ways
     img[3, 3] = 50.0  # a nodata pixel (filled with PIXEL_MEAN = 50) inside the square
-    out = RandomRoofGain(1.0, (0.5, 0.5), keep=[50.0] * 3)(img, [square, courtyard, crowd])
+    annos = [square, courtyard, crowd, box_only]
+    out = RandomRoofGain(1.0, (0.5, 0.5), keep=[50.0] * 3)(img, annos)
     inside[3, 3] = False
     np.testing.assert_allclose(out[inside], img[inside] * 0.5)
     assert np.array_equal(out[~inside], img[~inside])  # courtyard, crowd region, ground

@@ -108,9 +108,9 @@ class RandomRoofGain:
     def __call__(self, image: np.ndarray, annotations: list[dict], rng=np.random) -> np.ndarray:
         """Return a recoloured copy of ``image`` (H, W, C) float32, or ``image`` itself when no
         building was drawn. ``annotations``: Detectron2 annotation dicts in the image's pixel
-        coordinates (crowd regions are skipped)."""
-        chosen = [a for a in annotations
-                  if not a.get("iscrowd", 0) and rng.uniform() < self.prob]
+        coordinates (crowd regions and boxes without a segmentation are skipped)."""
+        chosen = [a for a in annotations if not a.get("iscrowd", 0) and a.get("segmentation")
+                  and rng.uniform() < self.prob]
         if not chosen:
             return image
         h, w, c = image.shape
