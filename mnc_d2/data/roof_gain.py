@@ -117,11 +117,10 @@ class RandomRoofGain:
         out = np.array(image, dtype=np.float32, copy=True)
         for anno in chosen:
             rows, cols, mask = footprint_window(anno["segmentation"], h, w)
+            if self.keep is not None:  # nodata fill inside the footprint stays as read
+                mask &= ~np.all(image[rows, cols] == self.keep, axis=2)
             window = out[rows, cols]  # a view: scaled in place
             window[mask] *= self.draw_gains(c, rng)
-        if self.keep is not None:
-            fill = np.all(np.asarray(image, dtype=np.float32) == self.keep, axis=2)
-            out[fill] = image[fill]
         return out
 
 
