@@ -16,6 +16,7 @@ from detectron2.utils.events import EventStorage
 import mnc_d2
 from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
                                       resample_to_box)
+from mnc_d2.modeling import mnc_roi_heads
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
 from mnc_d2.modeling.roi_warp import clip_box_gradient, roi_warp
 
@@ -180,7 +181,35 @@ def test_mask_voting_hand_case():
     assert torch.allclose(voted[:, 2:], torch.full((m, 2), 0.25))
 
 
-def test_nms_runs_again_on_boxes_that_voting_moved():
+@pytest.mark.parametrize("space", ["image", "box"])
+def test_voting_all_classes_at_once_equals_voting_each_class_alone(space):
+    """The head votes every class in one batch (``classes``): each kept instance gets exactly
+    what voting among its own class's candidates alone gives (other classes never vote)."""
+    g = torch.Generator().manual_seed(3)
+    n = 24
+    xy = torch.rand(n, 2, generator=g) * 30
+    boxes = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 12], 1)
+    masks, scores = torch.rand(n, 14, 14, generator=g), torch.rand(n, generator=g)
+    classes = torch.randint(0, 3, (n,), generator=g)
+    keep = torch.tensor([0, 2, 5, 7, 11, 13, 20])
+
+    def vote(k, b, m, s, c=None):
+        if space == "image":
+            return mask_voting_image(k, b, m, s, 0.3, 0.5, classes=c)
+        return mask_voting(k, b, m, s, 0.3, classes=c), b[k]
+
+    together = vote(keep, boxes, masks, scores, classes)
+    assert len(classes[keep].unique()) > 1
+    for c in classes[keep].unique():
+        members = torch.nonzero(classes == c, as_tuple=True)[0]
+        slots = torch.nonzero(classes[keep] == c, as_tuple=True)[0]
+        alone = vote(torch.searchsorted(members, keep[slots]), boxes[members], masks[members],
+                     scores[members])
+        for got, want in zip(together, alone):
+            torch.testing.assert_close(got[slots], want)
+
+
+def test_nms_runs_again_on_boxes_that_voting_moved(monkeypatch):
     """Two kept candidates that did not overlap can vote themselves onto one building; the
     lower-scored copy is dropped (MODEL.MNC.NMS_AFTER_VOTING), or kept when it is off."""
     boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 60.0, 60.0]])
@@ -190,7 +219,9 @@ def test_nms_runs_again_on_boxes_that_voting_moved():
     def select(nms_after_voting: bool):
         heads = build_model(quick_cfg(**{"MODEL.MNC.NMS_AFTER_VOTING": nms_after_voting})).roi_heads
         # Voting that sends every kept instance to the first building's box.
-        heads._vote = lambda keep, b, m, s: (m[keep], b[:1].expand(len(keep), 4).clone())
+        monkeypatch.setattr(mnc_roi_heads, "mask_voting_image",
+                            lambda keep, b, m, *args, **kwargs:
+                            (m[keep], b[:1].expand(len(keep), 4).clone()))
         return heads._select(boxes, masks, probs, (64, 64))
 
     kept = select(True)

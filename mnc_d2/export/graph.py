@@ -32,8 +32,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
-from ..modeling.mask_ops import mask_voting, mask_voting_image
-from ..modeling.mnc_roi_heads import MNCROIHeads, remap_threshold
+from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import warp_image
 
 
@@ -164,27 +163,11 @@ class MNCExportGraph(nn.Module):
         return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
 
     def _select(self, boxes, masks, probs):
-        """MNCROIHeads._select for one image, voting all classes at once (class-aware)."""
-        heads = self.model.roi_heads
-        cand, cls = torch.nonzero(probs > heads.test_score_thresh, as_tuple=True)
-        scores = probs[cand, cls]
+        """MNCROIHeads.select with :func:`class_nms` (no branch on the number of boxes)."""
         span = float(max(self.padded)) + 1.0
-        keep = class_nms(boxes[cand], scores, cls, heads.test_nms_thresh, span)
-        keep = keep[: heads.test_detections_per_img]
-        cand_boxes, cand_masks = boxes[cand], masks[cand]
-        out_boxes, voted = cand_boxes[keep], cand_masks[keep]
-        if heads.use_mask_voting and heads.mask_voting_space == "image":
-            voted, out_boxes = mask_voting_image(keep, cand_boxes, cand_masks, scores,
-                                                 heads.mask_voting_iou, heads.mask_threshold,
-                                                 classes=cls)
-            if heads.nms_after_voting:
-                rows = class_nms(out_boxes, scores[keep], cls[keep], heads.test_nms_thresh, span)
-                rows = rows.sort().values
-                keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
-        elif heads.use_mask_voting:
-            voted = mask_voting(keep, cand_boxes, cand_masks, scores, heads.mask_voting_iou,
-                                classes=cls)
-        return out_boxes, scores[keep], cls[keep], remap_threshold(voted, heads.mask_threshold)
+        return self.model.roi_heads.select(
+            boxes, masks, probs,
+            nms=lambda b, s, c, threshold: class_nms(b, s, c, threshold, span))
 
     # --- the graph --------------------------------------------------------------------------
 

@@ -411,40 +411,41 @@ class MNCROIHeads(ROIHeads):
             results.append(self._select(*(cat(list(col)) for col in zip(*parts)), size))
         return results
 
-    def _vote(self, keep, boxes, masks, scores):
-        """Mask voting among one class's candidates; returns (masks (K, M, M), boxes (K, 4))."""
-        if self.mask_voting_space == "image":
-            return mask_voting_image(keep, boxes, masks, scores, self.mask_voting_iou,
-                                     self.mask_threshold)
-        return mask_voting(keep, boxes, masks, scores, self.mask_voting_iou), boxes[keep]
+    def select(self, boxes, masks, probs, nms=batched_nms):
+        """Score filter, per-class NMS, top-K, mask voting (all classes in one batch, each
+        kept instance voted by its own class's candidates) and NMS after voting, for one image.
+        The eager head and the exported graph (:mod:`mnc_d2.export.graph`, which passes an NMS
+        without a branch on the number of boxes) both select with it.
 
-    def _select(self, boxes, masks, probs, image_size) -> Instances:
-        """Score filter, per-class NMS, top-K and mask voting for one image.
-
-        boxes: (N, 4), masks: (N, M, M) probabilities, probs: (N, K) class probabilities.
+        boxes: (N, 4), masks: (N, M, M) probabilities, probs: (N, K) class probabilities;
+        nms(boxes, scores, classes, threshold) -> kept indices by decreasing score. Returns boxes
+        (D, 4), scores (D,), classes (D,) and soft masks (D, M, M) with MASK_THRESHOLD at 0.5.
         """
         cand, cls = torch.nonzero(probs > self.test_score_thresh, as_tuple=True)
         scores = probs[cand, cls]
-        keep = batched_nms(boxes[cand], scores, cls, self.test_nms_thresh)
-        keep = keep[: self.test_detections_per_img]
+        cand_boxes, cand_masks = boxes[cand], masks[cand]
+        keep = nms(cand_boxes, scores, cls, self.test_nms_thresh)[: self.test_detections_per_img]
+        out_boxes, voted = cand_boxes[keep], cand_masks[keep]
+        if self.use_mask_voting and self.mask_voting_space == "image":
+            voted, out_boxes = mask_voting_image(keep, cand_boxes, cand_masks, scores,
+                                                 self.mask_voting_iou, self.mask_threshold,
+                                                 classes=cls)
+            if self.nms_after_voting:
+                # Voting moved the boxes: keep one instance per building
+                # (MODEL.MNC.NMS_AFTER_VOTING); back to score order after NMS.
+                rows = nms(out_boxes, scores[keep], cls[keep], self.test_nms_thresh).sort().values
+                keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
+        elif self.use_mask_voting:
+            voted = mask_voting(keep, cand_boxes, cand_masks, scores, self.mask_voting_iou,
+                                classes=cls)
+        return out_boxes, scores[keep], cls[keep], remap_threshold(voted, self.mask_threshold)
+
+    def _select(self, boxes, masks, probs, image_size) -> Instances:
+        """:meth:`select` as Detectron2 ``Instances`` of one image of ``image_size``."""
+        out_boxes, scores, classes, masks = self.select(boxes, masks, probs)
         result = Instances(image_size)
-        kept = cand[keep]
-        voted, out_boxes = masks[kept], boxes[kept]
-        if self.use_mask_voting and kept.numel():
-            voted, out_boxes = torch.empty_like(voted), torch.empty_like(out_boxes)
-            for c in cls[keep].unique():
-                members = torch.nonzero(cls == c, as_tuple=True)[0]  # candidates of class c
-                slots = torch.nonzero(cls[keep] == c, as_tuple=True)[0]
-                local = torch.searchsorted(members, keep[slots])
-                voted[slots], out_boxes[slots] = self._vote(
-                    local, boxes[cand[members]], masks[cand[members]], scores[members])
-        if self.use_mask_voting and self.mask_voting_space == "image" and self.nms_after_voting:
-            # Voting moved the boxes: keep one instance per building (MODEL.MNC.NMS_AFTER_VOTING).
-            rows = batched_nms(out_boxes, scores[keep], cls[keep], self.test_nms_thresh)
-            rows = rows.sort().values  # back to score order
-            keep, voted, out_boxes = keep[rows], voted[rows], out_boxes[rows]
         result.pred_boxes = Boxes(out_boxes)
-        result.scores = scores[keep]
-        result.pred_classes = cls[keep]
-        result.pred_masks = remap_threshold(voted, self.mask_threshold)[:, None]
+        result.scores = scores
+        result.pred_classes = classes
+        result.pred_masks = masks[:, None]
         return result
