@@ -5,7 +5,7 @@
 # (accuracy: 2 settings x 3 seeds x 4 variants); --quick takes about 2 hours and writes to
 # .cache/bench/quick/ instead, so quick numbers never replace the committed ones. --levers adds
 # the failure-mode levers of BENCHMARKS.md sections 1 and 1c to 1f (variants, transfer between
-# the settings, the longer schedules): about 31 hours more on a 2-core CPU.
+# the settings, the longer schedules): about 32 hours more on a 2-core CPU.
 #   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick] [--levers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,9 +108,11 @@ if [[ $LEVERS == 1 ]]; then
     acc accuracy_${setting}_${iters}it_on_$other --setting "$setting" --iters $iters \
       --test-setting "$other" --variants "$@"
   }
-  # Section 1d: longer schedules on hard (2x and 4x).
+  # Section 1d: longer schedules on hard (2x and 4x); section 1f's RGB model with roof
+  # recolouring on hard at 4x.
   longer hard default 2 mnc5_8band_native_small_anchors
-  longer hard default 4 mnc5_8band_native_small_anchors mnc5_native_small_anchors
+  longer hard default 4 mnc5_8band_native_small_anchors mnc5_native_small_anchors \
+    mnc5_native_small_anchors_roofgain
   # Section 1e: the RGB two levers trained on default (Mask R-CNN the same way at 2x), and
   # section 1f's RGB model with roof recolouring (2x and 4x).
   longer default hard 2 mnc5_native_small_anchors mask_rcnn_native_small_anchors \
