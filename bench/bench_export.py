@@ -19,7 +19,8 @@
    same threads) and each backend's achieved FLOP/s as a fraction of it.
 4. **A large scene** (``--scene-size`` px, a mosaic of the test tiles, deflate-compressed tiled
    GeoTIFF): tools/predict.py's per-scene path (process_scene) on eager and on the fastest
-   exported backend, pipelined (reading and polygonising beside the model) and not: seconds in
+   float exported backend, pipelined (reading and polygonising beside the model) and not, and
+   on its int8 graph (as in 5.) pipelined: seconds in
    each stage (read, model, polygons, merge, writing and the rest), what the model loop waited
    for, and km2 per core-hour at the scene's 0.3 m pixels.
 
@@ -447,7 +448,8 @@ def write_mosaic(paths: list[str], size: int, dest: Path) -> Path:
     return dest
 
 
-def scene(work: Path, scene_path: Path, backends: list[str], threads: int) -> list[dict]:
+def scene(work: Path, scene_path: Path, backends: list[tuple[str, bool]], threads: int,
+          accuracy_work: Path) -> list[dict]:
     import rasterio
 
     from mnc_d2.inference.engines import process_scene
@@ -456,6 +458,9 @@ def scene(work: Path, scene_path: Path, backends: list[str], threads: int) -> li
 
     run = RUNS / MNC["default"] / "seed0"
     export = _export(run, work / "export_mnc5_416")
+    # the int8 graph as section 5 exports it (calibrated on the model's own training tiles)
+    export_int8 = _export_int8(run, work / "int8" / "speed_mnc5_416",
+                               accuracy_work / TRAIN["default"])
     with rasterio.open(scene_path) as src:
         area_km2 = src.width * src.height * abs(src.transform.a * src.transform.e) / 1e6
         if src.crs.is_geographic:  # the synthetic tiles are in degrees: 0.3 m pixels
@@ -468,8 +473,9 @@ def scene(work: Path, scene_path: Path, backends: list[str], threads: int) -> li
             torch.set_num_threads(threads)
             predictor = ScenePredictor(_cfg(run), TILE, 128, 2)
         else:
-            predictor = ScenePredictor(None, TILE, 128, 1, backend=backend,
-                                       model_dir=str(export), threads=threads)
+            predictor = ScenePredictor(
+                None, TILE, 128, 1, backend=backend, threads=threads,
+                model_dir=str(export_int8 if backend.endswith("-int8") else export))
         predictor.pipeline = pipeline
         out = work / "scene_out" / f"{backend}_{pipeline}"
         began = time.perf_counter()
@@ -574,7 +580,8 @@ def main() -> None:
             mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")
             report["scene"] = {"px": args.scene_size, "runs": scene(
                 args.work, mosaic, [("torch", True), ("onnxruntime", True),
-                                    ("onnxruntime", False)], args.threads)}
+                                    ("onnxruntime", False), ("onnxruntime-int8", True)],
+                args.threads, args.accuracy_work)}
     print(json.dumps(report, indent=1))
 
 

@@ -78,8 +78,8 @@ def test_export_script(work, tmp_path):
     assert set(row) >= {"torch", "onnxruntime", "openvino", "torchscript"}
     assert report["speed"]["mnc5 416 px / onnxruntime"]["s_per_tile_median"] > 0
     assert report["flops"]["mnc5 416"]["gflops"] > 0 and report["peak_gflops"] > 0
-    assert [r["backend"] for r in report["scene"]["runs"]] == ["torch", "onnxruntime",
-                                                               "onnxruntime"]
+    assert [r["backend"] for r in report["scene"]["runs"]] == [
+        "torch", "onnxruntime", "onnxruntime", "onnxruntime-int8"]
     assert any(line.startswith("Setting **default**") for line in
                tables.table_maker("export")(report))
 
