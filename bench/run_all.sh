@@ -5,7 +5,7 @@
 # (accuracy: 2 settings x 3 seeds x 4 variants); --quick takes about 2 hours and writes to
 # .cache/bench/quick/ instead, so quick numbers never replace the committed ones. --levers adds
 # the failure-mode levers of BENCHMARKS.md sections 1 and 1c to 1f (variants, transfer between
-# the settings, the longer schedules): about 32 hours more on a 2-core CPU.
+# the settings, the longer schedules): about 33 hours more on a 2-core CPU.
 #   make setup && .venv/bin/pip install -r bench/requirements.txt && bench/run_all.sh [--quick] [--levers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +92,7 @@ if [[ $LEVERS == 1 ]]; then
                     mnc5_8band_native_small_anchors_nirdrop mnc5_8band_native_small_anchors_roofgain)
   # Section 1: the levers alone and together, both settings, and each scored on the other setting.
   acc accuracy_default --setting default --variants mnc5_8band mnc5_photometric mnc5_native
-  acc accuracy_hard --setting hard --variants mnc5_8band
+  acc accuracy_hard --setting hard --variants mnc5_8band mnc5_native mnc5_small_anchors
   for setting in default hard; do
     other=$([[ $setting == default ]] && echo hard || echo default)
     acc accuracy_$setting --setting $setting --variants "${eightband_levers[@]}"
