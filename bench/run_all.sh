@@ -91,7 +91,8 @@ if [[ $LEVERS == 1 ]]; then
   eightband_levers=(mnc5_8band_native_small_anchors mask_rcnn_8band_native_small_anchors
                     mnc5_8band_native_small_anchors_nirdrop mnc5_8band_native_small_anchors_roofgain)
   # Section 1: the levers alone and together, both settings, and each scored on the other setting.
-  acc accuracy_default --setting default --variants mnc5_8band mnc5_photometric mnc5_native
+  acc accuracy_default --setting default --variants mnc5_8band mnc5_photometric mnc5_native \
+    mnc5_small_anchors
   acc accuracy_hard --setting hard --variants mnc5_8band mnc5_native mnc5_small_anchors
   for setting in default hard; do
     other=$([[ $setting == default ]] && echo hard || echo default)
