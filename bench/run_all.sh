@@ -54,6 +54,17 @@ for setting in default hard; do
   run accuracy_$setting "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
     --model-seeds 0 1 2 --variants mnc5 mask_rcnn mnc5_v01 mnc5_no_box_grad
 done
+# The shapes of the buildings both MNC and Mask R-CNN found, seed by seed (from the evaluations
+# the reports above wrote; before anything evaluates those models again with --test-opts).
+for setting in default hard; do
+  suffix=$([[ $setting == default ]] && echo "" || echo "_$setting")
+  report=".cache/bench/accuracy/report_${IMAGES}img_${ITERS}it${suffix}.json"
+  run paired_shape_$setting "${PY[@]}" bench.bench_paired_shape --pair mnc5 mask_rcnn \
+    --report "$report"
+  # the same buildings with the rectilinear option's polygons (regularised, 2 px min edge)
+  run paired_shape_${setting}_rectilinear "${PY[@]}" bench.bench_paired_shape --pair mnc5 \
+    mask_rcnn --report "$report" --regularize 2
+done
 # One-change ablations of the head on a short schedule (JSON lines).
 "${PY[@]}" bench.diagnose_scores > "$OUT/diagnose.jsonl.tmp" 2> "$LOGS/diagnose.log"
 mv "$OUT/diagnose.jsonl.tmp" "$OUT/diagnose.jsonl"
@@ -93,7 +104,8 @@ if [[ $LEVERS == 1 ]]; then
   # Section 1: the levers alone and together, both settings, and each scored on the other setting.
   acc accuracy_default --setting default --variants mnc5_8band mnc5_photometric mnc5_native \
     mnc5_small_anchors
-  acc accuracy_hard --setting hard --variants mnc5_8band mnc5_native mnc5_small_anchors
+  acc accuracy_hard --setting hard --variants mnc5_8band mnc5_photometric mnc5_native \
+    mnc5_small_anchors
   for setting in default hard; do
     other=$([[ $setting == default ]] && echo hard || echo default)
     acc accuracy_$setting --setting $setting --variants "${eightband_levers[@]}"

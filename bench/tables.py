@@ -224,6 +224,44 @@ def polygonize_table(report: dict) -> list[str]:
                            "ms per 1,000 buildings"], rows)
 
 
+PAIRED_METRICS = (("iou", "IoU", 3), ("ciou", "C-IoU", 3), ("polis", "PoLiS m", 2),
+                  ("mta", "MTA deg", 1), ("boundary_f", "boundary F (1 m)", 3))
+
+
+def paired_shape_table(report: dict) -> list[str]:
+    """bench_paired_shape.py: per slice and metric, both variants' means over the buildings both
+    matched, their difference and whether every seed's interval excludes 0."""
+    a, b = report["pair"]
+    seeds = sorted(report["runs"], key=int)
+    counts = ", ".join(f"{s}: {r['common']} of {r['pairs_a']} / {r['pairs_b']}"
+                       for s, r in ((s, report["runs"][s]) for s in seeds))
+    reg = report.get("regularize_min_edge")
+    polygons = ("the polygons as the configs write them" if reg is None else
+                f"the rectilinear option's polygons (TEST.SPACENET.REGULARIZE, min edge {reg:g} "
+                "px, applied to the written polygons)")
+    lines = [f"{_setting(report, bold=True)}, {report['iterations']} iterations, {polygons}: "
+             f"**{a}** (A) "
+             f"against **{b}** (B) on the truth buildings both matched at their configs' "
+             f"thresholds, {len(seeds)} model seeds (per seed, buildings both matched of A's / "
+             f"B's matched: {counts}). Mean ± sample std (min-max) over seeds of each model's "
+             "mean over those buildings and of the difference A - B; metres at "
+             f"{report['metres_per_pixel']} m per pixel. Separated: A (or B) is better on every "
+             f"seed with the 95% bootstrap interval of the difference ({report['bootstrap_draws']}"
+             " draws over the buildings) excluding 0; '-' otherwise.", ""]
+    rows = []
+    for slice_name, metrics in report["summary"].items():
+        for key, label, digits in PAIRED_METRICS:
+            e = metrics.get(key)
+            if e is None:
+                continue
+            sep = {"a": f"A ({a})", "b": f"B ({b})"}.get(e["separated"], "-")
+            rows.append([slice_name, label, f"{e['pairs']['mean']:.0f}",
+                         _spread(e["a"], digits), _spread(e["b"], digits),
+                         _spread(e["diff"], digits), sep])
+    return lines + _table(["slice", "metric", "buildings per seed", "A", "B", "A - B",
+                           "separated"], rows)
+
+
 def demo_table(report: dict) -> list[str]:
     """bench_demo.py reports (one per kernel set): wall time, s/iteration, memory, scores."""
     runs = report["runs"] if "runs" in report else [report]
@@ -485,6 +523,8 @@ def table_maker(report_name: str):
         return speed_tables
     if report_name.startswith("polygonize_"):
         return polygonize_table
+    if report_name.startswith("paired_shape_"):
+        return paired_shape_table
     if report_name.startswith("viewer"):
         return viewer_table
     if report_name.startswith("predict"):

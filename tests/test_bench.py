@@ -196,3 +196,42 @@ def test_shape_table_shows_concave_pairs_and_hole_recall():
     assert lines[at].endswith("| C-IoU concave | MTA deg concave | hole recall |")
     row = lines[at + 2]
     assert row.endswith("| 0.400 (1 seed) | 60.0 (1 seed) | 0.500 (1 seed) |")
+
+
+def test_paired_shape_compares_the_buildings_both_models_matched():
+    import numpy as np
+    import pandas as pd
+
+    from bench import bench_paired_shape as paired
+
+    cols = list(paired.METRICS)
+    # truth rows 0-3 matched by A, 1-4 by B; rows 2 and 3 concave
+    a = pd.DataFrame([[0.9, 0.5, 1.0, 40.0, 0.8]] * 4, index=[0, 1, 2, 3], columns=cols)
+    b = pd.DataFrame([[0.7, 0.4, 2.0, 50.0, 0.6]] * 4, index=[1, 2, 3, 4], columns=cols)
+    a.loc[3, "mta"] = 70.0  # A worse than B on one concave building
+    b.loc[2, "ciou"] = np.nan  # an empty polygon: left out of that metric only
+    flags = pd.DataFrame({"small": [True, True, False, False, False],
+                          "concave": [False, False, True, True, False],
+                          "dark": [False] * 5, "other": [False, False, False, False, True]})
+    run = paired.compare(a, b, flags, seed=0)
+    assert (run["pairs_a"], run["pairs_b"], run["common"]) == (4, 4, 3)
+    mta = run["slices"]["all"]["mta"]
+    assert mta["n"] == 3 and mta["a"] == 50.0 and mta["b"] == 50.0 and mta["diff"] == 0.0
+    assert mta["a_better_share"] == round(2 / 3, 4)  # lower is better for MTA
+    concave = run["slices"]["concave"]
+    assert concave["mta"]["diff"] == 5.0 and concave["mta"]["a_better_share"] == 0.5
+    assert concave["ciou"]["n"] == 1 and concave["ciou"]["diff"] == 0.1
+    assert concave["iou"]["diff_ci95"] == [0.2, 0.2]  # the same difference on every building
+    assert run["slices"]["small"]["iou"]["n"] == 1 and run["slices"]["dark"]["iou"] == {"n": 0}
+    summary = paired.summarize({"0": run, "1": run})
+    assert summary["all"]["iou"]["separated"] == "a"
+    assert summary["all"]["polis"]["separated"] == "a"  # lower PoLiS is better
+    assert summary["all"]["mta"]["separated"] is None  # the interval holds 0
+    assert "iou" not in summary["dark"]
+    report = {"setting": "hard", "iterations": 10, "pair": ["mnc5", "mask_rcnn"],
+              "metres_per_pixel": 0.3, "bootstrap_draws": paired.BOOTSTRAP,
+              "runs": {"0": run, "1": run}, "summary": summary}
+    lines = tables.table_maker("paired_shape_hard")(report)
+    assert "0: 3 of 4 / 4" in lines[0]
+    assert ("| concave | IoU | 2 | 0.900 ± 0.000 (0.900-0.900) | 0.700 ± 0.000 (0.700-0.700) "
+            "| 0.200 ± 0.000 (0.200-0.200) | A (mnc5) |") in lines

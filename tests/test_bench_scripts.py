@@ -53,6 +53,25 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     transfer = _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES),
                       "--variants", "mnc5", "--work", str(work), "--test-setting", "hard")
     assert transfer["test_setting"] == "hard" and transfer["setting"] == "default"
+    # the paired shape comparison reads the report's evaluations (a run paired with itself:
+    # every matched building is common); a report whose counts the files on disk do not
+    # reproduce is refused, naming the run
+    source = work / f"report_{IMAGES}img_{ITERS}it.json"
+    paired = _bench("bench_paired_shape", "--report", str(source), "--pair", "mnc5", "mnc5")
+    assert paired["runs"]["0"]["common"] == paired["runs"]["0"]["pairs_a"]
+    assert tables.table_maker("paired_shape_default")(paired)[0].startswith("Setting **default**")
+    rect = _bench("bench_paired_shape", "--report", str(source), "--pair", "mnc5", "mnc5",
+                  "--regularize", "2")
+    assert rect["regularize_min_edge"] == 2.0 and "rectilinear option" in \
+        tables.table_maker("paired_shape_default_rectilinear")(rect)[0]
+    doctored = json.loads(source.read_text())
+    doctored["runs"]["mnc5"]["0"]["overall"]["fn"] += 1
+    (work / "doctored.json").write_text(json.dumps(doctored))
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "bench.bench_paired_shape",
+                          "--report", str(work / "doctored.json"), "--pair", "mnc5", "mnc5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0 and "mnc5 seed 0" in out.stderr and "retrained" in out.stderr
 
 
 def test_prediction_scripts(work, tmp_path):

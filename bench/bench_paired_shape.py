@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Polygon shape of two models on the same buildings: a paired comparison.
+
+Section 1's shape tables (bench_accuracy's ``shape``) average each model over the truth
+buildings *it* matched. A model that finds more of the hard buildings (small, concave, dark) is
+averaged over harder shapes, so those means can hide a difference in shape quality or invent
+one. Here two variants of one bench_accuracy report are compared building by building: for each
+model seed, the truth buildings that both variants' seed-``s`` models matched (the SpaceNet
+matching, each at its config's threshold) get the shape metrics of
+:mod:`mnc_d2.evaluation.polygon_metrics` from both, and the report gives, per slice of the truth
+(all, small, concave, dark, other; the flags of bench_accuracy), the paired means, their
+difference (first variant minus second) with a 95% bootstrap interval over the buildings, and
+the share of buildings where the first variant's polygon is the better one.
+
+Nothing is predicted again: the polygons are the ones the report's evaluation wrote
+(``RUN/bench_eval_<benchmark>/*/spacenet_proposals.csv``, every detection down to 0.05). The
+script re-scores them and stops, naming the run, when the counts differ from the report's (the
+run was evaluated again later, e.g. with --test-opts, or retrained).
+
+``--regularize MIN_EDGE`` compares the polygons of the rectilinear option instead
+(``TEST.SPACENET.REGULARIZE True``, ``TEST.SPACENET.REGULARIZE_MIN_EDGE MIN_EDGE``): the written
+polygons, already simplified as the option's are, go through the same function
+(:func:`mnc_d2.geometry.regularize_rectilinear`) and are scored again. An approximation of
+evaluating with the option: for a mask of several parts the evaluator keeps the largest part
+after regularising, here before (the two differ only if regularising changes which is largest).
+
+    python -m bench.bench_paired_shape --report .cache/bench/accuracy/report_60img_600it.json \\
+        --pair mnc5 mask_rcnn > bench/results/paired_shape_default.json
+
+Prints one JSON object on stdout (logs go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from mnc_d2.evaluation.polygon_metrics import matched_pair_metrics
+from mnc_d2.geometry import regularize_rectilinear
+from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
+
+logger = logging.getLogger("bench.paired_shape")
+
+GSD_M = 0.3  # metres per pixel of the synthetic benchmark (mnc_d2.synthetic.spacenet2.GSD_M)
+METRICS = ("iou", "ciou", "polis", "mta", "boundary_f")
+LOWER_IS_BETTER = frozenset({"polis", "mta"})
+SLICES = ("all", "small", "concave", "dark", "other")
+BOOTSTRAP = 2000
+
+
+def benchmark_truth(test_root: Path) -> tuple[list[str], pd.DataFrame]:
+    """The benchmark's city folder names and truth rows, in the order bench_accuracy scores
+    them (sorted cities, each city's summary CSV in file order)."""
+    cities = sorted(p for p in (test_root / "spacenet").glob("AOI_*_Train"))
+    if not cities:
+        raise SystemExit(f"{test_root}/spacenet: no AOI_*_Train folder; run bench_accuracy first")
+    truth = [read_truth_csv(c / "summaryData" / f"{c.name}_Building_Solutions.csv")
+             for c in cities]
+    return [c.name for c in cities], pd.concat(truth, ignore_index=True)
+
+
+def slice_table(test_root: Path, truth: pd.DataFrame) -> pd.DataFrame:
+    """(len(truth), 4) booleans small/concave/dark/other per truth row (bench_accuracy's flags,
+    from the generator's Building_Attributes CSV)."""
+    attrs = pd.concat([pd.read_csv(p) for p in sorted(
+        (test_root / "spacenet").glob("AOI_*_Train/summaryData/*_Building_Attributes.csv"))],
+        ignore_index=True)
+    attrs = attrs.assign(small=attrs.area_m2 < 100, concave=attrs.solidity < 0.85,
+                         dark=attrs.roof.isin(["roof_dark", "roof_dark_nir"]))
+    flags = truth[["ImageId", "BuildingId"]].merge(
+        attrs[["ImageId", "BuildingId", "small", "concave", "dark"]],
+        on=["ImageId", "BuildingId"], how="left")
+    flags = flags[["small", "concave", "dark"]].fillna(False).astype(bool)
+    flags["other"] = ~flags.any(axis=1)
+    return flags.reset_index(drop=True)
+
+
+def read_proposals(run_dir: Path, test_root: Path, cities: list[str]) -> pd.DataFrame:
+    """Every detection the run's evaluation on ``test_root`` wrote, cities in scoring order."""
+    eval_dir = run_dir / f"bench_eval_{test_root.name}"
+    frames = []
+    for city in cities:
+        found = sorted(eval_dir.glob(f"_bench_{test_root.name}_{city}_*/spacenet_proposals.csv"))
+        if len(found) != 1:
+            raise SystemExit(f"{eval_dir}: expected one spacenet_proposals.csv for {city}, found "
+                             f"{len(found)}; evaluate the run with bench_accuracy first")
+        frames.append(pd.read_csv(found[0]))
+    prop = pd.concat(frames, ignore_index=True)
+    prop["geometry"] = shapely.from_wkt(prop["PolygonWKT_Pix"].to_numpy())
+    return prop
+
+
+def matched_by_truth(run: dict, name: str, seed: str, test_root: Path, cities: list[str],
+                     truth: pd.DataFrame, score_thresh: float | None,
+                     regularize: float | None = None) -> pd.DataFrame:
+    """Shape metrics of one run's matched pairs, indexed by the truth row each pair matched.
+
+    With ``score_thresh`` None the run's own threshold is used and the counts must equal the
+    report's (else SystemExit naming the run). ``regularize``: min edge (px) of the rectilinear
+    regularisation applied to the kept polygons, which are then scored again (None: as
+    written)."""
+    run_dir = Path(run["run_dir"])
+    prop = read_proposals(run_dir, test_root, cities)
+    thresh = run["score_thresh"] if score_thresh is None else score_thresh
+    kept = prop[prop.Confidence >= thresh].reset_index(drop=True)
+    result = score(truth, kept)
+    if score_thresh is None:
+        got = (result.overall.tp, result.overall.fp, result.overall.fn)
+        want = tuple(run["overall"][k] for k in ("tp", "fp", "fn"))
+        if got != want:
+            raise SystemExit(f"{name} seed {seed} ({run_dir}): its proposals on disk score "
+                             f"TP/FP/FN {got}, the report says {want}; the run was evaluated "
+                             "again or retrained since. Run bench_accuracy on it (without "
+                             "--test-opts) and pass that report")
+    if regularize is not None:
+        kept["geometry"] = [regularize_rectilinear(g, min_edge=regularize)
+                            if g is not None and g.geom_type == "Polygon" else g
+                            for g in kept.geometry]
+        result = score(truth, kept)
+    frame, _ = matched_pair_metrics(result, truth, kept, metres_per_unit=GSD_M)
+    frame.index = result.proposal_match[result.proposal_match >= 0]
+    return frame[list(METRICS)]
+
+
+def paired_stats(a: pd.Series, b: pd.Series, lower_is_better: bool,
+                 rng: np.random.Generator, draws: int = BOOTSTRAP) -> dict:
+    """Means of ``a`` and ``b`` (the same buildings, index-aligned, no NaN), the mean difference
+    a - b with its 95% bootstrap interval over buildings, and the share where ``a`` is better
+    (ties counted half)."""
+    diff = (a - b).to_numpy(dtype=float)
+    n = len(diff)
+    if n == 0:
+        return {"n": 0}
+    means = diff[rng.integers(0, n, size=(draws, n))].mean(axis=1)
+    better = (diff < 0) if lower_is_better else (diff > 0)
+    return {"n": n, "a": round(float(a.mean()), 4), "b": round(float(b.mean()), 4),
+            "diff": round(float(diff.mean()), 4),
+            "diff_ci95": [round(float(np.percentile(means, 2.5)), 4),
+                          round(float(np.percentile(means, 97.5)), 4)],
+            "a_better_share": round(float(better.mean() + 0.5 * (diff == 0).mean()), 4)}
+
+
+def compare(frame_a: pd.DataFrame, frame_b: pd.DataFrame, flags: pd.DataFrame,
+            seed: int = 0) -> dict:
+    """Per slice and metric, :func:`paired_stats` over the truth rows both frames matched.
+
+    ``frame_a``/``frame_b``: :data:`METRICS` columns indexed by truth row; ``flags``: the slice
+    booleans of every truth row (:func:`slice_table`)."""
+    rng = np.random.default_rng(seed)
+    common = frame_a.index.intersection(frame_b.index)
+    a, b = frame_a.loc[common], frame_b.loc[common]
+    out = {"pairs_a": int(len(frame_a)), "pairs_b": int(len(frame_b)),
+           "common": int(len(common)), "slices": {}}
+    for name in SLICES:
+        rows = common if name == "all" else common[flags.loc[common, name].to_numpy()]
+        out["slices"][name] = {}
+        for metric in METRICS:
+            ok = a.loc[rows, metric].notna() & b.loc[rows, metric].notna()
+            keep = rows[ok.to_numpy()]
+            out["slices"][name][metric] = paired_stats(a.loc[keep, metric], b.loc[keep, metric],
+                                                       metric in LOWER_IS_BETTER, rng)
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": round(float(arr.mean()), 4), "min": round(float(arr.min()), 4),
+            "max": round(float(arr.max()), 4),
+            "std": round(float(arr.std(ddof=1)), 4) if len(arr) > 1 else 0.0, "n": len(arr)}
+
+
+def summarize(runs: dict) -> dict:
+    """Per slice and metric, over seeds: spreads of both paired means and of the difference,
+    and whether every seed's interval lies on one side of 0 (``separated``: "a", "b" or
+    None for the variant that is better on every seed)."""
+    out = {}
+    for name in SLICES:
+        out[name] = {}
+        for metric in METRICS:
+            stats = [r["slices"][name][metric] for r in runs.values()
+                     if r["slices"][name][metric]["n"]]
+            if not stats:
+                continue
+            lows = [s["diff_ci95"][0] for s in stats]
+            highs = [s["diff_ci95"][1] for s in stats]
+            a_wins = all(h < 0 for h in highs) if metric in LOWER_IS_BETTER \
+                else all(lo > 0 for lo in lows)
+            b_wins = all(lo > 0 for lo in lows) if metric in LOWER_IS_BETTER \
+                else all(h < 0 for h in highs)
+            out[name][metric] = {"a": _spread([s["a"] for s in stats]),
+                                 "b": _spread([s["b"] for s in stats]),
+                                 "diff": _spread([s["diff"] for s in stats]),
+                                 "pairs": _spread([s["n"] for s in stats]),
+                                 "separated": "a" if a_wins else ("b" if b_wins else None)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", required=True,
+                        help="a bench_accuracy report (JSON) whose runs' evaluations are on disk")
+    parser.add_argument("--pair", nargs=2, required=True, metavar=("A", "B"),
+                        help="the two variants; differences are A - B")
+    parser.add_argument("--work", help="bench_accuracy's --work (default: from the runs' paths)")
+    parser.add_argument("--test-seed", type=int, default=1, help="bench_accuracy's --test-seed")
+    parser.add_argument("--score-thresh", type=float,
+                        help="one threshold for both (default: each run's own, checked against "
+                             "the report's counts)")
+    parser.add_argument("--regularize", type=float, metavar="MIN_EDGE",
+                        help="compare the rectilinear option's polygons (regularised with this "
+                             "min edge in px) instead of the written ones")
+    args = parser.parse_args()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    report = json.loads(Path(args.report).read_text())
+    a_name, b_name = args.pair
+    for name in args.pair:
+        if name not in report["runs"]:
+            raise SystemExit(f"{args.report}: no runs of {name!r}; it has {sorted(report['runs'])}")
+    seeds = sorted(set(report["runs"][a_name]) & set(report["runs"][b_name]), key=int)
+    if not seeds:
+        raise SystemExit(f"{args.report}: {a_name} and {b_name} share no model seed")
+    first = report["runs"][a_name][seeds[0]]
+    work = Path(args.work) if args.work else Path(first["run_dir"]).parents[2]
+    test_setting = report.get("test_setting", report["setting"])
+    suffix = "" if test_setting == "default" else f"_{test_setting}"
+    test_root = work / f"test_seed{args.test_seed}_{report['test_images_per_city']}{suffix}"
+    cities, truth = benchmark_truth(test_root)
+    flags = slice_table(test_root, truth)
+    out = {"source_report": str(args.report), "setting": report["setting"],
+           "test_setting": test_setting, "iterations": report["iterations"],
+           "pair": [a_name, b_name], "score_thresh": args.score_thresh,
+           "regularize_min_edge": args.regularize,
+           "metres_per_pixel": GSD_M, "bootstrap_draws": BOOTSTRAP,
+           "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
+           "runs": {}, "summary": {}}
+    for seed in seeds:
+        frames = [matched_by_truth(report["runs"][n][seed], n, seed, test_root, cities, truth,
+                                   args.score_thresh, args.regularize) for n in args.pair]
+        run = compare(*frames, flags, seed=int(seed))
+        # the report's scores (of the polygons as written, at each run's threshold)
+        run["counts"] = {n: report["runs"][n][seed]["overall"] for n in args.pair}
+        run["mean_city_f1"] = {n: report["runs"][n][seed]["mean_city_f1"] for n in args.pair}
+        out["runs"][seed] = run
+        logger.info("seed %s: %d pairs of %s, %d of %s, %d common", seed, run["pairs_a"], a_name,
+                    run["pairs_b"], b_name, run["common"])
+    out["summary"] = summarize(out["runs"])
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
