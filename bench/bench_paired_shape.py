@@ -42,13 +42,13 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from . import bench_accuracy as acc  # first: it sets mnc_d2 up before detectron2 is used
 from mnc_d2.evaluation.polygon_metrics import matched_pair_metrics
-from mnc_d2.geometry import regularize_rectilinear
 from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
+from mnc_d2.geometry import regularize_rectilinear
 
 logger = logging.getLogger("bench.paired_shape")
 
-GSD_M = 0.3  # metres per pixel of the synthetic benchmark (mnc_d2.synthetic.spacenet2.GSD_M)
 METRICS = ("iou", "ciou", "polis", "mta", "boundary_f")
 LOWER_IS_BETTER = frozenset({"polis", "mta"})
 SLICES = ("all", "small", "concave", "dark", "other")
@@ -69,11 +69,7 @@ def benchmark_truth(test_root: Path) -> tuple[list[str], pd.DataFrame]:
 def slice_table(test_root: Path, truth: pd.DataFrame) -> pd.DataFrame:
     """(len(truth), 4) booleans small/concave/dark/other per truth row (bench_accuracy's flags,
     from the generator's Building_Attributes CSV)."""
-    attrs = pd.concat([pd.read_csv(p) for p in sorted(
-        (test_root / "spacenet").glob("AOI_*_Train/summaryData/*_Building_Attributes.csv"))],
-        ignore_index=True)
-    attrs = attrs.assign(small=attrs.area_m2 < 100, concave=attrs.solidity < 0.85,
-                         dark=attrs.roof.isin(["roof_dark", "roof_dark_nir"]))
+    attrs = acc.slice_flags(test_root / "spacenet")
     flags = truth[["ImageId", "BuildingId"]].merge(
         attrs[["ImageId", "BuildingId", "small", "concave", "dark"]],
         on=["ImageId", "BuildingId"], how="left")
@@ -124,7 +120,7 @@ def matched_by_truth(run: dict, name: str, seed: str, test_root: Path, cities: l
                             if g is not None and g.geom_type == "Polygon" else g
                             for g in kept.geometry]
         result = score(truth, kept)
-    frame, _ = matched_pair_metrics(result, truth, kept, metres_per_unit=GSD_M)
+    frame, _ = matched_pair_metrics(result, truth, kept, metres_per_unit=acc.GSD_M)
     frame.index = result.proposal_match[result.proposal_match >= 0]
     return frame[list(METRICS)]
 
@@ -169,13 +165,6 @@ def compare(frame_a: pd.DataFrame, frame_b: pd.DataFrame, flags: pd.DataFrame,
     return out
 
 
-def _spread(values: list[float]) -> dict:
-    arr = np.asarray(values, dtype=float)
-    return {"mean": round(float(arr.mean()), 4), "min": round(float(arr.min()), 4),
-            "max": round(float(arr.max()), 4),
-            "std": round(float(arr.std(ddof=1)), 4) if len(arr) > 1 else 0.0, "n": len(arr)}
-
-
 def summarize(runs: dict) -> dict:
     """Per slice and metric, over seeds: spreads of both paired means and of the difference,
     and whether every seed's interval lies on one side of 0 (``separated``: "a", "b" or
@@ -194,10 +183,10 @@ def summarize(runs: dict) -> dict:
                 else all(lo > 0 for lo in lows)
             b_wins = all(lo > 0 for lo in lows) if metric in LOWER_IS_BETTER \
                 else all(h < 0 for h in highs)
-            out[name][metric] = {"a": _spread([s["a"] for s in stats]),
-                                 "b": _spread([s["b"] for s in stats]),
-                                 "diff": _spread([s["diff"] for s in stats]),
-                                 "pairs": _spread([s["n"] for s in stats]),
+            out[name][metric] = {"a": acc._spread([s["a"] for s in stats]),
+                                 "b": acc._spread([s["b"] for s in stats]),
+                                 "diff": acc._spread([s["diff"] for s in stats]),
+                                 "pairs": acc._spread([s["n"] for s in stats]),
                                  "separated": "a" if a_wins else ("b" if b_wins else None)}
     return out
 
@@ -238,7 +227,7 @@ def main() -> None:
            "test_setting": test_setting, "iterations": report["iterations"],
            "pair": [a_name, b_name], "score_thresh": args.score_thresh,
            "regularize_min_edge": args.regularize,
-           "metres_per_pixel": GSD_M, "bootstrap_draws": BOOTSTRAP,
+           "metres_per_pixel": acc.GSD_M, "bootstrap_draws": BOOTSTRAP,
            "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
            "runs": {}, "summary": {}}
     for seed in seeds:
