@@ -6,11 +6,14 @@ buildings *it* matched. A model that finds more of the hard buildings (small, co
 averaged over harder shapes, so those means can hide a difference in shape quality or invent
 one. Here two variants of one bench_accuracy report are compared building by building: for each
 model seed, the truth buildings that both variants' seed-``s`` models matched (the SpaceNet
-matching, each at its config's threshold) get the shape metrics of
+matching, each at its config's threshold, or with ``--thresholds best`` at the best threshold of
+its sweep, where calibration does not count) get the shape metrics of
 :mod:`mnc_d2.evaluation.polygon_metrics` from both, and the report gives, per slice of the truth
 (all, small, concave, dark, other; the flags of bench_accuracy), the paired means, their
 difference (first variant minus second) with a 95% bootstrap interval over the buildings, and
-the share of buildings where the first variant's polygon is the better one.
+the share of buildings where the first variant's polygon is the better one. A seed with fewer
+than ``--min-pairs`` common buildings in a slice (a model that kept almost no detection at its
+threshold) stays in the per-seed part but not in that slice's summary.
 
 Nothing is predicted again: the polygons are the ones the report's evaluation wrote
 (``RUN/bench_eval_<benchmark>/*/spacenet_proposals.csv``, every detection down to 0.05). The
@@ -93,26 +96,39 @@ def read_proposals(run_dir: Path, test_root: Path, cities: list[str]) -> pd.Data
     return prop
 
 
+def run_threshold(run: dict, source: str, override: float | None = None):
+    """(score threshold, the report's (TP, FP, FN) there or None) of one run: its config's
+    threshold (``source`` "config") or the best of its sweep ("best"); ``override``: that
+    threshold instead, nothing to check."""
+    if override is not None:
+        return override, None
+    if source == "best":
+        best = run["best_threshold"]
+        return best["threshold"], (best["TP"], best["FP"], best["FN"])
+    return run["score_thresh"], tuple(run["overall"][k] for k in ("tp", "fp", "fn"))
+
+
 def matched_by_truth(run: dict, name: str, seed: str, test_root: Path, cities: list[str],
-                     truth: pd.DataFrame, score_thresh: float | None,
+                     truth: pd.DataFrame, thresholds: str = "config",
+                     score_thresh: float | None = None,
                      regularize: float | None = None) -> pd.DataFrame:
     """Shape metrics of one run's matched pairs, indexed by the truth row each pair matched.
 
-    With ``score_thresh`` None the run's own threshold is used and the counts must equal the
-    report's (else SystemExit naming the run). ``regularize``: min edge (px) of the rectilinear
-    regularisation applied to the kept polygons, which are then scored again (None: as
-    written)."""
+    At the threshold of :func:`run_threshold` (``thresholds``, ``score_thresh``); a report
+    threshold's counts must equal the report's (else SystemExit naming the run).
+    ``regularize``: min edge (px) of the rectilinear regularisation applied to the kept
+    polygons, which are then scored again (None: as written)."""
     run_dir = Path(run["run_dir"])
     prop = read_proposals(run_dir, test_root, cities)
-    thresh = run["score_thresh"] if score_thresh is None else score_thresh
+    thresh, want = run_threshold(run, thresholds, score_thresh)
     kept = prop[prop.Confidence >= thresh].reset_index(drop=True)
     result = score(truth, kept)
-    if score_thresh is None:
+    if want is not None:
         got = (result.overall.tp, result.overall.fp, result.overall.fn)
-        want = tuple(run["overall"][k] for k in ("tp", "fp", "fn"))
-        if got != want:
+        if got != tuple(want):
             raise SystemExit(f"{name} seed {seed} ({run_dir}): its proposals on disk score "
-                             f"TP/FP/FN {got}, the report says {want}; the run was evaluated "
+                             f"TP/FP/FN {got} at {thresh}, the report says {tuple(want)}; the "
+                             "run was evaluated "
                              "again or retrained since. Run bench_accuracy on it (without "
                              "--test-opts) and pass that report")
     if regularize is not None:
@@ -165,16 +181,17 @@ def compare(frame_a: pd.DataFrame, frame_b: pd.DataFrame, flags: pd.DataFrame,
     return out
 
 
-def summarize(runs: dict) -> dict:
-    """Per slice and metric, over seeds: spreads of both paired means and of the difference,
-    and whether every seed's interval lies on one side of 0 (``separated``: "a", "b" or
-    None for the variant that is better on every seed)."""
+def summarize(runs: dict, min_pairs: int = 1) -> dict:
+    """Per slice and metric, over the seeds with at least ``min_pairs`` common buildings in the
+    slice: spreads of both paired means and of the difference, and whether every such seed's
+    interval lies on one side of 0 (``separated``: "a", "b" or None for the variant that is
+    better on every seed)."""
     out = {}
     for name in SLICES:
         out[name] = {}
         for metric in METRICS:
             stats = [r["slices"][name][metric] for r in runs.values()
-                     if r["slices"][name][metric]["n"]]
+                     if r["slices"][name][metric]["n"] >= max(min_pairs, 1)]
             if not stats:
                 continue
             lows = [s["diff_ci95"][0] for s in stats]
@@ -199,9 +216,14 @@ def main() -> None:
                         help="the two variants; differences are A - B")
     parser.add_argument("--work", help="bench_accuracy's --work (default: from the runs' paths)")
     parser.add_argument("--test-seed", type=int, default=1, help="bench_accuracy's --test-seed")
+    parser.add_argument("--thresholds", choices=["config", "best"], default="config",
+                        help="each run's config threshold or the best of its sweep (where "
+                             "calibration does not count); checked against the report's counts")
     parser.add_argument("--score-thresh", type=float,
-                        help="one threshold for both (default: each run's own, checked against "
-                             "the report's counts)")
+                        help="one threshold for both instead (nothing checked)")
+    parser.add_argument("--min-pairs", type=int, default=30,
+                        help="a seed enters a slice's summary with at least this many common "
+                             "buildings in the slice (every seed stays in the per-run part)")
     parser.add_argument("--regularize", type=float, metavar="MIN_EDGE",
                         help="compare the rectilinear option's polygons (regularised with this "
                              "min edge in px) instead of the written ones")
@@ -225,22 +247,26 @@ def main() -> None:
     flags = slice_table(test_root, truth)
     out = {"source_report": str(args.report), "setting": report["setting"],
            "test_setting": test_setting, "iterations": report["iterations"],
-           "pair": [a_name, b_name], "score_thresh": args.score_thresh,
+           "test_opts": report.get("test_opts", []), "pair": [a_name, b_name], "thresholds": args.thresholds,
+           "score_thresh": args.score_thresh, "min_pairs": args.min_pairs,
            "regularize_min_edge": args.regularize,
            "metres_per_pixel": acc.GSD_M, "bootstrap_draws": BOOTSTRAP,
            "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
            "runs": {}, "summary": {}}
     for seed in seeds:
         frames = [matched_by_truth(report["runs"][n][seed], n, seed, test_root, cities, truth,
-                                   args.score_thresh, args.regularize) for n in args.pair]
+                                   args.thresholds, args.score_thresh, args.regularize)
+                  for n in args.pair]
         run = compare(*frames, flags, seed=int(seed))
         # the report's scores (of the polygons as written, at each run's threshold)
         run["counts"] = {n: report["runs"][n][seed]["overall"] for n in args.pair}
         run["mean_city_f1"] = {n: report["runs"][n][seed]["mean_city_f1"] for n in args.pair}
+        run["thresholds"] = {n: run_threshold(report["runs"][n][seed], args.thresholds,
+                                              args.score_thresh)[0] for n in args.pair}
         out["runs"][seed] = run
         logger.info("seed %s: %d pairs of %s, %d of %s, %d common", seed, run["pairs_a"], a_name,
                     run["pairs_b"], b_name, run["common"])
-    out["summary"] = summarize(out["runs"])
+    out["summary"] = summarize(out["runs"], args.min_pairs)
     print(json.dumps(out, indent=2))
 
 

@@ -61,7 +61,10 @@ for setting in default hard; do
   report=".cache/bench/accuracy/report_${IMAGES}img_${ITERS}it${suffix}.json"
   run paired_shape_$setting "${PY[@]}" bench.bench_paired_shape --pair mnc5 mask_rcnn \
     --report "$report"
-  # the same buildings with the rectilinear option's polygons (regularised, 2 px min edge)
+  # at each model's best threshold (calibration aside), and with the rectilinear option's
+  # polygons (regularised, 2 px min edge)
+  run paired_shape_${setting}_best "${PY[@]}" bench.bench_paired_shape --pair mnc5 mask_rcnn \
+    --report "$report" --thresholds best
   run paired_shape_${setting}_rectilinear "${PY[@]}" bench.bench_paired_shape --pair mnc5 \
     mask_rcnn --report "$report" --regularize 2
 done

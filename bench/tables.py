@@ -239,12 +239,17 @@ def paired_shape_table(report: dict) -> list[str]:
     polygons = ("the polygons as the configs write them" if reg is None else
                 f"the rectilinear option's polygons (TEST.SPACENET.REGULARIZE, min edge {reg:g} "
                 "px, applied to the written polygons)")
-    lines = [f"{_setting(report, bold=True)}, {report['iterations']} iterations, {polygons}: "
-             f"**{a}** (A) "
-             f"against **{b}** (B) on the truth buildings both matched at their configs' "
-             f"thresholds, {len(seeds)} model seeds (per seed, buildings both matched of A's / "
-             f"B's matched: {counts}). Mean ± sample std (min-max) over seeds of each model's "
-             "mean over those buildings and of the difference A - B; metres at "
+    where = {"config": "their configs' thresholds",
+             "best": "the best threshold of each model's sweep"}[report.get("thresholds", "config")]
+    if report.get("score_thresh") is not None:
+        where = f"score {report['score_thresh']:g}"
+    lines = [f"{_setting(report, bold=True)}{_test_opts(report)}, {report['iterations']} "
+             f"iterations, {polygons}: "
+             f"**{a}** (A) against **{b}** (B) on the truth buildings both matched at {where}, "
+             f"{len(seeds)} model seeds (per seed, buildings both matched of A's / B's matched: "
+             f"{counts}; a seed enters a row with at least {report.get('min_pairs', 1)} common "
+             "buildings in its slice). Mean ± sample std (min-max) over those seeds of each "
+             "model's mean over the common buildings and of the difference A - B; metres at "
              f"{report['metres_per_pixel']} m per pixel. Separated: A (or B) is better on every "
              f"seed with the 95% bootstrap interval of the difference ({report['bootstrap_draws']}"
              " draws over the buildings) excluding 0; '-' otherwise.", ""]
@@ -255,10 +260,10 @@ def paired_shape_table(report: dict) -> list[str]:
             if e is None:
                 continue
             sep = {"a": f"A ({a})", "b": f"B ({b})"}.get(e["separated"], "-")
-            rows.append([slice_name, label, f"{e['pairs']['mean']:.0f}",
+            rows.append([slice_name, label, e["pairs"]["n"], f"{e['pairs']['mean']:.0f}",
                          _spread(e["a"], digits), _spread(e["b"], digits),
                          _spread(e["diff"], digits), sep])
-    return lines + _table(["slice", "metric", "buildings per seed", "A", "B", "A - B",
+    return lines + _table(["slice", "metric", "seeds", "buildings per seed", "A", "B", "A - B",
                            "separated"], rows)
 
 

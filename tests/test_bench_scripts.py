@@ -61,9 +61,9 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     assert paired["runs"]["0"]["common"] == paired["runs"]["0"]["pairs_a"]
     assert tables.table_maker("paired_shape_default")(paired)[0].startswith("Setting **default**")
     rect = _bench("bench_paired_shape", "--report", str(source), "--pair", "mnc5", "mnc5",
-                  "--regularize", "2")
-    assert rect["regularize_min_edge"] == 2.0 and "rectilinear option" in \
-        tables.table_maker("paired_shape_default_rectilinear")(rect)[0]
+                  "--regularize", "2", "--thresholds", "best")
+    assert rect["regularize_min_edge"] == 2.0 and rect["thresholds"] == "best"
+    assert "rectilinear option" in tables.table_maker("paired_shape_default_rectilinear")(rect)[0]
     doctored = json.loads(source.read_text())
     doctored["runs"]["mnc5"]["0"]["overall"]["fn"] += 1
     (work / "doctored.json").write_text(json.dumps(doctored))
