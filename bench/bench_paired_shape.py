@@ -52,8 +52,9 @@ from mnc_d2.geometry import regularize_rectilinear
 
 logger = logging.getLogger("bench.paired_shape")
 
-METRICS = ("iou", "ciou", "polis", "mta", "boundary_f")
-LOWER_IS_BETTER = frozenset({"polis", "mta"})
+# vertex_error: |vertices of the prediction - of the truth|, the count C-IoU weighs the IoU by
+METRICS = ("iou", "ciou", "vertex_error", "polis", "mta", "boundary_f")
+LOWER_IS_BETTER = frozenset({"vertex_error", "polis", "mta"})
 SLICES = ("all", "small", "concave", "dark", "other")
 BOOTSTRAP = 2000
 

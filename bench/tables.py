@@ -224,8 +224,10 @@ def polygonize_table(report: dict) -> list[str]:
                            "ms per 1,000 buildings"], rows)
 
 
-PAIRED_METRICS = (("iou", "IoU", 3), ("ciou", "C-IoU", 3), ("polis", "PoLiS m", 2),
-                  ("mta", "MTA deg", 1), ("boundary_f", "boundary F (1 m)", 3))
+PAIRED_METRICS = (("iou", "IoU", 3), ("ciou", "C-IoU", 3),
+                  ("vertex_error", "vertex count error", 1),
+                  ("polis", "PoLiS m", 2), ("mta", "MTA deg", 1),
+                  ("boundary_f", "boundary F (1 m)", 3))
 
 
 def paired_shape_table(report: dict) -> list[str]:

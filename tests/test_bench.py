@@ -206,8 +206,8 @@ def test_paired_shape_compares_the_buildings_both_models_matched():
 
     cols = list(paired.METRICS)
     # truth rows 0-3 matched by A, 1-4 by B; rows 2 and 3 concave
-    a = pd.DataFrame([[0.9, 0.5, 1.0, 40.0, 0.8]] * 4, index=[0, 1, 2, 3], columns=cols)
-    b = pd.DataFrame([[0.7, 0.4, 2.0, 50.0, 0.6]] * 4, index=[1, 2, 3, 4], columns=cols)
+    a = pd.DataFrame([[0.9, 0.5, 2.0, 1.0, 40.0, 0.8]] * 4, index=[0, 1, 2, 3], columns=cols)
+    b = pd.DataFrame([[0.7, 0.4, 6.0, 2.0, 50.0, 0.6]] * 4, index=[1, 2, 3, 4], columns=cols)
     a.loc[3, "mta"] = 70.0  # A worse than B on one concave building
     b.loc[2, "ciou"] = np.nan  # an empty polygon: left out of that metric only
     flags = pd.DataFrame({"small": [True, True, False, False, False],
@@ -226,6 +226,7 @@ def test_paired_shape_compares_the_buildings_both_models_matched():
     summary = paired.summarize({"0": run, "1": run})
     assert summary["all"]["iou"]["separated"] == "a"
     assert summary["all"]["polis"]["separated"] == "a"  # lower PoLiS is better
+    assert summary["all"]["vertex_error"]["diff"]["mean"] == -4.0
     assert summary["all"]["mta"]["separated"] is None  # the interval holds 0
     assert "iou" not in summary["dark"]
     # a seed with too few common buildings in a slice is left out of that slice's summary
