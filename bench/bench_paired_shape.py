@@ -129,9 +129,8 @@ def matched_by_truth(run: dict, name: str, seed: str, test_root: Path, cities: l
         if got != tuple(want):
             raise SystemExit(f"{name} seed {seed} ({run_dir}): its proposals on disk score "
                              f"TP/FP/FN {got} at {thresh}, the report says {tuple(want)}; the "
-                             "run was evaluated "
-                             "again or retrained since. Run bench_accuracy on it (without "
-                             "--test-opts) and pass that report")
+                             "run was evaluated again or retrained since. Run bench_accuracy "
+                             "on it (with the report's --test-opts) and pass that report")
     if regularize is not None:
         kept["geometry"] = [regularize_rectilinear(g, min_edge=regularize)
                             if g is not None and g.geom_type == "Polygon" else g

@@ -235,8 +235,8 @@ def paired_shape_table(report: dict) -> list[str]:
     matched, their difference and whether every seed's interval excludes 0."""
     a, b = report["pair"]
     seeds = sorted(report["runs"], key=int)
-    counts = ", ".join(f"{s}: {r['common']} of {r['pairs_a']} / {r['pairs_b']}"
-                       for s, r in ((s, report["runs"][s]) for s in seeds))
+    counts = ", ".join(f"{s}: {report['runs'][s]['common']} of {report['runs'][s]['pairs_a']} / "
+                       f"{report['runs'][s]['pairs_b']}" for s in seeds)
     reg = report.get("regularize_min_edge")
     polygons = ("the polygons as the configs write them" if reg is None else
                 f"the rectilinear option's polygons (TEST.SPACENET.REGULARIZE, min edge {reg:g} "
