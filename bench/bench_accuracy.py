@@ -209,18 +209,28 @@ def slice_flags(spacenet_root: Path) -> pd.DataFrame:
     return attrs
 
 
+def benchmark_truth(test_root: Path) -> tuple[list[str], pd.DataFrame]:
+    """The benchmark's city folder names and their truth (summary CSV rows), in the order the
+    scorer reads them (sorted cities, each city's rows in file order)."""
+    cities = sorted(p.name for p in (test_root / "spacenet").glob("AOI_*_Train"))
+    if not cities:
+        raise SystemExit(f"{test_root}/spacenet: no AOI_*_Train folder")
+    truth = [read_truth_csv(test_root / "spacenet" / c / "summaryData" /
+                            f"{c}_Building_Solutions.csv") for c in cities]
+    return cities, pd.concat(truth, ignore_index=True)
+
+
 def benchmark_datasets(test_root: Path, product: str) -> tuple[list[str], pd.DataFrame]:
-    """The benchmark's cities registered as datasets (one per city), and their truth (summary
-    CSV rows, in the order the scorer reads them)."""
-    names, truth = [], []
-    for city_dir in sorted((test_root / "spacenet").glob("AOI_*_Train")):
-        name = f"_bench_{test_root.name}_{city_dir.name}_{product}"
+    """The benchmark's cities registered as datasets (one per city), and their truth
+    (:func:`benchmark_truth`)."""
+    cities, truth = benchmark_truth(test_root)
+    names = []
+    for city in cities:
+        name = f"_bench_{test_root.name}_{city}_{product}"
         if name not in DatasetCatalog.list():
-            register_spacenet_instances(name, city_dir, product=product)
+            register_spacenet_instances(name, test_root / "spacenet" / city, product=product)
         names.append(name)
-        truth.append(read_truth_csv(city_dir / "summaryData" /
-                                    f"{city_dir.name}_Building_Solutions.csv"))
-    return names, pd.concat(truth, ignore_index=True)
+    return names, truth
 
 
 def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:

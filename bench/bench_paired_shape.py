@@ -47,7 +47,7 @@ import shapely
 
 from . import bench_accuracy as acc  # first: it sets mnc_d2 up before detectron2 is used
 from mnc_d2.evaluation.polygon_metrics import matched_pair_metrics
-from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
+from mnc_d2.evaluation.spacenet_metric import score
 from mnc_d2.geometry import regularize_rectilinear
 
 logger = logging.getLogger("bench.paired_shape")
@@ -57,17 +57,6 @@ METRICS = ("iou", "ciou", "vertex_error", "polis", "mta", "boundary_f")
 LOWER_IS_BETTER = frozenset({"vertex_error", "polis", "mta"})
 SLICES = ("all", "small", "concave", "dark", "other")
 BOOTSTRAP = 2000
-
-
-def benchmark_truth(test_root: Path) -> tuple[list[str], pd.DataFrame]:
-    """The benchmark's city folder names and truth rows, in the order bench_accuracy scores
-    them (sorted cities, each city's summary CSV in file order)."""
-    cities = sorted(p for p in (test_root / "spacenet").glob("AOI_*_Train"))
-    if not cities:
-        raise SystemExit(f"{test_root}/spacenet: no AOI_*_Train folder; run bench_accuracy first")
-    truth = [read_truth_csv(c / "summaryData" / f"{c.name}_Building_Solutions.csv")
-             for c in cities]
-    return [c.name for c in cities], pd.concat(truth, ignore_index=True)
 
 
 def slice_table(test_root: Path, truth: pd.DataFrame) -> pd.DataFrame:
@@ -243,7 +232,7 @@ def main() -> None:
     test_setting = report.get("test_setting", report["setting"])
     suffix = "" if test_setting == "default" else f"_{test_setting}"
     test_root = work / f"test_seed{args.test_seed}_{report['test_images_per_city']}{suffix}"
-    cities, truth = benchmark_truth(test_root)
+    cities, truth = acc.benchmark_truth(test_root)
     flags = slice_table(test_root, truth)
     out = {"source_report": str(args.report), "setting": report["setting"],
            "test_setting": test_setting, "iterations": report["iterations"],
