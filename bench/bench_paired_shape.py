@@ -236,8 +236,9 @@ def main() -> None:
     flags = slice_table(test_root, truth)
     out = {"source_report": str(args.report), "setting": report["setting"],
            "test_setting": test_setting, "iterations": report["iterations"],
-           "test_opts": report.get("test_opts", []), "pair": [a_name, b_name], "thresholds": args.thresholds,
-           "score_thresh": args.score_thresh, "min_pairs": args.min_pairs,
+           "test_opts": report.get("test_opts", []), "pair": [a_name, b_name],
+           "thresholds": args.thresholds, "score_thresh": args.score_thresh,
+           "min_pairs": args.min_pairs,
            "regularize_min_edge": args.regularize,
            "metres_per_pixel": acc.GSD_M, "bootstrap_draws": BOOTSTRAP,
            "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
