@@ -83,6 +83,10 @@ NATIVE = ["INPUT.MIN_SIZE_TRAIN", "(650,)", "INPUT.MAX_SIZE_TRAIN", "650",
           "INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650",
           "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
           "INPUT.CROP.SIZE", "[416,416]"]
+# A fully convolutional mask head in the cascade (not the paper's fc head), as wide as the Mask
+# R-CNN baseline's (two 3 x 3 convs of 64 channels), with the configs' 14 x 14 mask.
+CONV_MASK = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
+             "MODEL.MNC.MASK_CONV_DIM", "64"]
 ROOF_GAIN = ["INPUT.AUGMENT.ROOF_GAIN.PROB", "0.3", "INPUT.AUGMENT.ROOF_GAIN.RANGE", "(0.1, 0.5)",
              "INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD", "2.0"]
 VARIANTS = {
@@ -114,6 +118,9 @@ VARIANTS = {
                           "INPUT.AUGMENT.GAMMA", "(0.6, 1.6)",
                           "INPUT.AUGMENT.BAND_GAIN", "(0.85, 1.15)"]),
     "mnc5_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", SMALL_ANCHORS),
+    # The convolutional mask head (MODEL.MNC.MASK_HEAD conv, CONV_MASK above): outlines from a
+    # head that keeps the warp's spatial layout.
+    "mnc5_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", CONV_MASK),
     # The tiles' native 650 px instead of 416 px (a 3 m building: 10 px instead of 6), trained
     # on random 416 x 416 windows so an iteration costs what a 416 px one does; tested at 650 px.
     "mnc5_native": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", NATIVE),
@@ -122,6 +129,9 @@ VARIANTS = {
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),
+    # The three levers and the convolutional mask head.
+    "mnc5_8band_native_small_anchors_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                                  EIGHT_BAND + NATIVE + SMALL_ANCHORS + CONV_MASK),
     # The three levers and band dropout of red edge and NIR (half the images): what the model
     # learns about dark roofs must also hold without the bands where one sensor's signature sits.
     "mnc5_8band_native_small_anchors_nirdrop": (

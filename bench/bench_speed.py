@@ -53,11 +53,17 @@ VARIANTS = {
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
     "mnc5_roialign": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                       ["MODEL.MNC.ROI_WARP", "roialign"]),
+    # bench_accuracy.py's variant of that name: a convolutional mask head in the cascade.
+    "mnc5_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                       ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
+                        "MODEL.MNC.MASK_CONV_DIM", "64"]),
     # The R-50 SpaceNet 2 configs GPU users train (2 images per step here, not 8: CPU).
     "mask_rcnn_R50": (SN2 + "mask_rcnn_R_50_FPN_3x_all.yaml", R50_CPU),
     "mnc5_R50": (SN2 + "mnc_R_50_FPN_3x_all.yaml", R50_CPU),
     # The R-50 MNC without the pooling before the classifier's fc layers (mnc_d2 0.1's head).
     "mnc5_R50_nopool": (SN2 + "mnc_R_50_FPN_3x_all.yaml", [*R50_CPU, "MODEL.MNC.CLS_POOL", ""]),
+    # The R-50 MNC with the convolutional mask head (MODEL.MNC.MASK_HEAD conv, 28 x 28 masks).
+    "mnc5_R50_conv_mask": (SN2 + "mnc_R_50_FPN_3x_all_conv_mask.yaml", R50_CPU),
 }
 # Other releases' R-50 configs, on synthetic data of their layouts (train dataset, release).
 SN1, SN4 = "configs/SpaceNet1/", "configs/SpaceNet4/"
@@ -66,6 +72,7 @@ VARIANTS["mnc5_R50_sn4"] = (SN4 + "mnc_R_50_FPN_3x_atlanta_all.yaml", R50_CPU)
 TRAIN_SET = {"mnc5_R50_sn1": ("spacenet1_rio_train", "spacenet1"),
              "mnc5_R50_sn4": ("spacenet4_atlanta_all_train", "spacenet4")}
 BASELINE = {"mnc5_R50": "mask_rcnn_R50", "mnc5_R50_nopool": "mask_rcnn_R50",
+            "mnc5_R50_conv_mask": "mask_rcnn_R50",
             "mask_rcnn_R50": "mask_rcnn_R50", "mnc5_R50_sn1": "mnc5_R50",
             "mnc5_R50_sn4": "mnc5_R50"}  # everything else: vs mask_rcnn
 TILE = 650

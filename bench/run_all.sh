@@ -49,10 +49,11 @@ run() {  # run NAME CMD...: stdout (the JSON report) to $OUT/NAME.json, stderr t
   echo "$name: $((SECONDS - start)) s" >&2
 }
 # Both data settings, three model seeds: MNC as the original trains it (box-level classifiers
-# off), Mask R-CNN, the mnc_d2 0.1 head and warping without the box gradient.
+# off), Mask R-CNN, the mnc_d2 0.1 head, warping without the box gradient and the cascade with
+# a convolutional mask head.
 for setting in default hard; do
   run accuracy_$setting "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
-    --model-seeds 0 1 2 --variants mnc5 mask_rcnn mnc5_v01 mnc5_no_box_grad
+    --model-seeds 0 1 2 --variants mnc5 mask_rcnn mnc5_v01 mnc5_no_box_grad mnc5_conv_mask
 done
 # The shapes of the buildings both MNC and Mask R-CNN found, seed by seed (from the evaluations
 # the reports above wrote; before anything evaluates those models again with --test-opts).
@@ -67,6 +68,11 @@ for setting in default hard; do
     --report "$report" --thresholds best
   run paired_shape_${setting}_rectilinear "${PY[@]}" bench.bench_paired_shape --pair mnc5 \
     mask_rcnn --report "$report" --regularize 2
+  # the cascade with a convolutional mask head against Mask R-CNN, and against the fc head
+  run paired_shape_${setting}_conv "${PY[@]}" bench.bench_paired_shape --pair mnc5_conv_mask \
+    mask_rcnn --report "$report"
+  run paired_shape_${setting}_conv_vs_fc "${PY[@]}" bench.bench_paired_shape --pair \
+    mnc5_conv_mask mnc5 --report "$report"
 done
 # One-change ablations of the head on a short schedule (JSON lines).
 "${PY[@]}" bench.diagnose_scores > "$OUT/diagnose.jsonl.tmp" 2> "$LOGS/diagnose.log"

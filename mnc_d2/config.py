@@ -116,8 +116,17 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Width of the classifier's fcs: one per pathway (box, masked) and a joint one on their
     # concatenation (the original: two 4096-wide fcs per pathway, concatenated into the outputs).
     _C.MODEL.MNC.FC_DIM = 1024
+    # Mask head of stages 2 and 4: "fc" = the paper's (a hidden fc of MASK_FC_DIM, then an fc
+    # regressing the M x M mask); "conv" = a fully convolutional head (MASK_NUM_CONV 3 x 3 convs
+    # of MASK_CONV_DIM, a 2x transposed conv when MASK_SIZE = 2 x WARP_SIZE, a 1 x 1 predictor),
+    # Mask R-CNN's layout inside the cascade: a departure from the original MNC, off by default.
+    _C.MODEL.MNC.MASK_HEAD = "fc"
     # Width of the mask head's hidden fully connected layer (paper: 256).
     _C.MODEL.MNC.MASK_FC_DIM = 256
+    # 3 x 3 convolutions of the "conv" mask head (Mask R-CNN's head: 4).
+    _C.MODEL.MNC.MASK_NUM_CONV = 4
+    # Channels of those convolutions (Mask R-CNN's head: 256).
+    _C.MODEL.MNC.MASK_CONV_DIM = 256
     # Convolutions applied to warped features before the heads (0 = none).
     _C.MODEL.MNC.NUM_CONV = 0
     # Channels of those convolutions.

@@ -37,12 +37,13 @@ def _env(data_root: Path) -> dict:
     return dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONUNBUFFERED="1")
 
 
-def train_quick(data_root: Path, out: Path, iters: int, config: Path = QUICK) -> Path:
+def train_quick(data_root: Path, out: Path, iters: int, config: Path = QUICK,
+                opts=()) -> Path:
     """A tiny CPU training run (the other test modules' trained model): ``out`` holds its
-    config.yaml and model_final.pth."""
+    config.yaml and model_final.pth. ``opts``: more KEY VALUE config overrides."""
     subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
                     str(config), "OUTPUT_DIR", str(out), *FAST, "SOLVER.MAX_ITER", str(iters),
-                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+                    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *opts],
                    env=_env(data_root), check=True, capture_output=True, timeout=900)
     return out
 

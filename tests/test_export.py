@@ -168,6 +168,23 @@ def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     assert _compare(eager, onnx, scenes) > 0
 
 
+def test_conv_mask_head_exports(tmp_path, data_root, scenes):
+    """MODEL.MNC.MASK_HEAD conv (with its 2x transposed convolution) is part of the exported
+    graph: every runtime's check finds eager's detections, and onnxruntime's buildings equal
+    eager's."""
+    opts = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
+            "MODEL.MNC.MASK_CONV_DIM", "16", "MODEL.MNC.MASK_SIZE", "28"]
+    run_dir = train_quick(data_root, tmp_path / "conv", iters=20, opts=opts)
+    model = _export(run_dir, tmp_path / "exported")
+    check = json.loads((model / EXPORT_FILE).read_text())["check"]
+    for backend in BACKENDS:
+        assert check[backend]["detections"] == check["torch_detections"], (backend, check)
+    eager, onnx = tmp_path / "eager", tmp_path / "onnx"
+    assert _predict(eager, scenes, *_eager(run_dir)) == 0
+    assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
+    assert _compare(eager, onnx, scenes) > 0
+
+
 @pytest.mark.parametrize("min_score", ["0.3", "1.0"])
 def test_cascade_shortcut_exports(tmp_path, trained, scenes, min_score):
     """MODEL.MNC.TEST_CASCADE_MIN_SCORE (only proposals scored high enough at stage 3 go on to

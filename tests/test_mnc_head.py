@@ -17,6 +17,7 @@ import mnc_d2
 from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
                                       resample_to_box)
 from mnc_d2.modeling import mnc_roi_heads
+from mnc_d2.modeling.mnc_heads import ConvMaskHead, build_mask_head
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
 from mnc_d2.modeling.roi_warp import clip_box_gradient, roi_warp
 
@@ -392,6 +393,56 @@ def test_box_classifier_only_when_its_loss_is_on():
     assert unshared.cls_heads[0].box_cls_score is None  # stage 3 has no box-level loss
     assert unshared.cls_heads[1].box_cls_score is not None
 
+
+
+# --- the convolutional mask head (MODEL.MNC.MASK_HEAD: conv) --------------------------------------
+
+
+@pytest.mark.parametrize("mask_size,shift", [(14, 1), (28, 2)])
+def test_conv_mask_head_keeps_the_warps_layout(mask_size, shift):
+    """Shifting the warped features by one cell shifts the mask by one (two at 2x) cells away
+    from the borders: the head is convolutional, unlike the paper's fc head."""
+    torch.manual_seed(0)
+    head = build_mask_head("conv", 8, 14, mask_size, 32, 2, 16).eval()
+    torch.nn.init.normal_(head.predictor.weight)  # the 0.001 init would hide the pattern
+    warped = torch.randn(2, 8, 14, 14)
+    out = head(warped)
+    moved = head(torch.roll(warped, 1, dims=3))
+    assert out.shape == (2, mask_size, mask_size)
+    inner = slice(3 * shift, mask_size - 3 * shift)
+    assert torch.allclose(moved[:, inner, inner], torch.roll(out, shift, dims=2)[:, inner, inner],
+                          atol=1e-5)
+    fc = build_mask_head("fc", 8, 14, mask_size, 32, 2, 16).eval()
+    fc_out, fc_moved = fc(warped), fc(torch.roll(warped, 1, dims=3))
+    assert not torch.allclose(fc_moved[:, inner, inner],
+                              torch.roll(fc_out, shift, dims=2)[:, inner, inner], atol=1e-3)
+
+
+def test_conv_mask_head_config_errors_name_the_keys():
+    with pytest.raises(ValueError, match="MASK_SIZE=21 with MODEL.MNC.WARP_SIZE=14"):
+        build_model(quick_cfg(**{"MODEL.MNC.MASK_HEAD": "conv", "MODEL.MNC.MASK_SIZE": 21}))
+    with pytest.raises(ValueError, match="MASK_HEAD='deconv'"):
+        build_model(quick_cfg(**{"MODEL.MNC.MASK_HEAD": "deconv"}))
+
+
+@pytest.mark.parametrize("mask_size", [14, 28])
+def test_cascade_with_conv_mask_head_trains_and_infers(mask_size):
+    torch.manual_seed(0)
+    cfg = quick_cfg(**{"MODEL.MNC.MASK_HEAD": "conv", "MODEL.MNC.MASK_NUM_CONV": 2,
+                       "MODEL.MNC.MASK_CONV_DIM": 16, "MODEL.MNC.MASK_SIZE": mask_size,
+                       "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads.mask_heads[0], ConvMaskHead)
+    model.train()
+    with EventStorage(0):
+        losses = model(toy_batch())
+    sum(losses.values()).backward()
+    head = model.roi_heads.mask_heads[0]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": toy_batch()[0]["image"], "height": 128, "width": 128}])
+    assert out[0]["instances"].pred_masks.shape[1:] == (128, 128)
 
 def _count_stage_pairs(cfg) -> int:
     torch.manual_seed(0)

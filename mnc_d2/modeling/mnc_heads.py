@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, get_norm
+import fvcore.nn.weight_init as weight_init
+from detectron2.layers import Conv2d, ConvTranspose2d, get_norm
 from torch import nn
 
 
@@ -43,6 +44,57 @@ class MaskRegressionHead(nn.Module):
         x = self.trunk(warped).flatten(1)
         x = F.relu(self.fc(x))
         return self.predictor(x).view(-1, self.mask_size, self.mask_size)
+
+
+class ConvMaskHead(nn.Module):
+    """Stages 2 and 4 with ``MODEL.MNC.MASK_HEAD: conv``: a small fully convolutional mask head.
+
+    Not the paper's head (which regresses the mask with fully connected layers): ``num_conv``
+    3 x 3 convolutions keep the warp's spatial layout, a 2 x 2 stride-2 transposed convolution
+    doubles it when ``mask_size`` is twice ``warp_size``, and a 1 x 1 convolution gives the
+    class-agnostic mask logits, the layout of Mask R-CNN's mask head (He et al., ICCV 2017).
+    The rest of the cascade is unchanged: the masking layer multiplies the stage-3 (stage-5)
+    features by this mask. Input (R, C, S, S) -> logits (R, M, M), M = S or 2S.
+    """
+
+    def __init__(self, in_channels: int, warp_size: int, mask_size: int, num_conv: int,
+                 conv_dim: int, norm: str = "", trunk_conv: int = 0, trunk_dim: int = 256):
+        super().__init__()
+        if mask_size not in (warp_size, 2 * warp_size):
+            raise ValueError(f"MODEL.MNC.MASK_HEAD='conv' predicts a mask of the warp's side or "
+                             f"twice it: MODEL.MNC.MASK_SIZE={mask_size} with "
+                             f"MODEL.MNC.WARP_SIZE={warp_size}; set MASK_SIZE to {warp_size} or "
+                             f"{2 * warp_size}")
+        trunk, channels = _trunk(in_channels, trunk_conv, trunk_dim, norm)
+        convs, channels = _trunk(channels, num_conv, conv_dim, norm)
+        self.trunk = nn.Sequential(*trunk, *convs)
+        self.upsample = (ConvTranspose2d(channels, channels, 2, stride=2)
+                         if mask_size == 2 * warp_size else None)
+        self.predictor = Conv2d(channels, 1, 1)
+        for layer in [*convs, self.upsample]:
+            if layer is not None:
+                weight_init.c2_msra_fill(layer)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0.0)
+
+    def forward(self, warped: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(warped)
+        if self.upsample is not None:
+            x = F.relu(self.upsample(x))
+        return self.predictor(x)[:, 0]
+
+
+def build_mask_head(kind: str, in_channels: int, warp_size: int, mask_size: int, fc_dim: int,
+                    mask_num_conv: int, mask_conv_dim: int, num_conv: int = 0,
+                    conv_dim: int = 256, norm: str = "") -> nn.Module:
+    """The mask head of ``MODEL.MNC.MASK_HEAD``: "fc" (the paper's) or "conv"."""
+    if kind == "fc":
+        return MaskRegressionHead(in_channels, warp_size, mask_size, fc_dim, num_conv=num_conv,
+                                  conv_dim=conv_dim, norm=norm)
+    if kind == "conv":
+        return ConvMaskHead(in_channels, warp_size, mask_size, mask_num_conv, mask_conv_dim,
+                            norm=norm, trunk_conv=num_conv, trunk_dim=conv_dim)
+    raise ValueError(f"MODEL.MNC.MASK_HEAD={kind!r}: use 'fc' (the paper's) or 'conv'")
 
 
 class MaskedClassificationHead(nn.Module):

@@ -3,7 +3,8 @@ ROI head, on Detectron2's backbone, FPN and RPN (stage 1).
 
 Stages (5 by default, ``MODEL.MNC.NUM_STAGES: 3`` stops after stage 3):
 
-2. class-agnostic mask regression on each RPN box B, from features warped by B;
+2. class-agnostic mask regression on each RPN box B, from features warped by B (the paper's
+   fully connected head, or with ``MODEL.MNC.MASK_HEAD: conv`` a fully convolutional one);
 3. classification from the masked features (warped features x stage-2 soft mask, the paper's
    masking layer) together with the plain box features, plus class-specific box regression
    giving refined boxes B';
@@ -68,7 +69,7 @@ from torch import nn
 
 from .box_gradient import GradientRatioProbe, clip_gradient
 from .mask_ops import mask_iou_in_box, mask_voting, mask_voting_image
-from .mnc_heads import MaskedClassificationHead, MaskRegressionHead
+from .mnc_heads import MaskedClassificationHead, build_mask_head
 from .roi_warp import MultiLevelWarp
 
 
@@ -179,8 +180,9 @@ class MNCROIHeads(ROIHeads):
             warp=MultiLevelWarp(mnc.WARP_SIZE, scales, mnc.ROI_WARP, mnc.SAMPLING_RATIO,
                                 box_grad_clip=mnc.BOX_GRAD_CLIP if mnc.BOX_GRAD == "coord"
                                 else 0.0),
-            mask_heads=[MaskRegressionHead(channels, mnc.WARP_SIZE, mnc.MASK_SIZE,
-                                           mnc.MASK_FC_DIM, **conv) for _ in range(num_heads)],
+            mask_heads=[build_mask_head(mnc.MASK_HEAD, channels, mnc.WARP_SIZE, mnc.MASK_SIZE,
+                                        mnc.MASK_FC_DIM, mnc.MASK_NUM_CONV, mnc.MASK_CONV_DIM,
+                                        **conv) for _ in range(num_heads)],
             cls_heads=[MaskedClassificationHead(channels, mnc.WARP_SIZE,
                                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, mnc.FC_DIM,
                                                 pool=mnc.CLS_POOL, box_classifier=box_cls,
