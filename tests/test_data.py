@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import shapely
@@ -90,6 +91,37 @@ def test_synthetic_is_deterministic(tmp_path, synthetic):
     tif = "AOI_3_Paris_Train/MUL/MUL_AOI_3_Paris_img2.tif"
     with rasterio.open(tmp_path / tif) as a, rasterio.open(synthetic / tif) as b:
         assert np.array_equal(a.read(), b.read())
+
+
+def test_ensure_synthetic_replaces_another_copy_whole(tmp_path):
+    """Asking for fewer images than an earlier copy holds (or another seed) regenerates the city
+    as a whole: no image of the older copy stays beside the new summary CSV, and the older
+    copy's marker no longer claims it is there. A folder it did not write is never touched."""
+    from mnc_d2.synthetic.spacenet2 import GENERATED_STAMP, ensure_synthetic
+
+    aoi = tmp_path / "spacenet" / "AOI_3_Paris_Train"
+
+    def images():
+        tifs = {p.stem.rsplit("_", 1)[1] for p in (aoi / "RGB-PanSharpen").glob("*.tif")}
+        rows = pd.read_csv(aoi / "summaryData" / "AOI_3_Paris_Train_Building_Solutions.csv")
+        return tifs, {i.rsplit("_", 1)[1] for i in rows["ImageId"]}
+
+    ensure_synthetic(tmp_path, ["paris"], 3, seed=3)
+    assert images() == ({"img1", "img2", "img3"}, {"img1", "img2", "img3"})
+    ensure_synthetic(tmp_path, ["paris"], 2, seed=3)
+    assert images() == ({"img1", "img2"}, {"img1", "img2"})
+    assert (aoi / GENERATED_STAMP).exists()
+    assert not list((tmp_path / "spacenet").glob(".complete-paris-3-*"))
+    ensure_synthetic(tmp_path, ["paris"], 3, seed=3)  # regenerated, not taken from the marker
+    assert images()[0] == {"img1", "img2", "img3"}
+    assert not (tmp_path / "spacenet" / ".generating").exists()
+
+    foreign = tmp_path / "real" / "spacenet" / "AOI_3_Paris_Train"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("real data")
+    with pytest.raises(FileExistsError, match="AOI_3_Paris_Train exists and was not written"):
+        ensure_synthetic(tmp_path / "real", ["paris"], 1, seed=0)
+    assert (foreign / "keep.txt").read_text() == "real data"
 
 
 def test_dark_roofs_differ_from_asphalt_only_beyond_rgb():
