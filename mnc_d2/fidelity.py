@@ -51,7 +51,8 @@ RULES: tuple[Rule, ...] = (
     Rule("mask head", "fc 256, then a 21 x 21 sigmoid mask (the paper: 28 x 28)",
          "fc MASK_FC_DIM, then an M x M mask; MASK_HEAD `conv`: 3 x 3 convs, an optional 2x "
          "transposed conv and a 1 x 1 predictor instead (Mask R-CNN's layout)",
-         ("MODEL.MNC.MASK_HEAD", "MODEL.MNC.MASK_FC_DIM", "MODEL.MNC.MASK_SIZE")),
+         ("MODEL.MNC.MASK_HEAD", "MODEL.MNC.MASK_FC_DIM", "MODEL.MNC.MASK_SIZE",
+          "MODEL.MNC.MASK_NUM_CONV", "MODEL.MNC.MASK_CONV_DIM")),
     Rule("masking layer", "the classifier's gradient reaches the soft mask it multiplied only for "
          "RoIs whose mask-level label is foreground", "the same",
          ("MODEL.MNC.MASK_GRAD_FG_ONLY",), True),
