@@ -274,6 +274,24 @@ def test_export_usage_errors(tmp_path, trained):
     assert not (tmp_path / "x").exists()
 
 
+def test_pool_by_level_returns_rows_in_box_order():
+    """Each box's row comes from its own level, in box order, with a level left empty."""
+    from mnc_d2.export.graph import pool_by_level
+
+    feats = [torch.zeros(1, 2, 4, 4) for _ in range(4)]
+    boxes = torch.arange(28, dtype=torch.float32).reshape(7, 4)
+    levels = torch.tensor([2, 0, 0, 3, 2, 0, 3])  # level 1 has no box
+
+    def pool(level, feat, picked):  # (b, 4) -> (b, 2, 1, 1): the level and the box's x0
+        rows = torch.stack([torch.full_like(picked[:, 0], level), picked[:, 0]], 1)
+        return rows[:, :, None, None]
+
+    out = pool_by_level(feats, boxes, levels, pool)
+    assert out.shape == (7, 2, 1, 1)
+    assert out[:, 0, 0, 0].tolist() == levels.float().tolist()
+    assert out[:, 1, 0, 0].tolist() == boxes[:, 0].tolist()
+
+
 def test_paste_masks_matches_detectron2():
     from detectron2.layers.mask_ops import paste_masks_in_image
     from detectron2.structures import Boxes

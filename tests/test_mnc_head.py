@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 
 import mnc_d2
 from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
-                                      resample_to_box)
+                                      resample_pairs, resample_to_box)
 from mnc_d2.modeling import mnc_roi_heads
 from mnc_d2.modeling.mnc_heads import ConvMaskHead, build_mask_head
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
@@ -237,6 +237,36 @@ def test_resample_to_shifted_box():
                           torch.tensor([4.0, 0.0, 12.0, 8.0]), 4)
     assert torch.allclose(out[0, :, :2], torch.ones(4, 2))  # target's left half = source right
     assert torch.allclose(out[0, :, 2:], torch.zeros(4, 2))  # outside the source box
+
+
+@pytest.mark.parametrize("size", [14, 28])
+def test_resample_pairs_gives_grid_samples_values(size):
+    """The separable resampling is grid_sample's bilinear rule (zeros outside, cell centres),
+    for targets inside, overlapping and outside the source box, larger and smaller."""
+    gen = torch.Generator().manual_seed(0)
+    n = 300
+    corner = torch.rand(n, 2, generator=gen) * 40
+    boxes = torch.cat([corner, corner + torch.rand(n, 2, generator=gen) * 30 + 0.5], 1)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 30
+    scale = torch.rand(n, 2, generator=gen) * 1.5 + 0.25
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + shift
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    targets = torch.cat([centre - half, centre + half], 1)
+    masks = torch.rand(n, 14, 14, generator=gen)
+
+    steps = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    xs = targets[:, :1] + (targets[:, 2:3] - targets[:, :1]) * steps
+    ys = targets[:, 1:2] + (targets[:, 3:4] - targets[:, 1:2]) * steps
+    gx = 2 * (xs - boxes[:, :1]) / (boxes[:, 2:3] - boxes[:, :1]) - 1
+    gy = 2 * (ys - boxes[:, 1:2]) / (boxes[:, 3:4] - boxes[:, 1:2]) - 1
+    grid = torch.stack([gx[:, None, :].expand(-1, size, -1),
+                        gy[:, :, None].expand(-1, -1, size)], dim=-1)
+    expected = torch.nn.functional.grid_sample(masks[:, None], grid, mode="bilinear",
+                                               padding_mode="zeros", align_corners=False)[:, 0]
+    out = resample_pairs(masks, boxes, targets, size)
+    assert out.shape == (n, size, size)
+    assert 0.1 < (expected > 0).float().mean() < 0.9  # both inside and outside are exercised
+    assert torch.allclose(out, expected, atol=2e-6)
 
 
 def test_remap_threshold_sends_threshold_to_half():

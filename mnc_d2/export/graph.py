@@ -65,18 +65,22 @@ def pool_by_level(feats: list[torch.Tensor], boxes: torch.Tensor, levels: torch.
                   pool) -> torch.Tensor:
     """RoI features from FPN levels for a traced graph: each level pools only its own boxes
     plus one dummy box (so no level is ever empty, which a trace cannot branch on), and one
-    gather puts the levels' outputs back in box order (a scatter is slow in ONNX runtimes).
+    gather picks the real rows of all levels' outputs in box order (no per-level slicing, and
+    no scatter, which is slow in ONNX runtimes).
 
     feats: per level (1, C, H_l, W_l); boxes: (B, 4); levels: (B,) level index of each box;
     pool(level, feature, boxes (b, 4)) -> (b, C, S, S). Returns (B, C, S, S).
     """
     dummy = boxes.new_tensor([[0.0, 0.0, 1.0, 1.0]])
-    parts, order = [], []
+    parts, order, real = [], [], []
     for level, feat in enumerate(feats):
         idx = torch.nonzero(levels == level, as_tuple=True)[0]
-        parts.append(pool(level, feat, torch.cat([boxes[idx], dummy]))[:-1])
+        parts.append(pool(level, feat, torch.cat([boxes[idx], dummy])))
         order.append(idx)
-    return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        real.append(torch.cat([torch.ones_like(idx), idx.new_zeros(1)]))
+    # rows of the concatenated outputs that are real boxes, in level order; then box order
+    rows = torch.nonzero(torch.cat(real), as_tuple=True)[0]
+    return torch.cat(parts)[rows[torch.argsort(torch.cat(order))]]
 
 
 class MNCExportGraph(nn.Module):
