@@ -533,11 +533,12 @@ def main() -> None:
     for setting, suffix in (("default", ""), ("hard", "_hard")):
         TEST[setting] = args.accuracy_work / f"test_seed1_{args.test_images}{suffix}" / "spacenet"
     import mnc_d2
+    from bench.bench_demo import cpu_model
 
     mnc_d2.setup()
     args.work.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "cpu": platform.processor() or "", "threads": args.threads, "tile_px": TILE}
+              "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE}
     if args.add_to:
         report = {**json.loads(args.add_to.read_text()), **report}
     paths = _tiles(TEST["default"])

@@ -124,7 +124,9 @@ def main() -> None:
                      "buildings": found[backend], "peak_rss_gb": round(peak[backend], 2),
                      "km2_per_core_hour": round(km2 / (median * cores / 3600), 1),
                      **({"speedup_vs_torch": round(base / median, 2)} if base else {})})
-    report = {"machine": f"{platform.machine()}, {cores} CPUs, CPU only",
+    from bench.bench_demo import cpu_model
+
+    report = {"machine": f"{platform.machine()}, {cores} CPUs, CPU only", "cpu": cpu_model(),
               **({"model": args.label} if args.label else {}),
               "scene_px": args.size, "bands": 3, "gsd_m": GSD_M, "scene_km2": round(km2, 2),
               "repeats": args.repeats, "runs": runs}

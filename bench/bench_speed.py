@@ -284,7 +284,10 @@ def main() -> None:
             results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     import torch
 
+    from bench.bench_demo import cpu_model
+
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+              "cpu": cpu_model(),
               "torch_threads": torch.get_num_threads(), "rounds": rounds,
               "timed_train_steps_per_round": steps, "timed_tiles_per_round": args.tiles,
               "models": _summary(results),

@@ -433,7 +433,8 @@ def export_tables(report: dict) -> list[str]:
                          else ""])
         lines += [f"Seconds per 650 x 650 px tile (pixels to pasted masks), median of "
                   f"{next(iter(speed.values()))['n']} timings per row (tiles x rounds, rounds in "
-                  f"alternating order), {report['threads']} threads; peak = "
+                  f"alternating order), {report['threads']} threads"
+                  + (f" of {report['cpu']}" if report.get("cpu") else "") + "; peak = "
                   f"{peak} GFLOP/s, the faster float32 matmul of "
                   + ", ".join(f"{k} {v}" for k, v in report.get("matmul_gflops", {}).items())
                   + ".", ""]
