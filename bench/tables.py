@@ -178,8 +178,9 @@ def scorer_table(report: dict) -> list[str]:
                      "solaris rules", f"{sol['mnc_d2_solaris_rules_s']} s",
                      f"{sol['solaris_0_4_0_s']} s (solaris 0.4.0)",
                      f"{sol['speedup_vs_solaris']}x", agree(sol["vs_solaris"])])
-    return _table(["input", "mnc_d2 tools/score.py", "reference", "ratio", "per-image TP/FP/FN"],
-                  rows)
+    head = [f"CPU: {report['cpu']}.", ""] if report.get("cpu") else []
+    return head + _table(["input", "mnc_d2 tools/score.py", "reference", "ratio",
+                          "per-image TP/FP/FN"], rows)
 
 
 def predict_table(report: dict) -> list[str]:
@@ -537,7 +538,9 @@ def table_maker(report_name: str):
         return viewer_table
     if report_name.startswith("predict"):
         return predict_table
-    return {"scorer": scorer_table, "demo": demo_table,
+    if report_name.startswith("scorer"):
+        return scorer_table
+    return {"demo": demo_table,
             "viewer": viewer_table, "export": export_tables}.get(report_name)
 
 
