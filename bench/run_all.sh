@@ -123,8 +123,10 @@ if [[ $LEVERS == 1 ]]; then
       mnc5_8band_native_small_anchors_roofgain
   done
   acc accuracy_default_on_hard --setting default --test-setting hard --variants mnc5_photometric
-  # the three levers with the convolutional mask head (hard only)
-  acc accuracy_hard --setting hard --variants mnc5_8band_native_small_anchors_conv_mask
+  # the three levers with the convolutional mask head, both settings
+  for setting in default hard; do
+    acc accuracy_$setting --setting $setting --variants mnc5_8band_native_small_anchors_conv_mask
+  done
   longer() {  # longer SETTING OTHER MULT VARIANT...: MULT x the schedule, scored on both settings
     local setting=$1 other=$2 iters=$((ITERS * $3))
     shift 3
