@@ -540,8 +540,7 @@ def table_maker(report_name: str):
         return predict_table
     if report_name.startswith("scorer"):
         return scorer_table
-    return {"demo": demo_table,
-            "viewer": viewer_table, "export": export_tables}.get(report_name)
+    return {"demo": demo_table, "export": export_tables}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:
