@@ -102,8 +102,9 @@ def test_fast_path_changes_no_match_or_count():
 
 
 def test_threaded_steps_equal_one_call(monkeypatch):
-    """Box pairs, convex overlaps and GEOS overlays cut into slices for threads give exactly the
-    one-call result (the slices are forced here whatever the machine's CPU count)."""
+    """Box pairs, convex overlaps and GEOS overlays cut into slices for threads (and each slice
+    into blocks) give exactly the one-call result (the slices are forced here whatever the
+    machine's CPU count)."""
     import mnc_d2.utils.chunks as chunks
 
     rng = np.random.default_rng(3)
@@ -118,12 +119,52 @@ def test_threaded_steps_equal_one_call(monkeypatch):
            sm._same_image_box_pairs(p_bounds, t_bounds, p_img, t_img))
     monkeypatch.setattr(chunks.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(sm, "_THREAD_CHUNK", 70)
+    monkeypatch.setattr(sm, "_SWEEP_PAIRS_PER_BOX", 0)  # box pairs from the STRtree, threaded
     assert len(chunks.row_slices(600, 70)) == 4
-    sliced = (pair_overlap_areas(va, na, vb, nb, min_chunk=70),
+    sliced = (pair_overlap_areas(va, na, vb, nb, min_chunk=70, block=40),  # 150 rows: 4 blocks
               sm._same_image_box_pairs(p_bounds, t_bounds, p_img, t_img))
     assert np.array_equal(one[0], sliced[0])
     assert len(one[1][0]) > 600
     assert all(np.array_equal(x, y) for x, y in zip(one[1], sliced[1]))
+
+
+def _brute_box_pairs(pb, tb, p_img, t_img):
+    """Every same-image pair whose closed boxes overlap, by testing all pairs."""
+    same = p_img[:, None] == t_img[None, :]
+    overlap = ((pb[:, None, 0] <= tb[None, :, 2]) & (pb[:, None, 2] >= tb[None, :, 0])
+               & (pb[:, None, 1] <= tb[None, :, 3]) & (pb[:, None, 3] >= tb[None, :, 1]))
+    pi, ti = np.nonzero(same & overlap)
+    return pi, ti
+
+
+def test_box_pairs_by_sorting_equal_all_pairs_and_the_strtree(monkeypatch):
+    # Integer boxes, so edges and corners touch often (touching counts as overlapping), on six
+    # images of one pixel frame; then boxes stacked in a column, where the pairs overlapping
+    # along x are many times the boxes and the STRtree answers instead.
+    rng = np.random.default_rng(11)
+
+    def boxes(n, frame=60):
+        lo = rng.integers(0, frame, (n, 2))
+        return np.c_[lo, lo + rng.integers(0, 12, (n, 2))].astype(float)
+
+    pb, tb = boxes(400), boxes(350)
+    p_img, t_img = rng.integers(0, 6, 400), rng.integers(0, 6, 350)
+    column_p = np.c_[np.zeros(300), np.arange(300) * 3.0, np.full(300, 5.0),
+                     np.arange(300) * 3.0 + 3]
+    column_t = column_p + [1, 1, 1, 1]
+    for case in ((pb, tb, p_img, t_img),
+                 (column_p, column_t, np.zeros(300, int), np.zeros(300, int))):
+        expected = _brute_box_pairs(*case)
+        got = sm._same_image_box_pairs(*case)
+        assert all(np.array_equal(x, y) for x, y in zip(got, expected))  # ordered (pi, ti)
+        with monkeypatch.context() as m:
+            m.setattr(sm, "_SWEEP_PAIRS_PER_BOX", 0)  # the STRtree path alone
+            tree = sm._same_image_box_pairs(*case)
+        order = np.lexsort((tree[1], tree[0]))
+        assert all(np.array_equal(x[order], y) for x, y in zip(tree, expected))
+    assert len(expected[0]) > 300
+    assert sm._x_overlap_pairs(column_p[:, 0], column_p[:, 2], column_t[:, 0], column_t[:, 2],
+                               limit=32 * 600) is None  # 90,000 x-overlaps: the tree's job
 
 
 def _reference_greedy(order, pi, ti, iou, num_props, threshold):

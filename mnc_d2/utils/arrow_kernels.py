@@ -50,8 +50,8 @@ def struct_field(values, field):
     return _call("struct_field", [values], _c.StructFieldOptions(field))
 
 
-def split_pattern(values, pattern: str):
-    return _call("split_pattern", [values], _c.SplitPatternOptions(pattern))
+def split_pattern(values, pattern: str, max_splits: int | None = None):
+    return _call("split_pattern", [values], _c.SplitPatternOptions(pattern, max_splits=max_splits))
 
 
 def replace_substring(values, pattern: str, replacement: str):
