@@ -132,6 +132,16 @@ VARIANTS = {
     # The three levers and the convolutional mask head.
     "mnc5_8band_native_small_anchors_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                   EIGHT_BAND + NATIVE + SMALL_ANCHORS + CONV_MASK),
+    # The same without the classifier's joint fc (MODEL.MNC.CLS_JOINT False, the original's
+    # layout): that ReLU layer died in two of three seeds of the variant above.
+    "mnc5_8band_native_small_anchors_conv_mask_concat": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + CONV_MASK + ["MODEL.MNC.CLS_JOINT", "False"]),
+    # The same at half the learning rate (SOLVER.BASE_LR 0.005): at 0.01 the classifier's last
+    # ReLU fc layer died early in two of three seeds (bench/diagnose_units.py).
+    "mnc5_8band_native_small_anchors_conv_mask_lr005": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + CONV_MASK + ["SOLVER.BASE_LR", "0.005"]),
     # The three levers and band dropout of red edge and NIR (half the images): what the model
     # learns about dark roofs must also hold without the bands where one sensor's signature sits.
     "mnc5_8band_native_small_anchors_nirdrop": (

@@ -123,10 +123,27 @@ if [[ $LEVERS == 1 ]]; then
       mnc5_8band_native_small_anchors_roofgain
   done
   acc accuracy_default_on_hard --setting default --test-setting hard --variants mnc5_photometric
-  # the three levers with the convolutional mask head, both settings
+  # the three levers with the convolutional mask head, both settings, at the configs' learning
+  # rate and at half of it
   for setting in default hard; do
     acc accuracy_$setting --setting $setting --variants mnc5_8band_native_small_anchors_conv_mask
+    acc accuracy_$setting --setting $setting \
+      --variants mnc5_8band_native_small_anchors_conv_mask_lr005
   done
+  acc accuracy_default_on_hard --setting default --test-setting hard \
+    --variants mnc5_8band_native_small_anchors_conv_mask_lr005
+  acc accuracy_hard_on_default --setting hard --test-setting default \
+    --variants mnc5_8band_native_small_anchors_conv_mask_lr005
+  # why that head's classifier stayed at the class prior on some seeds: its fc units, alive or
+  # dead (the model without the joint fc trained for one seed first, to the cache only)
+  "${PY[@]}" bench.bench_accuracy $QUICK --setting default --model-seeds 0 \
+    --variants mnc5_8band_native_small_anchors_conv_mask_concat > /dev/null
+  run diagnose_units "${PY[@]}" bench.diagnose_units --settings default hard --model-seeds 0 1 2 \
+    --variants mnc5_8band_native_small_anchors_conv_mask \
+    mnc5_8band_native_small_anchors_conv_mask_lr005
+  run diagnose_units "${PY[@]}" bench.diagnose_units --settings default --model-seeds 0 \
+    --variants mnc5_8band_native_small_anchors_conv_mask_concat \
+    --add-to "$OUT/diagnose_units.json"
   longer() {  # longer SETTING OTHER MULT VARIANT...: MULT x the schedule, scored on both settings
     local setting=$1 other=$2 iters=$((ITERS * $3))
     shift 3

@@ -353,6 +353,23 @@ def diagnose_slices_table(report: dict) -> list[str]:
     return _table(["data", "variant", "slice (truth buildings)", *(t for _, t in stages)], rows)
 
 
+def diagnose_units_table(report: dict) -> list[str]:
+    """bench/diagnose_units.py: per run, the highest detection score and each classifier fc
+    layer's alive fraction (mean active fraction per RoI)."""
+    rows = []
+    for key, run in report["runs"].items():
+        variant, setting, seed = key.split("/")
+        cells = []
+        for layer in ("fc_box", "fc_masked", "fc_joint"):
+            found = [v for k, v in run["layers"].items() if k.endswith(f".{layer}")]
+            cells.append(f"{found[0]['alive']:.2f} ({found[0]['active']:.3f})" if found
+                         else "none")
+        rows.append([setting, variant, seed.replace("seed", ""), f"{run['max_score']:.3f}",
+                     *cells])
+    return _table(["data", "variant", "seed", "max score", "fc_box alive (active)",
+                   "fc_masked alive (active)", "fc_joint alive (active)"], rows)
+
+
 def transfer_table(results: Path) -> list[str]:
     """Per variant and slice: recall on the other setting's benchmark next to the recall on the
     training setting's own (accuracy_<train>_on_<test>.json vs accuracy_<train>.json)."""
@@ -528,6 +545,8 @@ def table_maker(report_name: str):
         return accuracy_tables
     if report_name == "diagnose_slices":
         return diagnose_slices_table
+    if report_name == "diagnose_units":
+        return diagnose_units_table
     if report_name.startswith("speed"):
         return speed_tables
     if report_name.startswith("polygonize_"):

@@ -46,8 +46,9 @@ RULES: tuple[Rule, ...] = (
          "mask head reads the full warp", "the same", ("MODEL.MNC.CLS_POOL",), True),
     Rule("classifier fcs", "two 4096-wide fcs on the box pathway and two on the masked pathway, "
          "concatenated straight into the classifiers and box regressor",
-         "one fc per pathway, then one joint fc on their concatenation, all FC_DIM wide",
-         ("MODEL.MNC.FC_DIM",)),
+         "one fc per pathway, then one joint fc on their concatenation, all FC_DIM wide "
+         "(CLS_JOINT False: the concatenation straight into the outputs)",
+         ("MODEL.MNC.FC_DIM", "MODEL.MNC.CLS_JOINT")),
     Rule("mask head", "fc 256, then a 21 x 21 sigmoid mask (the paper: 28 x 28)",
          "fc MASK_FC_DIM, then an M x M mask; MASK_HEAD `conv`: 3 x 3 convs, an optional 2x "
          "transposed conv and a 1 x 1 predictor instead (Mask R-CNN's layout)",

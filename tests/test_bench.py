@@ -174,6 +174,22 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
             "0.100 | 0.800 |") in lines
 
 
+def test_units_table_shows_each_layer_or_none():
+    layer = {"units": 4, "rois": 10}
+    report = {"runs": {
+        "mnc5_x/default/seed0": {"tiles": 8, "max_score": 0.29, "layers": {
+            "cls_heads.0.fc_masked": dict(layer, alive=0.879, active=0.1773),
+            "cls_heads.0.fc_box": dict(layer, alive=0.711, active=0.0761),
+            "cls_heads.0.fc_joint": dict(layer, alive=0.121, active=0.0034)}},
+        "mnc5_y/hard/seed2": {"tiles": 8, "max_score": 0.9971, "layers": {
+            "cls_heads.0.fc_masked": dict(layer, alive=1.0, active=0.07),
+            "cls_heads.0.fc_box": dict(layer, alive=0.5, active=0.01)}}}}
+    lines = tables.table_maker("diagnose_units")(report)
+    assert lines[2] == ("| default | mnc5_x | 0 | 0.290 | 0.71 (0.076) | 0.88 (0.177) | "
+                        "0.12 (0.003) |")
+    assert lines[3] == "| hard | mnc5_y | 2 | 0.997 | 0.50 (0.010) | 1.00 (0.070) | none |"
+
+
 def test_shape_summary_covers_the_seeds_that_kept_detections():
     empty = _run(0.0, 0.0, 5.0)
     empty["shape"] = {"all": dict.fromkeys(("iou", "ciou", "n_ratio", "polis", "mta",

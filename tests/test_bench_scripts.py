@@ -46,6 +46,12 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     assert set(diag["runs"]["mnc5/default"]["0"]["slices"]) == {"small", "concave", "dark",
                                                                 "other"}
     assert tables.table_maker("diagnose_slices")(diag)[0].startswith("| data | variant")
+    units = _bench("diagnose_units", "--variants", "mnc5", "--model-seeds", "0", "--iters",
+                   str(ITERS), "--images", str(IMAGES), "--work", str(work), "--tiles", "1")
+    layers = units["runs"]["mnc5/default/seed0"]["layers"]
+    assert {k.split(".")[-1] for k in layers} == {"fc_box", "fc_masked", "fc_joint"}
+    assert all(0 <= v["alive"] <= 1 and v["rois"] > 0 for v in layers.values())
+    assert tables.table_maker("diagnose_units")(units)[0].startswith("| data | variant | seed")
     poly = _bench("bench_polygonize", "--runs", str(run), "--work", str(work),
                   "--test-images", str(IMAGES // 2), "--score-thresh", "0.0")
     assert set(poly["summary"]) == set(poly["methods"]) and "library" in poly

@@ -414,6 +414,28 @@ def test_cls_pool_quarters_the_classifier_fc_input():
         build_model(quick_cfg(**{"MODEL.MNC.WARP_SIZE": 7}))
 
 
+def test_cls_joint_false_feeds_the_pathways_straight_into_the_outputs():
+    # The original's layout: no joint fc; the outputs read both pathways' concatenation, and a
+    # classifier loss trains both pathways through it (there is no layer left that could die
+    # and cut them off).
+    joint = build_model(quick_cfg()).roi_heads.cls_heads[0]
+    model = build_model(quick_cfg(**{"MODEL.MNC.CLS_JOINT": False}))
+    head = model.roi_heads.cls_heads[0]
+    assert joint.fc_joint is not None and head.fc_joint is None
+    assert head.cls_score.in_features == 2 * head.fc_masked.out_features
+    assert head.bbox_pred.in_features == joint.bbox_pred.in_features * 2
+    model.train()
+    with EventStorage(0):
+        losses = model(toy_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss_cls3"].backward()
+    assert head.fc_masked.weight.grad.abs().sum() > 0 and head.fc_box.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.zeros(3, 64, 64)}])[0]["instances"]
+    assert out.pred_masks.shape[1:] == (64, 64)
+
+
 def test_box_classifier_only_when_its_loss_is_on():
     assert build_model(quick_cfg()).roi_heads.cls_heads[0].box_cls_score is None  # default off
     on = quick_cfg(**{"MODEL.MNC.LOSS_WEIGHTS.CLS5_BOX": 1.0})

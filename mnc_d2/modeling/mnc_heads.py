@@ -103,8 +103,12 @@ class MaskedClassificationHead(nn.Module):
     The paper's masking layer multiplies the box-warped features by the previous stage's soft
     mask (resized to the warp grid); with ``pool="max"`` both pathways are then 2 x 2 max-pooled
     (stride 2) as in the original (its 14 x 14 warp becomes 7 x 7 before fc6). Each pathway gets
-    one fully connected layer; they are concatenated into a joint layer that feeds (deviation:
-    the original has two 4096-wide fcs per pathway, concatenated straight into the outputs)
+    one fully connected layer; with ``joint`` (the default) they are concatenated into a joint
+    layer that feeds the outputs (deviation: the original has two 4096-wide fcs per pathway,
+    concatenated straight into the outputs); without it the outputs read the concatenation
+    itself, the original's layout with one fc per pathway. The joint layer is one ReLU layer
+    every output depends on: when its units die early in a short schedule the classifier stays
+    at the class prior (BENCHMARKS.md section 1), which the concatenation cannot do.
 
     * ``cls_score``: the mask-level classifier (trained with mask-level labels; the original and
       mnc_d2 score detections with it at test time);
@@ -118,7 +122,7 @@ class MaskedClassificationHead(nn.Module):
 
     def __init__(self, in_channels: int, warp_size: int, num_classes: int, fc_dim: int,
                  num_conv: int = 0, conv_dim: int = 256, norm: str = "", pool: str = "",
-                 box_classifier: bool = False):
+                 box_classifier: bool = False, joint: bool = True):
         super().__init__()
         if pool not in ("", "max"):
             raise ValueError(f"MODEL.MNC.CLS_POOL={pool!r} must be 'max' or ''")
@@ -131,10 +135,11 @@ class MaskedClassificationHead(nn.Module):
         self.pool = pool
         self.fc_masked = nn.Linear(flat, fc_dim)
         self.fc_box = nn.Linear(flat, fc_dim)
-        self.fc_joint = nn.Linear(2 * fc_dim, fc_dim)
-        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
-        self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
-        self.box_cls_score = nn.Linear(fc_dim, num_classes + 1) if box_classifier else None
+        self.fc_joint = nn.Linear(2 * fc_dim, fc_dim) if joint else None
+        width = fc_dim if joint else 2 * fc_dim  # what the outputs read
+        self.cls_score = nn.Linear(width, num_classes + 1)
+        self.bbox_pred = nn.Linear(width, 4 * num_classes)
+        self.box_cls_score = nn.Linear(width, num_classes + 1) if box_classifier else None
         self.warp_size = warp_size
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
@@ -162,6 +167,8 @@ class MaskedClassificationHead(nn.Module):
                              mode="bilinear", align_corners=False)
         masked = F.relu(self.fc_masked(self._flat(feats * mask)))
         plain = F.relu(self.fc_box(self._flat(feats)))
-        joint = F.relu(self.fc_joint(torch.cat([masked, plain], dim=1)))
+        joint = torch.cat([masked, plain], dim=1)  # (R, 2 x fc_dim)
+        if self.fc_joint is not None:
+            joint = F.relu(self.fc_joint(joint))
         box_logits = self.box_cls_score(joint) if self.box_cls_score is not None else None
         return self.cls_score(joint), self.bbox_pred(joint), box_logits

@@ -186,7 +186,8 @@ class MNCROIHeads(ROIHeads):
             cls_heads=[MaskedClassificationHead(channels, mnc.WARP_SIZE,
                                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, mnc.FC_DIM,
                                                 pool=mnc.CLS_POOL, box_classifier=box_cls,
-                                                **conv) for box_cls in box_classifier],
+                                                joint=mnc.CLS_JOINT, **conv)
+                       for box_cls in box_classifier],
             num_stages=mnc.NUM_STAGES,
             test_num_stages=mnc.TEST_NUM_STAGES,
             box2box_transform=Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
