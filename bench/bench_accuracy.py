@@ -416,6 +416,24 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
+def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, images: int):
+    """A run this script trained, for the diagnostic scripts (which train nothing): its folder,
+    frozen config, held-out test root and the image product it reads. Sets
+    DETECTRON2_DATASETS to its training data (which holds the band statistics the config
+    names); exits naming the command to train it when it is not there."""
+    suffix = "" if setting == "default" else f"_{setting}"
+    out_dir = work / "runs" / f"{name}_{images}img_{iters}it{suffix}" / f"seed{seed}"
+    weights = out_dir / "model_final.pth"
+    if not weights.exists():
+        raise SystemExit(f"{weights} does not exist: train it first with python -m "
+                         f"bench.bench_accuracy --setting {setting} --variants {name} "
+                         f"--model-seeds {seed}")
+    os.environ["DETECTRON2_DATASETS"] = str(work / f"train_seed0_{images}{suffix}")
+    cfg = variant_cfg(name, out_dir, iters, seed)
+    product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
+    return out_dir, cfg, work / f"test_seed1_{images // 2}{suffix}", product
+
+
 def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,
                  attrs: pd.DataFrame, test_opts=()) -> dict:
     """Train (unless cached) and evaluate one variant with one model seed."""

@@ -113,18 +113,8 @@ def best_polygon_match(truth: pd.DataFrame, props: pd.DataFrame) -> tuple[np.nda
 
 def diagnose_run(name: str, seed: int, setting: str, work: Path, iters: int,
                  images: int) -> dict:
-    suffix = "" if setting == "default" else f"_{setting}"
-    out_dir = work / "runs" / f"{name}_{images}img_{iters}it{suffix}" / f"seed{seed}"
+    out_dir, cfg, test_root, product = acc.cached_run(name, seed, setting, work, iters, images)
     weights = out_dir / "model_final.pth"
-    if not weights.exists():
-        raise SystemExit(f"{weights} does not exist: train it first with python -m "
-                         f"bench.bench_accuracy --setting {setting} --variants {name} "
-                         f"--model-seeds {seed}")
-    test_root = work / f"test_seed1_{images // 2}{suffix}"
-    # The training data (train seed 0) holds the band statistics the config names.
-    os.environ["DETECTRON2_DATASETS"] = str(work / f"train_seed0_{images}{suffix}")
-    cfg = acc.variant_cfg(name, out_dir, iters, seed)
-    product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
     names, truth = acc.benchmark_datasets(test_root, product)
     csvs = sorted((out_dir / f"bench_eval_{test_root.name}").glob("*/spacenet_proposals.csv"))
     if len(csvs) != len(names):
