@@ -118,8 +118,9 @@ def _add_mnc_keys(cfg: CN) -> None:
     _C.MODEL.MNC.FC_DIM = 1024
     # True: the pathways' fcs feed one joint fc, which feeds the classifiers and box regressor
     # (mnc_d2's layout); False: the outputs read the two pathways' concatenation directly, the
-    # original's layout (with one fc per pathway where it has two). The joint ReLU layer can die
-    # in a short schedule and leave the classifier at the class prior (BENCHMARKS.md section 1).
+    # original's layout (with one fc per pathway where it has two). Whichever ReLU layer the
+    # outputs read can die in a short schedule and leave the classifier at the class prior
+    # (BENCHMARKS.md section 1: the joint one, or without it the pathway ones).
     _C.MODEL.MNC.CLS_JOINT = True
     # Mask head of stages 2 and 4: "fc" = the paper's (a hidden fc of MASK_FC_DIM, then an fc
     # regressing the M x M mask); "conv" = a fully convolutional head (MASK_NUM_CONV 3 x 3 convs

@@ -106,9 +106,10 @@ class MaskedClassificationHead(nn.Module):
     one fully connected layer; with ``joint`` (the default) they are concatenated into a joint
     layer that feeds the outputs (deviation: the original has two 4096-wide fcs per pathway,
     concatenated straight into the outputs); without it the outputs read the concatenation
-    itself, the original's layout with one fc per pathway. The joint layer is one ReLU layer
-    every output depends on: when its units die early in a short schedule the classifier stays
-    at the class prior (BENCHMARKS.md section 1), which the concatenation cannot do.
+    itself, the original's layout with one fc per pathway. Either way the ReLU layer the outputs
+    read can die early in a short schedule, leaving the classifier at the class prior: measured
+    for the joint layer, and without it for the pathway layers (BENCHMARKS.md section 1; the
+    remedy found there is a lower learning rate, not the layout).
 
     * ``cls_score``: the mask-level classifier (trained with mask-level labels; the original and
       mnc_d2 score detections with it at test time);

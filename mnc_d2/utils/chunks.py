@@ -11,10 +11,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+import numpy as np
+
 A = TypeVar("A")
 B = TypeVar("B")
-
-import numpy as np
 
 
 def row_slices(n: int, min_chunk: int, max_workers: int = 4) -> list[slice]:
