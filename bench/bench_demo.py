@@ -29,11 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name with its family/model numbers and widest vector extension, e.g.
+    ``AMD EPYC (cpu family 25, model 17, AVX-512)``: virtual machines often report only a vendor
+    name, which does not tell an AVX2-only CPU from an AVX-512 one."""
+    fields: dict[str, str] = {}
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return f"{name} ({', '.join([*numbers, isa])})"
 
 
 def iteration_seconds(log: str) -> float | None:

@@ -12,11 +12,14 @@
    tiles and rounds, for the MNC model at the config's 416 px input and at native 650 px, and
    Mask R-CNN (the same benchmark schedule) on the same backends beside it; plus the R-50
    SpaceNet 2 MNC config from random initialisation (no trained R-50 exists on this machine: it detects nothing, so
-   its heads' and pasting's share is smaller than in real use).
+   its heads' and pasting's share is smaller than in real use). ``--parts detections``: the
+   detections each model keeps per timed tile (the heads' and pasting's work grows with them,
+   so MNC / Mask R-CNN is only fair between models that keep similar numbers).
 3. **Efficiency**: FLOPs per tile by part of each model (fvcore's count on the exported graph;
    it counts a multiply-add as one, reported here as 2 FLOPs; grid sampling, NMS and other
-   uncounted operators are listed), this CPU's peak (float32 matmul, 2048 x 2048, PyTorch, the
-   same threads) and each backend's achieved FLOP/s as a fraction of it.
+   uncounted operators are listed), this CPU's peak (float32 matmuls of three sizes, PyTorch
+   and onnxruntime, the same threads, the best) and each backend's achieved FLOP/s as a
+   fraction of it.
 4. **A large scene** (``--scene-size`` px, a mosaic of the test tiles, deflate-compressed tiled
    GeoTIFF): tools/predict.py's per-scene path (process_scene) on eager and on the fastest
    float exported backend, pipelined (reading and polygonising beside the model) and not, and
@@ -322,6 +325,30 @@ def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dic
     return out
 
 
+def detections(work: Path, tiles: list[np.ndarray], threads: int) -> dict:
+    """Median detections per timed tile of the speed part's models (onnxruntime, both inputs):
+    all that the graph keeps (Detectron2's test score threshold) and those at or above the
+    config's polygon threshold. The heads' and pasting's work grows with the first, so a
+    Mask R-CNN that keeps more detections than MNC makes MNC / Mask R-CNN look better."""
+    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
+    out = {}
+    for name, run in (("mnc5", RUNS / MNC["default"] / "seed0"),
+                      ("mask_rcnn", RUNS / MRCNN / "seed0")):
+        if not (run / "model_final.pth").is_file():
+            continue
+        thresh = _cfg(run).TEST.SPACENET.SCORE_THRESH
+        for label, opts in (("416", ()), ("650", native)):
+            fn = _runners(run, work / f"export_{name}_{label}", opts, ("onnxruntime",),
+                          threads)["onnxruntime"]
+            found = fn(tiles)
+            out[f"{name} {label} px"] = {
+                "kept": float(np.median([len(d.scores) for d in found])),
+                "at_threshold": float(np.median([int((d.scores >= thresh).sum())
+                                                 for d in found])),
+                "threshold": thresh, "tiles": len(tiles)}
+    return out
+
+
 def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
     """The R-50 SpaceNet 2 MNC config, random initialisation, eager vs exported."""
     import torch
@@ -352,16 +379,22 @@ def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) ->
 
 # --- 3. efficiency --------------------------------------------------------------------------
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> dict:
-    """GFLOP/s of a float32 size x size matmul (median of ``repeats``) in PyTorch and in
-    onnxruntime (its own kernels): the machine's measured peak is the larger."""
+def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048, 3072),
+                repeats: int = 10) -> dict:
+    """GFLOP/s of float32 n x n matmuls in PyTorch and in onnxruntime (its own kernels), the
+    same threads: for each runtime the best over ``sizes`` of the median of ``repeats`` runs
+    (``by_size`` keeps every size's). The machine's measured peak is the larger runtime's.
+
+    One size is not enough: on some CPUs (a 2-core AMD EPYC under KVM) a single 2048 x 2048
+    matmul runs below what the models' convolutions reach, and the size that runs fastest
+    differs between CPUs and runtimes. This is still a measurement, not the vendor's figure:
+    a model can exceed it (e.g. by fused kernels), which the reports show as over 100%."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = {}
+    out, by_size = {}, {}
 
-    def timed(fn) -> float:
+    def timed(fn, size: int) -> float:
         fn()
         times = []
         for _ in range(repeats):
@@ -370,23 +403,35 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> dict:
             times.append(time.perf_counter() - began)
         return round(2 * size ** 3 / statistics.median(times) / 1e9, 1)
 
-    out["torch"] = timed(lambda: torch.mm(a, b))
+    def sweep(name: str, make_fn) -> None:
+        by_size[name] = {str(n): timed(make_fn(n), n) for n in sizes}
+        out[name] = max(by_size[name].values())
+
+    def torch_mm(n: int):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        return lambda: torch.mm(a, b)
+
+    sweep("torch", torch_mm)
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper
     except ImportError:
-        return out
-    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ABC"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
-                              spec[:2], spec[2:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = {"A": a.numpy(), "B": b.numpy()}
-    out["onnxruntime"] = timed(lambda: session.run(None, feed))
-    return out
+        return {**out, "by_size": by_size}
+
+    def ort_mm(n: int):
+        spec = [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in "ABC"]
+        graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
+                                  spec[:2], spec[2:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        feed = {"A": torch.randn(n, n).numpy(), "B": torch.randn(n, n).numpy()}
+        return lambda: session.run(None, feed)
+
+    sweep("onnxruntime", ort_mm)
+    return {**out, "by_size": by_size}
 
 
 def flops(work: Path, tile: np.ndarray) -> dict:
@@ -506,8 +551,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
-                        default=["accuracy", "speed", "r50", "flops", "int8_accuracy",
-                                 "int8_speed", "scene"])
+                        default=["accuracy", "speed", "detections", "r50", "flops",
+                                 "int8_accuracy", "int8_speed", "scene"])
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
@@ -550,12 +595,15 @@ def main() -> None:
         report["accuracy"] = accuracy(args.settings, args.seeds, args.work, args.threads)
     if "speed" in args.parts:
         report["speed"] = speed(args.work, tiles, args.rounds, args.threads)
+    if "detections" in args.parts:
+        report["detections_per_tile"] = detections(args.work, tiles, args.threads)
     if "r50" in args.parts:
         report["speed_r50_random_init"] = speed_r50(args.work, tiles[: max(1, len(tiles) // 3)],
                                                     args.rounds, args.threads)
     if "flops" in args.parts:
         report["matmul_gflops"] = matmul_peak(args.threads)
-        report["peak_gflops"] = max(report["matmul_gflops"].values())
+        report["peak_gflops"] = max(v for k, v in report["matmul_gflops"].items()
+                                    if k != "by_size")
         report["flops"] = flops(args.work, tiles[0])
         if "speed" in report:
             for (model, px), backend in itertools.product(

@@ -439,7 +439,7 @@ def export_tables(report: dict) -> list[str]:
                          "predict.py wall s (mean)", "x eager (range)"], body) + [""]
     speed = report.get("speed")
     if speed:
-        peak = report.get("peak_gflops")
+        peak, mm = report.get("peak_gflops"), report.get("matmul_gflops", {})
         rows = []
         for name, e in speed.items():
             rows.append([name, f"{e['s_per_tile_median']:.3f}",
@@ -454,11 +454,22 @@ def export_tables(report: dict) -> list[str]:
                   f"alternating order), {report['threads']} threads"
                   + (f" of {report['cpu']}" if report.get("cpu") else "") + "; peak = "
                   f"{peak} GFLOP/s, the faster float32 matmul of "
-                  + ", ".join(f"{k} {v}" for k, v in report.get("matmul_gflops", {}).items())
-                  + ".", ""]
+                  + ", ".join(f"{k} {v}" for k, v in mm.items() if k != "by_size")
+                  + (" (each the best of n x n matmuls, n = "
+                     + ", ".join(next(iter(mm["by_size"].values()))) + ")"
+                     if mm.get("by_size") else " (2048 x 2048)") + ".", ""]
         lines += _table(["model / backend", "s per tile", "x eager",
                          "MNC / Mask R-CNN (same backend, input)",
                          "GFLOP/s", "of peak"], rows) + [""]
+    dets = report.get("detections_per_tile")
+    if dets:
+        lines += ["Detections per timed tile (median over the "
+                  f"{next(iter(dets.values()))['tiles']} tiles, onnxruntime): all the graph keeps "
+                  "(the heads' and pasting's work grows with them) and those at the config's "
+                  "polygon threshold:", ""]
+        lines += _table(["model, input", "kept", "at the threshold"],
+                        [[k, f"{v['kept']:g}", f"{v['at_threshold']:g} (>= {v['threshold']:g})"]
+                         for k, v in dets.items()]) + [""]
     r50 = report.get("speed_r50_random_init")
     if r50:
         lines += ["R-50-FPN SpaceNet 2 MNC config (650 px input), random initialisation (it "
@@ -559,7 +570,9 @@ def table_maker(report_name: str):
         return predict_table
     if report_name.startswith("scorer"):
         return scorer_table
-    return {"demo": demo_table, "export": export_tables}.get(report_name)
+    if report_name == "export" or report_name.startswith("export_"):
+        return export_tables
+    return {"demo": demo_table}.get(report_name)
 
 
 def section_renderers(results: Path = RESULTS) -> dict:

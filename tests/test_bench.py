@@ -255,3 +255,38 @@ def test_paired_shape_compares_the_buildings_both_models_matched():
     assert "0: 3 of 4 / 4" in lines[0]
     assert ("| concave | IoU | 2 | 2 | 0.900 ± 0.000 (0.900-0.900) | 0.700 ± 0.000 (0.700-0.700) "
             "| 0.200 ± 0.000 (0.200-0.200) | A (mnc5) |") in lines
+
+
+def test_export_table_names_the_peak_sizes_and_the_detections_per_tile():
+    speed = {"mnc5 416 px / torch": {"s_per_tile_median": 0.2, "n": 6,
+                                     "ratio_vs_mask_rcnn_same_backend": 1.25,
+                                     "achieved_gflops": 90.0, "fraction_of_peak": 0.5625},
+             "mask_rcnn 416 px / torch": {"s_per_tile_median": 0.16, "n": 6}}
+    dets = {"mnc5 416 px": {"kept": 24.0, "at_threshold": 21.5, "threshold": 0.5, "tiles": 3}}
+    report = {"threads": 2, "cpu": "Some CPU (AVX2)", "speed": speed, "peak_gflops": 160.0,
+              "matmul_gflops": {"torch": 160.0, "onnxruntime": 150.0,
+                                "by_size": {"torch": {"1024": 160.0, "2048": 148.0}}},
+              "detections_per_tile": dets}
+    lines = tables.table_maker("export_amd_epyc")(report)
+    text = "\n".join(lines)
+    assert ("peak = 160.0 GFLOP/s, the faster float32 matmul of torch 160.0, onnxruntime 150.0 "
+            "(each the best of n x n matmuls, n = 1024, 2048)") in text
+    assert "by_size" not in text
+    assert "| mnc5 416 px / torch | 0.200 |  | 1.25 | 90 | 56% |" in lines
+    assert "| mnc5 416 px | 24 | 21.5 (>= 0.5) |" in lines
+    # a report from before the sweep names its single size
+    old = {**report, "matmul_gflops": {"torch": 160.0}}
+    assert "torch 160.0 (2048 x 2048)." in "\n".join(tables.table_maker("export")(old))
+
+
+def test_cpu_model_names_the_vector_extension(tmp_path):
+    from bench.bench_demo import cpu_model
+
+    block = ("processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\n"
+             "model name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\n")
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(i=0, flags="avx avx2 fma") + block.format(i=1, flags="avx512f"))
+    assert cpu_model(info) == "AMD EPYC (cpu family 23, model 49, AVX2)"
+    info.write_text(block.format(i=0, flags="avx2 avx512f avx512bw"))
+    assert cpu_model(info) == "AMD EPYC (cpu family 23, model 49, AVX-512)"
+    assert cpu_model(tmp_path / "missing").endswith("no AVX2)")

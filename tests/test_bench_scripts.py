@@ -93,7 +93,8 @@ def test_export_script(work, tmp_path):
                     f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
                     "default", "--seeds", "0", "--speed-tiles", "1", "--rounds", "1",
                     "--scene-size", "700", "--work", str(tmp_path), "--parts", "accuracy",
-                    "speed", "flops", "int8_accuracy", "int8_speed", "scene", timeout=1200)
+                    "speed", "detections", "flops", "int8_accuracy", "int8_speed", "scene",
+                    timeout=1200)
     (row,) = report["accuracy"]
     (int8_row,) = report["int8"]["accuracy"]
     assert int8_row["onnxruntime-int8"]["tiles"] == row["torch"]["tiles"]
@@ -103,6 +104,11 @@ def test_export_script(work, tmp_path):
     assert set(row) >= {"torch", "onnxruntime", "openvino", "torchscript"}
     assert report["speed"]["mnc5 416 px / onnxruntime"]["s_per_tile_median"] > 0
     assert report["flops"]["mnc5 416"]["gflops"] > 0 and report["peak_gflops"] > 0
+    peaks = report["matmul_gflops"]
+    assert report["peak_gflops"] == max(v for k, v in peaks.items() if k != "by_size")
+    assert peaks["torch"] == max(peaks["by_size"]["torch"].values())
+    dets = report["detections_per_tile"]["mnc5 416 px"]
+    assert dets["tiles"] == 1 and 0 <= dets["at_threshold"] <= dets["kept"]
     assert [r["backend"] for r in report["scene"]["runs"]] == [
         "torch", "onnxruntime", "onnxruntime", "onnxruntime-int8"]
     assert any(line.startswith("Setting **default**") for line in
