@@ -62,6 +62,14 @@ TEST = {"default": REPO / ".cache/bench/accuracy/test_seed1_30/spacenet",
         "hard": REPO / ".cache/bench/accuracy/test_seed1_30_hard/spacenet"}
 MNC = {"default": "mnc5_60img_600it", "hard": "mnc5_60img_600it_hard"}
 MRCNN = "mask_rcnn_60img_600it"
+SPEED_SEED = 0  # the model seed of the speed, FLOP, INT8-speed and scene parts (--speed-seed)
+
+
+def _speed_runs() -> tuple[Path, Path]:
+    """The `default` MNC and Mask R-CNN runs of seed SPEED_SEED (the speed-side parts' models)."""
+    return RUNS / MNC["default"] / f"seed{SPEED_SEED}", RUNS / MRCNN / f"seed{SPEED_SEED}"
+
+
 EXPORTED = ("onnxruntime", "openvino", "torchscript")
 TILE = 650
 logger = logging.getLogger("bench_export")
@@ -85,10 +93,22 @@ def _cfg(run: Path, *opts: str):
                                                 *opts], for_training=False)
 
 
+def _exported(run: Path, out: Path) -> bool:
+    """``out`` holds an export of ``run``'s current weights (a retrained run, or another seed's,
+    is exported again instead of timing the stale graph)."""
+    from mnc_d2.inference.scenes import sha256_of
+
+    meta = out / "export.json"
+    if not meta.is_file():
+        return False
+    source = json.loads(meta.read_text()).get("source", {})
+    return source.get("weights_sha256") == sha256_of(run / "model_final.pth")
+
+
 def _export(run: Path, out: Path, *opts: str) -> Path:
     from mnc_d2.export.exporter import export_model
 
-    if not (out / "export.json").is_file():
+    if not _exported(run, out):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_model(_cfg(run, *opts), out, ("onnx", "torchscript"), TILE)
@@ -166,7 +186,7 @@ def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
     """``run`` exported with its int8 graph, calibrated on its own training tiles."""
     from mnc_d2.export.exporter import export_model
 
-    if not (out / "export.json").is_file():
+    if not _exported(run, out):
         os.environ["DETECTRON2_DATASETS"] = str(train_root)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -207,7 +227,7 @@ def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int
     shortcut = ("MODEL.MNC.TEST_CASCADE_MIN_SCORE", CASCADE_MIN_SCORE)
     mnc_only = (("416 px, cascade shortcut", "416_cascade", shortcut),
                 ("650 px, cascade shortcut", "650_cascade", native + shortcut))
-    sources = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
+    sources = list(zip(("mnc5", "mask_rcnn"), _speed_runs()))
     r50 = work / "r50"  # speed_r50's random-init model and config
     jobs = [(f"{name} {label}", run, f"speed_{name}_{tag}", opts)
             for (name, run), (label, tag, opts) in itertools.product(sources, inputs)]
@@ -291,8 +311,7 @@ def _timed_rounds(models: dict, rounds: int, tiles_of, label: str) -> dict:
 
 def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
     """Seconds per tile, median over tiles and rounds, per model and backend."""
-    run = RUNS / MNC["default"] / "seed0"
-    mrcnn = RUNS / MRCNN / "seed0"
+    run, mrcnn = _speed_runs()
     native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     models = {}
     for label, opts in (("416", ()), ("650", native)):
@@ -332,8 +351,7 @@ def detections(work: Path, tiles: list[np.ndarray], threads: int) -> dict:
     Mask R-CNN that keeps more detections than MNC makes MNC / Mask R-CNN look better."""
     native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     out = {}
-    for name, run in (("mnc5", RUNS / MNC["default"] / "seed0"),
-                      ("mask_rcnn", RUNS / MRCNN / "seed0")):
+    for name, run in zip(("mnc5", "mask_rcnn"), _speed_runs()):
         if not (run / "model_final.pth").is_file():
             continue
         thresh = _cfg(run).TEST.SPACENET.SCORE_THRESH
@@ -359,7 +377,7 @@ def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) ->
     folder = work / "r50"
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "model_final.pth"
-    base = _cfg(RUNS / MNC["default"] / "seed0")  # its bands and band statistics
+    base = _cfg(_speed_runs()[0])  # its bands and band statistics
     cfg = setup_cfg(str(REPO / "configs/SpaceNet2/mnc_R_50_FPN_3x_all.yaml"),
                     ["MODEL.WEIGHTS", "", "INPUT.BAND_STATS", "",
                      "INPUT.BANDS", str(list(base.INPUT.BANDS)),
@@ -443,7 +461,7 @@ def flops(work: Path, tile: np.ndarray) -> dict:
 
     out = {}
     x = torch.from_numpy(tile.transpose(2, 0, 1).copy())[None]
-    models = [("mnc5", RUNS / MNC["default"] / "seed0"), ("mask_rcnn", RUNS / MRCNN / "seed0")]
+    models = list(zip(("mnc5", "mask_rcnn"), _speed_runs()))
     for (name, run), (px, opts) in itertools.product(
             [m for m in models if (m[1] / "model_final.pth").is_file()],
             (("416", ()), ("650", ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")))):
@@ -501,7 +519,7 @@ def scene(work: Path, scene_path: Path, backends: list[tuple[str, bool]], thread
     from mnc_d2.inference.predictor import ScenePredictor
     from mnc_d2.inference.scenes import Scene, SceneInfo, now_iso
 
-    run = RUNS / MNC["default"] / "seed0"
+    run = _speed_runs()[0]
     export = _export(run, work / "export_mnc5_416")
     # the int8 graph as section 5 exports it (calibrated on the model's own training tiles)
     export_int8 = _export_int8(run, work / "int8" / "speed_mnc5_416",
@@ -545,6 +563,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["default", "hard"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--speed-seed", type=int, default=0,
+                        help="model seed of the `default` MNC and Mask R-CNN runs that the speed, "
+                             "detections, FLOP, INT8-speed and scene parts use")
     parser.add_argument("--speed-tiles", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scene-size", type=int, default=9750)
@@ -569,8 +590,8 @@ def main() -> None:
     if args.quick:
         args.settings, args.seeds, args.speed_tiles, args.rounds = ["default"], [0], 2, 1
         args.scene_size = 1300
-    global RUNS, MNC, MRCNN, TRAIN
-    RUNS = args.accuracy_work / "runs"
+    global RUNS, MNC, MRCNN, TRAIN, SPEED_SEED
+    RUNS, SPEED_SEED = args.accuracy_work / "runs", args.speed_seed
     images = args.tag.split("img")[0]  # bench_accuracy.py's training tiles per city
     TRAIN = {"default": f"train_seed0_{images}", "hard": f"train_seed0_{images}_hard"}
     MNC = {"default": f"mnc5_{args.tag}", "hard": f"mnc5_{args.tag}_hard"}
@@ -583,11 +604,12 @@ def main() -> None:
     mnc_d2.setup()
     args.work.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE}
+              "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
+              "speed_seed": args.speed_seed}
     if args.add_to:
         report = {**json.loads(args.add_to.read_text()), **report}
     paths = _tiles(TEST["default"])
-    cfg = _cfg(RUNS / MNC["default"] / "seed0")
+    cfg = _cfg(_speed_runs()[0])
     from mnc_d2.data.bands import input_bands
 
     tiles = _read_tiles(paths[: args.speed_tiles], input_bands(cfg), cfg.MODEL.PIXEL_MEAN)

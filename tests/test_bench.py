@@ -290,3 +290,18 @@ def test_cpu_model_names_the_vector_extension(tmp_path):
     info.write_text(block.format(i=0, flags="avx2 avx512f avx512bw"))
     assert cpu_model(info) == "AMD EPYC (cpu family 23, model 49, AVX-512)"
     assert cpu_model(tmp_path / "missing").endswith("no AVX2)")
+
+
+def test_bench_export_exports_again_when_the_weights_change(tmp_path):
+    from bench import bench_export
+    from mnc_d2.inference.scenes import sha256_of
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    run.mkdir(), out.mkdir()
+    (run / "model_final.pth").write_bytes(b"seed 0 weights")
+    assert not bench_export._exported(run, out)  # nothing exported yet
+    meta = {"source": {"weights_sha256": sha256_of(run / "model_final.pth")}}
+    (out / "export.json").write_text(json.dumps(meta))
+    assert bench_export._exported(run, out)
+    (run / "model_final.pth").write_bytes(b"retrained weights")
+    assert not bench_export._exported(run, out)
