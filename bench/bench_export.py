@@ -72,6 +72,9 @@ def _speed_runs() -> tuple[Path, Path]:
 
 EXPORTED = ("onnxruntime", "openvino", "torchscript")
 TILE = 650
+# The models' inputs timed: the config's own (416 px) and the tiles' native 650 px.
+NATIVE = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
+INPUTS = (("416", ()), ("650", NATIVE))
 logger = logging.getLogger("bench_export")
 
 
@@ -219,14 +222,13 @@ def int8_accuracy(settings: list[str], seeds: list[int], work: Path,
 
 def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
     """Seconds per tile of eager, onnxruntime and onnxruntime-int8, side by side."""
-    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     fewer = ("MODEL.RPN.POST_NMS_TOPK_TEST", "100")  # the test proposals' lever on the heads
     inputs = (("416 px", "416", ()), ("416 px, 100 proposals", "416_100", fewer),
-              ("650 px", "650", native))
+              ("650 px", "650", NATIVE))
     # MNC only: stages 4-5 for the proposals scored >= 0.05 at stage 3 (no effect on Mask R-CNN)
     shortcut = ("MODEL.MNC.TEST_CASCADE_MIN_SCORE", CASCADE_MIN_SCORE)
     mnc_only = (("416 px, cascade shortcut", "416_cascade", shortcut),
-                ("650 px, cascade shortcut", "650_cascade", native + shortcut))
+                ("650 px, cascade shortcut", "650_cascade", NATIVE + shortcut))
     sources = list(zip(("mnc5", "mask_rcnn"), _speed_runs()))
     r50 = work / "r50"  # speed_r50's random-init model and config
     jobs = [(f"{name} {label}", run, f"speed_{name}_{tag}", opts)
@@ -312,9 +314,8 @@ def _timed_rounds(models: dict, rounds: int, tiles_of, label: str) -> dict:
 def speed(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:
     """Seconds per tile, median over tiles and rounds, per model and backend."""
     run, mrcnn = _speed_runs()
-    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     models = {}
-    for label, opts in (("416", ()), ("650", native)):
+    for label, opts in INPUTS:
         for backend, fn in _runners(run, work / f"export_mnc5_{label}", opts,
                                     ("torch", *EXPORTED), threads).items():
             models[f"mnc5 {label} px / {backend}"] = fn
@@ -349,13 +350,12 @@ def detections(work: Path, tiles: list[np.ndarray], threads: int) -> dict:
     all that the graph keeps (Detectron2's test score threshold) and those at or above the
     config's polygon threshold. The heads' and pasting's work grows with the first, so a
     Mask R-CNN that keeps more detections than MNC makes MNC / Mask R-CNN look better."""
-    native = ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")
     out = {}
     for name, run in zip(("mnc5", "mask_rcnn"), _speed_runs()):
         if not (run / "model_final.pth").is_file():
             continue
         thresh = _cfg(run).TEST.SPACENET.SCORE_THRESH
-        for label, opts in (("416", ()), ("650", native)):
+        for label, opts in INPUTS:
             fn = _runners(run, work / f"export_{name}_{label}", opts, ("onnxruntime",),
                           threads)["onnxruntime"]
             found = fn(tiles)
@@ -463,8 +463,7 @@ def flops(work: Path, tile: np.ndarray) -> dict:
     x = torch.from_numpy(tile.transpose(2, 0, 1).copy())[None]
     models = list(zip(("mnc5", "mask_rcnn"), _speed_runs()))
     for (name, run), (px, opts) in itertools.product(
-            [m for m in models if (m[1] / "model_final.pth").is_file()],
-            (("416", ()), ("650", ("INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650")))):
+            [m for m in models if (m[1] / "model_final.pth").is_file()], INPUTS):
         label = f"{name} {px}"
         graph = build_graph(_cfg(run, *opts), TILE)
         with warnings.catch_warnings(), torch.no_grad():
