@@ -10,6 +10,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ROIAlign, cat
 from detectron2.modeling import build_model
+from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
@@ -17,9 +18,9 @@ import mnc_d2
 from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
                                       resample_pairs, resample_to_box)
 from mnc_d2.modeling import mnc_roi_heads
-from mnc_d2.modeling.mnc_heads import ConvMaskHead, build_mask_head
+from mnc_d2.modeling.mnc_heads import ConvMaskHead, build_mask_head, max_pool_2x2
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
-from mnc_d2.modeling.roi_warp import clip_box_gradient, roi_warp
+from mnc_d2.modeling.roi_warp import MultiLevelWarp, clip_box_gradient, roi_warp
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick_schedules"
 
@@ -84,6 +85,43 @@ def test_roi_warp_matches_roialign_inside_the_map():
     ours = roi_warp(feats, rois, 7, 0.5)
     ref = ROIAlign((7, 7), 0.5, sampling_ratio=1, aligned=True)(feats, rois)
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_roi_warp_keeps_row_order_across_images():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 10, 12)
+    rois = torch.tensor([[2, 1.0, 2.0, 9.0, 8.0], [0, 0.5, 0.5, 20.0, 15.0],
+                         [2, 3.0, 1.0, 6.0, 7.5], [1, -2.0, 4.0, 11.0, 19.0],
+                         [0, 5.0, 5.0, 6.0, 6.0]])
+    out = roi_warp(feats, rois, 5, 0.5)
+    for row, roi in enumerate(rois):
+        alone = roi_warp(feats, roi[None], 5, 0.5)
+        assert torch.equal(out[row], alone[0])
+
+
+def test_multilevel_warp_reads_each_box_from_its_level_in_box_order():
+    torch.manual_seed(0)
+    scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+    warp = MultiLevelWarp(7, scales)
+    feats = [torch.randn(2, 3, 128 // (2 ** k), 128 // (2 ** k)) for k in range(4)]
+    # small, large, medium and small boxes mixed, two images
+    boxes = [torch.tensor([[4.0, 4.0, 20.0, 24.0], [0.0, 0.0, 500.0, 400.0],
+                           [10.0, 10.0, 150.0, 130.0]]),
+             torch.tensor([[30.0, 20.0, 300.0, 310.0], [8.0, 9.0, 17.0, 30.0]])]
+    out = warp(feats, boxes)
+    rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1)
+                      for i, b in enumerate(boxes)])
+    levels = assign_boxes_to_levels([Boxes(b) for b in boxes], 2, 5, 224, 4)
+    assert len(set(levels.tolist())) >= 3  # the case covers several levels
+    for row in range(len(rois)):
+        level = int(levels[row])
+        expected = roi_warp(feats[level], rois[row: row + 1], 7, scales[level])[0]
+        assert torch.equal(out[row], expected)
+    # every level stays in the autograd graph, used or not
+    for f in feats:
+        f.requires_grad_(True)
+    warp(feats, [boxes[0][:1], boxes[1][:0]]).sum().backward()
+    assert all(f.grad is not None for f in feats)
 
 
 def test_box_gradient_clip():
@@ -560,7 +598,17 @@ def test_batched_image_space_voting_equals_voting_each_instance():
 def test_cls_pool_is_2x2_max_pooling():
     head = build_model(quick_cfg()).roi_heads.cls_heads[0]
     x = torch.randn(5, 3, 14, 14)
-    assert torch.equal(head._flat(x), torch.nn.functional.max_pool2d(x, 2, 2).flatten(1))
+    x[1, 2, 3, 4] = float("nan")
+    expected = torch.nn.functional.max_pool2d(x, 2, 2)
+    # eager inference, training (grad) and tracing take different operators, same values
+    assert torch.equal(head._flat(x).isnan(), expected.flatten(1).isnan())
+    assert torch.equal(head._flat(x).nan_to_num(), expected.flatten(1).nan_to_num())
+    y = torch.randn(5, 3, 14, 14)
+    assert torch.equal(max_pool_2x2(y.clone().requires_grad_(True)).detach(),
+                       torch.nn.functional.max_pool2d(y, 2, 2))
+    traced = torch.jit.trace(max_pool_2x2, (y,))
+    assert torch.equal(traced(y), torch.nn.functional.max_pool2d(y, 2, 2))
+    assert "max_pool2d" in str(traced.graph)
 
 
 # --- mask-level labels, stage-4 re-matching, stage-5 targets -----------------------------------

