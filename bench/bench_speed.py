@@ -248,8 +248,12 @@ def main() -> None:
     parser.add_argument("--work", default=".cache/bench/speed")
     parser.add_argument("--trained", default=".cache/bench/accuracy/runs",
                         help="bench_accuracy.py's runs: a variant's model_final.pth there "
-                        "(<variant>_60img_600it/seed0, quick: _20img_200it/seed0) is used when "
-                        "present")
+                        "(<variant>_60img_600it/seed<S>, quick: _20img_200it/seed<S>) is used "
+                        "when present")
+    parser.add_argument("--trained-seed", type=int, default=0,
+                        help="S above: the model seed of the trained variants (pick one whose "
+                        "models all trained normally: a stalled model keeps few detections, "
+                        "which makes its inference cheap)")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
@@ -261,8 +265,8 @@ def main() -> None:
     data_root = _data(work / "data", max(args.tiles, 4) * 2, releases)
     if args.worker:
         tag = "20img_200it" if args.quick else "60img_600it"
-        weights = (Path(args.trained).resolve() / f"{args.worker}_{tag}" / "seed0"
-                   / "model_final.pth")
+        weights = (Path(args.trained).resolve() / f"{args.worker}_{tag}"
+                   / f"seed{args.trained_seed}" / "model_final.pth")
         res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles,
                      weights if weights.exists() else None)
         print(json.dumps(res))
@@ -276,7 +280,8 @@ def main() -> None:
             cmd = [sys.executable, "-W", "ignore", __file__, "--worker", name,
                    "--steps", str(steps), "--tiles", str(args.tiles),
                    "--warmup", str(args.warmup), "--work", str(work),
-                   "--trained", args.trained, *(["--quick"] if args.quick else [])]
+                   "--trained", args.trained, "--trained-seed", str(args.trained_seed),
+                   *(["--quick"] if args.quick else [])]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"worker for {name} failed (exit {proc.returncode}); "
@@ -289,6 +294,7 @@ def main() -> None:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(),
               "torch_threads": torch.get_num_threads(), "rounds": rounds,
+              "trained_seed": args.trained_seed,
               "timed_train_steps_per_round": steps, "timed_tiles_per_round": args.tiles,
               "models": _summary(results),
               "polygonize": polygonize_throughput(data_root, args.masks, 3)}

@@ -142,7 +142,10 @@ def speed_tables(report: dict) -> list[str]:
     lines = [f"{report['rounds']} rounds x {report['timed_train_steps_per_round']} timed training "
              f"steps (batch {next(iter(models.values()))['ims_per_batch']}) and "
              f"{report['timed_tiles_per_round']} timed tiles per model; torch threads "
-             f"{report['torch_threads']}", ""]
+             f"{report['torch_threads']}"
+             + (f"; trained models of seed {report['trained_seed']}" if "trained_seed" in report
+                and any(m["weights"] != "random init" for m in models.values()) else "")
+             + (f"; {report['cpu']}" if report.get("cpu") else ""), ""]
     lines += _table(header, rows) + [""]
     p = report["polygonize"]
     rows = [[label.replace("_", " + "), f"{p[label]['median_s']:.3f}",
