@@ -57,8 +57,6 @@ def in_row_order(parts: list[torch.Tensor], order: list[torch.Tensor]) -> torch.
     """Rows computed in groups back in their original order: parts[k] (n_k, ...) holds rows
     order[k] (n_k,) of the result; the orders together are a permutation of 0..N-1. One gather
     (differentiable), no zero-filled output and no scatter."""
-    if len(parts) == 1:
-        return parts[0][torch.argsort(order[0])]
     return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
 
