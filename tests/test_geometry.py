@@ -170,3 +170,49 @@ def test_instances_to_polygons_aligns_kept_neighbours_only():
     assert before > 4 and after < 1e-6
     assert aligned[2][0].equals_exact(plain[2][0], 0)  # under align_min_score: untouched
     assert [s for _, s in aligned] == [s for _, s in plain]
+
+
+def _random_masks(rng, count: int, size: int = 64) -> np.ndarray:
+    """(count, size, size) masks: unions of rectangles (L shapes, separate blobs), some with
+    holes, some touching the frame's edges, some empty."""
+    masks = np.zeros((count, size, size), dtype=bool)
+    for mask in masks[1:]:  # the first stays empty
+        for _ in range(rng.integers(1, 4)):
+            r, c = rng.integers(-4, size - 4, 2)
+            h, w = rng.integers(2, 30, 2)
+            mask[max(r, 0):r + h, max(c, 0):c + w] = True
+        if rng.random() < 0.5:  # a courtyard inside the last rectangle, where it is 9 px wide
+            r, c = max(r, 0) + 3, max(c, 0) + 3
+            if mask[r - 3:r + 6, c - 3:c + 6].all():
+                mask[r:r + 3, c:c + 3] = False
+    return masks
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"simplify_tolerance": 1.5},
+                                    {"simplify_tolerance": 0.5, "regularize": True,
+                                     "min_edge": 2.0, "min_area": 6.0}])
+def test_masks_traced_in_one_pass_equal_one_by_one(kwargs, monkeypatch):
+    from mnc_d2.geometry import polygons
+
+    masks = _random_masks(np.random.default_rng(3), 40)
+    alone = [mask_to_polygon(m, **kwargs) for m in masks]
+    for width in (polygons.PACK_WIDTH, 50):  # one canvas row, and many rows of crops
+        monkeypatch.setattr(polygons, "PACK_WIDTH", width)
+        packed = polygons.masks_to_polygon(masks, **kwargs)
+        assert len(packed) == len(masks) and packed[0] is None
+        for k, (a, b) in enumerate(zip(alone, packed)):
+            assert (a is None) == (b is None), k
+            # same vertices in the same order, not only the same area
+            assert a is None or shapely.equals_exact(a, b, 0), k
+    assert sum(p is not None and len(p.interiors) > 0 for p in alone) >= 3  # holes covered
+
+
+def test_masks_traced_in_one_pass_edge_cases():
+    from mnc_d2.geometry.polygons import masks_to_polygon
+
+    assert masks_to_polygon(np.zeros((0, 8, 8), bool)) == []
+    assert masks_to_polygon(np.zeros((2, 8, 8), bool)) == [None, None]
+    full = np.ones((1, 8, 8), bool)  # the whole frame
+    assert masks_to_polygon(full)[0].equals(box(0, 0, 8, 8))
+    with pytest.raises(ValueError, match=r"masks\[0\] must be"):
+        masks_to_polygon([np.zeros((2, 2, 2))])
