@@ -161,6 +161,11 @@ VARIANTS = {
     # is between equals.
     "mask_rcnn_8band_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                              EIGHT_BAND + NATIVE + SMALL_ANCHORS),
+    # The same at half the learning rate, the schedule of the best MNC
+    # (mnc5_8band_native_small_anchors_conv_mask_lr005), whose mask head is convolutional too.
+    "mask_rcnn_8band_native_small_anchors_lr005": (
+        QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["SOLVER.BASE_LR", "0.005"]),
     # The baseline trained with the RGB two levers (native resolution, small anchors).
     "mask_rcnn_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                        NATIVE + SMALL_ANCHORS),

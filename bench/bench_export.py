@@ -21,9 +21,9 @@
    and onnxruntime, the same threads, the best) and each backend's achieved FLOP/s as a
    fraction of it.
 4. **A large scene** (``--scene-size`` px, a mosaic of the test tiles, deflate-compressed tiled
-   GeoTIFF): tools/predict.py's per-scene path (process_scene) on eager and on the fastest
-   float exported backend, pipelined (reading and polygonising beside the model) and not, and
-   on its int8 graph (as in 5.) pipelined: seconds in
+   GeoTIFF): tools/predict.py's per-scene path (process_scene) on eager, on the fastest
+   float exported backend and on its int8 graph (as in 5.), each pipelined (reading and
+   polygonising beside the model) and not: seconds in
    each stage (read, model, polygons, merge, writing and the rest), what the model loop waited
    for, and km2 per core-hour at the scene's 0.3 m pixels.
 
@@ -649,8 +649,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")
             report["scene"] = {"px": args.scene_size, "runs": scene(
-                args.work, mosaic, [("torch", True), ("onnxruntime", True),
-                                    ("onnxruntime", False), ("onnxruntime-int8", True)],
+                args.work, mosaic, [(backend, pipelined)
+                                    for backend in ("torch", "onnxruntime", "onnxruntime-int8")
+                                    for pipelined in (True, False)],
                 args.threads, args.accuracy_work)}
     print(json.dumps(report, indent=1))
 

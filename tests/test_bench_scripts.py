@@ -109,8 +109,9 @@ def test_export_script(work, tmp_path):
     assert peaks["torch"] == max(peaks["by_size"]["torch"].values())
     dets = report["detections_per_tile"]["mnc5 416 px"]
     assert dets["tiles"] == 1 and 0 <= dets["at_threshold"] <= dets["kept"]
-    assert [r["backend"] for r in report["scene"]["runs"]] == [
-        "torch", "onnxruntime", "onnxruntime", "onnxruntime-int8"]
+    assert [(r["backend"], r["pipelined"]) for r in report["scene"]["runs"]] == [
+        (backend, pipelined) for backend in ("torch", "onnxruntime", "onnxruntime-int8")
+        for pipelined in (True, False)]
     assert any(line.startswith("Setting **default**") for line in
                tables.table_maker("export")(report))
 
