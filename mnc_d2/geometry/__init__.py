@@ -1,8 +1,8 @@
 """Geometry shared by data, evaluation and inference (torch-free): polygon parts, mask ->
 polygon, rectilinear regularisation, pixel <-> map coordinates."""
 
-from .polygons import (map_to_pixel, mask_to_polygon, mask_to_polygons, pixel_to_map,
-                       polygonal_parts, regularize_rectilinear)
+from .polygons import (map_to_pixel, mask_to_polygon, mask_to_polygons, masks_to_polygon,
+                       pixel_to_map, polygonal_parts, regularize_rectilinear)
 
-__all__ = ["map_to_pixel", "mask_to_polygon", "mask_to_polygons", "pixel_to_map",
-           "polygonal_parts", "regularize_rectilinear"]
+__all__ = ["map_to_pixel", "mask_to_polygon", "mask_to_polygons", "masks_to_polygon",
+           "pixel_to_map", "polygonal_parts", "regularize_rectilinear"]
