@@ -33,14 +33,13 @@ def instances_to_polygons(instances, score_thresh: float = 0.5,
         raise KeyError("instance masks needed: the model output has no 'pred_masks' (is "
                        "MODEL.MASK_ON False?)")
     scores = _numpy(instances.scores)
-    kept = np.flatnonzero(scores >= score_thresh)
-    stack = _numpy(instances.pred_masks)  # (R, H, W); views of the kept ones, no copy
-    masks = [stack[i] if stack.dtype == bool else stack[i] >= 0.5 for i in kept.tolist()]
+    above = np.flatnonzero(scores >= score_thresh).tolist()
+    stack = _numpy(instances.pred_masks)  # (R, H, W); views of the masks above, no copy
+    masks = [stack[i] if stack.dtype == bool else stack[i] >= 0.5 for i in above]
     # All of them traced in one pass; the same polygons as mask_to_polygon one by one.
     polygons = masks_to_polygon(masks, simplify_tolerance=simplify_tolerance,
                                 regularize=regularize, min_edge=min_edge)
-    out = [(poly, float(scores[i])) for i, poly in zip(kept.tolist(), polygons)
-           if poly is not None]
+    out = [(poly, float(scores[i])) for i, poly in zip(above, polygons) if poly is not None]
     if align_deg > 0:
         floor = score_thresh if align_min_score is None else align_min_score
         kept = [k for k, (_, score) in enumerate(out) if score >= floor]
