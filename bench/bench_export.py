@@ -483,6 +483,182 @@ def flops(work: Path, tile: np.ndarray) -> dict:
     return out
 
 
+# --- 3b. time per part of the graph, from the runtimes' own profilers -------------------------
+
+# Parts of the exported graphs (mnc_d2.export.graph.PARTS) grouped as the FLOP table's parts.
+PART_GROUPS = {"preprocess": "other", "backbone": "backbone", "rpn": "rpn",
+               "stages_2_3": "roi_heads", "stages_4_5": "roi_heads", "box_head": "roi_heads",
+               "mask_head": "roi_heads", "selection": "selection", "output": "other"}
+
+
+def _scope(name: str) -> str | None:
+    """The graph part an operator's name begins with ('/rpn/TopK' -> 'rpn'), else None."""
+    for prefix in ("fused ", ""):  # onnxruntime names fused nodes 'fused <first node>'
+        if name.startswith(prefix + "/"):
+            first = name[len(prefix) + 1:].split("/", 1)[0]
+            if first in PART_GROUPS:
+                return first
+    return None
+
+
+def attribute_parts(producers: dict[str, list[str]]) -> dict[str, str]:
+    """Each node's graph part: its own name's part, else (operators the runtime inserted or
+    renamed: layout reorders, an exporter's unscoped helpers) the part of the nearest producer
+    that has one, breadth first; 'unattributed' when none has. producers: node name -> names
+    of the nodes whose outputs it reads."""
+    import collections
+
+    out = {}
+    for node in producers:
+        part, seen, queue = _scope(node), {node}, collections.deque(producers[node])
+        while part is None and queue:
+            other = queue.popleft()
+            if other in seen:
+                continue
+            seen.add(other)
+            part = out.get(other) or _scope(other)
+            queue.extend(producers.get(other, ()))
+        out[node] = part or "unattributed"
+    return out
+
+
+def _onnx_producers(path: Path) -> dict[str, list[str]]:
+    """node -> producer nodes of an ONNX graph; a subgraph's nodes (If branches) read their
+    parent node, so they take its part."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    made_by = {out: n.name for n in graph.node for out in n.output}
+    producers = {}
+    for n in graph.node:
+        producers[n.name] = [made_by[i] for i in n.input if i in made_by]
+        for attr in n.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for inner in sub.node:
+                    producers.setdefault(inner.name, [n.name])
+    return producers
+
+
+def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path):
+    """Per-node milliseconds per tile on onnxruntime (its profiler), node -> (op, ms), and the
+    optimised graph's producers. A control-flow node (If) is left out: onnxruntime times its
+    subgraph's operators as well as the node around them."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort")
+    opts.optimized_model_filepath = str(tmp / "optimized.onnx")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for x in inputs:
+        session.run(None, {name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            node, op = ev["name"][: -len("_kernel_time")], ev["args"].get("op_name", "?")
+            if op in ("If", "Loop", "Scan"):  # their subgraphs' operators are timed themselves
+                continue
+            op, ms = nodes.get(node, (op, 0.0))
+            nodes[node] = (op, ms + ev["dur"] / 1e3 / len(inputs))
+    producers = _onnx_producers(tmp / "optimized.onnx")
+    for node in nodes:
+        producers.setdefault(node.removeprefix("fused "), [])
+    return {n.removeprefix("fused "): v for n, v in nodes.items()}, producers
+
+
+def _profile_ov(path: Path, inputs: list[np.ndarray], threads: int):
+    """As :func:`_profile_ort` for OpenVINO (PERF_COUNT), on its compiled (runtime) graph."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    nodes = {}
+    for x in inputs:
+        request.infer({0: x})
+        for info in request.get_profiling_info():
+            op, ms = nodes.get(info.node_name, (info.node_type, 0.0))
+            nodes[info.node_name] = (op, ms + info.real_time.total_seconds() * 1e3 / len(inputs))
+    producers = {op.get_friendly_name(): [i.get_source_output().get_node().get_friendly_name()
+                                          for i in op.inputs()]
+                 for op in compiled.get_runtime_model().get_ordered_ops()}
+    for node in nodes:
+        producers.setdefault(node, [])
+    return nodes, producers
+
+
+def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads: int) -> dict:
+    """Milliseconds per tile in each part of the exported graphs (MNC and Mask R-CNN, 416 and
+    650 px; onnxruntime, onnxruntime-int8, OpenVINO) as the runtimes' profilers time their
+    operators (a warm-up tile, then the mean over ``tiles``), with each part's main operator
+    types. The profilers' sums are a little above the unprofiled time per tile (their own
+    overhead) and leave out time between operators."""
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import graph_input
+
+    out = {}
+    for (name, run), (label, opts) in itertools.product(zip(("mnc5", "mask_rcnn"),
+                                                            _speed_runs()), INPUTS):
+        if not (run / "model_final.pth").is_file():
+            continue
+        # the int8 speed part's exports (both graphs of one export, same folder names)
+        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{label}",
+                                          accuracy_work / TRAIN["default"], *opts))
+        fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
+        inputs = [graph_input(t, bundle.tile_shape, fill) for t in tiles]
+        for backend in ("onnxruntime", "onnxruntime-int8", "openvino"):
+            with tempfile.TemporaryDirectory(dir=work) as tmp:
+                path = bundle.graph_path(backend)
+                if backend == "openvino":
+                    _profile_ov(path, inputs[:1], threads)  # warm-up (a fresh compile)
+                    nodes, producers = _profile_ov(path, inputs, threads)
+                else:
+                    nodes, producers = _profile_ort(path, inputs[:1] + inputs, threads,
+                                                    Path(tmp))
+            parts = attribute_parts(producers)
+            by_part, ops = {}, {}
+            for node, (op, ms) in nodes.items():
+                part = parts.get(node, "unattributed")
+                by_part[part] = by_part.get(part, 0.0) + ms
+                ops.setdefault(part, {})
+                ops[part][op] = ops[part].get(op, 0.0) + ms
+            key = f"{name} {label} px / {backend}"
+            out[key] = {"ms_profiled": round(sum(by_part.values()), 2), "tiles": len(tiles),
+                        "ms_by_part": {k: round(v, 2) for k, v in sorted(
+                            by_part.items(), key=lambda kv: -kv[1])},
+                        "top_ops_ms_by_part": {k: {o: round(t, 2) for o, t in sorted(
+                            v.items(), key=lambda kv: -kv[1])[:5]} for k, v in ops.items()}}
+            logger.info("stage time %s: %s", key, out[key]["ms_by_part"])
+    return out
+
+
+def _stage_fractions(report: dict) -> None:
+    """Adds to each stage_time entry its parts grouped as the FLOP table's (backbone, rpn,
+    roi_heads, selection, other): milliseconds, share of the profiled time and, where FLOPs are
+    counted (report["flops"], same model and input) and the peak measured, GFLOP/s and the
+    fraction of peak (float32 backends only: the peak is a float32 matmul's, which int8
+    kernels are not bound by)."""
+    flops, peak = report.get("flops") or {}, report.get("peak_gflops")
+    for key, entry in report["stage_time"].items():
+        model = key.split(" / ")[0].removesuffix(" px")
+        counted = flops.get(model, {}).get("gflops_by_part", {})
+        groups = {}
+        for part, ms in entry["ms_by_part"].items():
+            group = PART_GROUPS.get(part, part)
+            groups[group] = groups.get(group, 0.0) + ms
+        entry["by_group"] = {}
+        for group, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+            row = {"ms": round(ms, 2), "share": round(ms / entry["ms_profiled"], 4)}
+            if group in counted and ms > 0:
+                row["gflops_per_s"] = round(counted[group] / (ms / 1e3), 1)
+            if "gflops_per_s" in row and peak and not key.endswith("-int8"):
+                row["fraction_of_peak"] = round(row["gflops_per_s"] / peak, 4)
+            entry["by_group"][group] = row
+
+
 # --- 4. a large scene -----------------------------------------------------------------------
 
 def write_mosaic(paths: list[str], size: int, dest: Path) -> Path:
@@ -572,7 +748,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "speed", "detections", "r50", "flops",
-                                 "int8_accuracy", "int8_speed", "scene"])
+                                 "int8_accuracy", "int8_speed", "stage_time", "scene"])
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
@@ -645,6 +821,9 @@ def main() -> None:
     if "int8_speed" in args.parts:
         report.setdefault("int8", {})["speed"] = int8_speed(
             args.work, args.accuracy_work, tiles, args.rounds, args.threads)
+    if "stage_time" in args.parts:
+        report["stage_time"] = stage_time(args.work, args.accuracy_work, tiles, args.threads)
+        _stage_fractions(report)
     if "scene" in args.parts:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             mosaic = write_mosaic(paths, args.scene_size, Path(tmp) / "mosaic.tif")

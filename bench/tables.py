@@ -490,6 +490,7 @@ def export_tables(report: dict) -> list[str]:
                                                      for p in parts)]
                          for k, v in fl.items()]) + [""]
     lines += _int8_tables(report.get("int8") or {})
+    lines += _stage_time_tables(report.get("stage_time") or {})
     sc = report.get("scene")
     if sc:
         lines += [f"One {sc['px']:,} x {sc['px']:,} px scene (a mosaic of the test tiles, "
@@ -551,6 +552,52 @@ def _int8_tables(int8: dict) -> list[str]:
                           if "ratio_vs_mask_rcnn_same_backend" in e else ""]
                          for name, e in speed.items()]) + [""]
     return lines
+
+
+def _stage_time_tables(stages: dict) -> list[str]:
+    """bench_export.py's stage_time part: per model, input and backend, the profiled time of
+    each group of graph parts (ms, share, fraction of peak where FLOPs are counted); then the
+    heads' main operator types."""
+    if not stages:
+        return []
+    groups = ["backbone", "rpn", "roi_heads", "selection", "other", "unattributed"]
+
+    def cell(row: dict | None) -> str:
+        if not row:
+            return ""
+        text = f"{row['ms']:.1f} ({100 * row['share']:.0f}%"
+        if "fraction_of_peak" in row:
+            text += f"; {100 * row['fraction_of_peak']:.0f}% of peak"
+        return text + ")"
+
+    tiles = next(iter(stages.values()))["tiles"]
+    lines = [f"Milliseconds per tile in each part of the exported graph, as each runtime's own "
+             f"profiler times its operators (mean over {tiles} tiles after a warm-up tile); "
+             "in brackets the share of the profiled time and, for the parts whose FLOPs the "
+             "FLOP table counts, the fraction of the float32 peak reached (float32 backends "
+             "only: int8 kernels are not bound by it). roi_heads = MNC's stages 2-5 "
+             "(RoI warps, mask and classifier layers) or Mask R-CNN's box and mask heads; "
+             "selection = score filter, NMS, top-K and MNC's mask voting; other = resizing, "
+             "normalising, boxes back to the tile; unattributed = operators the runtime "
+             "inserted whose inputs no part produced. The profilers' sums run a little above "
+             "the unprofiled times of the speed tables (their own overhead).", ""]
+    used = [g for g in groups if any(g in e["by_group"] for e in stages.values())]
+    lines += _table(["model, input / backend", "profiled ms", *used],
+                    [[k, f"{e['ms_profiled']:.1f}", *(cell(e["by_group"].get(g)) for g in used)]
+                     for k, e in stages.items()]) + [""]
+    heads = {"stages_2_3", "stages_4_5", "box_head", "mask_head"}
+    rows = []
+    for key, e in stages.items():
+        ops: dict[str, float] = {}
+        for part, top in e["top_ops_ms_by_part"].items():
+            if part in heads:
+                for op, ms in top.items():
+                    ops[op] = ops.get(op, 0.0) + ms
+        top = sorted(ops.items(), key=lambda kv: -kv[1])[:5]
+        rows.append([key, ", ".join(f"{op} {ms:.1f}" for op, ms in top)])
+    lines += ["The heads' main operator types (ms per tile, summed over their parts' five "
+              "costliest types):", ""]
+    return lines + _table(["model, input / backend", "operators (ms)"], rows) + [""]
 
 
 def table_maker(report_name: str):

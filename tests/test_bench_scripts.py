@@ -93,7 +93,8 @@ def test_export_script(work, tmp_path):
                     f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
                     "default", "--seeds", "0", "--speed-tiles", "1", "--rounds", "1",
                     "--scene-size", "700", "--work", str(tmp_path), "--parts", "accuracy",
-                    "speed", "detections", "flops", "int8_accuracy", "int8_speed", "scene",
+                    "speed", "detections", "flops", "int8_accuracy", "int8_speed", "stage_time",
+                    "scene",
                     timeout=1200)
     (row,) = report["accuracy"]
     (int8_row,) = report["int8"]["accuracy"]
@@ -107,6 +108,13 @@ def test_export_script(work, tmp_path):
     peaks = report["matmul_gflops"]
     assert report["peak_gflops"] == max(v for k, v in peaks.items() if k != "by_size")
     assert peaks["torch"] == max(peaks["by_size"]["torch"].values())
+    stages = report["stage_time"]["mnc5 416 px / onnxruntime"]["by_group"]
+    assert {"backbone", "rpn", "roi_heads", "selection"} <= set(stages)
+    assert 0 < stages["backbone"]["fraction_of_peak"] and stages["backbone"]["ms"] > 0
+    int8 = report["stage_time"]["mnc5 416 px / onnxruntime-int8"]["by_group"]["backbone"]
+    assert int8["gflops_per_s"] > 0 and "fraction_of_peak" not in int8  # a float32 peak
+    assert any(line.startswith("Milliseconds per tile in each part") for line in
+               tables.table_maker("export")(report))
     dets = report["detections_per_tile"]["mnc5 416 px"]
     assert dets["tiles"] == 1 and 0 <= dets["at_threshold"] <= dets["kept"]
     assert [(r["backend"], r["pipelined"]) for r in report["scene"]["runs"]] == [

@@ -292,6 +292,32 @@ def test_pool_by_level_returns_rows_in_box_order():
     assert out[:, 1, 0, 0].tolist() == boxes[:, 0].tolist()
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torchscript"])
+def test_runtime_profile_sums_by_graph_part(tmp_path, exported, backend):
+    """Every operator of the exported MNC graph belongs to one of its parts (the names the
+    export writes, and the runtime's own inserted operators by what they read): the attribution
+    bench_export.py's stage_time part sums a runtime's profile by."""
+    from bench.bench_export import _profile_ort, _profile_ov, attribute_parts
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.graph import PARTS
+
+    bundle = read_bundle(exported)
+    image = np.full((1, 3, TILE, TILE), 100.0, dtype=np.float32)
+    if backend == "openvino":
+        nodes, producers = _profile_ov(bundle.graph_path(backend), [image], 1)
+    else:
+        nodes, producers = _profile_ort(bundle.graph_path(backend), [image], 1, tmp_path)
+    parts = attribute_parts(producers)
+    timed = {parts[n] for n in nodes}
+    assert timed <= set(PARTS["mnc"]) | {"unattributed"}
+    assert {"backbone", "rpn", "stages_2_3", "stages_4_5", "selection"} <= timed
+    unattributed = sum(ms for n, (_, ms) in nodes.items() if parts[n] == "unattributed")
+    assert unattributed <= 0.05 * sum(ms for _, ms in nodes.values())
+    # an operator the runtime inserted takes the part of what it reads
+    assert attribute_parts({"/rpn/TopK": [], "Reorder_7": ["/rpn/TopK"], "orphan": []}) == {
+        "/rpn/TopK": "rpn", "Reorder_7": "rpn", "orphan": "unattributed"}
+
+
 def test_paste_masks_matches_detectron2():
     from detectron2.layers.mask_ops import paste_masks_in_image
     from detectron2.structures import Boxes

@@ -20,6 +20,12 @@ in-graph paste would hold (R, H, W, 2) sampling grids.
 
 Differences from the eager model, named: each FPN level warps one extra dummy box (dropped);
 the graph has the fixed input size it was exported at.
+
+Each part of a graph runs as its own submodule (:class:`GraphPart`, names in :data:`PARTS`), so
+the exported operators' names begin with the part they belong to (``/rpn/TopK``,
+``/stages_2_3/mask_heads.0/fc/Gemm``): what lets a runtime's profile be summed by part
+(``bench/bench_export.py --parts stage_time``). The computation is the same with or without
+them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,26 @@ from torch import nn
 
 from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import warp_image
+
+
+# The parts of the exported graphs, in the order they run (the backbone is the model's own
+# ``backbone`` module): MNC's stages 2-3 and 4-5, or Mask R-CNN's box and mask heads.
+PARTS = {"mnc": ("preprocess", "backbone", "rpn", "stages_2_3", "stages_4_5", "selection",
+                 "output"),
+         "mask_rcnn": ("preprocess", "backbone", "rpn", "box_head", "selection", "mask_head",
+                       "output")}
+
+
+class GraphPart(nn.Module):
+    """One part of an export graph: calls ``fn`` (a method of the graph) under its own module
+    scope, which the ONNX exporter writes into its operators' names. No parameters."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
 
 
 def resized_shape(height: int, width: int, short: int, longest: int) -> tuple[int, int]:
@@ -108,6 +134,15 @@ class MNCExportGraph(nn.Module):
         self.padded = tuple(-(-s // div) * div for s in self.resized)
         self.register_buffer("mean", model.pixel_mean.detach().clone().reshape(1, -1, 1, 1))
         self.register_buffer("std", model.pixel_std.detach().clone().reshape(1, -1, 1, 1))
+        self.preprocess = GraphPart(self._preprocess)
+        self.rpn = GraphPart(self._proposals)
+        self.output = GraphPart(self._to_tile)
+        self._add_parts()
+
+    def _add_parts(self) -> None:
+        self.stages_2_3 = GraphPart(self._stages_2_3)
+        self.stages_4_5 = GraphPart(self._stages_4_5)
+        self.selection = GraphPart(self._select)
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -173,35 +208,48 @@ class MNCExportGraph(nn.Module):
             boxes, masks, probs,
             nms=lambda b, s, c, threshold: class_nms(b, s, c, threshold, span))
 
+    def _stages_2_3(self, feats: list[torch.Tensor], boxes: torch.Tensor):
+        """Stages 2-3 on the proposals -> (stage-2 masks, stage-3 class probabilities, deltas)."""
+        mask2, cls3, deltas3 = self._pair(feats, boxes, second=False)
+        probs3 = F.softmax(cls3, dim=1)[:, : self.model.roi_heads.num_classes]
+        return mask2.sigmoid(), probs3, deltas3
+
+    def _stages_4_5(self, feats: list[torch.Tensor], boxes: torch.Tensor, probs3: torch.Tensor,
+                    deltas3: torch.Tensor):
+        """Stages 4-5 on the stage-3 refined boxes -> (boxes B', stage-4 masks, stage-5
+        class probabilities)."""
+        heads = self.model.roi_heads
+        refined = self._refine(boxes, deltas3, probs3.argmax(1))
+        probs5_gate = None
+        if heads.test_cascade_min_score > 0:  # MODEL.MNC.TEST_CASCADE_MIN_SCORE
+            best3 = probs3.max(1).values  # (R,)
+            passed = best3 >= heads.test_cascade_min_score
+            # OpenVINO's pooling refuses zero RoIs, so the best proposal always goes on;
+            # when it is below the threshold its stage-5 scores are zeroed (no candidate,
+            # as the eager head, which sends none on)
+            go = passed | (best3 == best3.max())
+            refined, probs5_gate = refined[go], passed[go].to(probs3.dtype)[:, None]
+        mask4, cls5, _ = self._pair(feats, refined, second=True)
+        probs5 = F.softmax(cls5, dim=1)[:, : heads.num_classes]
+        return refined, mask4.sigmoid(), probs5 if probs5_gate is None else probs5 * probs5_gate
+
     # --- the graph --------------------------------------------------------------------------
 
     def forward(self, image: torch.Tensor):
         heads = self.model.roi_heads
-        features = self.model.backbone(self._preprocess(image))
-        boxes = self._proposals(features)
+        features = self.model.backbone(self.preprocess(image))
+        boxes = self.rpn(features)
         feats = [features[f] for f in heads.in_features]
-        mask2, cls3, deltas3 = self._pair(feats, boxes, second=False)
-        probs3 = F.softmax(cls3, dim=1)[:, : heads.num_classes]
-        cand_boxes, cand_masks, cand_probs = [boxes], [mask2.sigmoid()], [probs3]
+        masks2, probs3, deltas3 = self.stages_2_3(feats, boxes)
+        cand_boxes, cand_masks, cand_probs = [boxes], [masks2], [probs3]
         if heads.test_num_stages == 5:
-            refined = self._refine(boxes, deltas3, probs3.argmax(1))
-            probs5_gate = None
-            if heads.test_cascade_min_score > 0:  # MODEL.MNC.TEST_CASCADE_MIN_SCORE
-                best3 = probs3.max(1).values  # (R,)
-                passed = best3 >= heads.test_cascade_min_score
-                # OpenVINO's pooling refuses zero RoIs, so the best proposal always goes on;
-                # when it is below the threshold its stage-5 scores are zeroed (no candidate,
-                # as the eager head, which sends none on)
-                go = passed | (best3 == best3.max())
-                refined, probs5_gate = refined[go], passed[go].to(probs3.dtype)[:, None]
-            mask4, cls5, _ = self._pair(feats, refined, second=True)
-            probs5 = F.softmax(cls5, dim=1)[:, : heads.num_classes]
+            refined, masks4, probs5 = self.stages_4_5(feats, boxes, probs3, deltas3)
             cand_boxes.append(refined)
-            cand_masks.append(mask4.sigmoid())
-            cand_probs.append(probs5 if probs5_gate is None else probs5 * probs5_gate)
-        out_boxes, scores, classes, masks = self._select(
+            cand_masks.append(masks4)
+            cand_probs.append(probs5)
+        out_boxes, scores, classes, masks = self.selection(
             torch.cat(cand_boxes), torch.cat(cand_masks), torch.cat(cand_probs))
-        return self._to_tile(out_boxes), scores, classes, masks
+        return self.output(out_boxes), scores, classes, masks
 
     def _to_tile(self, out_boxes: torch.Tensor) -> torch.Tensor:
         """Detectron2's detector_postprocess: boxes back to the tile's pixels, clipped."""
@@ -234,10 +282,15 @@ class MaskRCNNExportGraph(MNCExportGraph):
                              lambda level, feat, picked: pooler.level_poolers[level](
                                  feat, _rois(picked)))
 
-    def forward(self, image: torch.Tensor):
+    def _add_parts(self) -> None:
+        self.box_head = GraphPart(self._box_head)
+        self.selection = GraphPart(self._select_boxes)
+        self.mask_head = GraphPart(self._mask_head)
+
+    def _box_head(self, features: dict, proposals: torch.Tensor):
+        """Box head on the proposals -> (per-class boxes (R, K or 1, 4), class probabilities
+        (R, K))."""
         heads = self.model.roi_heads
-        features = self.model.backbone(self._preprocess(image))
-        proposals = self._proposals(features)
         predictor = heads.box_predictor
         box_feats = heads.box_head(self._pool(heads.box_pooler,
                                               [features[f] for f in heads.box_in_features],
@@ -250,18 +303,34 @@ class MaskRCNNExportGraph(MNCExportGraph):
         h, w = self.resized
         x = boxes[..., 0::2].clamp(0, w)
         y = boxes[..., 1::2].clamp(0, h)
-        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+        return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1), probs
+
+    def _select_boxes(self, boxes: torch.Tensor, probs: torch.Tensor):
+        """Score filter, per-class NMS, top-K -> (boxes (D, 4), scores (D,), classes (D,))."""
+        predictor = self.model.roi_heads.box_predictor
         rows, cls = torch.nonzero(probs > predictor.test_score_thresh, as_tuple=True)
         scores = probs[rows, cls]
         cand = boxes[rows, cls if boxes.shape[1] > 1 else torch.zeros_like(cls)]
         span = float(max(self.padded)) + 1.0
         keep = class_nms(cand, scores, cls, predictor.test_nms_thresh, span)
         keep = keep[: predictor.test_topk_per_image]
-        out_boxes, scores, classes = cand[keep], scores[keep], cls[keep]
+        return cand[keep], scores[keep], cls[keep]
+
+    def _mask_head(self, features: dict, boxes: torch.Tensor, classes: torch.Tensor):
+        """Mask head on the kept boxes -> the predicted class's soft masks (D, M, M)."""
+        heads = self.model.roi_heads
         mask_logits = heads.mask_head.layers(self._pool(
-            heads.mask_pooler, [features[f] for f in heads.mask_in_features], out_boxes))
+            heads.mask_pooler, [features[f] for f in heads.mask_in_features], boxes))
         if mask_logits.shape[1] > 1:
             mask_logits = mask_logits[torch.arange(mask_logits.shape[0]), classes]
         else:
             mask_logits = mask_logits[:, 0]
-        return self._to_tile(out_boxes), scores, classes, mask_logits.sigmoid()
+        return mask_logits.sigmoid()
+
+    def forward(self, image: torch.Tensor):
+        features = self.model.backbone(self.preprocess(image))
+        proposals = self.rpn(features)
+        boxes, probs = self.box_head(features, proposals)
+        out_boxes, scores, classes = self.selection(boxes, probs)
+        masks = self.mask_head(features, out_boxes, classes)
+        return self.output(out_boxes), scores, classes, masks
