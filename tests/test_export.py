@@ -318,6 +318,34 @@ def test_runtime_profile_sums_by_graph_part(tmp_path, exported, backend):
         "/rpn/TopK": "rpn", "Reorder_7": "rpn", "orphan": "unattributed"}
 
 
+def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
+    """The graph's RPN (a top-k per level, only the kept anchors decoded) gives exactly the
+    proposals of Detectron2's own selection (a sort of every score, every anchor decoded)."""
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.export.exporter import build_graph
+
+    cfg = setup_cfg(str(trained / "config.yaml"), [
+        "MODEL.WEIGHTS", str(trained / "model_final.pth"), "MODEL.RPN.PRE_NMS_TOPK_TEST", "50",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "40"], for_training=False)
+    graph = build_graph(cfg, TILE)
+    rpn = graph.model.proposal_generator
+    with rasterio.open(scenes[0]) as src:
+        tiles = [src.read(window=((r, r + TILE), (c, c + TILE))).astype(np.float32)
+                 for r, c in ((0, 0), (SIZE - TILE, SIZE - TILE))]
+    for tile in tiles:
+        with torch.no_grad():
+            features = graph.model.backbone(graph._preprocess(torch.from_numpy(tile)[None]))
+            feats = [features[f] for f in rpn.in_features]
+            logits, deltas = rpn.rpn_head(feats)
+            logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
+            deltas = [d.view(1, -1, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+                      for d in deltas]
+            ref = rpn.predict_proposals(rpn.anchor_generator(feats), logits, deltas,
+                                        [graph.resized])[0].proposal_boxes.tensor
+            mine = graph._proposals(features)
+        assert 0 < len(ref) <= 40 and torch.equal(mine, ref)
+
+
 def test_paste_masks_matches_detectron2():
     from detectron2.layers.mask_ops import paste_masks_in_image
     from detectron2.structures import Boxes

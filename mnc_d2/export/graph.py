@@ -19,7 +19,9 @@ step :func:`mnc_d2.export.runtime.paste_masks`, which needs no deep-learning run
 in-graph paste would hold (R, H, W, 2) sampling grids.
 
 Differences from the eager model, named: each FPN level warps one extra dummy box (dropped);
-the graph has the fixed input size it was exported at.
+the RPN takes a top-k of each level's scores where Detectron2 sorts them all, and decodes only
+the anchors it keeps (the same proposals; equal scores may be ordered differently); the graph
+has the fixed input size it was exported at.
 
 Each part of a graph runs as its own submodule (:class:`GraphPart`, names in :data:`PARTS`), so
 the exported operators' names begin with the part they belong to (``/rpn/TopK``,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import torchvision
+from detectron2.layers import batched_nms
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
@@ -157,17 +160,37 @@ class MNCExportGraph(nn.Module):
         return x
 
     def _proposals(self, features: dict) -> torch.Tensor:
-        """Detectron2's RPN inference for one image -> proposal boxes (P, 4)."""
+        """Detectron2's RPN inference for one image -> proposal boxes (P, 4), selected as its
+        ``find_top_rpn_proposals`` does (per level the RPN.PRE_NMS_TOPK_TEST best scores, boxes
+        clipped to the image, boxes under RPN.MIN_SIZE dropped, NMS within each level, the
+        RPN.POST_NMS_TOPK_TEST best), with two changes of operator that keep its result: a
+        top-k per level where Detectron2 sorts every anchor's score (a full sort of 85,000
+        scores per 650 px tile at the finest level, the costliest operator of the exported RPN),
+        and only the selected anchors decoded where Detectron2 decodes every anchor. Equal
+        scores may come out in another order (the eager model sorts them stably)."""
         rpn = self.model.proposal_generator
         feats = [features[f] for f in rpn.in_features]
         anchors = rpn.anchor_generator(feats)
         logits, deltas = rpn.rpn_head(feats)
-        logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
         box_dim = rpn.anchor_generator.box_dim
-        deltas = [d.view(d.shape[0], -1, box_dim, d.shape[-2], d.shape[-1])
-                  .permute(0, 3, 4, 1, 2).flatten(1, -2) for d in deltas]
-        proposals = rpn.predict_proposals(anchors, logits, deltas, [self.resized])
-        return proposals[0].proposal_boxes.tensor
+        boxes, scores, levels = [], [], []
+        for level, (anchors_l, logits_l, deltas_l) in enumerate(zip(anchors, logits, deltas)):
+            # one image: (A, H, W) -> (H * W * A,) and (A * box_dim, H, W) -> (H * W * A,
+            # box_dim), Detectron2's anchor order
+            scores_l = logits_l[0].permute(1, 2, 0).flatten()
+            deltas_l = deltas_l[0].view(-1, box_dim, *deltas_l.shape[-2:]) \
+                .permute(2, 3, 0, 1).reshape(-1, box_dim)
+            top, idx = scores_l.topk(min(int(scores_l.shape[0]), rpn.pre_nms_topk[False]))
+            boxes.append(rpn.box2box_transform.apply_deltas(deltas_l[idx],
+                                                            anchors_l.tensor[idx]))
+            scores.append(top)
+            levels.append(torch.full_like(idx, level))
+        found = Boxes(torch.cat(boxes))
+        found.clip(self.resized)
+        keep = found.nonempty(threshold=rpn.min_box_size)
+        boxes, scores, levels = found.tensor[keep], torch.cat(scores)[keep], torch.cat(levels)[keep]
+        keep = batched_nms(boxes, scores, levels, rpn.nms_thresh)[: rpn.post_nms_topk[False]]
+        return boxes[keep]
 
     def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
         """MultiLevelWarp for one image (R, C, S, S), by :func:`pool_by_level`."""
