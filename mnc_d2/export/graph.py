@@ -167,7 +167,7 @@ class MNCExportGraph(nn.Module):
         top-k per level where Detectron2 sorts every anchor's score (a full sort of 85,000
         scores per 650 px tile at the finest level, the costliest operator of the exported RPN),
         and only the selected anchors decoded where Detectron2 decodes every anchor. Equal
-        scores may come out in another order (the eager model sorts them stably)."""
+        scores may come out in another order (neither operator promises one among ties)."""
         rpn = self.model.proposal_generator
         feats = [features[f] for f in rpn.in_features]
         anchors = rpn.anchor_generator(feats)
