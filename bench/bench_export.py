@@ -97,15 +97,18 @@ def _cfg(run: Path, *opts: str):
 
 
 def _exported(run: Path, out: Path) -> bool:
-    """``out`` holds an export of ``run``'s current weights (a retrained run, or another seed's,
-    is exported again instead of timing the stale graph)."""
+    """``out`` holds an export of ``run``'s current weights by the current export code (a
+    retrained run, another seed's, or a graph written before the code changed is exported again
+    instead of timing the stale graph)."""
+    from mnc_d2.export.exporter import graph_code_sha256
     from mnc_d2.inference.scenes import sha256_of
 
     meta = out / "export.json"
     if not meta.is_file():
         return False
     source = json.loads(meta.read_text()).get("source", {})
-    return source.get("weights_sha256") == sha256_of(run / "model_final.pth")
+    return (source.get("weights_sha256") == sha256_of(run / "model_final.pth")
+            and source.get("graph_code_sha256") == graph_code_sha256())
 
 
 def _export(run: Path, out: Path, *opts: str) -> Path:

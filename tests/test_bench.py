@@ -292,16 +292,22 @@ def test_cpu_model_names_the_vector_extension(tmp_path):
     assert cpu_model(tmp_path / "missing").endswith("no AVX2)")
 
 
-def test_bench_export_exports_again_when_the_weights_change(tmp_path):
+def test_bench_export_exports_again_when_the_weights_or_the_code_change(tmp_path):
     from bench import bench_export
+    from mnc_d2.export.exporter import graph_code_sha256
     from mnc_d2.inference.scenes import sha256_of
 
     run, out = tmp_path / "run", tmp_path / "export"
     run.mkdir(), out.mkdir()
     (run / "model_final.pth").write_bytes(b"seed 0 weights")
     assert not bench_export._exported(run, out)  # nothing exported yet
-    meta = {"source": {"weights_sha256": sha256_of(run / "model_final.pth")}}
+    meta = {"source": {"weights_sha256": sha256_of(run / "model_final.pth"),
+                       "graph_code_sha256": graph_code_sha256()}}
     (out / "export.json").write_text(json.dumps(meta))
     assert bench_export._exported(run, out)
     (run / "model_final.pth").write_bytes(b"retrained weights")
+    assert not bench_export._exported(run, out)
+    meta["source"]["weights_sha256"] = sha256_of(run / "model_final.pth")
+    meta["source"]["graph_code_sha256"] = "0" * 64  # written by other export code
+    (out / "export.json").write_text(json.dumps(meta))
     assert not bench_export._exported(run, out)

@@ -101,6 +101,9 @@ def _buildings(out: Path, name: str) -> gpd.GeoDataFrame:
 def test_export_folder_records_what_a_deployment_needs(exported, trained):
     meta = json.loads((exported / EXPORT_FILE).read_text())
     assert set(meta["files"]) == {"onnx", "torchscript"}
+    from mnc_d2.export.exporter import graph_code_sha256
+
+    assert meta["source"]["graph_code_sha256"] == graph_code_sha256()  # which code wrote it
     assert meta["input"]["tile_height"] == TILE and meta["input"]["bands"] == [1, 2, 3]
     assert meta["input"]["resized"] == [128, 128]
     assert (exported / "config.yaml").read_text() == meta["config"]

@@ -38,6 +38,22 @@ def _sample(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(mean + std * noise)[None]
 
 
+def graph_code_sha256() -> str:
+    """SHA-256 over the source files that define what an export contains (the export graph,
+    the exporter and quantiser, the model code they trace), in a fixed order: recorded in
+    ``export.json`` so that an export says which code wrote it, and a cached export made by
+    other code is not mistaken for a current one (bench_export.py)."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    files = sorted([*(package / "export").glob("*.py"), *(package / "modeling").glob("*.py")])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def build_graph(cfg, tile_size: int) -> MNCExportGraph:
     """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on the CPU."""
     from detectron2.modeling import build_model
@@ -130,7 +146,8 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                      "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
                      "align_gap": sn.ALIGN_NEIGHBOURS_GAP},
             "source": {"weights": str(cfg.MODEL.WEIGHTS),
-                       "weights_sha256": sha256_of(cfg.MODEL.WEIGHTS)},
+                       "weights_sha256": sha256_of(cfg.MODEL.WEIGHTS),
+                       "graph_code_sha256": graph_code_sha256()},
             "config": cfg.dump(),
         }
         if int8 is not None:
