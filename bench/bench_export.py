@@ -596,8 +596,10 @@ def _profile_ov(path: Path, inputs: list[np.ndarray], threads: int):
 def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads: int) -> dict:
     """Milliseconds per tile in each part of the exported graphs (MNC and Mask R-CNN, 416 and
     650 px; onnxruntime, onnxruntime-int8, OpenVINO) as the runtimes' profilers time their
-    operators (a warm-up tile, then the mean over ``tiles``), with each part's main operator
-    types. The profilers' sums are a little above the unprofiled time per tile (their own
+    operators, with each part's main operator types. OpenVINO: the mean over ``tiles`` after a
+    discarded warm-up (its own compile and run); onnxruntime profiles a whole session, so its
+    mean is over a first run of the first tile and then ``tiles`` (the first run's set-up
+    included). The profilers' sums are a little above the unprofiled time per tile (their own
     overhead) and leave out time between operators."""
     from mnc_d2.export.bundle import read_bundle
     from mnc_d2.export.runtime import graph_input

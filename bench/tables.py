@@ -572,7 +572,9 @@ def _stage_time_tables(stages: dict) -> list[str]:
 
     tiles = next(iter(stages.values()))["tiles"]
     lines = [f"Milliseconds per tile in each part of the exported graph, as each runtime's own "
-             f"profiler times its operators (mean over {tiles} tiles after a warm-up tile); "
+             f"profiler times its operators (OpenVINO: mean over {tiles} tiles after a "
+             f"discarded warm-up; onnxruntime: mean over a first run and the {tiles} tiles, "
+             "its profile covering the whole session); "
              "in brackets the share of the profiled time and, for the parts whose FLOPs the "
              "FLOP table counts, the fraction of the float32 peak reached (float32 backends "
              "only: int8 kernels are not bound by it). roi_heads = MNC's stages 2-5 "

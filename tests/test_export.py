@@ -324,6 +324,8 @@ def test_runtime_profile_sums_by_graph_part(tmp_path, exported, backend):
 def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
     """The graph's RPN (a top-k per level, only the kept anchors decoded) gives exactly the
     proposals of Detectron2's own selection (a sort of every score, every anchor decoded)."""
+    from detectron2.structures import ImageList
+
     from mnc_d2.engine.setup import setup_cfg
     from mnc_d2.export.exporter import build_graph
 
@@ -337,14 +339,10 @@ def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
                  for r, c in ((0, 0), (SIZE - TILE, SIZE - TILE))]
     for tile in tiles:
         with torch.no_grad():
-            features = graph.model.backbone(graph._preprocess(torch.from_numpy(tile)[None]))
-            feats = [features[f] for f in rpn.in_features]
-            logits, deltas = rpn.rpn_head(feats)
-            logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
-            deltas = [d.view(1, -1, 4, *d.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2)
-                      for d in deltas]
-            ref = rpn.predict_proposals(rpn.anchor_generator(feats), logits, deltas,
-                                        [graph.resized])[0].proposal_boxes.tensor
+            x = graph._preprocess(torch.from_numpy(tile)[None])
+            features = graph.model.backbone(x)
+            # Detectron2's own RPN forward (eval mode) on the same features
+            ref = rpn(ImageList(x, [graph.resized]), features)[0][0].proposal_boxes.tensor
             mine = graph._proposals(features)
         assert 0 < len(ref) <= 40 and torch.equal(mine, ref)
 
