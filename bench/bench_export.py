@@ -186,6 +186,7 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
 TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from --tag in main
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
 CASCADE_MIN_SCORE = "0.05"  # MODEL.MNC.TEST_CASCADE_MIN_SCORE of the shortcut rows
+CALIBRATION_IMAGES = 32  # training tiles of each int8 calibration (--calibration-images)
 
 
 def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
@@ -196,31 +197,128 @@ def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
         os.environ["DETECTRON2_DATASETS"] = str(train_root)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE)
+            export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
+                         calibration_images=CALIBRATION_IMAGES)
     return out
+
+
+def _int8_models(settings: list[str], seeds: list[int], work: Path, accuracy_work: Path):
+    """(setting, seed, run, export folder) of every trained MNC model, exported with its int8
+    graph."""
+    for setting in settings:
+        for seed in seeds:
+            run = RUNS / MNC[setting] / f"seed{seed}"
+            if (run / "model_final.pth").is_file():
+                yield setting, seed, run, _export_int8(
+                    run, work / "int8" / f"{MNC[setting]}_seed{seed}",
+                    accuracy_work / TRAIN[setting])
 
 
 def int8_accuracy(settings: list[str], seeds: list[int], work: Path,
                   accuracy_work: Path, threads: int) -> list[dict]:
     """Accuracy of onnxruntime-int8 beside eager and float onnxruntime (every trained model)."""
     rows = []
-    for setting in settings:
-        for seed in seeds:
-            run = RUNS / MNC[setting] / f"seed{seed}"
-            if not (run / "model_final.pth").is_file():
-                continue
-            export = _export_int8(run, work / "int8" / f"{MNC[setting]}_seed{seed}",
-                                  accuracy_work / TRAIN[setting])
-            row = {"setting": setting, "seed": seed, "run": f"{MNC[setting]}/seed{seed}",
-                   "export_check": json.loads((export / "export.json").read_text())["check"]}
-            for backend in INT8:
-                row[backend] = _predict_and_score(run, export, backend, TEST[setting],
-                                                  work / "pred" / backend, threads)
-                row[backend]["f1_minus_eager"] = round(
-                    row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
-                logger.info("int8 %s seed %d %s: %s", setting, seed, backend, row[backend])
-            rows.append(row)
+    for setting, seed, run, export in _int8_models(settings, seeds, work, accuracy_work):
+        row = {"setting": setting, "seed": seed, "run": f"{MNC[setting]}/seed{seed}",
+               "export_check": json.loads((export / "export.json").read_text())["check"]}
+        for backend in INT8:
+            row[backend] = _predict_and_score(run, export, backend, TEST[setting],
+                                              work / "pred" / backend, threads)
+            row[backend]["f1_minus_eager"] = round(
+                row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
+            logger.info("int8 %s seed %d %s: %s", setting, seed, backend, row[backend])
+        rows.append(row)
     return rows
+
+
+# The int8 recipes compared by int8_recipes (name -> quantize_onnx's keywords); the first is
+# the export's own.
+RECIPES = {"output layers float, percentile ranges (the export's)": {},
+           "output layers float, min-max ranges": {"calibration": "minmax"},
+           "every layer, percentile ranges": {"keep_outputs_float": False},
+           "every layer, min-max ranges (0.2.0's first recipe)": {
+               "keep_outputs_float": False, "calibration": "minmax"},
+           "convolutions only, min-max ranges": {"keep_outputs_float": False, "ops": ("Conv",),
+                                                 "calibration": "minmax"}}
+
+
+def _follow(reference: list, outputs: list) -> dict:
+    """How closely one graph's detections follow another's on the same tiles: each reference
+    detection (by decreasing score) matched to an unmatched one of ``outputs`` with box IoU >=
+    0.5; ``changed`` = unmatched on either side."""
+    import torch
+    from torchvision.ops import box_iou
+
+    changed, diffs, ious, count = 0, [], [], 0
+    for (ref_boxes, ref_scores, *_), (boxes, scores, *_) in zip(reference, outputs):
+        ref_boxes, boxes = ref_boxes.reshape(-1, 4), boxes.reshape(-1, 4)
+        count += len(ref_boxes)
+        iou = box_iou(torch.from_numpy(ref_boxes), torch.from_numpy(boxes)).numpy()
+        matched = 0
+        for i in np.argsort(-ref_scores, kind="stable"):
+            if not iou.shape[1]:
+                break
+            j = int(np.argmax(iou[i]))
+            if iou[i, j] >= 0.5:
+                matched += 1
+                diffs.append(abs(float(ref_scores[i]) - float(scores[j])))
+                ious.append(float(iou[i, j]))
+                iou[:, j] = -1.0  # each output detection matches once
+        changed += len(ref_boxes) + len(boxes) - 2 * matched
+    return {"float_detections": count, "changed": changed,
+            "mean_abs_score_diff": round(float(np.mean(diffs)), 4) if diffs else None,
+            "mean_box_iou": round(float(np.mean(ious)), 4) if ious else None}
+
+
+def int8_recipes(settings: list[str], seeds: list[int], work: Path, accuracy_work: Path,
+                 threads: int) -> dict:
+    """Which int8 recipe follows the float graph best, judged on training tiles only: each
+    model's float ONNX graph quantised by each of :data:`RECIPES` (the export's 32 calibration
+    tiles), then both run on the model's other training tiles (never the calibration's, never
+    the test data); detections changed, score and box moves (:func:`_follow`) per model and
+    summed."""
+    import onnxruntime as ort
+
+    from mnc_d2.data.bands import input_bands
+    from mnc_d2.export.quantize import calibration_files, calibration_tiles, quantize_onnx
+
+    def session(path: Path):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda x: sess.run(None, {"image": x})
+
+    from detectron2.data import DatasetCatalog
+
+    rows = []
+    for setting, seed, run, export in _int8_models(settings, seeds, work, accuracy_work):
+        cfg = _cfg(run)
+        os.environ["DETECTRON2_DATASETS"] = str(accuracy_work / TRAIN[setting])
+        calibration = calibration_files(cfg, CALIBRATION_IMAGES)
+        held = [d["file_name"] for name in cfg.DATASETS.TRAIN
+                for d in DatasetCatalog.get(name) if d["file_name"] not in calibration]
+        bands, fill = input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN)
+        calib_tiles = calibration_tiles(calibration, bands, fill, TILE)
+        tiles = calibration_tiles(held, bands, fill, TILE)
+        float_graph = session(export / "model.onnx")
+        reference = [float_graph(t) for t in tiles]
+        row = {"setting": setting, "seed": seed, "run": f"{MNC[setting]}/seed{seed}",
+               "calibration_tiles": len(calibration), "tiles": len(tiles)}
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            for k, (name, options) in enumerate(RECIPES.items()):
+                path = Path(tmp) / f"recipe{k}.onnx"
+                quantize_onnx(export / "model.onnx", path, calib_tiles, **options)
+                graph = session(path)
+                row[name] = _follow(reference, [graph(t) for t in tiles])
+                logger.info("int8 recipe %s seed %d %s: %s", setting, seed, name, row[name])
+        rows.append(row)
+    total = {}
+    for name in RECIPES if rows else ():
+        ious = [r[name]["mean_box_iou"] for r in rows if r[name]["mean_box_iou"] is not None]
+        total[name] = {"changed": sum(r[name]["changed"] for r in rows),
+                       "float_detections": sum(r[name]["float_detections"] for r in rows),
+                       "mean_box_iou": round(statistics.mean(ious), 4) if ious else None}
+    return {"models": rows, "total": total}
 
 
 def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
@@ -544,10 +642,16 @@ def _onnx_producers(path: Path) -> dict[str, list[str]]:
 
 def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path):
     """Per-node milliseconds per tile on onnxruntime (its profiler), node -> (op, ms), and the
-    optimised graph's producers. A control-flow node (If) is left out: onnxruntime times its
-    subgraph's operators as well as the node around them."""
+    optimised graph's producers. ``inputs[0]`` is a warm-up: its run is profiled too (the
+    profiler covers the whole session) and its operators' events, those inside the first
+    ``model_run`` event, are dropped, so the mean is over ``inputs[1:]``. A control-flow node
+    (If) is left out: onnxruntime times its subgraph's operators as well as the node around
+    them."""
     import onnxruntime as ort
 
+    if len(inputs) < 2:
+        raise RuntimeError(f"{len(inputs)} input(s) to profile: a warm-up and at least one "
+                           "tile expected")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort")
@@ -557,14 +661,20 @@ def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path):
     for x in inputs:
         session.run(None, {name: x})
     events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events if ev["name"] == "model_run")
+    if len(runs) != len(inputs):
+        raise RuntimeError(f"onnxruntime's profile has {len(runs)} model runs for "
+                           f"{len(inputs)} inputs")
+    warm_up_end = runs[0][1]
     nodes = {}
     for ev in events:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") \
+                and ev["ts"] > warm_up_end:
             node, op = ev["name"][: -len("_kernel_time")], ev["args"].get("op_name", "?")
             if op in ("If", "Loop", "Scan"):  # their subgraphs' operators are timed themselves
                 continue
             op, ms = nodes.get(node, (op, 0.0))
-            nodes[node] = (op, ms + ev["dur"] / 1e3 / len(inputs))
+            nodes[node] = (op, ms + ev["dur"] / 1e3 / (len(inputs) - 1))
     producers = _onnx_producers(tmp / "optimized.onnx")
     for node in nodes:
         producers.setdefault(node.removeprefix("fused "), [])
@@ -596,10 +706,10 @@ def _profile_ov(path: Path, inputs: list[np.ndarray], threads: int):
 def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads: int) -> dict:
     """Milliseconds per tile in each part of the exported graphs (MNC and Mask R-CNN, 416 and
     650 px; onnxruntime, onnxruntime-int8, OpenVINO) as the runtimes' profilers time their
-    operators, with each part's main operator types. OpenVINO: the mean over ``tiles`` after a
-    discarded warm-up (its own compile and run); onnxruntime profiles a whole session, so its
-    mean is over a first run of the first tile and then ``tiles`` (the first run's set-up
-    included). The profilers' sums are a little above the unprofiled time per tile (their own
+    operators, with each part's main operator types: the mean over ``tiles`` after a warm-up
+    run of the first tile whose times are discarded (OpenVINO: a compile and run of its own;
+    onnxruntime: the session's first run, its events dropped from the profile). The
+    profilers' sums are a little above the unprofiled time per tile (their own
     overhead) and leave out time between operators."""
     from mnc_d2.export.bundle import read_bundle
     from mnc_d2.export.runtime import graph_input
@@ -632,6 +742,7 @@ def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads
                 ops[part][op] = ops[part].get(op, 0.0) + ms
             key = f"{name} {label} px / {backend}"
             out[key] = {"ms_profiled": round(sum(by_part.values()), 2), "tiles": len(tiles),
+                        "warm_up": "discarded",
                         "ms_by_part": {k: round(v, 2) for k, v in sorted(
                             by_part.items(), key=lambda kv: -kv[1])},
                         "top_ops_ms_by_part": {k: {o: round(t, 2) for o, t in sorted(
@@ -740,6 +851,7 @@ def scene(work: Path, scene_path: Path, backends: list[tuple[str, bool]], thread
 
 
 def main() -> None:
+    global RUNS, MNC, MRCNN, TRAIN, SPEED_SEED, CALIBRATION_IMAGES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["default", "hard"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -753,7 +865,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "speed", "detections", "r50", "flops",
-                                 "int8_accuracy", "int8_speed", "stage_time", "scene"])
+                                 "int8_recipes", "int8_accuracy", "int8_speed", "stage_time",
+                                 "scene"])
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
@@ -761,6 +874,9 @@ def main() -> None:
                         help="bench_accuracy.py's run tag: runs/mnc5_TAG[_hard]/seedN")
     parser.add_argument("--test-images", type=int, default=30,
                         help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                        help="training tiles each int8 graph is calibrated on (export_model.py's "
+                             "--calibration-images)")
     parser.add_argument("--add-to", type=Path,
                         help="an earlier report: the parts run now replace its parts")
     parser.add_argument("--quick", action="store_true",
@@ -770,8 +886,8 @@ def main() -> None:
     if args.quick:
         args.settings, args.seeds, args.speed_tiles, args.rounds = ["default"], [0], 2, 1
         args.scene_size = 1300
-    global RUNS, MNC, MRCNN, TRAIN, SPEED_SEED
     RUNS, SPEED_SEED = args.accuracy_work / "runs", args.speed_seed
+    CALIBRATION_IMAGES = args.calibration_images
     images = args.tag.split("img")[0]  # bench_accuracy.py's training tiles per city
     TRAIN = {"default": f"train_seed0_{images}", "hard": f"train_seed0_{images}_hard"}
     MNC = {"default": f"mnc5_{args.tag}", "hard": f"mnc5_{args.tag}_hard"}
@@ -818,11 +934,15 @@ def main() -> None:
                 achieved = report["flops"][label]["gflops"] / entry["s_per_tile_median"]
                 entry["achieved_gflops"] = round(achieved, 2)
                 entry["fraction_of_peak"] = round(achieved / report["peak_gflops"], 4)
+    if "int8_recipes" in args.parts:
+        report.setdefault("int8", {})["recipes"] = int8_recipes(
+            args.settings, args.seeds, args.work, args.accuracy_work, args.threads)
     if "int8_accuracy" in args.parts:
         report.setdefault("int8", {})["accuracy"] = int8_accuracy(
             args.settings, args.seeds, args.work, args.accuracy_work, args.threads)
-        report["int8"]["calibration"] = ("32 tiles of each model's own training data "
-                                         "(generator seed 0), never the benchmark's")
+        report["int8"]["calibration"] = (f"{CALIBRATION_IMAGES} tiles of each model's own "
+                                         "training data (generator seed 0), never the "
+                                         "benchmark's")
     if "int8_speed" in args.parts:
         report.setdefault("int8", {})["speed"] = int8_speed(
             args.work, args.accuracy_work, tiles, args.rounds, args.threads)

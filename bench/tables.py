@@ -520,19 +520,25 @@ def export_tables(report: dict) -> list[str]:
 def _int8_tables(int8: dict) -> list[str]:
     """bench_export.py's int8 parts: F1 and buildings of onnxruntime-int8 beside eager and
     float onnxruntime per setting; seconds per tile of the three side by side."""
-    lines = []
+    lines = _int8_recipe_table(int8.get("recipes"))
     acc = int8.get("accuracy") or []
+    earlier = {(r["setting"], r["seed"]): r for r in int8.get("accuracy_every_layer") or []}
     for setting in sorted({r["setting"] for r in acc}):
         rows = [r for r in acc if r["setting"] == setting]
+        old = [earlier.get((setting, r["seed"])) for r in rows]
+        columns = [(b, b if b != "torch" else "torch (eager Detectron2)", rows)
+                   for b in ("torch", "onnxruntime", "onnxruntime-int8")]
+        if all(old):
+            columns.append(("onnxruntime-int8", "onnxruntime-int8, every layer quantised "
+                            "(the earlier recipe)", old))
         body = []
-        for b in ("torch", "onnxruntime", "onnxruntime-int8"):
-            f1 = [r[b]["mean_city_f1"] for r in rows]
-            diff = [r[b]["mean_city_f1"] - r["torch"]["mean_city_f1"] for r in rows]
+        for b, label, runs in columns:
+            f1 = [r[b]["mean_city_f1"] for r in runs]
+            diff = [r[b]["mean_city_f1"] - r["torch"]["mean_city_f1"] for r in runs]
             moved = [abs(r[b]["tp"] - r["torch"]["tp"]) + abs(r[b]["fp"] - r["torch"]["fp"])
-                     for r in rows]
-            body.append([b if b != "torch" else "torch (eager Detectron2)", _mean_std(f1),
-                         f"{min(diff):+.4f} to {max(diff):+.4f}",
-                         " / ".join(f"{r[b]['tp']}/{r[b]['fp']}/{r[b]['fn']}" for r in rows),
+                     for r in runs]
+            body.append([label, _mean_std(f1), f"{min(diff):+.4f} to {max(diff):+.4f}",
+                         " / ".join(f"{r[b]['tp']}/{r[b]['fp']}/{r[b]['fn']}" for r in runs),
                          f"{max(moved)}"])
         lines += [f"INT8, setting **{setting}** ({len(rows)} models, seeds "
                   f"{', '.join(str(r['seed']) for r in rows)}; {int8.get('calibration', '')}):",
@@ -554,6 +560,36 @@ def _int8_tables(int8: dict) -> list[str]:
     return lines
 
 
+def _int8_recipe_table(recipes: dict | None) -> list[str]:
+    """bench_export.py's int8_recipes part: how closely each int8 recipe follows the float
+    graph on training tiles its calibration did not use, per recipe over the models."""
+    if not recipes or not recipes.get("models"):
+        return []
+    models = recipes["models"]
+    names = list(recipes["total"])
+    rows = []
+    for name in names:
+        total = recipes["total"][name]
+        per = [m[name] for m in models]
+        diffs = [p["mean_abs_score_diff"] for p in per if p["mean_abs_score_diff"] is not None]
+        rows.append([name, f"{total['changed']} of {total['float_detections']:,}",
+                     " / ".join(str(p["changed"]) for p in per),
+                     f"{total['mean_box_iou']:.4f}" if total["mean_box_iou"] is not None
+                     else "",
+                     f"{sum(diffs) / len(diffs):.4f}" if diffs else ""])
+    label = ", ".join(f"{m['setting']} {m['seed']}" for m in models)
+    lines = [f"INT8 recipes, judged on training tiles only: each model's float graph quantised "
+             f"by each recipe (calibrated on the export's {models[0]['calibration_tiles']} "
+             f"training tiles), then run with the float graph on that model's other "
+             f"{models[0]['tiles']} training tiles (never the calibration's or the test "
+             "data's). A detection is changed when no detection of the other graph overlaps "
+             "it at box IoU >= 0.5; box IoU and score difference are over the matched pairs "
+             f"(mean over the models). Models ({len(models)}): {label}.", ""]
+    return lines + _table(["recipe", "detections changed (all models)",
+                           "changed per model", "mean box IoU to float",
+                           "mean |score difference|"], rows) + [""]
+
+
 def _stage_time_tables(stages: dict) -> list[str]:
     """bench_export.py's stage_time part: per model, input and backend, the profiled time of
     each group of graph parts (ms, share, fraction of peak where FLOPs are counted); then the
@@ -570,11 +606,16 @@ def _stage_time_tables(stages: dict) -> list[str]:
             text += f"; {100 * row['fraction_of_peak']:.0f}% of peak"
         return text + ")"
 
-    tiles = next(iter(stages.values()))["tiles"]
+    first = next(iter(stages.values()))
+    tiles = first["tiles"]
+    if first.get("warm_up") == "discarded":
+        how = f"mean over {tiles} tiles after a warm-up run whose times are discarded"
+    else:  # reports written before onnxruntime's first run was dropped from its profile
+        how = (f"OpenVINO: mean over {tiles} tiles after a discarded warm-up; onnxruntime: "
+               f"mean over a first run and the {tiles} tiles, its profile covering the whole "
+               "session")
     lines = [f"Milliseconds per tile in each part of the exported graph, as each runtime's own "
-             f"profiler times its operators (OpenVINO: mean over {tiles} tiles after a "
-             f"discarded warm-up; onnxruntime: mean over a first run and the {tiles} tiles, "
-             "its profile covering the whole session); "
+             f"profiler times its operators ({how}); "
              "in brackets the share of the profiled time and, for the parts whose FLOPs the "
              "FLOP table counts, the fraction of the float32 peak reached (float32 backends "
              "only: int8 kernels are not bound by it). roi_heads = MNC's stages 2-5 "

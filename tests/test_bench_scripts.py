@@ -92,12 +92,18 @@ def test_export_script(work, tmp_path):
     report = _bench("bench_export", "--accuracy-work", str(work), "--tag",
                     f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
                     "default", "--seeds", "0", "--speed-tiles", "1", "--rounds", "1",
-                    "--scene-size", "700", "--work", str(tmp_path), "--parts", "accuracy",
-                    "speed", "detections", "flops", "int8_accuracy", "int8_speed", "stage_time",
-                    "scene",
+                    "--scene-size", "700", "--work", str(tmp_path), "--calibration-images",
+                    "2", "--parts", "accuracy",
+                    "speed", "detections", "flops", "int8_recipes", "int8_accuracy",
+                    "int8_speed", "stage_time", "scene",
                     timeout=1200)
     (row,) = report["accuracy"]
     (int8_row,) = report["int8"]["accuracy"]
+    (recipes,) = report["int8"]["recipes"]["models"]
+    from bench.bench_export import RECIPES
+
+    assert recipes["tiles"] > 0 and recipes[next(iter(RECIPES))]["float_detections"] >= 0
+    assert set(report["int8"]["recipes"]["total"]) == set(RECIPES)
     assert int8_row["onnxruntime-int8"]["tiles"] == row["torch"]["tiles"]
     assert report["int8"]["speed"]["mnc5 416 px / onnxruntime-int8"]["s_per_tile_median"] > 0
     assert any(line.startswith("INT8, setting **default**") for line in

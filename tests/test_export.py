@@ -309,7 +309,11 @@ def test_runtime_profile_sums_by_graph_part(tmp_path, exported, backend):
     if backend == "openvino":
         nodes, producers = _profile_ov(bundle.graph_path(backend), [image], 1)
     else:
-        nodes, producers = _profile_ort(bundle.graph_path(backend), [image], 1, tmp_path)
+        with pytest.raises(RuntimeError, match="a warm-up and at least one tile"):
+            _profile_ort(bundle.graph_path(backend), [image], 1, tmp_path)
+        # the first input is the warm-up, dropped from the profile
+        nodes, producers = _profile_ort(bundle.graph_path(backend), [image, image], 1,
+                                        tmp_path)
     parts = attribute_parts(producers)
     timed = {parts[n] for n in nodes}
     assert timed <= set(PARTS["mnc"]) | {"unattributed"}
@@ -448,12 +452,13 @@ def test_ray_engine_runs_an_exported_model(tmp_path, exported, scenes):
 def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained, data_root,
                                                                exported, scenes):
     """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
-    QDQ), calibrated on the run's own training tiles (DETECTRON2_DATASETS) or named files;
-    predict.py runs it as backend onnxruntime-int8. Agreement with the float model is loose
-    here: this 20-iteration model's scores are nearly tied, so quantisation reorders them (11 to
-    19 of its 20 most confident buildings were matched in runs of this test); a quantisation
-    that is broken (no buildings, or unrelated ones) fails it. How close int8 is on trained
-    models is the benchmark's (BENCHMARKS.md section 8)."""
+    QDQ) but for the heads' output layers, calibrated on the run's own training tiles
+    (DETECTRON2_DATASETS) or named files; predict.py runs it as backend onnxruntime-int8.
+    Agreement with the float model is loose here: this 20-iteration model's scores are nearly
+    tied, so quantisation reorders them (11 to 19 of its 20 most confident buildings were
+    matched in runs of this test); a quantisation that is broken (no buildings, or unrelated
+    ones) fails it. How close int8 is on trained models is the benchmark's (BENCHMARKS.md
+    sections 8 and 8b)."""
     import onnx
 
     from test_engine import _env
@@ -476,6 +481,14 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 20  # every convolution's weights (R-18 + FPN + RPN)
+    # the heads' output layers read float32 weights; the other layers dequantised int8 ones
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {n.name: n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm")}
+    kept = set(meta["int8"]["float_layers"])
+    assert {"/stages_2_3/cls_heads.0/cls_score/Gemm", "/rpn/rpn_head/anchor_deltas/Conv",
+            "/stages_4_5/mask_heads.0/predictor/Gemm"} <= kept
+    assert all(weights[n] not in dequantised for n in kept)
+    assert all(weights[n] in dequantised for n in set(weights) - kept), set(weights) - kept
 
     floating, quantised = tmp_path / "f32", tmp_path / "q8"
     assert _predict(floating, scenes, "--backend", "onnxruntime", "--model", str(exported)) == 0

@@ -4,11 +4,22 @@ What is quantised: the convolutions (backbone, FPN, RPN; 80-90% of the FLOPs of 
 models) and the fully connected layers (``Gemm``: the MNC stages' classifiers, box regressors
 and mask layers), statically, with onnxruntime's quantiser in QDQ form: int8 weights per output
 channel, uint8 activations whose ranges come from calibration tiles run through the float graph
-(the quantiser's default min-max calibration). Everything else stays float32: RoI warping, NMS,
+(cut at the 99.999th percentile of each activation's absolute values, onnxruntime's histogram
+calibrator, one tile at a time).
+Everything else stays float32: RoI warping, NMS,
 mask voting (its one-hot sums are ``MatMul``, deliberately not quantised) and the masks'
 sigmoid. onnxruntime runs the quantised layers with integer kernels (VNNI where the CPU has
 it). With only the convolutions quantised the fully connected layers took a fifth of the
 quantised graph's time on the benchmark model, at the same F1 (measured on one model).
+
+The heads' output layers stay float32 (:data:`FLOAT_LAYERS`: the RPN's objectness and anchor
+deltas, the classifiers' scores, the box regressors, the mask predictors): they are small (under
+1% of the FLOPs) and their outputs are what the detections are made of. This recipe (output
+layers float, percentile ranges) was chosen among five by how closely the int8 graph follows
+the float graph on training tiles the calibration did not use (no test data): over six
+benchmark models it changed the fewest detections and moved boxes least, ahead of min-max
+ranges, quantising every layer, and the convolutions alone (``bench/bench_export.py --parts
+int8_recipes``, BENCHMARKS.md section 8b).
 
 Calibration tiles are real imagery the model was trained on: by default images evenly spaced
 over the run's ``DATASETS.TRAIN``, or the GeoTIFFs a caller names; each is read like a
@@ -23,8 +34,11 @@ the buildings that change).
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -35,6 +49,24 @@ from .bundle import ExportError
 logger = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "Gemm")
+# Layers kept float32 (module docstring), matched on the exported operators' names
+# (``/rpn/rpn_head/anchor_deltas_2/Conv``, ``/stages_4_5/cls_heads.0/cls_score/Gemm``,
+# ``/mask_head/predictor/Conv``): the last module of the name.
+FLOAT_LAYERS = re.compile(r"/(objectness_logits|anchor_deltas)(_\d+)?/|/(cls_score|bbox_pred|"
+                          r"predictor)/")
+
+# Graph parts that run on the kept detections, by the exported operators' name prefix
+# (mnc_d2.export.graph.PARTS): their activations are empty on a tile without detections.
+ON_DETECTIONS = ("/mask_head/",)
+
+
+def float_layers(model_path: Path) -> list[str]:
+    """The names of the quantisable operators of ``model_path`` that stay float32."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node
+            if n.op_type in (*QUANTIZED_OPS, "ConvTranspose") and FLOAT_LAYERS.search(n.name)]
 
 
 def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[str]:
@@ -85,21 +117,51 @@ def calibration_tiles(files: list[str], bands: list[int], fill: list[float],
     return out
 
 
-def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str = "image"
-                  ) -> dict:
+def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str = "image",
+                  keep_outputs_float: bool = True, ops: tuple[str, ...] = QUANTIZED_OPS,
+                  calibration: str = "percentile") -> dict:
     """Write the statically quantised ``src`` graph to ``dst``; returns what was done (for
-    export.json)."""
+    export.json). The defaults are the export's recipe; the others are what it was chosen
+    against (``bench/bench_export.py --parts int8_recipes``): ``keep_outputs_float`` False
+    quantises every layer of ``ops``, ``ops`` ("Conv",) leaves the fully connected layers
+    float, ``calibration`` "minmax" takes each activation's range from its smallest and largest
+    calibration value where "percentile" cuts it at the 99.999th percentile of its absolute
+    values (onnxruntime's histogram calibrator, symmetric, then cut to the values seen: a ReLU
+    output keeps 0 as its low end). mnc_d2 0.2.0's first int8 exports were
+    ``keep_outputs_float=False, calibration="minmax"``.
+
+    The calibrator sees one tile at a time (bounded memory). A graph with quantised layers that
+    run on the kept detections (:data:`ON_DETECTIONS`: Mask R-CNN's mask head) calibrates with
+    "percentile" on the tiles where the float graph keeps at least one detection (all of them
+    when it keeps none on any): on a tile without any those layers have empty activations,
+    which onnxruntime's histogram merge cannot take. MNC's stages run on the proposals, never
+    empty, and calibrate on every tile."""
+    if calibration not in ("minmax", "percentile"):
+        raise ExportError(f"int8 calibration {calibration!r}: use 'minmax' or 'percentile'")
+    given = len(tiles)
+    if calibration == "percentile" and _runs_on_detections(src, ops):
+        tiles = _tiles_with_detections(src, tiles, input_name) or tiles
     try:
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                              QuantFormat, QuantType, quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise ExportError("--formats onnx-int8 needs onnxruntime's quantiser: pip install "
                           "onnxruntime") from None
 
     class Reader(CalibrationDataReader):
+        """The tiles, handed to the calibrator one range at a time (``set_range``), so that it
+        holds one tile's activations, not all of them (the percentile calibrator keeps every
+        activation it is given until it histograms them: ~1.6 GB a 650 px tile on R-50)."""
+
         def __init__(self):
-            self._feeds = iter([{input_name: t} for t in tiles])
+            self.set_range(0, len(tiles))
+
+        def __len__(self):
+            return len(tiles)
+
+        def set_range(self, start_index: int, end_index: int):
+            self._feeds = iter([{input_name: t} for t in tiles[start_index:end_index]])
 
         def get_next(self):
             return next(self._feeds, None)
@@ -108,11 +170,49 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
         prepared = Path(tmp) / "prepared.onnx"
         # folds constants and infers shapes so the quantiser sees every Conv's input ranges
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS),
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    logger.info("int8: %s quantised (%s) with %d calibration tile(s)", dst.name,
-                ", ".join(QUANTIZED_OPS), len(tiles))
-    return {"method": "onnxruntime static QDQ, min-max calibration",
-            "quantized_ops": list(QUANTIZED_OPS), "weights": "int8 per channel",
-            "activations": "uint8 per tensor", "calibration_tiles": len(tiles)}
+        kept = float_layers(prepared) if keep_outputs_float else []
+        method = {"minmax": (CalibrationMethod.MinMax, {}),
+                  "percentile": (CalibrationMethod.Percentile, {"CalibPercentile": 99.999})}
+        # one tile per calibration step (onnxruntime's "strided" calibration: despite its
+        # name it steps any calibrator); the histograms of the steps are merged
+        options = {**method[calibration][1], "CalibStridedMinMax": 1}
+        chatter = io.StringIO()  # the histogram calibrator prints its progress to stdout
+        try:
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                                per_channel=True, op_types_to_quantize=list(ops),
+                                nodes_to_exclude=kept, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8,
+                                calibrate_method=method[calibration][0], extra_options=options)
+        except ValueError as exc:  # the histogram merge on empty activations (docstring)
+            raise ExportError(
+                f"int8 calibration failed in onnxruntime's calibrator ({exc}): the model "
+                f"detects nothing on the {given} calibration tile(s); pass --calibration "
+                "'PATH/*.tif' with tiles that show buildings") from None
+        if chatter.getvalue().strip():
+            logger.debug("onnxruntime's quantiser: %s", chatter.getvalue().strip())
+    logger.info("int8: %s quantised (%s; %d output layer(s) kept float) with %d of %d "
+                "calibration tile(s)", dst.name, ", ".join(ops), len(kept), len(tiles), given)
+    how = {"minmax": "min-max",
+           "percentile": "99.999th percentile of absolute values"}[calibration]
+    return {"method": f"onnxruntime static QDQ, {how} calibration",
+            "quantized_ops": list(ops), "float_layers": kept,
+            "weights": "int8 per channel", "activations": "uint8 per tensor",
+            "calibration_tiles": len(tiles), "calibration_tiles_given": given}
+
+
+def _runs_on_detections(src: Path, ops: tuple[str, ...]) -> bool:
+    """Whether the graph ``src`` has a layer of ``ops`` in a part that runs on its detections."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    return any(n.op_type in ops and n.name.startswith(ON_DETECTIONS) for n in graph.node)
+
+
+def _tiles_with_detections(src: Path, tiles: list[np.ndarray], input_name: str
+                           ) -> list[np.ndarray]:
+    """The tiles on which the float graph ``src`` keeps at least one detection."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    return [t for t in tiles if len(session.run(["scores"], {input_name: t})[0])]
