@@ -33,6 +33,10 @@
    data, never the benchmark's) and its test tiles predicted on eager, onnxruntime and
    onnxruntime-int8 (accuracy as in 1.), then seconds per tile of the three side by side (as in
    2.; MNC and Mask R-CNN at 416 and 650 px, and the random-init R-50 MNC config).
+   ``--parts int8_recipes``: the int8 recipes of :data:`RECIPES` compared on training tiles.
+6. **MNC / Mask R-CNN, paired** (``--parts paired_ratio``): the two models' times on the same
+   tile back to back, per backend (eager, onnxruntime, OpenVINO, INT8) and input, as a ratio
+   per tile (median and quartiles), steadier than the ratio of two medians timed apart.
 
 Prints one JSON object on stdout (logs go to stderr).
 
@@ -187,6 +191,7 @@ TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
 CASCADE_MIN_SCORE = "0.05"  # MODEL.MNC.TEST_CASCADE_MIN_SCORE of the shortcut rows
 CALIBRATION_IMAGES = 32  # training tiles of each int8 calibration (--calibration-images)
+PAIR_GAP_S = 0.1  # idle seconds before each timed run of paired_ratio
 
 
 def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
@@ -319,6 +324,51 @@ def int8_recipes(settings: list[str], seeds: list[int], work: Path, accuracy_wor
                        "float_detections": sum(r[name]["float_detections"] for r in rows),
                        "mean_box_iou": round(statistics.mean(ious), 4) if ious else None}
     return {"models": rows, "total": total}
+
+
+def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
+    """MNC / Mask R-CNN per tile, paired: each tile through both models back to back on the
+    same backend (their order alternating), the ratio of the two times per tile; median and
+    quartiles over tiles x rounds. Drift of the machine between the two models' timings,
+    which moves the ratio of two separately timed medians, mostly cancels in a pair. Each run
+    starts PAIR_GAP_S after the previous one ended: without the gap, onnxruntime's threads,
+    still spinning after one model's run, slowed the other's (quartiles 0.78-1.92 at 416 px
+    on 2 cores)."""
+    backends = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+
+    def export(run: Path, out: Path, *opts: str) -> Path:
+        return _export_int8(run, out, accuracy_work / TRAIN["default"], *opts)
+
+    out = {}
+    for label, opts in INPUTS:
+        runners = {name: _runners(run, work / "int8" / f"speed_{name}_{label}", opts, backends,
+                                  threads, export)
+                   for name, run in zip(("mnc5", "mask_rcnn"), _speed_runs())
+                   if (run / "model_final.pth").is_file()}
+        if len(runners) < 2:
+            continue
+        for backend in backends:
+            pair = (runners["mnc5"][backend], runners["mask_rcnn"][backend])
+            for fn in pair:
+                fn(tiles[:1])  # warm-up
+            ratios = []
+            for r in range(rounds):
+                for k, tile in enumerate(tiles):
+                    seconds = [0.0, 0.0]
+                    for i in ((0, 1) if (r + k) % 2 == 0 else (1, 0)):
+                        # the other model's runtime threads spin-wait after a run (onnxruntime's
+                        # do, for milliseconds) and would take these 2 cores from this one
+                        time.sleep(PAIR_GAP_S)
+                        began = time.perf_counter()
+                        pair[i]([tile])
+                        seconds[i] = time.perf_counter() - began
+                    ratios.append(seconds[0] / seconds[1])
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            key = f"{label} px / {backend}"
+            out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
+                        "q3": round(q3, 3), "n": len(ratios)}
+            logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
+    return out
 
 
 def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int) -> dict:
@@ -865,8 +915,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "speed", "detections", "r50", "flops",
-                                 "int8_recipes", "int8_accuracy", "int8_speed", "stage_time",
-                                 "scene"])
+                                 "int8_recipes", "int8_accuracy", "int8_speed", "paired_ratio",
+                                 "stage_time", "scene"])
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
@@ -946,6 +996,9 @@ def main() -> None:
     if "int8_speed" in args.parts:
         report.setdefault("int8", {})["speed"] = int8_speed(
             args.work, args.accuracy_work, tiles, args.rounds, args.threads)
+    if "paired_ratio" in args.parts:
+        report["paired_ratio"] = paired_ratio(args.work, args.accuracy_work, tiles, args.rounds,
+                                              args.threads)
     if "stage_time" in args.parts:
         report["stage_time"] = stage_time(args.work, args.accuracy_work, tiles, args.threads)
         _stage_fractions(report)

@@ -490,6 +490,15 @@ def export_tables(report: dict) -> list[str]:
                                                      for p in parts)]
                          for k, v in fl.items()]) + [""]
     lines += _int8_tables(report.get("int8") or {})
+    paired = report.get("paired_ratio")
+    if paired:
+        lines += ["MNC / Mask R-CNN per tile, paired: each timed tile "
+                  "through both models back to back on one backend (order alternating), the "
+                  "ratio of the two times per tile; median and quartiles over "
+                  f"{next(iter(paired.values()))['n']} pairs per row.", ""]
+        lines += _table(["input / backend", "MNC / Mask R-CNN (median)", "quartiles"],
+                        [[k, f"{e['median']:.2f}", f"{e['q1']:.2f}-{e['q3']:.2f}"]
+                         for k, e in paired.items()]) + [""]
     lines += _stage_time_tables(report.get("stage_time") or {})
     sc = report.get("scene")
     if sc:

@@ -106,6 +106,7 @@ def test_export_script(work, tmp_path):
     assert set(report["int8"]["recipes"]["total"]) == set(RECIPES)
     assert int8_row["onnxruntime-int8"]["tiles"] == row["torch"]["tiles"]
     assert report["int8"]["speed"]["mnc5 416 px / onnxruntime-int8"]["s_per_tile_median"] > 0
+    assert "paired_ratio" not in report  # not asked for
     assert any(line.startswith("INT8, setting **default**") for line in
                tables.table_maker("export")(report))
     assert set(row) >= {"torch", "onnxruntime", "openvino", "torchscript"}
@@ -128,6 +129,26 @@ def test_export_script(work, tmp_path):
         for pipelined in (True, False)]
     assert any(line.startswith("Setting **default**") for line in
                tables.table_maker("export")(report))
+    # The paired part times MNC against Mask R-CNN; this work has no Mask R-CNN run, so the MNC
+    # run stands in for it (the same model twice: a ratio near 1).
+    stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
+    stand_in.mkdir()
+    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
+    try:
+        paired = _bench("bench_export", "--accuracy-work", str(work), "--tag",
+                        f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2),
+                        "--speed-tiles", "2", "--rounds", "1", "--work", str(tmp_path),
+                        "--calibration-images", "2", "--parts", "paired_ratio",
+                        timeout=900)
+    finally:
+        shutil.rmtree(stand_in)
+    rows = paired["paired_ratio"]
+    assert set(rows) == {f"{px} px / {b}" for px in ("416", "650") for b in
+                         ("torch", "onnxruntime", "openvino", "onnxruntime-int8")}
+    assert all(e["n"] == 2 and 0 < e["q1"] <= e["median"] <= e["q3"] for e in rows.values())
+    assert all(0.5 < e["median"] < 2 for e in rows.values()), rows  # one model against itself
+    assert any(line.startswith("MNC / Mask R-CNN per tile, paired") for line in
+               tables.table_maker("export")(paired))
 
 
 def test_scorer_and_speed_scripts(tmp_path):
