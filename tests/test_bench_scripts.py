@@ -130,7 +130,8 @@ def test_export_script(work, tmp_path):
     assert any(line.startswith("Setting **default**") for line in
                tables.table_maker("export")(report))
     # The paired part times MNC against Mask R-CNN; this work has no Mask R-CNN run, so the MNC
-    # run stands in for it (the same model twice: a ratio near 1).
+    # run stands in for it (the same model twice; the ratio's value is the benchmark's, not
+    # asserted here).
     stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
     stand_in.mkdir()
     (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
@@ -146,7 +147,6 @@ def test_export_script(work, tmp_path):
     assert set(rows) == {f"{px} px / {b}" for px in ("416", "650") for b in
                          ("torch", "onnxruntime", "openvino", "onnxruntime-int8")}
     assert all(e["n"] == 2 and 0 < e["q1"] <= e["median"] <= e["q3"] for e in rows.values())
-    assert all(0.5 < e["median"] < 2 for e in rows.values()), rows  # one model against itself
     assert any(line.startswith("MNC / Mask R-CNN per tile, paired") for line in
                tables.table_maker("export")(paired))
 
