@@ -207,6 +207,14 @@ def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
     return out
 
 
+def _speed_int8_export(accuracy_work: Path):
+    """``export(run, out, *opts)`` of the speed-side int8 parts (int8 speed, paired ratio,
+    stage time, scene): :func:`_export_int8` calibrated on the `default` setting's training
+    tiles, the speed models' own."""
+    return lambda run, out, *opts: _export_int8(run, out, accuracy_work / TRAIN["default"],
+                                                *opts)
+
+
 def _int8_models(settings: list[str], seeds: list[int], work: Path, accuracy_work: Path):
     """(setting, seed, run, export folder) of every trained MNC model, exported with its int8
     graph."""
@@ -278,14 +286,14 @@ def _follow(reference: list, outputs: list) -> dict:
 def int8_recipes(settings: list[str], seeds: list[int], work: Path, accuracy_work: Path,
                  threads: int) -> dict:
     """Which int8 recipe follows the float graph best, judged on training tiles only: each
-    model's float ONNX graph quantised by each of :data:`RECIPES` (the export's 32 calibration
-    tiles), then both run on the model's other training tiles (never the calibration's, never
-    the test data); detections changed, score and box moves (:func:`_follow`) per model and
-    summed."""
+    model's float ONNX graph quantised by each of :data:`RECIPES` (the export's calibration
+    tiles, as its export.json records them), then both run on the model's other training tiles
+    (never the calibration's, never the test data); detections changed, score and box moves
+    (:func:`_follow`) per model and summed."""
     import onnxruntime as ort
 
     from mnc_d2.data.bands import input_bands
-    from mnc_d2.export.quantize import calibration_files, calibration_tiles, quantize_onnx
+    from mnc_d2.export.quantize import calibration_tiles, quantize_onnx
 
     def session(path: Path):
         opts = ort.SessionOptions()
@@ -299,7 +307,8 @@ def int8_recipes(settings: list[str], seeds: list[int], work: Path, accuracy_wor
     for setting, seed, run, export in _int8_models(settings, seeds, work, accuracy_work):
         cfg = _cfg(run)
         os.environ["DETECTRON2_DATASETS"] = str(accuracy_work / TRAIN[setting])
-        calibration = calibration_files(cfg, CALIBRATION_IMAGES)
+        calibration = json.loads((export / "export.json").read_text())["int8"][
+            "calibration_files"]
         held = [d["file_name"] for name in cfg.DATASETS.TRAIN
                 for d in DatasetCatalog.get(name) if d["file_name"] not in calibration]
         bands, fill = input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN)
@@ -336,8 +345,7 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
     on 2 cores)."""
     backends = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
 
-    def export(run: Path, out: Path, *opts: str) -> Path:
-        return _export_int8(run, out, accuracy_work / TRAIN["default"], *opts)
+    export = _speed_int8_export(accuracy_work)
 
     out = {}
     for label, opts in INPUTS:
@@ -388,8 +396,7 @@ def int8_speed(work: Path, accuracy_work: Path, tiles, rounds: int, threads: int
              for label, tag, opts in mnc_only]
     jobs.append(("mnc5 R-50 650 px (random init)", r50, "speed_r50", ()))
 
-    def export(run: Path, out: Path, *opts: str) -> Path:
-        return _export_int8(run, out, accuracy_work / TRAIN["default"], *opts)
+    export = _speed_int8_export(accuracy_work)
 
     models = {}
     for label, run, folder, opts in jobs:
@@ -770,8 +777,8 @@ def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads
         if not (run / "model_final.pth").is_file():
             continue
         # the int8 speed part's exports (both graphs of one export, same folder names)
-        bundle = read_bundle(_export_int8(run, work / "int8" / f"speed_{name}_{label}",
-                                          accuracy_work / TRAIN["default"], *opts))
+        bundle = read_bundle(_speed_int8_export(accuracy_work)(
+            run, work / "int8" / f"speed_{name}_{label}", *opts))
         fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
         inputs = [graph_input(t, bundle.tile_shape, fill) for t in tiles]
         for backend in ("onnxruntime", "onnxruntime-int8", "openvino"):
@@ -863,8 +870,7 @@ def scene(work: Path, scene_path: Path, backends: list[tuple[str, bool]], thread
     run = _speed_runs()[0]
     export = _export(run, work / "export_mnc5_416")
     # the int8 graph as section 5 exports it (calibrated on the model's own training tiles)
-    export_int8 = _export_int8(run, work / "int8" / "speed_mnc5_416",
-                               accuracy_work / TRAIN["default"])
+    export_int8 = _speed_int8_export(accuracy_work)(run, work / "int8" / "speed_mnc5_416")
     with rasterio.open(scene_path) as src:
         area_km2 = src.width * src.height * abs(src.transform.a * src.transform.e) / 1e6
         if src.crs.is_geographic:  # the synthetic tiles are in degrees: 0.3 m pixels

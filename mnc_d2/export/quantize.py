@@ -5,12 +5,11 @@ models) and the fully connected layers (``Gemm``: the MNC stages' classifiers, b
 and mask layers), statically, with onnxruntime's quantiser in QDQ form: int8 weights per output
 channel, uint8 activations whose ranges come from calibration tiles run through the float graph
 (cut at the 99.999th percentile of each activation's absolute values, onnxruntime's histogram
-calibrator, one tile at a time).
-Everything else stays float32: RoI warping, NMS,
-mask voting (its one-hot sums are ``MatMul``, deliberately not quantised) and the masks'
-sigmoid. onnxruntime runs the quantised layers with integer kernels (VNNI where the CPU has
-it). With only the convolutions quantised the fully connected layers took a fifth of the
-quantised graph's time on the benchmark model, at the same F1 (measured on one model).
+calibrator, one tile at a time). Everything else stays float32: RoI warping, NMS, mask voting
+(its one-hot sums are ``MatMul``, deliberately not quantised) and the masks' sigmoid.
+onnxruntime runs the quantised layers with integer kernels (VNNI where the CPU has it). With
+only the convolutions quantised the fully connected layers took a fifth of the quantised graph's
+time on the benchmark model, at the same F1 (measured on one model).
 
 The heads' output layers stay float32 (:data:`FLOAT_LAYERS`: the RPN's objectness and anchor
 deltas, the classifiers' scores, the box regressors, the mask predictors): they are small (under
@@ -54,6 +53,12 @@ QUANTIZED_OPS = ("Conv", "Gemm")
 # ``/mask_head/predictor/Conv``): the last module of the name.
 FLOAT_LAYERS = re.compile(r"/(objectness_logits|anchor_deltas)(_\d+)?/|/(cls_score|bbox_pred|"
                           r"predictor)/")
+
+# quantize_onnx's calibrations: onnxruntime's CalibrationMethod, its extra options, and how
+# export.json names it.
+CALIBRATIONS = {"minmax": ("MinMax", {}, "min-max"),
+                "percentile": ("Percentile", {"CalibPercentile": 99.999},
+                               "99.999th percentile of absolute values")}
 
 # Graph parts that run on the kept detections, by the exported operators' name prefix
 # (mnc_d2.export.graph.PARTS): their activations are empty on a tile without detections.
@@ -136,8 +141,10 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
     when it keeps none on any): on a tile without any those layers have empty activations,
     which onnxruntime's histogram merge cannot take. MNC's stages run on the proposals, never
     empty, and calibrate on every tile."""
-    if calibration not in ("minmax", "percentile"):
-        raise ExportError(f"int8 calibration {calibration!r}: use 'minmax' or 'percentile'")
+    if calibration not in CALIBRATIONS:
+        raise ExportError(f"int8 calibration {calibration!r}: use one of "
+                          f"{', '.join(CALIBRATIONS)}")
+    method, extra, name = CALIBRATIONS[calibration]
     given = len(tiles)
     if calibration == "percentile" and _runs_on_detections(src, ops):
         tiles = _tiles_with_detections(src, tiles, input_name) or tiles
@@ -171,11 +178,9 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
         # folds constants and infers shapes so the quantiser sees every Conv's input ranges
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         kept = float_layers(prepared) if keep_outputs_float else []
-        method = {"minmax": (CalibrationMethod.MinMax, {}),
-                  "percentile": (CalibrationMethod.Percentile, {"CalibPercentile": 99.999})}
         # one tile per calibration step (onnxruntime's "strided" calibration: despite its
         # name it steps any calibrator); the histograms of the steps are merged
-        options = {**method[calibration][1], "CalibStridedMinMax": 1}
+        options = {**extra, "CalibStridedMinMax": 1}
         chatter = io.StringIO()  # the histogram calibrator prints its progress to stdout
         try:
             with contextlib.redirect_stdout(chatter):
@@ -183,7 +188,8 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
                                 per_channel=True, op_types_to_quantize=list(ops),
                                 nodes_to_exclude=kept, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
-                                calibrate_method=method[calibration][0], extra_options=options)
+                                calibrate_method=getattr(CalibrationMethod, method),
+                                extra_options=options)
         except ValueError as exc:  # the histogram merge on empty activations (docstring)
             raise ExportError(
                 f"int8 calibration failed in onnxruntime's calibrator ({exc}): the model "
@@ -193,9 +199,7 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
             logger.debug("onnxruntime's quantiser: %s", chatter.getvalue().strip())
     logger.info("int8: %s quantised (%s; %d output layer(s) kept float) with %d of %d "
                 "calibration tile(s)", dst.name, ", ".join(ops), len(kept), len(tiles), given)
-    how = {"minmax": "min-max",
-           "percentile": "99.999th percentile of absolute values"}[calibration]
-    return {"method": f"onnxruntime static QDQ, {how} calibration",
+    return {"method": f"onnxruntime static QDQ, {name} calibration",
             "quantized_ops": list(ops), "float_layers": kept,
             "weights": "int8 per channel", "activations": "uint8 per tensor",
             "calibration_tiles": len(tiles), "calibration_tiles_given": given}
