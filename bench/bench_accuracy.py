@@ -118,6 +118,11 @@ VARIANTS = {
                           "INPUT.AUGMENT.GAMMA", "(0.6, 1.6)",
                           "INPUT.AUGMENT.BAND_GAIN", "(0.85, 1.15)"]),
     "mnc5_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", SMALL_ANCHORS),
+    # The RPN trained on each image's hardest anchors (MODEL.PROPOSAL_GENERATOR.NAME
+    # HardMiningRPN: online hard example mining) instead of a random draw: small and dark-roofed
+    # buildings are lost first by the RPN (section 1b).
+    "mnc5_rpn_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                      ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
     # The convolutional mask head (MODEL.MNC.MASK_HEAD conv, CONV_MASK above): outlines from a
     # head that keeps the warp's spatial layout.
     "mnc5_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", CONV_MASK),
@@ -142,6 +147,10 @@ VARIANTS = {
     "mnc5_8band_native_small_anchors_conv_mask_lr005": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
         EIGHT_BAND + NATIVE + SMALL_ANCHORS + CONV_MASK + ["SOLVER.BASE_LR", "0.005"]),
+    # The three levers and the hard-mining RPN.
+    "mnc5_8band_native_small_anchors_rpn_ohem": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
     # The three levers and band dropout of red edge and NIR (half the images): what the model
     # learns about dark roofs must also hold without the bands where one sensor's signature sits.
     "mnc5_8band_native_small_anchors_nirdrop": (
@@ -166,6 +175,9 @@ VARIANTS = {
     "mask_rcnn_8band_native_small_anchors_lr005": (
         QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
         EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["SOLVER.BASE_LR", "0.005"]),
+    # The baseline with the hard-mining RPN (mnc5_rpn_ohem's), trained the same way.
+    "mask_rcnn_rpn_ohem": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+                           ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
     # The baseline trained with the RGB two levers (native resolution, small anchors).
     "mask_rcnn_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                        NATIVE + SMALL_ANCHORS),
