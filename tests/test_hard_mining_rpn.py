@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from mnc_d2.modeling.hard_mining_rpn import HardMiningRPN, hardest_labels
 
-from test_mnc_head import quick_cfg, toy_batch
+from test_mnc_head import no_buildings, quick_cfg, toy_batch
 
 
 def test_hardest_labels_keeps_the_highest_loss_anchors_in_random_sampling_counts():
@@ -93,11 +92,7 @@ def test_an_image_without_buildings_trains_on_its_hardest_negatives():
     model = build_model(quick_cfg(**{"MODEL.PROPOSAL_GENERATOR.NAME": "HardMiningRPN"}))
     model.train()
     batch = toy_batch()
-    empty = Instances(batch[1]["instances"].image_size)
-    empty.gt_boxes = Boxes(torch.zeros(0, 4))
-    empty.gt_classes = torch.zeros(0, dtype=torch.long)
-    empty.gt_masks = BitMasks(torch.zeros(0, 128, 128, dtype=torch.bool))
-    batch[1]["instances"] = empty
+    batch[1]["instances"] = no_buildings(batch[1]["instances"].image_size)
     with EventStorage(0) as storage:
         losses = model(batch)
         negatives = storage.latest()["rpn/num_neg_anchors"][0]  # per image, mean

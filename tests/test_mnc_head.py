@@ -63,6 +63,15 @@ def toy_batch(size=128, seed=0):
     return batch
 
 
+def no_buildings(size: tuple[int, int]) -> Instances:
+    """Ground truth of an image without any building."""
+    empty = Instances(size)
+    empty.gt_boxes = Boxes(torch.zeros(0, 4))
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    empty.gt_masks = BitMasks(torch.zeros((0, *size), dtype=torch.bool))
+    return empty
+
+
 # --- roi_warp ------------------------------------------------------------------------------------
 
 
@@ -158,11 +167,7 @@ def test_training_with_an_empty_image_in_the_batch():
     model = build_model(quick_cfg())
     model.train()
     batch = toy_batch()
-    empty = Instances(batch[1]["instances"].image_size)
-    empty.gt_boxes = Boxes(torch.zeros(0, 4))
-    empty.gt_classes = torch.zeros(0, dtype=torch.long)
-    empty.gt_masks = BitMasks(torch.zeros(0, 128, 128, dtype=torch.bool))
-    batch[1]["instances"] = empty
+    batch[1]["instances"] = no_buildings(batch[1]["instances"].image_size)
     with EventStorage(0):
         losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
