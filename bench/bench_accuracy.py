@@ -89,6 +89,8 @@ CONV_MASK = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
              "MODEL.MNC.MASK_CONV_DIM", "64"]
 ROOF_GAIN = ["INPUT.AUGMENT.ROOF_GAIN.PROB", "0.3", "INPUT.AUGMENT.ROOF_GAIN.RANGE", "(0.1, 0.5)",
              "INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD", "2.0"]
+# The RPN trained on each image's hardest anchors (mnc_d2.modeling.HardMiningRPN).
+RPN_OHEM = ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -121,8 +123,7 @@ VARIANTS = {
     # The RPN trained on each image's hardest anchors (MODEL.PROPOSAL_GENERATOR.NAME
     # HardMiningRPN: online hard example mining) instead of a random draw: small and dark-roofed
     # buildings are lost first by the RPN (section 1b).
-    "mnc5_rpn_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
-                      ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
+    "mnc5_rpn_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", RPN_OHEM),
     # The convolutional mask head (MODEL.MNC.MASK_HEAD conv, CONV_MASK above): outlines from a
     # head that keeps the warp's spatial layout.
     "mnc5_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", CONV_MASK),
@@ -150,7 +151,7 @@ VARIANTS = {
     # The three levers and the hard-mining RPN.
     "mnc5_8band_native_small_anchors_rpn_ohem": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
-        EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
+        EIGHT_BAND + NATIVE + SMALL_ANCHORS + RPN_OHEM),
     # The three levers and band dropout of red edge and NIR (half the images): what the model
     # learns about dark roofs must also hold without the bands where one sensor's signature sits.
     "mnc5_8band_native_small_anchors_nirdrop": (
@@ -176,8 +177,7 @@ VARIANTS = {
         QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
         EIGHT_BAND + NATIVE + SMALL_ANCHORS + ["SOLVER.BASE_LR", "0.005"]),
     # The baseline with the hard-mining RPN (mnc5_rpn_ohem's), trained the same way.
-    "mask_rcnn_rpn_ohem": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
-                           ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]),
+    "mask_rcnn_rpn_ohem": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml", RPN_OHEM),
     # The baseline trained with the RGB two levers (native resolution, small anchors).
     "mask_rcnn_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                        NATIVE + SMALL_ANCHORS),

@@ -33,8 +33,9 @@ def _rpn_losses(name: str, state=None):
     if state is not None:
         model.load_state_dict(state)
     model.train()
-    images = model.preprocess_image(toy_batch())
-    targets = [x["instances"] for x in toy_batch()]
+    batch = toy_batch()
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
     with EventStorage(0):
         _, losses = model.proposal_generator(images, model.backbone(images.tensor), targets)
     return model, losses

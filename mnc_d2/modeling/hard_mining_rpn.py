@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes
+from fvcore.nn import smooth_l1_loss
 
 
 def hardest_labels(labels: torch.Tensor, losses: torch.Tensor, batch_size: int,
@@ -88,10 +89,7 @@ class HardMiningRPN(RPN):
             deltas = cat(pred_anchor_deltas, dim=1)  # (N, A, 4)
             targets = torch.stack([self.box2box_transform.get_deltas(anchors_all, boxes)
                                    for boxes in gt_boxes])
-            diff = (deltas - targets).abs()
-            beta = self.smooth_l1_beta
-            box = diff if beta < 1e-5 else torch.where(diff < beta, 0.5 * diff ** 2 / beta,
-                                                       diff - 0.5 * beta)
+            box = smooth_l1_loss(deltas, targets, self.smooth_l1_beta, reduction="none")
             loss = loss + torch.where(gt_labels == 1, box.sum(-1), torch.zeros_like(loss))
         return loss
 
