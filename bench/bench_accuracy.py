@@ -91,6 +91,9 @@ ROOF_GAIN = ["INPUT.AUGMENT.ROOF_GAIN.PROB", "0.3", "INPUT.AUGMENT.ROOF_GAIN.RAN
              "INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD", "2.0"]
 # The RPN trained on each image's hardest anchors (mnc_d2.modeling.HardMiningRPN).
 RPN_OHEM = ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]
+# The model normalises log(1 + DN) instead of the DNs (INPUT.DN_TRANSFORM log); the base config's
+# INPUT.BAND_STATS auto then computes the statistics of the logs.
+LOG_DN = ["INPUT.DN_TRANSFORM", "log"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -124,6 +127,9 @@ VARIANTS = {
     # HardMiningRPN: online hard example mining) instead of a random draw: small and dark-roofed
     # buildings are lost first by the RPN (section 1b).
     "mnc5_rpn_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", RPN_OHEM),
+    # log(1 + DN) as input (LOG_DN above): a shadow or a dimmer scene is then an offset, the
+    # dark end of the range (dark roofs, asphalt, shadow) is spread out.
+    "mnc5_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", LOG_DN),
     # The convolutional mask head (MODEL.MNC.MASK_HEAD conv, CONV_MASK above): outlines from a
     # head that keeps the warp's spatial layout.
     "mnc5_conv_mask": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", CONV_MASK),
@@ -132,6 +138,9 @@ VARIANTS = {
     "mnc5_native": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", NATIVE),
     "mnc5_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                   NATIVE + SMALL_ANCHORS),
+    # The RGB two levers and log(1 + DN) as input.
+    "mnc5_native_small_anchors_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                        NATIVE + SMALL_ANCHORS + LOG_DN),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),

@@ -24,6 +24,10 @@ def _add_input_keys(cfg: CN) -> None:
     # Metres per pixel of the training imagery: a scene with other pixels is resampled to it on
     # read by tools/predict.py (a model trained at 0.3 m fails at 0.5 m); 0 = not recorded.
     _C.INPUT.GSD = 0.0
+    # What DNs become before (x - PIXEL_MEAN) / PIXEL_STD (mnc_d2.data.radiometry): "" = as read
+    # (as the original MNC); "log" = log(1 + DN), where a shadow or a dimmer scene is an offset.
+    # PIXEL_MEAN/STD are then statistics of the transformed values (use BAND_STATS auto).
+    _C.INPUT.DN_TRANSFORM = ""
     # Per-band normalisation statistics: "" uses MODEL.PIXEL_MEAN/STD as written; "auto" computes
     # them from the training split and writes OUTPUT_DIR/band_stats.json; a path loads that JSON.
     _C.INPUT.BAND_STATS = ""

@@ -82,6 +82,10 @@ RULES: tuple[Rule, ...] = (
          ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.POSITIVE_FRACTION")),
     Rule("mask loss", "per-pixel logistic loss, weight 2", "per-pixel binary cross-entropy "
          "(mean), weight 1", ("MODEL.MNC.LOSS_WEIGHTS.MASK2", "MODEL.MNC.LOSS_WEIGHTS.MASK4")),
+    Rule("input values", "8-bit RGB with the per-channel mean subtracted, not scaled",
+         "the GeoTIFF's bands as read (INPUT.BANDS, 11-bit DNs and more), "
+         "(x - PIXEL_MEAN) / PIXEL_STD; INPUT.DN_TRANSFORM `log`: of log(1 + DN) instead",
+         ("INPUT.DN_TRANSFORM",)),
     Rule("training augmentation", "horizontal flips (TRAIN.USE_FLIPPED: each image and its "
          "mirror)", "random horizontal and vertical flips and 90-degree rotations per image "
          "(overhead imagery has no up); optional scale jitter, native-resolution crops, "

@@ -518,3 +518,47 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
     assert run.returncode == 2
     assert "DATASETS.TRAIN" in run.stderr and "--calibration" in run.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_log_dn_model_reads_exports_and_predicts_alike(tmp_path, data_root, scenes,
+                                                      monkeypatch):
+    """A model trained on log(1 + DN) (INPUT.DN_TRANSFORM log): the run's band statistics are
+    of the logs, predict.py feeds the model the logs of the DNs (nodata at the band means, which
+    normalise to 0), the export records the transform, and the exported model gives eager's
+    buildings."""
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.inference.predictor import ScenePredictor
+
+    run_dir = train_quick(data_root, tmp_path / "log", iters=20,
+                          opts=["INPUT.DN_TRANSFORM", "log"])
+    stats = json.loads((run_dir / "band_stats.json").read_text())
+    assert stats["dn_transform"] == "log" and all(4.0 < m < 8.0 for m in stats["mean"])
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
+    cfg = setup_cfg(str(run_dir / "config.yaml"),
+                    ["MODEL.WEIGHTS", str(run_dir / "model_final.pth")], for_training=False)
+    assert cfg.INPUT.DN_TRANSFORM == "log" and cfg.MODEL.PIXEL_MEAN == stats["mean"]
+
+    with rasterio.open(scenes[0]) as src:  # the scene with a nodata corner
+        profile, dns = src.profile, src.read().astype(np.float64)
+    dns[:, :20, :30] = 0
+    holed = tmp_path / "holed.tif"
+    with rasterio.open(holed, "w", **{**profile, "nodata": 0}) as dst:
+        dst.write(dns.astype(np.uint16))
+    predictor = ScenePredictor(cfg, TILE, OVERLAP, batch_size=1, score_thresh=0.0)
+    seen, run = [], predictor._run
+    monkeypatch.setattr(predictor, "_run", lambda images: seen.extend(images) or run(images))
+    predictor.pipeline = False
+    predictor.predict(holed, progress=False)
+    first = seen[0]  # the top-left tile, (TILE, TILE, 3)
+    np.testing.assert_allclose(first[:20, :30], np.broadcast_to(stats["mean"], (20, 30, 3)),
+                               rtol=1e-6)
+    want = np.log1p(dns[:, 20:TILE, 30:TILE].transpose(1, 2, 0))
+    np.testing.assert_allclose(first[20:, 30:], want, rtol=1e-6)
+
+    model = _export(run_dir, tmp_path / "exported")
+    meta = json.loads((model / EXPORT_FILE).read_text())
+    assert meta["input"]["dn_transform"] == "log"
+    eager, onnx = tmp_path / "eager", tmp_path / "onnx"
+    assert _predict(eager, scenes, *_eager(run_dir)) == 0
+    assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
+    assert _compare(eager, onnx, scenes) > 0

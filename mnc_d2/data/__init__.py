@@ -15,6 +15,8 @@ _EXPORTS = {
     "compute_band_stats": ".band_stats", "resolve_band_stats": ".band_stats",
     "register_builtin_spacenet": ".builtin", "split_of": ".builtin",
     "input_bands": ".bands", "read_bands": ".bands",
+    "DNTransform": ".radiometry", "dn_transform": ".radiometry",
+    "dn_transform_from_config": ".radiometry",
     "load_spacenet_dicts": ".spacenet", "register_spacenet_instances": ".spacenet",
     "SpaceNetVersion": ".versions", "VERSIONS": ".versions", "get_version": ".versions",
     "infer_version": ".versions",

@@ -1,11 +1,11 @@
 """Per-band normalisation statistics computed from the training split and saved with the run.
 
 ``INPUT.BAND_STATS: "auto"`` makes :func:`resolve_band_stats` compute the mean and standard
-deviation of every selected band over (a deterministic sample of) the training images, write
-them to ``OUTPUT_DIR/band_stats.json`` and put them in ``MODEL.PIXEL_MEAN/STD`` (the std
-divided by ``INPUT.BAND_STATS_TARGET_STD``, the spread a pretrained backbone expects). The run's saved
-``config.yaml`` then carries them, so evaluation and ``predict.py`` normalise exactly as training
-did. A path instead of "auto" loads such a JSON.
+deviation of every selected band (of its values after ``INPUT.DN_TRANSFORM``) over (a
+deterministic sample of) the training images, write them to ``OUTPUT_DIR/band_stats.json`` and
+put them in ``MODEL.PIXEL_MEAN/STD`` (the std divided by ``INPUT.BAND_STATS_TARGET_STD``, the
+spread a pretrained backbone expects). The run's saved ``config.yaml`` then carries them, so
+evaluation and ``predict.py`` normalise exactly as training did. A path instead of "auto" loads such a JSON.
 """
 
 from __future__ import annotations
@@ -21,22 +21,25 @@ from detectron2.utils import comm
 
 from ..utils.atomic import atomic_write
 from .bands import check_band_count
+from .radiometry import DNTransform, dn_transform
 
 logger = logging.getLogger(__name__)
 
 
-def compute_band_stats(file_names: list[str], bands: list[int], max_images: int = 200
-                       ) -> dict:
+def compute_band_stats(file_names: list[str], bands: list[int], max_images: int = 200,
+                       transform: DNTransform | None = None) -> dict:
     """Mean/std per band over up to ``max_images`` files (every k-th file, deterministic).
 
     ``bands``: the 1-based file bands the model reads (:func:`.bands.input_bands`; the caller
     resolves an empty INPUT.BANDS first). Nodata pixels (the file's nodata value) are excluded.
-    Returns {"bands", "mean", "std", "num_images"}, floats only (checkpoints load them under
-    torch's weights_only default).
+    ``transform``: INPUT.DN_TRANSFORM, applied to the DNs first (None: none).
+    Returns {"bands", "dn_transform", "mean", "std", "num_images"}: numbers and one string
+    (checkpoints load them under torch's weights_only default).
     """
     if not file_names:
         raise ValueError("no training images to compute band statistics from")
     bands = [int(b) for b in bands]
+    transform = transform or dn_transform("")
     step = max(1, len(file_names) // max_images) if max_images else 1
     chosen = sorted(file_names)[::step][: max_images or None]
     total = sq = count = None
@@ -44,6 +47,7 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
         with rasterio.open(path) as src:
             check_band_count(src, bands)  # the band reader's check: names the file
             data = src.read(bands, masked=True).astype(np.float64)  # (C, H, W), nodata masked
+        data = transform.forward(data)
         flat = data.reshape(data.shape[0], -1)
         if total is None:
             total, sq, count = (np.zeros(flat.shape[0]) for _ in range(3))
@@ -53,7 +57,7 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
     count = np.maximum(count, 1)
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
-    return {"bands": bands, "mean": [float(m) for m in mean],
+    return {"bands": bands, "dn_transform": transform.kind, "mean": [float(m) for m in mean],
             "std": [float(max(s, 1e-3)) for s in std], "num_images": len(chosen)}
 
 
@@ -71,7 +75,8 @@ def resolve_band_stats(cfg) -> dict | None:
                 cfg.INPUT.BANDS = list(range(1, src.count + 1))
             logger.info("INPUT.BANDS was empty: using all %d bands of the training files",
                         len(cfg.INPUT.BANDS))
-        stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES)
+        stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES,
+                                   dn_transform(cfg.INPUT.DN_TRANSFORM))
         out = Path(cfg.OUTPUT_DIR) / "band_stats.json"
         if comm.is_main_process():  # every process computes the same numbers; one writes
             with atomic_write(out, "w") as f:
@@ -89,6 +94,11 @@ def resolve_band_stats(cfg) -> dict | None:
         if [int(b) for b in stats["bands"]] != [int(b) for b in cfg.INPUT.BANDS]:
             raise ValueError(f"{path} holds statistics of bands {stats['bands']} but "
                              f"INPUT.BANDS is {list(cfg.INPUT.BANDS)}")
+        kind = stats.get("dn_transform", "")  # files of mnc_d2 0.2.0 and before: DNs as read
+        if kind != dn_transform(cfg.INPUT.DN_TRANSFORM).kind:
+            raise ValueError(f"{path} holds statistics of DNs with INPUT.DN_TRANSFORM={kind!r} "
+                             f"but the config sets {cfg.INPUT.DN_TRANSFORM!r}; set the same "
+                             "transform or compute the statistics again (INPUT.BAND_STATS auto)")
     target = float(cfg.INPUT.BAND_STATS_TARGET_STD)
     if target <= 0:
         raise ValueError(f"INPUT.BAND_STATS_TARGET_STD={target} must be > 0 (1.0 = unit std)")

@@ -26,6 +26,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .bands import input_bands, read_bands
+from .radiometry import dn_transform_from_config
 from .roof_gain import RandomRoofGain, roof_gain_from_config
 from .transforms import RandomBandPhotometric, RandomRot90, band_dropout_from_config
 
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 def check_band_config(cfg) -> int:
-    """Check INPUT.BANDS against MODEL.PIXEL_MEAN/STD; return the band count they imply."""
+    """Check INPUT.BANDS and INPUT.DN_TRANSFORM against MODEL.PIXEL_MEAN/STD; return the band
+    count they imply."""
     mean, std, bands = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, cfg.INPUT.BANDS
     if len(mean) != len(std):
         raise ValueError(f"MODEL.PIXEL_MEAN has {len(mean)} entries but MODEL.PIXEL_STD has "
@@ -43,6 +45,7 @@ def check_band_config(cfg) -> int:
                          f"MODEL.PIXEL_MEAN has {len(mean)}; give one mean/std per band")
     if any(int(b) < 1 for b in bands):
         raise ValueError(f"INPUT.BANDS={list(bands)}: band indices are 1-based")
+    dn_transform_from_config(cfg)  # a known INPUT.DN_TRANSFORM, PIXEL_MEAN in its range
     return len(mean)
 
 
@@ -71,6 +74,10 @@ class SpaceNetDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True):
         check_band_config(cfg)
         bands = input_bands(cfg)
+        dn = dn_transform_from_config(cfg)
+        # nodata is filled before INPUT.DN_TRANSFORM, with the DNs it maps to PIXEL_MEAN
+        fill = dn.inverse(cfg.MODEL.PIXEL_MEAN)
+        to_values = [] if dn.identity else [dn.augmentation()]
         if is_train:
             aug = cfg.INPUT.AUGMENT
             augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
@@ -92,16 +99,19 @@ class SpaceNetDatasetMapper:
                 augs.append(RandomRot90())
             ranges = {k: tuple(getattr(aug, k.upper())) for k in
                       ("brightness", "contrast", "gamma", "band_gain")}
+            # the DN transform before the resize, as tools/predict.py applies it on read
+            augs[:0] = to_values
             if any(r != (1.0, 1.0) for r in ranges.values()):
-                # first, on the pixels as read: filled nodata still equals PIXEL_MEAN there
-                augs.insert(0, RandomBandPhotometric(**ranges, keep=list(cfg.MODEL.PIXEL_MEAN)))
+                # first, on the DNs as read: filled nodata still equals its fill there
+                augs.insert(0, RandomBandPhotometric(**ranges, keep=fill))
             drop = band_dropout_from_config(cfg, bands)
             if drop is not None:  # last: the dropped bands stay exactly at PIXEL_MEAN
                 augs.append(drop)
         else:
-            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+            augs = to_values + [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST,
+                                                     cfg.INPUT.MAX_SIZE_TEST)]
         return {"is_train": is_train, "augmentations": augs, "bands": bands,
-                "fill_values": list(cfg.MODEL.PIXEL_MEAN), "mask_format": cfg.INPUT.MASK_FORMAT,
+                "fill_values": fill, "mask_format": cfg.INPUT.MASK_FORMAT,
                 "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED),
                 "roof_gain": roof_gain_from_config(cfg) if is_train else None}
 

@@ -14,7 +14,7 @@ texture and edges are kept; the building then has to be found by its shape, edge
 much as by its colour. A domain randomisation of roof spectra, and an approximation of a roof of
 another material: the whole footprint as labelled is scaled (at nadir: the roof), the building's
 walls, shadow and its surroundings are not changed, and no new shading is drawn. Pixels equal to
-``keep`` (nodata already filled with PIXEL_MEAN) are left as they are.
+``keep`` (nodata already filled, with the DNs of PIXEL_MEAN) are left as they are.
 
 Applied by :class:`~mnc_d2.data.mapper.SpaceNetDatasetMapper` to the image as read, before any
 geometric augmentation, because the footprints are then in the image's own pixel coordinates.
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_util
+
+from .radiometry import dn_transform_from_config
 
 __all__ = ["RandomRoofGain", "footprint_mask", "footprint_window", "roof_gain_from_config"]
 
@@ -129,5 +131,6 @@ def roof_gain_from_config(cfg) -> RandomRoofGain | None:
     rg = cfg.INPUT.AUGMENT.ROOF_GAIN
     if rg.PROB <= 0.0:
         return None
-    return RandomRoofGain(float(rg.PROB), tuple(rg.RANGE), float(rg.BAND_SPREAD),
-                          keep=list(cfg.MODEL.PIXEL_MEAN))
+    # the DNs nodata was filled with (PIXEL_MEAN before INPUT.DN_TRANSFORM)
+    keep = dn_transform_from_config(cfg).inverse(cfg.MODEL.PIXEL_MEAN)
+    return RandomRoofGain(float(rg.PROB), tuple(rg.RANGE), float(rg.BAND_SPREAD), keep=keep)

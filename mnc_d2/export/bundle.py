@@ -2,6 +2,7 @@
 
     EXPORT_DIR/
       export.json   what a deployment needs besides the graph: bands (indices and names),
+                    what their DNs become before the graph (INPUT.DN_TRANSFORM),
                     ground sample distance, tile size the graph takes, score threshold and
                     polygon settings, the files with their SHA-256, the mnc_d2 version, the
                     source config (text) and weights' hash
@@ -22,7 +23,8 @@ from pathlib import Path
 
 EXPORT_FILE = "export.json"
 FORMAT = "mnc_d2-export"
-FORMAT_VERSION = 1
+# 2: input.dn_transform (INPUT.DN_TRANSFORM) recorded; a reader of format 1 would ignore it.
+FORMAT_VERSION = 2
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts",
                "onnx-int8": "model.int8.onnx"}
 # Backends and the graph file each one runs.
@@ -62,6 +64,12 @@ class ExportBundle:
     @property
     def pixel_mean(self) -> list[float]:
         return [float(v) for v in self.meta["input"]["pixel_mean"]]
+
+    @property
+    def dn_transform(self) -> str:
+        """INPUT.DN_TRANSFORM of the run: what the DNs become before the graph's normalisation
+        (applied by the caller, e.g. tools/predict.py on read)."""
+        return str(self.meta["input"].get("dn_transform", ""))
 
     @property
     def gsd(self) -> float:

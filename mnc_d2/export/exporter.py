@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.radiometry import dn_transform_from_config
 from ..utils.atomic import plain_mode
 from .bundle import (BACKEND_FILES, EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES,
                      ExportError, read_bundle)
@@ -117,7 +118,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
             from .quantize import calibration_tiles, quantize_onnx
 
             tiles = calibration_tiles(calibration, input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN),
-                                      tile_size)
+                                      tile_size, dn_transform_from_config(cfg))
             int8 = quantize_onnx(work / MODEL_FILES["onnx"], work / MODEL_FILES["onnx-int8"],
                                  tiles)
             int8["calibration_files"] = [str(f) for f in calibration]
@@ -135,6 +136,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                       "band_names": [str(n) for n in cfg.INPUT.BAND_NAMES],
                       "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
                       "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
+                      "dn_transform": dn_transform_from_config(cfg).kind,
                       "gsd": float(cfg.INPUT.GSD) or None,
                       "resized": list(graph.resized), "padded": list(graph.padded)},
             "outputs": {"boxes": "(R, 4) x0 y0 x1 y1 tile pixels", "scores": "(R,)",

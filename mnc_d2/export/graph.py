@@ -5,8 +5,8 @@ the whole inference of one tile with tensor operations only (no Python branch th
 the data, no ``Instances``), so that ``torch.jit.trace`` and the ONNX exporter record it
 faithfully:
 
-    raw tile (1, C, H, W) -> resize (INPUT.MIN/MAX_SIZE_TEST) -> (x - PIXEL_MEAN) / PIXEL_STD
-    -> pad to the backbone's size divisibility -> backbone + FPN -> RPN (Detectron2's own
+    tile (1, C, H, W; band values after INPUT.DN_TRANSFORM) -> resize (INPUT.MIN/MAX_SIZE_TEST)
+    -> (x - PIXEL_MEAN) / PIXEL_STD -> pad to the backbone's size divisibility -> backbone + FPN -> RPN (Detectron2's own
     proposal selection) -> MNC stages 2-5 -> score filter, per-class NMS, top-K -> mask voting
     (class-aware, all classes at once) -> NMS after voting -> boxes in tile pixels, scores,
     classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped to 0.5.

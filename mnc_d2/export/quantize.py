@@ -104,21 +104,25 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[s
 
 
 def calibration_tiles(files: list[str], bands: list[int], fill: list[float],
-                      tile: int) -> list[np.ndarray]:
+                      tile: int, transform=None) -> list[np.ndarray]:
     """(1, C, tile, tile) float32 inputs of the exported graph, one per file: the top-left
-    window (padded with the band means where the image is smaller)."""
+    window (padded with the band means where the image is smaller). ``fill``: PIXEL_MEAN;
+    ``transform``: the run's :class:`~mnc_d2.data.radiometry.DNTransform` (None: none)."""
     import rasterio
     from rasterio.windows import Window
 
     from ..data.bands import read_bands
+    from ..data.radiometry import dn_transform
     from .runtime import graph_input
 
+    dn = transform or dn_transform("")
     out = []
     for path in files:
         with rasterio.open(path) as src:
             window = Window(0, 0, min(tile, src.width), min(tile, src.height))
-            image = read_bands(src, bands, fill, window)
-        out.append(graph_input(image, (tile, tile), np.asarray(fill, dtype=np.float32)))
+            image = read_bands(src, bands, dn.inverse(fill), window)
+        out.append(graph_input(dn.forward(image), (tile, tile),
+                               np.asarray(fill, dtype=np.float32)))
     return out
 
 

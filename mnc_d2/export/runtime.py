@@ -106,7 +106,8 @@ def graph_input(image: np.ndarray, tile: tuple[int, int], fill: np.ndarray) -> n
 class ExportedModel:
     """An exported graph on one backend: ``model(image)`` -> :class:`Detections`.
 
-    image: (H, W, C) float32 raw band values (the bands of ``bundle.bands``), H x W at most the
+    image: (H, W, C) float32 band values (the bands of ``bundle.bands``, their DNs after
+    ``bundle.dn_transform``, as tools/predict.py reads them), H x W at most the
     exported tile size; smaller tiles (scenes smaller than a tile) are padded with the band
     means, which the model's normalisation maps to 0 (the eager model resizes them instead).
     ``threads``: intra-op threads (None: the runtime's default).

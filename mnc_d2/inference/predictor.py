@@ -33,6 +33,7 @@ from shapely import affinity
 from tqdm import tqdm
 
 from ..data.bands import check_band_count, input_bands, read_bands
+from ..data.radiometry import dn_transform, dn_transform_from_config
 from ..export.bundle import BACKEND_FILES
 from ..geometry.polygons import mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
@@ -200,7 +201,7 @@ class ScenePredictor:
             self.bands = input_bands(cfg)
             self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
-            self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)
+            self.dn = dn_transform_from_config(cfg)
             sn = cfg.TEST.SPACENET
             post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
@@ -221,23 +222,28 @@ class ScenePredictor:
             self.model = _ExportedModel(bundle, backend, threads)
             self.bands, self.band_names = bundle.bands, bundle.band_names
             self.model_gsd = bundle.gsd
-            self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
+            self.dn = dn_transform(bundle.dn_transform)
+            self.dn.check_means(bundle.pixel_mean, f"{model_dir}: pixel_mean")
             post = dict(bundle.meta["post"])
             threshold = float(bundle.meta["score_thresh"] if score_thresh is None
                               else score_thresh)
+        # nodata and pixels outside the data get the DNs INPUT.DN_TRANSFORM maps to PIXEL_MEAN
+        mean = cfg.MODEL.PIXEL_MEAN if backend == "torch" else bundle.pixel_mean
+        self.fill = np.asarray(self.dn.inverse(mean), dtype=np.float32)
         self.post = {"score_thresh": threshold, **post}
         self.pipeline = True  # read and polygonise beside the model (see _predict_grid)
         self.timings = collections.Counter()
 
     def _read(self, src, bands: list[int], window, masked: bool):
-        """(H, W, C) image of one window, pixels outside the data (nodata, mask or alpha band,
-        a mosaic's empty parts) set to the band means; and (H, W) bool: inside the data."""
+        """(H, W, C) model input values of one window (INPUT.DN_TRANSFORM of its DNs), pixels
+        outside the data (nodata, mask or alpha band, a mosaic's empty parts) set to the band
+        means; and (H, W) bool: inside the data."""
         image = read_bands(src, bands, self.fill, window)
         if not masked:
-            return image, np.ones(image.shape[:2], dtype=bool)
+            return self.dn.forward(image), np.ones(image.shape[:2], dtype=bool)
         valid = src.dataset_mask(window=window) > 0
         image[~valid] = self.fill
-        return image, valid
+        return self.dn.forward(image), valid
 
     def _run(self, images: list[np.ndarray]) -> list:
         return self.model(images)
