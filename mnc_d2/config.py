@@ -25,7 +25,8 @@ def _add_input_keys(cfg: CN) -> None:
     # read by tools/predict.py (a model trained at 0.3 m fails at 0.5 m); 0 = not recorded.
     _C.INPUT.GSD = 0.0
     # What DNs become before (x - PIXEL_MEAN) / PIXEL_STD (mnc_d2.data.radiometry): "" = as read
-    # (as the original MNC); "log" = log(1 + DN), where a shadow or a dimmer scene is an offset.
+    # (as the original MNC); "log" = log(1 + DN), where a shadow or a dimmer scene is an offset;
+    # "sqrt" = sqrt(DN), shot noise's variance-stabilising transform, between the two.
     # PIXEL_MEAN/STD are then statistics of the transformed values (use BAND_STATS auto).
     _C.INPUT.DN_TRANSFORM = ""
     # Per-band normalisation statistics: "" uses MODEL.PIXEL_MEAN/STD as written; "auto" computes

@@ -84,7 +84,8 @@ RULES: tuple[Rule, ...] = (
          "(mean), weight 1", ("MODEL.MNC.LOSS_WEIGHTS.MASK2", "MODEL.MNC.LOSS_WEIGHTS.MASK4")),
     Rule("input values", "8-bit RGB with the per-channel mean subtracted, not scaled",
          "the GeoTIFF's bands as read (INPUT.BANDS, 11-bit DNs and more), "
-         "(x - PIXEL_MEAN) / PIXEL_STD; INPUT.DN_TRANSFORM `log`: of log(1 + DN) instead",
+         "(x - PIXEL_MEAN) / PIXEL_STD; INPUT.DN_TRANSFORM `log` or `sqrt`: of log(1 + DN) or "
+         "sqrt(DN) instead",
          ("INPUT.DN_TRANSFORM",)),
     Rule("training augmentation", "horizontal flips (TRAIN.USE_FLIPPED: each image and its "
          "mirror)", "random horizontal and vertical flips and 90-degree rotations per image "

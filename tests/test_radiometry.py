@@ -40,13 +40,19 @@ def test_log_transform_and_its_inverse():
     assert log.inverse([np.log(10.0), 0.0]) == pytest.approx([9.0, 0.0])
     masked = np.ma.array([1.0, 3.0], mask=[False, True])
     assert log.forward(masked).mask.tolist() == [False, True]  # band statistics keep the mask
+    root = dn_transform("sqrt")
+    np.testing.assert_allclose(root.forward(dns), [[0.0, 3.0, np.sqrt(2047.0), 0.0]], rtol=1e-6)
+    assert root.inverse([3.0]) == pytest.approx([9.0])
+    with pytest.raises(ValueError, match=r"\[300.0\] lie outside .* \(0 to 256.00\)"):
+        root.check_means([300.0, 20.0, 20.0])
     plain = dn_transform("")
     assert plain.identity and plain.forward(dns) is dns and plain.inverse([400]) == [400.0]
 
 
 def test_bad_transform_and_means_name_the_key():
-    with pytest.raises(ValueError, match=r"INPUT.DN_TRANSFORM='sqrt': choose from '', 'log'"):
-        dn_transform("sqrt")
+    with pytest.raises(ValueError, match=r"INPUT.DN_TRANSFORM='ln': choose from '', 'log', "
+                                         r"'sqrt'"):
+        dn_transform("ln")
     cfg = _log_cfg(mean=(400.0, 400.0, 400.0))  # DN-scale means left from a linear config
     with pytest.raises(ValueError, match=r"MODEL.PIXEL_MEAN=\[400.0.*INPUT.DN_TRANSFORM='log'"
                                          r".*INPUT.BAND_STATS auto"):

@@ -12,6 +12,10 @@ The model's input is ``(f(DN) - PIXEL_MEAN) / PIXEL_STD`` per band, with ``f`` o
   the range, where dark roofs, asphalt and shadow lie, and compresses the bright end. An
   approximation of a physical model: ``1 +`` keeps zero DNs finite, the sensor's offset and
   the atmosphere's path radiance (additive, not multiplicative) are ignored.
+- ``"sqrt"``: ``f(x) = sqrt(max(x, 0))`` per band, the variance-stabilising transform of
+  photon (shot) noise: a milder spreading of the dark end than the log's, and a milder
+  compression of the bright end (the log lifts dark roofs on imagery where they are dark in
+  every band but costs small buildings there, BENCHMARKS.md section 1).
 
 ``MODEL.PIXEL_MEAN/STD`` are then statistics of ``f(DN)``: ``INPUT.BAND_STATS: auto`` computes
 them after the transform (:mod:`.band_stats`), and a mean outside the transform's range is
@@ -37,10 +41,15 @@ def _log_dn(x):
     return np.log1p(np.maximum(x, 0))
 
 
+def _sqrt_dn(x):
+    return np.sqrt(np.maximum(x, 0))
+
+
 # name -> (forward, inverse, largest forward value of a 16-bit DN): the values a band can take.
 DN_TRANSFORMS = {
     "": (None, None, float(np.iinfo(np.uint16).max)),
     "log": (_log_dn, np.expm1, float(_log_dn(np.iinfo(np.uint16).max))),
+    "sqrt": (_sqrt_dn, np.square, float(_sqrt_dn(np.iinfo(np.uint16).max))),
 }
 
 
