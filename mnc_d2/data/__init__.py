@@ -2,7 +2,7 @@
 (synthetic data of every release: :mod:`mnc_d2.synthetic`).
 
 Importing this package is light: the torch-free modules (:mod:`.versions`, :mod:`.bands`,
-:mod:`.labels`) import neither torch nor detectron2. The Detectron2-facing
+:mod:`.labels`, :mod:`.radiometry`) import neither torch nor detectron2. The Detectron2-facing
 names below load on first use.
 """
 

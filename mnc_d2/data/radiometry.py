@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.data import transforms as T
 
 __all__ = ["DN_TRANSFORMS", "DNTransform", "dn_transform", "dn_transform_from_config"]
 
@@ -83,8 +82,10 @@ class DNTransform:
             values = DN_TRANSFORMS[self.kind][1](values)
         return [float(v) for v in values]
 
-    def augmentation(self) -> T.Transform:
+    def augmentation(self):
         """The transform as a Detectron2 image-only transform (for the mapper's list)."""
+        from detectron2.data import transforms as T  # here: exported models run without it
+
         return T.ColorTransform(self.forward)
 
     def check_means(self, means, key: str = "MODEL.PIXEL_MEAN") -> None:
