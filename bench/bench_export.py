@@ -371,10 +371,13 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
                         pair[i]([tile])
                         seconds[i] = time.perf_counter() - began
                     ratios.append(seconds[0] / seconds[1])
-            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            # inclusive: quartiles within the measured ratios (the default, exclusive method
+            # extrapolates beyond them for few samples, below 0 for two far apart)
+            q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")
+                         if len(ratios) > 1 else [ratios[0]] * 3)
             key = f"{label} px / {backend}"
             out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
-                        "q3": round(q3, 3), "n": len(ratios)}
+                        "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive"}
             logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
     return out
 

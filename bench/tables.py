@@ -492,10 +492,13 @@ def export_tables(report: dict) -> list[str]:
     lines += _int8_tables(report.get("int8") or {})
     paired = report.get("paired_ratio")
     if paired:
+        first = next(iter(paired.values()))
+        # reports before the key: Python's default (exclusive) quartiles
+        method = first.get("quartiles", "exclusive")
         lines += ["MNC / Mask R-CNN per tile, paired: each timed tile "
                   "through both models back to back on one backend (order alternating), the "
-                  "ratio of the two times per tile; median and quartiles over "
-                  f"{next(iter(paired.values()))['n']} pairs per row.", ""]
+                  f"ratio of the two times per tile; median and quartiles ({method} method) "
+                  f"over {first['n']} pairs per row.", ""]
         lines += _table(["input / backend", "MNC / Mask R-CNN (median)", "quartiles"],
                         [[k, f"{e['median']:.2f}", f"{e['q1']:.2f}-{e['q3']:.2f}"]
                          for k, e in paired.items()]) + [""]
