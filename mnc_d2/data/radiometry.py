@@ -15,7 +15,7 @@ The model's input is ``(f(DN) - PIXEL_MEAN) / PIXEL_STD`` per band, with ``f`` o
 - ``"sqrt"``: ``f(x) = sqrt(max(x, 0))`` per band, the variance-stabilising transform of
   photon (shot) noise: a milder spreading of the dark end than the log's, and a milder
   compression of the bright end (the log lifts dark roofs on imagery where they are dark in
-  every band but costs small buildings there, BENCHMARKS.md section 1).
+  every band but costs small buildings there, BENCHMARKS.md section 1). Not yet benchmarked.
 
 ``MODEL.PIXEL_MEAN/STD`` are then statistics of ``f(DN)``: ``INPUT.BAND_STATS: auto`` computes
 them after the transform (:mod:`.band_stats`), and a mean outside the transform's range is
