@@ -5,7 +5,8 @@ deviation of every selected band (of its values after ``INPUT.DN_TRANSFORM``) ov
 deterministic sample of) the training images, write them to ``OUTPUT_DIR/band_stats.json`` and
 put them in ``MODEL.PIXEL_MEAN/STD`` (the std divided by ``INPUT.BAND_STATS_TARGET_STD``, the
 spread a pretrained backbone expects). The run's saved ``config.yaml`` then carries them, so
-evaluation and ``predict.py`` normalise exactly as training did. A path instead of "auto" loads such a JSON.
+evaluation and ``predict.py`` normalise exactly as training did. A path instead of "auto" loads
+such a JSON.
 """
 
 from __future__ import annotations

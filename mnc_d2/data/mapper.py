@@ -113,7 +113,7 @@ class SpaceNetDatasetMapper:
         return {"is_train": is_train, "augmentations": augs, "bands": bands,
                 "fill_values": fill, "mask_format": cfg.INPUT.MASK_FORMAT,
                 "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED),
-                "roof_gain": roof_gain_from_config(cfg) if is_train else None}
+                "roof_gain": roof_gain_from_config(cfg, fill) if is_train else None}
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)

@@ -126,11 +126,13 @@ class RandomRoofGain:
         return out
 
 
-def roof_gain_from_config(cfg) -> RandomRoofGain | None:
-    """INPUT.AUGMENT.ROOF_GAIN as a :class:`RandomRoofGain`, or None when PROB is 0."""
+def roof_gain_from_config(cfg, keep: list[float] | None = None) -> RandomRoofGain | None:
+    """INPUT.AUGMENT.ROOF_GAIN as a :class:`RandomRoofGain`, or None when PROB is 0. ``keep``:
+    the DNs nodata was filled with (the mapper's fill: PIXEL_MEAN before INPUT.DN_TRANSFORM;
+    None: computed from cfg)."""
     rg = cfg.INPUT.AUGMENT.ROOF_GAIN
     if rg.PROB <= 0.0:
         return None
-    # the DNs nodata was filled with (PIXEL_MEAN before INPUT.DN_TRANSFORM)
-    keep = dn_transform_from_config(cfg).inverse(cfg.MODEL.PIXEL_MEAN)
+    if keep is None:
+        keep = dn_transform_from_config(cfg).inverse(cfg.MODEL.PIXEL_MEAN)
     return RandomRoofGain(float(rg.PROB), tuple(rg.RANGE), float(rg.BAND_SPREAD), keep=keep)

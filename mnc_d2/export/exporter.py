@@ -89,6 +89,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     if unknown or not formats:
         raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
     out_dir = Path(out_dir)
+    dn = dn_transform_from_config(cfg)  # what the DNs become before the graph
     if "onnx-int8" in formats:  # before the (slow) trace: a missing dataset fails at once
         from .quantize import calibration_files
 
@@ -118,7 +119,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
             from .quantize import calibration_tiles, quantize_onnx
 
             tiles = calibration_tiles(calibration, input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN),
-                                      tile_size, dn_transform_from_config(cfg))
+                                      tile_size, dn)
             int8 = quantize_onnx(work / MODEL_FILES["onnx"], work / MODEL_FILES["onnx-int8"],
                                  tiles)
             int8["calibration_files"] = [str(f) for f in calibration]
@@ -136,7 +137,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                       "band_names": [str(n) for n in cfg.INPUT.BAND_NAMES],
                       "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
                       "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
-                      "dn_transform": dn_transform_from_config(cfg).kind,
+                      "dn_transform": dn.kind,
                       "gsd": float(cfg.INPUT.GSD) or None,
                       "resized": list(graph.resized), "padded": list(graph.padded)},
             "outputs": {"boxes": "(R, 4) x0 y0 x1 y1 tile pixels", "scores": "(R,)",

@@ -6,10 +6,11 @@ the data, no ``Instances``), so that ``torch.jit.trace`` and the ONNX exporter r
 faithfully:
 
     tile (1, C, H, W; band values after INPUT.DN_TRANSFORM) -> resize (INPUT.MIN/MAX_SIZE_TEST)
-    -> (x - PIXEL_MEAN) / PIXEL_STD -> pad to the backbone's size divisibility -> backbone + FPN -> RPN (Detectron2's own
-    proposal selection) -> MNC stages 2-5 -> score filter, per-class NMS, top-K -> mask voting
-    (class-aware, all classes at once) -> NMS after voting -> boxes in tile pixels, scores,
-    classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped to 0.5.
+    -> (x - PIXEL_MEAN) / PIXEL_STD -> pad to the backbone's size divisibility -> backbone + FPN
+    -> RPN (Detectron2's own proposal selection) -> MNC stages 2-5 -> score filter, per-class
+    NMS, top-K -> mask voting (class-aware, all classes at once) -> NMS after voting -> boxes in
+    tile pixels, scores, classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped
+    to 0.5.
 
 :class:`MaskRCNNExportGraph` does the same for Detectron2's standard Mask R-CNN (the
 benchmark's baseline), with the same inputs and outputs.

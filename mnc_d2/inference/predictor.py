@@ -202,6 +202,7 @@ class ScenePredictor:
             self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
             self.dn = dn_transform_from_config(cfg)
+            mean = cfg.MODEL.PIXEL_MEAN
             sn = cfg.TEST.SPACENET
             post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
@@ -223,12 +224,12 @@ class ScenePredictor:
             self.bands, self.band_names = bundle.bands, bundle.band_names
             self.model_gsd = bundle.gsd
             self.dn = dn_transform(bundle.dn_transform)
-            self.dn.check_means(bundle.pixel_mean, f"{model_dir}: pixel_mean")
+            mean = bundle.pixel_mean
+            self.dn.check_means(mean, f"{model_dir}: pixel_mean")
             post = dict(bundle.meta["post"])
             threshold = float(bundle.meta["score_thresh"] if score_thresh is None
                               else score_thresh)
         # nodata and pixels outside the data get the DNs INPUT.DN_TRANSFORM maps to PIXEL_MEAN
-        mean = cfg.MODEL.PIXEL_MEAN if backend == "torch" else bundle.pixel_mean
         self.fill = np.asarray(self.dn.inverse(mean), dtype=np.float32)
         self.post = {"score_thresh": threshold, **post}
         self.pipeline = True  # read and polygonise beside the model (see _predict_grid)
