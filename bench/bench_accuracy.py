@@ -91,6 +91,9 @@ ROOF_GAIN = ["INPUT.AUGMENT.ROOF_GAIN.PROB", "0.3", "INPUT.AUGMENT.ROOF_GAIN.RAN
              "INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD", "2.0"]
 # The RPN trained on each image's hardest anchors (mnc_d2.modeling.HardMiningRPN).
 RPN_OHEM = ["MODEL.PROPOSAL_GENERATOR.NAME", "HardMiningRPN"]
+# Hard example mining in the MNC heads: each image's 32 training RoIs are the highest-loss of 128
+# sampled (MODEL.MNC.OHEM_CANDIDATES; the demo config samples 32 of its 200 proposals).
+ROI_OHEM = ["MODEL.MNC.OHEM_CANDIDATES", "128"]
 # The model normalises log(1 + DN) instead of the DNs (INPUT.DN_TRANSFORM log); the base config's
 # INPUT.BAND_STATS auto then computes the statistics of the logs.
 LOG_DN = ["INPUT.DN_TRANSFORM", "log"]
@@ -127,6 +130,8 @@ VARIANTS = {
     # HardMiningRPN: online hard example mining) instead of a random draw: small and dark-roofed
     # buildings are lost first by the RPN (section 1b).
     "mnc5_rpn_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", RPN_OHEM),
+    # mnc5 with hard example mining in the heads (ROI_OHEM above).
+    "mnc5_roi_ohem": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ROI_OHEM),
     # log(1 + DN) as input (LOG_DN above): a shadow or a dimmer scene is then an offset, the
     # dark end of the range (dark roofs, asphalt, shadow) is spread out.
     "mnc5_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", LOG_DN),
@@ -193,6 +198,9 @@ VARIANTS = {
     # The baseline trained with the RGB two levers (native resolution, small anchors).
     "mask_rcnn_native_small_anchors": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                        NATIVE + SMALL_ANCHORS),
+    # The same plus log(1 + DN) as input (mnc5_native_small_anchors_logdn's), trained the same way.
+    "mask_rcnn_native_small_anchors_logdn": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+                                             NATIVE + SMALL_ANCHORS + LOG_DN),
 }
 CITIES = ["vegas", "paris"]
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds

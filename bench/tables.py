@@ -659,7 +659,7 @@ def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
         return accuracy_tables
-    if report_name == "diagnose_slices":
+    if report_name.startswith("diagnose_slices"):
         return diagnose_slices_table
     if report_name == "diagnose_units":
         return diagnose_units_table

@@ -183,6 +183,12 @@ def _add_mnc_keys(cfg: CN) -> None:
     # foreground for the stage-3/5 classifiers (the paper's mask-level labels, 0.5 there; measured
     # on the RoI's M x M grid here, on image-size masks there).
     _C.MODEL.MNC.MASK_FG_IOU = 0.5
+    # Online hard example mining in the heads (Shrivastava, Gupta, Girshick, CVPR 2016; not in the
+    # original MNC, which samples its RoIs at random like Detectron2): 0 = off (the original's
+    # rule); N > ROI_HEADS.BATCH_SIZE_PER_IMAGE = each image's training RoIs are the
+    # BATCH_SIZE_PER_IMAGE with the highest stage 2-3 loss among N sampled ones (at most
+    # POSITIVE_FRACTION of them foreground), ranked by a forward pass without gradient.
+    _C.MODEL.MNC.OHEM_CANDIDATES = 0
     # Inference: mask voting (each kept mask = score-weighted mean of overlapping candidates).
     _C.MODEL.MNC.MASK_VOTING = True
     # Inference: box IoU above which a candidate votes for a kept instance's mask.

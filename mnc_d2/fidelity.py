@@ -78,8 +78,10 @@ RULES: tuple[Rule, ...] = (
          "the refined stage-3 boxes, re-matched to the ground truth by box IoU"),
     Rule("RoI sampling", "64 RoIs per image, 30% foreground (box IoU >= 0.5); background from "
          "IoU [0.1, 0.5) (85%) and [0, 0.1) (15%)",
-         "Detectron2's sampler: foreground fraction POSITIVE_FRACTION, background any IoU < 0.5",
-         ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.POSITIVE_FRACTION")),
+         "Detectron2's sampler: foreground fraction POSITIVE_FRACTION, background any IoU < 0.5; "
+         "OHEM_CANDIDATES > 0: the highest-loss RoIs of a larger sample (hard example mining)",
+         ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.POSITIVE_FRACTION",
+          "MODEL.MNC.OHEM_CANDIDATES")),
     Rule("mask loss", "per-pixel logistic loss, weight 2", "per-pixel binary cross-entropy "
          "(mean), weight 1", ("MODEL.MNC.LOSS_WEIGHTS.MASK2", "MODEL.MNC.LOSS_WEIGHTS.MASK4")),
     Rule("input values", "8-bit RGB with the per-channel mean subtracted, not scaled",

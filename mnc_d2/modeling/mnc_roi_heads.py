@@ -15,7 +15,10 @@ Training (choices of the paper and of its released code, and where we deviate):
 
 * RoIs are sampled from RPN proposals with Detectron2's sampler (ROI_HEADS.BATCH_SIZE_PER_IMAGE,
   POSITIVE_FRACTION, IOU_THRESHOLDS; the paper samples 64 RoIs/image at 1:3, box IoU >= 0.5
-  foreground). The same RoIs go through every stage.
+  foreground). The same RoIs go through every stage. With MODEL.MNC.OHEM_CANDIDATES N > 0
+  (online hard example mining; not in the original) the sampler draws N RoIs per image and the
+  BATCH_SIZE_PER_IMAGE of them with the highest stage 2-3 loss (:meth:`MNCROIHeads.roi_losses`)
+  are trained on, in the sampler's foreground/background counts.
 * Mask targets: the matched ground-truth mask cropped to the RoI and resized to M x M (binary
   cross-entropy per pixel, foreground RoIs only), as in the paper.
 * Classifier labels are mask-level, as in the paper: a box-foreground RoI stays foreground for
@@ -68,6 +71,7 @@ from fvcore.nn import smooth_l1_loss
 from torch import nn
 
 from .box_gradient import GradientRatioProbe, clip_gradient
+from .hard_mining_rpn import hardest_labels
 from .mask_ops import mask_iou_in_box, mask_voting, mask_voting_image
 from .mnc_heads import MaskedClassificationHead, build_mask_head
 from .roi_warp import MultiLevelWarp
@@ -111,7 +115,7 @@ class MNCROIHeads(ROIHeads):
                  test_detections_per_img: int = 300, mask_voting: bool = True,
                  mask_voting_iou: float = 0.5, mask_voting_space: str = "image",
                  mask_threshold: float = 0.5, nms_after_voting: bool = True,
-                 test_cascade_min_score: float = 0.0, **kwargs):
+                 test_cascade_min_score: float = 0.0, ohem_candidates: int = 0, **kwargs):
         super().__init__(**kwargs)
         if num_stages not in (3, 5):
             raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
@@ -152,6 +156,11 @@ class MNCROIHeads(ROIHeads):
             raise ValueError(f"MODEL.MNC.TEST_CASCADE_MIN_SCORE={test_cascade_min_score}: use a "
                              "score in [0, 1] (0 = every proposal goes on to stages 4-5)")
         self.test_cascade_min_score = test_cascade_min_score
+        if ohem_candidates and ohem_candidates <= self.batch_size_per_image:
+            raise ValueError(f"MODEL.MNC.OHEM_CANDIDATES={ohem_candidates} must exceed "
+                             f"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE={self.batch_size_per_image} "
+                             "(the RoIs it chooses among), or be 0 (no mining)")
+        self.ohem_candidates = ohem_candidates
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -206,6 +215,7 @@ class MNCROIHeads(ROIHeads):
             mask_threshold=mnc.MASK_THRESHOLD,
             nms_after_voting=mnc.NMS_AFTER_VOTING,
             test_cascade_min_score=mnc.TEST_CASCADE_MIN_SCORE,
+            ohem_candidates=mnc.OHEM_CANDIDATES,
         )
         return ret
 
@@ -253,29 +263,43 @@ class MNCROIHeads(ROIHeads):
         feats = [features[f] for f in self.in_features]
         if self.training:
             assert targets is not None, "MNCROIHeads needs targets in training"
-            proposals = self.label_and_sample_proposals(proposals, targets)
+            if self.ohem_candidates:
+                proposals = self._mine(feats, self._sample_candidates(proposals, targets))
+            else:
+                proposals = self.label_and_sample_proposals(proposals, targets)
             return proposals, self._forward_train(feats, proposals, targets)
         return self._forward_test(feats, proposals), {}
 
     # --- training -----------------------------------------------------------------------------
 
-    def _mask_loss_and_labels(self, mask_logits, rois, gt_masks, gt_classes, fg, name):
-        """BCE mask loss on foreground RoIs and mask-level classifier labels. rois: (R, 4)."""
+    def _mask_targets_and_labels(self, mask_logits, rois, gt_masks, gt_classes, fg,
+                                 name: str | None):
+        """Mask targets of the foreground RoIs (R_fg, M, M) (None without any) and mask-level
+        classifier labels (R,). mask_logits: (R, M, M); rois: (R, 4); ``name``: the event
+        storage key of the mask-level foreground fraction (None: not recorded)."""
         m = mask_logits.shape[-1]
         labels = gt_classes.clone()
-        if fg.any():
-            targets = cat([g.crop_and_resize(r, m) for g, r in gt_masks]).to(mask_logits.dtype)
-            loss = F.binary_cross_entropy_with_logits(mask_logits[fg], targets, reduction="mean")
-            if self.mask_fg_iou > 0:
-                areas = cat([_mask_areas(g) for g, _ in gt_masks]).to(mask_logits.device)
-                miou = mask_iou_in_box(mask_logits[fg].detach(), targets, rois[fg], areas)
-                fg_idx = torch.nonzero(fg, as_tuple=True)[0]
-                labels[fg_idx[miou < self.mask_fg_iou]] = self.num_classes
+        if not fg.any():
+            return None, labels
+        targets = cat([g.crop_and_resize(r, m) for g, r in gt_masks]).to(mask_logits.dtype)
+        if self.mask_fg_iou > 0:
+            areas = cat([_mask_areas(g) for g, _ in gt_masks]).to(mask_logits.device)
+            miou = mask_iou_in_box(mask_logits[fg].detach(), targets, rois[fg], areas)
+            fg_idx = torch.nonzero(fg, as_tuple=True)[0]
+            labels[fg_idx[miou < self.mask_fg_iou]] = self.num_classes
+            if name is not None:
                 get_event_storage().put_scalar(f"mnc/{name}_mask_fg_fraction",
                                                float((miou >= self.mask_fg_iou).float().mean()))
-        else:
-            loss = mask_logits.sum() * 0.0
-        return loss, labels
+        return targets, labels
+
+    def _mask_loss_and_labels(self, mask_logits, rois, gt_masks, gt_classes, fg, name):
+        """BCE mask loss on foreground RoIs and mask-level classifier labels. rois: (R, 4)."""
+        targets, labels = self._mask_targets_and_labels(mask_logits, rois, gt_masks, gt_classes,
+                                                        fg, name)
+        if targets is None:
+            return mask_logits.sum() * 0.0, labels
+        return F.binary_cross_entropy_with_logits(mask_logits[fg], targets,
+                                                  reduction="mean"), labels
 
     def _train_pair(self, feats, boxes, gt_masks, gt_classes, second: bool, name: str):
         """Training: mask stage, mask-level labels, masking layer and classification stage.
@@ -333,6 +357,92 @@ class MNCROIHeads(ROIHeads):
                 losses["loss_box5"] = self._box_loss(deltas5, cat(refined).detach(),
                                                      cat([b for _, _, b in stage4]), classes4)
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    # --- online hard example mining (MODEL.MNC.OHEM_CANDIDATES) -----------------------------
+
+    def _sample_candidates(self, proposals: list[Instances], targets: list[Instances]):
+        """Detectron2's labelling and sampling, OHEM_CANDIDATES RoIs per image instead of
+        BATCH_SIZE_PER_IMAGE (same positive fraction). Its roi_head/num_*_samples events count
+        the candidates; ``mnc/ohem_*`` record what :meth:`_mine` keeps."""
+        batch = self.batch_size_per_image
+        self.batch_size_per_image = self.ohem_candidates
+        try:
+            return self.label_and_sample_proposals(proposals, targets)
+        finally:
+            self.batch_size_per_image = batch
+
+    @torch.no_grad()
+    def roi_losses(self, feats, proposals: list[Instances]) -> torch.Tensor:
+        """Each sampled RoI's stage 2-3 training loss under the current weights, (R,) over the
+        images' RoIs in order, ranking the RoIs for hard example mining: LOSS_WEIGHTS.MASK2 x the
+        mean per-pixel cross-entropy of its stage-2 mask (foreground RoIs) + CLS3 x the
+        cross-entropy of its stage-3 mask-level label + BOX3 x the smooth L1 of its stage-3
+        deltas (foreground RoIs). Named approximations: stages 4-5 do not enter the ranking, and
+        the heads run in eval mode (with MODEL.MNC.NORM BN, on running statistics), so that the
+        ranking pass leaves no trace in the model.
+
+        feats: per level (N, C, H_l, W_l); proposals: per image Instances with proposal_boxes,
+        gt_classes (K = background) and, where foreground, gt_boxes and gt_masks.
+        """
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        gt_classes = cat([p.gt_classes for p in proposals])
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        rois = cat(boxes)
+        mask_head, cls_head = self._stage_heads(second=False)
+        modes = [(m, m.training) for m in (mask_head, cls_head)]
+        try:
+            for m, _ in modes:
+                m.train(False)
+            warped = self.warp(feats, boxes)
+            mask_logits = mask_head(warped)
+            masks = self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
+                                    for p in proposals], [p.gt_classes for p in proposals], boxes)
+            targets, labels = self._mask_targets_and_labels(mask_logits, rois, masks, gt_classes,
+                                                            fg, None)
+            cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+        w = self.loss_weights
+        loss = w["loss_cls3"] * F.cross_entropy(cls_logits, labels, reduction="none")
+        if targets is not None:
+            rows = torch.nonzero(fg, as_tuple=True)[0]
+            mask = F.binary_cross_entropy_with_logits(mask_logits[fg], targets,
+                                                      reduction="none").mean(dim=(1, 2))
+            gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
+                            else p.proposal_boxes.tensor.new_zeros((len(p), 4))
+                            for p in proposals])
+            box_targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
+            picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+            box = smooth_l1_loss(picked, box_targets, self.smooth_l1_beta,
+                                 reduction="none").sum(dim=1)
+            loss = loss.index_add(0, rows, w["loss_mask2"] * mask + w["loss_box3"] * box)
+        return loss
+
+    def _mine(self, feats, proposals: list[Instances]) -> list[Instances]:
+        """Of each image's candidate RoIs, the BATCH_SIZE_PER_IMAGE with the highest
+        :meth:`roi_losses`: at most POSITIVE_FRACTION of them foreground (the hardest), the rest
+        background (the hardest), as Detectron2's sampler counts them. Records the kept RoIs'
+        foreground fraction and mean ranking loss against all candidates' (``mnc/ohem_*``)."""
+        losses = self.roi_losses(feats, proposals)
+        out, kept_loss, num_fg = [], [], 0
+        for p, loss in zip(proposals, losses.split([len(p) for p in proposals])):
+            c = p.gt_classes
+            fg = (c >= 0) & (c < self.num_classes)
+            labels = torch.where(fg, torch.ones_like(c), torch.where(
+                c == self.num_classes, torch.zeros_like(c), torch.full_like(c, -1)))
+            keep = torch.nonzero(hardest_labels(labels, loss, self.batch_size_per_image,
+                                                self.positive_fraction) >= 0, as_tuple=True)[0]
+            out.append(p[keep])
+            kept_loss.append(loss[keep])
+            num_fg += int(fg[keep].sum())
+        kept_loss = cat(kept_loss)
+        storage = get_event_storage()
+        storage.put_scalar("mnc/ohem_fg_fraction", num_fg / max(kept_loss.numel(), 1))
+        if losses.numel():
+            storage.put_scalar("mnc/ohem_loss_kept", float(kept_loss.mean()))
+            storage.put_scalar("mnc/ohem_loss_candidates", float(losses.mean()))
+        return out
 
     def _fg_masks(self, gt_masks, gt_classes, boxes):
         """[(ground-truth masks of the foreground RoIs, their boxes)] per image with any."""
