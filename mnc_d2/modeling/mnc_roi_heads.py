@@ -84,6 +84,13 @@ def _mask_areas(masks) -> torch.Tensor:
     return masks.tensor.flatten(1).sum(dim=1).float()
 
 
+def _gt_boxes(proposals: list[Instances]) -> torch.Tensor:
+    """The matched ground-truth boxes of sampled proposals, (R, 4) over the images in order
+    (zeros for an image without ground truth, whose proposals are all background)."""
+    return cat([p.gt_boxes.tensor if p.has("gt_boxes")
+                else p.proposal_boxes.tensor.new_zeros((len(p), 4)) for p in proposals])
+
+
 def remap_threshold(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """Monotone map of [0, 1] sending ``threshold`` to 0.5 (Detectron2 pastes masks at 0.5)."""
     if abs(threshold - 0.5) < 1e-9:
@@ -333,15 +340,12 @@ class MNCROIHeads(ROIHeads):
         boxes = [p.proposal_boxes.tensor for p in proposals]
         gt_classes = cat([p.gt_classes for p in proposals])
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        masks = self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
-                                for p in proposals], [p.gt_classes for p in proposals], boxes)
+        masks = self._proposal_fg_masks(proposals)
         losses = {}
         _, losses["loss_mask2"], labels3, cls3, deltas3, box3 = self._train_pair(
             feats, boxes, masks, gt_classes, second=False, name="stage3")
         self._cls_losses(losses, 3, cls3, labels3, box3, gt_classes)
-        gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
-                        else p.proposal_boxes.tensor.new_zeros((len(p), 4)) for p in proposals])
-        losses["loss_box3"] = self._box_loss(deltas3, cat(boxes), gt_boxes, gt_classes,
+        losses["loss_box3"] = self._box_loss(deltas3, cat(boxes), _gt_boxes(proposals), gt_classes,
                                              probe=self.box_grad == "delta")
         if self.num_stages == 5:
             classes = torch.where(fg, gt_classes, cls3[:, : self.num_classes].argmax(1))
@@ -395,10 +399,8 @@ class MNCROIHeads(ROIHeads):
                 m.train(False)
             warped = self.warp(feats, boxes)
             mask_logits = mask_head(warped)
-            masks = self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
-                                    for p in proposals], [p.gt_classes for p in proposals], boxes)
-            targets, labels = self._mask_targets_and_labels(mask_logits, rois, masks, gt_classes,
-                                                            fg, None)
+            targets, labels = self._mask_targets_and_labels(
+                mask_logits, rois, self._proposal_fg_masks(proposals), gt_classes, fg, None)
             cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())
         finally:
             for m, mode in modes:
@@ -406,14 +408,10 @@ class MNCROIHeads(ROIHeads):
         w = self.loss_weights
         loss = w["loss_cls3"] * F.cross_entropy(cls_logits, labels, reduction="none")
         if targets is not None:
-            rows = torch.nonzero(fg, as_tuple=True)[0]
             mask = F.binary_cross_entropy_with_logits(mask_logits[fg], targets,
                                                       reduction="none").mean(dim=(1, 2))
-            gt_boxes = cat([p.gt_boxes.tensor if p.has("gt_boxes")
-                            else p.proposal_boxes.tensor.new_zeros((len(p), 4))
-                            for p in proposals])
-            box_targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
-            picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+            rows, picked, box_targets = self._fg_deltas(deltas, rois, _gt_boxes(proposals),
+                                                        gt_classes)
             box = smooth_l1_loss(picked, box_targets, self.smooth_l1_beta,
                                  reduction="none").sum(dim=1)
             loss = loss.index_add(0, rows, w["loss_mask2"] * mask + w["loss_box3"] * box)
@@ -444,6 +442,21 @@ class MNCROIHeads(ROIHeads):
             storage.put_scalar("mnc/ohem_loss_candidates", float(losses.mean()))
         return out
 
+    def _fg_deltas(self, deltas, rois, gt_boxes, gt_classes):
+        """The foreground RoIs' rows (R_fg,), the deltas predicted for their class (R_fg, 4) and
+        their regression targets (R_fg, 4). deltas: (R, 4K); rois, gt_boxes: (R, 4); gt_classes:
+        (R,)."""
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        rows = torch.nonzero(fg, as_tuple=True)[0]
+        picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+        return rows, picked, self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
+
+    def _proposal_fg_masks(self, proposals: list[Instances]):
+        """:meth:`_fg_masks` of sampled proposals (their gt_masks, gt_classes and boxes)."""
+        return self._fg_masks([p.get("gt_masks") if p.has("gt_masks") else None
+                               for p in proposals], [p.gt_classes for p in proposals],
+                              [p.proposal_boxes.tensor for p in proposals])
+
     def _fg_masks(self, gt_masks, gt_classes, boxes):
         """[(ground-truth masks of the foreground RoIs, their boxes)] per image with any."""
         out = []
@@ -461,12 +474,9 @@ class MNCROIHeads(ROIHeads):
         gt_classes: (R,). ``probe``: record this loss's gradient on the deltas for
         ``mnc/box_grad_ratio``.
         """
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        if not fg.any():
+        if not ((gt_classes >= 0) & (gt_classes < self.num_classes)).any():
             return deltas.sum() * 0.0
-        targets = self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
-        rows = torch.nonzero(fg, as_tuple=True)[0]
-        picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
+        _, picked, targets = self._fg_deltas(deltas, rois, gt_boxes, gt_classes)
         if probe:
             picked = self.grad_probe.tap(picked, "box_loss")
         loss = smooth_l1_loss(picked, targets, self.smooth_l1_beta, reduction="sum")
