@@ -149,6 +149,10 @@ VARIANTS = {
     # The RGB two levers and log(1 + DN) as input.
     "mnc5_native_small_anchors_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         NATIVE + SMALL_ANCHORS + LOG_DN),
+    # The same plus roof recolouring (ROOF_GAIN above): the log makes a darker roof an offset,
+    # the recolouring shows the heads roofs darker than the training city's.
+    "mnc5_native_small_anchors_logdn_roofgain": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                                 NATIVE + SMALL_ANCHORS + LOG_DN + ROOF_GAIN),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),
@@ -453,12 +457,15 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, images: int):
+def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, images: int,
+               test_setting: str | None = None):
     """A run this script trained, for the diagnostic scripts (which train nothing): its folder,
-    frozen config, held-out test root and the image product it reads. Sets
-    DETECTRON2_DATASETS to its training data (which holds the band statistics the config
-    names); exits naming the command to train it when it is not there."""
+    frozen config, held-out test root (of ``test_setting``, default the training setting's) and
+    the image product it reads. Sets DETECTRON2_DATASETS to its training data (which holds the
+    band statistics the config names); exits naming the command to train it when it is not
+    there."""
     suffix = "" if setting == "default" else f"_{setting}"
+    test_suffix = "" if (test_setting or setting) == "default" else f"_{test_setting or setting}"
     out_dir = work / "runs" / f"{name}_{images}img_{iters}it{suffix}" / f"seed{seed}"
     weights = out_dir / "model_final.pth"
     if not weights.exists():
@@ -468,7 +475,7 @@ def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, image
     os.environ["DETECTRON2_DATASETS"] = str(work / f"train_seed0_{images}{suffix}")
     cfg = variant_cfg(name, out_dir, iters, seed)
     product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
-    return out_dir, cfg, work / f"test_seed1_{images // 2}{suffix}", product
+    return out_dir, cfg, work / f"test_seed1_{images // 2}{test_suffix}", product
 
 
 def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,

@@ -112,15 +112,19 @@ def best_polygon_match(truth: pd.DataFrame, props: pd.DataFrame) -> tuple[np.nda
 
 
 def diagnose_run(name: str, seed: int, setting: str, work: Path, iters: int,
-                 images: int) -> dict:
-    out_dir, cfg, test_root, product = acc.cached_run(name, seed, setting, work, iters, images)
+                 images: int, test_setting: str | None = None) -> dict:
+    """One run's stage fractions per slice, on the benchmark of ``test_setting`` (default: the
+    run's own setting; another one needs bench_accuracy.py's --test-setting evaluation)."""
+    out_dir, cfg, test_root, product = acc.cached_run(name, seed, setting, work, iters, images,
+                                                      test_setting)
     weights = out_dir / "model_final.pth"
     names, truth = acc.benchmark_datasets(test_root, product)
     csvs = sorted((out_dir / f"bench_eval_{test_root.name}").glob("*/spacenet_proposals.csv"))
     if len(csvs) != len(names):
         raise SystemExit(f"{out_dir}: expected {len(names)} evaluated cities under "
                          f"bench_eval_{test_root.name}/, found {len(csvs)}; run "
-                         "bench.bench_accuracy for this run first")
+                         "bench.bench_accuracy for this run first (with --test-setting "
+                         f"{test_setting} for another setting's benchmark)")
     props = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
     props["geometry"] = shapely.from_wkt(props.PolygonWKT_Pix.to_numpy())
     floor = score(truth, props)
@@ -165,6 +169,9 @@ def main() -> None:
                         choices=list(acc.VARIANTS))
     parser.add_argument("--settings", nargs="+", default=["default", "hard"],
                         choices=["default", "hard"])
+    parser.add_argument("--test-setting", choices=["default", "hard"],
+                        help="diagnose on this setting's benchmark instead of each run's own "
+                             "(transfer; keys become VARIANT/SETTING -> TEST_SETTING)")
     parser.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", default=".cache/bench/accuracy")
     parser.add_argument("--iters", type=int, default=600)
@@ -182,11 +189,12 @@ def main() -> None:
         report["runs"] = json.loads(Path(args.add_to).read_text())["runs"]
     for setting in args.settings:
         for name in args.variants:
-            key = f"{name}/{setting}"
+            test = args.test_setting or setting
+            key = f"{name}/{setting}" + (f" -> {test}" if test != setting else "")
             for seed in args.model_seeds:
                 logging.info("diagnosing %s seed %d", key, seed)
                 report["runs"].setdefault(key, {})[str(seed)] = diagnose_run(
-                    name, seed, setting, work, args.iters, args.images)
+                    name, seed, setting, work, args.iters, args.images, test)
     report["summary"] = summarize(report["runs"])
     print(json.dumps(report, indent=2))
 

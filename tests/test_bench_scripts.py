@@ -59,6 +59,15 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     transfer = _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES),
                       "--variants", "mnc5", "--work", str(work), "--test-setting", "hard")
     assert transfer["test_setting"] == "hard" and transfer["setting"] == "default"
+    # where the transferred model loses each slice: read from that evaluation, on hard's truth
+    diag_t = _bench("diagnose_slices", "--variants", "mnc5", "--settings", "default",
+                    "--test-setting", "hard", "--model-seeds", "0", "--iters", str(ITERS),
+                    "--images", str(IMAGES), "--work", str(work))
+    assert list(diag_t["runs"]) == ["mnc5/default -> hard"]
+    assert {f: s["n"] for f, s in diag_t["runs"]["mnc5/default -> hard"]["0"]["slices"].items()
+            } == transfer["runs"]["mnc5"]["0"]["slice_counts"]
+    assert any(line.startswith("| default -> hard | mnc5 |")
+               for line in tables.table_maker("diagnose_slices")(diag_t))
     # the paired shape comparison reads the report's evaluations (a run paired with itself:
     # every matched building is common); a report whose counts the files on disk do not
     # reproduce is refused, naming the run
