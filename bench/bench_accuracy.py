@@ -97,6 +97,10 @@ ROI_OHEM = ["MODEL.MNC.OHEM_CANDIDATES", "128"]
 # The model normalises log(1 + DN) instead of the DNs (INPUT.DN_TRANSFORM log); the base config's
 # INPUT.BAND_STATS auto then computes the statistics of the logs.
 LOG_DN = ["INPUT.DN_TRANSFORM", "log"]
+# Scale jitter at training time (INPUT.AUGMENT.SCALE_RANGE): each 650 px tile resized by a factor
+# drawn uniformly from 2/3 to 3/2 (even in log scale either way) before the 416 px window is cut,
+# so the model sees buildings from two thirds to one and a half times their drawn size.
+SCALE_JITTER = ["INPUT.AUGMENT.SCALE_RANGE", "(0.667, 1.5)"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -153,6 +157,10 @@ VARIANTS = {
     # the recolouring shows the heads roofs darker than the training city's.
     "mnc5_native_small_anchors_logdn_roofgain": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                  NATIVE + SMALL_ANCHORS + LOG_DN + ROOF_GAIN),
+    # The same plus scale jitter (SCALE_JITTER above): buildings down to two thirds of the
+    # smallest the training city draws.
+    "mnc5_native_small_anchors_logdn_scale": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                              NATIVE + SMALL_ANCHORS + LOG_DN + SCALE_JITTER),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),

@@ -19,7 +19,9 @@ every truth building the SpaceNet rules keep, on the held-out benchmark of the r
 A building lost between ``rpn`` and ``detected`` is lost by the heads (classification, box or
 mask); one lost between ``detected`` and ``found`` has a score under the threshold; one never
 proposed is lost by the RPN (anchors, resolution, features). Each slice (small, concave, dark,
-other; flags as bench_accuracy.py defines them) gets the fraction at every stage.
+other; flags as bench_accuracy.py defines them; and the dark roofs split into small and large
+ones, ``dark_small`` and ``dark_large``, as the small slice's 100 m2 cuts them) gets the fraction
+at every stage.
 
     python -m bench.diagnose_slices --variants mnc5 mask_rcnn --settings default hard \
         --model-seeds 0 1 2 > bench/results/diagnose_slices.json
@@ -55,7 +57,9 @@ from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
 
 from . import bench_accuracy as acc  # noqa: E402
 
-SLICES = ("small", "concave", "dark", "other")
+# The benchmark's four slices, then the dark roofs split by size: small (under 100 m2, the
+# small slice's cut) and the rest.
+SLICES = ("small", "concave", "dark", "other", "dark_small", "dark_large")
 STAGES = ("rpn", "rpn_07", "detected", "found", "poor_mask")
 
 
@@ -139,6 +143,8 @@ def diagnose_run(name: str, seed: int, setting: str, work: Path, iters: int,
         best_iou=best, best_score=np.where(best >= 0.3, best_score, np.nan))
     frame = frame[frame.kept].merge(attrs, on=["ImageId", "BuildingId"], how="left")
     frame["other"] = ~(frame.small | frame.concave | frame.dark)
+    frame["dark_small"] = frame.dark & frame.small
+    frame["dark_large"] = frame.dark & ~frame.small
     out = {"score_thresh": thresh, "slices": {}}
     for flag in SLICES:
         sel = frame[frame[flag].astype(bool)]
@@ -157,6 +163,8 @@ def summarize(runs: dict) -> dict:
     for key, seeds in runs.items():
         out[key] = {}
         for flag in SLICES:
+            if any(flag not in r["slices"] for r in seeds.values()):  # an earlier version's run
+                continue
             out[key][flag] = {stage: acc._spread([r["slices"][flag][stage]
                                                   for r in seeds.values()])
                               for stage in (*STAGES, "median_best_score")}

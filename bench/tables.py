@@ -348,7 +348,7 @@ def diagnose_slices_table(report: dict) -> list[str]:
         variant, setting = key.split("/")
         for flag, e in by_slice.items():
             n = next(iter(report["runs"][key].values()))["slices"][flag]["n"]
-            rows.append([setting, variant, f"{flag} ({n})",
+            rows.append([setting, variant, f"{flag.replace('_', ', ')} ({n})",
                          *(f"{e[k]['mean']:.3f}" if k in ("rpn", "rpn_07", "poor_mask",
                                                          "median_best_score")
                            else f"{e[k]['mean']:.3f} ({e[k]['min']:.2f}-{e[k]['max']:.2f})"

@@ -172,6 +172,11 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
     lines = tables.table_maker("diagnose_slices")(report)
     assert ("| hard | mnc5 | dark (10) | 0.900 | 0.700 | 0.800 (0.80-0.80) | 0.600 (0.60-0.60) | "
             "0.100 | 0.800 |") in lines
+    assert any(line.startswith("| hard | mnc5 | dark, small (10) |") for line in lines)
+    # a seed of a version without the size split: the slice is left out of the summary
+    report["runs"]["mnc5/hard"]["1"] = {"slices": {f: e for f, e in slices.items()
+                                                   if f != "dark_small"}}
+    assert "dark_small" not in diagnose_slices.summarize(report["runs"])["mnc5/hard"]
 
 
 def test_units_table_shows_each_layer_or_none():

@@ -43,8 +43,9 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     diag = _bench("diagnose_slices", "--variants", "mnc5", "--settings", "default",
                   "--model-seeds", "0", "--iters", str(ITERS), "--images", str(IMAGES),
                   "--work", str(work))
-    assert set(diag["runs"]["mnc5/default"]["0"]["slices"]) == {"small", "concave", "dark",
-                                                                "other"}
+    slices = diag["runs"]["mnc5/default"]["0"]["slices"]
+    assert set(slices) == {"small", "concave", "dark", "other", "dark_small", "dark_large"}
+    assert slices["dark_small"]["n"] + slices["dark_large"]["n"] == slices["dark"]["n"]
     assert tables.table_maker("diagnose_slices")(diag)[0].startswith("| data | variant")
     units = _bench("diagnose_units", "--variants", "mnc5", "--model-seeds", "0", "--iters",
                    str(ITERS), "--images", str(IMAGES), "--work", str(work), "--tiles", "1")
@@ -64,8 +65,9 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
                     "--test-setting", "hard", "--model-seeds", "0", "--iters", str(ITERS),
                     "--images", str(IMAGES), "--work", str(work))
     assert list(diag_t["runs"]) == ["mnc5/default -> hard"]
-    assert {f: s["n"] for f, s in diag_t["runs"]["mnc5/default -> hard"]["0"]["slices"].items()
-            } == transfer["runs"]["mnc5"]["0"]["slice_counts"]
+    counts = transfer["runs"]["mnc5"]["0"]["slice_counts"]
+    assert {f: diag_t["runs"]["mnc5/default -> hard"]["0"]["slices"][f]["n"] for f in counts
+            } == counts
     assert any(line.startswith("| default -> hard | mnc5 |")
                for line in tables.table_maker("diagnose_slices")(diag_t))
     # the paired shape comparison reads the report's evaluations (a run paired with itself:
