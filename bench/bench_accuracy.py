@@ -154,11 +154,12 @@ VARIANTS = {
     "mnc5_native_small_anchors_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         NATIVE + SMALL_ANCHORS + LOG_DN),
     # The same plus roof recolouring (ROOF_GAIN above): the log makes a darker roof an offset,
-    # the recolouring shows the heads roofs darker than the training city's.
+    # the recolouring shows the heads roofs darker than the training city's (defined; not in the
+    # committed reports).
     "mnc5_native_small_anchors_logdn_roofgain": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                  NATIVE + SMALL_ANCHORS + LOG_DN + ROOF_GAIN),
     # The same plus scale jitter (SCALE_JITTER above): buildings down to two thirds of the
-    # smallest the training city draws.
+    # smallest the training city draws (defined; not in the committed reports).
     "mnc5_native_small_anchors_logdn_scale": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                               NATIVE + SMALL_ANCHORS + LOG_DN + SCALE_JITTER),
     # All three levers together: 8 bands, native resolution, small anchors.
