@@ -98,7 +98,7 @@ ROI_OHEM = ["MODEL.MNC.OHEM_CANDIDATES", "128"]
 # INPUT.BAND_STATS auto then computes the statistics of the logs.
 LOG_DN = ["INPUT.DN_TRANSFORM", "log"]
 # Scale jitter at training time (INPUT.AUGMENT.SCALE_RANGE): each 650 px tile resized by a factor
-# drawn uniformly from 2/3 to 3/2 (even in log scale either way) before the 416 px window is cut,
+# drawn uniformly from 2/3 to 3/2 (bounds reciprocal to each other) before the 416 px window is cut,
 # so the model sees buildings from two thirds to one and a half times their drawn size.
 SCALE_JITTER = ["INPUT.AUGMENT.SCALE_RANGE", "(0.667, 1.5)"]
 VARIANTS = {

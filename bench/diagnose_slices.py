@@ -125,10 +125,10 @@ def diagnose_run(name: str, seed: int, setting: str, work: Path, iters: int,
     names, truth = acc.benchmark_datasets(test_root, product)
     csvs = sorted((out_dir / f"bench_eval_{test_root.name}").glob("*/spacenet_proposals.csv"))
     if len(csvs) != len(names):
+        other = f" --test-setting {test_setting}" if test_setting not in (None, setting) else ""
         raise SystemExit(f"{out_dir}: expected {len(names)} evaluated cities under "
                          f"bench_eval_{test_root.name}/, found {len(csvs)}; run "
-                         "bench.bench_accuracy for this run first (with --test-setting "
-                         f"{test_setting} for another setting's benchmark)")
+                         f"bench.bench_accuracy{other} for this run first")
     props = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
     props["geometry"] = shapely.from_wkt(props.PolygonWKT_Pix.to_numpy())
     floor = score(truth, props)
