@@ -319,13 +319,13 @@ class MNCROIHeads(ROIHeads):
         mask_head, cls_head = self._stage_heads(second)
         warped = self.warp(feats, boxes)
         mask_logits = mask_head(warped)
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        fg = self._is_fg(gt_classes)
         rois = cat(boxes).detach()
         mask_loss, labels = self._mask_loss_and_labels(mask_logits, rois, gt_masks, gt_classes,
                                                        fg, name)
         probs = mask_logits.sigmoid()
         if self.mask_grad_fg_only:
-            mask_fg = ((labels >= 0) & (labels < self.num_classes))[:, None, None]
+            mask_fg = self._is_fg(labels)[:, None, None]
             probs = torch.where(mask_fg, probs, probs.detach())
         cls_logits, deltas, box_logits = cls_head(warped, probs)
         return mask_logits, mask_loss, labels, cls_logits, deltas, box_logits
@@ -339,7 +339,7 @@ class MNCROIHeads(ROIHeads):
     def _forward_train(self, feats, proposals: list[Instances], targets: list[Instances]):
         boxes = [p.proposal_boxes.tensor for p in proposals]
         gt_classes = cat([p.gt_classes for p in proposals])
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        fg = self._is_fg(gt_classes)
         masks = self._proposal_fg_masks(proposals)
         losses = {}
         _, losses["loss_mask2"], labels3, cls3, deltas3, box3 = self._train_pair(
@@ -390,7 +390,7 @@ class MNCROIHeads(ROIHeads):
         """
         boxes = [p.proposal_boxes.tensor for p in proposals]
         gt_classes = cat([p.gt_classes for p in proposals])
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        fg = self._is_fg(gt_classes)
         rois = cat(boxes)
         mask_head, cls_head = self._stage_heads(second=False)
         modes = [(m, m.training) for m in (mask_head, cls_head)]
@@ -426,7 +426,7 @@ class MNCROIHeads(ROIHeads):
         out, kept_loss, num_fg = [], [], 0
         for p, loss in zip(proposals, losses.split([len(p) for p in proposals])):
             c = p.gt_classes
-            fg = (c >= 0) & (c < self.num_classes)
+            fg = self._is_fg(c)
             labels = torch.where(fg, torch.ones_like(c), torch.where(
                 c == self.num_classes, torch.zeros_like(c), torch.full_like(c, -1)))
             keep = torch.nonzero(hardest_labels(labels, loss, self.batch_size_per_image,
@@ -442,11 +442,16 @@ class MNCROIHeads(ROIHeads):
             storage.put_scalar("mnc/ohem_loss_candidates", float(losses.mean()))
         return out
 
+    def _is_fg(self, classes: torch.Tensor) -> torch.Tensor:
+        """(R,) bool: which of the (R,) class labels are foreground (-1 = ignored, K =
+        background)."""
+        return (classes >= 0) & (classes < self.num_classes)
+
     def _fg_deltas(self, deltas, rois, gt_boxes, gt_classes):
         """The foreground RoIs' rows (R_fg,), the deltas predicted for their class (R_fg, 4) and
         their regression targets (R_fg, 4). deltas: (R, 4K); rois, gt_boxes: (R, 4); gt_classes:
         (R,)."""
-        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        fg = self._is_fg(gt_classes)
         rows = torch.nonzero(fg, as_tuple=True)[0]
         picked = deltas.view(deltas.shape[0], -1, 4)[rows, gt_classes[fg]]
         return rows, picked, self.box2box_transform.get_deltas(rois[fg], gt_boxes[fg])
@@ -461,8 +466,7 @@ class MNCROIHeads(ROIHeads):
         """[(ground-truth masks of the foreground RoIs, their boxes)] per image with any."""
         out = []
         for masks, classes, b in zip(gt_masks, gt_classes, boxes):
-            fg = classes < self.num_classes
-            fg &= classes >= 0
+            fg = self._is_fg(classes)
             if masks is not None and fg.any():
                 out.append((masks[fg], b[fg]))
         return out
@@ -474,7 +478,7 @@ class MNCROIHeads(ROIHeads):
         gt_classes: (R,). ``probe``: record this loss's gradient on the deltas for
         ``mnc/box_grad_ratio``.
         """
-        if not ((gt_classes >= 0) & (gt_classes < self.num_classes)).any():
+        if not self._is_fg(gt_classes).any():
             return deltas.sum() * 0.0
         _, picked, targets = self._fg_deltas(deltas, rois, gt_boxes, gt_classes)
         if probe:
