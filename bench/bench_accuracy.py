@@ -228,6 +228,11 @@ INFERENCE_KEYS = ("MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", 
                   "TEST.SPACENET.ALIGN_NEIGHBOURS", "TEST.SPACENET.ALIGN_NEIGHBOURS_GAP")
 
 
+def setting_suffix(setting: str) -> str:
+    """The folder-name suffix of a data setting's data, runs and reports ("" for default)."""
+    return "" if setting == "default" else f"_{setting}"
+
+
 def check_test_opts(opts: list[str]) -> list[str]:
     """KEY VALUE pairs of inference-only keys; anything else is an error naming the key."""
     if len(opts) % 2:
@@ -428,11 +433,11 @@ def main() -> None:
     work = Path(args.work).resolve()
     images = args.images or (20 if args.quick else 60)
     iters = args.iters or (200 if args.quick else 600)
-    suffix = "" if args.setting == "default" else f"_{args.setting}"
+    suffix = setting_suffix(args.setting)
     train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}",
                               args.train_seed, images, args.setting)
     test_setting = args.test_setting or args.setting
-    test_suffix = "" if test_setting == "default" else f"_{test_setting}"
+    test_suffix = setting_suffix(test_setting)
     test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{test_suffix}",
                              args.test_seed, images // 2, test_setting)
     attrs = slice_flags(test_root / "spacenet")
@@ -473,8 +478,8 @@ def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, image
     the image product it reads. Sets DETECTRON2_DATASETS to its training data (which holds the
     band statistics the config names); exits naming the command to train it when it is not
     there."""
-    suffix = "" if setting == "default" else f"_{setting}"
-    test_suffix = "" if (test_setting or setting) == "default" else f"_{test_setting or setting}"
+    suffix = setting_suffix(setting)
+    test_suffix = setting_suffix(test_setting or setting)
     out_dir = work / "runs" / f"{name}_{images}img_{iters}it{suffix}" / f"seed{seed}"
     weights = out_dir / "model_final.pth"
     if not weights.exists():

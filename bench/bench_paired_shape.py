@@ -230,7 +230,7 @@ def main() -> None:
     first = report["runs"][a_name][seeds[0]]
     work = Path(args.work) if args.work else Path(first["run_dir"]).parents[2]
     test_setting = report.get("test_setting", report["setting"])
-    suffix = "" if test_setting == "default" else f"_{test_setting}"
+    suffix = acc.setting_suffix(test_setting)
     test_root = work / f"test_seed{args.test_seed}_{report['test_images_per_city']}{suffix}"
     cities, truth = acc.benchmark_truth(test_root)
     flags = slice_table(test_root, truth)

@@ -231,7 +231,7 @@ def main() -> None:
                         help="detections kept (default: the config's TEST.SPACENET.SCORE_THRESH)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    suffix = "" if args.setting == "default" else f"_{args.setting}"
+    suffix = acc.setting_suffix(args.setting)
     test_root = acc.prepare_data(Path(args.work).resolve() /
                                  f"test_seed{args.test_seed}_{args.test_images}{suffix}",
                                  args.test_seed, args.test_images, args.setting)
