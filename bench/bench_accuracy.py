@@ -217,8 +217,11 @@ VARIANTS = {
 }
 CITIES = ["vegas", "paris"]
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds
-# Config keys that change inference only: --test-opts may set them on cached models.
-INFERENCE_KEYS = ("MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
+# Config keys that change inference only: --test-opts may set them on cached models (the two
+# INPUT keys resize the test tiles, e.g. up to score imagery whose buildings are smaller than the
+# training tiles').
+INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+                  "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
                   "MODEL.MNC.MASK_VOTING_IOU", "MODEL.MNC.MASK_VOTING_SPACE",
                   "MODEL.MNC.MASK_THRESHOLD", "MODEL.MNC.TEST_NUM_STAGES",
                   "MODEL.MNC.TEST_CASCADE_MIN_SCORE",

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import bench_accuracy, tables
 
 
@@ -69,6 +71,15 @@ def test_reports_evaluated_with_inference_overrides_say_so(tmp_path):
     renderers = tables.section_renderers(tmp_path)
     assert set(renderers) == {"bench:accuracy_hard_nms-off", "bench:readme"}
     assert renderers["bench:accuracy_hard_nms-off"]().startswith("Setting **hard** (inference")
+
+
+def test_test_opts_take_inference_keys_only():
+    opts = ["INPUT.MIN_SIZE_TEST", "867", "INPUT.MAX_SIZE_TEST", "867"]
+    assert bench_accuracy.check_test_opts(opts) == opts  # resizing test tiles trains nothing
+    with pytest.raises(SystemExit, match="INPUT.MIN_SIZE_TRAIN: not an inference-only key"):
+        bench_accuracy.check_test_opts(["INPUT.MIN_SIZE_TRAIN", "(867,)"])
+    with pytest.raises(SystemExit, match="KEY VALUE pairs"):
+        bench_accuracy.check_test_opts(["INPUT.MIN_SIZE_TEST"])
 
 
 def test_speed_summary_medians_and_ratios_against_mask_rcnn():
