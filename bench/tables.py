@@ -375,7 +375,9 @@ def diagnose_units_table(report: dict) -> list[str]:
 
 def transfer_table(results: Path) -> list[str]:
     """Per variant and slice: recall on the other setting's benchmark next to the recall on the
-    training setting's own (accuracy_<train>_on_<test>.json vs accuracy_<train>.json)."""
+    training setting's own (accuracy_<train>_on_<test>[_<tag>].json vs accuracy_<train>.json);
+    a cross report scored with --test-opts names them in its rows (the home side is the model
+    with its config's inference)."""
     rows = []
     crosses = {p: json.loads(p.read_text()) for p in sorted(results.glob("accuracy_*_on_*.json"))}
     schedules = {cross.get("iterations") for cross in crosses.values()}
@@ -397,7 +399,7 @@ def transfer_table(results: Path) -> list[str]:
                 else:
                     cells.append("n/a")
             label = (f"{name} ({cross['iterations']:,} iterations)" if len(schedules) > 1
-                     else name)
+                     else name) + _test_opts(cross)
             rows.append([_setting(cross), label, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
                          f"{e['mean_city_f1']['mean']:.3f}", *cells])
     return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",

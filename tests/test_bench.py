@@ -173,6 +173,11 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
             "0.250 -> 0.250 (+0.000) | 0.188 -> 0.062 (-0.125) | 0.900 -> 0.900 (+0.000) |"
             ) in lines
     assert "bench:transfer" in tables.section_renderers(tmp_path)
+    # scored with an inference override: its row says so, beside the model's own inference
+    resized = dict(cross, test_opts=["INPUT.MIN_SIZE_TEST", "867"])
+    (tmp_path / "accuracy_hard_on_default_test867.json").write_text(json.dumps(resized))
+    assert ("| hard -> default | mnc5 (inference: MIN_SIZE_TEST 867) | 0.850 -> 0.650 | "
+            ) in "\n".join(tables.transfer_table(tmp_path))
     assert tables.accuracy_tables(cross)[0].startswith("Trained on **hard**, scored on "
                                                        "**default**")
     slices = {f: {"n": 10, "rpn": 0.9, "rpn_07": 0.7, "detected": 0.8, "found": 0.6,
