@@ -221,8 +221,9 @@ SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summari
 # INPUT keys resize the test tiles, e.g. up to score imagery whose buildings are smaller than the
 # training tiles').
 INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
-                  "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING", "MODEL.MNC.MASK_VOTING",
-                  "MODEL.MNC.MASK_VOTING_IOU", "MODEL.MNC.MASK_VOTING_SPACE",
+                  "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.MNC.NMS_AFTER_VOTING",
+                  "MODEL.MNC.MASK_VOTING", "MODEL.MNC.MASK_VOTING_IOU",
+                  "MODEL.MNC.MASK_VOTING_SPACE",
                   "MODEL.MNC.MASK_THRESHOLD", "MODEL.MNC.TEST_NUM_STAGES",
                   "MODEL.MNC.TEST_CASCADE_MIN_SCORE",
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
@@ -234,6 +235,20 @@ INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
 def setting_suffix(setting: str) -> str:
     """The folder-name suffix of a data setting's data, runs and reports ("" for default)."""
     return "" if setting == "default" else f"_{setting}"
+
+
+def opts_tag(test_opts) -> str:
+    """The name suffix of an evaluation with inference overrides ("" without): its report's
+    and its proposals folder's, e.g. "_NMS_AFTER_VOTING-False"."""
+    return "".join(f"_{k.rsplit('.', 1)[1]}-{v}" for k, v in zip(test_opts[0::2], test_opts[1::2]))
+
+
+def eval_dir(run_dir: Path, test_root: Path, test_opts=()) -> Path:
+    """Where a run's evaluation on ``test_root`` writes its proposals (one folder per city):
+    one folder per benchmark and inference overrides, so an evaluation with --test-opts leaves
+    the config's own evaluation (which diagnose_slices.py and bench_paired_shape.py read) as
+    it was."""
+    return run_dir / f"bench_eval_{test_root.name}{opts_tag(test_opts)}"
 
 
 def check_test_opts(opts: list[str]) -> list[str]:
@@ -311,11 +326,12 @@ def benchmark_datasets(test_root: Path, product: str) -> tuple[list[str], pd.Dat
     return names, truth
 
 
-def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame) -> dict:
+def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.DataFrame,
+                   test_opts=()) -> dict:
     model = Trainer.build_model(cfg)
     build_checkpointer(cfg, model).load(weights)
     names, truth = benchmark_datasets(test_root, product)
-    evaluator_dir = Path(cfg.OUTPUT_DIR) / f"bench_eval_{test_root.name}"
+    evaluator_dir = eval_dir(Path(cfg.OUTPUT_DIR), test_root, test_opts)
     props = []
     for name in names:
         sn = cfg.TEST.SPACENET  # low-score detections are kept for the sweep
@@ -451,8 +467,7 @@ def main() -> None:
               "test_images_per_city": images // 2, "model_seeds": args.model_seeds,
               "test_opts": test_opts, "runs": {}, "summary": {}}
     tag = f"{images}img_{iters}it{suffix}"
-    report_tag = tag + "".join(f"_{k.rsplit('.', 1)[1]}-{v}" for k, v in
-                               zip(test_opts[0::2], test_opts[1::2]))
+    report_tag = tag + opts_tag(test_opts)
     if test_setting != args.setting:
         report_tag += f"_on_{test_setting}"
     previous = work / f"report_{report_tag}.json"
@@ -512,7 +527,8 @@ def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path
         with atomic_write(timing) as f:
             json.dump({"train_wall_s": round(time.perf_counter() - start, 1)}, f)
     product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
-    res = evaluate_model(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs)
+    res = evaluate_model(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs,
+                         test_opts)
     # A cached model reports the training time measured when it was trained.
     res["train_wall_s"] = (json.loads(timing.read_text())["train_wall_s"]
                            if timing.exists() else None)

@@ -18,7 +18,8 @@ threshold) stays in the per-seed part but not in that slice's summary.
 Nothing is predicted again: the polygons are the ones the report's evaluation wrote
 (``RUN/bench_eval_<benchmark>/*/spacenet_proposals.csv``, every detection down to 0.05). The
 script re-scores them and stops, naming the run, when the counts differ from the report's (the
-run was evaluated again later, e.g. with --test-opts, or retrained).
+run was evaluated again later or retrained). An evaluation with --test-opts writes its own
+folder (``bench_eval_<benchmark>_<KEY>-<VALUE>``), read for a report made with them.
 
 ``--regularize MIN_EDGE`` compares the polygons of the rectilinear option instead
 (``TEST.SPACENET.REGULARIZE True``, ``TEST.SPACENET.REGULARIZE_MIN_EDGE MIN_EDGE``): the written
@@ -71,9 +72,11 @@ def slice_table(test_root: Path, truth: pd.DataFrame) -> pd.DataFrame:
     return flags.reset_index(drop=True)
 
 
-def read_proposals(run_dir: Path, test_root: Path, cities: list[str]) -> pd.DataFrame:
-    """Every detection the run's evaluation on ``test_root`` wrote, cities in scoring order."""
-    eval_dir = run_dir / f"bench_eval_{test_root.name}"
+def read_proposals(run_dir: Path, test_root: Path, cities: list[str],
+                   test_opts=()) -> pd.DataFrame:
+    """Every detection the run's evaluation on ``test_root`` (with ``test_opts``, the report's
+    inference overrides) wrote, cities in scoring order."""
+    eval_dir = acc.eval_dir(run_dir, test_root, test_opts)
     frames = []
     for city in cities:
         found = sorted(eval_dir.glob(f"_bench_{test_root.name}_{city}_*/spacenet_proposals.csv"))
@@ -101,15 +104,16 @@ def run_threshold(run: dict, source: str, override: float | None = None):
 def matched_by_truth(run: dict, name: str, seed: str, test_root: Path, cities: list[str],
                      truth: pd.DataFrame, thresholds: str = "config",
                      score_thresh: float | None = None,
-                     regularize: float | None = None) -> pd.DataFrame:
+                     regularize: float | None = None, test_opts=()) -> pd.DataFrame:
     """Shape metrics of one run's matched pairs, indexed by the truth row each pair matched.
 
     At the threshold of :func:`run_threshold` (``thresholds``, ``score_thresh``); a report
     threshold's counts must equal the report's (else SystemExit naming the run).
     ``regularize``: min edge (px) of the rectilinear regularisation applied to the kept
-    polygons, which are then scored again (None: as written)."""
+    polygons, which are then scored again (None: as written). ``test_opts``: the report's
+    inference overrides (which evaluation's proposals to read)."""
     run_dir = Path(run["run_dir"])
-    prop = read_proposals(run_dir, test_root, cities)
+    prop = read_proposals(run_dir, test_root, cities, test_opts)
     thresh, want = run_threshold(run, thresholds, score_thresh)
     kept = prop[prop.Confidence >= thresh].reset_index(drop=True)
     result = score(truth, kept)
@@ -245,7 +249,8 @@ def main() -> None:
            "runs": {}, "summary": {}}
     for seed in seeds:
         frames = [matched_by_truth(report["runs"][n][seed], n, seed, test_root, cities, truth,
-                                   args.thresholds, args.score_thresh, args.regularize)
+                                   args.thresholds, args.score_thresh, args.regularize,
+                                   out["test_opts"])
                   for n in args.pair]
         run = compare(*frames, flags, seed=int(seed))
         # the report's scores (of the polygons as written, at each run's threshold)

@@ -123,11 +123,12 @@ def diagnose_run(name: str, seed: int, setting: str, work: Path, iters: int,
                                                       test_setting)
     weights = out_dir / "model_final.pth"
     names, truth = acc.benchmark_datasets(test_root, product)
-    csvs = sorted((out_dir / f"bench_eval_{test_root.name}").glob("*/spacenet_proposals.csv"))
+    evaluated = acc.eval_dir(out_dir, test_root)
+    csvs = sorted(evaluated.glob("*/spacenet_proposals.csv"))
     if len(csvs) != len(names):
         other = f" --test-setting {test_setting}" if test_setting not in (None, setting) else ""
         raise SystemExit(f"{out_dir}: expected {len(names)} evaluated cities under "
-                         f"bench_eval_{test_root.name}/, found {len(csvs)}; run "
+                         f"{evaluated.name}/, found {len(csvs)}; run "
                          f"bench.bench_accuracy{other} for this run first")
     props = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
     props["geometry"] = shapely.from_wkt(props.PolygonWKT_Pix.to_numpy())

@@ -81,6 +81,19 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
                   "--regularize", "2", "--thresholds", "best")
     assert rect["regularize_min_edge"] == 2.0 and rect["thresholds"] == "best"
     assert "rectilinear option" in tables.table_maker("paired_shape_default_rectilinear")(rect)[0]
+    # an evaluation with inference overrides writes its own proposals folder: the config's
+    # evaluation, which the diagnosis and the paired comparison read, stays as it was
+    native = sorted((run / f"bench_eval_test_seed1_{IMAGES // 2}").glob("*/spacenet_proposals.csv"))
+    before = [p.read_bytes() for p in native]
+    opts = _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES),
+                  "--variants", "mnc5", "--work", str(work),
+                  "--test-opts", "MODEL.MNC.NMS_AFTER_VOTING", "False")
+    assert [p.read_bytes() for p in native] == before and len(native) == 2
+    assert len(list((run / f"bench_eval_test_seed1_{IMAGES // 2}_NMS_AFTER_VOTING-False")
+                    .glob("*/spacenet_proposals.csv"))) == 2
+    _bench("bench_paired_shape", "--report", str(source), "--pair", "mnc5", "mnc5")
+    (work / "opts.json").write_text(json.dumps(opts))
+    _bench("bench_paired_shape", "--report", str(work / "opts.json"), "--pair", "mnc5", "mnc5")
     doctored = json.loads(source.read_text())
     doctored["runs"]["mnc5"]["0"]["overall"]["fn"] += 1
     (work / "doctored.json").write_text(json.dumps(doctored))
