@@ -139,8 +139,7 @@ VARIANTS = {
     # log(1 + DN) as input (LOG_DN above): a shadow or a dimmer scene is then an offset, the
     # dark end of the range (dark roofs, asphalt, shadow) is spread out.
     "mnc5_logdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", LOG_DN),
-    # sqrt(DN) (INPUT.DN_TRANSFORM sqrt): a milder spreading of the dark end than the log's
-    # (defined, not yet run for the committed reports).
+    # sqrt(DN) (INPUT.DN_TRANSFORM sqrt): a milder spreading of the dark end than the log's.
     "mnc5_sqrtdn": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["INPUT.DN_TRANSFORM", "sqrt"]),
     # The convolutional mask head (MODEL.MNC.MASK_HEAD conv, CONV_MASK above): outlines from a
     # head that keeps the warp's spatial layout.
