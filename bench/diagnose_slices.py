@@ -28,8 +28,10 @@ at every stage.
     python -m bench.diagnose_slices ... --add-to earlier.json   # runs accumulate
 
 Prints one JSON object (logs on stderr). Reads the detections bench_accuracy.py's evaluation
-wrote (``bench_eval_*/**/spacenet_proposals.csv`` in each run folder); runs the backbone and RPN
-once over the test tiles per run (about half a minute per run on a 2-core CPU).
+with the config's own inference settings wrote (``bench_eval_<benchmark>/*/spacenet_proposals.csv``
+in each run folder, ``bench_accuracy.eval_dir``; never a --test-opts evaluation's folder); runs
+the backbone and RPN once over the test tiles per run (about half a minute per run on a 2-core
+CPU).
 """
 
 from __future__ import annotations
