@@ -36,7 +36,8 @@
    ``--parts int8_recipes``: the int8 recipes of :data:`RECIPES` compared on training tiles.
 6. **MNC / Mask R-CNN, paired** (``--parts paired_ratio``): the two models' times on the same
    tile back to back, per backend (eager, onnxruntime, OpenVINO, INT8) and input, as a ratio
-   per tile (median and quartiles), steadier than the ratio of two medians timed apart.
+   per tile (median and quartiles), steadier than the ratio of two medians timed apart; MNC as
+   configured and with the cascade NMS shortcut (``CASCADE_NMS``).
 
 Prints one JSON object on stdout (logs go to stderr).
 
@@ -190,6 +191,9 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
 TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from --tag in main
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
 CASCADE_MIN_SCORE = "0.05"  # MODEL.MNC.TEST_CASCADE_MIN_SCORE of the shortcut rows
+# MODEL.MNC.TEST_CASCADE_NMS of paired_ratio's shortcut rows: the value bench/
+# select_cascade_shortcut.py chose on the models' training tiles (cascade_shortcut_nms.json)
+CASCADE_NMS = "0.8"
 CALIBRATION_IMAGES = 32  # training tiles of each int8 calibration (--calibration-images)
 PAIR_GAP_S = 0.1  # idle seconds before each timed run of paired_ratio
 
@@ -344,17 +348,23 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
     still spinning after one model's run, slowed the other's (quartiles 0.78-1.92 at 416 px
     on 2 cores)."""
     backends = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+    # MNC as the config has it, and with the cascade NMS shortcut (MNC only; Mask R-CNN has no
+    # stages 4-5)
+    shortcuts = (("", (), ""), (f", cascade NMS {CASCADE_NMS}",
+                                ("MODEL.MNC.TEST_CASCADE_NMS", CASCADE_NMS), "_cascade_nms"))
 
     export = _speed_int8_export(accuracy_work)
 
     out = {}
-    for label, opts in INPUTS:
-        runners = {name: _runners(run, work / "int8" / f"speed_{name}_{label}", opts, backends,
-                                  threads, export)
-                   for name, run in zip(("mnc5", "mask_rcnn"), _speed_runs())
-                   if (run / "model_final.pth").is_file()}
-        if len(runners) < 2:
+    for (label, opts), (shortcut, extra, tag) in itertools.product(INPUTS, shortcuts):
+        mnc_run, mrcnn_run = _speed_runs()
+        if not ((mnc_run / "model_final.pth").is_file()
+                and (mrcnn_run / "model_final.pth").is_file()):
             continue
+        runners = {"mnc5": _runners(mnc_run, work / "int8" / f"speed_mnc5_{label}{tag}",
+                                    (*opts, *extra), backends, threads, export),
+                   "mask_rcnn": _runners(mrcnn_run, work / "int8" / f"speed_mask_rcnn_{label}",
+                                         opts, backends, threads, export)}
         for backend in backends:
             pair = (runners["mnc5"][backend], runners["mask_rcnn"][backend])
             for fn in pair:
@@ -375,7 +385,7 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
             # extrapolates beyond them for few samples, below 0 for two far apart)
             q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")
                          if len(ratios) > 1 else [ratios[0]] * 3)
-            key = f"{label} px / {backend}"
+            key = f"{label} px{shortcut} / {backend}"
             out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
                         "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive"}
             logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])

@@ -100,6 +100,20 @@ for setting in default hard; do
   run accuracy_${setting}_cascade "${PY[@]}" bench.bench_accuracy $QUICK --setting $setting \
     --model-seeds 0 1 2 --variants mnc5 --test-opts MODEL.MNC.TEST_CASCADE_MIN_SCORE 0.05
 done
+# The other two shortcuts' values chosen on training tiles, then the NMS one on the benchmark,
+# beside the same models without it (section 8c).
+for shortcut in topk nms; do
+  run cascade_shortcut_$shortcut "${PY[@]}" bench.select_cascade_shortcut --shortcut $shortcut \
+    --variants mnc5 --settings default hard --model-seeds 0 1 2 --iters "$ITERS" \
+    --images "$IMAGES"
+done
+for setting in default hard; do
+  for v in 000:0.0 080:0.8; do
+    run accuracy_${setting}_cascade_nms${v%:*} "${PY[@]}" bench.bench_accuracy $QUICK \
+      --setting $setting --model-seeds 0 1 2 --variants mnc5 \
+      --test-opts MODEL.MNC.TEST_CASCADE_NMS ${v#*:}
+  done
+done
 if [[ $LEVERS == 1 ]]; then
   # Each bench_accuracy invocation adds its runs to the report of its schedule and settings
   # (.cache/bench/accuracy/report_*.json), so a report name recurs with other variants.

@@ -356,6 +356,24 @@ def diagnose_slices_table(report: dict) -> list[str]:
     return _table(["data", "variant", "slice (truth buildings)", *(t for _, t in stages)], rows)
 
 
+def cascade_shortcut_table(report: dict) -> list[str]:
+    """bench/select_cascade_shortcut.py: each run's mean city F1 (TP / FP) on its own training
+    tiles per value of the shortcut, its change from no shortcut, and the value chosen."""
+    values = [str(v) for v in report["candidates"]]
+    lines = [f"`{report['key']}` on {report['data']} ({report['iterations']} iterations): mean "
+             "city F1 (TP / FP) without the shortcut (0) and its change at each value; chosen: "
+             f"the smallest value costing no run more than {report['tolerance']} -> "
+             f"**{report['chosen']}**" + (" (none qualifies: no shortcut)."
+                                          if not report["chosen"] else "."), ""]
+    rows = []
+    for run, by_value in report["runs"].items():
+        off = by_value["0"]
+        rows.append([run, f"{off['mean_city_f1']:.4f} ({off['tp']} / {off['fp']})",
+                     *(f"{by_value[v]['mean_city_f1'] - off['mean_city_f1']:+.4f} "
+                       f"({by_value[v]['tp']} / {by_value[v]['fp']})" for v in values)])
+    return lines + _table(["run", "0 (no shortcut)", *values], rows)
+
+
 def diagnose_units_table(report: dict) -> list[str]:
     """bench/diagnose_units.py: per run, the highest detection score and each classifier fc
     layer's alive fraction (mean active fraction per RoI)."""
@@ -665,6 +683,8 @@ def table_maker(report_name: str):
         return diagnose_slices_table
     if report_name == "diagnose_units":
         return diagnose_units_table
+    if report_name.startswith("cascade_shortcut_"):
+        return cascade_shortcut_table
     if report_name.startswith("speed"):
         return speed_tables
     if report_name.startswith("polygonize_"):

@@ -103,6 +103,15 @@ def _add_mnc_keys(cfg: CN) -> None:
     # stages 4-5 (0.0 = all of them, as the original). Their stage-3 instances are kept either
     # way; what is skipped is the stage-5 instance of a proposal stage 3 already scored low.
     _C.MODEL.MNC.TEST_CASCADE_MIN_SCORE = 0.0
+    # Inference shortcut: only the proposals among the K best stage-3 foreground scores of an
+    # image (ties at the K-th score included) go on to stages 4-5 (0 = all of them, as the
+    # original); with TEST_CASCADE_MIN_SCORE too, a proposal must pass both. Their stage-3
+    # instances are kept either way. A fixed K bounds the second stage pair's work per tile.
+    _C.MODEL.MNC.TEST_CASCADE_TOPK = 0
+    # Inference shortcut: stage-3 refined boxes that overlap a better-scored one of their class
+    # at this box IoU or more do not go on to stages 4-5 (0.0 = all go on, as the original): their
+    # stage-5 instance would nearly repeat the better one's. Stage-3 instances are kept either way.
+    _C.MODEL.MNC.TEST_CASCADE_NMS = 0.0
     # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates), one sample
     # at each cell's centre on continuous coordinates (the original: at the cell's corner, on box
     # coordinates rounded to the feature grid); "roialign": Detectron2's ROIAlign on detached

@@ -114,8 +114,11 @@ RULES: tuple[Rule, ...] = (
     Rule("NMS after voting", "none: two kept candidates can vote onto one building and both be "
          "reported", "box NMS again on the voted boxes", ("MODEL.MNC.NMS_AFTER_VOTING",)),
     Rule("stages 4-5 at inference", "every proposal goes on to stages 4-5",
-         "every proposal, or only those whose stage-3 score reaches TEST_CASCADE_MIN_SCORE "
-         "(an inference shortcut)", ("MODEL.MNC.TEST_CASCADE_MIN_SCORE",), True),
+         "every proposal, or only those whose stage-3 score reaches TEST_CASCADE_MIN_SCORE, "
+         "ranks among an image's TEST_CASCADE_TOPK best and/or whose refined box survives NMS "
+         "at TEST_CASCADE_NMS (inference shortcuts)",
+         ("MODEL.MNC.TEST_CASCADE_MIN_SCORE", "MODEL.MNC.TEST_CASCADE_TOPK",
+          "MODEL.MNC.TEST_CASCADE_NMS"), True),
     Rule("3-stage model", "evaluated with the 5-stage inference (shared weights)",
          "on request", ("MODEL.MNC.TEST_NUM_STAGES",), True),
 )

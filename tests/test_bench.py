@@ -332,3 +332,15 @@ def test_bench_export_exports_again_when_the_weights_or_the_code_change(tmp_path
     meta["source"]["graph_code_sha256"] = "0" * 64  # written by other export code
     (out / "export.json").write_text(json.dumps(meta))
     assert not bench_export._exported(run, out)
+
+
+def test_cascade_shortcut_choice_is_the_smallest_value_within_the_tolerance():
+    from bench.select_cascade_shortcut import choose
+
+    def run(*f1):  # F1 without the shortcut, then at 0.5 and 0.8
+        return {k: {"mean_city_f1": v} for k, v in zip(("0", "0.5", "0.8"), f1)}
+
+    runs = {"a": run(0.90, 0.895, 0.899), "b": run(0.80, 0.800, 0.7985)}
+    assert choose(runs, [0.8, 0.5], 0.002) == 0.8  # 0.5 costs run a 0.005
+    assert choose(runs, [0.8, 0.5], 0.01) == 0.5
+    assert choose(runs, [0.8, 0.5], 0.001) == 0  # none qualifies: no shortcut

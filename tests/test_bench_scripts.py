@@ -104,6 +104,21 @@ def test_accuracy_diagnosis_and_polygonisation_scripts(work):
     assert out.returncode != 0 and "mnc5 seed 0" in out.stderr and "retrained" in out.stderr
 
 
+def test_cascade_shortcut_selection_reads_training_tiles_only(work):
+    """select_cascade_shortcut.py evaluates a run on its own training tiles (their folder, not
+    the benchmark's) without and with each candidate, and names the value its rule chose."""
+    report = _bench("select_cascade_shortcut", "--shortcut", "nms", "--candidates", "0.5",
+                    "--variants", "mnc5", "--settings", "default", "--model-seeds", "0",
+                    "--iters", str(ITERS), "--images", str(IMAGES), "--work", str(work))
+    run = report["runs"]["mnc5 default seed 0"]
+    assert set(run) == {"0", "0.5"} and report["key"] == "MODEL.MNC.TEST_CASCADE_NMS"
+    assert report["chosen"] in (0, 0.5)
+    folder = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
+    assert (folder / f"bench_eval_train_seed0_{IMAGES}_TEST_CASCADE_NMS-0.5").is_dir()
+    assert tables.table_maker("cascade_shortcut_nms")(report)[0].startswith(
+        "`MODEL.MNC.TEST_CASCADE_NMS` on each run's own training tiles")
+
+
 def test_prediction_scripts(work, tmp_path):
     run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
     predict = _bench("bench_predict", "--run", str(run), "--size", "700")
@@ -168,8 +183,11 @@ def test_export_script(work, tmp_path):
     finally:
         shutil.rmtree(stand_in)
     rows = paired["paired_ratio"]
-    assert set(rows) == {f"{px} px / {b}" for px in ("416", "650") for b in
-                         ("torch", "onnxruntime", "openvino", "onnxruntime-int8")}
+    from bench.bench_export import CASCADE_NMS
+
+    assert set(rows) == {f"{px} px{shortcut} / {b}" for px in ("416", "650")
+                         for shortcut in ("", f", cascade NMS {CASCADE_NMS}")
+                         for b in ("torch", "onnxruntime", "openvino", "onnxruntime-int8")}
     assert all(e["n"] == 2 and 0 < e["q1"] <= e["median"] <= e["q3"] for e in rows.values())
     assert any(line.startswith("MNC / Mask R-CNN per tile, paired") for line in
                tables.table_maker("export")(paired))

@@ -188,15 +188,19 @@ def test_conv_mask_head_exports(tmp_path, data_root, scenes):
     assert _compare(eager, onnx, scenes) > 0
 
 
-@pytest.mark.parametrize("min_score", ["0.3", "1.0"])
-def test_cascade_shortcut_exports(tmp_path, trained, scenes, min_score):
-    """MODEL.MNC.TEST_CASCADE_MIN_SCORE (only proposals scored high enough at stage 3 go on to
-    stages 4-5) is part of the exported graph: every runtime gives eager's buildings with it (the
-    head's own test shows what the shortcut changes), also when no proposal reaches it (1.0),
+@pytest.mark.parametrize("key, value", [("TEST_CASCADE_MIN_SCORE", "0.3"),
+                                        ("TEST_CASCADE_MIN_SCORE", "1.0"),
+                                        ("TEST_CASCADE_TOPK", "7"),
+                                        ("TEST_CASCADE_NMS", "0.5")])
+def test_cascade_shortcut_exports(tmp_path, trained, scenes, key, value):
+    """MODEL.MNC.TEST_CASCADE_MIN_SCORE, _TOPK and _NMS (only proposals scored high enough at
+    stage 3, an image's K best, or those whose refined box survives NMS, go on to stages 4-5)
+    are part of the exported graph: every runtime gives eager's buildings with them (the head's
+    own tests show what the shortcuts change), also when no proposal reaches the score (1.0),
     where OpenVINO's pooling would refuse an empty stage 4."""
-    opts = ["MODEL.MNC.TEST_CASCADE_MIN_SCORE", min_score]
+    opts = [f"MODEL.MNC.{key}", value]
     model = _export(trained, tmp_path / "exported", opts)
-    assert f"TEST_CASCADE_MIN_SCORE: {min_score}" in (model / "config.yaml").read_text()
+    assert f"{key}: {value}" in (model / "config.yaml").read_text()
     check = json.loads((model / EXPORT_FILE).read_text())["check"]
     for backend in BACKENDS:  # the export's own check, OpenVINO's included where installed
         assert check[backend]["detections"] == check["torch_detections"], (backend, check)

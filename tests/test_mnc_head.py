@@ -760,9 +760,64 @@ def test_cascade_min_score_sends_only_high_stage3_scores_to_stages_4_5():
         build_model(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": 1.5}))
 
 
-def test_cascade_min_score_keeps_images_of_a_batch_apart():
-    """With the shortcut, a batch of two images gives each image what it gives alone."""
-    cfg = quick_cfg(**{"MODEL.MNC.TEST_CASCADE_MIN_SCORE": 0.5})
+def test_cascade_topk_sends_the_k_best_stage3_scores_to_stages_4_5():
+    """MODEL.MNC.TEST_CASCADE_TOPK: stages 4-5 see exactly the K proposals with the best
+    stage-3 foreground scores, in their own order; a K above the proposal count sends all; with
+    TEST_CASCADE_MIN_SCORE too a proposal must pass both."""
+    full, boxes, logits = _infer_with_spy(quick_cfg())
+    fg3 = torch.softmax(logits[0], dim=1)[:, 0]
+    k = len(fg3) // 3
+    assert k >= 2
+    _, part_boxes, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_TOPK": k}))
+    go = torch.zeros(len(fg3), dtype=torch.bool)
+    go[fg3.topk(k).indices] = True
+    assert torch.equal(part_boxes[1][0], boxes[1][0][go])
+    many = quick_cfg(**{"MODEL.MNC.TEST_CASCADE_TOPK": 10 * len(fg3)})
+    _, all_boxes, _ = _infer_with_spy(many)
+    assert torch.equal(all_boxes[1][0], boxes[1][0])
+    tau = float(fg3.topk(k).values[k // 2])  # passes about half of the K best
+    _, both_boxes, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_TOPK": k,
+                                                    "MODEL.MNC.TEST_CASCADE_MIN_SCORE": tau}))
+    assert torch.equal(both_boxes[1][0], boxes[1][0][go & (fg3 >= tau)])
+    assert 0 < len(both_boxes[1][0]) < k
+    with pytest.raises(ValueError, match="TEST_CASCADE_TOPK=-1"):
+        build_model(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_TOPK": -1}))
+
+
+def test_cascade_nms_sends_one_of_each_overlapping_refined_group_to_stages_4_5():
+    """MODEL.MNC.TEST_CASCADE_NMS: stages 4-5 see exactly the stage-3 refined boxes that survive
+    NMS at that box IoU, by stage-3 score, in their own order; fewer than without it."""
+    from detectron2.layers import batched_nms
+
+    _, boxes, logits = _infer_with_spy(quick_cfg())
+    fg3 = torch.softmax(logits[0], dim=1)[:, 0]
+    refined = boxes[1][0]
+    _, nms_boxes, _ = _infer_with_spy(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_NMS": 0.5}))
+    kept = batched_nms(refined, fg3, torch.zeros_like(fg3, dtype=torch.long), 0.5)
+    assert 0 < len(kept) < len(refined)
+    assert torch.equal(nms_boxes[1][0], refined[kept.sort().values])
+    with pytest.raises(ValueError, match="TEST_CASCADE_NMS=1.5"):
+        build_model(quick_cfg(**{"MODEL.MNC.TEST_CASCADE_NMS": 1.5}))
+
+
+def test_cascade_gate_ties_and_empty():
+    """cascade_gate: ties at the K-th score all pass; no proposals give an empty gate."""
+    from mnc_d2.modeling.mnc_roi_heads import cascade_gate
+
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.1])
+    assert cascade_gate(scores, 0.0, 2).tolist() == [True, True, True, False]
+    assert cascade_gate(scores, 0.0, 1).tolist() == [True, False, False, False]
+    assert cascade_gate(scores, 0.6, 3).tolist() == [True, False, False, False]
+    assert cascade_gate(scores, 0.0, 0).all()
+    assert cascade_gate(torch.zeros(0), 0.0, 5).shape == (0,)
+
+
+@pytest.mark.parametrize("key, value", [("MODEL.MNC.TEST_CASCADE_MIN_SCORE", 0.5),
+                                        ("MODEL.MNC.TEST_CASCADE_TOPK", 5),
+                                        ("MODEL.MNC.TEST_CASCADE_NMS", 0.5)])
+def test_cascade_shortcuts_keep_images_of_a_batch_apart(key, value):
+    """With either shortcut, a batch of two images gives each image what it gives alone."""
+    cfg = quick_cfg(**{key: value})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     images = [{"image": b["image"], "height": 128, "width": 128} for b in toy_batch(seed=3)]

@@ -52,7 +52,8 @@ tight box, or inside the kept box). Image-space voting can move two kept boxes o
 building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not).
 TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
 model. TEST_CASCADE_MIN_SCORE > 0 sends only the proposals whose stage-3 score reaches it on to
-stages 4-5 (an inference shortcut; the original sends all). Output: Instances with pred_boxes,
+stages 4-5, TEST_CASCADE_TOPK > 0 only an image's K best by stage-3 score (inference shortcuts,
+:func:`cascade_gate`; the original sends all). Output: Instances with pred_boxes,
 scores, pred_classes and pred_masks (R, 1, M, M) soft masks that GeneralizedRCNN pastes at
 image size.
 """
@@ -107,6 +108,37 @@ _BOX_GRAD_MODES = ("delta", "coord", "none")
 _VOTING_SPACES = ("image", "box")
 
 
+
+def cascade_gate(best3: torch.Tensor, min_score: float, topk: int, boxes=None, classes=None,
+                 nms_thresh: float = 0.0, nms=batched_nms) -> torch.Tensor:
+    """Which proposals of one image go on to stages 4-5 (MODEL.MNC.TEST_CASCADE_MIN_SCORE,
+    TEST_CASCADE_TOPK and TEST_CASCADE_NMS): best3 (R,) each proposal's best stage-3 foreground
+    score -> (R,) bool.
+
+    A proposal passes when its score reaches ``min_score`` (0 = no bound); with ``topk`` > 0,
+    when it also reaches the image's ``topk``-th best score (every proposal when there are
+    fewer; ties at that score all pass, so a few more than ``topk`` can); with ``nms_thresh`` >
+    0, when its stage-3 refined box (``boxes`` (R, 4), of stage-3 class ``classes`` (R,))
+    also survives per-class NMS at that box IoU among all the image's refined boxes, by stage-3
+    score. ``nms(boxes, scores, classes, threshold)`` -> kept indices. Written without a branch
+    on R, so that the exported graph (:mod:`mnc_d2.export.graph`) gates with this same function
+    and its own NMS.
+    """
+    go = torch.ones_like(best3, dtype=torch.bool)
+    if min_score > 0:
+        go = go & (best3 >= min_score)
+    if topk > 0:
+        # the K-th best score, (1,) (the lowest when R < K: the slice clamps to R; (0,) when
+        # R = 0, which compares with nothing)
+        kth = best3.sort(descending=True).values[:topk][-1:]
+        go = go & (best3 >= kth)
+    if nms_thresh > 0:
+        kept = nms(boxes, best3, classes, nms_thresh)  # (D,)
+        rows = torch.arange(best3.shape[0], device=best3.device)
+        go = go & (rows[:, None] == kept[None, :]).any(1)
+    return go
+
+
 @ROI_HEADS_REGISTRY.register()
 class MNCROIHeads(ROIHeads):
     """The MNC cascade (see the module docstring)."""
@@ -122,7 +154,9 @@ class MNCROIHeads(ROIHeads):
                  test_detections_per_img: int = 300, mask_voting: bool = True,
                  mask_voting_iou: float = 0.5, mask_voting_space: str = "image",
                  mask_threshold: float = 0.5, nms_after_voting: bool = True,
-                 test_cascade_min_score: float = 0.0, ohem_candidates: int = 0, **kwargs):
+                 test_cascade_min_score: float = 0.0, test_cascade_topk: int = 0,
+                 test_cascade_nms: float = 0.0,
+                 ohem_candidates: int = 0, **kwargs):
         super().__init__(**kwargs)
         if num_stages not in (3, 5):
             raise ValueError(f"MODEL.MNC.NUM_STAGES={num_stages}: MNC has 3 or 5 stages")
@@ -163,6 +197,14 @@ class MNCROIHeads(ROIHeads):
             raise ValueError(f"MODEL.MNC.TEST_CASCADE_MIN_SCORE={test_cascade_min_score}: use a "
                              "score in [0, 1] (0 = every proposal goes on to stages 4-5)")
         self.test_cascade_min_score = test_cascade_min_score
+        if test_cascade_topk < 0:
+            raise ValueError(f"MODEL.MNC.TEST_CASCADE_TOPK={test_cascade_topk}: use a count >= 1 "
+                             "(0 = every proposal goes on to stages 4-5)")
+        self.test_cascade_topk = int(test_cascade_topk)
+        if not 0.0 <= test_cascade_nms <= 1.0:
+            raise ValueError(f"MODEL.MNC.TEST_CASCADE_NMS={test_cascade_nms}: use a box IoU in "
+                             "[0, 1] (0 = no NMS before stages 4-5)")
+        self.test_cascade_nms = test_cascade_nms
         if ohem_candidates and ohem_candidates <= self.batch_size_per_image:
             raise ValueError(f"MODEL.MNC.OHEM_CANDIDATES={ohem_candidates} must exceed "
                              f"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE={self.batch_size_per_image} "
@@ -222,6 +264,8 @@ class MNCROIHeads(ROIHeads):
             mask_threshold=mnc.MASK_THRESHOLD,
             nms_after_voting=mnc.NMS_AFTER_VOTING,
             test_cascade_min_score=mnc.TEST_CASCADE_MIN_SCORE,
+            test_cascade_topk=mnc.TEST_CASCADE_TOPK,
+            test_cascade_nms=mnc.TEST_CASCADE_NMS,
             ohem_candidates=mnc.OHEM_CANDIDATES,
         )
         return ret
@@ -518,12 +562,15 @@ class MNCROIHeads(ROIHeads):
         if self.test_num_stages == 5:
             fg3 = probs3[:, : self.num_classes]
             refined = self._refine(boxes, deltas3, fg3.argmax(1), sizes)
-            if self.test_cascade_min_score > 0:
-                # MODEL.MNC.TEST_CASCADE_MIN_SCORE: only proposals whose stage-3 score reaches
-                # it go on to stages 4-5 (an inference shortcut; the original runs them all)
-                go = (fg3.max(1).values >= self.test_cascade_min_score).split(
-                    [len(b) for b in boxes])
-                refined = [r[g] for r, g in zip(refined, go)]
+            if (self.test_cascade_min_score > 0 or self.test_cascade_topk > 0
+                    or self.test_cascade_nms > 0):
+                # MODEL.MNC.TEST_CASCADE_MIN_SCORE / _TOPK / _NMS: only some proposals go on to
+                # stages 4-5 (inference shortcuts; the original runs them all)
+                counts = [len(b) for b in boxes]
+                best, cls = (t.split(counts) for t in fg3.max(1))
+                refined = [r[cascade_gate(s, self.test_cascade_min_score,
+                                          self.test_cascade_topk, r, c, self.test_cascade_nms)]
+                           for r, s, c in zip(refined, best, cls)]
             mask4, cls5, _ = self._run_pair(feats, refined, second=True)
             stages.append((refined, mask4, F.softmax(cls5, dim=1)))
         results = []
