@@ -111,6 +111,8 @@ def _add_mnc_keys(cfg: CN) -> None:
     # Inference shortcut: stage-3 refined boxes that overlap a better-scored one of their class
     # at this box IoU or more do not go on to stages 4-5 (0.0 = all go on, as the original): their
     # stage-5 instance would nearly repeat the better one's. Stage-3 instances are kept either way.
+    # Measured at 0.8 (BENCHMARKS.md section 8c): counts hold, outlines get worse (mask voting
+    # has fewer candidates to average), each tile takes less time.
     _C.MODEL.MNC.TEST_CASCADE_NMS = 0.0
     # "warp": differentiable RoI warping (bilinear; gradients reach the box coordinates), one sample
     # at each cell's centre on continuous coordinates (the original: at the cell's corner, on box

@@ -52,7 +52,8 @@ tight box, or inside the kept box). Image-space voting can move two kept boxes o
 building, so NMS runs again on the voted boxes (``NMS_AFTER_VOTING``; the original does not).
 TEST_NUM_STAGES 5 runs the 5-stage inference on a 3-stage
 model. TEST_CASCADE_MIN_SCORE > 0 sends only the proposals whose stage-3 score reaches it on to
-stages 4-5, TEST_CASCADE_TOPK > 0 only an image's K best by stage-3 score (inference shortcuts,
+stages 4-5, TEST_CASCADE_TOPK > 0 only an image's K best by stage-3 score, TEST_CASCADE_NMS > 0
+only those whose stage-3 refined box survives NMS at that IoU (inference shortcuts,
 :func:`cascade_gate`; the original sends all). Output: Instances with pred_boxes,
 scores, pred_classes and pred_masks (R, 1, M, M) soft masks that GeneralizedRCNN pastes at
 image size.
@@ -106,7 +107,6 @@ _LOSS_KEYS = {"loss_mask2": "MASK2", "loss_cls3": "CLS3", "loss_cls3_box": "CLS3
               "loss_cls5_box": "CLS5_BOX", "loss_box5": "BOX5"}
 _BOX_GRAD_MODES = ("delta", "coord", "none")
 _VOTING_SPACES = ("image", "box")
-
 
 
 def cascade_gate(best3: torch.Tensor, min_score: float, topk: int, boxes=None, classes=None,
