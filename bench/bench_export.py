@@ -356,39 +356,49 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
     export = _speed_int8_export(accuracy_work)
 
     out = {}
-    for (label, opts), (shortcut, extra, tag) in itertools.product(INPUTS, shortcuts):
-        mnc_run, mrcnn_run = _speed_runs()
-        if not ((mnc_run / "model_final.pth").is_file()
-                and (mrcnn_run / "model_final.pth").is_file()):
-            continue
-        runners = {"mnc5": _runners(mnc_run, work / "int8" / f"speed_mnc5_{label}{tag}",
-                                    (*opts, *extra), backends, threads, export),
-                   "mask_rcnn": _runners(mrcnn_run, work / "int8" / f"speed_mask_rcnn_{label}",
-                                         opts, backends, threads, export)}
-        for backend in backends:
-            pair = (runners["mnc5"][backend], runners["mask_rcnn"][backend])
-            for fn in pair:
-                fn(tiles[:1])  # warm-up
-            ratios = []
-            for r in range(rounds):
-                for k, tile in enumerate(tiles):
-                    seconds = [0.0, 0.0]
-                    for i in ((0, 1) if (r + k) % 2 == 0 else (1, 0)):
-                        # the other model's runtime threads spin-wait after a run (onnxruntime's
-                        # do, for milliseconds) and would take these 2 cores from this one
-                        time.sleep(PAIR_GAP_S)
-                        began = time.perf_counter()
-                        pair[i]([tile])
-                        seconds[i] = time.perf_counter() - began
-                    ratios.append(seconds[0] / seconds[1])
-            # inclusive: quartiles within the measured ratios (the default, exclusive method
-            # extrapolates beyond them for few samples, below 0 for two far apart)
-            q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")
-                         if len(ratios) > 1 else [ratios[0]] * 3)
-            key = f"{label} px{shortcut} / {backend}"
-            out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
-                        "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive"}
-            logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
+    mnc_run, mrcnn_run = _speed_runs()
+    if not ((mnc_run / "model_final.pth").is_file()
+            and (mrcnn_run / "model_final.pth").is_file()):
+        return out
+    for label, opts in INPUTS:
+        mrcnn = _runners(mrcnn_run, work / "int8" / f"speed_mask_rcnn_{label}", opts, backends,
+                         threads, export)  # loaded once, paired with each MNC below
+        for shortcut, extra, tag in shortcuts:
+            mnc = _runners(mnc_run, work / "int8" / f"speed_mnc5_{label}{tag}", (*opts, *extra),
+                           backends, threads, export)
+            out.update(_paired_rows(mnc, mrcnn, backends, tiles, rounds,
+                                    f"{label} px{shortcut}"))
+    return out
+
+
+def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: str) -> dict:
+    """:func:`paired_ratio`'s rows of one input (and MNC shortcut): ``mnc`` and ``mrcnn`` map
+    each backend to fn(list of tiles) (:func:`_runners`); rows keyed "<label> / <backend>"."""
+    out = {}
+    for backend in backends:
+        pair = (mnc[backend], mrcnn[backend])
+        for fn in pair:
+            fn(tiles[:1])  # warm-up
+        ratios = []
+        for r in range(rounds):
+            for k, tile in enumerate(tiles):
+                seconds = [0.0, 0.0]
+                for i in ((0, 1) if (r + k) % 2 == 0 else (1, 0)):
+                    # the other model's runtime threads spin-wait after a run (onnxruntime's
+                    # do, for milliseconds) and would take these 2 cores from this one
+                    time.sleep(PAIR_GAP_S)
+                    began = time.perf_counter()
+                    pair[i]([tile])
+                    seconds[i] = time.perf_counter() - began
+                ratios.append(seconds[0] / seconds[1])
+        # inclusive: quartiles within the measured ratios (the default, exclusive method
+        # extrapolates beyond them for few samples, below 0 for two far apart)
+        q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")
+                     if len(ratios) > 1 else [ratios[0]] * 3)
+        key = f"{label} / {backend}"
+        out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
+                    "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive"}
+        logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
     return out
 
 

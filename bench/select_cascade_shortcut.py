@@ -38,23 +38,29 @@ from bench.bench_accuracy import (cached_run, evaluate_model, setting_suffix, sl
 # below
 SHORTCUTS = {"topk": ("MODEL.MNC.TEST_CASCADE_TOPK", (25, 50, 100)),
              "nms": ("MODEL.MNC.TEST_CASCADE_NMS", (0.5, 0.6, 0.7, 0.8, 0.9))}
-TOLERANCE = 0.002  # the largest F1 loss on a run's own training tiles that a K may cost
+TOLERANCE = 0.002  # the largest F1 loss on a run's own training tiles that a value may cost
 
 logger = logging.getLogger("select_cascade_shortcut")
 
 
-def evaluate(name: str, seed: int, setting: str, work: Path, iters: int, images: int,
-             key: str, value) -> dict:
-    """One run on its own training tiles with ``key`` at ``value`` (0 = no shortcut)."""
+def evaluate_run(name: str, seed: int, setting: str, work: Path, iters: int, images: int,
+                 key: str, values) -> dict:
+    """One run on its own training tiles with ``key`` at each of ``values`` (0 = no
+    shortcut): str(value) -> its scores."""
     out_dir, _, _, product = cached_run(name, seed, setting, work, iters, images)
     train_root = work / f"train_seed0_{images}{setting_suffix(setting)}"
-    opts = (key, str(value))
-    cfg = variant_cfg(name, out_dir, iters, seed, opts)
-    res = evaluate_model(cfg, str(out_dir / "model_final.pth"), train_root, product,
-                         slice_flags(train_root / "spacenet"), opts)
-    overall = res["overall"]
-    return {"mean_city_f1": round(res["mean_city_f1"], 4), "tp": overall["tp"],
+    attrs = slice_flags(train_root / "spacenet")
+    out = {}
+    for value in values:
+        opts = (key, str(value))
+        cfg = variant_cfg(name, out_dir, iters, seed, opts)
+        res = evaluate_model(cfg, str(out_dir / "model_final.pth"), train_root, product, attrs,
+                             opts)
+        overall = res["overall"]
+        out["0" if not value else str(value)] = {
+            "mean_city_f1": round(res["mean_city_f1"], 4), "tp": overall["tp"],
             "fp": overall["fp"], "fn": overall["fn"], "recall_slices": res["recall_slices"]}
+    return out
 
 
 def choose(runs: dict, candidates, tolerance: float):
@@ -87,17 +93,15 @@ def main() -> None:
     mnc_d2.setup()
     work = Path(args.work).resolve()
     key, defaults = SHORTCUTS[args.shortcut]
-    candidates = [int(v) if args.shortcut == "topk" else v
-                  for v in (args.candidates or defaults)]
+    kind = type(defaults[0])  # the key's own type (yacs refuses 0 for a float key)
+    candidates = [kind(v) for v in (args.candidates or defaults)]
     runs = {}
     for name in args.variants:
         for setting in args.settings:
             for seed in args.model_seeds:
                 label = f"{name} {setting} seed {seed}"
-                off = 0 if args.shortcut == "topk" else 0.0  # the key's own type
-                runs[label] = {("0" if v == off else str(v)): evaluate(
-                    name, seed, setting, work, args.iters, args.images, key, v)
-                    for v in (off, *candidates)}
+                runs[label] = evaluate_run(name, seed, setting, work, args.iters, args.images,
+                                           key, (kind(0), *candidates))
                 logger.info("%s: %s", label, {k: v["mean_city_f1"]
                                               for k, v in runs[label].items()})
     report = {"key": key, "data": "each run's own training tiles (generator seed 0)",

@@ -42,7 +42,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
-from ..modeling.mnc_roi_heads import MNCROIHeads, cascade_gate
+from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import warp_image
 
 
@@ -245,14 +245,11 @@ class MNCExportGraph(nn.Module):
         heads = self.model.roi_heads
         refined = self._refine(boxes, deltas3, probs3.argmax(1))
         probs5_gate = None
-        if (heads.test_cascade_min_score > 0 or heads.test_cascade_topk > 0
-                or heads.test_cascade_nms > 0):
-            # MODEL.MNC.TEST_CASCADE_MIN_SCORE / _TOPK / _NMS, the eager head's gate
+        if heads.cascade_gated:  # the eager head's gate (MODEL.MNC.TEST_CASCADE_*)
             best3, cls3 = probs3.max(1)  # (R,), (R,)
             span = float(max(self.padded)) + 1.0
-            passed = cascade_gate(best3, heads.test_cascade_min_score, heads.test_cascade_topk,
-                                  refined, cls3, heads.test_cascade_nms,
-                                  nms=lambda b, s, c, t: class_nms(b, s, c, t, span))
+            passed = heads.cascade_go(best3, refined, cls3,
+                                      nms=lambda b, s, c, t: class_nms(b, s, c, t, span))
             # OpenVINO's pooling refuses zero RoIs, so the best proposal always goes on;
             # when it is below the threshold its stage-5 scores are zeroed (no candidate,
             # as the eager head, which sends none on)

@@ -562,15 +562,12 @@ class MNCROIHeads(ROIHeads):
         if self.test_num_stages == 5:
             fg3 = probs3[:, : self.num_classes]
             refined = self._refine(boxes, deltas3, fg3.argmax(1), sizes)
-            if (self.test_cascade_min_score > 0 or self.test_cascade_topk > 0
-                    or self.test_cascade_nms > 0):
-                # MODEL.MNC.TEST_CASCADE_MIN_SCORE / _TOPK / _NMS: only some proposals go on to
-                # stages 4-5 (inference shortcuts; the original runs them all)
+            if self.cascade_gated:
+                # only some proposals go on to stages 4-5 (inference shortcuts; the original
+                # runs them all)
                 counts = [len(b) for b in boxes]
                 best, cls = (t.split(counts) for t in fg3.max(1))
-                refined = [r[cascade_gate(s, self.test_cascade_min_score,
-                                          self.test_cascade_topk, r, c, self.test_cascade_nms)]
-                           for r, s, c in zip(refined, best, cls)]
+                refined = [r[self.cascade_go(s, r, c)] for r, s, c in zip(refined, best, cls)]
             mask4, cls5, _ = self._run_pair(feats, refined, second=True)
             stages.append((refined, mask4, F.softmax(cls5, dim=1)))
         results = []
@@ -584,6 +581,20 @@ class MNCROIHeads(ROIHeads):
                 starts[k] += n
             results.append(self._select(*(cat(list(col)) for col in zip(*parts)), size))
         return results
+
+    @property
+    def cascade_gated(self) -> bool:
+        """Whether an inference shortcut (TEST_CASCADE_MIN_SCORE, _TOPK or _NMS) gates which
+        proposals go on to stages 4-5."""
+        return (self.test_cascade_min_score > 0 or self.test_cascade_topk > 0
+                or self.test_cascade_nms > 0)
+
+    def cascade_go(self, best3, boxes, classes, nms=batched_nms) -> torch.Tensor:
+        """:func:`cascade_gate` of one image with this head's shortcut settings (the eager head
+        and the exported graph, which passes an NMS without a branch on the number of boxes):
+        best3 (R,), boxes (R, 4) stage-3 refined boxes, classes (R,) -> (R,) bool."""
+        return cascade_gate(best3, self.test_cascade_min_score, self.test_cascade_topk, boxes,
+                            classes, self.test_cascade_nms, nms)
 
     def select(self, boxes, masks, probs, nms=batched_nms):
         """Score filter, per-class NMS, top-K, mask voting (all classes in one batch, each
