@@ -146,6 +146,7 @@ def test_local_run_isolates_bad_scenes_writes_geoparquet_and_resumes(tmp_path, t
 def test_usage_errors_exit_2(tmp_path, trained):
     assert predict_main(_args(trained, [f"@{tmp_path / 'nope.txt'}"], tmp_path / "o")) == 2
     assert predict_main(_args(trained, ["x.tif"], tmp_path / "o", "--formats", "kml")) == 2
+    assert predict_main(_args(trained, ["x.tif"], tmp_path / "o", "--max-upsample", "0.5")) == 2
 
 
 def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path, trained,
@@ -538,6 +539,32 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     row = pd.read_parquet(out / "manifest.parquet").iloc[0]
     assert row.model_gsd_m == 0.3 and abs(row.scene_gsd_m - 0.5) < 0.01
     assert json.loads((out / "run.json").read_text())["model_gsd_m"] == 0.3
+
+    # at 2 m pixels (24 x 24) the scene is 6.7x coarser than the model's 0.3 m: more than
+    # --max-upsample's default allows, so it fails at once, naming the file, the sizes and the
+    # option; the 0.5 m scene beside it is predicted all the same
+    coarser = tmp_path / "coarser.tif"
+    with rasterio.open(scenes["good0"]) as src:
+        tiny = src.read(out_shape=(3, 24, 24))
+    with rasterio.open(coarser, "w", driver="GTiff", height=24, width=24, count=3,
+                       dtype="uint16", crs=crs,
+                       transform=transform @ rasterio.Affine.scale(160 / 24)) as d:
+        d.write(tiny)
+    out = tmp_path / "too_coarse"
+    assert predict_main(_args(trained, [str(coarser), str(coarse)], out, "--score-thresh",
+                              "0.0", "INPUT.GSD", "0.3")) == 1
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("scene")
+    assert rows.status.to_dict() == {"coarser": "failed", "coarse": "ok"}
+    error = rows.error["coarser"]
+    assert "coarser.tif" in error and "6.7x the model's 0.3 m" in error, error
+    assert "160 x 160 px" in error and "--max-upsample 7" in error, error
+    assert not (out / "buildings" / "coarser.parquet").exists()
+    # allowed by the option, it is resampled to 160 x 160 px and predicted
+    out = tmp_path / "allowed"
+    assert predict_main(_args(trained, [str(coarser)], out, "--score-thresh", "0.0",
+                              "--max-upsample", "7", "INPUT.GSD", "0.3")) == 0
+    row = pd.read_parquet(out / "manifest.parquet").iloc[0]
+    assert row.status == "ok" and abs(row.scene_gsd_m - 2.0) < 0.01
 
 
 def test_bands_by_name_and_recorded_imagery(tmp_path):

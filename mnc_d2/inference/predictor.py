@@ -17,6 +17,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
-from .sources import redact, scene_image_id, tiff_datetime, without_query
+from .sources import MAX_UPSAMPLE, redact, scene_image_id, tiff_datetime, without_query
 from .tiling import in_core, merge_across_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,23 @@ class _ExportedModel:
         return [self.model(image) for image in images]
 
 
+def check_upsample(scale: float, limit: float, gsd: float, model_gsd: float, width: int,
+                   height: int, shown: str) -> None:
+    """Refuse a scene whose pixels are more than ``limit`` times the model's (``scale`` = scene
+    GSD / INPUT.GSD; ``limit`` 0 = no limit), before any tile is read: ValueError naming the
+    scene, both pixel sizes, the size it would be resampled to and the option that allows it."""
+    if not limit or scale <= limit:
+        return
+    raise ValueError(
+        f"{shown}: its {gsd:.3g} m pixels are {scale:.1f}x the model's {model_gsd:.3g} m "
+        f"(INPUT.GSD); resampled to it the {width} x {height} px scene would be "
+        f"{round(width * scale):,} x {round(height * scale):,} px, and imagery this coarse "
+        f"shows few of the buildings a {model_gsd:.3g} m model learned. Use imagery of about "
+        f"{model_gsd:.3g} m per pixel, or pass "
+        f"--max-upsample {math.ceil(scale)} to resample it anyway (default {MAX_UPSAMPLE:g}; "
+        "0 = no limit)")
+
+
 class ScenePredictor:
     """Run a trained model over GeoTIFF scenes (see the module docstring).
 
@@ -189,10 +207,15 @@ class ScenePredictor:
 
     def __init__(self, cfg=None, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
                  score_thresh: float | None = None, backend: str = "torch",
-                 model_dir: str | None = None, threads: int | None = None):
+                 model_dir: str | None = None, threads: int | None = None,
+                 max_upsample: float = MAX_UPSAMPLE):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
+        if not (max_upsample == 0 or max_upsample >= 1):
+            raise ValueError(f"--max-upsample {max_upsample:g}: give a factor >= 1, or 0 for "
+                             "no limit")
+        self.max_upsample = float(max_upsample)
         self.backend = backend
         if backend == "torch":
             if cfg is None:
@@ -268,6 +291,8 @@ class ScenePredictor:
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
                 else 1.0
+            check_upsample(scale, self.max_upsample, gsd, self.model_gsd, src.width,
+                           src.height, shown)
             with contextlib.ExitStack() as stack:
                 data = src
                 if abs(scale - 1.0) > GSD_TOLERANCE:

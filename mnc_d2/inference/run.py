@@ -15,7 +15,7 @@ from ..export.bundle import BACKEND_FILES
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
                      now_iso, parquet_path, prepare_output, run_provenance, run_record)
-from .sources import redact
+from .sources import MAX_UPSAMPLE, redact
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--score-thresh", type=float,
                         help="detection score threshold (default: the run's recorded best)")
+    parser.add_argument("--max-upsample", type=float, default=MAX_UPSAMPLE, metavar="FACTOR",
+                        help="fail a scene whose pixels are more than FACTOR times the model's "
+                             "INPUT.GSD instead of resampling it (default %(default)g: e.g. "
+                             "1.2 m imagery for a 0.3 m model; 0 = no limit)")
     parser.add_argument("--rgb-bands", type=int, nargs=3, help="1-based bands for the PNG")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -124,6 +128,9 @@ def _run(args) -> int:
 
     from ..data.bands import input_bands
 
+    if not (args.max_upsample == 0 or args.max_upsample >= 1):
+        raise UsageError(f"--max-upsample {args.max_upsample:g}: give a factor >= 1, or 0 for "
+                         "no limit")
     formats = parse_formats(args.formats)
     cfg, bundle = _model_source(args)
     bands = input_bands(cfg) if cfg is not None else bundle.bands
@@ -159,7 +166,7 @@ def _run(args) -> int:
                 len(scenes) - len(todo))
     kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
               "batch_size": args.batch_size, "score_thresh": score_thresh,
-              "backend": args.backend}
+              "backend": args.backend, "max_upsample": args.max_upsample}
     if bundle is not None:
         kwargs["model_dir"] = str(bundle.root)
     if args.engine == "local":

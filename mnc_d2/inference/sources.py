@@ -25,6 +25,13 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# The most a scene is upsampled to INPUT.GSD unless --max-upsample says otherwise: at 4x a 0.3 m
+# model reads 1.2 m imagery (SpaceNet's sensors span 0.3-0.5 m), where a small building is still
+# a few pixels. Coarser imagery (Sentinel-2's 10 m, Landsat's 30 m) cannot show buildings, and
+# resampled to 0.3 m a 512 x 512 px Landsat scene becomes 51,200 x 51,200 px: hours of tiles
+# for nothing, so such a scene fails at once with an error that says why (0 = no limit).
+MAX_UPSAMPLE = 4.0
+
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 _URL = re.compile(r"((?:https?|s3|gs|az)://)([^\s'\"?#]*)(\?[^\s'\"#]*)?")
 _USERINFO = re.compile(r"^[^/@]*@")
