@@ -89,7 +89,8 @@ def test_bad_input_empty_invalid_and_summary_by_group():
 
 
 def test_degrees_are_reprojected_to_metres():
-    """A 0.0001 x 0.0001 degree box at the equator is about 11 m wide in UTM."""
+    """A 0.0001 x 0.0001 degree box at the equator is about 11 m wide in UTM; Mercator and
+    feet come back in ground metres too."""
     geo = box(9.0, 0.0, 9.0001, 0.0001)
     (metric,) = to_metres([geo], crs="EPSG:4326")
     width = metric.bounds[2] - metric.bounds[0]
@@ -98,6 +99,16 @@ def test_degrees_are_reprojected_to_metres():
     assert scaled.area == pytest.approx(9.0)
     with pytest.raises(ValueError, match="ground sample distance"):
         to_metres([geo])
+    # Web Mercator's metres are stretched by 1 / cos(latitude): a 10 m square at 40 degrees
+    # north spans 13.05 of them, and comes back as 10 m; US survey feet are scaled
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(-74, 40)
+    (merc,) = to_metres([box(x, y, x + 10 / np.cos(np.radians(40)), y + 10 / np.cos(
+        np.radians(40)))], crs="EPSG:3857")
+    assert np.sqrt(merc.area) == pytest.approx(10.0, rel=0.005)
+    (feet,) = to_metres([box(980000, 200000, 980010, 200010)], crs="EPSG:2263")
+    assert np.sqrt(feet.area) == pytest.approx(10 * 1200 / 3937)
 
 
 def test_vectorised_over_many_pairs_equals_one_by_one():

@@ -567,6 +567,50 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     assert row.status == "ok" and abs(row.scene_gsd_m - 2.0) < 0.01
 
 
+def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
+    """Ground metres per pixel, the number scenes are resampled by: UTM as stated, US survey
+    feet converted, Web Mercator's stated size shrunk by the cosine of the latitude, degrees
+    measured on the ellipsoid, unknown without a CRS."""
+    import math
+    import warnings
+
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+
+    from mnc_d2.inference.predictor import scene_gsd_m
+
+    def gsd(crs, transform):
+        path = tmp_path / "g.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1,
+                           dtype="uint8", crs=crs, transform=transform):
+            pass
+        with rasterio.open(path) as src:
+            return scene_gsd_m(src)
+
+    assert gsd("EPSG:32616", from_origin(740000, 3740000, 0.3, 0.3)) == pytest.approx(0.3)
+    # New York State Plane, US survey feet: 1 ft pixels
+    assert gsd("EPSG:2263", from_origin(980000, 200000, 1.0, 1.0)) == \
+        pytest.approx(1200 / 3937)
+    # a web-map export at 40 degrees north states 0.3 / cos(40 deg) = 0.392 m pixels
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(-74, 40)
+    stated = 0.3 / math.cos(math.radians(40))
+    assert gsd("EPSG:3857", from_origin(x, y, stated, stated)) == pytest.approx(0.3, rel=0.005)
+    # 2.7e-6 degrees at 40 N: about 0.30 m north-south, 0.23 m east-west (mean 0.265)
+    assert gsd("EPSG:4326", from_origin(-74, 40, 2.7e-6, 2.7e-6)) == pytest.approx(0.265,
+                                                                                   rel=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        assert math.isnan(gsd(None, rasterio.Affine.identity()))
+
+    # areas in m^2 likewise: a 10 m square drawn in Web Mercator at 40 degrees north (13.05
+    # Mercator metres a side) has 100 m^2, not 170
+    from mnc_d2.inference.scenes import area_m2
+
+    side = 10 / math.cos(math.radians(40))
+    frame = gpd.GeoDataFrame(geometry=[shapely.box(x, y, x + side, y + side)], crs="EPSG:3857")
+    assert area_m2(frame) == pytest.approx([100.0], rel=0.01)
+
+
 def test_bands_by_name_and_recorded_imagery(tmp_path):
     from mnc_d2.inference.predictor import bands_by_name
 

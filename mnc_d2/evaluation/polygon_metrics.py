@@ -59,7 +59,9 @@ SUMMARY_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "vertex_error", "bound
 
 def to_metres(geoms, crs=None, metres_per_unit: float | None = None) -> np.ndarray:
     """Geometries in metres: scaled by ``metres_per_unit`` (pixel polygons: the ground sample
-    distance), or reprojected from ``crs`` (to the local UTM zone when it is geographic)."""
+    distance), or from ``crs``: reprojected to the local UTM zone when it is geographic or
+    Mercator (whose metres are stretched by 1 / cos(latitude): 1.31 at 40 degrees), scaled
+    when its units are not metres (feet)."""
     geoms = np.asarray(geoms, dtype=object)
     if metres_per_unit is not None:
         return shapely.transform(geoms, lambda xy: xy * float(metres_per_unit))
@@ -68,8 +70,10 @@ def to_metres(geoms, crs=None, metres_per_unit: float | None = None) -> np.ndarr
                          "ground sample distance, e.g. 0.3 for SpaceNet 2's pan-sharpened tiles)")
     import geopandas as gpd
 
+    from ..geometry.crs import needs_utm
+
     series = gpd.GeoSeries(geoms, crs=crs)
-    if series.crs.is_geographic:
+    if needs_utm(series.crs):
         series = series.to_crs(series.estimate_utm_crs())
     elif series.crs.axis_info and series.crs.axis_info[0].unit_name not in ("metre", "meter"):
         factor = series.crs.axis_info[0].unit_conversion_factor

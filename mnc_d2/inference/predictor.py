@@ -29,7 +29,9 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import CRSError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_coords
 from shapely import affinity
 from tqdm import tqdm
 
@@ -74,22 +76,32 @@ MAX_OUTSIDE_DATA = 0.5
 
 
 def scene_gsd_m(src, info=None) -> float:
-    """Metres per pixel of an open dataset: what its STAC item states, else from its transform
-    (metre units, or degrees converted on the ellipsoid at the scene's centre); NaN if none."""
+    """Metres on the ground per pixel of an open dataset: what its STAC item states; else from
+    its transform: in a projected CRS the pixel size in the CRS's units converted to metres
+    (feet and US survey feet, as US State Plane orthophotos come, included); in Mercator, whose
+    scale grows with latitude (web-map exports in EPSG:3857 state 0.39 m pixels at 40 degrees
+    north for 0.3 m on the ground), and in degrees (geographic CRSs), one pixel east and north
+    of the scene's centre measured on the WGS84 ellipsoid. NaN when it cannot be known (no CRS,
+    a projected CRS without linear units)."""
     if info is not None and info.gsd:
         return float(info.gsd)
     if src.crs is None:
         return float("nan")
-    if src.crs.is_projected:
-        units = (src.crs.linear_units or "").lower()
-        return abs(src.transform.a) if units in ("metre", "meter", "m") else float("nan")
+    if src.crs.is_projected and src.crs.to_dict().get("proj") != "merc":
+        try:
+            metres = src.crs.linear_units_factor[1]
+        except CRSError:
+            return float("nan")
+        return abs(src.transform.a) * float(metres)
     from pyproj import Geod
 
     x, y = src.transform @ (src.width / 2, src.height / 2)
-    dx, dy = abs(src.transform.a), abs(src.transform.e)
+    xs, ys = [x, x + src.transform.a, x], [y, y, y + src.transform.e]
+    if src.crs.is_projected:  # Mercator: to longitude and latitude first
+        xs, ys = transform_coords(src.crs, "EPSG:4326", xs, ys)
     geod = Geod(ellps="WGS84")
-    east = geod.inv(x, y, x + dx, y)[2]
-    north = geod.inv(x, y, x, y + dy)[2]
+    east = geod.inv(xs[0], ys[0], xs[1], ys[1])[2]
+    north = geod.inv(xs[0], ys[0], xs[2], ys[2])[2]
     return float((east + north) / 2)
 
 

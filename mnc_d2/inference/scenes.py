@@ -276,11 +276,14 @@ def run_provenance(record: dict) -> dict:
 
 def area_m2(frame) -> np.ndarray:
     """(N,) areas in m^2 of a GeoDataFrame's polygons: in its own CRS when that is projected in
-    metres, else in the UTM zone of the polygons."""
+    metres (not Mercator, whose areas grow with latitude: :mod:`mnc_d2.geometry.crs`), else in
+    the UTM zone of the polygons."""
+    from ..geometry.crs import is_mercator
+
     if not len(frame):
         return np.zeros(0)
-    metric = frame.crs if frame.crs.is_projected and _metre_units(frame.crs) else \
-        frame.estimate_utm_crs()
+    metric = frame.crs if frame.crs.is_projected and _metre_units(frame.crs) and \
+        not is_mercator(frame.crs) else frame.estimate_utm_crs()
     return frame.to_crs(metric).area.to_numpy()
 
 
