@@ -45,10 +45,13 @@ def main(argv=None) -> int:
     except (ViewerInputError, AssetsMissing, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger(__name__).info("%d buildings (%d at or above the run's threshold %.2f) "
+    counts = meta.get("truth_counts")
+    against = (f"; against the truth TP {counts['TP']}, FP {counts['FP']}, FN {counts['FN']}"
+               if counts else "")
+    logging.getLogger(__name__).info("%d buildings (%d at or above the run's threshold %.2f%s) "
                                      "in %s", meta["buildings"],
                                      meta["scores_at_or_above_threshold"], meta["threshold"],
-                                     site)
+                                     against, site)
     if args.serve:
         from .serve import serve
 
