@@ -5,6 +5,13 @@
                           [--rules spacenet|solaris] [--group-by auto|city|nadir|none]
                           [--images DIR ...] [--per-image OUT.csv] [--json]
                           [--polygon-metrics [--gsd 0.3] [--boundary-tolerance 1.0]]
+    python tools/score.py --truth labels.geojson|.parquet|.gpkg|T.csv ... --predictions OUT/
+                          [--scene-root DIR] [--per-image OUT.csv] [--json] [--polygon-metrics]
+
+The second form scores a tools/predict.py output folder (each scene an image, at the run's
+threshold) against truth in map coordinates in any CRS or SpaceNet CSVs
+(mnc_d2/evaluation/folder_scoring.py); polygon metrics then come in ground metres from the
+scenes' CRS.
 
 Torch-free: starts in a fraction of a second. ``--rules spacenet`` (default) gives the numbers of
 the SpaceNet 2 offline tester v2.0 (the leaderboard scorer); see
@@ -27,8 +34,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--truth", required=True, nargs="+",
                         help="truth CSV(s) (ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo), "
-                             "read in order like the tester's several -truth files")
-    parser.add_argument("--proposals", required=True, help="proposal CSV (...,Confidence)")
+                             "read in order like the tester's several -truth files; with "
+                             "--predictions also map files in any CRS (GeoJSON, GeoParquet, "
+                             "GeoPackage)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--proposals", help="proposal CSV (...,Confidence)")
+    source.add_argument("--predictions", metavar="OUT_DIR",
+                        help="a tools/predict.py output folder: its scenes' buildings at the "
+                             "run's threshold, each scene an image")
+    parser.add_argument("--scene-root", metavar="DIR",
+                        help="--predictions: folder where the scenes are now, when the "
+                             "manifest's paths moved (matched by file name)")
     parser.add_argument("--rules", choices=RULES, default="spacenet")
     parser.add_argument("--images", nargs="+", default=[], metavar="DIR",
                         help="image folder(s) whose PAN/*.tif also count as images (the "
@@ -51,6 +67,8 @@ def main(argv=None) -> int:
                         help="tolerance of the boundary F-score (default 1 m)")
     args = parser.parse_args(argv)
     configure_cli_logging(logging.WARNING, fmt="%(levelname)s %(message)s")
+    if args.predictions:
+        return _score_folder(args)
     try:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
@@ -64,6 +82,29 @@ def main(argv=None) -> int:
     except (SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _report(args, result, shapes)
+
+
+def _score_folder(args) -> int:
+    from mnc_d2.evaluation.folder_scoring import FolderInputError, score_folder
+
+    if args.images or args.group_by not in ("auto", "none"):
+        print("error: --images and --group-by are for --proposals; a prediction folder is "
+              "scored with each scene an image, as one group", file=sys.stderr)
+        return 2
+    try:
+        result, shapes = score_folder(args.predictions, args.truth, rules=args.rules,
+                                      iou_threshold=args.iou_threshold,
+                                      scene_root=args.scene_root,
+                                      polygon_metrics=args.polygon_metrics,
+                                      tolerance=args.boundary_tolerance)
+    except (FolderInputError, SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _report(args, result, shapes)
+
+
+def _report(args, result, shapes) -> int:
     if args.per_image:
         with atomic_write(args.per_image, "w", newline="") as handle:
             result.write_per_image_csv(handle)

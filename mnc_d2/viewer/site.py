@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.folder_scoring import (FolderInputError, read_run, read_scene_buildings,
+                                         read_truth, scene_frames)
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -43,22 +45,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = ("index.html", "viewer.js", "viewer.css")
 
 
-class ViewerInputError(ValueError):
-    """The folder cannot be shown: the message names the file and the fix."""
-
-
-def _read_run(folder: Path) -> tuple[dict, "object"]:
-    import pandas as pd
-
-    run_file, manifest_file = folder / "run.json", folder / "manifest.parquet"
-    if not run_file.is_file() or not manifest_file.is_file():
-        raise ViewerInputError(f"{folder} is not a tools/predict.py output folder (no run.json "
-                               "or manifest.parquet); pass the --output folder of predict.py")
-    run = json.loads(run_file.read_text())
-    manifest = pd.read_parquet(manifest_file)
-    # the latest row of each scene (a re-run appends rows)
-    manifest = manifest.groupby("scene", sort=False).tail(1).reset_index(drop=True)
-    return run, manifest
+# The folder or a truth file cannot be shown: the message names the file and the fix.
+ViewerInputError = FolderInputError
 
 
 def _bands(run: dict) -> list[int]:
@@ -119,7 +107,6 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
 
 def _buildings(folder: Path, city: str | None):
     import geopandas as gpd
-    import pandas as pd
 
     if city:
         frame = gpd.read_parquet(city)
@@ -128,102 +115,37 @@ def _buildings(folder: Path, city: str | None):
                                    "(EPSG:4326) or set one (GeoDataFrame.set_crs)")
         frame = frame.rename(columns={"scenes": "scene"})
         return frame.to_crs("EPSG:4326")
-    files = sorted(p for p in (folder / "buildings").glob("*.parquet")
-                   if not p.name.startswith("."))
-    frames = []
-    for path in files:
-        frame = gpd.read_parquet(path)
-        if frame.crs is None:
-            raise ViewerInputError(f"{path} has no CRS; it was not written by tools/predict.py "
-                                   "(re-run predict.py on its scene)")
-        frames.append(frame.to_crs("EPSG:4326"))
-    if not frames:
-        return gpd.GeoDataFrame({"scene": [], "building_id": [], "score": [], "area_m2": []},
-                                geometry=[], crs="EPSG:4326")
-    return pd.concat(frames, ignore_index=True)
-
-
-def _scene_grid(path: str):
-    """(crs, transform, ImageId as predict.py's CSVs name it) of a readable scene, else None."""
-    import rasterio
-
-    from ..inference.sources import scene_image_id
-
-    try:
-        with rasterio.open(path) as src:
-            return src.crs, src.transform, scene_image_id(path)
-    except Exception:  # unreadable: no truth matching for it
-        return None
-
-
-def _read_truth(paths: list[str]):
-    """Truth polygons: SpaceNet CSVs (pixel coordinates, by ImageId) -> ("pixel", DataFrame);
-    GeoJSON / GeoParquet (map coordinates) -> ("map", GeoDataFrame)."""
-    import geopandas as gpd
-    import pandas as pd
-
-    from ..formats.spacenet_csv import read_truth_csv
-
-    kinds = {Path(p).suffix.lower() for p in paths}
-    if kinds == {".csv"}:
-        return "pixel", pd.concat([read_truth_csv(p) for p in paths], ignore_index=True)
-    frames = []
-    for p in paths:
-        frame = gpd.read_parquet(p) if p.lower().endswith(".parquet") else gpd.read_file(p)
-        if frame.crs is None:
-            raise ViewerInputError(f"{p} has no CRS; truth in map coordinates needs one "
-                                   "(GeoDataFrame.set_crs), or give a SpaceNet CSV")
-        frames.append(frame.to_crs("EPSG:4326")[["geometry"]])
-    return "map", pd.concat(frames, ignore_index=True)
+    return read_scene_buildings(folder)
 
 
 def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
                  threshold: float):
     """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
-    scene by the SpaceNet tester's rules in the scene's pixel grid (tools/score.py's matching).
-    Returns the buildings' ``match`` column, the truth GeoDataFrame (EPSG:4326, ``match``,
-    ``scene``) and the counts."""
+    scene by the SpaceNet tester's rules in the scene's pixel grid (tools/score.py's matching,
+    :mod:`mnc_d2.evaluation.folder_scoring`). Returns the buildings' ``match`` column, the
+    truth GeoDataFrame (EPSG:4326, ``match``, ``scene``) and the counts."""
     import geopandas as gpd
     import pandas as pd
-    import shapely
 
     from ..evaluation.spacenet_metric import score
-    from ..geometry.polygons import map_to_pixel, pixel_to_map
+    from ..geometry.polygons import pixel_to_map
 
-    kind, truth = _read_truth(truth_paths)
     match = np.full(len(frame), "below", dtype=object)
     match[frame["score"].to_numpy() >= threshold] = "FP"
     truth_rows, counts = [], {"TP": 0, "FP": 0, "FN": 0}
-    for s in scenes:
-        grid = _scene_grid(paths[s["scene"]])
-        if grid is None:
-            continue
-        crs, transform, image_id = grid
-        mine = np.flatnonzero((frame["scene"].astype(str) == s["scene"]).to_numpy()
-                              & (frame["score"].to_numpy() >= threshold))
-        props = gpd.GeoSeries(frame.geometry.iloc[mine].to_numpy(), crs="EPSG:4326").to_crs(crs)
-        props = pd.DataFrame({"ImageId": image_id, "geometry": [map_to_pixel(g, transform)
-                                                                 for g in props],
-                              "Confidence": frame["score"].to_numpy()[mine]})
-        if kind == "pixel":
-            t = truth[truth["ImageId"] == image_id].reset_index(drop=True)
-        else:
-            corners = gpd.GeoSeries([shapely.Polygon(s["corners"])], crs="EPSG:4326")
-            inside = truth[truth.geometry.representative_point().within(corners.iloc[0])]
-            local = gpd.GeoSeries(inside.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
-            t = pd.DataFrame({"ImageId": image_id,
-                              "geometry": [map_to_pixel(g, transform) for g in local]})
-        t = t[~shapely.is_empty(t.geometry.to_numpy())].reset_index(drop=True)
-        result = score(t.assign(BuildingId=np.arange(len(t))), props, group_by="none")
-        matched = result.proposal_match >= 0
-        match[mine[matched]] = "TP"
+    readable = {s["scene"]: paths[s["scene"]] for s in scenes
+                if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
+    for one in scene_frames(frame, readable, read_truth(truth_paths), threshold):
+        result = score(one.truth, one.proposals, group_by="none")
+        match[one.rows[result.proposal_match >= 0]] = "TP"
         counts["TP"] += int(result.overall.tp)
         counts["FP"] += int(result.overall.fp)
         counts["FN"] += int(result.overall.fn)
-        geo = gpd.GeoSeries([pixel_to_map(g, transform) for g in t.geometry], crs=crs)
+        geo = gpd.GeoSeries([pixel_to_map(g, one.transform) for g in one.truth.geometry],
+                            crs=one.crs)
         truth_rows.append(gpd.GeoDataFrame(
-            {"scene": s["scene"], "match": np.where(result.truth_matched, "TP",
-                                                    np.where(result.truth_kept, "FN", "ignored"))},
+            {"scene": one.scene, "match": np.where(result.truth_matched, "TP",
+                                                   np.where(result.truth_kept, "FN", "ignored"))},
             geometry=geo.to_crs("EPSG:4326").to_numpy(), crs="EPSG:4326"))
     truth_out = (pd.concat(truth_rows, ignore_index=True) if truth_rows else
                  gpd.GeoDataFrame({"scene": [], "match": []}, geometry=[], crs="EPSG:4326"))
@@ -250,7 +172,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         raise ViewerInputError(f"--vector-tiles {vector_tiles!r}: choose from "
                                f"{', '.join(VECTOR_TILE_MODES)}")
     folder, site = Path(folder), Path(site)
-    run, manifest = _read_run(folder)
+    run, manifest = read_run(folder)
     vendor = vendor_dir()
     site.mkdir(parents=True, exist_ok=True)
     for name in PAGE_FILES:

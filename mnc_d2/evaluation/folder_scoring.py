@@ -1,0 +1,221 @@
+"""Score a ``tools/predict.py`` output folder against truth in any form a mapping team has it.
+
+Truth: SpaceNet truth CSVs (pixel coordinates, matched to scenes by ImageId) or map polygons in
+any CRS (GeoJSON, GeoParquet, GeoPackage, shapefile: whatever geopandas reads; matched to the
+scenes whose footprint holds their representative point). Each scene's buildings at or above
+the run's threshold and its truth polygons are brought into the scene's pixel grid and scored
+there by the SpaceNet rules (:func:`mnc_d2.evaluation.spacenet_metric.score`), as the tester
+scores a tile, so a folder scores as its SpaceNet CSVs would. ``tools/score.py --predictions``
+and the viewer's TP / FP / FN (``tools/view.py --truth``) both use :func:`scene_frames`.
+
+Shapes (``--polygon-metrics``) are judged in metres: each matched pair is taken from the scene's
+pixels to its CRS and then to ground metres (:func:`.polygon_metrics.to_metres`: the local UTM
+zone for degrees and Mercator, feet converted), so no ``--gsd`` is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class FolderInputError(ValueError):
+    """A prediction folder or truth file that cannot be used: the message names the file and
+    the fix."""
+
+
+def read_run(folder: Path) -> tuple[dict, "object"]:
+    """(run.json, the manifest's latest row of each scene) of a predict.py output folder."""
+    import pandas as pd
+
+    run_file, manifest_file = folder / "run.json", folder / "manifest.parquet"
+    if not run_file.is_file() or not manifest_file.is_file():
+        raise FolderInputError(f"{folder} is not a tools/predict.py output folder (no run.json "
+                               "or manifest.parquet); pass the --output folder of predict.py")
+    run = json.loads(run_file.read_text())
+    manifest = pd.read_parquet(manifest_file)
+    # the latest row of each scene (a re-run appends rows)
+    manifest = manifest.groupby("scene", sort=False).tail(1).reset_index(drop=True)
+    return run, manifest
+
+
+def read_scene_buildings(folder: Path):
+    """Every scene's buildings of a predict.py output folder, one GeoDataFrame in EPSG:4326."""
+    import geopandas as gpd
+    import pandas as pd
+
+    files = sorted(p for p in (folder / "buildings").glob("*.parquet")
+                   if not p.name.startswith("."))
+    frames = []
+    for path in files:
+        frame = gpd.read_parquet(path)
+        if frame.crs is None:
+            raise FolderInputError(f"{path} has no CRS; it was not written by tools/predict.py "
+                                   "(re-run predict.py on its scene)")
+        frames.append(frame.to_crs("EPSG:4326"))
+    if not frames:
+        return gpd.GeoDataFrame({"scene": [], "building_id": [], "score": [], "area_m2": []},
+                                geometry=[], crs="EPSG:4326")
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_truth(paths: list[str]):
+    """Truth polygons: SpaceNet CSVs (pixel coordinates, by ImageId) -> ("pixel", DataFrame);
+    map files (GeoJSON, GeoParquet, GeoPackage, ...) -> ("map", GeoDataFrame in EPSG:4326)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from ..formats.spacenet_csv import read_truth_csv
+
+    kinds = {Path(p).suffix.lower() for p in paths}
+    if kinds == {".csv"}:
+        return "pixel", pd.concat([read_truth_csv(p) for p in paths], ignore_index=True)
+    if ".csv" in kinds:
+        raise FolderInputError(f"--truth {' '.join(map(str, paths))}: give SpaceNet CSVs or map "
+                               "files (GeoJSON, GeoParquet, GeoPackage), not both")
+    frames = []
+    for p in paths:
+        p = str(p)
+        frame = gpd.read_parquet(p) if p.lower().endswith(".parquet") else gpd.read_file(p)
+        if frame.crs is None:
+            raise FolderInputError(f"{p} has no CRS; truth in map coordinates needs one "
+                                   "(GeoDataFrame.set_crs), or give a SpaceNet CSV")
+        frames.append(frame.to_crs("EPSG:4326")[["geometry"]])
+    return "map", pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class SceneFrames:
+    """One scene's buildings and truth in its pixel grid, ready for the SpaceNet scorer.
+
+    rows: (P,) indices of the scene's buildings (at or above the threshold) in the buildings
+    frame; proposals: P rows (ImageId, geometry, Confidence); truth: T rows (ImageId, geometry,
+    BuildingId); crs, transform: the scene's grid (pixel -> map)."""
+
+    scene: str
+    image_id: str
+    crs: object
+    transform: object
+    rows: np.ndarray
+    proposals: "object"
+    truth: "object"
+
+
+def scene_grid(path: str):
+    """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a readable
+    scene, else None (logged)."""
+    import rasterio
+
+    from ..inference.sources import scene_image_id
+
+    try:
+        with rasterio.open(path) as src:
+            return src.crs, src.transform, src.width, src.height, scene_image_id(path)
+    except Exception as exc:  # unreadable: its buildings and truth are left out
+        logger.warning("scene %s cannot be read (%s): it is left out of the scoring", path, exc)
+        return None
+
+
+def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[SceneFrames]:
+    """Each readable scene's buildings (``buildings``: EPSG:4326, ``scene`` and ``score``
+    columns) at or above ``threshold`` and its truth (``truth``: what :func:`read_truth`
+    returns), in the scene's pixel grid; ``scene_paths``: scene name -> its GeoTIFF. With map
+    truth the ImageId is the scene's name (unique in a folder), with SpaceNet CSVs the
+    image's."""
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    from ..geometry.polygons import map_to_pixel
+
+    kind, table = truth
+    names = buildings["scene"].astype(str).to_numpy()
+    kept = buildings["score"].to_numpy() >= threshold
+    out = []
+    for scene, path in scene_paths.items():
+        grid = scene_grid(path)
+        if grid is None:
+            continue
+        crs, transform, width, height, image_id = grid
+        image_id = image_id if kind == "pixel" else str(scene)
+        rows = np.flatnonzero((names == str(scene)) & kept)
+        local = gpd.GeoSeries(buildings.geometry.iloc[rows].to_numpy(),
+                              crs="EPSG:4326").to_crs(crs)
+        proposals = pd.DataFrame({"ImageId": image_id,
+                                  "geometry": [map_to_pixel(g, transform) for g in local],
+                                  "Confidence": buildings["score"].to_numpy()[rows]})
+        if kind == "pixel":
+            mine = table[table["ImageId"] == image_id].reset_index(drop=True)
+        else:
+            footprint = shapely.Polygon([transform @ c for c in
+                                         ((0, 0), (width, 0), (width, height), (0, height))])
+            in_crs = gpd.GeoSeries(table.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
+            inside = in_crs[in_crs.representative_point().within(footprint)]
+            mine = pd.DataFrame({"ImageId": image_id,
+                                 "geometry": [map_to_pixel(g, transform) for g in inside]})
+        mine = mine[~shapely.is_empty(mine.geometry.to_numpy())].reset_index(drop=True)
+        mine = mine.assign(BuildingId=np.arange(len(mine)))
+        out.append(SceneFrames(str(scene), str(image_id), crs, transform, rows, proposals, mine))
+    return out
+
+
+def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
+                 iou_threshold: float = 0.5, scene_root: str | None = None,
+                 polygon_metrics: bool = False, tolerance: float = 1.0):
+    """Score the scenes of predict.py output ``folder`` that did not fail against
+    ``truth_paths`` at the run's threshold (one image per scene; the score's groups: none).
+    Returns (ScoreResult, the shape summary of :func:`.polygon_metrics.summarize` or None)."""
+    import pandas as pd
+
+    from .spacenet_metric import score
+
+    folder = Path(folder)
+    run, manifest = read_run(folder)
+    threshold = float(run.get("score_thresh", 0.5))
+    paths = {}
+    for row in manifest.itertuples():
+        if row.status not in ("ok", "skipped"):
+            logger.warning("scene %s %s in this run: left out of the scoring (%s)", row.scene,
+                           row.status, row.error)
+            continue
+        path = str(row.path)
+        paths[row.scene] = (str(Path(scene_root) / Path(path).name)
+                            if scene_root is not None and "://" not in path else path)
+    scenes = scene_frames(read_scene_buildings(folder), paths, read_truth(truth_paths),
+                          threshold)
+    if not scenes:
+        raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
+                               "paths moved? pass --scene-root)")
+    truth = pd.concat([s.truth for s in scenes], ignore_index=True)
+    proposals = pd.concat([s.proposals for s in scenes], ignore_index=True)
+    if not len(truth):
+        logger.warning("no truth polygon lies in the %d scene(s) of %s: every building counts "
+                       "as a false positive (truth in another place or CRS?)", len(scenes),
+                       folder)
+    result = score(truth, proposals, rules=rules, iou_threshold=iou_threshold,
+                   group_by="none", images=[s.image_id for s in scenes])
+    if not polygon_metrics:
+        return result, None
+    from .polygon_metrics import matched_pair_metrics, summarize
+
+    metric_truth = pd.concat([_in_metres(s, s.truth) for s in scenes], ignore_index=True)
+    metric_props = pd.concat([_in_metres(s, s.proposals) for s in scenes], ignore_index=True)
+    frame, groups = matched_pair_metrics(result, metric_truth, metric_props,
+                                         metres_per_unit=1.0, tolerance=tolerance)
+    return result, summarize(frame, groups)
+
+
+def _in_metres(scene: SceneFrames, table):
+    """``table`` with its pixel geometries in ground metres (scene's CRS, then
+    :func:`.polygon_metrics.to_metres`)."""
+    from ..geometry.polygons import pixel_to_map
+    from .polygon_metrics import to_metres
+
+    geoms = [pixel_to_map(g, scene.transform) for g in table.geometry]
+    return table.assign(geometry=list(to_metres(geoms, scene.crs)) if geoms else [])

@@ -1,0 +1,96 @@
+"""tools/score.py --predictions: a predict.py output folder scored against truth CSVs or map
+files in any CRS, with the counts the SpaceNet CSVs of the same polygons get."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+import shapely
+
+from mnc_d2.evaluation.folder_scoring import FolderInputError, score_folder
+from mnc_d2.geometry.polygons import pixel_to_map
+from test_viewer import SCORES, _prediction_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _truth(tmp_path: Path):
+    """The same truth as SpaceNet CSV rows (pixels, by ImageId) and as map polygons: per scene
+    buildings 1 and 3 of the four predicted exactly, one building nothing found; building 2's
+    prediction and the below-threshold building 0 are not in the truth."""
+    rows, geo = [], []
+    for k in range(2):
+        pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
+        kept = [pix[1], pix[3], shapely.box(100, 100, 130, 130)]
+        rows += [f's{k},{i},"{t.wkt}","{t.wkt}"' for i, t in enumerate(kept)]
+        with rasterio.open(tmp_path / "scenes" / f"s{k}.tif") as src:
+            transform = src.transform
+        geo += [pixel_to_map(t, transform) for t in kept]
+    csv = tmp_path / "truth.csv"
+    csv.write_text("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n" + "\n".join(rows) + "\n")
+    return csv, gpd.GeoDataFrame(geometry=geo, crs="EPSG:4326")
+
+
+def test_a_folder_scores_as_its_csvs_do_in_any_crs(tmp_path):
+    from mnc_d2.evaluation.spacenet_metric import score_csv
+    from mnc_d2.formats.spacenet_csv import write_proposal_csv
+
+    folder = _prediction_folder(tmp_path)
+    csv, geo = _truth(tmp_path)
+    props = {f"s{k}": [(shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60), s)
+                       for j, s in enumerate(SCORES) if s >= 0.5] for k in range(2)}
+    write_proposal_csv(tmp_path / "props.csv", props)
+    reference = score_csv(str(csv), str(tmp_path / "props.csv"), group_by="none")
+    expected = (reference.overall.tp, reference.overall.fp, reference.overall.fn)
+    assert expected == (4, 2, 2)
+    files = {"csv": [str(csv)]}
+    for name, crs in (("wgs84", "EPSG:4326"), ("mercator", "EPSG:3857"),
+                      ("state_plane_feet", "EPSG:2263")):
+        path = tmp_path / f"truth_{name}.geojson"
+        geo.to_crs(crs).to_file(path)
+        files[name] = [str(path)]
+    geo.to_crs("EPSG:32611").to_parquet(tmp_path / "truth.parquet")
+    files["geoparquet_utm"] = [str(tmp_path / "truth.parquet")]
+    for name, truth in files.items():
+        result, shapes = score_folder(folder, truth, polygon_metrics=True)
+        assert (result.overall.tp, result.overall.fp, result.overall.fn) == expected, name
+        # the matched pairs are the exact truth boxes: IoU 1, four corners each
+        assert shapes["all"]["pairs"] == 4 and shapes["all"]["iou"] == pytest.approx(1, abs=1e-6)
+        assert shapes["all"]["n_ratio"] == 1.0, name
+        assert shapes["all"]["polis"] < 1e-3, name  # metres
+    # the command line: the table, JSON, per-image rows
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "score.py"), "--truth",
+                          *files["mercator"], "--predictions", str(folder), "--json",
+                          "--per-image", str(tmp_path / "per_image.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["overall"]["tp"], report["overall"]["fp"], report["overall"]["fn"]) == (4, 2, 2)
+    assert (tmp_path / "per_image.csv").read_text().count("\ns") == 2  # one row per scene
+
+
+def test_bad_truth_and_folders_say_why(tmp_path):
+    folder = _prediction_folder(tmp_path)
+    with pytest.raises(FolderInputError, match="not a tools/predict.py output folder"):
+        score_folder(tmp_path, ["x.geojson"])
+    _, geo = _truth(tmp_path)
+    geo.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
+    with pytest.raises(FolderInputError, match="nocrs.parquet has no CRS"):
+        score_folder(folder, [str(tmp_path / "nocrs.parquet")])
+    with pytest.raises(FolderInputError, match="not both"):
+        score_folder(folder, [str(tmp_path / "nocrs.parquet"), "t.csv"])
+    # truth somewhere else: every building a false positive, said in a warning
+    far = geo.set_geometry(geo.translate(10, 10))
+    far.to_file(tmp_path / "far.geojson")
+    result, _ = score_folder(folder, [str(tmp_path / "far.geojson")])
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (0, 6, 0)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "score.py"), "--truth",
+                          str(tmp_path / "nocrs.parquet"), "--predictions", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "nocrs.parquet has no CRS" in out.stderr
