@@ -567,6 +567,28 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     assert row.status == "ok" and abs(row.scene_gsd_m - 2.0) < 0.01
 
 
+def test_an_8_bit_export_is_warned_about(tmp_path, trained, scenes, monkeypatch):
+    """The same scene stretched to 0-255 (an 8-bit export) still predicts, with a warning that
+    it is far darker than the training DNs; the original scene gets none."""
+    import mnc_d2.inference.predictor as predictor
+
+    warned = []
+    monkeypatch.setattr(predictor.logger, "warning",
+                        lambda msg, *args: warned.append(msg % args if args else msg))
+    with rasterio.open(scenes["good0"]) as src:
+        data, profile = src.read(), src.profile
+    profile.update(dtype="uint8")
+    eight = tmp_path / "eight_bit.tif"
+    with rasterio.open(eight, "w", **profile) as dst:
+        dst.write((data / (data.max() / 255.0)).astype("uint8"))
+    out = tmp_path / "out"
+    assert predict_main(_args(trained, [str(scenes["good0"]), str(eight)], out)) == 0
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"{eight}: its bands' typical values") and \
+        "darker than the imagery the model was trained on" in warned[0] and \
+        "8-bit data" in warned[0], warned[0]
+
+
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
     """Ground metres per pixel, the number scenes are resampled by: UTM as stated, US survey
     feet converted, Web Mercator's stated size shrunk by the cosine of the latitude, degrees

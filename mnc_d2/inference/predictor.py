@@ -43,6 +43,7 @@ from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
+from .radiometry_check import radiometry_warning, scene_levels
 from .sources import MAX_UPSAMPLE, redact, scene_image_id, tiff_datetime, without_query
 from .tiling import in_core, merge_across_tiles, tile_grid
 
@@ -305,6 +306,7 @@ class ScenePredictor:
                 else 1.0
             check_upsample(scale, self.max_upsample, gsd, self.model_gsd, src.width,
                            src.height, shown)
+            self._check_radiometry(src, bands, shown)
             with contextlib.ExitStack() as stack:
                 data = src
                 if abs(scale - 1.0) > GSD_TOLERANCE:
@@ -325,6 +327,18 @@ class ScenePredictor:
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
                                        self.model_gsd, when)
+
+    def _check_radiometry(self, src, bands: list[int], shown: str) -> None:
+        """Warn when the scene is far darker or brighter than the training imagery
+        (:mod:`.radiometry_check`); a scene that cannot be sampled is not held up by it."""
+        try:
+            levels = scene_levels(src, bands, self.dn)
+        except Exception as exc:  # the prediction's own read reports a real read error
+            logger.debug("%s: radiometry not sampled (%s)", shown, exc)
+            return
+        warning = radiometry_warning(levels, self.fill, src.dtypes[bands[0] - 1], shown)
+        if warning:
+            logger.warning(warning)
 
     def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
         """Tiles through the model in batches. With ``self.pipeline`` (default) the next batch
