@@ -567,7 +567,8 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     assert row.status == "ok" and abs(row.scene_gsd_m - 2.0) < 0.01
 
 
-def test_an_8_bit_export_is_warned_about(tmp_path, trained, scenes, monkeypatch):
+def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trained, scenes,
+                                                                   monkeypatch):
     """The same scene stretched to 0-255 (an 8-bit export) still predicts, with a warning that
     it is far darker than the training DNs; the original scene gets none."""
     import mnc_d2.inference.predictor as predictor
@@ -581,12 +582,20 @@ def test_an_8_bit_export_is_warned_about(tmp_path, trained, scenes, monkeypatch)
     eight = tmp_path / "eight_bit.tif"
     with rasterio.open(eight, "w", **profile) as dst:
         dst.write((data / (data.max() / 255.0)).astype("uint8"))
+    # four unnamed bands for a model that learned red, green, blue: read by index, with a
+    # warning (an 8-band MUL-PanSharpen file given to an RGB model reads coastal, blue, green)
+    profile.update(dtype="uint16", count=4)
+    four = tmp_path / "four_bands.tif"
+    with rasterio.open(four, "w", **profile) as dst:
+        dst.write(np.concatenate([data, data[:1]]))
     out = tmp_path / "out"
-    assert predict_main(_args(trained, [str(scenes["good0"]), str(eight)], out)) == 0
-    assert len(warned) == 1, warned
+    assert predict_main(_args(trained, [str(scenes["good0"]), str(eight), str(four)], out)) == 0
+    assert len(warned) == 2, warned
     assert warned[0].startswith(f"{eight}: its bands' typical values") and \
         "darker than the imagery the model was trained on" in warned[0] and \
         "8-bit data" in warned[0], warned[0]
+    assert warned[1].startswith(f"{four} has 4 bands and names none the model knows: it reads "
+                                "bands [1, 2, 3] by index"), warned[1]
 
 
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):

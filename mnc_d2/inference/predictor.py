@@ -301,6 +301,13 @@ class ScenePredictor:
                 [d or "" for d in src.descriptions]
             bands = bands_by_name(self.band_names, names, self.bands, shown)
             check_band_count(src, bands)
+            if src.count != len(bands) and bands == self.bands and self.band_names:
+                logger.warning(
+                    "%s has %d bands and names none the model knows: it reads bands %s by "
+                    "index (INPUT.BANDS), which it learned as %s; if they are other bands here "
+                    "(an 8-band MUL-PanSharpen file for an RGB model), name the file's bands "
+                    "(GeoTIFF band descriptions, STAC eo:bands) or set INPUT.BANDS", shown,
+                    src.count, bands, ", ".join(self.band_names))
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
                 else 1.0
