@@ -588,8 +588,17 @@ def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trai
     four = tmp_path / "four_bands.tif"
     with rasterio.open(four, "w", **profile) as dst:
         dst.write(np.concatenate([data, data[:1]]))
+    # the same four bands tagged red, green, blue, undefined (as NAIP's R, G, B, NIR): no warning
+    from rasterio.enums import ColorInterp
+
+    tagged = tmp_path / "tagged.tif"
+    with rasterio.open(tagged, "w", **profile) as dst:
+        dst.write(np.concatenate([data, data[:1]]))
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                           ColorInterp.undefined]
     out = tmp_path / "out"
-    assert predict_main(_args(trained, [str(scenes["good0"]), str(eight), str(four)], out)) == 0
+    assert predict_main(_args(trained, [str(scenes["good0"]), str(eight), str(four),
+                                        str(tagged)], out)) == 0
     assert len(warned) == 2, warned
     assert warned[0].startswith(f"{eight}: its bands' typical values") and \
         "darker than the imagery the model was trained on" in warned[0] and \

@@ -301,7 +301,9 @@ class ScenePredictor:
                 [d or "" for d in src.descriptions]
             bands = bands_by_name(self.band_names, names, self.bands, shown)
             check_band_count(src, bands)
-            if src.count != len(bands) and bands == self.bands and self.band_names:
+            interp = [src.colorinterp[b - 1].name for b in bands]
+            if src.count != len(bands) and bands == self.bands and self.band_names and \
+                    interp != [n.lower() for n in self.band_names]:  # e.g. NAIP's R, G, B, NIR
                 logger.warning(
                     "%s has %d bands and names none the model knows: it reads bands %s by "
                     "index (INPUT.BANDS), which it learned as %s; if they are other bands here "
