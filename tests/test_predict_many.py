@@ -605,6 +605,9 @@ def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trai
         "8-bit data" in warned[0], warned[0]
     assert warned[1].startswith(f"{four} has 4 bands and names none the model knows: it reads "
                                 "bands [1, 2, 3] by index"), warned[1]
+    # both kept in the scenes' manifest rows (what a Ray run's driver sees of them)
+    rows = pd.read_parquet(out / "manifest.parquet").set_index("scene").warnings.to_dict()
+    assert rows == {"good0": "", "eight_bit": warned[0], "four_bands": warned[1], "tagged": ""}
 
 
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):

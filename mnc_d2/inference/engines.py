@@ -108,7 +108,7 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
                                             pred.scores, pred.crs, info, provenance)
             return SceneRow(scene.name, shown, "ok", count, time.perf_counter() - start,
                             worker_name(), "", run_started, peak_rss_mb(), pred.gsd_m,
-                            pred.model_gsd_m)
+                            pred.model_gsd_m, "; ".join(pred.warnings))
         except Exception as exc:  # one bad scene never stops the others
             text = redact(str(exc))
             message = f"{type(exc).__name__}: " + (text if shown in text else f"{shown}: {text}")

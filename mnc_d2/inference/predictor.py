@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -68,6 +68,7 @@ class ScenePrediction:
     gsd_m: float = float("nan")  # metres per pixel of the scene as stored (NaN: unknown)
     model_gsd_m: float = float("nan")  # INPUT.GSD (NaN: not recorded)
     datetime: str | None = None  # acquisition time, ISO UTC: STAC's, else the TIFF's date tag
+    warnings: list[str] = field(default_factory=list)  # logged, and kept in the manifest row
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
 GSD_TOLERANCE = 0.05
@@ -302,20 +303,23 @@ class ScenePredictor:
             bands = bands_by_name(self.band_names, names, self.bands, shown)
             check_band_count(src, bands)
             interp = [src.colorinterp[b - 1].name for b in bands]
+            warnings = []
             if src.count != len(bands) and bands == self.bands and self.band_names and \
                     interp != [n.lower() for n in self.band_names]:  # e.g. NAIP's R, G, B, NIR
-                logger.warning(
-                    "%s has %d bands and names none the model knows: it reads bands %s by "
-                    "index (INPUT.BANDS), which it learned as %s; if they are other bands here "
-                    "(an 8-band MUL-PanSharpen file for an RGB model), name the file's bands "
-                    "(GeoTIFF band descriptions, STAC eo:bands) or set INPUT.BANDS", shown,
-                    src.count, bands, ", ".join(self.band_names))
+                warnings.append(
+                    f"{shown} has {src.count} bands and names none the model knows: it reads "
+                    f"bands {bands} by index (INPUT.BANDS), which it learned as "
+                    f"{', '.join(self.band_names)}; if they are other bands here (an 8-band "
+                    "MUL-PanSharpen file for an RGB model), name the file's bands (GeoTIFF band "
+                    "descriptions, STAC eo:bands) or set INPUT.BANDS")
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
                 else 1.0
             check_upsample(scale, self.max_upsample, gsd, self.model_gsd, src.width,
                            src.height, shown)
-            self._check_radiometry(src, bands, shown)
+            warnings += self._check_radiometry(src, bands, shown)
+            for warning in warnings:
+                logger.warning(warning)
             with contextlib.ExitStack() as stack:
                 data = src
                 if abs(scale - 1.0) > GSD_TOLERANCE:
@@ -335,19 +339,19 @@ class ScenePredictor:
                         else tiff_datetime(src.tags()))
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
-                                       self.model_gsd, when)
+                                       self.model_gsd, when, warnings)
 
-    def _check_radiometry(self, src, bands: list[int], shown: str) -> None:
-        """Warn when the scene is far darker or brighter than the training imagery
-        (:mod:`.radiometry_check`); a scene that cannot be sampled is not held up by it."""
+    def _check_radiometry(self, src, bands: list[int], shown: str) -> list[str]:
+        """The warning (in a list, or none) for a scene far darker or brighter than the
+        training imagery (:mod:`.radiometry_check`); a scene that cannot be sampled is not held
+        up by it."""
         try:
             levels = scene_levels(src, bands, self.dn)
         except Exception as exc:  # the prediction's own read reports a real read error
             logger.debug("%s: radiometry not sampled (%s)", shown, exc)
-            return
+            return []
         warning = radiometry_warning(levels, self.fill, src.dtypes[bands[0] - 1], shown)
-        if warning:
-            logger.warning(warning)
+        return [warning] if warning else []
 
     def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
         """Tiles through the model in batches. With ``self.pipeline`` (default) the next batch

@@ -202,6 +202,9 @@ def _run(args) -> int:
     counts = {s: sum(r.status == s for r in ordered) for s in ("ok", "skipped", "failed")}
     logger.info("%d ok, %d skipped, %d failed; %d buildings; manifest %s", counts["ok"],
                 counts["skipped"], counts["failed"], sum(r.buildings for r in ordered), manifest)
+    for r in ordered:  # in every engine's rows (a Ray worker's log lines stay on its node)
+        if r.status == "ok" and r.warnings:
+            print(f"warning: {r.warnings}", file=sys.stderr)
     for r in failed:
         print(f"failed: {r.error}", file=sys.stderr)
     return 1 if failed else 0

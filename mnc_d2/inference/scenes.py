@@ -65,6 +65,8 @@ class SceneRow:
     peak_rss_mb: float = 0.0  # the worker process' peak resident memory after this scene
     scene_gsd_m: float = float("nan")  # metres per pixel of the scene as read (NaN: unknown)
     model_gsd_m: float = float("nan")  # the model's (INPUT.GSD; NaN: not recorded)
+    # what the prediction warned about (radiometry far from training, bands read by index), "; "
+    warnings: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
