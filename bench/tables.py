@@ -509,6 +509,16 @@ def export_tables(report: dict) -> list[str]:
                         [[k, f"{v['gflops']:.2f}", *(f"{v['gflops_by_part'][p]:.2f}"
                                                      for p in parts)]
                          for k, v in fl.items()]) + [""]
+        mm = report.get("matmul_gflops", {})
+        if not speed and report.get("peak_gflops") and mm.get("by_size"):
+            # the speed table's caption states the peak; without it, this sentence does
+            lines += [f"Float32 peak of this run: {report['peak_gflops']} GFLOP/s, the faster "
+                      "matmul of " + ", ".join(f"{k} {v}" for k, v in mm.items()
+                                               if k != "by_size")
+                      + " (each the best of n x n matmuls, n = "
+                      + ", ".join(next(iter(mm["by_size"].values()))) + "), "
+                      f"{report['threads']} threads"
+                      + (f" of {report['cpu']}" if report.get("cpu") else "") + ".", ""]
     lines += _int8_tables(report.get("int8") or {})
     paired = report.get("paired_ratio")
     if paired:

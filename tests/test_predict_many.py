@@ -596,9 +596,14 @@ def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trai
         dst.write(np.concatenate([data, data[:1]]))
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                            ColorInterp.undefined]
+    # and four bands named in the file: read by name, no warning
+    named = tmp_path / "named.tif"
+    with rasterio.open(named, "w", **profile) as dst:
+        dst.write(np.concatenate([data, data[:1]]))
+        dst.descriptions = ("red", "green", "blue", "nir")
     out = tmp_path / "out"
     assert predict_main(_args(trained, [str(scenes["good0"]), str(eight), str(four),
-                                        str(tagged)], out)) == 0
+                                        str(tagged), str(named)], out)) == 0
     assert len(warned) == 2, warned
     assert warned[0].startswith(f"{eight}: its bands' typical values") and \
         "darker than the imagery the model was trained on" in warned[0] and \
@@ -607,7 +612,8 @@ def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trai
                                 "bands [1, 2, 3] by index"), warned[1]
     # both kept in the scenes' manifest rows (what a Ray run's driver sees of them)
     rows = pd.read_parquet(out / "manifest.parquet").set_index("scene").warnings.to_dict()
-    assert rows == {"good0": "", "eight_bit": warned[0], "four_bands": warned[1], "tagged": ""}
+    assert rows == {"good0": "", "eight_bit": warned[0], "four_bands": warned[1], "tagged": "",
+                    "named": ""}
 
 
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):

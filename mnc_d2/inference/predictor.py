@@ -302,16 +302,7 @@ class ScenePredictor:
                 [d or "" for d in src.descriptions]
             bands = bands_by_name(self.band_names, names, self.bands, shown)
             check_band_count(src, bands)
-            interp = [src.colorinterp[b - 1].name for b in bands]
-            warnings = []
-            if src.count != len(bands) and bands == self.bands and self.band_names and \
-                    interp != [n.lower() for n in self.band_names]:  # e.g. NAIP's R, G, B, NIR
-                warnings.append(
-                    f"{shown} has {src.count} bands and names none the model knows: it reads "
-                    f"bands {bands} by index (INPUT.BANDS), which it learned as "
-                    f"{', '.join(self.band_names)}; if they are other bands here (an 8-band "
-                    "MUL-PanSharpen file for an RGB model), name the file's bands (GeoTIFF band "
-                    "descriptions, STAC eo:bands) or set INPUT.BANDS")
+            warnings = self._band_warnings(src, names, bands, shown)
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
                 else 1.0
@@ -340,6 +331,24 @@ class ScenePredictor:
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
                                        self.model_gsd, when, warnings)
+
+    def _band_warnings(self, src, names: list[str], bands: list[int], shown: str) -> list[str]:
+        """The warning (in a list, or none) for a scene with more bands than the model reads
+        when they are read by index because no band is named as the run names them, and their
+        colour interpretation does not say they are the model's (NAIP's red, green, blue, NIR
+        file tags them so)."""
+        lower = [n.lower() for n in names]
+        by_name = bool(self.band_names) and all(names) and \
+            any(n.lower() in lower for n in self.band_names)
+        interp = [src.colorinterp[b - 1].name for b in bands]
+        if by_name or not self.band_names or src.count == len(bands) or \
+                interp == [n.lower() for n in self.band_names]:
+            return []
+        return [f"{shown} has {src.count} bands and names none the model knows: it reads bands "
+                f"{bands} by index (INPUT.BANDS), which it learned as "
+                f"{', '.join(self.band_names)}; if they are other bands here (an 8-band "
+                "MUL-PanSharpen file for an RGB model), name the file's bands (GeoTIFF band "
+                "descriptions, STAC eo:bands) or set INPUT.BANDS"]
 
     def _check_radiometry(self, src, bands: list[int], shown: str) -> list[str]:
         """The warning (in a list, or none) for a scene far darker or brighter than the
