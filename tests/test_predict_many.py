@@ -637,6 +637,11 @@ def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
             return scene_gsd_m(src)
 
     assert gsd("EPSG:32616", from_origin(740000, 3740000, 0.3, 0.3)) == pytest.approx(0.3)
+    # a grid turned by 30 degrees: still 0.3 m pixels
+    turned = from_origin(740000, 3740000, 0.3, 0.3) @ rasterio.Affine.rotation(30)
+    assert gsd("EPSG:32616", turned) == pytest.approx(0.3)
+    assert gsd("EPSG:4326", from_origin(-74, 40, 2.7e-6, 2.7e-6) @ rasterio.Affine.rotation(
+        90)) == pytest.approx(0.265, rel=0.01)
     # New York State Plane, US survey feet: 1 ft pixels
     assert gsd("EPSG:2263", from_origin(980000, 200000, 1.0, 1.0)) == \
         pytest.approx(1200 / 3937)

@@ -82,9 +82,10 @@ def scene_gsd_m(src, info=None) -> float:
     its transform: in a projected CRS the pixel size in the CRS's units converted to metres
     (feet and US survey feet, as US State Plane orthophotos come, included); in Mercator, whose
     scale grows with latitude (web-map exports in EPSG:3857 state 0.39 m pixels at 40 degrees
-    north for 0.3 m on the ground), and in degrees (geographic CRSs), one pixel east and north
-    of the scene's centre measured on the WGS84 ellipsoid. NaN when it cannot be known (no CRS,
-    a projected CRS without linear units)."""
+    north for 0.3 m on the ground), and in degrees (geographic CRSs), one pixel step along each
+    axis of the grid from the scene's centre measured on the WGS84 ellipsoid; the mean of the
+    two axes' steps (rotated grids included). NaN when it cannot be known (no CRS, a projected
+    CRS without linear units)."""
     if info is not None and info.gsd:
         return float(info.gsd)
     if src.crs is None:
@@ -94,17 +95,20 @@ def scene_gsd_m(src, info=None) -> float:
             metres = src.crs.linear_units_factor[1]
         except CRSError:
             return float("nan")
-        return abs(src.transform.a) * float(metres)
+        t = src.transform  # a rotated grid's pixel steps are (a, d) and (b, e)
+        return (math.hypot(t.a, t.d) + math.hypot(t.b, t.e)) / 2 * float(metres)
     from pyproj import Geod
 
     x, y = src.transform @ (src.width / 2, src.height / 2)
-    xs, ys = [x, x + src.transform.a, x], [y, y, y + src.transform.e]
+    x1, y1 = src.transform @ (src.width / 2 + 1, src.height / 2)
+    x2, y2 = src.transform @ (src.width / 2, src.height / 2 + 1)
+    xs, ys = [x, x1, x2], [y, y1, y2]
     if src.crs.is_projected:  # Mercator: to longitude and latitude first
         xs, ys = transform_coords(src.crs, "EPSG:4326", xs, ys)
     geod = Geod(ellps="WGS84")
     east = geod.inv(xs[0], ys[0], xs[1], ys[1])[2]
-    north = geod.inv(xs[0], ys[0], xs[2], ys[2])[2]
-    return float((east + north) / 2)
+    south = geod.inv(xs[0], ys[0], xs[2], ys[2])[2]
+    return float((east + south) / 2)
 
 
 def bands_by_name(run_names: list[str], scene_names: list[str], indices: list[int],
