@@ -279,6 +279,11 @@ def add_mnc_config(cfg: CN) -> None:
         cfg.register_renamed_key(old, new, "mnc_d2 >= 0.2 reads Detectron2's own key; a run's "
                                  "config.yaml written by mnc_d2 0.1 needs the same edit")
     _add_input_keys(cfg)
+    # Your own scenes and building footprints as datasets (mnc_d2.data.geo_dataset): a YAML file
+    # {name: {scenes: [GeoTIFF paths or globs], labels: footprint file (GeoJSON, GeoPackage,
+    # GeoParquet, ...), tile_size: 650, overlap: 0}}, paths relative to the file's folder; its
+    # names then go into DATASETS.TRAIN / TEST. "" = none. Not part of the MNC model.
+    cfg.DATASETS.GEO = ""
     _add_backbone_keys(cfg)
     _add_mnc_keys(cfg)
     _add_spacenet_eval_keys(cfg)

@@ -1,5 +1,6 @@
 """SpaceNet data: release descriptions, labels, dataset registration, band reader, N-band mapper
-(synthetic data of every release: :mod:`mnc_d2.synthetic`).
+(synthetic data of every release: :mod:`mnc_d2.synthetic`); your own scenes and footprint files
+(:mod:`.geo_dataset`).
 
 Importing this package is light: the torch-free modules (:mod:`.versions`, :mod:`.bands`,
 :mod:`.labels`, :mod:`.radiometry`) import neither torch nor detectron2. The Detectron2-facing
@@ -18,6 +19,7 @@ _EXPORTS = {
     "DNTransform": ".radiometry", "dn_transform": ".radiometry",
     "dn_transform_from_config": ".radiometry",
     "load_spacenet_dicts": ".spacenet", "register_spacenet_instances": ".spacenet",
+    "load_geo_dicts": ".geo_dataset", "register_geo_instances": ".geo_dataset",
     "SpaceNetVersion": ".versions", "VERSIONS": ".versions", "get_version": ".versions",
     "infer_version": ".versions",
 }

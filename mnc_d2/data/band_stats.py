@@ -68,7 +68,9 @@ def resolve_band_stats(cfg) -> dict | None:
     if not mode:
         return None
     if mode == "auto":
-        files = [d["file_name"] for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
+        # each file once (windows of one scene share it)
+        files = sorted({d["file_name"] for name in cfg.DATASETS.TRAIN
+                        for d in DatasetCatalog.get(name)})
         if not cfg.INPUT.BANDS and files:
             # Empty INPUT.BANDS with statistics from the data: every band of the training files,
             # written into the config so that evaluation and prediction read the same bands.

@@ -24,6 +24,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from rasterio.windows import Window
 
 from .bands import input_bands, read_bands
 from .radiometry import dn_transform_from_config
@@ -117,7 +118,9 @@ class SpaceNetDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_bands(dataset_dict["file_name"], self.bands, self.fill_values)
+        window = dataset_dict.get("window")  # a window of a scene (:mod:`.geo_dataset`)
+        image = read_bands(dataset_dict["file_name"], self.bands, self.fill_values,
+                           Window(*window) if window is not None else None)
         if self.fill_values is not None and image.shape[2] != len(self.fill_values):
             raise ValueError(
                 f"{dataset_dict['file_name']} gives {image.shape[2]} band(s) but "

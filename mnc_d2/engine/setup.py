@@ -31,6 +31,10 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
     cfg.merge_from_list(list(opts))
     if log_to_output:
         setup_mnc_logger(cfg.OUTPUT_DIR)
+    if cfg.DATASETS.GEO:  # your own scenes and footprints, before anything reads DATASETS
+        from ..data.geo_dataset import register_geo_file
+
+        register_geo_file(cfg.DATASETS.GEO)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)

@@ -1,0 +1,165 @@
+"""Training and evaluation data from your own GeoTIFF scenes and building footprints.
+
+A mapping team's labels rarely come in a SpaceNet release's layout: scenes of any size, and one
+vector file of footprints (GeoJSON, GeoPackage, GeoParquet, shapefile) in any CRS. This turns
+them into Detectron2 dataset dicts: each scene cut into ``tile_size`` windows on the grid
+``tools/predict.py`` uses (:func:`mnc_d2.inference.tiling.tile_grid`), each window one image
+whose annotations are the footprints inside it, clipped to it (a building cut by a window edge
+is trained on the part the window shows, as SpaceNet's tiles cut them). The mapper reads only
+the window (``window`` in the dict), so a scene is never read whole.
+
+    from mnc_d2.data import register_geo_instances
+    register_geo_instances("mycity_train", ["scenes/a.tif", "scenes/b.tif"], "buildings.gpkg")
+
+Registered datasets carry what the SpaceNetEvaluator and a training run record need:
+evaluator_type "spacenet" (scored as one group), the scenes' band count and metres per pixel
+(INPUT.GSD, so tools/predict.py resamples other imagery to it).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.windows import transform as window_transform
+
+from .labels import LabelError, RepairLog, clean_footprints, clip_to_tile, read_geojson_footprints
+
+logger = logging.getLogger(__name__)
+
+
+def read_footprints(labels: str | Path, crs, transform, width: int, height: int,
+                    repairs: RepairLog) -> list:
+    """Footprints of vector file ``labels`` as pixel polygons of a raster grid (``crs``,
+    ``transform``, ``width`` x ``height``), clipped to it. GeoJSON goes through the SpaceNet
+    reader (which also catches projected coordinates in a file that names no CRS); other
+    formats must carry a CRS."""
+    import geopandas as gpd
+
+    from ..geometry.polygons import map_to_pixel
+
+    path = Path(labels)
+    if path.suffix.lower() in (".geojson", ".json"):
+        return read_geojson_footprints(path, crs, transform, width, height, repairs)
+    if not path.is_file():
+        raise LabelError(f"label file {path} does not exist")
+    frame = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    if frame.crs is None:
+        raise LabelError(f"{path} has no CRS; set one (GeoDataFrame.set_crs) so its footprints "
+                         "can be placed on the scenes")
+    frame = frame[frame.geometry.notna()].to_crs(crs)
+    polygons = clean_footprints(list(frame.geometry), repairs)
+    return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height, repairs)
+
+
+def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
+                   overlap: int = 0) -> list[dict]:
+    """Dataset dicts of ``scenes`` cut into windows (module docstring). Each dict: file_name
+    (the scene), image_id (``<scene stem>_<column>_<row>`` of the window's origin), height,
+    width, window ([column, row, width, height] in the scene), crs, transform (the window's),
+    annotations (:func:`mnc_d2.data.spacenet.make_annotation`, window pixels)."""
+    from ..inference.tiling import tile_grid
+    from .spacenet import make_annotation, raster_header
+
+    if not scenes:
+        raise ValueError("no scenes to register: pass GeoTIFF paths")
+    stems = [Path(s).stem for s in scenes]
+    if len(set(stems)) != len(stems):
+        twice = sorted(s for s in set(stems) if stems.count(s) > 1)
+        raise ValueError(f"scene names repeat ({', '.join(twice)}): image ids are made from "
+                         "them; rename the files or register them as separate datasets")
+    repairs = RepairLog()
+    dicts = []
+    for scene, stem in zip(scenes, stems):
+        head = raster_header(Path(scene))
+        footprints = read_footprints(labels, head["crs"], head["transform"], head["width"],
+                                     head["height"], repairs)
+        tree = shapely.STRtree(footprints)
+        for tile in tile_grid(head["width"], head["height"], tile_size, overlap):
+            w = tile.window
+            col, row, ww, wh = int(w.col_off), int(w.row_off), int(w.width), int(w.height)
+            near = [footprints[i] for i in tree.query(shapely.box(col, row, col + ww, row + wh))]
+            local = [shapely.affinity.translate(f, -col, -row) for f in near]
+            inside = clip_to_tile(local, ww, wh, repairs)
+            dicts.append({
+                "file_name": str(scene), "image_id": f"{stem}_{col}_{row}", "height": wh,
+                "width": ww, "window": [col, row, ww, wh], "crs": head["crs"].to_wkt(),
+                "transform": tuple(window_transform(w, head["transform"]))[:6],
+                "annotations": [make_annotation(f, wh, ww) for f in inside]})
+    repairs.report(f"{labels} on {len(scenes)} scene(s)")
+    logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces", len(scenes),
+                len(dicts), tile_size, sum(len(d["annotations"]) for d in dicts))
+    return dicts
+
+
+def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
+                           tile_size: int = 650, overlap: int = 0) -> None:
+    """Register ``scenes`` and footprint file ``labels`` as Detectron2 dataset ``name`` (lazy:
+    read on first use), with the metadata the evaluator and a training run read: one group,
+    band count and metres per pixel of the first scene (the scenes should share them)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ..inference.predictor import scene_gsd_m
+
+    scenes = [str(s) for s in scenes]
+    if not scenes:
+        raise ValueError(f"{name}: no scenes to register: pass GeoTIFF paths")
+    with rasterio.open(scenes[0]) as src:
+        count, gsd = src.count, scene_gsd_m(src)
+        names = [d or "" for d in src.descriptions]
+    DatasetCatalog.register(name, functools.partial(load_geo_dicts, scenes, str(labels),
+                                                    tile_size, overlap))
+    meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
+            "headline": "F1", "num_bands": count, "labels": str(labels)}
+    if np.isfinite(gsd):
+        meta["gsd_m"] = float(gsd)
+    if all(names):
+        meta["band_names"] = names
+    MetadataCatalog.get(name).set(**meta)
+
+
+def register_geo_file(path: str | Path) -> list[str]:
+    """Register every dataset of a DATASETS.GEO file (see :mod:`mnc_d2.config`) that is not
+    registered yet; returns the names. Errors name the file and the entry."""
+    import glob
+
+    import yaml
+    from detectron2.data import DatasetCatalog
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DATASETS.GEO {path} does not exist")
+    entries = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(entries, dict):
+        raise ValueError(f"DATASETS.GEO {path}: expected a mapping of dataset names to "
+                         "{scenes: [...], labels: ...}")
+    names = []
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "scenes" not in entry or "labels" not in entry:
+            raise ValueError(f"DATASETS.GEO {path}: {name!r} needs 'scenes' (GeoTIFF paths or "
+                             "globs) and 'labels' (a footprint file)")
+        unknown = set(entry) - {"scenes", "labels", "tile_size", "overlap"}
+        if unknown:
+            raise ValueError(f"DATASETS.GEO {path}: {name!r} has unknown key(s) "
+                             f"{', '.join(sorted(unknown))}; known: scenes, labels, tile_size, "
+                             "overlap")
+        patterns = entry["scenes"] if isinstance(entry["scenes"], list) else [entry["scenes"]]
+        scenes = []
+        for pattern in patterns:
+            pattern = str(path.parent / pattern) if not Path(pattern).is_absolute() else pattern
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise FileNotFoundError(f"DATASETS.GEO {path}: {name!r} scenes {pattern} match "
+                                        "no file")
+            scenes += found
+        labels = Path(entry["labels"])
+        labels = labels if labels.is_absolute() else path.parent / labels
+        if name not in DatasetCatalog.list():
+            register_geo_instances(name, scenes, labels, int(entry.get("tile_size", 650)),
+                                   int(entry.get("overlap", 0)))
+        names.append(name)
+    return names

@@ -1,0 +1,121 @@
+"""Your own scenes and footprint files as datasets: windows, placement, formats, errors, and a
+training run on them through DATASETS.GEO (the real SpaceNet 4 tile of ../shared/data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from mnc_d2.data.geo_dataset import load_geo_dicts, register_geo_file
+from mnc_d2.data.labels import LabelError
+from mnc_d2.geometry.polygons import pixel_to_map
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "spacenet_sample"
+TILE = SAMPLE / "sample_geotiff.tif"  # 900 x 900 px, 1 band, EPSG:32616, 0.5 m
+LABELS = SAMPLE / "geotiff_labels.geojson"  # its 43 footprints
+
+pytestmark = pytest.mark.skipif(not TILE.is_file(), reason="../shared/data is not here")
+
+
+def _footprints_in_map(dicts) -> shapely.Geometry:
+    """The union of every window's annotations, back in the scene's map coordinates."""
+    pieces = []
+    for d in dicts:
+        transform = rasterio.Affine(*d["transform"])
+        pieces += [pixel_to_map(shapely.from_wkt(a["wkt_pix"]), transform)
+                   for a in d["annotations"]]
+    return shapely.union_all(pieces)
+
+
+def _truth_in_tile():
+    with rasterio.open(TILE) as src:
+        frame = gpd.read_file(LABELS).to_crs(src.crs)
+        outline = shapely.box(*src.bounds)
+    return shapely.intersection(shapely.union_all(frame.geometry.make_valid()), outline)
+
+
+def test_windows_hold_the_footprints_where_they_are(tmp_path):
+    dicts = load_geo_dicts([str(TILE)], LABELS, tile_size=450)
+    assert [d["window"] for d in dicts] == [[0, 0, 450, 450], [450, 0, 450, 450],
+                                            [0, 450, 450, 450], [450, 450, 450, 450]]
+    assert len({d["image_id"] for d in dicts}) == 4
+    # every footprint is somewhere (pieces of those cut by window edges, more than 43), and
+    # together the pieces cover exactly the truth's area inside the tile
+    assert sum(len(d["annotations"]) for d in dicts) >= 43
+    truth, found = _truth_in_tile(), _footprints_in_map(dicts)
+    assert found.area == pytest.approx(truth.area, rel=1e-3)
+    assert shapely.symmetric_difference(found, truth).area < 1e-3 * truth.area
+    # the same footprints from a GeoPackage in another CRS (WGS84)
+    gpd.read_file(LABELS).to_crs("EPSG:4326").to_file(tmp_path / "labels.gpkg")
+    again = _footprints_in_map(load_geo_dicts([str(TILE)], tmp_path / "labels.gpkg", 450))
+    assert shapely.symmetric_difference(again, truth).area < 1e-3 * truth.area
+
+
+def test_the_mapper_reads_only_its_window():
+    from detectron2.config import get_cfg
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data.mapper import SpaceNetDatasetMapper
+
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [300.0], [100.0]
+    cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = 450
+    record = load_geo_dicts([str(TILE)], LABELS, tile_size=450)[1]  # columns 450-899
+    image = SpaceNetDatasetMapper(cfg, is_train=False)(record)["image"]
+    with rasterio.open(TILE) as src:
+        expected = src.read(1)[:450, 450:900]
+    assert tuple(image.shape) == (1, 450, 450)
+    assert np.array_equal(image[0].numpy(), expected.astype(np.float32))
+
+
+def test_bad_labels_and_files_say_which(tmp_path):
+    frame = gpd.read_file(LABELS)
+    frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
+    with pytest.raises(LabelError, match="nocrs.parquet has no CRS"):
+        load_geo_dicts([str(TILE)], tmp_path / "nocrs.parquet")
+    with pytest.raises(ValueError, match="scene names repeat"):
+        load_geo_dicts([str(TILE), str(tmp_path / "sample_geotiff.tif")], LABELS)
+    geo = tmp_path / "geo.yaml"
+    geo.write_text("mine:\n  scenes: [nothing/*.tif]\n  labels: x.gpkg\n")
+    with pytest.raises(FileNotFoundError, match=r"'mine' scenes .*nothing/\*.tif match no file"):
+        register_geo_file(geo)
+    geo.write_text(f"mine:\n  scenes: [{TILE}]\n  labels: {LABELS}\n  tiles: 3\n")
+    with pytest.raises(ValueError, match="'mine' has unknown key"):
+        register_geo_file(geo)
+
+
+def test_train_and_evaluate_on_your_own_scene(tmp_path):
+    """DATASETS.GEO registers the tile's windows; two iterations train and the SpaceNet
+    evaluator scores the windows against the footprints (one group), band statistics and the
+    tile's 0.5 m recorded in the run's config."""
+    geo = tmp_path / "geo.yaml"
+    geo.write_text(f"atlanta_tile:\n  scenes: [{TILE}]\n  labels: {LABELS}\n  tile_size: 450\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+           str(REPO / "configs" / "quick_schedules" / "mnc_R_18_FPN_quick_synthetic.yaml"),
+           "OUTPUT_DIR", str(out), "DATASETS.GEO", str(geo),
+           "DATASETS.TRAIN", "('atlanta_tile',)", "DATASETS.TEST", "('atlanta_tile',)",
+           "INPUT.BANDS", "[1]", "MODEL.PIXEL_MEAN", "[300.0]", "MODEL.PIXEL_STD", "[100.0]",
+           "INPUT.BAND_STATS",
+           "auto", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
+           "MODEL.DEVICE", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    scored = [m for m in metrics if "spacenet/score" in m]
+    assert scored and "spacenet/F1" in scored[-1]
+    truth = scored[-1]["spacenet/TP"] + scored[-1]["spacenet/FN"]
+    assert truth >= 43  # the windows' footprint pieces
+    config = (out / "config.yaml").read_text()
+    assert "GSD: 0.5" in config and json.loads((out / "band_stats.json").read_text())["bands"] \
+        == [1]
