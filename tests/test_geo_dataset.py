@@ -60,6 +60,23 @@ def test_windows_hold_the_footprints_where_they_are(tmp_path):
     assert shapely.symmetric_difference(again, truth).area < 1e-3 * truth.area
 
 
+def test_projected_geojson_naming_no_crs_takes_the_scenes(caplog):
+    """The trap of the custom-projection pair: circles in the raster's Albers metres in a
+    GeoJSON that names no CRS; they are placed in the raster's CRS, with a warning, not read as
+    lon/lat (which would put every one outside)."""
+    import logging
+
+    labels_logger = logging.getLogger("mnc_d2.data.labels")  # it may not propagate to the root
+    labels_logger.addHandler(caplog.handler)
+    try:
+        dicts = load_geo_dicts([str(SAMPLE / "sample_geotiff_custom_proj.tif")],
+                               SAMPLE / "geotiff_custom_proj_labels.geojson", tile_size=512)
+    finally:
+        labels_logger.removeHandler(caplog.handler)
+    assert len(dicts) == 1 and len(dicts[0]["annotations"]) == 19
+    assert "names no CRS" in caplog.text
+
+
 def test_the_mapper_reads_only_its_window():
     from detectron2.config import get_cfg
 

@@ -32,28 +32,52 @@ from .labels import LabelError, RepairLog, clean_footprints, clip_to_tile, read_
 logger = logging.getLogger(__name__)
 
 
-def read_footprints(labels: str | Path, crs, transform, width: int, height: int,
-                    repairs: RepairLog) -> list:
-    """Footprints of vector file ``labels`` as pixel polygons of a raster grid (``crs``,
-    ``transform``, ``width`` x ``height``), clipped to it. GeoJSON goes through the SpaceNet
-    reader (which also catches projected coordinates in a file that names no CRS); other
-    formats must carry a CRS."""
-    import geopandas as gpd
+class FootprintFile:
+    """A footprint file read once, its features found per scene by their bounds (a city's
+    labels are read once for all its scenes, not once per scene).
 
-    from ..geometry.polygons import map_to_pixel
+    GeoJSON that names no CRS and holds coordinates outside lon/lat goes through the SpaceNet
+    label reader per scene instead (:func:`mnc_d2.data.labels.read_geojson_footprints`, which
+    assumes the raster's CRS when the coordinates fall inside it, with a warning); any other
+    file must carry a CRS."""
 
-    path = Path(labels)
-    if path.suffix.lower() in (".geojson", ".json"):
-        return read_geojson_footprints(path, crs, transform, width, height, repairs)
-    if not path.is_file():
-        raise LabelError(f"label file {path} does not exist")
-    frame = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
-    if frame.crs is None:
-        raise LabelError(f"{path} has no CRS; set one (GeoDataFrame.set_crs) so its footprints "
-                         "can be placed on the scenes")
-    frame = frame[frame.geometry.notna()].to_crs(crs)
-    polygons = clean_footprints(list(frame.geometry), repairs)
-    return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height, repairs)
+    def __init__(self, labels: str | Path):
+        import geopandas as gpd
+
+        self.path = Path(labels)
+        if not self.path.is_file():
+            raise LabelError(f"label file {self.path} does not exist")
+        suffix = self.path.suffix.lower()
+        frame = (gpd.read_parquet(self.path) if suffix == ".parquet"
+                 else gpd.read_file(self.path, on_invalid="ignore"))
+        self.per_scene = False
+        if suffix in (".geojson", ".json"):
+            x0, y0, x1, y1 = frame.total_bounds if len(frame) else (0, 0, 0, 0)
+            outside = max(abs(x0), abs(x1)) > 180 or max(abs(y0), abs(y1)) > 90
+            # read as lon/lat (no CRS named) but not lon/lat: the SpaceNet reader's case
+            self.per_scene = outside and (frame.crs is None or frame.crs.is_geographic)
+        elif frame.crs is None:
+            raise LabelError(f"{self.path} has no CRS; set one (GeoDataFrame.set_crs) so its "
+                             "footprints can be placed on the scenes")
+        self.frame = frame[frame.geometry.notna()]
+
+    def pixel_polygons(self, crs, transform, width: int, height: int,
+                       repairs: RepairLog) -> list:
+        """The footprints over a raster grid (``crs``, ``transform``, ``width`` x ``height``)
+        as its pixel polygons, clipped to it."""
+        from rasterio.warp import transform_bounds
+
+        from ..geometry.polygons import map_to_pixel
+
+        if self.per_scene:
+            return read_geojson_footprints(self.path, crs, transform, width, height, repairs)
+        corners = [transform @ c for c in ((0, 0), (width, 0), (width, height), (0, height))]
+        xs, ys = zip(*corners)
+        bounds = transform_bounds(crs, self.frame.crs, min(xs), min(ys), max(xs), max(ys))
+        near = self.frame.iloc[self.frame.sindex.query(shapely.box(*bounds))]
+        polygons = clean_footprints(list(near.to_crs(crs).geometry), repairs)
+        return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height,
+                            repairs)
 
 
 def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
@@ -73,11 +97,12 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         raise ValueError(f"scene names repeat ({', '.join(twice)}): image ids are made from "
                          "them; rename the files or register them as separate datasets")
     repairs = RepairLog()
+    source = FootprintFile(labels)
     dicts = []
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
-        footprints = read_footprints(labels, head["crs"], head["transform"], head["width"],
-                                     head["height"], repairs)
+        footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
+                                           head["height"], repairs)
         tree = shapely.STRtree(footprints)
         for tile in tile_grid(head["width"], head["height"], tile_size, overlap):
             w = tile.window
