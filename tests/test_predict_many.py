@@ -490,6 +490,18 @@ def test_static_stac_catalog_on_disk_and_over_http(tmp_path, served, trained, sc
                               "--stac-asset", "nope")) == 2  # unknown asset: usage error
 
 
+def _coarser_copy(scene: Path, dest: Path, px: int) -> Path:
+    """``scene`` (160 x 160 px) resampled to ``px`` x ``px`` over the same ground: coarser
+    pixels, the same place."""
+    with rasterio.open(scene) as src:
+        data, profile = src.read(out_shape=(src.count, px, px)), src.profile
+        profile.update(height=px, width=px,
+                       transform=src.transform @ rasterio.Affine.scale(src.width / px))
+    with rasterio.open(dest, "w", **profile) as dst:
+        dst.write(data)
+    return dest
+
+
 def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     """A VRT of four tiles with one missing: no building lies mostly in the gap (without the
     nodata rule about ten do). A scene stored at 0.5 m given to a model recorded at 0.3 m is
@@ -526,13 +538,7 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     assert share.max() <= 0.5 + 1e-9  # in degrees as in pixels: at most half of any in the gap
 
     # the same scene at 0.5 m pixels (96 x 96) and a model that records 0.3 m
-    coarse = tmp_path / "coarse.tif"
-    with rasterio.open(scenes["good0"]) as src:
-        small = src.read(out_shape=(3, 96, 96))
-    with rasterio.open(coarse, "w", driver="GTiff", height=96, width=96, count=3,
-                       dtype="uint16", crs=crs,
-                       transform=transform @ rasterio.Affine.scale(160 / 96)) as d:
-        d.write(small)
+    coarse = _coarser_copy(scenes["good0"], tmp_path / "coarse.tif", 96)
     out = tmp_path / "gsd"
     assert predict_main(_args(trained, [str(coarse)], out, "--score-thresh", "0.0",
                               "INPUT.GSD", "0.3")) == 0
@@ -543,13 +549,7 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     # at 2 m pixels (24 x 24) the scene is 6.7x coarser than the model's 0.3 m: more than
     # --max-upsample's default allows, so it fails at once, naming the file, the sizes and the
     # option; the 0.5 m scene beside it is predicted all the same
-    coarser = tmp_path / "coarser.tif"
-    with rasterio.open(scenes["good0"]) as src:
-        tiny = src.read(out_shape=(3, 24, 24))
-    with rasterio.open(coarser, "w", driver="GTiff", height=24, width=24, count=3,
-                       dtype="uint16", crs=crs,
-                       transform=transform @ rasterio.Affine.scale(160 / 24)) as d:
-        d.write(tiny)
+    coarser = _coarser_copy(scenes["good0"], tmp_path / "coarser.tif", 24)
     out = tmp_path / "too_coarse"
     assert predict_main(_args(trained, [str(coarser), str(coarse)], out, "--score-thresh",
                               "0.0", "INPUT.GSD", "0.3")) == 1
