@@ -438,6 +438,16 @@ def test_nodata_is_filled_with_the_band_mean(tmp_path):
 
     image = read_bands(str(tif), [1, 2], fill=[7.0, 9.0])
     assert image[0, 0].tolist() == [7.0, 9.0] and image[1, 1].tolist() == [100.0, 100.0]
+    # float imagery: NaN nodata (NaN == NaN is false) and undeclared NaNs are filled too
+    for nodata in (float("nan"), None):
+        floats = np.full((2, 4, 4), 0.25, np.float32)
+        floats[:, 0, 0] = np.nan
+        _write_tif(tif, floats, Affine(1, 0, 0, 0, -1, 0), nodata=nodata)
+        image = read_bands(str(tif), [1, 2], fill=[7.0, 9.0])
+        assert image[0, 0].tolist() == [7.0, 9.0] and image[1, 1].tolist() == [0.25, 0.25]
+        # and the band statistics leave them out
+        stats = compute_band_stats([str(tif)], [1, 2])
+        assert stats["mean"] == pytest.approx([0.25, 0.25])
 
 
 def test_rot90_coords_follow_the_image():

@@ -48,6 +48,7 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
         with rasterio.open(path) as src:
             check_band_count(src, bands)  # the band reader's check: names the file
             data = src.read(bands, masked=True).astype(np.float64)  # (C, H, W), nodata masked
+        data = np.ma.masked_invalid(data)  # and NaN, declared as nodata or not
         data = transform.forward(data)
         flat = data.reshape(data.shape[0], -1)
         if total is None:

@@ -24,8 +24,8 @@ def input_bands(cfg) -> list[int]:
 def read_bands(source, bands: list[int], fill: list[float] | None = None,
                window=None) -> np.ndarray:
     """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF (a path or an open rasterio
-    dataset), optionally one ``window``; pixels equal to the file's nodata get ``fill``
-    (one value per band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0).
+    dataset), optionally one ``window``; pixels equal to the file's nodata, and NaN pixels, get
+    ``fill`` (one value per band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0).
     """
     if not isinstance(source, (str, Path)):  # an open dataset (a file, a WarpedVRT, ...)
         return _read(source, bands, fill, window)
@@ -50,8 +50,12 @@ def _read(src, bands: list[int], fill, window) -> np.ndarray:
     bands = [int(b) for b in bands]
     check_band_count(src, bands)
     data = src.read(bands, window=window).astype(np.float32)
-    if src.nodata is not None and fill is not None:
-        holes = data == np.float32(src.nodata)
+    if fill is not None:
+        # NaN is never a value (float imagery marks nodata with it, declared or not), and
+        # NaN == NaN is false, so a NaN nodata needs its own test
+        holes = np.isnan(data)
+        if src.nodata is not None and not np.isnan(src.nodata):
+            holes |= data == np.float32(src.nodata)
         if holes.any():
             data = np.where(holes, np.asarray(fill, np.float32)[:, None, None], data)
     return np.ascontiguousarray(data.transpose(1, 2, 0))
