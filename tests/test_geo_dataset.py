@@ -54,10 +54,18 @@ def test_windows_hold_the_footprints_where_they_are(tmp_path):
     truth, found = _truth_in_tile(), _footprints_in_map(dicts)
     assert found.area == pytest.approx(truth.area, rel=1e-3)
     assert shapely.symmetric_difference(found, truth).area < 1e-3 * truth.area
-    # the same footprints from a GeoPackage in another CRS (WGS84)
-    gpd.read_file(LABELS).to_crs("EPSG:4326").to_file(tmp_path / "labels.gpkg")
-    again = _footprints_in_map(load_geo_dicts([str(TILE)], tmp_path / "labels.gpkg", 450))
-    assert shapely.symmetric_difference(again, truth).area < 1e-3 * truth.area
+    # the same footprints from a GeoPackage in another CRS (WGS84), with heights (3D
+    # coordinates, as CAD exports and SpaceNet's own GeoJSON have them): dropped, so each
+    # segmentation is x, y pairs
+    frame = gpd.read_file(LABELS).to_crs("EPSG:4326")
+    frame["geometry"] = shapely.force_3d(frame.geometry.values, 12.5)
+    frame.to_file(tmp_path / "labels.gpkg")
+    dicts = load_geo_dicts([str(TILE)], tmp_path / "labels.gpkg", 450)
+    assert shapely.symmetric_difference(_footprints_in_map(dicts), truth).area < \
+        1e-3 * truth.area
+    rings = [r for d in dicts for a in d["annotations"] for r in a["segmentation"]]
+    assert all(len(r) % 2 == 0 and 12.5 not in r for r in rings)
+    assert not any(" Z " in a["wkt_pix"] for d in dicts for a in d["annotations"])
 
 
 def test_projected_geojson_naming_no_crs_takes_the_scenes(caplog):
