@@ -54,7 +54,7 @@ def clean_footprints(geoms, repairs: RepairLog) -> list:
         if np.isnan(shapely.get_coordinates(geom)).any():
             repairs["dropped: NaN coordinates"] += 1
             continue
-        if shapely.has_z(geom):  # heights (SpaceNet's [lon, lat, 0], CAD exports): dropped
+        if shapely.has_z(geom):  # heights ([x, y, 0] as in SpaceNet's CSVs; CAD exports): dropped
             geom = shapely.force_2d(geom)
         was_multi = geom.geom_type == "MultiPolygon"
         if not geom.is_valid:
