@@ -56,6 +56,7 @@ def clean_footprints(geoms, repairs: RepairLog) -> list:
             continue
         if shapely.has_z(geom):  # heights ([x, y, 0] as in SpaceNet's CSVs; CAD exports): dropped
             geom = shapely.force_2d(geom)
+            repairs["made 2D: heights dropped"] += 1
         was_multi = geom.geom_type == "MultiPolygon"
         if not geom.is_valid:
             geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
