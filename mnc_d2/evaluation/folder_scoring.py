@@ -90,6 +90,14 @@ def read_truth(paths: list[str]):
     return "map", pd.concat(frames, ignore_index=True)
 
 
+def remap_scene(path: str, scene_root: str | None) -> str:
+    """A manifest's scene path, or the file of the same name in ``scene_root`` when the scenes
+    moved (local paths only; a URL stays as it is)."""
+    if scene_root is None or "://" in path:
+        return path
+    return str(Path(scene_root) / Path(path).name)
+
+
 @dataclass
 class SceneFrames:
     """One scene's buildings and truth in its pixel grid, ready for the SpaceNet scorer.
@@ -184,9 +192,7 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
             logger.warning("scene %s %s in this run: left out of the scoring (%s)", row.scene,
                            row.status, row.error)
             continue
-        path = str(row.path)
-        paths[row.scene] = (str(Path(scene_root) / Path(path).name)
-                            if scene_root is not None and "://" not in path else path)
+        paths[row.scene] = remap_scene(str(row.path), scene_root)
     scenes = scene_frames(read_scene_buildings(folder), paths, read_truth(truth_paths),
                           threshold)
     if not scenes:

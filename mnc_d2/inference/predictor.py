@@ -44,7 +44,8 @@ from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
 from .radiometry_check import radiometry_warning, scene_levels
-from .sources import MAX_UPSAMPLE, redact, scene_image_id, tiff_datetime, without_query
+from .sources import (MAX_UPSAMPLE, check_max_upsample, redact, scene_image_id, tiff_datetime,
+                      without_query)
 from .tiling import in_core, merge_across_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -230,10 +231,7 @@ class ScenePredictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
-        if not (max_upsample == 0 or max_upsample >= 1):
-            raise ValueError(f"--max-upsample {max_upsample:g}: give a factor >= 1, or 0 for "
-                             "no limit")
-        self.max_upsample = float(max_upsample)
+        self.max_upsample = check_max_upsample(max_upsample)
         self.backend = backend
         if backend == "torch":
             if cfg is None:

@@ -15,7 +15,7 @@ from ..export.bundle import BACKEND_FILES
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
                      now_iso, parquet_path, prepare_output, run_provenance, run_record)
-from .sources import MAX_UPSAMPLE, redact
+from .sources import MAX_UPSAMPLE, check_max_upsample, redact
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,10 @@ def _run(args) -> int:
 
     from ..data.bands import input_bands
 
-    if not (args.max_upsample == 0 or args.max_upsample >= 1):
-        raise UsageError(f"--max-upsample {args.max_upsample:g}: give a factor >= 1, or 0 for "
-                         "no limit")
+    try:
+        check_max_upsample(args.max_upsample)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     formats = parse_formats(args.formats)
     cfg, bundle = _model_source(args)
     bands = input_bands(cfg) if cfg is not None else bundle.bands

@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 # for nothing, so such a scene fails at once with an error that says why (0 = no limit).
 MAX_UPSAMPLE = 4.0
 
+
+def check_max_upsample(factor: float) -> float:
+    """``factor`` for --max-upsample (>= 1, or 0 for no limit), else ValueError saying so."""
+    if not (factor == 0 or factor >= 1):
+        raise ValueError(f"--max-upsample {factor:g}: give a factor >= 1, or 0 for no limit")
+    return float(factor)
+
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 _URL = re.compile(r"((?:https?|s3|gs|az)://)([^\s'\"?#]*)(\?[^\s'\"#]*)?")
 _USERINFO = re.compile(r"^[^/@]*@")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.folder_scoring import (FolderInputError, read_run, read_scene_buildings,
-                                         read_truth, scene_frames)
+                                         read_truth, remap_scene, scene_frames)
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -58,12 +58,6 @@ def _bands(run: dict) -> list[int]:
     if not bands:
         bands = list(range(1, len((cfg.get("MODEL") or {}).get("PIXEL_MEAN") or [0, 0, 0]) + 1))
     return [int(b) for b in bands][:3]
-
-
-def _remap(path: str, scene_root: str | None) -> str:
-    if scene_root is None or "://" in path:
-        return path
-    return str(Path(scene_root) / Path(path).name)
 
 
 def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int):
@@ -186,7 +180,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shutil.rmtree(site / stale, ignore_errors=True)
     scenes, paths, sources, resolution = [], {}, {}, []
     for row in manifest.itertuples():
-        path = _remap(str(row.path), scene_root)
+        path = remap_scene(str(row.path), scene_root)
         paths[row.scene] = path
         corners = None
         if row.status in ("ok", "skipped"):
