@@ -27,7 +27,8 @@ import rasterio
 import shapely
 from rasterio.windows import transform as window_transform
 
-from .labels import LabelError, RepairLog, clean_footprints, clip_to_tile, read_geojson_footprints
+from .labels import (LabelError, RepairLog, clip_to_tile, read_geojson_footprints,
+                     to_pixel_footprints)
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,13 @@ class FootprintFile:
         as its pixel polygons, clipped to it."""
         from rasterio.warp import transform_bounds
 
-        from ..geometry.polygons import map_to_pixel
-
         if self.per_scene:
             return read_geojson_footprints(self.path, crs, transform, width, height, repairs)
         corners = [transform @ c for c in ((0, 0), (width, 0), (width, height), (0, height))]
         xs, ys = zip(*corners)
         bounds = transform_bounds(crs, self.frame.crs, min(xs), min(ys), max(xs), max(ys))
         near = self.frame.iloc[self.frame.sindex.query(shapely.box(*bounds))]
-        polygons = clean_footprints(list(near.to_crs(crs).geometry), repairs)
-        return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height,
-                            repairs)
+        return to_pixel_footprints(near.to_crs(crs).geometry, transform, width, height, repairs)
 
 
 def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,

@@ -141,9 +141,15 @@ def read_geojson_footprints(path: str | Path, raster_crs, transform: Affine, wid
         raise LabelError(f"{path} has no CRS; add a 'crs' member or write it as lon/lat")
     if raster_crs is not None and not frame.crs.equals(raster_crs):
         frame = frame.to_crs(raster_crs)
-    polygons = clean_footprints(list(frame.geometry), repairs)
-    pixel = [map_to_pixel(p, transform) for p in polygons]
-    return clip_to_tile(pixel, width, height, repairs)
+    return to_pixel_footprints(frame.geometry, transform, width, height, repairs)
+
+
+def to_pixel_footprints(geoms, transform: Affine, width: int, height: int,
+                        repairs: RepairLog) -> list:
+    """Label geometries in a raster's CRS -> its pixel polygons (``transform``), cleaned
+    (:func:`clean_footprints`) and clipped to ``width`` x ``height`` (:func:`clip_to_tile`)."""
+    polygons = clean_footprints(list(geoms), repairs)
+    return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height, repairs)
 
 
 def _assume_raster_crs(frame, path, raster_crs, transform, width, height):

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..data.radiometry import dn_transform, dn_transform_from_config
 from ..export.bundle import BACKEND_FILES
+from ..geometry.crs import is_mercator
 from ..geometry.polygons import mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
@@ -91,7 +92,7 @@ def scene_gsd_m(src, info=None) -> float:
         return float(info.gsd)
     if src.crs is None:
         return float("nan")
-    if src.crs.is_projected and src.crs.to_dict().get("proj") != "merc":
+    if src.crs.is_projected and not is_mercator(src.crs):
         try:
             metres = src.crs.linear_units_factor[1]
         except CRSError:
@@ -112,17 +113,24 @@ def scene_gsd_m(src, info=None) -> float:
     return float((east + south) / 2)
 
 
+def reads_by_name(run_names: list[str], scene_names: list[str]) -> bool:
+    """Whether :func:`bands_by_name` looks bands up by name: both lists known, every scene band
+    named, and at least one name shared (case-insensitive)."""
+    if not run_names or not scene_names or not all(scene_names):
+        return False
+    lower = [n.lower() for n in scene_names]
+    return any(n.lower() in lower for n in run_names)
+
+
 def bands_by_name(run_names: list[str], scene_names: list[str], indices: list[int],
                   where: str) -> list[int]:
     """1-based file bands to read: ``run_names`` (INPUT.BAND_NAMES) looked up in the scene's
     ``scene_names`` (case-insensitive) when both are known and share a name, else ``indices``
     (INPUT.BANDS): a file whose descriptions name no band the model knows ("Band 1", ...) is
     read by index, one that names some of them but not all is an error."""
-    if not run_names or not scene_names or not all(scene_names):
+    if not reads_by_name(run_names, scene_names):
         return indices
     lower = [n.lower() for n in scene_names]
-    if not any(n.lower() in lower for n in run_names):
-        return indices
     missing = [n for n in run_names if n.lower() not in lower]
     if missing:
         raise ValueError(f"{where} has no band named {missing[0]!r} (its bands: "
@@ -339,11 +347,9 @@ class ScenePredictor:
         when they are read by index because no band is named as the run names them, and their
         colour interpretation does not say they are the model's (NAIP's red, green, blue, NIR
         file tags them so)."""
-        lower = [n.lower() for n in names]
-        by_name = bool(self.band_names) and all(names) and \
-            any(n.lower() in lower for n in self.band_names)
         interp = [src.colorinterp[b - 1].name for b in bands]
-        if by_name or not self.band_names or src.count == len(bands) or \
+        if reads_by_name(self.band_names, names) or not self.band_names or \
+                src.count == len(bands) or \
                 interp == [n.lower() for n in self.band_names]:
             return []
         return [f"{shown} has {src.count} bands and names none the model knows: it reads bands "
