@@ -435,6 +435,20 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _threads_of(report: dict) -> str:
+    """"N threads of CPU" of a bench_export report."""
+    return f"{report['threads']} threads" + (f" of {report['cpu']}" if report.get("cpu") else "")
+
+
+def _peak_source(mm: dict) -> str:
+    """Where a report's float32 peak comes from (its "matmul_gflops")."""
+    return ("the faster float32 matmul of "
+            + ", ".join(f"{k} {v}" for k, v in mm.items() if k != "by_size")
+            + (" (each the best of n x n matmuls, n = "
+               + ", ".join(next(iter(mm["by_size"].values()))) + ")"
+               if mm.get("by_size") else " (2048 x 2048)"))
+
+
 def export_tables(report: dict) -> list[str]:
     """bench_export.py: accuracy per backend, speed per tile, FLOPs and peak, a large scene."""
     backends = ["torch", "onnxruntime", "openvino", "torchscript"]
@@ -474,13 +488,8 @@ def export_tables(report: dict) -> list[str]:
                          else ""])
         lines += [f"Seconds per 650 x 650 px tile (pixels to pasted masks), median of "
                   f"{next(iter(speed.values()))['n']} timings per row (tiles x rounds, rounds in "
-                  f"alternating order), {report['threads']} threads"
-                  + (f" of {report['cpu']}" if report.get("cpu") else "") + "; peak = "
-                  f"{peak} GFLOP/s, the faster float32 matmul of "
-                  + ", ".join(f"{k} {v}" for k, v in mm.items() if k != "by_size")
-                  + (" (each the best of n x n matmuls, n = "
-                     + ", ".join(next(iter(mm["by_size"].values()))) + ")"
-                     if mm.get("by_size") else " (2048 x 2048)") + ".", ""]
+                  f"alternating order), {_threads_of(report)}; peak = {peak} GFLOP/s, "
+                  f"{_peak_source(mm)}.", ""]
         lines += _table(["model / backend", "s per tile", "x eager",
                          "MNC / Mask R-CNN (same backend, input)",
                          "GFLOP/s", "of peak"], rows) + [""]
@@ -512,13 +521,8 @@ def export_tables(report: dict) -> list[str]:
         mm = report.get("matmul_gflops", {})
         if not speed and report.get("peak_gflops") and mm.get("by_size"):
             # the speed table's caption states the peak; without it, this sentence does
-            lines += [f"Float32 peak of this run: {report['peak_gflops']} GFLOP/s, the faster "
-                      "matmul of " + ", ".join(f"{k} {v}" for k, v in mm.items()
-                                               if k != "by_size")
-                      + " (each the best of n x n matmuls, n = "
-                      + ", ".join(next(iter(mm["by_size"].values()))) + "), "
-                      f"{report['threads']} threads"
-                      + (f" of {report['cpu']}" if report.get("cpu") else "") + ".", ""]
+            lines += [f"Float32 peak of this run: {report['peak_gflops']} GFLOP/s, "
+                      f"{_peak_source(mm)}, {_threads_of(report)}.", ""]
     lines += _int8_tables(report.get("int8") or {})
     paired = report.get("paired_ratio")
     if paired:
