@@ -281,6 +281,46 @@ def test_export_usage_errors(tmp_path, trained):
     assert not (tmp_path / "x").exists()
 
 
+def test_only_torchscript_runs_on_another_device(exported):
+    from mnc_d2.export.bundle import ExportError, read_bundle
+    from mnc_d2.export.runtime import ExportedModel
+
+    bundle = read_bundle(exported)
+    with pytest.raises(ExportError, match="runs on the CPU here.*torchscript"):
+        ExportedModel(bundle, "onnxruntime", device="cuda")
+    image = np.full((TILE, TILE, 3), 500.0, dtype=np.float32)
+    on_cpu = ExportedModel(bundle, "torchscript", device="cpu")(image)
+    assert len(on_cpu) == len(ExportedModel(bundle, "torchscript")(image))
+
+
+def test_the_model_runs_without_the_geospatial_stack(trained, scenes):
+    """What a GPU machine with only PyTorch and Detectron2 needs (bench/bench_gpu.py): the
+    eager model, its checkpointer and the export graph import neither rasterio nor shapely."""
+    code = (
+        "import sys\n"
+        "for m in ('rasterio', 'shapely', 'geopandas', 'pyproj', 'affine'):\n"
+        "    sys.modules[m] = None\n"
+        "import numpy as np, torch\n"
+        "import mnc_d2; mnc_d2.setup()\n"
+        "from detectron2.config import get_cfg\n"
+        "from mnc_d2.config import add_mnc_config\n"
+        "from mnc_d2.inference.eager import EagerModel\n"
+        "from mnc_d2.export.exporter import build_graph\n"
+        "cfg = get_cfg(); add_mnc_config(cfg)\n"
+        f"cfg.merge_from_file({str(trained / 'config.yaml')!r})\n"
+        f"cfg.MODEL.WEIGHTS = {str(trained / 'model_final.pth')!r}\n"
+        "cfg.MODEL.DEVICE = 'cpu'\n"
+        "image = np.full((96, 96, 3), 500.0, dtype=np.float32)\n"
+        "print('EAGER', len(EagerModel(cfg)([image])[0]))\n"
+        "graph = build_graph(cfg, 96)\n"
+        "with torch.no_grad():\n"
+        "    print('GRAPH', len(graph(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[1]))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(REPO))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "EAGER" in run.stdout and "GRAPH" in run.stdout
+
+
 def test_pool_by_level_returns_rows_in_box_order():
     """Each box's row comes from its own level, in box order, with a level left empty."""
     from mnc_d2.export.graph import pool_by_level

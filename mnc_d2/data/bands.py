@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioIOError
 
 
 def input_bands(cfg) -> list[int]:
@@ -29,6 +27,11 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
     """
     if not isinstance(source, (str, Path)):  # an open dataset (a file, a WarpedVRT, ...)
         return _read(source, bands, fill, window)
+    # imported here: the model's checkpointer needs input_bands, not rasterio (a GPU machine
+    # that only runs the model may lack the geospatial stack)
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
     try:
         with rasterio.open(source) as src:
             return _read(src, bands, fill, window)

@@ -55,8 +55,9 @@ def graph_code_sha256() -> str:
     return digest.hexdigest()
 
 
-def build_graph(cfg, tile_size: int) -> MNCExportGraph:
-    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on the CPU."""
+def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
+    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on ``device``
+    (exports are traced on the CPU; the GPU benchmark traces on the GPU)."""
     from detectron2.modeling import build_model
     from detectron2.modeling.roi_heads import StandardROIHeads
 
@@ -67,7 +68,7 @@ def build_graph(cfg, tile_size: int) -> MNCExportGraph:
                           "MODEL.WEIGHTS output/run/model_final.pth")
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     model = build_model(cfg).eval()
     build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph

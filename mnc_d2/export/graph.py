@@ -348,7 +348,8 @@ class MaskRCNNExportGraph(MNCExportGraph):
         mask_logits = heads.mask_head.layers(self._pool(
             heads.mask_pooler, [features[f] for f in heads.mask_in_features], boxes))
         if mask_logits.shape[1] > 1:
-            mask_logits = mask_logits[torch.arange(mask_logits.shape[0]), classes]
+            mask_logits = mask_logits[torch.arange(mask_logits.shape[0],
+                                                      device=classes.device), classes]
         else:
             mask_logits = mask_logits[:, 0]
         return mask_logits.sigmoid()

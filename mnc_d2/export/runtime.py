@@ -110,11 +110,15 @@ class ExportedModel:
     ``bundle.dn_transform``, as tools/predict.py reads them), H x W at most the
     exported tile size; smaller tiles (scenes smaller than a tile) are padded with the band
     means, which the model's normalisation maps to 0 (the eager model resizes them instead).
-    ``threads``: intra-op threads (None: the runtime's default).
+    ``threads``: intra-op threads (None: the runtime's default). ``device``: where the
+    TorchScript graph runs (``cpu``, ``cuda``, ``cuda:1``); the ONNX backends run on the CPU.
     """
 
     def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
-                 threads: int | None = None):
+                 threads: int | None = None, device: str = "cpu"):
+        if device != "cpu" and backend != "torchscript":
+            raise ExportError(f"device {device!r}: backend {backend} runs on the CPU here; "
+                              "a GPU runs the torchscript backend (or eager torch)")
         self.bundle, self.backend = bundle, backend
         path = bundle.graph_path(backend)
         self.tile = bundle.tile_shape
@@ -148,13 +152,14 @@ class ExportedModel:
             _need("torchvision", backend)  # registers the nms / roi_align operators
             if threads:
                 torch.set_num_threads(int(threads))
-            module = torch.jit.load(str(path), map_location="cpu").eval()
+            module = torch.jit.load(str(path), map_location=device).eval()
 
             def call(x):
                 # Without the profiling executor's re-optimisation per new shape (each tile has
                 # its own detection count): measured as fast after warm-up, and no slow first calls.
                 with torch.no_grad(), torch.jit.optimized_execution(False):
-                    return [t.numpy() for t in module(torch.from_numpy(x))]
+                    found = module(torch.from_numpy(x).to(device))
+                    return [t.cpu().numpy() for t in found]
             self._call = call
 
     def __call__(self, image: np.ndarray) -> Detections:

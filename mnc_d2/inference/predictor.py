@@ -44,6 +44,7 @@ from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
+from .eager import EagerModel
 from .radiometry_check import radiometry_warning, scene_levels
 from .sources import (MAX_UPSAMPLE, check_max_upsample, redact, scene_image_id, tiff_datetime,
                       without_query)
@@ -166,34 +167,6 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
 BACKENDS = ("torch", *BACKEND_FILES)  # eager, then the exported-model runtimes
 
 
-class _EagerModel:
-    """The training run's model in eager PyTorch + Detectron2: tiles -> Instances (CPU)."""
-
-    def __init__(self, cfg):
-        from detectron2.data import transforms as T
-        from detectron2.modeling import build_model
-
-        from ..modeling.checkpoint import build_checkpointer
-
-        if not cfg.MODEL.WEIGHTS:
-            raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
-                             "MODEL.WEIGHTS output/run/model_final.pth")
-        self.model = build_model(cfg).eval()
-        build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-
-    def __call__(self, images: list[np.ndarray]) -> list:
-        import torch
-
-        inputs = []
-        for image in images:
-            resized = self.resize.get_transform(image).apply_image(image)
-            inputs.append({"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
-                           "height": image.shape[0], "width": image.shape[1]})
-        with torch.no_grad():
-            return [out["instances"].to("cpu") for out in self.model(inputs)]
-
-
 class _ExportedModel:
     """An exported folder on one runtime: tiles -> numpy detections, one tile at a time (the
     graph takes one tile)."""
@@ -244,7 +217,7 @@ class ScenePredictor:
         if backend == "torch":
             if cfg is None:
                 raise ValueError("backend torch needs the run's config (--config-file)")
-            self.model = _EagerModel(cfg)
+            self.model = EagerModel(cfg)
             self.bands = input_bands(cfg)
             self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
