@@ -459,12 +459,12 @@ def _runners(run: Path, export_dir: Path, opts: tuple, backends, threads: int,
 
     from mnc_d2.export.bundle import read_bundle
     from mnc_d2.export.runtime import ExportedModel
-    from mnc_d2.inference.predictor import _EagerModel
+    from mnc_d2.inference.eager import EagerModel
 
     torch.set_num_threads(threads)
     out = {}
     if "torch" in backends:
-        out["torch"] = _EagerModel(_cfg(run, *opts))
+        out["torch"] = EagerModel(_cfg(run, *opts))
     exported = [b for b in backends if b != "torch"]
     if exported:
         bundle = read_bundle((export or _export)(run, export_dir, *opts))
@@ -633,35 +633,39 @@ def matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048, 3072),
     return {**out, "by_size": by_size}
 
 
-def flops(work: Path, tile: np.ndarray) -> dict:
-    """FLOPs of one tile through the exported graph (416 and 650 px input), by part."""
+def graph_flops(graph, x) -> dict:
+    """FLOPs of one call of an export graph on ``x`` (1, C, H, W), by part: fvcore's count (a
+    multiply-add counted once) times 2, and the operators it does not count."""
     import torch
     from fvcore.nn import FlopCountAnalysis
 
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        count = FlopCountAnalysis(graph, (x,))
+        count.unsupported_ops_warnings(False)
+        count.uncalled_modules_warnings(False)
+        by_module = count.by_module()
+        total = 2 * count.total()
+        parts = {"backbone": 2 * by_module.get("model.backbone", 0),
+                 "rpn": 2 * by_module.get("model.proposal_generator", 0),
+                 "roi_heads": 2 * by_module.get("model.roi_heads", 0)}
+        parts["other (resize, normalise, voting)"] = total - sum(parts.values())
+        return {"gflops": round(total / 1e9, 3),
+                "gflops_by_part": {k: round(v / 1e9, 3) for k, v in parts.items()},
+                "uncounted_ops": sorted(count.unsupported_ops())}
+
+
+def flops(work: Path, tile: np.ndarray) -> dict:
+    """FLOPs of one tile through the exported graph (416 and 650 px input), by part."""
+    import torch
+
     from mnc_d2.export.exporter import build_graph
 
-    out = {}
     x = torch.from_numpy(tile.transpose(2, 0, 1).copy())[None]
     models = list(zip(("mnc5", "mask_rcnn"), _speed_runs()))
-    for (name, run), (px, opts) in itertools.product(
-            [m for m in models if (m[1] / "model_final.pth").is_file()], INPUTS):
-        label = f"{name} {px}"
-        graph = build_graph(_cfg(run, *opts), TILE)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            count = FlopCountAnalysis(graph, (x,))
-            count.unsupported_ops_warnings(False)
-            count.uncalled_modules_warnings(False)
-            by_module = count.by_module()
-            total = 2 * count.total()
-            parts = {"backbone": 2 * by_module.get("model.backbone", 0),
-                     "rpn": 2 * by_module.get("model.proposal_generator", 0),
-                     "roi_heads": 2 * by_module.get("model.roi_heads", 0)}
-            parts["other (resize, normalise, voting)"] = total - sum(parts.values())
-            out[label] = {"gflops": round(total / 1e9, 3),
-                          "gflops_by_part": {k: round(v / 1e9, 3) for k, v in parts.items()},
-                          "uncounted_ops": sorted(count.unsupported_ops())}
-    return out
+    return {f"{name} {px}": graph_flops(build_graph(_cfg(run, *opts), TILE), x)
+            for (name, run), (px, opts) in itertools.product(
+                [m for m in models if (m[1] / "model_final.pth").is_file()], INPUTS)}
 
 
 # --- 3b. time per part of the graph, from the runtimes' own profilers -------------------------

@@ -344,3 +344,30 @@ def test_cascade_shortcut_choice_is_the_smallest_value_within_the_tolerance():
     assert choose(runs, [0.8, 0.5], 0.002) == 0.8  # 0.5 costs run a 0.005
     assert choose(runs, [0.8, 0.5], 0.01) == 0.5
     assert choose(runs, [0.8, 0.5], 0.001) == 0  # none qualifies: no shortcut
+
+
+def test_gpu_agreement_matches_detections_one_to_one_by_mask_iou():
+    import numpy as np
+
+    from bench.bench_gpu import agreement
+    from mnc_d2.export.runtime import Detections
+
+    def dets(scores, boxes):
+        masks = np.zeros((len(boxes), 20, 20), bool)
+        for m, (x0, y0, x1, y1) in zip(masks, boxes):
+            m[y0:y1, x0:x1] = True
+        return Detections(np.zeros((len(boxes), 4)), np.asarray(scores, np.float32),
+                          np.zeros(len(boxes), int), masks)
+
+    # reference: two buildings and a weak one; the other: the first exact, the second shifted
+    # by one pixel (IoU 0.6), the weak one missing, and an extra detection overlapping the first
+    ref = dets([0.9, 0.8, 0.3], [(0, 0, 10, 10), (10, 10, 15, 15), (0, 15, 5, 20)])
+    oth = dets([0.85, 0.7, 0.6], [(0, 0, 10, 10), (11, 10, 16, 15), (0, 0, 9, 10)])
+    out = agreement([ref], [oth], 0.5)
+    assert (out["reference_detections"], out["detections"]) == (2, 3)
+    # the exact pair and the shifted pair match; the extra one has no partner left
+    assert (out["matched_iou50"], out["matched_iou90"]) == (2, 1)
+    assert out["median_matched_iou"] == pytest.approx((1.0 + 20 / 30) / 2, abs=1e-4)
+    assert out["max_score_diff"] == pytest.approx(0.1, abs=1e-6)
+    assert agreement([ref], [oth], 0.0)["reference_detections"] == 3
+    assert agreement([ref], [dets([], [])], 0.5)["matched_iou50"] == 0
