@@ -72,6 +72,8 @@ from mnc_d2.evaluation.spacenet_evaluation import SpaceNetEvaluator
 from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
 from mnc_d2.utils.atomic import atomic_write
 
+from bench.bench_demo import cpu_model
+
 QUICK = "configs/quick_schedules/"
 # Two anchor sizes per FPN level, half the config's (16 px at P2) and below: 8 px anchors.
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8,16],[16,32],[32,64],[64,128],[128,256]]"]
@@ -462,7 +464,7 @@ def main() -> None:
     attrs = slice_flags(test_root / "spacenet")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "setting": args.setting, "test_setting": test_setting,
+              "cpu": cpu_model(), "setting": args.setting, "test_setting": test_setting,
               "iterations": iters, "train_images_per_city": images,
               "test_images_per_city": images // 2, "model_seeds": args.model_seeds,
               "test_opts": test_opts, "runs": {}, "summary": {}}
@@ -525,13 +527,17 @@ def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path
         trainer.resume_or_load(resume=False)
         trainer.train()
         with atomic_write(timing) as f:
-            json.dump({"train_wall_s": round(time.perf_counter() - start, 1)}, f)
+            json.dump({"train_wall_s": round(time.perf_counter() - start, 1),
+                       "train_cpu": cpu_model()}, f)
     product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
     res = evaluate_model(cfg, str(out_dir / "model_final.pth"), test_root, product, attrs,
                          test_opts)
     # A cached model reports the training time measured when it was trained.
-    res["train_wall_s"] = (json.loads(timing.read_text())["train_wall_s"]
-                           if timing.exists() else None)
+    trained = json.loads(timing.read_text()) if timing.exists() else {}
+    res["train_wall_s"] = trained.get("train_wall_s")
+    # the CPU it was trained on (CPU training is not bit-reproducible across processors);
+    # runs trained before this was recorded have none
+    res["train_cpu"] = trained.get("train_cpu")
     res["trained_in_this_run"] = trained_now
     res["run_dir"] = str(out_dir)
     return res
