@@ -33,9 +33,9 @@ synchronised:
 
 Rounds alternate the order of the models of one input size. Agreement with eager float32 on the
 trained pair (tiles' detections at the config's polygon threshold, and all that the model
-keeps, matched by mask IoU) is reported for float16 and TorchScript; also FLOPs per tile (fvcore on the export graph, as
-bench_export.py) against the GPU's measured matmul rates. Writes the report after each part, so
-a run stopped early keeps what it measured.
+keeps, matched by mask IoU) is reported for float16 and TorchScript; also FLOPs per tile
+(fvcore on the export graph, as bench_export.py) against the GPU's measured matmul rates.
+Writes the report after each part, so a run stopped early keeps what it measured.
 """
 
 from __future__ import annotations

@@ -210,6 +210,14 @@ def test_cascade_shortcut_exports(tmp_path, trained, scenes, key, value):
     assert _compare(eager, onnx, scenes) > 0
 
 
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (its own imports) from the repository; its stdout."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(REPO))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
 def test_exported_prediction_loads_neither_detectron2_nor_the_model_code(tmp_path, exported,
                                                                          scenes):
     code = (
@@ -221,10 +229,7 @@ def test_exported_prediction_loads_neither_detectron2_nor_the_model_code(tmp_pat
         "'torchvision') or m.startswith('mnc_d2.modeling'))\n"
         "print('LOADED', bad)\n"
         "sys.exit(rc)\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=str(REPO))
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "LOADED []" in run.stdout
+    assert "LOADED []" in _python(code)
 
 
 def test_bad_exported_folders_and_scenes(tmp_path, exported, scenes, monkeypatch, capsys):
@@ -313,12 +318,11 @@ def test_the_model_runs_without_the_geospatial_stack(trained, scenes):
         "image = np.full((96, 96, 3), 500.0, dtype=np.float32)\n"
         "print('EAGER', len(EagerModel(cfg)([image])[0]))\n"
         "graph = build_graph(cfg, 96)\n"
+        "x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]\n"
         "with torch.no_grad():\n"
-        "    print('GRAPH', len(graph(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[1]))\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=str(REPO))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "EAGER" in run.stdout and "GRAPH" in run.stdout
+        "    print('GRAPH', len(graph(x)[1]))\n")
+    out = _python(code)
+    assert "EAGER" in out and "GRAPH" in out
 
 
 def test_pool_by_level_returns_rows_in_box_order():
