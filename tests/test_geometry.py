@@ -216,3 +216,17 @@ def test_masks_traced_in_one_pass_edge_cases():
     assert masks_to_polygon(full)[0].equals(box(0, 0, 8, 8))
     with pytest.raises(ValueError, match=r"masks\[0\] must be"):
         masks_to_polygon([np.zeros((2, 2, 2))])
+
+
+@pytest.mark.parametrize("crs, utm, metres", [
+    ("EPSG:4326", True, False),     # degrees
+    ("EPSG:3857", True, True),      # Web Mercator: metres, but stretched with latitude
+    ("EPSG:32611", False, True),    # UTM 11N
+    ("EPSG:2229", False, False),    # California zone 5, US survey feet
+])
+def test_which_crs_measure_metres_as_they_stand(crs, utm, metres):
+    from mnc_d2.geometry.crs import is_mercator, metre_units, needs_utm
+
+    assert needs_utm(crs) is utm
+    assert metre_units(crs) is metres
+    assert is_mercator(crs) is (crs == "EPSG:3857")

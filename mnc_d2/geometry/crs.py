@@ -25,3 +25,12 @@ def needs_utm(crs) -> bool:
     from pyproj import CRS
 
     return CRS.from_user_input(crs).is_geographic or is_mercator(crs)
+
+
+def metre_units(crs) -> bool:
+    """True when every axis of ``crs`` (pyproj or rasterio) is in metres (False for degrees,
+    US survey feet, ...)."""
+    from pyproj import CRS
+
+    return all((axis.unit_name or "").lower() in ("metre", "meter")
+               for axis in CRS.from_user_input(crs).axis_info)

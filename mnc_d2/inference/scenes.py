@@ -280,17 +280,13 @@ def area_m2(frame) -> np.ndarray:
     """(N,) areas in m^2 of a GeoDataFrame's polygons: in its own CRS when that is projected in
     metres (not Mercator, whose areas grow with latitude: :mod:`mnc_d2.geometry.crs`), else in
     the UTM zone of the polygons."""
-    from ..geometry.crs import is_mercator
+    from ..geometry.crs import metre_units, needs_utm
 
     if not len(frame):
         return np.zeros(0)
-    metric = frame.crs if frame.crs.is_projected and _metre_units(frame.crs) and \
-        not is_mercator(frame.crs) else frame.estimate_utm_crs()
+    metric = frame.crs if frame.crs.is_projected and metre_units(frame.crs) and \
+        not needs_utm(frame.crs) else frame.estimate_utm_crs()
     return frame.to_crs(metric).area.to_numpy()
-
-
-def _metre_units(crs) -> bool:
-    return all((axis.unit_name or "").lower() in ("metre", "meter") for axis in crs.axis_info)
 
 
 def append_manifest(out_dir: str | Path, rows: list[SceneRow], csv: bool = False) -> Path:
