@@ -286,7 +286,7 @@ def test_export_usage_errors(tmp_path, trained):
     assert not (tmp_path / "x").exists()
 
 
-def test_only_torchscript_runs_on_another_device(exported):
+def test_only_torchscript_runs_on_another_device(exported, scenes, tmp_path, capsys):
     from mnc_d2.export.bundle import ExportError, read_bundle
     from mnc_d2.export.runtime import ExportedModel
 
@@ -296,6 +296,10 @@ def test_only_torchscript_runs_on_another_device(exported):
     image = np.full((TILE, TILE, 3), 500.0, dtype=np.float32)
     on_cpu = ExportedModel(bundle, "torchscript", device="cpu")(image)
     assert len(on_cpu) == len(ExportedModel(bundle, "torchscript")(image))
+    # nor do Ray workers of an exported model get GPUs
+    assert _predict(tmp_path / "o", scenes, "--backend", "onnxruntime", "--model", str(exported),
+                    extra=("--engine", "ray", "--gpus-per-worker", "1")) == 2
+    assert "--gpus-per-worker is for --backend torch" in capsys.readouterr().err
 
 
 def test_the_model_runs_without_the_geospatial_stack(trained, scenes):

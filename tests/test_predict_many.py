@@ -183,6 +183,39 @@ def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path
         assert rows.loc[name, "buildings"] == len(b)
 
 
+def test_ray_workers_asking_for_what_the_machine_lacks_fail_at_once(tmp_path, trained,
+                                                                    scenes):
+    """Ray waits forever for resources no node has: an in-process Ray fails with a usage error
+    instead (a joined cluster only warns: its autoscaler may add the nodes)."""
+    from mnc_d2.inference.engines import (RayResourceError, actor_device,
+                                          check_ray_resources)
+
+    cpu_only = {"CPU": 2.0}
+    check_ray_resources(cpu_only, 1, 0, own_cluster=True)
+    with pytest.raises(RayResourceError, match="--gpus-per-worker 1 but it has 0 GPU"):
+        check_ray_resources(cpu_only, 1, 1, own_cluster=True)
+    with pytest.raises(RayResourceError, match="--cpus-per-worker 4 but it has 2 CPU"):
+        check_ray_resources(cpu_only, 4, 0, own_cluster=True)
+    check_ray_resources(cpu_only, 4, 1, own_cluster=False)  # a warning, not an error
+    check_ray_resources({"CPU": 8.0, "GPU": 2.0}, 4, 0.5, own_cluster=True)
+    # an actor holding a GPU runs the eager model there, whatever the config recorded
+    assert actor_device("cpu", 1, True) == "cuda"
+    assert actor_device("cpu", 1, False) == "cpu"
+    assert actor_device("cpu", 0, True) == "cpu"
+    assert actor_device("cuda:1", 1, True) == "cuda:1"
+    pytest.importorskip("ray")
+    import ray
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the request is satisfiable")
+    try:
+        assert predict_main(_args(trained, [str(scenes["good0"])], tmp_path / "o", "--engine",
+                                  "ray", "--workers", "1", "--gpus-per-worker", "1")) == 2
+    finally:
+        ray.shutdown()
+    assert not (tmp_path / "o" / "manifest.parquet").exists()
+
+
 def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     from mnc_d2.inference.merge import merge_footprints
     from mnc_d2.inference.scenes import write_buildings_parquet

@@ -135,12 +135,46 @@ def run_local(predictor, scenes: list[Scene], out_dir, formats: list[str],
             for scene in tqdm(scenes, desc="scenes", unit="scene")]
 
 
+def actor_device(config_device: str, gpus_per_worker: float, cuda_available: bool) -> str:
+    """The eager model's device in a Ray actor: CUDA when the actor holds a GPU
+    (``--gpus-per-worker``) and sees one, whatever the run's config.yaml says (a model trained
+    on CPUs records MODEL.DEVICE cpu); else the config's."""
+    if gpus_per_worker > 0 and cuda_available and not config_device.startswith("cuda"):
+        return "cuda"
+    return config_device
+
+
+class RayResourceError(ValueError):
+    """One Ray actor asks for more than the cluster Ray runs in this process has."""
+
+
+def check_ray_resources(resources: dict, cpus_per_worker: float, gpus_per_worker: float,
+                        own_cluster: bool) -> None:
+    """What one actor asks for against what the Ray cluster has (``ray.cluster_resources()``).
+    Ray would wait for the missing resources forever, so: RayResourceError when Ray runs in this
+    process (nothing will ever add them); a warning when joining a cluster (its autoscaler may
+    add such nodes)."""
+    short = [f"--{flag}-per-worker {asked:g} but it has {resources.get(key, 0):g} {key}(s)"
+             for flag, key, asked in (("cpus", "CPU", cpus_per_worker),
+                                      ("gpus", "GPU", gpus_per_worker))
+             if asked > resources.get(key, 0)]
+    if not short:
+        return
+    where = "Ray on this machine" if own_cluster else "the Ray cluster joined"
+    message = (f"{where}: {'; '.join(short)}, so no worker could ever start. Ask for less "
+               "(--gpus-per-worker 0 runs the model on the CPU) or join a cluster that has them "
+               "(--ray-address)")
+    if own_cluster:
+        raise RayResourceError(message)
+    logger.warning("%s; waiting in case the cluster adds such nodes", message)
+
+
 class _SceneActor:
     """A Ray Data actor: builds the model once, then predicts the scenes of each batch."""
 
     def __init__(self, cfg_text: str | None, predictor_kwargs: dict, out_dir: str,
                  formats: list[str], run_started: str, rgb_bands, threads: int,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, gpus: float = 0.0):
         from .predictor import ScenePredictor
 
         threads = max(1, threads)
@@ -150,7 +184,13 @@ class _SceneActor:
             import torch
 
             torch.set_num_threads(threads)
-            self.predictor = ScenePredictor(load_cfg_text(cfg_text), **predictor_kwargs)
+            cfg = load_cfg_text(cfg_text)
+            device = actor_device(cfg.MODEL.DEVICE, gpus, torch.cuda.is_available())
+            if device != cfg.MODEL.DEVICE:
+                cfg.defrost()
+                cfg.MODEL.DEVICE = device
+                cfg.freeze()
+            self.predictor = ScenePredictor(cfg, **predictor_kwargs)
         self.args = (out_dir, formats, run_started, rgb_bands, provenance)
 
     def __call__(self, batch: dict) -> dict:
@@ -196,6 +236,8 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
                      log_to_driver=False)
     if not scenes:
         return []
+    check_ray_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker,
+                        own_cluster=not address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     items = [{"path": s.path, "name": s.name, "info": json.dumps(s.info.as_dict())}
@@ -209,7 +251,7 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
                                "out_dir": str(out_dir), "formats": list(formats),
                                "run_started": run_started, "rgb_bands": rgb_bands,
                                "threads": threads or max(1, int(cpus_per_worker)),
-                               "provenance": provenance},
+                               "provenance": provenance, "gpus": gpus_per_worker},
         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
         max_restarts=max_retries, max_task_retries=max_retries)
     by_name = {}

@@ -123,7 +123,7 @@ def _model_source(args):
 
 
 def _run(args) -> int:
-    from .engines import run_local, run_ray
+    from .engines import RayResourceError, run_local, run_ray
     from .predictor import ScenePredictor, resolve_score_threshold
 
     from ..data.bands import input_bands
@@ -186,11 +186,16 @@ def _run(args) -> int:
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))
     else:
+        if args.gpus_per_worker > 0 and bundle is not None:
+            raise UsageError(f"--gpus-per-worker is for --backend torch: the exported backend "
+                             f"{args.backend} runs on the CPU here")
         try:
             done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
                            args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
                            args.rgb_bands, threads=args.torch_threads,
                            provenance=run_provenance(record))
+        except RayResourceError as exc:
+            raise UsageError(str(exc)) from None
         except Exception as exc:  # the pool itself failed (e.g. no node can load the model)
             logger.error("the Ray run failed: %s", exc)
             done = [SceneRow(s.name, redact(s.path), "failed", run_started=started,
