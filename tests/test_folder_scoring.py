@@ -94,3 +94,57 @@ def test_bad_truth_and_folders_say_why(tmp_path):
                           str(tmp_path / "nocrs.parquet"), "--predictions", str(folder)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nocrs.parquet has no CRS" in out.stderr
+
+
+def test_a_merged_city_counts_a_building_seen_by_two_scenes_once(tmp_path):
+    import shutil
+
+    from mnc_d2.evaluation.folder_scoring import score_city
+    from mnc_d2.inference.merge import merge_footprints
+    from mnc_d2.inference.scenes import SceneRow, append_manifest, write_buildings_parquet
+    from test_viewer import SCORES
+
+    folder = _prediction_folder(tmp_path)
+    _, geo = _truth(tmp_path)
+    geo.to_file(tmp_path / "truth.geojson")
+    truth = [str(tmp_path / "truth.geojson")]
+    merge_footprints(folder, tmp_path / "city.parquet")
+    # scenes that do not overlap: the city scores as its scenes do, shapes in metres alike
+    by_scene, scene_shapes = score_folder(folder, truth, polygon_metrics=True)
+    city, city_shapes = score_city(folder, tmp_path / "city.parquet", truth,
+                                   polygon_metrics=True)
+    counts = (city.overall.tp, city.overall.fp, city.overall.fn)
+    assert counts == (by_scene.overall.tp, by_scene.overall.fp, by_scene.overall.fn)
+    assert counts == (4, 2, 2)
+    for key in ("pairs", "iou", "n_ratio"):
+        assert city_shapes["all"][key] == pytest.approx(scene_shapes["all"][key], abs=1e-6)
+    assert city_shapes["all"]["polis"] < 1e-3  # metres: the exact truth boxes
+    # a third scene covering s0 again, with the same buildings: scored per scene they count
+    # twice; in the merged city once
+    shutil.copy(tmp_path / "scenes" / "s0.tif", tmp_path / "scenes" / "s0b.tif")
+    again = gpd.read_parquet(folder / "buildings" / "s0.parquet")
+    write_buildings_parquet(folder / "buildings" / "s0b.parquet", "s0b", list(again.geometry),
+                            SCORES, "EPSG:4326")
+    append_manifest(folder, [SceneRow("s0b", str(tmp_path / "scenes" / "s0b.tif"), "ok", 4)])
+    twice, _ = score_folder(folder, truth)
+    assert (twice.overall.tp, twice.overall.fp, twice.overall.fn) == (6, 3, 3)
+    merge_footprints(folder, tmp_path / "city.parquet")
+    once, _ = score_city(folder, tmp_path / "city.parquet", truth)
+    assert (once.overall.tp, once.overall.fp, once.overall.fn) == (4, 2, 2)
+    # the command line; SpaceNet CSV truth (pixels of each image) cannot score a city
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "score.py"), "--truth", *truth,
+                          "--predictions", str(folder), "--city", str(tmp_path / "city.parquet"),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["overall"]["tp"] == 4
+    csv, _ = _truth(tmp_path)
+    with pytest.raises(FolderInputError, match="SpaceNet CSV truth is in each image's pixels"):
+        score_city(folder, tmp_path / "city.parquet", [str(csv)])
+    # the viewer's TP / FP / FN of the city are the same matching
+    from mnc_d2.viewer.site import build_site
+
+    meta = build_site(folder, tmp_path / "site", city=str(tmp_path / "city.parquet"),
+                      truth=truth)
+    assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2}
+    shown = gpd.read_file(tmp_path / "site" / "data" / "truth.geojson")
+    assert sorted(shown["match"]) == ["FN", "FN", "TP", "TP", "TP", "TP"]

@@ -6,12 +6,15 @@
                           [--images DIR ...] [--per-image OUT.csv] [--json]
                           [--polygon-metrics [--gsd 0.3] [--boundary-tolerance 1.0]]
     python tools/score.py --truth labels.geojson|.parquet|.gpkg|T.csv ... --predictions OUT/
-                          [--scene-root DIR] [--per-image OUT.csv] [--json] [--polygon-metrics]
+                          [--city city.parquet] [--scene-root DIR] [--per-image OUT.csv]
+                          [--json] [--polygon-metrics]
 
 The second form scores a tools/predict.py output folder (each scene an image, at the run's
 threshold) against truth in map coordinates in any CRS or SpaceNet CSVs
 (mnc_d2/evaluation/folder_scoring.py); polygon metrics then come in ground metres from the
-scenes' CRS.
+scenes' CRS. With --city, the folder's merged city (tools/merge_footprints.py) is scored as one
+image against map truth inside the scenes, so a building found on both sides of a seam counts
+once.
 
 Torch-free: starts in a fraction of a second. ``--rules spacenet`` (default) gives the numbers of
 the SpaceNet 2 offline tester v2.0 (the leaderboard scorer); see
@@ -42,6 +45,10 @@ def main(argv=None) -> int:
     source.add_argument("--predictions", metavar="OUT_DIR",
                         help="a tools/predict.py output folder: its scenes' buildings at the "
                              "run's threshold, each scene an image")
+    parser.add_argument("--city", metavar="CITY.parquet",
+                        help="--predictions: score this merged city (tools/merge_footprints.py) "
+                             "as one image instead of each scene (a building across a seam "
+                             "counts once); map truth only")
     parser.add_argument("--scene-root", metavar="DIR",
                         help="--predictions: folder where the scenes are now, when the "
                              "manifest's paths moved (matched by file name)")
@@ -69,6 +76,10 @@ def main(argv=None) -> int:
     configure_cli_logging(logging.WARNING, fmt="%(levelname)s %(message)s")
     if args.predictions:
         return _score_folder(args)
+    if args.city:
+        print("error: --city is scored with --predictions (the folder it was merged from)",
+              file=sys.stderr)
+        return 2
     try:
         images = [i for folder in args.images for i in image_folder_ids(folder)]
         result = score_csv(args.truth, args.proposals, rules=args.rules, images=images,
@@ -86,18 +97,19 @@ def main(argv=None) -> int:
 
 
 def _score_folder(args) -> int:
-    from mnc_d2.evaluation.folder_scoring import FolderInputError, score_folder
+    from mnc_d2.evaluation.folder_scoring import FolderInputError, score_city, score_folder
 
     if args.images or args.group_by not in ("auto", "none"):
         print("error: --images and --group-by are for --proposals; a prediction folder is "
               "scored with each scene an image, as one group", file=sys.stderr)
         return 2
     try:
-        result, shapes = score_folder(args.predictions, args.truth, rules=args.rules,
-                                      iou_threshold=args.iou_threshold,
-                                      scene_root=args.scene_root,
-                                      polygon_metrics=args.polygon_metrics,
-                                      tolerance=args.boundary_tolerance)
+        scoring = (score_folder if args.city is None else
+                   lambda folder, *a, **k: score_city(folder, args.city, *a, **k))
+        result, shapes = scoring(args.predictions, args.truth, rules=args.rules,
+                                 iou_threshold=args.iou_threshold, scene_root=args.scene_root,
+                                 polygon_metrics=args.polygon_metrics,
+                                 tolerance=args.boundary_tolerance)
     except (FolderInputError, SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

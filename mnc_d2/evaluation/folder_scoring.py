@@ -186,13 +186,7 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
     folder = Path(folder)
     run, manifest = read_run(folder)
     threshold = float(run.get("score_thresh", 0.5))
-    paths = {}
-    for row in manifest.itertuples():
-        if row.status not in ("ok", "skipped"):
-            logger.warning("scene %s %s in this run: left out of the scoring (%s)", row.scene,
-                           row.status, row.error)
-            continue
-        paths[row.scene] = remap_scene(str(row.path), scene_root)
+    paths = _readable_scenes(manifest, scene_root)
     scenes = scene_frames(read_scene_buildings(folder), paths, read_truth(truth_paths),
                           threshold)
     if not scenes:
@@ -225,3 +219,97 @@ def _in_metres(scene: SceneFrames, table):
 
     geoms = [pixel_to_map(g, scene.transform) for g in table.geometry]
     return table.assign(geometry=list(to_metres(geoms, scene.crs)) if geoms else [])
+
+
+def city_frame(buildings, scene_paths: dict, truth, threshold: float) -> SceneFrames:
+    """A merged city's buildings (``buildings``: tools/merge_footprints.py's GeoParquet, any
+    CRS, ``score`` column) at or above ``threshold`` and the map truth inside the readable
+    scenes of ``scene_paths`` (scene name -> GeoTIFF), as ONE image for the SpaceNet scorer:
+    coordinates in the local UTM zone divided by the scenes' median ground sample distance (the
+    frame's ``transform`` scales them back), so the scorer's area rule (polygons under 20 px
+    ignored) keeps its meaning. A building the merge unioned across a seam is one proposal, not
+    one per scene as when each scene is scored alone."""
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+    from affine import Affine
+
+    kind, table = truth
+    if kind == "pixel":
+        raise FolderInputError("SpaceNet CSV truth is in each image's pixels: score the city "
+                               "with map truth (GeoJSON, GeoParquet, GeoPackage), or the "
+                               "per-scene files without --city")
+    footprints, pixels = [], []
+    for path in scene_paths.values():
+        grid = scene_grid(path)
+        if grid is None:
+            continue
+        crs, transform, width, height, _ = grid
+        corners = [transform @ c for c in ((0, 0), (width, 0), (width, height), (0, height))]
+        footprints.append(gpd.GeoSeries([shapely.Polygon(corners)], crs=crs).to_crs(4326)[0])
+        pixels.append(width * height)
+    if not footprints:
+        raise FolderInputError("no scene of the run could be read to bound the city (the "
+                               "manifest's paths moved? pass --scene-root)")
+    area = gpd.GeoSeries(footprints, crs=4326)
+    utm = area.estimate_utm_crs()
+    in_utm = area.to_crs(utm)
+    gsd = float(np.median(np.sqrt(in_utm.area.to_numpy() / np.asarray(pixels, float))))
+    covered = shapely.union_all(in_utm.to_numpy())
+    rows = np.flatnonzero(buildings["score"].to_numpy() >= threshold)
+    truth_utm = gpd.GeoSeries(table.geometry.to_numpy(), crs=4326).to_crs(utm)
+    truth_utm = truth_utm[truth_utm.representative_point().within(covered)]
+
+    def units(geoms):
+        return list(shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy / gsd))
+
+    proposals = pd.DataFrame({"ImageId": "city",
+                              "geometry": units(buildings.geometry.iloc[rows].to_crs(utm)),
+                              "Confidence": buildings["score"].to_numpy()[rows]})
+    mine = pd.DataFrame({"ImageId": "city", "geometry": units(truth_utm.to_numpy())})
+    mine = mine[~shapely.is_empty(mine.geometry.to_numpy())].reset_index(drop=True)
+    return SceneFrames("city", "city", utm, Affine.scale(gsd), rows, proposals,
+                       mine.assign(BuildingId=np.arange(len(mine))))
+
+
+def _readable_scenes(manifest, scene_root: str | None) -> dict:
+    """Scene name -> path of the manifest's scenes that did not fail (the others logged)."""
+    paths = {}
+    for row in manifest.itertuples():
+        if row.status not in ("ok", "skipped"):
+            logger.warning("scene %s %s in this run: left out of the scoring (%s)", row.scene,
+                           row.status, row.error)
+            continue
+        paths[row.scene] = remap_scene(str(row.path), scene_root)
+    return paths
+
+
+def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
+               iou_threshold: float = 0.5, scene_root: str | None = None,
+               polygon_metrics: bool = False, tolerance: float = 1.0):
+    """:func:`score_folder` for the merged city GeoParquet ``city`` of ``folder``
+    (:func:`city_frame`): one image, at the run's threshold. Returns (ScoreResult, shape
+    summary or None)."""
+    import geopandas as gpd
+
+    from .spacenet_metric import score
+
+    folder = Path(folder)
+    run, manifest = read_run(folder)
+    buildings = gpd.read_parquet(city)
+    if buildings.crs is None:
+        raise FolderInputError(f"{city} has no CRS; write it with tools/merge_footprints.py")
+    one = city_frame(buildings, _readable_scenes(manifest, scene_root), read_truth(truth_paths),
+                     float(run.get("score_thresh", 0.5)))
+    if not len(one.truth):
+        logger.warning("no truth polygon lies in the scenes of %s: every building counts as a "
+                       "false positive (truth in another place?)", folder)
+    result = score(one.truth, one.proposals, rules=rules, iou_threshold=iou_threshold,
+                   group_by="none", images=["city"])
+    if not polygon_metrics:
+        return result, None
+    from .polygon_metrics import matched_pair_metrics, summarize
+
+    frame, groups = matched_pair_metrics(result, one.truth, one.proposals,
+                                         metres_per_unit=one.transform.a, tolerance=tolerance)
+    return result, summarize(frame, groups)

@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--truth", nargs="+", metavar="FILE",
                         help="truth: SpaceNet CSVs (pixel coordinates, by ImageId) or GeoJSON / "
                              "GeoParquet; TP / FP / FN at the run's threshold, matched as "
-                             "tools/score.py does")
+                             "tools/score.py does (per scene; with --city over the merged "
+                             "city, map truth only)")
     parser.add_argument("--basemap", help="XYZ tile URL template of an optional basemap "
                                           "(https://.../{z}/{x}/{y}.png); none by default")
     parser.add_argument("--out", help="write the site here (default: a temporary folder, "

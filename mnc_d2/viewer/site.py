@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.folder_scoring import (FolderInputError, read_run, read_scene_buildings,
-                                         read_truth, remap_scene, scene_frames)
+from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_run,
+                                         read_scene_buildings, read_truth, remap_scene,
+                                         scene_frames)
 from ..utils.atomic import atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -113,9 +114,10 @@ def _buildings(folder: Path, city: str | None):
 
 
 def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
-                 threshold: float):
+                 threshold: float, city: bool = False):
     """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
-    scene by the SpaceNet tester's rules in the scene's pixel grid (tools/score.py's matching,
+    scene by the SpaceNet tester's rules in the scene's pixel grid, or for a merged ``city``
+    once over the whole city (tools/score.py's matching, with ``--city`` for the latter:
     :mod:`mnc_d2.evaluation.folder_scoring`). Returns the buildings' ``match`` column, the
     truth GeoDataFrame (EPSG:4326, ``match``, ``scene``) and the counts."""
     import geopandas as gpd
@@ -129,7 +131,10 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     truth_rows, counts = [], {"TP": 0, "FP": 0, "FN": 0}
     readable = {s["scene"]: paths[s["scene"]] for s in scenes
                 if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
-    for one in scene_frames(frame, readable, read_truth(truth_paths), threshold):
+    truth = read_truth(truth_paths)
+    frames = ([city_frame(frame, readable, truth, threshold)] if city else
+              scene_frames(frame, readable, truth, threshold))
+    for one in frames:
         result = score(one.truth, one.proposals, group_by="none")
         match[one.rows[result.proposal_match >= 0]] = "TP"
         counts["TP"] += int(result.overall.tp)
@@ -205,10 +210,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     counts = None
     (site / "data").mkdir(exist_ok=True)
     if truth:
-        if city:
-            raise ViewerInputError("--truth is matched per scene: use it with the per-scene "
-                                   "files, not --city")
-        match, truth_frame, counts = _match_truth(frame, scenes, paths, truth, threshold)
+        match, truth_frame, counts = _match_truth(frame, scenes, paths, truth, threshold,
+                                                  city=bool(city))
         frame = frame.assign(match=match)
         columns.insert(4, "match")
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
