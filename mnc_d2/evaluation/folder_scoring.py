@@ -8,6 +8,10 @@ there by the SpaceNet rules (:func:`mnc_d2.evaluation.spacenet_metric.score`), a
 scores a tile, so a folder scores as its SpaceNet CSVs would. ``tools/score.py --predictions``
 and the viewer's TP / FP / FN (``tools/view.py --truth``) both use :func:`scene_frames`.
 
+A merged city (``tools/merge_footprints.py``; ``--city``) is scored instead as one image
+(:func:`city_frame`): where scenes overlap, scene-by-scene scoring counts a seam building in each
+scene that holds it, the city once.
+
 Shapes (``--polygon-metrics``) are judged in metres: each matched pair is taken from the scene's
 pixels to its CRS and then to ground metres (:func:`.polygon_metrics.to_metres`: the local UTM
 zone for degrees and Mercator, feet converted), so no ``--gsd`` is needed.
