@@ -8,6 +8,12 @@ geospatial stack, so the benchmark runs in two steps:
     python -m bench.bench_gpu prepare --bundle .gpu          # here: configs, weights, tiles
     python -m bench.bench_gpu run --bundle .gpu --out r.json  # on the GPU machine
 
+The GPU machine needs PyTorch, torchvision and numpy, plus wheels carried along: the
+pure-Python Detectron2 wheel ``make`` builds (.cache/detectron2/wheels), its pure-Python
+dependencies (antlr4-python3-runtime, fvcore, iopath, omegaconf, termcolor, yacs; ``pip wheel``
+builds those that PyPI has only as sources) and pycocotools built for that machine's Python.
+The run imports neither rasterio nor shapely (mnc_d2.inference.eager, mnc_d2.export.graph).
+
 ``prepare`` writes the R-18 benchmark pair of bench_accuracy.py (``default`` setting, seed
 SPEED_SEED, the models bench_export.py times on the CPU) with their weights' multi-dimensional
 tensors rounded to float16 for transport (biases and norm statistics stay float32; both
