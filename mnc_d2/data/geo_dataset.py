@@ -27,6 +27,7 @@ import rasterio
 import shapely
 from rasterio.windows import transform as window_transform
 
+from ..geometry.polygons import pixel_to_map
 from .labels import (LabelError, RepairLog, clip_to_tile, read_geojson_footprints,
                      to_pixel_footprints)
 
@@ -70,9 +71,8 @@ class FootprintFile:
 
         if self.per_scene:
             return read_geojson_footprints(self.path, crs, transform, width, height, repairs)
-        corners = [transform @ c for c in ((0, 0), (width, 0), (width, height), (0, height))]
-        xs, ys = zip(*corners)
-        bounds = transform_bounds(crs, self.frame.crs, min(xs), min(ys), max(xs), max(ys))
+        grid = pixel_to_map(shapely.box(0, 0, width, height), transform)
+        bounds = transform_bounds(crs, self.frame.crs, *grid.bounds)
         near = self.frame.iloc[self.frame.sindex.query(shapely.box(*bounds))]
         return to_pixel_footprints(near.to_crs(crs).geometry, transform, width, height, repairs)
 

@@ -144,7 +144,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[
     import pandas as pd
     import shapely
 
-    from ..geometry.polygons import map_to_pixel
+    from ..geometry.polygons import map_to_pixel, pixel_to_map
 
     kind, table = truth
     names = buildings["scene"].astype(str).to_numpy()
@@ -165,8 +165,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[
         if kind == "pixel":
             mine = table[table["ImageId"] == image_id].reset_index(drop=True)
         else:
-            footprint = shapely.Polygon([transform @ c for c in
-                                         ((0, 0), (width, 0), (width, height), (0, height))])
+            footprint = pixel_to_map(shapely.box(0, 0, width, height), transform)
             in_crs = gpd.GeoSeries(table.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
             inside = in_crs[in_crs.representative_point().within(footprint)]
             mine = pd.DataFrame({"ImageId": image_id,
@@ -238,6 +237,8 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float) -> SceneFr
     import shapely
     from affine import Affine
 
+    from ..geometry.polygons import pixel_to_map
+
     kind, table = truth
     if kind == "pixel":
         raise FolderInputError("SpaceNet CSV truth is in each image's pixels: score the city "
@@ -249,8 +250,8 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float) -> SceneFr
         if grid is None:
             continue
         crs, transform, width, height, _ = grid
-        corners = [transform @ c for c in ((0, 0), (width, 0), (width, height), (0, height))]
-        footprints.append(gpd.GeoSeries([shapely.Polygon(corners)], crs=crs).to_crs(4326)[0])
+        footprint = pixel_to_map(shapely.box(0, 0, width, height), transform)
+        footprints.append(gpd.GeoSeries([footprint], crs=crs).to_crs(4326)[0])
         pixels.append(width * height)
     if not footprints:
         raise FolderInputError("no scene of the run could be read to bound the city (the "

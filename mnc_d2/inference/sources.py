@@ -39,6 +39,7 @@ def check_max_upsample(factor: float) -> float:
         raise ValueError(f"--max-upsample {factor:g}: give a factor >= 1, or 0 for no limit")
     return float(factor)
 
+
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 _URL = re.compile(r"((?:https?|s3|gs|az)://)([^\s'\"?#]*)(\?[^\s'\"#]*)?")
 _USERINFO = re.compile(r"^[^/@]*@")
