@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -200,7 +201,8 @@ def _runners(bundle: Path, name: str, device: str, size_opts: tuple, work: Path,
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(_weights_file(bundle, name, cfg, work))
     fp32 = EagerModel(cfg)
-    fp16 = EagerModel(cfg, autocast=torch.float16)
+    fp16 = copy.copy(fp32)  # the same model and weights, run under autocast
+    fp16.autocast = torch.float16
     out = {"eager fp32": (fp32, 1), "eager fp16": (fp16, 1),
            f"eager fp32 batch {batch}": (fp32, batch), f"eager fp16 batch {batch}": (fp16, batch)}
     if not exported:
