@@ -32,8 +32,10 @@ synchronised:
 * ``torchscript``: the export graph (mnc_d2.export.graph) traced on the GPU, masks pasted on the
   CPU by mnc_d2.export.runtime.paste_masks as tools/predict.py does for exported models;
 * ``torchscript (CPU export)``: the graph traced on the CPU as tools/export_model.py does,
-  saved and loaded onto the GPU (what ``ExportedModel(..., device="cuda")`` does): that an
-  export made without a GPU runs on one, and as fast;
+  saved and loaded onto the GPU with ``torch.jit.load(map_location="cuda")``. The trace holds
+  ``torch.device("cpu")`` constants (mnc_d2.export.runtime.traced_devices), so this is expected
+  to fail with a device mismatch, which is why ``ExportedModel`` refuses a GPU for such an
+  export; the row records what the GPU says;
 * batch 1 (one tile per call, as the latency of a tile) and, for eager, batch BATCH
   (tools/predict.py's ``--batch-size``; seconds per tile = per call / BATCH).
 

@@ -286,16 +286,20 @@ def test_export_usage_errors(tmp_path, trained):
     assert not (tmp_path / "x").exists()
 
 
-def test_only_torchscript_runs_on_another_device(exported, scenes, tmp_path, capsys):
+def test_exported_models_run_on_the_cpu(exported, scenes, tmp_path, capsys):
     from mnc_d2.export.bundle import ExportError, read_bundle
-    from mnc_d2.export.runtime import ExportedModel
+    from mnc_d2.export.runtime import ExportedModel, traced_devices
 
     bundle = read_bundle(exported)
-    with pytest.raises(ExportError, match="runs on the CPU here.*torchscript"):
+    with pytest.raises(ExportError, match="runs on the CPU here.*--backend torch"):
         ExportedModel(bundle, "onnxruntime", device="cuda")
     image = np.full((TILE, TILE, 3), 500.0, dtype=np.float32)
     on_cpu = ExportedModel(bundle, "torchscript", device="cpu")(image)
     assert len(on_cpu) == len(ExportedModel(bundle, "torchscript")(image))
+    # the export is traced on the CPU: its graph names that device, so a GPU is refused up front
+    assert traced_devices(bundle.graph_path("torchscript")) == {"cpu"}
+    with pytest.raises(ExportError, match=r"model\.ts: traced on cpu .* cannot run on 'cuda'"):
+        ExportedModel(bundle, "torchscript", device="cuda")
     # nor do Ray workers of an exported model get GPUs
     assert _predict(tmp_path / "o", scenes, "--backend", "onnxruntime", "--model", str(exported),
                     extra=("--engine", "ray", "--gpus-per-worker", "1")) == 2

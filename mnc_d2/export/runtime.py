@@ -16,6 +16,8 @@ within 1e-3).
 from __future__ import annotations
 
 import logging
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +105,26 @@ def graph_input(image: np.ndarray, tile: tuple[int, int], fill: np.ndarray) -> n
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
+_DEVICE_CONSTANT = re.compile(r'torch\.device\("([^"]+)"\)')
+
+
+def _device_name(device: str) -> str:
+    """"cuda" -> "cuda:0" (the device torch.device("cuda") means); other names as given."""
+    return "cuda:0" if device == "cuda" else device
+
+
+def traced_devices(path) -> set[str]:
+    """The devices a saved TorchScript archive names as constants (``torch.device("cpu")`` in
+    its code), e.g. {"cpu"} for a graph traced on the CPU whose anchors and index ranges were
+    made there. Read from the archive's code entries; nothing is loaded."""
+    found = set()
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if "/code/" in name and name.endswith(".py"):
+                found.update(_DEVICE_CONSTANT.findall(archive.read(name).decode("utf-8")))
+    return found
+
+
 class ExportedModel:
     """An exported graph on one backend: ``model(image)`` -> :class:`Detections`.
 
@@ -111,14 +133,17 @@ class ExportedModel:
     exported tile size; smaller tiles (scenes smaller than a tile) are padded with the band
     means, which the model's normalisation maps to 0 (the eager model resizes them instead).
     ``threads``: intra-op threads (None: the runtime's default). ``device``: where the
-    TorchScript graph runs (``cpu``, ``cuda``, ``cuda:1``); the ONNX backends run on the CPU.
+    TorchScript graph runs; the ONNX backends run on the CPU. A traced graph holds the device it
+    was traced on as constants (:func:`traced_devices`), and tools/export_model.py traces on the
+    CPU, so its TorchScript runs on the CPU only: another device is an ``ExportError`` here
+    rather than a device mismatch inside the graph at the first tile.
     """
 
     def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
                  threads: int | None = None, device: str = "cpu"):
         if device != "cpu" and backend != "torchscript":
             raise ExportError(f"device {device!r}: backend {backend} runs on the CPU here; "
-                              "a GPU runs the torchscript backend (or eager torch)")
+                              "on a GPU, run the training run's model with --backend torch")
         self.bundle, self.backend = bundle, backend
         path = bundle.graph_path(backend)
         self.tile = bundle.tile_shape
@@ -150,6 +175,13 @@ class ExportedModel:
         else:  # torchscript
             torch = _need("torch", backend)
             _need("torchvision", backend)  # registers the nms / roi_align operators
+            traced = traced_devices(path)
+            other = sorted(d for d in traced if _device_name(d) != _device_name(device))
+            if other:
+                raise ExportError(
+                    f"{path}: traced on {', '.join(other)} (torch.jit.trace keeps the device "
+                    f"as constants in the graph), so it cannot run on {device!r}; run it on "
+                    f"{other[0]}, or run the training run's model with --backend torch there")
             if threads:
                 torch.set_num_threads(int(threads))
             module = torch.jit.load(str(path), map_location=device).eval()
