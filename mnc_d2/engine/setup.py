@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+from pathlib import Path
 
 import torch
 from detectron2.config import get_cfg
@@ -13,6 +15,22 @@ from ..data import check_band_config, resolve_band_stats
 from ..utils.logs import setup_mnc_logger
 
 logger = logging.getLogger(__name__)
+
+
+def check_config_file(config_file: str) -> None:
+    """A missing ``--config-file`` is a FileNotFoundError naming it and the closest configs of
+    its folder (Detectron2 would stop on a bare assertion)."""
+    path = Path(config_file)
+    if path.is_file():
+        return
+    near = []
+    if path.parent.is_dir():
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.yaml")],
+                                         n=3, cutoff=0.5)
+    hint = (f"; did you mean {', '.join(str(path.parent / n) for n in near)}?" if near else
+            "; the shipped configs are under configs/ (SpaceNet1, SpaceNet2, SpaceNet4, "
+            "quick_schedules), a trained run's is RUN/config.yaml")
+    raise FileNotFoundError(f"--config-file {config_file}: no such file{hint}")
 
 
 def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
@@ -25,6 +43,7 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
     does for its own logger; without it the band statistics, the mapper's bands and the
     evaluator's SpaceNet lines would reach neither.
     """
+    check_config_file(config_file)
     cfg = get_cfg()
     add_mnc_config(cfg)
     cfg.merge_from_file(config_file)
