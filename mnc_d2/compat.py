@@ -165,12 +165,17 @@ def _shim_cpu_ddp() -> None:
 
 # --- 6. torch >= 2.10 deprecates torch.jit.script with a FutureWarning; detectron2 (v0.6 and main)
 # decorates a few helpers with it at import time, so every command printed the warning twice.
-# The scripted helpers still work; only that one message is silenced (not FutureWarnings at large).
-def _silence_jit_script_deprecation() -> None:
+# Its anchor generator calls torch.meshgrid without ``indexing`` (the "ij" order it means is
+# torch's default), a UserWarning at every model's first tile. Both still work; only those two
+# messages are silenced (not FutureWarnings or UserWarnings at large).
+def _silence_detectron2_deprecations() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will "
+                            r"be required to pass the indexing argument", category=UserWarning)
     if not _DONE:
-        _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports")
+        _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports, "
+                        "and torch.meshgrid's UserWarning raised by its anchor generator")
 
 
 def _register_builtin_datasets() -> None:
@@ -183,7 +188,7 @@ def _register_roi_head() -> None:
     importlib.import_module("mnc_d2.modeling")  # @ROI_HEADS_REGISTRY.register() on import
 
 
-_PRE_IMPORT = (_silence_jit_script_deprecation, _shim_missing_cpp_ops, _shim_pil_linear,
+_PRE_IMPORT = (_silence_detectron2_deprecations, _shim_missing_cpp_ops, _shim_pil_linear,
                _shim_pkg_resources, _shim_numpy_aliases)
 # Detectron2 module -> what runs once it has been imported (in this order).
 _AFTER_IMPORT = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,24 @@ def test_detectron2_submodules_import_after_mnc_d2():
         "detectron2.utils.collect_env",
     ):
         importlib.import_module(name)
+
+
+def test_only_detectron2s_deprecation_messages_are_silenced():
+    # in a fresh interpreter: pytest undoes filters that imports set while it collects
+    code = """
+import warnings
+import mnc_d2
+mnc_d2.setup()
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    torch.meshgrid(torch.arange(2), torch.arange(3))  # as detectron2's anchor generator does
+    warnings.warn("torch.meshgrid: another message", UserWarning)
+    warnings.warn("another deprecation", FutureWarning)
+print(sorted(str(w.message) for w in caught))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert run.stdout.strip() == "['another deprecation', 'torch.meshgrid: another message']"
 
 
 def test_collect_env_runs():
