@@ -96,6 +96,27 @@ def test_bad_truth_and_folders_say_why(tmp_path):
     assert out.returncode == 2 and "nocrs.parquet has no CRS" in out.stderr
 
 
+def test_a_damaged_scene_file_is_left_out_and_the_others_are_scored(tmp_path):
+    from mnc_d2.viewer.site import build_site
+
+    folder = _prediction_folder(tmp_path)
+    csv, _ = _truth(tmp_path)
+    damaged = folder / "buildings" / "s1.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # cut short, as by an interrupted copy
+    result, _ = score_folder(folder, [str(csv)])
+    # s0 alone (half of the whole folder's 4 / 2 / 2); s1's truth is not counted as missed
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (2, 1, 1)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "score.py"), "--truth", str(csv),
+                          "--predictions", str(folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and f"{damaged} cannot be read" in out.stderr, out.stderr
+    # the map shows it as a failed scene with the reason, its truth unmatched
+    meta = build_site(folder, tmp_path / "site", truth=[str(csv)])
+    s1 = next(s for s in meta["scenes"] if s["scene"] == "s1")
+    assert s1["status"] == "failed" and "predict the scene again" in s1["error"]
+    assert meta["truth_counts"] == {"TP": 2, "FP": 1, "FN": 1} and meta["buildings"] == 4
+
+
 def test_a_merged_city_counts_a_building_seen_by_two_scenes_once(tmp_path):
     import shutil
 

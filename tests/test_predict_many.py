@@ -4,6 +4,8 @@ local and Ray engines writing the same outputs, a dead Ray worker recovered."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from mnc_d2.inference.run import main as predict_main
 from mnc_d2.inference.scenes import expand_inputs
 
 from test_engine import train_quick  # the tiny CPU training setup shared with its tests
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +138,15 @@ def test_local_run_isolates_bad_scenes_writes_geoparquet_and_resumes(tmp_path, t
     second = manifest.iloc[len(inputs):].set_index("scene")
     assert second.loc["good0", "status"] == "skipped" and second.loc["notes", "status"] == "failed"
     assert (out / "buildings" / "good0.parquet").stat().st_mtime_ns == mtime
+    # a finished scene's file damaged since (an interrupted copy): predicted again, not skipped
+    kept = (out / "buildings" / "good1.parquet").read_bytes()
+    (out / "buildings" / "good1.parquet").write_bytes(kept[:len(kept) // 2])
+    assert predict_main(_args(trained, inputs[:2], out, "--score-thresh", "0.0", "--formats",
+                              "parquet,geojson,csv")) == 0
+    third = pd.read_parquet(out / "manifest.parquet").iloc[-2:].set_index("scene")
+    assert third.status.to_dict() == {"good0": "skipped", "good1": "ok"}, third
+    assert len(gpd.read_parquet(out / "buildings" / "good1.parquet")) == manifest.loc[
+        manifest.scene == "good1", "buildings"].iloc[0]
 
     # Another model or config refuses to mix into the folder, unless --overwrite.
     assert predict_main(_args(trained, inputs[:1], out, "--score-thresh", "0.3")) == 2
@@ -239,7 +252,8 @@ def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     write_buildings_parquet(folder / "buildings" / "C.parquet", "C", [], [], crs)  # no buildings
     stats = merge_footprints(folder, tmp_path / "city.parquet")
     city = gpd.read_parquet(tmp_path / "city.parquet")
-    assert stats == {"scenes": 3, "empty_scenes": 1, "read": 6, "written": 4, "merged_groups": 2}
+    assert stats == {"scenes": 3, "empty_scenes": 1, "read": 6, "written": 4, "merged_groups": 2,
+                     "unreadable": {}}
     assert city.crs.to_epsg() == 4326 and city.building_id.tolist() == [0, 1, 2, 3]
     metric = city.to_crs(crs)
     areas = sorted(np.round(metric.area.to_numpy()).tolist())
@@ -285,6 +299,39 @@ def test_merge_footprints_along_a_row_of_three_scenes(tmp_path):
     widths = sorted(np.round(city.bounds.maxx - city.bounds.minx).astype(int).tolist())
     assert widths == [10, 10, 50, 80]  # 70..120 and 150..230 reassembled, the ends untouched
     assert stats["merged_groups"] == 2 and stats["written"] == 4
+
+
+def test_merge_leaves_out_a_damaged_scene_file_and_merges_a_run_without_buildings(tmp_path):
+    from mnc_d2.inference.merge import merge_footprints
+    from mnc_d2.inference.scenes import write_buildings_parquet
+
+    crs, x0, y0 = "EPSG:32611", 500000.0, 4000000.0
+    folder = tmp_path / "pred"
+    for k, name in enumerate("ABC"):
+        write_buildings_parquet(folder / "buildings" / f"{name}.parquet", name,
+                                [shapely.box(x0 + 200 * k, y0, x0 + 200 * k + 10, y0 + 10)],
+                                [0.9], crs)
+    damaged = folder / "buildings" / "B.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by an interrupted copy
+    tool = [sys.executable, str(ROOT / "tools" / "merge_footprints.py"), str(folder), "--out",
+            str(tmp_path / "city.parquet")]
+    run = subprocess.run(tool, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr  # the others merged, the damaged one named
+    assert f"not merged: {damaged} cannot be read" in run.stderr
+    assert "run tools/predict.py again with the same --output" in run.stderr
+    city = gpd.read_parquet(tmp_path / "city.parquet")
+    assert sorted(city.scenes) == ["A", "C"]
+    for name in "AC":  # every file damaged: an error naming the folder
+        (folder / "buildings" / f"{name}.parquet").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="none of the 3 per-scene GeoParquet files"):
+        merge_footprints(folder, tmp_path / "none.parquet")
+    # a run that found no building anywhere merges into an empty city, not an error
+    empty = tmp_path / "empty"
+    for name in "AB":
+        write_buildings_parquet(empty / "buildings" / f"{name}.parquet", name, [], [], crs)
+    stats = merge_footprints(empty, tmp_path / "empty.parquet")
+    assert stats["written"] == 0 and stats["empty_scenes"] == 2
+    assert len(gpd.read_parquet(tmp_path / "empty.parquet")) == 0
 
 
 # --- remote inputs: COGs over HTTP, STAC, VRT mosaics, other pixel sizes -----------------------

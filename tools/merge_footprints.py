@@ -5,7 +5,8 @@
 
 Buildings of different scenes that overlap (any overlap of positive area) are unioned, rows are
 ordered spatially (Hilbert), memory stays bounded by the seams being merged, and the file is
-written atomically. See mnc_d2/inference/merge.py.
+written atomically. See mnc_d2/inference/merge.py. Exit status 1 when a scene's file cannot be
+read (it is left out, named on stderr; the others are merged), 2 for a folder without any.
 """
 
 import argparse
@@ -28,7 +29,9 @@ def main(argv=None) -> int:
         return 2
     print(f"{args.out}: {stats['written']} buildings from {stats['scenes']} scenes "
           f"({stats['read']} read, {stats['merged_groups']} unioned across scene borders)")
-    return 0
+    for reason in stats["unreadable"].values():
+        print(f"not merged: {reason}", file=sys.stderr)
+    return 1 if stats["unreadable"] else 0
 
 
 if __name__ == "__main__":

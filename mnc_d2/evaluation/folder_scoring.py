@@ -50,23 +50,32 @@ def read_run(folder: Path) -> tuple[dict, "object"]:
 
 
 def read_scene_buildings(folder: Path):
-    """Every scene's buildings of a predict.py output folder, one GeoDataFrame in EPSG:4326."""
+    """Every scene's buildings of a predict.py output folder, one GeoDataFrame in EPSG:4326,
+    and the scenes whose file cannot be read (scene name -> reason, each logged): those are
+    left out like a failed scene, so the good scenes are still scored and shown."""
     import geopandas as gpd
     import pandas as pd
 
     files = sorted(p for p in (folder / "buildings").glob("*.parquet")
                    if not p.name.startswith("."))
-    frames = []
+    frames, unreadable = [], {}
     for path in files:
-        frame = gpd.read_parquet(path)
+        try:
+            frame = gpd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged file (e.g. an interrupted copy)
+            unreadable[path.stem] = (f"{path} cannot be read ({type(exc).__name__}: {exc}); "
+                                     "run tools/predict.py again with the same --output to "
+                                     "predict the scene again")
+            logger.warning("%s: left out of the scoring", unreadable[path.stem])
+            continue
         if frame.crs is None:
             raise FolderInputError(f"{path} has no CRS; it was not written by tools/predict.py "
                                    "(re-run predict.py on its scene)")
         frames.append(frame.to_crs("EPSG:4326"))
     if not frames:
         return gpd.GeoDataFrame({"scene": [], "building_id": [], "score": [], "area_m2": []},
-                                geometry=[], crs="EPSG:4326")
-    return pd.concat(frames, ignore_index=True)
+                                geometry=[], crs="EPSG:4326"), unreadable
+    return pd.concat(frames, ignore_index=True), unreadable
 
 
 def read_truth(paths: list[str]):
@@ -189,9 +198,10 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
     folder = Path(folder)
     run, manifest = read_run(folder)
     threshold = float(run.get("score_thresh", 0.5))
-    paths = _readable_scenes(manifest, scene_root)
-    scenes = scene_frames(read_scene_buildings(folder), paths, read_truth(truth_paths),
-                          threshold)
+    buildings, unreadable = read_scene_buildings(folder)
+    paths = {name: path for name, path in _readable_scenes(manifest, scene_root).items()
+             if name not in unreadable}
+    scenes = scene_frames(buildings, paths, read_truth(truth_paths), threshold)
     if not scenes:
         raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
                                "paths moved? pass --scene-root)")

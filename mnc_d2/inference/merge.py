@@ -29,7 +29,7 @@ import numpy as np
 import shapely
 
 from ..utils.atomic import atomic_path
-from .scenes import area_m2
+from .scenes import area_m2, unreadable_reason
 from .tiling import overlap_groups
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float],
 def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     """Merge ``folder/buildings/*.parquet`` into the GeoParquet ``dest`` (module docstring).
 
-    Returns counts: scenes, buildings read, buildings written, seam groups merged.
+    Returns counts: scenes, buildings read, buildings written, seam groups merged, and the
+    scenes whose file cannot be read (``unreadable``: name -> reason), which are left out.
     """
     import geopandas as gpd
     import pandas as pd
@@ -89,21 +90,35 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     if not files:
         raise FileNotFoundError(f"no per-scene GeoParquet under {Path(folder) / 'buildings'}; "
                                 "run tools/predict.py --output there first")
+    unreadable = {}  # a damaged file is left out (logged, returned); the others are merged
+    for f in files:
+        reason = unreadable_reason(f)
+        if reason:
+            unreadable[f.stem] = (f"{f} cannot be read ({reason}); run tools/predict.py again "
+                                  "with the same --output to predict the scene again")
+            logger.warning("%s: not merged", unreadable[f.stem])
+    files = [f for f in files if f.stem not in unreadable]
+    if not files:
+        raise FileNotFoundError(f"none of the {len(unreadable)} per-scene GeoParquet files "
+                                f"under {Path(folder) / 'buildings'} can be read (the first: "
+                                f"{next(iter(unreadable.values()))})")
     extents = [_extent(f) for f in files]
     scenes = [(f, e) for f, e in zip(files, extents) if e is not None]
     empty_scenes = len(files) - len(scenes)
     boxes = gpd.GeoSeries([shapely.box(*e) for _, e in scenes], crs="EPSG:4326")
-    order = np.argsort(boxes.hilbert_distance().to_numpy(), kind="stable")
+    order = (np.argsort(boxes.hilbert_distance().to_numpy(), kind="stable") if len(boxes)
+             else np.zeros(0, dtype=int))  # every scene empty: nothing to order
     scenes, boxes = [scenes[i] for i in order], boxes.iloc[order].reset_index(drop=True)
     box_arr = boxes.to_numpy()
     tree = shapely.STRtree(box_arr)
     stats = {"scenes": len(files), "empty_scenes": empty_scenes, "read": 0, "written": 0,
-             "merged_groups": 0}
+             "merged_groups": 0, "unreadable": unreadable}
     pool = []  # seam buildings waiting: frames + "_last" (the last scene, in visiting order,
     # whose extent they touch: a building is final once that scene has been read)
     next_id = 0
     bounds = [np.inf, np.inf, -np.inf, -np.inf]
-    total = tuple(shapely.total_bounds(box_arr))
+    total = tuple(shapely.total_bounds(box_arr)) if len(box_arr) else None  # None: no scene
+    # has a building, so nothing is ordered by it
     with tempfile.TemporaryDirectory(dir=Path(dest).parent) as chunk_dir:
         chunks: list[Path] = []
 
@@ -151,7 +166,8 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
             if any((waiting["_last"] == k).any() for waiting in pool):
                 pool = _flush(pool, k, emit, stats, final=False)
         _flush(pool, len(scenes), emit, stats, final=True)
-        _join_chunks(chunks, dest, bounds, pq.read_schema(files[0]).metadata.get(b"mnc_d2"))
+        _join_chunks(chunks, dest, bounds,
+                     pq.read_schema(files[0]).metadata.get(b"mnc_d2") if files else None)
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
                 stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
     return stats

@@ -14,7 +14,8 @@ import sys
 from ..export.bundle import BACKEND_FILES
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
-                     now_iso, parquet_path, prepare_output, run_provenance, run_record)
+                     now_iso, parquet_path, prepare_output, run_provenance, run_record,
+                     unreadable_reason)
 from .sources import MAX_UPSAMPLE, check_max_upsample, redact
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ def parse_formats(text: str) -> list[str]:
     if unknown:
         raise UsageError(f"--formats {text!r}: unknown {unknown}; choose from {FORMATS}")
     return sorted(set(formats) | {"parquet"}, key=FORMATS.index)
+
+
+def _still_readable(path) -> bool:
+    """A finished scene's GeoParquet that can no longer be read (damaged since, e.g. by an
+    interrupted copy of the folder) is predicted again rather than skipped (logged)."""
+    reason = unreadable_reason(path)
+    if reason:
+        logger.warning("%s cannot be read (%s): predicting its scene again", path, reason)
+    return reason is None
 
 
 def main(argv=None, description: str = "Predict building footprints on GeoTIFF scenes") -> int:
@@ -157,7 +167,8 @@ def _run(args) -> int:
     started = now_iso()
     todo, rows = [], {}
     for scene in scenes:
-        if reuse and parquet_path(args.output, scene).is_file():
+        done = parquet_path(args.output, scene)
+        if reuse and done.is_file() and _still_readable(done):
             rows[scene.name] = SceneRow(scene.name, redact(scene.path), "skipped",
                                         run_started=started,
                                         error=f"done by an earlier run ({RUN_FILE} matches)")

@@ -219,6 +219,18 @@ def parquet_path(out_dir: str | Path, scene: Scene) -> Path:
     return Path(out_dir) / "buildings" / f"{scene.name}.parquet"
 
 
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why the per-scene GeoParquet ``path`` cannot be used (its footer unreadable, e.g. cut
+    short by an interrupted copy, or no GeoParquet metadata), else None. Reads the footer only."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # noqa: BLE001 - any reader error means the same here
+        return f"{type(exc).__name__}: {exc}"
+    return None if b"geo" in metadata else "no GeoParquet metadata (not written by predict.py)"
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

@@ -101,6 +101,7 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
 
 
 def _buildings(folder: Path, city: str | None):
+    """(buildings in EPSG:4326, scenes whose file cannot be read: name -> reason)."""
     import geopandas as gpd
 
     if city:
@@ -109,7 +110,7 @@ def _buildings(folder: Path, city: str | None):
             raise ViewerInputError(f"{city} has no CRS; write it with tools/merge_footprints.py "
                                    "(EPSG:4326) or set one (GeoDataFrame.set_crs)")
         frame = frame.rename(columns={"scenes": "scene"})
-        return frame.to_crs("EPSG:4326")
+        return frame.to_crs("EPSG:4326"), {}
     return read_scene_buildings(folder)
 
 
@@ -178,13 +179,15 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shutil.copy2(STATIC / name, site / name)
     shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
     bands = _bands(run)
-    frame = _buildings(folder, city)
+    frame, unreadable = _buildings(folder, city)
     # A city (vector tiles): one imagery mosaic (:mod:`.mosaic`), not an image per scene.
     tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
     for stale in ("imagery", "data/overview"):  # a rebuild's other kind
         shutil.rmtree(site / stale, ignore_errors=True)
     scenes, paths, sources, resolution = [], {}, {}, []
     for row in manifest.itertuples():
+        if row.scene in unreadable:  # shown and counted as a failed scene, with the reason
+            row = row._replace(status="failed", error=unreadable[row.scene], buildings=0)
         path = remap_scene(str(row.path), scene_root)
         paths[row.scene] = path
         corners = None
