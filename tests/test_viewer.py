@@ -57,6 +57,10 @@ def test_bad_folders_say_why(tmp_path):
     frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
     with pytest.raises(ViewerInputError, match="nocrs.parquet has no CRS"):
         build_site(folder, tmp_path / "site", city=str(tmp_path / "nocrs.parquet"))
+    (tmp_path / "notparquet.parquet").write_text("x")
+    with pytest.raises(ViewerInputError, match="--city .*notparquet.parquet cannot be read as "
+                       "GeoParquet .*tools/merge_footprints.py"):
+        build_site(folder, tmp_path / "site", city=str(tmp_path / "notparquet.parquet"))
     # scenes moved: --scene-root finds them by name; the map still builds without them
     moved = tmp_path / "moved"
     shutil.move(str(tmp_path / "scenes"), moved)

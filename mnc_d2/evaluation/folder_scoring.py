@@ -299,21 +299,33 @@ def _readable_scenes(manifest, scene_root: str | None) -> dict:
     return paths
 
 
+def read_city(city):
+    """A merged city GeoParquet (tools/merge_footprints.py) in EPSG:4326, its ``scenes`` column
+    as ``scene``; a file that cannot be read or has no CRS is a FolderInputError naming it."""
+    import geopandas as gpd
+
+    try:
+        frame = gpd.read_parquet(city)
+    except Exception as exc:  # noqa: BLE001 - not (or no longer) a GeoParquet
+        raise FolderInputError(f"--city {city} cannot be read as GeoParquet ({exc}); write it "
+                               "with tools/merge_footprints.py") from None
+    if frame.crs is None:
+        raise FolderInputError(f"{city} has no CRS; write it with tools/merge_footprints.py "
+                               "(EPSG:4326) or set one (GeoDataFrame.set_crs)")
+    return frame.rename(columns={"scenes": "scene"}).to_crs("EPSG:4326")
+
+
 def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
                iou_threshold: float = 0.5, scene_root: str | None = None,
                polygon_metrics: bool = False, tolerance: float = 1.0):
     """:func:`score_folder` for the merged city GeoParquet ``city`` of ``folder``
     (:func:`city_frame`): one image, at the run's threshold. Returns (ScoreResult, shape
     summary or None)."""
-    import geopandas as gpd
-
     from .spacenet_metric import score
 
     folder = Path(folder)
     run, manifest = read_run(folder)
-    buildings = gpd.read_parquet(city)
-    if buildings.crs is None:
-        raise FolderInputError(f"{city} has no CRS; write it with tools/merge_footprints.py")
+    buildings = read_city(city)
     one = city_frame(buildings, _readable_scenes(manifest, scene_root), read_truth(truth_paths),
                      float(run.get("score_thresh", 0.5)))
     if not len(one.truth):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_run,
+from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city, read_run,
                                          read_scene_buildings, read_truth, remap_scene,
                                          scene_frames)
 from ..utils.atomic import atomic_write
@@ -102,15 +102,8 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
 
 def _buildings(folder: Path, city: str | None):
     """(buildings in EPSG:4326, scenes whose file cannot be read: name -> reason)."""
-    import geopandas as gpd
-
     if city:
-        frame = gpd.read_parquet(city)
-        if frame.crs is None:
-            raise ViewerInputError(f"{city} has no CRS; write it with tools/merge_footprints.py "
-                                   "(EPSG:4326) or set one (GeoDataFrame.set_crs)")
-        frame = frame.rename(columns={"scenes": "scene"})
-        return frame.to_crs("EPSG:4326"), {}
+        return read_city(city), {}
     return read_scene_buildings(folder)
 
 
