@@ -507,6 +507,21 @@ def test_convert_to_coco(synthetic, tmp_path, repo_root):
         coco.loadImgs(ann["image_id"])[0]["spacenet_image_id"])]["annotations"][0]["wkt_pix"]).area
     assert ann["area"] == pytest.approx(wkt_area)
     assert abs(int(coco.annToMask(ann).sum()) - wkt_area) < 0.1 * wkt_area + 20
+    # image paths: absolute by default, relative to --image-root when given, and Detectron2's
+    # COCO loader finds the files from any working directory either way
+    from detectron2.data.datasets import load_coco_json
+
+    assert all(Path(im["file_name"]).is_absolute() for im in coco.dataset["images"])
+    rel = tmp_path / "rel.json"
+    subprocess.run([sys.executable, str(repo_root / "tools" / "convert_spacenet_to_coco.py"),
+                    "--aoi-root", str(synthetic / "AOI_2_Vegas_Train"), "--output", str(rel),
+                    "--image-root", str(synthetic)], check=True, capture_output=True,
+                   cwd=tmp_path)
+    names = [im["file_name"] for im in json.loads(rel.read_text())["images"]]
+    assert all(n.startswith("AOI_2_Vegas_Train/") for n in names)
+    for json_file, root in ((out, ""), (rel, str(synthetic))):
+        loaded = load_coco_json(str(json_file), root)
+        assert len(loaded) == len(dicts) and all(Path(d["file_name"]).is_file() for d in loaded)
 
 
 def test_one_band_rule_for_training_and_prediction(tmp_path):

@@ -3,7 +3,7 @@
 
     python tools/convert_spacenet_to_coco.py --aoi-root AOI_2_Vegas_Train --output vegas.json
         [--version spacenet1|spacenet2|spacenet4] [--product RGB-PanSharpen]
-        [--labels csv|geojson] [--rle]
+        [--labels csv|geojson] [--rle] [--image-root DIR]
     python tools/convert_spacenet_to_coco.py --dataset spacenet2_vegas_train --output train.json
 """
 
@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", choices=("csv", "geojson"),
                         help="default: the release's (csv for SpaceNet 2, geojson for 1 and 4)")
     parser.add_argument("--rle", action="store_true", help="write every mask as RLE")
+    parser.add_argument("--image-root", metavar="DIR",
+                        help="write image paths relative to DIR (then load with "
+                             "load_coco_json(json, DIR)); default: absolute paths")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     configure_cli_logging(fmt="%(levelname)s %(message)s")
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    counts = write_coco_json(dicts, args.output, use_rle=args.rle)
+    counts = write_coco_json(dicts, args.output, use_rle=args.rle, image_root=args.image_root)
     print(f"wrote {counts['images']} images and {counts['annotations']} annotations to "
           f"{args.output}")
     return 0
