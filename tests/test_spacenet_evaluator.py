@@ -149,6 +149,18 @@ def test_visualize_colours_tp_fp_fn(tmp_path, repo_root):
     assert tuple(png[20, 10]) == (255, 255, 255)  # TP outline: white
     assert tuple(png[50, 2]) == (255, 255, 0)  # FP outline: yellow
     assert tuple(png[50, 40]) == (0, 0, 255)  # FN outline: blue
+    # an image without a GeoTIFF, first in the list, or an unreadable one: named, exit 1, and
+    # the good image still drawn
+    (tmp_path / "imgs" / "RGB-PanSharpen_AOI_2_Vegas_img3.tif").write_bytes(b"not a tiff")
+    run = subprocess.run([sys.executable, str(repo_root / "tools" / "visualize.py"), "--truth",
+                          str(tmp_path / "t.csv"), "--proposals", str(tmp_path / "p.csv"),
+                          "--images", str(tmp_path / "imgs"), "--output", str(tmp_path / "o2"),
+                          "--image-id", "AOI_2_Vegas_img2", "AOI_2_Vegas_img3",
+                          "AOI_2_Vegas_img1"], capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    assert "no overlay for AOI_2_Vegas_img2: no GeoTIFF for ImageId 'AOI_2_Vegas_img2'" in run.stderr
+    assert "no overlay for AOI_2_Vegas_img3:" in run.stderr
+    assert [p.name for p in (tmp_path / "o2").iterdir()] == ["AOI_2_Vegas_img1_score.png"]
 
 
 def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):

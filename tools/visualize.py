@@ -4,6 +4,9 @@
     python tools/visualize.py --truth T.csv --proposals P.csv --images DIR --output OUT
                               [--image-id AOI_2_Vegas_img12 ...] [--rules spacenet|solaris]
                               [--bands 5 3 2]
+
+Exit status 0, 1 when some image's overlay could not be drawn (named; the others are written),
+2 for unusable input.
 """
 
 import argparse
@@ -26,13 +29,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configure_cli_logging(fmt="%(levelname)s %(message)s")
     try:
-        paths = visualize_csvs(args.truth, args.proposals, args.images, args.output,
-                               image_ids=args.image_id, rules=args.rules, bands=args.bands)
+        paths, failed = visualize_csvs(args.truth, args.proposals, args.images, args.output,
+                                       image_ids=args.image_id, rules=args.rules,
+                                       bands=args.bands)
     except (SpaceNetCSVError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(paths)} overlay(s) to {args.output}")
-    return 0
+    for image_id, reason in failed.items():
+        print(f"no overlay for {image_id}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

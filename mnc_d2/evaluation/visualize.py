@@ -99,20 +99,35 @@ def draw_image_overlay(image: np.ndarray, result: ScoreResult, truth_geoms: np.n
     return canvas
 
 
-def find_image(image_dir: str | Path, image_id: str) -> Path:
-    """The GeoTIFF of ``image_id`` in ``image_dir`` (SpaceNet names: ``<product>_<ImageId>.tif``)."""
-    image_dir = Path(image_dir)
-    for path in sorted(image_dir.rglob("*.tif")):
-        if path.stem == image_id or path.stem.endswith(f"_{image_id}"):
-            return path
-    raise FileNotFoundError(f"no GeoTIFF for ImageId {image_id!r} under {image_dir} "
-                            f"(expected a file named like RGB-PanSharpen_{image_id}.tif)")
+def image_index(image_dir: str | Path) -> dict[str, Path]:
+    """ImageId -> GeoTIFF for every ``*.tif`` under ``image_dir`` (one walk of the folder).
+    SpaceNet names a tile ``<product>_<ImageId>.tif``, and ImageIds contain underscores, so a
+    file is found by its whole stem and by every tail of it that follows an underscore; the
+    first file in sorted order wins."""
+    index: dict[str, Path] = {}
+    for path in sorted(Path(image_dir).rglob("*.tif")):
+        parts = path.stem.split("_")
+        for k in range(len(parts)):
+            index.setdefault("_".join(parts[k:]), path)
+    return index
+
+
+def find_image(image_dir: str | Path, image_id: str, index: dict | None = None) -> Path:
+    """The GeoTIFF of ``image_id`` in ``image_dir`` (SpaceNet names: ``<product>_<ImageId>.tif``);
+    ``index``: :func:`image_index` of the folder, when many images are looked up."""
+    found = (index if index is not None else image_index(image_dir)).get(image_id)
+    if found is None:
+        raise FileNotFoundError(f"no GeoTIFF for ImageId {image_id!r} under {image_dir} "
+                                f"(expected a file named like RGB-PanSharpen_{image_id}.tif)")
+    return found
 
 
 def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: str | Path,
                    out_dir: str | Path, image_ids: list[str] | None = None,
                    rules: str = "spacenet", bands: Iterable[int] | None = None) -> list[Path]:
-    """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images."""
+    """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images.
+    Returns (the PNGs written, ImageId -> why its overlay could not be drawn): an image without
+    a readable GeoTIFF is logged and skipped, the others are drawn."""
     truth, props = read_truth_csv(truth_csv), read_proposal_csv(proposal_csv)
     # Scored from the files as the rule set's reference reads them; drawn from shapely's reading.
     result = score_csv(truth_csv, proposal_csv, rules=rules, full_iou=True,
@@ -124,10 +139,16 @@ def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: s
     wanted = image_ids or list(result.per_image["ImageId"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, failed = [], {}
+    index = image_index(image_dir)
     for image_id in tqdm(wanted, desc="overlays", unit="img"):
-        image = read_display_image(find_image(image_dir, image_id), bands)
+        try:
+            image = read_display_image(find_image(image_dir, image_id, index), bands)
+        except (FileNotFoundError, OSError, ValueError) as exc:  # rasterio errors are OSErrors
+            failed[image_id] = str(exc)
+            logger.warning("%s: no overlay (%s)", image_id, exc)
+            continue
         canvas = draw_image_overlay(image, result, t_geoms, np.flatnonzero(t_ids == image_id),
                                     p_geoms, np.flatnonzero(p_ids == image_id))
         written.append(write_png(out_dir / f"{image_id}_score.png", canvas))
-    return written
+    return written, failed
