@@ -460,3 +460,21 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     with pytest.raises(SpaceNetCSVError, match=r"props\.csv, line 3: byte 0xff is not UTF-8"):
         score_csv(truth, props)
 
+
+
+def test_a_byte_order_mark_opening_the_file_is_dropped(tmp_path):
+    # spreadsheet programs save CSVs with one; the header must stay a header
+    from mnc_d2.evaluation.tester_polygons import _read_polygon_csv
+
+    truth, props = write_case(tmp_path, [t_line(I, 0, rect(0, 0, 10, 10)),
+                                         t_line(I, 1, rect(20, 0, 30, 10))],
+                              [p_line(I, 0, rect(0, 0, 10, 10), 0.5)])
+    plain = score_csv(truth, props).overall
+    tables = [_read_polygon_csv(p, p == truth, fast=True) for p in (truth, props)]
+    for path in (truth, props):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = score_csv(truth, props).overall
+    assert (marked.tp, marked.fp, marked.fn) == (plain.tp, plain.fp, plain.fn) == (1, 0, 1)
+    for path, table in zip((truth, props), tables):
+        for fast in (True, False):
+            _same_table(_read_polygon_csv(path, path == truth, fast=fast), table)

@@ -8,7 +8,9 @@ tester's string cutting line by line for the rest), areas and regions with numpy
 so that :mod:`.spacenet_metric` scores every file the way the tester does:
 
 * **Lines.** Each line is trimmed (characters <= U+0020); blank lines, lines starting with ``#``
-  and lines starting with ``imageid`` (any case) are skipped. The ImageId is the text before the
+  and lines starting with ``imageid`` (any case) are skipped. (One addition: a UTF-8 byte order
+  mark opening the file, as spreadsheet programs save one, is dropped first; the tester would
+  read it as part of the header's first field, and its header would become a data line.) The ImageId is the text before the
   first comma (quotes are not removed), the BuildingId the text between the first and second
   comma. Every ImageId seen registers its image, whatever follows.
 * **Empty rows.** A line containing ``POLYGON EMPTY`` anywhere (for example in the
@@ -394,6 +396,9 @@ def _confidence(token: str, where: str, multipolygon: bool, header: str, path) -
         raise
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_polygon_csv(path: str | Path, truth: bool) -> PolygonTable:
     """Read a truth (``truth=True``) or solution CSV the way the tester does (module docstring).
 
@@ -414,6 +419,7 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
     source = f"{kind} CSV {path}"
     if fast:
         data = path.read_bytes()
+        data = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
         if b"\r" in data:  # \r, \n, \r\n end a line (Python's universal newlines)
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if _NOT_BLANK.search(data) is None:  # (stops at the first such byte: no copy)
@@ -421,7 +427,8 @@ def _read_polygon_csv(path: str | Path, truth: bool, fast: bool) -> PolygonTable
                                    "rows 'ImageId,BuildingId,PolygonWKT_Pix,...'")
         return _read_bulk(data, truth, path)
     try:
-        with open(path, encoding="utf-8", newline=None) as handle:  # \r, \n, \r\n end a line
+        with open(path, encoding="utf-8-sig", newline=None) as handle:  # \r, \n, \r\n end a
+            # line; utf-8-sig: a byte order mark opening the file is dropped
             text = handle.read()
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[:exc.start].count(b"\n") + 1
