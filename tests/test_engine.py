@@ -57,7 +57,7 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
 # --- training ---------------------------------------------------------------------------------
 
 
-def test_missing_config_file_is_named_with_the_closest_configs(tmp_path):
+def test_missing_config_or_weights_file_is_named_before_anything_starts(tmp_path):
     typo = QUICK.with_name("mnc_R_18_FPN_quick_synthetik.yaml")
     run = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
                           str(typo), "OUTPUT_DIR", str(tmp_path / "o")],
@@ -65,6 +65,12 @@ def test_missing_config_file_is_named_with_the_closest_configs(tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"error: --config-file {typo}: no such file; did you mean {QUICK}" in run.stderr
     assert not (tmp_path / "o").exists()
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+                          str(QUICK), "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "no.pth"),
+                          "OUTPUT_DIR", str(tmp_path / "o")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"error: MODEL.WEIGHTS {tmp_path / 'no.pth'}: no such file" in run.stderr
 
 
 def test_train_net_on_spacenet4_four_bands_scored_by_nadir_segment(tmp_path):

@@ -13,7 +13,7 @@ mnc_d2.setup()  # shims and registrations before anything else of detectron2
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 
 from mnc_d2.engine import launch  # noqa: E402
-from mnc_d2.engine.setup import check_config_file, setup_cfg  # noqa: E402
+from mnc_d2.engine.setup import check_config_file, check_weights_arg, setup_cfg  # noqa: E402
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
 from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
 
@@ -36,6 +36,7 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:  # before any process starts
         check_config_file(args.config_file)
+        check_weights_arg(args.opts, args.resume)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}")
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

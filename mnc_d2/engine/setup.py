@@ -33,6 +33,19 @@ def check_config_file(config_file: str) -> None:
     raise FileNotFoundError(f"--config-file {config_file}: no such file{hint}")
 
 
+def check_weights_arg(opts: list[str], resume: bool) -> None:
+    """A ``MODEL.WEIGHTS`` override naming a local file that does not exist is a
+    FileNotFoundError before any process starts (Detectron2 would stop on a bare assertion after
+    building the model and the data). Not checked with ``--resume``: a run with a checkpoint
+    ignores it; URLs and catalog names are left to Detectron2."""
+    pairs = dict(zip(opts[0::2], opts[1::2]))
+    weights = pairs.get("MODEL.WEIGHTS", "")
+    if resume or not weights or "://" in weights or Path(weights).is_file():
+        return
+    raise FileNotFoundError(f"MODEL.WEIGHTS {weights}: no such file (a trained run's weights are "
+                            "RUN/model_final.pth)")
+
+
 def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
               log_to_output: bool = False):
     """Load a config (mnc_d2 keys added), apply overrides, fall back to CPU without CUDA,
