@@ -276,6 +276,34 @@ def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
     assert predict_main(args) == 2
 
 
+def test_weights_of_another_model_are_refused_by_prediction_and_export(tmp_path, trained,
+                                                                        scenes, capsys):
+    # Detectron2 loads what matches and only logs the rest: a model with random heads predicted
+    # buildings from another architecture's file (e.g. a Mask R-CNN run's with MNC's config)
+    from mnc_d2.export.cli import main as export_main
+
+    state = torch.load(trained / "model_final.pth", weights_only=False)["model"]
+    heads_gone = tmp_path / "heads_gone.pth"
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith("roi_heads.")}},
+               heads_gone)
+    key = next(k for k in state if k.startswith("roi_heads.") and k.endswith(".weight"))
+    reshaped = tmp_path / "reshaped.pth"
+    torch.save({"model": {**state, key: state[key][:1]}}, reshaped)
+    for weights, words in ((heads_gone, "of the model's parameters are not in it"),
+                           (reshaped, f"1 have other shapes (e.g. {key})")):
+        args = _args(trained, [str(scenes["good0"])], tmp_path / weights.stem)
+        args[-1] = str(weights)
+        assert predict_main(args) == 2
+        err = capsys.readouterr().err
+        assert f"MODEL.WEIGHTS {weights} does not fit the model of this config" in err, err
+        assert words in err and "use the config.yaml of the run that trained" in err
+        assert export_main(["--config-file", str(trained / "config.yaml"), "--output",
+                            str(tmp_path / f"x_{weights.stem}"), "--formats", "torchscript",
+                            "MODEL.WEIGHTS", str(weights)]) == 2
+        assert words in capsys.readouterr().err
+        assert not (tmp_path / f"x_{weights.stem}").exists()
+
+
 def test_merge_footprints_along_a_row_of_three_scenes(tmp_path):
     """Seams between A|B and B|C: each cut building is reassembled once, whatever the order in
     which the scenes are visited."""

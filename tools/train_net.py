@@ -15,7 +15,7 @@ from detectron2.engine import default_argument_parser, default_setup  # noqa: E4
 from mnc_d2.engine import launch  # noqa: E402
 from mnc_d2.engine.setup import check_config_file, check_weights_arg, setup_cfg  # noqa: E402
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
-from mnc_d2.modeling.checkpoint import build_checkpointer  # noqa: E402
+from mnc_d2.modeling.checkpoint import build_checkpointer, load_trained_weights  # noqa: E402
 
 
 def main(args):
@@ -25,7 +25,10 @@ def main(args):
     default_setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if args.resume:  # the run's own last checkpoint when it has one
+            build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+        else:
+            load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

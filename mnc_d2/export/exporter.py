@@ -61,7 +61,7 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     from detectron2.modeling import build_model
     from detectron2.modeling.roi_heads import StandardROIHeads
 
-    from ..modeling.checkpoint import build_checkpointer
+    from ..modeling.checkpoint import load_trained_weights
 
     if not cfg.MODEL.WEIGHTS:
         raise ExportError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
@@ -70,7 +70,7 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     cfg.defrost()
     cfg.MODEL.DEVICE = device
     model = build_model(cfg).eval()
-    build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+    load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
     return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
                  cfg.INPUT.MAX_SIZE_TEST).eval()

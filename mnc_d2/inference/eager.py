@@ -23,13 +23,13 @@ class EagerModel:
         from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
-        from ..modeling.checkpoint import build_checkpointer
+        from ..modeling.checkpoint import load_trained_weights
 
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
                              "MODEL.WEIGHTS output/run/model_final.pth")
         self.model = build_model(cfg).eval()
-        build_checkpointer(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+        load_trained_weights(cfg, self.model, cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.autocast = autocast
 

@@ -192,8 +192,12 @@ def _run(args) -> int:
                 predictor = ScenePredictor(cfg, threads=args.torch_threads, **kwargs)
             except Exception as exc:  # unreadable weights, wrong architecture, ...
                 source = cfg.MODEL.WEIGHTS if cfg is not None else bundle.root
+                # mnc_d2's own errors are written to be read whole; others (torch's state-dict
+                # dumps) are cut
+                ours = type(exc).__module__.startswith("mnc_d2.")
                 raise UsageError(f"cannot load the model from {source}: "
-                                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
+                                 f"{type(exc).__name__}: {str(exc) if ours else str(exc)[:300]}"
+                                 ) from None
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))
     else:

@@ -26,6 +26,11 @@ Saving is atomic in a local OUTPUT_DIR: each ``model_*.pth`` and the ``last_chec
 written to a temporary file and renamed into place, so a run killed at any instant (SIGKILL, a
 preempted node) leaves the tag naming a complete checkpoint and ``--resume`` continues from it.
 fvcore writes both in place, and a kill between truncating and writing the tag left it empty.
+
+For inference (prediction, export, ``--eval-only``) :func:`load_trained_weights` loads strictly
+where it matters: Detectron2 loads whatever names match and only logs the rest, so the weights
+of another architecture (a Mask R-CNN run's file with an MNC config) gave a model with
+randomly initialised heads that predicted buildings without complaint.
 """
 
 from __future__ import annotations
@@ -137,6 +142,10 @@ class MultiBandCheckpointer(DetectionCheckpointer):
                                        and value.shape[2:] == target.shape[2:])))
 
     def _load_model(self, checkpoint):
+        self.incompatible = self._load_aligned(checkpoint)  # read by load_trained_weights
+        return self.incompatible
+
+    def _load_aligned(self, checkpoint):
         if checkpoint.get("matching_heuristics", False):
             model_state = checkpoint["model"]
             DetectionCheckpointer._convert_ndarray_to_tensor(self, model_state)
@@ -174,6 +183,36 @@ class MultiBandCheckpointer(DetectionCheckpointer):
                         "to bands %s, initialised bands %s from their mean", key,
                         target.shape[1], copied,
                         [b for b in self.input_bands if b not in self.checkpoint_bands])
+
+
+class IncompatibleWeightsError(ValueError):
+    """A trained-weights file that does not fit the model its config builds."""
+
+
+def load_trained_weights(cfg, model, weights: str) -> None:
+    """Load the trained ``weights`` into ``cfg``'s ``model`` for inference: every parameter of
+    the model must come from the file with its shape, else IncompatibleWeightsError naming the
+    file, how many are missing or differ (with examples) and the fix. Tensors of the file the
+    model has no place for are only logged (Detectron2's message), as when loading."""
+    checkpointer = build_checkpointer(cfg, model)
+    checkpointer.load(weights)
+    found = getattr(checkpointer, "incompatible", None)
+    if found is None:  # the file held no model state at all
+        raise IncompatibleWeightsError(f"MODEL.WEIGHTS {weights} holds no model weights")
+    missing = list(found.missing_keys)
+    shapes = [key for key, *_ in found.incorrect_shapes]
+    if not missing and not shapes:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's parameters are not in it (e.g. "
+                     f"{', '.join(missing[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} have other shapes (e.g. {', '.join(shapes[:3])})")
+    raise IncompatibleWeightsError(
+        f"MODEL.WEIGHTS {weights} does not fit the model of this config "
+        f"({cfg.MODEL.ROI_HEADS.NAME}, {cfg.MODEL.BACKBONE.NAME}): {' and '.join(parts)}; use "
+        "the config.yaml of the run that trained these weights")
 
 
 def build_checkpointer(cfg, model, save_dir: str | None = None, **checkpointables):
