@@ -24,7 +24,7 @@ from rasterio.warp import transform_bounds
 
 from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
 from mnc_d2.inference.run import main as predict_main
-from mnc_d2.inference.scenes import expand_inputs
+from mnc_d2.inference.scenes import UsageError, expand_inputs
 
 from test_engine import train_quick  # the tiny CPU training setup shared with its tests
 
@@ -86,6 +86,16 @@ def test_inputs_files_globs_and_lists(tmp_path):
     names = [s.name for s in scenes]
     assert len(set(names)) == 4 and names[1] == "y" and names[3] == "gone"
     assert names[0].startswith("x-") and names[2].startswith("x-")  # same stem, two folders
+    # a folder: its imagery files (any case of .tif/.tiff/.vrt), not its other files or subfolders
+    for name in ("c.TIFF", "d.vrt", "notes.txt", "sub/e.tif"):
+        (tmp_path / "a" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "a" / name).write_bytes(b"")
+    assert [Path(s.path).name for s in expand_inputs([str(tmp_path / "a")])] == [
+        "c.TIFF", "d.vrt", "x.tif", "y.tif"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"input folder .*empty holds no .tif/.tiff/.vrt file; "
+                                         r"for files deeper in it pass a glob"):
+        expand_inputs([str(tmp_path / "empty")])
 
 
 def test_local_run_isolates_bad_scenes_writes_geoparquet_and_resumes(tmp_path, trained,

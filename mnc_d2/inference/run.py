@@ -33,7 +33,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="the folder tools/export_model.py wrote (backends other than "
                              "torch); it carries the bands, threshold and polygon settings")
     parser.add_argument("--input", nargs="+", required=True,
-                        help="GeoTIFF or VRT files, globs ('scenes/*.tif'), @list.txt files, "
+                        help="GeoTIFF or VRT files, folders (their .tif/.tiff/.vrt files), "
+                             "globs ('scenes/**/*.tif'), @list.txt files, "
                              "URLs (https://, s3://, gs://: read window by window) and STAC "
                              "documents (a .json path or URL: item, item collection, catalog), "
                              "mixed")

@@ -83,17 +83,21 @@ class Scene:
     info: SceneInfo = field(default_factory=SceneInfo)
 
 
+# What a folder given as --input contributes (its files with these suffixes, any case).
+IMAGERY_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
 def expand_inputs(items: list[str], stac_asset: str | None = None,
                   band_count: int | None = None) -> list[Scene]:
-    """Files, globs, ``@list.txt`` (one path or glob per line; blank and ``#`` lines skipped),
-    URLs (``https://``, ``s3://``, ``gs://``, ``/vsi...``) and STAC documents (a ``.json`` path or
+    """Files, folders (their ``*.tif``, ``*.tiff`` and ``*.vrt``, not recursive), globs,
+    ``@list.txt`` (one path or glob per line; blank and ``#`` lines skipped), URLs (``https://``, ``s3://``, ``gs://``, ``/vsi...``) and STAC documents (a ``.json`` path or
     URL: item, item collection, catalog or collection; one scene per item, its asset chosen by
     ``stac_asset`` or by ``band_count``, :func:`.sources.choose_asset`), mixed freely -> scenes in
     order, duplicates dropped.
 
     A path that does not exist is kept (it gets a ``failed`` row); a glob matching nothing is
-    kept as given, for the same reason. A missing list file or an unreadable STAC document is a
-    :class:`UsageError`.
+    kept as given, for the same reason. A missing list file, a folder without imagery or an
+    unreadable STAC document is a :class:`UsageError`.
     """
     paths: list[str] = []
     infos: dict[str, SceneInfo] = {}
@@ -124,6 +128,14 @@ def expand_inputs(items: list[str], stac_asset: str | None = None,
         if glob.has_magic(item):
             found = sorted(glob.glob(item, recursive=True))
             paths.extend(found if found else [item])
+            return
+        if Path(item).is_dir():
+            found = sorted(str(p) for p in Path(item).iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGERY_SUFFIXES)
+            if not found:
+                raise UsageError(f"input folder {item} holds no {'/'.join(IMAGERY_SUFFIXES)} "
+                                 f"file; for files deeper in it pass a glob: '{item}/**/*.tif'")
+            paths.extend(found)
             return
         paths.append(str(Path(item)))
 
