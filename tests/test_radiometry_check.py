@@ -22,6 +22,9 @@ def test_the_warning_names_the_scene_the_values_and_the_likely_cause():
                                                                       "float32", "r.tif")
     assert "32x brighter" in radiometry_warning(np.asarray(TRAINING) * 32, TRAINING, "uint16",
                                                 "s.tif")
+    # all zero (undeclared nodata): said so, with the fix, instead of an enormous factor
+    zero = radiometry_warning([0.0, 0.0, 0.0], TRAINING, "uint16", "z.tif")
+    assert zero.startswith("z.tif: every sampled pixel is 0") and "-a_nodata 0" in zero
     # darker or brighter within the factor, or only some bands far off: no warning
     for levels in (np.asarray(TRAINING) / (FAR_FACTOR * 0.9), np.asarray(TRAINING) * 3,
                    [TRAINING[0] / 10, TRAINING[1], TRAINING[2]], None):

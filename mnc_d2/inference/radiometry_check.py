@@ -63,6 +63,11 @@ def radiometry_warning(levels, training, dtype: str, where: str) -> str | None:
         ratio = levels / training
     if not np.isfinite(ratio).all() or (training <= 0).any():
         return None
+    if (levels == 0).all():  # no factor to give: the sampled pixels are all 0
+        return (f"{where}: every sampled pixel is 0 in every band the model reads; if 0 marks "
+                "pixels without data, declare it as the file's nodata value (e.g. gdal_edit.py "
+                "-a_nodata 0) so they are left out, else the scene holds no imagery to predict "
+                "on")
     if (ratio < 1 / FAR_FACTOR).all():
         how, factor = "darker", float(np.exp(-np.mean(np.log(np.maximum(ratio, 1e-9)))))
     elif (ratio > FAR_FACTOR).all():
