@@ -166,16 +166,22 @@ def _shim_cpu_ddp() -> None:
 # --- 6. torch >= 2.10 deprecates torch.jit.script with a FutureWarning; detectron2 (v0.6 and main)
 # decorates a few helpers with it at import time, so every command printed the warning twice.
 # Its anchor generator calls torch.meshgrid without ``indexing`` (the "ij" order it means is
-# torch's default), a UserWarning at every model's first tile. Both still work; only those two
-# messages are silenced (not FutureWarnings or UserWarnings at large).
+# torch's default), a UserWarning at every model's first tile. And fvcore's vertical flip wraps a
+# read-only array (Detectron2's resize returns PIL's buffer) in a tensor, which torch warns
+# about at every training start although the flip only reads it. All still work; only those
+# messages are silenced (the last only when raised from fvcore's transforms), not FutureWarnings
+# or UserWarnings at large.
 def _silence_detectron2_deprecations() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                             category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will "
                             r"be required to pass the indexing argument", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"The given NumPy array is not writable",
+                            category=UserWarning, module=r"fvcore\.transforms\.transform")
     if not _DONE:
         _APPLIED.append("silence torch.jit.script FutureWarning raised by detectron2 imports, "
-                        "and torch.meshgrid's UserWarning raised by its anchor generator")
+                        "torch.meshgrid's UserWarning raised by its anchor generator and the "
+                        "read-only-array UserWarning raised by fvcore's flip")
 
 
 def _register_builtin_datasets() -> None:

@@ -39,6 +39,11 @@ mnc_d2.setup()
 import torch
 with warnings.catch_warnings(record=True) as caught:
     torch.meshgrid(torch.arange(2), torch.arange(3))  # as detectron2's anchor generator does
+    from fvcore.transforms.transform import VFlipTransform
+    import numpy as np
+    read_only = np.zeros((4, 4), np.float32)
+    read_only.setflags(write=False)  # as Detectron2's resize returns a mask
+    VFlipTransform(4).apply_image(read_only)
     warnings.warn("torch.meshgrid: another message", UserWarning)
     warnings.warn("another deprecation", FutureWarning)
 print(sorted(str(w.message) for w in caught))
