@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -311,16 +312,23 @@ def test_builtin_missing_folder_names_variable(monkeypatch, tmp_path):
         DatasetCatalog.get("spacenet2_khartoum_val")
 
 
-def test_builtin_names_read_synthetic_with_split(monkeypatch, synthetic):
+def test_builtin_names_read_synthetic_with_split(monkeypatch, synthetic, caplog):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(synthetic.parent))
     train = DatasetCatalog.get("spacenet2_vegas_train")
     val = DatasetCatalog.get("spacenet2_vegas_val")
     ids = {d["image_id"] for d in train} | {d["image_id"] for d in val}
     assert len(ids) == 5 and not ({d["image_id"] for d in train} & {d["image_id"] for d in val})
     assert all(split_of(d["image_id"]) == "val" for d in val)
-    both = DatasetCatalog.get("spacenet2_all_train_8band")
+    from mnc_d2.data import builtin
+
+    monkeypatch.setattr(builtin, "_MISSING_SAID", set())  # whatever earlier tests logged
+    with caplog.at_level(logging.WARNING, logger="mnc_d2.data.builtin"):
+        both = DatasetCatalog.get("spacenet2_all_train_8band")
+        DatasetCatalog.get("spacenet2_all_train_8band")  # read again (band statistics, loader)
     assert {d["image_id"].rsplit("_", 1)[0] for d in both} <= {"AOI_2_Vegas", "AOI_3_Paris"}
     assert all("MUL-PanSharpen" in d["file_name"] for d in both)
+    said = [r.getMessage() for r in caplog.records if "missing under" in r.getMessage()]
+    assert len(said) == 1 and "AOI_5_Khartoum_Train" in said[0]  # the missing cities, once
 
 
 def test_raster_without_crs(tmp_path):

@@ -32,6 +32,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .versions import VERSIONS, SPACENET2, SpaceNetVersion, get_version
 
 logger = logging.getLogger(__name__)
+_MISSING_SAID: set[tuple] = set()  # the union datasets' missing-area warnings already logged
 
 SPLITS = ("train", "val")
 
@@ -74,7 +75,9 @@ def _union_dicts(version: str, subset: str, product: str, split: str) -> list[di
     if not present:
         return _area_dicts(version, entry.areas[0].short, subset, product, split, root)  # raises
     missing = sorted(a.folder for a in entry.areas if a.short not in present)
-    if missing:
+    said = (version, entry.union_name, str(root), tuple(missing))
+    if missing and said not in _MISSING_SAID:  # once per process, not at every dataset read
+        _MISSING_SAID.add(said)
         logger.warning("%s_%s: %s missing under %s; using %s", version, entry.union_name,
                        missing, root, present)
     return [d for a in present for d in _area_dicts(version, a, subset, product, split, root)]
