@@ -158,7 +158,8 @@ def test_visualize_colours_tp_fp_fn(tmp_path, repo_root):
                           "--image-id", "AOI_2_Vegas_img2", "AOI_2_Vegas_img3",
                           "AOI_2_Vegas_img1"], capture_output=True, text=True)
     assert run.returncode == 1, run.stderr
-    assert "no overlay for AOI_2_Vegas_img2: no GeoTIFF for ImageId 'AOI_2_Vegas_img2'" in run.stderr
+    assert ("no overlay for AOI_2_Vegas_img2: no GeoTIFF for ImageId 'AOI_2_Vegas_img2'"
+            in run.stderr)
     assert "no overlay for AOI_2_Vegas_img3:" in run.stderr
     assert [p.name for p in (tmp_path / "o2").iterdir()] == ["AOI_2_Vegas_img1_score.png"]
 

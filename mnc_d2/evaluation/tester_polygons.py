@@ -10,9 +10,9 @@ so that :mod:`.spacenet_metric` scores every file the way the tester does:
 * **Lines.** Each line is trimmed (characters <= U+0020); blank lines, lines starting with ``#``
   and lines starting with ``imageid`` (any case) are skipped. (One addition: a UTF-8 byte order
   mark opening the file, as spreadsheet programs save one, is dropped first; the tester would
-  read it as part of the header's first field, and its header would become a data line.) The ImageId is the text before the
-  first comma (quotes are not removed), the BuildingId the text between the first and second
-  comma. Every ImageId seen registers its image, whatever follows.
+  read it as part of the header's first field, and its header would become a data line.) The
+  ImageId is the text before the first comma (quotes are not removed), the BuildingId the text
+  between the first and second comma. Every ImageId seen registers its image, whatever follows.
 * **Empty rows.** A line containing ``POLYGON EMPTY`` anywhere (for example in the
   PolygonWKT_Geo column) or with BuildingId ``-1`` adds no polygon; neither does a line without
   ``((``.
