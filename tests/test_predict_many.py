@@ -307,6 +307,10 @@ def test_weights_of_another_model_are_refused_by_prediction_and_export(tmp_path,
         err = capsys.readouterr().err
         assert f"MODEL.WEIGHTS {weights} does not fit the model of this config" in err, err
         assert words in err and "use the config.yaml of the run that trained" in err
+        # the Ray engine checks them in the driver, before any actor (which would die with the
+        # reason in its own log only)
+        assert predict_main(args[:-2] + ["--engine", "ray", "--workers", "1", *args[-2:]]) == 2
+        assert words in capsys.readouterr().err
         assert export_main(["--config-file", str(trained / "config.yaml"), "--output",
                             str(tmp_path / f"x_{weights.stem}"), "--formats", "torchscript",
                             "MODEL.WEIGHTS", str(weights)]) == 2

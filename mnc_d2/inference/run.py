@@ -83,6 +83,14 @@ def parse_formats(text: str) -> list[str]:
     return sorted(set(formats) | {"parquet"}, key=FORMATS.index)
 
 
+def _load_error(source, exc: Exception) -> UsageError:
+    """The usage error for a model that cannot be loaded from ``source``: mnc_d2's own errors
+    are written to be read whole; others (torch's state-dict dumps) are cut."""
+    ours = type(exc).__module__.startswith("mnc_d2.")
+    return UsageError(f"cannot load the model from {source}: {type(exc).__name__}: "
+                      f"{str(exc) if ours else str(exc)[:300]}")
+
+
 def _still_readable(path) -> bool:
     """A finished scene's GeoParquet that can no longer be read (damaged since, e.g. by an
     interrupted copy of the folder) is predicted again rather than skipped (logged)."""
@@ -192,19 +200,22 @@ def _run(args) -> int:
             try:
                 predictor = ScenePredictor(cfg, threads=args.torch_threads, **kwargs)
             except Exception as exc:  # unreadable weights, wrong architecture, ...
-                source = cfg.MODEL.WEIGHTS if cfg is not None else bundle.root
-                # mnc_d2's own errors are written to be read whole; others (torch's state-dict
-                # dumps) are cut
-                ours = type(exc).__module__.startswith("mnc_d2.")
-                raise UsageError(f"cannot load the model from {source}: "
-                                 f"{type(exc).__name__}: {str(exc) if ours else str(exc)[:300]}"
-                                 ) from None
+                raise _load_error(cfg.MODEL.WEIGHTS if cfg is not None else bundle.root,
+                                  exc) from None
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))
     else:
         if args.gpus_per_worker > 0 and bundle is not None:
             raise UsageError(f"--gpus-per-worker is for --backend torch: the exported backend "
                              f"{args.backend} runs on the CPU here")
+        if todo and bundle is None:  # weights that cannot load would kill every actor, the
+            # reason buried in Ray's worker logs: checked here once (the model built on the CPU)
+            from ..modeling.checkpoint import check_trained_weights
+
+            try:
+                check_trained_weights(cfg)
+            except Exception as exc:
+                raise _load_error(cfg.MODEL.WEIGHTS, exc) from None
         try:
             done = run_ray(cfg, todo, args.output, formats, started, kwargs, args.workers,
                            args.cpus_per_worker, args.gpus_per_worker, args.ray_address,

@@ -215,6 +215,21 @@ def load_trained_weights(cfg, model, weights: str) -> None:
         "the config.yaml of the run that trained these weights")
 
 
+def check_trained_weights(cfg) -> None:
+    """:func:`load_trained_weights` of ``cfg``'s MODEL.WEIGHTS into its model built on the CPU,
+    then dropped: for a process that hands the model to others (the Ray driver), so a file that
+    cannot serve is one clear error here instead of a failure in every worker."""
+    from detectron2.modeling import build_model
+
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
+                         "MODEL.WEIGHTS output/run/model_final.pth")
+    cpu = cfg.clone()
+    cpu.defrost()
+    cpu.MODEL.DEVICE = "cpu"
+    load_trained_weights(cpu, build_model(cpu).eval(), cpu.MODEL.WEIGHTS)
+
+
 def build_checkpointer(cfg, model, save_dir: str | None = None, **checkpointables):
     """The checkpointer for ``cfg``'s model: loads 3-band checkpoints into N-band models."""
     from ..data.bands import input_bands
