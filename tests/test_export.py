@@ -284,6 +284,38 @@ def test_export_usage_errors(tmp_path, trained):
     run = subprocess.run(tool, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "MODEL.WEIGHTS is empty" in run.stderr
     assert not (tmp_path / "x").exists()
+    # the training run's folder given as --output: refused, nothing deleted (an export replaces
+    # its folder whole)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("model_final.pth", "config.yaml", "metrics.json"):
+        (run_dir / name).write_text("x")
+    run = subprocess.run(tool[:-1] + [str(run_dir), "MODEL.WEIGHTS",
+                                      str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "exists and is not an earlier export (it holds " in run.stderr
+    assert "metrics.json, model_final.pth" in run.stderr and "give a new or empty folder" in (
+        run.stderr)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.json",
+                                                         "model_final.pth"]
+
+
+def test_an_earlier_export_or_an_empty_folder_may_be_replaced(tmp_path, exported):
+    from mnc_d2.export.bundle import ExportError
+    from mnc_d2.export.exporter import check_replaceable
+
+    check_replaceable(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty")
+    check_replaceable(exported)  # export.json, config.yaml and the graphs
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="is a file"):
+        check_replaceable(tmp_path / "file")
+    (tmp_path / "mixed").mkdir()
+    for name in ("export.json", "model.onnx", "notes.txt"):
+        (tmp_path / "mixed" / name).write_text("x")
+    with pytest.raises(ExportError, match=r"not an earlier export \(it holds notes.txt\)"):
+        check_replaceable(tmp_path / "mixed")
 
 
 def test_exported_models_run_on_the_cpu(exported, scenes, tmp_path, capsys):

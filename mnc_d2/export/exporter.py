@@ -76,10 +76,28 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
                  cfg.INPUT.MAX_SIZE_TEST).eval()
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """``out_dir`` may be replaced by an export: absent, an empty folder, or an earlier export
+    (its export.json and only the files an export writes). Anything else, e.g. the training
+    run's folder given by mistake, is an ExportError naming what it holds, not deleted."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"--output {out_dir} is a file; give a folder for the export")
+    names = {p.name for p in out_dir.iterdir()}
+    ours = {EXPORT_FILE, "config.yaml", *MODEL_FILES.values()}
+    if names and (EXPORT_FILE not in names or not names <= ours):
+        shown = ", ".join(sorted(names - ours)[:5] or sorted(names)[:5])
+        raise ExportError(f"--output {out_dir} exists and is not an earlier export (it holds "
+                          f"{shown}{', ...' if len(names) > 5 else ''}); an export replaces "
+                          "its folder whole, so give a new or empty folder")
+
+
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
                  score_thresh: float | None = None, calibration: list[str] | None = None,
                  calibration_images: int = 32) -> Path:
-    """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds).
+    """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds, and
+    only when it is empty or an earlier export: :func:`check_replaceable`).
     ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
     ``calibration_images`` training tiles (or the files/globs of ``calibration``)."""
     from ..data.bands import input_bands
@@ -90,6 +108,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     if unknown or not formats:
         raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)  # before the (slow) trace
     dn = dn_transform_from_config(cfg)  # what the DNs become before the graph
     if "onnx-int8" in formats:  # before the (slow) trace: a missing dataset fails at once
         from .quantize import calibration_files
@@ -162,6 +181,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
         work.chmod(plain_mode(directory=True))  # mkdtemp's folder is private; the export not
         if out_dir.exists():
+            check_replaceable(out_dir)  # (still) an earlier export or an empty folder
             shutil.rmtree(out_dir)
         work.rename(out_dir)
     except BaseException:
