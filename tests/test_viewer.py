@@ -57,6 +57,21 @@ def test_bad_folders_say_why(tmp_path):
     frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")
     with pytest.raises(ViewerInputError, match="nocrs.parquet has no CRS"):
         build_site(folder, tmp_path / "site", city=str(tmp_path / "nocrs.parquet"))
+    # a folder of the user's own as --out: refused, nothing in it touched; an earlier site is
+    # rebuilt in place
+    own = tmp_path / "own"
+    (own / "imagery").mkdir(parents=True)
+    (own / "imagery" / "mine.tif").write_text("x")
+    (own / "notes.txt").write_text("x")
+    with pytest.raises(ViewerInputError, match=r"--out .*own exists and is not a site of "
+                                               r"tools/view.py \(it holds imagery, notes.txt\)"):
+        build_site(folder, own)
+    assert sorted(p.name for p in own.rglob("*")) == ["imagery", "mine.tif", "notes.txt"]
+    (own / "notes.txt").unlink()  # only a folder named like a site's: still not a site
+    with pytest.raises(ViewerInputError, match=r"\(it holds imagery\)"):
+        build_site(folder, own)
+    build_site(folder, tmp_path / "again")
+    build_site(folder, tmp_path / "again")
     (tmp_path / "notparquet.parquet").write_text("x")
     with pytest.raises(ViewerInputError, match="--city .*notparquet.parquet cannot be read as "
                        "GeoParquet .*tools/merge_footprints.py"):

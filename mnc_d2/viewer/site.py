@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = ("index.html", "viewer.js", "viewer.css")
+SITE_NAMES = {*PAGE_FILES, "vendor", "data", "imagery"}  # what a site's folder holds
 
 
 # The folder or a truth file cannot be shown: the message names the file and the fix.
@@ -151,6 +152,24 @@ VECTOR_TILE_MODES = ("auto", "always", "never")
 AUTO_TILES_FROM = 20000
 
 
+def check_site_folder(site: Path) -> None:
+    """``site`` may be written: absent, empty, or a site this module wrote before (its
+    data/meta.json, or its pages and only names a site has: one stopped part way), whose pages
+    it overwrites and whose imagery and footprint folders it replaces. Any other folder (e.g.
+    one holding the user's own ``imagery/``) is a ViewerInputError naming what it holds, and
+    nothing in it is touched."""
+    if not site.exists():
+        return
+    if not site.is_dir():
+        raise ViewerInputError(f"--out {site} is a file; give a folder for the site")
+    names = sorted(p.name for p in site.iterdir())
+    started = "index.html" in names and set(names) <= SITE_NAMES  # the pages come first
+    if names and not started and not (site / "data" / "meta.json").is_file():
+        raise ViewerInputError(f"--out {site} exists and is not a site of tools/view.py (it holds "
+                               f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
+                               "give a new or empty folder")
+
+
 def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                scene_root: str | None = None, basemap: str | None = None,
                overview_px: int = 1024, truth: list[str] | None = None,
@@ -166,13 +185,14 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                                f"{', '.join(VECTOR_TILE_MODES)}")
     folder, site = Path(folder), Path(site)
     run, manifest = read_run(folder)
+    check_site_folder(site)
     vendor = vendor_dir()
+    bands = _bands(run)
+    frame, unreadable = _buildings(folder, city)  # bad input stops before anything is written
     site.mkdir(parents=True, exist_ok=True)
     for name in PAGE_FILES:
         shutil.copy2(STATIC / name, site / name)
     shutil.copytree(vendor, site / "vendor", dirs_exist_ok=True)
-    bands = _bands(run)
-    frame, unreadable = _buildings(folder, city)
     # A city (vector tiles): one imagery mosaic (:mod:`.mosaic`), not an image per scene.
     tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
     for stale in ("imagery", "data/overview"):  # a rebuild's other kind
