@@ -371,9 +371,9 @@ def test_merge_leaves_out_a_damaged_scene_file_and_merges_a_run_without_building
     empty = tmp_path / "empty"
     for name in "AB":
         write_buildings_parquet(empty / "buildings" / f"{name}.parquet", name, [], [], crs)
-    stats = merge_footprints(empty, tmp_path / "empty.parquet")
+    stats = merge_footprints(empty, tmp_path / "new" / "folder" / "empty.parquet")
     assert stats["written"] == 0 and stats["empty_scenes"] == 2
-    assert len(gpd.read_parquet(tmp_path / "empty.parquet")) == 0
+    assert len(gpd.read_parquet(tmp_path / "new" / "folder" / "empty.parquet")) == 0
 
 
 # --- remote inputs: COGs over HTTP, STAC, VRT mosaics, other pixel sizes -----------------------

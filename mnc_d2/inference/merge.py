@@ -119,6 +119,7 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     bounds = [np.inf, np.inf, -np.inf, -np.inf]
     total = tuple(shapely.total_bounds(box_arr)) if len(box_arr) else None  # None: no scene
     # has a building, so nothing is ordered by it
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(dest).parent) as chunk_dir:
         chunks: list[Path] = []
 
