@@ -573,6 +573,21 @@ def test_mask_voting_in_image_space_moves_the_box_to_the_voted_mask():
     assert kept_box_vote.shape == (1, m, m)
 
 
+def test_voting_float16_masks_with_float32_scores_as_under_autocast():
+    # on a GPU under torch.autocast(float16) the masks come as float16, the scores as float32:
+    # index_add_ refused the mix ("self (Half) and source (Float)"), so fp16 inference failed
+    m = 8
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [2.0, 0.0, 10.0, 8.0], [2.0, 0.0, 10.0, 8.0]])
+    masks = torch.rand(3, m, m, generator=torch.Generator().manual_seed(0))
+    scores = torch.tensor([0.6, 0.5, 0.5])
+    keep = torch.tensor([0])
+    for vote in (lambda b, mk, sc: mask_voting(keep, b, mk, sc, 0.5),
+                 lambda b, mk, sc: mask_voting_image(keep, b, mk, sc, 0.5, 0.5, grid=20)[0]):
+        full = vote(boxes, masks, scores)
+        half = vote(boxes.half(), masks.half(), scores)
+        assert torch.allclose(half.float(), full, atol=2e-3)
+
+
 def test_batched_image_space_voting_equals_voting_each_instance():
     """The batched vote equals the rule applied one kept instance at a time."""
     torch.manual_seed(0)

@@ -106,9 +106,12 @@ def _sum_rows(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> t
     values: (P, ...). Eager: ``index_add_``. Traced (the exported graph): a one-hot (K, P)
     matrix product, because the ONNX exporter turns ``index_add_`` into a scatter that keeps one
     of the repeated rows instead of their sum, and an element-wise scatter is slow in the ONNX
-    runtimes; K and P are at most a few hundred and a few thousand here."""
+    runtimes; K and P are at most a few hundred and a few thousand here. Under autocast the
+    pasted masks come as float16 and the score weights as float32: the sum is kept in the wider
+    of the two (``index_add_`` takes one dtype)."""
     if not torch.jit.is_tracing():
-        return out.index_add_(0, index, values)
+        wide = torch.promote_types(out.dtype, values.dtype)
+        return out.to(wide).index_add_(0, index, values.to(wide))
     rows = torch.arange(out.shape[0], device=index.device)
     onehot = (rows[:, None] == index[None, :]).to(values.dtype)  # (K, P)
     width = 1
