@@ -34,8 +34,8 @@ synchronised:
 * ``torchscript (CPU export)``: the graph traced on the CPU as tools/export_model.py does,
   saved and loaded onto the GPU with ``torch.jit.load(map_location="cuda")``. The trace holds
   ``torch.device("cpu")`` constants (mnc_d2.export.runtime.traced_devices), so this is expected
-  to fail with a device mismatch, which is why ``ExportedModel`` refuses a GPU for such an
-  export; the row records what the GPU says;
+  to fail with a device mismatch (on an H200 it did: BENCHMARKS.md section 9), which is why
+  ``ExportedModel`` refuses a GPU for such an export; the row records what the GPU says;
 * batch 1 (one tile per call, as the latency of a tile) and, for eager, batch BATCH
   (tools/predict.py's ``--batch-size``; seconds per tile = per call / BATCH).
 

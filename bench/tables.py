@@ -689,6 +689,66 @@ def _stage_time_tables(stages: dict) -> list[str]:
     return lines + _table(["model, input / backend", "operators (ms)"], rows) + [""]
 
 
+def gpu_tables(report: dict) -> list[str]:
+    """bench_gpu.py: seconds per tile per model, input size and variant on the GPU (medians),
+    ratios, FLOPs against the GPU's measured matmul rates, agreement with eager float32, and
+    what did not run."""
+    rates = report.get("matmul_tflops", {})
+    lines = [f"GPU: {report.get('gpu', report['device'])}; torch {report['torch']}, CUDA "
+             f"{report['cuda']}; {report['rounds']} rounds over {len(report['tiles'])} tiles "
+             f"(batch 1, and {report['batch']} for the batch rows); measured matmul TFLOP/s: "
+             + ", ".join(f"{k} {v}" for k, v in rates.items())
+             + f" (convolutions may use TF32: cuDNN allow_tf32 {report['cudnn_allow_tf32']}).",
+             ""]
+    earlier = report.get("earlier_run", {}).get("times", {})
+    rows = []
+    for label, t in report["times"].items():
+        if "s_per_tile_median" not in t:
+            continue
+        group = label.split(" / ")[0]
+        model_size = " ".join(group.split(" ")[1:])  # "r18 416 px"
+        flops = report["flops"].get(group, {}).get("gflops")
+        ms = t["s_per_tile_median"] * 1e3
+        achieved = flops / t["s_per_tile_median"] / 1e3 if flops else None
+        fp32 = rates.get("fp32")
+        before = earlier.get(label, {}).get("s_per_tile_median")
+        partner = earlier.get(label.replace("mnc5 ", "mask_rcnn ", 1), {}).get(
+            "s_per_tile_median")
+        rows.append([group.split(" ")[0], model_size, label.split(" / ")[1], f"{ms:.1f}",
+                     *([f"{before * 1e3:.1f}" if before else "-",
+                        f"{before / partner:.2f}" if before and partner and
+                        label.startswith("mnc5 ") else "-"] if earlier else []),
+                     f"{t['speedup_vs_eager_fp32']:.2f}" if "speedup_vs_eager_fp32" in t else "-",
+                     f"{t['ratio_vs_mask_rcnn']:.2f}" if "ratio_vs_mask_rcnn" in t else "-",
+                     f"{flops:.1f}" if flops else "-",
+                     f"{achieved:.2f} ({100 * achieved / fp32:.1f}%)" if achieved and fp32
+                     else "-"])
+    lines += _table(["model", "weights / input", "variant", "ms per tile (median)",
+                     *(["ms, an earlier run", "MNC / Mask R-CNN, earlier run"] if earlier
+                       else []), "x eager fp32 speed",
+                     "MNC / Mask R-CNN time", "GFLOPs per tile",
+                     "TFLOP/s achieved (% of fp32 matmul)"], rows)
+    agree = []
+    for label, a in report.get("agreement", {}).items():
+        for where, d in (("at the threshold", a["at_threshold"]), ("all kept", a["kept"])):
+            agree.append([label, where, f"{d['detections']} / {d['reference_detections']}",
+                          f"{d['matched_iou90']} / {d['matched_iou50']}",
+                          d["median_matched_iou"] if d["median_matched_iou"] is not None
+                          else "-",
+                          d["max_score_diff"] if d["max_score_diff"] is not None else "-"])
+    if agree:
+        lines += ["", "Agreement with eager float32 on the same tiles (trained R-18 pair; greedy "
+                      "one-to-one matching by mask IoU):", ""]
+        lines += _table(["variant", "detections", "found / eager fp32",
+                         "matched at IoU >= 0.9 / >= 0.5", "median matched IoU",
+                         "largest score difference"], agree)
+    if report.get("errors"):
+        lines += ["", "Did not run:", ""]
+        lines += [f"- {label}: {[x for x in err.splitlines() if x.strip()][-1][:160]}"
+                  for label, err in report["errors"].items()]  # the raised error's own line
+    return lines
+
+
 def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
@@ -713,6 +773,8 @@ def table_maker(report_name: str):
         return scorer_table
     if report_name == "export" or report_name.startswith("export_"):
         return export_tables
+    if report_name.startswith("gpu_"):
+        return gpu_tables
     return {"demo": demo_table}.get(report_name)
 
 

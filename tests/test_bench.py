@@ -371,3 +371,29 @@ def test_gpu_agreement_matches_detections_one_to_one_by_mask_iou():
     assert out["max_score_diff"] == pytest.approx(0.1, abs=1e-6)
     assert agreement([ref], [oth], 0.0)["reference_detections"] == 3
     assert agreement([ref], [dets([], [])], 0.5)["matched_iou50"] == 0
+
+
+def test_gpu_table_carries_the_report_numbers():
+    report = {"device": "cuda", "gpu": "G", "torch": "2.x", "cuda": "13", "rounds": 2,
+              "tiles": ["a", "b"], "batch": 8, "cudnn_allow_tf32": True,
+              "matmul_tflops": {"fp32": 50.0},
+              "times": {"mnc5 r50 650 px / eager fp32": {"s_per_tile_median": 0.1,
+                                                         "ratio_vs_mask_rcnn": 1.25},
+                        "mask_rcnn r50 650 px / eager fp32": {"s_per_tile_median": 0.08}},
+              "flops": {"mnc5 r50 650 px": {"gflops": 250.0},
+                        "mask_rcnn r50 650 px": {"gflops": 400.0}},
+              "agreement": {}, "errors": {"x / torchscript (CPU export)":
+                                          "RuntimeError: The following ...\n  trace\n"
+                                          "RuntimeError: Expected all tensors on one device\n"},
+              "earlier_run": {"times": {"mnc5 r50 650 px / eager fp32": {"s_per_tile_median":
+                                                                         0.09},
+                                        "mask_rcnn r50 650 px / eager fp32": {
+                                            "s_per_tile_median": 0.1}}}}
+    lines = tables.table_maker("gpu_h200")(report)
+    rows = [line for line in lines if line.startswith("| mnc5") or line.startswith("| mask")]
+    # ms, earlier ms, earlier ratio, speed-up, ratio, GFLOPs, 250 GFLOPs in 0.1 s = 2.5 TFLOP/s
+    assert rows[0] == "| mnc5 | r50 650 px | eager fp32 | 100.0 | 90.0 | 0.90 | - | 1.25 | 250.0 " \
+                      "| 2.50 (5.0%) |"
+    assert rows[1].endswith("| 80.0 | 100.0 | - | - | - | 400.0 | 5.00 (10.0%) |")
+    assert lines[-1] == ("- x / torchscript (CPU export): RuntimeError: Expected all tensors on "
+                         "one device")
