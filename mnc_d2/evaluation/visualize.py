@@ -124,7 +124,8 @@ def find_image(image_dir: str | Path, image_id: str, index: dict | None = None) 
 
 def visualize_csvs(truth_csv: str | Path, proposal_csv: str | Path, image_dir: str | Path,
                    out_dir: str | Path, image_ids: list[str] | None = None,
-                   rules: str = "spacenet", bands: Iterable[int] | None = None) -> list[Path]:
+                   rules: str = "spacenet", bands: Iterable[int] | None = None
+                   ) -> tuple[list[Path], dict[str, str]]:
     """Score the CSVs, then write ``<ImageId>_score.png`` overlays for the requested images.
     Returns (the PNGs written, ImageId -> why its overlay could not be drawn): an image without
     a readable GeoTIFF is logged and skipped, the others are drawn."""
