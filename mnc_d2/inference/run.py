@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..export.bundle import BACKEND_FILES
 from ..utils.logs import configure_cli_logging
@@ -208,8 +209,9 @@ def _run(args) -> int:
         if args.gpus_per_worker > 0 and bundle is not None:
             raise UsageError(f"--gpus-per-worker is for --backend torch: the exported backend "
                              f"{args.backend} runs on the CPU here")
-        if todo and bundle is None:  # weights that cannot load would kill every actor, the
-            # reason buried in Ray's worker logs: checked here once (the model built on the CPU)
+        if todo and bundle is None and Path(cfg.MODEL.WEIGHTS).is_file():  # weights that
+            # cannot load would kill every actor, the reason buried in Ray's worker logs: checked
+            # here once (the model built on the CPU) when this machine sees the file too
             from ..modeling.checkpoint import check_trained_weights
 
             try:
