@@ -845,3 +845,19 @@ def test_cascade_shortcuts_keep_images_of_a_batch_apart(key, value):
         assert len(a) == len(b)
         assert torch.allclose(a.scores, b.scores, atol=1e-5)
         assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
+
+
+def test_levels_without_boxes_stay_finite_on_float16_features():
+    # a level with no box is linked into the graph by a zero; 0 * sum() of a float16 map whose
+    # sum passes 65504 was 0 * inf = NaN in every warped RoI (CPU autocast sums in float16)
+    from mnc_d2.modeling.roi_warp import MultiLevelWarp, zero_link
+
+    big = torch.full((1, 8, 64, 64), 100.0, dtype=torch.float16)  # sum 3.3e6 > float16's max
+    assert torch.isinf(big.sum()) and float(zero_link(big)) == 0.0
+    warp = MultiLevelWarp(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32])
+    feats = [torch.full((1, 8, 256 // 2 ** k, 256 // 2 ** k), 100.0, dtype=torch.float16,
+                        requires_grad=True) for k in range(4)]
+    out = warp(feats, [torch.tensor([[10.0, 10.0, 40.0, 40.0]])])  # one small box: level 0 only
+    assert out.shape == (1, 8, 7, 7) and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats)

@@ -76,7 +76,7 @@ from .box_gradient import GradientRatioProbe, clip_gradient
 from .hard_mining_rpn import hardest_labels
 from .mask_ops import mask_iou_in_box, mask_voting, mask_voting_image
 from .mnc_heads import MaskedClassificationHead, build_mask_head
-from .roi_warp import MultiLevelWarp
+from .roi_warp import MultiLevelWarp, zero_link
 
 
 def _mask_areas(masks) -> torch.Tensor:
@@ -348,7 +348,7 @@ class MNCROIHeads(ROIHeads):
         targets, labels = self._mask_targets_and_labels(mask_logits, rois, gt_masks, gt_classes,
                                                         fg, name)
         if targets is None:
-            return mask_logits.sum() * 0.0, labels
+            return zero_link(mask_logits), labels
         return F.binary_cross_entropy_with_logits(mask_logits[fg], targets,
                                                   reduction="mean"), labels
 
@@ -523,7 +523,7 @@ class MNCROIHeads(ROIHeads):
         ``mnc/box_grad_ratio``.
         """
         if not self._is_fg(gt_classes).any():
-            return deltas.sum() * 0.0
+            return zero_link(deltas)
         _, picked, targets = self._fg_deltas(deltas, rois, gt_boxes, gt_classes)
         if probe:
             picked = self.grad_probe.tap(picked, "box_loss")

@@ -38,7 +38,7 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
         raise ValueError(f"rois must be (R, 5), got {tuple(rois.shape)}")
     if rois.shape[0] == 0:
         out = features.new_zeros((0, features.shape[1], output_size, output_size))
-        return out + 0 * features.sum()  # keep the graph connected
+        return out + zero_link(features)  # keep the graph connected
     batch_index = rois[:, 0].detach().long()
     images = torch.unique(batch_index).tolist()
     if len(images) == 1:  # one image: its warps are already in row order
@@ -51,6 +51,13 @@ def roi_warp(features: torch.Tensor, rois: torch.Tensor, output_size: int,
                                   spatial_scale))
         order.append(idx)
     return in_row_order(results, order)
+
+
+def zero_link(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 zero that depends on ``tensor`` (so the parameters behind it stay in the
+    autograd graph, as DDP needs), from one element: ``0 * tensor.sum()`` overflows to
+    0 * inf = NaN when a float16 feature map's sum passes 65504 (CPU autocast sums in float16)."""
+    return tensor.reshape(-1)[:1].float().sum() * 0.0
 
 
 def in_row_order(parts: list[torch.Tensor], order: list[torch.Tensor]) -> torch.Tensor:
@@ -135,7 +142,7 @@ class MultiLevelWarp(nn.Module):
         for level, (feat, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(levels == level, as_tuple=True)[0]
             if idx.numel() == 0:
-                unused = 0 * feat.sum() if unused is None else unused + 0 * feat.sum()
+                unused = zero_link(feat) if unused is None else unused + zero_link(feat)
                 continue
             if self.mode == "roialign":
                 parts.append(self.aligners[level](feat, rois[idx]))
