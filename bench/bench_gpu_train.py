@@ -48,7 +48,7 @@ def synthetic_batch(tiles: list[np.ndarray], device: str, seed: int, boxes: int 
     out = []
     for tile in tiles:
         h, w = tile.shape[:2]
-        size = rng.uniform(8, 80, (boxes, 2))
+        size = np.minimum(rng.uniform(8, 80, (boxes, 2)), [w / 2, h / 2])  # small tiles too
         x0 = rng.uniform(0, w - size[:, 0])
         y0 = rng.uniform(0, h - size[:, 1])
         xyxy = np.stack([x0, y0, x0 + size[:, 0], y0 + size[:, 1]], 1).astype(np.float32)

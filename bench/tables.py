@@ -749,6 +749,33 @@ def gpu_tables(report: dict) -> list[str]:
     return lines
 
 
+def gpu_train_table(report: dict) -> list[str]:
+    """bench_gpu_train.py: per model and precision, seconds per training step on the GPU,
+    AMP's speed-up, peak memory, whether the losses stayed finite, and what failed."""
+    rows = []
+    for label, r in report["runs"].items():
+        model, precision = label.split(" / ")
+        fp32 = report["runs"].get(f"{model} / fp32", {}).get("s_per_step_median")
+        partner = report["runs"].get(label.replace("mnc5_", "mask_rcnn_", 1), {}).get(
+            "s_per_step_median")
+        rows.append([model, precision, f"{r['s_per_step_median'] * 1e3:.1f}",
+                     f"{fp32 / r['s_per_step_median']:.2f}" if fp32 and precision != "fp32"
+                     else "-",
+                     f"{r['s_per_step_median'] / partner:.2f}" if partner and
+                     model.startswith("mnc5_") else "-",
+                     r.get("peak_gpu_memory_gb", "-"), "yes" if r["losses_finite"] else "NO"])
+    lines = [f"GPU: {report['gpu']}; torch {report['torch']}; batch {report['batch']} of "
+             f"{report['tile_px'][0]} x {report['tile_px'][1]} px tiles, {report['targets']} "
+             f"(synthetic), median of {report['iters'] - report['warmup']} steps after "
+             f"{report['warmup']}.", ""]
+    lines += _table(["model", "precision", "ms per step", "x fp32 speed",
+                     "MNC / Mask R-CNN time", "peak GPU memory GB", "losses finite"], rows)
+    if report.get("errors"):
+        lines += ["", "Failed:", ""] + [f"- {k}: {v.splitlines()[-1][:160]}"
+                                       for k, v in report["errors"].items()]
+    return lines
+
+
 def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
@@ -773,6 +800,8 @@ def table_maker(report_name: str):
         return scorer_table
     if report_name == "export" or report_name.startswith("export_"):
         return export_tables
+    if report_name.startswith("gpu_train_"):
+        return gpu_train_table
     if report_name.startswith("gpu_"):
         return gpu_tables
     return {"demo": demo_table}.get(report_name)

@@ -397,3 +397,29 @@ def test_gpu_table_carries_the_report_numbers():
     assert rows[1].endswith("| 80.0 | 100.0 | - | - | - | 400.0 | 5.00 (10.0%) |")
     assert lines[-1] == ("- x / torchscript (CPU export): RuntimeError: Expected all tensors on "
                          "one device")
+
+
+def test_gpu_train_table_and_synthetic_targets():
+    import numpy as np
+
+    from bench.bench_gpu_train import synthetic_batch
+
+    report = {"gpu": "G", "torch": "2.x", "batch": 2, "tile_px": [650, 650], "iters": 25,
+              "warmup": 5, "targets": "20 random boxes per tile",
+              "runs": {"mnc5_r50 / fp32": {"s_per_step_median": 0.1, "losses_finite": True},
+                       "mnc5_r50 / amp fp16": {"s_per_step_median": 0.08,
+                                               "losses_finite": False},
+                       "mask_rcnn_r50 / fp32": {"s_per_step_median": 0.05,
+                                                "losses_finite": True}}, "errors": {}}
+    rows = [line for line in tables.table_maker("gpu_train_h200")(report)
+            if line.startswith(("| mnc5", "| mask"))]
+    assert rows == ["| mnc5_r50 | fp32 | 100.0 | - | 2.00 | - | yes |",
+                    "| mnc5_r50 | amp fp16 | 80.0 | 1.25 | - | - | NO |",
+                    "| mask_rcnn_r50 | fp32 | 50.0 | - | - | - | yes |"]
+    batch = synthetic_batch([np.zeros((64, 48, 3), np.float32)], "cpu", seed=0, boxes=5)
+    inst = batch[0]["instances"]
+    assert batch[0]["image"].shape == (3, 64, 48) and len(inst) == 5
+    boxes = inst.gt_boxes.tensor
+    assert (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 64).all() and (boxes >= 0).all()
+    # each mask is its box
+    assert np.allclose(inst.gt_masks.area().numpy(), inst.gt_boxes.area().numpy(), rtol=1e-5)
