@@ -56,6 +56,8 @@ def read_scene_buildings(folder: Path):
     import geopandas as gpd
     import pandas as pd
 
+    from ..inference.scenes import damaged_file_message
+
     files = sorted(p for p in (folder / "buildings").glob("*.parquet")
                    if not p.name.startswith("."))
     frames, unreadable = [], {}
@@ -63,9 +65,7 @@ def read_scene_buildings(folder: Path):
         try:
             frame = gpd.read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - a damaged file (e.g. an interrupted copy)
-            unreadable[path.stem] = (f"{path} cannot be read ({type(exc).__name__}: {exc}); "
-                                     "run tools/predict.py again with the same --output to "
-                                     "predict the scene again")
+            unreadable[path.stem] = damaged_file_message(path, f"{type(exc).__name__}: {exc}")
             logger.warning("%s: left out of the scoring", unreadable[path.stem])
             continue
         if frame.crs is None:

@@ -63,9 +63,6 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
 
     from ..modeling.checkpoint import load_trained_weights
 
-    if not cfg.MODEL.WEIGHTS:
-        raise ExportError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
-                          "MODEL.WEIGHTS output/run/model_final.pth")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = device

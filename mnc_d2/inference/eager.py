@@ -25,9 +25,6 @@ class EagerModel:
 
         from ..modeling.checkpoint import load_trained_weights
 
-        if not cfg.MODEL.WEIGHTS:
-            raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
-                             "MODEL.WEIGHTS output/run/model_final.pth")
         self.model = build_model(cfg).eval()
         load_trained_weights(cfg, self.model, cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)

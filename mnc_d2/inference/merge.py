@@ -29,7 +29,7 @@ import numpy as np
 import shapely
 
 from ..utils.atomic import atomic_path
-from .scenes import area_m2, unreadable_reason
+from .scenes import area_m2, damaged_file_message, unreadable_reason
 from .tiling import overlap_groups
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,7 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     for f in files:
         reason = unreadable_reason(f)
         if reason:
-            unreadable[f.stem] = (f"{f} cannot be read ({reason}); run tools/predict.py again "
-                                  "with the same --output to predict the scene again")
+            unreadable[f.stem] = damaged_file_message(f, reason)
             logger.warning("%s: not merged", unreadable[f.stem])
     files = [f for f in files if f.stem not in unreadable]
     if not files:

@@ -244,6 +244,12 @@ def unreadable_reason(path: str | Path) -> str | None:
     return None if b"geo" in metadata else "no GeoParquet metadata (not written by predict.py)"
 
 
+def damaged_file_message(path: str | Path, reason: str) -> str:
+    """What a tool that leaves out a scene's unreadable GeoParquet says about it, with the fix."""
+    return (f"{path} cannot be read ({reason}); run tools/predict.py again with the same "
+            "--output to predict the scene again")
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

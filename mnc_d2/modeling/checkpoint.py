@@ -193,7 +193,11 @@ def load_trained_weights(cfg, model, weights: str) -> None:
     """Load the trained ``weights`` into ``cfg``'s ``model`` for inference: every parameter of
     the model must come from the file with its shape, else IncompatibleWeightsError naming the
     file, how many are missing or differ (with examples) and the fix. Tensors of the file the
-    model has no place for are only logged (Detectron2's message), as when loading."""
+    model has no place for are only logged (Detectron2's message), as when loading. Empty
+    ``weights`` (a config without MODEL.WEIGHTS) is a ValueError saying what to pass."""
+    if not weights:
+        raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
+                         "MODEL.WEIGHTS output/run/model_final.pth")
     checkpointer = build_checkpointer(cfg, model)
     checkpointer.load(weights)
     found = getattr(checkpointer, "incompatible", None)
@@ -221,9 +225,6 @@ def check_trained_weights(cfg) -> None:
     cannot serve is one clear error here instead of a failure in every worker."""
     from detectron2.modeling import build_model
 
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
-                         "MODEL.WEIGHTS output/run/model_final.pth")
     cpu = cfg.clone()
     cpu.defrost()
     cpu.MODEL.DEVICE = "cpu"
