@@ -178,12 +178,16 @@ def test_conv_mask_head_exports(tmp_path, data_root, scenes):
     opts = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
             "MODEL.MNC.MASK_CONV_DIM", "16", "MODEL.MNC.MASK_SIZE", "28"]
     run_dir = train_quick(data_root, tmp_path / "conv", iters=20, opts=opts)
-    model = _export(run_dir, tmp_path / "exported")
+    # Every candidate, whatever its score: after 20 iterations this head's scores can all sit
+    # below the default 0.05 (seen for some seeds: nothing to compare).
+    every = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    model = _export(run_dir, tmp_path / "exported", every)
     check = json.loads((model / EXPORT_FILE).read_text())["check"]
+    assert check["torch_detections"] > 0, check
     for backend in BACKENDS:
         assert check[backend]["detections"] == check["torch_detections"], (backend, check)
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
-    assert _predict(eager, scenes, *_eager(run_dir)) == 0
+    assert _predict(eager, scenes, *_eager(run_dir), *every) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
     assert _compare(eager, onnx, scenes) > 0
 
