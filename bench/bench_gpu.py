@@ -29,8 +29,10 @@ synchronised:
 * ``eager fp32``: Detectron2's model as tools/predict.py runs it (mnc_d2.inference.eager), at
   PyTorch's default precision settings (cuDNN may use TF32 for convolutions; recorded);
 * ``eager fp16``: the same under ``torch.autocast(float16)``;
-* ``torchscript``: the export graph (mnc_d2.export.graph) traced on the GPU, masks pasted on the
-  CPU by mnc_d2.export.runtime.paste_masks as tools/predict.py does for exported models;
+* ``torchscript``: the model exported as tools/export_model.py ``--device cuda --formats
+  torchscript`` does (mnc_d2.export.exporter.export_model: the export graph traced on the GPU)
+  and run by mnc_d2.export.runtime.ExportedModel on the device it records, masks pasted on the
+  CPU, as tools/predict.py ``--backend torchscript`` runs it;
 * ``torchscript (CPU export)``: the graph traced on the CPU as tools/export_model.py does,
   saved and loaded onto the GPU with ``torch.jit.load(map_location="cuda")``. The trace holds
   ``torch.device("cpu")`` constants (mnc_d2.export.runtime.traced_devices), so this is expected
@@ -196,7 +198,9 @@ def _runners(bundle: Path, name: str, device: str, size_opts: tuple, work: Path,
     """label -> (fn(list of tiles) -> detections, batch)."""
     import torch
 
-    from mnc_d2.export.exporter import build_graph
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.exporter import build_graph, export_model
+    from mnc_d2.export.runtime import ExportedModel
     from mnc_d2.inference.eager import EagerModel
 
     cfg = _load_cfg(bundle / f"{name}.yaml", device, *size_opts)
@@ -213,12 +217,11 @@ def _runners(bundle: Path, name: str, device: str, size_opts: tuple, work: Path,
     sample = torch.from_numpy(  # as the exporter's trace tile: band means plus noise
         np.random.default_rng(0).normal(fill, cfg.MODEL.PIXEL_STD, (TILE, TILE, len(fill)))
         .astype(np.float32).transpose(2, 0, 1).copy())[None].to(device)
-    try:
-        graph = build_graph(cfg, TILE, device)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(graph, (sample,), check_trace=False)
-        out["torchscript"] = (_Graph(traced, device, fill), 1)
+    try:  # as tools/export_model.py --device DEVICE --formats torchscript
+        folder = export_model(cfg, work / f"{name}_{size_opts[1] if size_opts else 'config'}",
+                              ("torchscript",), TILE, device=device)
+        exported_model = ExportedModel(read_bundle(folder), "torchscript")  # its traced device
+        out["torchscript"] = (lambda images: [exported_model(i) for i in images], 1)
     except Exception as exc:  # noqa: BLE001 - reported, the other variants still run
         logger.exception("torchscript on %s failed", device)
         out["torchscript"] = (f"{type(exc).__name__}: {exc}", 1)

@@ -109,6 +109,7 @@ def test_export_folder_records_what_a_deployment_needs(exported, trained):
     assert meta["source"]["graph_code_sha256"] == graph_code_sha256()  # which code wrote it
     assert meta["input"]["tile_height"] == TILE and meta["input"]["bands"] == [1, 2, 3]
     assert meta["input"]["resized"] == [128, 128]
+    assert meta["torchscript_device"] == "cpu"  # where ExportedModel runs the TorchScript graph
     assert (exported / "config.yaml").read_text() == meta["config"]
     from mnc_d2.utils.atomic import plain_mode
 
@@ -213,6 +214,75 @@ def test_cascade_shortcut_exports(tmp_path, trained, scenes, key, value):
     assert _predict(eager, scenes, *_eager(trained), *opts) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
     assert _compare(eager, onnx, scenes) > 0
+
+
+def test_trace_device_is_checked_before_the_export(monkeypatch):
+    from mnc_d2.export.bundle import ExportError
+    from mnc_d2.export.exporter import check_trace_device
+
+    assert check_trace_device("cpu", ["onnx"]) == "cpu"
+    with pytest.raises(ExportError, match="--device tpu: not a torch device"):
+        check_trace_device("tpu", ["torchscript"])
+    with pytest.raises(ExportError, match="--device cuda: only the TorchScript graph .* add "
+                                          "torchscript to --formats"):
+        check_trace_device("cuda", ["onnx"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ExportError, match=r"--device cuda: this machine has no CUDA device"):
+        check_trace_device("cuda", ["onnx", "torchscript"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_trace_device("cuda", ["torchscript"]) == "cuda:0"  # what the trace will name
+    assert check_trace_device("cuda:1", ["torchscript"]) == "cuda:1"
+    with pytest.raises(ExportError, match="--device cuda:2: this machine has 2 CUDA device"):
+        check_trace_device("cuda:2", ["torchscript"])
+
+
+def _as_traced_on_cuda(exported: Path, out: Path) -> Path:
+    """A copy of ``exported`` as tools/export_model.py --device cuda writes it: export.json says
+    cuda:0 and the TorchScript archive's code names cuda:0 where the CPU trace names the CPU
+    (this machine has no GPU to trace on; the archive is never loaded here)."""
+    import hashlib
+    import zipfile
+
+    shutil.copytree(exported, out)
+    ts = out / "model.ts"
+    with zipfile.ZipFile(exported / "model.ts") as src, zipfile.ZipFile(ts, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if "/code/" in info.filename and info.filename.endswith(".py"):
+                data = data.replace(b'torch.device("cpu")', b'torch.device("cuda:0")')
+            dst.writestr(info, data)
+    meta = json.loads((out / EXPORT_FILE).read_text())
+    meta["torchscript_device"] = "cuda:0"
+    meta["sha256"]["model.ts"] = hashlib.sha256(ts.read_bytes()).hexdigest()
+    (out / EXPORT_FILE).write_text(json.dumps(meta))
+    return out
+
+
+def test_model_traced_on_a_gpu_needs_one(exported, scenes, tmp_path, capsys):
+    """A TorchScript graph exported with --device cuda runs where it was traced: without CUDA
+    it is a one-line error at load, and Ray workers must be given a GPU; its ONNX graph still
+    runs on the CPU."""
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ExportedModel, traced_devices
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the error is for machines without it")
+    model = _as_traced_on_cuda(exported, tmp_path / "cuda_model")
+    bundle = read_bundle(model)
+    assert traced_devices(bundle.graph_path("torchscript")) == {"cuda:0"}
+    with pytest.raises(Exception, match=r"model\.ts: the TorchScript graph runs on cuda:0 .* "
+                                        "no CUDA device; export again with --device cpu"):
+        ExportedModel(bundle, "torchscript")
+    image = np.full((TILE, TILE, 3), 500.0, dtype=np.float32)
+    assert len(ExportedModel(bundle, "onnxruntime")(image)) == len(
+        ExportedModel(read_bundle(exported), "onnxruntime")(image))
+    assert _predict(tmp_path / "local", scenes, "--backend", "torchscript", "--model",
+                    str(model)) == 2
+    assert "runs on cuda:0" in capsys.readouterr().err
+    assert _predict(tmp_path / "ray", scenes, "--backend", "torchscript", "--model", str(model),
+                    extra=("--engine", "ray")) == 2
+    assert "give the Ray workers a GPU with --gpus-per-worker" in capsys.readouterr().err
 
 
 def _python(code: str) -> str:
@@ -340,7 +410,8 @@ def test_exported_models_run_on_the_cpu(exported, scenes, tmp_path, capsys):
     # nor do Ray workers of an exported model get GPUs
     assert _predict(tmp_path / "o", scenes, "--backend", "onnxruntime", "--model", str(exported),
                     extra=("--engine", "ray", "--gpus-per-worker", "1")) == 2
-    assert "--gpus-per-worker is for --backend torch" in capsys.readouterr().err
+    assert "--gpus-per-worker is for --backend torch, or torchscript exported with --device " \
+        "cuda" in capsys.readouterr().err
 
 
 def test_the_model_runs_without_the_geospatial_stack(trained, scenes):

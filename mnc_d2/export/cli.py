@@ -23,6 +23,10 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                         help="onnx-int8: how many calibration tiles (default 32)")
     parser.add_argument("--tile-size", type=int, default=650,
                         help="the square tile the graph takes (predict.py's --tile-size)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the TorchScript graph is traced and will run: cpu "
+                             "(default) or cuda[:N] (a trace keeps its device; the ONNX graph "
+                             "always comes from the CPU)")
     parser.add_argument("--score-thresh", type=float,
                         help="recorded threshold (default: the run's recorded best)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -36,7 +40,7 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     try:
         cfg = setup_cfg(args.config_file, args.opts, for_training=False)
         export_model(cfg, args.output, formats, args.tile_size, args.score_thresh,
-                     args.calibration, args.calibration_images)
+                     args.calibration, args.calibration_images, args.device)
     except (ExportError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

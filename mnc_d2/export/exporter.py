@@ -5,6 +5,11 @@ noise of the band spread, fixed seed: no data is needed and nothing about the ti
 frozen into the graph, which has no data-dependent branch), written as ONNX (opset 17, the
 TorchScript-based exporter) and/or TorchScript, then run once by every runtime installed here
 and compared with PyTorch on that tile; the differences are recorded in ``export.json``.
+
+A trace keeps the device it ran on as constants, so the TorchScript graph is traced on the
+device it will run on (``device``, tools/export_model.py ``--device``; recorded as
+``torchscript_device``, where :class:`.runtime.ExportedModel` runs it). The ONNX graph is always
+exported from the CPU model: its runtimes here run on the CPU.
 """
 
 from __future__ import annotations
@@ -56,8 +61,7 @@ def graph_code_sha256() -> str:
 
 
 def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
-    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on ``device``
-    (exports are traced on the CPU; the GPU benchmark traces on the GPU)."""
+    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on ``device``."""
     from detectron2.modeling import build_model
     from detectron2.modeling.roi_heads import StandardROIHeads
 
@@ -90,13 +94,43 @@ def check_replaceable(out_dir: Path) -> None:
                           "its folder whole, so give a new or empty folder")
 
 
+def check_trace_device(device: str, formats) -> str:
+    """``device`` for the TorchScript trace, checked before anything is built: a name torch
+    knows, available on this machine, and only with the torchscript format. Returns its full
+    name ("cuda" -> "cuda:0", the device the trace's constants will name)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ExportError(f"--device {device}: not a torch device; give cpu or cuda[:N]") \
+            from None
+    if parsed.type == "cpu":
+        return "cpu"
+    if "torchscript" not in formats:
+        raise ExportError(f"--device {device}: only the TorchScript graph is traced on another "
+                          "device (the ONNX runtimes here run on the CPU); add torchscript to "
+                          "--formats, or leave --device cpu")
+    if parsed.type != "cuda":
+        raise ExportError(f"--device {device}: the TorchScript trace runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ExportError(f"--device {device}: this machine has no CUDA device "
+                          "(torch.cuda.is_available() is False); export on the GPU machine "
+                          "that will run the model, or leave --device cpu")
+    index = 0 if parsed.index is None else parsed.index
+    if index >= torch.cuda.device_count():
+        raise ExportError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)")
+    return f"cuda:{index}"
+
+
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
                  score_thresh: float | None = None, calibration: list[str] | None = None,
-                 calibration_images: int = 32) -> Path:
+                 calibration_images: int = 32, device: str = "cpu") -> Path:
     """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds, and
     only when it is empty or an earlier export: :func:`check_replaceable`).
     ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
-    ``calibration_images`` training tiles (or the files/globs of ``calibration``)."""
+    ``calibration_images`` training tiles (or the files/globs of ``calibration``).
+    ``device``: where the TorchScript graph is traced, hence where it runs
+    (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU."""
     from ..data.bands import input_bands
     from ..inference.predictor import resolve_score_threshold
     from ..inference.scenes import sha256_of
@@ -106,6 +140,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
     out_dir = Path(out_dir)
     check_replaceable(out_dir)  # before the (slow) trace
+    device = check_trace_device(device, formats)
     dn = dn_transform_from_config(cfg)  # what the DNs become before the graph
     if "onnx-int8" in formats:  # before the (slow) trace: a missing dataset fails at once
         from .quantize import calibration_files
@@ -122,8 +157,10 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings: the graph has no data branches
             if "torchscript" in formats:
-                traced = torch.jit.trace(graph, (sample,), check_trace=False)
+                on = graph if device == "cpu" else build_graph(cfg, tile_size, device)
+                traced = torch.jit.trace(on, (sample.to(device),), check_trace=False)
                 traced.save(str(work / MODEL_FILES["torchscript"]))
+                del on, traced
                 files["torchscript"] = MODEL_FILES["torchscript"]
             if "onnx" in formats or "onnx-int8" in formats:
                 torch.onnx.export(graph, (sample,), str(work / MODEL_FILES["onnx"]),
@@ -148,6 +185,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "mnc_d2_version": __version__,
             "torch_version": torch.__version__, "onnx_opset": OPSET if "onnx" in files else None,
+            "torchscript_device": device if "torchscript" in files else None,
             "files": files, "sha256": {name: sha256_of(work / name) for name in files.values()},
             "input": {"tile_height": tile_size, "tile_width": tile_size,
                       "channels": len(cfg.MODEL.PIXEL_MEAN), "bands": input_bands(cfg),

@@ -133,14 +133,18 @@ class ExportedModel:
     exported tile size; smaller tiles (scenes smaller than a tile) are padded with the band
     means, which the model's normalisation maps to 0 (the eager model resizes them instead).
     ``threads``: intra-op threads (None: the runtime's default). ``device``: where the
-    TorchScript graph runs; the ONNX backends run on the CPU. A traced graph holds the device it
-    was traced on as constants (:func:`traced_devices`), and tools/export_model.py traces on the
-    CPU, so its TorchScript runs on the CPU only: another device is an ``ExportError`` here
-    rather than a device mismatch inside the graph at the first tile.
+    TorchScript graph runs (None: where it was traced, ``torchscript_device`` in export.json,
+    tools/export_model.py ``--device``); the ONNX backends run on the CPU. A traced graph holds
+    the device it was traced on as constants (:func:`traced_devices`), so another device, or a
+    CUDA trace on a machine without CUDA, is an ``ExportError`` here rather than a device
+    mismatch inside the graph at the first tile.
     """
 
     def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
-                 threads: int | None = None, device: str = "cpu"):
+                 threads: int | None = None, device: str | None = None):
+        if device is None:
+            device = (bundle.meta.get("torchscript_device") or "cpu"
+                      if backend == "torchscript" else "cpu")
         if device != "cpu" and backend != "torchscript":
             raise ExportError(f"device {device!r}: backend {backend} runs on the CPU here; "
                               "on a GPU, run the training run's model with --backend torch")
@@ -182,6 +186,12 @@ class ExportedModel:
                     f"{path}: traced on {', '.join(other)} (torch.jit.trace keeps the device "
                     f"as constants in the graph), so it cannot run on {device!r}; run it on "
                     f"{other[0]}, or run the training run's model with --backend torch there")
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ExportError(
+                    f"{path}: the TorchScript graph runs on {device} (traced there: "
+                    "tools/export_model.py --device), and this machine has no CUDA device; "
+                    "export again with --device cpu to run it here, or use --backend "
+                    "onnxruntime")
             if threads:
                 torch.set_num_threads(int(threads))
             module = torch.jit.load(str(path), map_location=device).eval()

@@ -206,9 +206,16 @@ def _run(args) -> int:
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))
     else:
-        if args.gpus_per_worker > 0 and bundle is not None:
-            raise UsageError(f"--gpus-per-worker is for --backend torch: the exported backend "
-                             f"{args.backend} runs on the CPU here")
+        traced_on = (bundle.meta.get("torchscript_device") or "cpu"
+                     if bundle is not None and args.backend == "torchscript" else "cpu")
+        if args.gpus_per_worker > 0 and bundle is not None and traced_on == "cpu":
+            raise UsageError(f"--gpus-per-worker is for --backend torch, or torchscript "
+                             f"exported with --device cuda: the exported backend "
+                             f"{args.backend} of {bundle.root} runs on the CPU")
+        if traced_on != "cpu" and args.gpus_per_worker <= 0:
+            raise UsageError(f"--model {bundle.root}: its TorchScript graph runs on {traced_on} "
+                             "(exported with --device cuda); give the Ray workers a GPU with "
+                             "--gpus-per-worker (e.g. 1)")
         if todo and bundle is None and Path(cfg.MODEL.WEIGHTS).is_file():  # weights that
             # cannot load would kill every actor, the reason buried in Ray's worker logs: checked
             # here once (the model built on the CPU) when this machine sees the file too
