@@ -293,6 +293,35 @@ def _python(code: str) -> str:
     return run.stdout
 
 
+def test_torchscript_export_needs_only_torch_and_detectron2(tmp_path, trained):
+    """On a GPU machine with only PyTorch and Detectron2 (no rasterio, shapely, opencv, pandas,
+    onnxruntime, ...), the TorchScript export and its runtime work: what bench_gpu.py runs."""
+    hidden = ("rasterio", "shapely", "geopandas", "pyarrow", "pandas", "cv2", "onnxruntime",
+              "openvino", "pystac", "ray")
+    code = (
+        "import sys\n"
+        f"for name in {hidden!r}:\n"
+        "    sys.modules[name] = None  # import fails as if not installed\n"
+        "import numpy as np\n"
+        "import mnc_d2\n"
+        "from detectron2.config import get_cfg\n"
+        "from mnc_d2.config import add_mnc_config\n"
+        "from mnc_d2.export.bundle import read_bundle\n"
+        "from mnc_d2.export.exporter import export_model\n"
+        "from mnc_d2.export.runtime import ExportedModel\n"
+        "mnc_d2.setup()\n"
+        "cfg = get_cfg()\n"
+        "add_mnc_config(cfg)\n"
+        f"cfg.merge_from_file({str(trained / 'config.yaml')!r})\n"
+        f"cfg.merge_from_list(['MODEL.WEIGHTS', {str(trained / 'model_final.pth')!r}])\n"
+        f"out = export_model(cfg, {str(tmp_path / 'ts')!r}, ('torchscript',), {TILE})\n"
+        "model = ExportedModel(read_bundle(out), 'torchscript')\n"
+        f"found = model(np.full(({TILE}, {TILE}, 3), 500.0, dtype=np.float32))\n"
+        "print('DETECTIONS', len(found), sorted(read_bundle(out).meta['files']))\n")
+    assert "DETECTIONS" in _python(code)
+    assert json.loads((tmp_path / "ts" / EXPORT_FILE).read_text())["check"]["torchscript"]
+
+
 def test_exported_prediction_loads_neither_detectron2_nor_the_model_code(tmp_path, exported,
                                                                          scenes):
     code = (

@@ -60,11 +60,9 @@ from ..geometry.instances import instances_to_polygons
 from .polygon_metrics import SUMMARY_KEYS, matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
+from ..inference.threshold import THRESHOLD_FILE
 
 logger = logging.getLogger(__name__)
-
-# Written by the evaluator into a training run's OUTPUT_DIR; read by tools/predict.py.
-THRESHOLD_FILE = "score_threshold.json"
 
 
 def annotation_polygon(ann: dict):

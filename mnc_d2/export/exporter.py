@@ -132,7 +132,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     ``device``: where the TorchScript graph is traced, hence where it runs
     (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU."""
     from ..data.bands import input_bands
-    from ..inference.predictor import resolve_score_threshold
+    from ..inference.threshold import resolve_score_threshold
     from ..inference.scenes import sha256_of
 
     unknown = [f for f in formats if f not in MODEL_FILES]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from ..data.bands import check_band_count, input_bands, read_bands
 from ..data.radiometry import dn_transform, dn_transform_from_config
 from ..export.bundle import BACKEND_FILES
+from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
 from ..geometry.crs import is_mercator
 from ..geometry.polygons import mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
@@ -138,30 +138,6 @@ def bands_by_name(run_names: list[str], scene_names: list[str], indices: list[in
                          f"{', '.join(scene_names)}); the model reads "
                          f"{', '.join(run_names)} (INPUT.BAND_NAMES)")
     return [lower.index(n.lower()) + 1 for n in run_names]
-
-
-def resolve_score_threshold(cfg, override: float | None = None) -> float:
-    """The score threshold for prediction: ``override`` when given; else the best threshold the
-    training run's evaluation recorded next to the weights (``score_threshold.json``, written by
-    SpaceNetEvaluator's sweep); else TEST.SPACENET.SCORE_THRESH."""
-    from ..evaluation.spacenet_evaluation import THRESHOLD_FILE
-
-    if override is not None:
-        logger.info("score threshold %.3f (given)", override)
-        return float(override)
-    recorded = Path(cfg.MODEL.WEIGHTS).parent / THRESHOLD_FILE
-    if recorded.is_file():
-        try:
-            value = float(json.loads(recorded.read_text())["score_thresh"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{recorded}: unreadable score threshold ({exc}); delete the file "
-                             "or pass --score-thresh") from exc
-        logger.info("score threshold %.3f from %s (the training run's best on its validation "
-                    "split; --score-thresh overrides)", value, recorded)
-        return value
-    logger.info("score threshold %.3f (TEST.SPACENET.SCORE_THRESH; no %s next to the weights)",
-                cfg.TEST.SPACENET.SCORE_THRESH, THRESHOLD_FILE)
-    return float(cfg.TEST.SPACENET.SCORE_THRESH)
 
 
 BACKENDS = ("torch", *BACKEND_FILES)  # eager, then the exported-model runtimes
