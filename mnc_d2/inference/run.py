@@ -29,7 +29,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                              "normalisation); required with it")
     parser.add_argument("--backend", default="torch", choices=("torch", *BACKEND_FILES),
                         help="torch: eager Detectron2 (default); the others run an exported "
-                             "model (--model) without Detectron2")
+                             "model (--model) without Detectron2, on the CPU (torchscript: "
+                             "where it was exported, export_model.py --device)")
     parser.add_argument("--model", metavar="EXPORTED_DIR",
                         help="the folder tools/export_model.py wrote (backends other than "
                              "torch); it carries the bands, threshold and polygon settings")
@@ -47,7 +48,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="local: this process (default); ray: a Ray Data actor pool")
     parser.add_argument("--workers", type=int, default=2, help="ray: actors (model copies)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
+                        help="ray: GPUs per actor (backend torch, or torchscript exported with "
+                             "--device cuda, which requires it)")
     parser.add_argument("--torch-threads", type=int,
                         help="CPU threads of the model per process: torch's, or the "
                              "exported backend's (local: this process, default the runtime's; "
