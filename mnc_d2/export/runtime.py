@@ -147,7 +147,9 @@ class ExportedModel:
                       if backend == "torchscript" else "cpu")
         if device != "cpu" and backend != "torchscript":
             raise ExportError(f"device {device!r}: backend {backend} runs on the CPU here; "
-                              "on a GPU, run the training run's model with --backend torch")
+                              "on a GPU, use --backend torchscript exported with "
+                              "tools/export_model.py --device cuda, or the training run's "
+                              "model with --backend torch")
         self.bundle, self.backend = bundle, backend
         path = bundle.graph_path(backend)
         self.tile = bundle.tile_shape
