@@ -216,6 +216,57 @@ def test_cascade_shortcut_exports(tmp_path, trained, scenes, key, value):
     assert _compare(eager, onnx, scenes) > 0
 
 
+def test_check_images_make_the_exports_own_check_compare_buildings(tmp_path, trained, scenes):
+    """--check-images: the export's check also runs the top-left tile of real images (the trace
+    tile is noise); KEY VALUE overrides may follow the paths (argparse would take them as
+    more paths)."""
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output",
+                          str(tmp_path / "m"), "--tile-size", str(TILE), "--formats", "onnx",
+                          "--check-images", str(scenes[0].parent / "scene*.tif"),
+                          "MODEL.WEIGHTS", str(trained / "model_final.pth"),
+                          *EVERY], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "m" / EXPORT_FILE).read_text())
+    check = meta["check"]
+    assert check["tiles"] == ["trace tile (synthetic)", *map(str, scenes)]
+    assert "SCORE_THRESH_TEST: 0.0" in meta["config"]  # the override after the paths applied
+    per_tile = check["torch_detections_per_tile"]
+    assert all(per_tile[str(s)] > 0 for s in scenes), per_tile  # real tiles: something found
+    assert check["torch_detections"] == sum(per_tile.values())
+    ort = check["onnxruntime"]
+    assert ort["detections"] == check["torch_detections"] and ort["max_score_diff"] < 1e-3
+    assert {k: v["detections"] for k, v in ort["per_tile"].items()} == per_tile
+    from mnc_d2.export.cli import split_config_overrides
+
+    assert split_config_overrides(["a.tif", "MODEL.WEIGHTS", "w.pth"], ["X.Y", "1"]) == (
+        ["a.tif"], ["MODEL.WEIGHTS", "w.pth", "X.Y", "1"])
+    assert split_config_overrides(["MODEL.WEIGHTS", "w.pth"], []) == (
+        None, ["MODEL.WEIGHTS", "w.pth"])
+    assert split_config_overrides(["a.tif", "b.tif"], []) == (["a.tif", "b.tif"], [])
+
+
+def test_export_warns_when_its_check_found_nothing(tmp_path, trained):
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output",
+                          str(tmp_path / "m"), "--tile-size", str(TILE), "--formats", "onnx",
+                          "MODEL.WEIGHTS", str(trained / "model_final.pth"),
+                          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "m" / EXPORT_FILE).read_text())["check"][
+        "torch_detections"] == 0
+    assert "found no detection on its tile" in run.stderr and "--check-images" in run.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
+                          "--config-file", str(trained / "config.yaml"), "--output",
+                          str(tmp_path / "n"), "--check-images", str(tmp_path / "none.tif"),
+                          "MODEL.WEIGHTS", str(trained / "model_final.pth")],
+                         capture_output=True, text=True, timeout=900)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"error: --check-images: {tmp_path / 'none.tif'} is not a file" in bad.stderr
+    assert not (tmp_path / "n").exists()
+
+
 def test_trace_device_is_checked_before_the_export(monkeypatch):
     from mnc_d2.export.bundle import ExportError
     from mnc_d2.export.exporter import check_trace_device

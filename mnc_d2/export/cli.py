@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from ..utils.logs import configure_cli_logging
+
+
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
+
+
+def split_config_overrides(paths: list[str] | None, opts: list[str]) -> tuple:
+    """``--check-images a.tif MODEL.WEIGHTS w.pth``: argparse gives the path option every word
+    up to the next option, the KEY VALUE overrides included. The first word shaped like a
+    config key (``MODEL.WEIGHTS``) that is not a file starts the overrides again.
+    Returns (paths or None, opts)."""
+    if not paths:
+        return paths, opts
+    for i, word in enumerate(paths):
+        if _CONFIG_KEY.fullmatch(word) and not os.path.isfile(word):
+            return paths[:i] or None, paths[i:] + list(opts)
+    return paths, opts
 
 
 def main(argv=None, description: str = "Export a trained model") -> int:
@@ -21,6 +39,10 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                              "(default: the run's DATASETS.TRAIN images)")
     parser.add_argument("--calibration-images", type=int, default=32,
                         help="onnx-int8: how many calibration tiles (default 32)")
+    parser.add_argument("--check-images", nargs="+", metavar="PATH",
+                        help="GeoTIFFs (files or quoted globs) whose top-left tiles the "
+                             "export's own check compares too (default: only the synthetic "
+                             "trace tile, where a trained model usually finds nothing)")
     parser.add_argument("--tile-size", type=int, default=650,
                         help="the square tile the graph takes (predict.py's --tile-size)")
     parser.add_argument("--device", default="cpu",
@@ -31,6 +53,8 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                         help="recorded threshold (default: the run's recorded best)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    args.calibration, args.opts = split_config_overrides(args.calibration, args.opts)
+    args.check_images, args.opts = split_config_overrides(args.check_images, args.opts)
     configure_cli_logging()
     from ..engine.setup import setup_cfg
     from .bundle import ExportError
@@ -40,7 +64,8 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     try:
         cfg = setup_cfg(args.config_file, args.opts, for_training=False)
         export_model(cfg, args.output, formats, args.tile_size, args.score_thresh,
-                     args.calibration, args.calibration_images, args.device)
+                     args.calibration, args.calibration_images, args.device,
+                     args.check_images)
     except (ExportError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -124,13 +124,17 @@ def check_trace_device(device: str, formats) -> str:
 
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
                  score_thresh: float | None = None, calibration: list[str] | None = None,
-                 calibration_images: int = 32, device: str = "cpu") -> Path:
+                 calibration_images: int = 32, device: str = "cpu",
+                 check_images: list[str] | None = None) -> Path:
     """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds, and
     only when it is empty or an earlier export: :func:`check_replaceable`).
     ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
     ``calibration_images`` training tiles (or the files/globs of ``calibration``).
     ``device``: where the TorchScript graph is traced, hence where it runs
-    (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU."""
+    (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU.
+    ``check_images``: GeoTIFFs (files or globs) whose top-left tiles the export's own check
+    runs too, beside the synthetic trace tile (noise, on which a trained model usually finds
+    nothing, so alone it shows that each runtime runs, not that it finds what PyTorch finds)."""
     from ..data.bands import input_bands
     from ..inference.threshold import resolve_score_threshold
     from ..inference.scenes import sha256_of
@@ -146,10 +150,19 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         from .quantize import calibration_files
 
         calibration = calibration_files(cfg, calibration_images, calibration)
+    checked = {"trace tile (synthetic)": None}
+    if check_images:  # before the (slow) trace: a missing file fails at once
+        from .quantize import calibration_tiles, image_files
+
+        files = image_files(check_images, "--check-images")
+        checked.update(zip(files, calibration_tiles(files, input_bands(cfg),
+                                                    list(cfg.MODEL.PIXEL_MEAN), tile_size, dn)))
     graph = build_graph(cfg, tile_size)
     sample = _sample(cfg, tile_size, tile_size)
+    checked["trace tile (synthetic)"] = sample.numpy()
     with torch.no_grad():
-        reference = [t.numpy() for t in graph(sample)]
+        references = {name: [t.numpy() for t in graph(torch.from_numpy(tile))]
+                      for name, tile in checked.items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -212,7 +225,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
             meta["int8"] = int8
         (work / "config.yaml").write_text(meta["config"])
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
-        meta["check"] = _check(work, sample.numpy(), reference)
+        meta["check"] = _check(work, checked, references)
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
         work.chmod(plain_mode(directory=True))  # mkdtemp's folder is private; the export not
         if out_dir.exists():
@@ -226,13 +239,16 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     return out_dir
 
 
-def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dict:
-    """Each installed runtime on the trace tile against PyTorch: detections, largest
-    differences (or why it could not run)."""
+def _check(folder: Path, tiles: dict[str, np.ndarray], references: dict[str, list]) -> dict:
+    """Each installed runtime on ``tiles`` (name -> (1, C, H, W) graph input) against PyTorch's
+    ``references``: detections summed over the tiles, the largest differences (None where a
+    tile's counts differ), per tile too; or why the runtime could not run."""
     from .runtime import ExportedModel
 
     bundle = read_bundle(folder)
-    out = {"torch_detections": int(len(reference[1]))}
+    counts = {name: int(len(ref[1])) for name, ref in references.items()}
+    out = {"tiles": list(tiles), "torch_detections": sum(counts.values()),
+           "torch_detections_per_tile": counts}
     for backend in BACKEND_FILES:  # every runtime whose graph this export has
         if BACKEND_FILES[backend] not in bundle.meta["files"]:
             continue
@@ -241,9 +257,23 @@ def _check(folder: Path, sample: np.ndarray, reference: list[np.ndarray]) -> dic
         except ExportError as exc:
             out[backend] = {"skipped": str(exc)}
             continue
-        raw = model._call(np.ascontiguousarray(sample))  # the graph's own (1, C, H, W) input
-        out[backend] = {"detections": int(len(raw[1])), **_differences(raw, reference)}
-        logger.info("check %s: %s", backend, out[backend])
+        per_tile = {}
+        for name, tile in tiles.items():
+            raw = model._call(np.ascontiguousarray(tile))  # the graph's own input
+            per_tile[name] = {"detections": int(len(raw[1])),
+                              **_differences(raw, references[name])}
+        out[backend] = {"detections": sum(t["detections"] for t in per_tile.values())}
+        for key in ("max_score_diff", "max_box_diff_px"):
+            values = [t[key] for t in per_tile.values()]
+            out[backend][key] = None if None in values else max(values)
+        out[backend]["per_tile"] = per_tile
+        logger.info("check %s: %s", backend, {k: v for k, v in out[backend].items()
+                                               if k != "per_tile"})
+    if not out["torch_detections"]:
+        logger.warning("the export's check found no detection on its %s (PyTorch's outputs "
+                       "too), so it shows that each runtime runs, not that it finds the same "
+                       "buildings; pass --check-images 'PATH/*.tif' (tiles with buildings) "
+                       "to compare on real imagery", "tiles" if len(tiles) > 1 else "tile")
     return out
 
 

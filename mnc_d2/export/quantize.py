@@ -74,16 +74,23 @@ def float_layers(model_path: Path) -> list[str]:
             if n.op_type in (*QUANTIZED_OPS, "ConvTranspose") and FLOAT_LAYERS.search(n.name)]
 
 
+def image_files(paths: list[str], option: str) -> list[str]:
+    """The files of ``paths`` (files or glob patterns), sorted, each checked to exist; a
+    pattern matching nothing or a missing file is an ExportError naming ``option``."""
+    files = sorted({f for p in paths for f in (glob.glob(p) or [p])})
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise ExportError(f"{option}: {missing[0]} is not a file")
+    return files
+
+
 def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[str]:
     """``count`` image paths for calibration: from ``paths`` (files or glob patterns) when
     given, else evenly spaced over the run's training datasets (``cfg.DATASETS.TRAIN``)."""
     if count < 1:
         raise ExportError(f"--calibration-images {count}: quantisation needs at least one tile")
     if paths:
-        files = sorted({f for p in paths for f in (glob.glob(p) or [p])})
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise ExportError(f"--calibration: {missing[0]} is not a file")
+        files = image_files(paths, "--calibration")
     else:
         from detectron2.data import DatasetCatalog
 
