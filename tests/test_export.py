@@ -237,7 +237,7 @@ def test_check_images_make_the_exports_own_check_compare_buildings(tmp_path, tra
     ort = check["onnxruntime"]
     assert ort["detections"] == check["torch_detections"] and ort["max_score_diff"] < 1e-3
     assert {k: v["detections"] for k, v in ort["per_tile"].items()} == per_tile
-    from mnc_d2.export.cli import split_config_overrides
+    from mnc_d2.utils.argv import split_config_overrides
 
     assert split_config_overrides(["a.tif", "MODEL.WEIGHTS", "w.pth"], ["X.Y", "1"]) == (
         ["a.tif"], ["MODEL.WEIGHTS", "w.pth", "X.Y", "1"])

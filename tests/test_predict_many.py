@@ -172,6 +172,19 @@ def test_usage_errors_exit_2(tmp_path, trained):
     assert predict_main(_args(trained, ["x.tif"], tmp_path / "o", "--max-upsample", "0.5")) == 2
 
 
+def test_overrides_may_follow_the_input_paths(tmp_path, trained, scenes, capsys):
+    """``--input a.tif MODEL.WEIGHTS w.pth`` as the last option: argparse would take the
+    overrides as two more scenes (and report no weights); they are split off."""
+    weights = ["MODEL.WEIGHTS", str(trained / "model_final.pth")]
+    assert predict_main(["--config-file", str(trained / "config.yaml"), "--output",
+                         str(tmp_path / "o"), "--input", str(scenes["good0"]), *weights]) == 0
+    rows = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
+    assert rows.status.tolist() == ["ok"]
+    assert predict_main(["--config-file", str(trained / "config.yaml"), "--output",
+                         str(tmp_path / "p"), "--input", *weights]) == 2
+    assert "--input: give the scenes before the KEY VALUE overrides" in capsys.readouterr().err
+
+
 def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path, trained,
                                                                         scenes, monkeypatch):
     ray = pytest.importorskip("ray")

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 
+from ..utils.argv import split_config_overrides
 from ..utils.logs import configure_cli_logging
-
-
-_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
-
-
-def split_config_overrides(paths: list[str] | None, opts: list[str]) -> tuple:
-    """``--check-images a.tif MODEL.WEIGHTS w.pth``: argparse gives the path option every word
-    up to the next option, the KEY VALUE overrides included. The first word shaped like a
-    config key (``MODEL.WEIGHTS``) that is not a file starts the overrides again.
-    Returns (paths or None, opts)."""
-    if not paths:
-        return paths, opts
-    for i, word in enumerate(paths):
-        if _CONFIG_KEY.fullmatch(word) and not os.path.isfile(word):
-            return paths[:i] or None, paths[i:] + list(opts)
-    return paths, opts
 
 
 def main(argv=None, description: str = "Export a trained model") -> int:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..export.bundle import BACKEND_FILES
+from ..utils.argv import split_config_overrides
 from ..utils.logs import configure_cli_logging
 from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, expand_inputs,
                      now_iso, parquet_path, prepare_output, run_provenance, run_record,
@@ -106,8 +107,11 @@ def _still_readable(path) -> bool:
 
 def main(argv=None, description: str = "Predict building footprints on GeoTIFF scenes") -> int:
     args = build_parser(description).parse_args(argv)
+    args.input, args.opts = split_config_overrides(args.input, args.opts)
     configure_cli_logging()
     try:
+        if not args.input:
+            raise UsageError("--input: give the scenes before the KEY VALUE overrides")
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
