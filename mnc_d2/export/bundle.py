@@ -76,6 +76,14 @@ class ExportBundle:
         value = self.meta["input"].get("gsd")
         return float(value) if value else float("nan")
 
+    def device(self, backend: str) -> str:
+        """Where ``backend``'s graph runs: the TorchScript graph where it was traced
+        (``torchscript_device``, tools/export_model.py --device; exports without the key were
+        traced on the CPU), the ONNX runtimes on the CPU."""
+        if backend == "torchscript":
+            return self.meta.get("torchscript_device") or "cpu"
+        return "cpu"
+
     def graph_path(self, backend: str) -> Path:
         if backend not in BACKEND_FILES:
             raise ExportError(f"backend {backend!r}: exported models run on "

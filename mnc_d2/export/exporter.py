@@ -150,16 +150,16 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         from .quantize import calibration_files
 
         calibration = calibration_files(cfg, calibration_images, calibration)
-    checked = {"trace tile (synthetic)": None}
+    real = {}
     if check_images:  # before the (slow) trace: a missing file fails at once
         from .quantize import calibration_tiles, image_files
 
         files = image_files(check_images, "--check-images")
-        checked.update(zip(files, calibration_tiles(files, input_bands(cfg),
-                                                    list(cfg.MODEL.PIXEL_MEAN), tile_size, dn)))
+        real = dict(zip(files, calibration_tiles(files, input_bands(cfg),
+                                                 list(cfg.MODEL.PIXEL_MEAN), tile_size, dn)))
     graph = build_graph(cfg, tile_size)
     sample = _sample(cfg, tile_size, tile_size)
-    checked["trace tile (synthetic)"] = sample.numpy()
+    checked = {"trace tile (synthetic)": sample.numpy(), **real}
     with torch.no_grad():
         references = {name: [t.numpy() for t in graph(torch.from_numpy(tile))]
                       for name, tile in checked.items()}

@@ -143,8 +143,7 @@ class ExportedModel:
     def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
                  threads: int | None = None, device: str | None = None):
         if device is None:
-            device = (bundle.meta.get("torchscript_device") or "cpu"
-                      if backend == "torchscript" else "cpu")
+            device = bundle.device(backend)
         if device != "cpu" and backend != "torchscript":
             raise ExportError(f"device {device!r}: backend {backend} runs on the CPU here; "
                               "on a GPU, use --backend torchscript exported with "

@@ -213,14 +213,13 @@ def _run(args) -> int:
         done = run_local(predictor, todo, args.output, formats, started, args.rgb_bands,
                          run_provenance(record))
     else:
-        traced_on = (bundle.meta.get("torchscript_device") or "cpu"
-                     if bundle is not None and args.backend == "torchscript" else "cpu")
-        if args.gpus_per_worker > 0 and bundle is not None and traced_on == "cpu":
+        runs_on = bundle.device(args.backend) if bundle is not None else "cpu"
+        if args.gpus_per_worker > 0 and bundle is not None and runs_on == "cpu":
             raise UsageError(f"--gpus-per-worker is for --backend torch, or torchscript "
                              f"exported with --device cuda: the exported backend "
                              f"{args.backend} of {bundle.root} runs on the CPU")
-        if traced_on != "cpu" and args.gpus_per_worker <= 0:
-            raise UsageError(f"--model {bundle.root}: its TorchScript graph runs on {traced_on} "
+        if runs_on != "cpu" and args.gpus_per_worker <= 0:
+            raise UsageError(f"--model {bundle.root}: its TorchScript graph runs on {runs_on} "
                              "(exported with --device cuda); give the Ray workers a GPU with "
                              "--gpus-per-worker (e.g. 1)")
         if todo and bundle is None and Path(cfg.MODEL.WEIGHTS).is_file():  # weights that
