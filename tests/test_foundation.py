@@ -239,3 +239,20 @@ def test_mnc_0_1_threshold_keys_name_detectron2_s_key(tmp_path, old, new):
         mnc_d2.add_mnc_config(cfg)
         with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
             merge(cfg)
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["TEST.AUG.ENABLED", "True"], "TEST.AUG.ENABLED True: test-time augmentation is not "),
+    (["MODEL.KEYPOINT_ON", "True"], "MODEL.KEYPOINT_ON True: mnc_d2 predicts building "),
+    (["MODEL.MASK_ON", "False"], "MODEL.MASK_ON False with MODEL.ROI_HEADS.NAME MNCROIHeads")])
+def test_detectron2_keys_mnc_d2_does_not_act_on_are_refused(tmp_path, opts, message):
+    """A Detectron2 setting that nothing here would act on is an error naming it, before a
+    model is built (it would otherwise be silently ignored)."""
+    from mnc_d2.engine.setup import setup_cfg
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "quick_schedules"
+                 / "mnc_R_18_FPN_quick_synthetic.yaml")
+    base = ["OUTPUT_DIR", str(tmp_path), "INPUT.BAND_STATS", ""]
+    assert setup_cfg(config, base, for_training=False).MODEL.MASK_ON  # the plain config loads
+    with pytest.raises(ValueError, match=re.escape(message)):
+        setup_cfg(config, [*base, *opts], for_training=False)

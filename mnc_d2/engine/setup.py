@@ -81,10 +81,30 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
         # The saved config.yaml then points at the statistics this run used.
         cfg.INPUT.BAND_STATS = os.path.join(cfg.OUTPUT_DIR, "band_stats.json")
     check_band_config(cfg)
+    check_unsupported_keys(cfg)
     if for_training:
         record_imagery(cfg)
     cfg.freeze()
     return cfg
+
+
+def check_unsupported_keys(cfg) -> None:
+    """Detectron2 keys that mnc_d2 does not act on are a ValueError naming the key, not a
+    setting silently ignored: test-time augmentation (no tool here runs Detectron2's TTA
+    wrapper, and MNC's cascade and mask voting have no merge across augmentations), keypoints,
+    and ``MODEL.MASK_ON False`` on the MNC head (its masks are part of the cascade: the
+    masked classification stages score each instance through its mask)."""
+    if cfg.TEST.AUG.ENABLED:
+        raise ValueError("TEST.AUG.ENABLED True: test-time augmentation is not implemented in "
+                         "mnc_d2 (train_net.py, predict.py and the evaluator run one pass per "
+                         "image); set it False")
+    if cfg.MODEL.KEYPOINT_ON:
+        raise ValueError("MODEL.KEYPOINT_ON True: mnc_d2 predicts building footprints, not "
+                         "keypoints; set it False")
+    if cfg.MODEL.ROI_HEADS.NAME == "MNCROIHeads" and not cfg.MODEL.MASK_ON:
+        raise ValueError("MODEL.MASK_ON False with MODEL.ROI_HEADS.NAME MNCROIHeads: the "
+                         "cascade always predicts masks (its classifier scores each instance "
+                         "through its mask); set MODEL.MASK_ON True")
 
 
 def record_imagery(cfg) -> None:
