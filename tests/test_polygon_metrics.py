@@ -157,3 +157,34 @@ def test_score_tool_reports_polygon_metrics_of_the_matched_pairs(tmp_path, repo_
                            str(truth), "--proposals", str(props), "--polygon-metrics"],
                           capture_output=True, text=True, timeout=120).stdout
     assert "shape of the matched pairs" in text and "C-IoU" in text
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["--iou-threshold", "1"], "IoU threshold 1.0: use a value in [0, 1)"),
+    (["--iou-threshold", "nan"], "IoU threshold nan: use a value in [0, 1)"),
+    (["--iou-threshold", "-0.1", "--rules", "solaris"], "IoU threshold -0.1: use a value in"),
+    (["--polygon-metrics", "--gsd", "0"], "metres per pixel (--gsd) 0.0: use the imagery's"),
+    (["--polygon-metrics", "--gsd", "nan"], "metres per pixel (--gsd) nan: use the imagery's"),
+    (["--polygon-metrics", "--boundary-tolerance", "-1"], "boundary tolerance -1.0: use a "
+                                                           "positive distance in metres")])
+def test_score_tool_refuses_thresholds_and_scales_that_mean_nothing(tmp_path, repo_root, capsys,
+                                                                    opts, message):
+    """An IoU threshold nothing (or everything) passes, a zero or NaN pixel size, a negative
+    boundary tolerance: exit 2 naming the value (they scored 0, printed garbage or crashed in
+    shapely); the same pair at the defaults scores."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_tool", repo_root / "tools" / "score.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    square = "POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))"
+    truth, props = tmp_path / "truth.csv", tmp_path / "props.csv"
+    truth.write_text(f'ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n'
+                     f'AOI_2_Vegas_img1,1,"{square}","{square}"\n')
+    props.write_text(f'ImageId,BuildingId,PolygonWKT_Pix,Confidence\n'
+                     f'AOI_2_Vegas_img1,1,"{square}",0.9\n')
+    args = ["--truth", str(truth), "--proposals", str(props)]
+    assert tool.main([*args, "--polygon-metrics"]) == 0
+    assert "mean city F1 (spacenet rules, grouped by city): 1.0000" in capsys.readouterr().out
+    assert tool.main([*args, *opts]) == 2
+    assert f"error: {message}" in capsys.readouterr().err

@@ -64,6 +64,9 @@ def to_metres(geoms, crs=None, metres_per_unit: float | None = None) -> np.ndarr
     when its units are not metres (feet)."""
     geoms = np.asarray(geoms, dtype=object)
     if metres_per_unit is not None:
+        if not 0.0 < float(metres_per_unit) < np.inf:  # NaN fails too
+            raise ValueError(f"metres per pixel (--gsd) {metres_per_unit}: use the imagery's "
+                             "positive ground sample distance (SpaceNet 2: 0.3)")
         return shapely.transform(geoms, lambda xy: xy * float(metres_per_unit))
     if crs is None:
         raise ValueError("to_metres needs a CRS or metres_per_unit (for pixel polygons: the "
@@ -206,7 +209,11 @@ def holes_found(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5):
 def pair_metrics(pred, truth, tolerance: float = 1.0) -> pd.DataFrame:
     """Shape metrics of matched pairs (``pred[i]`` matched ``truth[i]``), coordinates in metres.
 
-    Returns one row per pair with :data:`PAIR_COLUMNS` (NaN where a polygon is empty)."""
+    Returns one row per pair with :data:`PAIR_COLUMNS` (NaN where a polygon is empty).
+    ``tolerance``: the boundary F-score's distance in metres, > 0."""
+    if not 0.0 < float(tolerance) < np.inf:  # NaN fails too
+        raise ValueError(f"boundary tolerance {tolerance}: use a positive distance in metres "
+                         "(default 1.0)")
     pred, truth = clean_polygons(pred), clean_polygons(truth)
     ok = np.array([p is not None and t is not None for p, t in zip(pred, truth)], dtype=bool)
     frame = pd.DataFrame(np.nan, index=range(len(pred)), columns=list(PAIR_COLUMNS))

@@ -432,6 +432,15 @@ def _pair_ious(pi, ti, p: _Shapes, t: _Shapes, p_area, t_area, threshold: float,
     return iou
 
 
+def check_iou_threshold(value: float) -> float:
+    """The IoU a pair must exceed to match (strictly, as the tester): a ValueError naming it
+    unless 0 <= value < 1 (at 1 or above nothing could match; NaN compares false)."""
+    if not 0.0 <= float(value) < 1.0:  # NaN fails the comparison too
+        raise ValueError(f"IoU threshold {value}: use a value in [0, 1) (a pair matches when "
+                         "its IoU exceeds it; SpaceNet: 0.5)")
+    return float(value)
+
+
 def score_tables(truth: PolygonTable, proposals: PolygonTable,
                  rules: str | RuleSet = "spacenet", iou_threshold: float = IOU_THRESHOLD,
                  min_area: float = MIN_AREA, images=(), full_iou: bool = False,
@@ -442,6 +451,7 @@ def score_tables(truth: PolygonTable, proposals: PolygonTable,
     rows. Per-row arrays of the result follow the tables' rows.
     """
     rs = get_rules(rules)
+    check_iou_threshold(iou_threshold)
     t_area, p_area = truth.areas(), proposals.areas()
     t_kept_poly = (t_area > 0) & area_kept(t_area, min_area, rs.truth_area_inclusive)
     p_kept_poly = (p_area > 0) & area_kept(p_area, min_area, rs.proposal_area_inclusive)
@@ -514,6 +524,7 @@ def _result(rs: RuleSet, images, tp, fp, fn, scored, *per_row, group_by: str) ->
 def _score_wkt(truth, proposals, rs: RuleSet, iou_threshold: float, min_area: float,
                images=(), full_iou: bool = False, group_by: str | None = None) -> ScoreResult:
     """The ``reader="wkt"`` rule sets (solaris): shapely geometries from the DataFrames."""
+    check_iou_threshold(iou_threshold)
     t_geom = np.asarray(truth["geometry"].to_numpy(), dtype=object)
     p_geom = np.asarray(proposals["geometry"].to_numpy(), dtype=object)
     t_ids = truth["ImageId"].astype(str).to_numpy()
