@@ -65,6 +65,7 @@ from mnc_d2.synthetic.spacenet2 import GSD_M, ensure_synthetic
 from mnc_d2.engine.setup import setup_cfg
 from mnc_d2.engine.trainer import Trainer
 from mnc_d2.modeling.checkpoint import build_checkpointer
+from mnc_d2.modeling.tta import with_test_time_augmentation
 from mnc_d2.evaluation.calibration import best_threshold, reliability, threshold_sweep
 from mnc_d2.evaluation.polygon_metrics import matched_pair_metrics
 from mnc_d2.evaluation.polygon_metrics import summarize as summarize_shapes
@@ -237,7 +238,9 @@ INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
                   "TEST.DETECTIONS_PER_IMAGE", "TEST.SPACENET.SIMPLIFY_TOLERANCE",
                   "TEST.SPACENET.REGULARIZE", "TEST.SPACENET.REGULARIZE_MIN_EDGE",
-                  "TEST.SPACENET.ALIGN_NEIGHBOURS", "TEST.SPACENET.ALIGN_NEIGHBOURS_GAP")
+                  "TEST.SPACENET.ALIGN_NEIGHBOURS", "TEST.SPACENET.ALIGN_NEIGHBOURS_GAP",
+                  "TEST.AUG.ENABLED", "TEST.AUG.MIN_SIZES", "TEST.AUG.MAX_SIZE",
+                  "TEST.AUG.FLIP", "TEST.AUG.ROT90")
 
 
 def setting_suffix(setting: str) -> str:
@@ -338,6 +341,7 @@ def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.D
                    test_opts=()) -> dict:
     model = Trainer.build_model(cfg)
     build_checkpointer(cfg, model).load(weights)
+    model = with_test_time_augmentation(cfg, model)  # TEST.AUG.ENABLED (--test-opts)
     names, truth = benchmark_datasets(test_root, product)
     evaluator_dir = eval_dir(Path(cfg.OUTPUT_DIR), test_root, test_opts)
     props = []

@@ -254,6 +254,11 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     _C.TEST.SPACENET.GROUP_BY = "auto"
     # Also run Detectron2's COCOEvaluator (segm + bbox AP) next to the SpaceNet evaluator.
     _C.TEST.SPACENET.COCO_AP = False
+    # Test-time augmentation (mnc_d2.modeling.tta, with Detectron2's TEST.AUG.ENABLED,
+    # MIN_SIZES, MAX_SIZE and FLIP): also run each image rotated by 90, 180 and 270 degrees
+    # (with FLIP: the 8 flips and rotations of the square; overhead imagery has no up). Not in
+    # the original MNC, which tested one pass.
+    _C.TEST.AUG.ROT90 = False
 
 
 # Keys of mnc_d2 <= 0.1 that shadowed Detectron2's own: merging a config that still sets one

@@ -121,6 +121,10 @@ RULES: tuple[Rule, ...] = (
           "MODEL.MNC.TEST_CASCADE_NMS"), True),
     Rule("3-stage model", "evaluated with the 5-stage inference (shared weights)",
          "on request", ("MODEL.MNC.TEST_NUM_STAGES",), True),
+    Rule("test-time augmentation", "one pass per image",
+         "one pass, or (TEST.AUG.ENABLED) every pass's candidates (scales, flips, quarter turns) "
+         "mapped back and voted together, each building scored by the mean over passes",
+         ("TEST.AUG.ENABLED", "TEST.AUG.FLIP", "TEST.AUG.ROT90"), True),
 )
 
 

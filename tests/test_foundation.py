@@ -242,7 +242,8 @@ def test_mnc_0_1_threshold_keys_name_detectron2_s_key(tmp_path, old, new):
 
 
 @pytest.mark.parametrize("opts,message", [
-    (["TEST.AUG.ENABLED", "True"], "TEST.AUG.ENABLED True: test-time augmentation is not "),
+    (["TEST.AUG.ENABLED", "True", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
+     "TEST.AUG.ENABLED True with MODEL.ROI_HEADS.NAME StandardROIHeads: mnc_d2's test-time"),
     (["MODEL.KEYPOINT_ON", "True"], "MODEL.KEYPOINT_ON True: mnc_d2 predicts building "),
     (["MODEL.MASK_ON", "False"], "MODEL.MASK_ON False with MODEL.ROI_HEADS.NAME MNCROIHeads")])
 def test_detectron2_keys_mnc_d2_does_not_act_on_are_refused(tmp_path, opts, message):

@@ -90,14 +90,14 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
 
 def check_unsupported_keys(cfg) -> None:
     """Detectron2 keys that mnc_d2 does not act on are a ValueError naming the key, not a
-    setting silently ignored: test-time augmentation (no tool here runs Detectron2's TTA
-    wrapper, and MNC's cascade and mask voting have no merge across augmentations), keypoints,
-    and ``MODEL.MASK_ON False`` on the MNC head (its masks are part of the cascade: the
-    masked classification stages score each instance through its mask)."""
-    if cfg.TEST.AUG.ENABLED:
-        raise ValueError("TEST.AUG.ENABLED True: test-time augmentation is not implemented in "
-                         "mnc_d2 (train_net.py, predict.py and the evaluator run one pass per "
-                         "image); set it False")
+    setting silently ignored: test-time augmentation with another head than MNC's (the tools
+    run :mod:`mnc_d2.modeling.tta`, which votes the MNC head's candidates), keypoints, and
+    ``MODEL.MASK_ON False`` on the MNC head (its masks are part of the cascade: the masked
+    classification stages score each instance through its mask)."""
+    if cfg.TEST.AUG.ENABLED and cfg.MODEL.ROI_HEADS.NAME != "MNCROIHeads":
+        raise ValueError(f"TEST.AUG.ENABLED True with MODEL.ROI_HEADS.NAME "
+                         f"{cfg.MODEL.ROI_HEADS.NAME}: mnc_d2's test-time augmentation votes "
+                         "the MNC head's candidates (MNCROIHeads); set it False")
     if cfg.MODEL.KEYPOINT_ON:
         raise ValueError("MODEL.KEYPOINT_ON True: mnc_d2 predicts building footprints, not "
                          "keypoints; set it False")

@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from ..data import SpaceNetDatasetMapper
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
 from ..modeling.checkpoint import build_checkpointer, train_inflated_stem
+from ..modeling.tta import with_test_time_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class Trainer(DefaultTrainer):
         model = super().build_model(cfg)
         train_inflated_stem(cfg, model)  # before build_optimizer collects trainable parameters
         return model
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, through test-time augmentation when TEST.AUG.ENABLED."""
+        return super().test(cfg, with_test_time_augmentation(cfg, model), evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -142,6 +142,10 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     unknown = [f for f in formats if f not in MODEL_FILES]
     if unknown or not formats:
         raise ExportError(f"--formats {','.join(formats)}: choose from {', '.join(MODEL_FILES)}")
+    if cfg.TEST.AUG.ENABLED:
+        raise ExportError("TEST.AUG.ENABLED True: an exported graph runs one pass per tile "
+                          "(test-time augmentation runs with --backend torch); export with "
+                          "TEST.AUG.ENABLED False")
     out_dir = Path(out_dir)
     check_replaceable(out_dir)  # before the (slow) trace
     device = check_trace_device(device, formats)

@@ -25,8 +25,11 @@ class EagerModel:
 
         from ..modeling.checkpoint import load_trained_weights
 
-        self.model = build_model(cfg).eval()
-        load_trained_weights(cfg, self.model, cfg.MODEL.WEIGHTS)
+        from ..modeling.tta import with_test_time_augmentation
+
+        model = build_model(cfg).eval()
+        load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
+        self.model = with_test_time_augmentation(cfg, model).eval()  # TEST.AUG.ENABLED
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.autocast = autocast
 

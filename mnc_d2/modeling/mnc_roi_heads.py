@@ -554,6 +554,14 @@ class MNCROIHeads(ROIHeads):
 
     @torch.no_grad()
     def _forward_test(self, feats, proposals: list[Instances]) -> list[Instances]:
+        return [self._select(*cands, p.image_size)
+                for cands, p in zip(self.candidates(feats, proposals), proposals)]
+
+    def candidates(self, feats, proposals: list[Instances]) -> list[tuple]:
+        """Inference up to the selection: per image the pooled stage-3 (and stage-5) candidates,
+        boxes (N, 4) in the image's input frame, soft masks (N, M, M) and foreground class
+        probabilities (N, K), for :meth:`select` (test-time augmentation pools several passes'
+        candidates before selecting). ``feats``: the ROI_HEADS.IN_FEATURES maps."""
         boxes = [p.proposal_boxes.tensor for p in proposals]
         sizes = [p.image_size for p in proposals]
         mask2, cls3, deltas3 = self._run_pair(feats, boxes, second=False)
@@ -572,14 +580,14 @@ class MNCROIHeads(ROIHeads):
             stages.append((refined, mask4, F.softmax(cls5, dim=1)))
         results = []
         starts = [0] * len(stages)
-        for i, size in enumerate(sizes):
+        for i in range(len(sizes)):
             parts = []
             for k, (stage_boxes, masks, probs) in enumerate(stages):
                 n = len(stage_boxes[i])
                 parts.append((stage_boxes[i], masks[starts[k]: starts[k] + n].sigmoid(),
                               probs[starts[k]: starts[k] + n, : self.num_classes]))
                 starts[k] += n
-            results.append(self._select(*(cat(list(col)) for col in zip(*parts)), size))
+            results.append(tuple(cat(list(col)) for col in zip(*parts)))
         return results
 
     @property
