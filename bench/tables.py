@@ -424,6 +424,50 @@ def transfer_table(results: Path) -> list[str]:
                    "recall small", "recall concave", "recall dark", "recall other"], rows)
 
 
+# Test-time augmentation reports (accuracy_<setting>_tta_<name>[_scored_<other>].json): the
+# same models without it ("off", evaluated again beside the others) and with each pass set.
+TTA_NAMES = {"off": "one pass", "d4": "8 flips and turns", "scales": "2 scales"}
+
+
+def tta_table(results: Path) -> list[str]:
+    """Per benchmark and pass set: each slice's recall, mean city F1 and TP / FP over seeds
+    (mean ± std) and the change from one pass on the same models and seeds (mean, min-max)."""
+    import statistics
+
+    rows = []
+    for off_path in sorted(results.glob("accuracy_*_tta_off*.json")):
+        off = json.loads(off_path.read_text())
+        for name, label in TTA_NAMES.items():
+            path = off_path.with_name(off_path.name.replace("_tta_off", f"_tta_{name}"))
+            if not path.exists():
+                continue
+            report = json.loads(path.read_text())
+            for variant, runs in report["runs"].items():
+                seeds = sorted(set(runs) & set(off["runs"].get(variant, {})), key=int)
+                cells = []
+                for key in ("mean_city_f1", "recall_small", "recall_concave", "recall_dark",
+                            "fp"):
+                    def get(run, key=key):
+                        if key == "fp":
+                            return run["overall"]["fp"]
+                        if key.startswith("recall_"):
+                            return run["recall_slices"][key[len("recall_"):]]
+                        return run[key]
+
+                    values = [get(runs[s]) for s in seeds]
+                    delta = [get(runs[s]) - get(off["runs"][variant][s]) for s in seeds]
+                    digits = 0 if key == "fp" else 3
+                    cell = _mean_std(values, digits)
+                    if name != "off":
+                        cell += (f" ({statistics.mean(delta):+.{digits}f}, "
+                                 f"{min(delta):+.{digits}f} to {max(delta):+.{digits}f})")
+                    cells.append(cell)
+                count = f"{len(seeds)} seed" + ("s" if len(seeds) > 1 else "")
+                rows.append([_setting(report), variant, f"{label} ({count})", *cells])
+    return _table(["trained -> scored", "variant", "passes", "mean city F1",
+                   "recall small", "recall concave", "recall dark", "false positives"], rows)
+
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -821,6 +865,8 @@ def section_renderers(results: Path = RESULTS) -> dict:
         out["bench:diagnose"] = lambda: "\n".join(diagnose_table(results))
     if any(results.glob("accuracy_*.json")):
         out["bench:readme"] = lambda: "\n".join(readme_table(results))
+    if any(results.glob("accuracy_*_tta_off*.json")):
+        out["bench:tta"] = lambda: "\n".join(tta_table(results))
     if any(results.glob("accuracy_*_on_*.json")):
         out["bench:transfer"] = lambda: "\n".join(transfer_table(results))
     return out
