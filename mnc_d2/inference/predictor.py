@@ -203,7 +203,9 @@ class ScenePredictor:
             post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
                     "align_gap": sn.ALIGN_NEIGHBOURS_GAP}
-            threshold = resolve_score_threshold(cfg, score_thresh)
+            # predict.py resolves (and logs) it once and passes the value on
+            threshold = (resolve_score_threshold(cfg) if score_thresh is None
+                         else float(score_thresh))
         else:
             from ..export.bundle import read_bundle
 
