@@ -114,6 +114,17 @@ for setting in default hard; do
       --test-opts MODEL.MNC.TEST_CASCADE_NMS ${v#*:}
   done
 done
+# Test-time augmentation on the default setting's MNC models (416 px input), each scored on both
+# benchmarks without it and with two pass sets (section 1i; inference only, nothing retrained).
+for tta in "off:TEST.AUG.ENABLED False" \
+    "d4:TEST.AUG.ENABLED True TEST.AUG.MIN_SIZES () TEST.AUG.FLIP True TEST.AUG.ROT90 True" \
+    "scales:TEST.AUG.ENABLED True TEST.AUG.MIN_SIZES (416,555) TEST.AUG.FLIP False"; do
+  name=accuracy_default_tta_${tta%%:*}
+  run $name "${PY[@]}" bench.bench_accuracy $QUICK --setting default --model-seeds 0 1 2 \
+    --variants mnc5 --test-opts ${tta#*:}
+  run ${name}_scored_hard "${PY[@]}" bench.bench_accuracy $QUICK --setting default \
+    --test-setting hard --model-seeds 0 1 2 --variants mnc5 --test-opts ${tta#*:}
+done
 if [[ $LEVERS == 1 ]]; then
   # Each bench_accuracy invocation adds its runs to the report of its schedule and settings
   # (.cache/bench/accuracy/report_*.json), so a report name recurs with other variants.
