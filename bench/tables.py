@@ -429,9 +429,20 @@ def transfer_table(results: Path) -> list[str]:
 TTA_NAMES = {"off": "one pass", "d4": "8 flips and turns", "scales": "2 scales"}
 
 
+def _tta_value(run: dict, key: str):
+    """One number of a bench_accuracy run: ``fp`` (false positives), ``recall_<slice>`` or a
+    top-level key such as ``mean_city_f1``."""
+    if key == "fp":
+        return run["overall"]["fp"]
+    if key.startswith("recall_"):
+        return run["recall_slices"][key[len("recall_"):]]
+    return run[key]
+
+
 def tta_table(results: Path) -> list[str]:
-    """Per benchmark and pass set: each slice's recall, mean city F1 and TP / FP over seeds
-    (mean ± std) and the change from one pass on the same models and seeds (mean, min-max)."""
+    """Per benchmark and pass set: mean city F1, each slice's recall and the false positives
+    over seeds (mean ± std) and the change from one pass on the same models and seeds (mean,
+    min to max)."""
     import statistics
 
     rows = []
@@ -443,19 +454,13 @@ def tta_table(results: Path) -> list[str]:
                 continue
             report = json.loads(path.read_text())
             for variant, runs in report["runs"].items():
-                seeds = sorted(set(runs) & set(off["runs"].get(variant, {})), key=int)
+                base = off["runs"].get(variant, {})
+                seeds = sorted(set(runs) & set(base), key=int)
                 cells = []
                 for key in ("mean_city_f1", "recall_small", "recall_concave", "recall_dark",
                             "fp"):
-                    def get(run, key=key):
-                        if key == "fp":
-                            return run["overall"]["fp"]
-                        if key.startswith("recall_"):
-                            return run["recall_slices"][key[len("recall_"):]]
-                        return run[key]
-
-                    values = [get(runs[s]) for s in seeds]
-                    delta = [get(runs[s]) - get(off["runs"][variant][s]) for s in seeds]
+                    values = [_tta_value(runs[s], key) for s in seeds]
+                    delta = [v - _tta_value(base[s], key) for v, s in zip(values, seeds)]
                     digits = 0 if key == "fp" else 3
                     cell = _mean_std(values, digits)
                     if name != "off":
