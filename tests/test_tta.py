@@ -5,6 +5,7 @@ settings are clear errors."""
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -94,6 +95,21 @@ def test_scales_and_scores_of_several_passes():
     assert bool((out.scores > 0.05).all()) and bool((out.scores[:-1] >= out.scores[1:]).all())
     boxes = out.pred_boxes.tensor
     assert bool((boxes >= -1e-3).all() and (boxes <= 96 + 1e-3).all())
+
+
+def test_detectron2s_coco_sizes_are_warned_about(caplog):
+    """A config.yaml from before test-time augmentation keeps Detectron2's nine COCO sizes:
+    the wrapper runs them as asked but warns, naming the key and the fix; ours do not warn."""
+    from detectron2.config import get_cfg
+
+    cfg, model = _model()
+    coco = tuple(get_cfg().TEST.AUG.MIN_SIZES)
+    with caplog.at_level(logging.WARNING, logger="mnc_d2.modeling.tta"):
+        assert _tta(cfg, model, FLIP=False).num_passes == 1
+        assert not caplog.records
+        assert _tta(cfg, model, FLIP=False, MIN_SIZES=coco).num_passes == len(coco) == 9
+    assert len(caplog.records) == 1
+    assert 'TEST.AUG.MIN_SIZES "()"' in caplog.records[0].getMessage()
 
 
 def test_bad_settings_are_errors_naming_the_key():

@@ -32,7 +32,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
+from detectron2.config import configurable, get_cfg
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, pairwise_iou
@@ -159,12 +159,18 @@ class MNCWithTTA(nn.Module):
 
 def with_test_time_augmentation(cfg, model: nn.Module) -> nn.Module:
     """``model`` wrapped in :class:`MNCWithTTA` when ``TEST.AUG.ENABLED``, else ``model``.
-    The passes are logged: a run's config.yaml written before mnc_d2 0.3 keeps Detectron2's
-    ``TEST.AUG.MIN_SIZES`` (nine sizes, 400-1200 px), which multiplies the passes by nine."""
+    The passes are logged, with a warning when ``TEST.AUG.MIN_SIZES`` is Detectron2's own default
+    (nine COCO sizes, 400-1200 px): the value a run's config.yaml keeps when it was written by
+    an mnc_d2 without test-time augmentation (no ``TEST.AUG.ROT90`` in it), which multiplies the
+    passes by nine and runs a 416 px model at up to 1,200 px."""
     if not cfg.TEST.AUG.ENABLED:
         return model
     tta = MNCWithTTA(cfg, model)
     sizes = [s or "the test size" for s in tta.min_sizes]
     logger.info("test-time augmentation: %d passes per image (shortest side %s, flips %s, "
                 "quarter turns %s)", tta.num_passes, sizes, len(tta.flips), len(tta.turns))
+    if tuple(cfg.TEST.AUG.MIN_SIZES) == tuple(get_cfg().TEST.AUG.MIN_SIZES):
+        logger.warning("TEST.AUG.MIN_SIZES %s is Detectron2's default for COCO, kept by a "
+                       "config.yaml written before mnc_d2 had test-time augmentation; pass "
+                       "TEST.AUG.MIN_SIZES \"()\" for the test size", list(tta.min_sizes))
     return tta
