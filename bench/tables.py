@@ -473,6 +473,30 @@ def tta_table(results: Path) -> list[str]:
                    "recall small", "recall concave", "recall dark", "false positives"], rows)
 
 
+def tta_time_table(report: dict) -> list[str]:
+    """bench_tta.py: per pass set, seconds per tile and its ratio to one pass on the same tile
+    (median and quartiles over the pairs), that ratio per pass, buildings per tile."""
+    sets = report["sets"]
+    head = (f"{report['label'] or report['run']}: {len(report['tiles'])} tiles of "
+            f"{report['tile_px'][0]} px (input {report['input_px']} px) x {report['rounds']} "
+            f"rounds = {report['pairs_per_set']} pairs a row, {report['threads']} threads of "
+            f"{report['cpu']}, torch {report['torch']}.")
+    rows = []
+    for name, row in sets.items():
+        s, r = row["s_per_tile"], row["ratio_to_one_pass"]
+        rows.append([f"{TTA_TIME_NAMES.get(name, name)} (`{name}`)", row["passes"],
+                     f"{s['median']:.3f} ({s['q1']:.3f}-{s['q3']:.3f})",
+                     f"{r['median']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})",
+                     f"{row['ratio_per_pass_median']:.2f}", row["buildings_per_tile_median"]])
+    return [head, ""] + _table(["pass set", "passes", "s / tile (quartiles)",
+                                "/ one pass, same tile (quartiles)", "per pass",
+                                "buildings / tile"], rows)
+
+
+TTA_TIME_NAMES = {"off": "one pass", "flip": "horizontal flip", "d4": "8 flips and turns",
+                  "scales": "2 scales (416, 555 px)"}
+
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -843,6 +867,8 @@ def table_maker(report_name: str):
         return paired_shape_table
     if report_name.startswith("viewer"):
         return viewer_table
+    if report_name.startswith("tta_time"):
+        return tta_time_table
     if report_name.startswith("predict"):
         return predict_table
     if report_name.startswith("scorer"):

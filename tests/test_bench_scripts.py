@@ -125,6 +125,13 @@ def test_prediction_scripts(work, tmp_path):
     assert predict["scene_px"] == 700 and tables.table_maker("predict")(predict)
     many = _bench("bench_predict_many", "--run", str(run), "--scenes", "2", "--size", "160")
     assert many  # the report of both engines; no table renders it in the docs
+    # test-time augmentation's cost: every pass set on the same tiles, paired with one pass
+    tiles = work / f"test_seed1_{IMAGES // 2}" / "spacenet" / "*" / "RGB-PanSharpen" / "*.tif"
+    tta = _bench("bench_tta", "--run", str(run), "--tiles", str(tiles), "--count", "2",
+                 "--rounds", "1", "--sets", "off", "flip", "d4")
+    assert {k: v["passes"] for k, v in tta["sets"].items()} == {"off": 1, "flip": 2, "d4": 8}
+    assert tta["pairs_per_set"] == 2 and tta["sets"]["off"]["ratio_to_one_pass"]["median"] == 1
+    assert tables.table_maker("tta_time")(tta)[-1].startswith("| 8 flips and turns (`d4`) | 8 |")
 
 
 def test_export_script(work, tmp_path):
