@@ -125,6 +125,11 @@ for tta in "off:TEST.AUG.ENABLED False" \
   run ${name}_scored_hard "${PY[@]}" bench.bench_accuracy $QUICK --setting default \
     --test-setting hard --model-seeds 0 1 2 --variants mnc5 --test-opts ${tta#*:}
 done
+# What each pass set costs per tile (section 1i's timing), on the `make demo` model.
+[[ -f output/demo/model_final.pth ]] || .venv/bin/python tools/demo.py > "$LOGS/demo.log" 2>&1
+run tta_time_demo "${PY[@]}" bench.bench_tta --run output/demo \
+  --tiles 'datasets/synthetic/spacenet/*/RGB-PanSharpen/*.tif' --count 10 --rounds 3 \
+  --label "the make demo model (R-18-FPN MNC, 1,000 iterations, trained on this machine)"
 if [[ $LEVERS == 1 ]]; then
   # Each bench_accuracy invocation adds its runs to the report of its schedule and settings
   # (.cache/bench/accuracy/report_*.json), so a report name recurs with other variants.
