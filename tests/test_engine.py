@@ -110,11 +110,21 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     assert any("spacenet/score" in m for m in metrics)
     # The best checkpoint follows the headline score (a key it cannot find saves nothing).
     assert (out / "model_best.pth").exists()
+    assert json.loads((out / "score_threshold.json").read_text())["passes"] == "one pass"
+    # --eval-only with an override (here test-time augmentation) keeps the run's config.yaml,
+    # which predict.py and the export read, and writes its own beside it; the threshold it
+    # chooses records the passes it was chosen with
+    trained = (out / "config.yaml").read_bytes()
     evaluated = subprocess.run(
         [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
-         str(out / "config.yaml"), "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth")],
+         str(out / "config.yaml"), "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+         "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "()"],
         env=_env(data_root), check=True, capture_output=True, text=True, timeout=600)
     assert "copypaste: Task: spacenet" in evaluated.stdout + evaluated.stderr
+    assert (out / "config.yaml").read_bytes() == trained
+    assert "ENABLED: true" in (out / "config_eval.yaml").read_text()
+    assert json.loads((out / "score_threshold.json").read_text())["passes"] == (
+        "TEST.AUG MIN_SIZES [] MAX_SIZE 4000 FLIP True ROT90 False")
 
 
 def _ddp_train_worker(config: str, out: str, opts: list[str]) -> None:

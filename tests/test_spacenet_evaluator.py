@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,51 @@ def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):
     cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
     with pytest.raises(ValueError, match="score_threshold.json"):
         resolve_score_threshold(cfg)
+
+
+def test_a_threshold_chosen_with_other_passes_is_warned_about(tmp_path, caplog):
+    """The chosen threshold records the test-time augmentation it was chosen with (its scores
+    are means over passes); prediction with another setting warns, naming both and the fix. A
+    file from before the record counts as one pass."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.inference.threshold import passes_setting, resolve_score_threshold
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
+    assert passes_setting(cfg) == "one pass"
+    tta = cfg.clone()
+    tta.TEST.AUG.ENABLED, tta.TEST.AUG.MIN_SIZES, tta.TEST.AUG.ROT90 = True, (), True
+    assert passes_setting(tta) == "TEST.AUG MIN_SIZES [] MAX_SIZE 4000 FLIP True ROT90 True"
+    single = tta.clone()
+    single.TEST.AUG.FLIP, single.TEST.AUG.ROT90 = False, False
+    assert passes_setting(single) == "one pass"  # enabled, but one pass at the test size
+
+    threshold_file = tmp_path / "run" / "score_threshold.json"
+    ev = SpaceNetEvaluator(DATASET, output_dir=str(tmp_path / "eval"), score_thresh=0.5,
+                           sweep_thresholds=(0.2, 0.5, 0.7), simplify_tolerance=0.0,
+                           threshold_file=str(threshold_file), passes=passes_setting(tta))
+    ev.reset()
+    _run_one(ev, 0)
+    _run_one(ev, 1)
+    ev.evaluate()
+    assert json.loads(threshold_file.read_text())["passes"] == passes_setting(tta)
+    with caplog.at_level(logging.WARNING, logger="mnc_d2.inference.threshold"):
+        assert resolve_score_threshold(tta) == 0.7
+        assert not caplog.records
+        assert resolve_score_threshold(cfg) == 0.7
+        assert len(caplog.records) == 1
+        message = caplog.records[0].getMessage()
+        assert "chosen with TEST.AUG MIN_SIZES [] " in message and "runs one pass" in message
+        assert "--score-thresh" in message
+        caplog.clear()
+        record = json.loads(threshold_file.read_text())
+        del record["passes"]  # written before the record existed
+        threshold_file.write_text(json.dumps(record))
+        assert resolve_score_threshold(cfg) == 0.7 and not caplog.records
+        assert resolve_score_threshold(tta) == 0.7 and len(caplog.records) == 1
 
 
 def test_polygonisation_keys_reach_the_evaluator_and_the_predictor_defaults():

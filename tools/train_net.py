@@ -10,10 +10,11 @@ Without CUDA, --num-gpus N runs N CPU processes with the gloo backend.
 import mnc_d2
 
 mnc_d2.setup()  # shims and registrations before anything else of detectron2
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
 
 from mnc_d2.engine import launch  # noqa: E402
-from mnc_d2.engine.setup import check_config_file, check_weights_arg, setup_cfg  # noqa: E402
+from mnc_d2.engine.setup import (  # noqa: E402
+    check_config_file, check_weights_arg, default_setup_keeping_run_config, setup_cfg)
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
 from mnc_d2.modeling.checkpoint import build_checkpointer, load_trained_weights  # noqa: E402
 
@@ -22,7 +23,7 @@ def main(args):
     """Run in each process: train (or evaluate with --eval-only)."""
     cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only,
                     log_to_output=True)
-    default_setup(cfg, args)
+    default_setup_keeping_run_config(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         if args.resume:  # the run's own last checkpoint when it has one

@@ -127,3 +127,31 @@ def record_imagery(cfg) -> None:
                     cfg.DATASETS.TRAIN[0])
     if not cfg.INPUT.GSD and gsd:
         cfg.INPUT.GSD = float(gsd)
+
+
+EVAL_CONFIG = "config_eval.yaml"
+
+
+def default_setup_keeping_run_config(cfg, args) -> None:
+    """Detectron2's ``default_setup`` (logging, environment, seed, ``OUTPUT_DIR/config.yaml``),
+    except that ``--eval-only`` keeps a training run's own ``config.yaml``: Detectron2 writes the
+    evaluation's config over it, so an evaluation with ``TEST.AUG.ENABLED True`` (or any other
+    override) would silently change what ``tools/predict.py --config-file RUN/config.yaml`` and
+    ``tools/export_model.py`` do with the run afterwards. The evaluation's config goes to
+    ``OUTPUT_DIR/config_eval.yaml`` instead when it differs."""
+    from detectron2.engine import default_setup
+    from detectron2.utils import comm
+
+    from ..utils.atomic import atomic_write
+
+    path = Path(cfg.OUTPUT_DIR) / "config.yaml" if cfg.OUTPUT_DIR else None
+    kept = path.read_bytes() if args.eval_only and path and path.is_file() else None
+    default_setup(cfg, args)
+    if kept is None or not comm.is_main_process() or path.read_bytes() == kept:
+        return
+    with atomic_write(path.with_name(EVAL_CONFIG), "wb") as f:
+        f.write(path.read_bytes())
+    with atomic_write(path, "wb") as f:
+        f.write(kept)
+    logger.info("--eval-only: kept the run's %s as it was; this evaluation's config is %s",
+                path, path.with_name(EVAL_CONFIG))

@@ -60,7 +60,7 @@ from ..geometry.instances import instances_to_polygons
 from .polygon_metrics import SUMMARY_KEYS, matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
-from ..inference.threshold import THRESHOLD_FILE
+from ..inference.threshold import THRESHOLD_FILE, passes_setting
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
                  simplify_tolerance: float = 1.5, regularize: bool = False,
                  regularize_min_edge: float = 0.0, align_neighbours: float = 0.0,
                  align_gap: float = 10.0, rules: str = "spacenet", group_by: str = "auto",
-                 threshold_file: str | None = None,
+                 threshold_file: str | None = None, passes: str = "one pass",
                  distributed: bool = True):
         self._dataset_name = dataset_name
         self._output_dir = Path(output_dir) if output_dir else None
@@ -129,6 +129,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._rules = rules
         self._group_by = group_by
         self._threshold_file = Path(threshold_file) if threshold_file else None
+        self._passes = passes
         self._distributed = distributed
         # ImageId -> [(pixel Polygon, score)]; shapely geometries pickle, so the process gather
         # carries them as they are (no WKT round trip).
@@ -144,7 +145,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
                 "align_neighbours": sn.ALIGN_NEIGHBOURS, "align_gap": sn.ALIGN_NEIGHBOURS_GAP,
                 "rules": sn.RULES, "group_by": sn.GROUP_BY,
                 "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
-                if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None}
+                if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None,
+                "passes": passes_setting(cfg)}
 
     def reset(self):
         self._predictions = OrderedDict()
@@ -223,7 +225,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
         if self._threshold_file is not None:
             with atomic_write(self._threshold_file, "w") as f:
                 json.dump({"score_thresh": best["threshold"], "dataset": self._dataset_name,
-                           "score": best["score"], "group_by": floor.group_by}, f, indent=2)
+                           "score": best["score"], "group_by": floor.group_by,
+                           "passes": self._passes}, f, indent=2)
             logger.info("best score threshold written to %s", self._threshold_file)
         return sweep
 

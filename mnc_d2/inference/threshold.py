@@ -17,6 +17,19 @@ logger = logging.getLogger(__name__)
 THRESHOLD_FILE = "score_threshold.json"
 
 
+def passes_setting(cfg) -> str:
+    """The test-time augmentation a config runs, as recorded beside a chosen threshold: "one
+    pass", or its ``TEST.AUG`` keys. Averaging passes changes what a score means (a building
+    seen in some passes only scores less), so a threshold chosen with one setting is not the
+    best for another."""
+    aug = cfg.TEST.AUG
+    flip, rot90 = bool(aug.FLIP), bool(aug.get("ROT90", False))
+    sizes = [int(s) for s in aug.MIN_SIZES]
+    if not aug.ENABLED or (not sizes and not flip and not rot90):
+        return "one pass"
+    return f"TEST.AUG MIN_SIZES {sizes} MAX_SIZE {int(aug.MAX_SIZE)} FLIP {flip} ROT90 {rot90}"
+
+
 def resolve_score_threshold(cfg, override: float | None = None) -> float:
     """The score threshold for prediction: ``override`` when given; else the best threshold the
     training run's evaluation recorded next to the weights (``score_threshold.json``, written by
@@ -27,12 +40,20 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
     recorded = Path(cfg.MODEL.WEIGHTS).parent / THRESHOLD_FILE
     if recorded.is_file():
         try:
-            value = float(json.loads(recorded.read_text())["score_thresh"])
-        except (ValueError, KeyError, TypeError) as exc:
+            record = json.loads(recorded.read_text())
+            value = float(record["score_thresh"])
+            # a file without "passes" predates test-time augmentation: chosen with one pass
+            chosen_with = str(record.get("passes", "one pass"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{recorded}: unreadable score threshold ({exc}); delete the file "
                              "or pass --score-thresh") from exc
         logger.info("score threshold %.3f from %s (the training run's best on its validation "
                     "split; --score-thresh overrides)", value, recorded)
+        if chosen_with != passes_setting(cfg):
+            logger.warning("%s: the threshold was chosen with %s and this model runs %s (scores "
+                           "mean something else); pass --score-thresh, or evaluate with this "
+                           "setting again (tools/train_net.py --eval-only) to choose it",
+                           recorded, chosen_with, passes_setting(cfg))
         return value
     logger.info("score threshold %.3f (TEST.SPACENET.SCORE_THRESH; no %s next to the weights)",
                 cfg.TEST.SPACENET.SCORE_THRESH, THRESHOLD_FILE)
