@@ -145,9 +145,10 @@ def default_setup_keeping_run_config(cfg, args) -> None:
     from ..utils.atomic import atomic_write
 
     path = Path(cfg.OUTPUT_DIR) / "config.yaml" if cfg.OUTPUT_DIR else None
-    kept = path.read_bytes() if args.eval_only and path and path.is_file() else None
+    keep = args.eval_only and comm.is_main_process() and path is not None and path.is_file()
+    kept = path.read_bytes() if keep else None  # only the main process writes config.yaml
     default_setup(cfg, args)
-    if kept is None or not comm.is_main_process() or path.read_bytes() == kept:
+    if kept is None or path.read_bytes() == kept:
         return
     with atomic_write(path.with_name(EVAL_CONFIG), "wb") as f:
         f.write(path.read_bytes())
