@@ -169,3 +169,55 @@ def test_a_merged_city_counts_a_building_seen_by_two_scenes_once(tmp_path):
     assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2}
     shown = gpd.read_file(tmp_path / "site" / "data" / "truth.geojson")
     assert sorted(shown["match"]) == ["FN", "FN", "TP", "TP", "TP", "TP"]
+
+
+def test_spacenet_tiles_are_grouped_by_city_as_the_tester_groups_them(tmp_path):
+    """Scenes named as SpaceNet 2 tiles, scored against truth CSVs, get the release's groups
+    (mean city F1, what the evaluator and the tester report); other scenes or map truth one
+    group; --group-by city where the scenes name no city is a clear error."""
+    from mnc_d2.evaluation.spacenet_metric import score_csv
+    from mnc_d2.formats.spacenet_csv import write_proposal_csv
+    from mnc_d2.inference.scenes import SceneRow, append_manifest
+
+    folder = _prediction_folder(tmp_path)
+    ids = {"s0": "AOI_2_Vegas_img1", "s1": "AOI_3_Paris_img2"}
+    rows = []
+    for scene, image_id in ids.items():  # the same scenes under SpaceNet names
+        named = tmp_path / "scenes" / f"RGB-PanSharpen_{image_id}.tif"
+        (tmp_path / "scenes" / f"{scene}.tif").rename(named)
+        rows.append(SceneRow(scene, str(named), "ok", 4))
+    append_manifest(folder, rows)  # the latest row of a scene is the one read
+    pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
+    extra = [shapely.box(100, 100 + 25 * k, 120, 120 + 25 * k) for k in range(2)]
+    truth = {"AOI_2_Vegas_img1": [pix[1], pix[3], extra[0]],  # TP 2, FP 1, FN 1
+             "AOI_3_Paris_img2": [pix[1], pix[2], pix[3], *extra]}  # TP 3, FP 0, FN 2
+    csv = tmp_path / "truth.csv"
+    csv.write_text("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n" + "".join(
+        f'{i},{b},"{t.wkt}","{t.wkt}"\n' for i, ts in truth.items() for b, t in enumerate(ts)))
+    write_proposal_csv(tmp_path / "props.csv", {
+        i: [(shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60), s) for j, s in enumerate(SCORES)
+            if s >= 0.5] for i in truth})
+    for group_by in ("city", "none"):
+        reference = score_csv(str(csv), str(tmp_path / "props.csv"), group_by=group_by)
+        result, _ = score_folder(folder, [str(csv)], group_by=group_by)
+        assert result.to_json() == reference.to_json(), group_by
+    result, _ = score_folder(folder, [str(csv)])  # auto
+    assert result.group_by == "city" and set(result.cities) == {"AOI_2_Vegas", "AOI_3_Paris"}
+    assert result.mean_city_f1 == pytest.approx((2 / 3 + 0.75) / 2)  # not the pooled 5 / 7
+    assert result.overall.f1 == pytest.approx(10 / 14)
+    # map truth of the same buildings: scenes are images named by scene, one group
+    geo = tmp_path / "truth.geojson"
+    frames = []
+    for scene, image_id in ids.items():
+        with rasterio.open(tmp_path / "scenes" / f"RGB-PanSharpen_{image_id}.tif") as src:
+            frames += [pixel_to_map(t, src.transform) for t in truth[image_id]]
+    gpd.GeoDataFrame(geometry=frames, crs="EPSG:4326").to_file(geo)
+    result, _ = score_folder(folder, [str(geo)])
+    assert result.group_by == "none" and result.overall.f1 == pytest.approx(10 / 14)
+    with pytest.raises(FolderInputError, match="--group-by city needs SpaceNet truth CSVs"):
+        score_folder(folder, [str(geo)], group_by="city")
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "score.py"), "--truth", str(csv),
+                          "--predictions", str(folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "mean city F1 (spacenet rules, grouped by city): 0.7083" in out.stdout

@@ -6,13 +6,15 @@
                           [--images DIR ...] [--per-image OUT.csv] [--json]
                           [--polygon-metrics [--gsd 0.3] [--boundary-tolerance 1.0]]
     python tools/score.py --truth labels.geojson|.parquet|.gpkg|T.csv ... --predictions OUT/
-                          [--city city.parquet] [--scene-root DIR] [--per-image OUT.csv]
-                          [--json] [--polygon-metrics]
+                          [--city city.parquet] [--scene-root DIR] [--group-by ...]
+                          [--per-image OUT.csv] [--json] [--polygon-metrics]
 
 The second form scores a tools/predict.py output folder (each scene an image, at the run's
 threshold) against truth in map coordinates in any CRS or SpaceNet CSVs
 (mnc_d2/evaluation/folder_scoring.py); polygon metrics then come in ground metres from the
-scenes' CRS. With --city, the folder's merged city (tools/merge_footprints.py) is scored as one
+scenes' CRS. Scenes of SpaceNet tiles scored against SpaceNet CSVs are grouped as their
+release scores them (--group-by auto: mean city F1 for SpaceNet 2), any other folder as one
+group. With --city, the folder's merged city (tools/merge_footprints.py) is scored as one
 image against map truth inside the scenes, so a building found on both sides of a seam counts
 once.
 
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--group-by", choices=GROUP_BY, default="auto",
                         help="groups whose F1s are averaged: city (SpaceNet 2), nadir (SpaceNet "
                              "4's Nadir / Off-Nadir / Very-Off-Nadir segments), none; auto picks "
-                             "nadir for SpaceNet 4 ImageIds, else city")
+                             "nadir for SpaceNet 4 ImageIds, else city (--predictions: only for "
+                             "scenes named as SpaceNet tiles with truth CSVs, else none)")
     parser.add_argument("--iou-threshold", type=float, default=0.5)
     parser.add_argument("--per-image", metavar="OUT.csv", help="also write per-image rows here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -99,17 +102,23 @@ def main(argv=None) -> int:
 def _score_folder(args) -> int:
     from mnc_d2.evaluation.folder_scoring import FolderInputError, score_city, score_folder
 
-    if args.images or args.group_by not in ("auto", "none"):
-        print("error: --images and --group-by are for --proposals; a prediction folder is "
-              "scored with each scene an image, as one group", file=sys.stderr)
+    if args.images:
+        print("error: --images is for --proposals; a prediction folder is scored with each "
+              "scene an image", file=sys.stderr)
+        return 2
+    if args.city is not None and args.group_by not in ("auto", "none"):
+        print(f"error: --group-by {args.group_by}: a merged city (--city) is scored as one "
+              "image, one group", file=sys.stderr)
         return 2
     try:
-        scoring = (score_folder if args.city is None else
-                   lambda folder, *a, **k: score_city(folder, args.city, *a, **k))
-        result, shapes = scoring(args.predictions, args.truth, rules=args.rules,
-                                 iou_threshold=args.iou_threshold, scene_root=args.scene_root,
-                                 polygon_metrics=args.polygon_metrics,
-                                 tolerance=args.boundary_tolerance)
+        common = dict(rules=args.rules, iou_threshold=args.iou_threshold,
+                      scene_root=args.scene_root, polygon_metrics=args.polygon_metrics,
+                      tolerance=args.boundary_tolerance)
+        if args.city is None:
+            result, shapes = score_folder(args.predictions, args.truth, group_by=args.group_by,
+                                          **common)
+        else:
+            result, shapes = score_city(args.predictions, args.city, args.truth, **common)
     except (FolderInputError, SpaceNetCSVError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

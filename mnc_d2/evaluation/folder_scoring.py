@@ -185,12 +185,36 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[
     return out
 
 
+def folder_group_by(group_by: str, truth_kind: str, scene_paths: list[str]) -> str:
+    """The groups whose F1s a folder's score averages (``score.py --group-by``). ``auto``: the
+    SpaceNet release's (cities, or SpaceNet 4's nadir segments, as for a proposal CSV) when the
+    truth is SpaceNet CSVs and every scene's file name carries a release's ImageId (e.g.
+    ``RGB-PanSharpen_AOI_2_Vegas_img1.tif``), so a folder of SpaceNet 2 tiles gets the mean city
+    F1 the tester reports; otherwise one group (``none``). ``city`` / ``nadir`` need such
+    scenes (a FolderInputError otherwise)."""
+    from ..data.versions import image_id_of
+    from ..inference.sources import without_query
+
+    spacenet = truth_kind == "pixel" and bool(scene_paths) and all(
+        image_id_of(without_query(p)) for p in scene_paths)
+    if group_by == "auto":
+        return "auto" if spacenet else "none"
+    if group_by != "none" and not spacenet:
+        raise FolderInputError(
+            f"--group-by {group_by} needs SpaceNet truth CSVs and scenes whose file names carry "
+            "SpaceNet ImageIds (e.g. RGB-PanSharpen_AOI_2_Vegas_img1.tif), which name the "
+            "groups; score these scenes as one group (--group-by none)")
+    return group_by
+
+
 def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
                  iou_threshold: float = 0.5, scene_root: str | None = None,
-                 polygon_metrics: bool = False, tolerance: float = 1.0):
+                 polygon_metrics: bool = False, tolerance: float = 1.0,
+                 group_by: str = "auto"):
     """Score the scenes of predict.py output ``folder`` that did not fail against
-    ``truth_paths`` at the run's threshold (one image per scene; the score's groups: none).
-    Returns (ScoreResult, the shape summary of :func:`.polygon_metrics.summarize` or None)."""
+    ``truth_paths`` at the run's threshold (one image per scene; groups by
+    :func:`folder_group_by`). Returns (ScoreResult, the shape summary of
+    :func:`.polygon_metrics.summarize` or None)."""
     import pandas as pd
 
     from .spacenet_metric import score
@@ -201,7 +225,8 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
     buildings, unreadable = read_scene_buildings(folder)
     paths = {name: path for name, path in _readable_scenes(manifest, scene_root).items()
              if name not in unreadable}
-    scenes = scene_frames(buildings, paths, read_truth(truth_paths), threshold)
+    truth_kind, truth_table = read_truth(truth_paths)
+    scenes = scene_frames(buildings, paths, (truth_kind, truth_table), threshold)
     if not scenes:
         raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
                                "paths moved? pass --scene-root)")
@@ -211,8 +236,9 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
         logger.warning("no truth polygon lies in the %d scene(s) of %s: every building counts "
                        "as a false positive (truth in another place or CRS?)", len(scenes),
                        folder)
+    grouping = folder_group_by(group_by, truth_kind, [paths[s.scene] for s in scenes])
     result = score(truth, proposals, rules=rules, iou_threshold=iou_threshold,
-                   group_by="none", images=[s.image_id for s in scenes])
+                   group_by=grouping, images=[s.image_id for s in scenes])
     if not polygon_metrics:
         return result, None
     from .polygon_metrics import matched_pair_metrics, summarize
