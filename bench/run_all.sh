@@ -124,6 +124,12 @@ for tta in "off:TEST.AUG.ENABLED False" \
     --variants mnc5 --test-opts ${tta#*:}
   run ${name}_scored_hard "${PY[@]}" bench.bench_accuracy $QUICK --setting default \
     --test-setting hard --model-seeds 0 1 2 --variants mnc5 --test-opts ${tta#*:}
+  # the second data setting: hard's MNC models, on hard's benchmark and on default's
+  name=accuracy_hard_tta_${tta%%:*}
+  run $name "${PY[@]}" bench.bench_accuracy $QUICK --setting hard --model-seeds 0 1 2 \
+    --variants mnc5 --test-opts ${tta#*:}
+  run ${name}_scored_default "${PY[@]}" bench.bench_accuracy $QUICK --setting hard \
+    --test-setting default --model-seeds 0 1 2 --variants mnc5 --test-opts ${tta#*:}
 done
 # What each pass set costs per tile (section 1i's timing), on the `make demo` model.
 [[ -f output/demo/model_final.pth ]] || .venv/bin/python tools/demo.py > "$LOGS/demo.log" 2>&1
