@@ -114,7 +114,7 @@ for setting in default hard; do
       --test-opts MODEL.MNC.TEST_CASCADE_NMS ${v#*:}
   done
 done
-# Test-time augmentation on the default setting's MNC models (416 px input), each scored on both
+# Test-time augmentation on both settings' MNC models (416 px input), each scored on both
 # benchmarks without it and with two pass sets (section 1i; inference only, nothing retrained).
 for tta in "off:TEST.AUG.ENABLED False" \
     "d4:TEST.AUG.ENABLED True TEST.AUG.MIN_SIZES () TEST.AUG.FLIP True TEST.AUG.ROT90 True" \
