@@ -148,10 +148,11 @@ def default_setup_keeping_run_config(cfg, args) -> None:
     keep = args.eval_only and comm.is_main_process() and path is not None and path.is_file()
     kept = path.read_bytes() if keep else None  # only the main process writes config.yaml
     default_setup(cfg, args)
-    if kept is None or path.read_bytes() == kept:
+    written = path.read_bytes() if kept is not None else None
+    if written == kept:
         return
     with atomic_write(path.with_name(EVAL_CONFIG), "wb") as f:
-        f.write(path.read_bytes())
+        f.write(written)
     with atomic_write(path, "wb") as f:
         f.write(kept)
     logger.info("--eval-only: kept the run's %s as it was; this evaluation's config is %s",

@@ -49,11 +49,12 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
                              "or pass --score-thresh") from exc
         logger.info("score threshold %.3f from %s (the training run's best on its validation "
                     "split; --score-thresh overrides)", value, recorded)
-        if chosen_with != passes_setting(cfg):
+        running = passes_setting(cfg)
+        if chosen_with != running:
             logger.warning("%s: the threshold was chosen with %s and this model runs %s (scores "
                            "mean something else); pass --score-thresh, or evaluate with this "
                            "setting again (tools/train_net.py --eval-only) to choose it",
-                           recorded, chosen_with, passes_setting(cfg))
+                           recorded, chosen_with, running)
         return value
     logger.info("score threshold %.3f (TEST.SPACENET.SCORE_THRESH; no %s next to the weights)",
                 cfg.TEST.SPACENET.SCORE_THRESH, THRESHOLD_FILE)
