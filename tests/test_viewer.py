@@ -230,8 +230,41 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
         browser.get(url)
         _wait(browser, "return window.viewerState && window.viewerState.ready")
         assert "TP 4, FP 2, FN 2" in browser.find_element("id", "truth").text
+        legend = browser.find_element("id", "truth-legend")
+        assert legend.is_displayed() and "TP FP FN (truth, dashed)" in legend.text
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
+    finally:
+        browser.quit()
+        server.shutdown()
+
+
+def test_a_page_that_cannot_read_its_files_says_why(tmp_path):
+    """Opened from disk (a double click on index.html), a browser refuses the page its data
+    files: the panel says how to serve the folder instead of showing a blank map. A site
+    missing a file (a partial copy on a static host) names the file."""
+    from mnc_d2.viewer.serve import start
+
+    site = tmp_path / "site"
+    build_site(_prediction_folder(tmp_path), site)
+    browser = _browser()
+    try:
+        browser.get((site / "index.html").as_uri())
+        message = _wait(browser, "return window.viewerState && window.viewerState.error")
+        assert "opened from disk" in message
+        assert f"python3 -m http.server 8000 --directory {site}/" in message
+        assert browser.find_element("id", "error").text == message
+        assert not browser.find_element("id", "truth-legend").is_displayed()
+    finally:
+        browser.quit()
+    (site / "data" / "buildings.geojson").unlink()
+    server, url = start(site)
+    browser = _browser()
+    try:
+        browser.get(url)
+        message = _wait(browser, "return window.viewerState && window.viewerState.error")
+        assert "cannot read data/buildings.geojson (HTTP 404)" in message
+        assert not browser.execute_script("return window.viewerState.ready")
     finally:
         browser.quit()
         server.shutdown()

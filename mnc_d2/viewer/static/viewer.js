@@ -1,19 +1,53 @@
 // The mnc_d2 web map: footprints over the imagery, offline (MapLibre GL JS, vendored).
-// State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup}.
+// State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup,
+// error}.
+// A file the page cannot read stops it with a message in the panel (state.error), not a blank map.
+(function () {
+"use strict";
+
 (async function () {
-  "use strict";
-  const state = { ready: false, threshold: 0, count: 0, total: 0, popup: "" };
+  const state = { ready: false, threshold: 0, count: 0, total: 0, popup: "", error: "" };
   window.viewerState = state;
-  const meta = await (await fetch("data/meta.json")).json();
+  try {
+    await main(state);
+  } catch (err) {
+    state.error = describeFailure(err);
+    document.getElementById("error").textContent = state.error;
+  }
+})();
+
+// The response of one of the site's own files; a missing one throws naming it.
+async function load(path) {
+  const response = await fetch(path);
+  if (!response.ok) {
+    throw new Error("cannot read " + path + " (HTTP " + response.status + "): the site is " +
+                    "incomplete; build it again with tools/view.py");
+  }
+  return response;
+}
+
+function describeFailure(err) {
+  if (location.protocol === "file:") {
+    // browsers refuse a page opened from disk its own data files (fetch of file:// URLs)
+    const folder = decodeURIComponent(location.pathname.replace(/[^/]*$/, ""));
+    return "This page was opened from disk, where browsers do not let it read its data files. " +
+      "Serve its folder, then open http://127.0.0.1:8000/: python3 -m http.server 8000 " +
+      "--directory " + folder + " (or tools/view.py PREDICTIONS --serve).";
+  }
+  return "The map could not be drawn: " + (err && err.message ? err.message : String(err));
+}
+
+async function main(state) {
+  const meta = await (await load("data/meta.json")).json();
   const footprints = meta.footprints || { kind: "geojson", url: "data/buildings.geojson" };
   const vector = footprints.kind === "tiles";
   // every file is read before the map exists: its "load" event must not pass unseen
-  const buildings = vector ? null : await (await fetch(footprints.url)).json();
+  const buildings = vector ? null : await (await load(footprints.url)).json();
   const truth = meta.truth_counts
-    ? await (await fetch("data/truth.geojson")).json() : null;
+    ? await (await load("data/truth.geojson")).json() : null;
   // scores ascending: a city's vector tiles come with every score sorted in data/scores.f64
   const scores = vector
-    ? new Float64Array(await (await fetch("data/scores.f64")).arrayBuffer())
+    ? new Float64Array(await (await load("data/scores.f64")).arrayBuffer())
     : Float64Array.from(buildings.features.map((f) => f.properties.score)).sort();
   state.footprints = footprints.kind;
   // Served by tools/view.py --serve: full-resolution tiles from the scenes themselves (a static
@@ -55,6 +89,7 @@
     state.truth = c;
     document.getElementById("truth").textContent = "TP " + c.TP + ", FP " + c.FP + ", FN " +
       c.FN + " (SpaceNet rules, at the run's threshold " + meta.threshold.toFixed(2) + ")";
+    document.getElementById("truth-legend").hidden = false;
   }
   const slider = document.getElementById("threshold");
   function apply(threshold) {
@@ -149,4 +184,5 @@
     apply(meta.threshold);
     map.once("idle", () => { state.ready = true; });
   });
+}
 })();
