@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 
@@ -26,6 +27,18 @@ from .bundle import BACKEND_PACKAGES, ExportBundle, ExportError
 
 logger = logging.getLogger(__name__)
 
+
+
+def _quiet_torchscript_warnings() -> None:
+    """Silence the two warnings every TorchScript prediction printed, and only those: recent
+    torch deprecates ``torch.jit.load`` in favour of ``torch.export`` (a FutureWarning at each
+    load; the graph still loads and runs, README "Deploying"), and the traced graph holds
+    Detectron2's ``torch.meshgrid`` call without ``indexing`` (a UserWarning at the first tile;
+    the "ij" order it means is torch's default)."""
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
+                            category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will "
+                            r"be required to pass the indexing argument", category=UserWarning)
 
 @dataclass
 class Detections:
@@ -195,6 +208,7 @@ class ExportedModel:
                     "onnxruntime")
             if threads:
                 torch.set_num_threads(int(threads))
+            _quiet_torchscript_warnings()
             module = torch.jit.load(str(path), map_location=device).eval()
 
             def call(x):
