@@ -751,6 +751,69 @@ def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trai
                     "named": ""}
 
 
+def test_scene_bands_read_the_model_inputs_from_other_band_numbers(tmp_path, trained, scenes,
+                                                                   capsys):
+    """An RGB model on an 8-band file whose red, green, blue are bands 5, 3, 2 (WorldView-3's
+    order, SpaceNet's MUL-PanSharpen): --scene-bands 5 3 2 gives the buildings of the RGB file
+    (INPUT.BANDS keeps naming the training bands, whose statistics the run holds); without it
+    the file is read by index with a warning that names the option. The run's identity
+    records the option, the viewer draws those bands, and bad values are usage errors."""
+    from mnc_d2.viewer.site import _bands
+
+    with rasterio.open(scenes["good0"]) as src:
+        rgb, profile = src.read(), src.profile
+    eight = np.zeros((8, *rgb.shape[1:]), dtype=rgb.dtype)
+    eight[[4, 2, 1]] = rgb
+    eight[[0, 3, 5, 6, 7]] = rgb[:1] // 3 + 200  # other bands: unlike any of the three
+    profile.update(count=8)
+    mul = tmp_path / "mul.tif"
+    with rasterio.open(mul, "w", **profile) as dst:
+        dst.write(eight)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert predict_main(_args(trained, [str(scenes["good0"])], ref, "--score-thresh",
+                              "0.0")) == 0
+    # the option last before the overrides: they are split off it as off --input
+    assert predict_main(_args(trained, [str(mul)], out, "--score-thresh", "0.0",
+                              "--scene-bands", "5", "3", "2")) == 0
+    a = gpd.read_parquet(ref / "buildings" / "good0.parquet")
+    b = gpd.read_parquet(out / "buildings" / "mul.parquet")
+    assert len(a) > 0 and len(a) == len(b)
+    assert np.allclose(a.score, b.score, atol=1e-6)
+    assert all(x.equals_exact(y, 1e-9) for x, y in zip(a.geometry, b.geometry))
+    run = json.loads((out / "run.json").read_text())
+    assert run["scene_bands"] == [5, 3, 2] and _bands(run) == [5, 3, 2]
+    assert pd.read_parquet(out / "manifest.parquet").warnings.tolist() == [""]
+    capsys.readouterr()
+    # the same folder without the option is another run
+    assert predict_main(_args(trained, [str(mul)], out, "--score-thresh", "0.0")) == 2
+    assert "scene_bands differ" in capsys.readouterr().err
+    # without it: bands 1, 2, 3 by index, the warning naming the option
+    assert predict_main(_args(trained, [str(mul)], tmp_path / "plain", "--score-thresh",
+                              "0.0")) == 0
+    warning = pd.read_parquet(tmp_path / "plain" / "manifest.parquet").warnings.iloc[0]
+    assert "reads bands [1, 2, 3] by index" in warning and "--scene-bands" in warning
+    # bad values: usage errors before any scene; a file with too few bands fails alone
+    assert predict_main(_args(trained, [str(mul)], tmp_path / "e1", "--scene-bands", "5",
+                              "3")) == 2
+    assert "--scene-bands 5 3: the model reads 3 band(s)" in capsys.readouterr().err
+    assert predict_main(_args(trained, [str(mul)], tmp_path / "e2", "--scene-bands", "5", "x",
+                              "2")) == 2
+    assert "give 1-based band numbers" in capsys.readouterr().err
+    assert predict_main(_args(trained, [str(mul), str(scenes["good1"])], tmp_path / "e3",
+                              "--scene-bands", "5", "3", "2")) == 1
+    rows = pd.read_parquet(tmp_path / "e3" / "manifest.parquet").set_index("scene")
+    assert rows.status.to_dict() == {"mul": "ok", "good1": "failed"}
+    assert "--scene-bands 5 3 2: " in rows.error["good1"] and "has 3 band(s)" in \
+        rows.error["good1"]
+    # the early check of each scene reads the bands given, not INPUT.BANDS: a 2-band file
+    # whose band 2 the user gives twice has no band 3 (the model's), and is predicted
+    two = tmp_path / "two.tif"
+    profile.update(count=2)
+    with rasterio.open(two, "w", **profile) as dst:
+        dst.write(rgb[:2])
+    assert predict_main(_args(trained, [str(two)], tmp_path / "e4", "--scene-bands", "1", "2",
+                              "2")) == 0
+
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
     """Ground metres per pixel, the number scenes are resampled by: UTM as stated, US survey
     feet converted, Web Mercator's stated size shrunk by the cosine of the latitude, degrees

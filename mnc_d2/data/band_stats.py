@@ -97,7 +97,10 @@ def resolve_band_stats(cfg) -> dict | None:
             cfg.INPUT.BANDS = [int(b) for b in stats["bands"]]
         if [int(b) for b in stats["bands"]] != [int(b) for b in cfg.INPUT.BANDS]:
             raise ValueError(f"{path} holds statistics of bands {stats['bands']} but "
-                             f"INPUT.BANDS is {list(cfg.INPUT.BANDS)}")
+                             f"INPUT.BANDS is {list(cfg.INPUT.BANDS)} (INPUT.BANDS names the "
+                             "bands the model is trained on; to read the same inputs from "
+                             "other band numbers of the scenes at prediction, keep it and "
+                             "pass tools/predict.py --scene-bands)")
         kind = stats.get("dn_transform", "")  # files of mnc_d2 0.2.0 and before: DNs as read
         if kind != dn_transform(cfg.INPUT.DN_TRANSFORM).kind:
             raise ValueError(f"{path} holds statistics of DNs with INPUT.DN_TRANSFORM={kind!r} "

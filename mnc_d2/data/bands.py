@@ -49,6 +49,14 @@ def check_band_count(src, bands: list[int]) -> None:
                          f"1..len(PIXEL_MEAN)) but {src.name} has {src.count} band(s)")
 
 
+def check_scene_bands(src, bands: list[int]) -> None:
+    """Raise, naming the file and the option, when the open dataset ``src`` lacks one of the
+    bands given with predict.py --scene-bands."""
+    if max(bands) > src.count:
+        raise ValueError(f"--scene-bands {' '.join(map(str, bands))}: {src.name} has "
+                         f"{src.count} band(s)")
+
+
 def _read(src, bands: list[int], fill, window) -> np.ndarray:
     bands = [int(b) for b in bands]
     check_band_count(src, bands)

@@ -25,7 +25,7 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 
-from ..data.bands import check_band_count
+from ..data.bands import check_band_count, check_scene_bands
 from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
@@ -66,8 +66,9 @@ def gdal_vsi_prefix(url: str) -> str:
     return bare if bare.startswith("/vsi") else "/vsicurl/" + bare
 
 
-def _check_scene(path: str, bands: list[int]) -> None:
-    """Fail early, naming the file, for inputs that cannot give georeferenced buildings."""
+def _check_scene(path: str, bands: list[int], scene_bands: list[int] | None = None) -> None:
+    """Fail early, naming the file, for inputs that cannot give georeferenced buildings
+    (``scene_bands``: predict.py --scene-bands, read instead of the model's ``bands``)."""
     shown = redact(path)
     if not is_remote(path) and not Path(path).exists():
         raise FileNotFoundError(f"{shown} does not exist")
@@ -76,7 +77,10 @@ def _check_scene(path: str, bands: list[int]) -> None:
             if src.crs is None:
                 raise ValueError(f"{shown} has no CRS, so its buildings cannot be placed on a "
                                  "map; georeference it (e.g. gdal_edit.py -a_srs EPSG:32611 ...)")
-            check_band_count(src, bands)
+            if scene_bands:
+                check_scene_bands(src, scene_bands)
+            else:
+                check_band_count(src, bands)
     except rasterio.errors.RasterioIOError as exc:
         if is_remote(path):  # the network's failure, perhaps passing: tried again
             raise OSError(f"{shown} could not be read ({redact(str(exc))})") from None
@@ -98,7 +102,7 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
         try:
             with (remote_env(scene.path if attempt > 1 else None) if is_remote(scene.path)
                   else rasterio.Env()):
-                _check_scene(scene.path, predictor.bands)
+                _check_scene(scene.path, predictor.bands, predictor.scene_bands)
                 pred = predictor.predict(scene.path, progress=False, info=scene.info)
                 extra = {fmt: out_dir / fmt / f"{scene.name}.{fmt}" for fmt in formats
                          if fmt != "parquet"}

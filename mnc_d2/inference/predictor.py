@@ -34,7 +34,7 @@ from rasterio.warp import transform as transform_coords
 from shapely import affinity
 from tqdm import tqdm
 
-from ..data.bands import check_band_count, input_bands, read_bands
+from ..data.bands import check_band_count, check_scene_bands, input_bands, read_bands
 from ..data.radiometry import dn_transform, dn_transform_from_config
 from ..export.bundle import BACKEND_FILES
 from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
@@ -184,7 +184,7 @@ class ScenePredictor:
     def __init__(self, cfg=None, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
                  score_thresh: float | None = None, backend: str = "torch",
                  model_dir: str | None = None, threads: int | None = None,
-                 max_upsample: float = MAX_UPSAMPLE):
+                 max_upsample: float = MAX_UPSAMPLE, scene_bands: list[int] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
@@ -227,6 +227,12 @@ class ScenePredictor:
             post = dict(bundle.meta["post"])
             threshold = float(bundle.meta["score_thresh"] if score_thresh is None
                               else score_thresh)
+        # where the scenes hold the model's input channels, when not where the training files
+        # did (predict.py --scene-bands): read by these numbers, never by name
+        self.scene_bands = [int(b) for b in scene_bands] if scene_bands else None
+        if self.scene_bands is not None and len(self.scene_bands) != len(self.bands):
+            raise ValueError(f"scene_bands {self.scene_bands}: the model reads "
+                             f"{len(self.bands)} band(s) (trained on bands {self.bands})")
         # nodata and pixels outside the data get the DNs INPUT.DN_TRANSFORM maps to PIXEL_MEAN
         self.fill = np.asarray(self.dn.inverse(mean), dtype=np.float32)
         self.post = {"score_thresh": threshold, **post}
@@ -261,9 +267,13 @@ class ScenePredictor:
         with rasterio.open(path) as src:
             names = list(info.band_names) if info is not None and info.band_names else \
                 [d or "" for d in src.descriptions]
-            bands = bands_by_name(self.band_names, names, self.bands, shown)
-            check_band_count(src, bands)
-            warnings = self._band_warnings(src, names, bands, shown)
+            if self.scene_bands is not None:  # the user said where they are
+                bands, warnings = self.scene_bands, []
+                check_scene_bands(src, bands)
+            else:
+                bands = bands_by_name(self.band_names, names, self.bands, shown)
+                check_band_count(src, bands)
+                warnings = self._band_warnings(src, names, bands, shown)
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
                 else 1.0
@@ -306,8 +316,10 @@ class ScenePredictor:
         return [f"{shown} has {src.count} bands and names none the model knows: it reads bands "
                 f"{bands} by index (INPUT.BANDS), which it learned as "
                 f"{', '.join(self.band_names)}; if they are other bands here (an 8-band "
-                "MUL-PanSharpen file for an RGB model), name the file's bands (GeoTIFF band "
-                "descriptions, STAC eo:bands) or set INPUT.BANDS"]
+                "MUL-PanSharpen file for an RGB model), say where the model's bands are "
+                "(tools/predict.py --scene-bands, e.g. 5 3 2 for red, green, blue of a "
+                "WorldView-3 8-band file) or name the file's bands (GeoTIFF band descriptions, "
+                "STAC eo:bands)"]
 
     def _check_radiometry(self, src, bands: list[int], shown: str) -> list[str]:
         """The warning (in a list, or none) for a scene far darker or brighter than the

@@ -75,7 +75,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="fail a scene whose pixels are more than FACTOR times the model's "
                              "INPUT.GSD instead of resampling it (default %(default)g: e.g. "
                              "1.2 m imagery for a 0.3 m model; 0 = no limit)")
-    parser.add_argument("--rgb-bands", type=int, nargs=3, help="1-based bands for the PNG")
+    parser.add_argument("--scene-bands", nargs="+", metavar="BAND",
+                        help="the scenes' 1-based bands that hold the model's input channels, "
+                             "in the model's order, when they sit elsewhere than in the "
+                             "training files (e.g. 5 3 2: red, green, blue of a WorldView-3 "
+                             "8-band file such as SpaceNet's MUL-PanSharpen, for an RGB model); "
+                             "default: the run's INPUT.BANDS, or its INPUT.BAND_NAMES where a "
+                             "scene names its bands")
+    parser.add_argument("--rgb-bands", type=int, nargs=3,
+                        help="1-based bands for the PNG (default: --scene-bands when 3, else "
+                             "the file's first three)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -105,13 +114,27 @@ def _still_readable(path) -> bool:
     return reason is None
 
 
+def _band_numbers(words: list[str] | None) -> list[int] | None:
+    """--scene-bands as integers (a list option read as words, so that KEY VALUE overrides
+    after it are told apart: see split_config_overrides)."""
+    if not words:
+        return None
+    try:
+        return [int(w) for w in words]
+    except ValueError:
+        raise UsageError(f"--scene-bands {' '.join(words)}: give 1-based band numbers "
+                         "(e.g. 5 3 2)") from None
+
+
 def main(argv=None, description: str = "Predict building footprints on GeoTIFF scenes") -> int:
     args = build_parser(description).parse_args(argv)
     args.input, args.opts = split_config_overrides(args.input, args.opts)
+    args.scene_bands, args.opts = split_config_overrides(args.scene_bands, args.opts)
     configure_cli_logging()
     try:
         if not args.input:
             raise UsageError("--input: give the scenes before the KEY VALUE overrides")
+        args.scene_bands = _band_numbers(args.scene_bands)
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -162,7 +185,17 @@ def _run(args) -> int:
     formats = parse_formats(args.formats)
     cfg, bundle = _model_source(args)
     bands = input_bands(cfg) if cfg is not None else bundle.bands
-    scenes = expand_inputs(args.input, args.stac_asset, band_count=len(bands))
+    if args.scene_bands:
+        if len(args.scene_bands) != len(bands) or min(args.scene_bands) < 1:
+            raise UsageError(f"--scene-bands {' '.join(map(str, args.scene_bands))}: the model "
+                             f"reads {len(bands)} band(s) (trained on bands {list(bands)}); "
+                             f"give {len(bands)} 1-based band number(s), one per input channel")
+        if args.rgb_bands is None and len(args.scene_bands) == 3:
+            args.rgb_bands = list(args.scene_bands)
+    # STAC: an asset with the model's band count is preferred, unless the user said where the
+    # bands are in other files (then --stac-asset picks among several)
+    scenes = expand_inputs(args.input, args.stac_asset,
+                           band_count=None if args.scene_bands else len(bands))
     if not scenes:
         raise UsageError("no input scenes")
     try:
@@ -180,6 +213,7 @@ def _run(args) -> int:
                                 gsd if gsd == gsd else None, args.backend)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    record["scene_bands"] = list(args.scene_bands) if args.scene_bands else None
     reuse = prepare_output(args.output, record, args.overwrite)
     started = now_iso()
     todo, rows = [], {}
@@ -195,7 +229,8 @@ def _run(args) -> int:
                 len(scenes) - len(todo))
     kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
               "batch_size": args.batch_size, "score_thresh": score_thresh,
-              "backend": args.backend, "max_upsample": args.max_upsample}
+              "backend": args.backend, "max_upsample": args.max_upsample,
+              "scene_bands": args.scene_bands}
     if bundle is not None:
         kwargs["model_dir"] = str(bundle.root)
     if args.engine == "local":

@@ -41,9 +41,9 @@ RUN_FILE = "run.json"
 MANIFEST = "manifest.parquet"
 # run.json keys that must match for a re-run to reuse (skip) finished scenes
 IDENTITY_KEYS = ("config_sha256", "weights_sha256", "score_thresh", "tile_size", "overlap",
-                 "formats", "backend")
+                 "formats", "backend", "scene_bands")
 # What a run.json written before a key existed means by it.
-IDENTITY_DEFAULTS = {"backend": "torch"}
+IDENTITY_DEFAULTS = {"backend": "torch", "scene_bands": None}
 
 
 class UsageError(ValueError):
@@ -197,6 +197,7 @@ def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int,
         "weights": str(weights),
         "mnc_d2_version": __version__,
         "model_gsd_m": model_gsd_m,
+        "scene_bands": None,  # tools/predict.py --scene-bands, when given
         "config": cfg_text,
     }
 

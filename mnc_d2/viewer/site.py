@@ -52,7 +52,10 @@ ViewerInputError = FolderInputError
 
 
 def _bands(run: dict) -> list[int]:
-    """The run's input bands (its config's INPUT.BANDS, else 1..len(PIXEL_MEAN)), first three."""
+    """The bands the run read from its scenes, first three: predict.py --scene-bands when given,
+    else its config's INPUT.BANDS, else 1..len(PIXEL_MEAN)."""
+    if run.get("scene_bands"):
+        return [int(b) for b in run["scene_bands"]][:3]
     import yaml
 
     cfg = yaml.safe_load(run.get("config", "")) or {}
