@@ -204,6 +204,38 @@ def test_threshold_sweep_records_the_best_threshold_for_prediction(tmp_path):
         resolve_score_threshold(cfg)
 
 
+def test_a_model_that_matches_nothing_records_the_configured_threshold(tmp_path, caplog):
+    """Score 0 at every threshold (an untrained model: only misplaced boxes): the sweep's tie
+    would pick its lowest threshold, and prediction would use it. The configured threshold is
+    recorded instead, marked so, and prediction warns that the model found nothing."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.inference.threshold import resolve_score_threshold
+
+    threshold_file = tmp_path / "run" / "score_threshold.json"
+    ev = SpaceNetEvaluator(DATASET, output_dir=str(tmp_path / "eval"), score_thresh=0.5,
+                           sweep_thresholds=(0.05, 0.5, 0.7), simplify_tolerance=0.0,
+                           threshold_file=str(threshold_file))
+    ev.reset()
+    for index in (0, 1):
+        rec = _dicts()[index]
+        out = _instances([(50, 2, 60, 8), (0, 50, 5, 60)], [0.9, 0.1])
+        ev.process([{"image_id": rec["image_id"]}], [{"instances": out}])
+    with caplog.at_level(logging.WARNING):
+        res = ev.evaluate()["spacenet"]
+    assert res["TP"] == 0 and res["best_threshold/score"] == 0.0
+    record = json.loads(threshold_file.read_text())
+    assert record["score_thresh"] == 0.5 and record["source"].startswith("configured")
+    assert "no score threshold finds any building" in caplog.text
+    caplog.clear()
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "run" / "model_final.pth")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_score_threshold(cfg) == 0.5
+    assert "the model found no building there" in caplog.text
+
 def test_a_threshold_chosen_with_other_passes_is_warned_about(tmp_path, caplog):
     """The chosen threshold records the test-time augmentation it was chosen with (its scores
     are means over passes); prediction with another setting warns, naming both and the fix. A

@@ -63,6 +63,8 @@ from ..formats.spacenet_csv import write_proposal_csv
 from ..inference.threshold import THRESHOLD_FILE, passes_setting
 
 logger = logging.getLogger(__name__)
+# score_threshold.json's "source" when no threshold matched any building (else "sweep")
+NO_MATCH_SOURCE = "configured: no threshold matched any building"
 
 
 def annotation_polygon(ann: dict):
@@ -223,10 +225,19 @@ class SpaceNetEvaluator(DatasetEvaluator):
                  "configured_threshold": self._score_thresh, "best": best,
                  "sweep": table.to_dict(orient="records"), "calibration": calib}
         if self._threshold_file is not None:
+            chosen, source = best["threshold"], "sweep"
+            if best["score"] <= 0:
+                # every threshold scores 0 (nothing matched: an untrained or broken model): the
+                # sweep's "best" would be its lowest threshold, and prediction would use it
+                chosen, source = self._score_thresh, NO_MATCH_SOURCE
+                logger.warning("no score threshold finds any building of %s (score 0 at every "
+                               "threshold): the configured TEST.SPACENET.SCORE_THRESH (%.2f) "
+                               "is recorded for prediction, not the sweep's lowest",
+                               self._dataset_name, chosen)
             with atomic_write(self._threshold_file, "w") as f:
-                json.dump({"score_thresh": best["threshold"], "dataset": self._dataset_name,
+                json.dump({"score_thresh": chosen, "dataset": self._dataset_name,
                            "score": best["score"], "group_by": floor.group_by,
-                           "passes": self._passes}, f, indent=2)
+                           "passes": self._passes, "source": source}, f, indent=2)
             logger.info("best score threshold written to %s", self._threshold_file)
         return sweep
 

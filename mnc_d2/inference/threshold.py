@@ -47,8 +47,13 @@ def resolve_score_threshold(cfg, override: float | None = None) -> float:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{recorded}: unreadable score threshold ({exc}); delete the file "
                              "or pass --score-thresh") from exc
-        logger.info("score threshold %.3f from %s (the training run's best on its validation "
-                    "split; --score-thresh overrides)", value, recorded)
+        if record.get("source", "sweep") == "sweep":
+            logger.info("score threshold %.3f from %s (the training run's best on its "
+                        "validation split; --score-thresh overrides)", value, recorded)
+        else:  # the run's evaluation matched nothing: the configured threshold was recorded
+            logger.warning("score threshold %.3f from %s (%s on %s: the model found no "
+                           "building there; --score-thresh overrides)", value, recorded,
+                           record["source"], record.get("dataset", "its validation split"))
         running = passes_setting(cfg)
         if chosen_with != running:
             logger.warning("%s: the threshold was chosen with %s and this model runs %s (scores "
