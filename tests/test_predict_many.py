@@ -252,6 +252,35 @@ def test_ray_workers_asking_for_what_the_machine_lacks_fail_at_once(tmp_path, tr
     assert not (tmp_path / "o" / "manifest.parquet").exists()
 
 
+def test_a_ray_address_where_nothing_answers_fails_at_once(tmp_path, trained, scenes, capsys,
+                                                           monkeypatch):
+    """ray.init retries an address without a cluster for minutes: a HOST:PORT (or ray://) that
+    refuses connections is a usage error naming it before Ray is asked; other forms (auto)
+    are Ray's to resolve, and an address that answers passes."""
+    import socket
+
+    from mnc_d2.inference.engines import RayAddressError, check_ray_address
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RayAddressError, match=f"no Ray cluster answers at {address}"):
+            check_ray_address(address)
+    check_ray_address("auto")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        check_ray_address(f"127.0.0.1:{server.getsockname()[1]}")
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.time()
+    assert predict_main(_args(trained, [str(scenes["good0"])], tmp_path / "o", "--engine",
+                              "ray", "--ray-address", f"127.0.0.1:{port}")) == 2
+    assert time.time() - started < 60
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "manifest.parquet").exists()
+
 def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     from mnc_d2.inference.merge import merge_footprints
     from mnc_d2.inference.scenes import write_buildings_parquet

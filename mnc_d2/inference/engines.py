@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -152,6 +153,28 @@ class RayResourceError(ValueError):
     """One Ray actor asks for more than the cluster Ray runs in this process has."""
 
 
+class RayAddressError(ValueError):
+    """Nothing answers at the Ray address given (--ray-address or RAY_ADDRESS)."""
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address and the fix, when nothing accepts a connection at a
+    ``HOST:PORT`` or ``ray://HOST:PORT`` address: ``ray.init`` would retry it for minutes before
+    failing. Other forms (``auto``, ``local``) are left to Ray."""
+    bare = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in bare:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RayAddressError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one there "
+            "(ray start --head --port PORT), fix --ray-address / RAY_ADDRESS, or leave both "
+            "unset to run Ray on this machine") from None
+
+
 def check_ray_resources(resources: dict, cpus_per_worker: float, gpus_per_worker: float,
                         own_cluster: bool) -> None:
     """What one actor asks for against what the Ray cluster has (``ray.cluster_resources()``).
@@ -234,6 +257,7 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
+            check_ray_address(address)
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(int(workers * cpus_per_worker), 1), include_dashboard=False,

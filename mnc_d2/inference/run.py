@@ -173,7 +173,7 @@ def _model_source(args):
 
 
 def _run(args) -> int:
-    from .engines import RayResourceError, run_local, run_ray
+    from .engines import RayAddressError, RayResourceError, run_local, run_ray
     from .predictor import ScenePredictor, resolve_score_threshold
 
     from ..data.bands import input_bands
@@ -271,7 +271,7 @@ def _run(args) -> int:
                            args.cpus_per_worker, args.gpus_per_worker, args.ray_address,
                            args.rgb_bands, threads=args.torch_threads,
                            provenance=run_provenance(record))
-        except RayResourceError as exc:
+        except (RayAddressError, RayResourceError) as exc:
             raise UsageError(str(exc)) from None
         except Exception as exc:  # the pool itself failed (e.g. no node can load the model)
             logger.error("the Ray run failed: %s", exc)
