@@ -236,6 +236,27 @@ def test_a_model_that_matches_nothing_records_the_configured_threshold(tmp_path,
         assert resolve_score_threshold(cfg) == 0.5
     assert "the model found no building there" in caplog.text
 
+def test_with_several_test_sets_the_first_records_the_threshold(tmp_path):
+    """Each test set's evaluator would write score_threshold.json, the last one winning, while
+    the best checkpoint follows the first: only the first set's evaluator writes it."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.engine.trainer import best_metric
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.DATASETS.TEST = (DATASET, "spacenet2_paris_val")
+    first = SpaceNetEvaluator.from_config(cfg, DATASET)
+    second = SpaceNetEvaluator.from_config(cfg, "spacenet2_paris_val")
+    assert first["threshold_file"] == str(tmp_path / "score_threshold.json")
+    assert second["threshold_file"] is None
+    assert best_metric(cfg) == f"{DATASET}/spacenet/score"
+    cfg.DATASETS.TEST = ("spacenet2_paris_val",)
+    assert SpaceNetEvaluator.from_config(cfg, "spacenet2_paris_val")["threshold_file"]
+    assert SpaceNetEvaluator.from_config(cfg, DATASET)["threshold_file"]  # called directly
+
 def test_a_threshold_chosen_with_other_passes_is_warned_about(tmp_path, caplog):
     """The chosen threshold records the test-time augmentation it was chosen with (its scores
     are means over passes); prediction with another setting warns, naming both and the fix. A

@@ -108,6 +108,19 @@ def _proposal_frame(predictions: dict[str, list[tuple[Polygon, float]]]) -> pd.D
     return pd.DataFrame(rows, columns=["ImageId", "BuildingId", "Confidence", "geometry"])
 
 
+def records_threshold(cfg, dataset_name: str) -> bool:
+    """Whether the evaluation of ``dataset_name`` writes the run's score threshold: with several
+    DATASETS.TEST only the first's does, the set the best checkpoint follows
+    (:func:`mnc_d2.engine.trainer.best_metric`); each would otherwise overwrite the one before,
+    leaving prediction the last set's threshold with the first set's checkpoint."""
+    tests = list(cfg.DATASETS.TEST)
+    if len(tests) > 1 and dataset_name in tests and dataset_name != tests[0]:
+        logger.info("%s: its best score threshold is in its spacenet_sweep.json; the run's %s "
+                    "is the first test set's (%s), as the best checkpoint is", dataset_name,
+                    THRESHOLD_FILE, tests[0])
+        return False
+    return True
+
 class SpaceNetEvaluator(DatasetEvaluator):
     """SpaceNet F1 of predicted instance masks (see the module docstring)."""
 
@@ -147,7 +160,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
                 "align_neighbours": sn.ALIGN_NEIGHBOURS, "align_gap": sn.ALIGN_NEIGHBOURS_GAP,
                 "rules": sn.RULES, "group_by": sn.GROUP_BY,
                 "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
-                if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS else None,
+                if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS and
+                records_threshold(cfg, dataset_name) else None,
                 "passes": passes_setting(cfg)}
 
     def reset(self):
