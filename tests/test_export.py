@@ -266,6 +266,12 @@ def test_export_warns_when_its_check_found_nothing(tmp_path, trained):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert f"error: --check-images: {tmp_path / 'none.tif'} is not a file" in bad.stderr
     assert not (tmp_path / "n").exists()
+    from mnc_d2.export.cli import main as export_main
+
+    assert export_main(["--config-file", str(trained / "config.yaml"), "--output",
+                        str(tmp_path / "t"), "--tile-size", "0", "MODEL.WEIGHTS",
+                        str(trained / "model_final.pth")]) == 2  # was a ZeroDivisionError
+    assert not (tmp_path / "t").exists()
 
 
 def test_trace_device_is_checked_before_the_export(monkeypatch):

@@ -166,10 +166,19 @@ def test_local_run_isolates_bad_scenes_writes_geoparquet_and_resumes(tmp_path, t
     assert len(manifest) == 1 and not (out / "buildings" / "good1.parquet").exists()
 
 
-def test_usage_errors_exit_2(tmp_path, trained):
+def test_usage_errors_exit_2(tmp_path, trained, capsys):
     assert predict_main(_args(trained, [f"@{tmp_path / 'nope.txt'}"], tmp_path / "o")) == 2
     assert predict_main(_args(trained, ["x.tif"], tmp_path / "o", "--formats", "kml")) == 2
     assert predict_main(_args(trained, ["x.tif"], tmp_path / "o", "--max-upsample", "0.5")) == 2
+    # tiling, batching and pool sizes that cannot work: one line before any scene or output
+    for bad, said in ((("--tile-size", "256", "--overlap", "300"),
+                       "--overlap 300 must be in [0, --tile-size 256)"),
+                      (("--batch-size", "0"), "--batch-size 0 must be at least 1"),
+                      (("--engine", "ray", "--workers", "0"), "--workers 0 must be at least 1")):
+        capsys.readouterr()
+        assert predict_main(_args(trained, ["x.tif"], tmp_path / "n", *bad)) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "n").exists()
 
 
 def test_overrides_may_follow_the_input_paths(tmp_path, trained, scenes, capsys):

@@ -39,6 +39,11 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     args.calibration, args.opts = split_config_overrides(args.calibration, args.opts)
     args.check_images, args.opts = split_config_overrides(args.check_images, args.opts)
     configure_cli_logging()
+    if args.tile_size < 1 or args.calibration_images < 1:
+        bad = (f"--tile-size {args.tile_size}" if args.tile_size < 1
+               else f"--calibration-images {args.calibration_images}")
+        print(f"error: {bad} must be at least 1", file=sys.stderr)
+        return 2
     from ..engine.setup import setup_cfg
     from .bundle import ExportError
     from .exporter import export_model

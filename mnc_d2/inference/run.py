@@ -114,6 +114,29 @@ def _still_readable(path) -> bool:
     return reason is None
 
 
+def check_numbers(args) -> None:
+    """Tiling, batching and pool sizes that cannot work are usage errors before any scene (they
+    failed every scene alike, or with a bare Python error)."""
+    problems = []
+    if args.tile_size < 1:
+        problems.append(f"--tile-size {args.tile_size} must be at least 1")
+    elif not 0 <= args.overlap < args.tile_size:
+        problems.append(f"--overlap {args.overlap} must be in [0, --tile-size {args.tile_size})")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size {args.batch_size} must be at least 1")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        problems.append(f"--torch-threads {args.torch_threads} must be at least 1")
+    if args.engine == "ray":
+        if args.workers < 1:
+            problems.append(f"--workers {args.workers} must be at least 1")
+        if args.cpus_per_worker <= 0:
+            problems.append(f"--cpus-per-worker {args.cpus_per_worker:g} must be above 0")
+        if args.gpus_per_worker < 0:
+            problems.append(f"--gpus-per-worker {args.gpus_per_worker:g} must be 0 or more")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
 def _band_numbers(words: list[str] | None) -> list[int] | None:
     """--scene-bands as integers (a list option read as words, so that KEY VALUE overrides
     after it are told apart: see split_config_overrides)."""
@@ -182,6 +205,7 @@ def _run(args) -> int:
         check_max_upsample(args.max_upsample)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_numbers(args)
     formats = parse_formats(args.formats)
     cfg, bundle = _model_source(args)
     bands = input_bands(cfg) if cfg is not None else bundle.bands
