@@ -47,10 +47,18 @@ def _prediction_folder(root: Path) -> Path:
     return out
 
 
-def test_bad_folders_say_why(tmp_path):
+def test_bad_folders_say_why(tmp_path, capsys):
     with pytest.raises(ViewerInputError, match="not a tools/predict.py output folder"):
         build_site(tmp_path, tmp_path / "site")
     folder = _prediction_folder(tmp_path)
+    from mnc_d2.viewer.cli import main as view_main
+
+    for bad, said in ((["--overview-px", "0"], "--overview-px 0 must be at least 64"),
+                      (["--port", "70000"], "--port 70000 must be in 0-65535")):
+        with pytest.raises(SystemExit) as stop:
+            view_main([str(folder), "--out", str(tmp_path / "never"), *bad])
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
     import geopandas as gpd
 
     frame = gpd.read_parquet(folder / "buildings" / "s0.parquet")

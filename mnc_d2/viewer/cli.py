@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     configure_cli_logging()
     if not args.out and not args.serve:
         parser.error("give --out SITE/, --serve, or both")
+    if args.overview_px < 64:  # below this an overview shows nothing (0 wrote a 1-pixel image)
+        parser.error(f"--overview-px {args.overview_px} must be at least 64")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} must be in 0-65535 (0: any free port)")
     site = args.out or tempfile.mkdtemp(prefix="mnc_d2_viewer_")
     try:
         meta = build_site(args.folder, site, args.city, args.scene_root, args.basemap,
