@@ -290,6 +290,7 @@ def test_a_ray_address_where_nothing_answers_fails_at_once(tmp_path, trained, sc
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "o" / "manifest.parquet").exists()
 
+
 def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
     from mnc_d2.inference.merge import merge_footprints
     from mnc_d2.inference.scenes import write_buildings_parquet
@@ -851,6 +852,7 @@ def test_scene_bands_read_the_model_inputs_from_other_band_numbers(tmp_path, tra
         dst.write(rgb[:2])
     assert predict_main(_args(trained, [str(two)], tmp_path / "e4", "--scene-bands", "1", "2",
                               "2")) == 0
+
 
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
     """Ground metres per pixel, the number scenes are resampled by: UTM as stated, US survey

@@ -236,6 +236,7 @@ def test_a_model_that_matches_nothing_records_the_configured_threshold(tmp_path,
         assert resolve_score_threshold(cfg) == 0.5
     assert "the model found no building there" in caplog.text
 
+
 def test_with_several_test_sets_the_first_records_the_threshold(tmp_path):
     """Each test set's evaluator would write score_threshold.json, the last one winning, while
     the best checkpoint follows the first: only the first set's evaluator writes it."""
@@ -256,6 +257,7 @@ def test_with_several_test_sets_the_first_records_the_threshold(tmp_path):
     cfg.DATASETS.TEST = ("spacenet2_paris_val",)
     assert SpaceNetEvaluator.from_config(cfg, "spacenet2_paris_val")["threshold_file"]
     assert SpaceNetEvaluator.from_config(cfg, DATASET)["threshold_file"]  # called directly
+
 
 def test_a_threshold_chosen_with_other_passes_is_warned_about(tmp_path, caplog):
     """The chosen threshold records the test-time augmentation it was chosen with (its scores

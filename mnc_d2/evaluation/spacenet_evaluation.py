@@ -121,6 +121,7 @@ def records_threshold(cfg, dataset_name: str) -> bool:
         return False
     return True
 
+
 class SpaceNetEvaluator(DatasetEvaluator):
     """SpaceNet F1 of predicted instance masks (see the module docstring)."""
 

@@ -28,7 +28,6 @@ from .bundle import BACKEND_PACKAGES, ExportBundle, ExportError
 logger = logging.getLogger(__name__)
 
 
-
 def _quiet_torchscript_warnings() -> None:
     """Silence the two warnings every TorchScript prediction printed, and only those: recent
     torch deprecates ``torch.jit.load`` in favour of ``torch.export`` (a FutureWarning at each
@@ -39,6 +38,7 @@ def _quiet_torchscript_warnings() -> None:
                             category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will "
                             r"be required to pass the indexing argument", category=UserWarning)
+
 
 @dataclass
 class Detections:
