@@ -715,10 +715,25 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     coarse = _coarser_copy(scenes["good0"], tmp_path / "coarse.tif", 96)
     out = tmp_path / "gsd"
     assert predict_main(_args(trained, [str(coarse)], out, "--score-thresh", "0.0",
-                              "INPUT.GSD", "0.3")) == 0
+                              "--formats", "parquet,csv", "INPUT.GSD", "0.3")) == 0
     row = pd.read_parquet(out / "manifest.parquet").iloc[0]
     assert row.model_gsd_m == 0.3 and abs(row.scene_gsd_m - 0.5) < 0.01
     assert json.loads((out / "run.json").read_text())["model_gsd_m"] == 0.3
+    # the SpaceNet CSV is in the 96 x 96 file's own pixels (truth CSVs of that file are), not
+    # the 160 x 160 grid the model saw: through the file's transform it gives the GeoParquet's
+    # buildings
+    from mnc_d2.geometry.polygons import pixel_to_map
+
+    frame = gpd.read_parquet(out / "buildings" / "coarse.parquet")
+    rows = pd.read_csv(out / "csv" / "coarse.csv")
+    assert len(rows) == len(frame) > 0
+    pixels = shapely.from_wkt(rows.PolygonWKT_Pix.to_numpy())
+    assert shapely.bounds(pixels)[:, 2:].max() <= 96 + 1e-6
+    with rasterio.open(coarse) as src:
+        placed = [pixel_to_map(g, src.transform) for g in pixels]
+    iou = [shapely.area(shapely.intersection(a, b)) / shapely.area(shapely.union(a, b))
+           for a, b in zip(placed, frame.geometry.to_crs(src.crs))]
+    assert min(iou) > 0.98, min(iou)  # the CSV's pixels are rounded to 0.01
 
     # at 2 m pixels (24 x 24) the scene is 6.7x coarser than the model's 0.3 m: more than
     # --max-upsample's default allows, so it fails at once, naming the file, the sizes and the

@@ -39,7 +39,7 @@ from ..data.radiometry import dn_transform, dn_transform_from_config
 from ..export.bundle import BACKEND_FILES
 from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
 from ..geometry.crs import is_mercator
-from ..geometry.polygons import mask_to_polygons, pixel_to_map
+from ..geometry.polygons import map_to_pixel, mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
 from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
@@ -72,6 +72,9 @@ class ScenePrediction:
     model_gsd_m: float = float("nan")  # INPUT.GSD (NaN: not recorded)
     datetime: str | None = None  # acquisition time, ISO UTC: STAC's, else the TIFF's date tag
     warnings: list[str] = field(default_factory=list)  # logged, and kept in the manifest row
+    # the scene file's own pixel grid, where the model saw it resampled (None: the same grid)
+    file_transform: object = None
+
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
 GSD_TOLERANCE = 0.05
@@ -301,7 +304,8 @@ class ScenePredictor:
                         else tiff_datetime(src.tags()))
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
-                                       self.model_gsd, when, warnings)
+                                       self.model_gsd, when, warnings,
+                                       None if data is src else src.transform)
 
     def _band_warnings(self, src, names: list[str], bands: list[int], shown: str) -> list[str]:
         """The warning (in a list, or none) for a scene with more bands than the model reads
@@ -474,15 +478,18 @@ class _Lane:
 def write_scene_formats(pred: ScenePrediction, paths: dict[str, Path], feature_id: dict,
                         rgb_bands: list[int] | None = None) -> list:
     """Write the formats ``paths`` names (``geojson``: map coordinates in the source CRS, each
-    feature with ``feature_id``, building_id and score; ``csv``: SpaceNet proposals in pixels;
-    ``png``: overlay), each atomically. Returns the polygons in map coordinates."""
+    feature with ``feature_id``, building_id and score; ``csv``: SpaceNet proposals in the
+    scene file's own pixels, also where the model saw it resampled, as truth CSVs of that file
+    are; ``png``: overlay), each atomically. Returns the polygons in map coordinates."""
     geo = [pixel_to_map(p, pred.transform) for p in pred.polygons]
     if "geojson" in paths:
         props = [{**feature_id, "building_id": i, "score": round(s, 4)}
                  for i, s in enumerate(pred.scores)]
         write_geojson(paths["geojson"], geo, pred.crs, props)
     if "csv" in paths:
-        write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pred.polygons, pred.scores))})
+        pixels = (pred.polygons if pred.file_transform is None else
+                  [map_to_pixel(g, pred.file_transform) for g in geo])
+        write_proposal_csv(paths["csv"], {pred.image_id: list(zip(pixels, pred.scores))})
     if "png" in paths:
         _write_overlay(pred, Path(paths["png"]), rgb_bands)
     return geo
