@@ -174,6 +174,7 @@ def test_usage_errors_exit_2(tmp_path, trained, capsys):
     for bad, said in ((("--tile-size", "256", "--overlap", "300"),
                        "--overlap 300 must be in [0, --tile-size 256)"),
                       (("--batch-size", "0"), "--batch-size 0 must be at least 1"),
+                      (("--score-thresh", "1.5"), "--score-thresh 1.5 must be in [0, 1]"),
                       (("--engine", "ray", "--workers", "0"), "--workers 0 must be at least 1")):
         capsys.readouterr()
         assert predict_main(_args(trained, ["x.tif"], tmp_path / "n", *bad)) == 2

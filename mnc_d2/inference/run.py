@@ -124,6 +124,9 @@ def check_numbers(args) -> None:
         problems.append(f"--overlap {args.overlap} must be in [0, --tile-size {args.tile_size})")
     if args.batch_size < 1:
         problems.append(f"--batch-size {args.batch_size} must be at least 1")
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        problems.append(f"--score-thresh {args.score_thresh:g} must be in [0, 1] (a score is "
+                        "a probability)")
     if args.torch_threads is not None and args.torch_threads < 1:
         problems.append(f"--torch-threads {args.torch_threads} must be at least 1")
     if args.engine == "ray":
