@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,23 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     assert "ENABLED: true" in (out / "config_eval.yaml").read_text()
     assert json.loads((out / "score_threshold.json").read_text())["passes"] == (
         "TEST.AUG MIN_SIZES [] MAX_SIZE 4000 FLIP True ROT90 False")
+    # another checkpoint of the run evaluated (comparing checkpoints): its threshold goes to its
+    # own file, the run's stays, and prediction with that checkpoint reads its own
+    run_threshold = (out / "score_threshold.json").read_bytes()
+    shutil.copy(out / "model_final.pth", out / "model_0000001.pth")
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+         str(out / "config.yaml"), "--eval-only", "MODEL.WEIGHTS", str(out / "model_0000001.pth")],
+        env=_env(data_root), check=True, capture_output=True, text=True, timeout=600)
+    assert (out / "score_threshold.json").read_bytes() == run_threshold
+    own = json.loads((out / "score_threshold_model_0000001.json").read_text())
+    assert own["passes"] == "one pass"
+    from mnc_d2.inference.threshold import threshold_file_for
+
+    assert threshold_file_for(out / "model_0000001.pth") == (
+        out / "score_threshold_model_0000001.json")
+    assert threshold_file_for(out / "model_final.pth") == out / "score_threshold.json"
+    assert threshold_file_for(out / "model_best.pth") == out / "score_threshold.json"
 
 
 def _ddp_train_worker(config: str, out: str, opts: list[str]) -> None:

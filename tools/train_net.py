@@ -15,8 +15,8 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from mnc_d2.engine import launch  # noqa: E402
 from mnc_d2.engine.setup import (  # noqa: E402
     check_config_file, check_weights_arg, default_setup_keeping_run_config, setup_cfg)
+from mnc_d2.engine.evaluate import evaluate_only  # noqa: E402
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
-from mnc_d2.modeling.checkpoint import build_checkpointer, load_trained_weights  # noqa: E402
 
 
 def main(args):
@@ -24,13 +24,8 @@ def main(args):
     cfg = setup_cfg(args.config_file, args.opts, for_training=not args.eval_only,
                     log_to_output=True)
     default_setup_keeping_run_config(cfg, args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        if args.resume:  # the run's own last checkpoint when it has one
-            build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
-        else:
-            load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
-        return Trainer.test(cfg, model)
+    if args.eval_only:  # --resume: the run's own last checkpoint when it has one
+        return evaluate_only(cfg, resume=args.resume)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

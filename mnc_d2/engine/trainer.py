@@ -18,6 +18,7 @@ from detectron2.utils import comm
 
 from ..data import SpaceNetDatasetMapper
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
+from ..inference.threshold import THRESHOLD_FILE
 from ..modeling.checkpoint import build_checkpointer, train_inflated_stem
 from ..modeling.tta import with_test_time_augmentation
 
@@ -60,9 +61,11 @@ class Trainer(DefaultTrainer):
                                            mapper=SpaceNetDatasetMapper(cfg, False))
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None,
+                        threshold_name: str = THRESHOLD_FILE):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluators = [SpaceNetEvaluator(cfg, dataset_name, output_dir=output_folder)]
+        evaluators = [SpaceNetEvaluator(cfg, dataset_name, output_dir=output_folder,
+                                        threshold_name=threshold_name)]
         if cfg.TEST.SPACENET.COCO_AP:
             # The C++ COCOeval is not built in the pure-Python detectron2; the Python one gives
             # identical numbers.

@@ -152,7 +152,10 @@ class SpaceNetEvaluator(DatasetEvaluator):
         self._predictions: dict[str, list[tuple[Polygon, float]]] = OrderedDict()
 
     @classmethod
-    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
+    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None,
+                    threshold_name: str = THRESHOLD_FILE):
+        """``threshold_name``: the file in OUTPUT_DIR the best threshold goes to (--eval-only of
+        a checkpoint other than the run's final one: that checkpoint's own file)."""
         sn = cfg.TEST.SPACENET
         return {"dataset_name": dataset_name, "output_dir": output_dir,
                 "score_thresh": sn.SCORE_THRESH, "sweep_thresholds": tuple(sn.SWEEP_THRESHOLDS),
@@ -160,7 +163,7 @@ class SpaceNetEvaluator(DatasetEvaluator):
                 "regularize_min_edge": sn.REGULARIZE_MIN_EDGE,
                 "align_neighbours": sn.ALIGN_NEIGHBOURS, "align_gap": sn.ALIGN_NEIGHBOURS_GAP,
                 "rules": sn.RULES, "group_by": sn.GROUP_BY,
-                "threshold_file": str(Path(cfg.OUTPUT_DIR) / THRESHOLD_FILE)
+                "threshold_file": str(Path(cfg.OUTPUT_DIR) / threshold_name)
                 if cfg.OUTPUT_DIR and sn.SWEEP_THRESHOLDS and
                 records_threshold(cfg, dataset_name) else None,
                 "passes": passes_setting(cfg)}

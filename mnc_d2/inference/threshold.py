@@ -17,6 +17,21 @@ logger = logging.getLogger(__name__)
 THRESHOLD_FILE = "score_threshold.json"
 
 
+def checkpoint_threshold_file(weights: str | Path) -> str:
+    """The threshold file of one checkpoint other than the run's final weights (``--eval-only
+    MODEL.WEIGHTS run/model_0004999.pth`` writes ``score_threshold_model_0004999.json``), so
+    that evaluating other checkpoints never replaces the run's own threshold."""
+    return f"score_threshold_{Path(weights).stem}.json"
+
+
+def threshold_file_for(weights: str | Path) -> Path:
+    """Where prediction reads the threshold of ``weights``: the checkpoint's own file when an
+    evaluation wrote one, else the run's (``score_threshold.json``), both next to the weights."""
+    weights = Path(weights)
+    own = weights.parent / checkpoint_threshold_file(weights)
+    return own if own.is_file() else weights.parent / THRESHOLD_FILE
+
+
 def passes_setting(cfg) -> str:
     """The test-time augmentation a config runs, as recorded beside a chosen threshold: "one
     pass", or its ``TEST.AUG`` keys. Averaging passes changes what a score means (a building
@@ -31,13 +46,14 @@ def passes_setting(cfg) -> str:
 
 
 def resolve_score_threshold(cfg, override: float | None = None) -> float:
-    """The score threshold for prediction: ``override`` when given; else the best threshold the
-    training run's evaluation recorded next to the weights (``score_threshold.json``, written by
-    SpaceNetEvaluator's sweep); else TEST.SPACENET.SCORE_THRESH."""
+    """The score threshold for prediction: ``override`` when given; else the best threshold an
+    evaluation recorded next to the weights (:func:`threshold_file_for`: the checkpoint's own
+    file, else the run's ``score_threshold.json``, written by SpaceNetEvaluator's sweep); else
+    TEST.SPACENET.SCORE_THRESH."""
     if override is not None:
         logger.info("score threshold %.3f (given)", override)
         return float(override)
-    recorded = Path(cfg.MODEL.WEIGHTS).parent / THRESHOLD_FILE
+    recorded = threshold_file_for(cfg.MODEL.WEIGHTS)
     if recorded.is_file():
         try:
             record = json.loads(recorded.read_text())
