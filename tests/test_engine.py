@@ -112,6 +112,9 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     # The best checkpoint follows the headline score (a key it cannot find saves nothing).
     assert (out / "model_best.pth").exists()
     assert json.loads((out / "score_threshold.json").read_text())["passes"] == "one pass"
+    # the best checkpoint keeps the threshold its evaluation chose (later ones rewrite the run's)
+    assert (out / "score_threshold_model_best.json").read_bytes() == (
+        out / "score_threshold.json").read_bytes()
     # --eval-only with an override (here test-time augmentation) keeps the run's config.yaml,
     # which predict.py and the export read, and writes its own beside it; the threshold it
     # chooses records the passes it was chosen with
@@ -142,7 +145,8 @@ def test_train_net_single_process_then_eval_only(tmp_path, data_root):
     assert threshold_file_for(out / "model_0000001.pth") == (
         out / "score_threshold_model_0000001.json")
     assert threshold_file_for(out / "model_final.pth") == out / "score_threshold.json"
-    assert threshold_file_for(out / "model_best.pth") == out / "score_threshold.json"
+    assert threshold_file_for(out / "model_best.pth") == out / "score_threshold_model_best.json"
+    assert threshold_file_for(out / "model_0000002.pth") == out / "score_threshold.json"
 
 
 def _ddp_train_worker(config: str, out: str, opts: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from pathlib import Path
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
@@ -18,9 +19,10 @@ from detectron2.utils import comm
 
 from ..data import SpaceNetDatasetMapper
 from ..evaluation.spacenet_evaluation import SpaceNetEvaluator
-from ..inference.threshold import THRESHOLD_FILE
+from ..inference.threshold import THRESHOLD_FILE, checkpoint_threshold_file
 from ..modeling.checkpoint import build_checkpointer, train_inflated_stem
 from ..modeling.tta import with_test_time_augmentation
+from ..utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,39 @@ def best_metric(cfg) -> str:
     if len(cfg.DATASETS.TEST) > 1:
         return f"{cfg.DATASETS.TEST[0]}/spacenet/score"
     return "spacenet/score"
+
+
+BEST_PREFIX = "model_best"
+
+
+class BestCheckpointerKeepingThreshold(hooks.BestCheckpointer):
+    """Detectron2's BestCheckpointer (``model_best.pth`` at each new best score) that also keeps
+    the score threshold that evaluation chose, as ``score_threshold_model_best.json`` beside
+    it: the run's ``score_threshold.json`` is rewritten by every later evaluation, and
+    prediction with ``model_best.pth`` reads the checkpoint's own file first
+    (:func:`mnc_d2.inference.threshold.threshold_file_for`)."""
+
+    def __init__(self, eval_period: int, checkpointer, val_metric: str, output_dir: str):
+        super().__init__(eval_period, checkpointer, val_metric, "max", file_prefix=BEST_PREFIX)
+        self.output_dir = Path(output_dir)
+
+    def after_step(self):
+        best = (self.best_iter, self.best_metric)
+        super().after_step()
+        self._keep_threshold(best)
+
+    def after_train(self):
+        best = (self.best_iter, self.best_metric)
+        super().after_train()
+        self._keep_threshold(best)
+
+    def _keep_threshold(self, before) -> None:
+        run_file = self.output_dir / THRESHOLD_FILE
+        if (self.best_iter, self.best_metric) == before or not run_file.is_file():
+            return  # no new best checkpoint (or no sweep)
+        with atomic_write(self.output_dir / checkpoint_threshold_file(BEST_PREFIX + ".pth"),
+                          "wb") as f:
+            f.write(run_file.read_bytes())
 
 
 class Trainer(DefaultTrainer):
@@ -81,7 +116,7 @@ class Trainer(DefaultTrainer):
         ret = super().build_hooks()
         if self.cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
             position = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
-            ret.insert(position, hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD,
-                                                        self.checkpointer, best_metric(self.cfg),
-                                                        "max"))
+            ret.insert(position, BestCheckpointerKeepingThreshold(
+                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best_metric(self.cfg),
+                self.cfg.OUTPUT_DIR))
         return ret
