@@ -860,6 +860,12 @@ def test_scene_bands_read_the_model_inputs_from_other_band_numbers(tmp_path, tra
     assert rows.status.to_dict() == {"mul": "ok", "good1": "failed"}
     assert "--scene-bands 5 3 2: " in rows.error["good1"] and "has 3 band(s)" in \
         rows.error["good1"]
+    # --rgb-bands only draws the overlay: a file without those bands is still predicted, its
+    # overlay showing its first three
+    assert predict_main(_args(trained, [str(mul), str(scenes["good1"])], tmp_path / "png",
+                              "--formats", "parquet,png", "--rgb-bands", "5", "3", "2")) == 0
+    assert sorted(p.name for p in (tmp_path / "png" / "png").iterdir()) == ["good1.png",
+                                                                           "mul.png"]
     # the early check of each scene reads the bands given, not INPUT.BANDS: a 2-band file
     # whose band 2 the user gives twice has no band 3 (the model's), and is predicted
     two = tmp_path / "two.tif"

@@ -499,6 +499,12 @@ def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | Non
     scale = min(1.0, MAX_OVERLAY_SIDE / max(pred.width, pred.height))
     h, w = max(1, int(pred.height * scale)), max(1, int(pred.width * scale))
     with rasterio.open(pred.path) as src:
+        if rgb_bands and max(rgb_bands) > src.count:  # a mixed folder: the overlay is no reason
+            # to lose the scene's buildings
+            logger.warning("%s has %d band(s): its overlay shows bands 1-%d, not --rgb-bands %s",
+                           redact(pred.path), src.count, min(src.count, 3),
+                           " ".join(map(str, rgb_bands)))
+            rgb_bands = None
         bands = rgb_bands or list(range(1, min(src.count, 3) + 1))
         image = stretch_to_uint8(src.read(bands, out_shape=(len(bands), h, w),
                                           resampling=Resampling.average))
