@@ -237,6 +237,29 @@ def test_resume_after_kill_continues_at_the_checkpoint(tmp_path, data_root):
     assert f"Starting training from iteration {iteration + 1}" in log
 
 
+def test_the_best_score_survives_a_resume(tmp_path):
+    """The best checkpoint's score and iteration go into the trainer's checkpoint state and come
+    back on --resume (Detectron2's own hook starts again from none, so the first evaluation
+    after a resume replaced model_best.pth whatever its score)."""
+    from detectron2.engine.train_loop import TrainerBase
+
+    from mnc_d2.engine.trainer import BestCheckpointerKeepingThreshold
+
+    def trainer_with_hook():
+        hook = BestCheckpointerKeepingThreshold(2, None, "spacenet/score", str(tmp_path))
+        trainer = TrainerBase()
+        trainer.register_hooks([hook])
+        return trainer, hook
+
+    before, hook = trainer_with_hook()
+    assert "hooks" not in before.state_dict()  # nothing evaluated yet: nothing to keep
+    hook.best_metric, hook.best_iter = 0.83, 5
+    state = before.state_dict()
+    after, restored = trainer_with_hook()
+    after.load_state_dict(state)
+    assert (restored.best_metric, restored.best_iter) == (0.83, 5)
+
+
 def test_checkpoints_and_their_tag_are_written_whole(tmp_path, monkeypatch):
     """A save that dies half-way (here: torch.save raising after writing some bytes, as a kill
     would stop it) leaves the previous checkpoint tagged and no partial model file."""

@@ -44,7 +44,8 @@ class BestCheckpointerKeepingThreshold(hooks.BestCheckpointer):
     the score threshold that evaluation chose, as ``score_threshold_model_best.json`` beside
     it: the run's ``score_threshold.json`` is rewritten by every later evaluation, and
     prediction with ``model_best.pth`` reads the checkpoint's own file first
-    (:func:`mnc_d2.inference.threshold.threshold_file_for`)."""
+    (:func:`mnc_d2.inference.threshold.threshold_file_for`). Its best score and iteration go
+    into the trainer's checkpoints, so that a resumed run keeps comparing against them."""
 
     def __init__(self, eval_period: int, checkpointer, val_metric: str, output_dir: str):
         super().__init__(eval_period, checkpointer, val_metric, "max", file_prefix=BEST_PREFIX)
@@ -59,6 +60,20 @@ class BestCheckpointerKeepingThreshold(hooks.BestCheckpointer):
         best = (self.best_iter, self.best_metric)
         super().after_train()
         self._keep_threshold(best)
+
+    # Detectron2's BestCheckpointer forgets its best score on --resume, so the first evaluation
+    # after it replaced model_best.pth whatever its score: kept in the trainer's checkpoints.
+    # (A checkpoint is written before the evaluation of its own step, so it holds the best
+    # before that step: a new best found at the very step a run resumes from is compared as
+    # the one before it.)
+    def state_dict(self) -> dict:
+        if self.best_metric is None:
+            return {}
+        return {"best_metric": float(self.best_metric), "best_iter": int(self.best_iter)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_metric = state.get("best_metric")
+        self.best_iter = state.get("best_iter")
 
     def _keep_threshold(self, before) -> None:
         run_file = self.output_dir / THRESHOLD_FILE
