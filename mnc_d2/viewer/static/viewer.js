@@ -29,10 +29,13 @@ async function load(path) {
 function describeFailure(err) {
   if (location.protocol === "file:") {
     // browsers refuse a page opened from disk its own data files (fetch of file:// URLs)
-    const folder = decodeURIComponent(location.pathname.replace(/[^/]*$/, ""));
+    // (on Windows the path is /C:/...: the drive letter without the leading slash)
+    const folder = decodeURIComponent(location.pathname.replace(/[^/]*$/, ""))
+      .replace(/^\/([A-Za-z]:)/, "$1");
     return "This page was opened from disk, where browsers do not let it read its data files. " +
       "Serve its folder, then open http://127.0.0.1:8000/: python3 -m http.server 8000 " +
-      "--directory " + folder + " (or tools/view.py PREDICTIONS --serve).";
+      "--directory " + (/\s/.test(folder) ? '"' + folder + '"' : folder) +
+      " (or tools/view.py PREDICTIONS --serve).";
   }
   return "The map could not be drawn: " + (err && err.message ? err.message : String(err));
 }
