@@ -876,6 +876,24 @@ def test_scene_bands_read_the_model_inputs_from_other_band_numbers(tmp_path, tra
                               "2")) == 0
 
 
+def test_a_stac_asset_is_chosen_by_the_bands_read():
+    """An item with a 3-band visual and an 8-band analytic asset: the model's band count picks
+    the visual; with --scene-bands 5 3 2 (min_bands 5) the only asset having band 5; an item
+    where several fit stays an error naming --stac-asset."""
+    from mnc_d2.inference.sources import choose_asset
+
+    def asset(n):
+        return {"href": "x.tif", "type": "image/tiff; application=geotiff", "roles": ["data"],
+                "eo:bands": [{"name": f"b{i}"} for i in range(n)]}
+
+    assets = {"visual": asset(3), "analytic": asset(8)}
+    assert choose_asset("i", assets, None, 3, "s.json") == "visual"
+    assert choose_asset("i", assets, None, None, "s.json", min_bands=5) == "analytic"
+    with pytest.raises(ValueError, match="2 GeoTIFF data assets .*--stac-asset KEY"):
+        choose_asset("i", assets, None, None, "s.json", min_bands=3)
+    assert choose_asset("i", assets, "visual", None, "s.json", min_bands=5) == "visual"
+
+
 def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
     """Ground metres per pixel, the number scenes are resampled by: UTM as stated, US survey
     feet converted, Web Mercator's stated size shrunk by the cosine of the latitude, degrees

@@ -219,10 +219,11 @@ def _run(args) -> int:
                              f"give {len(bands)} 1-based band number(s), one per input channel")
         if args.rgb_bands is None and len(args.scene_bands) == 3:
             args.rgb_bands = list(args.scene_bands)
-    # STAC: an asset with the model's band count is preferred, unless the user said where the
-    # bands are in other files (then --stac-asset picks among several)
+    # STAC: an asset with the model's band count is preferred, or, where the user said where
+    # the bands are, one that has them (--stac-asset picks among several)
     scenes = expand_inputs(args.input, args.stac_asset,
-                           band_count=None if args.scene_bands else len(bands))
+                           band_count=None if args.scene_bands else len(bands),
+                           min_bands=max(args.scene_bands) if args.scene_bands else None)
     if not scenes:
         raise UsageError("no input scenes")
     try:

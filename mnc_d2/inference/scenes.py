@@ -88,13 +88,13 @@ IMAGERY_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
 def expand_inputs(items: list[str], stac_asset: str | None = None,
-                  band_count: int | None = None) -> list[Scene]:
+                  band_count: int | None = None, min_bands: int | None = None) -> list[Scene]:
     """Files, folders (their ``*.tif``, ``*.tiff`` and ``*.vrt``, not recursive), globs,
     ``@list.txt`` (one path or glob per line; blank and ``#`` lines skipped), URLs
     (``https://``, ``s3://``, ``gs://``, ``/vsi...``) and STAC documents (a ``.json`` path or
     URL: item, item collection, catalog or collection; one scene per item, its asset chosen by
-    ``stac_asset`` or by ``band_count``, :func:`.sources.choose_asset`), mixed freely -> scenes
-    in order, duplicates dropped.
+    ``stac_asset`` or by ``band_count`` / ``min_bands``, :func:`.sources.choose_asset`), mixed
+    freely -> scenes in order, duplicates dropped.
 
     A path that does not exist is kept (it gets a ``failed`` row); a glob matching nothing is
     kept as given, for the same reason. A missing list file, a folder without imagery or an
@@ -116,7 +116,7 @@ def expand_inputs(items: list[str], stac_asset: str | None = None,
             return
         if is_stac(item):
             try:
-                found = expand_stac(item, stac_asset, band_count)
+                found = expand_stac(item, stac_asset, band_count, min_bands)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             for href, info in found:

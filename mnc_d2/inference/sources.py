@@ -137,10 +137,11 @@ def _is_image(asset: dict) -> bool:
 
 
 def choose_asset(item_id: str, assets: dict, asset_key: str | None,
-                 band_count: int | None, where: str) -> str:
+                 band_count: int | None, where: str, min_bands: int | None = None) -> str:
     """The key of the asset to read: ``asset_key`` when given; else the only GeoTIFF asset with
     role ``data`` (or the only GeoTIFF), preferring one whose band list has ``band_count``
-    bands. A clear error names the item and its asset keys otherwise."""
+    bands, or at least ``min_bands`` (predict.py --scene-bands: the highest band it names). A
+    clear error names the item and its asset keys otherwise."""
     keys = sorted(assets)
     if asset_key:
         if asset_key not in assets:
@@ -152,6 +153,9 @@ def choose_asset(item_id: str, assets: dict, asset_key: str | None,
     if band_count:
         fitting = [k for k in data if len(_band_names(assets[k], {})) == band_count]
         data = fitting or data
+    if min_bands:
+        fitting = [k for k in data if len(_band_names(assets[k], {})) >= min_bands]
+        data = fitting or data
     if len(data) == 1:
         return data[0]
     raise ValueError(f"{where}: item {item_id} has {len(data) or 'no'} GeoTIFF data assets "
@@ -159,7 +163,8 @@ def choose_asset(item_id: str, assets: dict, asset_key: str | None,
 
 
 def expand_stac(source: str, asset_key: str | None = None,
-                band_count: int | None = None) -> list[tuple[str, SceneInfo]]:
+                band_count: int | None = None,
+                min_bands: int | None = None) -> list[tuple[str, SceneInfo]]:
     """(href, info) of every item of the STAC document at ``source`` (module docstring)."""
     import pystac
 
@@ -186,7 +191,7 @@ def expand_stac(source: str, asset_key: str | None = None,
     out = []
     for item in items:
         assets = {k: a.to_dict() for k, a in item.assets.items()}
-        key = choose_asset(item.id, assets, asset_key, band_count, where)
+        key = choose_asset(item.id, assets, asset_key, band_count, where, min_bands)
         href = item.assets[key].get_absolute_href() or item.assets[key].href
         if kind == "FeatureCollection" and not is_remote(href) and not href.startswith("/"):
             # relative hrefs of a saved search resolve against the file's folder
