@@ -47,6 +47,8 @@ def test_geojson_names_crs(tmp_path):
     data = json.loads(path.read_text())
     assert "32616" in data["crs"]["properties"]["name"]
     assert data["features"][0]["properties"]["score"] == 0.9
+    # the layer a GIS shows is the file's name, not the temporary file's written first
+    assert data["name"] == "buildings"
 
 
 def test_spacenet2_truth_holes_are_read_as_holes_by_the_tester_rules(tmp_path):

@@ -30,9 +30,10 @@ def write_geojson(path: str | Path, geometries: Iterable, crs, properties: Itera
             path,
         )
         with atomic_path(Path(path).with_suffix(".gpkg")) as tmp:
-            frame.to_file(tmp, driver="GPKG")
+            frame.to_file(tmp, driver="GPKG", layer=Path(path).stem)
+    # the layer (GeoJSON's "name") after the file, not after the temporary file written first
     with atomic_path(path) as tmp:
-        frame.to_file(tmp, driver="GeoJSON")
+        frame.to_file(tmp, driver="GeoJSON", layer=Path(path).stem)
     return len(frame)
 
 
