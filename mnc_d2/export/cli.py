@@ -44,8 +44,12 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                else f"--calibration-images {args.calibration_images}")
         print(f"error: {bad} must be at least 1", file=sys.stderr)
         return 2
-    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
-        print(f"error: --score-thresh {args.score_thresh:g} must be in [0, 1]", file=sys.stderr)
+    from ..inference.threshold import check_score_threshold
+
+    try:
+        check_score_threshold(args.score_thresh)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from ..engine.setup import setup_cfg
     from .bundle import ExportError

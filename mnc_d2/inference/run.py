@@ -19,6 +19,7 @@ from .scenes import (FORMATS, RUN_FILE, UsageError, SceneRow, append_manifest, e
                      now_iso, parquet_path, prepare_output, run_provenance, run_record,
                      unreadable_reason)
 from .sources import MAX_UPSAMPLE, check_max_upsample, redact
+from .threshold import check_score_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ def check_numbers(args) -> None:
         problems.append(f"--overlap {args.overlap} must be in [0, --tile-size {args.tile_size})")
     if args.batch_size < 1:
         problems.append(f"--batch-size {args.batch_size} must be at least 1")
-    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
-        problems.append(f"--score-thresh {args.score_thresh:g} must be in [0, 1] (a score is "
-                        "a probability)")
+    try:
+        check_score_threshold(args.score_thresh)
+    except ValueError as exc:
+        problems.append(str(exc))
     if args.torch_threads is not None and args.torch_threads < 1:
         problems.append(f"--torch-threads {args.torch_threads} must be at least 1")
     if args.engine == "ray":
@@ -231,17 +233,16 @@ def _run(args) -> int:
             score_thresh = resolve_score_threshold(cfg, args.score_thresh)
             record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
                                 args.overlap, formats, float(cfg.INPUT.GSD) or None,
-                                args.backend)
+                                args.backend, args.scene_bands)
         else:
             score_thresh = float(bundle.meta["score_thresh"] if args.score_thresh is None
                                  else args.score_thresh)
             gsd = bundle.gsd
             record = run_record(bundle.meta["config"], str(bundle.graph_path(args.backend)),
                                 score_thresh, args.tile_size, args.overlap, formats,
-                                gsd if gsd == gsd else None, args.backend)
+                                gsd if gsd == gsd else None, args.backend, args.scene_bands)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    record["scene_bands"] = list(args.scene_bands) if args.scene_bands else None
     reuse = prepare_output(args.output, record, args.overwrite)
     started = now_iso()
     todo, rows = [], {}

@@ -182,7 +182,7 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int, overlap: int,
                formats: list[str], model_gsd_m: float | None = None,
-               backend: str = "torch") -> dict:
+               backend: str = "torch", scene_bands: list[int] | None = None) -> dict:
     """The run's identity (IDENTITY_KEYS) plus descriptive fields, for ``run.json``."""
     from .. import __version__
 
@@ -197,7 +197,7 @@ def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int,
         "weights": str(weights),
         "mnc_d2_version": __version__,
         "model_gsd_m": model_gsd_m,
-        "scene_bands": None,  # tools/predict.py --scene-bands, when given
+        "scene_bands": list(scene_bands) if scene_bands else None,  # predict.py --scene-bands
         "config": cfg_text,
     }
 

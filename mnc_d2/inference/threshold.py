@@ -17,6 +17,13 @@ logger = logging.getLogger(__name__)
 THRESHOLD_FILE = "score_threshold.json"
 
 
+def check_score_threshold(value: float | None, option: str = "--score-thresh") -> None:
+    """A given score threshold outside [0, 1] (a score is a probability; 1.5 keeps nothing):
+    ValueError naming the option and the value. None (not given) passes."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{option} {value:g} must be in [0, 1] (a score is a probability)")
+
+
 def checkpoint_threshold_file(weights: str | Path) -> str:
     """The threshold file of one checkpoint other than the run's final weights (``--eval-only
     MODEL.WEIGHTS run/model_0004999.pth`` writes ``score_threshold_model_0004999.json``), so

@@ -57,13 +57,13 @@ def main(argv=None) -> int:
                                      "in %s", meta["buildings"],
                                      meta["scores_at_or_above_threshold"], meta["threshold"],
                                      against, site)
-    if not args.serve:  # opened from disk, a browser refuses the page its data files
-        logging.getLogger(__name__).info(
-            "open it through a web server, not from disk: python3 -m http.server 8000 "
-            "--directory %s, then http://127.0.0.1:8000/ (or add --serve for full-resolution "
-            "imagery)", site)
     if args.serve:
         from .serve import serve
 
         serve(site, args.port)
+    else:  # opened from disk, a browser refuses the page its data files
+        logging.getLogger(__name__).info(
+            "open it through a web server, not from disk: python3 -m http.server 8000 "
+            "--directory %s, then http://127.0.0.1:8000/ (or add --serve for full-resolution "
+            "imagery)", site)
     return 0
