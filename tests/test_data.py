@@ -345,6 +345,49 @@ def test_raster_without_transform(tmp_path):
         raster_header(tif)
 
 
+def _ungridded(path: Path, kind: str) -> Path:
+    """An 8 x 8 GeoTIFF tied to the map by ground control points only, by RPCs only, or with a
+    CRS and no geotransform."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    _write_tif(path, np.ones((1, 8, 8), np.uint16), None,
+               crs="EPSG:32611" if kind == "identity" else None)
+    with rasterio.open(path, "r+") as dst:
+        if kind == "gcps":
+            dst.gcps = ([GroundControlPoint(r, c, 500000 + c, 4000000 - r)
+                         for r, c in ((0, 0), (0, 8), (8, 0), (8, 8))], "EPSG:32611")
+        elif kind == "rpcs":
+            dst.rpcs = RPC(height_off=0, height_scale=100, lat_off=36.2, lat_scale=0.01,
+                           long_off=-115.2, long_scale=0.01, line_off=4, line_scale=4,
+                           samp_off=4, samp_scale=4, line_num_coeff=[0, 0, -1] + [0] * 17,
+                           line_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
+                           samp_den_coeff=[1] + [0] * 19)
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("gcps", "georeferenced only by 4 ground control points (in EPSG:32611), not by a map grid; "
+             "warp it onto one first, e.g. gdalwarp -t_srs"),
+    ("rpcs", "has rational polynomial coefficients (RPCs) but no map grid: raw, not "
+             "orthorectified, imagery; orthorectify it first, e.g. gdalwarp -rpc"),
+    ("identity", "has a CRS (EPSG:32611) but no geotransform")])
+def test_imagery_not_on_a_map_grid_is_refused_with_its_fix(tmp_path, kind, words):
+    """Ground control points or RPCs without a grid, or a CRS without a geotransform (GDAL then
+    reports the identity affine: a scene predicted from it was placed at map coordinates
+    0..width of its CRS and ended ok), are refused in training and in prediction, each with
+    the command that fixes it."""
+    from mnc_d2.inference.engines import _check_scene
+
+    tif = _ungridded(tmp_path / f"{kind}.tif", kind)
+    with pytest.raises(RasterError) as training:
+        raster_header(tif)
+    with pytest.raises(ValueError) as prediction:
+        _check_scene(str(tif), [1])
+    for exc in (training.value, prediction.value):
+        assert str(exc).startswith(f"{tif} ") and words in str(exc), exc
+
+
 def test_truncated_raster(synthetic, tmp_path):
     src = synthetic / "AOI_2_Vegas_Train" / "MUL-PanSharpen" / "MUL-PanSharpen_AOI_2_Vegas_img1.tif"
     data = src.read_bytes()

@@ -43,6 +43,7 @@ from rasterio.windows import Window
 from shapely import affinity
 from tqdm import tqdm
 
+from .georef import georeferencing_problem
 from .labels import LabelError, RepairLog, clean_footprints, clip_to_tile, read_geojson_footprints, read_summary_csv
 from .versions import SpaceNetVersion, get_version, infer_version
 
@@ -59,13 +60,9 @@ def raster_header(path: Path) -> dict:
     """Open a GeoTIFF, check it is georeferenced and complete; return its header fields."""
     try:
         with rasterio.open(path) as src:
-            if src.crs is None:
-                raise RasterError(f"{path} has no CRS; SpaceNet tiles are georeferenced "
-                                  "(EPSG:4326 in SpaceNet 1 and 2, UTM in SpaceNet 4): use the "
-                                  "original file or assign its CRS")
-            if src.transform.is_identity:
-                raise RasterError(f"{path} has no geotransform (pixel -> map affine); use the "
-                                  "original file or assign its transform")
+            problem = georeferencing_problem(src, str(path))
+            if problem:
+                raise RasterError(problem)
             # Reading the last pixel touches the last block: a truncated file fails here.
             src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
             return {"height": src.height, "width": src.width, "count": src.count,

@@ -27,6 +27,7 @@ import rasterio
 import rasterio.errors
 
 from ..data.bands import check_band_count, check_scene_bands
+from ..data.georef import georeferencing_problem
 from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
                      write_buildings_parquet)
@@ -75,9 +76,9 @@ def _check_scene(path: str, bands: list[int], scene_bands: list[int] | None = No
         raise FileNotFoundError(f"{shown} does not exist")
     try:
         with rasterio.open(path) as src:
-            if src.crs is None:
-                raise ValueError(f"{shown} has no CRS, so its buildings cannot be placed on a "
-                                 "map; georeference it (e.g. gdal_edit.py -a_srs EPSG:32611 ...)")
+            problem = georeferencing_problem(src, shown)
+            if problem:
+                raise ValueError(problem)
             if scene_bands:
                 check_scene_bands(src, scene_bands)
             else:
