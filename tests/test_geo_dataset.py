@@ -144,3 +144,27 @@ def test_train_and_evaluate_on_your_own_scene(tmp_path):
     config = (out / "config.yaml").read_text()
     assert "GSD: 0.5" in config and json.loads((out / "band_stats.json").read_text())["bands"] \
         == [1]
+
+
+def test_scenes_of_mixed_pixel_sizes_are_named_in_a_warning(tmp_path, caplog):
+    """Training reads each scene at its own pixel size while the run records one INPUT.GSD
+    (the first scene's) that prediction resamples to: scenes whose pixel sizes differ beyond
+    prediction's 5% tolerance get a warning naming both ends and the fix; equal ones none."""
+    from rasterio.enums import Resampling
+
+    coarse = tmp_path / "coarse.tif"
+    with rasterio.open(TILE) as src:
+        profile = dict(src.profile, width=600, height=600,
+                       transform=src.transform * src.transform.scale(1.5))
+        with rasterio.open(coarse, "w", **profile) as dst:
+            dst.write(src.read(out_shape=(src.count, 600, 600), resampling=Resampling.bilinear))
+    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+        load_geo_dicts([str(TILE)], LABELS, tile_size=450)
+    assert "pixel size" not in caplog.text
+    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+        load_geo_dicts([str(TILE), str(coarse)], LABELS, tile_size=450)
+    said = [r.getMessage() for r in caplog.records if "pixel size" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert f"0.5 m ({TILE})" in said[0] and f"0.75 m ({coarse})" in said[0], said[0]
+    assert "records one INPUT.GSD, the first's (0.5 m)" in said[0]
+    assert "gdalwarp -tr 0.5 0.5" in said[0]

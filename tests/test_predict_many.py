@@ -943,7 +943,7 @@ def test_scene_gsd_and_areas_in_metres_whatever_the_crs(tmp_path):
     assert area_m2(frame) == pytest.approx([100.0], rel=0.01)
 
 
-def test_bands_by_name_and_recorded_imagery(tmp_path):
+def test_bands_by_name_and_recorded_imagery(tmp_path, caplog):
     from mnc_d2.inference.predictor import bands_by_name
 
     run = ["red", "green", "blue"]
@@ -969,6 +969,14 @@ def test_bands_by_name_and_recorded_imagery(tmp_path):
     assert cfg.INPUT.BAND_NAMES == ["red", "green", "blue"] and cfg.INPUT.GSD == 0.3
     assert MetadataCatalog.get("spacenet4_atlanta_all_train").band_names == [
         "blue", "green", "red", "nir"]
+    # training on releases of different pixel sizes (0.3 m and SpaceNet 4's 0.5 m) warns: the
+    # run records the first's, to which prediction resamples every scene
+    cfg.DATASETS.TRAIN = ("spacenet2_all_train", "spacenet4_atlanta_all_train")
+    cfg.INPUT.BANDS, cfg.INPUT.GSD = [], 0.0
+    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+        record_imagery(cfg)
+    assert cfg.INPUT.GSD == 0.3 and "DATASETS.TRAIN's datasets differ in pixel size" in (
+        caplog.text) and "0.5 m (spacenet4_atlanta_all_train)" in caplog.text, caplog.text
 
 
 def test_s3_urls_through_gdal_against_a_local_endpoint(tmp_path, served, trained, scenes,

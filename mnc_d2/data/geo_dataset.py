@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import rasterio
@@ -83,6 +84,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     (the scene), image_id (``<scene stem>_<column>_<row>`` of the window's origin), height,
     width, window ([column, row, width, height] in the scene), crs, transform (the window's),
     annotations (:func:`mnc_d2.data.spacenet.make_annotation`, window pixels)."""
+    from ..inference.predictor import scene_gsd_m
     from ..inference.tiling import tile_grid
     from .spacenet import make_annotation, raster_header
 
@@ -95,9 +97,11 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                          "them; rename the files or register them as separate datasets")
     repairs = RepairLog()
     source = FootprintFile(labels)
+    gsds = []
     dicts = []
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
+        gsds.append(scene_gsd_m(SimpleNamespace(**head)))
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
                                            head["height"], repairs)
         tree = shapely.STRtree(footprints)
@@ -113,9 +117,36 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 "transform": tuple(window_transform(w, head["transform"]))[:6],
                 "annotations": [make_annotation(f, wh, ww) for f in inside]})
     repairs.report(f"{labels} on {len(scenes)} scene(s)")
+    warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
     logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces", len(scenes),
                 len(dicts), tile_size, sum(len(d["annotations"]) for d in dicts))
     return dicts
+
+
+def warn_mixed_gsd(what: str, gsds: dict[str, float]) -> bool:
+    """Warn (and return True) when the known metres per pixel of ``gsds`` (a name -> GSD for
+    each scene or dataset of ``what``) differ by more than predict.py's resampling tolerance:
+    training reads every scene at its own pixel size, while the run records one INPUT.GSD (the
+    first training dataset's first scene's) and tools/predict.py resamples every scene to it."""
+    from ..inference.predictor import GSD_TOLERANCE
+
+    known = {k: float(v) for k, v in gsds.items() if v is not None and np.isfinite(v)}
+    if not known:
+        return False
+    low, high = min(known.values()), max(known.values())
+    if high <= low * (1 + GSD_TOLERANCE):
+        return False
+    first = next(iter(known.values()))
+    smallest = min(known, key=known.get)
+    largest = max(known, key=known.get)
+    logger.warning(
+        "%s differ in pixel size by more than %d%%: %.3g m (%s) to %.3g m (%s). Training reads "
+        "each at its own pixel size, but the run records one INPUT.GSD, the first's (%.3g m), "
+        "and tools/predict.py resamples every scene to it; resample them to one pixel size "
+        "first (e.g. gdalwarp -tr %.3g %.3g -r bilinear IN.tif OUT.tif, in the CRS's units)",
+        what, round(GSD_TOLERANCE * 100), low, smallest, high,
+        largest, first, first, first)
+    return True
 
 
 def register_geo_instances(name: str, scenes: list[str], labels: str | Path,

@@ -127,6 +127,11 @@ def record_imagery(cfg) -> None:
                     cfg.DATASETS.TRAIN[0])
     if not cfg.INPUT.GSD and gsd:
         cfg.INPUT.GSD = float(gsd)
+    if len(cfg.DATASETS.TRAIN) > 1:
+        from ..data.geo_dataset import warn_mixed_gsd
+
+        warn_mixed_gsd("DATASETS.TRAIN's datasets", {
+            n: MetadataCatalog.get(n).get("gsd_m", None) for n in cfg.DATASETS.TRAIN})
 
 
 EVAL_CONFIG = "config_eval.yaml"
