@@ -253,7 +253,12 @@ def test_with_several_test_sets_the_first_records_the_threshold(tmp_path):
     second = SpaceNetEvaluator.from_config(cfg, "spacenet2_paris_val")
     assert first["threshold_file"] == str(tmp_path / "score_threshold.json")
     assert second["threshold_file"] is None
+    # model_best.pth follows the score at the threshold prediction uses with it: the sweep's
+    # best, kept beside it; without a sweep, the configured one
+    assert best_metric(cfg) == f"{DATASET}/spacenet/best_threshold/score"
+    cfg.TEST.SPACENET.SWEEP_THRESHOLDS = []
     assert best_metric(cfg) == f"{DATASET}/spacenet/score"
+    cfg.TEST.SPACENET.SWEEP_THRESHOLDS = [0.3, 0.5]
     cfg.DATASETS.TEST = ("spacenet2_paris_val",)
     assert SpaceNetEvaluator.from_config(cfg, "spacenet2_paris_val")["threshold_file"]
     assert SpaceNetEvaluator.from_config(cfg, DATASET)["threshold_file"]  # called directly

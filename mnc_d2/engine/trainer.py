@@ -30,10 +30,17 @@ logger = logging.getLogger(__name__)
 def best_metric(cfg) -> str:
     """The flattened result key the best checkpoint follows: the SpaceNet ``score`` (the
     headline number of the dataset's release, see SpaceNetEvaluator) of the first test set
-    (Detectron2 prefixes keys with the dataset name when there are several)."""
+    (Detectron2 prefixes keys with the dataset name when there are several), at the threshold
+    prediction will use with the checkpoint: the sweep's best (``best_threshold/score``, the
+    threshold kept beside model_best.pth) when TEST.SPACENET.SWEEP_THRESHOLDS is set, else the
+    configured TEST.SPACENET.SCORE_THRESH (``score``). Judged at the configured threshold alone,
+    a model whose scores sit below it early in training (every evaluation scoring 0 there) kept
+    its first evaluation as model_best.pth, whatever it reached at its own best threshold."""
+    key = "spacenet/best_threshold/score" if cfg.TEST.SPACENET.SWEEP_THRESHOLDS else (
+        "spacenet/score")
     if len(cfg.DATASETS.TEST) > 1:
-        return f"{cfg.DATASETS.TEST[0]}/spacenet/score"
-    return "spacenet/score"
+        return f"{cfg.DATASETS.TEST[0]}/{key}"
+    return key
 
 
 BEST_PREFIX = "model_best"
