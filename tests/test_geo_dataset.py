@@ -4,6 +4,7 @@ training run on them through DATASETS.GEO (the real SpaceNet 4 tile of ../shared
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +150,8 @@ def test_train_and_evaluate_on_your_own_scene(tmp_path):
 def test_scenes_of_mixed_pixel_sizes_are_named_in_a_warning(tmp_path, caplog):
     """Training reads each scene at its own pixel size while the run records one INPUT.GSD
     (the first scene's) that prediction resamples to: scenes whose pixel sizes differ beyond
-    prediction's 5% tolerance get a warning naming both ends and the fix; equal ones none."""
+    prediction's 5% tolerance get a warning naming both ends and the fix; equal ones none (and
+    footprints cut by window edges are no warning either)."""
     from rasterio.enums import Resampling
 
     coarse = tmp_path / "coarse.tif"
@@ -158,9 +160,15 @@ def test_scenes_of_mixed_pixel_sizes_are_named_in_a_warning(tmp_path, caplog):
                        transform=src.transform * src.transform.scale(1.5))
         with rasterio.open(coarse, "w", **profile) as dst:
             dst.write(src.read(out_shape=(src.count, 600, 600), resampling=Resampling.bilinear))
-    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+    with caplog.at_level("INFO"):
         load_geo_dicts([str(TILE)], LABELS, tile_size=450)
     assert "pixel size" not in caplog.text
+    # footprints cut by window edges are the design here, counted at INFO, not label repairs
+    warned = "".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "crossing the tile edge" not in warned, warned
+    assert re.search(r"4 windows of 450 px, \d+ footprint pieces \([1-9]\d* cut by a window "
+                     "edge", caplog.text), caplog.text
+    caplog.clear()
     with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
         load_geo_dicts([str(TILE), str(coarse)], LABELS, tile_size=450)
     said = [r.getMessage() for r in caplog.records if "pixel size" in r.getMessage()]

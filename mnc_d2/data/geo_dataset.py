@@ -97,7 +97,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                          "them; rename the files or register them as separate datasets")
     repairs = RepairLog()
     source = FootprintFile(labels)
-    gsds = []
+    gsds, cuts = [], RepairLog()
     dicts = []
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
@@ -110,7 +110,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
             col, row, ww, wh = int(w.col_off), int(w.row_off), int(w.width), int(w.height)
             near = [footprints[i] for i in tree.query(shapely.box(col, row, col + ww, row + wh))]
             local = [shapely.affinity.translate(f, -col, -row) for f in near]
-            inside = clip_to_tile(local, ww, wh, repairs)
+            inside = clip_to_tile(local, ww, wh, cuts)  # by design here: not repairs
             dicts.append({
                 "file_name": str(scene), "image_id": f"{stem}_{col}_{row}", "height": wh,
                 "width": ww, "window": [col, row, ww, wh], "crs": head["crs"].to_wkt(),
@@ -118,8 +118,10 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 "annotations": [make_annotation(f, wh, ww) for f in inside]})
     repairs.report(f"{labels} on {len(scenes)} scene(s)")
     warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
-    logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces", len(scenes),
-                len(dicts), tile_size, sum(len(d["annotations"]) for d in dicts))
+    logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces (%d cut by a window "
+                "edge)", len(scenes), len(dicts), tile_size,
+                sum(len(d["annotations"]) for d in dicts),
+                cuts["clipped: crossing the tile edge"])
     return dicts
 
 
