@@ -353,6 +353,38 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
         ScenePredictor(cfg_no_weights)
 
 
+def test_a_run_folder_works_from_anywhere(tmp_path, monkeypatch):
+    """A run's config.yaml names band_stats.json by OUTPUT_DIR's relative path and may name a
+    DATASETS.GEO file: predicting or exporting with it from another folder, or after the run's
+    folder was copied elsewhere, failed on both (prediction reads no dataset)."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.engine.setup import setup_cfg
+
+    run = tmp_path / "copied" / "run"
+    run.mkdir(parents=True)
+    (run / "band_stats.json").write_text(json.dumps(
+        {"bands": [1, 2, 3], "dn_transform": "", "mean": [600.0, 500.0, 400.0],
+         "std": [300.0, 200.0, 100.0], "num_images": 4}))
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    cfg.INPUT.BANDS = [1, 2, 3]
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [0.0] * 3, [1.0] * 3
+    cfg.INPUT.BAND_STATS = "output/mycity/band_stats.json"  # as training wrote it
+    cfg.DATASETS.GEO = "mycity.yaml"  # the training data, not copied
+    (run / "config.yaml").write_text(cfg.dump())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    used = setup_cfg(str(run / "config.yaml"), [], for_training=False, needs_datasets=False)
+    assert used.INPUT.BAND_STATS == str(run / "band_stats.json")
+    assert used.MODEL.PIXEL_MEAN == [600.0, 500.0, 400.0]
+    # evaluation needs the datasets: their file is still named when it cannot be found
+    with pytest.raises(FileNotFoundError, match="DATASETS.GEO mycity.yaml does not exist"):
+        setup_cfg(str(run / "config.yaml"), [], for_training=False)
+
+
 def test_demo_smoke(tmp_path):
     """The demo end to end with a handful of images and iterations (the real run: make demo)."""
     result = subprocess.run(

@@ -46,10 +46,35 @@ def check_weights_arg(opts: list[str], resume: bool) -> None:
                             "RUN/model_final.pth)")
 
 
+def resolve_run_paths(cfg, config_file: str) -> None:
+    """Find the files a run's config.yaml names by relative paths (INPUT.BAND_STATS, written as
+    ``OUTPUT_DIR/band_stats.json``, and DATASETS.GEO) when the config is used from another
+    folder than the one training ran in, or after the run's folder was moved or copied (trained
+    on a cluster, predicted on a laptop): a path that does not exist from the working directory
+    is looked for relative to the config file's folder, then as a file of that name in it (the
+    run's folder, where training writes band_stats.json). Found paths replace the values (a
+    log line says so); others stay, for the errors that name them."""
+    here = Path(config_file).resolve().parent
+    for key in ("INPUT.BAND_STATS", "DATASETS.GEO"):
+        node, leaf = key.split(".")
+        value = getattr(getattr(cfg, node), leaf)
+        if not value or value == "auto" or Path(value).is_absolute() or Path(value).exists():
+            continue
+        for candidate in (here / value, here / Path(value).name):
+            if candidate.is_file():
+                logger.info("%s %s is not under the working directory: using %s (beside %s)",
+                            key, value, candidate, config_file)
+                setattr(getattr(cfg, node), leaf, str(candidate))
+                break
+
+
 def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
-              log_to_output: bool = False):
+              log_to_output: bool = False, needs_datasets: bool = True):
     """Load a config (mnc_d2 keys added), apply overrides, fall back to CPU without CUDA,
     resolve per-band statistics and check the band configuration. Returns the frozen cfg.
+
+    ``needs_datasets`` False (prediction, export: they read no dataset) leaves DATASETS.GEO
+    unregistered, so a run's config.yaml works where its training data is not.
 
     ``log_to_output`` (the tools' processes): before anything is logged, send the ``mnc_d2``
     logger to the console and ``OUTPUT_DIR/log.txt`` the way Detectron2's ``default_setup``
@@ -63,10 +88,13 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
     cfg.merge_from_list(list(opts))
     if log_to_output:
         setup_mnc_logger(cfg.OUTPUT_DIR)
-    if cfg.DATASETS.GEO:  # your own scenes and footprints, before anything reads DATASETS
+    resolve_run_paths(cfg, config_file)
+    if cfg.DATASETS.GEO and needs_datasets:  # own scenes and footprints, before DATASETS is read
         from ..data.geo_dataset import register_geo_file
 
         register_geo_file(cfg.DATASETS.GEO)
+        # absolute in the run's config.yaml, so --eval-only finds it from any folder
+        cfg.DATASETS.GEO = str(Path(cfg.DATASETS.GEO).resolve())
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU",
                        cfg.MODEL.DEVICE)

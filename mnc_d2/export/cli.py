@@ -57,7 +57,7 @@ def main(argv=None, description: str = "Export a trained model") -> int:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     try:
-        cfg = setup_cfg(args.config_file, args.opts, for_training=False)
+        cfg = setup_cfg(args.config_file, args.opts, for_training=False, needs_datasets=False)
         export_model(cfg, args.output, formats, args.tile_size, args.score_thresh,
                      args.calibration, args.calibration_images, args.device,
                      args.check_images)

@@ -180,7 +180,7 @@ def _model_source(args):
         from ..engine.setup import setup_cfg
 
         try:
-            cfg = setup_cfg(args.config_file, args.opts, for_training=False)
+            cfg = setup_cfg(args.config_file, args.opts, for_training=False, needs_datasets=False)
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise UsageError(str(exc)) from None
         if not cfg.MODEL.WEIGHTS:
