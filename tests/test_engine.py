@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -72,6 +73,41 @@ def test_missing_config_or_weights_file_is_named_before_anything_starts(tmp_path
                          timeout=300)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"error: MODEL.WEIGHTS {tmp_path / 'no.pth'}: no such file" in run.stderr
+    # overrides yacs stops on with a bare assertion: an option after them, a misspelt key
+    for extra, said in (
+            (["SOLVER.MAX_ITER", "1", "--num-gpus", "1"], "error: --num-gpus comes after the "
+             "KEY VALUE overrides, where it is read as a config key: put options before"),
+            (["SOLVER.MAX_ITERS", "1"], "error: SOLVER.MAX_ITERS (a KEY VALUE override) is not "
+             "a config key; did you mean SOLVER.MAX_ITER")):
+        run = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"),
+                              "--config-file", str(QUICK), "OUTPUT_DIR", str(tmp_path / "o"),
+                              *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert said in run.stderr, run.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_overrides_that_yacs_would_stop_on_are_named():
+    """predict.py and export_model.py (through setup_cfg) get the same messages, as usage
+    errors: an option after the overrides, a key without its value, a misspelt key."""
+    from detectron2.config import get_cfg
+
+    import mnc_d2
+    from mnc_d2.engine.setup import check_overrides
+
+    cfg = get_cfg()
+    mnc_d2.add_mnc_config(cfg)
+    check_overrides(cfg, ["MODEL.WEIGHTS", "x.pth", "TEST.SPACENET.SCORE_THRESH", "0.3"])
+    for opts, said in ((["MODEL.WEIGHTS", "x.pth", "--formats", "geojson"],
+                        "--formats comes after the KEY VALUE overrides"),
+                       (["MODEL.WEIGHTS"], "come in pairs: MODEL.WEIGHTS has no value"),
+                       (["MODEL.WEIGHT", "x.pth"], "did you mean MODEL.WEIGHTS?"),
+                       (["TEST.SPACENET.SCORE_THRES", "0.3"],
+                        "did you mean TEST.SPACENET.SCORE_THRESH"),
+                       (["NOT_A_NODE.KEY", "1"], "NOT_A_NODE.KEY (a KEY VALUE override) is "
+                        "not a config key")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            check_overrides(cfg, opts)
 
 
 def test_train_net_on_spacenet4_four_bands_scored_by_nadir_segment(tmp_path):

@@ -14,7 +14,8 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 
 from mnc_d2.engine import launch  # noqa: E402
 from mnc_d2.engine.setup import (  # noqa: E402
-    check_config_file, check_weights_arg, default_setup_keeping_run_config, setup_cfg)
+    check_config_file, check_overrides_arg, check_weights_arg, default_setup_keeping_run_config,
+    setup_cfg)
 from mnc_d2.engine.evaluate import evaluate_only  # noqa: E402
 from mnc_d2.engine.trainer import Trainer  # noqa: E402
 
@@ -35,8 +36,9 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:  # before any process starts
         check_config_file(args.config_file)
+        check_overrides_arg(args.config_file, args.opts)
         check_weights_arg(args.opts, args.resume)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}")
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -33,6 +33,56 @@ def check_config_file(config_file: str) -> None:
     raise FileNotFoundError(f"--config-file {config_file}: no such file{hint}")
 
 
+def check_overrides(cfg, opts: list[str]) -> None:
+    """Raise a ValueError that says what to change when the KEY VALUE overrides ``opts`` would
+    stop yacs on a bare assertion: an option written after them (argparse hands everything
+    after the first override to them, so ``--formats geojson`` at the end became a config key),
+    a key without its value, or a key the config does not have (with the nearest keys)."""
+    for i in range(0, len(opts), 2):
+        key = opts[i]
+        if key.startswith("-") and key != "--":
+            raise ValueError(f"{key} comes after the KEY VALUE overrides, where it is read as a "
+                             "config key: put options before the overrides (KEY VALUE pairs "
+                             "go last)")
+        if i + 1 == len(opts):
+            raise ValueError(f"KEY VALUE overrides come in pairs: {key} has no value")
+        if cfg.key_is_deprecated(key) or cfg.key_is_renamed(key):
+            continue  # yacs says what became of it
+        node = cfg
+        for part in key.split("."):
+            if not isinstance(node, type(cfg)) or part not in node:
+                keys = _config_keys(cfg)
+                near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
+                raise ValueError(f"{key} (a KEY VALUE override) is not a config key{hint}")
+            node = node[part]
+
+
+def _config_keys(node, prefix: str = "") -> list[str]:
+    """Every leaf key of a CfgNode, dotted."""
+    keys = []
+    for name, value in node.items():
+        if isinstance(value, type(node)):
+            keys += _config_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def check_overrides_arg(config_file: str, opts: list[str]) -> None:
+    """:func:`check_overrides` against the config file's keys, for tools/train_net.py before any
+    process starts."""
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.merge_from_file(config_file)
+    check_overrides(cfg, _without_separator(opts))
+
+
+def _without_separator(opts: list[str]) -> list[str]:
+    """The overrides without a leading ``--`` (argparse's end-of-options marker)."""
+    return list(opts[1:]) if opts[:1] == ["--"] else list(opts)
+
+
 def check_weights_arg(opts: list[str], resume: bool) -> None:
     """A ``MODEL.WEIGHTS`` override naming a local file that does not exist is a
     FileNotFoundError before any process starts (Detectron2 would stop on a bare assertion after
@@ -85,7 +135,9 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
     cfg = get_cfg()
     add_mnc_config(cfg)
     cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    opts = _without_separator(opts)
+    check_overrides(cfg, opts)
+    cfg.merge_from_list(opts)
     if log_to_output:
         setup_mnc_logger(cfg.OUTPUT_DIR)
     resolve_run_paths(cfg, config_file)
