@@ -390,9 +390,10 @@ def test_predictor_matches_the_evaluation_path_on_a_tile(trained, data_root, mon
 
 
 def test_a_run_folder_works_from_anywhere(tmp_path, monkeypatch):
-    """A run's config.yaml names band_stats.json by OUTPUT_DIR's relative path and may name a
-    DATASETS.GEO file: predicting or exporting with it from another folder, or after the run's
-    folder was copied elsewhere, failed on both (prediction reads no dataset)."""
+    """A run's config.yaml names band_stats.json and itself (OUTPUT_DIR) by paths relative to
+    where training ran, and may name a DATASETS.GEO file: predicting or exporting with it from
+    another folder, or after the run's folder was copied elsewhere, failed on both (prediction
+    reads no dataset), and evaluating it wrote into a new folder there."""
     from detectron2.config import get_cfg
 
     import mnc_d2
@@ -409,6 +410,7 @@ def test_a_run_folder_works_from_anywhere(tmp_path, monkeypatch):
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [0.0] * 3, [1.0] * 3
     cfg.INPUT.BAND_STATS = "output/mycity/band_stats.json"  # as training wrote it
     cfg.DATASETS.GEO = "mycity.yaml"  # the training data, not copied
+    cfg.OUTPUT_DIR = "output/mycity"
     (run / "config.yaml").write_text(cfg.dump())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -416,6 +418,12 @@ def test_a_run_folder_works_from_anywhere(tmp_path, monkeypatch):
     used = setup_cfg(str(run / "config.yaml"), [], for_training=False, needs_datasets=False)
     assert used.INPUT.BAND_STATS == str(run / "band_stats.json")
     assert used.MODEL.PIXEL_MEAN == [600.0, 500.0, 400.0]
+    # --eval-only writes into the run's folder (its threshold file where prediction with the
+    # run's weights looks), not into a new output/mycity under the working directory; an
+    # OUTPUT_DIR on the command line is kept
+    assert used.OUTPUT_DIR == str(run)
+    assert setup_cfg(str(run / "config.yaml"), ["OUTPUT_DIR", "evaluations"], for_training=False,
+                     needs_datasets=False).OUTPUT_DIR == "evaluations"
     # evaluation needs the datasets: their file is still named when it cannot be found
     with pytest.raises(FileNotFoundError, match="DATASETS.GEO mycity.yaml does not exist"):
         setup_cfg(str(run / "config.yaml"), [], for_training=False)

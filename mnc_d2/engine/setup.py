@@ -96,15 +96,15 @@ def check_weights_arg(opts: list[str], resume: bool) -> None:
                             "RUN/model_final.pth)")
 
 
-def resolve_run_paths(cfg, config_file: str) -> None:
+def resolve_run_paths(cfg, config_file: str) -> list[str]:
     """Find the files a run's config.yaml names by relative paths (INPUT.BAND_STATS, written as
     ``OUTPUT_DIR/band_stats.json``, and DATASETS.GEO) when the config is used from another
     folder than the one training ran in, or after the run's folder was moved or copied (trained
     on a cluster, predicted on a laptop): a path that does not exist from the working directory
     is looked for relative to the config file's folder, then as a file of that name in it (the
-    run's folder, where training writes band_stats.json). Found paths replace the values (a
-    log line says so); others stay, for the errors that name them."""
-    here = Path(config_file).resolve().parent
+    run's folder, where training writes band_stats.json). Found paths replace the values;
+    others stay, for the errors that name them. Returns what it changed, to be logged."""
+    here, notes = Path(config_file).resolve().parent, []
     for key in ("INPUT.BAND_STATS", "DATASETS.GEO"):
         node, leaf = key.split(".")
         value = getattr(getattr(cfg, node), leaf)
@@ -112,10 +112,33 @@ def resolve_run_paths(cfg, config_file: str) -> None:
             continue
         for candidate in (here / value, here / Path(value).name):
             if candidate.is_file():
-                logger.info("%s %s is not under the working directory: using %s (beside %s)",
-                            key, value, candidate, config_file)
+                notes.append(f"{key} {value} is not under the working directory: using "
+                             f"{candidate} (beside {config_file})")
                 setattr(getattr(cfg, node), leaf, str(candidate))
                 break
+    return notes
+
+
+RUN_FILES = ("band_stats.json", "last_checkpoint", "model_final.pth", "metrics.json")
+
+
+def evaluate_in_run_folder(cfg, config_file: str) -> list[str]:
+    """With a training run's own config.yaml (a folder holding it and what training writes
+    there), evaluation writes into that folder: its OUTPUT_DIR, relative to where training ran,
+    would otherwise make a new folder under the working directory when used from elsewhere, or
+    after the run was copied, and the evaluation's threshold file would not be where
+    prediction with the run's weights looks for it. An OUTPUT_DIR given on the command line is
+    kept. Returns what it changed, to be logged."""
+    config = Path(config_file).resolve()
+    if config.name != "config.yaml" or not any((config.parent / f).is_file()
+                                               for f in RUN_FILES):
+        return []
+    if not cfg.OUTPUT_DIR or Path(cfg.OUTPUT_DIR).resolve() == config.parent:
+        return []
+    note = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} is the run's folder as seen from where it trained: "
+            f"using {config.parent}, where {config_file} is")
+    cfg.OUTPUT_DIR = str(config.parent)
+    return [note]
 
 
 def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
@@ -138,9 +161,13 @@ def setup_cfg(config_file: str, opts: list[str], for_training: bool = True,
     opts = _without_separator(opts)
     check_overrides(cfg, opts)
     cfg.merge_from_list(opts)
+    notes = resolve_run_paths(cfg, config_file)
+    if not for_training and "OUTPUT_DIR" not in opts[0::2]:
+        notes += evaluate_in_run_folder(cfg, config_file)
     if log_to_output:
         setup_mnc_logger(cfg.OUTPUT_DIR)
-    resolve_run_paths(cfg, config_file)
+    for note in notes:  # once the log goes where OUTPUT_DIR now says
+        logger.info(note)
     if cfg.DATASETS.GEO and needs_datasets:  # own scenes and footprints, before DATASETS is read
         from ..data.geo_dataset import register_geo_file
 
