@@ -176,3 +176,26 @@ def test_scenes_of_mixed_pixel_sizes_are_named_in_a_warning(tmp_path, caplog):
     assert f"0.5 m ({TILE})" in said[0] and f"0.75 m ({coarse})" in said[0], said[0]
     assert "records one INPUT.GSD, the first's (0.5 m)" in said[0]
     assert "gdalwarp -tr 0.5 0.5" in said[0]
+
+
+def test_labels_that_miss_every_scene_are_an_error_naming_both_places(tmp_path):
+    """Footprints of another place, or in another CRS than their file says, trained a model on
+    background alone (every window empty) and scored it against no building, without a word;
+    now an error giving the labels' and the scene's bounds in one CRS. An empty footprint file
+    still registers scenes without buildings on purpose."""
+    frame = gpd.read_file(LABELS)
+    with rasterio.open(TILE) as src:
+        frame = frame.to_crs(src.crs)
+    frame["geometry"] = frame.geometry.translate(50_000, 0)  # 50 km east
+    moved = tmp_path / "moved.gpkg"
+    frame.to_file(moved)
+    with pytest.raises(LabelError) as err:
+        load_geo_dicts([str(TILE)], moved, tile_size=450)
+    said = str(err.value)
+    assert said.startswith(f"none of the {len(frame)} footprints of {moved} (bounds (")
+    assert "in EPSG:32616) lies on the 1 scene(s) (sample_geotiff.tif; the first covers (" in said
+    assert "another CRS than the file says" in said and "empty footprint file" in said
+    empty = tmp_path / "none.parquet"
+    gpd.GeoDataFrame(geometry=[], crs=frame.crs).to_parquet(empty)
+    dicts = load_geo_dicts([str(TILE)], empty, tile_size=450)
+    assert len(dicts) == 4 and not any(d["annotations"] for d in dicts)

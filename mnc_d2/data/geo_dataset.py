@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 import rasterio
 import shapely
+from rasterio.warp import transform_bounds
 from rasterio.windows import transform as window_transform
 
 from ..geometry.polygons import pixel_to_map
@@ -68,8 +69,6 @@ class FootprintFile:
                        repairs: RepairLog) -> list:
         """The footprints over a raster grid (``crs``, ``transform``, ``width`` x ``height``)
         as its pixel polygons, clipped to it."""
-        from rasterio.warp import transform_bounds
-
         if self.per_scene:
             return read_geojson_footprints(self.path, crs, transform, width, height, repairs)
         grid = pixel_to_map(shapely.box(0, 0, width, height), transform)
@@ -97,10 +96,11 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                          "them; rename the files or register them as separate datasets")
     repairs = RepairLog()
     source = FootprintFile(labels)
-    gsds, cuts = [], RepairLog()
+    gsds, cuts, first = [], RepairLog(), None
     dicts = []
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
+        first = first or head
         gsds.append(scene_gsd_m(SimpleNamespace(**head)))
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
                                            head["height"], repairs)
@@ -117,12 +117,30 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 "transform": tuple(window_transform(w, head["transform"]))[:6],
                 "annotations": [make_annotation(f, wh, ww) for f in inside]})
     repairs.report(f"{labels} on {len(scenes)} scene(s)")
+    if len(source.frame) and not any(d["annotations"] for d in dicts):
+        crs = source.frame.crs or "EPSG:4326"
+        grid = pixel_to_map(shapely.box(0, 0, first["width"], first["height"]),
+                            first["transform"])
+        covers = _bounds_text(transform_bounds(first["crs"], crs, *grid.bounds))
+        raise LabelError(
+            f"none of the {len(source.frame)} footprints of {labels} (bounds "
+            f"{_bounds_text(source.frame.total_bounds)} in {crs}) lies on the {len(scenes)} "
+            f"scene(s) ({', '.join(Path(s).name for s in scenes[:3])}"
+            f"{', ...' if len(scenes) > 3 else ''}; the first covers {covers} there): the "
+            "labels are of another place or in "
+            "another CRS than the file says (set it: GeoDataFrame.set_crs, or "
+            "ogr2ogr -a_srs); for scenes without buildings on purpose, pass an empty footprint "
+            "file")
     warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
     logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces (%d cut by a window "
                 "edge)", len(scenes), len(dicts), tile_size,
                 sum(len(d["annotations"]) for d in dicts),
                 cuts["clipped: crossing the tile edge"])
     return dicts
+
+
+def _bounds_text(bounds) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
 
 
 def warn_mixed_gsd(what: str, gsds: dict[str, float]) -> bool:
