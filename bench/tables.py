@@ -849,6 +849,42 @@ def gpu_train_table(report: dict) -> list[str]:
     return lines
 
 
+RADIOMETRY_INPUTS = {"as_is": "as they are", "8bit": "8-bit exports (2-98% stretch)"}
+
+
+def radiometry_table(report: dict) -> list[str]:
+    """bench_radiometry.py: per benchmark, input and option, mean city F1, slice recalls and
+    the best threshold's score over seeds (mean ± std), and for the option the change from
+    the same models and seeds without it (mean, min to max)."""
+    import statistics
+
+    rows = []
+    for key, runs in report["runs"].items():
+        test, inputs, option = key.split("/")
+        base = report["runs"].get(f"{test}/{inputs}/plain", {})
+        seeds = sorted(runs, key=int)
+        cells = []
+        for name in ("mean_city_f1", "recall_small", "recall_concave", "recall_dark",
+                     "best_threshold"):
+            def value(run, name=name):
+                if name == "best_threshold":
+                    return run["best_threshold"]["score"]
+                return _tta_value(run, name)
+            values = [value(runs[s]) for s in seeds]
+            cell = _mean_std(values)
+            if option == "matched" and all(s in base for s in seeds):
+                delta = [v - value(base[s]) for v, s in zip(values, seeds)]
+                cell += (f" ({statistics.mean(delta):+.3f}, {min(delta):+.3f} to "
+                         f"{max(delta):+.3f})")
+            cells.append(cell)
+        rows.append([f"{report['setting']} -> {test}", RADIOMETRY_INPUTS.get(inputs, inputs),
+                     "--match-radiometry" if option == "matched" else "-",
+                     f"{len(seeds)}", *cells])
+    return _table(["trained -> scored", "tiles", "option", "seeds", "mean city F1",
+                   "recall small", "recall concave", "recall dark",
+                   "best threshold's mean city F1"], rows)
+
+
 def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
@@ -867,6 +903,8 @@ def table_maker(report_name: str):
         return paired_shape_table
     if report_name.startswith("viewer"):
         return viewer_table
+    if report_name.startswith("radiometry"):
+        return radiometry_table
     if report_name.startswith("tta_time"):
         return tta_time_table
     if report_name.startswith("predict"):

@@ -418,7 +418,6 @@ def test_label_repairs_are_counted(tmp_path, caplog):
     assert "split: MultiPolygon into parts: 1" in caplog.text
 
 
-
 def test_nan_coordinates(tmp_path, caplog):
     t = Affine(1, 0, 500000.0, 0, -1, 3700000.0)
     tif = tmp_path / "t.tif"

@@ -164,6 +164,29 @@ def _compare(eager: Path, other: Path, scenes) -> int:
     return total
 
 
+def test_exported_model_matches_radiometry_as_the_eager_one(tmp_path, trained, exported,
+                                                           scenes):
+    """predict.py --match-radiometry with an exported model: export.json records the training
+    imagery's spread, and the scenes rescaled (x * 0.12 + 3, float) give, through onnxruntime,
+    the eager model's buildings on the originals (both matched)."""
+    meta = json.loads((exported / EXPORT_FILE).read_text())
+    assert meta["input"]["data_std"] == meta["input"]["pixel_std"]  # target std 1 here
+    rescaled = []
+    (tmp_path / "dark").mkdir()
+    for scene in scenes:
+        with rasterio.open(scene) as src:
+            data, profile = src.read().astype(np.float64), src.profile
+        profile.update(dtype="float32")
+        rescaled.append(tmp_path / "dark" / scene.name)
+        with rasterio.open(rescaled[-1], "w", **profile) as dst:
+            dst.write((data * 0.12 + 3).astype(np.float32))
+    eager, other = tmp_path / "eager", tmp_path / "onnx"
+    assert _predict(eager, scenes, *_eager(trained), extra=["--match-radiometry"]) == 0
+    assert _predict(other, rescaled, "--backend", "onnxruntime", "--model", str(exported),
+                    extra=["--match-radiometry"]) == 0
+    assert _compare(eager, other, scenes) > 0, "nothing found: the comparison is empty"
+
+
 def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     """Detectron2's Mask R-CNN (the benchmark's baseline) exports through the same graph
     interface, so both models can be timed on one runtime; its buildings equal eager's."""

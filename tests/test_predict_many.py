@@ -1016,3 +1016,38 @@ def test_a_remote_scene_that_times_out_fails_alone(tmp_path, served, trained, sc
     assert rows.loc["fast", "status"] == "ok" and rows.loc["slow", "status"] == "failed"
     assert "after 3 tries" in rows.loc["slow", "error"] and "SECRET" not in rows.loc["slow",
                                                                                      "error"]
+
+
+def test_match_radiometry_makes_a_rescaled_scene_predict_like_the_original(tmp_path, trained,
+                                                                          scenes, capsys):
+    """--match-radiometry maps each scene's bands linearly onto the training imagery's mean and
+    spread, so a copy of a scene on another scale (here x * 0.12 + 3 per band, like an 8-bit
+    export, kept in float to leave quantisation out) gives the original's buildings; without
+    the option it does not (the radiometry warning says why). The option is part of the run's
+    identity, and exported models do the same (their export.json records the spread)."""
+    with rasterio.open(scenes["good0"]) as src:
+        data, profile = src.read().astype(np.float64), src.profile
+    profile.update(dtype="float32")
+    dark = tmp_path / "dark.tif"
+    with rasterio.open(dark, "w", **profile) as dst:
+        dst.write((data * 0.12 + 3).astype(np.float32))
+    runs = {}
+    for name, path, extra in (("ref", scenes["good0"], ["--match-radiometry"]),
+                              ("matched", dark, ["--match-radiometry"]),
+                              ("plain", dark, [])):
+        assert predict_main(_args(trained, [str(path)], tmp_path / name, "--score-thresh",
+                                  "0.0", *extra)) == 0
+        runs[name] = gpd.read_parquet(next((tmp_path / name / "buildings").iterdir()))
+    a, b, c = runs["ref"], runs["matched"], runs["plain"]
+    assert len(a) > 0 and len(a) == len(b)
+    assert np.allclose(np.sort(a.score), np.sort(b.score), atol=1e-3)
+    assert shapely.union_all(a.geometry).symmetric_difference(
+        shapely.union_all(b.geometry)).area < 0.01 * shapely.union_all(a.geometry).area
+    assert len(c) != len(a) or not np.allclose(np.sort(c.score), np.sort(a.score), atol=1e-2)
+    assert "darker than the imagery the model was trained on" in pd.read_parquet(
+        tmp_path / "plain" / "manifest.parquet").warnings.iloc[0]
+    assert json.loads((tmp_path / "matched" / "run.json").read_text())["match_radiometry"]
+    capsys.readouterr()
+    assert predict_main(_args(trained, [str(dark)], tmp_path / "matched", "--score-thresh",
+                              "0.0")) == 2
+    assert "match_radiometry differ" in capsys.readouterr().err

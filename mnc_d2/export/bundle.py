@@ -66,6 +66,14 @@ class ExportBundle:
         return [float(v) for v in self.meta["input"]["pixel_mean"]]
 
     @property
+    def data_std(self) -> list[float]:
+        """The training imagery's spread per band on the model's input scale (band_stats.json's
+        std); exports before it was recorded: pixel_std (the same unless
+        INPUT.BAND_STATS_TARGET_STD was changed from 1)."""
+        values = self.meta["input"].get("data_std") or self.meta["input"]["pixel_std"]
+        return [float(v) for v in values]
+
+    @property
     def dn_transform(self) -> str:
         """INPUT.DN_TRANSFORM of the run: what the DNs become before the graph's normalisation
         (applied by the caller, e.g. tools/predict.py on read)."""

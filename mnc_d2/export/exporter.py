@@ -209,6 +209,9 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                       "band_names": [str(n) for n in cfg.INPUT.BAND_NAMES],
                       "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
                       "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
+                      # the training imagery's spread (predict.py --match-radiometry)
+                      "data_std": [float(v) * float(cfg.INPUT.BAND_STATS_TARGET_STD)
+                                   for v in cfg.MODEL.PIXEL_STD],
                       "dn_transform": dn.kind,
                       "gsd": float(cfg.INPUT.GSD) or None,
                       "resized": list(graph.resized), "padded": list(graph.padded)},

@@ -45,7 +45,8 @@ from ..evaluation.visualize import stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
 from .eager import EagerModel
-from .radiometry_check import radiometry_warning, scene_levels
+from .radiometry_check import (matching_gain_offset, radiometry_warning, scene_band_stats,
+                               scene_levels)
 from .sources import (MAX_UPSAMPLE, check_max_upsample, redact, scene_image_id, tiff_datetime,
                       without_query)
 from .tiling import in_core, merge_across_tiles, tile_grid
@@ -187,7 +188,8 @@ class ScenePredictor:
     def __init__(self, cfg=None, tile_size: int = 650, overlap: int = 128, batch_size: int = 2,
                  score_thresh: float | None = None, backend: str = "torch",
                  model_dir: str | None = None, threads: int | None = None,
-                 max_upsample: float = MAX_UPSAMPLE, scene_bands: list[int] | None = None):
+                 max_upsample: float = MAX_UPSAMPLE, scene_bands: list[int] | None = None,
+                 match_radiometry: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
@@ -202,6 +204,10 @@ class ScenePredictor:
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
             self.dn = dn_transform_from_config(cfg)
             mean = cfg.MODEL.PIXEL_MEAN
+            # the training imagery's spread per band (band_stats.json's std; PIXEL_STD is it
+            # divided by INPUT.BAND_STATS_TARGET_STD)
+            spread = [float(v) * float(cfg.INPUT.BAND_STATS_TARGET_STD)
+                      for v in cfg.MODEL.PIXEL_STD]
             sn = cfg.TEST.SPACENET
             post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,
@@ -226,6 +232,7 @@ class ScenePredictor:
             self.model_gsd = bundle.gsd
             self.dn = dn_transform(bundle.dn_transform)
             mean = bundle.pixel_mean
+            spread = bundle.data_std
             self.dn.check_means(mean, f"{model_dir}: pixel_mean")
             post = dict(bundle.meta["post"])
             threshold = float(bundle.meta["score_thresh"] if score_thresh is None
@@ -238,20 +245,28 @@ class ScenePredictor:
                              f"{len(self.bands)} band(s) (trained on bands {self.bands})")
         # nodata and pixels outside the data get the DNs INPUT.DN_TRANSFORM maps to PIXEL_MEAN
         self.fill = np.asarray(self.dn.inverse(mean), dtype=np.float32)
+        # predict.py --match-radiometry: each scene's bands mapped onto the training imagery's
+        # mean and spread (model input scale) before the model normalises them
+        self.match_radiometry = bool(match_radiometry)
+        self.target = (np.asarray(mean, np.float64), np.asarray(spread, np.float64))
         self.post = {"score_thresh": threshold, **post}
         self.pipeline = True  # read and polygonise beside the model (see _predict_grid)
         self.timings = collections.Counter()
 
-    def _read(self, src, bands: list[int], window, masked: bool):
-        """(H, W, C) model input values of one window (INPUT.DN_TRANSFORM of its DNs), pixels
-        outside the data (nodata, mask or alpha band, a mosaic's empty parts) set to the band
-        means; and (H, W) bool: inside the data."""
+    def _read(self, src, bands: list[int], window, masked: bool, match=None):
+        """(H, W, C) model input values of one window (INPUT.DN_TRANSFORM of its DNs; with
+        ``match``, a (gain, offset) pair of (C,) arrays, mapped by ``x * gain + offset``),
+        pixels outside the data (nodata, mask or alpha band, a mosaic's empty parts) set to the
+        band means; and (H, W) bool: inside the data."""
         image = read_bands(src, bands, self.fill, window)
-        if not masked:
-            return self.dn.forward(image), np.ones(image.shape[:2], dtype=bool)
-        valid = src.dataset_mask(window=window) > 0
+        valid = (src.dataset_mask(window=window) > 0 if masked
+                 else np.ones(image.shape[:2], dtype=bool))
         image[~valid] = self.fill
-        return self.dn.forward(image), valid
+        image = self.dn.forward(image)
+        if match is not None:
+            image = (image * match[0] + match[1]).astype(np.float32)
+            image[~valid] = self.target[0]  # still the band means
+        return image, valid
 
     def _run(self, images: list[np.ndarray]) -> list:
         return self.model(images)
@@ -282,7 +297,12 @@ class ScenePredictor:
                 else 1.0
             check_upsample(scale, self.max_upsample, gsd, self.model_gsd, src.width,
                            src.height, shown)
-            warnings += self._check_radiometry(src, bands, shown)
+            match = None
+            if self.match_radiometry:
+                match, notes = self._matching(src, bands, shown)
+                warnings += notes
+            else:
+                warnings += self._check_radiometry(src, bands, shown)
             for warning in warnings:
                 logger.warning(warning)
             with contextlib.ExitStack() as stack:
@@ -298,7 +318,8 @@ class ScenePredictor:
                     logger.info("%s: %.3f m pixels resampled to the model's %.3f m (%d x %d)",
                                 shown, gsd, self.model_gsd, width, height)
                 masked = any(MaskFlags.all_valid not in flags for flags in data.mask_flag_enums)
-                polygons, scores = self._predict_grid(data, bands, masked, shown, progress)
+                polygons, scores = self._predict_grid(data, bands, masked, shown, progress,
+                                                      match)
                 image_id = scene_image_id(path)
                 when = (info.datetime if info is not None and info.datetime
                         else tiff_datetime(src.tags()))
@@ -337,7 +358,26 @@ class ScenePredictor:
         warning = radiometry_warning(levels, self.fill, src.dtypes[bands[0] - 1], shown)
         return [warning] if warning else []
 
-    def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool):
+    def _matching(self, src, bands: list[int], shown: str):
+        """(gain, offset) that give the scene's sampled bands the training imagery's mean and
+        spread (:func:`.radiometry_check.matching_gain_offset`), logged; (None, [warning]) when
+        the scene cannot be sampled (it is then predicted as it is)."""
+        try:
+            stats = scene_band_stats(src, bands, self.dn)
+        except Exception as exc:  # the prediction's own read reports a real read error
+            logger.debug("%s: radiometry not sampled (%s)", shown, exc)
+            stats = None
+        if stats is None:
+            return None, [f"{shown}: --match-radiometry found no valid pixel to sample; "
+                          "predicted as it is"]
+        gain, offset = matching_gain_offset(stats, *self.target)
+        logger.info("%s: radiometry matched to the training imagery (per band x * gain + "
+                    "offset on the model's input scale: gains %s, offsets %s)", shown,
+                    ", ".join(f"{g:.4g}" for g in gain), ", ".join(f"{o:.4g}" for o in offset))
+        return (gain.astype(np.float32), offset.astype(np.float32)), []
+
+    def _predict_grid(self, data, bands, masked: bool, shown: str, progress: bool,
+                      match=None):
         """Tiles through the model in batches. With ``self.pipeline`` (default) the next batch
         is read in one thread and the last batch polygonised in another while the model runs
         (only the reader thread touches ``data``); the result is the same either way.
@@ -350,7 +390,7 @@ class ScenePredictor:
 
         def read_batch(chunk):
             began = time.perf_counter()
-            out = [self._read(data, bands, t.window, masked) for t in chunk]
+            out = [self._read(data, bands, t.window, masked, match) for t in chunk]
             clock["read"] += time.perf_counter() - began
             return out
 

@@ -25,14 +25,18 @@ logger = logging.getLogger(__name__)
 SAMPLE_GRID = 3  # windows per side of the scene
 SAMPLE_PX = 128  # pixels per side of a window
 FAR_FACTOR = 4.0  # every band this many times darker or brighter than training: warned
+# --match-radiometry estimates each band's mean and spread from more of the scene: the whole
+# scene up to MATCH_GRID * SAMPLE_PX pixels a side (a SpaceNet tile), else MATCH_GRID x
+# MATCH_GRID windows (about a megapixel, also from object storage)
+MATCH_GRID = 8
 
 
-def sample_windows(width: int, height: int) -> list[Window]:
-    """SAMPLE_GRID x SAMPLE_GRID windows (at most SAMPLE_PX a side) centred on an even grid."""
+def sample_windows(width: int, height: int, grid: int = SAMPLE_GRID) -> list[Window]:
+    """``grid`` x ``grid`` windows (at most SAMPLE_PX a side) centred on an even grid."""
     side_w, side_h = min(SAMPLE_PX, width), min(SAMPLE_PX, height)
     out = []
-    for fy in (np.arange(SAMPLE_GRID) + 0.5) / SAMPLE_GRID:
-        for fx in (np.arange(SAMPLE_GRID) + 0.5) / SAMPLE_GRID:
+    for fy in (np.arange(grid) + 0.5) / grid:
+        for fx in (np.arange(grid) + 0.5) / grid:
             col = int(min(max(fx * width - side_w / 2, 0), width - side_w))
             row = int(min(max(fy * height - side_h / 2, 0), height - side_h))
             out.append(Window(col, row, side_w, side_h))
@@ -51,6 +55,34 @@ def scene_levels(src, bands: list[int], dn) -> np.ndarray | None:
         return None
     means = np.ma.mean(dn.forward(np.ma.maximum(stack, 0)), axis=1)
     return np.asarray(dn.inverse(np.ma.filled(means, np.nan)), dtype=np.float64)
+
+
+def scene_band_stats(src, bands: list[int], dn) -> tuple[np.ndarray, np.ndarray] | None:
+    """((C,) mean, (C,) std) of each band of open dataset ``src`` over the sampled valid
+    pixels, on the model's input scale (``dn.forward`` of the DNs, as INPUT.DN_TRANSFORM feeds
+    the model); None when a band has no valid sampled pixel."""
+    side = MATCH_GRID * SAMPLE_PX
+    windows = ([Window(0, 0, src.width, src.height)] if src.width * src.height <= side * side
+               else sample_windows(src.width, src.height, MATCH_GRID))
+    values = [src.read(bands, window=w, masked=True) for w in windows]
+    stack = np.ma.concatenate([v.reshape(len(bands), -1) for v in values], axis=1)
+    stack = np.ma.masked_invalid(stack.astype(np.float64))
+    if stack.count() == 0 or (stack.count(axis=1) == 0).any():
+        return None
+    forward = dn.forward(np.ma.maximum(stack, 0))
+    return (np.asarray(np.ma.mean(forward, axis=1), np.float64),
+            np.asarray(np.ma.std(forward, axis=1), np.float64))
+
+
+def matching_gain_offset(stats, target_mean, target_std) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) gain and offset that map a scene's band values (model input scale) so that their
+    sampled mean and spread become the training imagery's: ``x * gain + offset``. A band
+    without spread in the sample (constant) is only shifted."""
+    mean, std = (np.asarray(v, np.float64) for v in stats)
+    target_mean = np.asarray(target_mean, np.float64)
+    target_std = np.asarray(target_std, np.float64)
+    gain = np.where(std > 0, target_std / np.where(std > 0, std, 1.0), 1.0)
+    return gain, target_mean - mean * gain
 
 
 def radiometry_warning(levels, training, dtype: str, where: str) -> str | None:
@@ -82,4 +114,5 @@ def radiometry_warning(levels, training, dtype: str, where: str) -> str | None:
     return (f"{where}: its bands' typical values ({shown}) are about {factor:.3g}x {how} than "
             f"the imagery the model was trained on ({trained}; MODEL.PIXEL_MEAN as DNs) "
             f"({likely}); the model will likely miss most buildings. Give it the imagery's "
-            "original DNs (or rescale them to the training range), or train on imagery like it")
+            "original DNs, or let tools/predict.py --match-radiometry map each scene onto the "
+            "training range, or train on imagery like it")

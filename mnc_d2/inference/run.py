@@ -83,6 +83,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                              "8-band file such as SpaceNet's MUL-PanSharpen, for an RGB model); "
                              "default: the run's INPUT.BANDS, or its INPUT.BAND_NAMES where a "
                              "scene names its bands")
+    parser.add_argument("--match-radiometry", action="store_true",
+                        help="map each scene's bands onto the training imagery's mean and "
+                             "spread before predicting (a linear stretch per band and scene, "
+                             "from the sampled windows of the radiometry check): for imagery "
+                             "on another scale than the training data, e.g. an 8-bit export "
+                             "of 11-bit imagery; costs a little accuracy on imagery like the "
+                             "training data (BENCHMARKS.md section 10)")
     parser.add_argument("--rgb-bands", type=int, nargs=3,
                         help="1-based bands for the PNG (default: --scene-bands when 3, else "
                              "the file's first three)")
@@ -233,14 +240,15 @@ def _run(args) -> int:
             score_thresh = resolve_score_threshold(cfg, args.score_thresh)
             record = run_record(cfg.dump(), cfg.MODEL.WEIGHTS, score_thresh, args.tile_size,
                                 args.overlap, formats, float(cfg.INPUT.GSD) or None,
-                                args.backend, args.scene_bands)
+                                args.backend, args.scene_bands, args.match_radiometry)
         else:
             score_thresh = float(bundle.meta["score_thresh"] if args.score_thresh is None
                                  else args.score_thresh)
             gsd = bundle.gsd
             record = run_record(bundle.meta["config"], str(bundle.graph_path(args.backend)),
                                 score_thresh, args.tile_size, args.overlap, formats,
-                                gsd if gsd == gsd else None, args.backend, args.scene_bands)
+                                gsd if gsd == gsd else None, args.backend, args.scene_bands,
+                                args.match_radiometry)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     reuse = prepare_output(args.output, record, args.overwrite)
@@ -259,7 +267,7 @@ def _run(args) -> int:
     kwargs = {"tile_size": args.tile_size, "overlap": args.overlap,
               "batch_size": args.batch_size, "score_thresh": score_thresh,
               "backend": args.backend, "max_upsample": args.max_upsample,
-              "scene_bands": args.scene_bands}
+              "scene_bands": args.scene_bands, "match_radiometry": args.match_radiometry}
     if bundle is not None:
         kwargs["model_dir"] = str(bundle.root)
     if args.engine == "local":

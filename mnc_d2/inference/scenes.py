@@ -41,9 +41,9 @@ RUN_FILE = "run.json"
 MANIFEST = "manifest.parquet"
 # run.json keys that must match for a re-run to reuse (skip) finished scenes
 IDENTITY_KEYS = ("config_sha256", "weights_sha256", "score_thresh", "tile_size", "overlap",
-                 "formats", "backend", "scene_bands")
+                 "formats", "backend", "scene_bands", "match_radiometry")
 # What a run.json written before a key existed means by it.
-IDENTITY_DEFAULTS = {"backend": "torch", "scene_bands": None}
+IDENTITY_DEFAULTS = {"backend": "torch", "scene_bands": None, "match_radiometry": False}
 
 
 class UsageError(ValueError):
@@ -182,7 +182,8 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int, overlap: int,
                formats: list[str], model_gsd_m: float | None = None,
-               backend: str = "torch", scene_bands: list[int] | None = None) -> dict:
+               backend: str = "torch", scene_bands: list[int] | None = None,
+               match_radiometry: bool = False) -> dict:
     """The run's identity (IDENTITY_KEYS) plus descriptive fields, for ``run.json``."""
     from .. import __version__
 
@@ -198,6 +199,7 @@ def run_record(cfg_text: str, weights: str, score_thresh: float, tile_size: int,
         "mnc_d2_version": __version__,
         "model_gsd_m": model_gsd_m,
         "scene_bands": list(scene_bands) if scene_bands else None,  # predict.py --scene-bands
+        "match_radiometry": bool(match_radiometry),  # predict.py --match-radiometry
         "config": cfg_text,
     }
 
