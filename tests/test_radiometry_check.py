@@ -6,8 +6,9 @@ import numpy as np
 import rasterio
 
 from mnc_d2.data.radiometry import dn_transform
-from mnc_d2.inference.radiometry_check import (FAR_FACTOR, radiometry_warning, sample_windows,
-                                               scene_levels)
+from mnc_d2.inference.radiometry_check import (FAR_FACTOR, MATCH_GRID, SAMPLE_PX,
+                                               matching_gain_offset, radiometry_warning,
+                                               sample_windows, scene_band_stats, scene_levels)
 
 TRAINING = [674.7, 604.1, 479.4]  # a demo model's PIXEL_MEAN (11-bit DNs)
 
@@ -70,3 +71,29 @@ def test_the_hard_setting_is_not_warned_about_against_a_default_model(tmp_path):
     assert (ratios < FAR_FACTOR / 1.25).all(), ratios
     for lv in levels["hard"]:
         assert radiometry_warning(lv, training, "uint16", "hard.tif") is None
+
+
+def test_matching_statistics_and_the_linear_map(tmp_path):
+    """--match-radiometry's per-band mean and spread: the whole scene when it is small (every
+    valid pixel, nodata left out), sampled windows beyond MATCH_GRID * SAMPLE_PX a side; the
+    map x * gain + offset gives them the training values, and a constant band is only
+    shifted."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 20, size=(2, 300, 200)).clip(1, None).astype(np.float32)
+    data[1] = 50.0  # constant
+    data[:, :10] = 0  # nodata rows
+    path = tmp_path / "s.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=300, width=200, count=2,
+                       dtype="float32", nodata=0, crs="EPSG:32611",
+                       transform=rasterio.Affine(0.3, 0, 0, 0, -0.3, 0)) as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        mean, std = scene_band_stats(src, [1, 2], dn_transform(""))
+    valid = data[:, 10:].reshape(2, -1).astype(np.float64)
+    assert np.allclose(mean, valid.mean(axis=1)) and np.allclose(std, valid.std(axis=1))
+    gain, offset = matching_gain_offset((mean, std), [600.0, 400.0], [300.0, 100.0])
+    mapped = valid * gain[:, None] + offset[:, None]
+    assert np.allclose(mapped[0].mean(), 600.0) and np.allclose(mapped[0].std(), 300.0)
+    assert gain[1] == 1.0 and np.allclose(mapped[1], 400.0)
+    assert len(sample_windows(5000, 4000, MATCH_GRID)) == MATCH_GRID ** 2
+    assert MATCH_GRID * SAMPLE_PX >= 1000  # a SpaceNet tile (650 or 900 px) is read whole
