@@ -360,22 +360,28 @@ def evaluate_model(cfg, weights: str, test_root: Path, product: str, attrs: pd.D
     thresh = cfg.TEST.SPACENET.SCORE_THRESH
     headline = prop[prop.Confidence >= thresh].reset_index(drop=True)
     result = score(truth, headline)
+    out = result.to_json()
+    out["score_thresh"] = thresh
+    out["recall_slices"], out["slice_counts"] = slice_recall(result, truth, attrs)
+    out["best_threshold"] = best_threshold(sweep)
+    out["calibration"] = reliability(prop.Confidence.to_numpy()[floor.proposal_kept],
+                                     (floor.proposal_match >= 0)[floor.proposal_kept])
+    out["shape"] = shape_by_slice(result, truth, headline, attrs)
+    return out
+
+
+def slice_recall(result, truth: pd.DataFrame, attrs: pd.DataFrame) -> tuple[dict, dict]:
+    """Recall and truth count of each slice (small, concave, dark; "other": none of them) of
+    the scored truth buildings (``result``: :func:`score` of ``truth``)."""
     kept = truth.assign(matched=result.truth_matched, kept=result.truth_kept)
     kept = kept[kept.kept].merge(attrs, on=["ImageId", "BuildingId"], how="left")
     recall = {flag: round(float(kept[kept[flag]].matched.mean()), 4)
               for flag in ("small", "concave", "dark") if kept[flag].any()}
     other = ~(kept.small | kept.concave | kept.dark)
     recall["other"] = round(float(kept[other].matched.mean()), 4)
-    out = result.to_json()
-    out["score_thresh"] = thresh
-    out["recall_slices"] = recall
-    out["slice_counts"] = {f: int(kept[f].sum()) for f in ("small", "concave", "dark")}
-    out["slice_counts"]["other"] = int(other.sum())
-    out["best_threshold"] = best_threshold(sweep)
-    out["calibration"] = reliability(prop.Confidence.to_numpy()[floor.proposal_kept],
-                                     (floor.proposal_match >= 0)[floor.proposal_kept])
-    out["shape"] = shape_by_slice(result, truth, headline, attrs)
-    return out
+    counts = {f: int(kept[f].sum()) for f in ("small", "concave", "dark")}
+    counts["other"] = int(other.sum())
+    return recall, counts
 
 
 def shape_by_slice(result, truth: pd.DataFrame, proposals: pd.DataFrame,

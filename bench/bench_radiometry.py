@@ -31,7 +31,8 @@ import pandas as pd
 import rasterio
 import shapely
 
-from bench.bench_accuracy import SWEEP, _spread, benchmark_truth, cached_run, slice_flags
+from bench.bench_accuracy import (SWEEP, _spread, benchmark_truth, cached_run, slice_flags,
+                                  slice_recall)
 from bench.bench_demo import cpu_model
 from mnc_d2.evaluation.calibration import best_threshold, threshold_sweep
 from mnc_d2.evaluation.spacenet_metric import score
@@ -90,14 +91,9 @@ def score_folder(out: Path, truth: pd.DataFrame, attrs: pd.DataFrame, thresh: fl
     floor = score(truth, prop)
     sweep = threshold_sweep(floor, prop, truth, SWEEP)
     result = score(truth, prop[prop.Confidence >= thresh].reset_index(drop=True))
-    kept = truth.assign(matched=result.truth_matched, kept=result.truth_kept)
-    kept = kept[kept.kept].merge(attrs, on=["ImageId", "BuildingId"], how="left")
-    recall = {flag: round(float(kept[kept[flag]].matched.mean()), 4)
-              for flag in ("small", "concave", "dark") if kept[flag].any()}
-    other = ~(kept.small | kept.concave | kept.dark)
-    recall["other"] = round(float(kept[other].matched.mean()), 4)
+    recall, counts = slice_recall(result, truth, attrs)
     out_json = result.to_json()
-    out_json.update(score_thresh=thresh, recall_slices=recall,
+    out_json.update(score_thresh=thresh, recall_slices=recall, slice_counts=counts,
                     best_threshold=best_threshold(sweep))
     return out_json
 
