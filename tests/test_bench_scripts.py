@@ -134,6 +134,25 @@ def test_prediction_scripts(work, tmp_path):
     assert tables.table_maker("tta_time")(tta)[-1].startswith("| 8 flips and turns (`d4`) | 8 |")
 
 
+def test_radiometry_script(work):
+    """bench_radiometry.py: the cached run through predict.py on the benchmark's tiles as they
+    are and as 8-bit exports, with and without --match-radiometry, scored like bench_accuracy
+    (the tiles as they are without the option give bench_accuracy's own evaluation)."""
+    report = _bench("bench_radiometry", "--setting", "default", "--model-seeds", "0",
+                    "--iters", str(ITERS), "--images", str(IMAGES), "--test-settings",
+                    "default", "--work", str(work))
+    assert sorted(report["runs"]) == ["default/8bit/matched", "default/8bit/plain",
+                                      "default/as_is/matched", "default/as_is/plain"]
+    accuracy = json.loads((work / f"report_{IMAGES}img_{ITERS}it.json").read_text())
+    assert report["runs"]["default/as_is/plain"]["0"]["overall"] == accuracy["runs"]["mnc5"][
+        "0"]["overall"]
+    tiles = sorted((work / "radiometry" / f"inputs_test_seed1_{IMAGES // 2}" / "8bit").iterdir())
+    assert len(tiles) == 2 * (IMAGES // 2)  # two cities
+    lines = tables.table_maker("radiometry_hard")(report)
+    assert lines[0].startswith("| trained -> scored | tiles | option | seeds | mean city F1")
+    assert any("| 8-bit exports (2-98% stretch) | --match-radiometry | 1 |" in x for x in lines)
+
+
 def test_export_script(work, tmp_path):
     report = _bench("bench_export", "--accuracy-work", str(work), "--tag",
                     f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2), "--settings",
