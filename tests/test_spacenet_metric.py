@@ -218,6 +218,12 @@ def test_non_numeric_confidence(tmp_path):
     props = write(tmp_path, "p.csv", PROP_HEADER, [("AOI_1_X_img1", 0, rect(0, 0, 9, 9), "high")])
     with pytest.raises(SpaceNetCSVError, match="line 2: Confidence 'high' is not a number"):
         score_csv(truth, props, rules="solaris")
+    # per-scene CSVs joined with cat: the repeated header is named as such
+    good = write(tmp_path, "g.csv", PROP_HEADER, [("AOI_1_X_img1", 0, rect(0, 0, 9, 9), 0.9)])
+    joined = tmp_path / "joined.csv"
+    joined.write_text(good.read_text() + good.read_text())
+    with pytest.raises(SpaceNetCSVError, match="line 3: .* that line repeats the header"):
+        score_csv(truth, joined, rules="solaris")
 
 
 def test_nan_confidence_sorts_last(tmp_path):

@@ -127,9 +127,13 @@ def read_proposal_csv(path: str | Path) -> pd.DataFrame:
     bad = conf.isna() & frame["Confidence"].notna() & (frame["Confidence"].astype(str) != "nan")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = frame["Confidence"].iloc[row]
+        hint = ("; that line repeats the header (CSVs joined with cat?): keep only the first "
+                "header line, or score a tools/predict.py folder with --predictions"
+                if str(value).strip() == "Confidence" else "")
         raise SpaceNetCSVError(
-            f"proposal CSV {path}, line {row + 2}: Confidence {frame['Confidence'].iloc[row]!r} "
-            "is not a number; expected a float such as 0.87"
+            f"proposal CSV {path}, line {row + 2}: Confidence {value!r} is not a number; "
+            f"expected a float such as 0.87{hint}"
         )
     if conf.isna().any():
         logger.warning("proposal CSV %s: %d NaN confidence(s) sort last", path, conf.isna().sum())
