@@ -1051,3 +1051,19 @@ def test_match_radiometry_makes_a_rescaled_scene_predict_like_the_original(tmp_p
     assert predict_main(_args(trained, [str(dark)], tmp_path / "matched", "--score-thresh",
                               "0.0")) == 2
     assert "match_radiometry differ" in capsys.readouterr().err
+
+
+def test_a_scene_without_data_says_so(tmp_path, trained, scenes):
+    """A scene whose sampled pixels are all nodata (a wrong nodata value, or a mosaic's empty
+    edge) ends ok with no building, and its row says why there was nothing to find."""
+    with rasterio.open(scenes["good0"]) as src:
+        data, profile = src.read(), src.profile
+    profile.update(nodata=int(data.max()) + 1)
+    empty = tmp_path / "empty.tif"
+    with rasterio.open(empty, "w", **profile) as dst:
+        dst.write(np.full_like(data, profile["nodata"]))
+    assert predict_main(_args(trained, [str(empty)], tmp_path / "out")) == 0
+    row = pd.read_parquet(tmp_path / "out" / "manifest.parquet").iloc[0]
+    assert row.status == "ok" and row.buildings == 0
+    assert "every sampled pixel is outside its data (nodata value" in row.warnings
+    assert "gdal_edit.py -a_nodata" in row.warnings

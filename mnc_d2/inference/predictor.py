@@ -355,6 +355,11 @@ class ScenePredictor:
         except Exception as exc:  # the prediction's own read reports a real read error
             logger.debug("%s: radiometry not sampled (%s)", shown, exc)
             return []
+        if levels is None:
+            return [f"{shown}: every sampled pixel is outside its data (nodata value "
+                    f"{src.nodata}, a mask or an alpha band): if the whole scene is, there is "
+                    "nothing to find; if it holds imagery, its nodata value is wrong "
+                    "(gdal_edit.py -a_nodata VALUE, or -unsetnodata)"]
         warning = radiometry_warning(levels, self.fill, src.dtypes[bands[0] - 1], shown)
         return [warning] if warning else []
 
