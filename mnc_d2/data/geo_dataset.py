@@ -127,10 +127,9 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
             f"{_bounds_text(source.frame.total_bounds)} in {crs}) lies on the {len(scenes)} "
             f"scene(s) ({', '.join(Path(s).name for s in scenes[:3])}"
             f"{', ...' if len(scenes) > 3 else ''}; the first covers {covers} there): the "
-            "labels are of another place or in "
-            "another CRS than the file says (set it: GeoDataFrame.set_crs, or "
-            "ogr2ogr -a_srs); for scenes without buildings on purpose, pass an empty footprint "
-            "file")
+            "labels are of another place or in another CRS than the file says (set it: "
+            "GeoDataFrame.set_crs, or ogr2ogr -a_srs); for scenes without buildings on "
+            "purpose, pass an empty footprint file")
     warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
     logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces (%d cut by a window "
                 "edge)", len(scenes), len(dicts), tile_size,

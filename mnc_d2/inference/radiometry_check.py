@@ -43,15 +43,23 @@ def sample_windows(width: int, height: int, grid: int = SAMPLE_GRID) -> list[Win
     return out
 
 
+def _valid_pixels(src, bands: list[int], windows: list[Window]):
+    """(C, N) masked float64 array of ``bands`` over ``windows`` of open dataset ``src``
+    (nodata, mask and NaN pixels masked); None when a band has no valid pixel there."""
+    values = [src.read(bands, window=w, masked=True) for w in windows]
+    stack = np.ma.concatenate([v.reshape(len(bands), -1) for v in values], axis=1)
+    stack = np.ma.masked_invalid(stack.astype(np.float64))
+    if stack.count() == 0 or (stack.count(axis=1) == 0).any():
+        return None
+    return stack
+
+
 def scene_levels(src, bands: list[int], dn) -> np.ndarray | None:
     """(len(bands),) typical value of each band of open dataset ``src`` on the DN scale:
     ``dn.inverse`` of the mean of ``dn.forward`` over the sampled valid pixels (the mean itself
     without a transform); None when no valid pixel was sampled."""
-    values = [src.read(bands, window=w, masked=True) for w in sample_windows(src.width,
-                                                                            src.height)]
-    stack = np.ma.concatenate([v.reshape(len(bands), -1) for v in values], axis=1)
-    stack = np.ma.masked_invalid(stack.astype(np.float64))
-    if stack.count() == 0 or (stack.count(axis=1) == 0).any():
+    stack = _valid_pixels(src, bands, sample_windows(src.width, src.height))
+    if stack is None:
         return None
     means = np.ma.mean(dn.forward(np.ma.maximum(stack, 0)), axis=1)
     return np.asarray(dn.inverse(np.ma.filled(means, np.nan)), dtype=np.float64)
@@ -64,10 +72,8 @@ def scene_band_stats(src, bands: list[int], dn) -> tuple[np.ndarray, np.ndarray]
     side = MATCH_GRID * SAMPLE_PX
     windows = ([Window(0, 0, src.width, src.height)] if src.width * src.height <= side * side
                else sample_windows(src.width, src.height, MATCH_GRID))
-    values = [src.read(bands, window=w, masked=True) for w in windows]
-    stack = np.ma.concatenate([v.reshape(len(bands), -1) for v in values], axis=1)
-    stack = np.ma.masked_invalid(stack.astype(np.float64))
-    if stack.count() == 0 or (stack.count(axis=1) == 0).any():
+    stack = _valid_pixels(src, bands, windows)
+    if stack is None:
         return None
     forward = dn.forward(np.ma.maximum(stack, 0))
     return (np.asarray(np.ma.mean(forward, axis=1), np.float64),
