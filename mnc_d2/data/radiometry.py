@@ -111,3 +111,10 @@ def dn_transform_from_config(cfg) -> DNTransform:
     transform = dn_transform(cfg.INPUT.get("DN_TRANSFORM", ""))
     transform.check_means(cfg.MODEL.PIXEL_MEAN)
     return transform
+
+
+def training_spread(cfg) -> list[float]:
+    """(C,) the training imagery's spread per band on the model's input scale: band_stats.json's
+    std, which MODEL.PIXEL_STD holds divided by INPUT.BAND_STATS_TARGET_STD (predict.py
+    --match-radiometry maps scenes onto it; exports record it as ``data_std``)."""
+    return [float(v) * float(cfg.INPUT.BAND_STATS_TARGET_STD) for v in cfg.MODEL.PIXEL_STD]

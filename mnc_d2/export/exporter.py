@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.radiometry import dn_transform_from_config
+from ..data.radiometry import dn_transform_from_config, training_spread
 from ..utils.atomic import plain_mode
 from .bundle import (BACKEND_FILES, EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES,
                      ExportError, read_bundle)
@@ -209,9 +209,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                       "band_names": [str(n) for n in cfg.INPUT.BAND_NAMES],
                       "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
                       "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
-                      # the training imagery's spread (predict.py --match-radiometry)
-                      "data_std": [float(v) * float(cfg.INPUT.BAND_STATS_TARGET_STD)
-                                   for v in cfg.MODEL.PIXEL_STD],
+                      "data_std": training_spread(cfg),  # predict.py --match-radiometry
                       "dn_transform": dn.kind,
                       "gsd": float(cfg.INPUT.GSD) or None,
                       "resized": list(graph.resized), "padded": list(graph.padded)},

@@ -35,7 +35,7 @@ from shapely import affinity
 from tqdm import tqdm
 
 from ..data.bands import check_band_count, check_scene_bands, input_bands, read_bands
-from ..data.radiometry import dn_transform, dn_transform_from_config
+from ..data.radiometry import dn_transform, dn_transform_from_config, training_spread
 from ..export.bundle import BACKEND_FILES
 from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
 from ..geometry.crs import is_mercator
@@ -204,10 +204,7 @@ class ScenePredictor:
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")
             self.dn = dn_transform_from_config(cfg)
             mean = cfg.MODEL.PIXEL_MEAN
-            # the training imagery's spread per band (band_stats.json's std; PIXEL_STD is it
-            # divided by INPUT.BAND_STATS_TARGET_STD)
-            spread = [float(v) * float(cfg.INPUT.BAND_STATS_TARGET_STD)
-                      for v in cfg.MODEL.PIXEL_STD]
+            spread = training_spread(cfg)
             sn = cfg.TEST.SPACENET
             post = {"simplify_tolerance": sn.SIMPLIFY_TOLERANCE, "regularize": sn.REGULARIZE,
                     "min_edge": sn.REGULARIZE_MIN_EDGE, "align_deg": sn.ALIGN_NEIGHBOURS,

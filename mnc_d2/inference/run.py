@@ -86,7 +86,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--match-radiometry", action="store_true",
                         help="map each scene's bands onto the training imagery's mean and "
                              "spread before predicting (a linear stretch per band and scene, "
-                             "from the sampled windows of the radiometry check): for imagery "
+                             "from the whole scene up to 1024 px a side, else 64 windows of "
+                             "it): for imagery "
                              "on another scale than the training data, e.g. an 8-bit export "
                              "of 11-bit imagery; costs a little accuracy on imagery like the "
                              "training data (BENCHMARKS.md section 10)")
