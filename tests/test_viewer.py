@@ -276,3 +276,45 @@ def test_a_page_that_cannot_read_its_files_says_why(tmp_path):
     finally:
         browser.quit()
         server.shutdown()
+
+
+@pytest.mark.parametrize("how", ["nodata", "internal_mask"])
+def test_a_nodata_collar_is_transparent_and_takes_no_share_of_the_stretch(tmp_path, how):
+    """An orthorectified scene has a collar without data (a nodata value, or GDAL's internal
+    mask as in JPEG-compressed COGs). Its overview is transparent there (drawn black, it hid the
+    neighbouring scenes and the basemap) and its stretch comes from the valid pixels (the
+    collar's zeros set the low end, washing the imagery out); the same for predict.py's PNG."""
+    from mnc_d2.inference.predictor import ScenePrediction, _write_overlay
+
+    folder = _prediction_folder(tmp_path)
+    path = tmp_path / "scenes" / "s0.tif"
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    collar = np.zeros(data.shape[1:], dtype=bool)
+    collar[:, :64] = True  # 40% of the scene
+    data[:, collar] = 0
+    kwargs = {"nodata": 0} if how == "nodata" else {}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **{**profile, **kwargs}) as dst:
+            dst.write(data)
+            if how == "internal_mask":
+                dst.write_mask(np.where(collar, 0, 255).astype(np.uint8))
+    valid = data[:, ~collar].astype(np.float32)
+    low = [np.percentile(band, 2) for band in valid]
+    assert min(low) > 100  # the valid pixels' low end is far from the collar's 0
+    build_site(folder, tmp_path / "site")
+    import cv2
+
+    image = cv2.imread(str(tmp_path / "site" / "imagery" / "s0.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (160, 160, 4)
+    assert (image[collar, 3] == 0).all() and (image[~collar, 3] == 255).all()
+    # the 2-98% stretch of the valid pixels: about 2% of them at 0 in each band
+    assert all(0.01 < (image[~collar, c] == 0).mean() < 0.05 for c in range(3))
+    # the other scene has no collar: opaque
+    other = cv2.imread(str(tmp_path / "site" / "imagery" / "s1.png"), cv2.IMREAD_UNCHANGED)
+    assert (other[..., 3] == 255).all()
+    with rasterio.open(path) as src:
+        pred = ScenePrediction(str(path), "s0", [], [], src.crs, src.transform, 160, 160)
+    _write_overlay(pred, tmp_path / "overlay.png", None)
+    overlay = cv2.imread(str(tmp_path / "overlay.png"))
+    assert all(0.01 < (overlay[~collar, c] == 0).mean() < 0.05 for c in range(3))

@@ -25,30 +25,42 @@ logger = logging.getLogger(__name__)
 WHITE, YELLOW, BLUE = (255, 255, 255), (255, 255, 0), (0, 0, 255)  # RGB
 
 
-def stretch_limits(array: np.ndarray, low: float = 2, high: float = 98) -> list[list[float]]:
+def stretch_limits(array: np.ndarray, low: float = 2, high: float = 98,
+                   valid: np.ndarray | None = None) -> list[list[float]]:
     """Per band of a (C, H, W) raster, its ``low`` and ``high`` percentiles: the limits
-    :func:`stretch_to_uint8` maps to 0 and 255."""
+    :func:`stretch_to_uint8` maps to 0 and 255. ``valid`` (H, W) bool, e.g. the GDAL dataset
+    mask: the percentiles of those pixels only, so that a nodata collar (zeros or -9999 around
+    an orthorectified scene) does not take a share of the stretch; all of them where none is
+    valid."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != array.shape[1:]:
+            raise ValueError(f"valid mask of shape {valid.shape} for a raster of "
+                             f"{array.shape[1:]} pixels")
+        if valid.any():
+            array = array[:, valid]
     return [[float(v) for v in np.percentile(band, [low, high])] for band in array]
 
 
 def stretch_to_uint8(array: np.ndarray, low: float = 2, high: float = 98,
-                     limits: list | None = None) -> np.ndarray:
+                     limits: list | None = None, valid: np.ndarray | None = None) -> np.ndarray:
     """(C, H, W) raster of any dtype -> (H, W, 3) uint8 (percentile stretch per band).
 
     One band is repeated to grey; of more than three bands the first three are used (pass the
     RGB bands in that order). ``limits``: per band (lo, hi) to map to 0 and 255 instead of the
     raster's own percentiles (:func:`stretch_limits`), so that pieces of one image (tiles)
-    share its stretch.
+    share its stretch. ``valid``: the pixels the raster's own percentiles come from
+    (:func:`stretch_limits`).
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:
         array = array[None]
     bands = array[:3] if array.shape[0] >= 3 else np.repeat(array[:1], 3, axis=0)
     if limits is None:
-        limits = stretch_limits(bands, low, high)
+        limits = stretch_limits(bands, low, high, valid)
     elif len(limits) < 3:
         limits = [limits[0]] * 3
     out = np.empty(bands.shape[1:] + (3,), dtype=np.uint8)
@@ -71,7 +83,7 @@ def read_display_image(path: str | Path, bands: Iterable[int] | None = None) -> 
     """Read a GeoTIFF for display: 1-based ``bands`` (default: the first three) -> (H, W, 3)."""
     with rasterio.open(path) as src:
         indexes = list(bands) if bands else list(range(1, min(src.count, 3) + 1))
-        return stretch_to_uint8(src.read(indexes))
+        return stretch_to_uint8(src.read(indexes), valid=src.dataset_mask() > 0)
 
 
 def _draw(image: np.ndarray, geom, color, thickness: int) -> None:

@@ -549,7 +549,8 @@ def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | Non
             rgb_bands = None
         bands = rgb_bands or list(range(1, min(src.count, 3) + 1))
         image = stretch_to_uint8(src.read(bands, out_shape=(len(bands), h, w),
-                                          resampling=Resampling.average))
+                                          resampling=Resampling.average),
+                                 valid=src.dataset_mask(out_shape=(h, w)) > 0)
     for poly in pred.polygons:
         pts = np.round(np.asarray(poly.exterior.coords) * scale).astype(np.int32)
         cv2.polylines(image, [pts], True, (255, 255, 0), 1, lineType=cv2.LINE_8)

@@ -35,7 +35,7 @@ import numpy as np
 from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city, read_run,
                                          read_scene_buildings, read_truth, remap_scene,
                                          scene_frames)
-from ..utils.atomic import atomic_write
+from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
 from .tiles import write_sorted_scores, write_vector_tiles
@@ -84,8 +84,13 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
             chosen = [b for b in bands if b <= src.count] or [1]
             chosen = (chosen * 3)[:3]
             data = src.read(chosen, out_shape=(3, h, w), resampling=Resampling.average)
-            # one stretch for the overview and the full-resolution tiles the server cuts
-            stretch = stretch_limits(data)
+            # GDAL's dataset mask (nodata value, internal mask or alpha band): the overview's
+            # alpha, so that a scene's nodata collar hides neither its neighbours nor the
+            # basemap, as on the server's tiles (rio-tiler reads the same mask)
+            alpha = src.dataset_mask(out_shape=(h, w))
+            # one stretch for the overview and the full-resolution tiles the server cuts, from
+            # the scene's valid pixels
+            stretch = stretch_limits(data, valid=alpha > 0)
             corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
             xs, ys = zip(*[src.transform @ c for c in corners_px])
             lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
@@ -96,7 +101,10 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
     if out is not None:
         image = stretch_to_uint8(data, limits=stretch)
         out.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        with atomic_path(out) as tmp:
+            if not cv2.imwrite(str(tmp), np.dstack([cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                                    alpha])):
+                raise OSError(f"could not write {out} (cv2.imwrite failed)")
     from pyproj import Geod
 
     top_m = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])[2]
