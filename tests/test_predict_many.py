@@ -874,6 +874,17 @@ def test_scene_bands_read_the_model_inputs_from_other_band_numbers(tmp_path, tra
         dst.write(rgb[:2])
     assert predict_main(_args(trained, [str(two)], tmp_path / "e4", "--scene-bands", "1", "2",
                               "2")) == 0
+    # a one-band (panchromatic) file for an RGB model: its failed row names the option, and
+    # with it (the band given to each channel) the file is predicted
+    pan = tmp_path / "pan.tif"
+    profile.update(count=1)
+    with rasterio.open(pan, "w", **profile) as dst:
+        dst.write(rgb[:1])
+    assert predict_main(_args(trained, [str(pan)], tmp_path / "e5")) == 1
+    error = pd.read_parquet(tmp_path / "e5" / "manifest.parquet").error.iloc[0]
+    assert "has 1 band(s)" in error and "--scene-bands 1 1 1" in error
+    assert predict_main(_args(trained, [str(pan)], tmp_path / "e6", "--scene-bands", "1", "1",
+                              "1")) == 0
 
 
 def test_a_stac_asset_is_chosen_by_the_bands_read():

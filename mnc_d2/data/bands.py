@@ -40,13 +40,20 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
                       "re-download or regenerate it") from None
 
 
-def check_band_count(src, bands: list[int]) -> None:
-    """Raise, naming the file, when the open dataset ``src`` lacks one of ``bands``."""
+# predict.py's remedy for a scene with fewer bands than the model reads
+SCENE_BANDS_HINT = ("; if the model's channels are among its bands, name them in the model's "
+                    "order with tools/predict.py --scene-bands (e.g. --scene-bands 1 1 1 gives "
+                    "a panchromatic band to each channel of an RGB model)")
+
+
+def check_band_count(src, bands: list[int], hint: str = "") -> None:
+    """Raise, naming the file, when the open dataset ``src`` lacks one of ``bands`` (``hint``
+    appended to the message)."""
     if not bands:
         raise ValueError("no bands to read: INPUT.BANDS and MODEL.PIXEL_MEAN are empty")
     if max(bands) > src.count:
         raise ValueError(f"the model reads bands {list(bands)} (INPUT.BANDS, or "
-                         f"1..len(PIXEL_MEAN)) but {src.name} has {src.count} band(s)")
+                         f"1..len(PIXEL_MEAN)) but {src.name} has {src.count} band(s){hint}")
 
 
 def check_scene_bands(src, bands: list[int]) -> None:

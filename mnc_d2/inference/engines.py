@@ -26,7 +26,7 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 
-from ..data.bands import check_band_count, check_scene_bands
+from ..data.bands import SCENE_BANDS_HINT, check_band_count, check_scene_bands
 from ..data.georef import georeferencing_problem
 from .predictor import write_scene_formats
 from .scenes import (Scene, SceneRow, parquet_path, peak_rss_mb, worker_name,
@@ -82,7 +82,7 @@ def _check_scene(path: str, bands: list[int], scene_bands: list[int] | None = No
             if scene_bands:
                 check_scene_bands(src, scene_bands)
             else:
-                check_band_count(src, bands)
+                check_band_count(src, bands, SCENE_BANDS_HINT)
     except rasterio.errors.RasterioIOError as exc:
         if is_remote(path):  # the network's failure, perhaps passing: tried again
             raise OSError(f"{shown} could not be read ({redact(str(exc))})") from None

@@ -34,7 +34,8 @@ from rasterio.warp import transform as transform_coords
 from shapely import affinity
 from tqdm import tqdm
 
-from ..data.bands import check_band_count, check_scene_bands, input_bands, read_bands
+from ..data.bands import (SCENE_BANDS_HINT, check_band_count, check_scene_bands, input_bands,
+                          read_bands)
 from ..data.radiometry import dn_transform, dn_transform_from_config, training_spread
 from ..export.bundle import BACKEND_FILES
 from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
@@ -287,7 +288,7 @@ class ScenePredictor:
                 check_scene_bands(src, bands)
             else:
                 bands = bands_by_name(self.band_names, names, self.bands, shown)
-                check_band_count(src, bands)
+                check_band_count(src, bands, SCENE_BANDS_HINT)
                 warnings = self._band_warnings(src, names, bands, shown)
             gsd = scene_gsd_m(src, info)
             scale = gsd / self.model_gsd if np.isfinite(gsd) and np.isfinite(self.model_gsd) \
