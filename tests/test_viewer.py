@@ -283,7 +283,8 @@ def test_a_nodata_collar_is_transparent_and_takes_no_share_of_the_stretch(tmp_pa
     """An orthorectified scene has a collar without data (a nodata value, or GDAL's internal
     mask as in JPEG-compressed COGs). Its overview is transparent there (drawn black, it hid the
     neighbouring scenes and the basemap) and its stretch comes from the valid pixels (the
-    collar's zeros set the low end, washing the imagery out); the same for predict.py's PNG."""
+    collar's zeros set the low end, washing the imagery out); the same for predict.py's PNG,
+    which outlines holes too."""
     from mnc_d2.inference.predictor import ScenePrediction, _write_overlay
 
     folder = _prediction_folder(tmp_path)
@@ -313,8 +314,16 @@ def test_a_nodata_collar_is_transparent_and_takes_no_share_of_the_stretch(tmp_pa
     # the other scene has no collar: opaque
     other = cv2.imread(str(tmp_path / "site" / "imagery" / "s1.png"), cv2.IMREAD_UNCHANGED)
     assert (other[..., 3] == 255).all()
+    # the PNG draws each building's holes too (a courtyard)
+    courtyard = shapely.box(80, 40, 140, 100).difference(shapely.box(100, 60, 120, 80))
     with rasterio.open(path) as src:
-        pred = ScenePrediction(str(path), "s0", [], [], src.crs, src.transform, 160, 160)
+        pred = ScenePrediction(str(path), "s0", [courtyard], [0.9], src.crs, src.transform,
+                               160, 160)
     _write_overlay(pred, tmp_path / "overlay.png", None)
     overlay = cv2.imread(str(tmp_path / "overlay.png"))
-    assert all(0.01 < (overlay[~collar, c] == 0).mean() < 0.05 for c in range(3))
+    drawn = (overlay == (0, 255, 255)).all(axis=-1)  # yellow, BGR
+    assert drawn[40, 110] and drawn[100, 110] and drawn[60, 110] and drawn[80, 110]
+    assert not drawn[70, 110]
+    drawn[30:111, 70:151] = False
+    valid = ~collar & ~drawn
+    assert all(0.01 < (overlay[valid, c] == 0).mean() < 0.05 for c in range(3))

@@ -86,7 +86,9 @@ def read_display_image(path: str | Path, bands: Iterable[int] | None = None) -> 
         return stretch_to_uint8(src.read(indexes), valid=src.dataset_mask() > 0)
 
 
-def _draw(image: np.ndarray, geom, color, thickness: int) -> None:
+def draw_outline(image: np.ndarray, geom, color, thickness: int) -> None:
+    """Draw every ring of ``geom`` (a Polygon or MultiPolygon in the pixel coordinates of
+    ``image`` (H, W, 3) uint8, in place): outer rings and holes."""
     for part in shapely.get_parts(geom):
         if part.geom_type != "Polygon" or part.is_empty:
             continue
@@ -101,10 +103,10 @@ def draw_image_overlay(image: np.ndarray, result: ScoreResult, truth_geoms: np.n
     """Draw one image's TP/FP/FN polygons (rows index the full tables of ``result``)."""
     canvas = image.copy()
     for t in truth_rows[result.truth_kept[truth_rows] & ~result.truth_matched[truth_rows]]:
-        _draw(canvas, truth_geoms[t], BLUE, thickness)
+        draw_outline(canvas, truth_geoms[t], BLUE, thickness)
     for p in prop_rows[result.proposal_kept[prop_rows]]:
         tp = result.proposal_match[p] >= 0
-        _draw(canvas, prop_geoms[p], WHITE if tp else YELLOW, thickness)
+        draw_outline(canvas, prop_geoms[p], WHITE if tp else YELLOW, thickness)
         anchor = prop_geoms[p].representative_point()
         cv2.putText(canvas, f"{result.proposal_iou[p]:.2f}", (int(anchor.x), int(anchor.y)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.3, WHITE if tp else YELLOW, 1, cv2.LINE_AA)

@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import rasterio
 import shapely
@@ -42,7 +41,7 @@ from .threshold import resolve_score_threshold  # noqa: F401 - also imported fro
 from ..geometry.crs import is_mercator
 from ..geometry.polygons import map_to_pixel, mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
-from ..evaluation.visualize import stretch_to_uint8, write_png
+from ..evaluation.visualize import draw_outline, stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
 from .eager import EagerModel
@@ -552,7 +551,6 @@ def _write_overlay(pred: ScenePrediction, path: Path, rgb_bands: list[int] | Non
         image = stretch_to_uint8(src.read(bands, out_shape=(len(bands), h, w),
                                           resampling=Resampling.average),
                                  valid=src.dataset_mask(out_shape=(h, w)) > 0)
-    for poly in pred.polygons:
-        pts = np.round(np.asarray(poly.exterior.coords) * scale).astype(np.int32)
-        cv2.polylines(image, [pts], True, (255, 255, 0), 1, lineType=cv2.LINE_8)
+    for poly in pred.polygons:  # holes (a courtyard) drawn too
+        draw_outline(image, shapely.transform(poly, lambda xy: xy * scale), (255, 255, 0), 1)
     write_png(path, image)
