@@ -757,6 +757,46 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
     assert row.status == "ok" and abs(row.scene_gsd_m - 2.0) < 0.01
 
 
+def test_tiles_without_data_are_not_run_and_change_nothing(tmp_path, trained, scenes,
+                                                          monkeypatch, caplog):
+    """A scene whose right part is a nodata collar: the tiles wholly in it are not run (what
+    the model found there lay outside the data and was dropped), and the buildings are those
+    of running every tile."""
+    from mnc_d2.inference.predictor import ScenePredictor
+
+    with rasterio.open(scenes["good0"]) as src:
+        data, profile = src.read(), src.profile
+    data[:, :, 90:] = 0
+    profile.update(nodata=0)
+    path = tmp_path / "collar.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    run_tiles = []
+    original = ScenePredictor._run
+
+    def counted(self, images):
+        run_tiles.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(ScenePredictor, "_run", counted)
+    extra = ("--score-thresh", "0.0", "--tile-size", "64", "--overlap", "16")
+    with caplog.at_level("INFO", logger="mnc_d2.inference.predictor"):
+        assert predict_main(_args(trained, [str(path)], tmp_path / "skip", *extra)) == 0
+    # tile windows start at 0, 48, 96 (64 px, 16 overlap): the column at 96 is all collar
+    assert sum(run_tiles) == 6, run_tiles
+    assert "collar.tif: 3 of 9 tiles hold no data" in caplog.text
+    run_tiles.clear()
+    monkeypatch.setattr(ScenePredictor, "_run_where_data",
+                        lambda self, read: self._run([image for image, _ in read]))
+    assert predict_main(_args(trained, [str(path)], tmp_path / "all", *extra)) == 0
+    assert sum(run_tiles) == 9
+    a = gpd.read_parquet(tmp_path / "skip" / "buildings" / "collar.parquet")
+    b = gpd.read_parquet(tmp_path / "all" / "buildings" / "collar.parquet")
+    assert len(a) == len(b) > 0
+    assert np.allclose(a.score, b.score, atol=1e-5)
+    assert all(x.equals_exact(y, 1e-7) for x, y in zip(a.geometry, b.geometry))
+
+
 def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trained, scenes,
                                                                    monkeypatch):
     """The same scene stretched to 0-255 (an 8-bit export) still predicts, with a warning that

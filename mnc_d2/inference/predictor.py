@@ -384,7 +384,8 @@ class ScenePredictor:
         is read in one thread and the last batch polygonised in another while the model runs
         (only the reader thread touches ``data``); the result is the same either way.
         ``self.timings`` accumulates seconds: read, model, polygons (each stage's own time),
-        waiting_for_read and waiting_for_polygons (what the model loop waited), merge."""
+        waiting_for_read and waiting_for_polygons (what the model loop waited), merge. Tiles
+        without a pixel of data are not run (:meth:`_run_where_data`)."""
         tiles = tile_grid(data.width, data.height, self.tile_size, self.overlap)
         batches = [(start, tiles[start: start + self.batch_size])
                    for start in range(0, len(tiles), self.batch_size)]
@@ -411,6 +412,7 @@ class ScenePredictor:
         bar = tqdm(total=len(tiles), desc=Path(without_query(shown)).name, unit="tile",
                    disable=not progress)
         found = []
+        idle = 0  # tiles without data, not run
         workers = 1 if self.pipeline else 0
         with _Lane(workers) as reader, _Lane(workers) as polygoniser:
             pending = reader.submit(read_batch, batches[0][1]) if batches else None
@@ -422,8 +424,9 @@ class ScenePredictor:
                 if i + 1 < len(batches):
                     pending = reader.submit(read_batch, batches[i + 1][1])
                 began = time.perf_counter()
-                outputs = self._run([image for image, _ in read])
+                outputs = self._run_where_data(read)
                 clock["model"] += time.perf_counter() - began
+                idle += sum(out is None for out in outputs)
                 queued.append(polygoniser.submit(polygonise, start, chunk, outputs, read))
                 while len(queued) > 2:  # bounded: at most two batches' masks held
                     found.extend(self._wait(queued.popleft()))
@@ -431,6 +434,9 @@ class ScenePredictor:
             while queued:
                 found.extend(self._wait(queued.popleft()))
         bar.close()
+        if idle:
+            logger.info("%s: %d of %d tiles hold no data (nodata, mask or a mosaic's gaps): "
+                        "not run", shown, idle, len(tiles))
         began = time.perf_counter()
         merged = merge_across_tiles([f[0] for f in found], [f[1] for f in found],
                                     [f[2] for f in found])
@@ -440,6 +446,18 @@ class ScenePredictor:
                       [v for v, k in zip(merged[1], keep) if k])
         clock["merge"] += time.perf_counter() - began
         return merged
+
+    def _run_where_data(self, read: list) -> list:
+        """Model outputs of one batch's tiles ``read`` ((image, valid) pairs), None for each
+        tile without a single pixel of data (a scene's nodata collar, a mosaic's gaps): such a
+        tile is not run. Same result: whatever the model found there would lie wholly outside
+        the data, and buildings more than MAX_OUTSIDE_DATA outside are dropped."""
+        outputs = [None] * len(read)
+        todo = [k for k, (_, valid) in enumerate(read) if valid.any()]
+        if todo:
+            for k, out in zip(todo, self._run([read[k][0] for k in todo])):
+                outputs[k] = out
+        return outputs
 
     def _wait(self, future):
         began = time.perf_counter()
@@ -451,6 +469,8 @@ class ScenePredictor:
         """(polygon in scene pixels, score, tile index) of the buildings each tile owns."""
         out = []
         for k, (tile, instances) in enumerate(zip(chunk, outputs)):
+            if instances is None:  # not run: no data in the tile
+                continue
             found = instances_to_polygons(instances, **self.post)
             shifted = [affinity.translate(p, tile.window.col_off, tile.window.row_off)
                        for p, _ in found]
