@@ -199,3 +199,25 @@ def test_labels_that_miss_every_scene_are_an_error_naming_both_places(tmp_path):
     gpd.GeoDataFrame(geometry=[], crs=frame.crs).to_parquet(empty)
     dicts = load_geo_dicts([str(TILE)], empty, tile_size=450)
     assert len(dicts) == 4 and not any(d["annotations"] for d in dicts)
+
+
+def test_scenes_without_any_footprint_beside_labelled_ones_are_warned_about(tmp_path, caplog):
+    """A footprint file that covers one scene but not another (an area's labels left out of
+    it) trains the other's buildings as background: a warning names the bare scenes; none
+    when every scene has footprints."""
+    away = tmp_path / "away.tif"
+    with rasterio.open(TILE) as src:
+        profile = dict(src.profile, transform=rasterio.Affine.translation(50_000, 0)
+                       * src.transform)  # the same pixels 50 km east, where no label lies
+        with rasterio.open(away, "w", **profile) as dst:
+            dst.write(src.read())
+    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+        load_geo_dicts([str(TILE)], LABELS, tile_size=450)
+    assert "no footprint" not in caplog.text
+    with caplog.at_level("WARNING", logger="mnc_d2.data.geo_dataset"):
+        dicts = load_geo_dicts([str(TILE), str(away)], LABELS, tile_size=450)
+    assert len(dicts) == 8
+    said = [r.getMessage() for r in caplog.records if "no footprint" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert said[0].startswith(f"1 of 2 scenes have no footprint of {LABELS} on them "
+                              "(away.tif): they train as background only"), said[0]

@@ -97,7 +97,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     repairs = RepairLog()
     source = FootprintFile(labels)
     gsds, cuts, first = [], RepairLog(), None
-    dicts = []
+    dicts, bare = [], []
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
         first = first or head
@@ -105,6 +105,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
                                            head["height"], repairs)
         tree = shapely.STRtree(footprints)
+        start = len(dicts)
         for tile in tile_grid(head["width"], head["height"], tile_size, overlap):
             w = tile.window
             col, row, ww, wh = int(w.col_off), int(w.row_off), int(w.width), int(w.height)
@@ -116,6 +117,8 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 "width": ww, "window": [col, row, ww, wh], "crs": head["crs"].to_wkt(),
                 "transform": tuple(window_transform(w, head["transform"]))[:6],
                 "annotations": [make_annotation(f, wh, ww) for f in inside]})
+        if not any(d["annotations"] for d in dicts[start:]):
+            bare.append(scene)
     repairs.report(f"{labels} on {len(scenes)} scene(s)")
     if len(source.frame) and not any(d["annotations"] for d in dicts):
         crs = source.frame.crs or "EPSG:4326"
@@ -130,6 +133,8 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
             "labels are of another place or in another CRS than the file says (set it: "
             "GeoDataFrame.set_crs, or ogr2ogr -a_srs); for scenes without buildings on "
             "purpose, pass an empty footprint file")
+    if bare and len(bare) < len(scenes):
+        warn_unlabelled_scenes(labels, bare, len(scenes))
     warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
     logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces (%d cut by a window "
                 "edge)", len(scenes), len(dicts), tile_size,
@@ -140,6 +145,16 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
 
 def _bounds_text(bounds) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+def warn_unlabelled_scenes(labels, bare: list[str], total: int) -> None:
+    """Warn that ``bare`` scenes (of ``total``) have no footprint of ``labels`` while others do:
+    legitimate for scenes without buildings, but also what a footprint file that lacks an
+    area's labels looks like, and such scenes train their buildings as background."""
+    names = ", ".join(Path(s).name for s in bare[:5]) + (", ..." if len(bare) > 5 else "")
+    logger.warning("%d of %d scenes have no footprint of %s on them (%s): they train as "
+                   "background only. If they show buildings, the file lacks their labels: add "
+                   "them, or leave those scenes out", len(bare), total, labels, names)
 
 
 def warn_mixed_gsd(what: str, gsds: dict[str, float]) -> bool:
