@@ -221,3 +221,38 @@ def test_scenes_without_any_footprint_beside_labelled_ones_are_warned_about(tmp_
     assert len(said) == 1, caplog.text
     assert said[0].startswith(f"1 of 2 scenes have no footprint of {LABELS} on them "
                               "(away.tif): they train as background only"), said[0]
+
+
+@pytest.mark.parametrize("overview_px", [1024, 100])
+def test_windows_without_data_are_left_out(tmp_path, caplog, monkeypatch, overview_px):
+    """An orthorectified scene's collar (nodata): windows wholly in it would train on blank
+    images of band means; they are left out, the windows holding any data kept (also when
+    found through a coarse mask, whose candidates are checked at full resolution: a window
+    with a sliver of data stays). A scene wholly without data is left out with a warning."""
+    import mnc_d2.data.geo_dataset as geo
+
+    monkeypatch.setattr(geo, "MASK_OVERVIEW_PX", overview_px)
+    collared = tmp_path / "collared.tif"
+    with rasterio.open(TILE) as src:
+        profile, data = src.profile, src.read()
+    assert profile["nodata"] == 0
+    data[:, :, :450] = 0  # windows at column 0: no data
+    data[:, 449:451, :] = 0
+    data[:, 600, 450] = 7  # one pixel of data in the window at (450, 450) (rows 450-899)
+    data[:, 450:, 451:] = 0
+    with rasterio.open(collared, "w", **profile) as dst:
+        dst.write(data)
+    with caplog.at_level("INFO", logger="mnc_d2.data.geo_dataset"):
+        dicts = load_geo_dicts([str(collared)], LABELS, tile_size=450)
+    assert sorted(d["window"][:2] for d in dicts) == [[450, 0], [450, 450]]
+    assert "; 2 windows without a pixel of data left out" in caplog.text
+    empty = tmp_path / "empty.tif"
+    with rasterio.open(empty, "w", **profile) as dst:
+        dst.write(np.zeros_like(data))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mnc_d2.data.geo_dataset"):
+        dicts = load_geo_dicts([str(collared), str(empty)], LABELS, tile_size=450)
+    assert len(dicts) == 2
+    assert f"{empty} holds no pixel of data (its nodata value or mask covers it all): left " \
+        "out" in caplog.text
+    assert "no footprint" not in caplog.text

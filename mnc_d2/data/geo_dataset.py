@@ -97,7 +97,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     repairs = RepairLog()
     source = FootprintFile(labels)
     gsds, cuts, first = [], RepairLog(), None
-    dicts, bare = [], []
+    dicts, bare, blank = [], [], 0
     for scene, stem in zip(scenes, stems):
         head = raster_header(Path(scene))
         first = first or head
@@ -106,7 +106,14 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                                            head["height"], repairs)
         tree = shapely.STRtree(footprints)
         start = len(dicts)
-        for tile in tile_grid(head["width"], head["height"], tile_size, overlap):
+        tiles = tile_grid(head["width"], head["height"], tile_size, overlap)
+        has_data = windows_with_data(scene, [t.window for t in tiles])
+        blank += len(tiles) - sum(has_data)
+        if not any(has_data):
+            logger.warning("%s holds no pixel of data (its nodata value or mask covers it "
+                           "all): left out", scene)
+            continue
+        for tile in (t for t, keep in zip(tiles, has_data) if keep):
             w = tile.window
             col, row, ww, wh = int(w.col_off), int(w.row_off), int(w.width), int(w.height)
             near = [footprints[i] for i in tree.query(shapely.box(col, row, col + ww, row + wh))]
@@ -137,14 +144,41 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         warn_unlabelled_scenes(labels, bare, len(scenes))
     warn_mixed_gsd(f"the scenes registered with {labels}", dict(zip(scenes, gsds)))
     logger.info("%d scene(s) -> %d windows of %d px, %d footprint pieces (%d cut by a window "
-                "edge)", len(scenes), len(dicts), tile_size,
+                "edge)%s", len(scenes), len(dicts), tile_size,
                 sum(len(d["annotations"]) for d in dicts),
-                cuts["clipped: crossing the tile edge"])
+                cuts["clipped: crossing the tile edge"],
+                f"; {blank} windows without a pixel of data left out" if blank else "")
     return dicts
 
 
 def _bounds_text(bounds) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+# Side (px) of the scene-wide mask that finds candidate windows without data (each candidate
+# is then checked on its own full-resolution mask, so no window holding data is left out).
+MASK_OVERVIEW_PX = 1024
+
+
+def windows_with_data(scene: str | Path, windows: list) -> list[bool]:
+    """For each rasterio ``window`` of ``scene``, whether it holds a pixel of data (GDAL's
+    dataset mask: nodata value, internal mask or alpha band). A window wholly outside the data
+    (an orthorectified scene's collar, a mosaic's gaps) would train on a blank image of band
+    means. All True without a mask; else candidates from the mask at most MASK_OVERVIEW_PX a
+    side, each confirmed at full resolution."""
+    from rasterio.enums import MaskFlags
+
+    with rasterio.open(scene) as src:
+        if all(MaskFlags.all_valid in flags for flags in src.mask_flag_enums):
+            return [True] * len(windows)
+        factor = max(1, -(-max(src.width, src.height) // MASK_OVERVIEW_PX))
+        small = src.dataset_mask(out_shape=(-(-src.height // factor), -(-src.width // factor)))
+        keep = []
+        for w in windows:
+            rows = slice(int(w.row_off) // factor, -(-int(w.row_off + w.height) // factor))
+            cols = slice(int(w.col_off) // factor, -(-int(w.col_off + w.width) // factor))
+            keep.append(bool(small[rows, cols].any()) or bool(src.dataset_mask(window=w).any()))
+        return keep
 
 
 def warn_unlabelled_scenes(labels, bare: list[str], total: int) -> None:
