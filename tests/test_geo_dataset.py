@@ -256,3 +256,24 @@ def test_windows_without_data_are_left_out(tmp_path, caplog, monkeypatch, overvi
     assert f"{empty} holds no pixel of data (its nodata value or mask covers it all): left " \
         "out" in caplog.text
     assert "no footprint" not in caplog.text
+
+
+def test_footprints_cut_by_the_scene_edge_are_no_label_repair(tmp_path, caplog):
+    """A scene cut out of a larger labelled area cuts the footprints across its edge by
+    design (as windows do): counted at INFO with the window cuts, not warned about as label
+    repairs."""
+    from rasterio.windows import Window
+
+    part = tmp_path / "part.tif"
+    with rasterio.open(TILE) as src:
+        window = Window(150, 150, 600, 600)
+        profile = dict(src.profile, width=600, height=600,
+                       transform=src.window_transform(window))
+        with rasterio.open(part, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    with caplog.at_level("INFO"):
+        load_geo_dicts([str(part)], LABELS, tile_size=600)  # one window: the scene
+    warned = "".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "crossing the tile edge" not in warned, warned
+    assert re.search(r"1 windows of 600 px, \d+ footprint pieces \([1-9]\d* cut by a window "
+                     "edge", caplog.text), caplog.text

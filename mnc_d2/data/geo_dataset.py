@@ -66,15 +66,18 @@ class FootprintFile:
         self.frame = frame[frame.geometry.notna()]
 
     def pixel_polygons(self, crs, transform, width: int, height: int,
-                       repairs: RepairLog) -> list:
+                       repairs: RepairLog, cuts: RepairLog) -> list:
         """The footprints over a raster grid (``crs``, ``transform``, ``width`` x ``height``)
-        as its pixel polygons, clipped to it."""
+        as its pixel polygons, clipped to it (counted in ``cuts``: a scene cut out of a larger
+        labelled area cuts footprints by design, which is no repair)."""
         if self.per_scene:
-            return read_geojson_footprints(self.path, crs, transform, width, height, repairs)
+            return read_geojson_footprints(self.path, crs, transform, width, height, repairs,
+                                           cuts)
         grid = pixel_to_map(shapely.box(0, 0, width, height), transform)
         bounds = transform_bounds(crs, self.frame.crs, *grid.bounds)
         near = self.frame.iloc[self.frame.sindex.query(shapely.box(*bounds))]
-        return to_pixel_footprints(near.to_crs(crs).geometry, transform, width, height, repairs)
+        return to_pixel_footprints(near.to_crs(crs).geometry, transform, width, height, repairs,
+                                   cuts)
 
 
 def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
@@ -103,7 +106,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         first = first or head
         gsds.append(scene_gsd_m(SimpleNamespace(**head)))
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
-                                           head["height"], repairs)
+                                           head["height"], repairs, cuts)
         tree = shapely.STRtree(footprints)
         start = len(dicts)
         tiles = tile_grid(head["width"], head["height"], tile_size, overlap)

@@ -115,8 +115,10 @@ def _declared_crs(path: Path):
 
 
 def read_geojson_footprints(path: str | Path, raster_crs, transform: Affine, width: int,
-                            height: int, repairs: RepairLog) -> list:
-    """Building GeoJSON -> pixel polygons of a raster with ``raster_crs`` and ``transform``."""
+                            height: int, repairs: RepairLog,
+                            cuts: RepairLog | None = None) -> list:
+    """Building GeoJSON -> pixel polygons of a raster with ``raster_crs`` and ``transform``
+    (``cuts``: where the clipping to the raster is counted, default ``repairs``)."""
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"label file {path} does not exist (an image without buildings needs "
@@ -141,15 +143,17 @@ def read_geojson_footprints(path: str | Path, raster_crs, transform: Affine, wid
         raise LabelError(f"{path} has no CRS; add a 'crs' member or write it as lon/lat")
     if raster_crs is not None and not frame.crs.equals(raster_crs):
         frame = frame.to_crs(raster_crs)
-    return to_pixel_footprints(frame.geometry, transform, width, height, repairs)
+    return to_pixel_footprints(frame.geometry, transform, width, height, repairs, cuts)
 
 
 def to_pixel_footprints(geoms, transform: Affine, width: int, height: int,
-                        repairs: RepairLog) -> list:
+                        repairs: RepairLog, cuts: RepairLog | None = None) -> list:
     """Label geometries in a raster's CRS -> its pixel polygons (``transform``), cleaned
-    (:func:`clean_footprints`) and clipped to ``width`` x ``height`` (:func:`clip_to_tile`)."""
+    (:func:`clean_footprints`) and clipped to ``width`` x ``height`` (:func:`clip_to_tile`,
+    counted in ``cuts``, default ``repairs``)."""
     polygons = clean_footprints(list(geoms), repairs)
-    return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height, repairs)
+    return clip_to_tile([map_to_pixel(p, transform) for p in polygons], width, height,
+                        repairs if cuts is None else cuts)
 
 
 def _assume_raster_crs(frame, path, raster_crs, transform, width, height):
