@@ -232,12 +232,40 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
     buildings = json.loads((tmp_path / "site" / "data" / "buildings.geojson").read_text())
     assert sorted(f["properties"]["match"] for f in buildings["features"]) == [
         "FP", "FP", "TP", "TP", "TP", "TP", "below", "below"]
+    # each match's shape (tools/score.py --polygon-metrics): the TPs are the truth exactly; the
+    # FPs overlap no truth; below the threshold nothing is matched
+    shapes = {f["properties"]["match"]: {k: f["properties"][k] for k in (
+        "iou", "ciou", "polis_m", "mta_deg", "vertices", "truth_vertices")}
+        for f in buildings["features"]}
+    assert shapes["TP"] == {"iou": 1.0, "ciou": 1.0, "polis_m": 0.0, "mta_deg": 0.0,
+                            "vertices": 4, "truth_vertices": 4}
+    assert shapes["FP"] == {"iou": 0.0, "ciou": None, "polis_m": None, "mta_deg": None,
+                            "vertices": None, "truth_vertices": None}
+    assert set(shapes["below"].values()) == {None}
+    assert meta["truth_shape"]["pairs"] == 4 and meta["truth_shape"]["ciou"] == 1.0
     server, url = start(tmp_path / "site")
     browser = _browser()
     try:
         browser.get(url)
         _wait(browser, "return window.viewerState && window.viewerState.ready")
         assert "TP 4, FP 2, FN 2" in browser.find_element("id", "truth").text
+        assert "shape of the 4 matches: mean IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \
+            "tangent angle error 0.0\u00b0, vertices 1.00x the truth's" in \
+            browser.find_element("id", "truth").text
+        # a click on building 3 of scene s1 (a TP) shows its shape against its truth
+        with rasterio.open(tmp_path / "scenes" / "s1.tif") as src:
+            lon, lat = src.transform @ (20 + 35 * 3 + 12, 45)
+        x, y = browser.execute_script(
+            f"const p = window.viewerMap.project([{lon}, {lat}]); return [p.x, p.y]")
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        canvas = browser.find_element("css selector", ".maplibregl-canvas")
+        ActionChains(browser).move_to_element_with_offset(
+            canvas, int(x - canvas.size["width"] / 2), int(y - canvas.size["height"] / 2)
+        ).click().perform()
+        popup = _wait(browser, "return window.viewerState.popup")
+        assert "score 0.9100" in popup and "; TP: IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \
+            "tangent angle error 0.0\u00b0, 4 vertices (truth 4)" in popup, popup
         legend = browser.find_element("id", "truth-legend")
         assert legend.is_displayed() and "TP FP FN (truth, dashed)" in legend.text
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

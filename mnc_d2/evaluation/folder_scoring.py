@@ -250,6 +250,21 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
     return result, summarize(frame, groups)
 
 
+def frame_pair_metrics(one: SceneFrames, result, city: bool = False, tolerance: float = 1.0):
+    """Shape metrics (:data:`.polygon_metrics.PAIR_COLUMNS`, ground metres) of the pairs that
+    ``result``, the SpaceNet score of ``one`` alone, matched: one row per matched proposal, in
+    proposal order, and the score's group of each. ``city``: ``one`` is :func:`city_frame`'s
+    (its pixels are a scale of the local UTM zone), else a scene of :func:`scene_frames`."""
+    from .polygon_metrics import matched_pair_metrics
+
+    if city:
+        return matched_pair_metrics(result, one.truth, one.proposals,
+                                    metres_per_unit=one.transform.a, tolerance=tolerance)
+    return matched_pair_metrics(result, _in_metres(one, one.truth),
+                                _in_metres(one, one.proposals), metres_per_unit=1.0,
+                                tolerance=tolerance)
+
+
 def _in_metres(scene: SceneFrames, table):
     """``table`` with its pixel geometries in ground metres (scene's CRS, then
     :func:`.polygon_metrics.to_metres`)."""
@@ -361,8 +376,7 @@ def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
                    group_by="none", images=["city"])
     if not polygon_metrics:
         return result, None
-    from .polygon_metrics import matched_pair_metrics, summarize
+    from .polygon_metrics import summarize
 
-    frame, groups = matched_pair_metrics(result, one.truth, one.proposals,
-                                         metres_per_unit=one.transform.a, tolerance=tolerance)
+    frame, groups = frame_pair_metrics(one, result, city=True, tolerance=tolerance)
     return result, summarize(frame, groups)

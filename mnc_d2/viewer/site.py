@@ -124,17 +124,22 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
     scene by the SpaceNet tester's rules in the scene's pixel grid, or for a merged ``city``
     once over the whole city (tools/score.py's matching, with ``--city`` for the latter:
-    :mod:`mnc_d2.evaluation.folder_scoring`). Returns the buildings' ``match`` column, the
-    truth GeoDataFrame (EPSG:4326, ``match``, ``scene``) and the counts."""
+    :mod:`mnc_d2.evaluation.folder_scoring`), and the shape of each match (tools/score.py
+    --polygon-metrics). Returns the buildings' columns (``match``; :data:`SHAPE_COLUMNS`, NaN
+    where they do not apply), the truth GeoDataFrame (EPSG:4326, ``match``, ``scene``), the
+    counts and the matched pairs' shape summary."""
     import geopandas as gpd
     import pandas as pd
 
+    from ..evaluation.folder_scoring import frame_pair_metrics
+    from ..evaluation.polygon_metrics import summarize
     from ..evaluation.spacenet_metric import score
     from ..geometry.polygons import pixel_to_map
 
     match = np.full(len(frame), "below", dtype=object)
     match[frame["score"].to_numpy() >= threshold] = "FP"
-    truth_rows, counts = [], {"TP": 0, "FP": 0, "FN": 0}
+    shape = {name: np.full(len(frame), np.nan) for name in SHAPE_COLUMNS}
+    truth_rows, counts, pairs = [], {"TP": 0, "FP": 0, "FN": 0}, []
     readable = {s["scene"]: paths[s["scene"]] for s in scenes
                 if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
     truth = read_truth(truth_paths)
@@ -142,7 +147,14 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
               scene_frames(frame, readable, truth, threshold))
     for one in frames:
         result = score(one.truth, one.proposals, group_by="none")
-        match[one.rows[result.proposal_match >= 0]] = "TP"
+        matched = np.flatnonzero(result.proposal_match >= 0)
+        match[one.rows[matched]] = "TP"
+        # an FP's best IoU with any truth; a TP's shape against the truth it matched
+        shape["iou"][one.rows] = np.where(result.proposal_kept, result.proposal_iou, np.nan)
+        metrics, _ = frame_pair_metrics(one, result, city=city)
+        for name, column in SHAPE_COLUMNS.items():
+            shape[name][one.rows[matched]] = metrics[column].to_numpy()
+        pairs.append(metrics)
         counts["TP"] += int(result.overall.tp)
         counts["FP"] += int(result.overall.fp)
         counts["FN"] += int(result.overall.fn)
@@ -154,7 +166,14 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
             geometry=geo.to_crs("EPSG:4326").to_numpy(), crs="EPSG:4326"))
     truth_out = (pd.concat(truth_rows, ignore_index=True) if truth_rows else
                  gpd.GeoDataFrame({"scene": [], "match": []}, geometry=[], crs="EPSG:4326"))
-    return match, truth_out, counts
+    summary = summarize(pd.concat(pairs, ignore_index=True))["all"] if pairs else None
+    return {"match": match, **shape}, truth_out, counts, summary
+
+
+# With truth, each building's shape columns (the popup's): name -> polygon_metrics pair column,
+# of a TP against the truth it matched (iou of an FP: its best overlap with any truth)
+SHAPE_COLUMNS = {"iou": "iou", "ciou": "ciou", "polis_m": "polis", "mta_deg": "mta",
+                 "vertices": "pred_vertices", "truth_vertices": "truth_vertices"}
 
 
 VECTOR_TILE_MODES = ("auto", "always", "never")
@@ -236,15 +255,19 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     columns = ["scene", "building_id", "score", "area_m2", "geometry"]
     counts = None
     (site / "data").mkdir(exist_ok=True)
+    shape_summary = None
     if truth:
-        match, truth_frame, counts = _match_truth(frame, scenes, paths, truth, threshold,
-                                                  city=bool(city))
-        frame = frame.assign(match=match)
-        columns.insert(4, "match")
+        matched, truth_frame, counts, shape_summary = _match_truth(
+            frame, scenes, paths, truth, threshold, city=bool(city))
+        frame = frame.assign(**matched)
+        columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
             handle.write(truth_frame.to_json(drop_id=True))
     shown = frame[columns].assign(score=frame["score"].round(4),
                                   area_m2=frame["area_m2"].round(1))
+    if truth:
+        shown = shown.assign(**{name: frame[name].round(digits) for name, digits in
+                                (("iou", 3), ("ciou", 3), ("polis_m", 2), ("mta_deg", 1))})
     for stale in ("footprints", "buildings.geojson", "scores.f64"):  # a rebuild's other kind
         target = site / "data" / stale
         if target.is_dir():
@@ -268,6 +291,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                float(max(p[0] for p in points)), float(max(p[1] for p in points))]
               if points else None)
     meta = {"threshold": threshold, "buildings": int(len(frame)), "truth_counts": counts,
+            "truth_shape": shape_summary,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap, "footprints": footprints,

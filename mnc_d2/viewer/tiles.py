@@ -51,7 +51,10 @@ def write_vector_tiles(frame, out: Path, properties: list[str],
     merc = frame.to_crs(3857)
     geoms = np.asarray(merc.geometry)
     bounds = shapely.bounds(geoms)
-    records = merc[properties].to_dict("records")
+    # a missing value (NaN: a shape column of a building without a match) is left out of the
+    # feature, as GeoJSON writes it null
+    records = [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))}
+               for r in merc[properties].to_dict("records")]
     written = 0
     for zoom in range(min_zoom, max_zoom + 1):
         size = 2 * HALF / 2 ** zoom

@@ -90,8 +90,16 @@ async function main(state) {
   if (meta.truth_counts) {
     const c = meta.truth_counts;
     state.truth = c;
-    document.getElementById("truth").textContent = "TP " + c.TP + ", FP " + c.FP + ", FN " +
-      c.FN + " (SpaceNet rules, at the run's threshold " + meta.threshold.toFixed(2) + ")";
+    let text = "TP " + c.TP + ", FP " + c.FP + ", FN " + c.FN +
+      " (SpaceNet rules, at the run's threshold " + meta.threshold.toFixed(2) + ")";
+    const s = meta.truth_shape;
+    if (s && s.pairs) {  // tools/score.py --polygon-metrics of the same matches
+      text += "; shape of the " + s.pairs + " matches: mean IoU " + s.iou.toFixed(3) +
+        ", C-IoU " + s.ciou.toFixed(3) + ", PoLiS " + s.polis.toFixed(2) +
+        " m, max tangent angle error " + s.mta.toFixed(1) + "\u00b0, vertices " +
+        s.n_ratio.toFixed(2) + "x the truth's";
+    }
+    document.getElementById("truth").textContent = text;
     document.getElementById("truth-legend").hidden = false;
   }
   const slider = document.getElementById("threshold");
@@ -182,6 +190,15 @@ async function main(state) {
       const p = e.features[0].properties;
       state.popup = "scene " + p.scene + ", building " + p.building_id + ", score " +
         Number(p.score).toFixed(4) + ", " + Number(p.area_m2).toFixed(1) + " m\u00b2";
+      const known = (v) => v !== undefined && v !== null && v !== "null";
+      if (p.match === "TP" && known(p.ciou)) {  // its shape against the truth it matched
+        state.popup += "; TP: IoU " + Number(p.iou).toFixed(3) + ", C-IoU " +
+          Number(p.ciou).toFixed(3) + ", PoLiS " + Number(p.polis_m).toFixed(2) +
+          " m, max tangent angle error " + Number(p.mta_deg).toFixed(1) + "\u00b0, " +
+          p.vertices + " vertices (truth " + p.truth_vertices + ")";
+      } else if (p.match === "FP" && known(p.iou)) {
+        state.popup += "; FP: best IoU with the truth " + Number(p.iou).toFixed(3);
+      }
       new maplibregl.Popup().setLngLat(e.lngLat).setText(state.popup).addTo(map);
     });
     apply(meta.threshold);
