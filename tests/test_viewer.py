@@ -212,10 +212,21 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
     from mnc_d2.viewer.serve import start
 
     folder = _prediction_folder(tmp_path)
+    # scene s0 also has a 3 x 3 px building above the threshold: under the rules' 20 px, neither
+    # TP nor FP for the scorer, and "ignored" on the map
+    speck = shapely.box(140, 140, 143, 143)
+    with rasterio.open(tmp_path / "scenes" / "s0.tif") as src:
+        transform = src.transform
+    polys = [shapely.box(*(transform @ (20 + 35 * j, 60)), *(transform @ (45 + 35 * j, 30)))
+             for j in range(4)] + [shapely.box(*(transform @ (140, 143)),
+                                               *(transform @ (143, 140)))]
+    write_buildings_parquet(folder / "buildings" / "s0.parquet", "s0", polys, SCORES + [0.95],
+                            "EPSG:4326")
     truth_rows, props = [], {}
     for k in range(2):
         pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
-        props[f"s{k}"] = [(p, s) for p, s in zip(pix, SCORES) if s >= 0.5]
+        props[f"s{k}"] = [(p, s) for p, s in zip(pix, SCORES) if s >= 0.5] + (
+            [(speck, 0.95)] if k == 0 else [])
         # truth: buildings 1 and 3 exactly, building 2 shifted away (its prediction an FP),
         # and one building nothing found (FN)
         kept = [pix[1], pix[3], shapely.box(100, 100, 130, 130)]
@@ -231,7 +242,7 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
     assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2}
     buildings = json.loads((tmp_path / "site" / "data" / "buildings.geojson").read_text())
     assert sorted(f["properties"]["match"] for f in buildings["features"]) == [
-        "FP", "FP", "TP", "TP", "TP", "TP", "below", "below"]
+        "FP", "FP", "TP", "TP", "TP", "TP", "below", "below", "ignored"]
     # each match's shape (tools/score.py --polygon-metrics): the TPs are the truth exactly; the
     # FPs overlap no truth; below the threshold nothing is matched
     shapes = {f["properties"]["match"]: {k: f["properties"][k] for k in (
@@ -241,7 +252,7 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
                             "vertices": 4, "truth_vertices": 4}
     assert shapes["FP"] == {"iou": 0.0, "ciou": None, "polis_m": None, "mta_deg": None,
                             "vertices": None, "truth_vertices": None}
-    assert set(shapes["below"].values()) == {None}
+    assert set(shapes["below"].values()) == set(shapes["ignored"].values()) == {None}
     assert meta["truth_shape"]["pairs"] == 4 and meta["truth_shape"]["ciou"] == 1.0
     server, url = start(tmp_path / "site")
     browser = _browser()

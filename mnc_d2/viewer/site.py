@@ -149,6 +149,7 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
         result = score(one.truth, one.proposals, group_by="none")
         matched = np.flatnonzero(result.proposal_match >= 0)
         match[one.rows[matched]] = "TP"
+        match[one.rows[~result.proposal_kept]] = "ignored"  # the rules' area filter: no FP
         # an FP's best IoU with any truth; a TP's shape against the truth it matched
         shape["iou"][one.rows] = np.where(result.proposal_kept, result.proposal_iou, np.nan)
         metrics, _ = frame_pair_metrics(one, result, city=city)

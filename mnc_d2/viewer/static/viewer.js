@@ -173,8 +173,9 @@ async function main(state) {
     const layer = vector ? { "source-layer": footprints.layer } : {};
     const byScore = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
     // with truth: TP green, FP orange (at the run's threshold); below it, by score
-    const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100", byScore]
-      : byScore;
+    // (ignored: under the rules' minimum area, neither TP nor FP, grey as ignored truth)
+    const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100",
+      "ignored", "#9e9e9e", byScore] : byScore;
     if (truth) {
       map.addSource("truth", { type: "geojson", data: truth });
       map.addLayer({ id: "truth", type: "line", source: "truth", paint: {
