@@ -759,9 +759,12 @@ def test_vrt_mosaic_gaps_and_other_pixel_sizes(tmp_path, trained, scenes):
 
 def test_tiles_without_data_are_not_run_and_change_nothing(tmp_path, trained, scenes,
                                                           monkeypatch, caplog):
-    """A scene whose right part is a nodata collar: the tiles wholly in it are not run (what
-    the model found there lay outside the data and was dropped), and the buildings are those
-    of running every tile."""
+    """A scene whose right part is a nodata collar: the tiles wholly in it are not run, and
+    every building away from them is the one of running every tile, bit for bit (one tile per
+    batch: a batch without the blank tile is another computation in float). Near them the
+    result may differ: a detection in a blank tile (this barely trained model finds some on
+    band means) used to be merged into a building of the next tile that it touched at the
+    tile edge, a piece the imagery does not show."""
     from mnc_d2.inference.predictor import ScenePredictor
 
     with rasterio.open(scenes["good0"]) as src:
@@ -779,7 +782,8 @@ def test_tiles_without_data_are_not_run_and_change_nothing(tmp_path, trained, sc
         return original(self, images)
 
     monkeypatch.setattr(ScenePredictor, "_run", counted)
-    extra = ("--score-thresh", "0.0", "--tile-size", "64", "--overlap", "16")
+    extra = ("--score-thresh", "0.0", "--tile-size", "64", "--overlap", "16", "--batch-size",
+             "1")
     with caplog.at_level("INFO", logger="mnc_d2.inference.predictor"):
         assert predict_main(_args(trained, [str(path)], tmp_path / "skip", *extra)) == 0
     # tile windows start at 0, 48, 96 (64 px, 16 overlap): the column at 96 is all collar
@@ -792,9 +796,12 @@ def test_tiles_without_data_are_not_run_and_change_nothing(tmp_path, trained, sc
     assert sum(run_tiles) == 9
     a = gpd.read_parquet(tmp_path / "skip" / "buildings" / "collar.parquet")
     b = gpd.read_parquet(tmp_path / "all" / "buildings" / "collar.parquet")
+    with rasterio.open(path) as src:
+        blank_west = (src.transform @ (96, 0))[0]  # the blank tiles' windows start at column 96
+    a, b = a[a.bounds.maxx < blank_west], b[b.bounds.maxx < blank_west]
     assert len(a) == len(b) > 0
-    assert np.allclose(a.score, b.score, atol=1e-5)
-    assert all(x.equals_exact(y, 1e-7) for x, y in zip(a.geometry, b.geometry))
+    assert (a.score.to_numpy() == b.score.to_numpy()).all()
+    assert all(x.equals_exact(y, 0.0) for x, y in zip(a.geometry, b.geometry))
 
 
 def test_an_8_bit_export_and_unnamed_extra_bands_are_warned_about(tmp_path, trained, scenes,

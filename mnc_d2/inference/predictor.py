@@ -450,8 +450,9 @@ class ScenePredictor:
     def _run_where_data(self, read: list) -> list:
         """Model outputs of one batch's tiles ``read`` ((image, valid) pairs), None for each
         tile without a single pixel of data (a scene's nodata collar, a mosaic's gaps): such a
-        tile is not run. Same result: whatever the model found there would lie wholly outside
-        the data, and buildings more than MAX_OUTSIDE_DATA outside are dropped."""
+        tile is not run. Whatever the model found there would lie wholly outside the data:
+        dropped (MAX_OUTSIDE_DATA), or, touching a building of the next tile at the tile edge,
+        merged into it as a piece the imagery does not show."""
         outputs = [None] * len(read)
         todo = [k for k, (_, valid) in enumerate(read) if valid.any()]
         if todo:
