@@ -452,7 +452,7 @@ class ScenePredictor:
         tile without a single pixel of data (a scene's nodata collar, a mosaic's gaps): such a
         tile is not run. Whatever the model found there would lie wholly outside the data:
         dropped (MAX_OUTSIDE_DATA), or, touching a building of the next tile at the tile edge,
-        merged into it as a piece the imagery does not show."""
+        merged into it as a piece the imagery does not show (which could get it dropped)."""
         outputs = [None] * len(read)
         todo = [k for k, (_, valid) in enumerate(read) if valid.any()]
         if todo:
