@@ -127,6 +127,22 @@ def _wait(browser, script: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for: {script}")
 
 
+def _click_building_3_of_s1(browser, root: Path) -> str:
+    """Click the middle of building 3 of scene s1 (:func:`_prediction_folder`) on the map;
+    returns the popup's text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    with rasterio.open(root / "scenes" / "s1.tif") as src:
+        lon, lat = src.transform @ (20 + 35 * 3 + 12, 45)
+    x, y = browser.execute_script(
+        f"const p = window.viewerMap.project([{lon}, {lat}]); return [p.x, p.y]")
+    canvas = browser.find_element("css selector", ".maplibregl-canvas")
+    ActionChains(browser).move_to_element_with_offset(
+        canvas, int(x - canvas.size["width"] / 2), int(y - canvas.size["height"] / 2)
+    ).click().perform()
+    return _wait(browser, "return window.viewerState.popup")
+
+
 @pytest.mark.parametrize("footprints", ["never", "always"])
 def test_the_map_in_a_real_browser(tmp_path, footprints):
     """One GeoJSON (a run's default up to 20,000 buildings) and vector tiles (a city's): the
@@ -165,17 +181,7 @@ def test_the_map_in_a_real_browser(tmp_path, footprints):
             ".queryRenderedFeatures({layers: ['buildings-fill']}).every(f => f.properties.score"
             " >= 0.8)")
         # a click on building 3 of scene s1 (score 0.91) shows its score
-        with rasterio.open(tmp_path / "scenes" / "s1.tif") as src:
-            lon, lat = src.transform @ (20 + 35 * 3 + 12, 45)
-        x, y = browser.execute_script(
-            f"const p = window.viewerMap.project([{lon}, {lat}]); return [p.x, p.y]")
-        from selenium.webdriver.common.action_chains import ActionChains
-
-        canvas = browser.find_element("css selector", ".maplibregl-canvas")
-        ActionChains(browser).move_to_element_with_offset(
-            canvas, int(x - canvas.size["width"] / 2), int(y - canvas.size["height"] / 2)
-        ).click().perform()
-        popup = _wait(browser, "return window.viewerState.popup")
+        popup = _click_building_3_of_s1(browser, tmp_path)
         assert "scene s1, building 3, score 0.9100" in popup
         assert "lost: failed (FileNotFoundError" in browser.find_element("id", "scenes").text
         requests = [json.loads(entry["message"])["message"] for entry in
@@ -264,17 +270,7 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
             "tangent angle error 0.0\u00b0, vertices 1.00x the truth's" in \
             browser.find_element("id", "truth").text
         # a click on building 3 of scene s1 (a TP) shows its shape against its truth
-        with rasterio.open(tmp_path / "scenes" / "s1.tif") as src:
-            lon, lat = src.transform @ (20 + 35 * 3 + 12, 45)
-        x, y = browser.execute_script(
-            f"const p = window.viewerMap.project([{lon}, {lat}]); return [p.x, p.y]")
-        from selenium.webdriver.common.action_chains import ActionChains
-
-        canvas = browser.find_element("css selector", ".maplibregl-canvas")
-        ActionChains(browser).move_to_element_with_offset(
-            canvas, int(x - canvas.size["width"] / 2), int(y - canvas.size["height"] / 2)
-        ).click().perform()
-        popup = _wait(browser, "return window.viewerState.popup")
+        popup = _click_building_3_of_s1(browser, tmp_path)
         assert "score 0.9100" in popup and "; TP: IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \
             "tangent angle error 0.0\u00b0, 4 vertices (truth 4)" in popup, popup
         legend = browser.find_element("id", "truth-legend")
