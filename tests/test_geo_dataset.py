@@ -277,3 +277,31 @@ def test_footprints_cut_by_the_scene_edge_are_no_label_repair(tmp_path, caplog):
     assert "crossing the tile edge" not in warned, warned
     assert re.search(r"1 windows of 600 px, \d+ footprint pieces \([1-9]\d* cut by a window "
                      "edge", caplog.text), caplog.text
+
+
+def test_int8_calibration_reads_each_window_of_own_scenes():
+    """Export's int8 calibration on a DATASETS.GEO run: each window of the scene is its own
+    calibration image (it read the scene's top-left corner once per window: one tile, four
+    times), recorded by window in export.json."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data.geo_dataset import register_geo_instances
+    from mnc_d2.export.quantize import calibration_files, calibration_name, calibration_tiles
+
+    name = "calibration_windows_test"
+    if name not in DatasetCatalog.list():
+        register_geo_instances(name, [str(TILE)], LABELS, tile_size=450)
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    items = calibration_files(cfg, 4)
+    assert [window for _, window in items] == [(0, 0, 450, 450), (450, 0, 450, 450),
+                                               (0, 450, 450, 450), (450, 450, 450, 450)]
+    assert calibration_name(items[1]) == f"{TILE} (window 450 0 450 450)"
+    tiles = calibration_tiles(items, [1], [300.0], 450)
+    assert all(not np.array_equal(tiles[0], t) for t in tiles[1:])
+    with rasterio.open(TILE) as src:  # the second is the window at column 450
+        second = src.read(1, window=rasterio.windows.Window(450, 0, 450, 450))
+    assert np.array_equal(tiles[1][0, 0], second.astype(np.float32))

@@ -187,13 +187,13 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                 files["onnx"] = MODEL_FILES["onnx"]
         int8 = None
         if "onnx-int8" in formats:
-            from .quantize import calibration_tiles, quantize_onnx
+            from .quantize import calibration_name, calibration_tiles, quantize_onnx
 
             tiles = calibration_tiles(calibration, input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN),
                                       tile_size, dn)
             int8 = quantize_onnx(work / MODEL_FILES["onnx"], work / MODEL_FILES["onnx-int8"],
                                  tiles)
-            int8["calibration_files"] = [str(f) for f in calibration]
+            int8["calibration_files"] = [calibration_name(f) for f in calibration]
             files["onnx-int8"] = MODEL_FILES["onnx-int8"]
             if "onnx" not in formats:  # only the int8 graph was asked for
                 (work / MODEL_FILES["onnx"]).unlink()

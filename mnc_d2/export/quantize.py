@@ -84,9 +84,12 @@ def image_files(paths: list[str], option: str) -> list[str]:
     return files
 
 
-def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[str]:
-    """``count`` image paths for calibration: from ``paths`` (files or glob patterns) when
-    given, else evenly spaced over the run's training datasets (``cfg.DATASETS.TRAIN``)."""
+def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list:
+    """``count`` images for calibration: from ``paths`` (files or glob patterns) when given,
+    else evenly spaced over the run's training datasets (``cfg.DATASETS.TRAIN``). Each is a
+    path, or (path, (column, row, width, height)) for an image that is a window of a scene
+    (own scenes, DATASETS.GEO: each window its own image, not the scene's top-left corner
+    once per window)."""
     if count < 1:
         raise ExportError(f"--calibration-images {count}: quantisation needs at least one tile")
     if paths:
@@ -97,7 +100,8 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[s
         files = []
         for name in cfg.DATASETS.TRAIN:
             try:
-                files += [d["file_name"] for d in DatasetCatalog.get(name)]
+                files += [(d["file_name"], tuple(d["window"])) if d.get("window") else
+                          d["file_name"] for d in DatasetCatalog.get(name)]
             except (KeyError, FileNotFoundError, OSError, ValueError) as exc:
                 raise ExportError(
                     f"int8 calibration reads training tiles of DATASETS.TRAIN {name!r}, which "
@@ -106,14 +110,24 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list[s
     if not files:
         raise ExportError("int8 calibration found no image (DATASETS.TRAIN is empty and no "
                           "--calibration was given)")
+    files = list(dict.fromkeys(files))  # a file listed by two datasets: once
     step = max(1, len(files) // count)
     return files[::step][:count]
 
 
-def calibration_tiles(files: list[str], bands: list[int], fill: list[float],
+def calibration_name(item) -> str:
+    """How export.json records one calibration image of :func:`calibration_files`."""
+    if isinstance(item, tuple):
+        path, (col, row, width, height) = item
+        return f"{path} (window {col} {row} {width} {height})"
+    return str(item)
+
+
+def calibration_tiles(files: list, bands: list[int], fill: list[float],
                       tile: int, transform=None) -> list[np.ndarray]:
-    """(1, C, tile, tile) float32 inputs of the exported graph, one per file: the top-left
-    window (padded with the band means where the image is smaller). ``fill``: PIXEL_MEAN;
+    """(1, C, tile, tile) float32 inputs of the exported graph, one per image of ``files``
+    (:func:`calibration_files`): a path's top-left window, or the window given with it
+    (padded with the band means where the image is smaller). ``fill``: PIXEL_MEAN;
     ``transform``: the run's :class:`~mnc_d2.data.radiometry.DNTransform` (None: none)."""
     import rasterio
     from rasterio.windows import Window
@@ -124,9 +138,11 @@ def calibration_tiles(files: list[str], bands: list[int], fill: list[float],
 
     dn = transform or dn_transform("")
     out = []
-    for path in files:
+    for item in files:
+        path, window = item if isinstance(item, tuple) else (item, None)
         with rasterio.open(path) as src:
-            window = Window(0, 0, min(tile, src.width), min(tile, src.height))
+            col, row, width, height = window or (0, 0, src.width, src.height)
+            window = Window(col, row, min(tile, width), min(tile, height))
             image = read_bands(src, bands, dn.inverse(fill), window)
         out.append(graph_input(dn.forward(image), (tile, tile),
                                np.asarray(fill, dtype=np.float32)))
