@@ -305,3 +305,34 @@ def test_int8_calibration_reads_each_window_of_own_scenes():
     with rasterio.open(TILE) as src:  # the second is the window at column 450
         second = src.read(1, window=rasterio.windows.Window(450, 0, 450, 450))
     assert np.array_equal(tiles[1][0, 0], second.astype(np.float32))
+
+
+def test_band_statistics_of_own_scenes_read_a_window_at_a_time(tmp_path):
+    """INPUT.BAND_STATS auto on DATASETS.GEO reads the scenes' windows, never a whole scene
+    (a provider's scene of 40,000 px a side would not fit in memory as float64): the four
+    windows that partition the tile give the whole tile's statistics; max_images 1 reads one
+    window, the first."""
+    from detectron2.config import get_cfg
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data.band_stats import compute_band_stats, resolve_band_stats
+    from mnc_d2.data.geo_dataset import register_geo_instances
+
+    name = "band_stats_windows_test"
+    register_geo_instances(name, [str(TILE)], LABELS, tile_size=450)
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.BANDS = [1]
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [0.0], [1.0]
+    cfg.INPUT.BAND_STATS = "auto"
+    cfg.OUTPUT_DIR = str(tmp_path)
+    stats = resolve_band_stats(cfg)
+    whole = compute_band_stats([str(TILE)], [1])
+    assert stats["num_images"] == 4 and whole["num_images"] == 1
+    assert np.allclose(stats["mean"], whole["mean"], rtol=1e-9)
+    assert np.allclose(stats["std"], whole["std"], rtol=1e-9)
+    one = compute_band_stats([(str(TILE), (0, 0, 450, 450))], [1])
+    with rasterio.open(TILE) as src:
+        corner = src.read(1, window=rasterio.windows.Window(0, 0, 450, 450), masked=True)
+    assert np.isclose(one["mean"][0], float(corner.mean()), rtol=1e-9)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
@@ -27,9 +28,11 @@ from .radiometry import DNTransform, dn_transform
 logger = logging.getLogger(__name__)
 
 
-def compute_band_stats(file_names: list[str], bands: list[int], max_images: int = 200,
+def compute_band_stats(file_names: list, bands: list[int], max_images: int = 200,
                        transform: DNTransform | None = None) -> dict:
-    """Mean/std per band over up to ``max_images`` files (every k-th file, deterministic).
+    """Mean/std per band over up to ``max_images`` images (every k-th, deterministic): each a
+    file, or (file, (column, row, width, height)) for a window of a scene (own scenes,
+    DATASETS.GEO: a window at a time, never a whole scene in memory).
 
     ``bands``: the 1-based file bands the model reads (:func:`.bands.input_bands`; the caller
     resolves an empty INPUT.BANDS first). Nodata pixels (the file's nodata value) are excluded.
@@ -42,12 +45,15 @@ def compute_band_stats(file_names: list[str], bands: list[int], max_images: int 
     bands = [int(b) for b in bands]
     transform = transform or dn_transform("")
     step = max(1, len(file_names) // max_images) if max_images else 1
-    chosen = sorted(file_names)[::step][: max_images or None]
+    chosen = sorted(file_names, key=str)[::step][: max_images or None]
     total = sq = count = None
-    for path in chosen:
+    for item in chosen:
+        path, window = item if isinstance(item, tuple) else (item, None)
         with rasterio.open(path) as src:
             check_band_count(src, bands)  # the band reader's check: names the file
-            data = src.read(bands, masked=True).astype(np.float64)  # (C, H, W), nodata masked
+            window = Window(*window) if window else None
+            # (C, H, W), pixels outside the data (nodata, mask or alpha band) masked
+            data = src.read(bands, window=window, masked=True).astype(np.float64)
         data = np.ma.masked_invalid(data)  # and NaN, declared as nodata or not
         data = transform.forward(data)
         flat = data.reshape(data.shape[0], -1)
@@ -69,13 +75,15 @@ def resolve_band_stats(cfg) -> dict | None:
     if not mode:
         return None
     if mode == "auto":
-        # each file once (windows of one scene share it)
-        files = sorted({d["file_name"] for name in cfg.DATASETS.TRAIN
-                        for d in DatasetCatalog.get(name)})
+        # each image once: a file, or a window of a scene (own scenes)
+        files = sorted({(d["file_name"], tuple(d["window"])) if d.get("window") else
+                        d["file_name"] for name in cfg.DATASETS.TRAIN
+                        for d in DatasetCatalog.get(name)}, key=str)
         if not cfg.INPUT.BANDS and files:
             # Empty INPUT.BANDS with statistics from the data: every band of the training files,
             # written into the config so that evaluation and prediction read the same bands.
-            with rasterio.open(sorted(files)[0]) as src:
+            first = files[0][0] if isinstance(files[0], tuple) else files[0]
+            with rasterio.open(first) as src:
                 cfg.INPUT.BANDS = list(range(1, src.count + 1))
             logger.info("INPUT.BANDS was empty: using all %d bands of the training files",
                         len(cfg.INPUT.BANDS))
