@@ -310,8 +310,8 @@ def test_int8_calibration_reads_each_window_of_own_scenes():
 def test_band_statistics_of_own_scenes_read_a_window_at_a_time(tmp_path):
     """INPUT.BAND_STATS auto on DATASETS.GEO reads the scenes' windows, never a whole scene
     (a provider's scene of 40,000 px a side would not fit in memory as float64): the four
-    windows that partition the tile give the whole tile's statistics; max_images 1 reads one
-    window, the first."""
+    windows that partition the tile give the whole tile's statistics, and one window alone
+    its own."""
     from detectron2.config import get_cfg
 
     from mnc_d2.config import add_mnc_config
