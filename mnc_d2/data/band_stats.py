@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
 from ..utils.atomic import atomic_write
-from .bands import check_band_count
+from .bands import check_band_count, dataset_image, image_source
 from .radiometry import DNTransform, dn_transform
 
 logger = logging.getLogger(__name__)
@@ -48,10 +47,9 @@ def compute_band_stats(file_names: list, bands: list[int], max_images: int = 200
     chosen = sorted(file_names, key=str)[::step][: max_images or None]
     total = sq = count = None
     for item in chosen:
-        path, window = item if isinstance(item, tuple) else (item, None)
+        path, window = image_source(item)
         with rasterio.open(path) as src:
             check_band_count(src, bands)  # the band reader's check: names the file
-            window = Window(*window) if window else None
             # (C, H, W), pixels outside the data (nodata, mask or alpha band) masked
             data = src.read(bands, window=window, masked=True).astype(np.float64)
         data = np.ma.masked_invalid(data)  # and NaN, declared as nodata or not
@@ -76,14 +74,12 @@ def resolve_band_stats(cfg) -> dict | None:
         return None
     if mode == "auto":
         # each image once: a file, or a window of a scene (own scenes)
-        files = sorted({(d["file_name"], tuple(d["window"])) if d.get("window") else
-                        d["file_name"] for name in cfg.DATASETS.TRAIN
+        files = sorted({dataset_image(d) for name in cfg.DATASETS.TRAIN
                         for d in DatasetCatalog.get(name)}, key=str)
         if not cfg.INPUT.BANDS and files:
             # Empty INPUT.BANDS with statistics from the data: every band of the training files,
             # written into the config so that evaluation and prediction read the same bands.
-            first = files[0][0] if isinstance(files[0], tuple) else files[0]
-            with rasterio.open(first) as src:
+            with rasterio.open(image_source(files[0])[0]) as src:
                 cfg.INPUT.BANDS = list(range(1, src.count + 1))
             logger.info("INPUT.BANDS was empty: using all %d bands of the training files",
                         len(cfg.INPUT.BANDS))

@@ -19,6 +19,31 @@ def input_bands(cfg) -> list[int]:
     return [int(b) for b in cfg.INPUT.BANDS] or list(range(1, len(cfg.MODEL.PIXEL_MEAN) + 1))
 
 
+def has_data_mask(src) -> bool:
+    """Whether some pixels of open dataset ``src`` may lie outside its data: GDAL's dataset
+    mask is anything but all-valid (a nodata value, an internal mask or an alpha band)."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
+
+
+def dataset_image(record: dict):
+    """The image of a Detectron2 dataset dict: its file, or (file, (column, row, width,
+    height)) when it is a window of a scene (own scenes, DATASETS.GEO), so that code reading
+    the training images reads each window, not the scene's corner once per window."""
+    window = record.get("window")
+    return (record["file_name"], tuple(window)) if window else record["file_name"]
+
+
+def image_source(image) -> tuple:
+    """(file, rasterio Window or None) of a :func:`dataset_image` value."""
+    from rasterio.windows import Window
+
+    if isinstance(image, tuple):
+        return image[0], Window(*image[1])
+    return image, None
+
+
 def read_bands(source, bands: list[int], fill: list[float] | None = None,
                window=None) -> np.ndarray:
     """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF (a path or an open rasterio

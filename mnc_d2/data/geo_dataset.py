@@ -169,10 +169,10 @@ def windows_with_data(scene: str | Path, windows: list) -> list[bool]:
     (an orthorectified scene's collar, a mosaic's gaps) would train on a blank image of band
     means. All True without a mask; else candidates from the mask at most MASK_OVERVIEW_PX a
     side, each confirmed at full resolution."""
-    from rasterio.enums import MaskFlags
+    from .bands import has_data_mask
 
     with rasterio.open(scene) as src:
-        if all(MaskFlags.all_valid in flags for flags in src.mask_flag_enums):
+        if not has_data_mask(src):
             return [True] * len(windows)
         factor = max(1, -(-max(src.width, src.height) // MASK_OVERVIEW_PX))
         small = src.dataset_mask(out_shape=(-(-src.height // factor), -(-src.width // factor)))

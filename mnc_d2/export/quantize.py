@@ -97,11 +97,12 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list:
     else:
         from detectron2.data import DatasetCatalog
 
+        from ..data.bands import dataset_image
+
         files = []
         for name in cfg.DATASETS.TRAIN:
             try:
-                files += [(d["file_name"], tuple(d["window"])) if d.get("window") else
-                          d["file_name"] for d in DatasetCatalog.get(name)]
+                files += [dataset_image(d) for d in DatasetCatalog.get(name)]
             except (KeyError, FileNotFoundError, OSError, ValueError) as exc:
                 raise ExportError(
                     f"int8 calibration reads training tiles of DATASETS.TRAIN {name!r}, which "
@@ -132,17 +133,18 @@ def calibration_tiles(files: list, bands: list[int], fill: list[float],
     import rasterio
     from rasterio.windows import Window
 
-    from ..data.bands import read_bands
+    from ..data.bands import image_source, read_bands
     from ..data.radiometry import dn_transform
     from .runtime import graph_input
 
     dn = transform or dn_transform("")
     out = []
     for item in files:
-        path, window = item if isinstance(item, tuple) else (item, None)
+        path, window = image_source(item)
         with rasterio.open(path) as src:
-            col, row, width, height = window or (0, 0, src.width, src.height)
-            window = Window(col, row, min(tile, width), min(tile, height))
+            window = window or Window(0, 0, src.width, src.height)
+            window = Window(window.col_off, window.row_off, min(tile, window.width),
+                            min(tile, window.height))
             image = read_bands(src, bands, dn.inverse(fill), window)
         out.append(graph_input(dn.forward(image), (tile, tile),
                                np.asarray(fill, dtype=np.float32)))

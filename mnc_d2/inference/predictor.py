@@ -26,15 +26,15 @@ import numpy as np
 import rasterio
 import shapely
 from affine import Affine
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import CRSError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_coords
 from shapely import affinity
 from tqdm import tqdm
 
-from ..data.bands import (SCENE_BANDS_HINT, check_band_count, check_scene_bands, input_bands,
-                          read_bands)
+from ..data.bands import (SCENE_BANDS_HINT, check_band_count, check_scene_bands,
+                          has_data_mask, input_bands, read_bands)
 from ..data.radiometry import dn_transform, dn_transform_from_config, training_spread
 from ..export.bundle import BACKEND_FILES
 from .threshold import resolve_score_threshold  # noqa: F401 - also imported from here
@@ -314,7 +314,7 @@ class ScenePredictor:
                         resampling=Resampling.bilinear))
                     logger.info("%s: %.3f m pixels resampled to the model's %.3f m (%d x %d)",
                                 shown, gsd, self.model_gsd, width, height)
-                masked = any(MaskFlags.all_valid not in flags for flags in data.mask_flag_enums)
+                masked = has_data_mask(data)
                 polygons, scores = self._predict_grid(data, bands, masked, shown, progress,
                                                       match)
                 image_id = scene_image_id(path)
