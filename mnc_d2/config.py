@@ -12,7 +12,8 @@ from detectron2.config import CfgNode as CN
 def _add_input_keys(cfg: CN) -> None:
     _C = cfg
     # 1-based band indices read from every GeoTIFF, in this order; [] = bands 1..len(PIXEL_MEAN)
-    # (with INPUT.BAND_STATS auto: every band of the training files, written into config.yaml).
+    # (with INPUT.BAND_STATS auto: every band of the training files but an alpha band, written
+    # into config.yaml).
     _C.INPUT.BANDS = []
     # For a 3-band checkpoint loaded into an N-band model: the 1-based file band each checkpoint
     # channel was trained on, in channel order ([] = the first three INPUT.BANDS).

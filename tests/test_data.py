@@ -500,6 +500,47 @@ def test_nodata_is_filled_with_the_band_mean(tmp_path):
         assert stats["mean"] == pytest.approx([0.25, 0.25])
 
 
+def test_pixels_outside_an_internal_mask_or_an_alpha_band_are_filled_for_training(tmp_path):
+    """A collar marked by an internal mask (or an alpha band) rather than a nodata value: its
+    values are whatever the producer left (an 8-bit JPEG COG's are rarely 0). The training
+    mapper, like prediction, must see the band means there, not those values."""
+    from detectron2.config import get_cfg
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data import SpaceNetDatasetMapper, read_bands
+
+    data = np.full((3, 16, 16), 500, np.uint16)
+    data[:, :, :5] = 7  # the collar's leftover values
+    valid = np.full((16, 16), 255, np.uint8)
+    valid[:, :5] = 0
+    masked, rgba = tmp_path / "masked.tif", tmp_path / "rgba.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(masked, "w", driver="GTiff", height=16, width=16, count=3,
+                           dtype="uint16", crs="EPSG:32611",
+                           transform=Affine(0.3, 0, 0, 0, -0.3, 0)) as dst:
+            dst.write(data)
+            dst.write_mask(valid)
+    with rasterio.open(rgba, "w", driver="GTiff", height=16, width=16, count=4, dtype="uint16",
+                       crs="EPSG:32611", transform=Affine(0.3, 0, 0, 0, -0.3, 0),
+                       photometric="RGB", alpha="YES") as dst:
+        dst.write(np.concatenate([data, valid[None].astype(np.uint16)]))
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.INPUT.BANDS = [1, 2, 3]
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [400.0, 410.0, 420.0], [1.0, 1.0, 1.0]
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 16, 16
+    mapper = SpaceNetDatasetMapper(cfg, is_train=False)
+    for tif in (masked, rgba):
+        out = mapper({"file_name": str(tif), "height": 16, "width": 16, "image_id": 0,
+                      "annotations": []})
+        image = out["image"].permute(1, 2, 0).numpy()  # (H, W, C) as read, before normalising
+        assert image[:, :5].reshape(-1, 3).tolist() == [[400.0, 410.0, 420.0]] * 80, tif
+        assert (image[:, 5:] == 500).all(), tif
+        image, inside = read_bands(str(tif), [1, 2, 3], [1.0, 2.0, 3.0], with_valid=True)
+        assert inside.sum() == 16 * 11 and not inside[:, :5].any()
+        assert image[0, 0].tolist() == [1.0, 2.0, 3.0] and image[0, 5].tolist() == [500.0] * 3
+
+
 def test_rot90_coords_follow_the_image():
     image = np.zeros((4, 6), np.uint8)
     image[1, 4] = 1  # pixel centre (x=4.5, y=1.5)
@@ -624,6 +665,26 @@ def test_auto_band_stats_with_empty_bands_fix_the_bands_in_the_config(tmp_path):
         DatasetCatalog.remove(name)
     assert list(cfg.INPUT.BANDS) == [1, 2, 3, 4] == input_bands(cfg)
     assert cfg.MODEL.PIXEL_MEAN == pytest.approx([10, 20, 30, 40]) and stats["bands"] == [1, 2, 3, 4]
+
+    # an RGBA file: the alpha band marks the data, it is no input (and its masked pixels are
+    # left out of the statistics)
+    rgba = tmp_path / "rgba.tif"
+    alpha = np.full((8, 8), 255, np.uint16)
+    alpha[:, :2] = 0
+    bands = np.stack([np.full((8, 8), v, np.uint16) for v in (10, 20, 30)] + [alpha])
+    bands[:3, :, :2] = 1000
+    with rasterio.open(rgba, "w", driver="GTiff", height=8, width=8, count=4, dtype="uint16",
+                       transform=Affine(1, 0, 0, 0, -1, 0), photometric="RGB",
+                       alpha="YES") as dst:
+        dst.write(bands)
+    DatasetCatalog.register(name, lambda: [{"file_name": str(rgba)}])
+    try:
+        cfg.INPUT.BANDS = []
+        stats = resolve_band_stats(cfg)
+    finally:
+        DatasetCatalog.remove(name)
+    assert list(cfg.INPUT.BANDS) == [1, 2, 3] == stats["bands"]
+    assert cfg.MODEL.PIXEL_MEAN == pytest.approx([10, 20, 30])
 
 
 def test_band_photometric_transform_changes_values_not_geometry():

@@ -328,3 +328,53 @@ def test_polygonisation_keys_reach_the_evaluator_and_the_predictor_defaults():
     inst.pred_masks[0, 10:12, 25:27] = False  # a 2 px notch in the top edge
     (poly, _), = ev.instances_to_polygons(inst)
     assert len(poly.exterior.coords) - 1 == 4
+
+
+def test_detections_outside_the_data_are_dropped_as_prediction_drops_them(tmp_path):
+    """An image with a collar marked by an internal mask, whole and as a window of the scene
+    (own scenes): detections with more than half their area outside the data are not scored
+    (tools/predict.py drops them), those with less are."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    tif = tmp_path / "collar.tif"
+    valid = np.full((64, 64), 255, np.uint8)
+    valid[:, :20] = 0  # columns 0-19: outside the data
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(tif, "w", driver="GTiff", height=64, width=64, count=1,
+                           dtype="uint8", crs="EPSG:32611",
+                           transform=Affine(0.3, 0, 0, 0, -0.3, 0)) as dst:
+            dst.write(np.full((1, 64, 64), 90, np.uint8))
+            dst.write_mask(valid)
+    square = "POLYGON ((30 30, 50 30, 50 50, 30 50, 30 30))"
+    records = [
+        {"file_name": str(tif), "image_id": "AOI_2_Vegas_img1", "height": 64, "width": 64,
+         "annotations": [{"wkt_pix": square, "bbox": [30, 30, 50, 50], "category_id": 0}]},
+        # the window's columns 0-11 are the scene's 8-19
+        {"file_name": str(tif), "image_id": "AOI_2_Vegas_img2", "height": 64, "width": 32,
+         "window": [8, 0, 32, 64], "annotations": []},
+    ]
+    name = "_test_spacenet_eval_collar"
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=["building"])
+    try:
+        ev = SpaceNetEvaluator(name, output_dir=str(tmp_path), score_thresh=0.5,
+                               simplify_tolerance=0.0)
+        ev.reset()
+        ev.process([records[0]], [{"instances": _instances(
+            [(2, 2, 16, 16), (30, 30, 50, 50)], [0.9, 0.9])}])
+        # wholly outside; 8 of 20 columns (40%) outside: kept
+        inst = Instances((64, 32))
+        inst.pred_masks = torch.zeros(2, 64, 32, dtype=torch.bool)
+        inst.pred_masks[0, 40:60, 0:10] = True
+        inst.pred_masks[1, 10:20, 4:24] = True
+        inst.scores = torch.tensor([0.9, 0.9])
+        ev.process([records[1]], [{"instances": inst}])
+        res = ev.evaluate()["spacenet"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert (res["TP"], res["FP"], res["FN"]) == (1, 1, 0)
+    kept = ev._predictions["AOI_2_Vegas_img2"]
+    assert len(kept) == 1 and kept[0][0].bounds == (4.0, 10.0, 24.0, 20.0)

@@ -37,7 +37,8 @@ def test_building_on_a_tile_border_comes_out_once():
 def test_inside_data_weighs_the_area_on_data():
     """The nodata rule on merged polygons: a building with more than half its area on pixels
     without data is dropped, wherever in the scene and however many tiles' cores it spans."""
-    from mnc_d2.inference.predictor import gap_parts, inside_data
+    from mnc_d2.geometry.on_data import inside_data
+    from mnc_d2.inference.predictor import gap_parts
 
     tiles = tile_grid(300, 200, 128, 32)
     scene = np.ones((200, 300), dtype=bool)

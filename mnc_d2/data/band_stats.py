@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
@@ -77,12 +78,15 @@ def resolve_band_stats(cfg) -> dict | None:
         files = sorted({dataset_image(d) for name in cfg.DATASETS.TRAIN
                         for d in DatasetCatalog.get(name)}, key=str)
         if not cfg.INPUT.BANDS and files:
-            # Empty INPUT.BANDS with statistics from the data: every band of the training files,
-            # written into the config so that evaluation and prediction read the same bands.
+            # Empty INPUT.BANDS with statistics from the data: every band of the training files
+            # but an alpha band (it marks where the data is, it is not imagery), written into
+            # the config so that evaluation and prediction read the same bands.
             with rasterio.open(image_source(files[0])[0]) as src:
-                cfg.INPUT.BANDS = list(range(1, src.count + 1))
-            logger.info("INPUT.BANDS was empty: using all %d bands of the training files",
-                        len(cfg.INPUT.BANDS))
+                cfg.INPUT.BANDS = [b for b, kind in enumerate(src.colorinterp, start=1)
+                                   if kind != ColorInterp.alpha]
+                left = src.count - len(cfg.INPUT.BANDS)
+            logger.info("INPUT.BANDS was empty: using %d bands of the training files%s",
+                        len(cfg.INPUT.BANDS), " (their alpha band left out)" if left else "")
         stats = compute_band_stats(files, list(cfg.INPUT.BANDS), cfg.INPUT.BAND_STATS_MAX_IMAGES,
                                    dn_transform(cfg.INPUT.DN_TRANSFORM))
         out = Path(cfg.OUTPUT_DIR) / "band_stats.json"

@@ -27,6 +27,16 @@ def has_data_mask(src) -> bool:
     return any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
 
 
+def mask_beyond_nodata(src) -> bool:
+    """Whether open dataset ``src`` marks pixels outside its data by more than a nodata value:
+    an internal (or .msk) mask or an alpha band, which only GDAL's dataset mask reveals (the
+    pixels' values may be anything there)."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+               for flags in src.mask_flag_enums)
+
+
 def dataset_image(record: dict):
     """The image of a Detectron2 dataset dict: its file, or (file, (column, row, width,
     height)) when it is a window of a scene (own scenes, DATASETS.GEO), so that code reading
@@ -45,13 +55,19 @@ def image_source(image) -> tuple:
 
 
 def read_bands(source, bands: list[int], fill: list[float] | None = None,
-               window=None) -> np.ndarray:
+               window=None, with_valid: bool = False):
     """(H, W, C) float32 of the 1-based ``bands`` of a GeoTIFF (a path or an open rasterio
-    dataset), optionally one ``window``; pixels equal to the file's nodata, and NaN pixels, get
-    ``fill`` (one value per band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0).
+    dataset), optionally one ``window``; pixels outside the data get ``fill`` (one value per
+    band, e.g. MODEL.PIXEL_MEAN, so they normalise to 0): a band's pixels equal to the file's
+    nodata value, NaN pixels, and pixels outside an internal mask or an alpha band (whatever
+    their values: an 8-bit JPEG COG's collar is rarely exactly 0). Training, band statistics,
+    int8 calibration and prediction thus see a scene's collar alike.
+
+    With ``with_valid``: ((H, W, C) image, (H, W) bool, True inside the data by GDAL's dataset
+    mask; all True for a file without one).
     """
     if not isinstance(source, (str, Path)):  # an open dataset (a file, a WarpedVRT, ...)
-        return _read(source, bands, fill, window)
+        return _read(source, bands, fill, window, with_valid)
     # imported here: the model's checkpointer needs input_bands, not rasterio (a GPU machine
     # that only runs the model may lack the geospatial stack)
     import rasterio
@@ -59,7 +75,7 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
 
     try:
         with rasterio.open(source) as src:
-            return _read(src, bands, fill, window)
+            return _read(src, bands, fill, window, with_valid)
     except RasterioIOError as exc:
         raise OSError(f"cannot read {source} ({exc}): the file is truncated or corrupt; "
                       "re-download or regenerate it") from None
@@ -89,16 +105,23 @@ def check_scene_bands(src, bands: list[int]) -> None:
                          f"{src.count} band(s)")
 
 
-def _read(src, bands: list[int], fill, window) -> np.ndarray:
+def _read(src, bands: list[int], fill, window, with_valid: bool = False):
     bands = [int(b) for b in bands]
     check_band_count(src, bands)
     data = src.read(bands, window=window).astype(np.float32)
+    valid = None
+    if with_valid or (fill is not None and mask_beyond_nodata(src)):
+        valid = (src.dataset_mask(window=window) > 0 if has_data_mask(src)
+                 else np.ones(data.shape[1:], dtype=bool))
     if fill is not None:
         # NaN is never a value (float imagery marks nodata with it, declared or not), and
         # NaN == NaN is false, so a NaN nodata needs its own test
         holes = np.isnan(data)
         if src.nodata is not None and not np.isnan(src.nodata):
             holes |= data == np.float32(src.nodata)
+        if valid is not None:
+            holes |= ~valid[None]
         if holes.any():
             data = np.where(holes, np.asarray(fill, np.float32)[:, None, None], data)
-    return np.ascontiguousarray(data.transpose(1, 2, 0))
+    image = np.ascontiguousarray(data.transpose(1, 2, 0))
+    return (image, valid) if with_valid else image

@@ -4,7 +4,11 @@ For each image, ``process`` turns every predicted instance mask whose score pass
 of ``TEST.SPACENET.SCORE_THRESH`` and ``TEST.SPACENET.SWEEP_THRESHOLDS`` into one pixel polygon
 (the largest connected part; simplified and optionally regularised) with the instance score as
 its confidence. Masks arrive binarised by the model (MODEL.MNC.MASK_THRESHOLD for MNC, 0.5 for
-Detectron2's heads). There is no cap on the number of detections beyond the model's own.
+Detectron2's heads). There is no cap on the number of detections beyond the model's own. As in
+``tools/predict.py``, a polygon with more than half its area on pixels outside the image's data
+(a nodata value, an internal mask or an alpha band: GDAL's dataset mask of the file, or of the
+window a dict names) is dropped (:mod:`mnc_d2.geometry.on_data`), so that the scores and the
+best threshold written for prediction judge what prediction writes.
 
 ``evaluate`` gathers the polygons of all processes, scores them against the ground truth of the
 same images with :mod:`.spacenet_metric` (rules in its docstring) at ``SCORE_THRESH`` (the
@@ -57,6 +61,7 @@ from ..utils.atomic import atomic_write
 from .calibration import best_threshold, reliability, threshold_sweep
 from ..geometry.polygons import mask_to_polygons
 from ..geometry.instances import instances_to_polygons
+from ..geometry.on_data import inside_data
 from .polygon_metrics import SUMMARY_KEYS, matched_pair_metrics, summarize
 from .spacenet_metric import score
 from ..formats.spacenet_csv import write_proposal_csv
@@ -120,6 +125,37 @@ def records_threshold(cfg, dataset_name: str) -> bool:
                     THRESHOLD_FILE, tests[0])
         return False
     return True
+
+
+def on_data(record: dict, found: list[tuple[Polygon, float]]) -> list[tuple[Polygon, float]]:
+    """The (pixel polygon, score) pairs ``found`` on image ``record`` (a dataset dict: its
+    ``file_name`` and ``window``, its ``height`` x ``width`` pixels) that lie on its data by
+    :func:`mnc_d2.geometry.on_data.inside_data`; all of them for a file without a mask."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from ..data.bands import has_data_mask
+
+    if not record.get("file_name"):  # nothing to read the mask from
+        return found
+    window = record.get("window")
+    with rasterio.open(record["file_name"]) as src:
+        if not has_data_mask(src):
+            return found
+        valid = src.dataset_mask(window=Window(*window) if window else None) > 0
+    if valid.all():
+        return found
+    shape = (record.get("height", valid.shape[0]), record.get("width", valid.shape[1]))
+    if valid.shape != tuple(shape):  # outputs come at the dict's size: the mask would not fit
+        logger.warning("%s: its mask is %d x %d px but dataset dict %r says %d x %d; its "
+                       "detections are scored without the nodata rule (a dict's height and "
+                       "width are its file's, or its window's)", record["file_name"],
+                       valid.shape[1], valid.shape[0], record.get("image_id"), shape[1],
+                       shape[0])
+        return found
+    gaps = np.asarray(mask_to_polygons(~valid), dtype=object)
+    keep = inside_data([polygon for polygon, _ in found], [gaps])
+    return [pair for pair, k in zip(found, keep) if k]
 
 
 class SpaceNetEvaluator(DatasetEvaluator):
@@ -189,7 +225,8 @@ class SpaceNetEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
-            self._predictions[str(inp["image_id"])] = self.instances_to_polygons(instances)
+            found = self.instances_to_polygons(instances)
+            self._predictions[str(inp["image_id"])] = on_data(inp, found) if found else found
 
     def evaluate(self):
         predictions = self._predictions

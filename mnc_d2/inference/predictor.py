@@ -41,6 +41,7 @@ from .threshold import resolve_score_threshold  # noqa: F401 - also imported fro
 from ..geometry.crs import is_mercator
 from ..geometry.polygons import map_to_pixel, mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
+from ..geometry.on_data import inside_data
 from ..evaluation.visualize import draw_outline, stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
@@ -79,9 +80,6 @@ class ScenePrediction:
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
 GSD_TOLERANCE = 0.05
-# A building with more than this fraction of its area on pixels without data (nodata, a mask or
-# alpha band, a mosaic's gaps) is dropped: the model saw only filled band means there.
-MAX_OUTSIDE_DATA = 0.5
 
 
 def scene_gsd_m(src, info=None) -> float:
@@ -255,10 +253,11 @@ class ScenePredictor:
         ``match``, a (gain, offset) pair of (C,) arrays, mapped by ``x * gain + offset``),
         pixels outside the data (nodata, mask or alpha band, a mosaic's empty parts) set to the
         band means; and (H, W) bool: inside the data."""
-        image = read_bands(src, bands, self.fill, window)
-        valid = (src.dataset_mask(window=window) > 0 if masked
-                 else np.ones(image.shape[:2], dtype=bool))
-        image[~valid] = self.fill
+        if masked:  # pixels outside GDAL's dataset mask filled by the reader
+            image, valid = read_bands(src, bands, self.fill, window, with_valid=True)
+        else:
+            image = read_bands(src, bands, self.fill, window)
+            valid = np.ones(image.shape[:2], dtype=bool)
         image = self.dn.forward(image)
         if match is not None:
             image = (image * match[0] + match[1]).astype(np.float32)
@@ -451,8 +450,9 @@ class ScenePredictor:
         """Model outputs of one batch's tiles ``read`` ((image, valid) pairs), None for each
         tile without a single pixel of data (a scene's nodata collar, a mosaic's gaps): such a
         tile is not run. Whatever the model found there would lie wholly outside the data:
-        dropped (MAX_OUTSIDE_DATA), or, touching a building of the next tile at the tile edge,
-        merged into it as a piece the imagery does not show (which could get it dropped)."""
+        dropped (:data:`mnc_d2.geometry.on_data.MAX_OUTSIDE_DATA`), or, touching a building of
+        the next tile at the tile edge, merged into it as a piece the imagery does not show
+        (which could get it dropped)."""
         outputs = [None] * len(read)
         todo = [k for k, (_, valid) in enumerate(read) if valid.any()]
         if todo:
@@ -493,24 +493,6 @@ def gap_parts(tile, valid: np.ndarray) -> np.ndarray:
     parts = shapely.intersection(shapely.transform(parts, lambda xy: xy + offset),
                                  shapely.box(*tile.core))
     return parts[shapely.area(parts) > 0]
-
-
-def inside_data(polygons: list, gaps: list, max_outside: float = MAX_OUTSIDE_DATA) -> np.ndarray:
-    """(N,) bool: at most ``max_outside`` of the polygon's area lies on pixels without data.
-
-    The rule is on areas, so it gives the same answer in any coordinates the polygon is later
-    written in (a representative point does not: ties between equally wide parts of a polygon
-    break differently once the coordinates are scaled). ``polygons``: (N,) in scene pixels;
-    ``gaps``: arrays from :func:`gap_parts` of the tiles with pixels outside the data."""
-    geoms = np.asarray(polygons, dtype=object)
-    keep = np.ones(len(geoms), dtype=bool)
-    parts = np.concatenate(gaps) if gaps else np.zeros(0, dtype=object)
-    if not len(parts) or not len(geoms):
-        return keep
-    poly, part = shapely.STRtree(parts).query(geoms, predicate="intersects")
-    outside = np.zeros(len(geoms))
-    np.add.at(outside, poly, shapely.area(shapely.intersection(geoms[poly], parts[part])))
-    return outside <= max_outside * shapely.area(geoms)
 
 
 class _Lane:
