@@ -229,6 +229,25 @@ def test_ray_engine_writes_what_local_writes_and_survives_a_dead_worker(tmp_path
         assert rows.loc[name, "buildings"] == len(b)
 
 
+def test_a_scene_written_where_this_machine_cannot_see_it_is_failed(tmp_path):
+    """A Ray worker on another node writes into its own folder when --output is not shared:
+    the driver must not report that scene done (its buildings would be on another machine)."""
+    from mnc_d2.inference.engines import outputs_seen_here
+    from mnc_d2.inference.scenes import Scene, SceneRow, parquet_path
+
+    here, there, broken = (Scene(f"/data/{n}.tif", n) for n in ("here", "there", "broken"))
+    parquet_path(tmp_path, here).parent.mkdir(parents=True)
+    parquet_path(tmp_path, here).write_bytes(b"PAR1")
+    rows = [SceneRow("here", here.path, "ok", 5, worker="node-a:11"),
+            SceneRow("there", there.path, "ok", 7, worker="node-b:12"),
+            SceneRow("broken", broken.path, "failed", error="not a GeoTIFF")]
+    out = outputs_seen_here(rows, [here, there, broken], tmp_path)
+    assert [r.status for r in out] == ["ok", "failed", "failed"]
+    assert out[0] == rows[0] and out[2] == rows[2]
+    assert out[1].buildings == 0 and "node-b" in out[1].error and "shared" in out[1].error
+    assert str(tmp_path) in out[1].error
+
+
 def test_ray_workers_asking_for_what_the_machine_lacks_fail_at_once(tmp_path, trained,
                                                                     scenes):
     """Ray waits forever for resources no node has: an in-process Ray fails with a usage error

@@ -7,7 +7,8 @@ becomes a ``failed`` manifest row naming the file; the other scenes go on.
 ``ray``: the scenes become a Ray Dataset with one scene per block, mapped by a pool of actors
 (``map_batches`` with ``ActorPoolStrategy``) that each load the model once. Without an address
 (``--ray-address`` or ``RAY_ADDRESS``) Ray starts in this process on this machine; with one,
-the job joins that cluster (every node must see the weights and the scenes at the same paths).
+the job joins that cluster (every node must see the weights, the scenes and the output folder
+at the same paths; a scene whose GeoParquet the driver cannot see afterwards is failed).
 An actor that dies mid-scene is restarted and its scene retried (``max_restarts`` /
 ``max_task_retries``); since every output file is renamed into place only when complete, a retry
 rewrites the same files and no row is duplicated.
@@ -277,7 +278,7 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"cfg_text": cfg.dump() if cfg is not None else None,
                                "predictor_kwargs": predictor_kwargs,
-                               "out_dir": str(out_dir), "formats": list(formats),
+                               "out_dir": os.path.abspath(out_dir), "formats": list(formats),
                                "run_started": run_started, "rgb_bands": rgb_bands,
                                "threads": threads or max(1, int(cpus_per_worker)),
                                "provenance": provenance, "gpus": gpus_per_worker},
@@ -292,7 +293,27 @@ def run_ray(cfg, scenes: list[Scene], out_dir, formats: list[str], run_started: 
         by_name[s.name] = SceneRow(s.name, redact(s.path), "failed", 0, 0.0, "",
                                    "no result came back "
                                    "from Ray (worker lost after its retries)", run_started)
-    return [by_name[s.name] for s in scenes]
+    return outputs_seen_here([by_name[s.name] for s in scenes], scenes, out_dir)
+
+
+def outputs_seen_here(rows: list[SceneRow], scenes: list[Scene], out_dir) -> list[SceneRow]:
+    """``rows`` with each ``ok`` scene whose GeoParquet this process cannot see under
+    ``out_dir`` turned ``failed``: a Ray worker on another node wrote it into that node's own
+    folder (``--output`` not on a file system every node shares), so the run would report the
+    scene done while its buildings sit on another machine. Re-running predict.py predicts the
+    failed scenes again."""
+    out = []
+    for row, scene in zip(rows, scenes):
+        if row.status == "ok" and not parquet_path(out_dir, scene).is_file():
+            host = row.worker.rsplit(":", 1)[0] or "a worker"
+            row = dataclasses.replace(
+                row, status="failed", buildings=0,
+                error=f"{row.path}: predicted on {host}, but its outputs are not in "
+                      f"{Path(out_dir).resolve()} here: the Ray workers wrote them into their "
+                      "node's own folder; give --output a folder every node sees at the same "
+                      "path (a shared file system) and run again")
+        out.append(row)
+    return out
 
 
 def _plain(value):
