@@ -104,6 +104,67 @@ def test_the_mapper_reads_only_its_window():
     assert np.array_equal(image[0].numpy(), expected.astype(np.float32))
 
 
+def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypatch):
+    """A DATASETS.GEO entry naming a COG by URL (a token in its query string) gives the
+    windows and footprints the local file gives, and the mapper reads its windows over HTTP
+    (with prediction's GDAL options: this server, like some object stores' signed URLs,
+    answers no HEAD request); the token stays out of image ids; a glob in a URL is refused,
+    naming the entry."""
+    import shutil
+
+    from mnc_d2.inference.engines import REMOTE_GDAL_DEFAULTS
+
+    for key in REMOTE_GDAL_DEFAULTS:  # as they were, after the test
+        monkeypatch.delenv(key, raising=False)
+
+    import rasterio.shutil
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.data.mapper import SpaceNetDatasetMapper
+
+    rasterio.shutil.copy(TILE, tmp_path / "scene.tif", driver="COG", BLOCKSIZE="256")
+    shutil.copy(LABELS, tmp_path / "labels.geojson")
+    url = f"{served.url}/scene.tif?token=SECRET"
+    spec = tmp_path / "remote.yaml"
+    spec.write_text(f"_remote_train: {{scenes: ['{url}'], labels: labels.geojson, "
+                    "tile_size: 450}\n")
+    try:
+        assert register_geo_file(spec) == ["_remote_train"]
+        remote = DatasetCatalog.get("_remote_train")
+    finally:
+        DatasetCatalog.remove("_remote_train")
+    local = load_geo_dicts([str(tmp_path / "scene.tif")], LABELS, tile_size=450)
+    assert [d["image_id"] for d in remote] == [d["image_id"] for d in local]
+    assert remote[0]["image_id"].startswith("scene_") and remote[0]["file_name"] == url
+    for a, b in zip(remote, local):
+        assert {k: v for k, v in a.items() if k != "file_name"} == \
+            {k: v for k, v in b.items() if k != "file_name"}
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [300.0], [100.0]
+    cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = 450
+    image = SpaceNetDatasetMapper(cfg, is_train=False)(remote[1])["image"]
+    with rasterio.open(TILE) as src:
+        expected = src.read(1)[:450, 450:900].astype(np.float32)
+    expected[expected == 0] = 300.0  # the tile's nodata, filled with the band mean
+    assert np.array_equal(image[0].numpy(), expected)
+    assert served.sent.get("scene.tif", 0) > 0
+    spec.write_text(f"_remote_glob: {{scenes: ['{served.url}/*.tif'], labels: labels.geojson}}\n")
+    with pytest.raises(ValueError, match=r"'_remote_glob' scenes http://.*/\*\.tif: a URL is one "
+                                         "scene, not a pattern"):
+        register_geo_file(spec)
+    spec.write_text(f"_remote_gone: {{scenes: ['{served.url}/gone.tif?token=SECRET'], "
+                    "labels: labels.geojson}\n")
+    from mnc_d2.data.spacenet import RasterError
+
+    with pytest.raises(RasterError, match=r"gone\.tif\?\*\*\* cannot be read .*check the URL") \
+            as failed:
+        register_geo_file(spec)
+    assert "SECRET" not in str(failed.value)
+
+
 def test_bad_labels_and_files_say_which(tmp_path):
     frame = gpd.read_file(LABELS)
     frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")

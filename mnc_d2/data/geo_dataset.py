@@ -6,7 +6,9 @@ them into Detectron2 dataset dicts: each scene cut into ``tile_size`` windows on
 ``tools/predict.py`` uses (:func:`mnc_d2.inference.tiling.tile_grid`), each window one image
 whose annotations are the footprints inside it, clipped to it (a building cut by a window edge
 is trained on the part the window shows, as SpaceNet's tiles cut them). The mapper reads only
-the window (``window`` in the dict), so a scene is never read whole.
+the window (``window`` in the dict), so a scene is never read whole. Scenes may be URLs
+(``https://``, ``s3://``, ``gs://``, ``az://`` or a GDAL ``/vsi`` path: COGs where they live,
+read window by window as ``tools/predict.py`` reads them); the footprint file is local.
 
     from mnc_d2.data import register_geo_instances
     register_geo_instances("mycity_train", ["scenes/a.tif", "scenes/b.tif"], "buildings.gpkg")
@@ -30,6 +32,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import transform as window_transform
 
 from ..geometry.polygons import pixel_to_map
+from ..inference.sources import is_remote, redact, without_query
 from .labels import (LabelError, RepairLog, clip_to_tile, read_geojson_footprints,
                      to_pixel_footprints)
 
@@ -92,7 +95,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
 
     if not scenes:
         raise ValueError("no scenes to register: pass GeoTIFF paths")
-    stems = [Path(s).stem for s in scenes]
+    stems = [scene_stem(s) for s in scenes]
     if len(set(stems)) != len(stems):
         twice = sorted(s for s in set(stems) if stems.count(s) > 1)
         raise ValueError(f"scene names repeat ({', '.join(twice)}): image ids are made from "
@@ -102,7 +105,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     gsds, cuts, first = [], RepairLog(), None
     dicts, bare, blank = [], [], 0
     for scene, stem in zip(scenes, stems):
-        head = raster_header(Path(scene))
+        head = raster_header(scene if is_remote(scene) else Path(scene))
         first = first or head
         gsds.append(scene_gsd_m(SimpleNamespace(**head)))
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
@@ -114,7 +117,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         blank += len(tiles) - sum(has_data)
         if not any(has_data):
             logger.warning("%s holds no pixel of data (its nodata value or mask covers it "
-                           "all): left out", scene)
+                           "all): left out", redact(scene))
             continue
         for tile in (t for t, keep in zip(tiles, has_data) if keep):
             w = tile.window
@@ -138,7 +141,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         raise LabelError(
             f"none of the {len(source.frame)} footprints of {labels} (bounds "
             f"{_bounds_text(source.frame.total_bounds)} in {crs}) lies on the {len(scenes)} "
-            f"scene(s) ({', '.join(Path(s).name for s in scenes[:3])}"
+            f"scene(s) ({', '.join(scene_stem(s, suffix=True) for s in scenes[:3])}"
             f"{', ...' if len(scenes) > 3 else ''}; the first covers {covers} there): the "
             "labels are of another place or in another CRS than the file says (set it: "
             "GeoDataFrame.set_crs, or ogr2ogr -a_srs); for scenes without buildings on "
@@ -152,6 +155,13 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 cuts["clipped: crossing the tile edge"],
                 f"; {blank} windows without a pixel of data left out" if blank else "")
     return dicts
+
+
+def scene_stem(scene: str, suffix: bool = False) -> str:
+    """A scene's file name without its suffix (``suffix``: with it), a URL's without its query
+    string (which may hold a token)."""
+    path = Path(without_query(str(scene)))
+    return path.name if suffix else path.stem
 
 
 def _bounds_text(bounds) -> str:
@@ -188,7 +198,8 @@ def warn_unlabelled_scenes(labels, bare: list[str], total: int) -> None:
     """Warn that ``bare`` scenes (of ``total``) have no footprint of ``labels`` while others do:
     legitimate for scenes without buildings, but also what a footprint file that lacks an
     area's labels looks like, and such scenes train their buildings as background."""
-    names = ", ".join(Path(s).name for s in bare[:5]) + (", ..." if len(bare) > 5 else "")
+    names = ", ".join(scene_stem(s, suffix=True) for s in bare[:5]) + \
+        (", ..." if len(bare) > 5 else "")
     logger.warning("%d of %d scenes have no footprint of %s on them (%s): they train as "
                    "background only. If they show buildings, the file lacks their labels: add "
                    "them, or leave those scenes out", len(bare), total, labels, names)
@@ -228,10 +239,14 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..inference.predictor import scene_gsd_m
+    from .spacenet import raster_header
 
     scenes = [str(s) for s in scenes]
     if not scenes:
         raise ValueError(f"{name}: no scenes to register: pass GeoTIFF paths")
+    if any(is_remote(s) for s in scenes):
+        use_remote_gdal_defaults()
+    raster_header(scenes[0])  # an unreadable first scene: an error naming it, the fix
     with rasterio.open(scenes[0]) as src:
         count, gsd = src.count, scene_gsd_m(src)
         names = [d or "" for d in src.descriptions]
@@ -244,6 +259,20 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
     if all(names):
         meta["band_names"] = names
     MetadataCatalog.get(name).set(**meta)
+
+
+def use_remote_gdal_defaults() -> None:
+    """Put tools/predict.py's GDAL options for remote reads (``REMOTE_GDAL_DEFAULTS``: no
+    directory listing, no HEAD request, bounded retries) into this process's environment,
+    where the environment does not set them: training reads remote scenes in many places (the
+    mapper in its worker processes, band statistics, the evaluator), and GDAL reads its
+    options from the environment at each request."""
+    import os
+
+    from ..inference.engines import REMOTE_GDAL_DEFAULTS
+
+    for key, value in REMOTE_GDAL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def register_geo_file(path: str | Path) -> list[str]:
@@ -273,7 +302,13 @@ def register_geo_file(path: str | Path) -> list[str]:
                              "overlap")
         patterns = entry["scenes"] if isinstance(entry["scenes"], list) else [entry["scenes"]]
         scenes = []
-        for pattern in patterns:
+        for pattern in map(str, patterns):
+            if is_remote(pattern):  # a URL or /vsi path: as it is, one scene
+                if glob.has_magic(without_query(pattern)):
+                    raise ValueError(f"DATASETS.GEO {path}: {name!r} scenes {redact(pattern)}: "
+                                     "a URL is one scene, not a pattern; list each scene's URL")
+                scenes.append(pattern)
+                continue
             pattern = str(path.parent / pattern) if not Path(pattern).is_absolute() else pattern
             found = sorted(glob.glob(pattern))
             if not found:

@@ -57,10 +57,14 @@ class RasterError(ValueError):
 
 
 def raster_header(path: Path) -> dict:
-    """Open a GeoTIFF, check it is georeferenced and complete; return its header fields."""
+    """Open a GeoTIFF (a path, or a URL: named without its query string's token in errors),
+    check it is georeferenced and complete; return its header fields."""
+    from ..inference.sources import is_remote, redact
+
+    shown = redact(str(path))
     try:
         with rasterio.open(path) as src:
-            problem = georeferencing_problem(src, str(path))
+            problem = georeferencing_problem(src, shown)
             if problem:
                 raise RasterError(problem)
             # Reading the last pixel touches the last block: a truncated file fails here.
@@ -68,8 +72,11 @@ def raster_header(path: Path) -> dict:
             return {"height": src.height, "width": src.width, "count": src.count,
                     "crs": src.crs, "transform": src.transform, "nodata": src.nodata}
     except RasterioIOError as exc:
-        raise RasterError(f"{path} cannot be read as a GeoTIFF ({exc}); it is truncated or "
-                          "corrupt: re-download or regenerate it") from None
+        fix = ("check the URL, that its server answers and, for object storage, the "
+               "credentials GDAL reads (e.g. AWS_* variables for s3://)") if is_remote(str(path)) \
+            else "it is truncated or corrupt: re-download or regenerate it"
+        raise RasterError(f"{shown} cannot be read as a GeoTIFF ({redact(str(exc))}); "
+                          f"{fix}") from None
 
 
 def make_annotation(geom, height: int, width: int) -> dict:
