@@ -105,10 +105,10 @@ def test_the_mapper_reads_only_its_window():
 
 
 def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypatch):
-    """A DATASETS.GEO entry naming a COG by URL (a token in its query string) gives the
-    windows and footprints the local file gives, and the mapper reads its windows over HTTP
-    (with prediction's GDAL options: this server, like some object stores' signed URLs,
-    answers no HEAD request); the token stays out of image ids; a glob in a URL is refused,
+    """A DATASETS.GEO entry naming a COG and its footprint file by URL (a token in the COG's
+    query string) gives the windows and footprints the local files give, and the mapper reads
+    its windows over HTTP (with prediction's GDAL options: this server, like some object
+    stores' signed URLs, answers no HEAD request); the token stays out of image ids; a glob in a URL is refused,
     naming the entry."""
     import shutil
 
@@ -128,8 +128,11 @@ def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypa
     shutil.copy(LABELS, tmp_path / "labels.geojson")
     url = f"{served.url}/scene.tif?token=SECRET"
     spec = tmp_path / "remote.yaml"
-    spec.write_text(f"_remote_train: {{scenes: ['{url}'], labels: labels.geojson, "
-                    "tile_size: 450}\n")
+    # GeoJSON: GDAL fetches it whole on opening it; a GeoPackage's later range reads would wait
+    # on this in-process server's thread while pyogrio holds the GIL (checked by hand against a
+    # server in another process: GeoPackage and FlatGeobuf URLs read the same 43 footprints)
+    spec.write_text(f"_remote_train: {{scenes: ['{url}'], labels: "
+                    f"'{served.url}/labels.geojson', tile_size: 450}}\n")
     try:
         assert register_geo_file(spec) == ["_remote_train"]
         remote = DatasetCatalog.get("_remote_train")
@@ -163,6 +166,12 @@ def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypa
             as failed:
         register_geo_file(spec)
     assert "SECRET" not in str(failed.value)
+    spec.write_text(f"_remote_parquet: {{scenes: ['{url}'], "
+                    f"labels: '{served.url}/labels.parquet?token=SECRET'}}\n")
+    with pytest.raises(LabelError, match=r"labels\.parquet\?\*\*\*: GeoParquet footprints are "
+                                         "read from a local file"):
+        DatasetCatalog.get(register_geo_file(spec)[0])
+    DatasetCatalog.remove("_remote_parquet")
 
 
 def test_bad_labels_and_files_say_which(tmp_path):

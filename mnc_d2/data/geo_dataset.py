@@ -8,7 +8,8 @@ whose annotations are the footprints inside it, clipped to it (a building cut by
 is trained on the part the window shows, as SpaceNet's tiles cut them). The mapper reads only
 the window (``window`` in the dict), so a scene is never read whole. Scenes may be URLs
 (``https://``, ``s3://``, ``gs://``, ``az://`` or a GDAL ``/vsi`` path: COGs where they live,
-read window by window as ``tools/predict.py`` reads them); the footprint file is local.
+read window by window as ``tools/predict.py`` reads them); so may the footprint file be (not a
+GeoParquet one: pyarrow, not GDAL, reads those, from a local path).
 
     from mnc_d2.data import register_geo_instances
     register_geo_instances("mycity_train", ["scenes/a.tif", "scenes/b.tif"], "buildings.gpkg")
@@ -51,20 +52,38 @@ class FootprintFile:
     def __init__(self, labels: str | Path):
         import geopandas as gpd
 
-        self.path = Path(labels)
-        if not self.path.is_file():
+        remote = is_remote(str(labels))
+        self.path = str(labels) if remote else Path(labels)
+        shown = redact(str(labels))
+        if not remote and not self.path.is_file():
             raise LabelError(f"label file {self.path} does not exist")
-        suffix = self.path.suffix.lower()
-        frame = (gpd.read_parquet(self.path) if suffix == ".parquet"
-                 else gpd.read_file(self.path, on_invalid="ignore"))
+        suffix = Path(without_query(str(labels))).suffix.lower()
+        if suffix == ".parquet" and remote:
+            raise LabelError(f"{shown}: GeoParquet footprints are read from a local file; copy "
+                             "it here, or give a GeoPackage, FlatGeobuf or GeoJSON URL")
+        if remote:
+            use_remote_gdal_defaults()
+        try:
+            frame = (gpd.read_parquet(self.path) if suffix == ".parquet"
+                     else gpd.read_file(self.path, on_invalid="ignore"))
+        except Exception as exc:  # pyogrio's DataSourceError, HTTP errors, ...
+            if not remote:
+                raise
+            raise LabelError(f"{shown} cannot be read ({redact(str(exc))}): check the URL, "
+                             "that its server answers and, for object storage, the "
+                             "credentials GDAL reads") from None
         self.per_scene = False
         if suffix in (".geojson", ".json"):
             x0, y0, x1, y1 = frame.total_bounds if len(frame) else (0, 0, 0, 0)
             outside = max(abs(x0), abs(x1)) > 180 or max(abs(y0), abs(y1)) > 90
             # read as lon/lat (no CRS named) but not lon/lat: the SpaceNet reader's case
             self.per_scene = outside and (frame.crs is None or frame.crs.is_geographic)
+            if self.per_scene and remote:
+                raise LabelError(f"{shown} names no CRS and its coordinates are not lon/lat: "
+                                 "name its CRS in the file (ogr2ogr -a_srs), or use a local "
+                                 "copy, which is read in each scene's CRS")
         elif frame.crs is None:
-            raise LabelError(f"{self.path} has no CRS; set one (GeoDataFrame.set_crs) so its "
+            raise LabelError(f"{shown} has no CRS; set one (GeoDataFrame.set_crs) so its "
                              "footprints can be placed on the scenes")
         self.frame = frame[frame.geometry.notna()]
 
@@ -102,6 +121,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                          "them; rename the files or register them as separate datasets")
     repairs = RepairLog()
     source = FootprintFile(labels)
+    labels = redact(str(labels))  # as named in messages: a signed URL's token left out
     gsds, cuts, first = [], RepairLog(), None
     dicts, bare, blank = [], [], 0
     for scene, stem in zip(scenes, stems):
@@ -315,8 +335,9 @@ def register_geo_file(path: str | Path) -> list[str]:
                 raise FileNotFoundError(f"DATASETS.GEO {path}: {name!r} scenes {pattern} match "
                                         "no file")
             scenes += found
-        labels = Path(entry["labels"])
-        labels = labels if labels.is_absolute() else path.parent / labels
+        labels = str(entry["labels"])
+        if not is_remote(labels) and not Path(labels).is_absolute():
+            labels = str(path.parent / labels)
         if name not in DatasetCatalog.list():
             register_geo_instances(name, scenes, labels, int(entry.get("tile_size", 650)),
                                    int(entry.get("overlap", 0)))
