@@ -108,8 +108,8 @@ def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypa
     """A DATASETS.GEO entry naming a COG and its footprint file by URL (a token in the COG's
     query string) gives the windows and footprints the local files give, and the mapper reads
     its windows over HTTP (with prediction's GDAL options: this server, like some object
-    stores' signed URLs, answers no HEAD request); the token stays out of image ids; a glob in a URL is refused,
-    naming the entry."""
+    stores' signed URLs, answers no HEAD request); the token stays out of image ids; a glob
+    in a URL is refused, naming the entry."""
     import shutil
 
     from mnc_d2.inference.engines import REMOTE_GDAL_DEFAULTS
