@@ -286,9 +286,10 @@ def add_mnc_config(cfg: CN) -> None:
                                  "config.yaml written by mnc_d2 0.1 needs the same edit")
     _add_input_keys(cfg)
     # Your own scenes and building footprints as datasets (mnc_d2.data.geo_dataset): a YAML file
-    # {name: {scenes: [GeoTIFF paths or globs, or URLs], labels: footprint file (GeoJSON,
-    # GeoPackage, GeoParquet, ...), tile_size: 650, overlap: 0}}, paths relative to the file's
-    # folder; its names then go into DATASETS.TRAIN / TEST. "" = none. Not part of the MNC model.
+    # {name: {scenes: [GeoTIFF paths or globs, URLs, STAC documents], labels: footprint file
+    # (GeoJSON, GeoPackage, GeoParquet, ...), tile_size: 650, overlap: 0, stac_asset: KEY}},
+    # paths relative to the file's folder; its names then go into DATASETS.TRAIN / TEST.
+    # "" = none. Not part of the MNC model.
     cfg.DATASETS.GEO = ""
     _add_backbone_keys(cfg)
     _add_mnc_keys(cfg)

@@ -13,6 +13,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import shapely
 
 from mnc_d2.data.geo_dataset import load_geo_dicts, register_geo_file
@@ -172,6 +173,56 @@ def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypa
                                          "read from a local file"):
         DatasetCatalog.get(register_geo_file(spec)[0])
     DatasetCatalog.remove("_remote_parquet")
+
+
+def test_scenes_listed_by_a_stac_item_collection(tmp_path, served, monkeypatch):
+    """A STAC item collection among a DATASETS.GEO entry's scenes (a saved search, relative to
+    the YAML) gives its items' data assets (one remote, one local); an item with two data
+    assets needs the entry's stac_asset, and the error says so."""
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.inference.engines import REMOTE_GDAL_DEFAULTS
+
+    for key in REMOTE_GDAL_DEFAULTS:  # as they were, after the test
+        monkeypatch.delenv(key, raising=False)
+
+    rasterio.shutil.copy(TILE, tmp_path / "remote.tif", driver="COG", BLOCKSIZE="256")
+    rasterio.shutil.copy(TILE, tmp_path / "local.tif", driver="GTiff")
+
+    def item(name, href, extra=None):
+        tiff = "image/tiff; application=geotiff"
+        assets = {"data": {"href": href, "type": tiff, "roles": ["data"]},
+                  "thumbnail": {"href": f"{name}.png", "type": "image/png"}, **(extra or {})}
+        return {"type": "Feature", "stac_version": "1.0.0", "id": name, "geometry": None,
+                "properties": {"datetime": "2020-01-01T00:00:00Z"}, "links": [],
+                "assets": assets}
+
+    search = {"type": "FeatureCollection", "features": [
+        item("remote", f"{served.url}/remote.tif"), item("local", "local.tif")]}
+    (tmp_path / "search.json").write_text(json.dumps(search))
+    spec = tmp_path / "geo.yaml"
+    spec.write_text(f"_stac_train: {{scenes: [search.json], labels: {LABELS}, tile_size: 450}}\n")
+    try:
+        register_geo_file(spec)
+        dicts = DatasetCatalog.get("_stac_train")
+    finally:
+        DatasetCatalog.remove("_stac_train")
+    files = sorted({d["file_name"] for d in dicts})
+    assert files == sorted([f"{served.url}/remote.tif", f"{tmp_path}/local.tif"])
+    assert len(dicts) == 8 and {d["image_id"][:6] for d in dicts} == {"remote", "local_"}
+    tiff = {"href": "other.tif", "type": "image/tiff", "roles": ["data"]}
+    search["features"][1] = item("local", "local.tif", {"other": tiff})
+    (tmp_path / "search.json").write_text(json.dumps(search))
+    spec.write_text(f"_stac_two: {{scenes: [search.json], labels: {LABELS}}}\n")
+    with pytest.raises(ValueError, match=r"item local has 2 GeoTIFF data assets \(data, other\); "
+                                         r"pick one with 'stac_asset: KEY' in '_stac_two'"):
+        register_geo_file(spec)
+    spec.write_text(f"_stac_one: {{scenes: [search.json], labels: {LABELS}, "
+                    "stac_asset: data}\n")
+    try:
+        assert register_geo_file(spec) == ["_stac_one"]
+    finally:
+        DatasetCatalog.remove("_stac_one")
 
 
 def test_bad_labels_and_files_say_which(tmp_path):

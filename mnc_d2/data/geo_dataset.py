@@ -8,8 +8,10 @@ whose annotations are the footprints inside it, clipped to it (a building cut by
 is trained on the part the window shows, as SpaceNet's tiles cut them). The mapper reads only
 the window (``window`` in the dict), so a scene is never read whole. Scenes may be URLs
 (``https://``, ``s3://``, ``gs://``, ``az://`` or a GDAL ``/vsi`` path: COGs where they live,
-read window by window as ``tools/predict.py`` reads them); so may the footprint file be (not a
-GeoParquet one: pyarrow, not GDAL, reads those, from a local path).
+read window by window as ``tools/predict.py`` reads them), or STAC documents (their items'
+GeoTIFF data assets, picked as ``tools/predict.py`` picks them, or by the entry's
+``stac_asset``); the footprint file may be a URL too (not a GeoParquet one: pyarrow, not GDAL,
+reads those, from a local path).
 
     from mnc_d2.data import register_geo_instances
     register_geo_instances("mycity_train", ["scenes/a.tif", "scenes/b.tif"], "buildings.gpkg")
@@ -33,7 +35,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import transform as window_transform
 
 from ..geometry.polygons import pixel_to_map
-from ..inference.sources import is_remote, redact, without_query
+from ..inference.sources import expand_stac, is_remote, is_stac, redact, without_query
 from .labels import (LabelError, RepairLog, clip_to_tile, read_geojson_footprints,
                      to_pixel_footprints)
 
@@ -315,14 +317,25 @@ def register_geo_file(path: str | Path) -> list[str]:
         if not isinstance(entry, dict) or "scenes" not in entry or "labels" not in entry:
             raise ValueError(f"DATASETS.GEO {path}: {name!r} needs 'scenes' (GeoTIFF paths or "
                              "globs) and 'labels' (a footprint file)")
-        unknown = set(entry) - {"scenes", "labels", "tile_size", "overlap"}
+        unknown = set(entry) - {"scenes", "labels", "tile_size", "overlap", "stac_asset"}
         if unknown:
             raise ValueError(f"DATASETS.GEO {path}: {name!r} has unknown key(s) "
                              f"{', '.join(sorted(unknown))}; known: scenes, labels, tile_size, "
-                             "overlap")
+                             "overlap, stac_asset")
         patterns = entry["scenes"] if isinstance(entry["scenes"], list) else [entry["scenes"]]
         scenes = []
         for pattern in map(str, patterns):
+            if is_stac(pattern):  # a STAC item, item collection or catalog: its items' scenes
+                source = pattern if is_remote(pattern) or Path(pattern).is_absolute() \
+                    else str(path.parent / pattern)
+                found = [href for href, _ in expand_stac(
+                    source, entry.get("stac_asset"),
+                    option=f"'stac_asset: KEY' in {name!r} of DATASETS.GEO {path}")]
+                if not found:
+                    raise ValueError(f"DATASETS.GEO {path}: {name!r} scenes {redact(pattern)}: "
+                                     "the STAC document holds no items")
+                scenes += found
+                continue
             if is_remote(pattern):  # a URL or /vsi path: as it is, one scene
                 if glob.has_magic(without_query(pattern)):
                     raise ValueError(f"DATASETS.GEO {path}: {name!r} scenes {redact(pattern)}: "

@@ -137,16 +137,17 @@ def _is_image(asset: dict) -> bool:
 
 
 def choose_asset(item_id: str, assets: dict, asset_key: str | None,
-                 band_count: int | None, where: str, min_bands: int | None = None) -> str:
+                 band_count: int | None, where: str, min_bands: int | None = None,
+                 option: str = "--stac-asset KEY") -> str:
     """The key of the asset to read: ``asset_key`` when given; else the only GeoTIFF asset with
     role ``data`` (or the only GeoTIFF), preferring one whose band list has ``band_count``
     bands, or at least ``min_bands`` (predict.py --scene-bands: the highest band it names). A
-    clear error names the item and its asset keys otherwise."""
+    clear error names the item and its asset keys otherwise, and ``option``, what picks one."""
     keys = sorted(assets)
     if asset_key:
         if asset_key not in assets:
             raise ValueError(f"{where}: item {item_id} has no asset {asset_key!r} (its assets: "
-                             f"{', '.join(keys)}); pick one with --stac-asset")
+                             f"{', '.join(keys)}); pick one with {option}")
         return asset_key
     images = [k for k in keys if _is_image(assets[k])]
     data = [k for k in images if "data" in (assets[k].get("roles") or [])] or images
@@ -159,13 +160,15 @@ def choose_asset(item_id: str, assets: dict, asset_key: str | None,
     if len(data) == 1:
         return data[0]
     raise ValueError(f"{where}: item {item_id} has {len(data) or 'no'} GeoTIFF data assets "
-                     f"({', '.join(data or keys)}); pick one with --stac-asset KEY")
+                     f"({', '.join(data or keys)}); pick one with {option}")
 
 
 def expand_stac(source: str, asset_key: str | None = None,
                 band_count: int | None = None,
-                min_bands: int | None = None) -> list[tuple[str, SceneInfo]]:
-    """(href, info) of every item of the STAC document at ``source`` (module docstring)."""
+                min_bands: int | None = None,
+                option: str = "--stac-asset KEY") -> list[tuple[str, SceneInfo]]:
+    """(href, info) of every item of the STAC document at ``source`` (module docstring);
+    ``option``: what picks an asset, named in errors (:func:`choose_asset`)."""
     import pystac
 
     where = redact(source)
@@ -191,7 +194,7 @@ def expand_stac(source: str, asset_key: str | None = None,
     out = []
     for item in items:
         assets = {k: a.to_dict() for k, a in item.assets.items()}
-        key = choose_asset(item.id, assets, asset_key, band_count, where, min_bands)
+        key = choose_asset(item.id, assets, asset_key, band_count, where, min_bands, option)
         href = item.assets[key].get_absolute_href() or item.assets[key].href
         if kind == "FeatureCollection" and not is_remote(href) and not href.startswith("/"):
             # relative hrefs of a saved search resolve against the file's folder
