@@ -155,6 +155,15 @@ def test_scenes_where_they_live_train_from_their_urls(tmp_path, served, monkeypa
     expected[expected == 0] = 300.0  # the tile's nodata, filled with the band mean
     assert np.array_equal(image[0].numpy(), expected)
     assert served.sent.get("scene.tif", 0) > 0
+    # what names a remote image in files and errors leaves its token out
+    from mnc_d2.data.bands import dataset_image, read_bands
+    from mnc_d2.export.quantize import calibration_name
+
+    assert calibration_name(dataset_image(remote[1])) == \
+        f"{served.url}/scene.tif?*** (window 450 0 450 450)"
+    with pytest.raises(OSError, match=r"gone\.tif\?\*\*\* .*check the URL") as failed:
+        read_bands(f"{served.url}/gone.tif?token=SECRET", [1])
+    assert "SECRET" not in str(failed.value)
     spec.write_text(f"_remote_glob: {{scenes: ['{served.url}/*.tif'], labels: labels.geojson}}\n")
     with pytest.raises(ValueError, match=r"'_remote_glob' scenes http://.*/\*\.tif: a URL is one "
                                          "scene, not a pattern"):

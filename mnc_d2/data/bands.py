@@ -77,8 +77,12 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
         with rasterio.open(source) as src:
             return _read(src, bands, fill, window, with_valid)
     except RasterioIOError as exc:
-        raise OSError(f"cannot read {source} ({exc}): the file is truncated or corrupt; "
-                      "re-download or regenerate it") from None
+        from ..inference.sources import is_remote, redact
+
+        fix = ("check the URL, that its server answers and, for object storage, the credentials "
+               "GDAL reads") if is_remote(str(source)) else \
+            "the file is truncated or corrupt; re-download or regenerate it"
+        raise OSError(f"cannot read {redact(str(source))} ({redact(str(exc))}): {fix}") from None
 
 
 # predict.py's remedy for a scene with fewer bands than the model reads

@@ -117,11 +117,14 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list:
 
 
 def calibration_name(item) -> str:
-    """How export.json records one calibration image of :func:`calibration_files`."""
+    """How export.json records one calibration image of :func:`calibration_files` (a URL
+    without its query string's token)."""
+    from ..inference.sources import redact
+
     if isinstance(item, tuple):
         path, (col, row, width, height) = item
-        return f"{path} (window {col} {row} {width} {height})"
-    return str(item)
+        return f"{redact(str(path))} (window {col} {row} {width} {height})"
+    return redact(str(item))
 
 
 def calibration_tiles(files: list, bands: list[int], fill: list[float],
