@@ -221,3 +221,14 @@ def test_spacenet_tiles_are_grouped_by_city_as_the_tester_groups_them(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "mean city F1 (spacenet rules, grouped by city): 0.7083" in out.stdout
+
+
+def test_moved_scenes_are_found_by_name_and_signed_urls_only_locally():
+    """--scene-root maps a manifest's local path, and a URL whose token the manifest left out
+    (it cannot be read as recorded), to the file of that name there; other URLs stay."""
+    from mnc_d2.evaluation.folder_scoring import remap_scene
+
+    assert remap_scene("/old/place/a.tif", "/new") == "/new/a.tif"
+    assert remap_scene("https://host/b.tif?***", "/new") == "/new/b.tif"
+    assert remap_scene("https://host/c.tif", "/new") == "https://host/c.tif"
+    assert remap_scene("https://host/b.tif?***", None) == "https://host/b.tif?***"

@@ -234,6 +234,36 @@ def test_scenes_listed_by_a_stac_item_collection(tmp_path, served, monkeypatch):
         DatasetCatalog.remove("_stac_one")
 
 
+def test_a_registered_dataset_is_read_once_while_its_files_stay_the_same(tmp_path,
+                                                                         monkeypatch):
+    """A run asks for its datasets several times (band statistics, loaders, the evaluator):
+    the footprint file and the scenes are read once, each caller gets its own copy, and a
+    changed footprint file is read again."""
+    import os
+    import shutil
+
+    from detectron2.data import DatasetCatalog
+
+    import mnc_d2.data.geo_dataset as geo
+
+    labels = tmp_path / "labels.geojson"
+    shutil.copy(LABELS, labels)
+    loads = []
+    real = geo.load_geo_dicts
+    monkeypatch.setattr(geo, "load_geo_dicts", lambda *a: loads.append(a) or real(*a))
+    geo.register_geo_instances("_once", [str(TILE)], labels, tile_size=450)
+    try:
+        first, second = DatasetCatalog.get("_once"), DatasetCatalog.get("_once")
+        assert len(loads) == 1 and first == second and first is not second
+        first[0]["annotations"].clear()  # a caller's change reaches no other caller
+        assert DatasetCatalog.get("_once") == second and len(loads) == 1
+        stamp = labels.stat().st_mtime_ns + 10 ** 9
+        os.utime(labels, ns=(stamp, stamp))
+        assert DatasetCatalog.get("_once") == second and len(loads) == 2
+    finally:
+        DatasetCatalog.remove("_once")
+
+
 def test_bad_labels_and_files_say_which(tmp_path):
     frame = gpd.read_file(LABELS)
     frame.set_crs(None, allow_override=True).to_parquet(tmp_path / "nocrs.parquet")

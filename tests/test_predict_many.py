@@ -535,6 +535,19 @@ def test_stac_item_collection_of_remote_cogs_gives_the_local_buildings(
     assert manifest.status.tolist() == ["ok", "ok"] and (manifest.scene_gsd_m == 0.3).all()
     assert manifest.path.str.startswith(served.url).all()
     assert served.queries.count("token=SECRET") >= 2  # the token did reach the server
+    # Scoring the run needs each scene's grid, which the folder records: the manifest keeps
+    # no token, and the scenes need not be reachable any more (here: the server refuses them)
+    from mnc_d2.evaluation.folder_scoring import score_folder
+
+    truth = tmp_path / "truth.parquet"
+    pd.concat([gpd.read_parquet(local / "buildings" / f"good{k}.parquet") for k in range(2)]
+              )[["geometry"]].to_parquet(truth)
+    served.failing.update({"cog0.tif", "cog1.tif"})
+    try:
+        counts = [score_folder(folder, [str(truth)])[0].overall for folder in (remote, local)]
+    finally:
+        served.failing.clear()
+    assert [(c.tp, c.fp, c.fn) for c in counts] == [(counts[1].tp, 0, 0)] * 2
 
     # The Ray engine, given the same STAC input, writes the same rows (provenance included).
     ray = pytest.importorskip("ray")

@@ -253,6 +253,37 @@ def warn_mixed_gsd(what: str, gsds: dict[str, float]) -> bool:
     return True
 
 
+# (scenes, labels, tile_size, overlap, the local files' sizes and times) -> dataset dicts: a
+# training run asks for a dataset several times (band statistics, the training and test loaders,
+# the evaluator's truth), and each load reads the footprint file and opens every scene (over
+# the network for remote ones)
+_LOADED: dict = {}
+
+
+def _file_stamp(path: str):
+    """(size, modification time) of a local file; None for a URL or a missing file."""
+    if is_remote(path):
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _load_once(scenes: tuple, labels: str, tile_size: int, overlap: int) -> list[dict]:
+    """:func:`load_geo_dicts`, loaded once per process while the local files are unchanged;
+    each call gets its own copy."""
+    import copy
+
+    key = (scenes, labels, tile_size, overlap,
+           tuple(_file_stamp(p) for p in (labels, *scenes)))
+    if key not in _LOADED:
+        _LOADED.clear()  # one dataset's dicts held at a time per process (a city's can be big)
+        _LOADED[key] = load_geo_dicts(list(scenes), labels, tile_size, overlap)
+    return copy.deepcopy(_LOADED[key])
+
+
 def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
                            tile_size: int = 650, overlap: int = 0) -> None:
     """Register ``scenes`` and footprint file ``labels`` as Detectron2 dataset ``name`` (lazy:
@@ -272,7 +303,7 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
     with rasterio.open(scenes[0]) as src:
         count, gsd = src.count, scene_gsd_m(src)
         names = [d or "" for d in src.descriptions]
-    DatasetCatalog.register(name, functools.partial(load_geo_dicts, scenes, str(labels),
+    DatasetCatalog.register(name, functools.partial(_load_once, tuple(scenes), str(labels),
                                                     tile_size, overlap))
     meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
             "headline": "F1", "num_bands": count, "labels": str(labels)}

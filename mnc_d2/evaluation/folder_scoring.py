@@ -103,12 +103,17 @@ def read_truth(paths: list[str]):
     return "map", pd.concat(frames, ignore_index=True)
 
 
+REDACTED_QUERY = "?***"  # what a manifest path shows of a URL's query string (a token)
+
+
 def remap_scene(path: str, scene_root: str | None) -> str:
     """A manifest's scene path, or the file of the same name in ``scene_root`` when the scenes
-    moved (local paths only; a URL stays as it is)."""
-    if scene_root is None or "://" in path:
+    moved: local paths, and URLs whose query string the manifest left out (a signed URL's
+    token: not readable as recorded, so a local copy is what can be read); other URLs stay as
+    they are."""
+    if scene_root is None or ("://" in path and REDACTED_QUERY not in path):
         return path
-    return str(Path(scene_root) / Path(path).name)
+    return str(Path(scene_root) / Path(path.split("?", 1)[0]).name)
 
 
 @dataclass
@@ -128,13 +133,42 @@ class SceneFrames:
     truth: "object"
 
 
-def scene_grid(path: str):
-    """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a readable
-    scene, else None (logged)."""
+def recorded_grids(folder: Path) -> dict:
+    """Scene name -> (crs, transform, width, height) of each scene whose GeoParquet in
+    predict.py output ``folder`` records its pixel grid (folders written before predict.py
+    recorded it: none, and the scenes are opened instead). Reads the files' footers only."""
+    import json
+
+    import pyarrow.parquet as pq
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from ..inference.scenes import GRID_KEY
+
+    grids = {}
+    for path in sorted(Path(folder).glob("buildings/*.parquet")):
+        try:
+            raw = (pq.read_schema(path).metadata or {}).get(GRID_KEY)
+            if raw:
+                grid = json.loads(raw)
+                grids[path.stem] = (CRS.from_wkt(grid["crs"]) if grid["crs"] else None,
+                                    Affine(*grid["transform"]), int(grid["width"]),
+                                    int(grid["height"]))
+        except Exception as exc:  # noqa: BLE001 - a damaged file: read_scene_buildings says so
+            logger.debug("%s: no recorded grid (%s)", path, exc)
+    return grids
+
+
+def scene_grid(path: str, recorded: tuple | None = None):
+    """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a scene:
+    ``recorded`` (:func:`recorded_grids`) when given, else read from the scene; None (logged)
+    when it cannot be read."""
     import rasterio
 
     from ..inference.sources import scene_image_id
 
+    if recorded is not None:
+        return (*recorded, scene_image_id(path))
     try:
         with rasterio.open(path) as src:
             return src.crs, src.transform, src.width, src.height, scene_image_id(path)
@@ -143,12 +177,14 @@ def scene_grid(path: str):
         return None
 
 
-def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[SceneFrames]:
+def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
+                 grids: dict | None = None) -> list[SceneFrames]:
     """Each readable scene's buildings (``buildings``: EPSG:4326, ``scene`` and ``score``
     columns) at or above ``threshold`` and its truth (``truth``: what :func:`read_truth`
-    returns), in the scene's pixel grid; ``scene_paths``: scene name -> its GeoTIFF. With map
-    truth the ImageId is the scene's name (unique in a folder), with SpaceNet CSVs the
-    image's."""
+    returns), in the scene's pixel grid; ``scene_paths``: scene name -> its GeoTIFF; ``grids``:
+    the grids the folder records (:func:`recorded_grids`), used instead of opening a scene.
+    With map truth the ImageId is the scene's name (unique in a folder), with SpaceNet CSVs
+    the image's."""
     import geopandas as gpd
     import pandas as pd
     import shapely
@@ -160,7 +196,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float) -> list[
     kept = buildings["score"].to_numpy() >= threshold
     out = []
     for scene, path in scene_paths.items():
-        grid = scene_grid(path)
+        grid = scene_grid(path, (grids or {}).get(scene))
         if grid is None:
             continue
         crs, transform, width, height, image_id = grid
@@ -226,7 +262,8 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
     paths = {name: path for name, path in _readable_scenes(manifest, scene_root).items()
              if name not in unreadable}
     truth_kind, truth_table = read_truth(truth_paths)
-    scenes = scene_frames(buildings, paths, (truth_kind, truth_table), threshold)
+    scenes = scene_frames(buildings, paths, (truth_kind, truth_table), threshold,
+                          recorded_grids(folder))
     if not scenes:
         raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
                                "paths moved? pass --scene-root)")
@@ -275,14 +312,15 @@ def _in_metres(scene: SceneFrames, table):
     return table.assign(geometry=list(to_metres(geoms, scene.crs)) if geoms else [])
 
 
-def city_frame(buildings, scene_paths: dict, truth, threshold: float) -> SceneFrames:
+def city_frame(buildings, scene_paths: dict, truth, threshold: float,
+               grids: dict | None = None) -> SceneFrames:
     """A merged city's buildings (``buildings``: tools/merge_footprints.py's GeoParquet, any
     CRS, ``score`` column) at or above ``threshold`` and the map truth inside the readable
     scenes of ``scene_paths`` (scene name -> GeoTIFF), as ONE image for the SpaceNet scorer:
     coordinates in the local UTM zone divided by the scenes' median ground sample distance (the
     frame's ``transform`` scales them back), so the scorer's area rule (polygons under 20 px
     ignored) keeps its meaning. A building the merge unioned across a seam is one proposal, not
-    one per scene as when each scene is scored alone."""
+    one per scene as when each scene is scored alone. ``grids``: as :func:`scene_frames`'s."""
     import geopandas as gpd
     import pandas as pd
     import shapely
@@ -296,8 +334,8 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float) -> SceneFr
                                "with map truth (GeoJSON, GeoParquet, GeoPackage), or the "
                                "per-scene files without --city")
     footprints, pixels = [], []
-    for path in scene_paths.values():
-        grid = scene_grid(path)
+    for scene, path in scene_paths.items():
+        grid = scene_grid(path, (grids or {}).get(scene))
         if grid is None:
             continue
         crs, transform, width, height, _ = grid
@@ -368,7 +406,7 @@ def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
     run, manifest = read_run(folder)
     buildings = read_city(city)
     one = city_frame(buildings, _readable_scenes(manifest, scene_root), read_truth(truth_paths),
-                     float(run.get("score_thresh", 0.5)))
+                     float(run.get("score_thresh", 0.5)), recorded_grids(folder))
     if not len(one.truth):
         logger.warning("no truth polygon lies in the scenes of %s: every building counts as a "
                        "false positive (truth in another place?)", folder)

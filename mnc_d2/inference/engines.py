@@ -112,7 +112,8 @@ def process_scene(predictor, scene: Scene, out_dir: str | Path, formats: list[st
                 geo = write_scene_formats(pred, extra, {"scene": scene.name}, rgb_bands)
             info = dataclasses.replace(scene.info, datetime=pred.datetime)
             count = write_buildings_parquet(parquet_path(out_dir, scene), scene.name, geo,
-                                            pred.scores, pred.crs, info, provenance)
+                                            pred.scores, pred.crs, info, provenance,
+                                            pred.file_grid())
             return SceneRow(scene.name, shown, "ok", count, time.perf_counter() - start,
                             worker_name(), "", run_started, peak_rss_mb(), pred.gsd_m,
                             pred.model_gsd_m, "; ".join(pred.warnings))

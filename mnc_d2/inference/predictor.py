@@ -76,6 +76,16 @@ class ScenePrediction:
     warnings: list[str] = field(default_factory=list)  # logged, and kept in the manifest row
     # the scene file's own pixel grid, where the model saw it resampled (None: the same grid)
     file_transform: object = None
+    file_size: tuple | None = None  # its (width, height) then
+
+    def file_grid(self) -> dict:
+        """The scene file's own grid, as predict.py records it beside the buildings (so that
+        scoring needs no access to the scene): {"crs": WKT, "transform": 6 affine numbers,
+        "width", "height"}."""
+        transform = self.file_transform if self.file_transform is not None else self.transform
+        width, height = self.file_size or (self.width, self.height)
+        return {"crs": self.crs.to_wkt() if self.crs is not None else None,
+                "transform": list(transform)[:6], "width": int(width), "height": int(height)}
 
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
@@ -322,7 +332,8 @@ class ScenePredictor:
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
                                        self.model_gsd, when, warnings,
-                                       None if data is src else src.transform)
+                                       None if data is src else src.transform,
+                                       None if data is src else (src.width, src.height))
 
     def _band_warnings(self, src, names: list[str], bands: list[int], shown: str) -> list[str]:
         """The warning (in a list, or none) for a scene with more bands than the model reads

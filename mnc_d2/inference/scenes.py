@@ -266,16 +266,22 @@ def peak_rss_mb() -> float:
     return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+# the per-scene GeoParquet's key-value metadata holding the scene's pixel grid
+GRID_KEY = b"mnc_d2_grid"
+
+
 def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: list,
                             scores: list[float], crs, info: SceneInfo | None = None,
-                            run: dict | None = None) -> int:
+                            run: dict | None = None, grid: dict | None = None) -> int:
     """GeoParquet 1.1 (EPSG:4326, bbox covering) of one scene's buildings; atomic.
 
     ``polygons_map``: polygons in the scene's CRS ``crs``. ``area_m2`` is computed in the UTM
     zone of the scene (an equal-distance local metric CRS) before reprojection. Every row
     carries the imagery's ``datetime`` (UTC; null when unknown) and ``view_angle`` (degrees;
     null when unknown) from ``info``; the file's key-value metadata ``mnc_d2`` holds ``run``
-    (the run's identity: config and weights hashes, threshold, version) as JSON.
+    (the run's identity: config and weights hashes, threshold, version) as JSON, and
+    ``mnc_d2_grid`` the scene's pixel grid (``grid``: ``ScenePrediction.file_grid()``), which
+    scoring the folder reads instead of opening the scene (a signed URL's token is not kept).
     """
     import geopandas as gpd
     import pandas as pd
@@ -296,10 +302,13 @@ def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: lis
                    "geometry"]].to_crs("EPSG:4326")
     with atomic_path(path) as tmp:  # creates the parent folder
         frame.to_parquet(tmp, index=False, write_covering_bbox=True, schema_version="1.1.0")
-        if run is not None:
+        if run is not None or grid is not None:
             table = pq.read_table(tmp)
             meta = dict(table.schema.metadata or {})
-            meta[b"mnc_d2"] = json.dumps(run).encode()
+            if run is not None:
+                meta[b"mnc_d2"] = json.dumps(run).encode()
+            if grid is not None:
+                meta[GRID_KEY] = json.dumps(grid).encode()
             pq.write_table(table.replace_schema_metadata(meta), tmp)
     return n
 

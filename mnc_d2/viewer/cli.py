@@ -18,7 +18,9 @@ def main(argv=None) -> int:
     parser.add_argument("--city", help="a merged city GeoParquet (tools/merge_footprints.py) to "
                                        "draw instead of the per-scene files")
     parser.add_argument("--scene-root", help="folder where the scenes are now, when the "
-                                             "manifest's paths moved (matched by file name)")
+                                             "manifest's paths moved, or a local copy of "
+                                             "scenes read from signed URLs (matched by file "
+                                             "name)")
     parser.add_argument("--truth", nargs="+", metavar="FILE",
                         help="truth: SpaceNet CSVs (pixel coordinates, by ImageId) or GeoJSON / "
                              "GeoParquet; TP / FP / FN at the run's threshold, matched as "

@@ -96,7 +96,11 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
             lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
                                                                                              ys)
     except Exception as exc:  # an unreadable scene shows no image, the rest of the map stays
-        logger.warning("no imagery for %s: %s", path, exc)
+        from ..evaluation.folder_scoring import REDACTED_QUERY
+
+        hint = ("; predict.py keeps no URL's query string (a signed URL's token): give a local "
+                "copy of the scenes with --scene-root") if REDACTED_QUERY in path else ""
+        logger.warning("no imagery for %s: %s%s", path, exc, hint)
         return None
     if out is not None:
         image = stretch_to_uint8(data, limits=stretch)
@@ -120,14 +124,15 @@ def _buildings(folder: Path, city: str | None):
 
 
 def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
-                 threshold: float, city: bool = False):
+                 threshold: float, city: bool = False, grids: dict | None = None):
     """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
     scene by the SpaceNet tester's rules in the scene's pixel grid, or for a merged ``city``
     once over the whole city (tools/score.py's matching, with ``--city`` for the latter:
     :mod:`mnc_d2.evaluation.folder_scoring`), and the shape of each match (tools/score.py
     --polygon-metrics). Returns the buildings' columns (``match``; :data:`SHAPE_COLUMNS`, NaN
     where they do not apply), the truth GeoDataFrame (EPSG:4326, ``match``, ``scene``), the
-    counts and the matched pairs' shape summary."""
+    counts and the matched pairs' shape summary. ``grids``: the scenes' grids the folder
+    records (:func:`mnc_d2.evaluation.folder_scoring.recorded_grids`)."""
     import geopandas as gpd
     import pandas as pd
 
@@ -143,8 +148,8 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     readable = {s["scene"]: paths[s["scene"]] for s in scenes
                 if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
     truth = read_truth(truth_paths)
-    frames = ([city_frame(frame, readable, truth, threshold)] if city else
-              scene_frames(frame, readable, truth, threshold))
+    frames = ([city_frame(frame, readable, truth, threshold, grids)] if city else
+              scene_frames(frame, readable, truth, threshold, grids))
     for one in frames:
         result = score(one.truth, one.proposals, group_by="none")
         matched = np.flatnonzero(result.proposal_match >= 0)
@@ -258,8 +263,11 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     (site / "data").mkdir(exist_ok=True)
     shape_summary = None
     if truth:
+        from ..evaluation.folder_scoring import recorded_grids
+
         matched, truth_frame, counts, shape_summary = _match_truth(
-            frame, scenes, paths, truth, threshold, city=bool(city))
+            frame, scenes, paths, truth, threshold, city=bool(city),
+            grids=recorded_grids(folder))
         frame = frame.assign(**matched)
         columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
