@@ -306,7 +306,7 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
     DatasetCatalog.register(name, functools.partial(_load_once, tuple(scenes), str(labels),
                                                     tile_size, overlap))
     meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
-            "headline": "F1", "num_bands": count, "labels": str(labels)}
+            "headline": "F1", "num_bands": count, "labels": redact(str(labels))}
     if np.isfinite(gsd):
         meta["gsd_m"] = float(gsd)
     if all(names):
