@@ -542,12 +542,19 @@ def test_stac_item_collection_of_remote_cogs_gives_the_local_buildings(
     truth = tmp_path / "truth.parquet"
     pd.concat([gpd.read_parquet(local / "buildings" / f"good{k}.parquet") for k in range(2)]
               )[["geometry"]].to_parquet(truth)
+    from mnc_d2.viewer.site import build_site
+
     served.failing.update({"cog0.tif", "cog1.tif"})
     try:
         counts = [score_folder(folder, [str(truth)])[0].overall for folder in (remote, local)]
+        # the map outlines each scene from its recorded grid, without its imagery
+        unseen = build_site(remote, tmp_path / "site_remote")["scenes"]
     finally:
         served.failing.clear()
     assert [(c.tp, c.fp, c.fn) for c in counts] == [(counts[1].tp, 0, 0)] * 2
+    seen = build_site(local, tmp_path / "site_local")["scenes"]
+    assert [s["image"] for s in unseen] == [None, None] and all(s["image"] for s in seen)
+    assert np.allclose([s["corners"] for s in unseen], [s["corners"] for s in seen], atol=1e-9)
 
     # The Ray engine, given the same STAC input, writes the same rows (provenance included).
     ray = pytest.importorskip("ray")

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city, read_run,
-                                         read_scene_buildings, read_truth, remap_scene,
-                                         scene_frames)
+                                         read_scene_buildings, read_truth, recorded_grids,
+                                         remap_scene, scene_frames)
 from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -114,6 +114,17 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
     top_m = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])[2]
     return ([[float(a), float(b)] for a, b in zip(lon, lat)],
             {"path": path, "bands": chosen, "stretch": stretch}, float(top_m) / w)
+
+
+def _grid_corners(grid) -> list[list[float]]:
+    """The (lon, lat) corners of a recorded scene grid ((crs, transform, width, height):
+    :func:`mnc_d2.evaluation.folder_scoring.recorded_grids`), clockwise from the top left."""
+    from pyproj import Transformer
+
+    crs, transform, width, height = grid
+    xs, ys = zip(*[transform @ c for c in [(0, 0), (width, 0), (width, height), (0, height)]])
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+    return [[float(a), float(b)] for a, b in zip(lon, lat)]
 
 
 def _buildings(folder: Path, city: str | None):
@@ -233,6 +244,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
     for stale in ("imagery", "data/overview"):  # a rebuild's other kind
         shutil.rmtree(site / stale, ignore_errors=True)
+    grids = recorded_grids(folder)  # each scene's outline, where its imagery cannot be read
     scenes, paths, sources, resolution = [], {}, {}, []
     for row in manifest.itertuples():
         if row.scene in unreadable:  # shown and counted as a failed scene, with the reason
@@ -248,9 +260,12 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                 resolution.append(metres_per_px)
                 lons, lats = [c[0] for c in corners], [c[1] for c in corners]
                 sources[row.scene]["bounds"] = [min(lons), min(lats), max(lons), max(lats)]
+            elif grids.get(row.scene) and grids[row.scene][0] is not None:
+                corners = _grid_corners(grids[row.scene])  # its outline, without imagery
         scenes.append({"scene": row.scene, "status": row.status, "error": row.error or "",
                        "buildings": int(row.buildings), "corners": corners,
-                       "image": f"imagery/{row.scene}.png" if corners and not tiled else None})
+                       "image": f"imagery/{row.scene}.png" if row.scene in sources and not tiled
+                 else None})
     overview = None
     if tiled and sources:
         lat = float(np.mean([s["bounds"][1] for s in sources.values()]))
@@ -263,11 +278,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     (site / "data").mkdir(exist_ok=True)
     shape_summary = None
     if truth:
-        from ..evaluation.folder_scoring import recorded_grids
-
         matched, truth_frame, counts, shape_summary = _match_truth(
-            frame, scenes, paths, truth, threshold, city=bool(city),
-            grids=recorded_grids(folder))
+            frame, scenes, paths, truth, threshold, city=bool(city), grids=grids)
         frame = frame.assign(**matched)
         columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
