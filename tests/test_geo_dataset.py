@@ -467,6 +467,33 @@ def test_int8_calibration_reads_each_window_of_own_scenes():
     assert np.array_equal(tiles[1][0, 0], second.astype(np.float32))
 
 
+def test_int8_export_of_an_own_scene_run_registers_its_scenes_to_calibrate(tmp_path):
+    """export_model.py sets up without registering datasets (an exported model needs none),
+    but int8 calibration reads the training windows: from the run's DATASETS.GEO, registered
+    then; a DATASETS.GEO that is not here is an error naming it and --calibration."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from mnc_d2.config import add_mnc_config
+    from mnc_d2.export.quantize import ExportError, calibration_files
+
+    spec = tmp_path / "geo.yaml"
+    spec.write_text(f"_export_calib: {{scenes: [{TILE}], labels: {LABELS}, tile_size: 450}}\n")
+    cfg = get_cfg()
+    add_mnc_config(cfg)
+    cfg.DATASETS.GEO, cfg.DATASETS.TRAIN = str(spec), ("_export_calib",)
+    assert "_export_calib" not in DatasetCatalog.list()
+    try:
+        items = calibration_files(cfg, 2)
+    finally:
+        DatasetCatalog.remove("_export_calib")
+    assert items == [(str(TILE), (0, 0, 450, 450)), (str(TILE), (0, 450, 450, 450))]
+    cfg.DATASETS.GEO = str(tmp_path / "elsewhere.yaml")
+    with pytest.raises(ExportError, match=r"DATASETS.GEO .*elsewhere.yaml, which cannot be read "
+                                          r"here .*pass --calibration"):
+        calibration_files(cfg, 2)
+
+
 def test_band_statistics_of_own_scenes_read_a_window_at_a_time(tmp_path):
     """INPUT.BAND_STATS auto on DATASETS.GEO reads the scenes' windows, never a whole scene
     (a provider's scene of 40,000 px a side would not fit in memory as float64): the four

@@ -99,21 +99,41 @@ def calibration_files(cfg, count: int, paths: list[str] | None = None) -> list:
 
         from ..data.bands import dataset_image
 
+        geo, own = _register_own_scenes(cfg)
         files = []
         for name in cfg.DATASETS.TRAIN:
             try:
                 files += [dataset_image(d) for d in DatasetCatalog.get(name)]
             except (KeyError, FileNotFoundError, OSError, ValueError) as exc:
+                why = "not registered" if isinstance(exc, KeyError) else str(exc)
+                where = (f"its scenes and footprints, listed in DATASETS.GEO {geo}"
+                         if name in own else "DETECTRON2_DATASETS, the data root")
                 raise ExportError(
                     f"int8 calibration reads training tiles of DATASETS.TRAIN {name!r}, which "
-                    f"is not readable here ({exc}); set DETECTRON2_DATASETS to the data root or "
-                    "pass --calibration 'PATH/*.tif'") from None
+                    f"is not readable here ({why}); make {where}, readable here, or pass "
+                    "--calibration 'PATH/*.tif'") from None
     if not files:
         raise ExportError("int8 calibration found no image (DATASETS.TRAIN is empty and no "
                           "--calibration was given)")
     files = list(dict.fromkeys(files))  # a file listed by two datasets: once
     step = max(1, len(files) // count)
     return files[::step][:count]
+
+
+def _register_own_scenes(cfg) -> tuple[str, tuple]:
+    """Register the run's own-scene datasets (DATASETS.GEO), which export skips at set-up
+    (an exported model needs no dataset) but int8 calibration reads: (DATASETS.GEO, the names
+    it registered). An unreadable file is an error naming it and the way around it."""
+    if not cfg.DATASETS.GEO:
+        return "", ()
+    from ..data.geo_dataset import register_geo_file
+
+    try:
+        return cfg.DATASETS.GEO, tuple(register_geo_file(cfg.DATASETS.GEO))
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise ExportError(f"int8 calibration reads the run's training windows, from DATASETS.GEO "
+                          f"{cfg.DATASETS.GEO}, which cannot be read here ({exc}); pass "
+                          "--calibration 'PATH/*.tif'") from None
 
 
 def calibration_name(item) -> str:
