@@ -219,6 +219,22 @@ def test_scenes_listed_by_a_stac_item_collection(tmp_path, served, monkeypatch):
     files = sorted({d["file_name"] for d in dicts})
     assert files == sorted([f"{served.url}/remote.tif", f"{tmp_path}/local.tif"])
     assert len(dicts) == 8 and {d["image_id"][:6] for d in dicts} == {"remote", "local_"}
+    # assets that share a file name (each item's folder holding its visual.tif): image ids
+    # from the item ids, as predict.py names its outputs
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        rasterio.shutil.copy(TILE, tmp_path / folder / "visual.tif", driver="GTiff")
+    shared = {"type": "FeatureCollection", "features": [
+        item("item/a", "a/visual.tif"), item("item/b", "b/visual.tif")]}
+    (tmp_path / "shared.json").write_text(json.dumps(shared))
+    spec.write_text(f"_stac_shared: {{scenes: [shared.json], labels: {LABELS}, "
+                    "tile_size: 900}\n")
+    try:
+        register_geo_file(spec)
+        ids = [d["image_id"] for d in DatasetCatalog.get("_stac_shared")]
+    finally:
+        DatasetCatalog.remove("_stac_shared")
+    assert ids == ["item_a_0_0", "item_b_0_0"]
     tiff = {"href": "other.tif", "type": "image/tiff", "roles": ["data"]}
     search["features"][1] = item("local", "local.tif", {"other": tiff})
     (tmp_path / "search.json").write_text(json.dumps(search))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,18 +106,19 @@ class FootprintFile:
 
 
 def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
-                   overlap: int = 0) -> list[dict]:
+                   overlap: int = 0, stems: list[str] | None = None) -> list[dict]:
     """Dataset dicts of ``scenes`` cut into windows (module docstring). Each dict: file_name
     (the scene), image_id (``<scene stem>_<column>_<row>`` of the window's origin), height,
     width, window ([column, row, width, height] in the scene), crs, transform (the window's),
-    annotations (:func:`mnc_d2.data.spacenet.make_annotation`, window pixels)."""
+    annotations (:func:`mnc_d2.data.spacenet.make_annotation`, window pixels). ``stems``: the
+    scenes' names in image ids (default: their file names' stems; STAC scenes: item ids)."""
     from ..inference.predictor import scene_gsd_m
     from ..inference.tiling import tile_grid
     from .spacenet import make_annotation, raster_header
 
     if not scenes:
         raise ValueError("no scenes to register: pass GeoTIFF paths")
-    stems = [scene_stem(s) for s in scenes]
+    stems = list(stems) if stems else [scene_stem(s) for s in scenes]
     if len(set(stems)) != len(stems):
         twice = sorted(s for s in set(stems) if stems.count(s) > 1)
         raise ValueError(f"scene names repeat ({', '.join(twice)}): image ids are made from "
@@ -179,9 +181,12 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     return dicts
 
 
-def scene_stem(scene: str, suffix: bool = False) -> str:
+def scene_stem(scene: str, suffix: bool = False, stac_id: str | None = None) -> str:
     """A scene's file name without its suffix (``suffix``: with it), a URL's without its query
-    string (which may hold a token)."""
+    string (which may hold a token); a STAC item's id (``stac_id``, made file-name safe) when
+    given."""
+    if stac_id:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", stac_id)
     path = Path(without_query(str(scene)))
     return path.name if suffix else path.stem
 
@@ -271,24 +276,28 @@ def _file_stamp(path: str):
     return stat.st_size, stat.st_mtime_ns
 
 
-def _load_once(scenes: tuple, labels: str, tile_size: int, overlap: int) -> list[dict]:
+def _load_once(scenes: tuple, labels: str, tile_size: int, overlap: int,
+               stems: tuple | None = None) -> list[dict]:
     """:func:`load_geo_dicts`, loaded once per process while the local files are unchanged;
     each call gets its own copy."""
     import copy
 
-    key = (scenes, labels, tile_size, overlap,
+    key = (scenes, labels, tile_size, overlap, stems,
            tuple(_file_stamp(p) for p in (labels, *scenes)))
     if key not in _LOADED:
         _LOADED.clear()  # one dataset's dicts held at a time per process (a city's can be big)
-        _LOADED[key] = load_geo_dicts(list(scenes), labels, tile_size, overlap)
+        _LOADED[key] = load_geo_dicts(list(scenes), labels, tile_size, overlap,
+                                      list(stems) if stems else None)
     return copy.deepcopy(_LOADED[key])
 
 
 def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
-                           tile_size: int = 650, overlap: int = 0) -> None:
+                           tile_size: int = 650, overlap: int = 0,
+                           stems: list[str] | None = None) -> None:
     """Register ``scenes`` and footprint file ``labels`` as Detectron2 dataset ``name`` (lazy:
     read on first use), with the metadata the evaluator and a training run read: one group,
-    band count and metres per pixel of the first scene (the scenes should share them)."""
+    band count and metres per pixel of the first scene (the scenes should share them).
+    ``stems``: as :func:`load_geo_dicts`'s."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..inference.predictor import scene_gsd_m
@@ -304,7 +313,8 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
         count, gsd = src.count, scene_gsd_m(src)
         names = [d or "" for d in src.descriptions]
     DatasetCatalog.register(name, functools.partial(_load_once, tuple(scenes), str(labels),
-                                                    tile_size, overlap))
+                                                    tile_size, overlap,
+                                                    tuple(stems) if stems else None))
     meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
             "headline": "F1", "num_bands": count, "labels": redact(str(labels))}
     if np.isfinite(gsd):
@@ -354,24 +364,27 @@ def register_geo_file(path: str | Path) -> list[str]:
                              f"{', '.join(sorted(unknown))}; known: scenes, labels, tile_size, "
                              "overlap, stac_asset")
         patterns = entry["scenes"] if isinstance(entry["scenes"], list) else [entry["scenes"]]
-        scenes = []
+        scenes, stems = [], []
         for pattern in map(str, patterns):
             if is_stac(pattern):  # a STAC item, item collection or catalog: its items' scenes
                 source = pattern if is_remote(pattern) or Path(pattern).is_absolute() \
                     else str(path.parent / pattern)
-                found = [href for href, _ in expand_stac(
-                    source, entry.get("stac_asset"),
-                    option=f"'stac_asset: KEY' in {name!r} of DATASETS.GEO {path}")]
+                found = expand_stac(source, entry.get("stac_asset"),
+                                    option=f"'stac_asset: KEY' in {name!r} of DATASETS.GEO {path}")
                 if not found:
                     raise ValueError(f"DATASETS.GEO {path}: {name!r} scenes {redact(pattern)}: "
                                      "the STAC document holds no items")
-                scenes += found
+                scenes += [href for href, _ in found]
+                # named by item id, as tools/predict.py names them (assets of many catalogs
+                # share a file name: each item's visual.tif)
+                stems += [scene_stem(href, stac_id=info.stac_id) for href, info in found]
                 continue
             if is_remote(pattern):  # a URL or /vsi path: as it is, one scene
                 if glob.has_magic(without_query(pattern)):
                     raise ValueError(f"DATASETS.GEO {path}: {name!r} scenes {redact(pattern)}: "
                                      "a URL is one scene, not a pattern; list each scene's URL")
                 scenes.append(pattern)
+                stems.append(scene_stem(pattern))
                 continue
             pattern = str(path.parent / pattern) if not Path(pattern).is_absolute() else pattern
             found = sorted(glob.glob(pattern))
@@ -379,11 +392,12 @@ def register_geo_file(path: str | Path) -> list[str]:
                 raise FileNotFoundError(f"DATASETS.GEO {path}: {name!r} scenes {pattern} match "
                                         "no file")
             scenes += found
+            stems += [scene_stem(s) for s in found]
         labels = str(entry["labels"])
         if not is_remote(labels) and not Path(labels).is_absolute():
             labels = str(path.parent / labels)
         if name not in DatasetCatalog.list():
             register_geo_instances(name, scenes, labels, int(entry.get("tile_size", 650)),
-                                   int(entry.get("overlap", 0)))
+                                   int(entry.get("overlap", 0)), stems)
         names.append(name)
     return names
