@@ -77,10 +77,9 @@ def read_bands(source, bands: list[int], fill: list[float] | None = None,
         with rasterio.open(source) as src:
             return _read(src, bands, fill, window, with_valid)
     except RasterioIOError as exc:
-        from ..inference.sources import is_remote, redact
+        from ..inference.sources import REMOTE_READ_HINT, is_remote, redact
 
-        fix = ("check the URL, that its server answers and, for object storage, the credentials "
-               "GDAL reads") if is_remote(str(source)) else \
+        fix = REMOTE_READ_HINT if is_remote(str(source)) else \
             "the file is truncated or corrupt; re-download or regenerate it"
         raise OSError(f"cannot read {redact(str(source))} ({redact(str(exc))}): {fix}") from None
 

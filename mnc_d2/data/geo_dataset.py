@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +35,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import transform as window_transform
 
 from ..geometry.polygons import pixel_to_map
-from ..inference.sources import expand_stac, is_remote, is_stac, redact, without_query
+from ..inference.scenes import scene_stem
+from ..inference.sources import (REMOTE_READ_HINT, expand_stac, is_remote, is_stac, redact,
+                                 without_query)
 from .labels import (LabelError, RepairLog, clip_to_tile, read_geojson_footprints,
                      to_pixel_footprints)
 
@@ -72,9 +73,8 @@ class FootprintFile:
         except Exception as exc:  # pyogrio's DataSourceError, HTTP errors, ...
             if not remote:
                 raise
-            raise LabelError(f"{shown} cannot be read ({redact(str(exc))}): check the URL, "
-                             "that its server answers and, for object storage, the "
-                             "credentials GDAL reads") from None
+            raise LabelError(f"{shown} cannot be read ({redact(str(exc))}): "
+                             f"{REMOTE_READ_HINT}") from None
         self.per_scene = False
         if suffix in (".geojson", ".json"):
             x0, y0, x1, y1 = frame.total_bounds if len(frame) else (0, 0, 0, 0)
@@ -129,7 +129,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     gsds, cuts, first = [], RepairLog(), None
     dicts, bare, blank = [], [], 0
     for scene, stem in zip(scenes, stems):
-        head = raster_header(scene if is_remote(scene) else Path(scene))
+        head = raster_header(scene)
         first = first or head
         gsds.append(scene_gsd_m(SimpleNamespace(**head)))
         footprints = source.pixel_polygons(head["crs"], head["transform"], head["width"],
@@ -165,7 +165,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         raise LabelError(
             f"none of the {len(source.frame)} footprints of {labels} (bounds "
             f"{_bounds_text(source.frame.total_bounds)} in {crs}) lies on the {len(scenes)} "
-            f"scene(s) ({', '.join(scene_stem(s, suffix=True) for s in scenes[:3])}"
+            f"scene(s) ({', '.join(scene_file_name(s) for s in scenes[:3])}"
             f"{', ...' if len(scenes) > 3 else ''}; the first covers {covers} there): the "
             "labels are of another place or in another CRS than the file says (set it: "
             "GeoDataFrame.set_crs, or ogr2ogr -a_srs); for scenes without buildings on "
@@ -181,14 +181,9 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     return dicts
 
 
-def scene_stem(scene: str, suffix: bool = False, stac_id: str | None = None) -> str:
-    """A scene's file name without its suffix (``suffix``: with it), a URL's without its query
-    string (which may hold a token); a STAC item's id (``stac_id``, made file-name safe) when
-    given."""
-    if stac_id:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", stac_id)
-    path = Path(without_query(str(scene)))
-    return path.name if suffix else path.stem
+def scene_file_name(scene: str) -> str:
+    """A scene's file name, a URL's without its query string (which may hold a token)."""
+    return Path(without_query(str(scene))).name
 
 
 def _bounds_text(bounds) -> str:
@@ -225,7 +220,7 @@ def warn_unlabelled_scenes(labels, bare: list[str], total: int) -> None:
     """Warn that ``bare`` scenes (of ``total``) have no footprint of ``labels`` while others do:
     legitimate for scenes without buildings, but also what a footprint file that lacks an
     area's labels looks like, and such scenes train their buildings as background."""
-    names = ", ".join(scene_stem(s, suffix=True) for s in bare[:5]) + \
+    names = ", ".join(scene_file_name(s) for s in bare[:5]) + \
         (", ..." if len(bare) > 5 else "")
     logger.warning("%d of %d scenes have no footprint of %s on them (%s): they train as "
                    "background only. If they show buildings, the file lacks their labels: add "
@@ -308,10 +303,9 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
         raise ValueError(f"{name}: no scenes to register: pass GeoTIFF paths")
     if any(is_remote(s) for s in scenes):
         use_remote_gdal_defaults()
-    raster_header(scenes[0])  # an unreadable first scene: an error naming it, the fix
-    with rasterio.open(scenes[0]) as src:
-        count, gsd = src.count, scene_gsd_m(src)
-        names = [d or "" for d in src.descriptions]
+    head = raster_header(scenes[0])  # an unreadable first scene: an error naming it, the fix
+    count, gsd = head["count"], scene_gsd_m(SimpleNamespace(**head))
+    names = [d or "" for d in head["descriptions"]]
     DatasetCatalog.register(name, functools.partial(_load_once, tuple(scenes), str(labels),
                                                     tile_size, overlap,
                                                     tuple(stems) if stems else None))
@@ -377,7 +371,7 @@ def register_geo_file(path: str | Path) -> list[str]:
                 scenes += [href for href, _ in found]
                 # named by item id, as tools/predict.py names them (assets of many catalogs
                 # share a file name: each item's visual.tif)
-                stems += [scene_stem(href, stac_id=info.stac_id) for href, info in found]
+                stems += [scene_stem(href, info) for href, info in found]
                 continue
             if is_remote(pattern):  # a URL or /vsi path: as it is, one scene
                 if glob.has_magic(without_query(pattern)):

@@ -59,7 +59,7 @@ class RasterError(ValueError):
 def raster_header(path: Path) -> dict:
     """Open a GeoTIFF (a path, or a URL: named without its query string's token in errors),
     check it is georeferenced and complete; return its header fields."""
-    from ..inference.sources import is_remote, redact
+    from ..inference.sources import REMOTE_READ_HINT, is_remote, redact
 
     shown = redact(str(path))
     try:
@@ -70,11 +70,11 @@ def raster_header(path: Path) -> dict:
             # Reading the last pixel touches the last block: a truncated file fails here.
             src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
             return {"height": src.height, "width": src.width, "count": src.count,
-                    "crs": src.crs, "transform": src.transform, "nodata": src.nodata}
+                    "crs": src.crs, "transform": src.transform, "nodata": src.nodata,
+                    "descriptions": src.descriptions}
     except RasterioIOError as exc:
-        fix = ("check the URL, that its server answers and, for object storage, the "
-               "credentials GDAL reads (e.g. AWS_* variables for s3://)") if is_remote(str(path)) \
-            else "it is truncated or corrupt: re-download or regenerate it"
+        fix = REMOTE_READ_HINT if is_remote(str(path)) else \
+            "it is truncated or corrupt: re-download or regenerate it"
         raise RasterError(f"{shown} cannot be read as a GeoTIFF ({redact(str(exc))}); "
                           f"{fix}") from None
 

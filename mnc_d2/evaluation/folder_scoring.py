@@ -103,14 +103,13 @@ def read_truth(paths: list[str]):
     return "map", pd.concat(frames, ignore_index=True)
 
 
-REDACTED_QUERY = "?***"  # what a manifest path shows of a URL's query string (a token)
-
-
 def remap_scene(path: str, scene_root: str | None) -> str:
     """A manifest's scene path, or the file of the same name in ``scene_root`` when the scenes
     moved: local paths, and URLs whose query string the manifest left out (a signed URL's
     token: not readable as recorded, so a local copy is what can be read); other URLs stay as
     they are."""
+    from ..inference.sources import REDACTED_QUERY
+
     if scene_root is None or ("://" in path and REDACTED_QUERY not in path):
         return path
     return str(Path(scene_root) / Path(path.split("?", 1)[0]).name)

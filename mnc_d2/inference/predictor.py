@@ -258,16 +258,13 @@ class ScenePredictor:
         self.pipeline = True  # read and polygonise beside the model (see _predict_grid)
         self.timings = collections.Counter()
 
-    def _read(self, src, bands: list[int], window, masked: bool, match=None):
+    def _read(self, src, bands: list[int], window, match=None):
         """(H, W, C) model input values of one window (INPUT.DN_TRANSFORM of its DNs; with
         ``match``, a (gain, offset) pair of (C,) arrays, mapped by ``x * gain + offset``),
         pixels outside the data (nodata, mask or alpha band, a mosaic's empty parts) set to the
         band means; and (H, W) bool: inside the data."""
-        if masked:  # pixels outside GDAL's dataset mask filled by the reader
-            image, valid = read_bands(src, bands, self.fill, window, with_valid=True)
-        else:
-            image = read_bands(src, bands, self.fill, window)
-            valid = np.ones(image.shape[:2], dtype=bool)
+        # pixels outside GDAL's dataset mask filled by the reader
+        image, valid = read_bands(src, bands, self.fill, window, with_valid=True)
         image = self.dn.forward(image)
         if match is not None:
             image = (image * match[0] + match[1]).astype(np.float32)
@@ -403,7 +400,7 @@ class ScenePredictor:
 
         def read_batch(chunk):
             began = time.perf_counter()
-            out = [self._read(data, bands, t.window, masked, match) for t in chunk]
+            out = [self._read(data, bands, t.window, match) for t in chunk]
             clock["read"] += time.perf_counter() - began
             return out
 

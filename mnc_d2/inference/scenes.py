@@ -146,7 +146,9 @@ def expand_inputs(items: list[str], stac_asset: str | None = None,
     return name_scenes(unique, infos)
 
 
-def _stem(path: str, info: SceneInfo | None) -> str:
+def scene_stem(path: str, info: SceneInfo | None = None) -> str:
+    """A scene's name in outputs and image ids: its STAC item id (made file-name safe) when
+    known, else its file name's stem (a URL's without its query string)."""
     if info is not None and info.stac_id:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", info.stac_id)
     if is_remote(path):
@@ -160,11 +162,11 @@ def name_scenes(paths: list[str], infos: dict | None = None) -> list[Scene]:
     infos = infos or {}
     stems: dict[str, int] = {}
     for p in paths:
-        stem = _stem(p, infos.get(p))
+        stem = scene_stem(p, infos.get(p))
         stems[stem] = stems.get(stem, 0) + 1
     scenes = []
     for p in paths:
-        stem = _stem(p, infos.get(p))
+        stem = scene_stem(p, infos.get(p))
         if stems[stem] > 1:
             key = without_query(p) if is_remote(p) else str(Path(p).resolve())
             stem = f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

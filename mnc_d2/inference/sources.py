@@ -68,12 +68,19 @@ def is_stac(path: str) -> bool:
     return without_query(path).lower().endswith(".json")
 
 
+# what :func:`redact` leaves of a URL's query string (a signed URL's token)
+REDACTED_QUERY = "?***"
+# the remedy named when a URL cannot be read
+REMOTE_READ_HINT = ("check the URL, that its server answers and, for object storage, the "
+                    "credentials GDAL reads (e.g. AWS_* variables for s3://)")
+
+
 def redact(text: str) -> str:
     """``text`` with every URL's query string and user:password part replaced by ``***``."""
     def one(match: re.Match) -> str:
         scheme, rest, query = match.group(1), match.group(2), match.group(3)
         rest = _USERINFO.sub("***@", rest)
-        return scheme + rest + ("?***" if query else "")
+        return scheme + rest + (REDACTED_QUERY if query else "")
 
     return _URL.sub(one, str(text))
 

@@ -70,7 +70,6 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
     lat), its tile source, the overview's metres per pixel), or None (unreadable)."""
     import cv2
     import rasterio
-    from pyproj import Transformer
     from rasterio.enums import Resampling
 
     from ..evaluation.visualize import stretch_limits, stretch_to_uint8
@@ -91,12 +90,9 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
             # one stretch for the overview and the full-resolution tiles the server cuts, from
             # the scene's valid pixels
             stretch = stretch_limits(data, valid=alpha > 0)
-            corners_px = [(0, 0), (src.width, 0), (src.width, src.height), (0, src.height)]
-            xs, ys = zip(*[src.transform @ c for c in corners_px])
-            lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs,
-                                                                                             ys)
+            corners = _grid_corners((src.crs, src.transform, src.width, src.height))
     except Exception as exc:  # an unreadable scene shows no image, the rest of the map stays
-        from ..evaluation.folder_scoring import REDACTED_QUERY
+        from ..inference.sources import REDACTED_QUERY
 
         hint = ("; predict.py keeps no URL's query string (a signed URL's token): give a local "
                 "copy of the scenes with --scene-root") if REDACTED_QUERY in path else ""
@@ -111,9 +107,8 @@ def _scene_image(path: str, bands: list[int], out: Path | None, overview_px: int
                 raise OSError(f"could not write {out} (cv2.imwrite failed)")
     from pyproj import Geod
 
-    top_m = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])[2]
-    return ([[float(a), float(b)] for a, b in zip(lon, lat)],
-            {"path": path, "bands": chosen, "stretch": stretch}, float(top_m) / w)
+    top_m = Geod(ellps="WGS84").inv(*corners[0], *corners[1])[2]
+    return corners, {"path": path, "bands": chosen, "stretch": stretch}, float(top_m) / w
 
 
 def _grid_corners(grid) -> list[list[float]]:
@@ -264,8 +259,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                 corners = _grid_corners(grids[row.scene])  # its outline, without imagery
         scenes.append({"scene": row.scene, "status": row.status, "error": row.error or "",
                        "buildings": int(row.buildings), "corners": corners,
-                       "image": f"imagery/{row.scene}.png" if row.scene in sources and not tiled
-                 else None})
+                       "image": (f"imagery/{row.scene}.png"
+                                 if row.scene in sources and not tiled else None)})
     overview = None
     if tiled and sources:
         lat = float(np.mean([s["bounds"][1] for s in sources.values()]))
