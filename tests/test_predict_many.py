@@ -4,8 +4,6 @@ local and Ray engines writing the same outputs, a dead Ray worker recovered."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -311,45 +309,6 @@ def test_a_ray_address_where_nothing_answers_fails_at_once(tmp_path, trained, sc
     assert not (tmp_path / "o" / "manifest.parquet").exists()
 
 
-def test_merge_footprints_unions_buildings_across_scene_borders(tmp_path):
-    from mnc_d2.inference.merge import merge_footprints
-    from mnc_d2.inference.scenes import write_buildings_parquet
-
-    crs = "EPSG:32611"  # metres; scene A covers x 500000..500100, B 500080..500180
-    x0, y0 = 500000.0, 4000000.0
-
-    def b(x1, y1, x2, y2):
-        return shapely.box(x0 + x1, y0 + y1, x0 + x2, y0 + y2)
-
-    scene_a = [b(10, 10, 20, 20), b(70, 20, 100, 40), b(85, 60, 95, 70)]
-    scene_b = [b(80, 20, 120, 40), b(85, 60, 95, 70), b(150, 50, 160, 60)]
-    from mnc_d2.inference.sources import SceneInfo
-
-    folder = tmp_path / "pred"
-    run = {"weights_sha256": "abc", "score_thresh": 0.5}
-    write_buildings_parquet(folder / "buildings" / "A.parquet", "A", scene_a, [0.9, 0.8, 0.6],
-                            crs, SceneInfo(datetime="2017-05-01T10:00:00Z", view_angle=12.5), run)
-    write_buildings_parquet(folder / "buildings" / "B.parquet", "B", scene_b, [0.7, 0.95, 0.5],
-                            crs, SceneInfo(datetime="2018-06-02T11:30:00Z"), run)
-    write_buildings_parquet(folder / "buildings" / "C.parquet", "C", [], [], crs)  # no buildings
-    stats = merge_footprints(folder, tmp_path / "city.parquet")
-    city = gpd.read_parquet(tmp_path / "city.parquet")
-    assert stats == {"scenes": 3, "empty_scenes": 1, "read": 6, "written": 4, "merged_groups": 2,
-                     "unreadable": {}}
-    assert city.crs.to_epsg() == 4326 and city.building_id.tolist() == [0, 1, 2, 3]
-    metric = city.to_crs(crs)
-    areas = sorted(np.round(metric.area.to_numpy()).tolist())
-    assert areas == [100.0, 100.0, 100.0, 1000.0]  # cut building 70..120 x 20..40 reassembled
-    assert np.allclose(np.sort(city.area_m2.to_numpy()), [100, 100, 100, 1000], rtol=1e-3)
-    merged = city[city.scenes == "A,B"].sort_values("score")
-    assert len(merged) == 2 and merged.score.tolist() == [0.8, 0.95]  # the higher
-    # provenance: the best-scoring part's date and view angle (NaN: B's item gave none)
-    assert [t.isoformat() for t in merged.datetime] == ["2017-05-01T10:00:00+00:00",
-                                                        "2018-06-02T11:30:00+00:00"]
-    assert merged.view_angle.iloc[0] == 12.5 and np.isnan(merged.view_angle.iloc[1])
-    assert json.loads(pq.read_schema(tmp_path / "city.parquet").metadata[b"mnc_d2"]) == run
-
-
 def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -388,64 +347,6 @@ def test_weights_of_another_model_are_refused_by_prediction_and_export(tmp_path,
                             "MODEL.WEIGHTS", str(weights)]) == 2
         assert words in capsys.readouterr().err
         assert not (tmp_path / f"x_{weights.stem}").exists()
-
-
-def test_merge_footprints_along_a_row_of_three_scenes(tmp_path):
-    """Seams between A|B and B|C: each cut building is reassembled once, whatever the order in
-    which the scenes are visited."""
-    from mnc_d2.inference.merge import merge_footprints
-    from mnc_d2.inference.scenes import write_buildings_parquet
-
-    crs, x0, y0 = "EPSG:32611", 500000.0, 4000000.0
-
-    def b(x1, x2):
-        return shapely.box(x0 + x1, y0 + 10, x0 + x2, y0 + 20)
-
-    folder = tmp_path / "pred"
-    # A covers x 0..100, B 80..200, C 180..300 (building extents reach the borders).
-    parts = {"A": [b(0, 10), b(70, 100)], "B": [b(80, 120), b(150, 200)], "C": [b(180, 230),
-                                                                              b(290, 300)]}
-    for name, geoms in parts.items():
-        write_buildings_parquet(folder / "buildings" / f"{name}.parquet", name, geoms,
-                                [0.5] * len(geoms), crs)
-    stats = merge_footprints(folder, tmp_path / "city.parquet")
-    city = gpd.read_parquet(tmp_path / "city.parquet").to_crs(crs)
-    widths = sorted(np.round(city.bounds.maxx - city.bounds.minx).astype(int).tolist())
-    assert widths == [10, 10, 50, 80]  # 70..120 and 150..230 reassembled, the ends untouched
-    assert stats["merged_groups"] == 2 and stats["written"] == 4
-
-
-def test_merge_leaves_out_a_damaged_scene_file_and_merges_a_run_without_buildings(tmp_path):
-    from mnc_d2.inference.merge import merge_footprints
-    from mnc_d2.inference.scenes import write_buildings_parquet
-
-    crs, x0, y0 = "EPSG:32611", 500000.0, 4000000.0
-    folder = tmp_path / "pred"
-    for k, name in enumerate("ABC"):
-        write_buildings_parquet(folder / "buildings" / f"{name}.parquet", name,
-                                [shapely.box(x0 + 200 * k, y0, x0 + 200 * k + 10, y0 + 10)],
-                                [0.9], crs)
-    damaged = folder / "buildings" / "B.parquet"
-    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by an interrupted copy
-    tool = [sys.executable, str(ROOT / "tools" / "merge_footprints.py"), str(folder), "--out",
-            str(tmp_path / "city.parquet")]
-    run = subprocess.run(tool, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1, run.stderr  # the others merged, the damaged one named
-    assert f"not merged: {damaged} cannot be read" in run.stderr
-    assert "run tools/predict.py again with the same --output" in run.stderr
-    city = gpd.read_parquet(tmp_path / "city.parquet")
-    assert sorted(city.scenes) == ["A", "C"]
-    for name in "AC":  # every file damaged: an error naming the folder
-        (folder / "buildings" / f"{name}.parquet").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="none of the 3 per-scene GeoParquet files"):
-        merge_footprints(folder, tmp_path / "none.parquet")
-    # a run that found no building anywhere merges into an empty city, not an error
-    empty = tmp_path / "empty"
-    for name in "AB":
-        write_buildings_parquet(empty / "buildings" / f"{name}.parquet", name, [], [], crs)
-    stats = merge_footprints(empty, tmp_path / "new" / "folder" / "empty.parquet")
-    assert stats["written"] == 0 and stats["empty_scenes"] == 2
-    assert len(gpd.read_parquet(tmp_path / "new" / "folder" / "empty.parquet")) == 0
 
 
 # --- remote inputs: COGs over HTTP, STAC, VRT mosaics, other pixel sizes -----------------------

@@ -1,21 +1,22 @@
 """Merge the per-scene GeoParquet files of a prediction folder into one city-wide GeoParquet.
 
-Neighbouring scenes of a mosaic overlap, so a building near a seam is found twice (once per
-scene) or cut in two pieces. Buildings of *different* scenes that overlap (any intersection of
-positive area) are unioned into one, keeping the higher score; buildings of the same scene are
-never merged with each other. The grouping is the one used between tiles inside a scene
-(:func:`.tiling.overlap_groups`), which there asks for more: an overlap above 30% of the
-smaller polygon (``merge_overlap``).
+Neighbouring scenes abut or overlap, so a building on a seam is found once per scene that sees
+it, whole or cut in pieces. Which polygons of *different* scenes are one building, and what
+stands for it (the best-scoring whole one, or the union of the pieces with the seam's gap
+bridged), is :mod:`.seams`' rule; buildings of the same scene are joined only through another
+scene's. The scenes' footprints come from the pixel grid each file records (the scene's own
+file, through the folder's manifest, for files written before predict.py recorded it).
 
 Streaming, so memory does not grow with the city: scenes are visited in Hilbert order of their
-extents; a building that touches no other scene's extent is written at once, the others wait in
-a seam pool until every scene whose extent they touch has been read, then their overlapping
-groups are unioned and written. The pool holds the seam buildings along the frontier of visited
-scenes (for a mosaic visited in Hilbert order: about the seams of a few neighbouring scenes).
-Output rows are written scene by scene in Hilbert order and, inside each batch, sorted by the
-Hilbert distance of their centroids; ``building_id`` is renumbered over the city and ``scenes``
-lists the scene(s) each building came from; ``datetime`` and ``view_angle`` are kept (a unioned
-building keeps its best-scoring part's), and so is the file metadata naming the run. Torch-free.
+footprints; a building that comes nowhere near another scene's footprint is written at once, the
+others wait in a seam pool until every scene whose footprint they reach has been read, then
+their groups are resolved and written. The pool holds the seam buildings along the frontier of
+visited scenes (for a mosaic visited in Hilbert order: about the seams of a few neighbouring
+scenes). Output rows are written scene by scene in Hilbert order and, inside each batch, sorted
+by the Hilbert distance of their centroids; ``building_id`` is renumbered over the city and
+``scenes`` lists the scene(s) each building came from; ``datetime`` and ``view_angle`` are kept
+(a merged building keeps the values of the member whose row stands for it), and so is the file
+metadata naming the run. Torch-free.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import shapely
 
 from ..utils.atomic import atomic_path
 from .scenes import area_m2, damaged_file_message, unreadable_reason
-from .tiling import overlap_groups
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,66 @@ def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float],
                 writer.write_table(pq.read_table(chunk).replace_schema_metadata(schema.metadata))
 
 
-def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
-    """Merge ``folder/buildings/*.parquet`` into the GeoParquet ``dest`` (module docstring).
+def _scene_paths(folder: Path) -> dict:
+    """Scene name -> its file as the folder's manifest names it ({} without a manifest)."""
+    import pandas as pd
+
+    manifest = Path(folder) / "manifest.parquet"
+    if not manifest.is_file():
+        return {}
+    try:
+        rows = pd.read_parquet(manifest, columns=["scene", "path"])
+    except Exception as exc:  # noqa: BLE001 - the footprints fall back to the buildings' boxes
+        logger.warning("%s cannot be read (%s): scenes without a recorded grid are not opened",
+                       manifest, exc)
+        return {}
+    return dict(zip(rows["scene"].astype(str), rows["path"].astype(str)))
+
+
+def scene_extents(folder: Path, files: list[Path], boxes: list) -> tuple[list, list[str]]:
+    """Each file's :class:`.seams.SceneExtent`: the grid it records, else its scene's (opened
+    through the manifest), else its buildings' bounding box (``boxes``) at the fallback pixel
+    size; and the names of the scenes given that fallback."""
+    import pyarrow.parquet as pq
+    import rasterio
+
+    from .seams import FALLBACK_GSD_M, SceneExtent, grid_extent, recorded_extent
+
+    paths, extents, guessed = None, [], []
+    for path, box in zip(files, boxes):
+        extent = recorded_extent(pq.read_schema(path).metadata)
+        if extent is None:
+            paths = _scene_paths(folder) if paths is None else paths
+            try:
+                with rasterio.open(paths[path.stem]) as src:
+                    extent = grid_extent(src.crs, src.transform, src.width, src.height)
+            except Exception as exc:  # noqa: BLE001 - not in the manifest, moved, unreadable
+                logger.debug("scene %s: no grid (%s)", path.stem, exc)
+                extent = SceneExtent(shapely.box(*box), FALLBACK_GSD_M, False)
+                guessed.append(path.stem)
+        extents.append(extent)
+    if guessed:
+        logger.warning("%d scene(s) record no pixel grid and cannot be opened (e.g. %s): their "
+                       "extent is their buildings' bounding box at %.2f m per pixel; predict.py "
+                       "of this version records the grid", len(guessed), guessed[0],
+                       FALLBACK_GSD_M)
+    return extents, guessed
+
+
+def _reach(extent, tolerance_px: float):
+    """The footprint grown by the seam tolerance, in degrees (the longitude degree's length at
+    the footprint's highest latitude: at least the tolerance everywhere)."""
+    lat = min(max(abs(extent.footprint.bounds[1]), abs(extent.footprint.bounds[3])), 89.0)
+    metres = tolerance_px * extent.gsd_m
+    return shapely.buffer(shapely.envelope(extent.footprint),
+                          metres / (111_000.0 * np.cos(np.radians(lat))), join_style="mitre")
+
+
+def merge_footprints(folder: str | Path, dest: str | Path,
+                     tolerance_px: float | None = None, min_overlap: float | None = None
+                     ) -> dict:
+    """Merge ``folder/buildings/*.parquet`` into the GeoParquet ``dest`` (module docstring);
+    ``tolerance_px`` and ``min_overlap``: the seam rule's (:mod:`.seams`; None: its defaults).
 
     Returns counts: scenes, buildings read, buildings written, seam groups merged, and the
     scenes whose file cannot be read (``unreadable``: name -> reason), which are left out.
@@ -85,6 +143,13 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from .seams import SEAM_MIN_OVERLAP, SEAM_TOLERANCE_PX
+
+    tolerance_px = SEAM_TOLERANCE_PX if tolerance_px is None else float(tolerance_px)
+    min_overlap = SEAM_MIN_OVERLAP if min_overlap is None else float(min_overlap)
+    if not tolerance_px >= 0 or not 0 < min_overlap <= 1:
+        raise ValueError(f"seam tolerance {tolerance_px} px and overlap {min_overlap}: use a "
+                         "tolerance >= 0 and an overlap in (0, 1]")
     files = sorted((Path(folder) / "buildings").glob("*.parquet"))
     files = [f for f in files if not f.name.startswith(".")]
     if not files:
@@ -101,19 +166,22 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
         raise FileNotFoundError(f"none of the {len(unreadable)} per-scene GeoParquet files "
                                 f"under {Path(folder) / 'buildings'} can be read (the first: "
                                 f"{next(iter(unreadable.values()))})")
-    extents = [_extent(f) for f in files]
-    scenes = [(f, e) for f, e in zip(files, extents) if e is not None]
+    boxes = [_extent(f) for f in files]
+    scenes = [(f, e) for f, e in zip(files, boxes) if e is not None]  # with buildings
     empty_scenes = len(files) - len(scenes)
-    boxes = gpd.GeoSeries([shapely.box(*e) for _, e in scenes], crs="EPSG:4326")
-    order = (np.argsort(boxes.hilbert_distance().to_numpy(), kind="stable") if len(boxes)
+    extents, guessed = scene_extents(Path(folder), [f for f, _ in scenes],
+                                     [e for _, e in scenes])
+    outlines = gpd.GeoSeries([e.footprint for e in extents], crs="EPSG:4326")
+    order = (np.argsort(outlines.hilbert_distance().to_numpy(), kind="stable") if len(outlines)
              else np.zeros(0, dtype=int))  # every scene empty: nothing to order
-    scenes, boxes = [scenes[i] for i in order], boxes.iloc[order].reset_index(drop=True)
-    box_arr = boxes.to_numpy()
+    scenes, extents = [scenes[i] for i in order], [extents[i] for i in order]
+    box_arr = np.array([_reach(e, tolerance_px) for e in extents], dtype=object)
     tree = shapely.STRtree(box_arr)
     stats = {"scenes": len(files), "empty_scenes": empty_scenes, "read": 0, "written": 0,
-             "merged_groups": 0, "unreadable": unreadable}
+             "merged_groups": 0, "unreadable": unreadable, "no_grid": guessed}
+    seam_rule = {"extents": extents, "tolerance_px": tolerance_px, "min_overlap": min_overlap}
     pool = []  # seam buildings waiting: frames + "_last" (the last scene, in visiting order,
-    # whose extent they touch: a building is final once that scene has been read)
+    # whose footprint they reach: a building is final once that scene has been read)
     next_id = 0
     bounds = [np.inf, np.inf, -np.inf, -np.inf]
     total = tuple(shapely.total_bounds(box_arr)) if len(box_arr) else None  # None: no scene
@@ -164,8 +232,8 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
                 pool.append(frame[seam].assign(_last=last[seam]))
             # Readiness changes only when the last scene a waiting building touches is read.
             if any((waiting["_last"] == k).any() for waiting in pool):
-                pool = _flush(pool, k, emit, stats, final=False)
-        _flush(pool, len(scenes), emit, stats, final=True)
+                pool = _flush(pool, k, emit, stats, seam_rule, final=False)
+        _flush(pool, len(scenes), emit, stats, seam_rule, final=True)
         _join_chunks(chunks, dest, bounds,
                      pq.read_schema(files[0]).metadata.get(b"mnc_d2") if files else None)
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
@@ -173,30 +241,54 @@ def merge_footprints(folder: str | Path, dest: str | Path) -> dict:
     return stats
 
 
-def _flush(pool: list, visited: int, emit, stats: dict, final: bool) -> list:
-    """Union and emit the seam groups whose scenes have all been read; returns the rest."""
+def _flush(pool: list, visited: int, emit, stats: dict, rule: dict, final: bool) -> list:
+    """Resolve and emit the seam groups whose scenes have all been read (:mod:`.seams`; ``rule``:
+    the scenes' extents, tolerance and overlap); returns the rest."""
+    import geopandas as gpd
     import pandas as pd
+
+    from .seams import seam_groups
 
     if not pool:
         return pool
     frame = pd.concat(pool, ignore_index=True)
-    geoms = frame.geometry.to_numpy()
-    label = overlap_groups(geoms, frame["_scene"].to_numpy())  # any positive overlap
+    metric = frame.estimate_utm_crs()
+    geoms = frame.geometry.to_crs(metric).to_numpy()
+    keys = frame["_scene"].to_numpy()
+    extents = rule["extents"]
+    present = sorted(set(keys.tolist()))
+    outlines = gpd.GeoSeries([extents[k].footprint for k in present], crs="EPSG:4326")
+    footprints = dict(zip(present, outlines.to_crs(metric).to_numpy()))
+    tolerance = {k: rule["tolerance_px"] * extents[k].gsd_m for k in present}
+    found = seam_groups(geoms, keys, footprints, tolerance, rule["min_overlap"])
+    label = found.label
     ready_member = final | (frame["_last"].to_numpy() <= visited)
     ready_group = pd.Series(ready_member).groupby(label).transform("all").to_numpy()
-    done = frame[ready_group]
-    pieces = []
-    for _, members in done.groupby(label[ready_group], sort=False):
+    bridges: dict = {}
+    for (i, _), bridge in zip(found.pairs.tolist(), found.bridges):
+        bridges.setdefault(label[i], []).append(bridge)
+    pieces, unions = [], []
+    for group in np.unique(label[ready_group]):
+        members = np.flatnonzero(label == group)
         if len(members) == 1:
-            pieces.append(members)
+            pieces.append(frame.iloc[members])
             continue
-        best = members.iloc[[int(np.argmax(members["score"].to_numpy()))]].copy()
-        best["geometry"] = [shapely.union_all(members.geometry.to_numpy())]
-        best["area_m2"] = np.nan  # recomputed below for the union
-        best["scenes"] = ",".join(sorted(set(",".join(members["scenes"]).split(","))))
+        whole = members[found.whole[members]]
+        pick = whole if len(whole) else members
+        best = frame.iloc[[pick[int(np.argmax(frame["score"].to_numpy()[pick]))]]].copy()
+        if not len(whole):  # only pieces: their union, the gaps between them bridged
+            best["area_m2"] = np.nan  # recomputed below for the union
+            unions.append((len(pieces), shapely.union_all([*geoms[members],
+                                                           *bridges.get(group, [])])))
+        best["scenes"] = ",".join(sorted(set(",".join(frame["scenes"].to_numpy()[members])
+                                             .split(","))))
         pieces.append(best)
         stats["merged_groups"] += 1
     if pieces:
+        if unions:
+            mapped = gpd.GeoSeries([u for _, u in unions], crs=metric).to_crs("EPSG:4326")
+            for (at, _), geometry in zip(unions, mapped.to_numpy()):
+                pieces[at] = pieces[at].set_geometry([geometry], crs="EPSG:4326")
         out = pd.concat(pieces, ignore_index=True)
         _fill_area(out)
         emit(out)

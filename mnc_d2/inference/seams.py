@@ -1,0 +1,166 @@
+"""One building where scenes meet: which per-scene polygons are the same building, and what
+stands for it.
+
+A city comes as scenes that abut (SpaceNet's tiles, most providers' tile grids) or overlap (a
+mosaic's strips, several acquisitions). A building on a seam is predicted once per scene that
+sees it: cut by each scene's edge into pieces that do not overlap, and stop short of the edge by
+a pixel or a few (the mask weakens where the image ends: 0-1.5 m at 0.3 m on the demo model),
+or predicted whole by a scene that sees all of it and again, whole or cut, by its neighbour.
+
+The rule, in a local metric CRS (the UTM zone of the buildings being merged):
+
+- A scene's *footprint* is its pixel grid's outline (recorded by predict.py beside the
+  buildings; the scene's own file otherwise). ``t``, the seam tolerance, is
+  ``tolerance_px`` pixels of the scene.
+- A polygon that comes within ``t`` of its scene's footprint boundary is *cut* (it may go on
+  beyond the scene); the others are *whole*. A cut polygon is extended by ``t`` around it, near
+  that boundary only (where its scene's view ends), so that pieces separated by the seam's gap
+  meet; a polygon is never extended inside its scene.
+- Two polygons of different scenes are the *same building* when, inside the zone that both
+  scenes see (their footprints, each grown by its ``t``), the overlap of their extended shapes
+  covers at least ``min_overlap`` of the smaller one's part there. Across an abutting seam that
+  zone is a strip ``2t`` wide, and a cut building's two pieces cover the same stretch of it; in
+  an overlap zone the scenes' polygons are compared as predicted, so neighbours that touch or
+  overlap by a sliver (a small misregistration between acquisitions) stay apart.
+- Groups are the connected components of that relation. A group with a whole member is
+  represented by its best-scoring whole member, unchanged (a union of two acquisitions' copies
+  would be larger than the building by their misregistration); a group of cut pieces by their
+  union, with the gaps between matched pieces bridged (where both extended pieces lie, inside
+  the pieces' convex hull).
+
+Approximations: a footprint is the scene's grid, not its data (pieces cut by a nodata collar
+inside another scene are compared as they are); scenes whose grid is unknown (files written
+before predict.py recorded it, and whose scene cannot be opened) stand for their buildings'
+bounding box at ``fallback_gsd_m`` metres per pixel. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+
+logger = logging.getLogger(__name__)
+
+# Defaults of tools/merge_footprints.py (--seam-tolerance, --seam-overlap).
+SEAM_TOLERANCE_PX = 6.0  # 1.8 m at 0.3 m: the demo model's pieces stop up to 1.5 m short
+SEAM_MIN_OVERLAP = 0.5
+FALLBACK_GSD_M = 0.3  # a scene without a known grid: SpaceNet's pixel size
+
+
+@dataclass
+class SceneExtent:
+    """Where one scene's pixels lie: ``footprint`` (EPSG:4326 polygon) and metres per pixel
+    (``gsd_m``); ``from_grid`` False when it is its buildings' bounding box instead."""
+
+    footprint: shapely.Polygon
+    gsd_m: float
+    from_grid: bool
+
+
+def grid_extent(crs, transform, width: int, height: int) -> SceneExtent:
+    """The footprint and pixel size of a pixel grid (``crs``: rasterio/pyproj CRS or WKT)."""
+    import geopandas as gpd
+    from rasterio.warp import transform_geom
+
+    corners = [transform @ (0, 0), transform @ (width, 0), transform @ (width, height),
+               transform @ (0, height)]
+    outline = shapely.Polygon(corners)
+    step = max(abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e))
+    outline = shapely.segmentize(outline, step * max(width, height) / 32)  # curved in 4326
+    footprint = shapely.geometry.shape(transform_geom(crs, "EPSG:4326",
+                                                      outline.__geo_interface__))
+    on_ground = gpd.GeoSeries([footprint], crs="EPSG:4326")
+    area = float(on_ground.to_crs(on_ground.estimate_utm_crs()).area.iloc[0])
+    return SceneExtent(footprint, float(np.sqrt(area / max(width * height, 1))), True)
+
+
+def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
+    """The extent a per-scene GeoParquet's ``mnc_d2_grid`` metadata records; None without."""
+    from affine import Affine
+
+    from .scenes import GRID_KEY
+
+    raw = (schema_metadata or {}).get(GRID_KEY)
+    if not raw:
+        return None
+    grid = json.loads(raw)
+    if not grid.get("crs"):
+        return None
+    return grid_extent(grid["crs"], Affine(*grid["transform"]), int(grid["width"]),
+                       int(grid["height"]))
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,) label of each node: the smallest index of its connected component (edges a-b)."""
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a.tolist(), b.tolist()):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+@dataclass
+class SeamGroups:
+    """What :func:`seam_groups` found for N polygons: ``label`` (N,) group of each (the
+    smallest index in it), ``whole`` (N,) bool, and the matched pairs (``pairs``: (P, 2)
+    indices) with each pair's bridge (``bridges``: (P,) metric polygons, possibly empty)."""
+
+    label: np.ndarray
+    whole: np.ndarray
+    pairs: np.ndarray
+    bridges: np.ndarray
+
+
+def seam_groups(geoms: np.ndarray, scene: np.ndarray, footprints: dict, tolerance: dict,
+                min_overlap: float = SEAM_MIN_OVERLAP) -> SeamGroups:
+    """Group polygons of different scenes that are the same building (module docstring).
+
+    geoms: (N,) polygons in a metric CRS; scene: (N,) scene key of each; footprints: scene key
+    -> its footprint in the same CRS; tolerance: scene key -> ``t`` in metres.
+    """
+    n = len(geoms)
+    t = np.array([tolerance[k] for k in scene.tolist()], dtype=float)
+    edge = {k: shapely.buffer(shapely.boundary(footprints[k]), tolerance[k])
+            for k in set(scene.tolist())}
+    edges = np.array([edge[k] for k in scene.tolist()], dtype=object)
+    cut = shapely.intersects(geoms, edges)
+    extended = geoms.copy()
+    if cut.any():
+        grown = shapely.intersection(shapely.buffer(geoms[cut], t[cut], join_style="mitre"),
+                                     edges[cut])
+        extended[cut] = shapely.union(geoms[cut], grown)
+    a, b = shapely.STRtree(extended).query(extended, predicate="intersects")
+    keep = (a < b) & (scene[a] != scene[b])
+    a, b = a[keep], b[keep]
+    zones: dict = {}
+    same = np.zeros(len(a), dtype=bool)
+    for p, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
+        key = tuple(sorted((scene[i], scene[j])))
+        if key not in zones:
+            zones[key] = shapely.intersection(
+                shapely.buffer(footprints[key[0]], tolerance[key[0]], join_style="mitre"),
+                shapely.buffer(footprints[key[1]], tolerance[key[1]], join_style="mitre"))
+        part_i = shapely.intersection(extended[i], zones[key])
+        part_j = shapely.intersection(extended[j], zones[key])
+        smaller = min(part_i.area, part_j.area)
+        same[p] = smaller > 0 and shapely.intersection(part_i, part_j).area >= \
+            min_overlap * smaller
+    a, b = a[same], b[same]
+    bridges = np.array([shapely.Polygon()] * len(a), dtype=object)
+    if len(a):
+        hull = shapely.convex_hull(shapely.union(geoms[a], geoms[b]))
+        bridges = shapely.intersection(shapely.intersection(extended[a], extended[b]), hull)
+    return SeamGroups(_components(n, a, b), ~cut, np.stack([a, b], axis=1).reshape(-1, 2),
+                      bridges)
