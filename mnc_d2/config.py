@@ -25,6 +25,13 @@ def _add_input_keys(cfg: CN) -> None:
     # Metres per pixel of the training imagery: a scene with other pixels is resampled to it on
     # read by tools/predict.py (a model trained at 0.3 m fails at 0.5 m); 0 = not recorded.
     _C.INPUT.GSD = 0.0
+    # Side in pixels of the training images (the release product's tile, DATASETS.GEO's
+    # tile_size), recorded at training like INPUT.GSD: tools/predict.py and the export resize
+    # every tile by the factor INPUT.MIN/MAX_SIZE_TEST give an image of this side (416 / 650 for
+    # the quick configs), so a scene smaller than a tile and any --tile-size are seen at the
+    # training scale (Detectron2 resizes each image to MIN_SIZE_TEST: a 300 px scene would be
+    # enlarged 2.2x past it); 0 = not recorded (a --tile-size tile stands for it).
+    _C.INPUT.TRAIN_TILE_SIZE = 0
     # What DNs become before (x - PIXEL_MEAN) / PIXEL_STD (mnc_d2.data.radiometry): "" = as read
     # (as the original MNC); "log" = log(1 + DN), where a shadow or a dimmer scene is an offset;
     # "sqrt" = sqrt(DN), shot noise's variance-stabilising transform, between the two.

@@ -52,9 +52,17 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+def _train(data_root: Path, out: Path, config=None, opts=()) -> Path:
+    """A 20-iteration run whose recorded scale reference (INPUT.TRAIN_TILE_SIZE) is the tests'
+    tile, so that prediction resizes a TILE px tile to the quick config's 128 px test size
+    (with the 650 px training tiles' reference it would see them at 32 px)."""
+    return train_quick(data_root, out, iters=20, **({"config": config} if config else {}),
+                       opts=[*opts, "INPUT.TRAIN_TILE_SIZE", str(TILE)])
+
+
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory) -> Path:
-    return train_quick(data_root, tmp_path_factory.mktemp("trained"), iters=20)
+    return _train(data_root, tmp_path_factory.mktemp("trained"))
 
 
 def _export(run_dir: Path, out: Path, opts=()) -> Path:
@@ -191,7 +199,7 @@ def test_mask_rcnn_exports_too(tmp_path, data_root, scenes):
     """Detectron2's Mask R-CNN (the benchmark's baseline) exports through the same graph
     interface, so both models can be timed on one runtime; its buildings equal eager's."""
     config = REPO / "configs" / "quick_schedules" / "mask_rcnn_R_18_FPN_quick_synthetic.yaml"
-    run_dir = train_quick(data_root, tmp_path / "mask_rcnn", iters=20, config=config)
+    run_dir = _train(data_root, tmp_path / "mask_rcnn", config=config)
     model = _export(run_dir, tmp_path / "exported", EVERY)
     assert json.loads((model / EXPORT_FILE).read_text())["check"]["torch_detections"] > 0
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
@@ -206,7 +214,7 @@ def test_conv_mask_head_exports(tmp_path, data_root, scenes):
     eager's."""
     opts = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
             "MODEL.MNC.MASK_CONV_DIM", "16", "MODEL.MNC.MASK_SIZE", "28"]
-    run_dir = train_quick(data_root, tmp_path / "conv", iters=20, opts=opts)
+    run_dir = _train(data_root, tmp_path / "conv", opts=opts)
     model = _export(run_dir, tmp_path / "exported", EVERY)
     check = json.loads((model / EXPORT_FILE).read_text())["check"]
     assert check["torch_detections"] > 0, check
@@ -808,8 +816,7 @@ def test_log_dn_model_reads_exports_and_predicts_alike(tmp_path, data_root, scen
     from mnc_d2.engine.setup import setup_cfg
     from mnc_d2.inference.predictor import ScenePredictor
 
-    run_dir = train_quick(data_root, tmp_path / "log", iters=20,
-                          opts=["INPUT.DN_TRANSFORM", "log"])
+    run_dir = _train(data_root, tmp_path / "log", opts=["INPUT.DN_TRANSFORM", "log"])
     stats = json.loads((run_dir / "band_stats.json").read_text())
     assert stats["dn_transform"] == "log" and all(4.0 < m < 8.0 for m in stats["mean"])
     monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))

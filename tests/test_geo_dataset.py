@@ -298,8 +298,9 @@ def test_bad_labels_and_files_say_which(tmp_path):
 
 def test_train_and_evaluate_on_your_own_scene(tmp_path):
     """DATASETS.GEO registers the tile's windows; two iterations train and the SpaceNet
-    evaluator scores the windows against the footprints (one group), band statistics and the
-    tile's 0.5 m recorded in the run's config."""
+    evaluator scores the windows against the footprints (one group), band statistics, the
+    tile's 0.5 m and the windows' 450 px (the scale prediction resizes by) recorded in the run's
+    config."""
     geo = tmp_path / "geo.yaml"
     geo.write_text(f"atlanta_tile:\n  scenes: [{TILE}]\n  labels: {LABELS}\n  tile_size: 450\n")
     out = tmp_path / "run"
@@ -319,6 +320,7 @@ def test_train_and_evaluate_on_your_own_scene(tmp_path):
     truth = scored[-1]["spacenet/TP"] + scored[-1]["spacenet/FN"]
     assert truth >= 43  # the windows' footprint pieces
     config = (out / "config.yaml").read_text()
+    assert "TRAIN_TILE_SIZE: 450" in config
     assert "GSD: 0.5" in config and json.loads((out / "band_stats.json").read_text())["bands"] \
         == [1]
 

@@ -309,6 +309,49 @@ def test_a_ray_address_where_nothing_answers_fails_at_once(tmp_path, trained, sc
     assert not (tmp_path / "o" / "manifest.parquet").exists()
 
 
+def test_every_tile_is_seen_at_the_training_scale(tmp_path, trained, scenes, monkeypatch):
+    """Every tile is resized by the factor of a whole training image (INPUT.TRAIN_TILE_SIZE,
+    recorded by training: 650, SpaceNet 2's tile; the quick config's test size is 128): a scene
+    smaller than a tile and any --tile-size are seen at the training scale, not each enlarged
+    to the test size (Detectron2's evaluation resize took this 160 px scene to 128 px, 4 times
+    the scale). A run that did not record it takes --tile-size for it. Test-time augmentation's
+    rescaled passes keep the scale (a 256 px pass is 2 x the tile's input)."""
+    from mnc_d2.inference.eager import EagerModel
+    from mnc_d2.modeling.tta import MNCWithTTA
+
+    assert "TRAIN_TILE_SIZE: 650" in (trained / "config.yaml").read_text()
+    seen, passes = [], []
+    resized, candidates = EagerModel._resized, MNCWithTTA._candidates
+
+    def spy(self, image):
+        out = resized(self, image)
+        seen.append(out.shape[:2])
+        return out
+
+    def pass_spy(self, image):
+        passes.append(tuple(image.shape[-2:]))
+        return candidates(self, image)
+
+    monkeypatch.setattr(EagerModel, "_resized", spy)
+    monkeypatch.setattr(MNCWithTTA, "_candidates", pass_spy)
+    scene = [str(scenes["good0"])]  # 160 x 160
+    for extra, opts, expected in (
+            ((), (), [(32, 32)]),                                     # 160 * 128 / 650
+            (("--tile-size", "80", "--overlap", "0"), (), [(16, 16)] * 4),
+            (("--tile-size", "80", "--overlap", "0"), ("INPUT.TRAIN_TILE_SIZE", "0"),
+             [(128, 128)] * 4),                                       # not recorded: 80 px
+            (("--tile-size", "320"), ("INPUT.TRAIN_TILE_SIZE", "0"), [(64, 64)])):
+        seen.clear()
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        args = _args(trained, scene, out, "--score-thresh", "0.0", *extra)
+        assert predict_main(args + list(opts)) == 0
+        assert seen == expected, (extra, opts)
+    args = _args(trained, scene, tmp_path / "tta", "--score-thresh", "0.0")
+    assert predict_main(args + ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(256,)",
+                                "TEST.AUG.FLIP", "False"]) == 0
+    assert passes == [(64, 64)]
+
+
 def test_unloadable_weights_are_a_usage_error(tmp_path, trained, scenes):
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"not a checkpoint")

@@ -310,7 +310,8 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
                                                     tile_size, overlap,
                                                     tuple(stems) if stems else None))
     meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
-            "headline": "F1", "num_bands": count, "labels": redact(str(labels))}
+            "headline": "F1", "num_bands": count, "labels": redact(str(labels)),
+            "tile_px": int(tile_size)}
     if np.isfinite(gsd):
         meta["gsd_m"] = float(gsd)
     if all(names):

@@ -166,7 +166,8 @@ class SpaceNetVersion:
         return {"thing_classes": ["building"], "evaluator_type": "spacenet", "version": self.name,
                 "group_by": self.group_by, "headline": self.headline, "product": prod.name,
                 "num_bands": prod.bands, "gsd_m": prod.gsd_m,
-                "band_names": list(prod.band_names)}
+                "band_names": list(prod.band_names),
+                **({"tile_px": max(prod.size)} if prod.size else {})}
 
     def in_subset(self, subset: str, image_id: str) -> bool:
         """Whether ``image_id`` belongs to built-in subset ``subset`` (its scoring group)."""

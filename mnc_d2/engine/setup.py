@@ -215,10 +215,11 @@ def check_unsupported_keys(cfg) -> None:
 
 
 def record_imagery(cfg) -> None:
-    """Fill INPUT.BAND_NAMES and INPUT.GSD, where the config leaves them unset, from the first
-    training dataset's registration (its release product's band names and metres per pixel), so
-    that the run's config.yaml records them and tools/predict.py can read other imagery by band
-    name and at the training pixel size. Datasets registered without them leave both unset."""
+    """Fill INPUT.BAND_NAMES, INPUT.GSD and INPUT.TRAIN_TILE_SIZE, where the config leaves them
+    unset, from the first training dataset's registration (its release product's band names,
+    metres per pixel and tile side), so that the run's config.yaml records them and
+    tools/predict.py can read other imagery by band name, at the training pixel size and scale.
+    Datasets registered without them leave them unset."""
     from detectron2.data import MetadataCatalog
 
     from ..data.bands import input_bands
@@ -234,6 +235,8 @@ def record_imagery(cfg) -> None:
                     cfg.DATASETS.TRAIN[0])
     if not cfg.INPUT.GSD and gsd:
         cfg.INPUT.GSD = float(gsd)
+    if not cfg.INPUT.TRAIN_TILE_SIZE and meta.get("tile_px", None):
+        cfg.INPUT.TRAIN_TILE_SIZE = int(meta.get("tile_px"))
     if len(cfg.DATASETS.TRAIN) > 1:
         from ..data.geo_dataset import warn_mixed_gsd
 

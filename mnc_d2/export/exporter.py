@@ -73,8 +73,8 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     model = build_model(cfg).eval()
     load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
-    return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST,
-                 cfg.INPUT.MAX_SIZE_TEST).eval()
+    return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
+                 cfg.INPUT.TRAIN_TILE_SIZE or tile_size).eval()
 
 
 def check_replaceable(out_dir: Path) -> None:

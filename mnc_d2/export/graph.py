@@ -5,8 +5,9 @@ the whole inference of one tile with tensor operations only (no Python branch th
 the data, no ``Instances``), so that ``torch.jit.trace`` and the ONNX exporter record it
 faithfully:
 
-    tile (1, C, H, W; band values after INPUT.DN_TRANSFORM) -> resize (INPUT.MIN/MAX_SIZE_TEST)
-    -> (x - PIXEL_MEAN) / PIXEL_STD -> pad to the backbone's size divisibility -> backbone + FPN
+    tile (1, C, H, W; band values after INPUT.DN_TRANSFORM) -> resize (INPUT.MIN/MAX_SIZE_TEST,
+    by the factor of an INPUT.TRAIN_TILE_SIZE tile) -> (x - PIXEL_MEAN) / PIXEL_STD -> pad to
+    the backbone's size divisibility -> backbone + FPN
     -> RPN (Detectron2's own proposal selection) -> MNC stages 2-5 -> score filter, per-class
     NMS, top-K -> mask voting (class-aware, all classes at once) -> NMS after voting -> boxes in
     tile pixels, scores, classes, soft masks on their boxes (R, M, M) with MASK_THRESHOLD mapped
@@ -42,6 +43,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
+from ..inference.input_size import input_scale, resized_shape, scaled_shape
 from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import warp_image
 
@@ -64,16 +66,6 @@ class GraphPart(nn.Module):
 
     def forward(self, *args):
         return self.fn(*args)
-
-
-def resized_shape(height: int, width: int, short: int, longest: int) -> tuple[int, int]:
-    """Detectron2's ResizeShortestEdge size for one (height, width) at test time."""
-    scale = short / min(height, width)
-    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
-    if max(new_h, new_w) > longest:
-        factor = longest / max(new_h, new_w)
-        new_h, new_w = new_h * factor, new_w * factor
-    return int(new_h + 0.5), int(new_w + 0.5)
 
 
 def class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
@@ -118,12 +110,14 @@ class MNCExportGraph(nn.Module):
 
     forward(image (1, C, H, W) float32 raw band values at the exported tile size) ->
     boxes (R, 4) tile pixels, scores (R,), classes (R,) int64, masks (R, M, M) float32.
+    ``reference``: the side whose test resizing (``short``, ``longest``) sets the factor the
+    tile is resized by (INPUT.TRAIN_TILE_SIZE); None: the tile's own (Detectron2's resize).
     """
 
     HEADS = MNCROIHeads
 
     def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
-                 longest: int):
+                 longest: int, reference: int | None = None):
         super().__init__()
         heads = model.roi_heads
         if not isinstance(heads, self.HEADS):
@@ -133,7 +127,9 @@ class MNCExportGraph(nn.Module):
             raise ValueError("export needs the model's RPN (MODEL.PROPOSAL_GENERATOR)")
         self.model = model
         self.tile = (int(tile_height), int(tile_width))
-        self.resized = resized_shape(tile_height, tile_width, short, longest)
+        self.resized = (scaled_shape(tile_height, tile_width,
+                                     input_scale(reference, short, longest)) if reference
+                        else resized_shape(tile_height, tile_width, short, longest))
         div = model.backbone.size_divisibility or 1
         self.padded = tuple(-(-s // div) * div for s in self.resized)
         self.register_buffer("mean", model.pixel_mean.detach().clone().reshape(1, -1, 1, 1))

@@ -11,15 +11,22 @@ import contextlib
 
 import numpy as np
 
+from .input_size import input_scale, scaled_shape
+
 
 class EagerModel:
     """``cfg``'s model (MODEL.WEIGHTS loaded, on MODEL.DEVICE): tiles -> Instances on the CPU.
 
     ``autocast``: a torch dtype (e.g. ``torch.float16``) to run the forward under
     ``torch.autocast`` on the model's device, or None for the model's own precision.
+    ``tile_size``: the side of a whole tile (tools/predict.py's --tile-size): every tile, an
+    edge tile or a scene smaller than one included, is resized by the one factor the test
+    resizing (INPUT.MIN/MAX_SIZE_TEST) gives an INPUT.TRAIN_TILE_SIZE tile (else a
+    ``tile_size`` one), as the exported graph resizes; None: each image to MIN_SIZE_TEST
+    (Detectron2's evaluation resize).
     """
 
-    def __init__(self, cfg, autocast=None):
+    def __init__(self, cfg, autocast=None, tile_size: int | None = None):
         from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
@@ -31,7 +38,22 @@ class EagerModel:
         load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
         self.model = with_test_time_augmentation(cfg, model).eval()  # TEST.AUG.ENABLED
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        reference = cfg.INPUT.TRAIN_TILE_SIZE or tile_size
+        self.factor = (input_scale(reference, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+                       if reference else None)
         self.autocast = autocast
+
+    def _resized(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> the model's input: by the fixed factor, else to MIN_SIZE_TEST."""
+        from detectron2.data import transforms as T
+
+        if self.factor is None:
+            return self.resize.get_transform(image).apply_image(image)
+        h, w = image.shape[:2]
+        new_h, new_w = scaled_shape(h, w, self.factor)
+        if (new_h, new_w) == (h, w):
+            return image
+        return T.ResizeTransform(h, w, new_h, new_w).apply_image(image)
 
     def __call__(self, images: list[np.ndarray]) -> list:
         """images: (H, W, C) float32 band values each -> one Instances per image (CPU)."""
@@ -39,7 +61,7 @@ class EagerModel:
 
         inputs = []
         for image in images:
-            resized = self.resize.get_transform(image).apply_image(image)
+            resized = self._resized(image)
             inputs.append({"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
                            "height": image.shape[0], "width": image.shape[1]})
         device = next(self.model.parameters()).device.type

@@ -206,7 +206,7 @@ class ScenePredictor:
         if backend == "torch":
             if cfg is None:
                 raise ValueError("backend torch needs the run's config (--config-file)")
-            self.model = EagerModel(cfg)
+            self.model = EagerModel(cfg, tile_size=tile_size)
             self.bands = input_bands(cfg)
             self.band_names = [str(n) for n in cfg.INPUT.BAND_NAMES]
             self.model_gsd = float(cfg.INPUT.GSD) if cfg.INPUT.GSD else float("nan")

@@ -19,9 +19,11 @@ below ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` are dropped. (An approximation of av
 matching uses boxes, not masks.)
 
 Passes: each scale of ``TEST.AUG.MIN_SIZES`` (shortest side, capped by ``TEST.AUG.MAX_SIZE``,
-from the image's original size as Detectron2's TTA does; ``[]`` = the input as the test loader
-resized it), times identity and horizontal flip (``TEST.AUG.FLIP``), times 0, 90, 180 and 270
-degree turns (``TEST.AUG.ROT90``). Rescaled inputs are resized from the loader's tensor
+of a whole tile: the input as the test loader resized it, scaled by that size over the test
+size, so a tile smaller than a whole one keeps the scale of the rest, as the test resize of
+:class:`mnc_d2.inference.eager.EagerModel` does; ``[]`` = the input as it comes), times
+identity and horizontal flip (``TEST.AUG.FLIP``), times 0, 90, 180 and 270 degree turns
+(``TEST.AUG.ROT90``). Rescaled inputs are resized from the loader's tensor
 (bilinear, as Detectron2 resizes float images).
 """
 
@@ -33,10 +35,11 @@ import logging
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable, get_cfg
-from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, pairwise_iou
 from torch import nn
+
+from ..inference.input_size import scaled_shape
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class MNCWithTTA(nn.Module):
 
     @configurable
     def __init__(self, model: nn.Module, *, min_sizes: tuple[int, ...], max_size: int,
-                 flip: bool, rot90: bool):
+                 flip: bool, rot90: bool, test_size: int):
         super().__init__()
         model = getattr(model, "module", model)  # DistributedDataParallel's wrapped model
         if not hasattr(model.roi_heads, "candidates"):
@@ -87,6 +90,7 @@ class MNCWithTTA(nn.Module):
         self.train(model.training)  # the model's mode (inference_on_dataset restores it)
         self.min_sizes = tuple(int(s) for s in min_sizes) or (None,)
         self.max_size = int(max_size)
+        self.test_size = int(test_size)  # a whole tile's shorter side as the loader gives it
         self.flips = (False, True) if flip else (False,)
         self.turns = (0, 1, 2, 3) if rot90 else (0,)
 
@@ -94,7 +98,8 @@ class MNCWithTTA(nn.Module):
     def from_config(cls, cfg, model):
         aug = cfg.TEST.AUG
         return {"model": model, "min_sizes": tuple(aug.MIN_SIZES), "max_size": aug.MAX_SIZE,
-                "flip": aug.FLIP, "rot90": aug.ROT90}
+                "flip": aug.FLIP, "rot90": aug.ROT90,
+                "test_size": min(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)}
 
     @property
     def num_passes(self) -> int:
@@ -121,8 +126,8 @@ class MNCWithTTA(nn.Module):
         heads = self.model.roi_heads
         passes = []  # per pass: boxes (N, 4) in the input's frame, masks (N, M, M), probs (N, K)
         for size in self.min_sizes:
-            sh, sw = (h, w) if size is None else ResizeShortestEdge.get_output_shape(
-                height, width, size, self.max_size)
+            sh, sw = (h, w) if size is None else scaled_shape(
+                h, w, min(size, self.max_size) / self.test_size)
             scaled = image if (sh, sw) == (h, w) else F.interpolate(
                 image[None].float(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
             for flip, turns in itertools.product(self.flips, self.turns):
