@@ -89,6 +89,15 @@ run predict "${PY[@]}" bench.bench_predict --size "$SCENE" \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
 run predict_many "${PY[@]}" bench.bench_predict_many \
   --run ".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it/seed0"
+# Scenes cut into tiles and merged back; scenes smaller than a tile (section 11), section 1's
+# mnc5 models of both settings (nothing retrained).
+for setting in default hard; do
+  runs=".cache/bench/accuracy/runs/mnc5_${IMAGES}img_${ITERS}it$([ $setting = hard ] && echo _hard)"
+  run seams_${setting} "${PY[@]}" bench.bench_seams --setting $setting \
+    --runs "$runs/seed0" "$runs/seed1" "$runs/seed2"
+  run input_scale_${setting} "${PY[@]}" bench.bench_input_scale --setting $setting \
+    --runs "$runs/seed0" "$runs/seed1" "$runs/seed2"
+done
 # Exported models (onnxruntime, OpenVINO, TorchScript) against eager on section 1's MNC models.
 run export "${PY[@]}" bench.bench_export $QUICK --tag "${IMAGES}img_${ITERS}it"
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.

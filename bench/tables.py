@@ -885,6 +885,88 @@ def radiometry_table(report: dict) -> list[str]:
                    "best threshold's mean city F1"], rows)
 
 
+def _over_seeds(values: list[float], digits: int = 3) -> str:
+    """'mean ± std (min-max)' of per-seed values (sample std)."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return (f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
+            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
+
+
+SEAM_LAYOUTS = ("abut_650", "abut_433", "overlap_100")  # bench_seams.LAYOUTS
+
+
+def _seam_layout(size: int, tile: int, overlap: int) -> str:
+    """'2 x 2 tiles of 650 px, abutting' for a ``size`` px scene (bench_seams.py's cuts)."""
+    from mnc_d2.inference.tiling import tile_grid
+
+    if overlap:
+        n = round(len(tile_grid(size, size, tile, overlap)) ** 0.5)
+        return f"{n} x {n} tiles of {tile} px, overlapping by {overlap} px"
+    n = max(1, size // tile)
+    grid = " (SpaceNet's grid)" if tile == 650 else ""
+    return f"{n} x {n} tiles of {tile} px, abutting{grid}"
+SEAM_METHODS = {"pieces": "nothing merged (the tiles' files side by side)",
+                "any_overlap": "union of any overlap (the previous rule)",
+                "seams": "merge_footprints.py (this version)"}
+
+
+def seams_table(report: dict) -> list[str]:
+    """bench_seams.py: per layout and way of putting the tiles together, over the model seeds:
+    F1 against the truth and against the scene predicted whole, buildings per whole-scene
+    building."""
+    summary = report["summary"]
+    seeds = len(summary["whole/whole"]["vs_truth"])
+    scenes = report["scenes_per_style"] * len(report["styles"])
+    lines = [f"{_setting(report, bold=True)}: {scenes} scenes of {report['size_px']:,} px per "
+             f"model ({', '.join(report['styles'])}; buildings, trees and clutter at the "
+             f"setting's density), {seeds} model seeds; each scene predicted whole and as the "
+             "tiles of each layout. Mean ± sample std (min-max) over the seeds of the F1 of the "
+             "scenes' summed counts (SpaceNet rules, IoU 0.5) against the truth and against the "
+             "whole-scene prediction, and of the buildings per whole-scene building. Merge "
+             f"defaults: seam tolerance {report['seam_tolerance_px']:g} px, overlap "
+             f"{report['seam_min_overlap']:g}.", ""]
+    rows = [["whole scene", "(one scene)", _over_seeds(summary["whole/whole"]["vs_truth"]),
+             "-", "1", "1"]]
+    for layout in SEAM_LAYOUTS:
+        label = _seam_layout(report["size_px"], *report["layouts"][layout])
+        before = summary[f"{layout}/any_overlap"]["vs_truth"]
+        for method, how in SEAM_METHODS.items():
+            e = summary[f"{layout}/{method}"]
+            change = ("-" if method == "any_overlap" else
+                      _over_seeds([a - b for a, b in zip(e["vs_truth"], before)]))
+            rows.append([label, how, _over_seeds(e["vs_truth"]), change,
+                         _over_seeds(e["vs_whole"]), _over_seeds(e["count_ratio"], 2)])
+    return lines + _table(["tiles", "put together by", "F1 vs truth",
+                           "F1 change from the previous rule (paired by seed)",
+                           "F1 vs the whole-scene prediction", "buildings / whole-scene"], rows)
+
+
+def input_scale_table(report: dict) -> list[str]:
+    """bench_input_scale.py: per crop side, the F1 at the fixed input scale and with each crop
+    resized to the test size, and their per-seed difference."""
+    summary = report["summary"]
+    seeds = len(next(iter(summary.values())))
+    scenes = report["scenes_per_style"] * len(report["styles"])
+    lines = [f"{_setting(report, bold=True)}: {scenes} scenes of {report['size_px']:,} px per "
+             f"model ({', '.join(report['styles'])}), {seeds} model seeds; each scene cut into "
+             "abutting crops of each side, each crop predicted on its own (torch backend, the "
+             "run's threshold) and scored against its truth (footprints clipped to it; SpaceNet "
+             "rules, IoU 0.5), counts summed per seed. **one scale**: every tile resized by the "
+             "factor of a whole training tile (this version); **to the test size**: each crop "
+             "resized to INPUT.MIN_SIZE_TEST (Detectron2's evaluation resize; predict.py before "
+             "this version). Mean ± sample std (min-max) over the seeds.", ""]
+    rows = []
+    for side in report["crops_px"]:
+        fixed, per_image = summary[f"{side}/fixed"], summary[f"{side}/per_image"]
+        rows.append([f"{side} px", _over_seeds(fixed), _over_seeds(per_image),
+                     _over_seeds([a - b for a, b in zip(fixed, per_image)])])
+    return lines + _table(["crop side", "F1, one scale", "F1, to the test size",
+                           "difference"], rows)
+
+
 def table_maker(report_name: str):
     """The table function of a report by its file name (None: no table renders it yet)."""
     if report_name.startswith("accuracy_"):
@@ -909,6 +991,10 @@ def table_maker(report_name: str):
         return tta_time_table
     if report_name.startswith("predict"):
         return predict_table
+    if report_name.startswith("seams_"):
+        return seams_table
+    if report_name.startswith("input_scale_"):
+        return input_scale_table
     if report_name.startswith("scorer"):
         return scorer_table
     if report_name == "export" or report_name.startswith("export_"):

@@ -95,6 +95,11 @@ RULES: tuple[Rule, ...] = (
          "radiometric jitter, band dropout and roof recolouring, off by default",
          ("INPUT.AUGMENT.HFLIP_PROB", "INPUT.AUGMENT.VFLIP_PROB", "INPUT.AUGMENT.ROT90",
           "INPUT.AUGMENT.BAND_DROPOUT.PROB", "INPUT.AUGMENT.ROOF_GAIN.PROB")),
+    Rule("test image scale", "each image resized so that its shorter side is 600 px (the longer "
+         "at most 1000)", "INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (650 px, SpaceNet's tile, in the "
+         "R-50 configs); a scene is cut into --tile-size tiles, each resized by the one factor a "
+         "whole training image (INPUT.TRAIN_TILE_SIZE) gets, so that smaller tiles keep the "
+         "training scale", ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.TRAIN_TILE_SIZE")),
     Rule("test proposals", "300 RPN proposals", "RPN.POST_NMS_TOPK_TEST (the base config: 600, "
          "the Caffe SpaceNet run's \"more proposals\" idea)", ("MODEL.RPN.POST_NMS_TOPK_TEST",)),
     Rule("inference NMS", "stage-3 and stage-5 instances pooled, box NMS at 0.3", "the same",

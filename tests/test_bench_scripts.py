@@ -134,6 +134,23 @@ def test_prediction_scripts(work, tmp_path):
     assert tables.table_maker("tta_time")(tta)[-1].startswith("| 8 flips and turns (`d4`) | 8 |")
 
 
+def test_seam_and_input_scale_scripts(work):
+    """bench_seams.py and bench_input_scale.py on one small scene per style: every layout and
+    way of putting the tiles together, every crop side and resize, reach their tables."""
+    run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
+    seams = _bench("bench_seams", "--runs", str(run), "--size", "866", "--scenes-per-style", "1")
+    assert set(seams["summary"]) == {"whole/whole", *(f"{layout}/{method}" for layout in
+                                                      tables.SEAM_LAYOUTS
+                                                      for method in tables.SEAM_METHODS)}
+    lines = tables.seams_table(seams)
+    assert len(lines) == 2 + 2 + 1 + 3 * 3  # description, header, the whole scene, 3 x 3 rows
+    assert lines[-1].startswith("| 2 x 2 tiles of 700 px, overlapping by 100 px | merge_")
+    scale = _bench("bench_input_scale", "--runs", str(run), "--size", "866", "--crops", "433",
+                   "--scenes-per-style", "1")
+    assert set(scale["summary"]) == {"433/fixed", "433/per_image"}
+    assert tables.input_scale_table(scale)[-1].startswith("| 433 px |")
+
+
 def test_radiometry_script(work):
     """bench_radiometry.py: the cached run through predict.py on the benchmark's tiles as they
     are and as 8-bit exports, with and without --match-radiometry, scored like bench_accuracy

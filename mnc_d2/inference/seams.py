@@ -144,19 +144,19 @@ def seam_groups(geoms: np.ndarray, scene: np.ndarray, footprints: dict, toleranc
     a, b = shapely.STRtree(extended).query(extended, predicate="intersects")
     keep = (a < b) & (scene[a] != scene[b])
     a, b = a[keep], b[keep]
-    zones: dict = {}
-    same = np.zeros(len(a), dtype=bool)
-    for p, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
-        key = tuple(sorted((scene[i], scene[j])))
-        if key not in zones:
-            zones[key] = shapely.intersection(
-                shapely.buffer(footprints[key[0]], tolerance[key[0]], join_style="mitre"),
-                shapely.buffer(footprints[key[1]], tolerance[key[1]], join_style="mitre"))
-        part_i = shapely.intersection(extended[i], zones[key])
-        part_j = shapely.intersection(extended[j], zones[key])
-        smaller = min(part_i.area, part_j.area)
-        same[p] = smaller > 0 and shapely.intersection(part_i, part_j).area >= \
-            min_overlap * smaller
+    zones: dict = {}  # scene pair -> the zone both see
+    for key in {tuple(sorted(pair)) for pair in zip(scene[a].tolist(), scene[b].tolist())}:
+        zones[key] = shapely.intersection(
+            shapely.buffer(footprints[key[0]], tolerance[key[0]], join_style="mitre"),
+            shapely.buffer(footprints[key[1]], tolerance[key[1]], join_style="mitre"))
+    zone = np.array([zones[tuple(sorted(pair))] for pair in zip(scene[a].tolist(),
+                                                                 scene[b].tolist())],
+                    dtype=object).reshape(-1)
+    part_a = shapely.intersection(extended[a], zone)
+    part_b = shapely.intersection(extended[b], zone)
+    smaller = np.minimum(shapely.area(part_a), shapely.area(part_b))
+    same = (smaller > 0) & (shapely.area(shapely.intersection(part_a, part_b))
+                            >= min_overlap * smaller)
     a, b = a[same], b[same]
     bridges = np.array([shapely.Polygon()] * len(a), dtype=object)
     if len(a):
