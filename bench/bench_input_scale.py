@@ -21,7 +21,6 @@ counts summed over the crops. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -34,7 +33,7 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from bench.bench_seams import STYLE_NAMES, _abutting, render
+from bench.bench_seams import STYLE_NAMES, _abutting, render, scene_parser, seeded_runs
 
 MODES = ("fixed", "per_image")
 
@@ -124,19 +123,14 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", required=True, help="trained run folders (seed0 ...)")
-    parser.add_argument("--setting", default="default", choices=("default", "hard"))
-    parser.add_argument("--size", type=int, default=1300)
-    parser.add_argument("--scenes-per-style", type=int, default=1)
+    parser = scene_parser(__doc__.splitlines()[0], 1)
     parser.add_argument("--crops", type=int, nargs="+", default=[650, 433, 325, 217])
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
     rows = []
-    for number, run in enumerate(map(Path, args.runs)):
-        seed = int(run.name.removeprefix("seed")) if run.name.startswith("seed") else number
+    for seed, run in seeded_runs(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             rows += one_run(run, seed, args, Path(tmp))
         print(f"{run}: done", file=sys.stderr)

@@ -217,16 +217,29 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def scene_parser(description: str, scenes_per_style: int) -> argparse.ArgumentParser:
+    """The options this script and bench_input_scale.py share: runs, setting, scene size."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", nargs="+", required=True, help="trained run folders (seed0 ...)")
     parser.add_argument("--setting", default="default", choices=("default", "hard"))
     parser.add_argument("--size", type=int, default=1300)
-    parser.add_argument("--scenes-per-style", type=int, default=2)
-    args = parser.parse_args(argv)
+    parser.add_argument("--scenes-per-style", type=int, default=scenes_per_style)
+    return parser
+
+
+def seeded_runs(runs: list[str]) -> list[tuple[int, Path]]:
+    """(model seed, folder) of each run: the seed its ``seed<N>`` folder names, else its rank."""
+    out = []
+    for number, run in enumerate(map(Path, runs)):
+        out.append((int(run.name.removeprefix("seed")) if run.name.startswith("seed")
+                    else number, run))
+    return out
+
+
+def main(argv=None) -> int:
+    args = scene_parser(__doc__.splitlines()[0], 2).parse_args(argv)
     rows = []
-    for number, run in enumerate(map(Path, args.runs)):
-        seed = int(run.name.removeprefix("seed")) if run.name.startswith("seed") else number
+    for seed, run in seeded_runs(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             rows += one_run(run, seed, args, Path(tmp))
     from mnc_d2.inference.seams import SEAM_MIN_OVERLAP, SEAM_TOLERANCE_PX

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
+from .tiling import components
+
 logger = logging.getLogger(__name__)
 
 # Defaults of tools/merge_footprints.py (--seam-tolerance, --seam-overlap).
@@ -92,23 +94,6 @@ def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
         return None
     return grid_extent(grid["crs"], Affine(*grid["transform"]), int(grid["width"]),
                        int(grid["height"]))
-
-
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n,) label of each node: the smallest index of its connected component (edges a-b)."""
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(a.tolist(), b.tolist()):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
 @dataclass
@@ -162,5 +147,5 @@ def seam_groups(geoms: np.ndarray, scene: np.ndarray, footprints: dict, toleranc
     if len(a):
         hull = shapely.convex_hull(shapely.union(geoms[a], geoms[b]))
         bridges = shapely.intersection(shapely.intersection(extended[a], extended[b]), hull)
-    return SeamGroups(_components(n, a, b), ~cut, np.stack([a, b], axis=1).reshape(-1, 2),
+    return SeamGroups(components(n, a, b), ~cut, np.stack([a, b], axis=1).reshape(-1, 2),
                       bridges)

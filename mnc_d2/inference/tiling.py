@@ -80,7 +80,13 @@ def overlap_groups(geoms: np.ndarray, sources: np.ndarray, min_overlap: float = 
         smaller = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
         join = inter > min_overlap * np.maximum(smaller, 1e-9)
         a, b = a[join], b[join]
-    parent = list(range(n))  # union-find; a root is the smallest index of its group
+    return components(n, a, b)
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,) label of each of n nodes: the smallest index of its connected component, the
+    edges being the pairs ``a[k]``-``b[k]`` (union-find)."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -88,7 +94,7 @@ def overlap_groups(geoms: np.ndarray, sources: np.ndarray, min_overlap: float = 
             i = parent[i]
         return i
 
-    for i, j in zip(a.tolist(), b.tolist()):
+    for i, j in zip(np.asarray(a).tolist(), np.asarray(b).tolist()):
         ri, rj = find(i), find(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
