@@ -4,8 +4,9 @@ stands for it.
 A city comes as scenes that abut (SpaceNet's tiles, most providers' tile grids) or overlap (a
 mosaic's strips, several acquisitions). A building on a seam is predicted once per scene that
 sees it: cut by each scene's edge into pieces that do not overlap, and stop short of the edge by
-a pixel or a few (the mask weakens where the image ends: 0-1.5 m at 0.3 m on the demo model),
-or predicted whole by a scene that sees all of it and again, whole or cut, by its neighbour.
+a pixel or a few (the mask weakens where the image ends: up to 1.5 m at 0.3 m seen on the demo
+model's pieces of one tile cut by hand), or predicted whole by a scene that sees all of it and
+again, whole or cut, by its neighbour.
 
 The rule, in a local metric CRS (the UTM zone of the buildings being merged):
 
