@@ -457,6 +457,20 @@ def test_footprints_cut_by_the_scene_edge_are_no_label_repair(tmp_path, caplog):
                      "edge", caplog.text), caplog.text
 
 
+def test_registration_records_the_windows_side():
+    """The windows' side, which a run records as INPUT.TRAIN_TILE_SIZE (the scale prediction
+    resizes every tile by): tile_size, or, for scenes smaller than it (chips, each one window of
+    its own size), the first scene's shorter side."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from mnc_d2.data.geo_dataset import register_geo_instances
+
+    for name, tile_size, side in (("side_450_test", 450, 450), ("side_chips_test", 2000, 900)):
+        if name not in DatasetCatalog.list():
+            register_geo_instances(name, [str(TILE)], LABELS, tile_size=tile_size)
+        assert MetadataCatalog.get(name).tile_px == side
+
+
 def test_int8_calibration_reads_each_window_of_own_scenes():
     """Export's int8 calibration on a DATASETS.GEO run: each window of the scene is its own
     calibration image (it read the scene's top-left corner once per window: one tile, four

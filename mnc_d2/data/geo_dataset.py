@@ -311,7 +311,9 @@ def register_geo_instances(name: str, scenes: list[str], labels: str | Path,
                                                     tuple(stems) if stems else None))
     meta = {"thing_classes": ["building"], "evaluator_type": "spacenet", "group_by": "none",
             "headline": "F1", "num_bands": count, "labels": redact(str(labels)),
-            "tile_px": int(tile_size)}
+            # the windows' side, what the test resize refers to: tile_size, or the first
+            # scene's shorter side where scenes are smaller (chips: each is one window)
+            "tile_px": int(min(tile_size, head["width"], head["height"]))}
     if np.isfinite(gsd):
         meta["gsd_m"] = float(gsd)
     if all(names):
