@@ -24,16 +24,18 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import shapely
 
 from ..utils.atomic import atomic_path
-from .scenes import area_m2, damaged_file_message, unreadable_reason
+from .scenes import damaged_file_message, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
+WGS84 = "EPSG:4326"  # the per-scene files' CRS
 # Per-building provenance columns carried into the merged file (a unioned building keeps the
 # values of its highest-scoring part).
 PROVENANCE = ("datetime", "view_angle")
@@ -73,6 +75,35 @@ def _join_chunks(chunks: list[Path], dest: str | Path, bounds: list[float],
         with pq.ParquetWriter(tmp, schema) as writer:
             for chunk in chunks:
                 writer.write_table(pq.read_table(chunk).replace_schema_metadata(schema.metadata))
+
+
+@lru_cache(maxsize=1)
+def _wgs84():
+    from pyproj import CRS
+
+    return CRS.from_epsg(4326)
+
+
+def read_scene_file(path: Path):
+    """One per-scene GeoParquet as a GeoDataFrame in EPSG:4326. predict.py writes them in
+    EPSG:4326 with WKB geometries: those are read with pyarrow and shapely and given one shared
+    CRS object (geopandas parses each file's PROJJSON CRS anew, about 30 ms a file: minutes for a
+    city of scenes); any other file through geopandas, reprojected."""
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+    column = geo.get("primary_column", "geometry")
+    spec = geo.get("columns", {}).get(column, {})
+    if spec.get("encoding") != "WKB" or (spec.get("crs") or {}).get("id") != {
+            "authority": "EPSG", "code": 4326}:
+        return gpd.read_parquet(path).to_crs(WGS84)
+    covering = (spec.get("covering") or {}).get("bbox", {}).get("xmin", [None])[0]
+    rest = table.drop_columns([c for c in (column, covering) if c in table.column_names])
+    return gpd.GeoDataFrame(rest.to_pandas(), crs=_wgs84(),
+                            geometry=shapely.from_wkb(table[column].to_numpy(
+                                zero_copy_only=False)))
 
 
 def _scene_paths(folder: Path) -> dict:
@@ -211,7 +242,7 @@ def merge_footprints(folder: str | Path, dest: str | Path,
             stats["written"] += len(frame)
 
         for k, (path, _) in enumerate(scenes):
-            frame = gpd.read_parquet(path)
+            frame = read_scene_file(path)
             for column in PROVENANCE:  # files of mnc_d2 < 0.3 lack them
                 if column not in frame:
                     frame[column] = (pd.Series(pd.NaT, index=frame.index,
@@ -236,7 +267,7 @@ def merge_footprints(folder: str | Path, dest: str | Path,
         _flush(pool, len(scenes), emit, stats, seam_rule, final=True)
         _join_chunks(chunks, dest, bounds,
                      pq.read_schema(files[0]).metadata.get(b"mnc_d2") if files else None)
-    logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups unioned)",
+    logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups merged)",
                 stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
     return stats
 
@@ -244,21 +275,21 @@ def merge_footprints(folder: str | Path, dest: str | Path,
 def _flush(pool: list, visited: int, emit, stats: dict, rule: dict, final: bool) -> list:
     """Resolve and emit the seam groups whose scenes have all been read (:mod:`.seams`; ``rule``:
     the scenes' extents, tolerance and overlap); returns the rest."""
-    import geopandas as gpd
     import pandas as pd
 
-    from .seams import seam_groups
+    from .seams import local_metric_crs, reproject, seam_groups
 
     if not pool:
         return pool
     frame = pd.concat(pool, ignore_index=True)
-    metric = frame.estimate_utm_crs()
-    geoms = frame.geometry.to_crs(metric).to_numpy()
+    x0, y0, x1, y1 = shapely.total_bounds(frame.geometry.to_numpy())
+    metric = local_metric_crs((x0 + x1) / 2, (y0 + y1) / 2)
+    geoms = reproject(frame.geometry.to_numpy(), WGS84, metric)
     keys = frame["_scene"].to_numpy()
     extents = rule["extents"]
     present = sorted(set(keys.tolist()))
-    outlines = gpd.GeoSeries([extents[k].footprint for k in present], crs="EPSG:4326")
-    footprints = dict(zip(present, outlines.to_crs(metric).to_numpy()))
+    outlines = np.array([extents[k].footprint for k in present], dtype=object)
+    footprints = dict(zip(present, reproject(outlines, WGS84, metric)))
     tolerance = {k: rule["tolerance_px"] * extents[k].gsd_m for k in present}
     found = seam_groups(geoms, keys, footprints, tolerance, rule["min_overlap"])
     label = found.label
@@ -267,37 +298,34 @@ def _flush(pool: list, visited: int, emit, stats: dict, rule: dict, final: bool)
     bridges: dict = {}
     for (i, _), bridge in zip(found.pairs.tolist(), found.bridges):
         bridges.setdefault(label[i], []).append(bridge)
-    pieces, unions = [], []
-    for group in np.unique(label[ready_group]):
-        members = np.flatnonzero(label == group)
-        if len(members) == 1:
-            pieces.append(frame.iloc[members])
+    scores, names, whole = frame["score"].to_numpy(), frame["scenes"].to_numpy(), found.whole
+    order = np.argsort(label, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(label[order])) + 1) if len(order) else []
+    chosen, scenes, unions = [], [], {}  # unions: output row -> union of a group's pieces
+    for members in groups:
+        if not ready_group[members[0]]:
             continue
-        whole = members[found.whole[members]]
-        pick = whole if len(whole) else members
-        best = frame.iloc[[pick[int(np.argmax(frame["score"].to_numpy()[pick]))]]].copy()
-        if not len(whole):  # only pieces: their union, the gaps between them bridged
-            best["area_m2"] = np.nan  # recomputed below for the union
-            unions.append((len(pieces), shapely.union_all([*geoms[members],
-                                                           *bridges.get(group, [])])))
-        best["scenes"] = ",".join(sorted(set(",".join(frame["scenes"].to_numpy()[members])
-                                             .split(","))))
-        pieces.append(best)
+        if len(members) == 1:
+            chosen.append(members[0])
+            scenes.append(names[members[0]])
+            continue
+        seen_whole = members[whole[members]]
+        pick = seen_whole if len(seen_whole) else members
+        chosen.append(pick[int(np.argmax(scores[pick]))])
+        scenes.append(",".join(sorted(set(",".join(names[members]).split(",")))))
+        if not len(seen_whole):  # only pieces: their union, the gaps between them bridged
+            unions[len(chosen) - 1] = shapely.union_all(
+                [*geoms[members], *bridges.get(label[members[0]], [])])
         stats["merged_groups"] += 1
-    if pieces:
+    if chosen:
+        out = frame.iloc[chosen].reset_index(drop=True)
+        out["scenes"] = scenes
         if unions:
-            mapped = gpd.GeoSeries([u for _, u in unions], crs=metric).to_crs("EPSG:4326")
-            for (at, _), geometry in zip(unions, mapped.to_numpy()):
-                pieces[at] = pieces[at].set_geometry([geometry], crs="EPSG:4326")
-        out = pd.concat(pieces, ignore_index=True)
-        _fill_area(out)
+            rows, shapes = list(unions), np.array(list(unions.values()), dtype=object)
+            out.loc[rows, "area_m2"] = shapely.area(shapes)  # local UTM, as scenes.area_m2
+            geometry = out.geometry.to_numpy().copy()
+            geometry[rows] = reproject(shapes, metric, WGS84)
+            out = out.set_geometry(geometry, crs=frame.crs)
         emit(out)
     rest = frame[~ready_group]
     return [rest] if len(rest) else []
-
-
-def _fill_area(frame) -> None:
-    """area_m2 of unioned buildings, by the per-scene rule (:func:`.scenes.area_m2`)."""
-    missing = frame["area_m2"].isna().to_numpy()
-    if missing.any():
-        frame.loc[missing, "area_m2"] = area_m2(frame[missing])

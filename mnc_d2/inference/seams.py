@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import shapely
@@ -64,20 +65,42 @@ class SceneExtent:
     from_grid: bool
 
 
+@lru_cache(maxsize=128)
+def _transformer(source: str, target: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(source, target, always_xy=True)
+
+
+def reproject(geoms: np.ndarray, source: str, target: str) -> np.ndarray:
+    """(N,) shapely geometries from CRS ``source`` to ``target`` (WKT or "EPSG:n"), with one
+    cached pyproj transformer per pair (a GeoSeries.to_crs builds one per call)."""
+    move = _transformer(str(source), str(target))
+    return shapely.transform(geoms, lambda xy: np.column_stack(move.transform(xy[:, 0],
+                                                                              xy[:, 1])))
+
+
+def local_metric_crs(lon: float, lat: float) -> str:
+    """The UTM zone (WGS 84, "EPSG:326zz" / "EPSG:327zz") of a point: where seams are measured
+    in metres. The zone by its definition (6-degree bands) rather than pyproj's
+    ``estimate_utm_crs``, a database query of 0.1 s that a merge would make per seam batch."""
+    zone = int((min(max(lon, -180.0), 179.999999) + 180.0) // 6) + 1
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
 def grid_extent(crs, transform, width: int, height: int) -> SceneExtent:
-    """The footprint and pixel size of a pixel grid (``crs``: rasterio/pyproj CRS or WKT)."""
-    import geopandas as gpd
-    from rasterio.warp import transform_geom
+    """The footprint and pixel size of a pixel grid (``crs``: rasterio/pyproj CRS or WKT; the
+    pixel size from the footprint's area on the WGS 84 ellipsoid)."""
+    from pyproj import Geod
 
     corners = [transform @ (0, 0), transform @ (width, 0), transform @ (width, height),
                transform @ (0, height)]
     outline = shapely.Polygon(corners)
     step = max(abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e))
     outline = shapely.segmentize(outline, step * max(width, height) / 32)  # curved in 4326
-    footprint = shapely.geometry.shape(transform_geom(crs, "EPSG:4326",
-                                                      outline.__geo_interface__))
-    on_ground = gpd.GeoSeries([footprint], crs="EPSG:4326")
-    area = float(on_ground.to_crs(on_ground.estimate_utm_crs()).area.iloc[0])
+    wkt = crs if isinstance(crs, str) else crs.to_wkt()
+    footprint = reproject(np.array([outline], dtype=object), wkt, "EPSG:4326")[0]
+    area = abs(Geod(ellps="WGS84").geometry_area_perimeter(footprint)[0])
     return SceneExtent(footprint, float(np.sqrt(area / max(width * height, 1))), True)
 
 
