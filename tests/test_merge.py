@@ -217,3 +217,22 @@ def test_seam_options_out_of_range_are_refused(tmp_path):
     run = subprocess.run(tool, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--seam-tolerance" in run.stderr
     assert not (tmp_path / "city.parquet").exists()
+
+
+def test_scene_files_are_read_as_geopandas_reads_them(tmp_path):
+    """predict.py's files (EPSG:4326) are read without geopandas' per-file CRS parsing, to the
+    same frame; a file in another CRS (not written by predict.py) is read and reprojected."""
+    from mnc_d2.inference.merge import read_scene_file
+
+    _write(tmp_path, "A", [_box(0, 0, 10, 10), _box(20, 0, 30, 10)], [0.9, 0.8],
+           info=SceneInfo(datetime="2017-05-01T10:00:00Z", view_angle=12.5))
+    path = tmp_path / "buildings" / "A.parquet"
+    ours, theirs = read_scene_file(path), gpd.read_parquet(path)
+    assert ours.crs == theirs.crs and list(ours.columns) == list(theirs.columns)
+    assert ours.drop(columns="geometry").equals(theirs.drop(columns="geometry"))
+    assert ours.geometry.geom_equals_exact(theirs.geometry, 0).all()
+    other = tmp_path / "utm.parquet"
+    theirs.to_crs(CRS_UTM).to_parquet(other)
+    moved = read_scene_file(other)
+    assert moved.crs.to_epsg() == 4326
+    assert moved.geometry.geom_equals_exact(theirs.geometry, 1e-9).all()
