@@ -908,6 +908,8 @@ def _seam_layout(size: int, tile: int, overlap: int) -> str:
     n = max(1, size // tile)
     grid = " (SpaceNet's grid)" if tile == 650 else ""
     return f"{n} x {n} tiles of {tile} px, abutting{grid}"
+
+
 SEAM_METHODS = {"pieces": "nothing merged (the tiles' files side by side)",
                 "any_overlap": "union of any overlap (the previous rule)",
                 "seams": "merge_footprints.py (this version)"}

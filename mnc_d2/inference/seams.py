@@ -158,9 +158,8 @@ def seam_groups(geoms: np.ndarray, scene: np.ndarray, footprints: dict, toleranc
         zones[key] = shapely.intersection(
             shapely.buffer(footprints[key[0]], tolerance[key[0]], join_style="mitre"),
             shapely.buffer(footprints[key[1]], tolerance[key[1]], join_style="mitre"))
-    zone = np.array([zones[tuple(sorted(pair))] for pair in zip(scene[a].tolist(),
-                                                                 scene[b].tolist())],
-                    dtype=object).reshape(-1)
+    pairs = zip(scene[a].tolist(), scene[b].tolist())
+    zone = np.array([zones[tuple(sorted(pair))] for pair in pairs], dtype=object).reshape(-1)
     part_a = shapely.intersection(extended[a], zone)
     part_b = shapely.intersection(extended[b], zone)
     smaller = np.minimum(shapely.area(part_a), shapely.area(part_b))
