@@ -153,12 +153,13 @@ def scene_extents(folder: Path, files: list[Path], boxes: list) -> tuple[list, l
 
 
 def _reach(extent, tolerance_px: float):
-    """The footprint grown by the seam tolerance, in degrees (the longitude degree's length at
-    the footprint's highest latitude: at least the tolerance everywhere)."""
+    """The footprint grown by the seam tolerance, in degrees: metres over 110 km times the
+    cosine of the footprint's highest latitude, at most a degree's length in either direction,
+    so at least the tolerance everywhere."""
     lat = min(max(abs(extent.footprint.bounds[1]), abs(extent.footprint.bounds[3])), 89.0)
     metres = tolerance_px * extent.gsd_m
     return shapely.buffer(shapely.envelope(extent.footprint),
-                          metres / (111_000.0 * np.cos(np.radians(lat))), join_style="mitre")
+                          metres / (110_000.0 * np.cos(np.radians(lat))), join_style="mitre")
 
 
 def merge_footprints(folder: str | Path, dest: str | Path,
