@@ -612,6 +612,22 @@ def test_runtime_profile_sums_by_graph_part(tmp_path, exported, backend):
         "/rpn/TopK": "rpn", "Reorder_7": "rpn", "orphan": "unattributed"}
 
 
+def test_graph_resizes_by_the_training_scale_at_any_tile_size(trained):
+    """The exported graph resizes its tile by the factor of a whole training tile (the run's
+    INPUT.TRAIN_TILE_SIZE, here TILE, at the 128 px test size), whatever size it is exported
+    at; without a recorded side the exported tile stands for it (Detectron2's resize)."""
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.export.exporter import build_graph
+
+    weights = ["MODEL.WEIGHTS", str(trained / "model_final.pth")]
+    cfg = setup_cfg(str(trained / "config.yaml"), weights, for_training=False)
+    assert build_graph(cfg, TILE).resized == (128, 128)
+    assert build_graph(cfg, 2 * TILE).resized == (256, 256)
+    cfg = setup_cfg(str(trained / "config.yaml"), [*weights, "INPUT.TRAIN_TILE_SIZE", "0"],
+                    for_training=False)
+    assert build_graph(cfg, 2 * TILE).resized == (128, 128)
+
+
 def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
     """The graph's RPN (a top-k per level, only the kept anchors decoded) gives exactly the
     proposals of Detectron2's own selection (a sort of every score, every anchor decoded)."""
