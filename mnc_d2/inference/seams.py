@@ -16,7 +16,7 @@ The rule, in a local metric CRS (the UTM zone of the buildings being merged):
 - A polygon that comes within ``t`` of its scene's footprint boundary is *cut* (it may go on
   beyond the scene); the others are *whole*. A cut polygon is extended by ``t`` around it, near
   that boundary only (where its scene's view ends), so that pieces separated by the seam's gap
-  meet; a polygon is never extended inside its scene.
+  meet; nothing is extended away from that boundary.
 - Two polygons of different scenes are the *same building* when, inside the zone that both
   scenes see (their footprints, each grown by its ``t``), the overlap of their extended shapes
   covers at least ``min_overlap`` of the smaller one's part there. Across an abutting seam that
@@ -29,10 +29,11 @@ The rule, in a local metric CRS (the UTM zone of the buildings being merged):
   union, with the gaps between matched pieces bridged (where both extended pieces lie, inside
   the pieces' convex hull).
 
-Approximations: a footprint is the scene's grid, not its data (pieces cut by a nodata collar
-inside another scene are compared as they are); scenes whose grid is unknown (files written
-before predict.py recorded it, and whose scene cannot be opened) stand for their buildings'
-bounding box at ``fallback_gsd_m`` metres per pixel. Torch-free.
+Approximations: a footprint is the scene's grid, not its data (a piece cut by a nodata collar
+inside another scene counts as whole, and stands for the building if it scores higher than the
+other scene's polygon); scenes whose grid is unknown (files written before predict.py recorded
+it, and whose scene cannot be opened) stand for their buildings' bounding box at
+:data:`FALLBACK_GSD_M` metres per pixel. Torch-free.
 """
 
 from __future__ import annotations
