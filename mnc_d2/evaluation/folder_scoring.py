@@ -136,23 +136,19 @@ def recorded_grids(folder: Path) -> dict:
     """Scene name -> (crs, transform, width, height) of each scene whose GeoParquet in
     predict.py output ``folder`` records its pixel grid (folders written before predict.py
     recorded it: none, and the scenes are opened instead). Reads the files' footers only."""
-    import json
-
     import pyarrow.parquet as pq
-    from affine import Affine
     from rasterio.crs import CRS
 
-    from ..inference.scenes import GRID_KEY
+    from ..inference.scenes import recorded_grid
 
     grids = {}
     for path in sorted(Path(folder).glob("buildings/*.parquet")):
         try:
-            raw = (pq.read_schema(path).metadata or {}).get(GRID_KEY)
-            if raw:
-                grid = json.loads(raw)
-                grids[path.stem] = (CRS.from_wkt(grid["crs"]) if grid["crs"] else None,
-                                    Affine(*grid["transform"]), int(grid["width"]),
-                                    int(grid["height"]))
+            grid = recorded_grid(pq.read_schema(path).metadata)
+            if grid is not None:
+                crs, transform, width, height = grid
+                grids[path.stem] = (CRS.from_wkt(crs) if crs else None, transform, width,
+                                    height)
         except Exception as exc:  # noqa: BLE001 - a damaged file: read_scene_buildings says so
             logger.debug("%s: no recorded grid (%s)", path, exc)
     return grids

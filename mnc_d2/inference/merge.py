@@ -41,10 +41,10 @@ WGS84 = "EPSG:4326"  # the per-scene files' CRS
 PROVENANCE = ("datetime", "view_angle")
 
 
-def _extent(path: Path) -> tuple[float, float, float, float] | None:
-    import pyarrow.parquet as pq
-
-    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+def _extent(metadata: dict) -> tuple[float, float, float, float] | None:
+    """The buildings' bounding box a per-scene file's schema ``metadata`` records (None: no
+    building)."""
+    geo = json.loads(metadata[b"geo"])
     bbox = geo["columns"][geo["primary_column"]].get("bbox")
     return tuple(bbox) if bbox and all(np.isfinite(bbox)) else None
 
@@ -122,18 +122,18 @@ def _scene_paths(folder: Path) -> dict:
     return dict(zip(rows["scene"].astype(str), rows["path"].astype(str)))
 
 
-def scene_extents(folder: Path, files: list[Path], boxes: list) -> tuple[list, list[str]]:
-    """Each file's :class:`.seams.SceneExtent`: the grid it records, else its scene's (opened
-    through the manifest), else its buildings' bounding box (``boxes``) at the fallback pixel
-    size; and the names of the scenes given that fallback."""
-    import pyarrow.parquet as pq
+def scene_extents(folder: Path, files: list[Path], metas: list[dict],
+                  boxes: list) -> tuple[list, list[str]]:
+    """Each file's :class:`.seams.SceneExtent`: the grid its schema metadata (``metas``)
+    records, else its scene's (opened through the manifest), else its buildings' bounding box
+    (``boxes``) at the fallback pixel size; and the names of the scenes given that fallback."""
     import rasterio
 
     from .seams import FALLBACK_GSD_M, SceneExtent, grid_extent, recorded_extent
 
     paths, extents, guessed = None, [], []
-    for path, box in zip(files, boxes):
-        extent = recorded_extent(pq.read_schema(path).metadata)
+    for path, meta, box in zip(files, metas, boxes):
+        extent = recorded_extent(meta)
         if extent is None:
             paths = _scene_paths(folder) if paths is None else paths
             try:
@@ -141,7 +141,7 @@ def scene_extents(folder: Path, files: list[Path], boxes: list) -> tuple[list, l
                     extent = grid_extent(src.crs, src.transform, src.width, src.height)
             except Exception as exc:  # noqa: BLE001 - not in the manifest, moved, unreadable
                 logger.debug("scene %s: no grid (%s)", path.stem, exc)
-                extent = SceneExtent(shapely.box(*box), FALLBACK_GSD_M, False)
+                extent = SceneExtent(shapely.box(*box), FALLBACK_GSD_M)
                 guessed.append(path.stem)
         extents.append(extent)
     if guessed:
@@ -198,11 +198,13 @@ def merge_footprints(folder: str | Path, dest: str | Path,
         raise FileNotFoundError(f"none of the {len(unreadable)} per-scene GeoParquet files "
                                 f"under {Path(folder) / 'buildings'} can be read (the first: "
                                 f"{next(iter(unreadable.values()))})")
-    boxes = [_extent(f) for f in files]
-    scenes = [(f, e) for f, e in zip(files, boxes) if e is not None]  # with buildings
+    metas = [pq.read_schema(f).metadata for f in files]  # each footer read once here
+    boxes = [_extent(m) for m in metas]
+    kept = [k for k, box in enumerate(boxes) if box is not None]  # scenes with buildings
+    scenes = [files[k] for k in kept]
     empty_scenes = len(files) - len(scenes)
-    extents, guessed = scene_extents(Path(folder), [f for f, _ in scenes],
-                                     [e for _, e in scenes])
+    extents, guessed = scene_extents(Path(folder), scenes, [metas[k] for k in kept],
+                                     [boxes[k] for k in kept])
     outlines = gpd.GeoSeries([e.footprint for e in extents], crs="EPSG:4326")
     order = (np.argsort(outlines.hilbert_distance().to_numpy(), kind="stable") if len(outlines)
              else np.zeros(0, dtype=int))  # every scene empty: nothing to order
@@ -242,7 +244,7 @@ def merge_footprints(folder: str | Path, dest: str | Path,
             bounds[2:] = np.maximum(bounds[2:], b[2:])
             stats["written"] += len(frame)
 
-        for k, (path, _) in enumerate(scenes):
+        for k, path in enumerate(scenes):
             frame = read_scene_file(path)
             for column in PROVENANCE:  # files of mnc_d2 < 0.3 lack them
                 if column not in frame:
@@ -266,8 +268,7 @@ def merge_footprints(folder: str | Path, dest: str | Path,
             if any((waiting["_last"] == k).any() for waiting in pool):
                 pool = _flush(pool, k, emit, stats, seam_rule, final=False)
         _flush(pool, len(scenes), emit, stats, seam_rule, final=True)
-        _join_chunks(chunks, dest, bounds,
-                     pq.read_schema(files[0]).metadata.get(b"mnc_d2") if files else None)
+        _join_chunks(chunks, dest, bounds, metas[0].get(b"mnc_d2"))
     logger.info("merged %d scenes: %d buildings read, %d written (%d seam groups merged)",
                 stats["scenes"], stats["read"], stats["written"], stats["merged_groups"])
     return stats

@@ -315,6 +315,20 @@ def write_buildings_parquet(path: str | Path, scene_name: str, polygons_map: lis
     return n
 
 
+def recorded_grid(schema_metadata: dict | None) -> tuple | None:
+    """(crs WKT or None, Affine transform, width, height) that a per-scene GeoParquet's
+    ``mnc_d2_grid`` metadata (:data:`GRID_KEY`, the file's schema metadata) records; None for
+    a file without it (written before predict.py recorded it)."""
+    from affine import Affine
+
+    raw = (schema_metadata or {}).get(GRID_KEY)
+    if not raw:
+        return None
+    grid = json.loads(raw)
+    return (grid["crs"] or None, Affine(*grid["transform"]), int(grid["width"]),
+            int(grid["height"]))
+
+
 def run_provenance(record: dict) -> dict:
     """The part of ``run.json`` each GeoParquet file carries: what made its buildings."""
     return {k: record.get(k) for k in ("config_sha256", "weights_sha256", "score_thresh",

@@ -38,7 +38,6 @@ it, and whose scene cannot be opened) stand for their buildings' bounding box at
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,11 +58,10 @@ FALLBACK_GSD_M = 0.3  # a scene without a known grid: SpaceNet's pixel size
 @dataclass
 class SceneExtent:
     """Where one scene's pixels lie: ``footprint`` (EPSG:4326 polygon) and metres per pixel
-    (``gsd_m``); ``from_grid`` False when it is its buildings' bounding box instead."""
+    (``gsd_m``)."""
 
     footprint: shapely.Polygon
     gsd_m: float
-    from_grid: bool
 
 
 @lru_cache(maxsize=128)
@@ -102,23 +100,16 @@ def grid_extent(crs, transform, width: int, height: int) -> SceneExtent:
     wkt = crs if isinstance(crs, str) else crs.to_wkt()
     footprint = reproject(np.array([outline], dtype=object), wkt, "EPSG:4326")[0]
     area = abs(Geod(ellps="WGS84").geometry_area_perimeter(footprint)[0])
-    return SceneExtent(footprint, float(np.sqrt(area / max(width * height, 1))), True)
+    return SceneExtent(footprint, float(np.sqrt(area / max(width * height, 1))))
 
 
 def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
-    """The extent a per-scene GeoParquet's ``mnc_d2_grid`` metadata records; None without."""
-    from affine import Affine
+    """The extent a per-scene GeoParquet's ``mnc_d2_grid`` metadata records; None without (or
+    without a CRS)."""
+    from .scenes import recorded_grid
 
-    from .scenes import GRID_KEY
-
-    raw = (schema_metadata or {}).get(GRID_KEY)
-    if not raw:
-        return None
-    grid = json.loads(raw)
-    if not grid.get("crs"):
-        return None
-    return grid_extent(grid["crs"], Affine(*grid["transform"]), int(grid["width"]),
-                       int(grid["height"]))
+    grid = recorded_grid(schema_metadata)
+    return grid_extent(*grid) if grid is not None and grid[0] else None
 
 
 @dataclass
