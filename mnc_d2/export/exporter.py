@@ -65,6 +65,7 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     from detectron2.modeling import build_model
     from detectron2.modeling.roi_heads import StandardROIHeads
 
+    from ..inference.input_size import tile_scale
     from ..modeling.checkpoint import load_trained_weights
 
     cfg = cfg.clone()
@@ -74,7 +75,7 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
     return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
-                 cfg.INPUT.TRAIN_TILE_SIZE or tile_size).eval()
+                 tile_scale(cfg, tile_size)).eval()
 
 
 def check_replaceable(out_dir: Path) -> None:

@@ -43,7 +43,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
-from ..inference.input_size import input_scale, resized_shape, scaled_shape
+from ..inference.input_size import resized_shape, scaled_shape
 from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import warp_image
 
@@ -110,14 +110,14 @@ class MNCExportGraph(nn.Module):
 
     forward(image (1, C, H, W) float32 raw band values at the exported tile size) ->
     boxes (R, 4) tile pixels, scores (R,), classes (R,) int64, masks (R, M, M) float32.
-    ``reference``: the side whose test resizing (``short``, ``longest``) sets the factor the
-    tile is resized by (INPUT.TRAIN_TILE_SIZE); None: the tile's own (Detectron2's resize).
+    ``factor``: what the tile is resized by (:func:`mnc_d2.inference.input_size.tile_scale`);
+    None: to ``short`` / ``longest`` as Detectron2 resizes an image.
     """
 
     HEADS = MNCROIHeads
 
     def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
-                 longest: int, reference: int | None = None):
+                 longest: int, factor: float | None = None):
         super().__init__()
         heads = model.roi_heads
         if not isinstance(heads, self.HEADS):
@@ -127,8 +127,7 @@ class MNCExportGraph(nn.Module):
             raise ValueError("export needs the model's RPN (MODEL.PROPOSAL_GENERATOR)")
         self.model = model
         self.tile = (int(tile_height), int(tile_width))
-        self.resized = (scaled_shape(tile_height, tile_width,
-                                     input_scale(reference, short, longest)) if reference
+        self.resized = (scaled_shape(tile_height, tile_width, factor) if factor
                         else resized_shape(tile_height, tile_width, short, longest))
         div = model.backbone.size_divisibility or 1
         self.padded = tuple(-(-s // div) * div for s in self.resized)

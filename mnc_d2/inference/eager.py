@@ -11,7 +11,7 @@ import contextlib
 
 import numpy as np
 
-from .input_size import input_scale, scaled_shape
+from .input_size import scaled_shape, tile_scale
 
 
 class EagerModel:
@@ -38,9 +38,7 @@ class EagerModel:
         load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
         self.model = with_test_time_augmentation(cfg, model).eval()  # TEST.AUG.ENABLED
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        reference = cfg.INPUT.TRAIN_TILE_SIZE or tile_size
-        self.factor = (input_scale(reference, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-                       if reference else None)
+        self.factor = tile_scale(cfg, tile_size)
         self.autocast = autocast
 
     def _resized(self, image: np.ndarray) -> np.ndarray:

@@ -24,6 +24,15 @@ def input_scale(reference: int, short: int, longest: int) -> float:
     return resized_shape(reference, reference, short, longest)[0] / reference
 
 
+def tile_scale(cfg, tile_size: int | None) -> float | None:
+    """The factor every tile of ``tile_size`` (predict.py's --tile-size, the exported tile) is
+    resized by for ``cfg``'s model: that of an INPUT.TRAIN_TILE_SIZE tile, else of a whole
+    ``tile_size`` one; None when neither is known (resize each image to MIN_SIZE_TEST)."""
+    reference = cfg.INPUT.TRAIN_TILE_SIZE or tile_size
+    return (input_scale(reference, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+            if reference else None)
+
+
 def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
     """(height, width) times ``factor``, rounded as Detectron2 rounds its resized sizes."""
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
