@@ -886,13 +886,12 @@ def radiometry_table(report: dict) -> list[str]:
 
 
 def _over_seeds(values: list[float], digits: int = 3) -> str:
-    """'mean ± std (min-max)' of per-seed values (sample std)."""
+    """:func:`_spread` of per-seed values (sample std)."""
     import statistics
 
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f} (1 seed)"
-    return (f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
-            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
+    return _spread({"n": len(values), "mean": statistics.mean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values), "max": max(values)}, digits)
 
 
 SEAM_LAYOUTS = ("abut_650", "abut_433", "overlap_100")  # bench_seams.LAYOUTS
