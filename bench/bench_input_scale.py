@@ -33,7 +33,8 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from bench.bench_seams import STYLE_NAMES, _abutting, render, scene_parser, seeded_runs
+from bench.bench_seams import (STYLE_NAMES, _abutting, counts, render, scene_parser,
+                               seeded_runs)
 
 MODES = ("fixed", "per_image")
 
@@ -63,17 +64,6 @@ def crop_truth(truth: list, origin: tuple[int, int], size: tuple[int, int]) -> l
     return [g for g in clipped if g.area > 0]
 
 
-def counts(truth: list, found: list, scores: list) -> np.ndarray:
-    from mnc_d2.evaluation.spacenet_metric import score
-
-    image = "AOI_0_Crop_img0"
-    result = score(pd.DataFrame({"ImageId": image, "geometry": truth}),
-                   pd.DataFrame({"ImageId": image, "geometry": found, "Confidence": scores}),
-                   images=[image])
-    c = result.overall
-    return np.array([c.tp, c.fp, c.fn])
-
-
 def one_run(run: Path, seed: int, args, work: Path) -> list[dict]:
     from bench.bench_export import _cfg
     from mnc_d2.inference.eager import EagerModel
@@ -99,8 +89,10 @@ def one_run(run: Path, seed: int, args, work: Path) -> list[dict]:
                     expected = crop_truth(truth, origin, size)
                     for mode, predictor in predictors.items():
                         found = predictor.predict(path, progress=False)
-                        total[mode] += counts(expected, list(found.polygons),
-                                              list(found.scores))
+                        c = counts(np.asarray(expected, dtype=object),
+                                   np.asarray(found.polygons, dtype=object),
+                                   np.asarray(found.scores, dtype=float))
+                        total[mode] += [c["tp"], c["fp"], c["fn"]]
                 for mode in MODES:
                     tp, fp, fn = (int(v) for v in total[mode])
                     rows.append({"seed": seed, "scene": scene.stem, "crop_px": side,
