@@ -10,12 +10,17 @@ its tiles in each layout:
 
 - ``abut_650``: 2 x 2 tiles abutting at 650 px (SpaceNet's tile grid);
 - ``abut_433``: 3 x 3 tiles abutting at 433 px (seams through other buildings);
-- ``overlap_100``: 2 x 2 tiles of 700 px overlapping by 100 px.
+- ``overlap_100``: 2 x 2 tiles of 700 px overlapping by 100 px;
+- ``collar_overlap``: two scenes, columns 0-800 and the last 800 (overlapping by 300 px at
+  1,300 px), the first with a nodata collar over its last 150 columns (an orthorectified
+  scene's collar: its data ends 150 px inside its grid, inside the other scene).
 
 Each layout's per-tile buildings are then put together three ways: ``pieces`` (the tiles' files
 side by side, nothing merged), ``any_overlap`` (buildings of different tiles whose overlap has
 any area unioned: the previous rule) and ``seams`` (merge_footprints with
-its defaults), and scored (SpaceNet rules, IoU 0.5, in the whole scene's pixels) against the
+its defaults); the collar layout a fourth, ``seams_grid`` (merge_footprints with the files' record
+of where their data lies removed: each scene's grid as its edge, as before this version), and
+scored (SpaceNet rules, IoU 0.5, in the whole scene's pixels) against the
 scene's truth and against the whole-scene prediction. Prints one JSON object.
 
     python -m bench.bench_seams --runs .cache/bench/accuracy/runs/mnc5_60img_600it/seed{0,1,2} \\
@@ -42,8 +47,10 @@ import shapely
 from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = {"abut_650": (650, 0), "abut_433": (433, 0), "overlap_100": (700, 100)}
+LAYOUTS = {"abut_650": (650, 0), "abut_433": (433, 0), "overlap_100": (700, 100),
+           "collar_overlap": (800, 150)}  # the collar layout: (scene width, collar width)
 METHODS = ("pieces", "any_overlap", "seams")
+COLLAR = "collar_overlap"
 STYLE_NAMES = ("vegas", "khartoum")
 
 
@@ -84,6 +91,8 @@ def cut(scene: Path, folder: Path, layout: str) -> list[Path]:
     tile, overlap = LAYOUTS[layout]
     paths = []
     with rasterio.open(scene) as src:
+        if layout == COLLAR:
+            return _collared(src, folder, f"{scene.stem}__{layout}", tile, overlap)
         if overlap:
             windows = [t.window for t in tile_grid(src.width, src.height, tile, overlap)]
         else:
@@ -97,6 +106,43 @@ def cut(scene: Path, folder: Path, layout: str) -> list[Path]:
                 dst.write(src.read(window=window))
             paths.append(path)
     return paths
+
+
+def _collared(src, folder: Path, stem: str, width: int, collar: int) -> list[Path]:
+    """:data:`COLLAR`'s two scenes of ``src``: columns 0..width with DN 0 (declared nodata) in
+    the last ``collar`` of them, and the last ``width`` columns."""
+    paths = []
+    for k, x0 in enumerate((0, src.width - width)):
+        window = Window(x0, 0, width, src.height)
+        data = src.read(window=window)
+        if k == 0:
+            data[:, :, width - collar:] = 0
+        path = folder / f"{stem}_{k}.tif"
+        profile = dict(src.profile, width=width, height=src.height, nodata=0,
+                       transform=src.window_transform(window))
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        paths.append(path)
+    return paths
+
+
+def without_data_regions(folder: Path) -> Path:
+    """A copy of ``folder``'s per-scene files without predict.py's record of where each
+    scene's data lies (its grid only, as files were written before this version)."""
+    import pyarrow.parquet as pq
+
+    from mnc_d2.inference.scenes import GRID_KEY
+
+    out = folder.parent / f"{folder.name}_grid"
+    (out / "buildings").mkdir(parents=True)
+    for path in sorted(folder.glob("buildings/*.parquet")):
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata)
+        grid = json.loads(meta[GRID_KEY])
+        grid.pop("data", None)
+        meta[GRID_KEY] = json.dumps(grid).encode()
+        pq.write_table(table.replace_schema_metadata(meta), out / "buildings" / path.name)
+    return out
 
 
 def predict(run: Path, inputs: list[Path], out: Path) -> None:
@@ -184,7 +230,11 @@ def one_run(run: Path, seed: int, args, work: Path) -> list[dict]:
             merge_s = time.perf_counter() - clock
             made = {"pieces": pieces, "any_overlap": any_overlap(folder),
                     "seams": gpd.read_parquet(folder / "city.parquet")}
-            for method in METHODS:
+            if name == COLLAR:
+                grids = without_data_regions(folder)
+                merge_footprints(grids, grids / "city.parquet")
+                made["seams_grid"] = gpd.read_parquet(grids / "city.parquet")
+            for method in made:
                 frame = made[method]
                 px = in_pixels(frame, transform)
                 rows.append({**base, "layout": name, "method": method, "buildings": len(frame),

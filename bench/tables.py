@@ -894,12 +894,16 @@ def _over_seeds(values: list[float], digits: int = 3) -> str:
                     "min": min(values), "max": max(values)}, digits)
 
 
-SEAM_LAYOUTS = ("abut_650", "abut_433", "overlap_100")  # bench_seams.LAYOUTS
+SEAM_LAYOUTS = ("abut_650", "abut_433", "overlap_100", "collar_overlap")  # bench_seams.LAYOUTS
 
 
-def _seam_layout(size: int, tile: int, overlap: int) -> str:
+def _seam_layout(size: int, tile: int, overlap: int, layout: str = "") -> str:
     """'2 x 2 tiles of 650 px, abutting' for a ``size`` px scene (bench_seams.py's cuts)."""
     from mnc_d2.inference.tiling import tile_grid
+
+    if layout == "collar_overlap":  # (scene width, collar width)
+        return (f"2 scenes {tile} px wide overlapping by {2 * tile - size} px, the first with "
+                f"a {overlap} px nodata collar")
 
     if overlap:
         n = round(len(tile_grid(size, size, tile, overlap)) ** 0.5)
@@ -911,7 +915,9 @@ def _seam_layout(size: int, tile: int, overlap: int) -> str:
 
 SEAM_METHODS = {"pieces": "nothing merged (the tiles' files side by side)",
                 "any_overlap": "union of any overlap (the previous rule)",
-                "seams": "merge_footprints.py (this version)"}
+                "seams": "merge_footprints.py (this version)",
+                "seams_grid": "merge_footprints.py, each scene's grid as its edge (its data "
+                              "not recorded, as before this version)"}
 
 
 def seams_table(report: dict) -> list[str]:
@@ -931,11 +937,13 @@ def seams_table(report: dict) -> list[str]:
              f"{report['seam_min_overlap']:g}.", ""]
     rows = [["whole scene", "(one scene)", _over_seeds(summary["whole/whole"]["vs_truth"]),
              "-", "1", "1"]]
-    for layout in SEAM_LAYOUTS:
-        label = _seam_layout(report["size_px"], *report["layouts"][layout])
+    for layout in (name for name in SEAM_LAYOUTS if name in report["layouts"]):
+        label = _seam_layout(report["size_px"], *report["layouts"][layout], layout)
         before = summary[f"{layout}/any_overlap"]["vs_truth"]
         for method, how in SEAM_METHODS.items():
-            e = summary[f"{layout}/{method}"]
+            e = summary.get(f"{layout}/{method}")
+            if e is None:  # seams_grid: the collar layout only
+                continue
             change = ("-" if method == "any_overlap" else
                       _over_seeds([a - b for a, b in zip(e["vs_truth"], before)]))
             rows.append([label, how, _over_seeds(e["vs_truth"]), change,

@@ -139,12 +139,17 @@ def test_seam_and_input_scale_scripts(work):
     way of putting the tiles together, every crop side and resize, reach their tables."""
     run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
     seams = _bench("bench_seams", "--runs", str(run), "--size", "866", "--scenes-per-style", "1")
-    assert set(seams["summary"]) == {"whole/whole", *(f"{layout}/{method}" for layout in
-                                                      tables.SEAM_LAYOUTS
-                                                      for method in tables.SEAM_METHODS)}
+    methods = ("pieces", "any_overlap", "seams")
+    assert set(seams["summary"]) == {"whole/whole", "collar_overlap/seams_grid",
+                                     *(f"{layout}/{method}" for layout in tables.SEAM_LAYOUTS
+                                       for method in methods)}
     lines = tables.seams_table(seams)
-    assert len(lines) == 2 + 2 + 1 + 3 * 3  # description, header, the whole scene, 3 x 3 rows
-    assert lines[-1].startswith("| 2 x 2 tiles of 700 px, overlapping by 100 px | merge_")
+    # description, header, the whole scene, 3 methods of 4 layouts, the collar's grid-edge rule
+    assert len(lines) == 2 + 2 + 1 + 4 * 3 + 1
+    assert lines[-5].startswith("| 2 x 2 tiles of 700 px, overlapping by 100 px | merge_")
+    assert lines[-1].startswith("| 2 scenes 800 px wide overlapping by 734 px, the first with "
+                                "a 150 px nodata collar | merge_footprints.py, each scene's "
+                                "grid as its edge")
     scale = _bench("bench_input_scale", "--runs", str(run), "--size", "866", "--crops", "433",
                    "--scenes-per-style", "1")
     assert set(scale["summary"]) == {"433/fixed", "433/per_image"}

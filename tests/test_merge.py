@@ -154,6 +154,25 @@ def test_a_whole_polygon_stands_for_a_building_over_a_better_scoring_piece(tmp_p
     assert city.area.iloc[0] == pytest.approx(180.0)
 
 
+def test_a_building_cut_by_a_nodata_collar_is_a_piece_as_at_a_grid_edge(tmp_path):
+    """A's grid reaches x = 100 but its data stops at x = 60 (a collar, recorded by predict.py);
+    a building across that line is a piece in A, so B's whole polygon stands for it though A's
+    piece scores higher. Without the record A's piece (40 m from A's grid edge) counted as
+    whole and won."""
+    folder = tmp_path / "pred"
+    collared = dict(_grid(0, 100), data=_box(0, 0, 60, 100).wkt)
+    _write(folder, "A", [_box(52, 40, 59.5, 50)], [0.95], collared)
+    _write(folder, "B", [_box(52, 40, 70, 50)], [0.6], _grid(40, 200))
+    merge_footprints(folder, tmp_path / "city.parquet")
+    city = _city(tmp_path / "city.parquet")
+    assert len(city) == 1 and city.score.tolist() == [0.6] and city.scenes.tolist() == ["A,B"]
+    assert city.area.iloc[0] == pytest.approx(180.0)
+    # a building wholly inside A's data stays A's, whole
+    _write(folder, "A", [_box(52, 40, 59.5, 50), _box(10, 10, 20, 20)], [0.95, 0.9], collared)
+    merge_footprints(folder, tmp_path / "city2.parquet")
+    assert len(_city(tmp_path / "city2.parquet")) == 2
+
+
 def test_a_scene_file_without_a_grid_is_opened_through_the_manifest(tmp_path):
     """Folders written before predict.py recorded the scenes' grids: the scene is opened
     through the manifest; where it cannot be, its buildings' bounding box stands for it, said

@@ -711,6 +711,19 @@ def test_tiles_without_data_are_not_run_and_change_nothing(tmp_path, trained, sc
         blank_west = (src.transform @ (96, 0))[0]  # the blank tiles' windows start at column 96
     a, b = a[a.bounds.maxx < blank_west], b[b.bounds.maxx < blank_west]
     assert len(a) == len(b) > 0
+    # the file records where the scene holds data (merge_footprints' seams): columns 0-89
+    import pyarrow.parquet as pq
+    from shapely.geometry import box
+
+    from mnc_d2.geometry.polygons import pixel_to_map
+    from mnc_d2.inference.scenes import recorded_data_region
+
+    region = recorded_data_region(pq.read_schema(
+        tmp_path / "skip" / "buildings" / "collar.parquet").metadata)
+    with rasterio.open(path) as src:
+        expected = pixel_to_map(box(0, 0, 90, src.height), src.transform)
+    assert region is not None and region.symmetric_difference(expected).area < \
+        1e-6 * expected.area
     assert (a.score.to_numpy() == b.score.to_numpy()).all()
     assert all(x.equals_exact(y, 0.0) for x, y in zip(a.geometry, b.geometry))
 

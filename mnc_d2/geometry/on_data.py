@@ -30,3 +30,16 @@ def inside_data(polygons: list, gaps: list, max_outside: float = MAX_OUTSIDE_DAT
     outside = np.zeros(len(geoms))
     np.add.at(outside, poly, shapely.area(shapely.intersection(geoms[poly], parts[part])))
     return outside <= max_outside * shapely.area(geoms)
+
+
+def data_region(gaps: list, width: int, height: int, tolerance: float = 1.0):
+    """The part of a ``width`` x ``height`` pixel grid that holds data: the grid less ``gaps``
+    (arrays of polygons of the pixels without data, in the grid's pixels), its outline
+    simplified by ``tolerance`` pixels (a collar's staircase of pixel edges becomes its line).
+    None when no pixel lacks data (the region is the grid); an empty polygon when none holds
+    any."""
+    parts = np.concatenate(gaps) if gaps else np.zeros(0, dtype=object)
+    if not len(parts):
+        return None
+    region = shapely.difference(shapely.box(0, 0, width, height), shapely.union_all(parts))
+    return shapely.simplify(region, tolerance, preserve_topology=True)

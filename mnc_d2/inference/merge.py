@@ -4,8 +4,9 @@ Neighbouring scenes abut or overlap, so a building on a seam is found once per s
 it, whole or cut in pieces. Which polygons of *different* scenes are one building, and what
 stands for it (the best-scoring whole one, or the union of the pieces with the seam's gap
 bridged), is :mod:`.seams`' rule; buildings of the same scene are joined only through another
-scene's. The scenes' footprints come from the pixel grid each file records (the scene's own
-file, through the folder's manifest, for files written before predict.py recorded it).
+scene's. The scenes' footprints come from what each file records: its pixel grid, less the
+nodata collar or gaps where the scene has some (the scene's own grid, through the folder's
+manifest, for files written before predict.py recorded them).
 
 Streaming, so memory does not grow with the city: scenes are visited in Hilbert order of their
 footprints; a building that comes nowhere near another scene's footprint is written at once, the

@@ -41,7 +41,7 @@ from .threshold import resolve_score_threshold  # noqa: F401 - also imported fro
 from ..geometry.crs import is_mercator
 from ..geometry.polygons import map_to_pixel, mask_to_polygons, pixel_to_map
 from ..geometry.instances import instances_to_polygons
-from ..geometry.on_data import inside_data
+from ..geometry.on_data import data_region, inside_data
 from ..evaluation.visualize import draw_outline, stretch_to_uint8, write_png
 from ..formats.geojson import write_geojson
 from ..formats.spacenet_csv import write_proposal_csv
@@ -77,6 +77,9 @@ class ScenePrediction:
     # the scene file's own pixel grid, where the model saw it resampled (None: the same grid)
     file_transform: object = None
     file_size: tuple | None = None  # its (width, height) then
+    # where the scene holds data (a polygon in ``crs``), when some of its pixels do not (a
+    # nodata collar, a mosaic's gaps); None: all of the grid
+    data_region: object = None
 
     def file_grid(self) -> dict:
         """The scene file's own grid, as predict.py records it beside the buildings (so that
@@ -84,8 +87,11 @@ class ScenePrediction:
         "width", "height"}."""
         transform = self.file_transform if self.file_transform is not None else self.transform
         width, height = self.file_size or (self.width, self.height)
-        return {"crs": self.crs.to_wkt() if self.crs is not None else None,
+        grid = {"crs": self.crs.to_wkt() if self.crs is not None else None,
                 "transform": list(transform)[:6], "width": int(width), "height": int(height)}
+        if self.data_region is not None:  # where merge_footprints' seams lie
+            grid["data"] = shapely.to_wkt(self.data_region, rounding_precision=-1)
+        return grid
 
 
 # A scene whose pixel size differs from INPUT.GSD by more than this fraction is resampled to it.
@@ -321,16 +327,19 @@ class ScenePredictor:
                     logger.info("%s: %.3f m pixels resampled to the model's %.3f m (%d x %d)",
                                 shown, gsd, self.model_gsd, width, height)
                 masked = has_data_mask(data)
-                polygons, scores = self._predict_grid(data, bands, masked, shown, progress,
-                                                      match)
+                polygons, scores, gaps = self._predict_grid(data, bands, masked, shown,
+                                                            progress, match)
                 image_id = scene_image_id(path)
                 when = (info.datetime if info is not None and info.datetime
                         else tiff_datetime(src.tags()))
+                region = data_region(gaps, data.width, data.height)
                 return ScenePrediction(path, image_id, polygons, scores, data.crs,
                                        data.transform, data.width, data.height, gsd,
                                        self.model_gsd, when, warnings,
                                        None if data is src else src.transform,
-                                       None if data is src else (src.width, src.height))
+                                       None if data is src else (src.width, src.height),
+                                       None if region is None
+                                       else pixel_to_map(region, data.transform))
 
     def _band_warnings(self, src, names: list[str], bands: list[int], shown: str) -> list[str]:
         """The warning (in a list, or none) for a scene with more bands than the model reads
@@ -392,7 +401,8 @@ class ScenePredictor:
         (only the reader thread touches ``data``); the result is the same either way.
         ``self.timings`` accumulates seconds: read, model, polygons (each stage's own time),
         waiting_for_read and waiting_for_polygons (what the model loop waited), merge. Tiles
-        without a pixel of data are not run (:meth:`_run_where_data`)."""
+        without a pixel of data are not run (:meth:`_run_where_data`). Returns (polygons,
+        scores, the gap_parts arrays of the tiles with pixels outside the data)."""
         tiles = tile_grid(data.width, data.height, self.tile_size, self.overlap)
         batches = [(start, tiles[start: start + self.batch_size])
                    for start in range(0, len(tiles), self.batch_size)]
@@ -452,7 +462,7 @@ class ScenePredictor:
             merged = ([p for p, k in zip(merged[0], keep) if k],
                       [v for v, k in zip(merged[1], keep) if k])
         clock["merge"] += time.perf_counter() - began
-        return merged
+        return merged[0], merged[1], gaps
 
     def _run_where_data(self, read: list) -> list:
         """Model outputs of one batch's tiles ``read`` ((image, valid) pairs), None for each

@@ -329,6 +329,17 @@ def recorded_grid(schema_metadata: dict | None) -> tuple | None:
             int(grid["height"]))
 
 
+def recorded_data_region(schema_metadata: dict | None):
+    """Where the scene holds data (a polygon in the grid's CRS), as a per-scene GeoParquet's
+    ``mnc_d2_grid`` metadata records it for a scene with pixels outside its data; None when
+    none is recorded (the whole grid holds data, or the file predates the record)."""
+    import shapely
+
+    raw = (schema_metadata or {}).get(GRID_KEY)
+    text = json.loads(raw).get("data") if raw else None
+    return shapely.from_wkt(text) if text else None
+
+
 def run_provenance(record: dict) -> dict:
     """The part of ``run.json`` each GeoParquet file carries: what made its buildings."""
     return {k: record.get(k) for k in ("config_sha256", "weights_sha256", "score_thresh",

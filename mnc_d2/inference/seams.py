@@ -10,8 +10,8 @@ again, whole or cut, by its neighbour.
 
 The rule, in a local metric CRS (the UTM zone of the buildings being merged):
 
-- A scene's *footprint* is its pixel grid's outline (recorded by predict.py beside the
-  buildings; the scene's own file otherwise). ``t``, the seam tolerance, is
+- A scene's *footprint* is where it holds data: its pixel grid's outline less any nodata
+  collar or gap (recorded by predict.py beside the buildings; the scene's own grid otherwise). ``t``, the seam tolerance, is
   ``tolerance_px`` pixels of the scene.
 - A polygon that comes within ``t`` of its scene's footprint boundary is *cut* (it may go on
   beyond the scene); the others are *whole*. A cut polygon is extended by ``t`` around it, near
@@ -29,9 +29,14 @@ The rule, in a local metric CRS (the UTM zone of the buildings being merged):
   union, with the gaps between matched pieces bridged (where both extended pieces lie, inside
   the pieces' convex hull).
 
-Approximations: a footprint is the scene's grid, not its data (a piece cut by a nodata collar
-inside another scene counts as whole, and stands for the building if it scores higher than the
-other scene's polygon); scenes whose grid is unknown (files written before predict.py recorded
+A scene with pixels outside its data (an orthorectified scene's nodata collar, a mosaic's gaps)
+has predict.py's record of where its data lies as its footprint, so that a building the collar
+cuts is a piece there, as at a grid edge.
+
+Approximations: a scene whose data region was not recorded (files written before predict.py
+recorded it, opened through the manifest) has its grid as footprint (a piece cut by its nodata
+collar inside another scene counts as whole, and stands for the building if it scores higher
+than the other scene's polygon); scenes whose grid is unknown (files written before predict.py recorded
 it, and whose scene cannot be opened) stand for their buildings' bounding box at
 :data:`FALLBACK_GSD_M` metres per pixel. Torch-free.
 """
@@ -105,11 +110,21 @@ def grid_extent(crs, transform, width: int, height: int) -> SceneExtent:
 
 def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
     """The extent a per-scene GeoParquet's ``mnc_d2_grid`` metadata records; None without (or
-    without a CRS)."""
-    from .scenes import recorded_grid
+    without a CRS). Its footprint is where the scene holds data when predict.py recorded that
+    (a scene with a nodata collar or gaps), else the grid's outline."""
+    from .scenes import recorded_data_region, recorded_grid
 
     grid = recorded_grid(schema_metadata)
-    return grid_extent(*grid) if grid is not None and grid[0] else None
+    if grid is None or not grid[0]:
+        return None
+    extent = grid_extent(*grid)
+    region = recorded_data_region(schema_metadata)
+    if region is not None:
+        transform, width, height = grid[1:]
+        step = max(abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e))
+        region = shapely.segmentize(region, step * max(width, height) / 32)  # curved in 4326
+        extent.footprint = reproject(np.array([region], dtype=object), grid[0], "EPSG:4326")[0]
+    return extent
 
 
 @dataclass
