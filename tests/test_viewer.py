@@ -212,7 +212,8 @@ def test_the_map_in_a_real_browser(tmp_path, footprints):
 
 
 def test_truth_is_matched_as_the_scorer_matches(tmp_path):
-    """TP / FP / FN of the map equal tools/score.py's on the same polygons (SpaceNet rules)."""
+    """TP / FP / FN of the map equal tools/score.py's on the same polygons (SpaceNet rules), at
+    the run's threshold and at any other the slider sets."""
     from mnc_d2.evaluation.spacenet_metric import score_csv
     from mnc_d2.formats.spacenet_csv import write_proposal_csv
     from mnc_d2.viewer.serve import start
@@ -228,29 +229,38 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
                                                *(transform @ (143, 140)))]
     write_buildings_parquet(folder / "buildings" / "s0.parquet", "s0", polys, SCORES + [0.95],
                             "EPSG:4326")
-    truth_rows, props = [], {}
-    for k in range(2):
-        pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
-        props[f"s{k}"] = [(p, s) for p, s in zip(pix, SCORES) if s >= 0.5] + (
-            [(speck, 0.95)] if k == 0 else [])
-        # truth: buildings 1 and 3 exactly, building 2 shifted away (its prediction an FP),
-        # and one building nothing found (FN)
-        kept = [pix[1], pix[3], shapely.box(100, 100, 130, 130)]
-        # (the Geo column holds a polygon: the tester drops a row with POLYGON EMPTY anywhere)
-        truth_rows += [f's{k},{i},"{t.wkt}","{t.wkt}"' for i, t in enumerate(kept)]
+    # each scene's buildings in its pixels, with their scores (the scorer's proposals)
+    pix = [shapely.box(20 + 35 * j, 30, 45 + 35 * j, 60) for j in range(4)]
+    all_props = {f"s{k}": [(p, s) for p, s in zip(pix, SCORES)] + (
+        [(speck, 0.95)] if k == 0 else []) for k in range(2)}
+    # truth: buildings 1 and 3 exactly, building 2 shifted away (its prediction an FP), and
+    # one building nothing found (FN); building 0 (0.30, below the run's threshold) overlaps
+    # none (the Geo column holds a polygon: the tester drops a row with POLYGON EMPTY anywhere)
+    kept = [pix[1], pix[3], shapely.box(100, 100, 130, 130)]
     truth = tmp_path / "truth.csv"
-    truth.write_text("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n"
-                     + "\n".join(truth_rows) + "\n")
-    write_proposal_csv(tmp_path / "props.csv", props)
-    scorer = score_csv(str(truth), str(tmp_path / "props.csv"), group_by="none")
-    assert (scorer.overall.tp, scorer.overall.fp, scorer.overall.fn) == (4, 2, 2)
+    truth.write_text("ImageId,BuildingId,PolygonWKT_Pix,PolygonWKT_Geo\n" + "\n".join(
+        f's{k},{i},"{t.wkt}","{t.wkt}"' for k in range(2) for i, t in enumerate(kept)) + "\n")
+
+    def scored(threshold: float) -> tuple[int, int, int]:
+        """tools/score.py's counts with the buildings at or above ``threshold``."""
+        write_proposal_csv(tmp_path / "props.csv", {
+            scene: [(p, s) for p, s in found if s >= threshold] for scene, found in
+            all_props.items()})
+        result = score_csv(str(truth), str(tmp_path / "props.csv"), group_by="none")
+        return result.overall.tp, result.overall.fp, result.overall.fn
+
+    assert scored(0.5) == (4, 2, 2)
     meta = build_site(folder, tmp_path / "site", truth=[str(truth)])
-    assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2}
+    assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2} and meta["truth_kept"] == 6
     buildings = json.loads((tmp_path / "site" / "data" / "buildings.geojson").read_text())
+    # each building's match holds at any threshold at or below its score
     assert sorted(f["properties"]["match"] for f in buildings["features"]) == [
-        "FP", "FP", "TP", "TP", "TP", "TP", "below", "below", "ignored"]
+        "FP", "FP", "FP", "FP", "TP", "TP", "TP", "TP", "ignored"]
+    truth_site = json.loads((tmp_path / "site" / "data" / "truth.geojson").read_text())
+    assert sorted(f["properties"]["matched_score"] for f in truth_site["features"]) == [
+        -1, -1, 0.55, 0.55, 0.91, 0.91]
     # each match's shape (tools/score.py --polygon-metrics): the TPs are the truth exactly; the
-    # FPs overlap no truth; below the threshold nothing is matched
+    # FPs overlap no truth
     shapes = {f["properties"]["match"]: {k: f["properties"][k] for k in (
         "iou", "ciou", "polis_m", "mta_deg", "vertices", "truth_vertices")}
         for f in buildings["features"]}
@@ -258,7 +268,7 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
                             "vertices": 4, "truth_vertices": 4}
     assert shapes["FP"] == {"iou": 0.0, "ciou": None, "polis_m": None, "mta_deg": None,
                             "vertices": None, "truth_vertices": None}
-    assert set(shapes["below"].values()) == set(shapes["ignored"].values()) == {None}
+    assert set(shapes["ignored"].values()) == {None}
     assert meta["truth_shape"]["pairs"] == 4 and meta["truth_shape"]["ciou"] == 1.0
     server, url = start(tmp_path / "site")
     browser = _browser()
@@ -266,9 +276,23 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
         browser.get(url)
         _wait(browser, "return window.viewerState && window.viewerState.ready")
         assert "TP 4, FP 2, FN 2" in browser.find_element("id", "truth").text
-        assert "shape of the 4 matches: mean IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \
-            "tangent angle error 0.0\u00b0, vertices 1.00x the truth's" in \
-            browser.find_element("id", "truth").text
+        assert "shape of the 4 matches at the run's threshold 0.50: mean IoU 1.000, C-IoU " \
+            "1.000, PoLiS 0.00 m, max tangent angle error 0.0\u00b0, vertices 1.00x the " \
+            "truth's" in browser.find_element("id", "truth").text
+        # at any threshold the slider sets, the scorer's counts at that threshold
+        for threshold in (0.2, 0.6, 0.95):
+            browser.execute_script(f"window.viewerSetThreshold({threshold})")
+            tp, fp, fn = scored(threshold)
+            assert browser.execute_script("return window.viewerState.truth") == {
+                "TP": tp, "FP": fp, "FN": fn}, threshold
+            assert f"TP {tp}, FP {fp}, FN {fn} (SpaceNet rules, at the threshold " \
+                f"{threshold:.2f})" in browser.find_element("id", "truth").text
+        assert scored(0.2) == (4, 4, 2) and scored(0.6) == (2, 2, 4)
+        # the truth drawn green where a building at or above the threshold matched it
+        colour = browser.execute_script(
+            "return JSON.stringify(window.viewerMap.getPaintProperty('truth', 'line-color'))")
+        assert "0.95" in colour and "matched_score" in colour, colour
+        browser.execute_script("window.viewerSetThreshold(0.5)")
         # a click on building 3 of scene s1 (a TP) shows its shape against its truth
         popup = _click_building_3_of_s1(browser, tmp_path)
         assert "score 0.9100" in popup and "; TP: IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \

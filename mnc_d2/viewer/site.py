@@ -11,6 +11,11 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
                                              city (``vector_tiles``), instead:
     SITE/data/footprints/{z}/{x}/{y}.pbf     the same as vector tiles (:mod:`.tiles`)
     SITE/data/scores.f64                     every score, sorted (exact counts at any threshold)
+    SITE/data/truth.geojson                  (with truth) the truth polygons: match at the
+                                             run's threshold, the score of the building that
+                                             matched each (-1: none)
+    SITE/data/tp_scores.f64, fp_scores.f64   (with truth) the TP and FP buildings' scores,
+                                             sorted (TP / FP / FN at any threshold)
     SITE/data/overview/{z}/{x}/{y}.png       (a city) one imagery pyramid (:mod:`.mosaic`)
                                              instead of the per-scene images below
     SITE/imagery/<scene>.png                 each readable scene as the model saw its bands,
@@ -131,14 +136,22 @@ def _buildings(folder: Path, city: str | None):
 
 def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
                  threshold: float, city: bool = False, grids: dict | None = None):
-    """TP/FP of each building at or above ``threshold`` and TP/FN of each truth polygon, per
+    """TP/FP of every building and the score of the building each truth polygon matched, per
     scene by the SpaceNet tester's rules in the scene's pixel grid, or for a merged ``city``
     once over the whole city (tools/score.py's matching, with ``--city`` for the latter:
     :mod:`mnc_d2.evaluation.folder_scoring`), and the shape of each match (tools/score.py
-    --polygon-metrics). Returns the buildings' columns (``match``; :data:`SHAPE_COLUMNS`, NaN
-    where they do not apply), the truth GeoDataFrame (EPSG:4326, ``match``, ``scene``), the
-    counts and the matched pairs' shape summary. ``grids``: the scenes' grids the folder
-    records (:func:`mnc_d2.evaluation.folder_scoring.recorded_grids`)."""
+    --polygon-metrics).
+
+    Matched once over every building, whatever its score: the rules take buildings in
+    descending score, each matching one still-unmatched truth polygon, so what a building
+    matches depends only on the buildings above it, and is the same at any threshold at or
+    below its score. Hence the page's counts and colours at any slider threshold are the
+    scorer's at that threshold. Returns the buildings' columns (``match``: TP, FP or ignored,
+    :data:`SHAPE_COLUMNS`, NaN where they do not apply), the truth GeoDataFrame (EPSG:4326,
+    ``match`` at ``threshold``, ``matched_score``: the score of the building that matched it,
+    -1 for none, ``scene``), the counts at ``threshold`` and the shape summary of the matched
+    pairs at or above it. ``grids``: the scenes' grids the folder records
+    (:func:`mnc_d2.evaluation.folder_scoring.recorded_grids`)."""
     import geopandas as gpd
     import pandas as pd
 
@@ -147,15 +160,15 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     from ..evaluation.spacenet_metric import score
     from ..geometry.polygons import pixel_to_map
 
-    match = np.full(len(frame), "below", dtype=object)
-    match[frame["score"].to_numpy() >= threshold] = "FP"
+    match = np.full(len(frame), "FP", dtype=object)
+    scores = frame["score"].to_numpy(dtype=float)
     shape = {name: np.full(len(frame), np.nan) for name in SHAPE_COLUMNS}
-    truth_rows, counts, pairs = [], {"TP": 0, "FP": 0, "FN": 0}, []
+    truth_rows, pairs = [], []
     readable = {s["scene"]: paths[s["scene"]] for s in scenes
                 if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
     truth = read_truth(truth_paths)
-    frames = ([city_frame(frame, readable, truth, threshold, grids)] if city else
-              scene_frames(frame, readable, truth, threshold, grids))
+    frames = ([city_frame(frame, readable, truth, -np.inf, grids)] if city else
+              scene_frames(frame, readable, truth, -np.inf, grids))
     for one in frames:
         result = score(one.truth, one.proposals, group_by="none")
         matched = np.flatnonzero(result.proposal_match >= 0)
@@ -166,20 +179,33 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
         metrics, _ = frame_pair_metrics(one, result, city=city)
         for name, column in SHAPE_COLUMNS.items():
             shape[name][one.rows[matched]] = metrics[column].to_numpy()
-        pairs.append(metrics)
-        counts["TP"] += int(result.overall.tp)
-        counts["FP"] += int(result.overall.fp)
-        counts["FN"] += int(result.overall.fn)
+        pairs.append(metrics[scores[one.rows[matched]] >= threshold])
+        matched_score = np.full(len(one.truth), -1.0)
+        matched_score[result.proposal_match[matched]] = scores[one.rows[matched]]
         geo = gpd.GeoSeries([pixel_to_map(g, one.transform) for g in one.truth.geometry],
                             crs=one.crs)
         truth_rows.append(gpd.GeoDataFrame(
-            {"scene": one.scene, "match": np.where(result.truth_matched, "TP",
-                                                   np.where(result.truth_kept, "FN", "ignored"))},
+            {"scene": one.scene,
+             "match": np.where(~result.truth_kept, "ignored",
+                               np.where(matched_score >= threshold, "TP", "FN")),
+             "matched_score": matched_score},
             geometry=geo.to_crs("EPSG:4326").to_numpy(), crs="EPSG:4326"))
     truth_out = (pd.concat(truth_rows, ignore_index=True) if truth_rows else
-                 gpd.GeoDataFrame({"scene": [], "match": []}, geometry=[], crs="EPSG:4326"))
+                 gpd.GeoDataFrame({"scene": [], "match": [], "matched_score": []}, geometry=[],
+                                  crs="EPSG:4326"))
+    counts = match_counts(match, scores, int((truth_out["match"] != "ignored").sum()),
+                          threshold)
     summary = summarize(pd.concat(pairs, ignore_index=True))["all"] if pairs else None
     return {"match": match, **shape}, truth_out, counts, summary
+
+
+def match_counts(match: np.ndarray, scores: np.ndarray, truths: int, threshold: float) -> dict:
+    """TP, FP and FN at ``threshold`` of buildings matched at every threshold
+    (:func:`_match_truth`): ``match`` (N,) TP / FP / ignored, ``scores`` (N,), ``truths`` the
+    truth polygons the rules keep. What the page computes at its slider's threshold."""
+    shown = scores >= threshold
+    tp = int((shown & (match == "TP")).sum())
+    return {"TP": tp, "FP": int((shown & (match == "FP")).sum()), "FN": truths - tp}
 
 
 # With truth, each building's shape columns (the popup's): name -> polygon_metrics pair column,
@@ -279,12 +305,17 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
             handle.write(truth_frame.to_json(drop_id=True))
+        # the page's counts at its slider's threshold: TP and FP scores, each sorted
+        for kind in ("TP", "FP"):
+            write_sorted_scores(frame["score"].to_numpy()[matched["match"] == kind],
+                                site / "data" / f"{kind.lower()}_scores.f64")
     shown = frame[columns].assign(score=frame["score"].round(4),
                                   area_m2=frame["area_m2"].round(1))
     if truth:
         shown = shown.assign(**{name: frame[name].round(digits) for name, digits in
                                 (("iou", 3), ("ciou", 3), ("polis_m", 2), ("mta_deg", 1))})
-    for stale in ("footprints", "buildings.geojson", "scores.f64"):  # a rebuild's other kind
+    for stale in ("footprints", "buildings.geojson", "scores.f64", *(() if truth else (
+            "tp_scores.f64", "fp_scores.f64"))):  # a rebuild's other kind
         target = site / "data" / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -307,6 +338,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                float(max(p[0] for p in points)), float(max(p[1] for p in points))]
               if points else None)
     meta = {"threshold": threshold, "buildings": int(len(frame)), "truth_counts": counts,
+            "truth_kept": None if counts is None else counts["TP"] + counts["FN"],
             "truth_shape": shape_summary,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,

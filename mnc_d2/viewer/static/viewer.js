@@ -1,6 +1,6 @@
 // The mnc_d2 web map: footprints over the imagery, offline (MapLibre GL JS, vendored).
 // State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup,
-// error}.
+// error, truth (with truth: TP, FP, FN at the threshold)}.
 // A file the page cannot read stops it with a message in the panel (state.error), not a blank map.
 (function () {
 "use strict";
@@ -48,6 +48,11 @@ async function main(state) {
   const buildings = vector ? null : await (await load(footprints.url)).json();
   const truth = meta.truth_counts
     ? await (await load("data/truth.geojson")).json() : null;
+  // with truth: the TP and FP buildings' scores, sorted (the counts at any threshold)
+  const matches = truth ? {
+    TP: new Float64Array(await (await load("data/tp_scores.f64")).arrayBuffer()),
+    FP: new Float64Array(await (await load("data/fp_scores.f64")).arrayBuffer()),
+  } : null;
   // scores ascending: a city's vector tiles come with every score sorted in data/scores.f64
   const scores = vector
     ? new Float64Array(await (await load("data/scores.f64")).arrayBuffer())
@@ -87,39 +92,57 @@ async function main(state) {
     document.getElementById("empty").textContent = "No buildings to show: " + meta.empty_reason;
   }
 
-  if (meta.truth_counts) {
-    const c = meta.truth_counts;
-    state.truth = c;
-    let text = "TP " + c.TP + ", FP " + c.FP + ", FN " + c.FN +
-      " (SpaceNet rules, at the run's threshold " + meta.threshold.toFixed(2) + ")";
-    const s = meta.truth_shape;
-    if (s && s.pairs) {  // tools/score.py --polygon-metrics of the same matches
-      text += "; shape of the " + s.pairs + " matches: mean IoU " + s.iou.toFixed(3) +
-        ", C-IoU " + s.ciou.toFixed(3) + ", PoLiS " + s.polis.toFixed(2) +
-        " m, max tangent angle error " + s.mta.toFixed(1) + "\u00b0, vertices " +
-        s.n_ratio.toFixed(2) + "x the truth's";
-    }
-    document.getElementById("truth").textContent = text;
+  // the shape of the matches at the run's threshold (tools/score.py --polygon-metrics)
+  let shapeText = "";
+  const s = meta.truth_shape;
+  if (s && s.pairs) {
+    shapeText = "; shape of the " + s.pairs + " matches at the run's threshold " +
+      meta.threshold.toFixed(2) + ": mean IoU " + s.iou.toFixed(3) +
+      ", C-IoU " + s.ciou.toFixed(3) + ", PoLiS " + s.polis.toFixed(2) +
+      " m, max tangent angle error " + s.mta.toFixed(1) + "\u00b0, vertices " +
+      s.n_ratio.toFixed(2) + "x the truth's";
+  }
+  if (truth) {
     document.getElementById("truth-legend").hidden = false;
+  }
+  // how many of the sorted ``values`` are at or above ``threshold`` (a binary search)
+  function atOrAbove(values, threshold) {
+    let lo = 0, hi = values.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (values[mid] < threshold) lo = mid + 1; else hi = mid; }
+    return values.length - lo;
+  }
+  // truth matched by a building at or above the threshold: TP, else FN (the rules' matches
+  // are the same at any threshold: data/meta.json's site was matched once over every building)
+  function truthColour(threshold) {
+    return ["match", ["get", "match"], "ignored", "#9e9e9e",
+      ["case", [">=", ["get", "matched_score"], threshold], "#00c853", "#ff1744"]];
   }
   const slider = document.getElementById("threshold");
   function apply(threshold) {
     state.threshold = threshold;
-    // buildings at or above the threshold: the scores are sorted, so a binary search
-    let lo = 0, hi = scores.length;
-    while (lo < hi) { const mid = (lo + hi) >> 1; if (scores[mid] < threshold) lo = mid + 1; else hi = mid; }
-    state.count = scores.length - lo;
+    state.count = atOrAbove(scores, threshold);
     document.getElementById("threshold-value").textContent = threshold.toFixed(2);
     document.getElementById("count").textContent = state.count + " buildings shown";
+    if (matches) {
+      const tp = atOrAbove(matches.TP, threshold);
+      const c = { TP: tp, FP: atOrAbove(matches.FP, threshold), FN: meta.truth_kept - tp };
+      state.truth = c;
+      document.getElementById("truth").textContent = "TP " + c.TP + ", FP " + c.FP + ", FN " +
+        c.FN + " (SpaceNet rules, at the threshold " + threshold.toFixed(2) + ")" + shapeText;
+    }
     if (map.getLayer("buildings-fill")) {
       const filter = [">=", ["get", "score"], threshold];
       map.setFilter("buildings-fill", filter);
       map.setFilter("buildings-line", filter);
     }
+    if (map.getLayer("truth")) {
+      map.setPaintProperty("truth", "line-color", truthColour(threshold));
+    }
   }
   slider.value = meta.threshold;
   slider.addEventListener("input", () => apply(parseFloat(slider.value)));
   window.viewerSetThreshold = (t) => { slider.value = t; apply(t); };
+  apply(meta.threshold);  // the counts before the map has loaded (again once its layers exist)
 
   map.on("load", () => {
     const base = location.origin + location.pathname.replace(/[^/]*$/, "");
@@ -172,15 +195,14 @@ async function main(state) {
     }
     const layer = vector ? { "source-layer": footprints.layer } : {};
     const byScore = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
-    // with truth: TP green, FP orange (at the run's threshold); below it, by score
-    // (ignored: under the rules' minimum area, neither TP nor FP, grey as ignored truth)
+    // with truth: TP green, FP orange, at any threshold (ignored: under the rules' minimum
+    // area, neither TP nor FP, grey as ignored truth)
     const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100",
       "ignored", "#9e9e9e", byScore] : byScore;
     if (truth) {
       map.addSource("truth", { type: "geojson", data: truth });
       map.addLayer({ id: "truth", type: "line", source: "truth", paint: {
-        "line-width": 2, "line-dasharray": [2, 1],
-        "line-color": ["match", ["get", "match"], "FN", "#ff1744", "TP", "#00c853", "#9e9e9e"],
+        "line-width": 2, "line-dasharray": [2, 1], "line-color": truthColour(meta.threshold),
       } });
     }
     map.addLayer({ id: "buildings-fill", type: "fill", source: "buildings", ...layer,
