@@ -11,8 +11,8 @@ again, whole or cut, by its neighbour.
 The rule, in a local metric CRS (the UTM zone of the buildings being merged):
 
 - A scene's *footprint* is where it holds data: its pixel grid's outline less any nodata
-  collar or gap (recorded by predict.py beside the buildings; the scene's own grid otherwise). ``t``, the seam tolerance, is
-  ``tolerance_px`` pixels of the scene.
+  collar or gap (recorded by predict.py beside the buildings; the scene's own grid otherwise).
+  ``t``, the seam tolerance, is ``tolerance_px`` pixels of the scene.
 - A polygon that comes within ``t`` of its scene's footprint boundary is *cut* (it may go on
   beyond the scene); the others are *whole*. A cut polygon is extended by ``t`` around it, near
   that boundary only (where its scene's view ends), so that pieces separated by the seam's gap
@@ -36,9 +36,9 @@ cuts is a piece there, as at a grid edge.
 Approximations: a scene whose data region was not recorded (files written before predict.py
 recorded it, opened through the manifest) has its grid as footprint (a piece cut by its nodata
 collar inside another scene counts as whole, and stands for the building if it scores higher
-than the other scene's polygon); scenes whose grid is unknown (files written before predict.py recorded
-it, and whose scene cannot be opened) stand for their buildings' bounding box at
-:data:`FALLBACK_GSD_M` metres per pixel. Torch-free.
+than the other scene's polygon); scenes whose grid is unknown (files written before
+predict.py recorded it, and whose scene cannot be opened) stand for their buildings' bounding
+box at :data:`FALLBACK_GSD_M` metres per pixel. Torch-free.
 """
 
 from __future__ import annotations

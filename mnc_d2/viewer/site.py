@@ -354,4 +354,3 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     logger.info("viewer for %s: %d buildings, %d scenes -> %s", folder, len(frame), len(scenes),
                 site)
     return meta
-
