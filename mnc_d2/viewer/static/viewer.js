@@ -111,8 +111,8 @@ async function main(state) {
     while (lo < hi) { const mid = (lo + hi) >> 1; if (values[mid] < threshold) lo = mid + 1; else hi = mid; }
     return values.length - lo;
   }
-  // truth matched by a building at or above the threshold: TP, else FN (the rules' matches
-  // are the same at any threshold: data/meta.json's site was matched once over every building)
+  // truth matched by a building at or above the threshold: TP, else FN (the site matched
+  // every building once: a building's match is the same at any threshold up to its score)
   function truthColour(threshold) {
     return ["match", ["get", "match"], "ignored", "#9e9e9e",
       ["case", [">=", ["get", "matched_score"], threshold], "#00c853", "#ff1744"]];
@@ -224,7 +224,7 @@ async function main(state) {
       }
       new maplibregl.Popup().setLngLat(e.lngLat).setText(state.popup).addTo(map);
     });
-    apply(meta.threshold);
+    apply(state.threshold);  // the slider may have moved while the map loaded
     map.once("idle", () => { state.ready = true; });
   });
 }
