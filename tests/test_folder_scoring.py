@@ -117,6 +117,43 @@ def test_a_damaged_scene_file_is_left_out_and_the_others_are_scored(tmp_path):
     assert meta["truth_counts"] == {"TP": 2, "FP": 1, "FN": 1} and meta["buildings"] == 4
 
 
+def test_map_truth_under_a_nodata_collar_is_not_a_miss(tmp_path):
+    """s0's file records that its data ends at row 95 (a collar below, as predict.py records
+    it): the truth building at rows 100-130 lies where the model saw no imagery and is scored
+    neither as found nor as missed, by tools/score.py and by the map; SpaceNet CSV truth (the
+    tester's rules, per ImageId) is scored as given."""
+    import geopandas as gpd
+    from rasterio.crs import CRS
+
+    from mnc_d2.inference.scenes import write_buildings_parquet
+    from mnc_d2.viewer.site import build_site
+
+    folder = _prediction_folder(tmp_path)
+    csv, geo = _truth(tmp_path)
+    geo.to_file(tmp_path / "truth.geojson")
+    own = folder / "buildings" / "s0.parquet"
+    found = gpd.read_parquet(own)
+    with rasterio.open(tmp_path / "scenes" / "s0.tif") as src:
+        grid = {"crs": CRS.from_epsg(4326).to_wkt(), "transform": list(src.transform)[:6],
+                "width": src.width, "height": src.height,
+                "data": pixel_to_map(shapely.box(0, 0, src.width, 95), src.transform).wkt}
+    write_buildings_parquet(own, "s0", list(found.geometry), list(found.score), "EPSG:4326",
+                            grid=grid)
+    result, _ = score_folder(folder, [str(tmp_path / "truth.geojson")])
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (4, 2, 1)
+    meta = build_site(folder, tmp_path / "site", truth=[str(tmp_path / "truth.geojson")])
+    assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 1}
+    # the merged city's truth too
+    from mnc_d2.evaluation.folder_scoring import score_city
+    from mnc_d2.inference.merge import merge_footprints
+
+    merge_footprints(folder, tmp_path / "city.parquet")
+    result, _ = score_city(folder, tmp_path / "city.parquet", [str(tmp_path / "truth.geojson")])
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (4, 2, 1)
+    result, _ = score_folder(folder, [str(csv)])
+    assert (result.overall.tp, result.overall.fp, result.overall.fn) == (4, 2, 2)
+
+
 def test_a_merged_city_counts_a_building_seen_by_two_scenes_once(tmp_path):
     import shutil
 

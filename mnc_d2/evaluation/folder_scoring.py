@@ -2,7 +2,8 @@
 
 Truth: SpaceNet truth CSVs (pixel coordinates, matched to scenes by ImageId) or map polygons in
 any CRS (GeoJSON, GeoParquet, GeoPackage, shapefile: whatever geopandas reads; matched to the
-scenes whose footprint holds their representative point). Each scene's buildings at or above
+scenes whose footprint holds their representative point: where the scene holds data, when
+predict.py recorded it, else its grid). Each scene's buildings at or above
 the run's threshold and its truth polygons are brought into the scene's pixel grid and scored
 there by the SpaceNet rules (:func:`mnc_d2.evaluation.spacenet_metric.score`), as the tester
 scores a tile, so a folder scores as its SpaceNet CSVs would. ``tools/score.py --predictions``
@@ -154,6 +155,39 @@ def recorded_grids(folder: Path) -> dict:
     return grids
 
 
+def recorded_regions(folder: Path) -> dict:
+    """Scene name -> where the scene holds data (a polygon in its grid's CRS), for each scene
+    whose GeoParquet in ``folder`` records one (predict.py does for a scene with pixels outside
+    its data: an orthorectified scene's nodata collar, a mosaic's gaps). Reads the footers."""
+    import pyarrow.parquet as pq
+
+    from ..inference.scenes import recorded_data_region
+
+    regions = {}
+    for path in sorted(Path(folder).glob("buildings/*.parquet")):
+        try:
+            region = recorded_data_region(pq.read_schema(path).metadata)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: read_scene_buildings says so
+            logger.debug("%s: no recorded data region (%s)", path, exc)
+            continue
+        if region is not None:
+            regions[path.stem] = region
+    return regions
+
+
+def _footprint(grid: tuple, region=None):
+    """Where a scene's truth is scored, in its CRS: where it holds data (``region``, from
+    :func:`recorded_regions`), else its whole grid (``grid``: :func:`scene_grid`'s)."""
+    import shapely
+
+    from ..geometry.polygons import pixel_to_map
+
+    if region is not None:
+        return region
+    _, transform, width, height, _ = grid
+    return pixel_to_map(shapely.box(0, 0, width, height), transform)
+
+
 def scene_grid(path: str, recorded: tuple | None = None):
     """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a scene:
     ``recorded`` (:func:`recorded_grids`) when given, else read from the scene; None (logged)
@@ -173,18 +207,20 @@ def scene_grid(path: str, recorded: tuple | None = None):
 
 
 def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
-                 grids: dict | None = None) -> list[SceneFrames]:
+                 grids: dict | None = None, regions: dict | None = None) -> list[SceneFrames]:
     """Each readable scene's buildings (``buildings``: EPSG:4326, ``scene`` and ``score``
     columns) at or above ``threshold`` and its truth (``truth``: what :func:`read_truth`
     returns), in the scene's pixel grid; ``scene_paths``: scene name -> its GeoTIFF; ``grids``:
     the grids the folder records (:func:`recorded_grids`), used instead of opening a scene.
     With map truth the ImageId is the scene's name (unique in a folder), with SpaceNet CSVs
-    the image's."""
+    the image's, and a scene's truth is the map's polygons whose representative point lies where
+    the scene holds data (``regions``: :func:`recorded_regions`; else in its grid): a building
+    under a nodata collar is no miss of a model that was shown no imagery there."""
     import geopandas as gpd
     import pandas as pd
     import shapely
 
-    from ..geometry.polygons import map_to_pixel, pixel_to_map
+    from ..geometry.polygons import map_to_pixel
 
     kind, table = truth
     names = buildings["scene"].astype(str).to_numpy()
@@ -205,7 +241,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
         if kind == "pixel":
             mine = table[table["ImageId"] == image_id].reset_index(drop=True)
         else:
-            footprint = pixel_to_map(shapely.box(0, 0, width, height), transform)
+            footprint = _footprint(grid, (regions or {}).get(scene))
             in_crs = gpd.GeoSeries(table.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
             inside = in_crs[in_crs.representative_point().within(footprint)]
             mine = pd.DataFrame({"ImageId": image_id,
@@ -258,7 +294,7 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
              if name not in unreadable}
     truth_kind, truth_table = read_truth(truth_paths)
     scenes = scene_frames(buildings, paths, (truth_kind, truth_table), threshold,
-                          recorded_grids(folder))
+                          recorded_grids(folder), recorded_regions(folder))
     if not scenes:
         raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
                                "paths moved? pass --scene-root)")
@@ -308,14 +344,15 @@ def _in_metres(scene: SceneFrames, table):
 
 
 def city_frame(buildings, scene_paths: dict, truth, threshold: float,
-               grids: dict | None = None) -> SceneFrames:
+               grids: dict | None = None, regions: dict | None = None) -> SceneFrames:
     """A merged city's buildings (``buildings``: tools/merge_footprints.py's GeoParquet, any
     CRS, ``score`` column) at or above ``threshold`` and the map truth inside the readable
     scenes of ``scene_paths`` (scene name -> GeoTIFF), as ONE image for the SpaceNet scorer:
     coordinates in the local UTM zone divided by the scenes' median ground sample distance (the
     frame's ``transform`` scales them back), so the scorer's area rule (polygons under 20 px
     ignored) keeps its meaning. A building the merge unioned across a seam is one proposal, not
-    one per scene as when each scene is scored alone. ``grids``: as :func:`scene_frames`'s."""
+    one per scene as when each scene is scored alone. ``grids``, ``regions``: as
+    :func:`scene_frames`'s (the truth is the map's inside the scenes' data)."""
     import geopandas as gpd
     import pandas as pd
     import shapely
@@ -328,7 +365,7 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
         raise FolderInputError("SpaceNet CSV truth is in each image's pixels: score the city "
                                "with map truth (GeoJSON, GeoParquet, GeoPackage), or the "
                                "per-scene files without --city")
-    footprints, pixels = [], []
+    footprints, pixels, data = [], [], []
     for scene, path in scene_paths.items():
         grid = scene_grid(path, (grids or {}).get(scene))
         if grid is None:
@@ -336,6 +373,8 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
         crs, transform, width, height, _ = grid
         footprint = pixel_to_map(shapely.box(0, 0, width, height), transform)
         footprints.append(gpd.GeoSeries([footprint], crs=crs).to_crs(4326)[0])
+        data.append(gpd.GeoSeries([_footprint(grid, (regions or {}).get(scene))],
+                                  crs=crs).to_crs(4326)[0])
         pixels.append(width * height)
     if not footprints:
         raise FolderInputError("no scene of the run could be read to bound the city (the "
@@ -344,7 +383,7 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
     utm = area.estimate_utm_crs()
     in_utm = area.to_crs(utm)
     gsd = float(np.median(np.sqrt(in_utm.area.to_numpy() / np.asarray(pixels, float))))
-    covered = shapely.union_all(in_utm.to_numpy())
+    covered = shapely.union_all(gpd.GeoSeries(data, crs=4326).to_crs(utm).to_numpy())
     rows = np.flatnonzero(buildings["score"].to_numpy() >= threshold)
     truth_utm = gpd.GeoSeries(table.geometry.to_numpy(), crs=4326).to_crs(utm)
     truth_utm = truth_utm[truth_utm.representative_point().within(covered)]
@@ -401,7 +440,8 @@ def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
     run, manifest = read_run(folder)
     buildings = read_city(city)
     one = city_frame(buildings, _readable_scenes(manifest, scene_root), read_truth(truth_paths),
-                     float(run.get("score_thresh", 0.5)), recorded_grids(folder))
+                     float(run.get("score_thresh", 0.5)), recorded_grids(folder),
+                     recorded_regions(folder))
     if not len(one.truth):
         logger.warning("no truth polygon lies in the scenes of %s: every building counts as a "
                        "false positive (truth in another place?)", folder)

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city, read_run,
                                          read_scene_buildings, read_truth, recorded_grids,
-                                         remap_scene, scene_frames)
+                                         recorded_regions, remap_scene, scene_frames)
 from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -135,7 +135,8 @@ def _buildings(folder: Path, city: str | None):
 
 
 def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
-                 threshold: float, city: bool = False, grids: dict | None = None):
+                 threshold: float, city: bool = False, grids: dict | None = None,
+                 regions: dict | None = None):
     """TP/FP of every building and the score of the building each truth polygon matched, per
     scene by the SpaceNet tester's rules in the scene's pixel grid, or for a merged ``city``
     once over the whole city (tools/score.py's matching, with ``--city`` for the latter:
@@ -150,8 +151,8 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     :data:`SHAPE_COLUMNS`, NaN where they do not apply), the truth GeoDataFrame (EPSG:4326,
     ``match`` at ``threshold``, ``matched_score``: the score of the building that matched it,
     -1 for none, ``scene``), the counts at ``threshold`` and the shape summary of the matched
-    pairs at or above it. ``grids``: the scenes' grids the folder records
-    (:func:`mnc_d2.evaluation.folder_scoring.recorded_grids`)."""
+    pairs at or above it. ``grids``, ``regions``: the scenes' grids and data regions the folder
+    records (:mod:`mnc_d2.evaluation.folder_scoring`)."""
     import geopandas as gpd
     import pandas as pd
 
@@ -167,8 +168,8 @@ def _match_truth(frame, scenes: list[dict], paths: dict, truth_paths: list[str],
     readable = {s["scene"]: paths[s["scene"]] for s in scenes
                 if s["status"] in ("ok", "skipped")}  # a failed scene has no buildings to match
     truth = read_truth(truth_paths)
-    frames = ([city_frame(frame, readable, truth, -np.inf, grids)] if city else
-              scene_frames(frame, readable, truth, -np.inf, grids))
+    frames = ([city_frame(frame, readable, truth, -np.inf, grids, regions)] if city else
+              scene_frames(frame, readable, truth, -np.inf, grids, regions))
     for one in frames:
         result = score(one.truth, one.proposals, group_by="none")
         matched = np.flatnonzero(result.proposal_match >= 0)
@@ -300,7 +301,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     shape_summary = None
     if truth:
         matched, truth_frame, counts, shape_summary = _match_truth(
-            frame, scenes, paths, truth, threshold, city=bool(city), grids=grids)
+            frame, scenes, paths, truth, threshold, city=bool(city), grids=grids,
+            regions=recorded_regions(folder))
         frame = frame.assign(**matched)
         columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
