@@ -436,6 +436,38 @@ def test_windows_without_data_are_left_out(tmp_path, caplog, monkeypatch, overvi
     assert "no footprint" not in caplog.text
 
 
+def test_footprints_under_a_nodata_collar_are_left_out(tmp_path, caplog):
+    """A window half in a collar: the footprints with most of their area under the nodata
+    (where the model sees band means) are no training or evaluation truth, by predict.py's
+    rule for detections; the others stay, a piece reaching into the collar whole."""
+    from mnc_d2.data.geo_dataset import FootprintFile
+    from mnc_d2.data.labels import RepairLog
+    from mnc_d2.geometry.on_data import MAX_OUTSIDE_DATA
+
+    collared = tmp_path / "collared.tif"
+    with rasterio.open(TILE) as src:
+        profile, data = src.profile, src.read()
+        footprints = FootprintFile(LABELS).pixel_polygons(src.crs, src.transform, src.width,
+                                                          src.height, RepairLog(), RepairLog())
+    data[:, :, 500:] = 0  # columns 500-899: a collar
+    with rasterio.open(collared, "w", **profile) as dst:
+        dst.write(data)
+    plain = load_geo_dicts([str(TILE)], LABELS, tile_size=900)
+    with caplog.at_level("INFO", logger="mnc_d2.data.geo_dataset"):
+        dicts = load_geo_dicts([str(collared)], LABELS, tile_size=900)
+    collar = shapely.box(500, 0, 900, 900)
+    under = [f for f in footprints if shapely.area(shapely.intersection(f, collar))
+             > MAX_OUTSIDE_DATA * f.area]
+    straddling = [f for f in footprints if 0 < shapely.area(shapely.intersection(f, collar))
+                  <= MAX_OUTSIDE_DATA * f.area]
+    assert under and straddling  # the case is not vacuous
+    assert len(dicts[0]["annotations"]) == len(plain[0]["annotations"]) - len(under)
+    assert f"; {len(under)} footprint pieces with most of their area under nodata left out" \
+        in caplog.text
+    boxes = [a["bbox"] for a in dicts[0]["annotations"]]
+    assert sum(b[2] > 500 for b in boxes) == len(straddling)  # reaching into it, kept (XYXY)
+
+
 def test_footprints_cut_by_the_scene_edge_are_no_label_repair(tmp_path, caplog):
     """A scene cut out of a larger labelled area cuts the footprints across its edge by
     design (as windows do): counted at INFO with the window cuts, not warned about as label

@@ -5,7 +5,9 @@ vector file of footprints (GeoJSON, GeoPackage, GeoParquet, shapefile) in any CR
 them into Detectron2 dataset dicts: each scene cut into ``tile_size`` windows on the grid
 ``tools/predict.py`` uses (:func:`mnc_d2.inference.tiling.tile_grid`), each window one image
 whose annotations are the footprints inside it, clipped to it (a building cut by a window edge
-is trained on the part the window shows, as SpaceNet's tiles cut them). The mapper reads only
+is trained on the part the window shows, as SpaceNet's tiles cut them; one with most of its
+area under the scene's nodata, where the model sees band means, is left out, by the rule
+``tools/predict.py`` drops such detections by). The mapper reads only
 the window (``window`` in the dict), so a scene is never read whole. Scenes may be URLs
 (``https://``, ``s3://``, ``gs://``, ``az://`` or a GDAL ``/vsi`` path: COGs where they live,
 read window by window as ``tools/predict.py`` reads them), or STAC documents (their items'
@@ -34,6 +36,7 @@ import shapely
 from rasterio.warp import transform_bounds
 from rasterio.windows import transform as window_transform
 
+from ..geometry.on_data import inside_data
 from ..geometry.polygons import pixel_to_map
 from ..inference.scenes import scene_stem
 from ..inference.sources import (REMOTE_READ_HINT, expand_stac, is_remote, is_stac, redact,
@@ -127,7 +130,7 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
     source = FootprintFile(labels)
     labels = redact(str(labels))  # as named in messages: a signed URL's token left out
     gsds, cuts, first = [], RepairLog(), None
-    dicts, bare, blank = [], [], 0
+    dicts, bare, blank, under = [], [], 0, 0
     for scene, stem in zip(scenes, stems):
         head = raster_header(scene)
         first = first or head
@@ -137,18 +140,22 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
         tree = shapely.STRtree(footprints)
         start = len(dicts)
         tiles = tile_grid(head["width"], head["height"], tile_size, overlap)
-        has_data = windows_with_data(scene, [t.window for t in tiles])
-        blank += len(tiles) - sum(has_data)
-        if not any(has_data):
+        gaps = windows_data_gaps(scene, [t.window for t in tiles])
+        blank += sum(g is None for g in gaps)
+        if all(g is None for g in gaps):
             logger.warning("%s holds no pixel of data (its nodata value or mask covers it "
                            "all): left out", redact(scene))
             continue
-        for tile in (t for t, keep in zip(tiles, has_data) if keep):
+        for tile, gap in ((t, g) for t, g in zip(tiles, gaps) if g is not None):
             w = tile.window
             col, row, ww, wh = int(w.col_off), int(w.row_off), int(w.width), int(w.height)
             near = [footprints[i] for i in tree.query(shapely.box(col, row, col + ww, row + wh))]
             local = [shapely.affinity.translate(f, -col, -row) for f in near]
             inside = clip_to_tile(local, ww, wh, cuts)  # by design here: not repairs
+            if len(gap):  # predict.py's rule: no building with most of its area off the data
+                on_data = inside_data(inside, [gap])
+                under += int((~on_data).sum())
+                inside = [f for f, keep in zip(inside, on_data) if keep]
             dicts.append({
                 "file_name": str(scene), "image_id": f"{stem}_{col}_{row}", "height": wh,
                 "width": ww, "window": [col, row, ww, wh], "crs": head["crs"].to_wkt(),
@@ -177,7 +184,9 @@ def load_geo_dicts(scenes: list[str], labels: str | Path, tile_size: int = 650,
                 "edge)%s", len(scenes), len(dicts), tile_size,
                 sum(len(d["annotations"]) for d in dicts),
                 cuts["clipped: crossing the tile edge"],
-                f"; {blank} windows without a pixel of data left out" if blank else "")
+                (f"; {blank} windows without a pixel of data left out" if blank else "")
+                + (f"; {under} footprint pieces with most of their area under nodata left "
+                   "out" if under else ""))
     return dicts
 
 
@@ -195,25 +204,34 @@ def _bounds_text(bounds) -> str:
 MASK_OVERVIEW_PX = 1024
 
 
-def windows_with_data(scene: str | Path, windows: list) -> list[bool]:
-    """For each rasterio ``window`` of ``scene``, whether it holds a pixel of data (GDAL's
-    dataset mask: nodata value, internal mask or alpha band). A window wholly outside the data
-    (an orthorectified scene's collar, a mosaic's gaps) would train on a blank image of band
-    means. All True without a mask; else candidates from the mask at most MASK_OVERVIEW_PX a
-    side, each confirmed at full resolution."""
+def windows_data_gaps(scene: str | Path, windows: list) -> list:
+    """For each rasterio ``window`` of ``scene``: None when it holds no pixel of data (GDAL's
+    dataset mask: nodata value, internal mask or alpha band; an orthorectified scene's collar,
+    a mosaic's gaps), as it would train on a blank image of band means; else (K,) polygons,
+    in the window's pixels, of its pixels without data (none when all hold data). Without a
+    mask, no gaps anywhere; else the scene's mask at most MASK_OVERVIEW_PX a side finds the
+    windows that may lack data, each then read at full resolution (an approximation: in a
+    scene wider than that, a gap narrower than the small mask's pixel may go unseen)."""
+    from ..geometry.polygons import mask_to_polygons
     from .bands import has_data_mask
 
+    none = np.zeros(0, dtype=object)
     with rasterio.open(scene) as src:
         if not has_data_mask(src):
-            return [True] * len(windows)
+            return [none] * len(windows)
         factor = max(1, -(-max(src.width, src.height) // MASK_OVERVIEW_PX))
         small = src.dataset_mask(out_shape=(-(-src.height // factor), -(-src.width // factor)))
-        keep = []
+        out = []
         for w in windows:
             rows = slice(int(w.row_off) // factor, -(-int(w.row_off + w.height) // factor))
             cols = slice(int(w.col_off) // factor, -(-int(w.col_off + w.width) // factor))
-            keep.append(bool(small[rows, cols].any()) or bool(src.dataset_mask(window=w).any()))
-        return keep
+            if small[rows, cols].all():
+                out.append(none)
+                continue
+            valid = src.dataset_mask(window=w) > 0
+            out.append(None if not valid.any() else none if valid.all() else
+                       np.asarray(mask_to_polygons(~valid), dtype=object))
+        return out
 
 
 def warn_unlabelled_scenes(labels, bare: list[str], total: int) -> None:
