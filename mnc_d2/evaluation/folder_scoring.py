@@ -133,51 +133,38 @@ class SceneFrames:
     truth: "object"
 
 
-def recorded_grids(folder: Path) -> dict:
-    """Scene name -> (crs, transform, width, height) of each scene whose GeoParquet in
-    predict.py output ``folder`` records its pixel grid (folders written before predict.py
-    recorded it: none, and the scenes are opened instead). Reads the files' footers only."""
+def recorded_grids(folder: Path) -> tuple[dict, dict]:
+    """What the GeoParquet files of predict.py output ``folder`` record of their scenes, each
+    footer read once: scene name -> (crs, transform, width, height) of each scene whose file
+    records its pixel grid (folders written before predict.py recorded it: none, and the scenes
+    are opened instead), and scene name -> where the scene holds data (a polygon in its grid's
+    CRS) of each that records one (predict.py does for a scene with pixels outside its data:
+    an orthorectified scene's nodata collar, a mosaic's gaps)."""
     import pyarrow.parquet as pq
     from rasterio.crs import CRS
 
-    from ..inference.scenes import recorded_grid
+    from ..inference.scenes import recorded_data_region, recorded_grid
 
-    grids = {}
+    grids, regions = {}, {}
     for path in sorted(Path(folder).glob("buildings/*.parquet")):
         try:
-            grid = recorded_grid(pq.read_schema(path).metadata)
+            meta = pq.read_schema(path).metadata
+            grid = recorded_grid(meta)
             if grid is not None:
                 crs, transform, width, height = grid
                 grids[path.stem] = (CRS.from_wkt(crs) if crs else None, transform, width,
                                     height)
+            region = recorded_data_region(meta)
+            if region is not None:
+                regions[path.stem] = region
         except Exception as exc:  # noqa: BLE001 - a damaged file: read_scene_buildings says so
             logger.debug("%s: no recorded grid (%s)", path, exc)
-    return grids
-
-
-def recorded_regions(folder: Path) -> dict:
-    """Scene name -> where the scene holds data (a polygon in its grid's CRS), for each scene
-    whose GeoParquet in ``folder`` records one (predict.py does for a scene with pixels outside
-    its data: an orthorectified scene's nodata collar, a mosaic's gaps). Reads the footers."""
-    import pyarrow.parquet as pq
-
-    from ..inference.scenes import recorded_data_region
-
-    regions = {}
-    for path in sorted(Path(folder).glob("buildings/*.parquet")):
-        try:
-            region = recorded_data_region(pq.read_schema(path).metadata)
-        except Exception as exc:  # noqa: BLE001 - a damaged file: read_scene_buildings says so
-            logger.debug("%s: no recorded data region (%s)", path, exc)
-            continue
-        if region is not None:
-            regions[path.stem] = region
-    return regions
+    return grids, regions
 
 
 def _footprint(grid: tuple, region=None):
     """Where a scene's truth is scored, in its CRS: where it holds data (``region``, from
-    :func:`recorded_regions`), else its whole grid (``grid``: :func:`scene_grid`'s)."""
+    :func:`recorded_grids`), else its whole grid (``grid``: :func:`scene_grid`'s)."""
     import shapely
 
     from ..geometry.polygons import pixel_to_map
@@ -190,7 +177,7 @@ def _footprint(grid: tuple, region=None):
 
 def scene_grid(path: str, recorded: tuple | None = None):
     """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a scene:
-    ``recorded`` (:func:`recorded_grids`) when given, else read from the scene; None (logged)
+    ``recorded`` (of :func:`recorded_grids`) when given, else read from the scene; None (logged)
     when it cannot be read."""
     import rasterio
 
@@ -214,7 +201,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
     the grids the folder records (:func:`recorded_grids`), used instead of opening a scene.
     With map truth the ImageId is the scene's name (unique in a folder), with SpaceNet CSVs
     the image's, and a scene's truth is the map's polygons whose representative point lies where
-    the scene holds data (``regions``: :func:`recorded_regions`; else in its grid): a building
+    the scene holds data (``regions``, also of :func:`recorded_grids`; else in its grid): a building
     under a nodata collar is no miss of a model that was shown no imagery there."""
     import geopandas as gpd
     import pandas as pd
@@ -294,7 +281,7 @@ def score_folder(folder, truth_paths: list[str], rules: str = "spacenet",
              if name not in unreadable}
     truth_kind, truth_table = read_truth(truth_paths)
     scenes = scene_frames(buildings, paths, (truth_kind, truth_table), threshold,
-                          recorded_grids(folder), recorded_regions(folder))
+                          *recorded_grids(folder))
     if not scenes:
         raise FolderInputError(f"{folder}: no scene could be read to score (the manifest's "
                                "paths moved? pass --scene-root)")
@@ -373,8 +360,9 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
         crs, transform, width, height, _ = grid
         footprint = pixel_to_map(shapely.box(0, 0, width, height), transform)
         footprints.append(gpd.GeoSeries([footprint], crs=crs).to_crs(4326)[0])
-        data.append(gpd.GeoSeries([_footprint(grid, (regions or {}).get(scene))],
-                                  crs=crs).to_crs(4326)[0])
+        region = (regions or {}).get(scene)  # where it holds data, when recorded
+        data.append(footprints[-1] if region is None else
+                    gpd.GeoSeries([region], crs=crs).to_crs(4326)[0])
         pixels.append(width * height)
     if not footprints:
         raise FolderInputError("no scene of the run could be read to bound the city (the "
@@ -440,8 +428,7 @@ def score_city(folder, city, truth_paths: list[str], rules: str = "spacenet",
     run, manifest = read_run(folder)
     buildings = read_city(city)
     one = city_frame(buildings, _readable_scenes(manifest, scene_root), read_truth(truth_paths),
-                     float(run.get("score_thresh", 0.5)), recorded_grids(folder),
-                     recorded_regions(folder))
+                     float(run.get("score_thresh", 0.5)), *recorded_grids(folder))
     if not len(one.truth):
         logger.warning("no truth polygon lies in the scenes of %s: every building counts as a "
                        "false positive (truth in another place?)", folder)

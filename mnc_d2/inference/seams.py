@@ -92,20 +92,23 @@ def local_metric_crs(lon: float, lat: float) -> str:
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
-def grid_extent(crs, transform, width: int, height: int) -> SceneExtent:
+def grid_extent(crs, transform, width: int, height: int, region=None) -> SceneExtent:
     """The footprint and pixel size of a pixel grid (``crs``: rasterio/pyproj CRS or WKT; the
-    pixel size from the footprint's area on the WGS 84 ellipsoid)."""
+    pixel size from the grid's area on the WGS 84 ellipsoid). ``region``: where the scene holds
+    data (a polygon in ``crs``), its footprint instead of the grid's outline."""
     from pyproj import Geod
 
     corners = [transform @ (0, 0), transform @ (width, 0), transform @ (width, height),
                transform @ (0, height)]
-    outline = shapely.Polygon(corners)
+    shapes = np.array([shapely.Polygon(corners)] + ([] if region is None else [region]),
+                      dtype=object)
     step = max(abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e))
-    outline = shapely.segmentize(outline, step * max(width, height) / 32)  # curved in 4326
+    shapes = shapely.segmentize(shapes, step * max(width, height) / 32)  # curved in 4326
     wkt = crs if isinstance(crs, str) else crs.to_wkt()
-    footprint = reproject(np.array([outline], dtype=object), wkt, "EPSG:4326")[0]
-    area = abs(Geod(ellps="WGS84").geometry_area_perimeter(footprint)[0])
-    return SceneExtent(footprint, float(np.sqrt(area / max(width * height, 1))))
+    outline, *footprint = reproject(shapes, wkt, "EPSG:4326")
+    area = abs(Geod(ellps="WGS84").geometry_area_perimeter(outline)[0])
+    return SceneExtent(footprint[0] if footprint else outline,
+                       float(np.sqrt(area / max(width * height, 1))))
 
 
 def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
@@ -117,14 +120,7 @@ def recorded_extent(schema_metadata: dict | None) -> SceneExtent | None:
     grid = recorded_grid(schema_metadata)
     if grid is None or not grid[0]:
         return None
-    extent = grid_extent(*grid)
-    region = recorded_data_region(schema_metadata)
-    if region is not None:
-        transform, width, height = grid[1:]
-        step = max(abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e))
-        region = shapely.segmentize(region, step * max(width, height) / 32)  # curved in 4326
-        extent.footprint = reproject(np.array([region], dtype=object), grid[0], "EPSG:4326")[0]
-    return extent
+    return grid_extent(*grid, region=recorded_data_region(schema_metadata))
 
 
 @dataclass

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city, read_run,
                                          read_scene_buildings, read_truth, recorded_grids,
-                                         recorded_regions, remap_scene, scene_frames)
+                                         remap_scene, scene_frames)
 from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
@@ -266,7 +266,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     tiled = vector_tiles == "always" or (vector_tiles == "auto" and len(frame) >= AUTO_TILES_FROM)
     for stale in ("imagery", "data/overview"):  # a rebuild's other kind
         shutil.rmtree(site / stale, ignore_errors=True)
-    grids = recorded_grids(folder)  # each scene's outline, where its imagery cannot be read
+    # each scene's outline, where its imagery cannot be read; where it holds data
+    grids, regions = recorded_grids(folder)
     scenes, paths, sources, resolution = [], {}, {}, []
     for row in manifest.itertuples():
         if row.scene in unreadable:  # shown and counted as a failed scene, with the reason
@@ -302,7 +303,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     if truth:
         matched, truth_frame, counts, shape_summary = _match_truth(
             frame, scenes, paths, truth, threshold, city=bool(city), grids=grids,
-            regions=recorded_regions(folder))
+            regions=regions)
         frame = frame.assign(**matched)
         columns[4:4] = list(matched)
         with atomic_write(site / "data" / "truth.geojson", "w") as handle:
