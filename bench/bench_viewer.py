@@ -9,8 +9,10 @@ not a GPU's). Measured: the site build time; time from navigation to the first r
 the footprints and to the map being idle (everything drawn); bytes transferred (the network
 log's encoded lengths); the median and 90th percentile frame time while panning across the
 city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames), then the same zoomed in
-to zoom 17 at the city's centre (where buildings are inspected), with the buildings drawn there. Each size is measured
-with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``).
+to zoom 17 at the city's centre (where buildings are inspected), with the buildings drawn there;
+at the city view also the density cells drawn (a city's zoomed-out layer) and the time from a
+move of the score slider (to 0.8, 0.2, then back to 0.5) until the map is drawn again. Each size
+is measured with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``).
 
     python -m bench.bench_viewer --scenes 1 100 1000 > bench/results/viewer.json
 
@@ -93,6 +95,17 @@ requestAnimationFrame(step);
 """
 
 
+# the score slider moved at the city view: time until the map is drawn again at the new
+# threshold (the buildings' filter; a city's density cells recounted and redrawn)
+SLIDE = """
+const done = arguments[arguments.length - 1];
+const map = window.viewerMap, t0 = performance.now();
+window.viewerSetThreshold(arguments[0]);
+map.once("idle", () => done(performance.now() - t0));
+map.triggerRepaint();
+"""
+
+
 ZOOM_IN = """
 const done = arguments[arguments.length - 1];
 const map = window.viewerMap;
@@ -121,6 +134,13 @@ def measure(site: Path, pan_frames: int) -> dict:
                 raise TimeoutError("the map did not become idle in 15 minutes")
             time.sleep(0.05)
         idle = time.perf_counter() - start_t
+        # a city's view zoomed out: the density cells drawn (none for one GeoJSON, where the
+        # buildings themselves are drawn at every zoom)
+        cells = driver.execute_script(
+            "const f = window.viewerMap.getLayer('density') ? window.viewerMap"
+            ".queryRenderedFeatures({layers: ['density']}) : [];"
+            "return new Set(f.map(x => JSON.stringify(x.geometry.coordinates[0][0]))).size")
+        slide_ms = [driver.execute_async_script(SLIDE, t) for t in (0.8, 0.2, 0.5)]
         frames = driver.execute_async_script(PAN, pan_frames, 40, 25)
         # then close in on the city's centre, where a mapper inspects buildings (zoom 17:
         # about 500 m across the window; a city's buildings are drawn from zoom 16 on), and
@@ -143,7 +163,8 @@ def measure(site: Path, pan_frames: int) -> dict:
         server.shutdown()
     frames, close_frames = np.asarray(frames), np.asarray(close_frames)
     return {"first_render_s": round(first, 2), "idle_s": round(idle, 2),
-            "bytes": received, "buildings_shown": count,
+            "bytes": received, "buildings_shown": count, "density_cells_drawn": int(cells),
+            "slider_ms": [round(float(v), 1) for v in slide_ms],
             "frame_ms_median": round(float(np.median(frames)), 1),
             "frame_ms_p90": round(float(np.percentile(frames, 90)), 1),
             "zoom17_buildings_drawn": int(drawn_close),

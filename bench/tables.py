@@ -322,13 +322,20 @@ def readme_table(results: Path) -> list[str]:
 def viewer_table(report: dict) -> list[str]:
     """bench_viewer.py: per city size, site build time, load times, bytes and frame times."""
     close = any("zoom17_frame_ms_median" in r for r in report["runs"])
+    slide = any("slider_ms" in r for r in report["runs"])
     return _table(["scenes", "buildings", "footprints", "site build s", "first render s",
-                   "all drawn s", "MB transferred", "frame ms when panning (median / p90)",
+                   "all drawn s", "MB transferred",
+                   *(["density cells drawn", "slider to drawn ms (median of 3)"] if slide
+                     else []),
+                   "frame ms when panning (median / p90)",
                    *(["zoom 17: buildings drawn", "frame ms (median / p90)"] if close else [])],
                   [[f"{r['scenes']:,}", f"{r['buildings']:,}", r.get("footprints", "geojson"),
                     f"{r['build_s']:.1f}",
                     f"{r['first_render_s']:.2f}", f"{r['idle_s']:.2f}",
                     f"{r['bytes'] / 1e6:.1f}",
+                    *([f"{r['density_cells_drawn']:,}",
+                       f"{sorted(r['slider_ms'])[len(r['slider_ms']) // 2]:.0f}"]
+                      if slide else []),
                     f"{r['frame_ms_median']:.0f} / {r['frame_ms_p90']:.0f}",
                     *([f"{r['zoom17_buildings_drawn']:,}",
                        f"{r['zoom17_frame_ms_median']:.0f} / {r['zoom17_frame_ms_p90']:.0f}"]

@@ -262,4 +262,9 @@ def test_viewer_script():
     report = _bench("bench_viewer", "--scenes", "2", "--buildings", "20", "--pan-frames", "5")
     run = report["runs"][0]
     assert run["buildings"] == 40 and 0 < run["buildings_shown"] <= 40 and run["bytes"] > 0
+    tiles = next(r for r in report["runs"] if r["footprints"] == "tiles")
+    # two 77 m scenes fit the window beyond zoom 16, where a city's density cells give way to
+    # its buildings (tests/test_viewer.py checks the cells zoomed out)
+    assert run["density_cells_drawn"] == tiles["density_cells_drawn"] == 0
+    assert len(tiles["slider_ms"]) == 3 and all(v >= 0 for v in tiles["slider_ms"])
     assert tables.table_maker("viewer")(report)[2].startswith("| 2 | 40 |")

@@ -143,6 +143,34 @@ def _click_building_3_of_s1(browser, root: Path) -> str:
     return _wait(browser, "return window.viewerState.popup")
 
 
+def _check_density(browser, site: Path) -> None:
+    """A city's page zoomed out (zoom 14, below the buildings' 16) draws the density cells
+    and no building; the cells hold exactly the buildings at the slider's threshold."""
+    cells = json.loads((site / "data" / "density.json").read_text())["cells"]
+    assert cells and sum(c[3] for c in cells) == 8
+    for threshold, expected in ((0.5, 6), (0.8, 2), (0.0, 8), (0.95, 0)):
+        browser.execute_script(f"window.viewerSetThreshold({threshold})")
+        shown = browser.execute_script("return window.viewerState.density")
+        assert shown["buildings"] == expected and (shown["cells"] > 0) == (expected > 0), shown
+    browser.execute_script("window.viewerSetThreshold(0.5)")
+    center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
+    browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
+    _wait(browser, "return window.viewerMap.loaded()")
+    drawn = browser.execute_script(
+        "const f = window.viewerMap.queryRenderedFeatures({layers: ['density']});"
+        "const seen = new Map(f.map(x => [JSON.stringify(x.geometry.coordinates), "
+        "x.properties.n])); return [...seen.values()]")
+    assert sum(drawn) == 6, drawn
+    assert not browser.execute_script(
+        "return window.viewerMap.queryRenderedFeatures({layers: ['buildings-fill']}).length")
+    assert not browser.find_element("id", "density-legend").get_attribute("hidden")
+    # zoomed in to where the buildings are drawn, the cells are not
+    browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 17}})")
+    _wait(browser, "return window.viewerMap.loaded()")
+    assert not browser.execute_script(
+        "return window.viewerMap.queryRenderedFeatures({layers: ['density']}).length")
+
+
 @pytest.mark.parametrize("footprints", ["never", "always"])
 def test_the_map_in_a_real_browser(tmp_path, footprints):
     """One GeoJSON (a run's default up to 20,000 buildings) and vector tiles (a city's): the
@@ -184,6 +212,10 @@ def test_the_map_in_a_real_browser(tmp_path, footprints):
         popup = _click_building_3_of_s1(browser, tmp_path)
         assert "scene s1, building 3, score 0.9100" in popup
         assert "lost: failed (FileNotFoundError" in browser.find_element("id", "scenes").text
+        if kind == "tiles":  # zoomed out, where no building is drawn: the density cells
+            _check_density(browser, site)
+        else:
+            assert browser.find_element("id", "density-legend").get_attribute("hidden")
         requests = [json.loads(entry["message"])["message"] for entry in
                     browser.get_log("performance")]
         urls = [m["params"]["request"]["url"] for m in requests
@@ -386,3 +418,48 @@ def test_a_nodata_collar_is_transparent_and_takes_no_share_of_the_stretch(tmp_pa
     drawn[30:111, 70:151] = False
     valid = ~collar & ~drawn
     assert all(0.01 < (overlay[valid, c] == 0).mean() < 0.05 for c in range(3))
+
+
+def test_density_cells_hold_each_building_once_where_its_point_lies():
+    """The zoomed-out density of a city: each building counted once, in the web-mercator cell
+    holding its representative point (also for an L whose centroid lies outside it), each
+    cell's scores sorted, the cells' counts adding up to the buildings."""
+    import geopandas as gpd
+
+    from mnc_d2.viewer.density import density_cells
+    from mnc_d2.viewer.tiles import HALF
+
+    zoom = 18
+    size = 2 * HALF / 2 ** zoom
+    # cell (x, y) spans x*size - HALF .. (x+1)*size - HALF, HALF - (y+1)*size .. HALF - y*size
+    x0, y0 = 45000, 103000
+    west, north = x0 * size - HALF, HALF - y0 * size
+
+    def box(i, j, a, b, c, d):  # a box at (a..c, b..d) metres inside cell (x0+i, y0+j)
+        return shapely.box(west + i * size + a, north - (j + 1) * size + b,
+                           west + i * size + c, north - (j + 1) * size + d)
+    # an L standing in cell (0, 0) whose foot reaches into (1, 0): its centroid lies in its
+    # notch, in cell (1, 0); its representative point lies on the L, in cell (0, 0)
+    ell = shapely.union(box(0, 0, size - 10, 10, size, 120),
+                        box(0, 0, size - 10, 10, size + 100, 20))
+    geoms = [box(0, 0, 10, 10, 20, 20), box(0, 0, 40, 40, 60, 60), box(1, 0, 5, 5, 15, 15),
+             box(0, 1, 5, 5, 15, 15), ell, shapely.Polygon()]
+    scores = [0.9, 0.3, 0.6, 0.7, 0.5, 0.99]
+    frame = gpd.GeoDataFrame({"score": scores}, geometry=geoms, crs=3857).to_crs(4326)
+    cells, sorted_scores = density_cells(frame, zoom)
+    assert cells[:, 3].sum() == 5  # the empty geometry has no place on the map
+    found = {(int(x), int(y)): sorted_scores[s:s + n].tolist() for x, y, s, n in cells}
+    point = shapely.get_coordinates(shapely.point_on_surface(ell))[0]
+    ell_cell = (x0 + int((point[0] - west) // size), y0 + int((north - point[1]) // size))
+    centroid = shapely.get_coordinates(ell.centroid)[0]
+    assert ell_cell == (x0, y0) and not ell.contains(ell.centroid)
+    assert int((centroid[0] - west) // size) == 1  # the test's point: another cell
+    expected = {(x0, y0): [0.3, 0.5, 0.9], (x0 + 1, y0): [0.6], (x0, y0 + 1): [0.7]}
+    assert found.keys() == expected.keys()
+    for cell, values in expected.items():
+        assert found[cell] == pytest.approx(values), cell
+    # row-major, and each start where the previous cell ends
+    assert [tuple(c[:2]) for c in cells] == sorted(found, key=lambda c: (c[1], c[0]))
+    assert cells[0, 2] == 0 and (cells[1:, 2] == np.cumsum(cells[:-1, 3])).all()
+    empty, none = density_cells(frame.iloc[:0], zoom)
+    assert empty.shape == (0, 4) and none.size == 0

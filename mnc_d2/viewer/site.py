@@ -11,6 +11,8 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
                                              city (``vector_tiles``), instead:
     SITE/data/footprints/{z}/{x}/{y}.pbf     the same as vector tiles (:mod:`.tiles`)
     SITE/data/scores.f64                     every score, sorted (exact counts at any threshold)
+    SITE/data/density.json, density_scores.f64  (a city) buildings per grid cell with their
+                                             scores, drawn zoomed out (:mod:`.density`)
     SITE/data/truth.geojson                  (with truth) the truth polygons: match at the
                                              run's threshold, the score of the building that
                                              matched each (-1: none)
@@ -43,6 +45,7 @@ from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city
 from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
 from .mosaic import max_zoom_for, write_overview_pyramid
+from .density import write_density
 from .tiles import write_sorted_scores, write_vector_tiles
 
 logger = logging.getLogger(__name__)
@@ -317,8 +320,9 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
     if truth:
         shown = shown.assign(**{name: frame[name].round(digits) for name, digits in
                                 (("iou", 3), ("ciou", 3), ("polis_m", 2), ("mta_deg", 1))})
-    for stale in ("footprints", "buildings.geojson", "scores.f64", *(() if truth else (
-            "tp_scores.f64", "fp_scores.f64"))):  # a rebuild's other kind
+    for stale in ("footprints", "buildings.geojson", "scores.f64", "density.json",
+                  "density_scores.f64", *(() if truth else (
+                      "tp_scores.f64", "fp_scores.f64"))):  # a rebuild's other kind
         target = site / "data" / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -329,7 +333,10 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
                       **write_vector_tiles(shown, site / "data" / "footprints",
                                            [c for c in columns if c != "geometry"])}
         write_sorted_scores(shown["score"].to_numpy(), site / "data" / "scores.f64")
+        # zoomed out, where no building is drawn: buildings per km2 at the slider's threshold
+        density = write_density(shown, site / "data", footprints["min_zoom"])
     else:
+        density = None
         footprints = {"kind": "geojson", "url": "data/buildings.geojson"}
         with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
             json.dump(json.loads(shown.to_json(drop_id=True)), handle, separators=(",", ":"))
@@ -346,7 +353,7 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap, "footprints": footprints,
-            "overview": overview,
+            "overview": overview, "density": density,
             "empty_reason": None if len(frame) else
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
     with atomic_write(site / "data" / "meta.json", "w") as handle:

@@ -1,6 +1,7 @@
 // The mnc_d2 web map: footprints over the imagery, offline (MapLibre GL JS, vendored).
 // State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup,
-// error, truth (with truth: TP, FP, FN at the threshold)}.
+// error, truth (with truth: TP, FP, FN at the threshold), density (a city: cells drawn and
+// buildings in them at the threshold)}.
 // A file the page cannot read stops it with a message in the panel (state.error), not a blank map.
 (function () {
 "use strict";
@@ -57,6 +58,11 @@ async function main(state) {
   const scores = vector
     ? new Float64Array(await (await load("data/scores.f64")).arrayBuffer())
     : Float64Array.from(buildings.features.map((f) => f.properties.score)).sort();
+  // a city zoomed out: buildings per grid cell, each cell's scores sorted (exact at any threshold)
+  const density = meta.density ? {
+    grid: await (await load(meta.density.url)).json(),
+    scores: new Float64Array(await (await load(meta.density.scores)).arrayBuffer()),
+  } : null;
   state.footprints = footprints.kind;
   // Served by tools/view.py --serve: full-resolution tiles from the scenes themselves (a static
   // host answers 404 here and the page keeps to the overviews).
@@ -117,6 +123,31 @@ async function main(state) {
     return ["match", ["get", "match"], "ignored", "#9e9e9e",
       ["case", [">=", ["get", "matched_score"], threshold], "#00c853", "#ff1744"]];
   }
+  // the density cells as GeoJSON: each cell's outline, area on the ground and its count at
+  // the threshold (a binary search in its slice of the sorted scores)
+  const cells = density ? density.grid.cells.map((c) => {
+    const n = 2 ** density.grid.zoom;
+    const lon = (x) => x / n * 360 - 180;
+    const lat = (y) => Math.atan(Math.sinh(Math.PI * (1 - 2 * y / n))) * 180 / Math.PI;
+    const [x, y, start, count] = c;
+    const side = 40075016.68557849 / n * Math.cos(lat(y + 0.5) * Math.PI / 180);  // metres
+    return { start: start, count: count, km2: side * side / 1e6, ring: [
+      [lon(x), lat(y)], [lon(x + 1), lat(y)], [lon(x + 1), lat(y + 1)], [lon(x), lat(y + 1)],
+      [lon(x), lat(y)]] };
+  }) : [];
+  function densityAt(threshold) {
+    const features = [];
+    let buildings = 0;
+    for (const c of cells) {
+      const n = atOrAbove(density.scores.subarray(c.start, c.start + c.count), threshold);
+      if (!n) continue;
+      buildings += n;
+      features.push({ type: "Feature", properties: { n: n, per_km2: n / c.km2 },
+                      geometry: { type: "Polygon", coordinates: [c.ring] } });
+    }
+    state.density = { cells: features.length, buildings: buildings };
+    return { type: "FeatureCollection", features: features };
+  }
   const slider = document.getElementById("threshold");
   function apply(threshold) {
     state.threshold = threshold;
@@ -137,6 +168,10 @@ async function main(state) {
     }
     if (map.getLayer("truth")) {
       map.setPaintProperty("truth", "line-color", truthColour(threshold));
+    }
+    if (density) {
+      const data = densityAt(threshold);
+      if (map.getSource("density")) map.getSource("density").setData(data);
     }
   }
   slider.value = meta.threshold;
@@ -182,6 +217,22 @@ async function main(state) {
         geometry: { type: "Polygon", coordinates: [s.corners.concat([s.corners[0]])] },
       })),
     };
+    if (density) {  // below the zoom where buildings appear: buildings per km2, by cell
+      document.getElementById("density-legend").hidden = false;
+      map.addSource("density", { type: "geojson", data: densityAt(state.threshold) });
+      map.addLayer({ id: "density", type: "fill", source: "density",
+                     maxzoom: density.grid.layer_max_zoom, paint: {
+        "fill-opacity": 0.6, "fill-outline-color": "rgba(0, 0, 0, 0)",
+        "fill-color": ["step", ["get", "per_km2"], "#fcfdbf", 100, "#fdc78d", 500, "#fc8961",
+                       1000, "#e3506a", 2000, "#b5367a", 4000, "#6a1c81"],
+      } });
+      map.on("click", "density", (e) => {
+        const p = e.features[0].properties;
+        state.popup = p.n + " buildings at score \u2265 " + state.threshold.toFixed(2) +
+          " in this cell (" + Math.round(p.per_km2) + " per km\u00b2)";
+        new maplibregl.Popup().setLngLat(e.lngLat).setText(state.popup).addTo(map);
+      });
+    }
     map.addSource("scenes", { type: "geojson", data: outlines });
     map.addLayer({ id: "scenes", type: "line", source: "scenes", paint: {
       "line-width": 2,

@@ -1,0 +1,74 @@
+"""Building density for a city's zoomed-out view (``SITE/data/density.json`` and
+``SITE/data/density_scores.f64``).
+
+A city's footprints come as vector tiles from zoom 16 on (:mod:`.tiles`): drawing every building
+of a whole city is what made it slow. Zoomed out, the page would then show imagery and scene
+outlines only, and say nothing of where the buildings are, or where a scene yielded none. This
+module aggregates the buildings into a grid of web-mercator tiles at ``CELL_ZOOM`` (18: about
+150 m at the equator, 120 m at 40 degrees of latitude); the page draws each cell below zoom 16,
+coloured by buildings per km2 at the slider's threshold.
+
+Exact at any threshold: each cell keeps its buildings' scores (sorted, the same rounded doubles
+as the tiles' score property), so the page counts them by binary search as it counts the whole
+city (``scores.f64``). A building belongs to the one cell holding its representative point
+(shapely's ``point_on_surface``), so the cells' counts add up to the page's building count.
+
+Layout: ``density.json`` = {"zoom", "layer_max_zoom", "cells": [[x, y, start, count], ...]} with
+cells in row-major order; ``density_scores.f64``: little-endian float64, cell after cell, each
+cell's ``count`` scores ascending from ``start``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from ..utils.atomic import atomic_write
+from .tiles import HALF
+
+CELL_ZOOM = 18
+
+
+def density_cells(frame, zoom: int = CELL_ZOOM) -> tuple[np.ndarray, np.ndarray]:
+    """Group the buildings of ``frame`` (a GeoDataFrame with a ``score`` column, any CRS) by
+    the web-mercator tile at ``zoom`` holding each one's representative point.
+
+    Returns ``cells`` (C, 4) int64 rows of (x, y, start, count), row-major by (y, x), and
+    ``scores`` (N,) float64: cell after cell, each cell's scores ascending, ``start`` indexing
+    into it. Buildings with an empty geometry are left out (they have no place on the map).
+    """
+    if not len(frame):
+        return np.zeros((0, 4), dtype=np.int64), np.zeros(0)
+    merc = frame.to_crs(3857)
+    geoms = np.asarray(merc.geometry)
+    keep = ~shapely.is_empty(geoms)
+    points = shapely.point_on_surface(geoms[keep])
+    xy = shapely.get_coordinates(points)
+    scores = merc["score"].to_numpy(dtype=np.float64)[keep]
+    size = 2 * HALF / 2 ** zoom
+    top = 2 ** zoom - 1
+    tx = np.clip(np.floor((xy[:, 0] + HALF) / size), 0, top).astype(np.int64)
+    ty = np.clip(np.floor((HALF - xy[:, 1]) / size), 0, top).astype(np.int64)
+    order = np.lexsort((scores, tx, ty))  # by row, column, then score
+    tx, ty, scores = tx[order], ty[order], scores[order]
+    first = np.flatnonzero(np.r_[True, (tx[1:] != tx[:-1]) | (ty[1:] != ty[:-1])])
+    counts = np.diff(np.r_[first, len(tx)])
+    cells = np.stack([tx[first], ty[first], first, counts], axis=1).astype(np.int64)
+    return cells, scores
+
+
+def write_density(frame, data: Path, layer_max_zoom: int, zoom: int = CELL_ZOOM) -> dict:
+    """Write ``data``/density.json and ``data``/density_scores.f64 (module docstring) for the
+    buildings of ``frame``; the page draws the cells below ``layer_max_zoom`` (where the
+    buildings themselves appear). Returns the summary for ``meta.json``."""
+    cells, scores = density_cells(frame, zoom)
+    with atomic_write(data / "density_scores.f64", "wb") as handle:
+        handle.write(scores.astype("<f8").tobytes())
+    with atomic_write(data / "density.json", "w") as handle:
+        json.dump({"zoom": zoom, "layer_max_zoom": layer_max_zoom, "cells": cells.tolist()},
+                  handle, separators=(",", ":"))
+    return {"url": "data/density.json", "scores": "data/density_scores.f64", "zoom": zoom,
+            "layer_max_zoom": layer_max_zoom, "cells": int(len(cells))}
