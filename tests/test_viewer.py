@@ -151,7 +151,8 @@ def _check_density(browser, site: Path) -> None:
     for threshold, expected in ((0.5, 6), (0.8, 2), (0.0, 8), (0.95, 0)):
         browser.execute_script(f"window.viewerSetThreshold({threshold})")
         shown = browser.execute_script("return window.viewerState.density")
-        assert shown["buildings"] == expected and (shown["cells"] > 0) == (expected > 0), shown
+        assert shown["mode"] == "buildings" and shown["total"] == expected, shown
+        assert (shown["cells"] > 0) == (expected > 0), shown
     browser.execute_script("window.viewerSetThreshold(0.5)")
     center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
     browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
@@ -243,7 +244,8 @@ def test_the_map_in_a_real_browser(tmp_path, footprints):
         server.shutdown()
 
 
-def test_truth_is_matched_as_the_scorer_matches(tmp_path):
+@pytest.mark.parametrize("footprints", ["never", "always"])
+def test_truth_is_matched_as_the_scorer_matches(tmp_path, footprints):
     """TP / FP / FN of the map equal tools/score.py's on the same polygons (SpaceNet rules), at
     the run's threshold and at any other the slider sets."""
     from mnc_d2.evaluation.spacenet_metric import score_csv
@@ -282,8 +284,11 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
         return result.overall.tp, result.overall.fp, result.overall.fn
 
     assert scored(0.5) == (4, 2, 2)
-    meta = build_site(folder, tmp_path / "site", truth=[str(truth)])
+    meta = build_site(folder, tmp_path / "site", truth=[str(truth)], vector_tiles=footprints)
     assert meta["truth_counts"] == {"TP": 4, "FP": 2, "FN": 2} and meta["truth_kept"] == 6
+    if footprints == "always":  # a city's: truth as vector tiles too, misses by grid cell
+        _check_city_truth(tmp_path, meta, scored)
+        return
     buildings = json.loads((tmp_path / "site" / "data" / "buildings.geojson").read_text())
     # each building's match holds at any threshold at or below its score
     assert sorted(f["properties"]["match"] for f in buildings["features"]) == [
@@ -331,6 +336,51 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path):
             "tangent angle error 0.0\u00b0, 4 vertices (truth 4)" in popup, popup
         legend = browser.find_element("id", "truth-legend")
         assert legend.is_displayed() and "TP FP FN (truth, dashed)" in legend.text
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+        server.shutdown()
+
+
+def _check_city_truth(root: Path, meta: dict, scored) -> None:
+    """A city's site with truth (vector tiles): no truth GeoJSON; the truth drawn from its
+    tiles; zoomed out, the misses per cell add up to the scorer's FN at any threshold."""
+    site = root / "site"
+    assert meta["truth_footprints"]["kind"] == "tiles" and meta["misses"]["cells"] > 0
+    assert not (site / "data" / "truth.geojson").exists()
+    assert any((site / "data" / "truth").rglob("*.pbf"))
+    from mnc_d2.viewer.serve import start
+
+    server, url = start(site)
+    browser = _browser()
+    try:
+        browser.get(url)
+        _wait(browser, "return window.viewerState && window.viewerState.ready")
+        assert "TP 4, FP 2, FN 2" in browser.find_element("id", "truth").text
+        # the 48 m scenes fill the window beyond zoom 16: the truth from its tiles
+        _wait(browser, "return window.viewerMap.queryRenderedFeatures({layers: ['truth']})"
+                       ".length > 0")
+        browser.execute_script("window.viewerSetDensityMode('misses')")
+        for threshold in (0.2, 0.5, 0.6, 0.95):
+            browser.execute_script(f"window.viewerSetThreshold({threshold})")
+            fn = scored(threshold)[2]
+            shown = browser.execute_script("return window.viewerState.density")
+            assert shown["mode"] == "misses" and shown["total"] == fn, (threshold, shown)
+            assert browser.execute_script("return window.viewerState.truth")["FN"] == fn
+        browser.execute_script("window.viewerSetThreshold(0.5)")
+        center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
+        browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
+        _wait(browser, "return window.viewerMap.loaded()")
+        drawn = browser.execute_script(
+            "const f = window.viewerMap.queryRenderedFeatures({layers: ['density']});"
+            "const seen = new Map(f.map(x => [JSON.stringify(x.geometry.coordinates), "
+            "x.properties.n])); return [...seen.values()]")
+        assert sum(drawn) == 2, drawn
+        assert "misses (FN)" in browser.find_element("id", "density-legend").text
+        browser.execute_script("window.viewerSetDensityMode('buildings')")
+        assert browser.execute_script("return window.viewerState.density.total") == \
+            browser.execute_script("return window.viewerState.count") == 7
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:

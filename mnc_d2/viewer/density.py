@@ -32,8 +32,9 @@ from .tiles import HALF
 CELL_ZOOM = 18
 
 
-def density_cells(frame, zoom: int = CELL_ZOOM) -> tuple[np.ndarray, np.ndarray]:
-    """Group the buildings of ``frame`` (a GeoDataFrame with a ``score`` column, any CRS) by
+def density_cells(frame, zoom: int = CELL_ZOOM,
+                  score_column: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    """Group the buildings of ``frame`` (a GeoDataFrame with a ``score_column``, any CRS) by
     the web-mercator tile at ``zoom`` holding each one's representative point.
 
     Returns ``cells`` (C, 4) int64 rows of (x, y, start, count), row-major by (y, x), and
@@ -47,7 +48,7 @@ def density_cells(frame, zoom: int = CELL_ZOOM) -> tuple[np.ndarray, np.ndarray]
     keep = ~shapely.is_empty(geoms)
     points = shapely.point_on_surface(geoms[keep])
     xy = shapely.get_coordinates(points)
-    scores = merc["score"].to_numpy(dtype=np.float64)[keep]
+    scores = merc[score_column].to_numpy(dtype=np.float64)[keep]
     size = 2 * HALF / 2 ** zoom
     top = 2 ** zoom - 1
     tx = np.clip(np.floor((xy[:, 0] + HALF) / size), 0, top).astype(np.int64)
@@ -60,15 +61,19 @@ def density_cells(frame, zoom: int = CELL_ZOOM) -> tuple[np.ndarray, np.ndarray]
     return cells, scores
 
 
-def write_density(frame, data: Path, layer_max_zoom: int, zoom: int = CELL_ZOOM) -> dict:
-    """Write ``data``/density.json and ``data``/density_scores.f64 (module docstring) for the
-    buildings of ``frame``; the page draws the cells below ``layer_max_zoom`` (where the
-    buildings themselves appear). Returns the summary for ``meta.json``."""
-    cells, scores = density_cells(frame, zoom)
-    with atomic_write(data / "density_scores.f64", "wb") as handle:
+def write_density(frame, data: Path, layer_max_zoom: int, zoom: int = CELL_ZOOM,
+                  name: str = "density", score_column: str = "score") -> dict:
+    """Write ``data``/``name``.json and ``data``/``name``_scores.f64 (module docstring) for
+    the buildings of ``frame`` by their ``score_column``; the page draws the cells below
+    ``layer_max_zoom`` (where the buildings themselves appear). Returns the summary for
+    ``meta.json``. The site's misses use it too: the truth polygons the rules keep, by the
+    score of the building that matched each (-1: none), so the polygons under a threshold
+    are its misses (FN)."""
+    cells, scores = density_cells(frame, zoom, score_column)
+    with atomic_write(data / f"{name}_scores.f64", "wb") as handle:
         handle.write(scores.astype("<f8").tobytes())
-    with atomic_write(data / "density.json", "w") as handle:
+    with atomic_write(data / f"{name}.json", "w") as handle:
         json.dump({"zoom": zoom, "layer_max_zoom": layer_max_zoom, "cells": cells.tolist()},
                   handle, separators=(",", ":"))
-    return {"url": "data/density.json", "scores": "data/density_scores.f64", "zoom": zoom,
+    return {"url": f"data/{name}.json", "scores": f"data/{name}_scores.f64", "zoom": zoom,
             "layer_max_zoom": layer_max_zoom, "cells": int(len(cells))}

@@ -15,7 +15,10 @@ Site layout (any plain web server can host it; ``tools/view.py --serve`` runs on
                                              scores, drawn zoomed out (:mod:`.density`)
     SITE/data/truth.geojson                  (with truth) the truth polygons: match at the
                                              run's threshold, the score of the building that
-                                             matched each (-1: none)
+                                             matched each (-1: none); for a city, instead:
+    SITE/data/truth/{z}/{x}/{y}.pbf          the same as vector tiles, and
+    SITE/data/misses.json, misses_scores.f64  the truth polygons the rules keep per grid cell
+                                             with their matched scores (misses zoomed out)
     SITE/data/tp_scores.f64, fp_scores.f64   (with truth) the TP and FP buildings' scores,
                                              sorted (TP / FP / FN at any threshold)
     SITE/data/overview/{z}/{x}/{y}.png       (a city) one imagery pyramid (:mod:`.mosaic`)
@@ -309,8 +312,6 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             regions=regions)
         frame = frame.assign(**matched)
         columns[4:4] = list(matched)
-        with atomic_write(site / "data" / "truth.geojson", "w") as handle:
-            handle.write(truth_frame.to_json(drop_id=True))
         # the page's counts at its slider's threshold: TP and FP scores, each sorted
         for kind in ("TP", "FP"):
             write_sorted_scores(frame["score"].to_numpy()[matched["match"] == kind],
@@ -321,7 +322,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         shown = shown.assign(**{name: frame[name].round(digits) for name, digits in
                                 (("iou", 3), ("ciou", 3), ("polis_m", 2), ("mta_deg", 1))})
     for stale in ("footprints", "buildings.geojson", "scores.f64", "density.json",
-                  "density_scores.f64", *(() if truth else (
+                  "density_scores.f64", "truth", "truth.geojson", "misses.json",
+                  "misses_scores.f64", *(() if truth else (
                       "tp_scores.f64", "fp_scores.f64"))):  # a rebuild's other kind
         target = site / "data" / stale
         if target.is_dir():
@@ -340,6 +342,19 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
         footprints = {"kind": "geojson", "url": "data/buildings.geojson"}
         with atomic_write(site / "data" / "buildings.geojson", "w") as handle:
             json.dump(json.loads(shown.to_json(drop_id=True)), handle, separators=(",", ":"))
+    truth_footprints = misses = None
+    if truth and tiled:  # a city's truth as its buildings: tiles, and its misses zoomed out
+        truth_footprints = {"kind": "tiles", "url": "data/truth/{z}/{x}/{y}.pbf",
+                            **write_vector_tiles(truth_frame, site / "data" / "truth",
+                                                 ["scene", "match", "matched_score"],
+                                                 layer="truth")}
+        misses = write_density(truth_frame[truth_frame["match"] != "ignored"], site / "data",
+                               footprints["min_zoom"], name="misses",
+                               score_column="matched_score")
+    elif truth:
+        truth_footprints = {"kind": "geojson", "url": "data/truth.geojson"}
+        with atomic_write(site / "data" / "truth.geojson", "w") as handle:
+            handle.write(truth_frame.to_json(drop_id=True))
     points = [c for s in scenes if s["corners"] for c in s["corners"]]
     if len(frame):
         b = frame.total_bounds
@@ -353,7 +368,8 @@ def build_site(folder: str | Path, site: str | Path, city: str | None = None,
             "scores_at_or_above_threshold": int((frame["score"] >= threshold).sum())
             if len(frame) else 0,
             "bounds": bounds, "scenes": scenes, "basemap": basemap, "footprints": footprints,
-            "overview": overview, "density": density,
+            "overview": overview, "density": density, "truth_footprints": truth_footprints,
+            "misses": misses,
             "empty_reason": None if len(frame) else
             ("the run found no buildings" if len(manifest) else "the run has no scenes")}
     with atomic_write(site / "data" / "meta.json", "w") as handle:

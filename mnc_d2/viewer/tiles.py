@@ -42,10 +42,11 @@ def _tile_ranges(bounds: np.ndarray, zoom: int) -> tuple[np.ndarray, ...]:
 
 
 def write_vector_tiles(frame, out: Path, properties: list[str],
-                       min_zoom: int = MIN_ZOOM, max_zoom: int = MAX_ZOOM) -> dict:
+                       min_zoom: int = MIN_ZOOM, max_zoom: int = MAX_ZOOM,
+                       layer: str = LAYER) -> dict:
     """Write ``frame`` (a GeoDataFrame in any CRS) as vector tiles under ``out``/{z}/{x}/{y}.pbf
-    with the ``properties`` columns; returns {"tiles": count, "min_zoom", "max_zoom",
-    "layer"}. Each file is written atomically."""
+    with the ``properties`` columns, in one ``layer``; returns {"tiles": count, "min_zoom",
+    "max_zoom", "layer"}. Each file is written atomically."""
     import mapbox_vector_tile
 
     merc = frame.to_crs(3857)
@@ -74,13 +75,13 @@ def write_vector_tiles(frame, out: Path, properties: list[str],
             if not features:
                 continue
             data = mapbox_vector_tile.encode(
-                [{"name": LAYER, "features": features}],
+                [{"name": layer, "features": features}],
                 default_options={"quantize_bounds": box, "extents": EXTENT})
             path = out / str(zoom) / str(x) / f"{y}.pbf"
             with atomic_write(path, "wb") as handle:
                 handle.write(data)
             written += 1
-    return {"tiles": written, "min_zoom": min_zoom, "max_zoom": max_zoom, "layer": LAYER}
+    return {"tiles": written, "min_zoom": min_zoom, "max_zoom": max_zoom, "layer": layer}
 
 
 def write_sorted_scores(scores: np.ndarray, path: Path) -> None:

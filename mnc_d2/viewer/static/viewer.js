@@ -1,7 +1,7 @@
 // The mnc_d2 web map: footprints over the imagery, offline (MapLibre GL JS, vendored).
 // State for scripts and tests: window.viewerState = {ready, threshold, count, total, popup,
-// error, truth (with truth: TP, FP, FN at the threshold), density (a city: cells drawn and
-// buildings in them at the threshold)}.
+// error, truth (with truth: TP, FP, FN at the threshold), density (a city: mode "buildings"
+// or "misses", the cells drawn and the total in them at the threshold)}.
 // A file the page cannot read stops it with a message in the panel (state.error), not a blank map.
 (function () {
 "use strict";
@@ -47,10 +47,13 @@ async function main(state) {
   const vector = footprints.kind === "tiles";
   // every file is read before the map exists: its "load" event must not pass unseen
   const buildings = vector ? null : await (await load(footprints.url)).json();
-  const truth = meta.truth_counts
-    ? await (await load("data/truth.geojson")).json() : null;
+  // the truth: one GeoJSON, or for a city vector tiles as its buildings
+  const hasTruth = Boolean(meta.truth_counts);
+  const truthFootprints = meta.truth_footprints || { kind: "geojson", url: "data/truth.geojson" };
+  const truth = hasTruth && truthFootprints.kind === "geojson"
+    ? await (await load(truthFootprints.url)).json() : null;
   // with truth: the TP and FP buildings' scores, sorted (the counts at any threshold)
-  const matches = truth ? {
+  const matches = hasTruth ? {
     TP: new Float64Array(await (await load("data/tp_scores.f64")).arrayBuffer()),
     FP: new Float64Array(await (await load("data/fp_scores.f64")).arrayBuffer()),
   } : null;
@@ -58,11 +61,16 @@ async function main(state) {
   const scores = vector
     ? new Float64Array(await (await load("data/scores.f64")).arrayBuffer())
     : Float64Array.from(buildings.features.map((f) => f.properties.score)).sort();
-  // a city zoomed out: buildings per grid cell, each cell's scores sorted (exact at any threshold)
-  const density = meta.density ? {
-    grid: await (await load(meta.density.url)).json(),
-    scores: new Float64Array(await (await load(meta.density.scores)).arrayBuffer()),
-  } : null;
+  // a city zoomed out: buildings (and with truth, misses) per grid cell, each cell's scores
+  // sorted, so the cells are counted exactly at any threshold
+  const densities = {};
+  for (const [mode, spec] of [["buildings", meta.density], ["misses", meta.misses]]) {
+    if (spec) {
+      densities[mode] = { grid: await (await load(spec.url)).json(),
+        scores: new Float64Array(await (await load(spec.scores)).arrayBuffer()) };
+    }
+  }
+  const density = densities.buildings ? densities : null;
   state.footprints = footprints.kind;
   // Served by tools/view.py --serve: full-resolution tiles from the scenes themselves (a static
   // host answers 404 here and the page keeps to the overviews).
@@ -108,7 +116,7 @@ async function main(state) {
       " m, max tangent angle error " + s.mta.toFixed(1) + "\u00b0, vertices " +
       s.n_ratio.toFixed(2) + "x the truth's";
   }
-  if (truth) {
+  if (hasTruth) {
     document.getElementById("truth-legend").hidden = false;
   }
   // how many of the sorted ``values`` are at or above ``threshold`` (a binary search)
@@ -124,29 +132,56 @@ async function main(state) {
       ["case", [">=", ["get", "matched_score"], threshold], "#00c853", "#ff1744"]];
   }
   // the density cells as GeoJSON: each cell's outline, area on the ground and its count at
-  // the threshold (a binary search in its slice of the sorted scores)
-  const cells = density ? density.grid.cells.map((c) => {
-    const n = 2 ** density.grid.zoom;
+  // the threshold (a binary search in its slice of the sorted scores): the buildings at or
+  // above it, or the truth polygons no building at or above it matched (misses, FN)
+  const DENSITY = {
+    buildings: { label: "buildings", stops: [100, 500, 1000, 2000, 4000],
+                 count: (values, t) => atOrAbove(values, t) },
+    misses: { label: "misses (FN)", stops: [10, 50, 100, 200, 400],
+              count: (values, t) => values.length - atOrAbove(values, t) },
+  };
+  const RAMP = ["#fcfdbf", "#fdc78d", "#fc8961", "#e3506a", "#b5367a", "#6a1c81"];
+  for (const d of Object.values(densities)) {
+    const n = 2 ** d.grid.zoom;
     const lon = (x) => x / n * 360 - 180;
     const lat = (y) => Math.atan(Math.sinh(Math.PI * (1 - 2 * y / n))) * 180 / Math.PI;
-    const [x, y, start, count] = c;
-    const side = 40075016.68557849 / n * Math.cos(lat(y + 0.5) * Math.PI / 180);  // metres
-    return { start: start, count: count, km2: side * side / 1e6, ring: [
-      [lon(x), lat(y)], [lon(x + 1), lat(y)], [lon(x + 1), lat(y + 1)], [lon(x), lat(y + 1)],
-      [lon(x), lat(y)]] };
-  }) : [];
+    d.cells = d.grid.cells.map(([x, y, start, count]) => {
+      const side = 40075016.68557849 / n * Math.cos(lat(y + 0.5) * Math.PI / 180);  // metres
+      return { values: d.scores.subarray(start, start + count), km2: side * side / 1e6, ring: [
+        [lon(x), lat(y)], [lon(x + 1), lat(y)], [lon(x + 1), lat(y + 1)], [lon(x), lat(y + 1)],
+        [lon(x), lat(y)]] };
+    });
+  }
+  let densityMode = "buildings";
   function densityAt(threshold) {
     const features = [];
-    let buildings = 0;
-    for (const c of cells) {
-      const n = atOrAbove(density.scores.subarray(c.start, c.start + c.count), threshold);
+    let total = 0;
+    for (const c of densities[densityMode].cells) {
+      const n = DENSITY[densityMode].count(c.values, threshold);
       if (!n) continue;
-      buildings += n;
+      total += n;
       features.push({ type: "Feature", properties: { n: n, per_km2: n / c.km2 },
                       geometry: { type: "Polygon", coordinates: [c.ring] } });
     }
-    state.density = { cells: features.length, buildings: buildings };
+    state.density = { mode: densityMode, cells: features.length, total: total };
     return { type: "FeatureCollection", features: features };
+  }
+  function densityColour() {
+    const stops = DENSITY[densityMode].stops;
+    return ["step", ["get", "per_km2"], RAMP[0],
+            ...stops.flatMap((v, i) => [v, RAMP[i + 1]])];
+  }
+  function densityLegend() {
+    const stops = DENSITY[densityMode].stops;
+    const legend = document.getElementById("density-stops");
+    legend.textContent = "";
+    ["<" + stops[0], ...stops.map((v, i) => v.toLocaleString("en") +
+                                  (i === stops.length - 1 ? "+" : ""))].forEach((text, i) => {
+      const swatch = document.createElement("span");
+      swatch.className = "sw";
+      swatch.style.background = RAMP[i];
+      legend.append(swatch, text + " ");
+    });
   }
   const slider = document.getElementById("threshold");
   function apply(threshold) {
@@ -174,6 +209,20 @@ async function main(state) {
       if (map.getSource("density")) map.getSource("density").setData(data);
     }
   }
+  // zoomed out: buildings or misses per km2 (with truth, a choice in the panel)
+  function setDensityMode(mode) {
+    densityMode = mode;
+    document.getElementById("density-mode").value = mode;
+    densityLegend();
+    if (map.getLayer("density")) map.setPaintProperty("density", "fill-color", densityColour());
+    apply(state.threshold);
+  }
+  if (densities.misses) {
+    document.getElementById("density-misses").hidden = false;
+  }
+  document.getElementById("density-mode").addEventListener(
+    "change", (e) => setDensityMode(e.target.value));
+  window.viewerSetDensityMode = setDensityMode;
   slider.value = meta.threshold;
   slider.addEventListener("input", () => apply(parseFloat(slider.value)));
   window.viewerSetThreshold = (t) => { slider.value = t; apply(t); };
@@ -219,17 +268,18 @@ async function main(state) {
     };
     if (density) {  // below the zoom where buildings appear: buildings per km2, by cell
       document.getElementById("density-legend").hidden = false;
+      densityLegend();
       map.addSource("density", { type: "geojson", data: densityAt(state.threshold) });
       map.addLayer({ id: "density", type: "fill", source: "density",
-                     maxzoom: density.grid.layer_max_zoom, paint: {
+                     maxzoom: densities.buildings.grid.layer_max_zoom, paint: {
         "fill-opacity": 0.6, "fill-outline-color": "rgba(0, 0, 0, 0)",
-        "fill-color": ["step", ["get", "per_km2"], "#fcfdbf", 100, "#fdc78d", 500, "#fc8961",
-                       1000, "#e3506a", 2000, "#b5367a", 4000, "#6a1c81"],
+        "fill-color": densityColour(),
       } });
       map.on("click", "density", (e) => {
         const p = e.features[0].properties;
-        state.popup = p.n + " buildings at score \u2265 " + state.threshold.toFixed(2) +
-          " in this cell (" + Math.round(p.per_km2) + " per km\u00b2)";
+        state.popup = p.n + " " + DENSITY[densityMode].label + " at score \u2265 " +
+          state.threshold.toFixed(2) + " in this cell (" + Math.round(p.per_km2) +
+          " per km\u00b2)";
         new maplibregl.Popup().setLngLat(e.lngLat).setText(state.popup).addTo(map);
       });
     }
@@ -248,11 +298,18 @@ async function main(state) {
     const byScore = ["interpolate", ["linear"], ["get", "score"], 0, "#fde725", 0.5, "#21918c", 1, "#440154"];
     // with truth: TP green, FP orange, at any threshold (ignored: under the rules' minimum
     // area, neither TP nor FP, grey as ignored truth)
-    const colour = truth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100",
+    const colour = hasTruth ? ["match", ["get", "match"], "TP", "#00c853", "FP", "#ff9100",
       "ignored", "#9e9e9e", byScore] : byScore;
-    if (truth) {
-      map.addSource("truth", { type: "geojson", data: truth });
-      map.addLayer({ id: "truth", type: "line", source: "truth", paint: {
+    if (hasTruth) {
+      if (truth) {
+        map.addSource("truth", { type: "geojson", data: truth });
+      } else {  // a city: from the zoom where its buildings appear, the truth in view only
+        map.addSource("truth", { type: "vector", tiles: [base + truthFootprints.url],
+                                 minzoom: truthFootprints.min_zoom,
+                                 maxzoom: truthFootprints.max_zoom });
+      }
+      map.addLayer({ id: "truth", type: "line", source: "truth",
+                     ...(truth ? {} : { "source-layer": truthFootprints.layer }), paint: {
         "line-width": 2, "line-dasharray": [2, 1], "line-color": truthColour(meta.threshold),
       } });
     }
