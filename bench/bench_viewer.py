@@ -12,9 +12,12 @@ city (``requestAnimationFrame`` intervals over ``--pan-frames`` frames), then th
 to zoom 17 at the city's centre (where buildings are inspected), with the buildings drawn there;
 at the city view also the density cells drawn (a city's zoomed-out layer) and the time from a
 move of the score slider (to 0.8, 0.2, then back to 0.5) until the map is drawn again. Each size
-is measured with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``).
+is measured with the footprints as one GeoJSON and as vector tiles (``--vector-tiles``); with
+``--truth``, with truth matched at site build (the TP / FP / FN colours; a city's truth as tiles
+and its misses zoomed out).
 
     python -m bench.bench_viewer --scenes 1 100 1000 > bench/results/viewer.json
+    python -m bench.bench_viewer --scenes 100 1000 --truth > bench/results/viewer_truth.json
 
 Prints one JSON object (logs on stderr).
 """
@@ -44,10 +47,14 @@ from mnc_d2.viewer.site import build_site
 logger = logging.getLogger("bench_viewer")
 
 
-def make_folder(root: Path, scenes: int, buildings: int, scene_px: int, seed: int = 0) -> Path:
+def make_folder(root: Path, scenes: int, buildings: int, scene_px: int, seed: int = 0,
+                truth: bool = False) -> Path:
+    """The synthetic prediction folder ``root``/pred; with ``truth``, also ``root``/truth.parquet
+    (GeoParquet, EPSG:4326): nine in ten footprints shifted by a pixel (found), the tenth left
+    out (an FP), and one footprint per scene nothing found (an FN)."""
     rng = np.random.default_rng(seed)
     out = root / "pred"
-    rows = []
+    rows, truth_polys = [], []
     for k in range(scenes):
         transform = tile_transform(STYLES["vegas"], k, size=scene_px)
         path = root / "scenes" / f"scene{k}.tif"
@@ -61,11 +68,21 @@ def make_folder(root: Path, scenes: int, buildings: int, scene_px: int, seed: in
                  for (x, y), (w, h) in zip(xy, wh)]
         write_buildings_parquet(out / "buildings" / f"scene{k}.parquet", f"scene{k}", polys,
                                 rng.uniform(0, 1, buildings).round(4).tolist(), "EPSG:4326")
+        if truth:
+            truth_polys += [shapely.box(*(transform @ (x + 1, y + h + 1)),
+                                        *(transform @ (x + w + 1, y + 1)))
+                            for j, ((x, y), (w, h)) in enumerate(zip(xy, wh)) if j % 10]
+            truth_polys.append(shapely.box(*(transform @ (scene_px - 20, 20)),
+                                           *(transform @ (scene_px - 5, 5))))
         rows.append(SceneRow(f"scene{k}", str(path), "ok", buildings))
     rows.append(SceneRow("lost", str(root / "scenes" / "lost.tif"), "failed",
                          error="FileNotFoundError: lost.tif does not exist"))
     append_manifest(out, rows)
     (out / "run.json").write_text(json.dumps({"score_thresh": 0.5}))
+    if truth:
+        import geopandas as gpd
+
+        gpd.GeoDataFrame(geometry=truth_polys, crs="EPSG:4326").to_parquet(root / "truth.parquet")
     return out
 
 
@@ -179,6 +196,9 @@ def main() -> None:
     parser.add_argument("--scene-px", type=int, default=256)
     parser.add_argument("--overview-px", type=int, default=256)
     parser.add_argument("--pan-frames", type=int, default=60)
+    parser.add_argument("--truth", action="store_true",
+                        help="also truth (make_folder's), matched at site build: TP / FP / FN "
+                             "on the map, a city's misses zoomed out")
     parser.add_argument("--vector-tiles", nargs="+", default=["never", "always"],
                         choices=("never", "always", "auto"),
                         help="footprint modes to measure at each size (build_site's "
@@ -191,15 +211,18 @@ def main() -> None:
               "overview_px": args.overview_px, "runs": []}
     for n in args.scenes:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = make_folder(Path(tmp), n, args.buildings, args.scene_px)
+            folder = make_folder(Path(tmp), n, args.buildings, args.scene_px,
+                                 truth=args.truth)
+            truth = [str(Path(tmp) / "truth.parquet")] if args.truth else None
             for mode in args.vector_tiles:
                 site = Path(tmp) / f"site_{mode}"
                 t = time.perf_counter()
                 meta = build_site(folder, site, overview_px=args.overview_px,
-                                  vector_tiles=mode)
+                                  vector_tiles=mode, truth=truth)
                 build_s = time.perf_counter() - t
                 run = {"scenes": n, "buildings": n * args.buildings,
                        "footprints": meta["footprints"]["kind"], "build_s": round(build_s, 2),
+                       "truth": meta["truth_counts"],
                        **measure(site, args.pan_frames)}
                 logger.info("%s", run)
                 report["runs"].append(run)

@@ -259,12 +259,15 @@ def test_viewer_script():
         if os.environ.get("MNC_D2_REQUIRE_BROWSER"):
             pytest.fail("bench_viewer needs chromium and chromium-driver")
         pytest.skip("bench_viewer needs Debian's chromium and chromium-driver")
-    report = _bench("bench_viewer", "--scenes", "2", "--buildings", "20", "--pan-frames", "5")
+    report = _bench("bench_viewer", "--scenes", "2", "--buildings", "20", "--pan-frames", "5",
+                    "--truth")
     run = report["runs"][0]
+    # truth: 18 of each scene's 20 footprints shifted by a pixel, plus one nothing found
+    assert run["truth"]["TP"] + run["truth"]["FN"] == 2 * 19
     assert run["buildings"] == 40 and 0 < run["buildings_shown"] <= 40 and run["bytes"] > 0
     tiles = next(r for r in report["runs"] if r["footprints"] == "tiles")
     # two 77 m scenes fit the window beyond zoom 16, where a city's density cells give way to
     # its buildings (tests/test_viewer.py checks the cells zoomed out)
     assert run["density_cells_drawn"] == tiles["density_cells_drawn"] == 0
     assert len(tiles["slider_ms"]) == 3 and all(v >= 0 for v in tiles["slider_ms"])
-    assert tables.table_maker("viewer")(report)[2].startswith("| 2 | 40 |")
+    assert tables.table_maker("viewer")(report)[2].startswith("| 2 | 40 | geojson + truth |")
