@@ -320,9 +320,24 @@ def readme_table(results: Path) -> list[str]:
 
 
 def viewer_table(report: dict) -> list[str]:
-    """bench_viewer.py: per city size, site build time, load times, bytes and frame times."""
+    """bench_viewer.py: per city size, site build time, load times, bytes and frame times (a
+    page not drawn within the script's limit: that limit, the rest blank)."""
     close = any("zoom17_frame_ms_median" in r for r in report["runs"])
     slide = any("slider_ms" in r for r in report["runs"])
+
+    def cells(r: dict) -> list[str]:
+        if "idle_limit_s" in r:  # never drawn: nothing after the first render was measured
+            first = "-" if r.get("first_render_s") is None else f"{r['first_render_s']:.2f}"
+            return [first, f"not within {r['idle_limit_s']}", "-", *(["-", "-"] if slide else []),
+                    "-", *(["-", "-"] if close else [])]
+        return [f"{r['first_render_s']:.2f}", f"{r['idle_s']:.2f}", f"{r['bytes'] / 1e6:.1f}",
+                *([f"{r['density_cells_drawn']:,}",
+                   f"{sorted(r['slider_ms'])[len(r['slider_ms']) // 2]:.0f}"] if slide else []),
+                f"{r['frame_ms_median']:.0f} / {r['frame_ms_p90']:.0f}",
+                *([f"{r['zoom17_buildings_drawn']:,}",
+                   f"{r['zoom17_frame_ms_median']:.0f} / {r['zoom17_frame_ms_p90']:.0f}"]
+                  if close else [])]
+
     return _table(["scenes", "buildings", "footprints", "site build s", "first render s",
                    "all drawn s", "MB transferred",
                    *(["density cells drawn", "slider to drawn ms (median of 3)"] if slide
@@ -331,17 +346,7 @@ def viewer_table(report: dict) -> list[str]:
                    *(["zoom 17: buildings drawn", "frame ms (median / p90)"] if close else [])],
                   [[f"{r['scenes']:,}", f"{r['buildings']:,}",
                     r.get("footprints", "geojson") + (" + truth" if r.get("truth") else ""),
-                    f"{r['build_s']:.1f}",
-                    f"{r['first_render_s']:.2f}", f"{r['idle_s']:.2f}",
-                    f"{r['bytes'] / 1e6:.1f}",
-                    *([f"{r['density_cells_drawn']:,}",
-                       f"{sorted(r['slider_ms'])[len(r['slider_ms']) // 2]:.0f}"]
-                      if slide else []),
-                    f"{r['frame_ms_median']:.0f} / {r['frame_ms_p90']:.0f}",
-                    *([f"{r['zoom17_buildings_drawn']:,}",
-                       f"{r['zoom17_frame_ms_median']:.0f} / {r['zoom17_frame_ms_p90']:.0f}"]
-                      if close else [])]
-                   for r in report["runs"]])
+                    f"{r['build_s']:.1f}", *cells(r)] for r in report["runs"]])
 
 
 def diagnose_slices_table(report: dict) -> list[str]:

@@ -269,3 +269,27 @@ def test_moved_scenes_are_found_by_name_and_signed_urls_only_locally():
     assert remap_scene("https://host/b.tif?***", "/new") == "/new/b.tif"
     assert remap_scene("https://host/c.tif", "/new") == "https://host/c.tif"
     assert remap_scene("https://host/b.tif?***", None) == "https://host/b.tif?***"
+
+
+def test_map_truth_near_a_scene_is_all_the_truth_the_scene_can_hold():
+    """scene_frames looks up map truth near each scene (an index, not the whole table per
+    scene): in a UTM scene, the truth it finds by its bounds is a superset of what the exact
+    rule keeps (a representative point inside the footprint), outlines across every edge and
+    corner included, and leaves out truth elsewhere."""
+    import numpy as np
+
+    from mnc_d2.evaluation.folder_scoring import _near
+
+    crs = "EPSG:32611"  # Las Vegas, UTM 11N
+    footprint = shapely.box(660000, 4000000, 660300, 4000200)
+    rng = np.random.default_rng(0)
+    centres = np.c_[rng.uniform(659900, 660400, 400), rng.uniform(3999900, 4000300, 400)]
+    outlines = gpd.GeoSeries([shapely.box(x - 6, y - 4, x + 6, y + 4) for x, y in centres] +
+                             [shapely.box(661000, 4001000, 661010, 4001010)], crs=crs)
+    in_4326 = outlines.to_crs("EPSG:4326")
+    near = _near(shapely.STRtree(in_4326.to_numpy()), footprint, crs)
+    kept = np.flatnonzero(outlines.representative_point().within(footprint).to_numpy())
+    crossing = np.flatnonzero(outlines.intersects(footprint.boundary).to_numpy())
+    assert len(kept) > 100 and len(crossing) > 10  # the edges are tested, not only the inside
+    assert set(kept) <= set(near.tolist()) and len(outlines) - 1 not in set(near.tolist())
+    assert (np.diff(near) > 0).all()  # the truth's order, as the whole table gave it

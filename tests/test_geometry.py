@@ -230,3 +230,33 @@ def test_which_crs_measure_metres_as_they_stand(crs, utm, metres):
     assert needs_utm(crs) is utm
     assert metre_units(crs) is metres
     assert is_mercator(crs) is (crs == "EPSG:3857")
+
+
+def test_the_local_utm_zone_is_geopandas_estimate_without_its_query():
+    """utm_crs_of gives the zone geopandas' estimate_utm_crs (a pyproj database query) gives,
+    from geographic, Web Mercator and UTM coordinates, both hemispheres, at random places and
+    next to a zone's edge; a frame across the antimeridian takes the zone there."""
+    import geopandas as gpd
+    import numpy as np
+    import shapely
+    from pyproj import CRS
+
+    from mnc_d2.geometry.crs import utm_crs_of
+
+    rng = np.random.default_rng(0)
+    places = [(rng.uniform(-179.5, 179.5), rng.uniform(-79, 83)) for _ in range(60)]
+    places += [(-114.0001, 36.2), (-113.9999, 36.2), (6.0002, -33.9), (5.9998, 59.9)]
+    for lon, lat in places:
+        one = gpd.GeoSeries([shapely.box(lon - 0.01, lat - 0.005, lon + 0.01, lat + 0.005)],
+                            crs=4326)
+        for crs in (4326, 3857, one.estimate_utm_crs()):
+            series = one.to_crs(crs)
+            expected = CRS.from_user_input(series.estimate_utm_crs()).to_epsg()
+            assert utm_crs_of(series) == f"EPSG:{expected}", (lon, lat, crs)
+    # Fiji in its UTM zone: bounds from 179.9 E to 179.96 W
+    for east in (-179.96, -179.7):  # centre west of 180 degrees, then east of it
+        across = gpd.GeoSeries([shapely.box(179.9, -17.1, 180, -17),
+                                shapely.box(-180, -17.1, east, -17)], crs=4326).to_crs(32760)
+        expected = f"EPSG:{across.estimate_utm_crs().to_epsg()}"
+        assert utm_crs_of(across) == expected == ("EPSG:32760" if east < -179.9 else
+                                                  "EPSG:32701"), east

@@ -175,6 +175,22 @@ def _footprint(grid: tuple, region=None):
     return pixel_to_map(shapely.box(0, 0, width, height), transform)
 
 
+def _near(tree, footprint, crs) -> np.ndarray:
+    """Indices (ascending) of the EPSG:4326 outlines in ``tree`` (a shapely STRtree) whose
+    bounding boxes meet the EPSG:4326 bounds of ``footprint`` (a polygon in ``crs``), widened by
+    a hundredth of their size: every outline that can hold a point of the footprint, whose
+    exact test the caller makes in ``crs``. The bounds follow the footprint's edges, densified,
+    through the reprojection (rasterio's ``transform_bounds``)."""
+    import shapely
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = transform_bounds(crs, "EPSG:4326", *footprint.bounds,
+                                                densify_pts=21)
+    pad_x, pad_y = (east - west) / 100 + 1e-9, (north - south) / 100 + 1e-9
+    box = shapely.box(west - pad_x, south - pad_y, east + pad_x, north + pad_y)
+    return np.sort(tree.query(box))
+
+
 def scene_grid(path: str, recorded: tuple | None = None):
     """(crs, transform, width, height, ImageId as predict.py's CSVs name it) of a scene:
     ``recorded`` (of :func:`recorded_grids`) when given, else read from the scene; None (logged)
@@ -210,8 +226,13 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
     from ..geometry.polygons import map_to_pixel
 
     kind, table = truth
-    names = buildings["scene"].astype(str).to_numpy()
-    kept = buildings["score"].to_numpy() >= threshold
+    # each scene's buildings at or above the threshold, found once (not a pass over every
+    # building per scene)
+    kept = np.flatnonzero(buildings["score"].to_numpy() >= threshold)
+    by_scene = pd.Series(kept).groupby(buildings["scene"].astype(str).to_numpy()[kept]).indices
+    by_scene = {name: kept[idx] for name, idx in by_scene.items()}
+    # map truth: an index of its outlines, so a scene reprojects only those near it
+    tree = shapely.STRtree(table.geometry.to_numpy()) if kind == "map" else None
     out = []
     for scene, path in scene_paths.items():
         grid = scene_grid(path, (grids or {}).get(scene))
@@ -219,7 +240,7 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
             continue
         crs, transform, width, height, image_id = grid
         image_id = image_id if kind == "pixel" else str(scene)
-        rows = np.flatnonzero((names == str(scene)) & kept)
+        rows = by_scene.get(str(scene), np.zeros(0, dtype=np.int64))
         local = gpd.GeoSeries(buildings.geometry.iloc[rows].to_numpy(),
                               crs="EPSG:4326").to_crs(crs)
         proposals = pd.DataFrame({"ImageId": image_id,
@@ -229,7 +250,8 @@ def scene_frames(buildings, scene_paths: dict, truth, threshold: float,
             mine = table[table["ImageId"] == image_id].reset_index(drop=True)
         else:
             footprint = _footprint(grid, (regions or {}).get(scene))
-            in_crs = gpd.GeoSeries(table.geometry.to_numpy(), crs="EPSG:4326").to_crs(crs)
+            near = _near(tree, footprint, crs)
+            in_crs = gpd.GeoSeries(table.geometry.to_numpy()[near], crs="EPSG:4326").to_crs(crs)
             inside = in_crs[in_crs.representative_point().within(footprint)]
             mine = pd.DataFrame({"ImageId": image_id,
                                  "geometry": [map_to_pixel(g, transform) for g in inside]})
@@ -345,6 +367,7 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
     import shapely
     from affine import Affine
 
+    from ..geometry.crs import utm_crs_of
     from ..geometry.polygons import pixel_to_map
 
     kind, table = truth
@@ -368,7 +391,7 @@ def city_frame(buildings, scene_paths: dict, truth, threshold: float,
         raise FolderInputError("no scene of the run could be read to bound the city (the "
                                "manifest's paths moved? pass --scene-root)")
     area = gpd.GeoSeries(footprints, crs=4326)
-    utm = area.estimate_utm_crs()
+    utm = utm_crs_of(area)
     in_utm = area.to_crs(utm)
     gsd = float(np.median(np.sqrt(in_utm.area.to_numpy() / np.asarray(pixels, float))))
     covered = shapely.union_all(gpd.GeoSeries(data, crs=4326).to_crs(utm).to_numpy())

@@ -73,11 +73,11 @@ def to_metres(geoms, crs=None, metres_per_unit: float | None = None) -> np.ndarr
                          "ground sample distance, e.g. 0.3 for SpaceNet 2's pan-sharpened tiles)")
     import geopandas as gpd
 
-    from ..geometry.crs import metre_units, needs_utm
+    from ..geometry.crs import metre_units, needs_utm, utm_crs_of
 
     series = gpd.GeoSeries(geoms, crs=crs)
     if needs_utm(series.crs):
-        series = series.to_crs(series.estimate_utm_crs())
+        series = series.to_crs(utm_crs_of(series))
     elif series.crs.axis_info and not metre_units(series.crs):
         factor = series.crs.axis_info[0].unit_conversion_factor
         return shapely.transform(np.asarray(series.values, dtype=object), lambda xy: xy * factor)

@@ -280,13 +280,14 @@ def _flush(pool: list, visited: int, emit, stats: dict, rule: dict, final: bool)
     the scenes' extents, tolerance and overlap); returns the rest."""
     import pandas as pd
 
-    from .seams import local_metric_crs, reproject, seam_groups
+    from ..geometry.crs import local_utm_crs
+    from .seams import reproject, seam_groups
 
     if not pool:
         return pool
     frame = pd.concat(pool, ignore_index=True)
     x0, y0, x1, y1 = shapely.total_bounds(frame.geometry.to_numpy())
-    metric = local_metric_crs((x0 + x1) / 2, (y0 + y1) / 2)
+    metric = local_utm_crs((x0 + x1) / 2, (y0 + y1) / 2)
     geoms = reproject(frame.geometry.to_numpy(), WGS84, metric)
     keys = frame["_scene"].to_numpy()
     extents = rule["extents"]

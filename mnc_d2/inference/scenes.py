@@ -350,12 +350,12 @@ def area_m2(frame) -> np.ndarray:
     """(N,) areas in m^2 of a GeoDataFrame's polygons: in its own CRS when that is projected in
     metres (not Mercator, whose areas grow with latitude: :mod:`mnc_d2.geometry.crs`), else in
     the UTM zone of the polygons."""
-    from ..geometry.crs import metre_units, needs_utm
+    from ..geometry.crs import metre_units, needs_utm, utm_crs_of
 
     if not len(frame):
         return np.zeros(0)
     metric = frame.crs if frame.crs.is_projected and metre_units(frame.crs) and \
-        not needs_utm(frame.crs) else frame.estimate_utm_crs()
+        not needs_utm(frame.crs) else utm_crs_of(frame)
     return frame.to_crs(metric).area.to_numpy()
 
 

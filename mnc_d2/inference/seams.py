@@ -84,14 +84,6 @@ def reproject(geoms: np.ndarray, source: str, target: str) -> np.ndarray:
                                                                               xy[:, 1])))
 
 
-def local_metric_crs(lon: float, lat: float) -> str:
-    """The UTM zone (WGS 84, "EPSG:326zz" / "EPSG:327zz") of a point: where seams are measured
-    in metres. The zone by its definition (6-degree bands) rather than pyproj's
-    ``estimate_utm_crs``, a database query of 0.1 s that a merge would make per seam batch."""
-    zone = int((min(max(lon, -180.0), 179.999999) + 180.0) // 6) + 1
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
-
-
 def grid_extent(crs, transform, width: int, height: int, region=None) -> SceneExtent:
     """The footprint and pixel size of a pixel grid (``crs``: rasterio/pyproj CRS or WKT; the
     pixel size from the grid's area on the WGS 84 ellipsoid). ``region``: where the scene holds
