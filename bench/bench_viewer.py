@@ -212,8 +212,10 @@ def main() -> None:
                              "vector_tiles): one GeoJSON, vector tiles")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    from bench.bench_demo import cpu_model
+
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, software WebGL "
-                         "(headless chromium, SwiftShader)",
+                         "(headless chromium, SwiftShader)", "cpu": cpu_model(),
               "buildings_per_scene": args.buildings, "scene_px": args.scene_px,
               "overview_px": args.overview_px, "runs": []}
     for n in args.scenes:

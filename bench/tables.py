@@ -338,15 +338,23 @@ def viewer_table(report: dict) -> list[str]:
                    f"{r['zoom17_frame_ms_median']:.0f} / {r['zoom17_frame_ms_p90']:.0f}"]
                   if close else [])]
 
-    return _table(["scenes", "buildings", "footprints", "site build s", "first render s",
-                   "all drawn s", "MB transferred",
-                   *(["density cells drawn", "slider to drawn ms (median of 3)"] if slide
-                     else []),
-                   "frame ms when panning (median / p90)",
-                   *(["zoom 17: buildings drawn", "frame ms (median / p90)"] if close else [])],
-                  [[f"{r['scenes']:,}", f"{r['buildings']:,}",
-                    r.get("footprints", "geojson") + (" + truth" if r.get("truth") else ""),
-                    f"{r['build_s']:.1f}", *cells(r)] for r in report["runs"]])
+    def table(runs: list[dict]) -> list[str]:
+        return _table(["scenes", "buildings", "footprints", "site build s", "first render s",
+                       "all drawn s", "MB transferred",
+                       *(["density cells drawn", "slider to drawn ms (median of 3)"] if slide
+                         else []),
+                       "frame ms when panning (median / p90)",
+                       *(["zoom 17: buildings drawn", "frame ms (median / p90)"] if close
+                         else [])],
+                      [[f"{r['scenes']:,}", f"{r['buildings']:,}",
+                        r.get("footprints", "geojson") + (" + truth" if r.get("truth") else ""),
+                        f"{r['build_s']:.1f}", *cells(r)] for r in runs])
+
+    lines = table(report["runs"])
+    earlier = report.get("earlier_runs")
+    if earlier:  # the same command on an earlier version, for what a change bought
+        lines += ["", f"Earlier: {earlier['note']}.", "", *table(earlier["runs"])]
+    return lines
 
 
 def diagnose_slices_table(report: dict) -> list[str]:
