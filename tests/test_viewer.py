@@ -513,3 +513,42 @@ def test_density_cells_hold_each_building_once_where_its_point_lies():
     assert cells[0, 2] == 0 and (cells[1:, 2] == np.cumsum(cells[:-1, 3])).all()
     empty, none = density_cells(frame.iloc[:0], zoom)
     assert empty.shape == (0, 4) and none.size == 0
+
+
+def test_a_city_site_of_scenes_far_apart_builds_only_their_tiles(tmp_path):
+    """Scenes of distant places in one site (two cities in one run, a country's cities): the
+    imagery pyramid holds the tiles the scenes touch, not every tile of their common bounds
+    (Las Vegas to Paris at zoom 19: billions, a build that never ended)."""
+    import signal
+
+    out = tmp_path / "pred"
+    rows = []
+    for k, city in enumerate(("vegas", "paris")):
+        image, _, _ = render_scene(np.random.default_rng(k), STYLES[city], size=160)
+        path = tmp_path / f"{city}.tif"
+        transform = tile_transform(STYLES[city], 3, size=160)
+        with rasterio.open(path, "w", driver="GTiff", height=160, width=160, count=3,
+                           dtype="uint16", crs="EPSG:4326", transform=transform) as dst:
+            dst.write(to_dn(image)[[4, 2, 1]])
+        polys = [shapely.box(*(transform @ (20, 60)), *(transform @ (45, 30)))]
+        write_buildings_parquet(out / "buildings" / f"{city}.parquet", city, polys, [0.9],
+                                "EPSG:4326")
+        rows.append(SceneRow(city, str(path), "ok", 1))
+    append_manifest(out, rows)
+    (out / "run.json").write_text(json.dumps({"score_thresh": 0.5}))
+
+    def too_long(*_):
+        raise TimeoutError("the site of two distant scenes took over a minute")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        meta = build_site(out, tmp_path / "site", vector_tiles="always")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    deepest = tmp_path / "site" / "data" / "overview" / str(meta["overview"]["max_zoom"])
+    tiles = list(deepest.rglob("*.png"))
+    # each 48 m scene touches at most four tiles of its deepest zoom
+    assert 2 <= len(tiles) <= 8, tiles
+    assert meta["density"]["cells"] == 2

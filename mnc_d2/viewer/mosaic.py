@@ -12,6 +12,7 @@ answers ``/tiles/_mosaic/{z}/{x}/{y}.png`` past the pyramid, from the scenes at 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -25,7 +26,9 @@ TILE_PX = 256
 MOSAIC = "_mosaic"
 
 
+@functools.lru_cache(maxsize=1)
 def _tms():
+    """morecantile's web-mercator grid (its ``get`` deep-copies the definition: once here)."""
     import morecantile
 
     return morecantile.tms.get("WebMercatorQuad")
@@ -100,12 +103,19 @@ def write_overview_pyramid(sources: dict, out: Path, max_zoom: int) -> dict:
         return {"tiles": 0}
     west, south = boxes[:, 0].min(), boxes[:, 1].min()
     east, north = boxes[:, 2].max(), boxes[:, 3].max()
+    # the tiles each scene touches, not every tile of the scenes' common bounds: scenes of
+    # distant places (a country's cities, two cities in one run) would make those billions
     tms = _tms()
+    members: dict[tuple, list] = {}
+    for source in sources.values():  # in order: later scenes drawn over earlier ones
+        if source.get("bounds"):
+            for t in tms.tiles(*source["bounds"], zooms=[max_zoom]):
+                members.setdefault((t.x, t.y), []).append(source)
     level = {}
-    for t in tms.tiles(west, south, east, north, zooms=[max_zoom]):
-        rgba = composite(touching(sources, t.z, t.x, t.y), t.z, t.x, t.y)
+    for (x, y), touched in sorted(members.items()):
+        rgba = composite(touched, max_zoom, x, y)
         if rgba is not None:
-            level[(t.x, t.y)] = rgba
+            level[(x, y)] = rgba
     written, z = 0, max_zoom
     while True:
         for (x, y), rgba in level.items():
