@@ -511,8 +511,9 @@ def test_density_cells_hold_each_building_once_where_its_point_lies():
     # row-major, and each start where the previous cell ends
     assert [tuple(c[:2]) for c in cells] == sorted(found, key=lambda c: (c[1], c[0]))
     assert cells[0, 2] == 0 and (cells[1:, 2] == np.cumsum(cells[:-1, 3])).all()
-    empty, none = density_cells(frame.iloc[:0], zoom)
-    assert empty.shape == (0, 4) and none.size == 0
+    for nothing in (frame.iloc[:0], frame.iloc[-1:]):  # no building; only an empty one
+        empty, none = density_cells(nothing, zoom)
+        assert empty.shape == (0, 4) and none.size == 0
 
 
 def test_a_city_site_of_scenes_far_apart_builds_only_their_tiles(tmp_path):

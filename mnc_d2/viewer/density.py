@@ -41,11 +41,11 @@ def density_cells(frame, zoom: int = CELL_ZOOM,
     ``scores`` (N,) float64: cell after cell, each cell's scores ascending, ``start`` indexing
     into it. Buildings with an empty geometry are left out (they have no place on the map).
     """
-    if not len(frame):
-        return np.zeros((0, 4), dtype=np.int64), np.zeros(0)
     merc = frame.to_crs(3857)
     geoms = np.asarray(merc.geometry)
-    keep = ~shapely.is_empty(geoms)
+    keep = ~(shapely.is_empty(geoms) | shapely.is_missing(geoms))
+    if not keep.any():
+        return np.zeros((0, 4), dtype=np.int64), np.zeros(0)
     points = shapely.point_on_surface(geoms[keep])
     xy = shapely.get_coordinates(points)
     scores = merc[score_column].to_numpy(dtype=np.float64)[keep]

@@ -47,8 +47,8 @@ from ..evaluation.folder_scoring import (FolderInputError, city_frame, read_city
                                          remap_scene, scene_frames)
 from ..utils.atomic import atomic_path, atomic_write
 from .assets import vendor_dir
-from .mosaic import max_zoom_for, write_overview_pyramid
 from .density import write_density
+from .mosaic import max_zoom_for, write_overview_pyramid
 from .tiles import write_sorted_scores, write_vector_tiles
 
 logger = logging.getLogger(__name__)
