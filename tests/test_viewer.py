@@ -143,6 +143,17 @@ def _click_building_3_of_s1(browser, root: Path) -> str:
     return _wait(browser, "return window.viewerState.popup")
 
 
+def _cells_drawn_zoomed_out(browser) -> list[int]:
+    """Zoom the page out to 14 at its centre; the count of each density cell drawn there."""
+    center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
+    browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
+    _wait(browser, "return window.viewerMap.loaded()")
+    return browser.execute_script(
+        "const f = window.viewerMap.queryRenderedFeatures({layers: ['density']});"
+        "const seen = new Map(f.map(x => [JSON.stringify(x.geometry.coordinates), "
+        "x.properties.n])); return [...seen.values()]")
+
+
 def _check_density(browser, site: Path) -> None:
     """A city's page zoomed out (zoom 14, below the buildings' 16) draws the density cells
     and no building; the cells hold exactly the buildings at the slider's threshold."""
@@ -154,19 +165,13 @@ def _check_density(browser, site: Path) -> None:
         assert shown["mode"] == "buildings" and shown["total"] == expected, shown
         assert (shown["cells"] > 0) == (expected > 0), shown
     browser.execute_script("window.viewerSetThreshold(0.5)")
-    center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
-    browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
-    _wait(browser, "return window.viewerMap.loaded()")
-    drawn = browser.execute_script(
-        "const f = window.viewerMap.queryRenderedFeatures({layers: ['density']});"
-        "const seen = new Map(f.map(x => [JSON.stringify(x.geometry.coordinates), "
-        "x.properties.n])); return [...seen.values()]")
+    drawn = _cells_drawn_zoomed_out(browser)
     assert sum(drawn) == 6, drawn
     assert not browser.execute_script(
         "return window.viewerMap.queryRenderedFeatures({layers: ['buildings-fill']}).length")
     assert not browser.find_element("id", "density-legend").get_attribute("hidden")
     # zoomed in to where the buildings are drawn, the cells are not
-    browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 17}})")
+    browser.execute_script("window.viewerMap.jumpTo({zoom: 17})")
     _wait(browser, "return window.viewerMap.loaded()")
     assert not browser.execute_script(
         "return window.viewerMap.queryRenderedFeatures({layers: ['density']}).length")
@@ -369,13 +374,7 @@ def _check_city_truth(root: Path, meta: dict, scored) -> None:
             assert shown["mode"] == "misses" and shown["total"] == fn, (threshold, shown)
             assert browser.execute_script("return window.viewerState.truth")["FN"] == fn
         browser.execute_script("window.viewerSetThreshold(0.5)")
-        center = browser.execute_script("return window.viewerMap.getCenter().toArray()")
-        browser.execute_script(f"window.viewerMap.jumpTo({{center: {center}, zoom: 14}})")
-        _wait(browser, "return window.viewerMap.loaded()")
-        drawn = browser.execute_script(
-            "const f = window.viewerMap.queryRenderedFeatures({layers: ['density']});"
-            "const seen = new Map(f.map(x => [JSON.stringify(x.geometry.coordinates), "
-            "x.properties.n])); return [...seen.values()]")
+        drawn = _cells_drawn_zoomed_out(browser)
         assert sum(drawn) == 2, drawn
         assert "misses (FN)" in browser.find_element("id", "density-legend").text
         browser.execute_script("window.viewerSetDensityMode('buildings')")
