@@ -340,7 +340,8 @@ def test_truth_is_matched_as_the_scorer_matches(tmp_path, footprints):
         assert "score 0.9100" in popup and "; TP: IoU 1.000, C-IoU 1.000, PoLiS 0.00 m, max " \
             "tangent angle error 0.0\u00b0, 4 vertices (truth 4)" in popup, popup
         legend = browser.find_element("id", "truth-legend")
-        assert legend.is_displayed() and "TP FP FN (truth, dashed)" in legend.text
+        assert legend.is_displayed() and "at the slider's threshold: TP FP FN (truth, " \
+            "dashed)" in legend.text
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:
