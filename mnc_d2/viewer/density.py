@@ -27,7 +27,7 @@ import numpy as np
 import shapely
 
 from ..utils.atomic import atomic_write
-from .tiles import HALF
+from .tiles import tile_index
 
 CELL_ZOOM = 18
 
@@ -49,10 +49,7 @@ def density_cells(frame, zoom: int = CELL_ZOOM,
     points = shapely.point_on_surface(geoms[keep])
     xy = shapely.get_coordinates(points)
     scores = merc[score_column].to_numpy(dtype=np.float64)[keep]
-    size = 2 * HALF / 2 ** zoom
-    top = 2 ** zoom - 1
-    tx = np.clip(np.floor((xy[:, 0] + HALF) / size), 0, top).astype(np.int64)
-    ty = np.clip(np.floor((HALF - xy[:, 1]) / size), 0, top).astype(np.int64)
+    tx, ty = tile_index(xy[:, 0], xy[:, 1], zoom)
     order = np.lexsort((scores, tx, ty))  # by row, column, then score
     tx, ty, scores = tx[order], ty[order], scores[order]
     first = np.flatnonzero(np.r_[True, (tx[1:] != tx[:-1]) | (ty[1:] != ty[:-1])])

@@ -30,14 +30,20 @@ LAYER = "buildings"
 HALF = 20037508.342789244  # half the web-mercator world, metres
 
 
-def _tile_ranges(bounds: np.ndarray, zoom: int) -> tuple[np.ndarray, ...]:
-    """(x0, x1, y0, y1) inclusive tile index ranges of EPSG:3857 ``bounds`` (N, 4) at ``zoom``."""
+def tile_index(x: np.ndarray, y: np.ndarray, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    """(column, row) int64 indices of the web-mercator tiles at ``zoom`` holding EPSG:3857
+    points ``x``, ``y`` (N,) (rows from the north; points beyond the world clipped to its
+    edge tiles)."""
     size = 2 * HALF / 2 ** zoom
     top = 2 ** zoom - 1
-    x0 = np.clip(np.floor((bounds[:, 0] + HALF) / size), 0, top).astype(int)
-    x1 = np.clip(np.floor((bounds[:, 2] + HALF) / size), 0, top).astype(int)
-    y0 = np.clip(np.floor((HALF - bounds[:, 3]) / size), 0, top).astype(int)
-    y1 = np.clip(np.floor((HALF - bounds[:, 1]) / size), 0, top).astype(int)
+    return (np.clip(np.floor((np.asarray(x) + HALF) / size), 0, top).astype(np.int64),
+            np.clip(np.floor((HALF - np.asarray(y)) / size), 0, top).astype(np.int64))
+
+
+def _tile_ranges(bounds: np.ndarray, zoom: int) -> tuple[np.ndarray, ...]:
+    """(x0, x1, y0, y1) inclusive tile index ranges of EPSG:3857 ``bounds`` (N, 4) at ``zoom``."""
+    x0, y1 = tile_index(bounds[:, 0], bounds[:, 1], zoom)
+    x1, y0 = tile_index(bounds[:, 2], bounds[:, 3], zoom)
     return x0, x1, y0, y1
 
 
