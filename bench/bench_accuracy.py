@@ -104,6 +104,11 @@ LOG_DN = ["INPUT.DN_TRANSFORM", "log"]
 # drawn uniformly from 2/3 to 3/2 (bounds reciprocal to each other) before the 416 px window is cut,
 # so the model sees buildings from two thirds to one and a half times their drawn size.
 SCALE_JITTER = ["INPUT.AUGMENT.SCALE_RANGE", "(0.667, 1.5)"]
+# Copy-paste (INPUT.AUGMENT.COPY_PASTE, the config's defaults): half the training images get up
+# to 20 buildings of another training image, each resized by 2/3 to 3/2 and pasted at a free
+# place: buildings of other sizes, closer together and in other surroundings than the training
+# city draws them.
+COPY_PASTE = ["INPUT.AUGMENT.COPY_PASTE.PROB", "0.5"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -170,6 +175,9 @@ VARIANTS = {
     # smallest the training city draws (defined; not in the committed reports).
     "mnc5_native_small_anchors_logdn_scale": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                               NATIVE + SMALL_ANCHORS + LOG_DN + SCALE_JITTER),
+    # The same plus copy-paste (COPY_PASTE above).
+    "mnc5_native_small_anchors_logdn_copypaste": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+                                                  NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),

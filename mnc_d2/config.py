@@ -90,6 +90,26 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.AUGMENT.ROOF_GAIN.RANGE = (0.1, 0.5)
     # Each band's own factor around the shared gain (>= 1; 1.0 = the same gain in every band).
     _C.INPUT.AUGMENT.ROOF_GAIN.BAND_SPREAD = 1.0
+    # Copy-paste (mnc_d2.data.copy_paste.RandomCopyPaste, after Ghiasi et al. 2021): with
+    # probability PROB per training image, buildings of another training image (each with
+    # probability OBJECT_PROB, at most MAX_OBJECTS) are resized by a factor log-uniform in
+    # SCALE_RANGE and pasted at free places (no overlap with any building, GAP pixels apart;
+    # TRIES positions each). Only the footprint's pixels travel (no shadow, no blending). Needs
+    # INPUT.MASK_FORMAT bitmask. PROB 0.0 = off. Not in the original MNC.
+    _C.INPUT.AUGMENT.COPY_PASTE = CN()
+    # Probability per training image that buildings are pasted into it (0.0 = off).
+    _C.INPUT.AUGMENT.COPY_PASTE.PROB = 0.0
+    # Probability per building of the donor image that it is pasted.
+    _C.INPUT.AUGMENT.COPY_PASTE.OBJECT_PROB = 0.5
+    # At most this many buildings pasted per image.
+    _C.INPUT.AUGMENT.COPY_PASTE.MAX_OBJECTS = 20
+    # Each pasted building's resize factor, drawn log-uniformly (reciprocal bounds: as often
+    # smaller as larger).
+    _C.INPUT.AUGMENT.COPY_PASTE.SCALE_RANGE = (0.667, 1.5)
+    # Minimum gap in pixels (of the image as read) between a pasted building and any other.
+    _C.INPUT.AUGMENT.COPY_PASTE.GAP = 2
+    # Random positions tried per building before it is left out.
+    _C.INPUT.AUGMENT.COPY_PASTE.TRIES = 10
 
 
 def _add_backbone_keys(cfg: CN) -> None:

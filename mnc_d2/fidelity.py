@@ -92,9 +92,10 @@ RULES: tuple[Rule, ...] = (
     Rule("training augmentation", "horizontal flips (TRAIN.USE_FLIPPED: each image and its "
          "mirror)", "random horizontal and vertical flips and 90-degree rotations per image "
          "(overhead imagery has no up); optional scale jitter, native-resolution crops, "
-         "radiometric jitter, band dropout and roof recolouring, off by default",
+         "radiometric jitter, band dropout, roof recolouring and copy-paste, off by default",
          ("INPUT.AUGMENT.HFLIP_PROB", "INPUT.AUGMENT.VFLIP_PROB", "INPUT.AUGMENT.ROT90",
-          "INPUT.AUGMENT.BAND_DROPOUT.PROB", "INPUT.AUGMENT.ROOF_GAIN.PROB")),
+          "INPUT.AUGMENT.BAND_DROPOUT.PROB", "INPUT.AUGMENT.ROOF_GAIN.PROB",
+          "INPUT.AUGMENT.COPY_PASTE.PROB")),
     Rule("test image scale", "each image resized so that its shorter side is 600 px (the longer "
          "at most 1000)", "INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (650 px, SpaceNet's tile, in the "
          "R-50 configs); a scene is cut into --tile-size tiles, each resized by the one factor a "

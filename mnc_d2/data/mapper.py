@@ -6,9 +6,10 @@ float32 (uint16 DNs are kept as values: normalisation happens in the model with
 the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensing augmentation:
 resize (``INPUT.MIN_SIZE_TRAIN``), scale jitter, a random window (``INPUT.CROP``, after the
 resize: training at native resolution on windows of a tile), horizontal and vertical flips,
-90-degree rotations, radiometric jitter per band and roof recolouring of some buildings
-(``INPUT.AUGMENT.*``; the roofs first, on the image as read, where the footprints are). Masks
-are built as bitmasks, so footprints with holes (stored as RLE) train exactly.
+90-degree rotations, radiometric jitter per band, buildings of other training images pasted in
+(copy-paste) and roof recolouring of some buildings (``INPUT.AUGMENT.*``; copy-paste, then the
+roofs first, on the image as read, where the footprints are). Masks are built as bitmasks, so
+footprints with holes (stored as RLE) train exactly.
 
 Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
 ``image_id``, ``file_name``, and when training ``instances`` (gt_boxes, gt_classes, gt_masks).
@@ -27,6 +28,7 @@ from detectron2.data import transforms as T
 from rasterio.windows import Window
 
 from .bands import input_bands, read_bands
+from .copy_paste import RandomCopyPaste, copy_paste_from_config
 from .radiometry import dn_transform_from_config
 from .roof_gain import RandomRoofGain, roof_gain_from_config
 from .transforms import RandomBandPhotometric, RandomRot90, band_dropout_from_config
@@ -56,8 +58,11 @@ class SpaceNetDatasetMapper:
     @configurable
     def __init__(self, is_train: bool, *, augmentations: list, bands: list[int],
                  fill_values: list[float] | None = None, mask_format: str = "bitmask",
-                 recompute_boxes: bool = False, roof_gain: RandomRoofGain | None = None):
+                 recompute_boxes: bool = False, roof_gain: RandomRoofGain | None = None,
+                 copy_paste: RandomCopyPaste | None = None):
         self.is_train = is_train
+        # pastes other training images' buildings, before the roofs (training only)
+        self.copy_paste = copy_paste if is_train else None
         # recolours some buildings' roofs before the augmentations (training only)
         self.roof_gain = roof_gain if is_train else None
         # after a crop a building cut by the window gets the box of its visible part
@@ -67,9 +72,9 @@ class SpaceNetDatasetMapper:
         self.fill_values = fill_values
         self.mask_format = mask_format
         mode = "training" if is_train else "inference"
+        extra = [x for x in (self.copy_paste, self.roof_gain) if x is not None]
         logger.info("[SpaceNetDatasetMapper] %s: bands %s, augmentations %s%s", mode,
-                    self.bands or "all", augmentations,
-                    f", {self.roof_gain}" if self.roof_gain is not None else "")
+                    self.bands or "all", augmentations, "".join(f", {x}" for x in extra))
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -114,18 +119,16 @@ class SpaceNetDatasetMapper:
         return {"is_train": is_train, "augmentations": augs, "bands": bands,
                 "fill_values": fill, "mask_format": cfg.INPUT.MASK_FORMAT,
                 "recompute_boxes": bool(is_train and cfg.INPUT.CROP.ENABLED),
-                "roof_gain": roof_gain_from_config(cfg, fill) if is_train else None}
+                "roof_gain": roof_gain_from_config(cfg, fill) if is_train else None,
+                "copy_paste": copy_paste_from_config(cfg, _Reader(bands, fill), fill)
+                if is_train else None}
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        window = dataset_dict.get("window")  # a window of a scene (:mod:`.geo_dataset`)
-        image = read_bands(dataset_dict["file_name"], self.bands, self.fill_values,
-                           Window(*window) if window is not None else None)
-        if self.fill_values is not None and image.shape[2] != len(self.fill_values):
-            raise ValueError(
-                f"{dataset_dict['file_name']} gives {image.shape[2]} band(s) but "
-                f"MODEL.PIXEL_MEAN has {len(self.fill_values)} entries; set INPUT.BANDS or "
-                "MODEL.PIXEL_MEAN/STD to match")
+        image = _Reader(self.bands, self.fill_values)(dataset_dict)
+        if self.copy_paste is not None:
+            image, annos = self.copy_paste(image, dataset_dict.get("annotations", []))
+            dataset_dict["annotations"] = annos
         if self.roof_gain is not None:
             image = self.roof_gain(image, dataset_dict.get("annotations", []))
         aug_input = T.AugInput(image)
@@ -143,3 +146,23 @@ class SpaceNetDatasetMapper:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
+
+
+class _Reader:
+    """``reader(dataset_dict) -> (H, W, C) float32``: the selected bands of a dataset dict's
+    image (its ``window`` of a scene when it has one; :mod:`.geo_dataset`), nodata filled. A
+    class, not a closure, so the mapper pickles into data-loader workers."""
+
+    def __init__(self, bands: list[int], fill_values: list[float] | None):
+        self.bands, self.fill_values = bands, fill_values
+
+    def __call__(self, dataset_dict: dict) -> np.ndarray:
+        window = dataset_dict.get("window")
+        image = read_bands(dataset_dict["file_name"], self.bands, self.fill_values,
+                           Window(*window) if window is not None else None)
+        if self.fill_values is not None and image.shape[2] != len(self.fill_values):
+            raise ValueError(
+                f"{dataset_dict['file_name']} gives {image.shape[2]} band(s) but "
+                f"MODEL.PIXEL_MEAN has {len(self.fill_values)} entries; set INPUT.BANDS or "
+                "MODEL.PIXEL_MEAN/STD to match")
+        return image
