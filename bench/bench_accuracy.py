@@ -470,6 +470,10 @@ def main() -> None:
                         help="score on this setting's benchmark instead of the training "
                              "setting's (transfer: models must already be trained; nothing "
                              "trains)")
+    parser.add_argument("--add-to", metavar="REPORT",
+                        help="a report of the same setting, test setting, schedule and test "
+                             "options (e.g. a committed one) whose runs are kept beside this "
+                             "invocation's; a variant and seed run here replaces its entry")
     args = parser.parse_args()
     test_opts = check_test_opts(args.test_opts)
     # Detectron2's default logger writes to stdout; configuring logging first keeps stdout JSON only.
@@ -499,6 +503,18 @@ def main() -> None:
     previous = work / f"report_{report_tag}.json"
     if previous.exists():  # runs of earlier invocations (other seeds or variants) are kept
         report["runs"] = json.loads(previous.read_text()).get("runs", {})
+    if args.add_to:
+        base = json.loads(Path(args.add_to).read_text())
+        for key in ("setting", "test_setting", "iterations", "train_images_per_city",
+                    "test_opts"):
+            if base.get(key) != report[key]:
+                raise SystemExit(f"--add-to {args.add_to}: its {key} is {base.get(key)!r}, this "
+                                 f"invocation's {report[key]!r}; add runs to a report of the "
+                                 "same benchmark")
+        runs = base.get("runs", {})  # its variants first, in its order
+        for name, by_seed in report["runs"].items():
+            runs.setdefault(name, {}).update(by_seed)
+        report["runs"] = runs
     for name in args.variants:
         for seed in args.model_seeds:
             out_dir = work / "runs" / f"{name}_{tag}" / f"seed{seed}"
