@@ -7,9 +7,9 @@ the band's ``PIXEL_MEAN`` so they normalise to 0. Training applies remote-sensin
 resize (``INPUT.MIN_SIZE_TRAIN``), scale jitter, a random window (``INPUT.CROP``, after the
 resize: training at native resolution on windows of a tile), horizontal and vertical flips,
 90-degree rotations, radiometric jitter per band, buildings of other training images pasted in
-(copy-paste) and roof recolouring of some buildings (``INPUT.AUGMENT.*``; copy-paste, then the
-roofs first, on the image as read, where the footprints are). Masks are built as bitmasks, so
-footprints with holes (stored as RLE) train exactly.
+(copy-paste) and roof recolouring of some buildings (``INPUT.AUGMENT.*``; copy-paste and then
+the roofs come first, on the image as read, where the footprints are). Masks are built as
+bitmasks, so footprints with holes (stored as RLE) train exactly.
 
 Output dict: ``image`` (C, H, W) float32 tensor, ``height``/``width`` of the original raster,
 ``image_id``, ``file_name``, and when training ``instances`` (gt_boxes, gt_classes, gt_masks).
