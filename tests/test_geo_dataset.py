@@ -587,3 +587,29 @@ def test_band_statistics_of_own_scenes_read_a_window_at_a_time(tmp_path):
     with rasterio.open(TILE) as src:
         corner = src.read(1, window=rasterio.windows.Window(0, 0, 450, 450), masked=True)
     assert np.isclose(one["mean"][0], float(corner.mean()), rtol=1e-9)
+
+
+def test_copy_paste_moves_a_real_scenes_roof_within_its_windows():
+    """Copy-paste on windows of a real scene: the donor is read through its window, and the
+    pasted pixels are exactly the donor footprint's (scale 1), where the new label says."""
+    from pycocotools import mask as mask_util
+
+    from mnc_d2.data.copy_paste import RandomCopyPaste
+    from mnc_d2.data.mapper import _Reader
+    from mnc_d2.data.roof_gain import footprint_mask
+
+    dicts = load_geo_dicts([str(TILE)], LABELS, tile_size=450)
+    donor = next(d for d in dicts[1:] if d["annotations"])
+    read = _Reader([1], [0.0])
+    donor_image = read(donor)
+    target = read(dicts[0])
+    anno = next(a for a in donor["annotations"] if a.get("segmentation"))
+    footprint = footprint_mask(anno["segmentation"], 450, 450)
+    paste = RandomCopyPaste([{**donor, "annotations": [anno]}], read, prob=1.0,
+                            object_prob=1.0, max_objects=1, scale_range=(1.0, 1.0))
+    out, annos = paste(target, dicts[0]["annotations"], rng=np.random.RandomState(0))
+    assert len(annos) == len(dicts[0]["annotations"]) + 1
+    pasted = mask_util.decode(annos[-1]["segmentation"]).astype(bool)
+    assert pasted.sum() == footprint.sum() > 0
+    assert np.array_equal(np.sort(out[pasted][:, 0]), np.sort(donor_image[footprint][:, 0]))
+    assert np.array_equal(out[~pasted], target[~pasted])
