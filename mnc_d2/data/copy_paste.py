@@ -175,21 +175,19 @@ class RandomCopyPaste:
         if not objects:
             return image, annotations
         h, w = image.shape[:2]
-        occupied = self._occupancy(annotations, h, w)
+        # padded by the gap on every side: a footprint at (y, x) of the image, grown by the
+        # gap, covers rows y to y + its grown height of this array, never beyond it
+        occupied = np.pad(self._occupancy(annotations, h, w), self.gap)
         out, pasted = None, []
         for pixels, mask, category in objects:
             mh, mw = mask.shape
             if mh > h or mw > w:
                 continue
-            grown = self._grow(np.pad(mask, self.gap)) if self.gap else mask
+            grown = self._grow(np.pad(mask, self.gap))
+            gh, gw = grown.shape
             for _ in range(self.tries):
                 y, x = rng.randint(h - mh + 1), rng.randint(w - mw + 1)
-                # the grown footprint's window, clipped to the image
-                gy0, gx0 = y - self.gap, x - self.gap
-                sub = grown[max(-gy0, 0):grown.shape[0] - max(gy0 + grown.shape[0] - h, 0),
-                            max(-gx0, 0):grown.shape[1] - max(gx0 + grown.shape[1] - w, 0)]
-                ry, rx = max(gy0, 0), max(gx0, 0)
-                if not (occupied[ry:ry + sub.shape[0], rx:rx + sub.shape[1]] & sub).any():
+                if not (occupied[y:y + gh, x:x + gw] & grown).any():
                     break
             else:
                 continue  # no free place for it
@@ -197,7 +195,7 @@ class RandomCopyPaste:
                 out = np.array(image, dtype=np.float32, copy=True)
             window = out[y:y + mh, x:x + mw]  # a view: pasted in place
             window[mask] = pixels[mask]
-            occupied[ry:ry + sub.shape[0], rx:rx + sub.shape[1]] |= sub
+            occupied[y:y + gh, x:x + gw] |= grown
             full = np.zeros((h, w), dtype=np.uint8)
             full[y:y + mh, x:x + mw] = mask
             rle = mask_util.encode(np.asfortranarray(full))

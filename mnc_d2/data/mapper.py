@@ -70,6 +70,7 @@ class SpaceNetDatasetMapper:
         self.augmentations = T.AugmentationList(augmentations)
         self.bands = [int(b) for b in bands]
         self.fill_values = fill_values
+        self.read = _Reader(self.bands, fill_values)
         self.mask_format = mask_format
         mode = "training" if is_train else "inference"
         extra = [x for x in (self.copy_paste, self.roof_gain) if x is not None]
@@ -125,7 +126,7 @@ class SpaceNetDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = _Reader(self.bands, self.fill_values)(dataset_dict)
+        image = self.read(dataset_dict)
         if self.copy_paste is not None:
             image, annos = self.copy_paste(image, dataset_dict.get("annotations", []))
             dataset_dict["annotations"] = annos
