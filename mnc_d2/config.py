@@ -93,7 +93,7 @@ def _add_input_keys(cfg: CN) -> None:
     # Copy-paste (mnc_d2.data.copy_paste.RandomCopyPaste, after Ghiasi et al. 2021): with
     # probability PROB per training image, buildings of another training image (each with
     # probability OBJECT_PROB, at most MAX_OBJECTS) are resized by a factor log-uniform in
-    # SCALE_RANGE and pasted at free places (no overlap with any building, GAP pixels apart;
+    # SCALE_RANGE and pasted at free places (no overlap with any building, 2 x GAP pixels apart;
     # TRIES positions each). Only the footprint's pixels travel (no shadow, no blending). Needs
     # INPUT.MASK_FORMAT bitmask. PROB 0.0 = off. Not in the original MNC.
     _C.INPUT.AUGMENT.COPY_PASTE = CN()
@@ -106,7 +106,8 @@ def _add_input_keys(cfg: CN) -> None:
     # Each pasted building's resize factor, drawn log-uniformly (reciprocal bounds: as often
     # smaller as larger).
     _C.INPUT.AUGMENT.COPY_PASTE.SCALE_RANGE = (0.667, 1.5)
-    # Minimum gap in pixels (of the image as read) between a pasted building and any other.
+    # Margin in pixels (of the image as read) kept clear around every building, pasted or not:
+    # a pasted building and any other have at least 2 x GAP pixels between them.
     _C.INPUT.AUGMENT.COPY_PASTE.GAP = 2
     # Random positions tried per building before it is left out.
     _C.INPUT.AUGMENT.COPY_PASTE.TRIES = 10

@@ -55,8 +55,8 @@ def test_pasted_pixels_are_the_pasted_label_and_nothing_else_changes():
         assert mask.sum() == 200  # the 20 x 10 footprint, unscaled
         assert np.all(out[mask] == 100.0) and np.all(out[~mask] == 7.0)
         assert np.all(target == 7.0)  # the input is not written
-        # no overlap with the tile's own building, nor within the 2 px gap
-        grown = footprint_mask(_square(38, 38, 92, 92), H, W)
+        # no overlap with the tile's own building, nor within twice the 2 px margin
+        grown = footprint_mask(_square(36, 36, 94, 94), H, W)
         assert not (mask & grown).any()
         x, y, w, h = annos[-1]["bbox"]
         ys, xs = np.nonzero(mask)

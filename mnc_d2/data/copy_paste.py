@@ -10,7 +10,8 @@ at the proposal stage first. :class:`RandomCopyPaste` adds, per training image (
   (its pixels bilinearly, its footprint by nearest neighbour; the pasted pixels are exactly the
   footprint the new annotation holds, so pixels and label agree);
 - it is placed at a random position wholly inside the image where it overlaps no building of
-  the image and none pasted before it, nor comes within ``gap`` pixels of one (up to
+  the image and none pasted before it, with a margin of ``gap`` pixels kept clear around
+  every building, so at least ``2 * gap`` pixels lie between two (up to
   ``tries`` positions are drawn; an object that fits nowhere is left out): at nadir buildings do
   not occlude each other, so no existing label is cut;
 - its annotation is the pasted footprint as COCO RLE (holes kept), category as in the donor.
@@ -62,7 +63,8 @@ class RandomCopyPaste:
         object_prob: probability per donor building that it is taken (0 < object_prob <= 1).
         max_objects: at most this many buildings pasted per image (>= 1).
         scale_range: (low, high), 0 < low <= high: each building's resize factor, log-uniform.
-        gap: minimum distance in pixels between a pasted building and any other (>= 0).
+        gap: margin in pixels kept clear around every building, pasted or not (>= 0): a
+            pasted building and any other have at least ``2 * gap`` pixels between them.
         tries: random positions drawn per building before it is left out (>= 1).
         keep: per-band fill value (nodata set to PIXEL_MEAN) not pasted, or None.
     """
@@ -108,7 +110,7 @@ class RandomCopyPaste:
         return self._donors
 
     def _occupancy(self, annotations: list[dict], h: int, w: int) -> np.ndarray:
-        """(H, W) bool: the image's buildings grown by ``gap`` pixels."""
+        """(H, W) bool: the image's buildings grown by their ``gap`` pixel margin."""
         occupied = np.zeros((h, w), dtype=np.uint8)
         for anno in annotations:
             if anno.get("segmentation"):
