@@ -109,6 +109,8 @@ SCALE_JITTER = ["INPUT.AUGMENT.SCALE_RANGE", "(0.667, 1.5)"]
 # place: buildings of other sizes, closer together and in other surroundings than the training
 # city draws them.
 COPY_PASTE = ["INPUT.AUGMENT.COPY_PASTE.PROB", "0.5"]
+# Copy-paste's buildings resized by a factor log-uniform in 1/2 to 1 instead of 2/3 to 3/2.
+COPY_PASTE_DOWN = ["INPUT.AUGMENT.COPY_PASTE.SCALE_RANGE", "(0.5, 1.0)"]
 VARIANTS = {
     "mnc5": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", []),
     "mnc3": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml", ["MODEL.MNC.NUM_STAGES", "3"]),
@@ -178,6 +180,12 @@ VARIANTS = {
     # The same plus copy-paste (COPY_PASTE above).
     "mnc5_native_small_anchors_logdn_copypaste": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                   NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
+    # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN below):
+    # buildings down to half the smallest side the training city draws, where the seed's MNC
+    # missed them.
+    "mnc5_native_small_anchors_logdn_copypaste_down": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + COPY_PASTE_DOWN),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),
