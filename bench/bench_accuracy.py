@@ -86,6 +86,13 @@ NATIVE = ["INPUT.MIN_SIZE_TRAIN", "(650,)", "INPUT.MAX_SIZE_TRAIN", "650",
           "INPUT.MIN_SIZE_TEST", "650", "INPUT.MAX_SIZE_TEST", "650",
           "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
           "INPUT.CROP.SIZE", "[416,416]"]
+# The tiles upsampled by 4/3 (650 -> 867 px) for training and testing, trained on random 416 x 416
+# windows as NATIVE is: a 3 m building 13 px wide instead of 10, two and a half cells of the
+# finest FPN level (stride 4) become three and a quarter.
+UPSAMPLED = ["INPUT.MIN_SIZE_TRAIN", "(867,)", "INPUT.MAX_SIZE_TRAIN", "867",
+             "INPUT.MIN_SIZE_TEST", "867", "INPUT.MAX_SIZE_TEST", "867",
+             "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
+             "INPUT.CROP.SIZE", "[416,416]"]
 # A fully convolutional mask head in the cascade (not the paper's fc head), as wide as the Mask
 # R-CNN baseline's (two 3 x 3 convs of 64 channels), with the configs' 14 x 14 mask.
 CONV_MASK = ["MODEL.MNC.MASK_HEAD", "conv", "MODEL.MNC.MASK_NUM_CONV", "2",
@@ -186,6 +193,11 @@ VARIANTS = {
     "mnc5_native_small_anchors_logdn_copypaste_down": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
         NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + COPY_PASTE_DOWN),
+    # The copy-paste model on tiles upsampled by 4/3 instead of at native size (UPSAMPLED
+    # above): small buildings seen at more pixels in training and at test.
+    "mnc5_upsampled_small_anchors_logdn_copypaste": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        UPSAMPLED + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
     # All three levers together: 8 bands, native resolution, small anchors.
     "mnc5_8band_native_small_anchors": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                         EIGHT_BAND + NATIVE + SMALL_ANCHORS),

@@ -439,6 +439,8 @@ def transfer_table(results: Path) -> list[str]:
                     cells.append("n/a")
             label = (f"{name} ({cross['iterations']:,} iterations)" if len(schedules) > 1
                      else name) + _test_opts(cross)
+            if e["mean_city_f1"].get("n", 3) == 1:  # a single seed: no spread, no claim
+                label += " (1 seed)"
             rows.append([_setting(cross), label, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
                          f"{e['mean_city_f1']['mean']:.3f}", *cells])
     return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",
@@ -467,8 +469,9 @@ def tta_table(results: Path) -> list[str]:
     import statistics
 
     rows = []
-    for off_path in sorted(results.glob("accuracy_*_tta_off*.json")):
-        off = json.loads(off_path.read_text())
+    offs = {p: json.loads(p.read_text()) for p in sorted(results.glob("accuracy_*_tta_off*.json"))}
+    schedules = {off.get("iterations") for off in offs.values()}
+    for off_path, off in offs.items():
         for name, label in TTA_NAMES.items():
             path = off_path.with_name(off_path.name.replace("_tta_off", f"_tta_{name}"))
             if not path.exists():
@@ -489,7 +492,9 @@ def tta_table(results: Path) -> list[str]:
                                  f"{min(delta):+.{digits}f} to {max(delta):+.{digits}f})")
                     cells.append(cell)
                 count = f"{len(seeds)} seed" + ("s" if len(seeds) > 1 else "")
-                rows.append([_setting(report), variant, f"{label} ({count})", *cells])
+                name_cell = (f"{variant} ({report['iterations']:,} iterations)"
+                             if len(schedules) > 1 else variant)
+                rows.append([_setting(report), name_cell, f"{label} ({count})", *cells])
     return _table(["trained -> scored", "variant", "passes", "mean city F1",
                    "recall small", "recall concave", "recall dark", "false positives"], rows)
 

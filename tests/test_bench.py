@@ -159,6 +159,23 @@ def test_polygonize_and_demo_tables_carry_the_report_numbers():
         "| cpu | native | 10.0 | 0.48 | 1.90 | 0.961 | 419 / 6 / 34 | 0.20 (0.966) | 0.034 |")
 
 
+def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path):
+    off_runs = {"mnc5": {"0": _run(0.8, 0.125, 1.0), "1": _run(0.9, 0.25, 1.0)}}
+    on_runs = {"mnc5": {"0": _run(0.82, 0.25, 1.0), "1": _run(0.89, 0.5, 1.0),
+                        "2": _run(0.1, 0.0, 1.0)}}  # seed 2 has no one-pass run: left out
+    for iters, stem in ((600, "accuracy_hard"), (2400, "accuracy_hard_2400it")):
+        for name, runs in (("off", off_runs), ("scales", on_runs)):
+            report = {"setting": "hard", "iterations": iters, "runs": runs}
+            (tmp_path / f"{stem}_tta_{name}.json").write_text(json.dumps(report))
+    lines = tables.tta_table(tmp_path)
+    # dark 0.125 -> 0.25 and 0.25 -> 0.5: +0.125 and +0.25; F1 +0.02 and -0.01
+    assert ("| hard | mnc5 (2,400 iterations) | 2 scales (2 seeds) | 0.855 ± 0.049 (+0.005, "
+            "-0.010 to +0.020) | ") in "\n".join(lines)
+    assert "| 0.375 ± 0.177 (+0.188, +0.125 to +0.250) | 1 ± 0 (+0, +0 to +0) |" in lines[-1]
+    assert lines[2].startswith("| hard | mnc5 (2,400 iterations) | one pass (2 seeds) | ")
+    assert any(line.startswith("| hard | mnc5 (600 iterations) | 2 scales") for line in lines)
+
+
 def test_transfer_and_slice_diagnosis_tables(tmp_path):
     from bench import diagnose_slices
 
@@ -178,6 +195,11 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
     (tmp_path / "accuracy_hard_on_default_test867.json").write_text(json.dumps(resized))
     assert ("| hard -> default | mnc5 (inference: MIN_SIZE_TEST 867) | 0.850 -> 0.650 | "
             ) in "\n".join(tables.transfer_table(tmp_path))
+    # a variant of a single seed says so (no spread behind its numbers)
+    one = {"mnc5": {"0": runs["mnc5"]["0"]}}
+    single = dict(cross, runs=one, summary=bench_accuracy.summarize(one))
+    (tmp_path / "accuracy_hard_on_default.json").write_text(json.dumps(single))
+    assert "| hard -> default | mnc5 (1 seed) | " in "\n".join(tables.transfer_table(tmp_path))
     assert tables.accuracy_tables(cross)[0].startswith("Trained on **hard**, scored on "
                                                        "**default**")
     slices = {f: {"n": 10, "rpn": 0.9, "rpn_07": 0.7, "detected": 0.8, "found": 0.6,
