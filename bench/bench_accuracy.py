@@ -187,9 +187,8 @@ VARIANTS = {
     # The same plus copy-paste (COPY_PASTE above).
     "mnc5_native_small_anchors_logdn_copypaste": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                   NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
-    # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN below):
-    # buildings down to half the smallest side the training city draws, where the seed's MNC
-    # missed them.
+    # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN
+    # above): buildings down to half the smallest side the training city draws.
     "mnc5_native_small_anchors_logdn_copypaste_down": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
         NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + COPY_PASTE_DOWN),
