@@ -439,8 +439,9 @@ def transfer_table(results: Path) -> list[str]:
                     cells.append("n/a")
             label = (f"{name} ({cross['iterations']:,} iterations)" if len(schedules) > 1
                      else name) + _test_opts(cross)
-            if e["mean_city_f1"].get("n", 3) == 1:  # a single seed: no spread, no claim
-                label += " (1 seed)"
+            n = e["mean_city_f1"].get("n", 3)
+            if n < 3:  # fewer seeds than a claim needs: the row says how many
+                label += f" ({n} seed{'s' if n > 1 else ''})"
             rows.append([_setting(cross), label, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
                          f"{e['mean_city_f1']['mean']:.3f}", *cells])
     return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",

@@ -186,14 +186,14 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
     (tmp_path / "accuracy_hard_on_default.json").write_text(json.dumps(cross))
     lines = tables.transfer_table(tmp_path)
     # dark: 0.1875 at home, 0.0625 on the other benchmark; F1 0.85 -> 0.65
-    assert ("| hard -> default | mnc5 | 0.850 -> 0.650 | 0.500 -> 0.500 (+0.000) | "
+    assert ("| hard -> default | mnc5 (2 seeds) | 0.850 -> 0.650 | 0.500 -> 0.500 (+0.000) | "
             "0.250 -> 0.250 (+0.000) | 0.188 -> 0.062 (-0.125) | 0.900 -> 0.900 (+0.000) |"
             ) in lines
     assert "bench:transfer" in tables.section_renderers(tmp_path)
     # scored with an inference override: its row says so, beside the model's own inference
     resized = dict(cross, test_opts=["INPUT.MIN_SIZE_TEST", "867"])
     (tmp_path / "accuracy_hard_on_default_test867.json").write_text(json.dumps(resized))
-    assert ("| hard -> default | mnc5 (inference: MIN_SIZE_TEST 867) | 0.850 -> 0.650 | "
+    assert ("| hard -> default | mnc5 (inference: MIN_SIZE_TEST 867) (2 seeds) | 0.850 -> 0.650 | "
             ) in "\n".join(tables.transfer_table(tmp_path))
     # a variant of a single seed says so (no spread behind its numbers)
     one = {"mnc5": {"0": runs["mnc5"]["0"]}}
