@@ -416,16 +416,27 @@ def transfer_table(results: Path) -> list[str]:
     """Per variant and slice: recall on the other setting's benchmark next to the recall on the
     training setting's own (accuracy_<train>_on_<test>[_<tag>].json vs accuracy_<train>.json);
     a cross report scored with --test-opts names them in its rows (the home side is the model
-    with its config's inference)."""
-    rows = []
-    crosses = {p: json.loads(p.read_text()) for p in sorted(results.glob("accuracy_*_on_*.json"))}
-    schedules = {cross.get("iterations") for cross in crosses.values()}
-    for path, cross in crosses.items():
+    with its config's inference). Test-time augmentation reports
+    (accuracy_<train>_tta_<name>_scored_<test>.json, one pass left out) are compared with the
+    same pass set at home (accuracy_<train>_tta_<name>.json): a recipe run everywhere."""
+    pairs = []  # (cross report, home report, label suffix)
+    for path in sorted(results.glob("accuracy_*_on_*.json")):
         # the same models scored on their own benchmark: the report named without "_on_<test>"
         home_path = results / f"{path.stem.split('_on_')[0]}.json"
-        if not home_path.exists():
-            continue
-        home = json.loads(home_path.read_text())["summary"]
+        if home_path.exists():
+            cross = json.loads(path.read_text())
+            pairs.append((cross, json.loads(home_path.read_text()), _test_opts(cross)))
+    for path in sorted(results.glob("accuracy_*_tta_*_scored_*.json")):
+        stem = path.stem.rsplit("_scored_", 1)[0]
+        name = stem.split("_tta_", 1)[1]
+        home_path = results / f"{stem}.json"
+        if name != "off" and home_path.exists():
+            pairs.append((json.loads(path.read_text()), json.loads(home_path.read_text()),
+                          f" (test-time augmentation: {TTA_NAMES.get(name, name)}, at home too)"))
+    schedules = {cross.get("iterations") for cross, _, _ in pairs}
+    rows = []
+    for cross, home_report, suffix in pairs:
+        home = home_report["summary"]
         for name, e in cross["summary"].items():
             if name not in home:
                 continue
@@ -438,7 +449,7 @@ def transfer_table(results: Path) -> list[str]:
                 else:
                     cells.append("n/a")
             label = (f"{name} ({cross['iterations']:,} iterations)" if len(schedules) > 1
-                     else name) + _test_opts(cross)
+                     else name) + suffix
             n = e["mean_city_f1"].get("n", 3)
             if n < 3:  # fewer seeds than a claim needs: the row says how many
                 label += f" ({n} seed{'s' if n > 1 else ''})"
@@ -450,7 +461,8 @@ def transfer_table(results: Path) -> list[str]:
 
 # Test-time augmentation reports (accuracy_<setting>_tta_<name>[_scored_<other>].json): the
 # same models without it ("off", evaluated again beside the others) and with each pass set.
-TTA_NAMES = {"off": "one pass", "d4": "8 flips and turns", "scales": "2 scales"}
+TTA_NAMES = {"off": "one pass", "d4": "8 flips and turns", "scales": "2 scales",
+             "scales_max": "2 scales, best pass's score"}
 
 
 def _tta_value(run: dict, key: str):

@@ -288,6 +288,11 @@ def _add_spacenet_eval_keys(cfg: CN) -> None:
     # (with FLIP: the 8 flips and rotations of the square; overhead imagery has no up). Not in
     # the original MNC, which tested one pass.
     _C.TEST.AUG.ROT90 = False
+    # How a building kept from the pooled passes is scored: "mean", the mean over passes of each
+    # pass's best overlapping candidate (0 for a pass without one), so a building one pass alone
+    # sees scores less; or "max", the score the head's selection gives it (its best candidate
+    # of any pass), so a building one pass finds keeps its score, a false positive too.
+    _C.TEST.AUG.SCORE = "mean"
 
 
 # Keys of mnc_d2 <= 0.1 that shadowed Detectron2's own: merging a config that still sets one

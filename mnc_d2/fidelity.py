@@ -129,8 +129,9 @@ RULES: tuple[Rule, ...] = (
          "on request", ("MODEL.MNC.TEST_NUM_STAGES",), True),
     Rule("test-time augmentation", "one pass per image",
          "one pass, or (TEST.AUG.ENABLED) every pass's candidates (scales, flips, quarter turns) "
-         "mapped back and voted together, each building scored by the mean over passes",
-         ("TEST.AUG.ENABLED", "TEST.AUG.FLIP", "TEST.AUG.ROT90"), True),
+         "mapped back and voted together, each building scored by the mean over passes (or, "
+         "TEST.AUG.SCORE max, by its best pass)",
+         ("TEST.AUG.ENABLED", "TEST.AUG.FLIP", "TEST.AUG.ROT90", "TEST.AUG.SCORE"), True),
 )
 
 

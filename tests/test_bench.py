@@ -176,6 +176,25 @@ def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path)
     assert any(line.startswith("| hard | mnc5 (600 iterations) | 2 scales") for line in lines)
 
 
+def test_transfer_table_compares_test_time_augmentation_with_the_same_passes_at_home(tmp_path):
+    """A pass set scored on the other setting is compared with the same pass set at home (a
+    recipe run everywhere), not with one pass; one pass's own reports make no row."""
+    _report(tmp_path)  # accuracy_hard.json: one pass at home, dark 0.1875
+    for name, home_dark, cross_dark in (("off", 0.5, 0.0), ("scales_max", 0.5, 0.375)):
+        for stem, dark, test in ((f"accuracy_hard_tta_{name}", home_dark, "hard"),
+                                 (f"accuracy_hard_tta_{name}_scored_default", cross_dark,
+                                  "default")):
+            runs = {"mnc5": {"0": _run(0.8, dark, 1.0), "1": _run(0.9, dark, 1.0)}}
+            report = {"setting": "hard", "test_setting": test, "iterations": 10, "runs": runs,
+                      "summary": bench_accuracy.summarize(runs)}
+            (tmp_path / f"{stem}.json").write_text(json.dumps(report))
+    rows = [line for line in tables.transfer_table(tmp_path) if line.startswith("| hard")]
+    assert rows == ["| hard -> default | mnc5 (test-time augmentation: 2 scales, best pass's "
+                    "score, at home too) (2 seeds) | 0.850 -> 0.850 | 0.500 -> 0.500 (+0.000) | "
+                    "0.250 -> 0.250 (+0.000) | 0.500 -> 0.375 (-0.125) | 0.900 -> 0.900 "
+                    "(+0.000) |"]
+
+
 def test_transfer_and_slice_diagnosis_tables(tmp_path):
     from bench import diagnose_slices
 

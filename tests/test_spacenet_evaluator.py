@@ -283,6 +283,9 @@ def test_a_threshold_chosen_with_other_passes_is_warned_about(tmp_path, caplog):
     single = tta.clone()
     single.TEST.AUG.FLIP, single.TEST.AUG.ROT90 = False, False
     assert passes_setting(single) == "one pass"  # enabled, but one pass at the test size
+    best = tta.clone()
+    best.TEST.AUG.SCORE = "max"  # another meaning of a score: recorded beside the threshold
+    assert passes_setting(best) == passes_setting(tta) + " SCORE max"
 
     threshold_file = tmp_path / "run" / "score_threshold.json"
     ev = SpaceNetEvaluator(DATASET, output_dir=str(tmp_path / "eval"), score_thresh=0.5,

@@ -97,6 +97,28 @@ def test_scales_and_scores_of_several_passes():
     assert bool((boxes >= -1e-3).all() and (boxes <= 96 + 1e-3).all())
 
 
+def test_max_score_keeps_each_building_at_its_best_pass():
+    """TEST.AUG.SCORE max: the same selection as the mean, each kept building scored by its
+    best candidate of any pass, so the mean's buildings are all there with scores as high or
+    higher (higher where a pass missed it or scored it lower), and more may pass the threshold."""
+    cfg, model = _model(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.05})
+    image = toy_batch(size=96)[0]["image"]
+    inputs = [{"image": image, "height": 96, "width": 96}]
+    aug = {"FLIP": False, "MIN_SIZES": (96, 160), "MAX_SIZE": 1000}
+    mean = _tta(cfg, model, **aug)(inputs)[0]["instances"]
+    best = _tta(cfg, model, SCORE="max", **aug)(inputs)[0]["instances"]
+    assert len(mean) > 0 and len(best) >= len(mean)
+    boxes = best.pred_boxes.tensor
+    for box, score in zip(mean.pred_boxes.tensor, mean.scores):
+        same = (boxes - box).abs().amax(dim=1) < 1e-4
+        assert int(same.sum()) == 1 and float(best.scores[same][0]) >= float(score) - 1e-6
+    higher = [float(best.scores[(boxes - b).abs().amax(dim=1) < 1e-4][0]) > float(s) + 1e-4
+              for b, s in zip(mean.pred_boxes.tensor, mean.scores)]
+    assert any(higher)
+    with pytest.raises(ValueError, match="TEST.AUG.SCORE 'median': use 'mean'"):
+        _tta(cfg, model, SCORE="median", **aug)
+
+
 def test_detectron2s_coco_sizes_are_warned_about(caplog):
     """A config.yaml from before test-time augmentation keeps Detectron2's nine COCO sizes:
     the wrapper runs them as asked but warns, naming the key and the fix; ours do not warn."""

@@ -49,7 +49,9 @@ def passes_setting(cfg) -> str:
     sizes = [int(s) for s in aug.MIN_SIZES]
     if not aug.ENABLED or (not sizes and not flip and not rot90):
         return "one pass"
-    return f"TEST.AUG MIN_SIZES {sizes} MAX_SIZE {int(aug.MAX_SIZE)} FLIP {flip} ROT90 {rot90}"
+    text = f"TEST.AUG MIN_SIZES {sizes} MAX_SIZE {int(aug.MAX_SIZE)} FLIP {flip} ROT90 {rot90}"
+    score = str(aug.get("SCORE", "mean"))
+    return text if score == "mean" else f"{text} SCORE {score}"
 
 
 def resolve_score_threshold(cfg, override: float | None = None) -> float:

@@ -16,7 +16,10 @@ mean over passes of each pass's best candidate of its class overlapping it (box 
 ``MODEL.MNC.MASK_VOTING_IOU`` with the kept, voted box; 0 for a pass without one), the way a
 test-time augmented classifier averages its passes' probabilities; buildings whose mean falls
 below ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` are dropped. (An approximation of averaging: the
-matching uses boxes, not masks.)
+matching uses boxes, not masks.) ``TEST.AUG.SCORE max`` keeps the pooled score instead (the best
+candidate of any pass, as Detectron2's box TTA keeps the NMS winner's): a union of the passes,
+for pass sets where one pass finds what the others cannot (two scales for buildings smaller than
+the training city's), at the price of every pass's false positives.
 
 Passes: each scale of ``TEST.AUG.MIN_SIZES`` (shortest side, capped by ``TEST.AUG.MAX_SIZE``,
 of a whole tile: the input as the test loader resized it, scaled by that size over the test
@@ -76,7 +79,7 @@ class MNCWithTTA(nn.Module):
 
     @configurable
     def __init__(self, model: nn.Module, *, min_sizes: tuple[int, ...], max_size: int,
-                 flip: bool, rot90: bool, test_size: int):
+                 flip: bool, rot90: bool, test_size: int, score: str = "mean"):
         super().__init__()
         model = getattr(model, "module", model)  # DistributedDataParallel's wrapped model
         if not hasattr(model.roi_heads, "candidates"):
@@ -86,6 +89,10 @@ class MNCWithTTA(nn.Module):
         if any(int(s) <= 0 for s in min_sizes) or int(max_size) <= 0:
             raise ValueError(f"TEST.AUG.MIN_SIZES {list(min_sizes)} / MAX_SIZE {max_size}: "
                              "use positive pixel sizes ([] = the test size)")
+        if score not in ("mean", "max"):
+            raise ValueError(f"TEST.AUG.SCORE {score!r}: use 'mean' (the mean over passes) or "
+                             "'max' (the best pass's score)")
+        self.score = score
         self.model = model
         self.train(model.training)  # the model's mode (inference_on_dataset restores it)
         self.min_sizes = tuple(int(s) for s in min_sizes) or (None,)
@@ -98,7 +105,7 @@ class MNCWithTTA(nn.Module):
     def from_config(cls, cfg, model):
         aug = cfg.TEST.AUG
         return {"model": model, "min_sizes": tuple(aug.MIN_SIZES), "max_size": aug.MAX_SIZE,
-                "flip": aug.FLIP, "rot90": aug.ROT90,
+                "flip": aug.FLIP, "rot90": aug.ROT90, "score": aug.SCORE,
                 "test_size": min(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)}
 
     @property
@@ -138,7 +145,7 @@ class MNCWithTTA(nn.Module):
                 passes.append((boxes * scale, masks, probs))
         pooled = [torch.cat(col) for col in zip(*passes)]
         result = heads._select(*pooled, (h, w))
-        if len(passes) > 1:  # one pass: the plain model's output
+        if len(passes) > 1 and self.score == "mean":  # one pass: the plain model's output
             result = self._rescore(result, passes)
         return detector_postprocess(result, height, width)
 
@@ -173,7 +180,8 @@ def with_test_time_augmentation(cfg, model: nn.Module) -> nn.Module:
     tta = MNCWithTTA(cfg, model)
     sizes = [s or "the test size" for s in tta.min_sizes]
     logger.info("test-time augmentation: %d passes per image (shortest side %s, flips %s, "
-                "quarter turns %s)", tta.num_passes, sizes, len(tta.flips), len(tta.turns))
+                "quarter turns %s; score: %s over passes)", tta.num_passes, sizes,
+                len(tta.flips), len(tta.turns), tta.score)
     if tuple(cfg.TEST.AUG.MIN_SIZES) == tuple(get_cfg().TEST.AUG.MIN_SIZES):
         logger.warning("TEST.AUG.MIN_SIZES %s is Detectron2's default for COCO, kept by a "
                        "config.yaml written before mnc_d2 had test-time augmentation; pass "
