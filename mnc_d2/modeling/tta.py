@@ -145,7 +145,8 @@ class MNCWithTTA(nn.Module):
                 passes.append((boxes * scale, masks, probs))
         pooled = [torch.cat(col) for col in zip(*passes)]
         result = heads._select(*pooled, (h, w))
-        if len(passes) > 1 and self.score == "mean":  # one pass: the plain model's output
+        # one pass: the plain model's output; SCORE max: the selection's winner's score
+        if len(passes) > 1 and self.score == "mean":
             result = self._rescore(result, passes)
         return detector_postprocess(result, height, width)
 
