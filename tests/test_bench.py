@@ -174,6 +174,12 @@ def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path)
     assert "| 0.375 ± 0.177 (+0.188, +0.125 to +0.250) | 1 ± 0 (+0, +0 to +0) |" in lines[-1]
     assert lines[2].startswith("| hard | mnc5 (2,400 iterations) | one pass (2 seeds) | ")
     assert any(line.startswith("| hard | mnc5 (600 iterations) | 2 scales") for line in lines)
+    # one seed: its value and change, no spread
+    (tmp_path / "accuracy_hard_2400it_tta_off.json").write_text(json.dumps(
+        {"setting": "hard", "iterations": 2400, "runs": {"mnc5": {"0": off_runs["mnc5"]["0"]}}}))
+    lines = tables.tta_table(tmp_path)
+    assert ("| hard | mnc5 (2,400 iterations) | 2 scales (1 seed) | 0.820 (+0.020) | 0.500 "
+            "(+0.000) | 0.250 (+0.000) | 0.250 (+0.125) | 1 (+0) |") in lines
 
 
 def test_transfer_table_compares_test_time_augmentation_with_the_same_passes_at_home(tmp_path):
