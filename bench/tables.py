@@ -499,15 +499,12 @@ def tta_table(results: Path) -> list[str]:
                     values = [_tta_value(runs[s], key) for s in seeds]
                     delta = [v - _tta_value(base[s], key) for v, s in zip(values, seeds)]
                     digits = 0 if key == "fp" else 3
-                    if len(seeds) == 1:  # the passes cell says "1 seed": no spread to give
-                        cell = f"{values[0]:.{digits}f}"
-                        if name != "off":
-                            cell += f" ({delta[0]:+.{digits}f})"
-                    else:
-                        cell = _mean_std(values, digits)
-                        if name != "off":
-                            cell += (f" ({statistics.mean(delta):+.{digits}f}, "
-                                     f"{min(delta):+.{digits}f} to {max(delta):+.{digits}f})")
+                    one = len(seeds) == 1  # the passes cell says "1 seed": no spread to give
+                    cell = f"{values[0]:.{digits}f}" if one else _mean_std(values, digits)
+                    if name != "off":
+                        cell += (f" ({delta[0]:+.{digits}f})" if one else
+                                 f" ({statistics.mean(delta):+.{digits}f}, "
+                                 f"{min(delta):+.{digits}f} to {max(delta):+.{digits}f})")
                     cells.append(cell)
                 count = f"{len(seeds)} seed" + ("s" if len(seeds) > 1 else "")
                 name_cell = (f"{variant} ({report['iterations']:,} iterations)"
