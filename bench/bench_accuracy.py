@@ -249,6 +249,10 @@ VARIANTS = {
     # The same plus log(1 + DN) as input (mnc5_native_small_anchors_logdn's), trained the same way.
     "mask_rcnn_native_small_anchors_logdn": (QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
                                              NATIVE + SMALL_ANCHORS + LOG_DN),
+    # The same plus copy-paste (mnc5_native_small_anchors_logdn_copypaste's), trained the same way.
+    "mask_rcnn_native_small_anchors_logdn_copypaste": (
+        QUICK + "mask_rcnn_R_18_FPN_demo_synthetic.yaml",
+        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
 }
 CITIES = ["vegas", "paris"]
 SHAPE_KEYS = ("iou", "ciou", "n_ratio", "polis", "mta", "boundary_f")  # summarised over seeds

@@ -470,3 +470,45 @@ def test_gpu_train_table_and_synthetic_targets():
     assert (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 64).all() and (boxes >= 0).all()
     # each mask is its box
     assert np.allclose(inst.gt_masks.area().numpy(), inst.gt_boxes.area().numpy(), rtol=1e-5)
+
+
+def test_merge_reports_joins_runs_under_their_own_key_and_leaves_the_rest(tmp_path):
+    from bench import merge_reports
+
+    base = _report()
+    control = _report()  # the same benchmark retrained elsewhere: its mnc5 differs
+    control["runs"] = {"mnc5": {"0": _run(0.7, 0.5, 20.0), "2": _run(0.6, 0.75, 21.0)}}
+    merged = merge_reports.merge_runs(base, control, ["mnc5"], rename="mnc5_retrained",
+                                      seeds=[2])
+    assert merged["runs"]["mnc5"] == base["runs"]["mnc5"]  # the committed runs stay
+    assert merged["runs"]["mask_rcnn"] == base["runs"]["mask_rcnn"]
+    assert merged["runs"]["mnc5_retrained"] == {"2": control["runs"]["mnc5"]["2"]}
+    assert merged["summary"]["mnc5_retrained"]["recall_dark"]["mean"] == 0.75
+    assert merged["summary"]["mnc5"] == base["summary"]["mnc5"]
+    assert merged["model_seeds"] == [0, 1, 2]
+    assert "mnc5_retrained" not in base["runs"]  # the base itself is not changed
+    # a clash, another benchmark, a seed or variant the other report lacks: errors naming them
+    with pytest.raises(ValueError, match="already has 'mnc5' seed.*'0'.*--replace"):
+        merge_reports.merge_runs(base, control, ["mnc5"])
+    replaced = merge_reports.merge_runs(base, control, ["mnc5"], replace=True)
+    assert replaced["runs"]["mnc5"]["0"] == control["runs"]["mnc5"]["0"]
+    assert replaced["runs"]["mnc5"]["1"] == base["runs"]["mnc5"]["1"]
+    with pytest.raises(ValueError, match="iterations is 20"):
+        merge_reports.merge_runs(base, {**control, "iterations": 20}, ["mnc5"], rename="x")
+    with pytest.raises(ValueError, match=r"seed\(s\) \['1'\]"):
+        merge_reports.merge_runs(base, control, ["mnc5"], rename="x", seeds=[1])
+    with pytest.raises(ValueError, match="no runs of 'mask_rcnn'"):
+        merge_reports.merge_runs(base, control, ["mask_rcnn"], rename="x")
+    # the command line writes the joined report atomically over the base
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "control.json").write_text(json.dumps(control))
+    merge_reports.main([str(tmp_path / "base.json"), "--from", str(tmp_path / "control.json"),
+                        "--variants", "mnc5", "--as", "mnc5_retrained",
+                        "--output", str(tmp_path / "base.json")])
+    written = json.loads((tmp_path / "base.json").read_text())
+    assert sorted(written["runs"]) == ["mask_rcnn", "mnc5", "mnc5_retrained"]
+    assert written["runs"]["mnc5_retrained"] == control["runs"]["mnc5"]
+    with pytest.raises(SystemExit, match="already has 'mnc5_retrained'"):
+        merge_reports.main([str(tmp_path / "base.json"), "--from",
+                            str(tmp_path / "control.json"), "--variants", "mnc5", "--as",
+                            "mnc5_retrained"])
