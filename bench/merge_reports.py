@@ -11,7 +11,8 @@ of the same benchmark (setting, test setting, schedule, training tiles, test opt
     python -m bench.merge_reports bench/results/accuracy_default_2400it.json \
         --from .cache/bench/accuracy_control/report_60img_2400it.json \
         --variants mnc5_native_small_anchors_logdn \
-        --as mnc5_native_small_anchors_logdn_retrained --output bench/results/accuracy_default_2400it.json
+        --as mnc5_native_small_anchors_logdn_retrained \
+        --output bench/results/accuracy_default_2400it.json
 
 Writes the joined report to ``--output`` (atomically; it may be the base itself) or, without it,
 prints it on stdout.
