@@ -453,6 +453,15 @@ def transfer_table(results: Path) -> list[str]:
             n = e["mean_city_f1"].get("n", 3)
             if n < 3:  # fewer seeds than a claim needs: the row says how many
                 label += f" ({n} seed{'s' if n > 1 else ''})"
+            # a seed whose scores all stayed under the threshold (no detection kept) counts
+            # as zero recall in the means: the row names it so the means are read for what
+            # they are
+            empty = sorted({seed for report in (home_report, cross)
+                            for seed, run in report.get("runs", {}).get(name, {}).items()
+                            if run["overall"]["tp"] + run["overall"]["fp"] == 0}, key=int)
+            if empty:
+                label += (f" (seed{'s' if len(empty) > 1 else ''} {', '.join(empty)}: no "
+                          "detection kept at the threshold, zeros in the means)")
             rows.append([_setting(cross), label, f"{home[name]['mean_city_f1']['mean']:.3f} -> "
                          f"{e['mean_city_f1']['mean']:.3f}", *cells])
     return _table(["trained -> scored", "variant", "mean city F1 (own -> other benchmark)",

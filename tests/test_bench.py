@@ -225,6 +225,15 @@ def test_transfer_and_slice_diagnosis_tables(tmp_path):
     single = dict(cross, runs=one, summary=bench_accuracy.summarize(one))
     (tmp_path / "accuracy_hard_on_default.json").write_text(json.dumps(single))
     assert "| hard -> default | mnc5 (1 seed) | " in "\n".join(tables.transfer_table(tmp_path))
+    # a seed that kept no detection at the threshold (its scores all under it) is named
+    collapsed = {"mnc5": {"0": runs["mnc5"]["0"], "1": _run(0.0, 0.0, 10.0),
+                          "2": runs["mnc5"]["1"]}}
+    collapsed["mnc5"]["1"]["overall"] = {"tp": 0, "fp": 0, "fn": 10, "precision": 0.0,
+                                         "recall": 0.0, "f1": 0.0}
+    (tmp_path / "accuracy_hard_on_default.json").write_text(json.dumps(
+        dict(cross, runs=collapsed, summary=bench_accuracy.summarize(collapsed))))
+    assert ("| hard -> default | mnc5 (seed 1: no detection kept at the threshold, zeros in the "
+            "means) | ") in "\n".join(tables.transfer_table(tmp_path))
     assert tables.accuracy_tables(cross)[0].startswith("Trained on **hard**, scored on "
                                                        "**default**")
     slices = {f: {"n": 10, "rpn": 0.9, "rpn_07": 0.7, "detected": 0.8, "found": 0.6,
