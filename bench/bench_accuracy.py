@@ -74,6 +74,7 @@ from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
 from mnc_d2.utils.atomic import atomic_write
 
 from bench.bench_demo import cpu_model
+from bench.merge_reports import SAME_BENCHMARK
 
 QUICK = "configs/quick_schedules/"
 # Two anchor sizes per FPN level, half the config's (16 px at P2) and below: 8 px anchors.
@@ -528,8 +529,7 @@ def main() -> None:
         report["runs"] = json.loads(previous.read_text()).get("runs", {})
     if args.add_to:
         base = json.loads(Path(args.add_to).read_text())
-        for key in ("setting", "test_setting", "iterations", "train_images_per_city",
-                    "test_opts"):
+        for key in SAME_BENCHMARK:
             if base.get(key) != report[key]:
                 raise SystemExit(f"--add-to {args.add_to}: its {key} is {base.get(key)!r}, this "
                                  f"invocation's {report[key]!r}; add runs to a report of the "
