@@ -31,6 +31,11 @@ after regularising, here before (the two differ only if regularising changes whi
     python -m bench.bench_paired_shape --report .cache/bench/accuracy/report_60img_600it.json \\
         --pair mnc5 mask_rcnn > bench/results/paired_shape_default.json
 
+Models of one seed number are compared by default. ``--seed-pairs 0:0 1:1 2:3`` pairs A's seed 2
+with B's seed 3 instead (the seeds are independent draws, so any one-to-one pairing is as fair;
+used when one of B's seeds did not train and a further seed stands in for it); such a run is
+keyed ``"2:3"`` in the output.
+
 Prints one JSON object on stdout (logs go to stderr).
 """
 
@@ -201,6 +206,36 @@ def summarize(runs: dict, min_pairs: int = 1) -> dict:
     return out
 
 
+def seed_pairs(report: dict, a_name: str, b_name: str, requested: list[str] | None,
+               source: str) -> list[tuple[str, str]]:
+    """[(A's seed, B's seed), ...]: ``requested`` ("A_SEED:B_SEED" strings, each seed used once)
+    or, when None, every seed both variants have with its own number. SystemExit naming the
+    report and the offending entry when a seed is missing, repeated or malformed."""
+    if requested is None:
+        seeds = sorted(set(report["runs"][a_name]) & set(report["runs"][b_name]), key=int)
+        if not seeds:
+            raise SystemExit(f"{source}: {a_name} and {b_name} share no model seed; pair them "
+                             "with --seed-pairs A_SEED:B_SEED")
+        return [(s, s) for s in seeds]
+    pairs = []
+    for entry in requested:
+        parts = entry.split(":")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise SystemExit(f"--seed-pairs {entry!r}: write A_SEED:B_SEED, e.g. 2:3")
+        seed_a, seed_b = (str(int(p)) for p in parts)
+        for name, seed in ((a_name, seed_a), (b_name, seed_b)):
+            if seed not in report["runs"][name]:
+                raise SystemExit(f"{source}: {name} has no seed {seed} (--seed-pairs {entry!r}); "
+                                 f"it has {sorted(report['runs'][name], key=int)}")
+        pairs.append((seed_a, seed_b))
+    for side, name in ((0, a_name), (1, b_name)):
+        used = [p[side] for p in pairs]
+        if len(set(used)) != len(used):
+            raise SystemExit(f"--seed-pairs {' '.join(requested)}: {name}'s seeds repeat "
+                             f"({used}); each model enters one pair")
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", required=True,
@@ -217,6 +252,9 @@ def main() -> None:
     parser.add_argument("--min-pairs", type=int, default=30,
                         help="a seed enters a slice's summary with at least this many common "
                              "buildings in the slice (every seed stays in the per-run part)")
+    parser.add_argument("--seed-pairs", nargs="+", metavar="A_SEED:B_SEED",
+                        help="which seed of A meets which seed of B (default: the seeds both "
+                             "have, each with its own number)")
     parser.add_argument("--regularize", type=float, metavar="MIN_EDGE",
                         help="compare the rectilinear option's polygons (regularised with this "
                              "min edge in px) instead of the written ones")
@@ -228,10 +266,8 @@ def main() -> None:
     for name in args.pair:
         if name not in report["runs"]:
             raise SystemExit(f"{args.report}: no runs of {name!r}; it has {sorted(report['runs'])}")
-    seeds = sorted(set(report["runs"][a_name]) & set(report["runs"][b_name]), key=int)
-    if not seeds:
-        raise SystemExit(f"{args.report}: {a_name} and {b_name} share no model seed")
-    first = report["runs"][a_name][seeds[0]]
+    pairs = seed_pairs(report, a_name, b_name, args.seed_pairs, args.report)
+    first = report["runs"][a_name][pairs[0][0]]
     work = Path(args.work) if args.work else Path(first["run_dir"]).parents[2]
     test_setting = report.get("test_setting", report["setting"])
     suffix = acc.setting_suffix(test_setting)
@@ -247,20 +283,24 @@ def main() -> None:
            "metres_per_pixel": acc.GSD_M, "bootstrap_draws": BOOTSTRAP,
            "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
            "runs": {}, "summary": {}}
-    for seed in seeds:
-        frames = [matched_by_truth(report["runs"][n][seed], n, seed, test_root, cities, truth,
-                                   args.thresholds, args.score_thresh, args.regularize,
+    for index, (seed_a, seed_b) in enumerate(pairs):
+        chosen = {a_name: seed_a, b_name: seed_b}
+        key = seed_a if seed_a == seed_b else f"{seed_a}:{seed_b}"
+        frames = [matched_by_truth(report["runs"][n][chosen[n]], n, chosen[n], test_root, cities,
+                                   truth, args.thresholds, args.score_thresh, args.regularize,
                                    out["test_opts"])
                   for n in args.pair]
-        run = compare(*frames, flags, seed=int(seed))
+        run = compare(*frames, flags, seed=index)
         # the report's scores (of the polygons as written, at each run's threshold)
-        run["counts"] = {n: report["runs"][n][seed]["overall"] for n in args.pair}
-        run["mean_city_f1"] = {n: report["runs"][n][seed]["mean_city_f1"] for n in args.pair}
-        run["thresholds"] = {n: run_threshold(report["runs"][n][seed], args.thresholds,
+        run["seeds"] = chosen
+        run["counts"] = {n: report["runs"][n][chosen[n]]["overall"] for n in args.pair}
+        run["mean_city_f1"] = {n: report["runs"][n][chosen[n]]["mean_city_f1"]
+                               for n in args.pair}
+        run["thresholds"] = {n: run_threshold(report["runs"][n][chosen[n]], args.thresholds,
                                               args.score_thresh)[0] for n in args.pair}
-        out["runs"][seed] = run
-        logger.info("seed %s: %d pairs of %s, %d of %s, %d common", seed, run["pairs_a"], a_name,
-                    run["pairs_b"], b_name, run["common"])
+        out["runs"][key] = run
+        logger.info("seeds %s: %d pairs of %s, %d of %s, %d common", key, run["pairs_a"],
+                    a_name, run["pairs_b"], b_name, run["common"])
     out["summary"] = summarize(out["runs"], args.min_pairs)
     print(json.dumps(out, indent=2))
 

@@ -238,9 +238,11 @@ def paired_shape_table(report: dict) -> list[str]:
     """bench_paired_shape.py: per slice and metric, both variants' means over the buildings both
     matched, their difference and whether every seed's interval excludes 0."""
     a, b = report["pair"]
-    seeds = sorted(report["runs"], key=int)
+    # keys: "S" (both models of seed S) or "SA:SB" (--seed-pairs)
+    seeds = sorted(report["runs"], key=lambda k: [int(p) for p in k.split(":")])
     counts = ", ".join(f"{s}: {report['runs'][s]['common']} of {report['runs'][s]['pairs_a']} / "
                        f"{report['runs'][s]['pairs_b']}" for s in seeds)
+    paired = (" or pair of seeds, A's:B's" if any(":" in s for s in seeds) else "")
     reg = report.get("regularize_min_edge")
     polygons = ("the polygons as the configs write them" if reg is None else
                 f"the rectilinear option's polygons (TEST.SPACENET.REGULARIZE, min edge {reg:g} "
@@ -252,8 +254,8 @@ def paired_shape_table(report: dict) -> list[str]:
     lines = [f"{_setting(report, bold=True)}{_test_opts(report)}, {report['iterations']} "
              f"iterations, {polygons}: "
              f"**{a}** (A) against **{b}** (B) on the truth buildings both matched at {where}, "
-             f"{len(seeds)} model seeds (per seed, buildings both matched of A's / B's matched: "
-             f"{counts}; a seed enters a row with at least {report.get('min_pairs', 1)} common "
+             f"{len(seeds)} model seeds (per seed{paired}, buildings both matched of A's / B's "
+             f"matched: {counts}; a seed enters a row with at least {report.get('min_pairs', 1)} common "
              "buildings in its slice). Mean ± sample std (min-max) over those seeds of each "
              "model's mean over the common buildings and of the difference A - B; metres at "
              f"{report['metres_per_pixel']} m per pixel. Separated: A (or B) is better on every "

@@ -334,6 +334,33 @@ def test_paired_shape_compares_the_buildings_both_models_matched():
             "| 0.200 ± 0.000 (0.200-0.200) | A (mnc5) |") in lines
 
 
+def test_paired_shape_seed_pairs_meet_the_seeds_asked_for_and_refuse_bad_ones():
+    import pytest
+
+    from bench import bench_paired_shape as paired
+
+    report = {"runs": {"a": {"0": {}, "1": {}, "2": {}}, "b": {"0": {}, "1": {}, "3": {}}}}
+    assert paired.seed_pairs(report, "a", "b", None, "r.json") == [("0", "0"), ("1", "1")]
+    assert paired.seed_pairs(report, "a", "b", ["0:0", "1:1", "2:03"], "r.json") == [
+        ("0", "0"), ("1", "1"), ("2", "3")]
+    with pytest.raises(SystemExit, match="b has no seed 2"):
+        paired.seed_pairs(report, "a", "b", ["2:2"], "r.json")
+    with pytest.raises(SystemExit, match="b's seeds repeat"):
+        paired.seed_pairs(report, "a", "b", ["0:3", "2:3"], "r.json")
+    with pytest.raises(SystemExit, match="A_SEED:B_SEED"):
+        paired.seed_pairs(report, "a", "b", ["2-3"], "r.json")
+    with pytest.raises(SystemExit, match="share no model seed"):
+        paired.seed_pairs({"runs": {"a": {"0": {}}, "b": {"1": {}}}}, "a", "b", None, "r.json")
+    # the table orders the pair keys by A's seed and says which is whose
+    run = {"common": 3, "pairs_a": 4, "pairs_b": 5}
+    table = tables.table_maker("paired_shape_hard")(
+        {"setting": "hard", "iterations": 10, "pair": ["a", "b"], "min_pairs": 1,
+         "metres_per_pixel": 0.3, "bootstrap_draws": paired.BOOTSTRAP,
+         "runs": {"2:3": run, "10": run, "0": run}, "summary": {}})
+    assert "per seed or pair of seeds, A's:B's" in table[0]
+    assert "0: 3 of 4 / 5, 2:3: 3 of 4 / 5, 10: 3 of 4 / 5;" in table[0]
+
+
 def test_export_table_names_the_peak_sizes_and_the_detections_per_tile():
     speed = {"mnc5 416 px / torch": {"s_per_tile_median": 0.2, "n": 6,
                                      "ratio_vs_mask_rcnn_same_backend": 1.25,
