@@ -255,9 +255,10 @@ def paired_shape_table(report: dict) -> list[str]:
              f"iterations, {polygons}: "
              f"**{a}** (A) against **{b}** (B) on the truth buildings both matched at {where}, "
              f"{len(seeds)} model seeds (per seed{paired}, buildings both matched of A's / B's "
-             f"matched: {counts}; a seed enters a row with at least {report.get('min_pairs', 1)} common "
-             "buildings in its slice). Mean ± sample std (min-max) over those seeds of each "
-             "model's mean over the common buildings and of the difference A - B; metres at "
+             f"matched: {counts}; a seed enters a row with at least "
+             f"{report.get('min_pairs', 1)} common buildings in its slice). Mean ± sample std "
+             "(min-max) over those seeds of each model's mean over the common buildings and of "
+             "the difference A - B; metres at "
              f"{report['metres_per_pixel']} m per pixel. Separated: A (or B) is better on every "
              f"seed with the 95% bootstrap interval of the difference ({report['bootstrap_draws']}"
              " draws over the buildings) excluding 0; '-' otherwise.", ""]
