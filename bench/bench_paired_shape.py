@@ -283,14 +283,16 @@ def main() -> None:
            "metres_per_pixel": acc.GSD_M, "bootstrap_draws": BOOTSTRAP,
            "slice_truth_counts": {s: int(flags[s].sum()) for s in SLICES[1:]},
            "runs": {}, "summary": {}}
-    for index, (seed_a, seed_b) in enumerate(pairs):
+    for seed_a, seed_b in pairs:
         chosen = {a_name: seed_a, b_name: seed_b}
         key = seed_a if seed_a == seed_b else f"{seed_a}:{seed_b}"
         frames = [matched_by_truth(report["runs"][n][chosen[n]], n, chosen[n], test_root, cities,
                                    truth, args.thresholds, args.score_thresh, args.regularize,
                                    out["test_opts"])
                   for n in args.pair]
-        run = compare(*frames, flags, seed=index)
+        # the bootstrap draws seeded by A's seed, as before pairs could differ (each A seed
+        # enters one pair)
+        run = compare(*frames, flags, seed=int(seed_a))
         # the report's scores (of the polygons as written, at each run's threshold)
         run["seeds"] = chosen
         run["counts"] = {n: report["runs"][n][chosen[n]]["overall"] for n in args.pair}
