@@ -188,6 +188,11 @@ VARIANTS = {
     # The same plus copy-paste (COPY_PASTE above).
     "mnc5_native_small_anchors_logdn_copypaste": (QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
                                                   NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE),
+    # The same with the convolutional mask head (CONV_MASK above): the copy-paste recipe with the
+    # head whose outlines met the shape goal at 600 iterations.
+    "mnc5_native_small_anchors_logdn_copypaste_conv_mask": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + CONV_MASK),
     # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN
     # above): buildings down to half the smallest side the training city draws.
     "mnc5_native_small_anchors_logdn_copypaste_down": (
