@@ -471,6 +471,77 @@ def transfer_table(results: Path) -> list[str]:
                    "recall small", "recall concave", "recall dark", "recall other"], rows)
 
 
+# README's "Choosing a configuration" table: the 2,400-iteration recipes a user can take, each
+# with the config file that carries it at R-50 scale (what the R-18 benchmark variant adds to the
+# quick config). Order: how the README reads them.
+RECIPES = {
+    "mnc5_8band_native_small_anchors": "mnc_R_50_FPN_3x_all_8band_small_anchors.yaml",
+    "mnc5_native_small_anchors_logdn":
+        "mnc_R_50_FPN_3x_all_small_anchors.yaml + `INPUT.DN_TRANSFORM log`",
+    "mnc5_native_small_anchors_logdn_copypaste":
+        "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste.yaml",
+    "mnc5_native_small_anchors_logdn_copypaste_conv_mask":
+        "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask.yaml",
+    "mask_rcnn_native_small_anchors_logdn": "(baseline: Mask R-CNN, the same levers)",
+    "mask_rcnn_native_small_anchors_logdn_copypaste": "(baseline: Mask R-CNN, the same levers)",
+}
+SLICES = ("small", "concave", "dark", "other")
+
+
+def _range(values: list[float], digits: int = 3) -> str:
+    """'min-max' over seeds, or the one value."""
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if len(values) == 1 or f"{lo:.{digits}f}" == f"{hi:.{digits}f}" \
+        else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
+def recipes_table(results: Path, iterations: int = 2400, recipes: dict = RECIPES) -> list[str]:
+    """Per training setting and recipe of ``recipes`` (variant -> config): the home benchmark's
+    mean city F1 and slice recalls (min-max over seeds), the shape of the matched polygons, and
+    on the other setting's benchmark (nothing retrained) F1 and each slice's recall lost, seed by
+    seed (accuracy_<train>_<N>it.json and accuracy_<train>_<N>it_on_<other>.json, the default
+    inference). A seed that kept no detection at the threshold is left out of every column and
+    counted in the seeds column."""
+    rows = []
+    for train, other in (("default", "hard"), ("hard", "default")):
+        home_path = results / f"accuracy_{train}_{iterations}it.json"
+        cross_path = results / f"accuracy_{train}_{iterations}it_on_{other}.json"
+        if not home_path.exists():
+            continue
+        home = json.loads(home_path.read_text())["runs"]
+        cross = json.loads(cross_path.read_text())["runs"] if cross_path.exists() else {}
+        for name, config in recipes.items():
+            runs = {s: r for s, r in home.get(name, {}).items()
+                    if r["overall"]["tp"] + r["overall"]["fp"] > 0}
+            if not runs:
+                continue
+            empty = len(home[name]) - len(runs)
+            seeds = f"{len(runs)}" + (f" (+{empty} with no detection)" if empty else "")
+            cells = [_range([r["mean_city_f1"] for r in runs.values()])]
+            cells += [_range([r["recall_slices"][s] for r in runs.values()]) for s in SLICES[:3]]
+            shapes = [r["shape"]["all"] for r in runs.values() if r.get("shape")]
+            cells += [_range([x["ciou"] for x in shapes]) if shapes else "n/a",
+                      _range([x["mta"] for x in shapes], 1) if shapes else "n/a"]
+            paired = [(runs[s], cross[name][s]) for s in runs if s in cross.get(name, {})]
+            if paired:
+                drops = [{k: c["recall_slices"][k] - h["recall_slices"][k] for k in SLICES}
+                         for h, c in paired]
+                mean_drop = {k: sum(d[k] for d in drops) / len(drops) for k in SLICES}
+                worst = min(SLICES, key=lambda k: mean_drop[k])
+                within = sum(round(min(d.values()), 6) >= -0.15 for d in drops)  # no float edge
+                cells += [_range([c["mean_city_f1"] for _, c in paired]),
+                          f"{mean_drop['dark']:+.3f}",
+                          f"{mean_drop[worst]:+.3f} ({worst})", f"{within} of {len(paired)}"]
+            else:
+                cells += ["n/a"] * 4
+            rows.append([train, f"`{name}`", config, seeds, *cells])
+    return _table(["trained on", "variant (R-18 benchmark)", "config (R-50, configs/SpaceNet2/)",
+                   "seeds", "mean city F1", "recall small", "recall concave", "recall dark",
+                   "C-IoU", "MTA deg", "on the other setting: mean city F1",
+                   "dark-roof recall change (mean)", "worst slice change (mean)",
+                   "seeds with every slice within 0.15"], rows)
+
+
 # Test-time augmentation reports (accuracy_<setting>_tta_<name>[_scored_<other>].json): the
 # same models without it ("off", evaluated again beside the others) and with each pass set.
 TTA_NAMES = {"off": "one pass", "d4": "8 flips and turns", "scales": "2 scales",
@@ -1086,6 +1157,8 @@ def section_renderers(results: Path = RESULTS) -> dict:
         out["bench:tta"] = lambda: "\n".join(tta_table(results))
     if any(results.glob("accuracy_*_on_*.json")):
         out["bench:transfer"] = lambda: "\n".join(transfer_table(results))
+    if any(results.glob("accuracy_*_2400it.json")):
+        out["bench:recipes"] = lambda: "\n".join(recipes_table(results))
     return out
 
 

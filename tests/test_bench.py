@@ -201,6 +201,25 @@ def test_transfer_table_compares_test_time_augmentation_with_the_same_passes_at_
                     "(+0.000) |"]
 
 
+def test_recipes_table_pairs_each_seed_with_itself_on_the_other_setting(tmp_path):
+    """README's recipe table: ranges over seeds at home, then each seed's slice recall on the
+    other benchmark minus its own at home; a seed that kept no detection is left out and counted."""
+    home = {"mnc5": {"0": _run(0.8, 0.5, 1.0), "1": _run(0.9, 0.75, 1.0),
+                     "2": _run(0.0, 0.0, 1.0)}}
+    home["mnc5"]["2"]["overall"] = {"tp": 0, "fp": 0, "fn": 10, "precision": 0.0, "recall": 0.0,
+                                    "f1": 0.0}
+    cross = {"mnc5": {"0": _run(0.7, 0.25, 1.0), "1": _run(0.6, 0.7, 1.0),
+                      "2": _run(0.0, 0.0, 1.0)}}
+    for stem, runs in (("accuracy_hard_2400it", home), ("accuracy_hard_2400it_on_default", cross)):
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"runs": runs}))
+    lines = tables.recipes_table(tmp_path, recipes={"mnc5": "cfg.yaml", "absent": "x.yaml"})
+    # dark: seed 0 0.5 -> 0.25 (-0.25, outside 0.15), seed 1 0.75 -> 0.7 (-0.05); mean -0.15
+    assert lines[2:] == ["| hard | `mnc5` | cfg.yaml | 2 (+1 with no detection) | 0.800-0.900 | "
+                         "0.500 | 0.250 | 0.500-0.750 | 0.700-0.725 | 30.0-35.0 | 0.600-0.700 | "
+                         "-0.150 | -0.150 (dark) | 1 of 2 |"]
+    assert "bench:recipes" in tables.section_renderers(tmp_path)
+
+
 def test_transfer_and_slice_diagnosis_tables(tmp_path):
     from bench import diagnose_slices
 
