@@ -501,7 +501,8 @@ def recipes_table(results: Path, iterations: int = 2400, recipes: dict = RECIPES
     on the other setting's benchmark (nothing retrained) F1 and each slice's recall lost, seed by
     seed (accuracy_<train>_<N>it.json and accuracy_<train>_<N>it_on_<other>.json, the default
     inference). A seed that kept no detection at the threshold is left out of every column and
-    counted in the seeds column."""
+    counted in the seeds column; a recipe with fewer than three seeds says it is too few for a
+    claim."""
     rows = []
     for train, other in (("default", "hard"), ("hard", "default")):
         home_path = results / f"accuracy_{train}_{iterations}it.json"
@@ -517,6 +518,8 @@ def recipes_table(results: Path, iterations: int = 2400, recipes: dict = RECIPES
                 continue
             empty = len(home[name]) - len(runs)
             seeds = f"{len(runs)}" + (f" (+{empty} with no detection)" if empty else "")
+            if len(home[name]) < 3:  # fewer seeds than a claim needs: the cell says so
+                seeds += " (too few for a claim)"
             cells = [_range([r["mean_city_f1"] for r in runs.values()])]
             cells += [_range([r["recall_slices"][s] for r in runs.values()]) for s in SLICES[:3]]
             shapes = [r["shape"]["all"] for r in runs.values() if r.get("shape")]

@@ -218,6 +218,10 @@ def test_recipes_table_pairs_each_seed_with_itself_on_the_other_setting(tmp_path
                          "0.500 | 0.250 | 0.500-0.750 | 0.700-0.725 | 30.0-35.0 | 0.600-0.700 | "
                          "-0.150 | -0.150 (dark) | 1 of 2 |"]
     assert "bench:recipes" in tables.section_renderers(tmp_path)
+    one = {"mnc5": {"0": home["mnc5"]["0"]}}
+    (tmp_path / "accuracy_hard_2400it.json").write_text(json.dumps({"runs": one}))
+    assert "| hard | `mnc5` | cfg.yaml | 1 (too few for a claim) | 0.800 | " in "\n".join(
+        tables.recipes_table(tmp_path, recipes={"mnc5": "cfg.yaml"}))
 
 
 def test_transfer_and_slice_diagnosis_tables(tmp_path):
