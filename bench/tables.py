@@ -472,8 +472,8 @@ def transfer_table(results: Path) -> list[str]:
 
 
 # README's "Choosing a configuration" table: the 2,400-iteration recipes a user can take, each
-# with the config file that carries it at R-50 scale (what the R-18 benchmark variant adds to the
-# quick config). Order: how the README reads them.
+# with the R-50 config (configs/SpaceNet2/) that sets the same levers as the R-18 benchmark
+# variant. Order: how the README reads them.
 RECIPES = {
     "mnc5_8band_native_small_anchors": "mnc_R_50_FPN_3x_all_8band_small_anchors.yaml",
     "mnc5_native_small_anchors_logdn":
