@@ -3,10 +3,14 @@
 
 Writes --scenes synthetic 3-band GeoTIFF scenes (--size px square, generator seed 5, Vegas
 style), then runs tools/predict.py over all of them in a child process per engine with a
-trained run's config and weights: wall time of the process, scenes per second, mean seconds per
-scene (from the manifest), peak RSS per worker process (the manifest's peak_rss_mb; for local the
-one process), and Ray's start-up cost (ray.init in a fresh process, and the first scene's
-completion minus its own time). Prints one JSON object.
+trained run's config and weights, --rounds times, the two engines' order alternating from round
+to round: wall time of the process, scenes per second, median seconds per scene (from the
+manifest), peak RSS per worker process (the manifest's peak_rss_mb; for local the one process)
+and the statuses. Ray's start-up cost is timed once in a fresh process. The two engines' outputs
+of the first round are compared scene by scene: building counts, and the IoU of the union of
+each scene's polygons (local runs the model on this machine's threads, each Ray actor on
+--cpus-per-worker of them, so floating-point sums may differ in the last bits; with equal thread
+counts predict.py's engines are bit-identical). Prints one JSON object.
 
     python -m bench.bench_predict_many --run .cache/bench/accuracy/runs/mnc5_60img_600it/seed0
 """
@@ -23,9 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import shapely
+
+from .bench_demo import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +65,7 @@ def run_engine(run: Path, scenes: Path, out: Path, engine: list[str]) -> dict:
         raise RuntimeError(f"{engine}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
     rows = pd.read_parquet(out / "manifest.parquet")
     per_worker = rows.groupby("worker")["peak_rss_mb"].max()
-    return {"engine": " ".join(engine), "wall_s": round(wall, 2),
+    return {"wall_s": round(wall, 2),
             "scenes_per_s": round(len(rows) / wall, 3),
             "scene_s_median": round(float(rows.seconds.median()), 3),
             "workers": int(per_worker.size),
@@ -74,25 +82,64 @@ def ray_init_seconds() -> float:
     return round(float(out.stdout.strip().splitlines()[-1]), 2)
 
 
+def compare_outputs(first: Path, second: Path) -> dict:
+    """Scene by scene, two predict.py output folders of the same scenes: how many scenes have
+    equal building counts, and the IoU of the union of each scene's polygons (min and median;
+    1.0 for a scene without buildings in both), over the scenes both finished (the others are
+    counted)."""
+    equal, ious = 0, []
+    done = [{p.name for p in (folder / "buildings").glob("*.parquet")}
+            for folder in (first, second)]
+    names = sorted(done[0] & done[1])
+    for name in names:
+        a = gpd.read_parquet(first / "buildings" / name).geometry.values
+        b = gpd.read_parquet(second / "buildings" / name).geometry.values
+        equal += int(len(a) == len(b))
+        ua, ub = shapely.union_all(a), shapely.union_all(b)
+        union = shapely.union(ua, ub).area
+        ious.append(1.0 if union == 0 else float(shapely.intersection(ua, ub).area / union))
+    return {"scenes": len(names), "in_one_output_only": len(done[0] ^ done[1]),
+            "equal_building_counts": equal,
+            "union_iou_min": round(min(ious), 6) if ious else None,
+            "union_iou_median": round(float(np.median(ious)), 6) if ious else None}
+
+
+ENGINES = {"local": ["--engine", "local"],
+           "ray": ["--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="training run folder (config.yaml, weights)")
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--size", type=int, default=650)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each engine, the order alternating between rounds")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds} must be at least 1")
     run = Path(args.run)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
-              "scenes": args.scenes, "scene_px": args.size, "run": str(run)}
+              "cpu": cpu_model(), "scenes": args.scenes, "scene_px": args.size,
+              "run": str(run), "rounds": args.rounds, "engines": ENGINES}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "scenes").mkdir()
         write_scenes(tmp / "scenes", args.scenes, args.size)
         report["ray_init_s"] = ray_init_seconds()
-        report["local"] = run_engine(run, tmp / "scenes", tmp / "local",
-                                     ["--engine", "local"])
-        report["ray"] = run_engine(run, tmp / "scenes", tmp / "ray",
-                                   ["--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"])
-        report["ray_vs_local_wall"] = round(report["ray"]["wall_s"] / report["local"]["wall_s"], 2)
+        runs = {name: [] for name in ENGINES}
+        for k in range(args.rounds):
+            order = list(ENGINES) if k % 2 == 0 else list(ENGINES)[::-1]
+            for name in order:
+                result = run_engine(run, tmp / "scenes", tmp / f"{name}{k}", ENGINES[name])
+                runs[name].append({"round": k, **result})
+        report["agreement_first_round"] = compare_outputs(tmp / "local0", tmp / "ray0")
+    report["runs"] = runs
+    report["median_wall_s"] = {n: float(np.median([r["wall_s"] for r in rs]))
+                               for n, rs in runs.items()}
+    ratios = [ray["wall_s"] / local["wall_s"] for local, ray in zip(runs["local"], runs["ray"])]
+    report["ray_vs_local_wall"] = {"per_round": [round(r, 3) for r in ratios],
+                                   "median": round(float(np.median(ratios)), 3)}
     print(json.dumps(report, indent=2))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 CITY_NAMES = {"AOI_2_Vegas": "Vegas", "AOI_3_Paris": "Paris", "AOI_4_Shanghai": "Shanghai",
@@ -208,6 +209,45 @@ def predict_table(report: dict) -> list[str]:
                     f"{r['speedup_vs_torch']:.2f}" if "speedup_vs_torch" in r else "n/a",
                     f"{r['peak_rss_gb']:.2f}", f"{r['buildings']:,}",
                     f"{r['km2_per_core_hour']:.1f}"] for r in report["runs"]])
+
+
+def predict_many_table(report: dict) -> list[str]:
+    """bench_predict_many.py: per engine, the whole run's wall time and scenes per second
+    (medians over rounds), seconds per scene, workers and their peak RSS, buildings, statuses;
+    then Ray's time over local's, paired round by round, and the engines' agreement."""
+    run = "/".join(Path(report["run"]).parts[-2:])
+    rounds = report["rounds"]
+    lines = [f"{report['scenes']} synthetic scenes of {report['scene_px']} x "
+             f"{report['scene_px']} px (3 bands), the trained run `{run}`, tools/predict.py in a "
+             f"child process per engine, {rounds} rounds with the engines' order alternating; "
+             f"{report['cpu']}. Ray's start-up alone (a fresh process): "
+             f"{report['ray_init_s']:.1f} s.", ""]
+    rows = []
+    for name, runs in report["runs"].items():
+        statuses = {}
+        for r in runs:
+            for status, count in r["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+        rows.append([f"`{' '.join(report['engines'][name])}`", runs[0]["workers"],
+                     f"{report['median_wall_s'][name]:.1f}",
+                     f"{statistics.median(r['scenes_per_s'] for r in runs):.2f}",
+                     f"{statistics.median(r['scene_s_median'] for r in runs):.2f}",
+                     f"{max(max(r['peak_rss_mb_per_worker']) for r in runs):,.0f}",
+                     "/".join(f"{b:,}" for b in sorted({r["buildings"] for r in runs})),
+                     ", ".join(f"{status} {count}" for status, count in sorted(statuses.items()))])
+    lines += _table(["engine", "workers", f"wall s (median of {rounds})", "scenes/s",
+                     "s per scene on its worker (median)", "peak RSS MB per worker (max)",
+                     "buildings", f"scene statuses over the {rounds} rounds"], rows)
+    ratio, agree = report["ray_vs_local_wall"], report["agreement_first_round"]
+    per_round = ", ".join(f"{r:.2f}" for r in ratio["per_round"])
+    lines += ["", f"Ray's wall time over local's, paired round by round: median "
+              f"{ratio['median']:.2f} (rounds: {per_round}). The first round's outputs scene by "
+              f"scene: {agree['equal_building_counts']} of {agree['scenes']} scenes with equal "
+              f"building counts, IoU of each scene's union of polygons min "
+              f"{agree['union_iou_min']:.6f}, median {agree['union_iou_median']:.6f}"
+              + (f"; {agree['in_one_output_only']} scenes in one output only"
+                 if agree["in_one_output_only"] else "") + "."]
+    return lines
 
 
 def polygonize_table(report: dict) -> list[str]:
@@ -1133,6 +1173,8 @@ def table_maker(report_name: str):
         return radiometry_table
     if report_name.startswith("tta_time"):
         return tta_time_table
+    if report_name.startswith("predict_many"):
+        return predict_many_table
     if report_name.startswith("predict"):
         return predict_table
     if report_name.startswith("seams_"):

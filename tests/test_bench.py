@@ -159,6 +159,40 @@ def test_polygonize_and_demo_tables_carry_the_report_numbers():
         "| cpu | native | 10.0 | 0.48 | 1.90 | 0.961 | 419 / 6 / 34 | 0.20 (0.966) | 0.034 |")
 
 
+def test_predict_many_table_takes_medians_and_pairs_the_rounds():
+    def run(k, wall, rss, buildings, statuses):
+        return {"round": k, "wall_s": wall, "scenes_per_s": 4 / wall, "scene_s_median": wall / 8,
+                "workers": len(rss), "peak_rss_mb_per_worker": rss, "buildings": buildings,
+                "statuses": statuses}
+
+    report = {"scenes": 4, "scene_px": 650, "run": "/x/runs/mnc5_60img_600it/seed1", "rounds": 3,
+              "cpu": "AMD EPYC (cpu family 25, model 17, AVX-512)", "ray_init_s": 4.04,
+              "engines": {"local": ["--engine", "local"], "ray": ["--engine", "ray"]},
+              "runs": {"local": [run(0, 10.0, [900.0], 50, {"ok": 4}),
+                                 run(1, 12.0, [950.0], 50, {"ok": 4}),
+                                 run(2, 11.0, [920.0], 50, {"ok": 3, "failed": 1})],
+                       "ray": [run(0, 8.0, [700.0, 720.0], 50, {"ok": 4}),
+                               run(1, 9.0, [710.0, 1700.0], 51, {"ok": 4}),
+                               run(2, 8.8, [705.0, 730.0], 50, {"ok": 4})]},
+              "median_wall_s": {"local": 11.0, "ray": 8.8},
+              "ray_vs_local_wall": {"per_round": [0.8, 0.75, 0.8], "median": 0.8},
+              "agreement_first_round": {"scenes": 4, "in_one_output_only": 0,
+                                        "equal_building_counts": 3, "union_iou_min": 0.99,
+                                        "union_iou_median": 1.0}}
+    lines = tables.table_maker("predict_many")(report)
+    assert lines[0].startswith("4 synthetic scenes of 650 x 650 px (3 bands), the trained run "
+                               "`mnc5_60img_600it/seed1`")
+    assert "3 rounds" in lines[0] and "start-up alone (a fresh process): 4.0 s" in lines[0]
+    # median wall and scenes/s over the rounds, the largest worker's peak, every status counted
+    assert lines[4] == ("| `--engine local` | 1 | 11.0 | 0.36 | 1.38 | 950 | 50 | "
+                        "failed 1, ok 11 |")
+    assert lines[5] == "| `--engine ray` | 2 | 8.8 | 0.45 | 1.10 | 1,700 | 50/51 | ok 12 |"
+    assert lines[-1] == ("Ray's wall time over local's, paired round by round: median 0.80 "
+                         "(rounds: 0.80, 0.75, 0.80). The first round's outputs scene by scene: "
+                         "3 of 4 scenes with equal building counts, IoU of each scene's union of "
+                         "polygons min 0.990000, median 1.000000.")
+
+
 def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path):
     off_runs = {"mnc5": {"0": _run(0.8, 0.125, 1.0), "1": _run(0.9, 0.25, 1.0)}}
     on_runs = {"mnc5": {"0": _run(0.82, 0.25, 1.0), "1": _run(0.89, 0.5, 1.0),

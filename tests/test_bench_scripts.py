@@ -123,8 +123,11 @@ def test_prediction_scripts(work, tmp_path):
     run = work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0"
     predict = _bench("bench_predict", "--run", str(run), "--size", "700")
     assert predict["scene_px"] == 700 and tables.table_maker("predict")(predict)
-    many = _bench("bench_predict_many", "--run", str(run), "--scenes", "2", "--size", "160")
-    assert many  # the report of both engines; no table renders it in the docs
+    many = _bench("bench_predict_many", "--run", str(run), "--scenes", "2", "--size", "160",
+                  "--rounds", "1")
+    assert [r["statuses"] for rs in many["runs"].values() for r in rs] == [{"ok": 2}] * 2
+    assert many["agreement_first_round"]["scenes"] == 2
+    assert tables.table_maker("predict_many")(many)[-1].startswith("Ray's wall time over local's")
     # test-time augmentation's cost: every pass set on the same tiles, paired with one pass
     tiles = work / f"test_seed1_{IMAGES // 2}" / "spacenet" / "*" / "RGB-PanSharpen" / "*.tif"
     tta = _bench("bench_tta", "--run", str(run), "--tiles", str(tiles), "--count", "2",
