@@ -240,11 +240,15 @@ def predict_many_table(report: dict) -> list[str]:
                      "buildings", f"scene statuses over the {rounds} rounds"], rows)
     ratio, agree = report["ray_vs_local_wall"], report["agreement_first_round"]
     per_round = ", ".join(f"{r:.2f}" for r in ratio["per_round"])
+    if agree["scenes"]:
+        agreement = (f"{agree['equal_building_counts']} of {agree['scenes']} scenes with equal "
+                     f"building counts, IoU of each scene's union of polygons min "
+                     f"{agree['union_iou_min']:.6f}, median {agree['union_iou_median']:.6f}")
+    else:
+        agreement = "no scene finished on both engines"
     lines += ["", f"Ray's wall time over local's, paired round by round: median "
               f"{ratio['median']:.2f} (rounds: {per_round}). The first round's outputs scene by "
-              f"scene: {agree['equal_building_counts']} of {agree['scenes']} scenes with equal "
-              f"building counts, IoU of each scene's union of polygons min "
-              f"{agree['union_iou_min']:.6f}, median {agree['union_iou_median']:.6f}"
+              f"scene: {agreement}"
               + (f"; {agree['in_one_output_only']} scenes in one output only"
                  if agree["in_one_output_only"] else "") + "."]
     return lines

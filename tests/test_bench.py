@@ -191,6 +191,11 @@ def test_predict_many_table_takes_medians_and_pairs_the_rounds():
                          "(rounds: 0.80, 0.75, 0.80). The first round's outputs scene by scene: "
                          "3 of 4 scenes with equal building counts, IoU of each scene's union of "
                          "polygons min 0.990000, median 1.000000.")
+    report["agreement_first_round"] = {"scenes": 0, "in_one_output_only": 4,
+                                       "equal_building_counts": 0, "union_iou_min": None,
+                                       "union_iou_median": None}
+    assert tables.predict_many_table(report)[-1].endswith(
+        "scene by scene: no scene finished on both engines; 4 scenes in one output only.")
 
 
 def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path):
