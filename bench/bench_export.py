@@ -373,13 +373,14 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
 
 def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: str) -> dict:
     """:func:`paired_ratio`'s rows of one input (and MNC shortcut): ``mnc`` and ``mrcnn`` map
-    each backend to fn(list of tiles) (:func:`_runners`); rows keyed "<label> / <backend>"."""
+    each backend to fn(list of tiles) (:func:`_runners`); rows keyed "<label> / <backend>": the
+    ratio's median and quartiles, and each model's median seconds per tile over the same runs."""
     out = {}
     for backend in backends:
         pair = (mnc[backend], mrcnn[backend])
         for fn in pair:
             fn(tiles[:1])  # warm-up
-        ratios = []
+        ratios, times = [], ([], [])
         for r in range(rounds):
             for k, tile in enumerate(tiles):
                 seconds = [0.0, 0.0]
@@ -391,13 +392,17 @@ def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: st
                     pair[i]([tile])
                     seconds[i] = time.perf_counter() - began
                 ratios.append(seconds[0] / seconds[1])
+                times[0].append(seconds[0])
+                times[1].append(seconds[1])
         # inclusive: quartiles within the measured ratios (the default, exclusive method
         # extrapolates beyond them for few samples, below 0 for two far apart)
         q1, _, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")
                      if len(ratios) > 1 else [ratios[0]] * 3)
         key = f"{label} / {backend}"
         out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
-                    "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive"}
+                    "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive",
+                    "mnc_s_median": round(statistics.median(times[0]), 4),
+                    "mask_rcnn_s_median": round(statistics.median(times[1]), 4)}
         logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
     return out
 

@@ -206,5 +206,11 @@ if [[ $LEVERS == 1 ]]; then
   longer default hard 2 mnc5_native_small_anchors mask_rcnn_native_small_anchors \
     mnc5_native_small_anchors_roofgain
   longer default hard 4 mnc5_native_small_anchors mnc5_native_small_anchors_roofgain
+  # The recipe the README recommends (log input, copy-paste, the convolutional mask head) and
+  # Mask R-CNN trained the same way, 4x on hard; then both exported and timed as a pair
+  # (section 8e).
+  longer hard default 4 mnc5_native_small_anchors_logdn_copypaste_conv_mask \
+    mask_rcnn_native_small_anchors_logdn_copypaste
+  run export_pair_recipe "${PY[@]}" bench.bench_export_pair --tag "${IMAGES}img_$((ITERS * 4))it"
 fi
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2

@@ -815,6 +815,95 @@ def export_tables(report: dict) -> list[str]:
     return lines
 
 
+def export_pair_tables(report: dict) -> list[str]:
+    """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
+    backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
+    seconds per seed, detections kept and FLOPs."""
+    seeds = report.get("seeds", {})
+    backends = ["torch", "onnxruntime", "openvino", "onnxruntime-int8"]
+    lines = []
+    scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
+    for setting in sorted({s for acc in scored.values() for s in acc},
+                          key=lambda s: s != report.get("train_setting")):
+        rows = {k: acc[setting] for k, acc in scored.items() if setting in acc}
+        body = []
+        for b in backends:
+            runs = [r[b] for r in rows.values() if b in r]
+            if not runs:
+                continue
+            eager = [r["torch"] for r in rows.values() if b in r]
+            moved = [(r["tp"] + r["fp"]) - (e["tp"] + e["fp"]) for r, e in zip(runs, eager)]
+            same = sum((r["tp"], r["fp"], r["fn"]) == (e["tp"], e["fp"], e["fn"])
+                       for r, e in zip(runs, eager))
+            diffs = [r["mean_city_f1"] - e["mean_city_f1"] for r, e in zip(runs, eager)]
+            body.append([b if b != "torch" else "torch (eager Detectron2)",
+                         _mean_std([r["mean_city_f1"] for r in runs]),
+                         f"{min(diffs):+.4f} to {max(diffs):+.4f}", f"{same} of {len(runs)}",
+                         " / ".join(f"{r['tp']}/{r['fp']}/{r['fn']}" for r in runs),
+                         f"{max(abs(m) for m in moved)}"])
+        first = next(iter(rows.values()))["torch"]
+        lines += [f"`{report['mnc']}` trained on **{report['train_setting']}** "
+                  f"({report['tag']}; seeds {', '.join(rows)}), scored on **{setting}**'s "
+                  f"{first['tiles']} held-out tiles through tools/predict.py on each backend "
+                  f"(int8 calibrated on {report['calibration']}):", ""]
+        lines += _table(["backend", "mean city F1 (mean ± std over seeds)",
+                         "F1 minus eager (range over seeds)", "runs with TP/FP/FN equal to eager",
+                         "TP/FP/FN per seed", "largest TP + FP change from eager"], body) + [""]
+    paired = {k: e["paired"] for k, e in seeds.items() if e.get("paired")}
+    if paired:
+        first = next(iter(next(iter(paired.values())).values()))
+        lines += [f"MNC (`{report['mnc']}`) against Mask R-CNN (`{report['mask_rcnn']}`) of the "
+                  "same seed, per tile, paired: each tile through both models back to back on "
+                  "one backend (order alternating), the ratio of the two times; median and "
+                  f"quartiles ({first.get('quartiles', 'exclusive')} method) over {first['n']} "
+                  f"pairs per row, and each model's median seconds per tile in those pairs; "
+                  f"{_threads_of(report)}.", ""]
+        rows = []
+        for seed, by_key in paired.items():
+            eager = {k.split(" / ")[0]: e for k, e in by_key.items() if k.endswith("/ torch")}
+            for key, e in by_key.items():
+                base = eager.get(key.split(" / ")[0])
+                speedup = (f"{base['mnc_s_median'] / e['mnc_s_median']:.2f}x"
+                           if base and "mnc_s_median" in e else "")
+                rows.append([seed, key, f"{e['median']:.2f}", f"{e['q1']:.2f}-{e['q3']:.2f}",
+                             f"{e['mnc_s_median']:.3f}" if "mnc_s_median" in e else "",
+                             f"{e['mask_rcnn_s_median']:.3f}" if "mask_rcnn_s_median" in e
+                             else "", speedup])
+        lines += _table(["seed", "input / backend", "MNC / Mask R-CNN (median)", "quartiles",
+                         "MNC s per tile", "Mask R-CNN s per tile", "MNC x eager"],
+                        rows) + [""]
+        over = report.get("paired_median_over_seeds") or {}
+        if over:
+            lines += ["The per-seed medians of the ratio, over seeds:", ""]
+            lines += _table(["input / backend", "median of the seeds' medians", "range",
+                             "seeds"],
+                            [[k, f"{v['median']:.2f}", f"{v['min']:.2f}-{v['max']:.2f}",
+                              f"{v['seeds']}"] for k, v in over.items()]) + [""]
+    dets = {k: e["detections_per_tile"] for k, e in seeds.items()
+            if e.get("detections_per_tile")}
+    if dets:
+        lines += ["Detections per timed tile (median over the tiles, onnxruntime): all the "
+                  "graph keeps and those at the config's polygon threshold:", ""]
+        lines += _table(["seed", "model", "kept", "at the threshold"],
+                        [[seed, name, f"{v['kept']:g}",
+                          f"{v['at_threshold']:g} (>= {v['threshold']:g})"]
+                         for seed, d in dets.items() for name, v in d.items()]) + [""]
+    fl = next((e["flops"] for e in seeds.values() if e.get("flops")), None)
+    if fl:
+        parts = list(next(iter(fl.values()))["gflops_by_part"])
+        px = next(e["input_px"] for e in seeds.values() if e.get("flops"))
+        lines += [f"GFLOPs per tile at {px} px (fvcore's count of the exported graph, a "
+                  "multiply-add = 2 FLOPs; grid sampling, NMS and element-wise operators are "
+                  "not counted):", ""]
+        lines += _table(["model", "total", *parts],
+                        [[k, f"{v['gflops']:.2f}", *(f"{v['gflops_by_part'][p]:.2f}"
+                                                     for p in parts)]
+                         for k, v in fl.items()]) + [""]
+    if not lines:
+        lines = ["No seed of this report has a trained MNC run."]
+    return lines
+
+
 def _int8_tables(int8: dict) -> list[str]:
     """bench_export.py's int8 parts: F1 and buildings of onnxruntime-int8 beside eager and
     float onnxruntime per setting; seconds per tile of the three side by side."""
@@ -1187,6 +1276,8 @@ def table_maker(report_name: str):
         return input_scale_table
     if report_name.startswith("scorer"):
         return scorer_table
+    if report_name.startswith("export_pair_"):
+        return export_pair_tables
     if report_name == "export" or report_name.startswith("export_"):
         return export_tables
     if report_name.startswith("gpu_train_"):

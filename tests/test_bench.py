@@ -198,6 +198,53 @@ def test_predict_many_table_takes_medians_and_pairs_the_rounds():
         "scene by scene: no scene finished on both engines; 4 scenes in one output only.")
 
 
+def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
+    def score(f1, tp, fp, fn):
+        return {"mean_city_f1": f1, "tp": tp, "fp": fp, "fn": fn, "tiles": 60}
+
+    def pair(ratio, mnc_s, mrcnn_s):
+        return {"median": ratio, "q1": ratio - 0.1, "q3": ratio + 0.1, "n": 30,
+                "quartiles": "inclusive", "mnc_s_median": mnc_s, "mask_rcnn_s_median": mrcnn_s}
+
+    def seed(int8_f1, int8_counts, eager_s):
+        home = {"torch": score(0.9, 90, 10, 10), "onnxruntime": score(0.9, 90, 10, 10),
+                "onnxruntime-int8": score(int8_f1, *int8_counts)}
+        return {"accuracy": {"default": {"torch": score(0.95, 95, 5, 5)}, "hard": home},
+                "input_px": 650,
+                "paired": {"650 px / torch": pair(1.2, eager_s, eager_s / 1.2),
+                           "650 px / onnxruntime": pair(1.1, eager_s / 2, eager_s / 2.2)},
+                "detections_per_tile": {"mnc": {"kept": 20, "at_threshold": 18.0,
+                                                "threshold": 0.5, "tiles": 10}}}
+
+    report = {"mnc": "mnc5_x", "mask_rcnn": "mask_rcnn_x", "tag": "60img_2400it",
+              "train_setting": "hard", "threads": 2, "cpu": "AMD EPYC",
+              "calibration": "32 training tiles",
+              "seeds": {"0": seed(0.91, (92, 11, 8), 0.4), "1": seed(0.88, (88, 9, 12), 0.6)},
+              "paired_median_over_seeds": {"650 px / torch": {"median": 1.2, "min": 1.2,
+                                                              "max": 1.2, "seeds": 2}}}
+    lines = tables.table_maker("export_pair_recipe")(report)
+    # the training setting first, then the other
+    assert lines[0].startswith("`mnc5_x` trained on **hard** (60img_2400it; seeds 0, 1), "
+                               "scored on **hard**'s 60 held-out tiles")
+    assert lines[4] == ("| torch (eager Detectron2) | 0.900 ± 0.000 | +0.0000 to +0.0000 | "
+                        "2 of 2 | 90/10/10 / 90/10/10 | 0 |")
+    # int8: F1 +0.01 and -0.02, TP + FP moved by +3 and -3
+    assert lines[6] == ("| onnxruntime-int8 | 0.895 ± 0.021 | -0.0200 to +0.0100 | 0 of 2 | "
+                        "92/11/8 / 88/9/12 | 3 |")
+    assert any(line.startswith("`mnc5_x` trained on **hard** (60img_2400it; seeds 0, 1), "
+                               "scored on **default**") for line in lines)
+    text = "\n".join(lines)
+    # the exported MNC against the eager one of the same seed: 0.4 / 0.2 = 2.00x
+    assert "| 0 | 650 px / onnxruntime | 1.10 | 1.00-1.20 | 0.200 | 0.182 | 2.00x |" in text
+    assert "| 1 | 650 px / torch | 1.20 | 1.10-1.30 | 0.600 | 0.500 | 1.00x |" in text
+    assert "| 650 px / torch | 1.20 | 1.20-1.20 | 2 |" in text
+    assert "| 0 | mnc | 20 | 18 (>= 0.5) |" in text
+    assert tables.export_pair_tables({"seeds": {}}) == [
+        "No seed of this report has a trained MNC run."]
+    # bench_export's own reports keep their renderer, "export_paired_avx2" included
+    assert tables.table_maker("export_paired_avx2") is tables.export_tables
+
+
 def test_tta_table_pairs_each_pass_set_with_one_pass_on_the_same_seeds(tmp_path):
     off_runs = {"mnc5": {"0": _run(0.8, 0.125, 1.0), "1": _run(0.9, 0.25, 1.0)}}
     on_runs = {"mnc5": {"0": _run(0.82, 0.25, 1.0), "1": _run(0.89, 0.5, 1.0),

@@ -244,6 +244,37 @@ def test_export_script(work, tmp_path):
                tables.table_maker("export")(paired))
 
 
+def test_export_pair_script(work, tmp_path):
+    # this work has no Mask R-CNN run: the MNC run stands in for it (as in test_export_script)
+    stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
+    stand_in.mkdir()
+    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
+    try:
+        report = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
+                        "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
+                        "--test-settings", "default", "--seeds", "0", "--speed-tiles", "2",
+                        "--rounds", "1", "--test-images", str(IMAGES // 2),
+                        "--calibration-images", "2", "--accuracy-work", str(work),
+                        "--work", str(tmp_path), timeout=900)
+    finally:
+        shutil.rmtree(stand_in)
+    entry = report["seeds"]["0"]
+    acc = entry["accuracy"]["default"]
+    assert set(acc) == {"torch", "onnxruntime", "openvino", "onnxruntime-int8"}
+    assert all(acc[b]["tiles"] == acc["torch"]["tiles"] > 0 for b in acc)
+    assert "f1_minus_eager" in acc["onnxruntime-int8"] and "f1_minus_eager" not in acc["torch"]
+    px = entry["input_px"]
+    assert set(entry["paired"]) == {f"{px} px / {b}" for b in acc}
+    assert all(e["n"] == 2 and e["mnc_s_median"] > 0 and e["mask_rcnn_s_median"] > 0
+               for e in entry["paired"].values())
+    assert report["paired_median_over_seeds"][f"{px} px / openvino"]["seeds"] == 1
+    assert set(entry["detections_per_tile"]) == {"mnc", "mask_rcnn"}
+    assert entry["flops"]["mnc"]["gflops"] > 0
+    lines = tables.table_maker("export_pair_recipe")(report)
+    assert any(line.startswith("`mnc5` trained on **default**") for line in lines)
+    assert any(line.startswith("MNC (`mnc5`) against Mask R-CNN") for line in lines)
+
+
 def test_scorer_and_speed_scripts(tmp_path):
     scorer = _bench("bench_scorer", "--tiles", "5", "--per-tile", "5", "--repeats", "1",
                     "--solaris-tiles", "0")

@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""A trained MNC and Mask R-CNN pair of any bench_accuracy.py variant, exported and timed side by
+side: the deployment numbers of a recipe (bench_export.py measures the demo pair).
+
+For each model seed:
+
+1. **Accuracy** (``--parts accuracy``): the MNC run exported (tools/export_model.py, float ONNX
+   and its int8 graph calibrated on ``--calibration-images`` tiles of the run's own training
+   data) and each ``--test-settings`` test set predicted by tools/predict.py on eager PyTorch,
+   onnxruntime, OpenVINO and onnxruntime-int8, scored with the SpaceNet metric: mean city F1,
+   TP / FP / FN and the difference from eager.
+2. **MNC / Mask R-CNN, paired** (``--parts paired``): the seed's MNC and Mask R-CNN (the same
+   seed number) on the same tiles of the training setting's test set, back to back on one
+   backend, at the input size their configs test at (bench_export.py's ``_paired_rows``: ratio
+   per tile, median and quartiles, and each model's median seconds per tile).
+3. **Detections** (``--parts detections``): detections per timed tile of both models on
+   onnxruntime, all kept and at the config's polygon threshold (the heads' and pasting's work
+   grows with them, so the ratio is only fair between models that keep similar numbers).
+4. **FLOPs** (``--parts flops``): both exported graphs on one tile, by part (bench_export's
+   ``graph_flops``).
+
+Prints one JSON object on stdout (logs go to stderr).
+
+    python -m bench.bench_export_pair \
+        --mnc mnc5_native_small_anchors_logdn_copypaste_conv_mask \
+        --mask-rcnn mask_rcnn_native_small_anchors_logdn_copypaste \
+        --tag 60img_2400it --train-setting hard --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bench.bench_export import (REPO, TILE, _cfg, _exported, _paired_rows, _predict_and_score,
+                                _runners, _tiles, graph_flops)
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+logger = logging.getLogger("bench_export_pair")
+
+
+def _suffix(setting: str) -> str:
+    return "" if setting == "default" else f"_{setting}"
+
+
+def run_dir(runs: Path, variant: str, tag: str, setting: str, seed: int) -> Path:
+    """bench_accuracy.py's run folder: runs/<variant>_<tag>[_<setting>]/seed<N>."""
+    return runs / f"{variant}_{tag}{_suffix(setting)}" / f"seed{seed}"
+
+
+def exporter(train_root: Path, calibration_images: int):
+    """``export(run, out, *opts)``: float ONNX and its int8 graph, calibrated on
+    ``calibration_images`` tiles of ``train_root`` (the run's own training data); kept when
+    ``out`` already holds an export of the run's current weights by the current code."""
+    from mnc_d2.export.exporter import export_model
+
+    def export(run: Path, out: Path, *opts: str) -> Path:
+        if not _exported(run, out):
+            os.environ["DETECTRON2_DATASETS"] = str(train_root)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
+                             calibration_images=calibration_images)
+        return out
+    return export
+
+
+def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
+    """(H, W, C) float32 model inputs of ``paths`` as tools/predict.py feeds them: the run's
+    bands, INPUT.DN_TRANSFORM of their DNs."""
+    from mnc_d2.data.bands import input_bands, read_bands
+    from mnc_d2.data.radiometry import dn_transform_from_config
+
+    dn = dn_transform_from_config(cfg)
+    fill = dn.inverse(cfg.MODEL.PIXEL_MEAN)
+    return [dn.forward(read_bands(p, input_bands(cfg), fill)) for p in paths]
+
+
+def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int) -> dict:
+    """Per test setting: each backend's score of ``run`` (eager) or its export, and the
+    difference from eager."""
+    out = {}
+    for setting, root in test_roots.items():
+        row = {}
+        for backend in BACKENDS:
+            row[backend] = _predict_and_score(run, export, backend, root,
+                                              work / "pred" / backend, threads)
+            logger.info("%s %s %s: %s", run, setting, backend, row[backend])
+        for backend in BACKENDS[1:]:
+            row[backend]["f1_minus_eager"] = round(
+                row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
+        out[setting] = row
+    return out
+
+
+def detections(runners: dict, cfg, tiles: list[np.ndarray]) -> dict:
+    """Median detections per tile on onnxruntime: all kept, and at the polygon threshold."""
+    thresh = cfg.TEST.SPACENET.SCORE_THRESH
+    found = runners["onnxruntime"](tiles)
+    return {"kept": float(np.median([len(d.scores) for d in found])),
+            "at_threshold": float(np.median([int((d.scores >= thresh).sum()) for d in found])),
+            "threshold": thresh, "tiles": len(tiles)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnc", default="mnc5_native_small_anchors_logdn_copypaste_conv_mask",
+                        help="bench_accuracy.py variant of the MNC runs")
+    parser.add_argument("--mask-rcnn", default="mask_rcnn_native_small_anchors_logdn_copypaste",
+                        help="bench_accuracy.py variant of the Mask R-CNN runs")
+    parser.add_argument("--tag", default="60img_2400it",
+                        help="bench_accuracy.py's run tag (<images>img_<iterations>it)")
+    parser.add_argument("--train-setting", default="hard",
+                        help="the setting the runs were trained on (bench_accuracy --setting)")
+    parser.add_argument("--test-settings", nargs="+", default=["hard", "default"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--speed-tiles", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--test-images", type=int, default=30,
+                        help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
+    parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export_pair")
+    parser.add_argument("--accuracy-work", type=Path,
+                        default=REPO / ".cache" / "bench" / "accuracy",
+                        help="bench_accuracy.py's --work (its runs/ and test tiles)")
+    parser.add_argument("--parts", nargs="+",
+                        default=["accuracy", "paired", "detections", "flops"])
+    parser.add_argument("--add-to", type=Path,
+                        help="an earlier report of the same pair: each seed's parts run now "
+                             "replace that seed's parts there, the other seeds are kept")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    import mnc_d2
+    from bench.bench_demo import cpu_model
+    from mnc_d2.export.exporter import build_graph
+
+    mnc_d2.setup()
+    args.work.mkdir(parents=True, exist_ok=True)
+    runs = args.accuracy_work / "runs"
+    images = args.tag.split("img")[0]
+    export = exporter(args.accuracy_work / f"train_seed0_{images}{_suffix(args.train_setting)}",
+                      args.calibration_images)
+    test_roots = {s: args.accuracy_work / f"test_seed1_{args.test_images}{_suffix(s)}" /
+                  "spacenet" for s in args.test_settings}
+    home = args.accuracy_work / f"test_seed1_{args.test_images}{_suffix(args.train_setting)}" \
+        / "spacenet"
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
+              "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
+              "mnc": args.mnc, "mask_rcnn": args.mask_rcnn, "tag": args.tag,
+              "train_setting": args.train_setting, "rounds": args.rounds,
+              "calibration": f"{args.calibration_images} tiles of each model's own training "
+                             "data (generator seed 0), never the benchmark's",
+              "seeds": {}}
+    if args.add_to:
+        earlier = json.loads(args.add_to.read_text())
+        mismatch = [k for k in ("mnc", "mask_rcnn", "tag", "train_setting")
+                    if earlier.get(k) != report[k]]
+        if mismatch:
+            raise SystemExit(f"--add-to {args.add_to}: another pair or run tag "
+                             f"({', '.join(f'{k} {earlier.get(k)!r}' for k in mismatch)}); "
+                             "give the same --mnc, --mask-rcnn, --tag and --train-setting")
+        report["seeds"] = earlier["seeds"]
+    for seed in args.seeds:
+        mnc = run_dir(runs, args.mnc, args.tag, args.train_setting, seed)
+        mrcnn = run_dir(runs, args.mask_rcnn, args.tag, args.train_setting, seed)
+        if not (mnc / "model_final.pth").is_file():
+            logger.warning("no trained model %s (run bench_accuracy.py first)", mnc)
+            continue
+        entry = report["seeds"].setdefault(str(seed), {})
+        entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
+        mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
+        if "accuracy" in args.parts:
+            entry["accuracy"] = accuracy(mnc, mnc_export, test_roots, args.work, args.threads)
+        cfg = _cfg(mnc)
+        entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
+        tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
+        if not (mrcnn / "model_final.pth").is_file():
+            logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
+            continue
+        x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
+        mrcnn_cfg = _cfg(mrcnn)
+        if "flops" in args.parts:
+            entry["flops"] = {name: graph_flops(build_graph(c, TILE), x)
+                              for name, c in (("mnc", cfg), ("mask_rcnn", mrcnn_cfg))}
+        wanted = [p for p in ("paired", "detections") if p in args.parts]
+        if not wanted:
+            continue
+        pair = [_runners(run, args.work / f"{variant}_{args.tag}_seed{seed}", (), BACKENDS,
+                         args.threads, export)
+                for run, variant in ((mnc, args.mnc), (mrcnn, args.mask_rcnn))]
+        if "detections" in args.parts:
+            entry["detections_per_tile"] = {
+                name: detections(r, c, tiles)
+                for name, r, c in (("mnc", pair[0], cfg), ("mask_rcnn", pair[1], mrcnn_cfg))}
+        if "paired" in args.parts:
+            entry["paired"] = _paired_rows(pair[0], pair[1], BACKENDS, tiles, args.rounds,
+                                           f"{entry['input_px']} px")
+    report["seeds"] = dict(sorted(report["seeds"].items(), key=lambda kv: int(kv[0])))
+    ratios = {}
+    for entry in report["seeds"].values():
+        for key, row in entry.get("paired", {}).items():
+            ratios.setdefault(key, []).append(row["median"])
+    report["paired_median_over_seeds"] = {
+        key: {"median": round(statistics.median(v), 3), "min": min(v), "max": max(v),
+              "seeds": len(v)} for key, v in ratios.items()}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
