@@ -198,8 +198,11 @@ CALIBRATION_IMAGES = 32  # training tiles of each int8 calibration (--calibratio
 PAIR_GAP_S = 0.1  # idle seconds before each timed run of paired_ratio
 
 
-def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
-    """``run`` exported with its int8 graph, calibrated on its own training tiles."""
+def _export_int8(run: Path, out: Path, train_root: Path, *opts: str,
+                 calibration_images: int | None = None) -> Path:
+    """``run`` exported with its int8 graph, calibrated on ``calibration_images`` (default
+    ``--calibration-images``) of its own training tiles under ``train_root``; kept when ``out``
+    already holds an export of the run's current weights by the current code."""
     from mnc_d2.export.exporter import export_model
 
     if not _exported(run, out):
@@ -207,7 +210,7 @@ def _export_int8(run: Path, out: Path, train_root: Path, *opts: str) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
-                         calibration_images=CALIBRATION_IMAGES)
+                         calibration_images=calibration_images or CALIBRATION_IMAGES)
     return out
 
 

@@ -35,13 +35,12 @@ import logging
 import os
 import platform
 import statistics
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from bench.bench_export import (REPO, TILE, _cfg, _exported, _paired_rows, _predict_and_score,
-                                _runners, _tiles, graph_flops)
+from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows,
+                                _predict_and_score, _runners, _tiles, graph_flops)
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
 logger = logging.getLogger("bench_export_pair")
@@ -58,19 +57,10 @@ def run_dir(runs: Path, variant: str, tag: str, setting: str, seed: int) -> Path
 
 def exporter(train_root: Path, calibration_images: int):
     """``export(run, out, *opts)``: float ONNX and its int8 graph, calibrated on
-    ``calibration_images`` tiles of ``train_root`` (the run's own training data); kept when
-    ``out`` already holds an export of the run's current weights by the current code."""
-    from mnc_d2.export.exporter import export_model
-
-    def export(run: Path, out: Path, *opts: str) -> Path:
-        if not _exported(run, out):
-            os.environ["DETECTRON2_DATASETS"] = str(train_root)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
-                             calibration_images=calibration_images)
-        return out
-    return export
+    ``calibration_images`` tiles of ``train_root`` (the run's own training data), by
+    bench_export's ``_export_int8``."""
+    return lambda run, out, *opts: _export_int8(run, out, train_root, *opts,
+                                                calibration_images=calibration_images)
 
 
 def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
