@@ -11,8 +11,9 @@
    (Detectron2 pastes inside the eager model; the exported backends paste in numpy), median over
    tiles and rounds, for the MNC model at the config's 416 px input and at native 650 px, and
    Mask R-CNN (the same benchmark schedule) on the same backends beside it; plus the R-50
-   SpaceNet 2 MNC config from random initialisation (no trained R-50 exists on this machine: it detects nothing, so
-   its heads' and pasting's share is smaller than in real use). ``--parts detections``: the
+   SpaceNet 2 MNC config from random initialisation (no trained R-50 exists on this machine:
+   it detects nothing, so its heads' and pasting's share is smaller than in real use).
+   ``--parts detections``: the
    detections each model keeps per timed tile (the heads' and pasting's work grows with them,
    so MNC / Mask R-CNN is only fair between models that keep similar numbers).
 3. **Efficiency**: FLOPs per tile by part of each model (fvcore's count on the exported graph;

@@ -275,6 +275,19 @@ def test_export_pair_script(work, tmp_path):
     assert any(line.startswith("MNC (`mnc5`) against Mask R-CNN") for line in lines)
 
 
+def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"mnc": "mnc5", "mask_rcnn": "mask_rcnn", "tag": "60img_600it",
+                                   "train_setting": "hard", "seeds": {}}))
+    out = subprocess.run([sys.executable, "-m", "bench.bench_export_pair", "--add-to",
+                          str(earlier), "--accuracy-work", str(tmp_path), "--work",
+                          str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0 and not out.stdout
+    assert (f"--add-to {earlier}: another pair or run tag (mnc 'mnc5', mask_rcnn 'mask_rcnn', "
+            "tag '60img_600it'); give the same") in out.stderr
+
+
 def test_scorer_and_speed_scripts(tmp_path):
     scorer = _bench("bench_scorer", "--tiles", "5", "--per-tile", "5", "--repeats", "1",
                     "--solaris-tiles", "0")
