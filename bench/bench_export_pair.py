@@ -19,6 +19,10 @@ For each model seed:
 4. **FLOPs** (``--parts flops``): both exported graphs on one tile, by part (bench_export's
    ``graph_flops``).
 
+``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
+``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
+(with ``--add-to``); their accuracy is bench_accuracy.py ``--test-opts``'s to measure.
+
 Prints one JSON object on stdout (logs go to stderr).
 
     python -m bench.bench_export_pair \
@@ -124,18 +128,31 @@ def main() -> None:
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "paired", "detections", "flops"])
+    parser.add_argument("--mnc-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="inference-only config overrides of the MNC (bench_accuracy's "
+                             "--test-opts keys, e.g. MODEL.MNC.TEST_CASCADE_NMS 0.8) for the "
+                             "paired, detections and flops parts; their rows are added beside "
+                             "the config's own (score their accuracy with bench_accuracy.py "
+                             "--test-opts)")
     parser.add_argument("--add-to", type=Path,
                         help="an earlier report of the same pair: each seed's parts run now "
                              "replace that seed's parts there, the other seeds are kept")
     args = parser.parse_args()
+    if args.mnc_opts and "accuracy" in args.parts:
+        parser.error("--mnc-opts with --parts accuracy: score the MNC with test options by "
+                     "bench_accuracy.py --test-opts; leave accuracy out of --parts here")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     import mnc_d2
+    from bench.bench_accuracy import check_test_opts, opts_tag
     from bench.bench_demo import cpu_model
     from mnc_d2.export.exporter import build_graph
 
     mnc_d2.setup()
+    opts = tuple(check_test_opts(args.mnc_opts))
+    # the rows of an MNC run with overrides: "650 px, TEST_CASCADE_NMS 0.8 / onnxruntime"
+    label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[0::2], opts[1::2]))
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
     images = args.tag.split("img")[0]
@@ -169,10 +186,10 @@ def main() -> None:
             continue
         entry = report["seeds"].setdefault(str(seed), {})
         entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
-        mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
         if "accuracy" in args.parts:
+            mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
             entry["accuracy"] = accuracy(mnc, mnc_export, test_roots, args.work, args.threads)
-        cfg = _cfg(mnc)
+        cfg = _cfg(mnc, *opts)
         entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
         tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
         if not (mrcnn / "model_final.pth").is_file():
@@ -181,21 +198,23 @@ def main() -> None:
         x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
         mrcnn_cfg = _cfg(mrcnn)
         if "flops" in args.parts:
-            entry["flops"] = {name: graph_flops(build_graph(c, TILE), x)
-                              for name, c in (("mnc", cfg), ("mask_rcnn", mrcnn_cfg))}
+            entry.setdefault("flops", {}).update(
+                {name: graph_flops(build_graph(c, TILE), x)
+                 for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue
-        pair = [_runners(run, args.work / f"{variant}_{args.tag}_seed{seed}", (), BACKENDS,
-                         args.threads, export)
-                for run, variant in ((mnc, args.mnc), (mrcnn, args.mask_rcnn))]
+        pair = [_runners(run, args.work / f"{variant}_{args.tag}_seed{seed}{tag}", run_opts,
+                         BACKENDS, args.threads, export)
+                for run, variant, run_opts, tag in ((mnc, args.mnc, opts, opts_tag(opts)),
+                                                    (mrcnn, args.mask_rcnn, (), ""))]
         if "detections" in args.parts:
-            entry["detections_per_tile"] = {
-                name: detections(r, c, tiles)
-                for name, r, c in (("mnc", pair[0], cfg), ("mask_rcnn", pair[1], mrcnn_cfg))}
+            entry.setdefault("detections_per_tile", {}).update({
+                name: detections(r, c, tiles) for name, r, c in
+                ((f"mnc{label}", pair[0], cfg), ("mask_rcnn", pair[1], mrcnn_cfg))})
         if "paired" in args.parts:
-            entry["paired"] = _paired_rows(pair[0], pair[1], BACKENDS, tiles, args.rounds,
-                                           f"{entry['input_px']} px")
+            entry.setdefault("paired", {}).update(_paired_rows(
+                pair[0], pair[1], BACKENDS, tiles, args.rounds, f"{entry['input_px']} px{label}"))
     report["seeds"] = dict(sorted(report["seeds"].items(), key=lambda kv: int(kv[0])))
     ratios = {}
     for entry in report["seeds"].values():

@@ -273,6 +273,27 @@ def test_export_pair_script(work, tmp_path):
     lines = tables.table_maker("export_pair_recipe")(report)
     assert any(line.startswith("`mnc5` trained on **default**") for line in lines)
     assert any(line.startswith("MNC (`mnc5`) against Mask R-CNN") for line in lines)
+    # an inference override's rows join the config's own rows of the same report
+    (tmp_path / "first.json").write_text(json.dumps(report))
+    stand_in.mkdir()
+    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
+    try:
+        more = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
+                      "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
+                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
+                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
+                      str(work), "--work", str(tmp_path), "--parts", "paired", "detections",
+                      "--mnc-opts", "MODEL.MNC.TEST_CASCADE_NMS", "0.8",
+                      "--add-to", str(tmp_path / "first.json"), timeout=900)
+    finally:
+        shutil.rmtree(stand_in)
+    rows = more["seeds"]["0"]["paired"]
+    assert set(rows) == {f"{px} px{extra} / {b}" for b in acc
+                         for extra in ("", ", TEST_CASCADE_NMS 0.8")}
+    assert rows[f"{px} px, TEST_CASCADE_NMS 0.8 / torch"]["n"] == 1
+    assert set(more["seeds"]["0"]["detections_per_tile"]) == {
+        "mnc", "mask_rcnn", "mnc, TEST_CASCADE_NMS 0.8"}
+    assert more["seeds"]["0"]["accuracy"] == entry["accuracy"]  # kept from the first report
 
 
 def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
@@ -286,6 +307,10 @@ def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
     assert out.returncode != 0 and not out.stdout
     assert (f"--add-to {earlier}: another pair or run tag (mnc 'mnc5', mask_rcnn 'mask_rcnn', "
             "tag '60img_600it'); give the same") in out.stderr
+    out = subprocess.run([sys.executable, "-m", "bench.bench_export_pair", "--mnc-opts",
+                          "MODEL.MNC.TEST_CASCADE_NMS", "0.8"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 2 and "--mnc-opts with --parts accuracy" in out.stderr
 
 
 def test_scorer_and_speed_scripts(tmp_path):
