@@ -197,6 +197,10 @@ def main() -> None:
             continue
         x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
         mrcnn_cfg = _cfg(mrcnn)
+        reads = [(list(c.INPUT.BANDS), c.INPUT.get("DN_TRANSFORM", "")) for c in (cfg, mrcnn_cfg)]
+        if reads[0] != reads[1]:  # both are timed on the same input arrays
+            raise SystemExit(f"{mnc} reads bands and INPUT.DN_TRANSFORM {reads[0]}, {mrcnn} "
+                             f"{reads[1]}: pair models that read the same input")
         if "flops" in args.parts:
             entry.setdefault("flops", {}).update(
                 {name: graph_flops(build_graph(c, TILE), x)
