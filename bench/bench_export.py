@@ -548,13 +548,16 @@ def detections(work: Path, tiles: list[np.ndarray], threads: int) -> dict:
         for label, opts in INPUTS:
             fn = _runners(run, work / f"export_{name}_{label}", opts, ("onnxruntime",),
                           threads)["onnxruntime"]
-            found = fn(tiles)
-            out[f"{name} {label} px"] = {
-                "kept": float(np.median([len(d.scores) for d in found])),
-                "at_threshold": float(np.median([int((d.scores >= thresh).sum())
-                                                 for d in found])),
-                "threshold": thresh, "tiles": len(tiles)}
+            out[f"{name} {label} px"] = detection_counts(fn(tiles), thresh)
     return out
+
+
+def detection_counts(found: list, thresh: float) -> dict:
+    """Median detections per tile of ``found`` (one Detections per tile): all kept, and those
+    at or above the polygon threshold ``thresh``."""
+    return {"kept": float(np.median([len(d.scores) for d in found])),
+            "at_threshold": float(np.median([int((d.scores >= thresh).sum()) for d in found])),
+            "threshold": thresh, "tiles": len(found)}
 
 
 def speed_r50(work: Path, tiles: list[np.ndarray], rounds: int, threads: int) -> dict:

@@ -43,20 +43,23 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.bench_accuracy import check_test_opts, opts_tag, setting_suffix
 from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows,
-                                _predict_and_score, _runners, _tiles, graph_flops)
+                                _predict_and_score, _runners, _tiles, detection_counts,
+                                graph_flops)
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
 logger = logging.getLogger("bench_export_pair")
 
 
-def _suffix(setting: str) -> str:
-    return "" if setting == "default" else f"_{setting}"
-
-
 def run_dir(runs: Path, variant: str, tag: str, setting: str, seed: int) -> Path:
     """bench_accuracy.py's run folder: runs/<variant>_<tag>[_<setting>]/seed<N>."""
-    return runs / f"{variant}_{tag}{_suffix(setting)}" / f"seed{seed}"
+    return runs / f"{variant}_{tag}{setting_suffix(setting)}" / f"seed{seed}"
+
+
+def test_root(accuracy_work: Path, images: int, setting: str) -> Path:
+    """bench_accuracy.py's held-out tiles of ``setting``, ``images`` per city."""
+    return accuracy_work / f"test_seed1_{images}{setting_suffix(setting)}" / "spacenet"
 
 
 def exporter(train_root: Path, calibration_images: int):
@@ -93,15 +96,6 @@ def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int
                 row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
         out[setting] = row
     return out
-
-
-def detections(runners: dict, cfg, tiles: list[np.ndarray]) -> dict:
-    """Median detections per tile on onnxruntime: all kept, and at the polygon threshold."""
-    thresh = cfg.TEST.SPACENET.SCORE_THRESH
-    found = runners["onnxruntime"](tiles)
-    return {"kept": float(np.median([len(d.scores) for d in found])),
-            "at_threshold": float(np.median([int((d.scores >= thresh).sum()) for d in found])),
-            "threshold": thresh, "tiles": len(tiles)}
 
 
 def main() -> None:
@@ -145,7 +139,6 @@ def main() -> None:
     import torch
 
     import mnc_d2
-    from bench.bench_accuracy import check_test_opts, opts_tag
     from bench.bench_demo import cpu_model
     from mnc_d2.export.exporter import build_graph
 
@@ -156,12 +149,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
     images = args.tag.split("img")[0]
-    export = exporter(args.accuracy_work / f"train_seed0_{images}{_suffix(args.train_setting)}",
+    export = exporter(args.accuracy_work /
+                      f"train_seed0_{images}{setting_suffix(args.train_setting)}",
                       args.calibration_images)
-    test_roots = {s: args.accuracy_work / f"test_seed1_{args.test_images}{_suffix(s)}" /
-                  "spacenet" for s in args.test_settings}
-    home = args.accuracy_work / f"test_seed1_{args.test_images}{_suffix(args.train_setting)}" \
-        / "spacenet"
+    test_roots = {s: test_root(args.accuracy_work, args.test_images, s)
+                  for s in args.test_settings}
+    home = test_root(args.accuracy_work, args.test_images, args.train_setting)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
               "mnc": args.mnc, "mask_rcnn": args.mask_rcnn, "tag": args.tag,
@@ -213,9 +206,11 @@ def main() -> None:
                 for run, variant, run_opts, tag in ((mnc, args.mnc, opts, opts_tag(opts)),
                                                     (mrcnn, args.mask_rcnn, (), ""))]
         if "detections" in args.parts:
+            # on onnxruntime: all kept, and at the polygon threshold
             entry.setdefault("detections_per_tile", {}).update({
-                name: detections(r, c, tiles) for name, r, c in
-                ((f"mnc{label}", pair[0], cfg), ("mask_rcnn", pair[1], mrcnn_cfg))})
+                name: detection_counts(r["onnxruntime"](tiles), c.TEST.SPACENET.SCORE_THRESH)
+                for name, r, c in ((f"mnc{label}", pair[0], cfg),
+                                   ("mask_rcnn", pair[1], mrcnn_cfg))})
         if "paired" in args.parts:
             entry.setdefault("paired", {}).update(_paired_rows(
                 pair[0], pair[1], BACKENDS, tiles, args.rounds, f"{entry['input_px']} px{label}"))

@@ -3,6 +3,7 @@ renderer reads (the numbers of such tiny runs mean nothing; that the scripts sti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,19 @@ def _bench(script: str, *args: str, timeout: int = 600) -> dict:
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
+
+
+@contextlib.contextmanager
+def mask_rcnn_stand_in(work: Path):
+    """The fixture's work has no Mask R-CNN run: its MNC run stands in for one (the same model
+    twice) while the block runs, for the scripts that pair the two."""
+    stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
+    stand_in.mkdir()
+    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
+    try:
+        yield
+    finally:
+        shutil.rmtree(stand_in)
 
 
 @pytest.fixture(scope="module")
@@ -222,17 +236,12 @@ def test_export_script(work, tmp_path):
     # The paired part times MNC against Mask R-CNN; this work has no Mask R-CNN run, so the MNC
     # run stands in for it (the same model twice; the ratio's value is the benchmark's, not
     # asserted here).
-    stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
-    stand_in.mkdir()
-    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
-    try:
+    with mask_rcnn_stand_in(work):
         paired = _bench("bench_export", "--accuracy-work", str(work), "--tag",
                         f"{IMAGES}img_{ITERS}it", "--test-images", str(IMAGES // 2),
                         "--speed-tiles", "2", "--rounds", "1", "--work", str(tmp_path),
                         "--calibration-images", "2", "--parts", "paired_ratio",
                         timeout=900)
-    finally:
-        shutil.rmtree(stand_in)
     rows = paired["paired_ratio"]
     from bench.bench_export import CASCADE_NMS
 
@@ -245,19 +254,13 @@ def test_export_script(work, tmp_path):
 
 
 def test_export_pair_script(work, tmp_path):
-    # this work has no Mask R-CNN run: the MNC run stands in for it (as in test_export_script)
-    stand_in = work / "runs" / f"mask_rcnn_{IMAGES}img_{ITERS}it"
-    stand_in.mkdir()
-    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
-    try:
+    with mask_rcnn_stand_in(work):
         report = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
                         "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
                         "--test-settings", "default", "--seeds", "0", "--speed-tiles", "2",
                         "--rounds", "1", "--test-images", str(IMAGES // 2),
                         "--calibration-images", "2", "--accuracy-work", str(work),
                         "--work", str(tmp_path), timeout=900)
-    finally:
-        shutil.rmtree(stand_in)
     entry = report["seeds"]["0"]
     acc = entry["accuracy"]["default"]
     assert set(acc) == {"torch", "onnxruntime", "openvino", "onnxruntime-int8"}
@@ -275,9 +278,7 @@ def test_export_pair_script(work, tmp_path):
     assert any(line.startswith("MNC (`mnc5`) against Mask R-CNN") for line in lines)
     # an inference override's rows join the config's own rows of the same report
     (tmp_path / "first.json").write_text(json.dumps(report))
-    stand_in.mkdir()
-    (stand_in / "seed0").symlink_to(work / "runs" / f"mnc5_{IMAGES}img_{ITERS}it" / "seed0")
-    try:
+    with mask_rcnn_stand_in(work):
         more = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
                       "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
                       "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
@@ -285,8 +286,6 @@ def test_export_pair_script(work, tmp_path):
                       str(work), "--work", str(tmp_path), "--parts", "paired", "detections",
                       "--mnc-opts", "MODEL.MNC.TEST_CASCADE_NMS", "0.8",
                       "--add-to", str(tmp_path / "first.json"), timeout=900)
-    finally:
-        shutil.rmtree(stand_in)
     rows = more["seeds"]["0"]["paired"]
     assert set(rows) == {f"{px} px{extra} / {b}" for b in acc
                          for extra in ("", ", TEST_CASCADE_NMS 0.8")}
