@@ -193,6 +193,14 @@ VARIANTS = {
     "mnc5_native_small_anchors_logdn_copypaste_conv_mask": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
         NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + CONV_MASK),
+    # The same with a mask head half as wide (two 3 x 3 convs of 32 channels instead of 64): the
+    # head runs on every proposal at stages 2 and 4, and at 64 channels it is most of what the
+    # recipe costs over Mask R-CNN at inference (BENCHMARKS section 8e); at 32 its FLOPs per
+    # RoI fall from 28.9 to 10.8 M (the first conv reads the FPN's 64 channels).
+    "mnc5_native_small_anchors_logdn_copypaste_conv_mask32": (
+        QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
+        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + CONV_MASK[:4]
+        + ["MODEL.MNC.MASK_CONV_DIM", "32"]),
     # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN
     # above): buildings down to half the smallest side the training city draws.
     "mnc5_native_small_anchors_logdn_copypaste_down": (
