@@ -737,14 +737,20 @@ def export_tables(report: dict) -> list[str]:
                          if "ratio_vs_mask_rcnn_same_backend" in e else "",
                          f"{e['achieved_gflops']:.0f}" if "achieved_gflops" in e else "",
                          f"{100 * e['fraction_of_peak']:.0f}%" if "fraction_of_peak" in e
-                         else ""])
+                         else "",
+                         f"{1 / e['fraction_of_peak']:.2f}x" if "fraction_of_peak" in e
+                         and name.endswith("/ torch") else ""])
         lines += [f"Seconds per 650 x 650 px tile (pixels to pasted masks), median of "
                   f"{next(iter(speed.values()))['n']} timings per row (tiles x rounds, rounds in "
                   f"alternating order), {_threads_of(report)}; peak = {peak} GFLOP/s, "
-                  f"{_peak_source(mm)}.", ""]
+                  f"{_peak_source(mm)}. The last column, on the eager rows: eager's time over "
+                  "the time the model's counted FLOPs take at that peak, i.e. how much faster "
+                  "than eager a float32 graph would be that ran every counted FLOP at the peak "
+                  "and spent no time on anything else (a bound in practice, not a hard one: "
+                  "the peak is the best of a few matmul sizes).", ""]
         lines += _table(["model / backend", "s per tile", "x eager",
                          "MNC / Mask R-CNN (same backend, input)",
-                         "GFLOP/s", "of peak"], rows) + [""]
+                         "GFLOP/s", "of peak", "x eager at the peak"], rows) + [""]
     dets = report.get("detections_per_tile")
     if dets:
         lines += ["Detections per timed tile (median over the "

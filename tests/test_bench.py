@@ -485,7 +485,9 @@ def test_export_table_names_the_peak_sizes_and_the_detections_per_tile():
     assert ("peak = 160.0 GFLOP/s, the faster float32 matmul of torch 160.0, onnxruntime 150.0 "
             "(each the best of n x n matmuls, n = 1024, 2048)") in text
     assert "by_size" not in text
-    assert "| mnc5 416 px / torch | 0.200 |  | 1.25 | 90 | 56% |" in lines
+    # eager's time over the counted FLOPs' time at the peak: 1 / 0.5625
+    assert "| mnc5 416 px / torch | 0.200 |  | 1.25 | 90 | 56% | 1.78x |" in lines
+    assert "| mask_rcnn 416 px / torch | 0.160 |  |  |  |  |  |" in lines
     assert "| mnc5 416 px | 24 | 21.5 (>= 0.5) |" in lines
     # a report from before the sweep names its single size
     old = {**report, "matmul_gflops": {"torch": 160.0}}
