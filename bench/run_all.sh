@@ -207,10 +207,15 @@ if [[ $LEVERS == 1 ]]; then
     mnc5_native_small_anchors_roofgain
   longer default hard 4 mnc5_native_small_anchors mnc5_native_small_anchors_roofgain
   # The recipe the README recommends (log input, copy-paste, the convolutional mask head) and
-  # Mask R-CNN trained the same way, 4x on hard; then both exported and timed as a pair
-  # (section 8e).
+  # Mask R-CNN trained the same way, 4x on hard, with the recipe's mask head half as wide
+  # (section 8f); then each MNC exported and timed as a pair with that Mask R-CNN (section 8e).
   longer hard default 4 mnc5_native_small_anchors_logdn_copypaste_conv_mask \
-    mask_rcnn_native_small_anchors_logdn_copypaste
+    mask_rcnn_native_small_anchors_logdn_copypaste \
+    mnc5_native_small_anchors_logdn_copypaste_conv_mask32
   run export_pair_recipe "${PY[@]}" bench.bench_export_pair --tag "${IMAGES}img_$((ITERS * 4))it"
+  # the same recipe with a mask head half as wide, against the same Mask R-CNN (section 8f)
+  run export_pair_recipe_mask32 "${PY[@]}" bench.bench_export_pair \
+    --tag "${IMAGES}img_$((ITERS * 4))it" \
+    --mnc mnc5_native_small_anchors_logdn_copypaste_conv_mask32
 fi
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2
