@@ -199,7 +199,7 @@ VARIANTS = {
     # RoI fall from 28.9 to 10.8 M (the first conv reads the FPN's 64 channels).
     "mnc5_native_small_anchors_logdn_copypaste_conv_mask32": (
         QUICK + "mnc_R_18_FPN_demo_synthetic.yaml",
-        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + CONV_MASK[:4]
+        NATIVE + SMALL_ANCHORS + LOG_DN + COPY_PASTE + CONV_MASK
         + ["MODEL.MNC.MASK_CONV_DIM", "32"]),
     # The same with the pasted buildings only made smaller, by 1/2 to 1 (COPY_PASTE_DOWN
     # above): buildings down to half the smallest side the training city draws.
