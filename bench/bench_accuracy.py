@@ -74,6 +74,7 @@ from mnc_d2.evaluation.spacenet_metric import read_truth_csv, score
 from mnc_d2.utils.atomic import atomic_write
 
 from bench.bench_demo import cpu_model
+from bench.layout import data_dir, run_dir, setting_suffix
 from bench.merge_reports import SAME_BENCHMARK
 
 QUICK = "configs/quick_schedules/"
@@ -288,23 +289,18 @@ INFERENCE_KEYS = ("INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
                   "TEST.AUG.FLIP", "TEST.AUG.ROT90", "TEST.AUG.SCORE")
 
 
-def setting_suffix(setting: str) -> str:
-    """The folder-name suffix of a data setting's data, runs and reports ("" for default)."""
-    return "" if setting == "default" else f"_{setting}"
-
-
 def opts_tag(test_opts) -> str:
     """The name suffix of an evaluation with inference overrides ("" without): its report's
     and its proposals folder's, e.g. "_NMS_AFTER_VOTING-False"."""
     return "".join(f"_{k.rsplit('.', 1)[1]}-{v}" for k, v in zip(test_opts[0::2], test_opts[1::2]))
 
 
-def eval_dir(run_dir: Path, test_root: Path, test_opts=()) -> Path:
+def eval_dir(run: Path, test_root: Path, test_opts=()) -> Path:
     """Where a run's evaluation on ``test_root`` writes its proposals (one folder per city):
     one folder per benchmark and inference overrides, so an evaluation with --test-opts leaves
     the config's own evaluation (which diagnose_slices.py and bench_paired_shape.py read) as
     it was."""
-    return run_dir / f"bench_eval_{test_root.name}{opts_tag(test_opts)}"
+    return run / f"bench_eval_{test_root.name}{opts_tag(test_opts)}"
 
 
 def check_test_opts(opts: list[str]) -> list[str]:
@@ -520,11 +516,10 @@ def main() -> None:
     images = args.images or (20 if args.quick else 60)
     iters = args.iters or (200 if args.quick else 600)
     suffix = setting_suffix(args.setting)
-    train_root = prepare_data(work / f"train_seed{args.train_seed}_{images}{suffix}",
+    train_root = prepare_data(data_dir(work, "train", args.train_seed, images, args.setting),
                               args.train_seed, images, args.setting)
     test_setting = args.test_setting or args.setting
-    test_suffix = setting_suffix(test_setting)
-    test_root = prepare_data(work / f"test_seed{args.test_seed}_{images // 2}{test_suffix}",
+    test_root = prepare_data(data_dir(work, "test", args.test_seed, images // 2, test_setting),
                              args.test_seed, images // 2, test_setting)
     attrs = slice_flags(test_root / "spacenet")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
@@ -553,7 +548,8 @@ def main() -> None:
         report["runs"] = runs
     for name in args.variants:
         for seed in args.model_seeds:
-            out_dir = work / "runs" / f"{name}_{tag}" / f"seed{seed}"
+            out_dir = run_dir(work / "runs", name, f"{images}img_{iters}it", args.setting,
+                              seed)
             if test_setting != args.setting and not (out_dir / "model_final.pth").exists():
                 raise SystemExit(f"--test-setting {test_setting}: {out_dir} has no trained "
                                  f"model; train it first (--setting {args.setting})")
@@ -574,18 +570,17 @@ def cached_run(name: str, seed: int, setting: str, work: Path, iters: int, image
     the image product it reads. Sets DETECTRON2_DATASETS to its training data (which holds the
     band statistics the config names); exits naming the command to train it when it is not
     there."""
-    suffix = setting_suffix(setting)
-    test_suffix = setting_suffix(test_setting or setting)
-    out_dir = work / "runs" / f"{name}_{images}img_{iters}it{suffix}" / f"seed{seed}"
+    out_dir = run_dir(work / "runs", name, f"{images}img_{iters}it", setting, seed)
     weights = out_dir / "model_final.pth"
     if not weights.exists():
         raise SystemExit(f"{weights} does not exist: train it first with python -m "
                          f"bench.bench_accuracy --setting {setting} --variants {name} "
                          f"--model-seeds {seed}")
-    os.environ["DETECTRON2_DATASETS"] = str(work / f"train_seed0_{images}{suffix}")
+    os.environ["DETECTRON2_DATASETS"] = str(data_dir(work, "train", 0, images, setting))
     cfg = variant_cfg(name, out_dir, iters, seed)
     product = "MUL-PanSharpen" if len(cfg.MODEL.PIXEL_MEAN) == 8 else "RGB-PanSharpen"
-    return out_dir, cfg, work / f"test_seed1_{images // 2}{test_suffix}", product
+    test_root = data_dir(work, "test", 1, images // 2, test_setting or setting)
+    return out_dir, cfg, test_root, product
 
 
 def run_variant(name: str, out_dir: Path, iters: int, seed: int, test_root: Path,

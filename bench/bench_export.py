@@ -62,10 +62,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.layout import data_dir, data_name
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / ".cache" / "bench" / "accuracy" / "runs"
-TEST = {"default": REPO / ".cache/bench/accuracy/test_seed1_30/spacenet",
-        "hard": REPO / ".cache/bench/accuracy/test_seed1_30_hard/spacenet"}
+TEST = {s: data_dir(REPO / ".cache/bench/accuracy", "test", 1, 30, s) / "spacenet"
+        for s in ("default", "hard")}
 MNC = {"default": "mnc5_60img_600it", "hard": "mnc5_60img_600it_hard"}
 MRCNN = "mask_rcnn_60img_600it"
 SPEED_SEED = 0  # the model seed of the speed, FLOP, INT8-speed and scene parts (--speed-seed)
@@ -189,7 +191,8 @@ def accuracy(settings: list[str], seeds: list[int], work: Path, threads: int) ->
 
 # --- 5. int8 ----------------------------------------------------------------------------------
 
-TRAIN = {"default": "train_seed0_60", "hard": "train_seed0_60_hard"}  # set from --tag in main
+# bench_accuracy.py's training data folders (set from --tag in main)
+TRAIN = {s: data_name("train", 0, 60, s) for s in ("default", "hard")}
 INT8 = ("torch", "onnxruntime", "onnxruntime-int8")
 CASCADE_MIN_SCORE = "0.05"  # MODEL.MNC.TEST_CASCADE_MIN_SCORE of the shortcut rows
 # MODEL.MNC.TEST_CASCADE_NMS of paired_ratio's shortcut rows: the value bench/
@@ -968,7 +971,7 @@ def main() -> None:
     parser.add_argument("--tag", default="60img_600it",
                         help="bench_accuracy.py's run tag: runs/mnc5_TAG[_hard]/seedN")
     parser.add_argument("--test-images", type=int, default=30,
-                        help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
+                        help="bench_accuracy.py's test tiles per city (its test_seed1_N folder)")
     parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
                         help="training tiles each int8 graph is calibrated on (export_model.py's "
                              "--calibration-images)")
@@ -983,12 +986,13 @@ def main() -> None:
         args.scene_size = 1300
     RUNS, SPEED_SEED = args.accuracy_work / "runs", args.speed_seed
     CALIBRATION_IMAGES = args.calibration_images
-    images = args.tag.split("img")[0]  # bench_accuracy.py's training tiles per city
-    TRAIN = {"default": f"train_seed0_{images}", "hard": f"train_seed0_{images}_hard"}
+    images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
+    TRAIN = {s: data_name("train", 0, images, s) for s in ("default", "hard")}
     MNC = {"default": f"mnc5_{args.tag}", "hard": f"mnc5_{args.tag}_hard"}
     MRCNN = f"mask_rcnn_{args.tag}"
-    for setting, suffix in (("default", ""), ("hard", "_hard")):
-        TEST[setting] = args.accuracy_work / f"test_seed1_{args.test_images}{suffix}" / "spacenet"
+    for setting in ("default", "hard"):
+        TEST[setting] = data_dir(args.accuracy_work, "test", 1, args.test_images, setting) \
+            / "spacenet"
     import mnc_d2
     from bench.bench_demo import cpu_model
 

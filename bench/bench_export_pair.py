@@ -43,23 +43,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_accuracy import check_test_opts, opts_tag, setting_suffix
+from bench.bench_accuracy import check_test_opts, opts_tag
 from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows,
                                 _predict_and_score, _runners, _tiles, detection_counts,
                                 graph_flops)
+from bench.layout import data_dir, run_dir
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
 logger = logging.getLogger("bench_export_pair")
 
 
-def run_dir(runs: Path, variant: str, tag: str, setting: str, seed: int) -> Path:
-    """bench_accuracy.py's run folder: runs/<variant>_<tag>[_<setting>]/seed<N>."""
-    return runs / f"{variant}_{tag}{setting_suffix(setting)}" / f"seed{seed}"
-
-
 def test_root(accuracy_work: Path, images: int, setting: str) -> Path:
     """bench_accuracy.py's held-out tiles of ``setting``, ``images`` per city."""
-    return accuracy_work / f"test_seed1_{images}{setting_suffix(setting)}" / "spacenet"
+    return data_dir(accuracy_work, "test", 1, images, setting) / "spacenet"
 
 
 def exporter(train_root: Path, calibration_images: int):
@@ -114,7 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--test-images", type=int, default=30,
-                        help="bench_accuracy.py's test tiles per city (its test_seed1_N)")
+                        help="bench_accuracy.py's test tiles per city (its test_seed1_N folder)")
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export_pair")
     parser.add_argument("--accuracy-work", type=Path,
@@ -148,9 +144,8 @@ def main() -> None:
     label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[0::2], opts[1::2]))
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
-    images = args.tag.split("img")[0]
-    export = exporter(args.accuracy_work /
-                      f"train_seed0_{images}{setting_suffix(args.train_setting)}",
+    images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
+    export = exporter(data_dir(args.accuracy_work, "train", 0, images, args.train_setting),
                       args.calibration_images)
     test_roots = {s: test_root(args.accuracy_work, args.test_images, s)
                   for s in args.test_settings}

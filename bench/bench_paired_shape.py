@@ -270,8 +270,8 @@ def main() -> None:
     first = report["runs"][a_name][pairs[0][0]]
     work = Path(args.work) if args.work else Path(first["run_dir"]).parents[2]
     test_setting = report.get("test_setting", report["setting"])
-    suffix = acc.setting_suffix(test_setting)
-    test_root = work / f"test_seed{args.test_seed}_{report['test_images_per_city']}{suffix}"
+    test_root = acc.data_dir(work, "test", args.test_seed, report["test_images_per_city"],
+                             test_setting)
     cities, truth = acc.benchmark_truth(test_root)
     flags = slice_table(test_root, truth)
     out = {"source_report": str(args.report), "setting": report["setting"],

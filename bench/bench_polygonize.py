@@ -231,9 +231,8 @@ def main() -> None:
                         help="detections kept (default: the config's TEST.SPACENET.SCORE_THRESH)")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    suffix = acc.setting_suffix(args.setting)
-    test_root = acc.prepare_data(Path(args.work).resolve() /
-                                 f"test_seed{args.test_seed}_{args.test_images}{suffix}",
+    test_root = acc.prepare_data(acc.data_dir(Path(args.work).resolve(), "test", args.test_seed,
+                                              args.test_images, args.setting),
                                  args.test_seed, args.test_images, args.setting)
     attrs = acc.slice_flags(test_root / "spacenet")
     runs = [run_one(Path(r).resolve(), test_root, attrs, args.score_thresh) for r in args.runs]

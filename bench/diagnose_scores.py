@@ -54,8 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     work = Path(args.work).resolve()
-    train_root = acc.prepare_data(work / "train_seed0_60", 0, 60, "default")
-    test_root = acc.prepare_data(work / "test_seed1_30", 1, 30, "default")
+    train_root = acc.prepare_data(acc.data_dir(work, "train", 0, 60, "default"), 0, 60,
+                                  "default")
+    test_root = acc.prepare_data(acc.data_dir(work, "test", 1, 30, "default"), 1, 30, "default")
     os.environ["DETECTRON2_DATASETS"] = str(train_root)
     attrs = acc.slice_flags(test_root / "spacenet")
     for name in args.variants:

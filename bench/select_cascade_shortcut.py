@@ -30,7 +30,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.bench_accuracy import (cached_run, evaluate_model, setting_suffix, slice_flags,
+from bench.bench_accuracy import (cached_run, data_dir, evaluate_model, slice_flags,
                                   variant_cfg)
 
 # shortcut -> (config key, candidates): K = an eighth, a quarter and half of the configs' 200
@@ -48,7 +48,7 @@ def evaluate_run(name: str, seed: int, setting: str, work: Path, iters: int, ima
     """One run on its own training tiles with ``key`` at each of ``values`` (0 = no
     shortcut): str(value) -> its scores."""
     out_dir, _, _, product = cached_run(name, seed, setting, work, iters, images)
-    train_root = work / f"train_seed0_{images}{setting_suffix(setting)}"
+    train_root = data_dir(work, "train", 0, images, setting)
     attrs = slice_flags(train_root / "spacenet")
     out = {}
     for value in values:

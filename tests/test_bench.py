@@ -659,3 +659,22 @@ def test_merge_reports_joins_runs_under_their_own_key_and_leaves_the_rest(tmp_pa
         merge_reports.main([str(tmp_path / "base.json"), "--from",
                             str(tmp_path / "control.json"), "--variants", "mnc5", "--as",
                             "mnc5_retrained"])
+
+
+def test_bench_layout_names_the_folders_every_script_reads(tmp_path):
+    """One definition of bench_accuracy.py's folder names: the names the committed reports'
+    commands and caches use, and a clear error for a split that has none."""
+    from bench import layout
+
+    assert layout.data_dir(tmp_path, "test", 1, 30, "default") == tmp_path / "test_seed1_30"
+    assert layout.data_dir(tmp_path, "train", 0, 60, "hard") == tmp_path / "train_seed0_60_hard"
+    assert layout.run_dir(tmp_path / "runs", "mnc5", "60img_2400it", "hard", 2) == \
+        tmp_path / "runs" / "mnc5_60img_2400it_hard" / "seed2"
+    assert layout.run_dir(tmp_path, "mask_rcnn", "60img_600it", "default", 0) == \
+        tmp_path / "mask_rcnn_60img_600it" / "seed0"
+    with pytest.raises(ValueError, match="'val'"):
+        layout.data_name("val", 1, 30, "default")
+    # the scripts read the same folders: bench_accuracy's cached runs, bench_export_pair's tiles
+    from bench.bench_export_pair import test_root
+    assert test_root(tmp_path, 30, "hard") == tmp_path / "test_seed1_30_hard" / "spacenet"
+    assert bench_accuracy.setting_suffix("hard") == "_hard"
