@@ -443,10 +443,11 @@ def shape_by_slice(result, truth: pd.DataFrame, proposals: pd.DataFrame,
 
 
 def _spread(values: list[float]) -> dict:
+    """Mean, sample std, min and max of ``values`` (one per seed) and their number, unrounded:
+    the tables round once, so a range's ends are the rounded values of the seeds' own rows."""
     arr = np.asarray(values, dtype=float)
-    return {"mean": round(float(arr.mean()), 4), "min": round(float(arr.min()), 4),
-            "max": round(float(arr.max()), 4),
-            "std": round(float(arr.std(ddof=1)), 4) if len(arr) > 1 else 0.0, "n": len(arr)}
+    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()),
+            "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
 
 
 def summarize(runs: dict) -> dict:
