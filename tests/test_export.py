@@ -125,10 +125,7 @@ def test_export_folder_records_what_a_deployment_needs(exported, trained):
     assert exported.stat().st_mode & 0o777 == plain_mode(directory=True)  # not mkdtemp's 0700
     # the export's own check: each runtime on the trace tile against PyTorch
     for backend in BACKENDS:
-        check = meta["check"][backend]
-        assert check["detections"] == meta["check"]["torch_detections"]
-        if check["detections"]:
-            assert check["max_score_diff"] < 1e-3
+        _check_agrees(meta["check"], backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -145,31 +142,74 @@ def test_exported_backend_finds_the_eager_buildings(tmp_path, trained, exported,
     assert run["backend"] == backend and run["weights"].startswith(str(exported))
 
 
+def _flips_allowed(count: int) -> int:
+    """Near-tie flips a comparison of ``count`` detections or buildings tolerates (each flip
+    leaves one unpaired on either side, so the unpaired may be twice this)."""
+    return 1 + int(0.02 * count)
+
+
 def _compare(eager: Path, other: Path, scenes) -> int:
-    """Counts equal per scene; each eager building's best exported match has IoU >= 0.99 and a
-    score within 1e-3, except at most 1 + 2% of the buildings. Returns the number compared.
+    """Each eager building paired with its best exported match (IoU >= 0.99 and a score within
+    1e-3) and the exported buildings paired with none counted, except for at most 1 + 2% near-tie
+    flips (each unpairs one building on either side). Returns the number compared.
 
     Not bit-identical: other runtimes order float32 sums differently (~1e-6), and the 20-iteration
     test model is barely trained, so at threshold 0 it gives up to hundreds of detections whose
     mask pixels sit near 0.5 and whose scores are nearly tied across tile seams. A decision within
     that rounding (a mask pixel at the threshold, which of two tied duplicates the cross-tile merge
-    keeps) can flip and change one polygon: seen on a CI machine, 1 of 512 at IoU 0.44. A broken
-    export (bands, normalisation, mask pasting, box decoding) moves most buildings and fails."""
-    total = mismatched = 0
+    keeps, a voted box moved by such pixels and so what NMS after voting keeps) can flip and change
+    or add one polygon: seen on CI machines, 1 of 512 at IoU 0.44, and one extra building of 236
+    (a voted box moved by 5 px). A broken export (bands, normalisation, mask pasting, box decoding)
+    moves most buildings and fails."""
+    total = exported = unpaired = 0
     for scene in scenes:
         a, b = _buildings(eager, scene.stem), _buildings(other, scene.stem)
-        assert len(a) == len(b), f"{scene.stem}: {len(a)} eager vs {len(b)} exported buildings"
-        total += len(a)
-        if not len(a):
+        total, exported = total + len(a), exported + len(b)
+        if not len(a) or not len(b):
+            unpaired += len(a) + len(b)
             continue
         ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
         iou = shapely.area(shapely.intersection(ga, gb)) / shapely.area(shapely.union(ga, gb))
         best = iou.argmax(axis=1)
         score_diff = np.abs(a.score.to_numpy() - b.score.to_numpy()[best])
-        mismatched += int(((iou.max(axis=1) < 0.99) | (score_diff > 1e-3)).sum())
-    allowed = 1 + int(0.02 * total)
-    assert mismatched <= allowed, f"{mismatched} of {total} buildings differ (allowed {allowed})"
+        paired = (iou.max(axis=1) >= 0.99) & (score_diff <= 1e-3)
+        unpaired += int((~paired).sum()) + len(b) - len(np.unique(best[paired]))
+    allowed = 2 * _flips_allowed(total)
+    assert unpaired <= allowed, (f"{unpaired} of {total} eager and {exported} exported buildings "
+                                 f"unpaired (allowed {allowed})")
     return total
+
+
+def _check_agrees(check: dict, backend: str) -> None:
+    """The export's own check of ``backend`` (export.json): PyTorch's detections found, those
+    paired with a score within 1e-3, at most 1 + 2% near-tie flips (see :func:`_compare`)."""
+    ours, torch_count = check[backend], check["torch_detections"]
+    allowed = _flips_allowed(torch_count)
+    assert ours["unmatched"] <= 2 * allowed, (backend, ours, allowed)
+    assert abs(ours["detections"] - torch_count) <= allowed, (backend, ours, torch_count)
+    if torch_count:
+        assert ours["max_score_diff"] is not None and ours["max_score_diff"] < 1e-3, ours
+
+
+def test_export_check_pairs_detections_and_counts_the_unpaired():
+    """The check's comparison (exporter._differences): detections paired by box whatever their
+    order, differences over the pairs, a moved or extra detection counted unpaired."""
+    from mnc_d2.export.exporter import _differences
+
+    ref = [np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32),
+           np.array([0.9, 0.5, 0.3], np.float32)]
+    same = _differences([ref[0][::-1], ref[1][::-1]], ref)
+    assert same == {"max_score_diff": 0.0, "max_box_diff_px": 0.0, "unmatched": 0}
+    moved = [np.array([[20, 20, 30, 30.5], [0, 0, 10, 10], [45, 40, 55, 50], [60, 60, 70, 70]],
+                      np.float32), np.array([0.5004, 0.9, 0.3, 0.2], np.float32)]
+    out = _differences(moved, ref)
+    assert out["unmatched"] == 3  # the box moved 5 px: one unpaired each side; one extra
+    assert out["max_box_diff_px"] == pytest.approx(0.5)
+    assert out["max_score_diff"] == pytest.approx(4e-4, abs=1e-6)
+    none = [np.zeros((0, 4), np.float32), np.zeros(0, np.float32)]
+    assert _differences(none, ref) == {"max_score_diff": None, "max_box_diff_px": None,
+                                       "unmatched": 3}
+    assert _differences(none, none)["unmatched"] == 0
 
 
 def test_exported_model_matches_radiometry_as_the_eager_one(tmp_path, trained, exported,
@@ -219,7 +259,7 @@ def test_conv_mask_head_exports(tmp_path, data_root, scenes):
     check = json.loads((model / EXPORT_FILE).read_text())["check"]
     assert check["torch_detections"] > 0, check
     for backend in BACKENDS:
-        assert check[backend]["detections"] == check["torch_detections"], (backend, check)
+        _check_agrees(check, backend)
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
     assert _predict(eager, scenes, *_eager(run_dir), *EVERY) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
@@ -241,7 +281,7 @@ def test_cascade_shortcut_exports(tmp_path, trained, scenes, key, value):
     assert f"{key}: {value}" in (model / "config.yaml").read_text()
     check = json.loads((model / EXPORT_FILE).read_text())["check"]
     for backend in BACKENDS:  # the export's own check, OpenVINO's included where installed
-        assert check[backend]["detections"] == check["torch_detections"], (backend, check)
+        _check_agrees(check, backend)
     eager, onnx = tmp_path / "eager", tmp_path / "onnx"
     assert _predict(eager, scenes, *_eager(trained), *opts) == 0
     assert _predict(onnx, scenes, "--backend", "onnxruntime", "--model", str(model)) == 0
@@ -266,9 +306,8 @@ def test_check_images_make_the_exports_own_check_compare_buildings(tmp_path, tra
     per_tile = check["torch_detections_per_tile"]
     assert all(per_tile[str(s)] > 0 for s in scenes), per_tile  # real tiles: something found
     assert check["torch_detections"] == sum(per_tile.values())
-    ort = check["onnxruntime"]
-    assert ort["detections"] == check["torch_detections"] and ort["max_score_diff"] < 1e-3
-    assert {k: v["detections"] for k, v in ort["per_tile"].items()} == per_tile
+    _check_agrees(check, "onnxruntime")
+    assert set(check["onnxruntime"]["per_tile"]) == set(per_tile)  # every tile compared
     from mnc_d2.utils.argv import split_config_overrides
 
     assert split_config_overrides(["a.tif", "MODEL.WEIGHTS", "w.pth"], ["X.Y", "1"]) == (
