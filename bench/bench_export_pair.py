@@ -49,7 +49,7 @@ from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows,
                                 graph_flops)
 from bench.layout import data_dir, run_dir
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 logger = logging.getLogger("bench_export_pair")
 
 
@@ -77,17 +77,20 @@ def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
     return [dn.forward(read_bands(p, input_bands(cfg), fill)) for p in paths]
 
 
-def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int) -> dict:
+def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int,
+             backends=BACKENDS) -> dict:
     """Per test setting: each backend's score of ``run`` (eager) or its export, and the
-    difference from eager."""
+    difference from eager (``backends`` must include eager, ``torch``)."""
+    if "torch" not in backends:
+        raise ValueError(f"backends {backends}: the accuracy part compares with eager; add torch")
     out = {}
     for setting, root in test_roots.items():
         row = {}
-        for backend in BACKENDS:
+        for backend in backends:
             row[backend] = _predict_and_score(run, export, backend, root,
                                               work / "pred" / backend, threads)
             logger.info("%s %s %s: %s", run, setting, backend, row[backend])
-        for backend in BACKENDS[1:]:
+        for backend in [b for b in backends if b != "torch"]:
             row[backend]["f1_minus_eager"] = round(
                 row[backend]["mean_city_f1"] - row["torch"]["mean_city_f1"], 4)
         out[setting] = row
@@ -118,6 +121,9 @@ def main() -> None:
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "paired", "detections", "flops"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                        help="the backends of the accuracy and paired parts (eager, torch, "
+                             "always among them; detections are counted on onnxruntime)")
     parser.add_argument("--mnc-opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="inference-only config overrides of the MNC (bench_accuracy's "
                              "--test-opts keys, e.g. MODEL.MNC.TEST_CASCADE_NMS 0.8) for the "
@@ -128,6 +134,10 @@ def main() -> None:
                         help="an earlier report of the same pair: each seed's parts run now "
                              "replace that seed's parts there, the other seeds are kept")
     args = parser.parse_args()
+    args.backends = ["torch", *(b for b in BACKENDS if b in args.backends and b != "torch")]
+    if "detections" in args.parts and "onnxruntime" not in args.backends:
+        parser.error("--parts detections counts detections on onnxruntime: add it to "
+                     "--backends or leave detections out of --parts")
     if args.mnc_opts and "accuracy" in args.parts:
         parser.error("--mnc-opts with --parts accuracy: score the MNC with test options by "
                      "bench_accuracy.py --test-opts; leave accuracy out of --parts here")
@@ -176,7 +186,8 @@ def main() -> None:
         entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
         if "accuracy" in args.parts:
             mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
-            entry["accuracy"] = accuracy(mnc, mnc_export, test_roots, args.work, args.threads)
+            entry["accuracy"] = accuracy(mnc, mnc_export, test_roots, args.work, args.threads,
+                                         args.backends)
         cfg = _cfg(mnc, *opts)
         entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
         tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
@@ -197,7 +208,7 @@ def main() -> None:
         if not wanted:
             continue
         pair = [_runners(run, args.work / f"{variant}_{args.tag}_seed{seed}{tag}", run_opts,
-                         BACKENDS, args.threads, export)
+                         args.backends, args.threads, export)
                 for run, variant, run_opts, tag in ((mnc, args.mnc, opts, opts_tag(opts)),
                                                     (mrcnn, args.mask_rcnn, (), ""))]
         if "detections" in args.parts:
@@ -208,7 +219,8 @@ def main() -> None:
                                    ("mask_rcnn", pair[1], mrcnn_cfg))})
         if "paired" in args.parts:
             entry.setdefault("paired", {}).update(_paired_rows(
-                pair[0], pair[1], BACKENDS, tiles, args.rounds, f"{entry['input_px']} px{label}"))
+                pair[0], pair[1], args.backends, tiles, args.rounds,
+                f"{entry['input_px']} px{label}"))
     report["seeds"] = dict(sorted(report["seeds"].items(), key=lambda kv: int(kv[0])))
     ratios = {}
     for entry in report["seeds"].values():

@@ -826,7 +826,7 @@ def export_pair_tables(report: dict) -> list[str]:
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
     seconds per seed, detections kept and FLOPs."""
     seeds = report.get("seeds", {})
-    backends = ["torch", "onnxruntime", "openvino", "onnxruntime-int8"]
+    backends = ["torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"]
     lines = []
     scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
     for setting in sorted({s for acc in scored.values() for s in acc},

@@ -263,7 +263,7 @@ def test_export_pair_script(work, tmp_path):
                         "--work", str(tmp_path), timeout=900)
     entry = report["seeds"]["0"]
     acc = entry["accuracy"]["default"]
-    assert set(acc) == {"torch", "onnxruntime", "openvino", "onnxruntime-int8"}
+    assert set(acc) == {"torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"}
     assert all(acc[b]["tiles"] == acc["torch"]["tiles"] > 0 for b in acc)
     assert "f1_minus_eager" in acc["onnxruntime-int8"] and "f1_minus_eager" not in acc["torch"]
     px = entry["input_px"]
@@ -293,6 +293,16 @@ def test_export_pair_script(work, tmp_path):
     assert set(more["seeds"]["0"]["detections_per_tile"]) == {
         "mnc", "mask_rcnn", "mnc, TEST_CASCADE_NMS 0.8"}
     assert more["seeds"]["0"]["accuracy"] == entry["accuracy"]  # kept from the first report
+    # --backends: a subset (eager always among them), in the script's order
+    with mask_rcnn_stand_in(work):
+        few = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
+                     "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
+                     "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
+                     str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
+                     str(work), "--work", str(tmp_path), "--parts", "paired",
+                     "--backends", "openvino-int8", "onnxruntime-int8", timeout=900)
+    assert list(few["seeds"]["0"]["paired"]) == [
+        f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
 
 
 def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):

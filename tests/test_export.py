@@ -795,7 +795,8 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
                                                                exported, scenes):
     """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
     QDQ) but for the heads' output layers, calibrated on the run's own training tiles
-    (DETECTRON2_DATASETS) or named files; predict.py runs it as backend onnxruntime-int8.
+    (DETECTRON2_DATASETS) or named files; predict.py runs it as backend onnxruntime-int8, and
+    as openvino-int8 (OpenVINO's int8 kernels) where OpenVINO is installed.
     Agreement with the float model is loose here: this 20-iteration model's scores are nearly
     tied, so quantisation reorders them (11 to 19 of its 20 most confident buildings were
     matched in runs of this test); a quantisation that is broken (no buildings, or unrelated
@@ -832,22 +833,25 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
     assert all(weights[n] not in dequantised for n in kept)
     assert all(weights[n] in dequantised for n in set(weights) - kept), set(weights) - kept
 
-    floating, quantised = tmp_path / "f32", tmp_path / "q8"
+    floating = tmp_path / "f32"
     assert _predict(floating, scenes, "--backend", "onnxruntime", "--model", str(exported)) == 0
-    assert _predict(quantised, scenes, "--backend", "onnxruntime-int8", "--model",
-                    str(out)) == 0
-    assert json.loads((quantised / "run.json").read_text())["backend"] == "onnxruntime-int8"
-    matched = total = 0
-    for scene in scenes:
-        a, b = _buildings(floating, scene.stem), _buildings(quantised, scene.stem)
-        a = a.nlargest(10, "score")  # a 20-iteration model: its most confident buildings
-        total += len(a)
-        if len(a) and len(b):
-            ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
-            iou = shapely.area(shapely.intersection(ga, gb)) / shapely.area(
-                shapely.union(ga, gb))
-            matched += int((iou.max(axis=1) >= 0.5).sum())
-    assert total > 0 and matched >= 0.3 * total, (matched, total)
+    # the int8 graph on each runtime that runs it: OpenVINO's int8 kernels where installed
+    for backend in ["onnxruntime-int8"] + (["openvino-int8"] if _installed("openvino") else []):
+        assert meta["check"][backend]["detections"] >= 0
+        quantised = tmp_path / backend
+        assert _predict(quantised, scenes, "--backend", backend, "--model", str(out)) == 0
+        assert json.loads((quantised / "run.json").read_text())["backend"] == backend
+        matched = total = 0
+        for scene in scenes:
+            a, b = _buildings(floating, scene.stem), _buildings(quantised, scene.stem)
+            a = a.nlargest(10, "score")  # a 20-iteration model: its most confident buildings
+            total += len(a)
+            if len(a) and len(b):
+                ga, gb = np.asarray(a.geometry)[:, None], np.asarray(b.geometry)[None, :]
+                iou = shapely.area(shapely.intersection(ga, gb)) / shapely.area(
+                    shapely.union(ga, gb))
+                matched += int((iou.max(axis=1) >= 0.5).sum())
+        assert total > 0 and matched >= 0.3 * total, (backend, matched, total)
 
     # calibration needs training data: none here names the dataset and both fixes
     empty = tmp_path / "nodata"

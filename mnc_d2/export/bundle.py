@@ -9,7 +9,7 @@
       model.onnx    the whole model as one ONNX graph (onnxruntime, OpenVINO)
       model.ts      the same graph as TorchScript (``torch.jit.load``)
       model.int8.onnx  (``--formats onnx-int8``) the ONNX graph with int8 convolutions
-                    (:mod:`.quantize`; backend ``onnxruntime-int8``)
+                    (:mod:`.quantize`; backends ``onnxruntime-int8`` and ``openvino-int8``)
       config.yaml   the training run's config, for reference
 
 Torch-free: reading and checking a folder needs only the standard library.
@@ -29,9 +29,10 @@ MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts",
                "onnx-int8": "model.int8.onnx"}
 # Backends and the graph file each one runs.
 BACKEND_FILES = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript",
-                 "onnxruntime-int8": "onnx-int8"}
+                 "onnxruntime-int8": "onnx-int8", "openvino-int8": "onnx-int8"}
 BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
-                    "torchscript": "torch", "onnxruntime-int8": "onnxruntime"}
+                    "torchscript": "torch", "onnxruntime-int8": "onnxruntime",
+                    "openvino-int8": "openvino"}
 
 
 class ExportError(ValueError):

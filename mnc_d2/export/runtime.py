@@ -176,10 +176,12 @@ class ExportedModel:
                                            providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             self._call = lambda x: session.run(None, {name: x})
-        elif backend == "openvino":
+        elif backend in ("openvino", "openvino-int8"):
             ov = _need("openvino", backend)
             # f32: OpenVINO's CPU plugin otherwise runs in bf16 where the CPU has it, which moves
             # scores by ~0.1 (measured); speed with it is a deployment choice, not a default.
+            # The int8 graph's quantised layers (QuantizeLinear / DequantizeLinear pairs) run on
+            # its int8 kernels whatever this hint says; the hint keeps the rest float32.
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
