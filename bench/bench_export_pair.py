@@ -7,8 +7,9 @@ For each model seed:
 1. **Accuracy** (``--parts accuracy``): the MNC run exported (tools/export_model.py, float ONNX
    and its int8 graph calibrated on ``--calibration-images`` tiles of the run's own training
    data) and each ``--test-settings`` test set predicted by tools/predict.py on eager PyTorch,
-   onnxruntime, OpenVINO and onnxruntime-int8, scored with the SpaceNet metric: mean city F1,
-   TP / FP / FN and the difference from eager.
+   onnxruntime, OpenVINO, onnxruntime-int8 and openvino-int8 (``--backends``: a subset, eager
+   always among them), scored with the SpaceNet metric: mean city F1, TP / FP / FN and the
+   difference from eager.
 2. **MNC / Mask R-CNN, paired** (``--parts paired``): the seed's MNC and Mask R-CNN (the same
    seed number) on the same tiles of the training setting's test set, back to back on one
    backend, at the input size their configs test at (bench_export.py's ``_paired_rows``: ratio
@@ -186,8 +187,10 @@ def main() -> None:
         entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
         if "accuracy" in args.parts:
             mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
-            entry["accuracy"] = accuracy(mnc, mnc_export, test_roots, args.work, args.threads,
-                                         args.backends)
+            # with --add-to, the backends scored now join (or replace) the earlier ones
+            for setting, rows in accuracy(mnc, mnc_export, test_roots, args.work, args.threads,
+                                          args.backends).items():
+                entry.setdefault("accuracy", {}).setdefault(setting, {}).update(rows)
         cfg = _cfg(mnc, *opts)
         entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
         tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
