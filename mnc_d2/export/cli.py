@@ -15,8 +15,9 @@ def main(argv=None, description: str = "Export a trained model") -> int:
     parser.add_argument("--output", required=True, help="the exported folder (replaced)")
     parser.add_argument("--formats", default="onnx,torchscript",
                         help="comma-separated: onnx (onnxruntime, OpenVINO), torchscript, "
-                             "onnx-int8 (onnxruntime-int8: int8 convolutions and fully "
-                             "connected layers but the heads' output layers, calibrated)")
+                             "onnx-int8 (onnxruntime-int8, openvino-int8: int8 convolutions "
+                             "and fully connected layers but the heads' output layers, "
+                             "calibrated)")
     parser.add_argument("--calibration", nargs="+", metavar="PATH",
                         help="onnx-int8: GeoTIFFs (files or quoted globs) to calibrate on "
                              "(default: the run's DATASETS.TRAIN images)")

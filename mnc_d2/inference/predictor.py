@@ -8,7 +8,8 @@ are those of the training run (its config.yaml: INPUT.BANDS, MODEL.PIXEL_MEAN/ST
 
 The model runs on a backend: ``torch`` (the training run's config and weights, eager
 Detectron2) or an exported folder (``tools/export_model.py``) on ``onnxruntime``, ``openvino``
-or ``torchscript``; this module imports neither torch nor Detectron2 for the exported backends.
+or ``torchscript``, or its int8 graph on ``onnxruntime-int8`` or ``openvino-int8``; this module
+imports neither torch nor Detectron2 for the exported backends.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def _model_source(args):
     if args.backend == "torch":
         if args.model:
             raise UsageError("--model is an exported folder: pass --backend onnxruntime, "
-                             "openvino or torchscript with it")
+                             "openvino, torchscript, onnxruntime-int8 or openvino-int8 with it")
         if not args.config_file:
             raise UsageError("--config-file is required with --backend torch")
         from ..engine.setup import setup_cfg
