@@ -36,7 +36,8 @@
    2.; MNC and Mask R-CNN at 416 and 650 px, and the random-init R-50 MNC config).
    ``--parts int8_recipes``: the int8 recipes of :data:`RECIPES` compared on training tiles.
 6. **MNC / Mask R-CNN, paired** (``--parts paired_ratio``): the two models' times on the same
-   tile back to back, per backend (eager, onnxruntime, OpenVINO, INT8) and input, as a ratio
+   tile back to back, per backend (eager, onnxruntime, OpenVINO, both runtimes' INT8) and
+   input, as a ratio
    per tile (median and quartiles), steadier than the ratio of two medians timed apart; MNC as
    configured and with the cascade NMS shortcut (``CASCADE_NMS``).
 
@@ -354,7 +355,7 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
     starts PAIR_GAP_S after the previous one ended: without the gap, onnxruntime's threads,
     still spinning after one model's run, slowed the other's (quartiles 0.78-1.92 at 416 px
     on 2 cores)."""
-    backends = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+    backends = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
     # MNC as the config has it, and with the cascade NMS shortcut (MNC only; Mask R-CNN has no
     # stages 4-5)
     shortcuts = (("", (), ""), (f", cascade NMS {CASCADE_NMS}",

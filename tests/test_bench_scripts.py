@@ -247,7 +247,8 @@ def test_export_script(work, tmp_path):
 
     assert set(rows) == {f"{px} px{shortcut} / {b}" for px in ("416", "650")
                          for shortcut in ("", f", cascade NMS {CASCADE_NMS}")
-                         for b in ("torch", "onnxruntime", "openvino", "onnxruntime-int8")}
+                         for b in ("torch", "onnxruntime", "openvino", "onnxruntime-int8",
+                                   "openvino-int8")}
     assert all(e["n"] == 2 and 0 < e["q1"] <= e["median"] <= e["q3"] for e in rows.values())
     assert any(line.startswith("MNC / Mask R-CNN per tile, paired") for line in
                tables.table_maker("export")(paired))
