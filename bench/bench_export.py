@@ -37,9 +37,8 @@
    ``--parts int8_recipes``: the int8 recipes of :data:`RECIPES` compared on training tiles.
 6. **MNC / Mask R-CNN, paired** (``--parts paired_ratio``): the two models' times on the same
    tile back to back, per backend (eager, onnxruntime, OpenVINO, both runtimes' INT8) and
-   input, as a ratio
-   per tile (median and quartiles), steadier than the ratio of two medians timed apart; MNC as
-   configured and with the cascade NMS shortcut (``CASCADE_NMS``).
+   input, as a ratio per tile (median and quartiles), steadier than the ratio of two medians
+   timed apart; MNC as configured and with the cascade NMS shortcut (``CASCADE_NMS``).
 
 Prints one JSON object on stdout (logs go to stderr).
 
