@@ -166,8 +166,9 @@ class ExportedModel:
         path = bundle.graph_path(backend)
         self.tile = bundle.tile_shape
         self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
-        if backend in ("onnxruntime", "onnxruntime-int8"):
-            ort = _need("onnxruntime", backend)
+        runtime = BACKEND_PACKAGES[backend]  # the package that runs it (graph_path checked it)
+        if runtime == "onnxruntime":  # onnxruntime, onnxruntime-int8
+            ort = _need(runtime, backend)
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = int(threads)
@@ -176,8 +177,8 @@ class ExportedModel:
                                            providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             self._call = lambda x: session.run(None, {name: x})
-        elif backend in ("openvino", "openvino-int8"):
-            ov = _need("openvino", backend)
+        elif runtime == "openvino":  # openvino, openvino-int8
+            ov = _need(runtime, backend)
             # f32: OpenVINO's CPU plugin otherwise runs in bf16 where the CPU has it, which moves
             # scores by ~0.1 (measured); speed with it is a deployment choice, not a default.
             # The int8 graph's quantised layers (QuantizeLinear / DequantizeLinear pairs) run on

@@ -181,8 +181,8 @@ def _model_source(args):
     """(cfg or None, exported bundle or None) of the command line; UsageError when wrong."""
     if args.backend == "torch":
         if args.model:
-            raise UsageError("--model is an exported folder: pass --backend onnxruntime, "
-                             "openvino, torchscript, onnxruntime-int8 or openvino-int8 with it")
+            raise UsageError("--model is an exported folder: pass --backend with it (one of "
+                             f"{', '.join(BACKEND_FILES)})")
         if not args.config_file:
             raise UsageError("--config-file is required with --backend torch")
         from ..engine.setup import setup_cfg
