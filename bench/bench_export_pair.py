@@ -19,6 +19,12 @@ For each model seed:
    grows with them, so the ratio is only fair between models that keep similar numbers).
 4. **FLOPs** (``--parts flops``): both exported graphs on one tile, by part (bench_export's
    ``graph_flops``).
+5. **The int8 graph's head pooling** (``--parts pools``): the MNC's int8 graph as exported
+   (its classification heads' max pooling reads the float32 warped features) against the same
+   file with that pooling reading the features' quantise / dequantise round trip, as
+   onnxruntime's quantiser writes it and as int8 exports without ``float_pool_inputs`` in
+   export.json have it (:func:`quantised_pools`), per tile paired on each int8 backend of
+   ``--backends``.
 
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
@@ -78,6 +84,42 @@ def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
     return [dn.forward(read_bands(p, input_bands(cfg), fill)) for p in paths]
 
 
+def quantised_pools(export: Path, out: Path) -> Path | None:
+    """A copy of the export folder ``export`` in ``out`` whose int8 graph has the pooling of
+    each of export.json's ``int8.float_pool_inputs`` read its input's quantise / dequantise
+    round trip again (mnc_d2.export.quantize.float_pool_inputs undone): the graph as
+    onnxruntime's quantiser wrote it, same calibration, every other operator the same. None
+    when the export rewired no pooling (a model whose heads' pooling never read a round trip:
+    the fully connected mask head's, whose warped features the quantiser leaves float32)."""
+    import shutil
+
+    import onnx
+
+    from mnc_d2.inference.scenes import sha256_of
+
+    meta = json.loads((export / "export.json").read_text())
+    pools = set(meta.get("int8", {}).get("float_pool_inputs") or [])
+    if not pools:
+        return None
+    model = onnx.load(str(export / "model.int8.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    round_trip = {}  # float32 tensor -> the output of its QuantizeLinear -> DequantizeLinear
+    for node in model.graph.node:
+        quantised = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if quantised is not None and quantised.op_type == "QuantizeLinear":
+            round_trip.setdefault(quantised.input[0], node.output[0])
+    for node in model.graph.node:
+        if node.name in pools:
+            node.input[0] = round_trip[node.input[0]]
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(export, out)
+    onnx.save(model, str(out / "model.int8.onnx"))
+    meta["sha256"]["model.int8.onnx"] = sha256_of(out / "model.int8.onnx")
+    meta["int8"]["float_pool_inputs"] = []
+    (out / "export.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
 def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int,
              backends=BACKENDS) -> dict:
     """Per test setting: each backend's score of ``run`` (eager) or its export, and the
@@ -121,7 +163,8 @@ def main() -> None:
                         default=REPO / ".cache" / "bench" / "accuracy",
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
     parser.add_argument("--parts", nargs="+",
-                        default=["accuracy", "paired", "detections", "flops"])
+                        default=["accuracy", "paired", "detections", "flops"],
+                        choices=["accuracy", "paired", "detections", "flops", "pools"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="the backends of the accuracy and paired parts (eager, torch, "
                              "always among them; detections are counted on onnxruntime)")
@@ -207,6 +250,27 @@ def main() -> None:
             entry.setdefault("flops", {}).update(
                 {name: graph_flops(build_graph(c, TILE), x)
                  for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
+        int8 = [b for b in args.backends if b.endswith("-int8")]
+        if "pools" in args.parts and int8:
+            from mnc_d2.export.bundle import read_bundle
+            from mnc_d2.export.runtime import ExportedModel
+
+            folder = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}{opts_tag(opts)}",
+                            *opts)
+            other = quantised_pools(folder, args.work / f"{folder.name}_quantised_pools")
+            if other is None:
+                logger.warning("%s: the int8 graph's head pooling reads no round trip (nothing "
+                               "rewired at export): no pools rows for seed %d", folder, seed)
+            else:
+                timed = [{b: (lambda images, m=ExportedModel(read_bundle(f), b, args.threads):
+                              [m(i) for i in images]) for b in int8} for f in (folder, other)]
+                rows = _paired_rows(timed[0], timed[1], int8, tiles, args.rounds,
+                                    f"{entry['input_px']} px{label}")
+                entry.setdefault("pools", {}).update({key: {
+                    **{k: v for k, v in row.items() if not k.endswith("_s_median")},
+                    "float_pools_s_median": row["mnc_s_median"],
+                    "quantised_pools_s_median": row["mask_rcnn_s_median"]}
+                    for key, row in rows.items()})
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue

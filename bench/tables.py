@@ -824,9 +824,11 @@ def export_tables(report: dict) -> list[str]:
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
-    seconds per seed, detections kept and FLOPs."""
+    seconds per seed, the int8 graph's head pooling paired against its round-trip form,
+    detections kept and FLOPs."""
+    from .bench_export_pair import BACKENDS as backends  # the script's order
+
     seeds = report.get("seeds", {})
-    backends = ["torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"]
     lines = []
     scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
     for setting in sorted({s for acc in scored.values() for s in acc},
@@ -885,6 +887,22 @@ def export_pair_tables(report: dict) -> list[str]:
                              "seeds"],
                             [[k, f"{v['median']:.2f}", f"{v['min']:.2f}-{v['max']:.2f}",
                               f"{v['seeds']}"] for k, v in over.items()]) + [""]
+    pools = {k: e["pools"] for k, e in seeds.items() if e.get("pools")}
+    if pools:
+        first = next(iter(next(iter(pools.values())).values()))
+        lines += ["The MNC's int8 graph as exported, its classification heads' max pooling "
+                  "reading the float32 warped features, against the same file with that pooling "
+                  "reading their quantise / dequantise round trip (as onnxruntime's quantiser "
+                  "writes it; int8 exports whose export.json has no `int8.float_pool_inputs`): "
+                  "each tile through both back to back on one backend (order alternating), the "
+                  f"ratio of the two times; median and quartiles ({first['quartiles']} method) "
+                  f"over {first['n']} pairs per row; {_threads_of(report)}.", ""]
+        lines += _table(["seed", "input / backend", "float32 pooling / round trip (median)",
+                         "quartiles", "float32 pooling s per tile", "round trip s per tile"],
+                        [[seed, key, f"{e['median']:.3f}", f"{e['q1']:.3f}-{e['q3']:.3f}",
+                          f"{e['float_pools_s_median']:.3f}",
+                          f"{e['quantised_pools_s_median']:.3f}"]
+                         for seed, by_key in pools.items() for key, e in by_key.items()]) + [""]
     dets = {k: e["detections_per_tile"] for k, e in seeds.items()
             if e.get("detections_per_tile")}
     if dets:

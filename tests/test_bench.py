@@ -229,7 +229,10 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
                 "paired": {"650 px / torch": pair(1.2, eager_s, eager_s / 1.2),
                            "650 px / onnxruntime": pair(1.1, eager_s / 2, eager_s / 2.2)},
                 "detections_per_tile": {"mnc": {"kept": 20, "at_threshold": 18.0,
-                                                "threshold": 0.5, "tiles": 10}}}
+                                                "threshold": 0.5, "tiles": 10}},
+                "pools": {"650 px / onnxruntime-int8": {
+                    "median": 0.96, "q1": 0.94, "q3": 0.99, "n": 30, "quartiles": "inclusive",
+                    "float_pools_s_median": 0.11, "quantised_pools_s_median": 0.115}}}
 
     report = {"mnc": "mnc5_x", "mask_rcnn": "mask_rcnn_x", "tag": "60img_2400it",
               "train_setting": "hard", "threads": 2, "cpu": "AMD EPYC",
@@ -254,6 +257,7 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
     assert "| 1 | 650 px / torch | 1.20 | 1.10-1.30 | 0.600 | 0.500 | 1.00x |" in text
     assert "| 650 px / torch | 1.20 | 1.20-1.20 | 2 |" in text
     assert "| 0 | mnc | 20 | 18 (>= 0.5) |" in text
+    assert "| 1 | 650 px / onnxruntime-int8 | 0.960 | 0.940-0.990 | 0.110 | 0.115 |" in text
     assert tables.export_pair_tables({"seeds": {}}) == [
         "No seed of this report has a trained MNC run."]
     # bench_export's own reports keep their renderer, "export_paired_avx2" included

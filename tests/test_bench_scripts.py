@@ -300,10 +300,50 @@ def test_export_pair_script(work, tmp_path):
                      "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
-                     str(work), "--work", str(tmp_path), "--parts", "paired",
+                     str(work), "--work", str(tmp_path), "--parts", "paired", "pools",
                      "--backends", "openvino-int8", "onnxruntime-int8", timeout=900)
     assert list(few["seeds"]["0"]["paired"]) == [
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
+    # the fully connected mask head's int8 graph has no pooling rewired: no pools rows
+    assert "pools" not in few["seeds"]["0"]
+
+
+def test_export_pair_pools_part(tmp_path):
+    """--parts pools on a convolutional mask head's int8 graph (whose head pooling the export
+    rewired): the graph as exported against its round-trip form, per int8 backend; the
+    round-trip copy is the exported file with those pools rewired back, nothing else. (Its own
+    work folder: a second variant beside the module's runs would change what they read.)"""
+    import onnx
+
+    acc, tag = tmp_path / "accuracy", f"{IMAGES}img_{ITERS}it"
+    _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES), "--variants",
+           "mnc5_conv_mask", "--work", str(acc))
+    stand_in = acc / "runs" / f"mask_rcnn_{tag}"  # the pair's Mask R-CNN: the same model
+    stand_in.mkdir()
+    (stand_in / "seed0").symlink_to(acc / "runs" / f"mnc5_conv_mask_{tag}" / "seed0")
+    few = _bench("bench_export_pair", "--mnc", "mnc5_conv_mask", "--mask-rcnn", "mask_rcnn",
+                 "--tag", tag, "--train-setting", "default", "--seeds", "0", "--speed-tiles",
+                 "1", "--rounds", "1", "--test-images", str(IMAGES // 2),
+                 "--calibration-images", "2", "--accuracy-work", str(acc), "--work",
+                 str(tmp_path / "pair"), "--parts", "pools", "--backends", "openvino-int8",
+                 "onnxruntime-int8", timeout=900)
+    px = few["seeds"]["0"]["input_px"]
+    pools = few["seeds"]["0"]["pools"]
+    assert list(pools) == [f"{px} px / {b}" for b in ("onnxruntime-int8", "openvino-int8")]
+    assert all(e["n"] == 1 and e["float_pools_s_median"] > 0
+               and e["quantised_pools_s_median"] > 0 for e in pools.values())
+    exported = tmp_path / "pair" / f"mnc5_conv_mask_{tag}_seed0"
+    graphs = [onnx.load(str(f / "model.int8.onnx")).graph
+              for f in (exported, exported.with_name(exported.name + "_quantised_pools"))]
+    named = json.loads((exported / "export.json").read_text())["int8"]["float_pool_inputs"]
+    sources = [{n.name: n.input[0] for n in g.node} for g in graphs]
+    kinds = [{n.output[0]: n.op_type for n in g.node} for g in graphs]
+    assert named and all(kinds[0][sources[0][n]] != "DequantizeLinear" for n in named)
+    assert all(kinds[1][sources[1][n]] == "DequantizeLinear" for n in named)
+    assert {k: v for k, v in sources[0].items() if k not in named} == \
+        {k: v for k, v in sources[1].items() if k not in named}
+    assert any(line.startswith("The MNC's int8 graph as exported")
+               for line in tables.table_maker("export_pair_recipe")(few))
 
 
 def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):

@@ -791,6 +791,49 @@ def test_ray_engine_runs_an_exported_model(tmp_path, exported, scenes):
     assert json.loads((remote / "run.json").read_text())["backend"] == "onnxruntime"
 
 
+def test_float_pool_inputs_reads_past_the_round_trip_and_keeps_the_rest(tmp_path):
+    """A head pooling that reads a QuantizeLinear -> DequantizeLinear round trip of a float
+    tensor is rewired to that tensor; the round trip stays where another operator reads it,
+    goes where none does; a pooling of another name, or of a tensor that is not a round trip,
+    is left as it is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mnc_d2.export.quantize import float_pool_inputs
+
+    def pool(name, source, out):
+        return helper.make_node("MaxPool", [source], [out], name=name, kernel_shape=[2, 2],
+                                strides=[2, 2])
+
+    nodes = [helper.make_node("Relu", ["x"], ["warped"], name="/stages_2_3/Gather"),
+             helper.make_node("QuantizeLinear", ["warped", "s", "z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq_shared"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq2"], name="dq_alone"),
+             helper.make_node("Relu", ["dq"], ["conv_in"], name="/stages_2_3/mask_heads.0/x"),
+             pool("/stages_2_3/cls_heads.0/MaxPool_1", "dq", "p1"),
+             pool("/stages_4_5/cls_heads.0/MaxPool_1", "dq2", "p2"),
+             pool("/backbone/bottom_up/stem/MaxPool", "dq", "p3"),
+             pool("/stages_2_3/cls_heads.0/MaxPool", "warped", "p4")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, None, None])
+               for n in ("conv_in", "p1", "p2", "p3", "p4")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 2, 4, 4])], outputs, initializer=[
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z", TensorProto.UINT8, [], [128])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    assert float_pool_inputs(path) == ["/stages_2_3/cls_heads.0/MaxPool_1",
+                                       "/stages_4_5/cls_heads.0/MaxPool_1"]
+    rewritten = {n.name: list(n.input) for n in onnx.load(str(path)).graph.node}
+    assert rewritten["/stages_2_3/cls_heads.0/MaxPool_1"] == ["warped"]
+    assert rewritten["/stages_4_5/cls_heads.0/MaxPool_1"] == ["warped"]
+    assert rewritten["/backbone/bottom_up/stem/MaxPool"] == ["dq"]  # not a head's pooling
+    assert "dq_shared" in rewritten and "dq_alone" not in rewritten  # read / no longer read
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert float_pool_inputs(path) == []  # nothing left to rewire
+
+
 def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained, data_root,
                                                                exported, scenes):
     """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
@@ -832,6 +875,14 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
             "/stages_4_5/mask_heads.0/predictor/Gemm"} <= kept
     assert all(weights[n] not in dequantised for n in kept)
     assert all(weights[n] in dequantised for n in set(weights) - kept), set(weights) - kept
+    # the classification heads' pooling reads float32 features, never a quantise / dequantise
+    # round trip (onnxruntime would run it as uint8 pooling); with this fully connected mask
+    # head the quantiser leaves the warped features float32, so the export rewired nothing
+    # (a convolutional mask head's: bench_export_pair's test, the rewiring's unit test above)
+    pools = {n.name: n.input[0] for n in graph.node if n.op_type == "MaxPool"
+             and "/cls_heads." in n.name}
+    assert len(pools) == 4 and not set(pools.values()) & dequantised
+    assert meta["int8"]["float_pool_inputs"] == []
 
     floating = tmp_path / "f32"
     assert _predict(floating, scenes, "--backend", "onnxruntime", "--model", str(exported)) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ROIAlign, cat
 from detectron2.modeling import build_model
@@ -19,7 +20,8 @@ import mnc_d2
 from mnc_d2.modeling.mask_ops import (mask_iou_in_box, mask_voting, mask_voting_image,
                                       resample_pairs, resample_to_box)
 from mnc_d2.modeling import mnc_roi_heads
-from mnc_d2.modeling.mnc_heads import ConvMaskHead, build_mask_head, max_pool_2x2
+from mnc_d2.modeling.mnc_heads import (ConvMaskHead, MaskedClassificationHead, build_mask_head,
+                                       max_pool_2x2)
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
 from mnc_d2.modeling.roi_warp import MultiLevelWarp, clip_box_gradient, roi_warp
 
@@ -861,3 +863,30 @@ def test_levels_without_boxes_stay_finite_on_float16_features():
     assert out.shape == (1, 8, 7, 7) and torch.isfinite(out).all()
     out.float().sum().backward()
     assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats)
+
+
+def test_masked_classifier_resizes_only_a_mask_off_the_warp_grid(tmp_path):
+    """Stage 3/5's masking layer resizes the stage-2/4 mask to the warp grid only when it is
+    not on it already: a 14 x 14 mask on a 14 x 14 warp is used as it is (no Resize in an
+    exported graph, the same outputs as resizing it to its own size), a 28 x 28 one is
+    resized."""
+    import onnx
+
+    torch.manual_seed(0)
+    head = MaskedClassificationHead(8, 14, 1, 16, pool="max").eval()
+    warped = torch.randn(3, 8, 14, 14)
+    for side, resized in ((14, False), (28, True)):
+        probs = torch.rand(3, side, side)
+        with torch.no_grad():
+            ours = head(warped, probs)
+            mask = F.interpolate(probs[:, None], size=(14, 14), mode="bilinear",
+                                 align_corners=False)
+            feats = head.trunk(warped)
+            masked = F.relu(head.fc_masked(head._flat(feats * mask)))
+            plain = F.relu(head.fc_box(head._flat(feats)))
+            joint = F.relu(head.fc_joint(torch.cat([masked, plain], dim=1)))
+        assert torch.allclose(ours[0], head.cls_score(joint), atol=1e-6)
+        path = tmp_path / f"head{side}.onnx"
+        torch.onnx.export(head, (warped, probs), str(path), opset_version=17, dynamo=False)
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert ("Resize" in ops) == resized, ops

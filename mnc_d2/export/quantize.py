@@ -6,7 +6,8 @@ and mask layers), statically, with onnxruntime's quantiser in QDQ form: int8 wei
 channel, uint8 activations whose ranges come from calibration tiles run through the float graph
 (cut at the 99.999th percentile of each activation's absolute values, onnxruntime's histogram
 calibrator, one tile at a time). Everything else stays float32: RoI warping, NMS, mask voting
-(its one-hot sums are ``MatMul``, deliberately not quantised) and the masks' sigmoid.
+(its one-hot sums are ``MatMul``, deliberately not quantised), the masks' sigmoid and MNC's
+classification heads' 2 x 2 max pooling of the warped features (:func:`float_pool_inputs`).
 onnxruntime runs the quantised layers with integer kernels (VNNI where the CPU has it). With
 only the convolutions quantised the fully connected layers took a fifth of the quantised graph's
 time on the benchmark model, at the same F1 (measured on one model).
@@ -53,6 +54,11 @@ QUANTIZED_OPS = ("Conv", "Gemm")
 # ``/mask_head/predictor/Conv``): the last module of the name.
 FLOAT_LAYERS = re.compile(r"/(objectness_logits|anchor_deltas)(_\d+)?/|/(cls_score|bbox_pred|"
                           r"predictor)/")
+
+# 2 x 2 max pooling that reads the float32 tensor behind its input's QuantizeLinear /
+# DequantizeLinear pair (:func:`float_pool_inputs`): MNC's classification heads' pooling of the
+# warped features (``/stages_2_3/cls_heads.0/MaxPool_1``).
+FLOAT_POOLS = re.compile(r"/cls_heads\.\d+/MaxPool(_\d+)?$")
 
 # quantize_onnx's calibrations: onnxruntime's CalibrationMethod, its extra options, and how
 # export.json names it.
@@ -249,12 +255,54 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
                 "'PATH/*.tif' with tiles that show buildings") from None
         if chatter.getvalue().strip():
             logger.debug("onnxruntime's quantiser: %s", chatter.getvalue().strip())
+        pools = float_pool_inputs(dst)
     logger.info("int8: %s quantised (%s; %d output layer(s) kept float) with %d of %d "
                 "calibration tile(s)", dst.name, ", ".join(ops), len(kept), len(tiles), given)
     return {"method": f"onnxruntime static QDQ, {name} calibration",
-            "quantized_ops": list(ops), "float_layers": kept,
+            "quantized_ops": list(ops), "float_layers": kept, "float_pool_inputs": pools,
             "weights": "int8 per channel", "activations": "uint8 per tensor",
             "calibration_tiles": len(tiles), "calibration_tiles_given": given}
+
+
+def float_pool_inputs(path: Path) -> list[str]:
+    """Rewrite the QDQ graph at ``path`` so that each max pooling of :data:`FLOAT_POOLS` whose
+    input is a QuantizeLinear -> DequantizeLinear round trip of a float32 tensor reads that
+    tensor itself; returns the pools' names. Why: onnxruntime moves the quantisation of the
+    pooled features (the fully connected layer's input) up through the pooling, which then
+    meets its input's round trip and runs as uint8 pooling on a plain NCHW kernel, several
+    times slower on these (R, C, 14, 14) inputs than its blocked-layout float32 pooling
+    (onnxruntime's profiler on the benchmark recipe; the whole graph's time: BENCHMARKS.md
+    section 8h). The pooled values are then those of the float32 features, as in the float
+    graph, and are quantised once, at the layer's input; the round trip stays for the
+    operators that read it (the mask head's convolutions, the masking layer). A graph whose
+    warped features no quantised layer reads directly (the fully connected mask head's: the
+    quantiser quantises the flattened features instead) has no such round trip, and nothing
+    is rewired."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    pools = []
+    for node in graph.node:
+        if node.op_type != "MaxPool" or not FLOAT_POOLS.search(node.name):
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+            else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        node.input[0] = q.input[0]
+        pools.append(node.name)
+    if pools:
+        used = {name for node in graph.node for name in node.input} | \
+            {out.name for out in graph.output}
+        orphans = [n for n in graph.node
+                   if n.op_type == "DequantizeLinear" and not any(o in used for o in n.output)]
+        for node in orphans:
+            graph.node.remove(node)
+        onnx.save(model, str(path))
+    return pools
 
 
 def _runs_on_detections(src: Path, ops: tuple[str, ...]) -> bool:

@@ -177,8 +177,12 @@ class MaskedClassificationHead(nn.Module):
 
     def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):
         feats = self.trunk(warped)
-        mask = F.interpolate(mask_probs[:, None], size=(self.warp_size, self.warp_size),
-                             mode="bilinear", align_corners=False)
+        mask = mask_probs[:, None]
+        if tuple(mask.shape[-2:]) != (self.warp_size, self.warp_size):
+            # a mask already on the warp grid is used as it is (resizing it to its own size is
+            # the identity, and an exported graph would still run it as a Resize operator)
+            mask = F.interpolate(mask, size=(self.warp_size, self.warp_size), mode="bilinear",
+                                 align_corners=False)
         masked = F.relu(self.fc_masked(self._flat(feats * mask)))
         plain = F.relu(self.fc_box(self._flat(feats)))
         joint = torch.cat([masked, plain], dim=1)  # (R, 2 x fc_dim)
