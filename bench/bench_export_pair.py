@@ -237,19 +237,6 @@ def main() -> None:
         cfg = _cfg(mnc, *opts)
         entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
         tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
-        if not (mrcnn / "model_final.pth").is_file():
-            logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
-            continue
-        x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
-        mrcnn_cfg = _cfg(mrcnn)
-        reads = [(list(c.INPUT.BANDS), c.INPUT.get("DN_TRANSFORM", "")) for c in (cfg, mrcnn_cfg)]
-        if reads[0] != reads[1]:  # both are timed on the same input arrays
-            raise SystemExit(f"{mnc} reads bands and INPUT.DN_TRANSFORM {reads[0]}, {mrcnn} "
-                             f"{reads[1]}: pair models that read the same input")
-        if "flops" in args.parts:
-            entry.setdefault("flops", {}).update(
-                {name: graph_flops(build_graph(c, TILE), x)
-                 for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
         int8 = [b for b in args.backends if b.endswith("-int8")]
         if "pools" in args.parts and int8:
             from mnc_d2.export.bundle import read_bundle
@@ -271,6 +258,19 @@ def main() -> None:
                     "float_pools_s_median": row["mnc_s_median"],
                     "quantised_pools_s_median": row["mask_rcnn_s_median"]}
                     for key, row in rows.items()})
+        if not (mrcnn / "model_final.pth").is_file():
+            logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
+            continue
+        x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
+        mrcnn_cfg = _cfg(mrcnn)
+        reads = [(list(c.INPUT.BANDS), c.INPUT.get("DN_TRANSFORM", "")) for c in (cfg, mrcnn_cfg)]
+        if reads[0] != reads[1]:  # both are timed on the same input arrays
+            raise SystemExit(f"{mnc} reads bands and INPUT.DN_TRANSFORM {reads[0]}, {mrcnn} "
+                             f"{reads[1]}: pair models that read the same input")
+        if "flops" in args.parts:
+            entry.setdefault("flops", {}).update(
+                {name: graph_flops(build_graph(c, TILE), x)
+                 for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue
