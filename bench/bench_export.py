@@ -378,10 +378,12 @@ def paired_ratio(work: Path, accuracy_work: Path, tiles, rounds: int, threads: i
     return out
 
 
-def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: str) -> dict:
+def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: str,
+                 names: tuple[str, str] = ("mnc", "mask_rcnn")) -> dict:
     """:func:`paired_ratio`'s rows of one input (and MNC shortcut): ``mnc`` and ``mrcnn`` map
     each backend to fn(list of tiles) (:func:`_runners`); rows keyed "<label> / <backend>": the
-    ratio's median and quartiles, and each model's median seconds per tile over the same runs."""
+    ratio's median and quartiles, and each model's median seconds per tile over the same runs
+    (``<name>_s_median`` for the two ``names``: any two models timed so)."""
     out = {}
     for backend in backends:
         pair = (mnc[backend], mrcnn[backend])
@@ -408,9 +410,9 @@ def _paired_rows(mnc: dict, mrcnn: dict, backends, tiles, rounds: int, label: st
         key = f"{label} / {backend}"
         out[key] = {"median": round(statistics.median(ratios), 3), "q1": round(q1, 3),
                     "q3": round(q3, 3), "n": len(ratios), "quartiles": "inclusive",
-                    "mnc_s_median": round(statistics.median(times[0]), 4),
-                    "mask_rcnn_s_median": round(statistics.median(times[1]), 4)}
-        logger.info("paired MNC / Mask R-CNN %s: %s", key, out[key])
+                    f"{names[0]}_s_median": round(statistics.median(times[0]), 4),
+                    f"{names[1]}_s_median": round(statistics.median(times[1]), 4)}
+        logger.info("paired %s / %s %s: %s", *names, key, out[key])
     return out
 
 

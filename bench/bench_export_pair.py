@@ -55,8 +55,9 @@ from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows,
                                 _predict_and_score, _runners, _tiles, detection_counts,
                                 graph_flops)
 from bench.layout import data_dir, run_dir
+from bench.tables import EXPORT_PAIR_BACKENDS
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+BACKENDS = EXPORT_PAIR_BACKENDS  # the order the tables list them in
 logger = logging.getLogger("bench_export_pair")
 
 
@@ -228,8 +229,12 @@ def main() -> None:
             continue
         entry = report["seeds"].setdefault(str(seed), {})
         entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
+        # the MNC's export (with --mnc-opts, their own; the accuracy part has none), and the
+        # Mask R-CNN's
+        mnc_folder = args.work / f"{args.mnc}_{args.tag}_seed{seed}{opts_tag(opts)}"
+        mrcnn_folder = args.work / f"{args.mask_rcnn}_{args.tag}_seed{seed}"
         if "accuracy" in args.parts:
-            mnc_export = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}")
+            mnc_export = export(mnc, mnc_folder)
             # with --add-to, the backends scored now join (or replace) the earlier ones
             for setting, rows in accuracy(mnc, mnc_export, test_roots, args.work, args.threads,
                                           args.backends).items():
@@ -242,8 +247,7 @@ def main() -> None:
             from mnc_d2.export.bundle import read_bundle
             from mnc_d2.export.runtime import ExportedModel
 
-            folder = export(mnc, args.work / f"{args.mnc}_{args.tag}_seed{seed}{opts_tag(opts)}",
-                            *opts)
+            folder = export(mnc, mnc_folder, *opts)
             other = quantised_pools(folder, args.work / f"{folder.name}_quantised_pools")
             if other is None:
                 logger.warning("%s: the int8 graph's head pooling reads no round trip (nothing "
@@ -251,13 +255,9 @@ def main() -> None:
             else:
                 timed = [{b: (lambda images, m=ExportedModel(read_bundle(f), b, args.threads):
                               [m(i) for i in images]) for b in int8} for f in (folder, other)]
-                rows = _paired_rows(timed[0], timed[1], int8, tiles, args.rounds,
-                                    f"{entry['input_px']} px{label}")
-                entry.setdefault("pools", {}).update({key: {
-                    **{k: v for k, v in row.items() if not k.endswith("_s_median")},
-                    "float_pools_s_median": row["mnc_s_median"],
-                    "quantised_pools_s_median": row["mask_rcnn_s_median"]}
-                    for key, row in rows.items()})
+                entry.setdefault("pools", {}).update(_paired_rows(
+                    timed[0], timed[1], int8, tiles, args.rounds,
+                    f"{entry['input_px']} px{label}", ("float_pools", "quantised_pools")))
         if not (mrcnn / "model_final.pth").is_file():
             logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
             continue
@@ -274,10 +274,8 @@ def main() -> None:
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue
-        pair = [_runners(run, args.work / f"{variant}_{args.tag}_seed{seed}{tag}", run_opts,
-                         args.backends, args.threads, export)
-                for run, variant, run_opts, tag in ((mnc, args.mnc, opts, opts_tag(opts)),
-                                                    (mrcnn, args.mask_rcnn, (), ""))]
+        pair = [_runners(run, folder, run_opts, args.backends, args.threads, export)
+                for run, folder, run_opts in ((mnc, mnc_folder, opts), (mrcnn, mrcnn_folder, ()))]
         if "detections" in args.parts:
             # on onnxruntime: all kept, and at the polygon threshold
             entry.setdefault("detections_per_tile", {}).update({

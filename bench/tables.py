@@ -821,13 +821,16 @@ def export_tables(report: dict) -> list[str]:
     return lines
 
 
+# bench_export_pair.py's backends, in the order it runs them and its tables list them (defined
+# here, where rendering the docs reads it, so that rendering imports no model code)
+EXPORT_PAIR_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
+
+
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
     seconds per seed, the int8 graph's head pooling paired against its round-trip form,
     detections kept and FLOPs."""
-    from .bench_export_pair import BACKENDS as backends  # the script's order
-
     seeds = report.get("seeds", {})
     lines = []
     scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
@@ -835,7 +838,7 @@ def export_pair_tables(report: dict) -> list[str]:
                           key=lambda s: s != report.get("train_setting")):
         rows = {k: acc[setting] for k, acc in scored.items() if setting in acc}
         body = []
-        for b in backends:
+        for b in EXPORT_PAIR_BACKENDS:
             runs = [r[b] for r in rows.values() if b in r]
             if not runs:
                 continue
