@@ -10,9 +10,13 @@ and the statuses. Ray's start-up cost is timed once in a fresh process. The two 
 of the first round are compared scene by scene: building counts, and the IoU of the union of
 each scene's polygons (local runs the model on this machine's threads, each Ray actor on
 --cpus-per-worker of them, so floating-point sums may differ in the last bits; with equal thread
-counts predict.py's engines are bit-identical). Prints one JSON object.
+counts predict.py's engines are bit-identical). With --backend other than torch, an exported
+model (--model, tools/export_model.py's folder) runs instead of the training run, and the local
+process gets as many threads as this machine has CPUs (--torch-threads; the runtime's own
+default may count physical cores only). Prints one JSON object.
 
     python -m bench.bench_predict_many --run .cache/bench/accuracy/runs/mnc5_60img_600it/seed0
+    python -m bench.bench_predict_many --backend onnxruntime-int8 --model exported/run
 """
 
 from __future__ import annotations
@@ -54,10 +58,19 @@ def write_scenes(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def run_engine(run: Path, scenes: Path, out: Path, engine: list[str]) -> dict:
-    cmd = [sys.executable, "-W", "ignore", str(ROOT / "tools" / "predict.py"), "--config-file",
-           str(run / "config.yaml"), "--input", str(scenes / "*.tif"), "--output", str(out),
-           *engine, "MODEL.WEIGHTS", str(run / "model_final.pth")]
+def model_args(run: Path | None, backend: str, model: Path | None) -> tuple[list, list]:
+    """predict.py's arguments that name the model (before its other options, and the config
+    overrides after them): the training run's config and weights for backend torch, else the
+    exported folder."""
+    if backend == "torch":
+        return (["--config-file", str(run / "config.yaml")],
+                ["MODEL.WEIGHTS", str(run / "model_final.pth")])
+    return ["--backend", backend, "--model", str(model)], []
+
+
+def run_engine(model: tuple[list, list], scenes: Path, out: Path, engine: list[str]) -> dict:
+    cmd = [sys.executable, "-W", "ignore", str(ROOT / "tools" / "predict.py"), *model[0],
+           "--input", str(scenes / "*.tif"), "--output", str(out), *engine, *model[1]]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -110,7 +123,11 @@ ENGINES = {"local": ["--engine", "local"],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="training run folder (config.yaml, weights)")
+    parser.add_argument("--run", type=Path,
+                        help="training run folder (config.yaml, weights); backend torch")
+    parser.add_argument("--backend", default="torch",
+                        help="predict.py's --backend; other than torch: give --model")
+    parser.add_argument("--model", type=Path, help="exported model folder (other backends)")
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--size", type=int, default=650)
     parser.add_argument("--rounds", type=int, default=3,
@@ -118,20 +135,31 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds {args.rounds} must be at least 1")
-    run = Path(args.run)
+    if args.backend == "torch" and args.run is None:
+        parser.error("backend torch: give --run (the training run's folder)")
+    if args.backend != "torch" and args.model is None:
+        parser.error(f"--backend {args.backend}: give --model (tools/export_model.py's folder)")
+    engines = dict(ENGINES)
+    if args.backend != "torch":  # the runtime's default may count physical cores only
+        engines["local"] = [*ENGINES["local"], "--torch-threads", str(os.cpu_count() or 1)]
+    model = model_args(args.run, args.backend, args.model)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(), "scenes": args.scenes, "scene_px": args.size,
-              "run": str(run), "rounds": args.rounds, "engines": ENGINES}
+              "backend": args.backend, "rounds": args.rounds, "engines": engines}
+    if args.backend == "torch":
+        report["run"] = str(args.run)
+    else:
+        report["model"] = str(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "scenes").mkdir()
         write_scenes(tmp / "scenes", args.scenes, args.size)
         report["ray_init_s"] = ray_init_seconds()
-        runs = {name: [] for name in ENGINES}
+        runs = {name: [] for name in engines}
         for k in range(args.rounds):
-            order = list(ENGINES) if k % 2 == 0 else list(ENGINES)[::-1]
+            order = list(engines) if k % 2 == 0 else list(engines)[::-1]
             for name in order:
-                result = run_engine(run, tmp / "scenes", tmp / f"{name}{k}", ENGINES[name])
+                result = run_engine(model, tmp / "scenes", tmp / f"{name}{k}", engines[name])
                 runs[name].append({"round": k, **result})
         report["agreement_first_round"] = compare_outputs(tmp / "local0", tmp / "ray0")
     report["runs"] = runs

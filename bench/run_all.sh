@@ -217,5 +217,15 @@ if [[ $LEVERS == 1 ]]; then
   run export_pair_recipe_mask32 "${PY[@]}" bench.bench_export_pair \
     --tag "${IMAGES}img_$((ITERS * 4))it" \
     --mnc mnc5_native_small_anchors_logdn_copypaste_conv_mask32
+  # the same pair with one thread per model, and many scenes through seed 1's int8 graph on
+  # one two-thread process against two one-thread Ray actors (section 8i)
+  run export_pair_recipe_mask32_threads1 "${PY[@]}" bench.bench_export_pair \
+    --tag "${IMAGES}img_$((ITERS * 4))it" --threads 1 --parts paired \
+    --mnc mnc5_native_small_anchors_logdn_copypaste_conv_mask32
+  int8_model=".cache/bench/export_pair/mnc5_native_small_anchors_logdn_copypaste_conv_mask32_${IMAGES}img_$((ITERS * 4))it_seed1"
+  run predict_many_onnxruntime_int8 "${PY[@]}" bench.bench_predict_many \
+    --backend onnxruntime-int8 --model "$int8_model" --scenes 160
+  run predict_many_onnxruntime_int8_640 "${PY[@]}" bench.bench_predict_many \
+    --backend onnxruntime-int8 --model "$int8_model" --scenes 640
 fi
 echo "reports in $OUT/; render the docs' tables with: .venv/bin/python -m bench.render_docs" >&2

@@ -215,10 +215,14 @@ def predict_many_table(report: dict) -> list[str]:
     """bench_predict_many.py: per engine, the whole run's wall time and scenes per second
     (medians over rounds), seconds per scene, workers and their peak RSS, buildings, statuses;
     then Ray's time over local's, paired round by round, and the engines' agreement."""
-    run = "/".join(Path(report["run"]).parts[-2:])
+    if "model" in report:  # an exported model
+        model = (f"the exported model `{Path(report['model']).name}` on "
+                 f"`--backend {report['backend']}`")
+    else:
+        model = f"the trained run `{'/'.join(Path(report['run']).parts[-2:])}`"
     rounds = report["rounds"]
     lines = [f"{report['scenes']} synthetic scenes of {report['scene_px']} x "
-             f"{report['scene_px']} px (3 bands), the trained run `{run}`, tools/predict.py in a "
+             f"{report['scene_px']} px (3 bands), {model}, tools/predict.py in a "
              f"child process per engine, {rounds} rounds with the engines' order alternating; "
              f"{report['cpu']}. Ray's start-up alone (a fresh process): "
              f"{report['ray_init_s']:.1f} s.", ""]
@@ -689,7 +693,9 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 
 def _threads_of(report: dict) -> str:
     """"N threads of CPU" of a bench_export report."""
-    return f"{report['threads']} threads" + (f" of {report['cpu']}" if report.get("cpu") else "")
+    threads = report["threads"]
+    return f"{threads} thread{'s' if threads != 1 else ''}" + (
+        f" of {report['cpu']}" if report.get("cpu") else "")
 
 
 def _peak_source(mm: dict) -> str:

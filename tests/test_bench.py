@@ -211,6 +211,12 @@ def test_predict_many_table_takes_medians_and_pairs_the_rounds():
                                        "union_iou_median": None}
     assert tables.predict_many_table(report)[-1].endswith(
         "scene by scene: no scene finished on both engines; 4 scenes in one output only.")
+    # an exported model instead of a training run
+    del report["run"]
+    report.update(model="/x/exported/recipe_seed1", backend="openvino-int8")
+    assert tables.predict_many_table(report)[0].startswith(
+        "4 synthetic scenes of 650 x 650 px (3 bands), the exported model `recipe_seed1` on "
+        "`--backend openvino-int8`, tools/predict.py")
 
 
 def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
@@ -258,6 +264,9 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
     assert "| 650 px / torch | 1.20 | 1.20-1.20 | 2 |" in text
     assert "| 0 | mnc | 20 | 18 (>= 0.5) |" in text
     assert "| 1 | 650 px / onnxruntime-int8 | 0.960 | 0.940-0.990 | 0.110 | 0.115 |" in text
+    assert "2 threads of AMD EPYC." in text
+    assert "1 thread of AMD EPYC." in "\n".join(
+        tables.table_maker("export_pair_recipe")({**report, "threads": 1}))
     assert tables.export_pair_tables({"seeds": {}}) == [
         "No seed of this report has a trained MNC run."]
     # bench_export's own reports keep their renderer, "export_paired_avx2" included

@@ -306,6 +306,16 @@ def test_export_pair_script(work, tmp_path):
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
     # the fully connected mask head's int8 graph has no pooling rewired: no pools rows
     assert "pools" not in few["seeds"]["0"]
+    # many scenes through the exported int8 graph, on both engines; the local process gets
+    # this machine's CPUs as threads
+    folder = tmp_path / f"mnc5_{IMAGES}img_{ITERS}it_seed0"
+    many = _bench("bench_predict_many", "--backend", "onnxruntime-int8", "--model", str(folder),
+                  "--scenes", "2", "--size", "160", "--rounds", "1")
+    assert [r["statuses"] for rs in many["runs"].values() for r in rs] == [{"ok": 2}] * 2
+    assert many["engines"]["local"][-2:] == ["--torch-threads", str(os.cpu_count() or 1)]
+    assert "run" not in many and many["backend"] == "onnxruntime-int8"
+    assert f"the exported model `{folder.name}` on `--backend onnxruntime-int8`" in \
+        tables.table_maker("predict_many")(many)[0]
 
 
 def test_export_pair_pools_part(tmp_path):
