@@ -122,10 +122,12 @@ ENGINES = {"local": ["--engine", "local"],
 
 
 def main() -> None:
+    from mnc_d2.export.bundle import BACKEND_FILES  # predict.py's --backend choices
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path,
                         help="training run folder (config.yaml, weights); backend torch")
-    parser.add_argument("--backend", default="torch",
+    parser.add_argument("--backend", default="torch", choices=("torch", *BACKEND_FILES),
                         help="predict.py's --backend; other than torch: give --model")
     parser.add_argument("--model", type=Path, help="exported model folder (other backends)")
     parser.add_argument("--scenes", type=int, default=40)
