@@ -6,8 +6,11 @@ The default variants use the demo's backbone and input (R-18-FPN, configs/quick_
 (configs/SpaceNet2/, 650 px input) with 2 images per training step instead of 8 (CPU), compared
 with ``mask_rcnn_R50``; ``mnc5_R50_sn1`` and ``mnc5_R50_sn4`` are the SpaceNet 1 (3band, 608 px)
 and SpaceNet 4 (4-band Pan-Sharpen, 900 px) configs on synthetic data of their layouts, compared
-with ``mnc5_R50`` (same model on SpaceNet 2 input). Each runs in its own child process so its peak RSS is its own, and reports
-its parameter count (total and ROI heads):
+with ``mnc5_R50`` (same model on SpaceNet 2 input); ``mnc5_R50_recipe`` and
+``mnc5_R50_recipe_mask128`` are the recommended RGB recipe with its 256- and 128-channel mask
+heads, compared with ``mask_rcnn_R50_recipe`` (Mask R-CNN with the recipe's anchors, input and
+copy-paste). Each runs in its own child process so its peak RSS is its own, and reports
+its parameter count (total and ROI heads) and the instances it kept per tile:
 
 * training: seconds per iteration (forward, backward and optimizer step on a pre-loaded batch of
   IMS_PER_BATCH images; data loading excluded), after warm-up steps;
@@ -16,7 +19,10 @@ its parameter count (total and ROI heads):
 
 A variant starts from its bench_accuracy.py model when that exists (see --trained), else from
 random initialisation (the report says which): a random model detects nothing, which makes its
-inference cheaper than in real use.
+inference cheaper than in real use, Mask R-CNN's most (its mask head runs on the kept detections
+only, MNC's on every proposal). ``--detections N`` stands in for trained weights: every model
+keeps N instances per tile (no score threshold, at most N after NMS), so both paste, and Mask
+R-CNN runs its mask head on, as many instances as a trained model keeps.
 
 Children run in rounds, the variants' order alternating between rounds, so every variant sees the
 machine in the same states; medians are taken over all rounds and ratios against Mask R-CNN.
@@ -64,6 +70,25 @@ VARIANTS = {
     "mnc5_R50_nopool": (SN2 + "mnc_R_50_FPN_3x_all.yaml", [*R50_CPU, "MODEL.MNC.CLS_POOL", ""]),
     # The R-50 MNC with the convolutional mask head (MODEL.MNC.MASK_HEAD conv, 28 x 28 masks).
     "mnc5_R50_conv_mask": (SN2 + "mnc_R_50_FPN_3x_all_conv_mask.yaml", R50_CPU),
+    # The recommended RGB recipe at R-50 (small anchors, log(1 + DN) input, copy-paste, the
+    # 256-channel convolutional mask head), its 128-channel head, and Mask R-CNN with the same
+    # anchors, input and copy-paste (their baseline).
+    "mnc5_R50_recipe": (SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask.yaml",
+                        R50_CPU),
+    "mnc5_R50_recipe_mask128": (
+        SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask128.yaml", R50_CPU),
+    # ... and with 200 test proposals instead of the configs' 600 (inference only; at R-18 scale
+    # the recipe found the same buildings with 200 or 600, BENCHMARKS.md section 1e).
+    "mnc5_R50_recipe_mask128_topk200": (
+        SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask128.yaml",
+        [*R50_CPU, "MODEL.RPN.POST_NMS_TOPK_TEST", "200"]),
+    # The recipe with the paper's fc mask head.
+    "mnc5_R50_recipe_fc": (SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste.yaml",
+                           R50_CPU),
+    "mask_rcnn_R50_recipe": (SN2 + "mask_rcnn_R_50_FPN_3x_all.yaml", [
+        *R50_CPU, "MODEL.ANCHOR_GENERATOR.SIZES",
+        "[[8, 16], [16, 32], [32, 64], [64, 128], [128, 256]]", "INPUT.DN_TRANSFORM", "log",
+        "INPUT.AUGMENT.COPY_PASTE.PROB", "0.5"]),
 }
 # Other releases' R-50 configs, on synthetic data of their layouts (train dataset, release).
 SN1, SN4 = "configs/SpaceNet1/", "configs/SpaceNet4/"
@@ -74,7 +99,11 @@ TRAIN_SET = {"mnc5_R50_sn1": ("spacenet1_rio_train", "spacenet1"),
 BASELINE = {"mnc5_R50": "mask_rcnn_R50", "mnc5_R50_nopool": "mask_rcnn_R50",
             "mnc5_R50_conv_mask": "mask_rcnn_R50",
             "mask_rcnn_R50": "mask_rcnn_R50", "mnc5_R50_sn1": "mnc5_R50",
-            "mnc5_R50_sn4": "mnc5_R50"}  # everything else: vs mask_rcnn
+            "mnc5_R50_sn4": "mnc5_R50", "mnc5_R50_recipe": "mask_rcnn_R50_recipe",
+            "mnc5_R50_recipe_mask128": "mask_rcnn_R50_recipe",
+            "mnc5_R50_recipe_mask128_topk200": "mask_rcnn_R50_recipe",
+            "mnc5_R50_recipe_fc": "mask_rcnn_R50_recipe",
+            "mask_rcnn_R50_recipe": "mask_rcnn_R50_recipe"}  # everything else: vs mask_rcnn
 TILE = 650
 logger = logging.getLogger("bench_speed")
 
@@ -102,11 +131,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def detection_opts(detections: int) -> list[str]:
+    """Config overrides that make a model keep ``detections`` instances per tile whatever its
+    weights (no score threshold, at most that many after NMS): a stand-in for trained weights,
+    so that a random-initialised Mask R-CNN runs its mask head, and both models paste masks,
+    for as many instances as a trained model keeps (0: the configs' own threshold)."""
+    if detections < 0:
+        raise ValueError(f"--detections must be >= 0, got {detections}")
+    return [] if detections == 0 else ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                                       "TEST.DETECTIONS_PER_IMAGE", str(detections)]
+
+
 def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
-           tiles: int, weights: Path | None) -> dict:
-    """One variant in this process: training s/iter, inference s/tile, peak RSS. With
-    ``weights`` (the variant's model from bench_accuracy.py) the model starts trained, so
-    inference sees real detections (mask pasting and voting cost what they cost in use)."""
+           tiles: int, weights: Path | None, detections: int = 0) -> dict:
+    """One variant in this process: training s/iter, inference s/tile, peak RSS and the
+    instances kept per tile. With ``weights`` (the variant's model from bench_accuracy.py) the
+    model starts trained, so inference sees real detections (mask pasting and voting cost what
+    they cost in use); ``detections`` > 0 fixes the instances kept instead
+    (:func:`detection_opts`)."""
     os.environ["DETECTRON2_DATASETS"] = str(data_root)
     import torch
 
@@ -124,7 +166,8 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
     config, opts = VARIANTS[name]
     train_set = TRAIN_SET.get(name, ("spacenet2_vegas_train",))[0]
     cfg = setup_cfg(config, [*opts, "OUTPUT_DIR", str(out_dir / name), "SEED", "0",
-                             "DATASETS.TRAIN", f"('{train_set}',)"])
+                             "DATASETS.TRAIN", f"('{train_set}',)",
+                             *detection_opts(detections)])
     torch.manual_seed(0)
     model = build_model(cfg)
     if weights is not None:
@@ -147,9 +190,11 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
 
     dicts = DatasetCatalog.get(train_set)[:tiles]
     model.eval()
-    infer = {}
-    # SpaceNet 2 tiles at the config's size and native 650 px; other releases at their config's.
-    sizes = (cfg.INPUT.MIN_SIZE_TEST, TILE) if name not in TRAIN_SET else (cfg.INPUT.MIN_SIZE_TEST,)
+    infer, kept = {}, {}
+    # SpaceNet 2 tiles at the config's size and native 650 px (once where they are the same);
+    # other releases at their config's.
+    sizes = (tuple(dict.fromkeys((cfg.INPUT.MIN_SIZE_TEST, TILE))) if name not in TRAIN_SET
+             else (cfg.INPUT.MIN_SIZE_TEST,))
     for size in sizes:
         test_cfg = cfg.clone()
         test_cfg.defrost()
@@ -162,11 +207,17 @@ def worker(name: str, data_root: Path, out_dir: Path, warmup: int, steps: int,
                                          for x in inputs):
             raise ValueError(f"expected {TILE} px tiles resized to {size} px, got "
                              f"{[tuple(x['image'].shape[1:]) for x in inputs]}")
+        counts = kept[str(size)] = []
+
+        def run(x: dict) -> None:
+            counts.append(len(model([x])[0]["instances"]))
+
         with torch.no_grad():
             for x in inputs[:warmup]:
                 model([x])
-            infer[str(size)] = [_timed(lambda x=x: model([x])) for x in inputs]
-    return {"train_step_s": train_s, "infer_s": infer, "weights": str(weights or "random init"),
+            infer[str(size)] = [_timed(lambda x=x: run(x)) for x in inputs]
+    return {"train_step_s": train_s, "infer_s": infer, "kept_per_tile": kept,
+            "weights": str(weights or "random init"),
             "config_size": cfg.INPUT.MIN_SIZE_TEST,
             "input_hw": list(inputs[0]["image"].shape[1:]),
             "bands": int(inputs[0]["image"].shape[0]),
@@ -219,6 +270,10 @@ def _summary(results: dict[str, list[dict]]) -> dict:
         config_times = [t for r in runs for t in r["infer_s"][str(r["config_size"])]]
         entry["infer_s_per_tile_median_at_config_size"] = round(statistics.median(config_times), 4)
         entry["test_input"] = {"bands": runs[0]["bands"], "hw": runs[0]["input_hw"]}
+        if all("kept_per_tile" in r for r in runs):
+            entry["kept_per_tile_median_by_size"] = {
+                size: statistics.median(k for r in runs for k in r["kept_per_tile"][size])
+                for size in runs[0]["kept_per_tile"]}
         out[name] = entry
     for name, entry in out.items():
         base_name = BASELINE.get(name, "mask_rcnn")
@@ -238,7 +293,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=[n for n in VARIANTS if "R50" not in n],
                         help="default: the R-18 demo variants; the R-50 SpaceNet 2 configs: "
-                        "mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool; other releases' R-50 configs: "
+                        "mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool; the R-50 recipe: "
+                        "mask_rcnn_R50_recipe mnc5_R50_recipe mnc5_R50_recipe_mask128 "
+                        "mnc5_R50_recipe_mask128_topk200 mnc5_R50_recipe_fc (best with "
+                        "--detections); other releases' R-50 configs: "
                         "mnc5_R50_sn1 mnc5_R50_sn4 (ratios vs mnc5_R50)")
     parser.add_argument("--rounds", type=int, help="child runs per variant (default 3, quick 1)")
     parser.add_argument("--steps", type=int, help="timed training steps per child (default 8)")
@@ -254,12 +312,18 @@ def main() -> None:
                         help="S above: the model seed of the trained variants (pick one whose "
                         "models all trained normally: a stalled model keeps few detections, "
                         "which makes its inference cheap)")
+    parser.add_argument("--detections", type=int, default=0,
+                        help="every model keeps this many instances per tile (no score "
+                        "threshold): a stand-in for trained weights, so that a random "
+                        "Mask R-CNN's mask head runs as often as a trained one's (0: the "
+                        "configs' threshold)")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work).resolve()
     steps = args.steps or (3 if args.quick else 8)
+    detection_opts(args.detections)  # refuse a negative count before any child starts
     releases = sorted({TRAIN_SET[n][1] for n in ([args.worker] if args.worker else args.variants)
                        if n in TRAIN_SET})
     data_root = _data(work / "data", max(args.tiles, 4) * 2, releases)
@@ -268,7 +332,7 @@ def main() -> None:
         weights = (Path(args.trained).resolve() / f"{args.worker}_{tag}"
                    / f"seed{args.trained_seed}" / "model_final.pth")
         res = worker(args.worker, data_root, work / "runs", args.warmup, steps, args.tiles,
-                     weights if weights.exists() else None)
+                     weights if weights.exists() else None, args.detections)
         print(json.dumps(res))
         return
     rounds = args.rounds or (1 if args.quick else 3)
@@ -281,6 +345,7 @@ def main() -> None:
                    "--steps", str(steps), "--tiles", str(args.tiles),
                    "--warmup", str(args.warmup), "--work", str(work),
                    "--trained", args.trained, "--trained-seed", str(args.trained_seed),
+                   "--detections", str(args.detections),
                    *(["--quick"] if args.quick else [])]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if proc.returncode != 0:
@@ -294,7 +359,7 @@ def main() -> None:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(),
               "torch_threads": torch.get_num_threads(), "rounds": rounds,
-              "trained_seed": args.trained_seed,
+              "trained_seed": args.trained_seed, "fixed_detections": args.detections,
               "timed_train_steps_per_round": steps, "timed_tiles_per_round": args.tiles,
               "models": _summary(results),
               "polygonize": polygonize_throughput(data_root, args.masks, 3)}

@@ -82,6 +82,12 @@ run speed_r50 "${PY[@]}" bench.bench_speed $QUICK --variants mask_rcnn_R50 mnc5_
   --steps 4 --tiles 5
 run speed_releases "${PY[@]}" bench.bench_speed $QUICK --variants mnc5_R50 mnc5_R50_sn1 \
   mnc5_R50_sn4 --steps 4 --tiles 6 --work .cache/bench/speed_releases
+# The R-50 recipe's mask head at 256 and 128 channels, and with 200 test proposals, against
+# Mask R-CNN with the recipe's levers: random weights, 30 instances kept per tile (section 2).
+run speed_r50_recipe "${PY[@]}" bench.bench_speed $QUICK --variants mask_rcnn_R50_recipe \
+  mnc5_R50_recipe mnc5_R50_recipe_mask128 mnc5_R50_recipe_mask128_topk200 mnc5_R50_recipe_fc \
+  --steps 3 --tiles 5 --rounds 2 --warmup 1 --detections 30
+run export_r50_recipe "${PY[@]}" bench.bench_export_r50
 run scorer "${PY[@]}" bench.bench_scorer "${SCORER_ARGS[@]}"
 # The golden cases of the tester-rules tests through the Java tester (exit 1 on a disagreement).
 run tester_golden "${PY[@]}" bench.check_tester_golden

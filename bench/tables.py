@@ -129,6 +129,10 @@ def speed_tables(report: dict) -> list[str]:
               *(["infer s/tile at the config's size", vs] if at_config else []),
               "peak RSS MB", "params M (ROI heads)", "weights",
               *(["baseline"] if vs == "x baseline" else [])]
+    kept_col = all("kept_per_tile_median_by_size" in m for m in models.values())
+    if kept_col:
+        header.insert(header.index("peak RSS MB"), "kept per tile (median)" if len(sizes) < 2
+                      else f"kept per tile (median; {', '.join(sizes)})")
     rows = []
 
     def cell(m: dict, ratio: dict, key: str) -> list[str]:
@@ -146,6 +150,8 @@ def speed_tables(report: dict) -> list[str]:
             row += cell(m, ratio, "infer_s_per_tile_median_at_config_size")
         params = (f"{m['params_m']:.1f} ({m['roi_head_params_m']:.1f})" if "params_m" in m
                   else "n/a")
+        if kept_col:
+            row.append(" / ".join(f"{k:g}" for k in m["kept_per_tile_median_by_size"].values()))
         rows.append(row + [f"{m['peak_rss_mb_max']:.0f}", params,
                            "random init" if m["weights"] == "random init" else "trained",
                            *([m.get("baseline", "")] if vs == "x baseline" else [])])
@@ -155,7 +161,10 @@ def speed_tables(report: dict) -> list[str]:
              f"{report['torch_threads']}"
              + (f"; trained models of seed {report['trained_seed']}" if "trained_seed" in report
                 and any(m["weights"] != "random init" for m in models.values()) else "")
-             + (f"; {report['cpu']}" if report.get("cpu") else ""), ""]
+             + (f"; {report['cpu']}" if report.get("cpu") else "")
+             + (f"; every model keeps {report['fixed_detections']} instances per tile (no score "
+                "threshold), a stand-in for trained weights" if report.get("fixed_detections")
+                else ""), ""]
     lines += _table(header, rows) + [""]
     p = report["polygonize"]
     rows = [[label.replace("_", " + "), f"{p[label]['median_s']:.3f}",
@@ -832,6 +841,43 @@ def export_tables(report: dict) -> list[str]:
 EXPORT_PAIR_BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 
 
+def export_r50_table(report: dict) -> list[str]:
+    """bench_export_r50.py: the R-50 recipe's graphs (random weights, a fixed number of kept
+    instances) by part, and each MNC variant against Mask R-CNN tile by tile per backend."""
+    models, paired = report["models"], report["paired"]
+    backends = list(next(iter(models.values()))["kept_per_tile"])
+    seed = report["weights"].replace("random init", "").strip(" ()")
+    lines = [f"Random weights ({seed}); every model "
+             f"keeps {report['fixed_detections']} instances per tile (no score threshold), a "
+             f"stand-in for trained weights; {report['tile_px']} x {report['tile_px']} px tiles; "
+             f"{report['threads']} threads of {report['cpu']}. GFLOPs per tile of the export "
+             "graph (fvcore's count, a multiply-add = 2 FLOPs):", ""]
+    rows = []
+    for name, m in models.items():
+        parts = m["flops"]["gflops_by_part"]
+        rows.append([name, "-" if m["mask_conv_dim"] is None else str(m["mask_conv_dim"]),
+                     str(m["test_proposals"]), f"{m['flops']['gflops']:.1f}",
+                     *(f"{parts[k]:.1f}" for k in ("backbone", "rpn", "roi_heads")),
+                     " / ".join(f"{m['kept_per_tile'][b]:g}" for b in backends)])
+    lines += _table(["model", "mask head channels", "test proposals", "GFLOPs", "backbone",
+                     "rpn", "roi_heads", f"kept per tile ({' / '.join(backends)})"], rows)
+    lines += ["", f"Seconds per tile, {report['tiles']} tiles x {report['rounds']} rounds per "
+              "backend, each tile run by the MNC variant and by "
+              f"{report['baseline']} back to back (order alternating); ratio: median of the "
+              "per-tile ratios (quartiles):", ""]
+    rows = []
+    for key, row in paired.items():
+        name, backend = key.rsplit(" / ", 1)
+        speedup = report.get("eager_over_exported", {}).get(name, {}).get(backend)
+        rows.append([name, backend, f"{row['mnc_s_median']:.3f}",
+                     f"{row['mask_rcnn_s_median']:.3f}",
+                     f"{row['median']:.2f} ({row['q1']:.2f}-{row['q3']:.2f})",
+                     "" if speedup is None else f"{speedup:.2f}x"])
+    lines += _table(["MNC variant", "backend", "MNC s/tile", "Mask R-CNN s/tile",
+                     "MNC / Mask R-CNN", "MNC x eager"], rows)
+    return lines
+
+
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
@@ -1309,6 +1355,8 @@ def table_maker(report_name: str):
         return input_scale_table
     if report_name.startswith("scorer"):
         return scorer_table
+    if report_name.startswith("export_r50"):
+        return export_r50_table
     if report_name.startswith("export_pair_"):
         return export_pair_tables
     if report_name == "export" or report_name.startswith("export_"):

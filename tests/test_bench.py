@@ -150,6 +150,73 @@ def test_speed_table_of_other_releases_against_their_baseline():
     assert row.endswith("| mnc5_R50 |")
 
 
+def test_speed_fixed_detections_reach_the_config_and_the_table():
+    """--detections N: every model keeps N instances per tile (no score threshold), the
+    summary keeps the counts measured and the table shows them beside the stand-in's note."""
+    from bench import bench_speed as speed
+
+    assert speed.detection_opts(0) == []
+    assert speed.detection_opts(30) == ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                                        "TEST.DETECTIONS_PER_IMAGE", "30"]
+    with pytest.raises(ValueError, match="--detections must be >= 0, got -1"):
+        speed.detection_opts(-1)
+    # the recipe variants are compared with Mask R-CNN trained with the recipe's levers
+    for name in ("mnc5_R50_recipe", "mnc5_R50_recipe_mask128", "mnc5_R50_recipe_mask128_topk200",
+                 "mnc5_R50_recipe_fc"):
+        assert speed.BASELINE[name] == "mask_rcnn_R50_recipe" and name in speed.VARIANTS
+    assert speed.VARIANTS["mnc5_R50_recipe_mask128"][0].endswith("_conv_mask128.yaml")
+    run = {"ims_per_batch": 2, "peak_rss_mb": 900.0, "weights": "random init", "params_m": 40.0,
+           "roi_head_params_m": 10.0, "config_size": 650, "input_hw": [650, 650], "bands": 3}
+    results = {
+        "mask_rcnn_R50_recipe": [dict(run, train_step_s=[1.0], infer_s={"650": [0.5, 0.7]},
+                                      kept_per_tile={"650": [30, 30]})],
+        "mnc5_R50_recipe_mask128": [dict(run, train_step_s=[1.0], infer_s={"650": [1.5, 1.5]},
+                                         kept_per_tile={"650": [30, 29]})],
+    }
+    models = speed._summary(results)
+    assert models["mnc5_R50_recipe_mask128"]["kept_per_tile_median_by_size"] == {"650": 29.5}
+    assert models["mnc5_R50_recipe_mask128"]["ratio_vs_baseline"]["infer_s_per_tile_650px"] == 2.5
+    report = {"rounds": 1, "timed_train_steps_per_round": 1, "timed_tiles_per_round": 2,
+              "torch_threads": 2, "models": models, "fixed_detections": 30,
+              "polygonize": {"masks": 1, "mask_shape": [650, 650]}}
+    lines = tables.speed_tables(report)
+    assert lines[0].endswith("; every model keeps 30 instances per tile (no score threshold), "
+                             "a stand-in for trained weights")
+    header = next(line for line in lines if line.startswith("| model"))
+    assert "| kept per tile (median) | peak RSS MB |" in header
+    row = next(line for line in lines if line.startswith("| mnc5_R50_recipe_mask128 "))
+    assert "| 1.500 | 2.50 | 29.5 | 900 |" in row
+
+
+def test_export_r50_table_carries_the_report_numbers():
+    flops = {"gflops": 300.0, "gflops_by_part": {"backbone": 150.0, "rpn": 10.0,
+                                                  "roi_heads": 139.5, "other": 0.5}}
+    report = {"weights": "random init (seed 0)", "fixed_detections": 30, "tile_px": 650,
+              "threads": 2, "cpu": "AMD EPYC", "tiles": 4, "rounds": 2,
+              "baseline": "mask_rcnn_R50_recipe",
+              "models": {"mask_rcnn_R50_recipe": {"mask_conv_dim": None, "test_proposals": 600,
+                                                  "flops": flops,
+                                                  "kept_per_tile": {"torch": 30.0,
+                                                                    "onnxruntime": 30.0}},
+                         "mnc5_R50_recipe": {"mask_conv_dim": 256, "test_proposals": 600,
+                                             "flops": flops,
+                                             "kept_per_tile": {"torch": 30.0,
+                                                               "onnxruntime": 29.5}}},
+              "paired": {"mnc5_R50_recipe / torch": {"median": 3.5, "q1": 3.4, "q3": 3.61,
+                                                      "mnc_s_median": 7.0,
+                                                      "mask_rcnn_s_median": 2.0},
+                         "mnc5_R50_recipe / onnxruntime": {"median": 3.0, "q1": 2.9, "q3": 3.1,
+                                                            "mnc_s_median": 3.5,
+                                                            "mask_rcnn_s_median": 1.2}},
+              "eager_over_exported": {"mnc5_R50_recipe": {"onnxruntime": 2.0}}}
+    lines = tables.table_maker("export_r50_recipe")(report)
+    assert lines[0].startswith("Random weights (seed 0); every model keeps 30 instances")
+    assert "| mnc5_R50_recipe | 256 | 600 | 300.0 | 150.0 | 10.0 | 139.5 | 30 / 29.5 |" in lines
+    assert "| mask_rcnn_R50_recipe | - | 600 | 300.0 | 150.0 | 10.0 | 139.5 | 30 / 30 |" in lines
+    assert "| mnc5_R50_recipe | torch | 7.000 | 2.000 | 3.50 (3.40-3.61) |  |" in lines
+    assert "| mnc5_R50_recipe | onnxruntime | 3.500 | 1.200 | 3.00 (2.90-3.10) | 2.00x |" in lines
+
+
 def test_polygonize_and_demo_tables_carry_the_report_numbers():
     from bench import bench_polygonize
 

@@ -379,9 +379,32 @@ def test_scorer_and_speed_scripts(tmp_path):
         assert scorer["runs"][0]["vs_java"]["identical"]
     speed = _bench("bench_speed", "--variants", "mnc5", "--rounds", "1", "--steps", "1",
                    "--tiles", "1", "--warmup", "0", "--masks", "5", "--work", str(tmp_path),
-                   "--trained", str(tmp_path / "none"))
+                   "--trained", str(tmp_path / "none"), "--detections", "3")
     assert speed["models"]["mnc5"]["weights"] == "random init"
-    assert tables.table_maker("speed")(speed)
+    # a random model keeps nothing at the configs' threshold; with the stand-in it keeps 3
+    assert speed["fixed_detections"] == 3
+    assert speed["models"]["mnc5"]["kept_per_tile_median_by_size"] == {"416": 3, "650": 3}
+    assert "every model keeps 3 instances" in tables.table_maker("speed")(speed)[0]
+
+
+def test_export_r50_script_eager(tmp_path):
+    """bench_export_r50 on eager PyTorch only (no export: the R-50 graphs' export is minutes):
+    random R-50 models keep the fixed number of instances, and each MNC tile is paired with
+    Mask R-CNN's."""
+    report = _bench("bench_export_r50", "--variants", "mnc5_R50_recipe_mask128_topk200",
+                    "--backends", "torch", "--tiles", "1", "--rounds", "1", "--detections", "3",
+                    "--calibration-images", "1", "--threads", "2", "--work", str(tmp_path))
+    mnc = report["models"]["mnc5_R50_recipe_mask128_topk200"]
+    assert mnc["mask_conv_dim"] == 128 and mnc["test_proposals"] == 200
+    assert report["models"]["mask_rcnn_R50_recipe"]["test_proposals"] == 600
+    for m in report["models"].values():
+        assert m["kept_per_tile"] == {"torch": 3.0}
+        assert m["flops"]["gflops_by_part"]["backbone"] > 50  # R-50 at 650 px
+    row = report["paired"]["mnc5_R50_recipe_mask128_topk200 / torch"]
+    assert row["n"] == 1 and row["mnc_s_median"] > 0 and row["mask_rcnn_s_median"] > 0
+    assert not list((tmp_path / "export").glob("*"))  # eager only: nothing exported
+    assert "| mnc5_R50_recipe_mask128_topk200 | torch |" in "\n".join(
+        tables.table_maker("export_r50_recipe")(report))
 
 
 def test_viewer_script():
