@@ -16,10 +16,11 @@ For each of bench_speed.py's R-50 recipe variants (config + overrides; ``--varia
    calibrated on ``--calibration-images`` of those tiles: the values are noise, the kernels
    and their layout are a trained model's).
 3. **FLOPs per part** of the export graph on one tile (bench_export's ``graph_flops``).
-4. **MNC / Mask R-CNN, paired** on eager PyTorch, onnxruntime and onnxruntime-int8: each MNC
-   variant against Mask R-CNN with the recipe's anchors, input and copy-paste, tile by tile,
-   back to back on one backend (bench_export's ``_paired_rows``: the ratio's median and
-   quartiles, each model's median seconds per tile), and the instances each kept per tile.
+4. **MNC / Mask R-CNN, paired** on eager PyTorch, onnxruntime, OpenVINO and both runtimes' int8
+   kernels (``--backends``: a subset): each MNC variant against Mask R-CNN with the recipe's
+   anchors, input and copy-paste, tile by tile, back to back on one backend (bench_export's
+   ``_paired_rows``: the ratio's median and quartiles, each model's median seconds per tile),
+   and the instances each kept per tile.
 
 Prints one JSON object on stdout (logs go to stderr).
 
@@ -29,6 +30,7 @@ Prints one JSON object on stdout (logs go to stderr).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -40,11 +42,12 @@ import numpy as np
 
 from bench import bench_speed
 from bench.bench_export import REPO, TILE, _cfg, _paired_rows, _runners, graph_flops
+from bench.bench_export_pair import model_tiles  # the tiles as tools/predict.py feeds them
 
 BASELINE = "mask_rcnn_R50_recipe"
 MNC_VARIANTS = ("mnc5_R50_recipe", "mnc5_R50_recipe_mask128",
                 "mnc5_R50_recipe_mask128_topk200")
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
 TRAIN_SET = "spacenet2_vegas_train"  # bench_speed.py's synthetic tiles
 logger = logging.getLogger("bench_export_r50")
 
@@ -83,13 +86,6 @@ def export_int8(run: Path, out: Path, calibration: list[str]) -> Path:
             warnings.simplefilter("ignore")
             export_model(_cfg(run), out, ("onnx", "onnx-int8"), TILE, calibration=calibration)
     return out
-
-
-def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
-    """(H, W, C) float32 inputs as tools/predict.py feeds them (bands, INPUT.DN_TRANSFORM)."""
-    from bench.bench_export_pair import model_tiles as read
-
-    return read(paths, cfg)
 
 
 def kept_per_tile(fn, tiles: list[np.ndarray]) -> float:
@@ -131,32 +127,51 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(f"expected at least {max(args.tiles, args.calibration_images)} tiles "
                            f"under {data_root}, found {len(paths)}")
     tag = f"det{args.detections}"
-    runners, report_models = {}, {}
+    sources, report_models = {}, {}  # name -> (run, export)
     for name in (BASELINE, *args.variants):
         run = make_run(name, work / "runs" / f"{name}_{tag}", args.detections)
         export = (export_int8(run, work / "export" / f"{name}_{tag}",
                               paths[: args.calibration_images])
                   if set(args.backends) - {"torch"} else None)  # eager only: no export
+        sources[name] = run, export
         cfg = _cfg(run)
-        tiles = model_tiles(paths[: args.tiles], cfg)
-        runners[name] = _runners(run, export, (), args.backends, args.threads,
-                                 lambda run_, out, *opts, e=export: e)
-        x = torch.from_numpy(np.ascontiguousarray(tiles[0].transpose(2, 0, 1)))[None]
+        x = torch.from_numpy(np.ascontiguousarray(
+            model_tiles(paths[:1], cfg)[0].transpose(2, 0, 1)))[None]
         report_models[name] = {
             "config": bench_speed.VARIANTS[name][0],
             "opts": bench_speed.VARIANTS[name][1][len(bench_speed.R50_CPU):],
             "mask_conv_dim": int(cfg.MODEL.MNC.MASK_CONV_DIM) if "mnc" in name else None,
             "test_proposals": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
-            "flops": graph_flops(build_graph(cfg, TILE), x),
-            "kept_per_tile": {b: kept_per_tile(fn, tiles) for b, fn in runners[name].items()}}
+            "input": [list(cfg.INPUT.BANDS), cfg.INPUT.DN_TRANSFORM],
+            "flops": graph_flops(build_graph(cfg, TILE), x), "kept_per_tile": {}}
         logger.info("%s: %s", name, report_models[name])
-    tiles = model_tiles(paths[: args.tiles], _cfg(work / "runs" / f"{BASELINE}_{tag}"))
+    inputs = {tuple(map(str, m.pop("input"))) for m in report_models.values()}
+    if len(inputs) != 1:
+        raise RuntimeError(f"the models read different bands or DN transforms: {inputs}")
+    tiles = model_tiles(paths[: args.tiles], _cfg(sources[BASELINE][0]))
+
+    def runner(name: str, backend: str):
+        run, export = sources[name]
+        return _runners(run, export, (), (backend,), args.threads,
+                        lambda run_, out, *opts: export)[backend]
+
+    # One backend at a time and two models in memory at a time (all of them at once outgrow
+    # 24 GB with five backends of R-50 graphs).
     paired = {}
-    for name in args.variants:
-        paired.update(_paired_rows(runners[name], runners[BASELINE], args.backends, tiles,
-                                   args.rounds, name, names=("mnc", "mask_rcnn")))
-    for row in paired.values():
-        row["s_per_tile"] = "median of the paired runs"
+    for backend in args.backends:
+        base = runner(BASELINE, backend)
+        report_models[BASELINE]["kept_per_tile"][backend] = kept_per_tile(base, tiles)
+        for name in args.variants:
+            mnc = runner(name, backend)
+            report_models[name]["kept_per_tile"][backend] = kept_per_tile(mnc, tiles)
+            paired.update(_paired_rows({backend: mnc}, {backend: base}, (backend,), tiles,
+                                       args.rounds, name, names=("mnc", "mask_rcnn")))
+            del mnc
+            gc.collect()
+        del base
+        gc.collect()
+    paired = {f"{name} / {b}": dict(paired[f"{name} / {b}"], s_per_tile="median of the paired runs")
+              for name in args.variants for b in args.backends}
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
               "weights": "random init (seed 0)", "fixed_detections": args.detections,

@@ -78,7 +78,7 @@ VARIANTS = {
     "mnc5_R50_recipe_mask128": (
         SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask128.yaml", R50_CPU),
     # ... and with 200 test proposals instead of the configs' 600 (inference only; at R-18 scale
-    # the recipe found the same buildings with 200 or 600, BENCHMARKS.md section 1e).
+    # the recipe's recall moved by at most 0.008 between 200 and 600, BENCHMARKS.md section 1e).
     "mnc5_R50_recipe_mask128_topk200": (
         SN2 + "mnc_R_50_FPN_3x_all_small_anchors_logdn_copypaste_conv_mask128.yaml",
         [*R50_CPU, "MODEL.RPN.POST_NMS_TOPK_TEST", "200"]),

@@ -865,6 +865,7 @@ def export_r50_table(report: dict) -> list[str]:
               "backend, each tile run by the MNC variant and by "
               f"{report['baseline']} back to back (order alternating); ratio: median of the "
               "per-tile ratios (quartiles):", ""]
+    earlier = report.get("earlier_run", {}).get("paired", {})
     rows = []
     for key, row in paired.items():
         name, backend = key.rsplit(" / ", 1)
@@ -872,9 +873,14 @@ def export_r50_table(report: dict) -> list[str]:
         rows.append([name, backend, f"{row['mnc_s_median']:.3f}",
                      f"{row['mask_rcnn_s_median']:.3f}",
                      f"{row['median']:.2f} ({row['q1']:.2f}-{row['q3']:.2f})",
+                     *([f"{earlier[key]['median']:.2f}" if key in earlier else "-"]
+                       if earlier else []),
                      "" if speedup is None else f"{speedup:.2f}x"])
     lines += _table(["MNC variant", "backend", "MNC s/tile", "Mask R-CNN s/tile",
-                     "MNC / Mask R-CNN", "MNC x eager"], rows)
+                     "MNC / Mask R-CNN", *(["an earlier run"] if earlier else []),
+                     "MNC x eager"], rows)
+    if earlier:
+        lines += ["", f"The earlier run: {report['earlier_run']['note']}"]
     return lines
 
 

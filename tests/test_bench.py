@@ -189,32 +189,40 @@ def test_speed_fixed_detections_reach_the_config_and_the_table():
 
 
 def test_export_r50_table_carries_the_report_numbers():
-    flops = {"gflops": 300.0, "gflops_by_part": {"backbone": 150.0, "rpn": 10.0,
-                                                  "roi_heads": 139.5, "other": 0.5}}
+    flops = {"gflops": 300.0,
+             "gflops_by_part": {"backbone": 150.0, "rpn": 10.0, "roi_heads": 139.5, "other": 0.5}}
+
+    def model(channels, kept_onnx):
+        return {"mask_conv_dim": channels, "test_proposals": 600, "flops": flops,
+                "kept_per_tile": {"torch": 30.0, "onnxruntime": kept_onnx}}
+
+    def pair(median, q1, q3, mnc_s, mask_rcnn_s):
+        return {"median": median, "q1": q1, "q3": q3, "mnc_s_median": mnc_s,
+                "mask_rcnn_s_median": mask_rcnn_s}
+
     report = {"weights": "random init (seed 0)", "fixed_detections": 30, "tile_px": 650,
               "threads": 2, "cpu": "AMD EPYC", "tiles": 4, "rounds": 2,
               "baseline": "mask_rcnn_R50_recipe",
-              "models": {"mask_rcnn_R50_recipe": {"mask_conv_dim": None, "test_proposals": 600,
-                                                  "flops": flops,
-                                                  "kept_per_tile": {"torch": 30.0,
-                                                                    "onnxruntime": 30.0}},
-                         "mnc5_R50_recipe": {"mask_conv_dim": 256, "test_proposals": 600,
-                                             "flops": flops,
-                                             "kept_per_tile": {"torch": 30.0,
-                                                               "onnxruntime": 29.5}}},
-              "paired": {"mnc5_R50_recipe / torch": {"median": 3.5, "q1": 3.4, "q3": 3.61,
-                                                      "mnc_s_median": 7.0,
-                                                      "mask_rcnn_s_median": 2.0},
-                         "mnc5_R50_recipe / onnxruntime": {"median": 3.0, "q1": 2.9, "q3": 3.1,
-                                                            "mnc_s_median": 3.5,
-                                                            "mask_rcnn_s_median": 1.2}},
+              "models": {"mask_rcnn_R50_recipe": model(None, 30.0),
+                         "mnc5_R50_recipe": model(256, 29.5)},
+              "paired": {"mnc5_R50_recipe / torch": pair(3.5, 3.4, 3.61, 7.0, 2.0),
+                         "mnc5_R50_recipe / onnxruntime": pair(3.0, 2.9, 3.1, 3.5, 1.2)},
               "eager_over_exported": {"mnc5_R50_recipe": {"onnxruntime": 2.0}}}
     lines = tables.table_maker("export_r50_recipe")(report)
     assert lines[0].startswith("Random weights (seed 0); every model keeps 30 instances")
     assert "| mnc5_R50_recipe | 256 | 600 | 300.0 | 150.0 | 10.0 | 139.5 | 30 / 29.5 |" in lines
     assert "| mask_rcnn_R50_recipe | - | 600 | 300.0 | 150.0 | 10.0 | 139.5 | 30 / 30 |" in lines
     assert "| mnc5_R50_recipe | torch | 7.000 | 2.000 | 3.50 (3.40-3.61) |  |" in lines
-    assert "| mnc5_R50_recipe | onnxruntime | 3.500 | 1.200 | 3.00 (2.90-3.10) | 2.00x |" in lines
+    assert ("| mnc5_R50_recipe | onnxruntime | 3.500 | 1.200 | 3.00 (2.90-3.10) | 2.00x |"
+            in lines)
+    # an earlier run's medians beside the run's own, where the report keeps them
+    report["earlier_run"] = {"note": "the same day, eager and onnxruntime only",
+                             "paired": {"mnc5_R50_recipe / torch": {"median": 3.25}}}
+    lines = tables.table_maker("export_r50_recipe")(report)
+    assert "| mnc5_R50_recipe | torch | 7.000 | 2.000 | 3.50 (3.40-3.61) | 3.25 |  |" in lines
+    assert ("| mnc5_R50_recipe | onnxruntime | 3.500 | 1.200 | 3.00 (2.90-3.10) | - | 2.00x |"
+            in lines)
+    assert lines[-1] == "The earlier run: the same day, eager and onnxruntime only"
 
 
 def test_polygonize_and_demo_tables_carry_the_report_numbers():
