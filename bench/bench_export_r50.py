@@ -54,19 +54,22 @@ logger = logging.getLogger("bench_export_r50")
 
 def make_run(name: str, folder: Path, detections: int) -> Path:
     """``folder`` holding variant ``name``'s config (band statistics of the synthetic training
-    tiles, the detection stand-in) and random weights (seed 0); kept when already there."""
+    tiles, the detection stand-in) and random weights (seed 0); kept when ``folder`` already
+    holds this config (a changed config gets new weights, hence a new export)."""
     import torch
     from detectron2.modeling import build_model
 
     from mnc_d2.engine.setup import setup_cfg
 
-    if (folder / "model_final.pth").is_file() and (folder / "config.yaml").is_file():
-        return folder
     config, opts = bench_speed.VARIANTS[name]
     folder.mkdir(parents=True, exist_ok=True)
     cfg = setup_cfg(str(REPO / config),
                     [*opts, *bench_speed.detection_opts(detections), "OUTPUT_DIR", str(folder),
                      "DATASETS.TRAIN", f"('{TRAIN_SET}',)", "SEED", "0", "MODEL.WEIGHTS", ""])
+    saved = folder / "config.yaml"
+    if (folder / "model_final.pth").is_file() and saved.is_file() \
+            and saved.read_text() == cfg.dump():
+        return folder
     torch.manual_seed(0)
     model = build_model(cfg)
     torch.save({"model": model.state_dict()}, folder / "model_final.pth")
