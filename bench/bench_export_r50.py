@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import bench_speed
-from bench.bench_export import REPO, TILE, _cfg, _paired_rows, _runners, graph_flops
+from bench.bench_export import (REPO, TILE, _cfg, _export_int8, _paired_rows, _runners,
+                                detection_counts, graph_flops)
 from bench.bench_export_pair import model_tiles  # the tiles as tools/predict.py feeds them
 
 BASELINE = "mask_rcnn_R50_recipe"
@@ -75,26 +76,6 @@ def make_run(name: str, folder: Path, detections: int) -> Path:
     torch.save({"model": model.state_dict()}, folder / "model_final.pth")
     (folder / "config.yaml").write_text(cfg.dump())
     return folder
-
-
-def export_int8(run: Path, out: Path, calibration: list[str]) -> Path:
-    """``run`` exported as float ONNX and int8 into ``out`` (kept when current)."""
-    import warnings
-
-    from bench.bench_export import _exported
-    from mnc_d2.export.exporter import export_model
-
-    if not _exported(run, out):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            export_model(_cfg(run), out, ("onnx", "onnx-int8"), TILE, calibration=calibration)
-    return out
-
-
-def kept_per_tile(fn, tiles: list[np.ndarray]) -> float:
-    """Median instances a model (fn(list of tiles) -> detections) keeps per tile."""
-    found = fn(tiles)
-    return float(np.median([len(d.scores) for d in found]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,8 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     sources, report_models = {}, {}  # name -> (run, export)
     for name in (BASELINE, *args.variants):
         run = make_run(name, work / "runs" / f"{name}_{tag}", args.detections)
-        export = (export_int8(run, work / "export" / f"{name}_{tag}",
-                              paths[: args.calibration_images])
+        # int8 calibrated on the run's training tiles (DATASETS.TRAIN: the synthetic ones)
+        export = (_export_int8(run, work / "export" / f"{name}_{tag}", data_root,
+                               calibration_images=args.calibration_images)
                   if set(args.backends) - {"torch"} else None)  # eager only: no export
         sources[name] = run, export
         cfg = _cfg(run)
@@ -153,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(f"the models read different bands or DN transforms: {inputs}")
     tiles = model_tiles(paths[: args.tiles], _cfg(sources[BASELINE][0]))
 
+    def kept(fn) -> float:  # median instances kept per tile (detection_counts' "kept")
+        return detection_counts(fn(tiles), 0.0)["kept"]
+
     def runner(name: str, backend: str):
         run, export = sources[name]
         return _runners(run, export, (), (backend,), args.threads,
@@ -163,10 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     paired = {}
     for backend in args.backends:
         base = runner(BASELINE, backend)
-        report_models[BASELINE]["kept_per_tile"][backend] = kept_per_tile(base, tiles)
+        report_models[BASELINE]["kept_per_tile"][backend] = kept(base)
         for name in args.variants:
             mnc = runner(name, backend)
-            report_models[name]["kept_per_tile"][backend] = kept_per_tile(mnc, tiles)
+            report_models[name]["kept_per_tile"][backend] = kept(mnc)
             paired.update(_paired_rows({backend: mnc}, {backend: base}, (backend,), tiles,
                                        args.rounds, name, names=("mnc", "mask_rcnn")))
             del mnc
