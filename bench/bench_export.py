@@ -104,19 +104,21 @@ def _cfg(run: Path, *opts: str):
                                                 *opts], for_training=False)
 
 
-def _exported(run: Path, out: Path) -> bool:
-    """``out`` holds an export of ``run``'s current weights by the current export code (a
-    retrained run, another seed's, or a graph written before the code changed is exported again
-    instead of timing the stale graph)."""
+def _exported(run: Path, out: Path, warp_layout: str = "stacked") -> bool:
+    """``out`` holds an export of ``run``'s current weights by the current export code, with
+    the MNC graph's ``warp_layout`` (a retrained run, another seed's, or a graph written before
+    the code changed is exported again instead of timing the stale graph)."""
     from mnc_d2.export.exporter import graph_code_sha256
     from mnc_d2.inference.scenes import sha256_of
 
     meta = out / "export.json"
     if not meta.is_file():
         return False
-    source = json.loads(meta.read_text()).get("source", {})
+    meta = json.loads(meta.read_text())
+    source = meta.get("source", {})
     return (source.get("weights_sha256") == sha256_of(run / "model_final.pth")
-            and source.get("graph_code_sha256") == graph_code_sha256())
+            and source.get("graph_code_sha256") == graph_code_sha256()
+            and meta.get("warp_layout") in (None, warp_layout))  # None: a Mask R-CNN
 
 
 def _export(run: Path, out: Path, *opts: str) -> Path:
@@ -203,18 +205,20 @@ PAIR_GAP_S = 0.1  # idle seconds before each timed run of paired_ratio
 
 
 def _export_int8(run: Path, out: Path, train_root: Path, *opts: str,
-                 calibration_images: int | None = None) -> Path:
+                 calibration_images: int | None = None, warp_layout: str = "stacked") -> Path:
     """``run`` exported with its int8 graph, calibrated on ``calibration_images`` (default
     ``--calibration-images``) of its own training tiles under ``train_root``; kept when ``out``
-    already holds an export of the run's current weights by the current code."""
+    already holds an export of the run's current weights by the current code.
+    ``warp_layout``: the MNC graph's (mnc_d2.export.exporter.build_graph)."""
     from mnc_d2.export.exporter import export_model
 
-    if not _exported(run, out):
+    if not _exported(run, out, warp_layout):
         os.environ["DETECTRON2_DATASETS"] = str(train_root)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
-                         calibration_images=calibration_images or CALIBRATION_IMAGES)
+                         calibration_images=calibration_images or CALIBRATION_IMAGES,
+                         warp_layout=warp_layout)
     return out
 
 

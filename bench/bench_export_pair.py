@@ -25,6 +25,13 @@ For each model seed:
    onnxruntime's quantiser writes it and as int8 exports without ``float_pool_inputs`` in
    export.json have it (:func:`quantised_pools`), per tile paired on each int8 backend of
    ``--backends``.
+6. **The RoI warps on stacked levels** (``--parts warps``): the MNC exported as this version
+   does (each stage pair's RoI warps one grid sampling on the FPN levels stacked into one map)
+   against the same run exported with the level-by-level warps of earlier versions (each
+   level's boxes warped alone, the rows gathered back into box order), same calibration, per
+   tile paired on each exported backend of ``--backends``, and how far their detections are
+   apart on the timed tiles (bench_gpu's ``agreement``: greedy one-to-one matching by
+   mask IoU, every detection the graphs keep).
 
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
@@ -66,12 +73,13 @@ def test_root(accuracy_work: Path, images: int, setting: str) -> Path:
     return data_dir(accuracy_work, "test", 1, images, setting) / "spacenet"
 
 
-def exporter(train_root: Path, calibration_images: int):
+def exporter(train_root: Path, calibration_images: int, warp_layout: str = "stacked"):
     """``export(run, out, *opts)``: float ONNX and its int8 graph, calibrated on
     ``calibration_images`` tiles of ``train_root`` (the run's own training data), by
-    bench_export's ``_export_int8``."""
+    bench_export's ``_export_int8``; an MNC graph with ``warp_layout``."""
     return lambda run, out, *opts: _export_int8(run, out, train_root, *opts,
-                                                calibration_images=calibration_images)
+                                                calibration_images=calibration_images,
+                                                warp_layout=warp_layout)
 
 
 def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
@@ -121,6 +129,33 @@ def quantised_pools(export: Path, out: Path) -> Path | None:
     return out
 
 
+def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rounds: int,
+          threads: int, label: str, rows: dict, agreement: dict) -> dict:
+    """Part 6: the export with stacked-level warps (``folders[0]``) against the one with
+    level-by-level warps (``folders[1]``), one backend's two models in memory at a time:
+    ``rows`` and ``agreement`` updated with each backend's paired times and the two exports'
+    detections on the same tiles (bench_gpu's ``agreement``: the level-by-level export's as the
+    reference, all that the graphs keep), keyed "<label> / <backend>"."""
+    from bench.bench_gpu import agreement as same
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ExportedModel
+
+    for folder, layout in zip(folders, ("stacked", "levels")):
+        found = json.loads((folder / "export.json").read_text()).get("warp_layout")
+        if found != layout:
+            raise RuntimeError(f"{folder}: warp_layout {found!r}, expected {layout!r}")
+    for backend in backends:
+        models = [ExportedModel(read_bundle(f), backend, threads) for f in folders]
+        timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
+        rows.update(_paired_rows(timed[0], timed[1], [backend], tiles, rounds, label,
+                                 ("stacked", "levels")))
+        agreement[f"{label} / {backend}"] = same(*([m(t) for t in tiles] for m in models),
+                                                 0.0)
+        logger.info("%s warps %s / %s: %s", run, label, backend,
+                    agreement[f"{label} / {backend}"])
+    return {"warps": rows, "warps_agreement": agreement}
+
+
 def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int,
              backends=BACKENDS) -> dict:
     """Per test setting: each backend's score of ``run`` (eager) or its export, and the
@@ -165,7 +200,8 @@ def main() -> None:
                         help="bench_accuracy.py's --work (its runs/ and test tiles)")
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "paired", "detections", "flops"],
-                        choices=["accuracy", "paired", "detections", "flops", "pools"])
+                        choices=["accuracy", "paired", "detections", "flops", "pools",
+                                 "warps"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="the backends of the accuracy and paired parts (eager, torch, "
                              "always among them; detections are counted on onnxruntime)")
@@ -200,8 +236,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
     images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
-    export = exporter(data_dir(args.accuracy_work, "train", 0, images, args.train_setting),
-                      args.calibration_images)
+    train_root = data_dir(args.accuracy_work, "train", 0, images, args.train_setting)
+    export = exporter(train_root, args.calibration_images)
     test_roots = {s: test_root(args.accuracy_work, args.test_images, s)
                   for s in args.test_settings}
     home = test_root(args.accuracy_work, args.test_images, args.train_setting)
@@ -258,6 +294,13 @@ def main() -> None:
                 entry.setdefault("pools", {}).update(_paired_rows(
                     timed[0], timed[1], int8, tiles, args.rounds,
                     f"{entry['input_px']} px{label}", ("float_pools", "quantised_pools")))
+        exported = [b for b in args.backends if b != "torch"]
+        if "warps" in args.parts and exported:
+            entry.update(warps(mnc, (export(mnc, mnc_folder, *opts), exporter(
+                train_root, args.calibration_images, "levels")(
+                mnc, args.work / f"{mnc_folder.name}_level_warps", *opts)), exported, tiles,
+                args.rounds, args.threads, f"{entry['input_px']} px{label}",
+                entry.get("warps", {}), entry.get("warps_agreement", {})))
         if not (mrcnn / "model_final.pth").is_file():
             logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
             continue

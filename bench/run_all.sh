@@ -107,11 +107,13 @@ done
 # Exported models (onnxruntime, OpenVINO, TorchScript) against eager on section 1's MNC models.
 run export "${PY[@]}" bench.bench_export $QUICK --tag "${IMAGES}img_${ITERS}it"
 # Section 1's default-setting MNC / Mask R-CNN pair at its 416 px input, one thread per model
-# and two (section 8i).
+# and two, with the MNC's stacked-level RoI warps against its level-by-level export (section 8j;
+# section 8i's reports, export_pair_demo_threads1/2, timed the level-by-level graphs of the
+# previous version with --parts paired).
 for t in 1 2; do
-  run export_pair_demo_threads$t "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  run export_pair_demo_warps_threads$t "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
     --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads $t \
-    --test-images $((IMAGES / 2)) --parts paired
+    --test-images $((IMAGES / 2)) --parts paired warps
 done
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \

@@ -887,8 +887,9 @@ def export_r50_table(report: dict) -> list[str]:
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
-    seconds per seed, the int8 graph's head pooling paired against its round-trip form,
-    detections kept and FLOPs."""
+    seconds per seed, the int8 graph's head pooling paired against its round-trip form, the
+    stacked-level RoI warps paired against the level-by-level ones, detections kept and
+    FLOPs."""
     seeds = report.get("seeds", {})
     lines = []
     scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
@@ -964,6 +965,34 @@ def export_pair_tables(report: dict) -> list[str]:
                           f"{e['float_pools_s_median']:.3f}",
                           f"{e['quantised_pools_s_median']:.3f}"]
                          for seed, by_key in pools.items() for key, e in by_key.items()]) + [""]
+    warped = {k: e for k, e in seeds.items() if e.get("warps")}
+    if warped:
+        first = next(iter(next(iter(warped.values()))["warps"].values()))
+        lines += ["The MNC exported by this version, each stage pair's RoI warps one grid "
+                  "sampling on the FPN levels stacked into one map, against the same run "
+                  "exported with the level-by-level warps of earlier versions (each level's "
+                  "boxes warped alone, the rows gathered back into box order): each tile "
+                  "through both back to back on one backend (order alternating), the ratio of "
+                  f"the two times; median and quartiles ({first['quartiles']} method) over "
+                  f"{first['n']} pairs per row; and on the same tiles the two exports' "
+                  "detections (all that the graphs keep), matched one to one by mask IoU, best "
+                  f"first, the level-by-level export's as the reference; {_threads_of(report)}.",
+                  ""]
+        rows = []
+        for seed, e in warped.items():
+            for key, w in e["warps"].items():
+                same = e.get("warps_agreement", {}).get(key, {})
+                found = (f"{same['matched_iou90']} / {same['matched_iou50']} of "
+                         f"{same['reference_detections']} ({same['detections']} found)"
+                         if same else "")
+                rows.append([seed, key, f"{w['median']:.3f}", f"{w['q1']:.3f}-{w['q3']:.3f}",
+                             f"{w['stacked_s_median']:.3f}", f"{w['levels_s_median']:.3f}",
+                             found, f"{same.get('median_matched_iou')}",
+                             f"{same.get('max_score_diff')}"])
+        lines += _table(["seed", "input / backend", "stacked / level by level (median)",
+                         "quartiles", "stacked s per tile", "level by level s per tile",
+                         "matched at mask IoU >= 0.9 / 0.5", "median matched IoU",
+                         "largest score difference"], rows) + [""]
     dets = {k: e["detections_per_tile"] for k, e in seeds.items()
             if e.get("detections_per_tile")}
     if dets:

@@ -313,7 +313,13 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
                                                 "threshold": 0.5, "tiles": 10}},
                 "pools": {"650 px / onnxruntime-int8": {
                     "median": 0.96, "q1": 0.94, "q3": 0.99, "n": 30, "quartiles": "inclusive",
-                    "float_pools_s_median": 0.11, "quantised_pools_s_median": 0.115}}}
+                    "float_pools_s_median": 0.11, "quantised_pools_s_median": 0.115}},
+                "warps": {"650 px / openvino": {
+                    "median": 0.9, "q1": 0.88, "q3": 0.93, "n": 30, "quartiles": "inclusive",
+                    "stacked_s_median": 0.18, "levels_s_median": 0.2}},
+                "warps_agreement": {"650 px / openvino": {
+                    "reference_detections": 250, "detections": 250, "matched_iou50": 250,
+                    "matched_iou90": 249, "median_matched_iou": 1.0, "max_score_diff": 0.0}}}
 
     report = {"mnc": "mnc5_x", "mask_rcnn": "mask_rcnn_x", "tag": "60img_2400it",
               "train_setting": "hard", "threads": 2, "cpu": "AMD EPYC",
@@ -339,6 +345,8 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
     assert "| 650 px / torch | 1.20 | 1.20-1.20 | 2 |" in text
     assert "| 0 | mnc | 20 | 18 (>= 0.5) |" in text
     assert "| 1 | 650 px / onnxruntime-int8 | 0.960 | 0.940-0.990 | 0.110 | 0.115 |" in text
+    assert ("| 0 | 650 px / openvino | 0.900 | 0.880-0.930 | 0.180 | 0.200 | "
+            "249 / 250 of 250 (250 found) | 1.0 | 0.0 |") in text
     assert "2 threads of AMD EPYC." in text
     assert "1 thread of AMD EPYC." in "\n".join(
         tables.table_maker("export_pair_recipe")({**report, "threads": 1}))

@@ -301,11 +301,27 @@ def test_export_pair_script(work, tmp_path):
                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
                      str(work), "--work", str(tmp_path), "--parts", "paired", "pools",
-                     "--backends", "openvino-int8", "onnxruntime-int8", timeout=900)
+                     "warps", "--backends", "openvino-int8", "onnxruntime-int8", timeout=900)
     assert list(few["seeds"]["0"]["paired"]) == [
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
     # the fully connected mask head's int8 graph has no pooling rewired: no pools rows
     assert "pools" not in few["seeds"]["0"]
+    # the stacked-level warps against the level-by-level export of the same run, per exported
+    # backend, with the two exports' detections on the timed tile
+    warps, same = few["seeds"]["0"]["warps"], few["seeds"]["0"]["warps_agreement"]
+    assert list(warps) == list(same) == [f"{px} px / {b}"
+                                         for b in ("onnxruntime-int8", "openvino-int8")]
+    assert all(e["n"] == 1 and e["stacked_s_median"] > 0 and e["levels_s_median"] > 0
+               for e in warps.values())
+    # (int8 graphs of a barely trained model, each calibrated on its own float graph's
+    # activations: a few of its many near-threshold detections may come or go)
+    assert all(a["reference_detections"] > 0 and
+               a["matched_iou50"] >= 0.8 * max(a["reference_detections"], a["detections"])
+               for a in same.values())
+    levels = tmp_path / f"mnc5_{IMAGES}img_{ITERS}it_seed0_level_warps"
+    assert json.loads((levels / "export.json").read_text())["warp_layout"] == "levels"
+    assert any(line.startswith("The MNC exported by this version")
+               for line in tables.table_maker("export_pair_recipe")(few))
     # many scenes through the exported int8 graph, on both engines; the local process gets
     # this machine's CPUs as threads
     folder = tmp_path / f"mnc5_{IMAGES}img_{ITERS}it_seed0"

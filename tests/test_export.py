@@ -19,7 +19,7 @@ import rasterio
 import shapely
 import torch
 
-from mnc_d2.export.bundle import EXPORT_FILE
+from mnc_d2.export.bundle import EXPORT_FILE, MODEL_FILES
 from mnc_d2.export.runtime import paste_masks
 from mnc_d2.inference.run import main as predict_main
 from mnc_d2.synthetic.spacenet2 import STYLES, generate_city, render_scene, tile_transform, to_dn
@@ -119,6 +119,7 @@ def test_export_folder_records_what_a_deployment_needs(exported, trained):
     assert meta["input"]["tile_height"] == TILE and meta["input"]["bands"] == [1, 2, 3]
     assert meta["input"]["resized"] == [128, 128]
     assert meta["torchscript_device"] == "cpu"  # where ExportedModel runs the TorchScript graph
+    assert meta["warp_layout"] == "stacked"  # the RoI warps read the FPN levels stacked
     assert (exported / "config.yaml").read_text() == meta["config"]
     from mnc_d2.utils.atomic import plain_mode
 
@@ -691,6 +692,42 @@ def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
             ref = rpn(ImageList(x, [graph.resized]), features)[0][0].proposal_boxes.tensor
             mine = graph._proposals(features)
         assert 0 < len(ref) <= 40 and torch.equal(mine, ref)
+
+
+def test_stacked_warps_give_the_level_by_level_graphs_detections(trained, exported, scenes):
+    """The graph's RoI warps on the stacked FPN levels (one grid sampling per stage pair) give
+    the detections of the level-by-level form (each level warped alone, the rows gathered back
+    into box order): the same count and classes, boxes, scores and masks equal up to float
+    rounding of the sample positions, at threshold 0 (every detection)."""
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.export.exporter import build_graph
+
+    cfg = setup_cfg(str(trained / "config.yaml"), [
+        "MODEL.WEIGHTS", str(trained / "model_final.pth"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0"], for_training=False)
+    stacked, levels = build_graph(cfg, TILE), build_graph(cfg, TILE, warp_layout="levels")
+    assert len(stacked.model.roi_heads.warp.scales) > 1  # the heads read several levels
+    with rasterio.open(scenes[1]) as src:
+        tiles = [src.read(window=((r, r + TILE), (c, c + TILE))).astype(np.float32)
+                 for r, c in ((0, 0), (SIZE - TILE, SIZE - TILE))]
+    found = 0
+    for tile in tiles:
+        x = torch.from_numpy(tile)[None]
+        with torch.no_grad():
+            a, b = stacked(x), levels(x)
+        assert len(a[1]) == len(b[1]) and torch.equal(a[2], b[2])
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-3)  # tile pixels
+        torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-4)
+        torch.testing.assert_close(a[3], b[3], rtol=0, atol=1e-3)
+        found += len(a[1])
+    assert found > 0
+    with pytest.raises(ValueError, match="warp_layout='rows'"):
+        build_graph(cfg, TILE, warp_layout="rows")
+    # the export: one grid sampling per stage pair (stages 2-3 and 4-5), whatever the levels
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / MODEL_FILES["onnx"])).graph.node]
+    assert stacked.model.roi_heads.test_num_stages == 5 and ops.count("GridSample") == 2
 
 
 def test_paste_masks_matches_detectron2():

@@ -23,7 +23,8 @@ from mnc_d2.modeling import mnc_roi_heads
 from mnc_d2.modeling.mnc_heads import (ConvMaskHead, MaskedClassificationHead, build_mask_head,
                                        max_pool_2x2)
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
-from mnc_d2.modeling.roi_warp import MultiLevelWarp, clip_box_gradient, roi_warp
+from mnc_d2.modeling.roi_warp import (MultiLevelWarp, clip_box_gradient, level_sizes, roi_warp,
+                                      stack_levels, warp_image, warp_stacked)
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick_schedules"
 
@@ -134,6 +135,71 @@ def test_multilevel_warp_reads_each_box_from_its_level_in_box_order():
         f.requires_grad_(True)
     warp(feats, [boxes[0][:1], boxes[1][:0]]).sum().backward()
     assert all(f.grad is not None for f in feats)
+
+
+def _stacked_case(seed: int = 0):
+    """Four FPN levels of a 160 x 96 px image (C = 3) and boxes of every level: inside the
+    image, on each of its edges and corners, one pixel wide, and partly or wholly outside it."""
+    torch.manual_seed(seed)
+    scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+    feats = [torch.randn(1, 3, 96 // 2 ** (k + 2), 160 // 2 ** (k + 2)) for k in range(4)]
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 24.0], [0.0, 0.0, 160.0, 96.0],
+                          [10.0, 10.0, 150.0, 90.0], [0.0, 40.0, 30.0, 96.0],
+                          [130.0, 0.0, 160.0, 20.0], [150.0, 80.0, 160.0, 96.0],
+                          [70.0, 30.0, 71.0, 31.0], [0.0, 0.0, 100.0, 60.0],
+                          [-12.0, -7.0, 40.0, 50.0], [120.0, 60.0, 200.0, 130.0],
+                          [-90.0, 10.0, -20.0, 60.0], [30.0, 5.0, 80.0, 95.5]])
+    levels = assign_boxes_to_levels([Boxes(boxes)], 2, 5, 24, 3)
+    return feats, scales, boxes, levels
+
+
+def test_stacked_warp_gives_each_levels_own_warp():
+    """One grid sampling of all boxes on the stacked levels gives warp_image's values on each
+    box's own level, up to float rounding of the sample positions: boxes on the image's edges,
+    boxes partly and wholly outside it (zeros there, as grid_sample's padding) included."""
+    feats, scales, boxes, levels = _stacked_case()
+    assert set(levels.tolist()) == {0, 1, 2, 3}  # the case covers every level
+    stacked, rows = stack_levels(feats)
+    sizes = level_sizes(feats)
+    assert stacked.shape == (1, 3, sum(h for h, _ in sizes) + 6, max(w for _, w in sizes))
+    assert rows == [0, 26, 40, 48]
+    out = warp_stacked(stacked, rows, sizes, boxes, levels, 7, scales)
+    assert out.shape == (len(boxes), 3, 7, 7)
+    for row, level in enumerate(levels.tolist()):
+        expected = warp_image(feats[level], boxes[row: row + 1], 7, scales[level])[0]
+        torch.testing.assert_close(out[row], expected, rtol=0, atol=2e-5)
+    assert out[10].abs().max() == 0  # wholly outside the image: zeros
+    # a level's own border still reads zeros: the rows stacked below it do not leak in
+    assert (stacked[0, :, rows[1] - 2: rows[1]] == 0).all()
+    assert (stacked[0, :, rows[1]: rows[1] + 12, 20:] == 0).all()
+
+
+def test_stacked_warp_of_one_level_and_in_an_onnx_runtime():
+    """A single level is warped as it is (nothing padded); the stacked warp's exported form
+    gives PyTorch's values in onnxruntime."""
+    import onnxruntime as ort
+
+    feats, scales, boxes, levels = _stacked_case(1)
+    stacked, rows = stack_levels(feats[:1])
+    assert stacked is feats[0] and rows == [0]
+    one = warp_stacked(stacked, rows, level_sizes(feats[:1]), boxes,
+                       torch.zeros_like(levels), 5, scales[:1])
+    torch.testing.assert_close(one, warp_image(feats[0], boxes, 5, scales[0]), rtol=0,
+                               atol=2e-5)
+
+    class Warp(torch.nn.Module):
+        def forward(self, p2, p3, p4, p5, b):
+            maps = [p2, p3, p4, p5]
+            levels = assign_boxes_to_levels([Boxes(b)], 2, 5, 24, 3)
+            stacked, rows = stack_levels(maps)
+            return warp_stacked(stacked, rows, level_sizes(maps), b, levels, 7, scales)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Warp(), (*feats, boxes), buffer, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, [t.numpy() for t in (*feats, boxes)])))[0]
+    np.testing.assert_allclose(got, Warp()(*feats, boxes).numpy(), rtol=0, atol=1e-5)
 
 
 def test_box_gradient_clip():

@@ -63,8 +63,11 @@ def graph_code_sha256() -> str:
     return digest.hexdigest()
 
 
-def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
-    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on ``device``."""
+def build_graph(cfg, tile_size: int, device: str = "cpu",
+                warp_layout: str = "stacked") -> MNCExportGraph:
+    """The trained model of ``cfg`` (MODEL.WEIGHTS loaded) wrapped for export, on ``device``;
+    ``warp_layout``: how an MNC graph's RoI warps read the FPN levels (:class:`MNCExportGraph`;
+    "levels" is the earlier form, kept to measure the difference)."""
     from detectron2.modeling import build_model
     from detectron2.modeling.roi_heads import StandardROIHeads
 
@@ -78,7 +81,7 @@ def build_graph(cfg, tile_size: int, device: str = "cpu") -> MNCExportGraph:
     load_trained_weights(cfg, model, cfg.MODEL.WEIGHTS)
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
     return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
-                 tile_scale(cfg, tile_size)).eval()
+                 tile_scale(cfg, tile_size), warp_layout=warp_layout).eval()
 
 
 def check_replaceable(out_dir: Path) -> None:
@@ -129,7 +132,7 @@ def check_trace_device(device: str, formats) -> str:
 def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile_size: int = 650,
                  score_thresh: float | None = None, calibration: list[str] | None = None,
                  calibration_images: int = 32, device: str = "cpu",
-                 check_images: list[str] | None = None) -> Path:
+                 check_images: list[str] | None = None, warp_layout: str = "stacked") -> Path:
     """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds, and
     only when it is empty or an earlier export: :func:`check_replaceable`).
     ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
@@ -138,7 +141,8 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU.
     ``check_images``: GeoTIFFs (files or globs) whose top-left tiles the export's own check
     runs too, beside the synthetic trace tile (noise, on which a trained model usually finds
-    nothing, so alone it shows that each runtime runs, not that it finds what PyTorch finds)."""
+    nothing, so alone it shows that each runtime runs, not that it finds what PyTorch finds).
+    ``warp_layout``: :func:`build_graph`'s (recorded in export.json)."""
     from ..data.bands import input_bands
     from ..inference.threshold import resolve_score_threshold
     from ..inference.scenes import sha256_of
@@ -165,7 +169,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         files = image_files(check_images, "--check-images")
         real = dict(zip(files, calibration_tiles(files, input_bands(cfg),
                                                  list(cfg.MODEL.PIXEL_MEAN), tile_size, dn)))
-    graph = build_graph(cfg, tile_size)
+    graph = build_graph(cfg, tile_size, warp_layout=warp_layout)
     sample = _sample(cfg, tile_size, tile_size)
     checked = {"trace tile (synthetic)": sample.numpy(), **real}
     with torch.no_grad():
@@ -178,7 +182,8 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings: the graph has no data branches
             if "torchscript" in formats:
-                on = graph if device == "cpu" else build_graph(cfg, tile_size, device)
+                on = graph if device == "cpu" else build_graph(cfg, tile_size, device,
+                                                               warp_layout)
                 traced = torch.jit.trace(on, (sample.to(device),), check_trace=False)
                 traced.save(str(work / MODEL_FILES["torchscript"]))
                 del on, traced
@@ -207,6 +212,9 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
             "format": FORMAT, "format_version": FORMAT_VERSION, "mnc_d2_version": __version__,
             "torch_version": torch.__version__, "onnx_opset": OPSET if "onnx" in files else None,
             "torchscript_device": device if "torchscript" in files else None,
+            # how the MNC graph's RoI warps read the FPN levels (MNCExportGraph)
+            "warp_layout": (None if isinstance(graph, MaskRCNNExportGraph)
+                            else graph.warp_layout),
             "files": files, "sha256": {name: sha256_of(work / name) for name in files.values()},
             "input": {"tile_height": tile_size, "tile_width": tile_size,
                       "channels": len(cfg.MODEL.PIXEL_MEAN), "bands": input_bands(cfg),

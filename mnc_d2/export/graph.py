@@ -20,10 +20,13 @@ Pasting the masks into the tile (and thresholding them) is left to the named pos
 step :func:`mnc_d2.export.runtime.paste_masks`, which needs no deep-learning runtime: a dense
 in-graph paste would hold (R, H, W, 2) sampling grids.
 
-Differences from the eager model, named: each FPN level warps one extra dummy box (dropped);
-the RPN takes a top-k of each level's scores where Detectron2 sorts them all, and decodes only
-the anchors it keeps (the same proposals; equal scores may be ordered differently); the graph
-has the fixed input size it was exported at.
+Differences from the eager model, named: the RoI warps of a stage pair run as one grid sampling
+of every box on the FPN levels stacked into one map (built once per tile; the eager head warps
+each level's boxes alone): the same values up to float rounding of the sample positions
+(``warp_layout="levels"`` keeps the level-by-level form, each level warping one extra dummy box
+that is dropped, to measure the difference); the RPN takes a top-k of each level's scores where
+Detectron2 sorts them all, and decodes only the anchors it keeps (the same proposals; equal
+scores may be ordered differently); the graph has the fixed input size it was exported at.
 
 Each part of a graph runs as its own submodule (:class:`GraphPart`, names in :data:`PARTS`), so
 the exported operators' names begin with the part they belong to (``/rpn/TopK``,
@@ -45,7 +48,8 @@ from torch import nn
 
 from ..inference.input_size import resized_shape, scaled_shape
 from ..modeling.mnc_roi_heads import MNCROIHeads
-from ..modeling.roi_warp import warp_image
+from ..modeling.roi_warp import (level_sizes, stack_levels, stacked_rows, warp_image,
+                                 warp_stacked)
 
 
 # The parts of the exported graphs, in the order they run (the backbone is the model's own
@@ -115,10 +119,14 @@ class MNCExportGraph(nn.Module):
     """
 
     HEADS = MNCROIHeads
+    WARP_LAYOUTS = ("stacked", "levels")
 
     def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
-                 longest: int, factor: float | None = None):
+                 longest: int, factor: float | None = None, warp_layout: str = "stacked"):
         super().__init__()
+        if warp_layout not in self.WARP_LAYOUTS:
+            raise ValueError(f"warp_layout={warp_layout!r}: choose from {self.WARP_LAYOUTS}")
+        self.warp_layout = warp_layout
         heads = model.roi_heads
         if not isinstance(heads, self.HEADS):
             raise ValueError(f"{type(self).__name__} needs MODEL.ROI_HEADS.NAME "
@@ -188,14 +196,32 @@ class MNCExportGraph(nn.Module):
         keep = batched_nms(boxes, scores, levels, rpn.nms_thresh)[: rpn.post_nms_topk[False]]
         return boxes[keep]
 
-    def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """MultiLevelWarp for one image (R, C, S, S), by :func:`pool_by_level`."""
+    def _stacked(self, feats: list[torch.Tensor]) -> torch.Tensor | None:
+        """The heads' FPN levels stacked into one map (:func:`stack_levels`), built once per
+        tile for the RoI warps of both stage pairs; None when the warps read the levels one by
+        one (``warp_layout`` "levels", the form before stacking, kept to measure it, or
+        MODEL.MNC.ROI_WARP roialign)."""
+        if self.warp_layout != "stacked" or self.model.roi_heads.warp.mode != "warp":
+            return None
+        return stack_levels(feats)[0]
+
+    def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor,
+              stacked: torch.Tensor | None = None) -> torch.Tensor:
+        """MultiLevelWarp for one image (R, C, S, S): with ``stacked`` (:meth:`_stacked`), one
+        grid sampling of all boxes on the stacked levels (:func:`warp_stacked`), otherwise
+        level by level (:func:`pool_by_level`). The same values up to float rounding of the
+        sample positions."""
         warp = self.model.roi_heads.warp
         if len(warp.scales) == 1:
             levels = torch.zeros_like(boxes[:, 0], dtype=torch.long)
         else:
             levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
                                             warp.canonical_box_size, warp.canonical_level)
+        if stacked is not None:
+            sizes = level_sizes(feats)
+            return warp_stacked(stacked, stacked_rows(sizes), sizes, boxes, levels,
+                                warp.output_size, warp.scales)
+
         def pool(level: int, feat: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
             if warp.mode == "roialign":
                 return warp.aligners[level](feat, _rois(picked))
@@ -203,9 +229,9 @@ class MNCExportGraph(nn.Module):
 
         return pool_by_level(feats, boxes, levels, pool)
 
-    def _pair(self, feats, boxes, second: bool):
+    def _pair(self, feats, boxes, second: bool, stacked=None):
         mask_head, cls_head = self.model.roi_heads._stage_heads(second)
-        warped = self._warp(feats, boxes)
+        warped = self._warp(feats, boxes, stacked)
         mask_logits = mask_head(warped)
         cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())
         return mask_logits, cls_logits, deltas
@@ -228,13 +254,15 @@ class MNCExportGraph(nn.Module):
             nms=lambda b, s, c, threshold: class_nms(b, s, c, threshold, span))
 
     def _stages_2_3(self, feats: list[torch.Tensor], boxes: torch.Tensor):
-        """Stages 2-3 on the proposals -> (stage-2 masks, stage-3 class probabilities, deltas)."""
-        mask2, cls3, deltas3 = self._pair(feats, boxes, second=False)
+        """Stages 2-3 on the proposals -> (stage-2 masks, stage-3 class probabilities, deltas,
+        and the stacked levels of :meth:`_stacked` for stages 4-5, or None)."""
+        stacked = self._stacked(feats)
+        mask2, cls3, deltas3 = self._pair(feats, boxes, False, stacked)
         probs3 = F.softmax(cls3, dim=1)[:, : self.model.roi_heads.num_classes]
-        return mask2.sigmoid(), probs3, deltas3
+        return mask2.sigmoid(), probs3, deltas3, stacked
 
     def _stages_4_5(self, feats: list[torch.Tensor], boxes: torch.Tensor, probs3: torch.Tensor,
-                    deltas3: torch.Tensor):
+                    deltas3: torch.Tensor, stacked: torch.Tensor | None = None):
         """Stages 4-5 on the stage-3 refined boxes -> (boxes B', stage-4 masks, stage-5
         class probabilities)."""
         heads = self.model.roi_heads
@@ -250,7 +278,7 @@ class MNCExportGraph(nn.Module):
             # as the eager head, which sends none on)
             go = passed | (best3 == best3.max())
             refined, probs5_gate = refined[go], passed[go].to(probs3.dtype)[:, None]
-        mask4, cls5, _ = self._pair(feats, refined, second=True)
+        mask4, cls5, _ = self._pair(feats, refined, True, stacked)
         probs5 = F.softmax(cls5, dim=1)[:, : heads.num_classes]
         return refined, mask4.sigmoid(), probs5 if probs5_gate is None else probs5 * probs5_gate
 
@@ -261,10 +289,10 @@ class MNCExportGraph(nn.Module):
         features = self.model.backbone(self.preprocess(image))
         boxes = self.rpn(features)
         feats = [features[f] for f in heads.in_features]
-        masks2, probs3, deltas3 = self.stages_2_3(feats, boxes)
+        masks2, probs3, deltas3, stacked = self.stages_2_3(feats, boxes)
         cand_boxes, cand_masks, cand_probs = [boxes], [masks2], [probs3]
         if heads.test_num_stages == 5:
-            refined, masks4, probs5 = self.stages_4_5(feats, boxes, probs3, deltas3)
+            refined, masks4, probs5 = self.stages_4_5(feats, boxes, probs3, deltas3, stacked)
             cand_boxes.append(refined)
             cand_masks.append(masks4)
             cand_probs.append(probs5)

@@ -87,6 +87,86 @@ def warp_image(feature: torch.Tensor, boxes: torch.Tensor, output_size: int,
     return sampled.reshape(channels, -1, output_size, output_size).permute(1, 0, 2, 3)
 
 
+# zero rows between two levels of stack_levels' map: a bilinear sample clamped to within 1.5
+# pixels of its level (warp_stacked) reads only them outside it, and reads exact zeros there
+STACK_GAP = 2
+
+
+def stack_levels(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """The FPN levels of one image stacked into one feature map, so that the RoI warps of all
+    levels run as one ``grid_sample`` (:func:`warp_stacked`; the exported graph builds it once
+    per tile for both stage pairs).
+
+    features: per level (1, C, H_l, W_l). Each level is padded with zeros on the right to the
+    widest level's width and followed by :data:`STACK_GAP` zero rows (the last by none: the
+    map's own border reads zeros), so that a sample less than two pixels outside its level
+    reads zeros, as ``grid_sample``'s zero padding on the level alone would. Returns the map
+    (1, C, sum H_l + STACK_GAP (L - 1), max W_l) and each level's first row. The sizes are read
+    as Python integers: a traced graph keeps them as constants (it has a fixed input size).
+    """
+    sizes = level_sizes(features)
+    widest = max(w for _, w in sizes)
+    last = len(features) - 1
+    parts = []
+    for level, (feat, (_, w)) in enumerate(zip(features, sizes)):
+        pad = (0, widest - w, 0, 0 if level == last else STACK_GAP)
+        parts.append(F.pad(feat, pad) if any(pad) else feat)
+    return (torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]), stacked_rows(sizes)
+
+
+def level_sizes(features: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level (1, C, H_l, W_l), as Python integers."""
+    return [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
+
+
+def stacked_rows(sizes: Sequence[tuple[int, int]]) -> list[int]:
+    """The first row of each level in :func:`stack_levels`'s map."""
+    rows = [0]
+    for height, _ in sizes[:-1]:
+        rows.append(rows[-1] + height + STACK_GAP)
+    return rows
+
+
+def warp_stacked(stacked: torch.Tensor, first_rows: Sequence[int],
+                 sizes: Sequence[tuple[int, int]], boxes: torch.Tensor, levels: torch.Tensor,
+                 output_size: int, scales: Sequence[float]) -> torch.Tensor:
+    """:func:`warp_image` of boxes of several FPN levels at once, each read from its own level
+    of :func:`stack_levels`'s map by one ``grid_sample``; the warps come out in box order (no
+    per-level split, concatenation or reordering).
+
+    stacked: (1, C, H, W) and first_rows from :func:`stack_levels`; sizes: (H_l, W_l) per level;
+    boxes: (R, 4) x0 y0 x1 y1 in image pixels; levels: (R,) each box's level index; scales: the
+    levels' spatial scales. Returns (R, C, S, S).
+
+    Values: :func:`warp_image`'s on each box's own level, up to float rounding of the sample
+    positions (they are normalised by the stacked map's size, not the level's). Sample positions
+    are clamped to 1.5 pixels around the level, where both read zeros, so a box partly or
+    wholly outside the image gets the same values too; for boxes inside the image (every box of
+    the exported graph: proposals clipped, refined boxes clamped) nothing is clamped.
+    """
+    height, width = int(stacked.shape[-2]), int(stacked.shape[-1])
+    scale = boxes.new_tensor(list(scales))[levels]  # (R,)
+    top = boxes.new_tensor([float(r) for r in first_rows])[levels]
+    level_h = boxes.new_tensor([float(h) for h, _ in sizes])[levels]
+    level_w = boxes.new_tensor([float(w) for _, w in sizes])[levels]
+    steps = (torch.arange(output_size, device=boxes.device, dtype=boxes.dtype) + 0.5) / \
+        output_size
+    x0, y0, x1, y1 = (boxes[:, k] * scale for k in range(4))
+    # level coordinates (pixel i covers [i, i+1]) of the cell centres, clamped to one pixel
+    # beyond the level's edge: bilinear sampling then reads at most two pixels beyond it, the
+    # map's border or its STACK_GAP zero rows (zero columns: the padding or the border)
+    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R, S)
+    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+    xs = torch.minimum(xs.clamp(min=-1.0), level_w[:, None] + 1.0)
+    ys = torch.minimum(ys.clamp(min=-1.0), level_h[:, None] + 1.0) + top[:, None]
+    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
+    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
+    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
+    sampled = F.grid_sample(stacked, grid.to(stacked.dtype), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+    return sampled.reshape(stacked.shape[1], -1, output_size, output_size).permute(1, 0, 2, 3)
+
+
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
     """``MODEL.MNC.BOX_GRAD: coord``: clamp the gradient that RoI warping sends to box coordinates
     (pixels) element-wise to [-limit, limit] (0 = no bound). This was mnc_d2's rule before the
