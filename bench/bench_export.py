@@ -810,12 +810,12 @@ def _profile_ov(path: Path, inputs: list[np.ndarray], threads: int):
 
 def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads: int) -> dict:
     """Milliseconds per tile in each part of the exported graphs (MNC and Mask R-CNN, 416 and
-    650 px; onnxruntime, onnxruntime-int8, OpenVINO) as the runtimes' profilers time their
-    operators, with each part's main operator types: the mean over ``tiles`` after a warm-up
-    run of the first tile whose times are discarded (OpenVINO: a compile and run of its own;
-    onnxruntime: the session's first run, its events dropped from the profile). The
-    profilers' sums are a little above the unprofiled time per tile (their own
-    overhead) and leave out time between operators."""
+    650 px; onnxruntime, onnxruntime-int8, OpenVINO, openvino-int8) as the runtimes' profilers
+    time their operators, with each part's main operator types: the mean over ``tiles`` after a
+    warm-up run of the first tile whose times are discarded (OpenVINO: a compile and run of its
+    own; onnxruntime: the session's first run, its events dropped from the profile). The
+    profilers' sums are a little above the unprofiled time per tile (their own overhead) and
+    leave out time between operators."""
     from mnc_d2.export.bundle import read_bundle
     from mnc_d2.export.runtime import graph_input
 
@@ -829,10 +829,10 @@ def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads
             run, work / "int8" / f"speed_{name}_{label}", *opts))
         fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
         inputs = [graph_input(t, bundle.tile_shape, fill) for t in tiles]
-        for backend in ("onnxruntime", "onnxruntime-int8", "openvino"):
+        for backend in ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8"):
             with tempfile.TemporaryDirectory(dir=work) as tmp:
                 path = bundle.graph_path(backend)
-                if backend == "openvino":
+                if backend.startswith("openvino"):
                     _profile_ov(path, inputs[:1], threads)  # warm-up (a fresh compile)
                     nodes, producers = _profile_ov(path, inputs, threads)
                 else:

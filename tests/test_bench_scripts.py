@@ -224,6 +224,10 @@ def test_export_script(work, tmp_path):
     assert 0 < stages["backbone"]["fraction_of_peak"] and stages["backbone"]["ms"] > 0
     int8 = report["stage_time"]["mnc5 416 px / onnxruntime-int8"]["by_group"]["backbone"]
     assert int8["gflops_per_s"] > 0 and "fraction_of_peak" not in int8  # a float32 peak
+    # OpenVINO's int8 kernels profiled too, the MNC's heads by part
+    ov8 = report["stage_time"]["mnc5 416 px / openvino-int8"]
+    assert "fraction_of_peak" not in ov8["by_group"]["backbone"]
+    assert ov8["ms_by_part"]["stages_2_3"] > 0 and ov8["top_ops_ms_by_part"]["stages_2_3"]
     assert any(line.startswith("Milliseconds per tile in each part") for line in
                tables.table_maker("export")(report))
     dets = report["detections_per_tile"]["mnc5 416 px"]
