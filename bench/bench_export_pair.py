@@ -28,10 +28,10 @@ For each model seed:
 6. **The RoI warps on stacked levels** (``--parts warps``): the MNC exported as this version
    does (each stage pair's RoI warps one grid sampling on the FPN levels stacked into one map)
    against the same run exported with the level-by-level warps of earlier versions (each
-   level's boxes warped alone, the rows gathered back into box order), same calibration, per
-   tile paired on each exported backend of ``--backends``, and how far their detections are
-   apart on the timed tiles (bench_gpu's ``agreement``: greedy one-to-one matching by
-   mask IoU, every detection the graphs keep).
+   level's boxes warped alone, the rows gathered back into box order), int8 graphs calibrated
+   on the same tiles, per tile paired on each exported backend of ``--backends``, and how far
+   their detections are apart on the timed tiles (bench_gpu's ``agreement``: greedy one-to-one
+   matching by mask IoU, every detection the graphs keep).
 
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own

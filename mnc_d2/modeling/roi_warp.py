@@ -87,8 +87,8 @@ def warp_image(feature: torch.Tensor, boxes: torch.Tensor, output_size: int,
     return sampled.reshape(channels, -1, output_size, output_size).permute(1, 0, 2, 3)
 
 
-# zero rows between two levels of stack_levels' map: a bilinear sample clamped to within 1.5
-# pixels of its level (warp_stacked) reads only them outside it, and reads exact zeros there
+# zero rows between two levels of stack_levels' map: a bilinear sample less than 1.5 pixels
+# outside its level (warp_stacked clamps every sample to within 1) reads only zeros outside it
 STACK_GAP = 2
 
 
@@ -99,11 +99,11 @@ def stack_levels(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[i
 
     features: per level (1, C, H_l, W_l). Each level is padded with zeros on the right to the
     widest level's width and followed by :data:`STACK_GAP` zero rows (the last by none: the
-    map's own border reads zeros), so that a sample less than two pixels outside its level
-    reads zeros, as ``grid_sample``'s zero padding on the level alone would. Returns the map
-    (1, C, sum H_l + STACK_GAP (L - 1), max W_l) and each level's first row. The sizes are read
-    as Python integers: a traced graph keeps them as constants (it has a fixed input size).
-    """
+    map's own border reads zeros), so that a bilinear sample less than 1.5 pixels outside its
+    level reads zeros there, as ``grid_sample``'s zero padding on the level alone would. Returns
+    the map (1, C, sum H_l + STACK_GAP (L - 1), max W_l) and each level's first row. The sizes
+    are read as Python integers: a traced graph keeps them as constants (it has a fixed input
+    size)."""
     sizes = level_sizes(features)
     widest = max(w for _, w in sizes)
     last = len(features) - 1
@@ -139,10 +139,11 @@ def warp_stacked(stacked: torch.Tensor, first_rows: Sequence[int],
     levels' spatial scales. Returns (R, C, S, S).
 
     Values: :func:`warp_image`'s on each box's own level, up to float rounding of the sample
-    positions (they are normalised by the stacked map's size, not the level's). Sample positions
-    are clamped to 1.5 pixels around the level, where both read zeros, so a box partly or
-    wholly outside the image gets the same values too; for boxes inside the image (every box of
-    the exported graph: proposals clipped, refined boxes clamped) nothing is clamped.
+    positions (they are normalised by the stacked map's size, not the level's). A sample more
+    than one pixel outside its level is clamped to one pixel outside it, where both forms read
+    zeros, so a box partly or wholly outside the image gets the same values too; for boxes
+    inside the image (every box of the exported graph: proposals clipped, refined boxes clamped)
+    nothing is clamped.
     """
     height, width = int(stacked.shape[-2]), int(stacked.shape[-1])
     scale = boxes.new_tensor(list(scales))[levels]  # (R,)
