@@ -697,8 +697,11 @@ def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
 def test_stacked_warps_give_the_level_by_level_graphs_detections(trained, exported, scenes):
     """The graph's RoI warps on the stacked FPN levels (one grid sampling per stage pair) give
     the detections of the level-by-level form (each level warped alone, the rows gathered back
-    into box order): the same count and classes, boxes, scores and masks equal up to float
-    rounding of the sample positions, at threshold 0 (every detection)."""
+    into box order), at threshold 0 (every detection): each paired with one of the same class,
+    box within 1e-3 px, score within 1e-4 and soft mask within 1e-3. The sample positions differ
+    by float rounding, so, as for the exported backends, a decision at a near tie (a voted mask
+    cell at 0.5 that moves a voted box, then NMS after voting) may unpair a few: at most 1 + 2%
+    of the detections."""
     from mnc_d2.engine.setup import setup_cfg
     from mnc_d2.export.exporter import build_graph
 
@@ -710,17 +713,24 @@ def test_stacked_warps_give_the_level_by_level_graphs_detections(trained, export
     with rasterio.open(scenes[1]) as src:
         tiles = [src.read(window=((r, r + TILE), (c, c + TILE))).astype(np.float32)
                  for r, c in ((0, 0), (SIZE - TILE, SIZE - TILE))]
-    found = 0
+    found, unpaired = 0, 0
     for tile in tiles:
         x = torch.from_numpy(tile)[None]
         with torch.no_grad():
             a, b = stacked(x), levels(x)
-        assert len(a[1]) == len(b[1]) and torch.equal(a[2], b[2])
-        torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-3)  # tile pixels
-        torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-4)
-        torch.testing.assert_close(a[3], b[3], rtol=0, atol=1e-3)
-        found += len(a[1])
-    assert found > 0
+        free = set(range(len(b[1])))
+        for i in range(len(a[1])):
+            same = [j for j in free if a[2][i] == b[2][j]
+                    and (a[0][i] - b[0][j]).abs().max() <= 1e-3
+                    and abs(float(a[1][i] - b[1][j])) <= 1e-4
+                    and (a[3][i] - b[3][j]).abs().max() <= 1e-3]
+            if same:
+                free.discard(same[0])
+            else:
+                unpaired += 1
+        unpaired += len(free)
+        found += len(a[1]) + len(b[1])
+    assert found > 0 and unpaired <= 1 + 0.02 * found, (unpaired, found)
     with pytest.raises(ValueError, match="warp_layout='rows'"):
         build_graph(cfg, TILE, warp_layout="rows")
     # the export: one grid sampling per stage pair (stages 2-3 and 4-5), whatever the levels
