@@ -163,7 +163,7 @@ def test_stacked_warp_gives_each_levels_own_warp():
     sizes = level_sizes(feats)
     assert stacked.shape == (1, 3, sum(h for h, _ in sizes) + 6, max(w for _, w in sizes))
     assert rows == [0, 26, 40, 48]
-    out = warp_stacked(stacked, rows, sizes, boxes, levels, 7, scales)
+    out = warp_stacked(stacked, sizes, boxes, levels, 7, scales)
     assert out.shape == (len(boxes), 3, 7, 7)
     for row, level in enumerate(levels.tolist()):
         expected = warp_image(feats[level], boxes[row: row + 1], 7, scales[level])[0]
@@ -182,8 +182,8 @@ def test_stacked_warp_of_one_level_and_in_an_onnx_runtime():
     feats, scales, boxes, levels = _stacked_case(1)
     stacked, rows = stack_levels(feats[:1])
     assert stacked is feats[0] and rows == [0]
-    one = warp_stacked(stacked, rows, level_sizes(feats[:1]), boxes,
-                       torch.zeros_like(levels), 5, scales[:1])
+    one = warp_stacked(stacked, level_sizes(feats[:1]), boxes, torch.zeros_like(levels), 5,
+                       scales[:1])
     torch.testing.assert_close(one, warp_image(feats[0], boxes, 5, scales[0]), rtol=0,
                                atol=2e-5)
 
@@ -191,8 +191,7 @@ def test_stacked_warp_of_one_level_and_in_an_onnx_runtime():
         def forward(self, p2, p3, p4, p5, b):
             maps = [p2, p3, p4, p5]
             levels = assign_boxes_to_levels([Boxes(b)], 2, 5, 24, 3)
-            stacked, rows = stack_levels(maps)
-            return warp_stacked(stacked, rows, level_sizes(maps), b, levels, 7, scales)
+            return warp_stacked(stack_levels(maps)[0], level_sizes(maps), b, levels, 7, scales)
 
     buffer = io.BytesIO()
     torch.onnx.export(Warp(), (*feats, boxes), buffer, opset_version=17, dynamo=False)

@@ -48,8 +48,7 @@ from torch import nn
 
 from ..inference.input_size import resized_shape, scaled_shape
 from ..modeling.mnc_roi_heads import MNCROIHeads
-from ..modeling.roi_warp import (level_sizes, stack_levels, stacked_rows, warp_image,
-                                 warp_stacked)
+from ..modeling.roi_warp import level_sizes, stack_levels, warp_image, warp_stacked
 
 
 # The parts of the exported graphs, in the order they run (the backbone is the model's own
@@ -218,9 +217,8 @@ class MNCExportGraph(nn.Module):
             levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
                                             warp.canonical_box_size, warp.canonical_level)
         if stacked is not None:
-            sizes = level_sizes(feats)
-            return warp_stacked(stacked, stacked_rows(sizes), sizes, boxes, levels,
-                                warp.output_size, warp.scales)
+            return warp_stacked(stacked, level_sizes(feats), boxes, levels, warp.output_size,
+                                warp.scales)
 
         def pool(level: int, feat: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
             if warp.mode == "roialign":

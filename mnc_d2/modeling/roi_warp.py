@@ -71,21 +71,30 @@ def warp_image(feature: torch.Tensor, boxes: torch.Tensor, output_size: int,
                spatial_scale: float) -> torch.Tensor:
     """:func:`roi_warp` for one image: feature (1, C, H, W), boxes (R, 4) x0 y0 x1 y1 in image
     pixels -> (R, C, S, S). No branch on R (the exported graph calls it directly)."""
-    channels = feature.shape[1]
     height, width = feature.shape[-2:]
-    steps = (torch.arange(output_size, device=boxes.device, dtype=boxes.dtype) + 0.5) / \
-        output_size
-    x0, y0, x1, y1 = (boxes[:, k] * spatial_scale for k in range(4))
-    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R, S) feature-map coordinates
-    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+    xs, ys = _cell_centres(*(boxes[:, k] * spatial_scale for k in range(4)), output_size)
+    return _grid_sample_cells(feature, xs, ys, width, height, output_size)
+
+
+def _cell_centres(x0, y0, x1, y1, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (R,) per coordinate on a feature map -> the x and y centres (R, S) of their S x S
+    cells, in the map's coordinates (pixel i covers [i, i+1])."""
+    steps = (torch.arange(size, device=x0.device, dtype=x0.dtype) + 0.5) / size
+    return (x0[:, None] + (x1 - x0)[:, None] * steps[None],
+            y0[:, None] + (y1 - y0)[:, None] * steps[None])
+
+
+def _grid_sample_cells(feature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, width,
+                       height, size: int) -> torch.Tensor:
+    """Bilinear samples of feature (1, C, H, W) at the cells (R, S) x (R, S) -> (R, C, S, S);
+    zeros outside the map."""
     # grid_sample (align_corners=False): normalised -1 is the left edge of pixel 0.
-    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
-    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
-    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
+    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, size, -1)
+    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, size)
+    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, size, 2)
     sampled = F.grid_sample(feature, grid.to(feature.dtype), mode="bilinear",
                             padding_mode="zeros", align_corners=False)
-    return sampled.reshape(channels, -1, output_size, output_size).permute(1, 0, 2, 3)
-
+    return sampled.reshape(feature.shape[1], -1, size, size).permute(1, 0, 2, 3)
 
 # zero rows between two levels of stack_levels' map: a bilinear sample less than 1.5 pixels
 # outside its level (warp_stacked clamps every sample to within 1) reads only zeros outside it
@@ -127,16 +136,15 @@ def stacked_rows(sizes: Sequence[tuple[int, int]]) -> list[int]:
     return rows
 
 
-def warp_stacked(stacked: torch.Tensor, first_rows: Sequence[int],
-                 sizes: Sequence[tuple[int, int]], boxes: torch.Tensor, levels: torch.Tensor,
-                 output_size: int, scales: Sequence[float]) -> torch.Tensor:
+def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes: torch.Tensor,
+                 levels: torch.Tensor, output_size: int, scales: Sequence[float]) -> torch.Tensor:
     """:func:`warp_image` of boxes of several FPN levels at once, each read from its own level
     of :func:`stack_levels`'s map by one ``grid_sample``; the warps come out in box order (no
     per-level split, concatenation or reordering).
 
-    stacked: (1, C, H, W) and first_rows from :func:`stack_levels`; sizes: (H_l, W_l) per level;
-    boxes: (R, 4) x0 y0 x1 y1 in image pixels; levels: (R,) each box's level index; scales: the
-    levels' spatial scales. Returns (R, C, S, S).
+    stacked: (1, C, H, W) from :func:`stack_levels`; sizes: (H_l, W_l) per level
+    (:func:`level_sizes`); boxes: (R, 4) x0 y0 x1 y1 in image pixels; levels: (R,) each box's
+    level index; scales: the levels' spatial scales. Returns (R, C, S, S).
 
     Values: :func:`warp_image`'s on each box's own level, up to float rounding of the sample
     positions (they are normalised by the stacked map's size, not the level's). A sample more
@@ -145,27 +153,18 @@ def warp_stacked(stacked: torch.Tensor, first_rows: Sequence[int],
     inside the image (every box of the exported graph: proposals clipped, refined boxes clamped)
     nothing is clamped.
     """
-    height, width = int(stacked.shape[-2]), int(stacked.shape[-1])
-    scale = boxes.new_tensor(list(scales))[levels]  # (R,)
-    top = boxes.new_tensor([float(r) for r in first_rows])[levels]
-    level_h = boxes.new_tensor([float(h) for h, _ in sizes])[levels]
-    level_w = boxes.new_tensor([float(w) for _, w in sizes])[levels]
-    steps = (torch.arange(output_size, device=boxes.device, dtype=boxes.dtype) + 0.5) / \
-        output_size
-    x0, y0, x1, y1 = (boxes[:, k] * scale for k in range(4))
-    # level coordinates (pixel i covers [i, i+1]) of the cell centres, clamped to one pixel
-    # beyond the level's edge: bilinear sampling then reads at most two pixels beyond it, the
-    # map's border or its STACK_GAP zero rows (zero columns: the padding or the border)
-    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (R, S)
-    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+    # per box: its level's scale, first row in the map, height and width (one gather)
+    scale, top, level_h, level_w = boxes.new_tensor(
+        [[float(s), float(r), float(h), float(w)]
+         for s, r, (h, w) in zip(scales, stacked_rows(sizes), sizes)])[levels].unbind(1)
+    xs, ys = _cell_centres(*(boxes[:, k] * scale for k in range(4)), output_size)
+    # clamped to one pixel beyond the level's edge: bilinear sampling then reads at most two
+    # pixels beyond it, the map's border or its STACK_GAP zero rows (zero columns: the padding
+    # or the border)
     xs = torch.minimum(xs.clamp(min=-1.0), level_w[:, None] + 1.0)
     ys = torch.minimum(ys.clamp(min=-1.0), level_h[:, None] + 1.0) + top[:, None]
-    gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, output_size, -1)
-    gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, output_size)
-    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, output_size, 2)
-    sampled = F.grid_sample(stacked, grid.to(stacked.dtype), mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
-    return sampled.reshape(stacked.shape[1], -1, output_size, output_size).permute(1, 0, 2, 3)
+    return _grid_sample_cells(stacked, xs, ys, int(stacked.shape[-1]), int(stacked.shape[-2]),
+                              output_size)
 
 
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
