@@ -96,6 +96,7 @@ def _grid_sample_cells(feature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor
                             padding_mode="zeros", align_corners=False)
     return sampled.reshape(feature.shape[1], -1, size, size).permute(1, 0, 2, 3)
 
+
 # zero rows between two levels of stack_levels' map: a bilinear sample less than 1.5 pixels
 # outside its level (warp_stacked clamps every sample to within 1) reads only zeros outside it
 STACK_GAP = 2
