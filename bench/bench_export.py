@@ -745,14 +745,18 @@ def _onnx_producers(path: Path) -> dict[str, list[str]]:
     return producers
 
 
-def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path):
+def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path,
+                 backend: str = "onnxruntime"):
     """Per-node milliseconds per tile on onnxruntime (its profiler), node -> (op, ms), and the
     optimised graph's producers. ``inputs[0]`` is a warm-up: its run is profiled too (the
     profiler covers the whole session) and its operators' events, those inside the first
     ``model_run`` event, are dropped, so the mean is over ``inputs[1:]``. A control-flow node
     (If) is left out: onnxruntime times its subgraph's operators as well as the node around
-    them."""
+    them. The session is ``backend``'s (mnc_d2.export.runtime.ort_session: its optimisers
+    left off as tools/predict.py leaves them)."""
     import onnxruntime as ort
+
+    from mnc_d2.export.runtime import ort_session
 
     if len(inputs) < 2:
         raise RuntimeError(f"{len(inputs)} input(s) to profile: a warm-up and at least one "
@@ -761,7 +765,7 @@ def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path):
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort")
     opts.optimized_model_filepath = str(tmp / "optimized.onnx")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(path, backend, threads, opts)
     name = session.get_inputs()[0].name
     for x in inputs:
         session.run(None, {name: x})
@@ -837,7 +841,7 @@ def stage_time(work: Path, accuracy_work: Path, tiles: list[np.ndarray], threads
                     nodes, producers = _profile_ov(path, inputs, threads)
                 else:
                     nodes, producers = _profile_ort(path, inputs[:1] + inputs, threads,
-                                                    Path(tmp))
+                                                    Path(tmp), backend)
             parts = attribute_parts(producers)
             by_part, ops = {}, {}
             for node, (op, ms) in nodes.items():

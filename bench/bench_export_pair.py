@@ -32,6 +32,11 @@ For each model seed:
    on the same tiles, per tile paired on each exported backend of ``--backends``, and how far
    their detections are apart on the timed tiles (bench_gpu's ``agreement``: greedy one-to-one
    matching by mask IoU, every detection the graphs keep).
+7. **onnxruntime's graph optimisers** (``--parts optimisers``): both models' exports on each
+   onnxruntime backend of ``--backends`` whose session leaves an optimiser off
+   (``mnc_d2.export.runtime.ORT_DISABLED_OPTIMIZERS``, as tools/predict.py runs it: the int8
+   graph without the blocked-layout NchwcTransformer) against the same graph in a session with
+   every optimiser on, per tile paired, and the two sessions' detections (``agreement``).
 
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
@@ -156,6 +161,34 @@ def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rou
     return {"warps": rows, "warps_agreement": agreement}
 
 
+def optimisers(folders: dict, backends: list[str], tiles, rounds: int, threads: int,
+               label: str) -> tuple[dict, dict]:
+    """Part 7: each model's export (``folders``: name -> export folder) on each onnxruntime
+    backend that leaves graph optimisers off (mnc_d2.export.runtime.ORT_DISABLED_OPTIMIZERS:
+    tools/predict.py's session) against the same graph in a session with every optimiser on,
+    paired per tile, one model's two sessions in memory at a time. Returns rows keyed
+    "<label> / <name> / <backend>" and the two sessions' detections (bench_gpu's
+    ``agreement``, the all-on session's as the reference), keyed the same."""
+    from bench.bench_gpu import agreement as same
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ORT_DISABLED_OPTIMIZERS, ExportedModel
+
+    rows, agreement = {}, {}
+    for backend in [b for b in backends if ORT_DISABLED_OPTIMIZERS.get(b)]:
+        for name, folder in folders.items():
+            bundle = read_bundle(folder)
+            models = [ExportedModel(bundle, backend, threads),
+                      ExportedModel(bundle, backend, threads, ort_disabled=())]
+            timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
+            key = f"{label} / {name}"
+            rows.update(_paired_rows(timed[0], timed[1], [backend], tiles, rounds, key,
+                                     ("predict", "all_optimisers")))
+            agreement[f"{key} / {backend}"] = same(
+                [models[1](t) for t in tiles], [models[0](t) for t in tiles], 0.0)
+            logger.info("optimisers %s / %s: %s", key, backend, agreement[f"{key} / {backend}"])
+    return rows, agreement
+
+
 def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int,
              backends=BACKENDS) -> dict:
     """Per test setting: each backend's score of ``run`` (eager) or its export, and the
@@ -201,7 +234,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "paired", "detections", "flops"],
                         choices=["accuracy", "paired", "detections", "flops", "pools",
-                                 "warps"])
+                                 "warps", "optimisers"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="the backends of the accuracy and paired parts (eager, torch, "
                              "always among them; detections are counted on onnxruntime)")
@@ -314,6 +347,12 @@ def main() -> None:
             entry.setdefault("flops", {}).update(
                 {name: graph_flops(build_graph(c, TILE), x)
                  for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
+        if "optimisers" in args.parts:
+            rows, agreement = optimisers(
+                {"mnc": export(mnc, mnc_folder, *opts), "mask_rcnn": export(mrcnn, mrcnn_folder)},
+                args.backends, tiles, args.rounds, args.threads, f"{entry['input_px']} px{label}")
+            entry.setdefault("optimisers", {}).update(rows)
+            entry.setdefault("optimisers_agreement", {}).update(agreement)
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue

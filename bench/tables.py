@@ -884,12 +884,44 @@ def export_r50_table(report: dict) -> list[str]:
     return lines
 
 
+def _pairs_phrase(row: dict) -> str:
+    """How bench_export_pair's per-tile pairs of two forms are timed, for one of its rows."""
+    return ("each tile through both back to back on one backend (order alternating), the ratio "
+            f"of the two times; median and quartiles ({row['quartiles']} method) over "
+            f"{row['n']} pairs per row")
+
+
+# the last columns of :func:`_paired_with_agreement`'s rows
+AGREEMENT_COLUMNS = ("matched at mask IoU >= 0.9 / 0.5", "median matched IoU",
+                     "largest score difference")
+
+
+def _paired_with_agreement(entries: dict, part: str, names: tuple[str, str]) -> list[list[str]]:
+    """Table rows of a bench_export_pair part that pairs two forms per tile and compares their
+    detections (warps, optimisers): ``entries`` seed -> report entry; per row the seed, the
+    key, the ratio's median and quartiles, each form's median seconds (``<name>_s_median``),
+    and the detections matched at mask IoU 0.9 / 0.5 (``<part>_agreement``)."""
+    rows = []
+    for seed, e in entries.items():
+        for key, w in e[part].items():
+            same = e.get(f"{part}_agreement", {}).get(key, {})
+            found = (f"{same['matched_iou90']} / {same['matched_iou50']} of "
+                     f"{same['reference_detections']} ({same['detections']} found)"
+                     if same else "")
+            rows.append([seed, key, f"{w['median']:.3f}", f"{w['q1']:.3f}-{w['q3']:.3f}",
+                         f"{w[names[0] + '_s_median']:.3f}", f"{w[names[1] + '_s_median']:.3f}",
+                         found, f"{same.get('median_matched_iou')}",
+                         f"{same.get('max_score_diff')}"])
+    return rows
+
+
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
     seconds per seed, the int8 graph's head pooling paired against its round-trip form, the
-    stacked-level RoI warps paired against the level-by-level ones, detections kept and
-    FLOPs."""
+    stacked-level RoI warps paired against the level-by-level ones, each onnxruntime
+    session as predict.py opens it paired against one with every optimiser on, detections kept
+    and FLOPs."""
     seeds = report.get("seeds", {})
     lines = []
     scored = {k: e["accuracy"] for k, e in seeds.items() if e.get("accuracy")}
@@ -971,28 +1003,30 @@ def export_pair_tables(report: dict) -> list[str]:
         lines += ["The MNC exported by this version, each stage pair's RoI warps one grid "
                   "sampling on the FPN levels stacked into one map, against the same run "
                   "exported with the level-by-level warps of earlier versions (each level's "
-                  "boxes warped alone, the rows gathered back into box order): each tile "
-                  "through both back to back on one backend (order alternating), the ratio of "
-                  f"the two times; median and quartiles ({first['quartiles']} method) over "
-                  f"{first['n']} pairs per row; and on the same tiles the two exports' "
+                  f"boxes warped alone, the rows gathered back into box order): "
+                  f"{_pairs_phrase(first)}; and on the same tiles the two exports' "
                   "detections (all that the graphs keep), matched one to one by mask IoU, best "
                   f"first, the level-by-level export's as the reference; {_threads_of(report)}.",
                   ""]
-        rows = []
-        for seed, e in warped.items():
-            for key, w in e["warps"].items():
-                same = e.get("warps_agreement", {}).get(key, {})
-                found = (f"{same['matched_iou90']} / {same['matched_iou50']} of "
-                         f"{same['reference_detections']} ({same['detections']} found)"
-                         if same else "")
-                rows.append([seed, key, f"{w['median']:.3f}", f"{w['q1']:.3f}-{w['q3']:.3f}",
-                             f"{w['stacked_s_median']:.3f}", f"{w['levels_s_median']:.3f}",
-                             found, f"{same.get('median_matched_iou')}",
-                             f"{same.get('max_score_diff')}"])
         lines += _table(["seed", "input / backend", "stacked / level by level (median)",
                          "quartiles", "stacked s per tile", "level by level s per tile",
-                         "matched at mask IoU >= 0.9 / 0.5", "median matched IoU",
-                         "largest score difference"], rows) + [""]
+                         *AGREEMENT_COLUMNS],
+                        _paired_with_agreement(warped, "warps", ("stacked", "levels"))) + [""]
+    tuned = {k: e for k, e in seeds.items() if e.get("optimisers")}
+    if tuned:
+        first = next(iter(next(iter(tuned.values()))["optimisers"].values()))
+        lines += ["Each model's graph in the onnxruntime session tools/predict.py opens (for "
+                  "the int8 graph, without the blocked-layout `NchwcTransformer`) against the "
+                  f"same graph in a session with every optimiser on: {_pairs_phrase(first)}; "
+                  "and on the same tiles the two sessions' detections (all that the graph "
+                  "keeps), matched one to one by mask IoU, the all-on session's as the "
+                  "reference; "
+                  f"{_threads_of(report)}.", ""]
+        lines += _table(["seed", "input / model / backend", "predict.py's / all on (median)",
+                         "quartiles", "predict.py's s per tile", "all on s per tile",
+                         *AGREEMENT_COLUMNS],
+                        _paired_with_agreement(tuned, "optimisers",
+                                               ("predict", "all_optimisers"))) + [""]
     dets = {k: e["detections_per_tile"] for k, e in seeds.items()
             if e.get("detections_per_tile")}
     if dets:

@@ -305,7 +305,8 @@ def test_export_pair_script(work, tmp_path):
                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
                      str(work), "--work", str(tmp_path), "--parts", "paired", "pools",
-                     "warps", "--backends", "openvino-int8", "onnxruntime-int8", timeout=900)
+                     "warps", "optimisers", "--backends", "openvino-int8", "onnxruntime-int8",
+                     timeout=900)
     assert list(few["seeds"]["0"]["paired"]) == [
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
     # the fully connected mask head's int8 graph has no pooling rewired: no pools rows
@@ -325,6 +326,17 @@ def test_export_pair_script(work, tmp_path):
     levels = tmp_path / f"mnc5_{IMAGES}img_{ITERS}it_seed0_level_warps"
     assert json.loads((levels / "export.json").read_text())["warp_layout"] == "levels"
     assert any(line.startswith("The MNC exported by this version")
+               for line in tables.table_maker("export_pair_recipe")(few))
+    # each model's int8 graph in predict.py's onnxruntime session against one with every
+    # optimiser on (OpenVINO leaves none off: no rows), and the two sessions' detections
+    tuned, same = few["seeds"]["0"]["optimisers"], few["seeds"]["0"]["optimisers_agreement"]
+    assert list(tuned) == list(same) == [f"{px} px / {m} / onnxruntime-int8"
+                                         for m in ("mnc", "mask_rcnn")]
+    assert all(e["n"] == 1 and e["predict_s_median"] > 0 and e["all_optimisers_s_median"] > 0
+               for e in tuned.values())
+    assert all(a["matched_iou50"] >= 0.8 * max(a["reference_detections"], a["detections"])
+               for a in same.values())
+    assert any(line.startswith("Each model's graph in the onnxruntime session")
                for line in tables.table_maker("export_pair_recipe")(few))
     # many scenes through the exported int8 graph, on both engines; the local process gets
     # this machine's CPUs as threads

@@ -881,6 +881,76 @@ def test_float_pool_inputs_reads_past_the_round_trip_and_keeps_the_rest(tmp_path
     assert float_pool_inputs(path) == []  # nothing left to rewire
 
 
+def test_quantising_before_a_transposition_gives_the_same_values(tmp_path):
+    """A per-tensor QuantizeLinear behind a Transpose -> Flatten chain (each link read by the
+    next alone) is moved before the chain, which then moves uint8 values: the same outputs,
+    bit for bit, in onnxruntime (its types checked by onnx's full check); a chain another
+    operator also reads, one without a transposition, one starting at a max pooling (onnxruntime
+    would pool in uint8) and a per-channel quantisation are left as they are."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from mnc_d2.export.quantize import quantise_before_transposes
+
+    def q_dq(source, tag, scale="s", zero="z", **axis):  # source -> Q -> DQ -> Relu
+        return [helper.make_node("QuantizeLinear", [source, scale, zero], [f"q{tag}"],
+                                 name=f"Q{tag}", **axis),
+                helper.make_node("DequantizeLinear", [f"q{tag}", scale, zero], [f"dq{tag}"],
+                                 name=f"DQ{tag}", **axis),
+                helper.make_node("Relu", [f"dq{tag}"], [f"out{tag}"], name=f"layer{tag}")]
+
+    def move(source, tag, *ops):  # a chain of value moves: (op, attributes) ...
+        nodes, tensor = [], source
+        for k, (op, attrs) in enumerate(ops):
+            nodes.append(helper.make_node(op, [tensor], [f"m{tag}{k}"], name=f"{op}{tag}",
+                                          **attrs))
+            tensor = f"m{tag}{k}"
+        return nodes, tensor
+
+    perm = {"perm": [1, 0, 2, 3]}
+    chain1, end1 = move("x", 1, ("Transpose", perm), ("Flatten", {"axis": 1}))
+    chain2, end2 = move("x", 2, ("Transpose", perm), ("Flatten", {"axis": 1}))  # read twice
+    chain3, end3 = move("x", 3, ("Flatten", {"axis": 1}),)  # no transposition
+    pooled = helper.make_node("MaxPool", ["x"], ["pooled"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2])
+    chain4, end4 = move("pooled", 4, ("Transpose", perm), ("Flatten", {"axis": 1}))
+    chain5, end5 = move("x", 5, ("Transpose", perm), ("Flatten", {"axis": 1}))  # per channel
+    nodes = [*chain1, *q_dq(end1, 1), *chain2, *q_dq(end2, 2),
+             helper.make_node("Neg", [end2], ["also"], name="other_reader"),
+             *chain3, *q_dq(end3, 3), pooled, *chain4, *q_dq(end4, 4),
+             *chain5, *q_dq(end5, 5, "s2", "z2", axis=0)]
+    outputs = ["out1", "out2", "also", "out3", "out4", "out5"]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, 4, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[helper.make_tensor("s", TensorProto.FLOAT, [], [0.02]),
+                     helper.make_tensor("z", TensorProto.UINT8, [], [128]),
+                     helper.make_tensor("s2", TensorProto.FLOAT, [2], [0.02, 0.03]),
+                     helper.make_tensor("z2", TensorProto.UINT8, [2], [128, 120])])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    path = tmp_path / "g.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(0).normal(size=(3, 2, 4, 4)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+
+    assert quantise_before_transposes(path) == ["Q1"]
+    rewritten = onnx.load(str(path))
+    onnx.checker.check_model(rewritten, full_check=True)
+    by_name = {n.name: n for n in rewritten.graph.node}
+    assert list(by_name["Q1"].input)[0] == "x" and by_name["Transpose1"].input[0] == \
+        by_name["Q1"].output[0]
+    order = [n.name for n in rewritten.graph.node]
+    assert order.index("Q1") < order.index("Transpose1") < order.index("DQ1")
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert quantise_before_transposes(path) == []  # nothing left to move
+
+
 def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained, data_root,
                                                                exported, scenes):
     """--formats onnx-int8: convolutions and fully connected layers quantised (int8 weights,
@@ -930,6 +1000,31 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
              and "/cls_heads." in n.name}
     assert len(pools) == 4 and not set(pools.values()) & dequantised
     assert meta["int8"]["float_pool_inputs"] == []
+    # the fully connected mask heads' input is quantised before the warps are put in box
+    # order (the transposition then moves uint8 values)
+    moved = meta["int8"]["quantised_before_transpose"]
+    assert sorted(moved) == [f"/stages_{p}/mask_heads.0/Flatten_output_0_QuantizeLinear"
+                             for p in ("2_3", "4_5")]
+    for name in moved:
+        q = next(n for n in graph.node if n.name == name)
+        assert [n.op_type for n in graph.node if q.output[0] in n.input] == ["Transpose"]
+    # predict.py's onnxruntime session runs the int8 graph without onnxruntime's blocked-layout
+    # optimiser (its reorders around the heads' float pooling cost more than they save), the
+    # float graph with it
+    import onnxruntime as ort
+
+    from mnc_d2.export.runtime import ort_session
+
+    def optimised_domains(path, backend, disabled=None):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        ort_session(path, backend, 1, opts, disabled)
+        return {n.domain for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+    int8_graph = out / "model.int8.onnx"
+    assert "com.microsoft.nchwc" not in optimised_domains(int8_graph, "onnxruntime-int8")
+    assert "com.microsoft.nchwc" in optimised_domains(int8_graph, "onnxruntime-int8", ())
+    assert "com.microsoft.nchwc" in optimised_domains(exported / "model.onnx", "onnxruntime")
 
     floating = tmp_path / "f32"
     assert _predict(floating, scenes, "--backend", "onnxruntime", "--model", str(exported)) == 0

@@ -201,6 +201,51 @@ def test_stacked_warp_of_one_level_and_in_an_onnx_runtime():
     np.testing.assert_allclose(got, Warp()(*feats, boxes).numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("pool,mask_size", [("max", 14), ("max", 28), ("", 14)])
+def test_classifier_on_channel_major_warps_gives_the_box_order_outputs(pool, mask_size):
+    """The classification head on warps in grid sampling's (C, R, S, S) layout (the exported
+    graph's form: masked and pooled there, the pooled features transposed) gives the same
+    outputs as on (R, C, S, S) warps, masks of another size resized as ever; the stacked warp
+    gives that layout, and a head with convolutions, which read box order, refuses it."""
+    torch.manual_seed(0)
+    head = MaskedClassificationHead(8, 14, 2, 32, pool=pool, box_classifier=True).eval()
+    warped = torch.randn(5, 8, 14, 14)
+    probs = torch.rand(5, mask_size, mask_size)
+    by_channel = warped.transpose(0, 1).contiguous()
+    with torch.no_grad():
+        expected = head(warped, probs)
+        got = head(by_channel, probs, channel_major=True)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+    class ChannelMajor(torch.nn.Module):  # the exported form (its pooling: one MaxPool)
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, w, p):
+            return self.head(w, p, channel_major=True)[:2]
+
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    torch.onnx.export(ChannelMajor(), (by_channel, probs), buffer, opset_version=17,
+                      dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    exported = session.run(None, dict(zip(names, [by_channel.numpy(), probs.numpy()])))
+    for a, b in zip(exported, expected[:2]):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-5)
+    feats, scales, boxes, levels = _stacked_case()
+    stacked = stack_levels(feats)[0]
+    args = (stacked, level_sizes(feats), boxes, levels, 7, scales)
+    assert torch.equal(warp_stacked(*args, channel_major=True),
+                       warp_stacked(*args).transpose(0, 1))
+    convolved = MaskedClassificationHead(8, 14, 2, 32, num_conv=1, pool=pool)
+    with pytest.raises(ValueError, match="NUM_CONV"):
+        convolved(by_channel, probs, channel_major=True)
+
+
 def test_box_gradient_clip():
     boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]], requires_grad=True)
     (clip_box_gradient(boxes, 0.5) * torch.tensor([[3.0, -3.0, 0.1, 0.0]])).sum().backward()

@@ -24,9 +24,12 @@ Differences from the eager model, named: the RoI warps of a stage pair run as on
 of every box on the FPN levels stacked into one map (built once per tile; the eager head warps
 each level's boxes alone): the same values up to float rounding of the sample positions
 (``warp_layout="levels"`` keeps the level-by-level form, each level warping one extra dummy box
-that is dropped, to measure the difference); the RPN takes a top-k of each level's scores where
-Detectron2 sorts them all, and decodes only the anchors it keeps (the same proposals; equal
-scores may be ordered differently); the graph has the fixed input size it was exported at.
+that is dropped, to measure the difference), and the classification heads (without
+convolutions) mask and pool the warps in the grid sampling's own channel-major layout before
+putting them in box order (the same values; fewer values transposed); the RPN takes a top-k of
+each level's scores where Detectron2 sorts them all, and decodes only the anchors it keeps (the
+same proposals; equal scores may be ordered differently); the graph has the fixed input size it
+was exported at.
 
 Each part of a graph runs as its own submodule (:class:`GraphPart`, names in :data:`PARTS`), so
 the exported operators' names begin with the part they belong to (``/rpn/TopK``,
@@ -205,11 +208,12 @@ class MNCExportGraph(nn.Module):
         return stack_levels(feats)[0]
 
     def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor,
-              stacked: torch.Tensor | None = None) -> torch.Tensor:
+              stacked: torch.Tensor | None = None, channel_major: bool = False) -> torch.Tensor:
         """MultiLevelWarp for one image (R, C, S, S): with ``stacked`` (:meth:`_stacked`), one
-        grid sampling of all boxes on the stacked levels (:func:`warp_stacked`), otherwise
-        level by level (:func:`pool_by_level`). The same values up to float rounding of the
-        sample positions."""
+        grid sampling of all boxes on the stacked levels (:func:`warp_stacked`; with
+        ``channel_major`` left in its (C, R, S, S) layout), otherwise level by level
+        (:func:`pool_by_level`). The same values up to float rounding of the sample
+        positions."""
         warp = self.model.roi_heads.warp
         if len(warp.scales) == 1:
             levels = torch.zeros_like(boxes[:, 0], dtype=torch.long)
@@ -218,7 +222,7 @@ class MNCExportGraph(nn.Module):
                                             warp.canonical_box_size, warp.canonical_level)
         if stacked is not None:
             return warp_stacked(stacked, level_sizes(feats), boxes, levels, warp.output_size,
-                                warp.scales)
+                                warp.scales, channel_major)
 
         def pool(level: int, feat: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
             if warp.mode == "roialign":
@@ -228,7 +232,19 @@ class MNCExportGraph(nn.Module):
         return pool_by_level(feats, boxes, levels, pool)
 
     def _pair(self, feats, boxes, second: bool, stacked=None):
+        """One stage pair (mask head, then the classification head on its masks). With the
+        stacked warp and a classification head without convolutions, the head masks and pools
+        the warps in grid sampling's channel-major layout
+        (:class:`MaskedClassificationHead` with ``channel_major``), and only the mask head's
+        input is transposed to box order: the same values as the eager head's order of
+        operations, fewer values moved."""
         mask_head, cls_head = self.model.roi_heads._stage_heads(second)
+        if stacked is not None and not len(cls_head.trunk):
+            by_channel = self._warp(feats, boxes, stacked, channel_major=True)  # (C, R, S, S)
+            mask_logits = mask_head(by_channel.transpose(0, 1))
+            cls_logits, deltas, _ = cls_head(by_channel, mask_logits.sigmoid(),
+                                             channel_major=True)
+            return mask_logits, cls_logits, deltas
         warped = self._warp(feats, boxes, stacked)
         mask_logits = mask_head(warped)
         cls_logits, deltas, _ = cls_head(warped, mask_logits.sigmoid())

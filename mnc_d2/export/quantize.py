@@ -256,10 +256,12 @@ def quantize_onnx(src: Path, dst: Path, tiles: list[np.ndarray], input_name: str
         if chatter.getvalue().strip():
             logger.debug("onnxruntime's quantiser: %s", chatter.getvalue().strip())
         pools = float_pool_inputs(dst)
+        moved = quantise_before_transposes(dst)
     logger.info("int8: %s quantised (%s; %d output layer(s) kept float) with %d of %d "
                 "calibration tile(s)", dst.name, ", ".join(ops), len(kept), len(tiles), given)
     return {"method": f"onnxruntime static QDQ, {name} calibration",
             "quantized_ops": list(ops), "float_layers": kept, "float_pool_inputs": pools,
+            "quantised_before_transpose": moved,
             "weights": "int8 per channel", "activations": "uint8 per tensor",
             "calibration_tiles": len(tiles), "calibration_tiles_given": given}
 
@@ -303,6 +305,79 @@ def float_pool_inputs(path: Path) -> list[str]:
             graph.node.remove(node)
         onnx.save(model, str(path))
     return pools
+
+
+# operators that only move or relabel values: quantising their input instead of their output
+# gives the same uint8 values (per-tensor scale and zero point), and they then move a quarter
+# of the bytes
+VALUE_MOVES = ("Transpose", "Flatten", "Reshape")
+
+
+def quantise_before_transposes(path: Path) -> list[str]:
+    """Rewrite the QDQ graph at ``path`` so that each QuantizeLinear (per-tensor) whose input
+    comes through a chain of :data:`VALUE_MOVES` with a Transpose in it, each link read by the
+    next alone, quantises the chain's input instead: the chain then moves uint8 values, and
+    the DequantizeLinear reads its end. Returns the moved QuantizeLinear nodes' names. The
+    values reaching the quantised layer are the same (quantisation is element-wise with one
+    scale; transposing and reshaping do not change the values). Where: the fully connected
+    mask head's input, MNC's warped features transposed from grid sampling's channel-major
+    layout to box order and flattened, (R, C S S) floats per stage pair in float32 otherwise
+    (mnc_d2.export.graph, MNCExportGraph._pair). A chain that starts at a max pooling is left
+    as it is (comment below)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    nodes = []  # detached copies, rewired and reordered here, written back at the end
+    for node in graph.node:
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(node)
+    producer = {out: node for node in nodes for out in node.output}
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for out in graph.output:
+        readers[out.name] = readers.get(out.name, 0) + 1
+    constants = {t.name: t for t in graph.initializer}
+    moved, stale = [], set()
+    for q in [n for n in nodes if n.op_type == "QuantizeLinear"]:
+        scale = constants.get(q.input[1])
+        if scale is None or numpy_helper.to_array(scale).size != 1:
+            continue  # per-channel, or a scale computed in the graph
+        chain, tensor = [], q.input[0]
+        while (tensor in producer and producer[tensor].op_type in VALUE_MOVES
+               and readers.get(tensor) == 1):
+            chain.append(producer[tensor])
+            tensor = producer[tensor].input[0]
+        if not any(n.op_type == "Transpose" for n in chain):
+            continue
+        if tensor in producer and producer[tensor].op_type == "MaxPool":
+            # onnxruntime would move a QuantizeLinear that follows a pooling up through it
+            # and pool in uint8, on a kernel several times slower than its float32 one (the
+            # pooled features' chain stays float32: it moves a quarter of the warps' values)
+            continue
+        first, last = chain[-1], chain[0]  # the chain in graph order: first reads `tensor`
+        # X -> first .. last -> Q -> DQ becomes X -> Q -> first .. last -> DQ: Q reads X, the
+        # chain reads Q's (renamed) output, and the chain's end takes Q's output name, which
+        # the DequantizeLinear nodes read
+        q.input[0] = tensor
+        stale.update(n.output[0] for n in chain)  # float32 types recorded for them
+        q.output[0], last.output[0] = f"{q.output[0]}_before_moves", q.output[0]
+        first.input[0] = q.output[0]
+        # Q now runs before the chain (the nodes stay in topological order)
+        del nodes[next(i for i, n in enumerate(nodes) if n is q)]
+        nodes.insert(next(i for i, n in enumerate(nodes) if n is first), q)
+        moved.append(q.name)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [v for v in graph.value_info if v.name not in stale]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        onnx.save(model, str(path))
+    return moved
 
 
 def _runs_on_detections(src: Path, ops: tuple[str, ...]) -> bool:

@@ -138,6 +138,34 @@ def traced_devices(path) -> set[str]:
     return found
 
 
+# onnxruntime graph optimisers left off, by backend. The int8 graph runs without
+# NchwcTransformer, the optimiser that moves float32 operators into onnxruntime's blocked channel
+# layout (NCHWc) and reorders their inputs into it and their outputs out of it. In the int8 graph
+# it reaches only the few float32 operators (the RPN's output layers, MNC's 2 x 2 max pooling of
+# the warped features in its classification heads, Mask R-CNN's mask predictor), where the
+# reorders of the (R, C, 14, 14) warps cost more than the blocked pooling saves (onnxruntime's
+# profiler; the whole graph's time with and without it: BENCHMARKS.md section 8k). The float32
+# graph keeps it: its convolutions gain more from the blocked layout than the reorders cost.
+ORT_DISABLED_OPTIMIZERS = {"onnxruntime-int8": ("NchwcTransformer",)}
+
+
+def ort_session(path, backend: str, threads: int | None = None, options=None,
+                disabled_optimizers: tuple[str, ...] | None = None):
+    """An onnxruntime CPU session of the graph at ``path`` as ``backend`` runs it: ``threads``
+    intra-op threads (None: onnxruntime's default), ``options`` (a SessionOptions to start
+    from, e.g. with profiling on), the optimisers of :data:`ORT_DISABLED_OPTIMIZERS` left off
+    unless ``disabled_optimizers`` names others (() for none)."""
+    ort = _need("onnxruntime", backend)
+    options = options or ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if disabled_optimizers is None:
+        disabled_optimizers = ORT_DISABLED_OPTIMIZERS.get(backend, ())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
+
+
 class ExportedModel:
     """An exported graph on one backend: ``model(image)`` -> :class:`Detections`.
 
@@ -150,11 +178,14 @@ class ExportedModel:
     tools/export_model.py ``--device``); the ONNX backends run on the CPU. A traced graph holds
     the device it was traced on as constants (:func:`traced_devices`), so another device, or a
     CUDA trace on a machine without CUDA, is an ``ExportError`` here rather than a device
-    mismatch inside the graph at the first tile.
+    mismatch inside the graph at the first tile. ``ort_disabled``: the onnxruntime graph
+    optimisers left off (None: the backend's :data:`ORT_DISABLED_OPTIMIZERS`; the benchmark
+    passes () to time the session with all of them).
     """
 
     def __init__(self, bundle: ExportBundle, backend: str = "onnxruntime",
-                 threads: int | None = None, device: str | None = None):
+                 threads: int | None = None, device: str | None = None,
+                 ort_disabled: tuple[str, ...] | None = None):
         if device is None:
             device = bundle.device(backend)
         if device != "cpu" and backend != "torchscript":
@@ -168,13 +199,7 @@ class ExportedModel:
         self.fill = np.asarray(bundle.pixel_mean, dtype=np.float32)
         runtime = BACKEND_PACKAGES[backend]  # the package that runs it (graph_path checked it)
         if runtime == "onnxruntime":  # onnxruntime, onnxruntime-int8
-            ort = _need(runtime, backend)
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = int(threads)
-                options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options,
-                                           providers=["CPUExecutionProvider"])
+            session = ort_session(path, backend, threads, disabled_optimizers=ort_disabled)
             name = session.get_inputs()[0].name
             self._call = lambda x: session.run(None, {name: x})
         elif runtime == "openvino":  # openvino, openvino-int8

@@ -175,16 +175,51 @@ class MaskedClassificationHead(nn.Module):
             x = max_pool_2x2(x)
         return x.flatten(1)
 
-    def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor):
-        feats = self.trunk(warped)
+    def _mask_on_grid(self, mask_probs: torch.Tensor) -> torch.Tensor:
+        """(R, M, M) -> (R, 1, S, S), the soft masks resized to the warp grid."""
         mask = mask_probs[:, None]
         if tuple(mask.shape[-2:]) != (self.warp_size, self.warp_size):
             # a mask already on the warp grid is used as it is (resizing it to its own size is
             # the identity, and an exported graph would still run it as a Resize operator)
             mask = F.interpolate(mask, size=(self.warp_size, self.warp_size), mode="bilinear",
                                  align_corners=False)
-        masked = F.relu(self.fc_masked(self._flat(feats * mask)))
-        plain = F.relu(self.fc_box(self._flat(feats)))
+        return mask
+
+    def forward(self, warped: torch.Tensor, mask_probs: torch.Tensor,
+                channel_major: bool = False):
+        """warped (R, C, S, S), mask_probs (R, M, M) -> the outputs (class docstring).
+
+        ``channel_major``: warped is laid out (C, R, S, S) instead (one grid sampling's own
+        layout, :func:`mnc_d2.modeling.roi_warp.warp_stacked` with ``channel_major``): the same
+        outputs. The masking and the 2 x 2 pooling then run on that layout, each channel's R
+        boxes one (R S, S) map (pooling needs S even, so no window spans two boxes), and only
+        the pooled (C, R, S/2, S/2) features are put in box order, 4x fewer values than
+        transposing the warps first. The exported graph's form; a head with convolutions
+        (MODEL.MNC.NUM_CONV > 0) reads the warps in box order and refuses it."""
+        mask = self._mask_on_grid(mask_probs)
+        if not channel_major:
+            feats = self.trunk(warped)
+            return self._outputs(self._flat(feats * mask), self._flat(feats))
+        if len(self.trunk):
+            raise ValueError("channel_major warps: this head has convolutions "
+                             "(MODEL.MNC.NUM_CONV > 0), which read the warps in box order; "
+                             "pass warped.transpose(0, 1) without channel_major")
+        # static sizes (Python integers): a traced graph reshapes by constants
+        size, side = self.warp_size, self.warp_size // 2 if self.pool else self.warp_size
+        channels = self.fc_box.in_features // (side * side)
+        rows = warped.reshape(1, channels, -1, size)  # (1, C, R S, S)
+
+        def flat(x: torch.Tensor) -> torch.Tensor:  # (1, C, R S, S) -> (R, C S'^2)
+            if self.pool:
+                x = max_pool_2x2(x)
+            return x.reshape(channels, -1, side * side).transpose(0, 1).flatten(1)
+
+        return self._outputs(flat(rows * mask.reshape(1, 1, -1, size)), flat(rows))
+
+    def _outputs(self, masked: torch.Tensor, plain: torch.Tensor):
+        """The flattened masked and plain features (R, C S'^2) each -> the head's outputs."""
+        masked = F.relu(self.fc_masked(masked))
+        plain = F.relu(self.fc_box(plain))
         joint = torch.cat([masked, plain], dim=1)  # (R, 2 x fc_dim)
         if self.fc_joint is not None:
             joint = F.relu(self.fc_joint(joint))

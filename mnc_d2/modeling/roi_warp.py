@@ -85,16 +85,18 @@ def _cell_centres(x0, y0, x1, y1, size: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _grid_sample_cells(feature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, width,
-                       height, size: int) -> torch.Tensor:
-    """Bilinear samples of feature (1, C, H, W) at the cells (R, S) x (R, S) -> (R, C, S, S);
-    zeros outside the map."""
+                       height, size: int, channel_major: bool = False) -> torch.Tensor:
+    """Bilinear samples of feature (1, C, H, W) at the cells (R, S) x (R, S) -> (R, C, S, S),
+    or (C, R, S, S) with ``channel_major`` (grid sampling's own layout, not transposed); zeros
+    outside the map."""
     # grid_sample (align_corners=False): normalised -1 is the left edge of pixel 0.
     gx = (2.0 * xs / width - 1.0)[:, None, :].expand(-1, size, -1)
     gy = (2.0 * ys / height - 1.0)[:, :, None].expand(-1, -1, size)
     grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, size, 2)
     sampled = F.grid_sample(feature, grid.to(feature.dtype), mode="bilinear",
                             padding_mode="zeros", align_corners=False)
-    return sampled.reshape(feature.shape[1], -1, size, size).permute(1, 0, 2, 3)
+    sampled = sampled.reshape(feature.shape[1], -1, size, size)
+    return sampled if channel_major else sampled.permute(1, 0, 2, 3)
 
 
 # zero rows between two levels of stack_levels' map: a bilinear sample less than 1.5 pixels
@@ -138,14 +140,18 @@ def stacked_rows(sizes: Sequence[tuple[int, int]]) -> list[int]:
 
 
 def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes: torch.Tensor,
-                 levels: torch.Tensor, output_size: int, scales: Sequence[float]) -> torch.Tensor:
+                 levels: torch.Tensor, output_size: int, scales: Sequence[float],
+                 channel_major: bool = False) -> torch.Tensor:
     """:func:`warp_image` of boxes of several FPN levels at once, each read from its own level
     of :func:`stack_levels`'s map by one ``grid_sample``; the warps come out in box order (no
     per-level split, concatenation or reordering).
 
     stacked: (1, C, H, W) from :func:`stack_levels`; sizes: (H_l, W_l) per level
     (:func:`level_sizes`); boxes: (R, 4) x0 y0 x1 y1 in image pixels; levels: (R,) each box's
-    level index; scales: the levels' spatial scales. Returns (R, C, S, S).
+    level index; scales: the levels' spatial scales. Returns (R, C, S, S), or with
+    ``channel_major`` the same warps as (C, R, S, S), grid sampling's own layout (no
+    transposition: :class:`~mnc_d2.modeling.mnc_heads.MaskedClassificationHead` with
+    ``channel_major`` masks and pools them so, the exported graph's form).
 
     Values: :func:`warp_image`'s on each box's own level, up to float rounding of the sample
     positions (they are normalised by the stacked map's size, not the level's). A sample more
@@ -165,7 +171,7 @@ def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes:
     xs = torch.minimum(xs.clamp(min=-1.0), level_w[:, None] + 1.0)
     ys = torch.minimum(ys.clamp(min=-1.0), level_h[:, None] + 1.0) + top[:, None]
     return _grid_sample_cells(stacked, xs, ys, int(stacked.shape[-1]), int(stacked.shape[-2]),
-                              output_size)
+                              output_size, channel_major)
 
 
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
