@@ -107,14 +107,19 @@ done
 # Exported models (onnxruntime, OpenVINO, TorchScript) against eager on section 1's MNC models.
 run export "${PY[@]}" bench.bench_export $QUICK --tag "${IMAGES}img_${ITERS}it"
 # Section 1's default-setting MNC / Mask R-CNN pair at its 416 px input, one thread per model
-# and two, with the MNC's stacked-level RoI warps against its level-by-level export (section 8j;
-# section 8i's reports, export_pair_demo_threads1/2, timed the level-by-level graphs of the
-# previous version with --parts paired).
+# and two, each onnxruntime session as predict.py opens it against one with every optimiser on,
+# and with one thread the MNC's export against its level-by-level export (section 8k; the
+# reports of sections 8i, export_pair_demo_threads1/2, and 8j, export_pair_demo_warps_threads1/2,
+# timed the graphs of earlier versions), then the profiles of seed 1.
 for t in 1 2; do
-  run export_pair_demo_warps_threads$t "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  parts=(paired optimisers)
+  if [ "$t" = 1 ]; then parts+=(warps); fi
+  run export_pair_demo_heads_threads$t "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
     --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads $t \
-    --test-images $((IMAGES / 2)) --parts paired warps
+    --test-images $((IMAGES / 2)) --parts "${parts[@]}"
 done
+run export_stages_heads_threads1 "${PY[@]}" bench.bench_export $QUICK --speed-seed 1 \
+  --settings default --seeds 1 --threads 1 --parts flops stage_time
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \
   --model .cache/bench/export/int8/speed_r50 --backends torch onnxruntime onnxruntime-int8 \
