@@ -24,7 +24,9 @@ For each model seed:
    file with that pooling reading the features' quantise / dequantise round trip, as
    onnxruntime's quantiser writes it and as int8 exports without ``float_pool_inputs`` in
    export.json have it (:func:`quantised_pools`), per tile paired on each int8 backend of
-   ``--backends``.
+   ``--backends``. Exports whose classification heads pool grid sampling's own output (this
+   version's, but with ``MODEL.MNC.ROI_WARP roialign``) rewire nothing: the part then has no
+   rows for them.
 6. **The RoI warps on stacked levels** (``--parts warps``): the MNC exported as this version
    does (each stage pair's RoI warps one grid sampling on the FPN levels stacked into one map)
    against the same run exported with the level-by-level warps of earlier versions (each

@@ -351,39 +351,51 @@ def test_export_pair_script(work, tmp_path):
 
 
 def test_export_pair_pools_part(tmp_path):
-    """--parts pools on a convolutional mask head's int8 graph (whose head pooling the export
-    rewired): the graph as exported against its round-trip form, per int8 backend; the
-    round-trip copy is the exported file with those pools rewired back, nothing else. (Its own
-    work folder: a second variant beside the module's runs would change what they read.)"""
+    """A convolutional mask head's int8 graph: exported by this version (the classification
+    heads pool grid sampling's float32 output, which no quantised layer reads) nothing is
+    rewired and --parts pools has nothing to time; the mask head's transposed input is
+    quantised before its transposition. Its level-by-level export (--parts warps) pools the
+    warps its convolutions read through a round trip, which the export rewires: its round-trip
+    copy (bench_export_pair.quantised_pools) is that file with those pools rewired back,
+    nothing else. (Its own work folder: a second variant beside the module's runs would change
+    what they read.)"""
     import onnx
+
+    from bench.bench_export_pair import quantised_pools
 
     acc, tag = tmp_path / "accuracy", f"{IMAGES}img_{ITERS}it"
     _bench("bench_accuracy", "--iters", str(ITERS), "--images", str(IMAGES), "--variants",
            "mnc5_conv_mask", "--work", str(acc))
-    # no Mask R-CNN run: the part times the MNC's two graphs only
+    # no Mask R-CNN run: the parts time the MNC's graphs only
     few = _bench("bench_export_pair", "--mnc", "mnc5_conv_mask", "--mask-rcnn", "mask_rcnn",
                  "--tag", tag, "--train-setting", "default", "--seeds", "0", "--speed-tiles",
                  "1", "--rounds", "1", "--test-images", str(IMAGES // 2),
                  "--calibration-images", "2", "--accuracy-work", str(acc), "--work",
-                 str(tmp_path / "pair"), "--parts", "pools", "--backends", "openvino-int8",
+                 str(tmp_path / "pair"), "--parts", "pools", "warps", "--backends",
                  "onnxruntime-int8", timeout=900)
-    px = few["seeds"]["0"]["input_px"]
-    pools = few["seeds"]["0"]["pools"]
-    assert list(pools) == [f"{px} px / {b}" for b in ("onnxruntime-int8", "openvino-int8")]
-    assert all(e["n"] == 1 and e["float_pools_s_median"] > 0
-               and e["quantised_pools_s_median"] > 0 for e in pools.values())
+    assert "pools" not in few["seeds"]["0"]  # nothing rewired: nothing to pair
     exported = tmp_path / "pair" / f"mnc5_conv_mask_{tag}_seed0"
-    graphs = [onnx.load(str(f / "model.int8.onnx")).graph
-              for f in (exported, exported.with_name(exported.name + "_quantised_pools"))]
-    named = json.loads((exported / "export.json").read_text())["int8"]["float_pool_inputs"]
+    int8 = json.loads((exported / "export.json").read_text())["int8"]
+    assert int8["float_pool_inputs"] == []
+    graph = onnx.load(str(exported / "model.int8.onnx")).graph
+    kinds = {n.output[0]: n.op_type for n in graph.node}
+    pools = [n for n in graph.node if n.op_type == "MaxPool" and "/cls_heads." in n.name]
+    assert len(pools) == 4 and all(kinds[n.input[0]] != "DequantizeLinear" for n in pools)
+    moved = [n for n in graph.node if n.name in int8["quantised_before_transpose"]]
+    assert len(moved) == 2  # one per stage pair
+    assert all([r.op_type for r in graph.node if q.output[0] in r.input] == ["Transpose"]
+               for q in moved)
+
+    levels = exported.with_name(exported.name + "_level_warps")
+    named = json.loads((levels / "export.json").read_text())["int8"]["float_pool_inputs"]
+    copy = quantised_pools(levels, tmp_path / "round_trip")
+    graphs = [onnx.load(str(f / "model.int8.onnx")).graph for f in (levels, copy)]
     sources = [{n.name: n.input[0] for n in g.node} for g in graphs]
     kinds = [{n.output[0]: n.op_type for n in g.node} for g in graphs]
     assert named and all(kinds[0][sources[0][n]] != "DequantizeLinear" for n in named)
     assert all(kinds[1][sources[1][n]] == "DequantizeLinear" for n in named)
     assert {k: v for k, v in sources[0].items() if k not in named} == \
         {k: v for k, v in sources[1].items() if k not in named}
-    assert any(line.startswith("The MNC's int8 graph as exported")
-               for line in tables.table_maker("export_pair_recipe")(few))
 
 
 def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
