@@ -143,8 +143,8 @@ def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes:
                  levels: torch.Tensor, output_size: int, scales: Sequence[float],
                  channel_major: bool = False) -> torch.Tensor:
     """:func:`warp_image` of boxes of several FPN levels at once, each read from its own level
-    of :func:`stack_levels`'s map by one ``grid_sample``; the warps come out in box order (no
-    per-level split, concatenation or reordering).
+    of :func:`stack_levels`'s map by one ``grid_sample``; the warps come out in box order,
+    or channel-major (below), with no per-level split, concatenation or reordering.
 
     stacked: (1, C, H, W) from :func:`stack_levels`; sizes: (H_l, W_l) per level
     (:func:`level_sizes`); boxes: (R, 4) x0 y0 x1 y1 in image pixels; levels: (R,) each box's
