@@ -761,8 +761,7 @@ def _profile_ort(path: Path, inputs: list[np.ndarray], threads: int, tmp: Path,
     if len(inputs) < 2:
         raise RuntimeError(f"{len(inputs)} input(s) to profile: a warm-up and at least one "
                            "tile expected")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts = ort.SessionOptions()  # threads: set by ort_session
     opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort")
     opts.optimized_model_filepath = str(tmp / "optimized.onnx")
     session = ort_session(path, backend, threads, opts)

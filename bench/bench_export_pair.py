@@ -136,12 +136,22 @@ def quantised_pools(export: Path, out: Path) -> Path | None:
     return out
 
 
+def _two_models(models: list, backend: str, tiles, rounds: int, label: str,
+                names: tuple[str, str]) -> tuple[dict, list]:
+    """Two ExportedModels of ``backend`` paired per tile (bench_export's ``_paired_rows``, rows
+    keyed "<label> / <backend>", ``names`` the two models'), and each one's detections on the
+    same tiles (for bench_gpu's ``agreement``)."""
+    timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
+    rows = _paired_rows(timed[0], timed[1], [backend], tiles, rounds, label, names)
+    return rows, [[m(t) for t in tiles] for m in models]
+
+
 def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rounds: int,
           threads: int, label: str, rows: dict, agreement: dict) -> dict:
     """Part 6: the export with stacked-level warps (``folders[0]``) against the one with
     level-by-level warps (``folders[1]``), one backend's two models in memory at a time:
     ``rows`` and ``agreement`` updated with each backend's paired times and the two exports'
-    detections on the same tiles (bench_gpu's ``agreement``: the level-by-level export's as the
+    detections on the same tiles (bench_gpu's ``agreement``: the stacked export's as the
     reference, all that the graphs keep), keyed "<label> / <backend>"."""
     from bench.bench_gpu import agreement as same
     from mnc_d2.export.bundle import read_bundle
@@ -153,11 +163,10 @@ def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rou
             raise RuntimeError(f"{folder}: warp_layout {found!r}, expected {layout!r}")
     for backend in backends:
         models = [ExportedModel(read_bundle(f), backend, threads) for f in folders]
-        timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
-        rows.update(_paired_rows(timed[0], timed[1], [backend], tiles, rounds, label,
-                                 ("stacked", "levels")))
-        agreement[f"{label} / {backend}"] = same(*([m(t) for t in tiles] for m in models),
-                                                 0.0)
+        timed, (stacked, levels) = _two_models(models, backend, tiles, rounds, label,
+                                               ("stacked", "levels"))
+        rows.update(timed)
+        agreement[f"{label} / {backend}"] = same(stacked, levels, 0.0)
         logger.info("%s warps %s / %s: %s", run, label, backend,
                     agreement[f"{label} / {backend}"])
     return {"warps": rows, "warps_agreement": agreement}
@@ -181,12 +190,11 @@ def optimisers(folders: dict, backends: list[str], tiles, rounds: int, threads: 
             bundle = read_bundle(folder)
             models = [ExportedModel(bundle, backend, threads),
                       ExportedModel(bundle, backend, threads, ort_disabled=())]
-            timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
             key = f"{label} / {name}"
-            rows.update(_paired_rows(timed[0], timed[1], [backend], tiles, rounds, key,
-                                     ("predict", "all_optimisers")))
-            agreement[f"{key} / {backend}"] = same(
-                [models[1](t) for t in tiles], [models[0](t) for t in tiles], 0.0)
+            timed, (predict, all_on) = _two_models(models, backend, tiles, rounds, key,
+                                                   ("predict", "all_optimisers"))
+            rows.update(timed)
+            agreement[f"{key} / {backend}"] = same(all_on, predict, 0.0)
             logger.info("optimisers %s / %s: %s", key, backend, agreement[f"{key} / {backend}"])
     return rows, agreement
 

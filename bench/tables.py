@@ -1006,7 +1006,7 @@ def export_pair_tables(report: dict) -> list[str]:
                   f"boxes warped alone, the rows gathered back into box order): "
                   f"{_pairs_phrase(first)}; and on the same tiles the two exports' "
                   "detections (all that the graphs keep), matched one to one by mask IoU, best "
-                  f"first, the level-by-level export's as the reference; {_threads_of(report)}.",
+                  f"first, this version's export's as the reference; {_threads_of(report)}.",
                   ""]
         lines += _table(["seed", "input / backend", "stacked / level by level (median)",
                          "quartiles", "stacked s per tile", "level by level s per tile",
