@@ -75,9 +75,20 @@ BACKENDS = EXPORT_PAIR_BACKENDS  # the order the tables list them in
 logger = logging.getLogger("bench_export_pair")
 
 
-def test_root(accuracy_work: Path, images: int, setting: str) -> Path:
-    """bench_accuracy.py's held-out tiles of ``setting``, ``images`` per city."""
-    return data_dir(accuracy_work, "test", 1, images, setting) / "spacenet"
+def test_root(accuracy_work: Path, images: int, setting: str, seed: int = 1) -> Path:
+    """bench_accuracy.py's held-out tiles of ``setting``, ``images`` per city, drawn by the
+    synthetic generator with ``seed`` (bench_accuracy's ``--test-seed``, 1 by default)."""
+    return data_dir(accuracy_work, "test", seed, images, setting) / "spacenet"
+
+
+def ensure_test_root(accuracy_work: Path, images: int, setting: str, seed: int) -> Path:
+    """:func:`test_root`, generated first when missing (bench_accuracy's ``prepare_data``): a
+    seed no run was trained, calibrated or tuned on gives tiles none of them has seen."""
+    from bench.bench_accuracy import prepare_data
+
+    root = test_root(accuracy_work, images, setting, seed)
+    prepare_data(root.parent, seed, images, setting)
+    return root
 
 
 def exporter(train_root: Path, calibration_images: int, warp_layout: str = "stacked"):
@@ -236,6 +247,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--test-images", type=int, default=30,
                         help="bench_accuracy.py's test tiles per city (its test_seed1_N folder)")
+    parser.add_argument("--test-seed", type=int, default=1,
+                        help="the synthetic generator's seed of the test tiles (bench_accuracy's "
+                             "--test-seed; generated when missing): another seed re-checks the "
+                             "accuracy part on tiles nothing was tuned on")
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export_pair")
     parser.add_argument("--accuracy-work", type=Path,
@@ -281,24 +296,28 @@ def main() -> None:
     images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
     train_root = data_dir(args.accuracy_work, "train", 0, images, args.train_setting)
     export = exporter(train_root, args.calibration_images)
-    test_roots = {s: test_root(args.accuracy_work, args.test_images, s)
+    test_roots = {s: ensure_test_root(args.accuracy_work, args.test_images, s, args.test_seed)
                   for s in args.test_settings}
-    home = test_root(args.accuracy_work, args.test_images, args.train_setting)
+    home = ensure_test_root(args.accuracy_work, args.test_images, args.train_setting,
+                            args.test_seed)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
               "mnc": args.mnc, "mask_rcnn": args.mask_rcnn, "tag": args.tag,
-              "train_setting": args.train_setting, "rounds": args.rounds,
+              "train_setting": args.train_setting, "test_seed": args.test_seed,
+              "rounds": args.rounds,
               "calibration": f"{args.calibration_images} tiles of each model's own training "
                              "data (generator seed 0), never the benchmark's",
               "seeds": {}}
     if args.add_to:
         earlier = json.loads(args.add_to.read_text())
-        mismatch = [k for k in ("mnc", "mask_rcnn", "tag", "train_setting")
+        earlier.setdefault("test_seed", 1)  # reports from before --test-seed
+        mismatch = [k for k in ("mnc", "mask_rcnn", "tag", "train_setting", "test_seed")
                     if earlier.get(k) != report[k]]
         if mismatch:
-            raise SystemExit(f"--add-to {args.add_to}: another pair or run tag "
+            raise SystemExit(f"--add-to {args.add_to}: another pair, run tag or test data "
                              f"({', '.join(f'{k} {earlier.get(k)!r}' for k in mismatch)}); "
-                             "give the same --mnc, --mask-rcnn, --tag and --train-setting")
+                             "give the same --mnc, --mask-rcnn, --tag, --train-setting and "
+                             "--test-seed")
         report["seeds"] = earlier["seeds"]
     for seed in args.seeds:
         mnc = run_dir(runs, args.mnc, args.tag, args.train_setting, seed)

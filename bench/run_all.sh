@@ -120,6 +120,15 @@ for t in 1 2; do
 done
 run export_stages_heads_threads1 "${PY[@]}" bench.bench_export $QUICK --speed-seed 1 \
   --settings default --seeds 1 --threads 1 --parts flops stage_time
+# The same MNC models' exports scored on test tiles drawn with generator seeds that no run was
+# trained, calibrated or tuned on, both settings (section 8l): seed 2 as many tiles as the
+# benchmark, seed 3 twice as many.
+for ts in 2 3; do
+  run export_pair_demo_unseen_seed$ts "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+    --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default \
+    --test-settings default hard --test-seed $ts \
+    --test-images $(( ts == 2 ? IMAGES / 2 : IMAGES )) --parts accuracy
+done
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \
   --model .cache/bench/export/int8/speed_r50 --backends torch onnxruntime onnxruntime-int8 \

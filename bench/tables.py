@@ -944,10 +944,13 @@ def export_pair_tables(report: dict) -> list[str]:
                          " / ".join(f"{r['tp']}/{r['fp']}/{r['fn']}" for r in runs),
                          f"{max(abs(m) for m in moved)}"])
         first = next(iter(rows.values()))["torch"]
+        # reports from before --test-seed name no seed (theirs was the benchmark's, 1)
+        drawn = (f" (drawn with generator seed {report['test_seed']})"
+                 if "test_seed" in report else "")
         lines += [f"`{report['mnc']}` trained on **{report['train_setting']}** "
                   f"({report['tag']}; seeds {', '.join(rows)}), scored on **{setting}**'s "
-                  f"{first['tiles']} held-out tiles through tools/predict.py on each backend "
-                  f"(int8 calibrated on {report['calibration']}):", ""]
+                  f"{first['tiles']} held-out tiles{drawn} through tools/predict.py on each "
+                  f"backend (int8 calibrated on {report['calibration']}):", ""]
         lines += _table(["backend", "mean city F1 (mean ± std over seeds)",
                          "F1 minus eager (range over seeds)", "runs with TP/FP/FN equal to eager",
                          "TP/FP/FN per seed", "largest TP + FP change from eager"], body) + [""]

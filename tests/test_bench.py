@@ -350,6 +350,12 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
     assert "2 threads of AMD EPYC." in text
     assert "1 thread of AMD EPYC." in "\n".join(
         tables.table_maker("export_pair_recipe")({**report, "threads": 1}))
+    # a report of test tiles drawn with another generator seed names it (earlier reports, whose
+    # tiles were the benchmark's, name none)
+    assert "held-out tiles through" in lines[0]
+    assert tables.table_maker("export_pair_recipe")({**report, "test_seed": 2})[0].startswith(
+        "`mnc5_x` trained on **hard** (60img_2400it; seeds 0, 1), scored on **hard**'s 60 "
+        "held-out tiles (drawn with generator seed 2) through tools/predict.py")
     assert tables.export_pair_tables({"seeds": {}}) == [
         "No seed of this report has a trained MNC run."]
     # bench_export's own reports keep their renderer, "export_paired_avx2" included
@@ -788,4 +794,5 @@ def test_bench_layout_names_the_folders_every_script_reads(tmp_path):
     # the scripts read the same folders: bench_accuracy's cached runs, bench_export_pair's tiles
     from bench.bench_export_pair import test_root
     assert test_root(tmp_path, 30, "hard") == tmp_path / "test_seed1_30_hard" / "spacenet"
+    assert test_root(tmp_path, 30, "default", 2) == tmp_path / "test_seed2_30" / "spacenet"
     assert bench_accuracy.setting_suffix("hard") == "_hard"

@@ -267,6 +267,7 @@ def test_export_pair_script(work, tmp_path):
                         "--calibration-images", "2", "--accuracy-work", str(work),
                         "--work", str(tmp_path), timeout=900)
     entry = report["seeds"]["0"]
+    assert report["test_seed"] == 1  # bench_accuracy's benchmark tiles unless --test-seed
     acc = entry["accuracy"]["default"]
     assert set(acc) == {"torch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8"}
     assert all(acc[b]["tiles"] == acc["torch"]["tiles"] > 0 for b in acc)
