@@ -9,7 +9,8 @@ For each model seed:
    data) and each ``--test-settings`` test set predicted by tools/predict.py on eager PyTorch,
    onnxruntime, OpenVINO, onnxruntime-int8 and openvino-int8 (``--backends``: a subset, eager
    always among them), scored with the SpaceNet metric: mean city F1, TP / FP / FN and the
-   difference from eager.
+   difference from eager. The test sets are bench_accuracy.py's benchmark tiles (generator seed
+   1), or with ``--test-seed N`` tiles of another seed, generated when missing.
 2. **MNC / Mask R-CNN, paired** (``--parts paired``): the seed's MNC and Mask R-CNN (the same
    seed number) on the same tiles of the training setting's test set, back to back on one
    backend, at the input size their configs test at (bench_export.py's ``_paired_rows``: ratio
