@@ -297,10 +297,6 @@ def main() -> None:
     images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
     train_root = data_dir(args.accuracy_work, "train", 0, images, args.train_setting)
     export = exporter(train_root, args.calibration_images)
-    test_roots = {s: ensure_test_root(args.accuracy_work, args.test_images, s, args.test_seed)
-                  for s in args.test_settings}
-    home = ensure_test_root(args.accuracy_work, args.test_images, args.train_setting,
-                            args.test_seed)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
               "cpu": cpu_model(), "threads": args.threads, "tile_px": TILE,
               "mnc": args.mnc, "mask_rcnn": args.mask_rcnn, "tag": args.tag,
@@ -320,12 +316,18 @@ def main() -> None:
                              "give the same --mnc, --mask-rcnn, --tag, --train-setting and "
                              "--test-seed")
         report["seeds"] = earlier["seeds"]
+    test_roots, home = {}, None  # generated (when missing) once a seed has a trained run
     for seed in args.seeds:
         mnc = run_dir(runs, args.mnc, args.tag, args.train_setting, seed)
         mrcnn = run_dir(runs, args.mask_rcnn, args.tag, args.train_setting, seed)
         if not (mnc / "model_final.pth").is_file():
             logger.warning("no trained model %s (run bench_accuracy.py first)", mnc)
             continue
+        if home is None:
+            test_roots = {s: ensure_test_root(args.accuracy_work, args.test_images, s,
+                                              args.test_seed) for s in args.test_settings}
+            home = ensure_test_root(args.accuracy_work, args.test_images, args.train_setting,
+                                    args.test_seed)
         entry = report["seeds"].setdefault(str(seed), {})
         entry.update(mnc_run=str(mnc.relative_to(runs)), mask_rcnn_run=str(mrcnn.relative_to(runs)))
         # the MNC's export (with --mnc-opts, their own; the accuracy part has none), and the

@@ -408,8 +408,20 @@ def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
                           str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode != 0 and not out.stdout
-    assert (f"--add-to {earlier}: another pair or run tag (mnc 'mnc5', mask_rcnn 'mask_rcnn', "
-            "tag '60img_600it'); give the same") in out.stderr
+    assert (f"--add-to {earlier}: another pair, run tag or test data (mnc 'mnc5', mask_rcnn "
+            "'mask_rcnn', tag '60img_600it'); give the same") in out.stderr
+    # the same pair on test tiles of another generator seed (a report from before --test-seed
+    # scored the benchmark's, seed 1), refused before any test tile is generated
+    earlier.write_text(json.dumps({
+        "mnc": "mnc5_native_small_anchors_logdn_copypaste_conv_mask",
+        "mask_rcnn": "mask_rcnn_native_small_anchors_logdn_copypaste", "tag": "60img_2400it",
+        "train_setting": "hard", "seeds": {}}))
+    out = subprocess.run([sys.executable, "-m", "bench.bench_export_pair", "--add-to",
+                          str(earlier), "--test-seed", "2", "--accuracy-work", str(tmp_path),
+                          "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode != 0 and "(test_seed 1); give the same" in out.stderr
+    assert not list(tmp_path.glob("test_seed*"))
     out = subprocess.run([sys.executable, "-m", "bench.bench_export_pair", "--mnc-opts",
                           "MODEL.MNC.TEST_CASCADE_NMS", "0.8"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
