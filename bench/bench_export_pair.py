@@ -323,9 +323,10 @@ def main() -> None:
         if not (mnc / "model_final.pth").is_file():
             logger.warning("no trained model %s (run bench_accuracy.py first)", mnc)
             continue
-        if home is None:
-            test_roots = {s: ensure_test_root(args.accuracy_work, args.test_images, s,
-                                              args.test_seed) for s in args.test_settings}
+        if home is None:  # the accuracy part's test sets; every part's speed tiles
+            if "accuracy" in args.parts:
+                test_roots = {s: ensure_test_root(args.accuracy_work, args.test_images, s,
+                                                  args.test_seed) for s in args.test_settings}
             home = ensure_test_root(args.accuracy_work, args.test_images, args.train_setting,
                                     args.test_seed)
         entry = report["seeds"].setdefault(str(seed), {})
