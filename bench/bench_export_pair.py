@@ -41,6 +41,12 @@ For each model seed:
    graph without the blocked-layout NchwcTransformer) against the same graph in a session with
    every optimiser on, per tile paired, and the two sessions' detections (``agreement``).
 
+8. **The RoIAlign form of the warps** (``--parts roialign``): the MNC exported with
+   ``warp_layout`` "roialign" (each stage pair's warps one RoIAlign, one sample per cell, on
+   the stacked map with a zero border: the same samples; the heads in box order) against this
+   version's export, per tile paired on each exported backend of ``--backends`` with the two
+   exports' detections, and paired against the Mask R-CNN on the same backends.
+
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
 (with ``--add-to``); their accuracy is bench_accuracy.py ``--test-opts``'s to measure.
@@ -211,6 +217,37 @@ def optimisers(folders: dict, backends: list[str], tiles, rounds: int, threads: 
     return rows, agreement
 
 
+def roialign(folders: dict, backends: list[str], tiles, rounds: int, threads: int,
+             label: str) -> dict:
+    """Part 8: the MNC exported with the RoIAlign form of the stacked warps (``folders``
+    "roialign": ``warp_layout`` "roialign", heads in box order) against this version's export
+    ("stacked"), and against the Mask R-CNN ("mask_rcnn"), per tile paired on each exported
+    backend of ``backends``, one backend's models in memory at a time. Returns the entry keys
+    "roialign" (rows keyed "<label> / <backend>", names "roialign" / "stacked"),
+    "roialign_agreement" (the two MNC exports' detections, the stacked one's as the reference)
+    and "roialign_paired" (names "mnc" / "mask_rcnn", as the paired part's rows)."""
+    from bench.bench_gpu import agreement as same
+    from mnc_d2.export.bundle import read_bundle
+    from mnc_d2.export.runtime import ExportedModel
+
+    found = json.loads((folders["roialign"] / "export.json").read_text()).get("warp_layout")
+    if found != "roialign":
+        raise RuntimeError(f"{folders['roialign']}: warp_layout {found!r}, expected 'roialign'")
+    out = {"roialign": {}, "roialign_agreement": {}, "roialign_paired": {}}
+    for backend in backends:
+        models = {name: ExportedModel(read_bundle(f), backend, threads)
+                  for name, f in folders.items()}
+        timed, (alt, stacked) = _two_models([models["roialign"], models["stacked"]], backend,
+                                            tiles, rounds, label, ("roialign", "stacked"))
+        out["roialign"].update(timed)
+        out["roialign_agreement"][f"{label} / {backend}"] = same(stacked, alt, 0.0)
+        timed, _ = _two_models([models["roialign"], models["mask_rcnn"]], backend, tiles,
+                               rounds, label, ("mnc", "mask_rcnn"))
+        out["roialign_paired"].update(timed)
+        logger.info("roialign %s / %s: %s", label, backend, out["roialign"][f"{label} / {backend}"])
+    return out
+
+
 def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int,
              backends=BACKENDS) -> dict:
     """Per test setting: each backend's score of ``run`` (eager) or its export, and the
@@ -260,7 +297,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+",
                         default=["accuracy", "paired", "detections", "flops"],
                         choices=["accuracy", "paired", "detections", "flops", "pools",
-                                 "warps", "optimisers"])
+                                 "warps", "optimisers", "roialign"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="the backends of the accuracy and paired parts (eager, torch, "
                              "always among them; detections are counted on onnxruntime)")
@@ -386,6 +423,14 @@ def main() -> None:
                 args.backends, tiles, args.rounds, args.threads, f"{entry['input_px']} px{label}")
             entry.setdefault("optimisers", {}).update(rows)
             entry.setdefault("optimisers_agreement", {}).update(agreement)
+        if "roialign" in args.parts and exported:
+            folders = {"roialign": exporter(train_root, args.calibration_images, "roialign")(
+                           mnc, args.work / f"{mnc_folder.name}_roialign_warps", *opts),
+                       "stacked": export(mnc, mnc_folder, *opts),
+                       "mask_rcnn": export(mrcnn, mrcnn_folder)}
+            for key, rows in roialign(folders, exported, tiles, args.rounds, args.threads,
+                                      f"{entry['input_px']} px{label}").items():
+                entry.setdefault(key, {}).update(rows)
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue

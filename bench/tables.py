@@ -1015,6 +1015,28 @@ def export_pair_tables(report: dict) -> list[str]:
                          "quartiles", "stacked s per tile", "level by level s per tile",
                          *AGREEMENT_COLUMNS],
                         _paired_with_agreement(warped, "warps", ("stacked", "levels"))) + [""]
+    alt = {k: e for k, e in seeds.items() if e.get("roialign")}
+    if alt:
+        first = next(iter(next(iter(alt.values()))["roialign"].values()))
+        lines += ["The MNC exported with the RoIAlign form of the warps (each stage pair's RoI "
+                  "warps one RoIAlign, one sample per cell, on the stacked FPN levels with a "
+                  "zero border: the samples grid sampling takes; the heads in box order) "
+                  f"against this version's export: {_pairs_phrase(first)}; and on the same "
+                  "tiles the two exports' detections (all that the graphs keep), matched one to "
+                  "one by mask IoU, this version's export's as the reference; "
+                  f"{_threads_of(report)}.", ""]
+        lines += _table(["seed", "input / backend", "RoIAlign form / this version's (median)",
+                         "quartiles", "RoIAlign form s per tile", "this version's s per tile",
+                         *AGREEMENT_COLUMNS],
+                        _paired_with_agreement(alt, "roialign", ("roialign", "stacked"))) + [""]
+        lines += ["The MNC with the RoIAlign form against Mask R-CNN of the same seed, per tile, "
+                  "paired in the same run:", ""]
+        lines += _table(["seed", "input / backend", "MNC (RoIAlign form) / Mask R-CNN (median)",
+                         "quartiles", "MNC s per tile", "Mask R-CNN s per tile"],
+                        [[seed, key, f"{v['median']:.2f}", f"{v['q1']:.2f}-{v['q3']:.2f}",
+                          f"{v['mnc_s_median']:.3f}", f"{v['mask_rcnn_s_median']:.3f}"]
+                         for seed, e in alt.items()
+                         for key, v in e.get("roialign_paired", {}).items()]) + [""]
     tuned = {k: e for k, e in seeds.items() if e.get("optimisers")}
     if tuned:
         first = next(iter(next(iter(tuned.values()))["optimisers"].values()))

@@ -319,7 +319,14 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
                     "stacked_s_median": 0.18, "levels_s_median": 0.2}},
                 "warps_agreement": {"650 px / openvino": {
                     "reference_detections": 250, "detections": 250, "matched_iou50": 250,
-                    "matched_iou90": 249, "median_matched_iou": 1.0, "max_score_diff": 0.0}}}
+                    "matched_iou90": 249, "median_matched_iou": 1.0, "max_score_diff": 0.0}},
+                "roialign": {"650 px / openvino": {
+                    "median": 0.95, "q1": 0.94, "q3": 0.96, "n": 30, "quartiles": "inclusive",
+                    "roialign_s_median": 0.19, "stacked_s_median": 0.2}},
+                "roialign_agreement": {"650 px / openvino": {
+                    "reference_detections": 250, "detections": 250, "matched_iou50": 250,
+                    "matched_iou90": 250, "median_matched_iou": 1.0, "max_score_diff": 0.0}},
+                "roialign_paired": {"650 px / openvino": pair(1.25, 0.19, 0.152)}}
 
     report = {"mnc": "mnc5_x", "mask_rcnn": "mask_rcnn_x", "tag": "60img_2400it",
               "train_setting": "hard", "threads": 2, "cpu": "AMD EPYC",
@@ -348,6 +355,10 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
     assert ("| 0 | 650 px / openvino | 0.900 | 0.880-0.930 | 0.180 | 0.200 | "
             "249 / 250 of 250 (250 found) | 1.0 | 0.0 |") in text
     assert "2 threads of AMD EPYC." in text
+    # the RoIAlign form of the warps against this version's export, then against Mask R-CNN
+    assert ("| 0 | 650 px / openvino | 0.950 | 0.940-0.960 | 0.190 | 0.200 | "
+            "250 / 250 of 250 (250 found) | 1.0 | 0.0 |") in text
+    assert "| 1 | 650 px / openvino | 1.25 | 1.15-1.35 | 0.190 | 0.152 |" in text
     assert "1 thread of AMD EPYC." in "\n".join(
         tables.table_maker("export_pair_recipe")({**report, "threads": 1}))
     # a report of test tiles drawn with another generator seed names it (earlier reports, whose

@@ -306,8 +306,8 @@ def test_export_pair_script(work, tmp_path):
                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
                      str(work), "--work", str(tmp_path), "--parts", "paired", "pools",
-                     "warps", "optimisers", "--backends", "openvino-int8", "onnxruntime-int8",
-                     timeout=900)
+                     "warps", "optimisers", "roialign", "--backends", "openvino-int8",
+                     "onnxruntime-int8", timeout=900)
     assert list(few["seeds"]["0"]["paired"]) == [
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
     # the fully connected mask head's int8 graph has no pooling rewired: no pools rows
@@ -338,6 +338,19 @@ def test_export_pair_script(work, tmp_path):
     assert all(a["matched_iou50"] >= 0.8 * max(a["reference_detections"], a["detections"])
                for a in same.values())
     assert any(line.startswith("Each model's graph in the onnxruntime session")
+               for line in tables.table_maker("export_pair_recipe")(few))
+    # the RoIAlign form of the warps: against this version's export (with the detections) and
+    # against the Mask R-CNN, on each exported backend
+    alt, same = few["seeds"]["0"]["roialign"], few["seeds"]["0"]["roialign_agreement"]
+    assert list(alt) == list(same) == list(few["seeds"]["0"]["roialign_paired"]) == [
+        f"{px} px / {b}" for b in ("onnxruntime-int8", "openvino-int8")]
+    assert all(e["n"] == 1 and e["roialign_s_median"] > 0 and e["stacked_s_median"] > 0
+               for e in alt.values())
+    assert all(a["matched_iou50"] >= 0.8 * max(a["reference_detections"], a["detections"])
+               for a in same.values())
+    other = tmp_path / f"mnc5_{IMAGES}img_{ITERS}it_seed0_roialign_warps"
+    assert json.loads((other / "export.json").read_text())["warp_layout"] == "roialign"
+    assert any(line.startswith("The MNC with the RoIAlign form against Mask R-CNN")
                for line in tables.table_maker("export_pair_recipe")(few))
     # many scenes through the exported int8 graph, on both engines; the local process gets
     # this machine's CPUs as threads

@@ -694,21 +694,24 @@ def test_graph_rpn_keeps_detectron2s_proposals(trained, scenes):
         assert 0 < len(ref) <= 40 and torch.equal(mine, ref)
 
 
-def test_stacked_warps_give_the_level_by_level_graphs_detections(trained, exported, scenes):
+@pytest.mark.parametrize("other", ["levels", "roialign"])
+def test_stacked_warps_give_the_other_layouts_detections(trained, exported, scenes, other):
     """The graph's RoI warps on the stacked FPN levels (one grid sampling per stage pair) give
     the detections of the level-by-level form (each level warped alone, the rows gathered back
-    into box order), at threshold 0 (every detection): each paired with one of the same class,
-    box within 1e-3 px, score within 1e-4 and soft mask within 1e-3. The sample positions differ
-    by float rounding, so, as for the exported backends, a decision at a near tie (a voted mask
-    cell at 0.5 that moves a voted box, then NMS after voting) may unpair a few: at most 1 + 2%
-    of the detections."""
+    into box order) and of the RoIAlign form (one RoIAlign per stage pair on the bordered
+    stacked map, heads in box order), at threshold 0 (every detection): each paired with one of
+    the same class, box within 1e-3 px, score within 1e-4 and soft mask within 1e-3. The sample
+    positions differ by float rounding, so, as for the exported backends, a decision at a near
+    tie (a voted mask cell at 0.5 that moves a voted box, then NMS after voting) may unpair a
+    few: at most 1 + 2% of the detections. The RoIAlign form's ONNX graph has RoiAlign where
+    the stacked one has GridSample, and onnxruntime runs it."""
     from mnc_d2.engine.setup import setup_cfg
     from mnc_d2.export.exporter import build_graph
 
     cfg = setup_cfg(str(trained / "config.yaml"), [
         "MODEL.WEIGHTS", str(trained / "model_final.pth"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
         "0.0"], for_training=False)
-    stacked, levels = build_graph(cfg, TILE), build_graph(cfg, TILE, warp_layout="levels")
+    stacked, levels = build_graph(cfg, TILE), build_graph(cfg, TILE, warp_layout=other)
     assert len(stacked.model.roi_heads.warp.scales) > 1  # the heads read several levels
     with rasterio.open(scenes[1]) as src:
         tiles = [src.read(window=((r, r + TILE), (c, c + TILE))).astype(np.float32)
@@ -738,6 +741,24 @@ def test_stacked_warps_give_the_level_by_level_graphs_detections(trained, export
 
     ops = [n.op_type for n in onnx.load(str(exported / MODEL_FILES["onnx"])).graph.node]
     assert stacked.model.roi_heads.test_num_stages == 5 and ops.count("GridSample") == 2
+    if other == "roialign":  # one RoIAlign per stage pair instead, run by onnxruntime
+        import io
+
+        import onnxruntime as ort
+
+        x = torch.from_numpy(tiles[0])[None]
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(levels, (x,), buffer, opset_version=17, dynamo=False)
+        ops = [n.op_type for n in onnx.load_from_string(buffer.getvalue()).graph.node]
+        assert ops.count("RoiAlign") == 2 and "GridSample" not in ops
+        session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            ref = levels(x)
+        assert len(got[1]) == len(ref[1]) > 0
+        np.testing.assert_allclose(got[1], ref[1].numpy(), rtol=0, atol=1e-4)
 
 
 def test_paste_masks_matches_detectron2():

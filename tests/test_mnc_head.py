@@ -23,8 +23,9 @@ from mnc_d2.modeling import mnc_roi_heads
 from mnc_d2.modeling.mnc_heads import (ConvMaskHead, MaskedClassificationHead, build_mask_head,
                                        max_pool_2x2)
 from mnc_d2.modeling.mnc_roi_heads import remap_threshold
-from mnc_d2.modeling.roi_warp import (MultiLevelWarp, clip_box_gradient, level_sizes, roi_warp,
-                                      stack_levels, warp_image, warp_stacked)
+from mnc_d2.modeling.roi_warp import (ROIALIGN_BORDER, MultiLevelWarp, border_stacked,
+                                      clip_box_gradient, level_sizes, roi_warp, stack_levels,
+                                      warp_image, warp_stacked, warp_stacked_roialign)
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick_schedules"
 
@@ -199,6 +200,28 @@ def test_stacked_warp_of_one_level_and_in_an_onnx_runtime():
     names = [i.name for i in session.get_inputs()]
     got = session.run(None, dict(zip(names, [t.numpy() for t in (*feats, boxes)])))[0]
     np.testing.assert_allclose(got, Warp()(*feats, boxes).numpy(), rtol=0, atol=1e-5)
+
+
+def test_roialign_form_of_the_stacked_warp_gives_its_values_for_boxes_in_the_image():
+    """RoIAlign (aligned, one sample per cell) on the stacked map with its zero border takes the
+    samples grid sampling takes: for every box inside the image (on each edge and corner, one
+    pixel wide, the whole image, on every level) the same warps up to float rounding of the
+    sample positions, in box order; the border is zeros and one pixel wide on every side."""
+    feats, scales, boxes, levels = _stacked_case()
+    inside = ((boxes[:, :2] >= 0).all(1) & (boxes[:, 2] <= 160) & (boxes[:, 3] <= 96))
+    assert not inside.all() and set(levels[inside].tolist()) == {0, 1, 2, 3}
+    boxes, levels = boxes[inside], levels[inside]
+    stacked = stack_levels(feats)[0]
+    bordered = border_stacked(stacked)
+    b = ROIALIGN_BORDER
+    assert b == 1 and bordered.shape[-2:] == (stacked.shape[-2] + 2, stacked.shape[-1] + 2)
+    assert torch.equal(bordered[..., b:-b, b:-b], stacked)
+    sizes = level_sizes(feats)
+    for size in (7, 14):
+        got = warp_stacked_roialign(bordered, sizes, boxes, levels, size, scales)
+        expected = warp_stacked(stacked, sizes, boxes, levels, size, scales)
+        assert got.shape == expected.shape == (len(boxes), 3, size, size)
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("pool,mask_size", [("max", 14), ("max", 28), ("", 14)])

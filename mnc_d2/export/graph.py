@@ -24,7 +24,9 @@ Differences from the eager model, named: the RoI warps of a stage pair run as on
 of every box on the FPN levels stacked into one map (built once per tile; the eager head warps
 each level's boxes alone): the same values up to float rounding of the sample positions
 (``warp_layout="levels"`` keeps the level-by-level form, each level warping one extra dummy box
-that is dropped, to measure the difference), and the classification heads (without
+that is dropped, to measure the difference; ``warp_layout="roialign"`` takes the same samples
+with RoIAlign on the stacked map with a zero border, heads in box order, a form some runtimes
+run faster), and the classification heads (without
 convolutions) mask and pool the warps in the grid sampling's own channel-major layout before
 putting them in box order (the same values; fewer values transposed); the RPN takes a top-k of
 each level's scores where Detectron2 sorts them all, and decodes only the anchors it keeps (the
@@ -51,7 +53,8 @@ from torch import nn
 
 from ..inference.input_size import resized_shape, scaled_shape
 from ..modeling.mnc_roi_heads import MNCROIHeads
-from ..modeling.roi_warp import level_sizes, stack_levels, warp_image, warp_stacked
+from ..modeling.roi_warp import (border_stacked, level_sizes, stack_levels, warp_image,
+                                  warp_stacked, warp_stacked_roialign)
 
 
 # The parts of the exported graphs, in the order they run (the backbone is the model's own
@@ -121,7 +124,7 @@ class MNCExportGraph(nn.Module):
     """
 
     HEADS = MNCROIHeads
-    WARP_LAYOUTS = ("stacked", "levels")
+    WARP_LAYOUTS = ("stacked", "levels", "roialign")
 
     def __init__(self, model: nn.Module, tile_height: int, tile_width: int, short: int,
                  longest: int, factor: float | None = None, warp_layout: str = "stacked"):
@@ -199,27 +202,33 @@ class MNCExportGraph(nn.Module):
         return boxes[keep]
 
     def _stacked(self, feats: list[torch.Tensor]) -> torch.Tensor | None:
-        """The heads' FPN levels stacked into one map (:func:`stack_levels`), built once per
-        tile for the RoI warps of both stage pairs; None when the warps read the levels one by
-        one (``warp_layout`` "levels", the form before stacking, kept to measure it, or
+        """The heads' FPN levels stacked into one map (:func:`stack_levels`; with
+        ``warp_layout`` "roialign", with its zero border, :func:`border_stacked`), built once
+        per tile for the RoI warps of both stage pairs; None when the warps read the levels
+        one by one (``warp_layout`` "levels", the form before stacking, kept to measure it, or
         MODEL.MNC.ROI_WARP roialign)."""
-        if self.warp_layout != "stacked" or self.model.roi_heads.warp.mode != "warp":
+        if self.warp_layout == "levels" or self.model.roi_heads.warp.mode != "warp":
             return None
-        return stack_levels(feats)[0]
+        stacked = stack_levels(feats)[0]
+        return border_stacked(stacked) if self.warp_layout == "roialign" else stacked
 
     def _warp(self, feats: list[torch.Tensor], boxes: torch.Tensor,
               stacked: torch.Tensor | None = None, channel_major: bool = False) -> torch.Tensor:
         """MultiLevelWarp for one image (R, C, S, S): with ``stacked`` (:meth:`_stacked`), one
         grid sampling of all boxes on the stacked levels (:func:`warp_stacked`; with
-        ``channel_major`` left in its (C, R, S, S) layout), otherwise level by level
-        (:func:`pool_by_level`). The same values up to float rounding of the sample
-        positions."""
+        ``channel_major`` left in its (C, R, S, S) layout) or, ``warp_layout`` "roialign", one
+        RoIAlign on the bordered map (:func:`warp_stacked_roialign`, box order), otherwise
+        level by level (:func:`pool_by_level`). The same values up to float rounding of the
+        sample positions."""
         warp = self.model.roi_heads.warp
         if len(warp.scales) == 1:
             levels = torch.zeros_like(boxes[:, 0], dtype=torch.long)
         else:
             levels = assign_boxes_to_levels([Boxes(boxes)], warp.min_level, warp.max_level,
                                             warp.canonical_box_size, warp.canonical_level)
+        if stacked is not None and self.warp_layout == "roialign":
+            return warp_stacked_roialign(stacked, level_sizes(feats), boxes, levels,
+                                         warp.output_size, warp.scales)
         if stacked is not None:
             return warp_stacked(stacked, level_sizes(feats), boxes, levels, warp.output_size,
                                 warp.scales, channel_major)
@@ -239,7 +248,7 @@ class MNCExportGraph(nn.Module):
         input is transposed to box order: the same values as the eager head's order of
         operations, fewer values moved."""
         mask_head, cls_head = self.model.roi_heads._stage_heads(second)
-        if stacked is not None and not len(cls_head.trunk):
+        if self.warp_layout == "stacked" and stacked is not None and not len(cls_head.trunk):
             by_channel = self._warp(feats, boxes, stacked, channel_major=True)  # (C, R, S, S)
             mask_logits = mask_head(by_channel.transpose(0, 1))
             cls_logits, deltas, _ = cls_head(by_channel, mask_logits.sigmoid(),

@@ -174,6 +174,42 @@ def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes:
                               output_size, channel_major)
 
 
+ROIALIGN_BORDER = 1
+
+
+def border_stacked(stacked: torch.Tensor) -> torch.Tensor:
+    """:func:`stack_levels`'s map (1, C, H, W) with :data:`ROIALIGN_BORDER` zero pixels on
+    every side, (1, C, H + 2B, W + 2B): the map :func:`warp_stacked_roialign` reads."""
+    b = ROIALIGN_BORDER
+    return F.pad(stacked, (b, b, b, b))
+
+
+def warp_stacked_roialign(bordered: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                          boxes: torch.Tensor, levels: torch.Tensor, output_size: int,
+                          scales: Sequence[float]) -> torch.Tensor:
+    """:func:`warp_stacked`'s warps in box order, (R, C, S, S), as RoIAlign (aligned, one
+    sample per cell) on the stacked map with a zero border (:func:`border_stacked`): one sample
+    at each cell's centre is the same bilinear sample grid sampling takes. The border and the
+    STACK_GAP rows between levels put zeros where grid sampling's padding reads them, and keep
+    RoIAlign's clamping at the map's edges out of reach, so for boxes inside the image (every
+    box of the exported graph) the values are :func:`warp_stacked`'s, up to float rounding of
+    the sample positions; a box partly outside it is not clamped as there (not for training).
+
+    bordered: (1, C, H + 2B, W + 2B); sizes: (H_l, W_l) per level; boxes: (R, 4) x0 y0 x1 y1
+    in image pixels; levels: (R,) each box's level index; scales: the levels' spatial scales.
+    An alternative form for runtimes whose RoIAlign is faster than their grid sampling
+    (an exported graph's ``warp_layout`` "roialign")."""
+    from torchvision.ops import roi_align
+
+    b = float(ROIALIGN_BORDER)
+    scale, top = boxes.new_tensor([[float(s), float(r)] for s, r in
+                                   zip(scales, stacked_rows(sizes))])[levels].unbind(1)
+    x0, y0, x1, y1 = (boxes * scale[:, None]).unbind(1)
+    rois = torch.stack([torch.zeros_like(x0), x0 + b, y0 + top + b, x1 + b, y1 + top + b], 1)
+    return roi_align(bordered, rois, output_size, spatial_scale=1.0, sampling_ratio=1,
+                     aligned=True)
+
+
 def clip_box_gradient(boxes: torch.Tensor, limit: float) -> torch.Tensor:
     """``MODEL.MNC.BOX_GRAD: coord``: clamp the gradient that RoI warping sends to box coordinates
     (pixels) element-wise to [-limit, limit] (0 = no bound). This was mnc_d2's rule before the
