@@ -129,6 +129,12 @@ for ts in 2 3; do
     --test-settings default hard --test-seed $ts \
     --test-images $(( ts == 2 ? IMAGES / 2 : IMAGES )) --parts accuracy
 done
+# The MNC exported with the RoIAlign form of the warps (tools/export_model.py --warp-layout
+# roialign) against this version's export and against Mask R-CNN, one thread (section 8m).
+run export_pair_demo_roialign_threads1 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads 1 \
+  --test-images $((IMAGES / 2)) --parts paired roialign \
+  --backends onnxruntime openvino onnxruntime-int8 openvino-int8
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \
   --model .cache/bench/export/int8/speed_r50 --backends torch onnxruntime onnxruntime-int8 \

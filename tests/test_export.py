@@ -343,6 +343,21 @@ def test_export_warns_when_its_check_found_nothing(tmp_path, trained):
                         str(tmp_path / "t"), "--tile-size", "0", "MODEL.WEIGHTS",
                         str(trained / "model_final.pth")]) == 2  # was a ZeroDivisionError
     assert not (tmp_path / "t").exists()
+    # --warp-layout roialign: the MNC graph's warps as RoIAlign, recorded, checked like any export
+    with pytest.raises(SystemExit):  # the level-by-level form is not offered
+        export_main(["--config-file", str(trained / "config.yaml"), "--output",
+                     str(tmp_path / "l"), "--warp-layout", "levels"])
+    assert export_main(["--config-file", str(trained / "config.yaml"), "--output",
+                        str(tmp_path / "r"), "--formats", "onnx", "--warp-layout", "roialign",
+                        "MODEL.WEIGHTS", str(trained / "model_final.pth")]) == 0
+    meta = json.loads((tmp_path / "r" / "export.json").read_text())
+    assert meta["warp_layout"] == "roialign"
+    for backend in [b for b in BACKENDS if b != "torchscript"]:  # the ONNX graph's runtimes
+        _check_agrees(meta["check"], backend)
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "r" / MODEL_FILES["onnx"])).graph.node]
+    assert ops.count("RoiAlign") == 2 and "GridSample" not in ops
 
 
 def test_trace_device_is_checked_before_the_export(monkeypatch):

@@ -33,6 +33,11 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                         help="where the TorchScript graph is traced and will run: cpu "
                              "(default) or cuda[:N] (a trace keeps its device; the ONNX graph "
                              "always comes from the CPU)")
+    parser.add_argument("--warp-layout", default="stacked", choices=("stacked", "roialign"),
+                        help="an MNC graph's RoI warps: stacked (default; one grid sampling per "
+                             "stage pair on the stacked FPN levels, the fastest on onnxruntime) "
+                             "or roialign (one RoIAlign per stage pair on the same map: the same "
+                             "samples, faster on OpenVINO; BENCHMARKS.md section 8m)")
     parser.add_argument("--score-thresh", type=float,
                         help="recorded threshold (default: the run's recorded best)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -61,7 +66,7 @@ def main(argv=None, description: str = "Export a trained model") -> int:
         cfg = setup_cfg(args.config_file, args.opts, for_training=False, needs_datasets=False)
         export_model(cfg, args.output, formats, args.tile_size, args.score_thresh,
                      args.calibration, args.calibration_images, args.device,
-                     args.check_images)
+                     args.check_images, args.warp_layout)
     except (ExportError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
