@@ -915,6 +915,23 @@ def _paired_with_agreement(entries: dict, part: str, names: tuple[str, str]) -> 
     return rows
 
 
+def _forms_table(seeds: dict, part: str, forms: str, columns: list[str],
+                 names: tuple[str, str], report: dict) -> list[str]:
+    """The lines of a bench_export_pair part that pairs two exports of the MNC per tile and
+    matches their detections (warps, roialign): ``forms`` says what is paired against what,
+    ``columns`` the ratio's, quartiles' and the two forms' seconds headers, ``names`` the two
+    forms' keys (``<name>_s_median``); none when no seed has the part."""
+    entries = {k: e for k, e in seeds.items() if e.get(part)}
+    if not entries:
+        return []
+    first = next(iter(next(iter(entries.values()))[part].values()))
+    lines = [f"{forms}: {_pairs_phrase(first)}; and on the same tiles the two exports' "
+             "detections (all that the graphs keep), matched one to one by mask IoU, best "
+             f"first, this version's export's as the reference; {_threads_of(report)}.", ""]
+    return lines + _table(["seed", "input / backend", *columns, *AGREEMENT_COLUMNS],
+                          _paired_with_agreement(entries, part, names)) + [""]
+
+
 def export_pair_tables(report: dict) -> list[str]:
     """bench_export_pair.py: a trained MNC / Mask R-CNN pair of one recipe, exported: each
     backend's F1 against eager per test setting (over seeds), the paired per-tile ratio and
@@ -1000,35 +1017,22 @@ def export_pair_tables(report: dict) -> list[str]:
                           f"{e['float_pools_s_median']:.3f}",
                           f"{e['quantised_pools_s_median']:.3f}"]
                          for seed, by_key in pools.items() for key, e in by_key.items()]) + [""]
-    warped = {k: e for k, e in seeds.items() if e.get("warps")}
-    if warped:
-        first = next(iter(next(iter(warped.values()))["warps"].values()))
-        lines += ["The MNC exported by this version, each stage pair's RoI warps one grid "
-                  "sampling on the FPN levels stacked into one map, against the same run "
-                  "exported with the level-by-level warps of earlier versions (each level's "
-                  f"boxes warped alone, the rows gathered back into box order): "
-                  f"{_pairs_phrase(first)}; and on the same tiles the two exports' "
-                  "detections (all that the graphs keep), matched one to one by mask IoU, best "
-                  f"first, this version's export's as the reference; {_threads_of(report)}.",
-                  ""]
-        lines += _table(["seed", "input / backend", "stacked / level by level (median)",
-                         "quartiles", "stacked s per tile", "level by level s per tile",
-                         *AGREEMENT_COLUMNS],
-                        _paired_with_agreement(warped, "warps", ("stacked", "levels"))) + [""]
-    alt = {k: e for k, e in seeds.items() if e.get("roialign")}
+    lines += _forms_table(
+        seeds, "warps", "The MNC exported by this version, each stage pair's RoI warps one grid "
+        "sampling on the FPN levels stacked into one map, against the same run exported with the "
+        "level-by-level warps of earlier versions (each level's boxes warped alone, the rows "
+        "gathered back into box order)", ["stacked / level by level (median)", "quartiles",
+                                          "stacked s per tile", "level by level s per tile"],
+        ("stacked", "levels"), report)
+    lines += _forms_table(
+        seeds, "roialign", "The MNC exported with the RoIAlign form of the warps (each stage "
+        "pair's RoI warps one RoIAlign, one sample per cell, on the stacked FPN levels with a "
+        "zero border: the samples grid sampling takes; the heads in box order) against this "
+        "version's export", ["RoIAlign form / this version's (median)", "quartiles",
+                             "RoIAlign form s per tile", "this version's s per tile"],
+        ("roialign", "stacked"), report)
+    alt = {k: e for k, e in seeds.items() if e.get("roialign_paired")}
     if alt:
-        first = next(iter(next(iter(alt.values()))["roialign"].values()))
-        lines += ["The MNC exported with the RoIAlign form of the warps (each stage pair's RoI "
-                  "warps one RoIAlign, one sample per cell, on the stacked FPN levels with a "
-                  "zero border: the samples grid sampling takes; the heads in box order) "
-                  f"against this version's export: {_pairs_phrase(first)}; and on the same "
-                  "tiles the two exports' detections (all that the graphs keep), matched one to "
-                  "one by mask IoU, this version's export's as the reference; "
-                  f"{_threads_of(report)}.", ""]
-        lines += _table(["seed", "input / backend", "RoIAlign form / this version's (median)",
-                         "quartiles", "RoIAlign form s per tile", "this version's s per tile",
-                         *AGREEMENT_COLUMNS],
-                        _paired_with_agreement(alt, "roialign", ("roialign", "stacked"))) + [""]
         lines += ["The MNC with the RoIAlign form against Mask R-CNN of the same seed, per tile, "
                   "paired in the same run:", ""]
         lines += _table(["seed", "input / backend", "MNC (RoIAlign form) / Mask R-CNN (median)",
@@ -1036,7 +1040,7 @@ def export_pair_tables(report: dict) -> list[str]:
                         [[seed, key, f"{v['median']:.2f}", f"{v['q1']:.2f}-{v['q3']:.2f}",
                           f"{v['mnc_s_median']:.3f}", f"{v['mask_rcnn_s_median']:.3f}"]
                          for seed, e in alt.items()
-                         for key, v in e.get("roialign_paired", {}).items()]) + [""]
+                         for key, v in e["roialign_paired"].items()]) + [""]
     tuned = {k: e for k, e in seeds.items() if e.get("optimisers")}
     if tuned:
         first = next(iter(next(iter(tuned.values()))["optimisers"].values()))
