@@ -159,9 +159,20 @@ def _two_models(models: list, backend: str, tiles, rounds: int, label: str,
     """Two ExportedModels of ``backend`` paired per tile (bench_export's ``_paired_rows``, rows
     keyed "<label> / <backend>", ``names`` the two models'), and each one's detections on the
     same tiles (for bench_gpu's ``agreement``)."""
-    timed = [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
-    rows = _paired_rows(timed[0], timed[1], [backend], tiles, rounds, label, names)
+    rows = _paired_rows(*_timers(models, backend), [backend], tiles, rounds, label, names)
     return rows, [[m(t) for t in tiles] for m in models]
+
+
+def _timers(models: list, backend: str) -> list[dict]:
+    """Each ExportedModel as _paired_rows times it: {backend: fn(list of tiles)}."""
+    return [{backend: (lambda images, m=m: [m(i) for i in images])} for m in models]
+
+
+def _expect_layout(folder: Path, layout: str) -> None:
+    """``folder``'s export.json records ``warp_layout`` ``layout``, or RuntimeError."""
+    found = json.loads((folder / "export.json").read_text()).get("warp_layout")
+    if found != layout:
+        raise RuntimeError(f"{folder}: warp_layout {found!r}, expected {layout!r}")
 
 
 def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rounds: int,
@@ -176,9 +187,7 @@ def warps(run: Path, folders: tuple[Path, Path], backends: list[str], tiles, rou
     from mnc_d2.export.runtime import ExportedModel
 
     for folder, layout in zip(folders, ("stacked", "levels")):
-        found = json.loads((folder / "export.json").read_text()).get("warp_layout")
-        if found != layout:
-            raise RuntimeError(f"{folder}: warp_layout {found!r}, expected {layout!r}")
+        _expect_layout(folder, layout)
     for backend in backends:
         models = [ExportedModel(read_bundle(f), backend, threads) for f in folders]
         timed, (stacked, levels) = _two_models(models, backend, tiles, rounds, label,
@@ -230,9 +239,7 @@ def roialign(folders: dict, backends: list[str], tiles, rounds: int, threads: in
     from mnc_d2.export.bundle import read_bundle
     from mnc_d2.export.runtime import ExportedModel
 
-    found = json.loads((folders["roialign"] / "export.json").read_text()).get("warp_layout")
-    if found != "roialign":
-        raise RuntimeError(f"{folders['roialign']}: warp_layout {found!r}, expected 'roialign'")
+    _expect_layout(folders["roialign"], "roialign")
     out = {"roialign": {}, "roialign_agreement": {}, "roialign_paired": {}}
     for backend in backends:
         models = {name: ExportedModel(read_bundle(f), backend, threads)
@@ -241,9 +248,10 @@ def roialign(folders: dict, backends: list[str], tiles, rounds: int, threads: in
                                             tiles, rounds, label, ("roialign", "stacked"))
         out["roialign"].update(timed)
         out["roialign_agreement"][f"{label} / {backend}"] = same(stacked, alt, 0.0)
-        timed, _ = _two_models([models["roialign"], models["mask_rcnn"]], backend, tiles,
-                               rounds, label, ("mnc", "mask_rcnn"))
-        out["roialign_paired"].update(timed)
+        # times only: the MNC's detections are those just compared
+        out["roialign_paired"].update(_paired_rows(
+            *_timers([models["roialign"], models["mask_rcnn"]], backend), [backend], tiles,
+            rounds, label, ("mnc", "mask_rcnn")))
         logger.info("roialign %s / %s: %s", label, backend, out["roialign"][f"{label} / {backend}"])
     return out
 

@@ -139,6 +139,15 @@ def stacked_rows(sizes: Sequence[tuple[int, int]]) -> list[int]:
     return rows
 
 
+def _box_levels(boxes: torch.Tensor, levels: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                scales: Sequence[float]) -> tuple[torch.Tensor, ...]:
+    """Per box (R,) each: its level's scale, first row in :func:`stack_levels`'s map, height
+    and width (one gather of a constant table)."""
+    return boxes.new_tensor([[float(s), float(r), float(h), float(w)]
+                             for s, r, (h, w) in zip(scales, stacked_rows(sizes), sizes)]
+                            )[levels].unbind(1)
+
+
 def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes: torch.Tensor,
                  levels: torch.Tensor, output_size: int, scales: Sequence[float],
                  channel_major: bool = False) -> torch.Tensor:
@@ -160,10 +169,7 @@ def warp_stacked(stacked: torch.Tensor, sizes: Sequence[tuple[int, int]], boxes:
     inside the image (every box of the exported graph: proposals clipped, refined boxes clamped)
     nothing is clamped.
     """
-    # per box: its level's scale, first row in the map, height and width (one gather)
-    scale, top, level_h, level_w = boxes.new_tensor(
-        [[float(s), float(r), float(h), float(w)]
-         for s, r, (h, w) in zip(scales, stacked_rows(sizes), sizes)])[levels].unbind(1)
+    scale, top, level_h, level_w = _box_levels(boxes, levels, sizes, scales)
     xs, ys = _cell_centres(*(boxes[:, k] * scale for k in range(4)), output_size)
     # clamped to one pixel beyond the level's edge: bilinear sampling then reads at most two
     # pixels beyond it, the map's border or its STACK_GAP zero rows (zero columns: the padding
@@ -202,8 +208,7 @@ def warp_stacked_roialign(bordered: torch.Tensor, sizes: Sequence[tuple[int, int
     from torchvision.ops import roi_align
 
     b = float(ROIALIGN_BORDER)
-    scale, top = boxes.new_tensor([[float(s), float(r)] for s, r in
-                                   zip(scales, stacked_rows(sizes))])[levels].unbind(1)
+    scale, top, _, _ = _box_levels(boxes, levels, sizes, scales)
     x0, y0, x1, y1 = (boxes * scale[:, None]).unbind(1)
     rois = torch.stack([torch.zeros_like(x0), x0 + b, y0 + top + b, x1 + b, y1 + top + b], 1)
     return roi_align(bordered, rois, output_size, spatial_scale=1.0, sampling_ratio=1,
