@@ -104,10 +104,11 @@ def _cfg(run: Path, *opts: str):
                                                 *opts], for_training=False)
 
 
-def _exported(run: Path, out: Path, warp_layout: str = "stacked") -> bool:
+def _exported(run: Path, out: Path, warp_layout: str = "stacked", formats=()) -> bool:
     """``out`` holds an export of ``run``'s current weights by the current export code, with
-    the MNC graph's ``warp_layout`` (a retrained run, another seed's, or a graph written before
-    the code changed is exported again instead of timing the stale graph)."""
+    the MNC graph's ``warp_layout`` and (at least) the graph files of ``formats`` (a retrained
+    run, another seed's, or a graph written before the code changed is exported again instead
+    of timing the stale graph)."""
     from mnc_d2.export.exporter import graph_code_sha256
     from mnc_d2.inference.scenes import sha256_of
 
@@ -118,7 +119,8 @@ def _exported(run: Path, out: Path, warp_layout: str = "stacked") -> bool:
     source = meta.get("source", {})
     return (source.get("weights_sha256") == sha256_of(run / "model_final.pth")
             and source.get("graph_code_sha256") == graph_code_sha256()
-            and meta.get("warp_layout") in (None, warp_layout))  # None: a Mask R-CNN
+            and meta.get("warp_layout") in (None, warp_layout)  # None: a Mask R-CNN
+            and set(formats) <= set(meta.get("files", {})))
 
 
 def _export(run: Path, out: Path, *opts: str) -> Path:
@@ -205,18 +207,20 @@ PAIR_GAP_S = 0.1  # idle seconds before each timed run of paired_ratio
 
 
 def _export_int8(run: Path, out: Path, train_root: Path, *opts: str,
-                 calibration_images: int | None = None, warp_layout: str = "stacked") -> Path:
+                 calibration_images: int | None = None, warp_layout: str = "stacked",
+                 formats: tuple[str, ...] = ("onnx", "onnx-int8")) -> Path:
     """``run`` exported with its int8 graph, calibrated on ``calibration_images`` (default
     ``--calibration-images``) of its own training tiles under ``train_root``; kept when ``out``
     already holds an export of the run's current weights by the current code.
-    ``warp_layout``: the MNC graph's (mnc_d2.export.exporter.build_graph)."""
+    ``warp_layout``: the MNC graph's (mnc_d2.export.exporter.build_graph); ``formats``: the
+    graph files (e.g. OpenVINO's own too, onnx-openvino and onnx-int8-openvino)."""
     from mnc_d2.export.exporter import export_model
 
-    if not _exported(run, out, warp_layout):
+    if not _exported(run, out, warp_layout, formats):
         os.environ["DETECTRON2_DATASETS"] = str(train_root)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            export_model(_cfg(run, *opts), out, ("onnx", "onnx-int8"), TILE,
+            export_model(_cfg(run, *opts), out, formats, TILE,
                          calibration_images=calibration_images or CALIBRATION_IMAGES,
                          warp_layout=warp_layout)
     return out

@@ -10,7 +10,10 @@ For each model seed:
    onnxruntime, OpenVINO, onnxruntime-int8 and openvino-int8 (``--backends``: a subset, eager
    always among them), scored with the SpaceNet metric: mean city F1, TP / FP / FN and the
    difference from eager. The test sets are bench_accuracy.py's benchmark tiles (generator seed
-   1), or with ``--test-seed N`` tiles of another seed, generated when missing.
+   1), or with ``--test-seed N`` tiles of another seed, generated when missing. With
+   ``--openvino-warps roialign`` the export also holds OpenVINO's own graphs (``--formats
+   onnx-openvino,onnx-int8-openvino``, the RoIAlign form), which predict.py's openvino
+   backends then run; each row records the graph file it ran and that graph's warps.
 2. **MNC / Mask R-CNN, paired** (``--parts paired``): the seed's MNC and Mask R-CNN (the same
    seed number) on the same tiles of the training setting's test set, back to back on one
    backend, at the input size their configs test at (bench_export.py's ``_paired_rows``: ratio
@@ -98,13 +101,18 @@ def ensure_test_root(accuracy_work: Path, images: int, setting: str, seed: int) 
     return root
 
 
-def exporter(train_root: Path, calibration_images: int, warp_layout: str = "stacked"):
-    """``export(run, out, *opts)``: float ONNX and its int8 graph, calibrated on
+def exporter(train_root: Path, calibration_images: int, warp_layout: str = "stacked",
+             formats: tuple[str, ...] = ("onnx", "onnx-int8")):
+    """``export(run, out, *opts)``: float ONNX and its int8 graph (``formats``), calibrated on
     ``calibration_images`` tiles of ``train_root`` (the run's own training data), by
     bench_export's ``_export_int8``; an MNC graph with ``warp_layout``."""
     return lambda run, out, *opts: _export_int8(run, out, train_root, *opts,
                                                 calibration_images=calibration_images,
-                                                warp_layout=warp_layout)
+                                                warp_layout=warp_layout, formats=formats)
+
+
+# --openvino-warps roialign: the accuracy part's export, with OpenVINO's own graphs beside
+OPENVINO_FORMATS = ("onnx", "onnx-int8", "onnx-openvino", "onnx-int8-openvino")
 
 
 def model_tiles(paths: list[str], cfg) -> list[np.ndarray]:
@@ -262,12 +270,19 @@ def accuracy(run: Path, export: Path, test_roots: dict, work: Path, threads: int
     difference from eager (``backends`` must include eager, ``torch``)."""
     if "torch" not in backends:
         raise ValueError(f"backends {backends}: the accuracy part compares with eager; add torch")
+    from mnc_d2.export.bundle import read_bundle
+
+    bundle = read_bundle(export, check_hashes=False)
     out = {}
     for setting, root in test_roots.items():
         row = {}
         for backend in backends:
             row[backend] = _predict_and_score(run, export, backend, root,
                                               work / "pred" / backend, threads)
+            if backend != "torch":  # the graph predict.py ran: its file and its warps
+                kind = bundle.graph_kind(backend)
+                row[backend].update(graph=bundle.meta["files"][kind],
+                                    warp_layout=bundle.warp_layout(kind))
             logger.info("%s %s %s: %s", run, setting, backend, row[backend])
         for backend in [b for b in backends if b != "torch"]:
             row[backend]["f1_minus_eager"] = round(
@@ -298,6 +313,12 @@ def main() -> None:
                              "--test-seed; generated when missing): another seed re-checks the "
                              "accuracy part on tiles nothing was tuned on")
     parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument("--openvino-warps", default="stacked", choices=("stacked", "roialign"),
+                        help="the graphs the accuracy part's openvino backends run: this "
+                             "version's default export (stacked) or OpenVINO's own graphs "
+                             "beside it (roialign: tools/export_model.py --formats "
+                             "onnx,onnx-int8,onnx-openvino,onnx-int8-openvino, the folder "
+                             "predict.py picks each backend's file from)")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench" / "export_pair")
     parser.add_argument("--accuracy-work", type=Path,
                         default=REPO / ".cache" / "bench" / "accuracy",
@@ -381,7 +402,9 @@ def main() -> None:
         mnc_folder = args.work / f"{args.mnc}_{args.tag}_seed{seed}{opts_tag(opts)}"
         mrcnn_folder = args.work / f"{args.mask_rcnn}_{args.tag}_seed{seed}"
         if "accuracy" in args.parts:
-            mnc_export = export(mnc, mnc_folder)
+            mnc_export = (export(mnc, mnc_folder) if args.openvino_warps == "stacked" else
+                          exporter(train_root, args.calibration_images, formats=OPENVINO_FORMATS)(
+                              mnc, args.work / f"{mnc_folder.name}_openvino_graphs"))
             # with --add-to, the backends scored now join (or replace) the earlier ones
             for setting, rows in accuracy(mnc, mnc_export, test_roots, args.work, args.threads,
                                           args.backends).items():

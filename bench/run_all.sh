@@ -135,6 +135,17 @@ run export_pair_demo_roialign_threads1 "${PY[@]}" bench.bench_export_pair --mnc 
   --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads 1 \
   --test-images $((IMAGES / 2)) --parts paired roialign \
   --backends onnxruntime openvino onnxruntime-int8 openvino-int8
+# OpenVINO's own graphs in the export folder (tools/export_model.py --formats
+# onnx,onnx-int8,onnx-openvino,onnx-int8-openvino) scored through predict.py on section 8l's
+# unseen seed-2 tiles, and the RoIAlign form against this version's with two threads (section 8n).
+run export_pair_demo_openvino_graphs_seed2 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default \
+  --test-settings default hard --test-seed 2 --test-images $((IMAGES / 2)) --parts accuracy \
+  --backends openvino openvino-int8 --openvino-warps roialign
+run export_pair_demo_roialign_threads2 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads 2 \
+  --test-images $((IMAGES / 2)) --parts paired roialign \
+  --backends onnxruntime openvino onnxruntime-int8 openvino-int8
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \
   --model .cache/bench/export/int8/speed_r50 --backends torch onnxruntime onnxruntime-int8 \

@@ -946,16 +946,20 @@ def export_pair_tables(report: dict) -> list[str]:
                           key=lambda s: s != report.get("train_setting")):
         rows = {k: acc[setting] for k, acc in scored.items() if setting in acc}
         body = []
-        for b in EXPORT_PAIR_BACKENDS:
-            runs = [r[b] for r in rows.values() if b in r]
-            if not runs:
-                continue
-            eager = [r["torch"] for r in rows.values() if b in r]
+        for b, layout in [(b, layout) for b in EXPORT_PAIR_BACKENDS for layout in sorted(
+                {r[b].get("warp_layout") or "stacked" for r in rows.values() if b in r},
+                key=lambda w: w != "stacked")]:
+            # rows of another warp layout than the default export's are listed apart, with the
+            # file predict.py ran (reports before it was recorded: the default export's)
+            picked = [r for r in rows.values() if b in r
+                      and (r[b].get("warp_layout") or "stacked") == layout]
+            runs, eager = [r[b] for r in picked], [r["torch"] for r in picked]
+            graph = f" ({runs[0]['graph']}, {layout} warps)" if layout != "stacked" else ""
             moved = [(r["tp"] + r["fp"]) - (e["tp"] + e["fp"]) for r, e in zip(runs, eager)]
             same = sum((r["tp"], r["fp"], r["fn"]) == (e["tp"], e["fp"], e["fn"])
                        for r, e in zip(runs, eager))
             diffs = [r["mean_city_f1"] - e["mean_city_f1"] for r, e in zip(runs, eager)]
-            body.append([b if b != "torch" else "torch (eager Detectron2)",
+            body.append([b + graph if b != "torch" else "torch (eager Detectron2)",
                          _mean_std([r["mean_city_f1"] for r in runs]),
                          f"{min(diffs):+.4f} to {max(diffs):+.4f}", f"{same} of {len(runs)}",
                          " / ".join(f"{r['tp']}/{r['fp']}/{r['fn']}" for r in runs),

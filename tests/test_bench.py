@@ -370,6 +370,19 @@ def test_export_pair_table_compares_each_backend_with_eager_seed_by_seed():
         "held-out tiles (drawn with generator seed 2) through tools/predict.py")
     assert tables.export_pair_tables({"seeds": {}}) == [
         "No seed of this report has a trained MNC run."]
+    # rows of another warp layout than the default export's (OpenVINO's own graphs) stand
+    # apart, named with the file predict.py ran; the default's keep the backend's name
+    own = json.loads(json.dumps(report))
+    own["seeds"]["1"]["accuracy"]["hard"]["onnxruntime-int8"].update(
+        graph="model.int8.openvino.onnx", warp_layout="roialign")
+    own["seeds"]["0"]["accuracy"]["hard"]["onnxruntime"].update(graph="model.onnx",
+                                                                warp_layout="stacked")
+    text = "\n".join(tables.table_maker("export_pair_recipe")(own))
+    assert "| onnxruntime | 0.900 ± 0.000 | +0.0000 to +0.0000 | 2 of 2 |" in text
+    assert ("| onnxruntime-int8 | 0.910 (1 seed) | +0.0100 to +0.0100 | 0 of 1 | 92/11/8 | 3 |"
+            in text)
+    assert ("| onnxruntime-int8 (model.int8.openvino.onnx, roialign warps) | 0.880 (1 seed) | "
+            "-0.0200 to -0.0200 | 0 of 1 | 88/9/12 | 3 |") in text
     # bench_export's own reports keep their renderer, "export_paired_avx2" included
     assert tables.table_maker("export_paired_avx2") is tables.export_tables
 

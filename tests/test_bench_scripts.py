@@ -305,9 +305,20 @@ def test_export_pair_script(work, tmp_path):
                      "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
-                     str(work), "--work", str(tmp_path), "--parts", "paired", "pools",
-                     "warps", "optimisers", "roialign", "--backends", "openvino-int8",
-                     "onnxruntime-int8", timeout=900)
+                     str(work), "--work", str(tmp_path), "--parts", "accuracy", "paired",
+                     "pools", "warps", "optimisers", "roialign", "--backends", "openvino-int8",
+                     "onnxruntime-int8", "--test-settings", "default", "--openvino-warps",
+                     "roialign", timeout=900)
+    # --openvino-warps roialign: scored from a folder with OpenVINO's own graphs beside the
+    # default ones, each backend through the file predict.py picks for it
+    scored = few["seeds"]["0"]["accuracy"]["default"]
+    assert list(scored) == ["torch", "onnxruntime-int8", "openvino-int8"]
+    assert (scored["onnxruntime-int8"]["graph"], scored["onnxruntime-int8"]["warp_layout"]) == (
+        "model.int8.onnx", "stacked")
+    assert (scored["openvino-int8"]["graph"], scored["openvino-int8"]["warp_layout"]) == (
+        "model.int8.openvino.onnx", "roialign")
+    assert "| openvino-int8 (model.int8.openvino.onnx, roialign warps) |" in "\n".join(
+        tables.table_maker("export_pair_recipe")(few))
     assert list(few["seeds"]["0"]["paired"]) == [
         f"{px} px / {b}" for b in ("torch", "onnxruntime-int8", "openvino-int8")]
     # the fully connected mask head's int8 graph has no pooling rewired: no pools rows

@@ -358,6 +358,55 @@ def test_export_warns_when_its_check_found_nothing(tmp_path, trained):
 
     ops = [n.op_type for n in onnx.load(str(tmp_path / "r" / MODEL_FILES["onnx"])).graph.node]
     assert ops.count("RoiAlign") == 2 and "GridSample" not in ops
+    # --formats onnx,onnx-openvino: both forms in one folder, each backend running its own
+    both = tmp_path / "both"
+    assert export_main(["--config-file", str(trained / "config.yaml"), "--output", str(both),
+                        "--tile-size", str(TILE), "--formats", "onnx,onnx-openvino",
+                        "MODEL.WEIGHTS", str(trained / "model_final.pth")]) == 0
+    meta = json.loads((both / "export.json").read_text())
+    assert meta["files"] == {"onnx": "model.onnx", "onnx-openvino": "model.openvino.onnx"}
+    assert meta["warp_layout"] == "stacked"
+    assert meta["warp_layouts"] == {"onnx": "stacked", "onnx-openvino": "roialign"}
+    from mnc_d2.export.bundle import read_bundle
+
+    bundle = read_bundle(both)
+    assert bundle.graph_path("onnxruntime").name == "model.onnx"
+    assert bundle.graph_path("openvino").name == "model.openvino.onnx"
+    assert bundle.warp_layout("onnx-openvino") == "roialign"
+    for path, op in ((both / "model.onnx", "GridSample"),
+                     (both / "model.openvino.onnx", "RoiAlign")):
+        assert [n.op_type for n in onnx.load(str(path)).graph.node].count(op) == 2, path
+    if _installed("openvino"):  # the check ran OpenVINO's own file
+        assert meta["check"]["openvino"]["graph"] == "model.openvino.onnx"
+        _check_agrees(meta["check"], "openvino")
+    assert meta["check"]["onnxruntime"]["graph"] == "model.onnx"
+    _check_agrees(meta["check"], "onnxruntime")
+    from mnc_d2.export.bundle import ExportError
+
+    with pytest.raises(ExportError, match="no onnx-int8-openvino or onnx-int8 graph .*--formats "
+                                          "onnx-int8-openvino"):
+        bundle.graph_path("openvino-int8")
+
+
+def test_roi_warp_roialign_model_records_the_layout_its_graph_has(trained):
+    """A model trained with MODEL.MNC.ROI_WARP roialign warps with its own RoIAlign level by
+    level whatever layout is asked for: the graph (and so export.json) says "levels", and its
+    OpenVINO graph is the same graph."""
+    from mnc_d2.engine.setup import setup_cfg
+    from mnc_d2.export.exporter import _openvino_graph, build_graph
+
+    cfg = setup_cfg(str(trained / "config.yaml"), [
+        "MODEL.WEIGHTS", str(trained / "model_final.pth"), "MODEL.MNC.ROI_WARP", "roialign"],
+        for_training=False)
+    for layout in ("stacked", "roialign", "levels"):
+        graph = build_graph(cfg, TILE, warp_layout=layout)
+        assert graph.warp_layout == "levels" and graph._stacked([]) is None
+    assert _openvino_graph(cfg, TILE, graph) is graph
+    cfg = setup_cfg(str(trained / "config.yaml"), [
+        "MODEL.WEIGHTS", str(trained / "model_final.pth")], for_training=False)
+    plain = build_graph(cfg, TILE)
+    assert plain.warp_layout == "stacked"
+    assert _openvino_graph(cfg, TILE, plain).warp_layout == "roialign"
 
 
 def test_trace_device_is_checked_before_the_export(monkeypatch):
@@ -1005,16 +1054,27 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
     out = tmp_path / "int8"
     run = subprocess.run([sys.executable, str(REPO / "tools" / "export_model.py"),
                           "--config-file", str(trained / "config.yaml"), "--output", str(out),
-                          "--tile-size", str(TILE), "--formats", "onnx-int8",
-                          "--calibration-images", "4", "MODEL.WEIGHTS",
-                          str(trained / "model_final.pth")],
+                          "--tile-size", str(TILE), "--formats",
+                          "onnx-int8,onnx-int8-openvino", "--calibration-images", "4",
+                          "MODEL.WEIGHTS", str(trained / "model_final.pth")],
                          capture_output=True, text=True, timeout=900, env=_env(data_root))
     assert run.returncode == 0, run.stderr[-3000:]
     meta = json.loads((out / EXPORT_FILE).read_text())
-    assert set(meta["files"]) == {"onnx-int8"} and not (out / "model.onnx").exists()
+    # only the int8 graphs were asked for: the float ones they quantise are not kept
+    assert set(meta["files"]) == {"onnx-int8", "onnx-int8-openvino"}
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.int8.onnx",
+                                                          "model.int8.openvino.onnx"]
+    assert meta["warp_layouts"] == {"onnx-int8": "stacked", "onnx-int8-openvino": "roialign"}
     calibrated = meta["int8"]["calibration_files"]
     assert len(calibrated) == 4 and all("AOI_2_Vegas_Train" in f for f in calibrated)
+    assert meta["int8_openvino"]["calibration_files"] == calibrated  # the same tiles
     assert meta["check"]["onnxruntime-int8"]["detections"] >= 0
+    assert meta["check"]["onnxruntime-int8"]["graph"] == "model.int8.onnx"
+    # OpenVINO's int8 graph: the RoIAlign form, quantised as the other
+    ov_graph = onnx.load(str(out / "model.int8.openvino.onnx")).graph
+    ov_ops = [n.op_type for n in ov_graph.node]
+    assert ov_ops.count("RoiAlign") == 2 and "GridSample" not in ov_ops
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in ov_graph.initializer) >= 20
     graph = onnx.load(str(out / "model.int8.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
@@ -1069,7 +1129,10 @@ def test_int8_export_calibrates_on_training_tiles_and_predicts(tmp_path, trained
         assert meta["check"][backend]["detections"] >= 0
         quantised = tmp_path / backend
         assert _predict(quantised, scenes, "--backend", backend, "--model", str(out)) == 0
-        assert json.loads((quantised / "run.json").read_text())["backend"] == backend
+        record = json.loads((quantised / "run.json").read_text())
+        own = "model.int8.onnx" if backend == "onnxruntime-int8" else "model.int8.openvino.onnx"
+        assert record["backend"] == backend and Path(record["weights"]).name == own
+        assert meta["check"][backend]["graph"] == own
         matched = total = 0
         for scene in scenes:
             a, b = _buildings(floating, scene.stem), _buildings(quantised, scene.stem)

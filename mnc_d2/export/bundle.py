@@ -10,7 +10,16 @@
       model.ts      the same graph as TorchScript (``torch.jit.load``)
       model.int8.onnx  (``--formats onnx-int8``) the ONNX graph with int8 convolutions
                     (:mod:`.quantize`; backends ``onnxruntime-int8`` and ``openvino-int8``)
+      model.openvino.onnx, model.int8.openvino.onnx  (``--formats onnx-openvino``,
+                    ``onnx-int8-openvino``) the same graphs in the form OpenVINO runs fastest
+                    (an MNC's RoI warps as RoIAlign, ``warp_layout`` "roialign"); backends
+                    ``openvino`` and ``openvino-int8`` run them instead of model.onnx and
+                    model.int8.onnx when the folder has them
       config.yaml   the training run's config, for reference
+
+export.json's ``warp_layouts`` names each graph file's form of the MNC RoI warps, ``int8`` the
+int8 graph's quantisation (model.int8.onnx's, else OpenVINO's) and ``int8_openvino`` that of
+model.int8.openvino.onnx; its ``check`` the file each backend ran.
 
 Torch-free: reading and checking a folder needs only the standard library.
 """
@@ -26,10 +35,13 @@ FORMAT = "mnc_d2-export"
 # 2: input.dn_transform (INPUT.DN_TRANSFORM) recorded; a reader of format 1 would ignore it.
 FORMAT_VERSION = 2
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts",
-               "onnx-int8": "model.int8.onnx"}
-# Backends and the graph file each one runs.
-BACKEND_FILES = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript",
-                 "onnxruntime-int8": "onnx-int8", "openvino-int8": "onnx-int8"}
+               "onnx-int8": "model.int8.onnx", "onnx-openvino": "model.openvino.onnx",
+               "onnx-int8-openvino": "model.int8.openvino.onnx"}
+OPENVINO_WARP_LAYOUT = "roialign"  # the MNC warps of OpenVINO's graphs (BENCHMARKS.md 8m)
+# Backends and the graph files each one runs, the first the folder has.
+BACKEND_FILES = {"onnxruntime": ("onnx",), "openvino": ("onnx-openvino", "onnx"),
+                 "torchscript": ("torchscript",), "onnxruntime-int8": ("onnx-int8",),
+                 "openvino-int8": ("onnx-int8-openvino", "onnx-int8")}
 BACKEND_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
                     "torchscript": "torch", "onnxruntime-int8": "onnxruntime",
                     "openvino-int8": "openvino"}
@@ -93,16 +105,27 @@ class ExportBundle:
             return self.meta.get("torchscript_device") or "cpu"
         return "cpu"
 
-    def graph_path(self, backend: str) -> Path:
+    def graph_kind(self, backend: str) -> str:
+        """The graph file kind ``backend`` runs: the first of :data:`BACKEND_FILES`'s the
+        folder has (OpenVINO's own form before the shared ONNX graph)."""
         if backend not in BACKEND_FILES:
             raise ExportError(f"backend {backend!r}: exported models run on "
                               f"{', '.join(BACKEND_FILES)}")
-        kind = BACKEND_FILES[backend]
-        name = self.meta["files"].get(kind)
-        if not name:
-            raise ExportError(f"{self.root / EXPORT_FILE}: this export has no {kind} graph "
-                              f"(backend {backend}); re-export with --formats {kind}")
-        return self.root / name
+        kinds = BACKEND_FILES[backend]
+        for kind in kinds:
+            if self.meta["files"].get(kind):
+                return kind
+        raise ExportError(f"{self.root / EXPORT_FILE}: this export has no "
+                          f"{' or '.join(kinds)} graph (backend {backend}); re-export with "
+                          f"--formats {kinds[0]}")
+
+    def graph_path(self, backend: str) -> Path:
+        return self.root / self.meta["files"][self.graph_kind(backend)]
+
+    def warp_layout(self, kind: str) -> str | None:
+        """How graph ``kind``'s MNC RoI warps read the FPN levels (None: a Mask R-CNN's)."""
+        layouts = self.meta.get("warp_layouts") or {}
+        return layouts.get(kind, self.meta.get("warp_layout"))
 
 
 def read_bundle(root: str | Path, check_hashes: bool = True) -> ExportBundle:

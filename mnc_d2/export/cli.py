@@ -17,7 +17,10 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                         help="comma-separated: onnx (onnxruntime, OpenVINO), torchscript, "
                              "onnx-int8 (onnxruntime-int8, openvino-int8: int8 convolutions "
                              "and fully connected layers but the heads' output layers, "
-                             "calibrated)")
+                             "calibrated), onnx-openvino and onnx-int8-openvino (the float and "
+                             "int8 graphs in the form OpenVINO runs fastest, an MNC's RoI "
+                             "warps as RoIAlign: --backend openvino and openvino-int8 run "
+                             "them instead of onnx and onnx-int8)")
     parser.add_argument("--calibration", nargs="+", metavar="PATH",
                         help="onnx-int8: GeoTIFFs (files or quoted globs) to calibrate on "
                              "(default: the run's DATASETS.TRAIN images)")
@@ -37,7 +40,9 @@ def main(argv=None, description: str = "Export a trained model") -> int:
                         help="an MNC graph's RoI warps: stacked (default; one grid sampling per "
                              "stage pair on the stacked FPN levels, the fastest on onnxruntime) "
                              "or roialign (one RoIAlign per stage pair on the same map: the same "
-                             "samples, faster on OpenVINO; BENCHMARKS.md section 8m)")
+                             "samples, faster on OpenVINO; BENCHMARKS.md section 8m) of the onnx, "
+                             "onnx-int8 and torchscript graphs (the *-openvino graphs are "
+                             "always roialign)")
     parser.add_argument("--score-thresh", type=float,
                         help="recorded threshold (default: the run's recorded best)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

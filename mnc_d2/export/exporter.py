@@ -28,7 +28,7 @@ from .. import __version__
 from ..data.radiometry import dn_transform_from_config, training_spread
 from ..utils.atomic import plain_mode
 from .bundle import (BACKEND_FILES, EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILES,
-                     ExportError, read_bundle)
+                     OPENVINO_WARP_LAYOUT, ExportError, read_bundle)
 from .graph import MaskRCNNExportGraph, MNCExportGraph
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ OPSET = 17
 # The export's check pairs a runtime's detection with PyTorch's when their boxes differ by at
 # most this many pixels in every coordinate (float32 differences are ~1e-5 px).
 MATCH_PX = 1.0
+# The int8 graphs and the float graph each one quantises.
+INT8_SOURCES = {"onnx-int8": "onnx", "onnx-int8-openvino": "onnx-openvino"}
 
 
 def _sample(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -82,6 +84,22 @@ def build_graph(cfg, tile_size: int, device: str = "cpu",
     graph = MaskRCNNExportGraph if type(model.roi_heads) is StandardROIHeads else MNCExportGraph
     return graph(model, tile_size, tile_size, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
                  tile_scale(cfg, tile_size), warp_layout=warp_layout).eval()
+
+
+def _layout(graph: MNCExportGraph) -> str | None:
+    """What export.json records of ``graph``'s RoI warps (None: a Mask R-CNN, which has none)."""
+    return None if isinstance(graph, MaskRCNNExportGraph) else graph.warp_layout
+
+
+def _openvino_graph(cfg, tile_size: int, graph: MNCExportGraph) -> MNCExportGraph:
+    """The graph of the OpenVINO files (``onnx-openvino``): ``graph`` itself when it already
+    has their layout, or no warps to lay out (a Mask R-CNN, or a model with MODEL.MNC.ROI_WARP
+    roialign, whose graph warps level by level in any case); otherwise the model again with
+    :data:`OPENVINO_WARP_LAYOUT`."""
+    if _layout(graph) in (None, OPENVINO_WARP_LAYOUT) or \
+            graph.model.roi_heads.warp.mode != "warp":
+        return graph
+    return build_graph(cfg, tile_size, warp_layout=OPENVINO_WARP_LAYOUT)
 
 
 def check_replaceable(out_dir: Path) -> None:
@@ -135,14 +153,18 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                  check_images: list[str] | None = None, warp_layout: str = "stacked") -> Path:
     """Export the run of ``cfg`` into ``out_dir`` (replaced only when the export succeeds, and
     only when it is empty or an earlier export: :func:`check_replaceable`).
-    ``onnx-int8`` in ``formats`` adds the int8 graph (:mod:`.quantize`), calibrated on
-    ``calibration_images`` training tiles (or the files/globs of ``calibration``).
+    ``formats``: graph file kinds (:data:`.bundle.MODEL_FILES`); ``onnx-int8`` adds the int8
+    graph (:mod:`.quantize`), calibrated on ``calibration_images`` training tiles (or the
+    files/globs of ``calibration``); ``onnx-openvino`` and ``onnx-int8-openvino`` the float and
+    int8 graphs in OpenVINO's form (:data:`.bundle.OPENVINO_WARP_LAYOUT`, whatever
+    ``warp_layout``), which backends openvino and openvino-int8 then run.
     ``device``: where the TorchScript graph is traced, hence where it runs
     (:func:`check_trace_device`); the reference outputs and the ONNX graph come from the CPU.
     ``check_images``: GeoTIFFs (files or globs) whose top-left tiles the export's own check
     runs too, beside the synthetic trace tile (noise, on which a trained model usually finds
     nothing, so alone it shows that each runtime runs, not that it finds what PyTorch finds).
-    ``warp_layout``: :func:`build_graph`'s (recorded in export.json)."""
+    ``warp_layout``: :func:`build_graph`'s, of the onnx, onnx-int8 and torchscript graphs
+    (recorded in export.json with each file's)."""
     from ..data.bands import input_bands
     from ..inference.threshold import resolve_score_threshold
     from ..inference.scenes import sha256_of
@@ -158,7 +180,7 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     check_replaceable(out_dir)  # before the (slow) trace
     device = check_trace_device(device, formats)
     dn = dn_transform_from_config(cfg)  # what the DNs become before the graph
-    if "onnx-int8" in formats:  # before the (slow) trace: a missing dataset fails at once
+    if set(formats) & set(INT8_SOURCES):  # before the (slow) trace: a missing dataset fails
         from .quantize import calibration_files
 
         calibration = calibration_files(cfg, calibration_images, calibration)
@@ -175,10 +197,12 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
     with torch.no_grad():
         references = {name: [t.numpy() for t in graph(torch.from_numpy(tile))]
                       for name, tile in checked.items()}
+    # the ONNX graphs to write: each float kind, and the float kind each int8 one comes from
+    floats = {INT8_SOURCES.get(k, k) for k in formats if k != "torchscript"}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        files = {}
+        files, layouts = {}, {}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings: the graph has no data branches
             if "torchscript" in formats:
@@ -188,33 +212,39 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                 traced.save(str(work / MODEL_FILES["torchscript"]))
                 del on, traced
                 files["torchscript"] = MODEL_FILES["torchscript"]
-            if "onnx" in formats or "onnx-int8" in formats:
-                torch.onnx.export(graph, (sample,), str(work / MODEL_FILES["onnx"]),
+                layouts["torchscript"] = _layout(graph)
+            for kind in sorted(floats):  # "onnx" first
+                ours = graph if kind == "onnx" else _openvino_graph(cfg, tile_size, graph)
+                torch.onnx.export(ours, (sample,), str(work / MODEL_FILES[kind]),
                                   input_names=["image"],
                                   output_names=["boxes", "scores", "classes", "masks"],
                                   opset_version=OPSET, dynamo=False)
-                files["onnx"] = MODEL_FILES["onnx"]
-        int8 = None
-        if "onnx-int8" in formats:
+                files[kind], layouts[kind] = MODEL_FILES[kind], _layout(ours)
+        int8 = {}
+        quantised = [k for k in INT8_SOURCES if k in formats]
+        if quantised:
             from .quantize import calibration_name, calibration_tiles, quantize_onnx
 
             tiles = calibration_tiles(calibration, input_bands(cfg), list(cfg.MODEL.PIXEL_MEAN),
                                       tile_size, dn)
-            int8 = quantize_onnx(work / MODEL_FILES["onnx"], work / MODEL_FILES["onnx-int8"],
-                                 tiles)
-            int8["calibration_files"] = [calibration_name(f) for f in calibration]
-            files["onnx-int8"] = MODEL_FILES["onnx-int8"]
-            if "onnx" not in formats:  # only the int8 graph was asked for
-                (work / MODEL_FILES["onnx"]).unlink()
-                del files["onnx"]
+            for kind in quantised:
+                source = INT8_SOURCES[kind]
+                int8[kind] = quantize_onnx(work / MODEL_FILES[source], work / MODEL_FILES[kind],
+                                           tiles)
+                int8[kind]["calibration_files"] = [calibration_name(f) for f in calibration]
+                files[kind], layouts[kind] = MODEL_FILES[kind], layouts[source]
+            for kind in floats - set(formats):  # only the int8 graph was asked for
+                (work / MODEL_FILES[kind]).unlink()
+                del files[kind], layouts[kind]
         sn = cfg.TEST.SPACENET
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "mnc_d2_version": __version__,
-            "torch_version": torch.__version__, "onnx_opset": OPSET if "onnx" in files else None,
+            "torch_version": torch.__version__,
+            "onnx_opset": OPSET if set(files) - {"torchscript"} else None,
             "torchscript_device": device if "torchscript" in files else None,
-            # how the MNC graph's RoI warps read the FPN levels (MNCExportGraph)
-            "warp_layout": (None if isinstance(graph, MaskRCNNExportGraph)
-                            else graph.warp_layout),
+            # how the MNC graph's RoI warps read the FPN levels (MNCExportGraph): the
+            # --warp-layout graphs', and each file's (OpenVINO's files: "roialign")
+            "warp_layout": _layout(graph), "warp_layouts": layouts,
             "files": files, "sha256": {name: sha256_of(work / name) for name in files.values()},
             "input": {"tile_height": tile_size, "tile_width": tile_size,
                       "channels": len(cfg.MODEL.PIXEL_MEAN), "bands": input_bands(cfg),
@@ -238,8 +268,10 @@ def export_model(cfg, out_dir: str | Path, formats=("onnx", "torchscript"), tile
                        "graph_code_sha256": graph_code_sha256()},
             "config": cfg.dump(),
         }
-        if int8 is not None:
-            meta["int8"] = int8
+        if int8:  # the int8 graph's quantisation (onnx-int8's, else OpenVINO's)
+            meta["int8"] = int8.get("onnx-int8") or int8["onnx-int8-openvino"]
+            if "onnx-int8-openvino" in int8:
+                meta["int8_openvino"] = int8["onnx-int8-openvino"]
         (work / "config.yaml").write_text(meta["config"])
         (work / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
         meta["check"] = _check(work, checked, references)
@@ -268,7 +300,7 @@ def _check(folder: Path, tiles: dict[str, np.ndarray], references: dict[str, lis
     out = {"tiles": list(tiles), "torch_detections": sum(counts.values()),
            "torch_detections_per_tile": counts}
     for backend in BACKEND_FILES:  # every runtime whose graph this export has
-        if BACKEND_FILES[backend] not in bundle.meta["files"]:
+        if not any(kind in bundle.meta["files"] for kind in BACKEND_FILES[backend]):
             continue
         try:
             model = ExportedModel(bundle, backend)
@@ -280,7 +312,8 @@ def _check(folder: Path, tiles: dict[str, np.ndarray], references: dict[str, lis
             raw = model._call(np.ascontiguousarray(tile))  # the graph's own input
             per_tile[name] = {"detections": int(len(raw[1])),
                               **_differences(raw, references[name])}
-        out[backend] = {"detections": sum(t["detections"] for t in per_tile.values()),
+        out[backend] = {"graph": bundle.graph_path(backend).name,
+                        "detections": sum(t["detections"] for t in per_tile.values()),
                         "unmatched": sum(t["unmatched"] for t in per_tile.values())}
         for key in ("max_score_diff", "max_box_diff_px"):
             values = [t[key] for t in per_tile.values() if t[key] is not None]

@@ -42,6 +42,8 @@ them.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -56,6 +58,8 @@ from ..modeling.mnc_roi_heads import MNCROIHeads
 from ..modeling.roi_warp import (border_stacked, level_sizes, stack_levels, warp_image,
                                   warp_stacked, warp_stacked_roialign)
 
+
+logger = logging.getLogger(__name__)
 
 # The parts of the exported graphs, in the order they run (the backbone is the model's own
 # ``backbone`` module): MNC's stages 2-3 and 4-5, or Mask R-CNN's box and mask heads.
@@ -131,11 +135,19 @@ class MNCExportGraph(nn.Module):
         super().__init__()
         if warp_layout not in self.WARP_LAYOUTS:
             raise ValueError(f"warp_layout={warp_layout!r}: choose from {self.WARP_LAYOUTS}")
-        self.warp_layout = warp_layout
         heads = model.roi_heads
         if not isinstance(heads, self.HEADS):
             raise ValueError(f"{type(self).__name__} needs MODEL.ROI_HEADS.NAME "
                              f"{self.HEADS.__name__}, got {type(heads).__name__}")
+        warp = getattr(heads, "warp", None)
+        if warp is not None and warp.mode != "warp" and warp_layout != "levels":
+            # MODEL.MNC.ROI_WARP roialign: the model's own RoIAlign, level by level; the layout
+            # recorded is the one the graph has
+            logger.info("MODEL.MNC.ROI_WARP %s: the graph warps with the model's own %s level "
+                        "by level (warp_layout %r does not apply)", warp.mode, warp.mode,
+                        warp_layout)
+            warp_layout = "levels"
+        self.warp_layout = warp_layout
         if model.proposal_generator is None:
             raise ValueError("export needs the model's RPN (MODEL.PROPOSAL_GENERATOR)")
         self.model = model
@@ -205,9 +217,9 @@ class MNCExportGraph(nn.Module):
         """The heads' FPN levels stacked into one map (:func:`stack_levels`; with
         ``warp_layout`` "roialign", with its zero border, :func:`border_stacked`), built once
         per tile for the RoI warps of both stage pairs; None when the warps read the levels
-        one by one (``warp_layout`` "levels", the form before stacking, kept to measure it, or
-        MODEL.MNC.ROI_WARP roialign)."""
-        if self.warp_layout == "levels" or self.model.roi_heads.warp.mode != "warp":
+        one by one (``warp_layout`` "levels": the form before stacking, kept to measure it, and
+        the only one of a model with MODEL.MNC.ROI_WARP roialign)."""
+        if self.warp_layout == "levels":
             return None
         stacked = stack_levels(feats)[0]
         return border_stacked(stacked) if self.warp_layout == "roialign" else stacked
