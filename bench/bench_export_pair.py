@@ -53,6 +53,10 @@ For each model seed:
 ``--mnc-opts KEY VALUE ...``: inference-only overrides of the MNC (e.g. a cascade shortcut,
 ``MODEL.MNC.TEST_CASCADE_NMS 0.8``) for parts 2-4, its rows added beside the config's own
 (with ``--add-to``); their accuracy is bench_accuracy.py ``--test-opts``'s to measure.
+``--input-px N``: both models tested at an N px input instead of their configs' size (e.g. the
+tiles' native 650 px for models trained at 416 px, as bench_export.py's 650 px rows) in the
+parts whose rows are keyed by the input size (paired, pools, warps, optimisers, roialign), so
+such rows join a report's own with ``--add-to``.
 
 Prints one JSON object on stdout (logs go to stderr).
 
@@ -336,6 +340,12 @@ def main() -> None:
                              "paired, detections and flops parts; their rows are added beside "
                              "the config's own (score their accuracy with bench_accuracy.py "
                              "--test-opts)")
+    parser.add_argument("--input-px", type=int,
+                        help="both models tested at this input size instead of their configs' "
+                             "(INPUT.MIN_SIZE_TEST and MAX_SIZE_TEST, inference only; e.g. 650, "
+                             "the tiles' native size, as bench_export.py's 650 px rows) in "
+                             "the parts whose rows are keyed by it: paired, pools, warps, "
+                             "optimisers, roialign")
     parser.add_argument("--add-to", type=Path,
                         help="an earlier report of the same pair: each seed's parts run now "
                              "replace that seed's parts there, the other seeds are kept")
@@ -344,6 +354,12 @@ def main() -> None:
     if "detections" in args.parts and "onnxruntime" not in args.backends:
         parser.error("--parts detections counts detections on onnxruntime: add it to "
                      "--backends or leave detections out of --parts")
+    sized = {"accuracy", "detections", "flops"} & set(args.parts)
+    if args.input_px is not None and sized:
+        parser.error(f"--input-px with --parts {' '.join(sorted(sized))}: those parts measure "
+                     "the models at their configs' input size; leave them out of --parts here")
+    if args.input_px is not None and args.input_px < 32:
+        parser.error(f"--input-px {args.input_px}: give an input size of at least 32 px")
     if args.mnc_opts and "accuracy" in args.parts:
         parser.error("--mnc-opts with --parts accuracy: score the MNC with test options by "
                      "bench_accuracy.py --test-opts; leave accuracy out of --parts here")
@@ -355,9 +371,12 @@ def main() -> None:
     from mnc_d2.export.exporter import build_graph
 
     mnc_d2.setup()
-    opts = tuple(check_test_opts(args.mnc_opts))
+    both = (() if args.input_px is None else  # both models' overrides
+            ("INPUT.MIN_SIZE_TEST", str(args.input_px), "INPUT.MAX_SIZE_TEST", str(args.input_px)))
+    opts = both + tuple(check_test_opts(args.mnc_opts))
     # the rows of an MNC run with overrides: "650 px, TEST_CASCADE_NMS 0.8 / onnxruntime"
-    label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[0::2], opts[1::2]))
+    label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[len(both)::2],
+                                                                  opts[len(both) + 1::2]))
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
     images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city
@@ -400,7 +419,7 @@ def main() -> None:
         # the MNC's export (with --mnc-opts, their own; the accuracy part has none), and the
         # Mask R-CNN's
         mnc_folder = args.work / f"{args.mnc}_{args.tag}_seed{seed}{opts_tag(opts)}"
-        mrcnn_folder = args.work / f"{args.mask_rcnn}_{args.tag}_seed{seed}"
+        mrcnn_folder = args.work / f"{args.mask_rcnn}_{args.tag}_seed{seed}{opts_tag(both)}"
         if "accuracy" in args.parts:
             mnc_export = (export(mnc, mnc_folder) if args.openvino_warps == "stacked" else
                           exporter(train_root, args.calibration_images, formats=OPENVINO_FORMATS)(
@@ -410,7 +429,9 @@ def main() -> None:
                                           args.backends).items():
                 entry.setdefault("accuracy", {}).setdefault(setting, {}).update(rows)
         cfg = _cfg(mnc, *opts)
-        entry["input_px"] = int(cfg.INPUT.MIN_SIZE_TEST)
+        px = int(cfg.INPUT.MIN_SIZE_TEST)  # the rows' input size
+        if not both:
+            entry["input_px"] = px  # the config's (the flops table's)
         tiles = model_tiles(_tiles(home)[: args.speed_tiles], cfg)
         int8 = [b for b in args.backends if b.endswith("-int8")]
         if "pools" in args.parts and int8:
@@ -427,19 +448,19 @@ def main() -> None:
                               [m(i) for i in images]) for b in int8} for f in (folder, other)]
                 entry.setdefault("pools", {}).update(_paired_rows(
                     timed[0], timed[1], int8, tiles, args.rounds,
-                    f"{entry['input_px']} px{label}", ("float_pools", "quantised_pools")))
+                    f"{px} px{label}", ("float_pools", "quantised_pools")))
         exported = [b for b in args.backends if b != "torch"]
         if "warps" in args.parts and exported:
             entry.update(warps(mnc, (export(mnc, mnc_folder, *opts), exporter(
                 train_root, args.calibration_images, "levels")(
                 mnc, args.work / f"{mnc_folder.name}_level_warps", *opts)), exported, tiles,
-                args.rounds, args.threads, f"{entry['input_px']} px{label}",
+                args.rounds, args.threads, f"{px} px{label}",
                 entry.get("warps", {}), entry.get("warps_agreement", {})))
         if not (mrcnn / "model_final.pth").is_file():
             logger.warning("no trained Mask R-CNN %s: no paired rows for seed %d", mrcnn, seed)
             continue
         x = torch.from_numpy(tiles[0].transpose(2, 0, 1).copy())[None]
-        mrcnn_cfg = _cfg(mrcnn)
+        mrcnn_cfg = _cfg(mrcnn, *both)
         reads = [(list(c.INPUT.BANDS), c.INPUT.get("DN_TRANSFORM", "")) for c in (cfg, mrcnn_cfg)]
         if reads[0] != reads[1]:  # both are timed on the same input arrays
             raise SystemExit(f"{mnc} reads bands and INPUT.DN_TRANSFORM {reads[0]}, {mrcnn} "
@@ -450,23 +471,25 @@ def main() -> None:
                  for name, c in ((f"mnc{label}", cfg), ("mask_rcnn", mrcnn_cfg))})
         if "optimisers" in args.parts:
             rows, agreement = optimisers(
-                {"mnc": export(mnc, mnc_folder, *opts), "mask_rcnn": export(mrcnn, mrcnn_folder)},
-                args.backends, tiles, args.rounds, args.threads, f"{entry['input_px']} px{label}")
+                {"mnc": export(mnc, mnc_folder, *opts),
+                 "mask_rcnn": export(mrcnn, mrcnn_folder, *both)},
+                args.backends, tiles, args.rounds, args.threads, f"{px} px{label}")
             entry.setdefault("optimisers", {}).update(rows)
             entry.setdefault("optimisers_agreement", {}).update(agreement)
         if "roialign" in args.parts and exported:
             folders = {"roialign": exporter(train_root, args.calibration_images, "roialign")(
                            mnc, args.work / f"{mnc_folder.name}_roialign_warps", *opts),
                        "stacked": export(mnc, mnc_folder, *opts),
-                       "mask_rcnn": export(mrcnn, mrcnn_folder)}
+                       "mask_rcnn": export(mrcnn, mrcnn_folder, *both)}
             for key, rows in roialign(folders, exported, tiles, args.rounds, args.threads,
-                                      f"{entry['input_px']} px{label}").items():
+                                      f"{px} px{label}").items():
                 entry.setdefault(key, {}).update(rows)
         wanted = [p for p in ("paired", "detections") if p in args.parts]
         if not wanted:
             continue
         pair = [_runners(run, folder, run_opts, args.backends, args.threads, export)
-                for run, folder, run_opts in ((mnc, mnc_folder, opts), (mrcnn, mrcnn_folder, ()))]
+                for run, folder, run_opts in ((mnc, mnc_folder, opts),
+                                              (mrcnn, mrcnn_folder, both))]
         if "detections" in args.parts:
             # on onnxruntime: all kept, and at the polygon threshold
             entry.setdefault("detections_per_tile", {}).update({
@@ -476,7 +499,7 @@ def main() -> None:
         if "paired" in args.parts:
             entry.setdefault("paired", {}).update(_paired_rows(
                 pair[0], pair[1], args.backends, tiles, args.rounds,
-                f"{entry['input_px']} px{label}"))
+                f"{px} px{label}"))
     report["seeds"] = dict(sorted(report["seeds"].items(), key=lambda kv: int(kv[0])))
     ratios = {}
     for entry in report["seeds"].values():

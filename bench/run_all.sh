@@ -137,14 +137,23 @@ run export_pair_demo_roialign_threads1 "${PY[@]}" bench.bench_export_pair --mnc 
   --backends onnxruntime openvino onnxruntime-int8 openvino-int8
 # OpenVINO's own graphs in the export folder (tools/export_model.py --formats
 # onnx,onnx-int8,onnx-openvino,onnx-int8-openvino) scored through predict.py on section 8l's
-# unseen seed-2 tiles, and the RoIAlign form against this version's with two threads (section 8n).
-run export_pair_demo_openvino_graphs_seed2 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
-  --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default \
-  --test-settings default hard --test-seed 2 --test-images $((IMAGES / 2)) --parts accuracy \
-  --backends openvino openvino-int8 --openvino-warps roialign
+# unseen tiles, and the RoIAlign form against this version's with two threads and at 650 px
+# (section 8n).
+for ts in 2 3; do
+  run export_pair_demo_openvino_graphs_seed$ts "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+    --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default \
+    --test-settings default hard --test-seed $ts \
+    --test-images $(( ts == 2 ? IMAGES / 2 : IMAGES )) --parts accuracy \
+    --backends openvino openvino-int8 --openvino-warps roialign
+done
 run export_pair_demo_roialign_threads2 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
   --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads 2 \
   --test-images $((IMAGES / 2)) --parts paired roialign \
+  --backends onnxruntime openvino onnxruntime-int8 openvino-int8
+# ... and with one thread at the tiles' native 650 px (both models, an inference-only override)
+run export_pair_demo_roialign_650px_threads1 "${PY[@]}" bench.bench_export_pair --mnc mnc5 \
+  --mask-rcnn mask_rcnn --tag "${IMAGES}img_${ITERS}it" --train-setting default --threads 1 \
+  --test-images $((IMAGES / 2)) --input-px 650 --parts paired roialign \
   --backends onnxruntime openvino onnxruntime-int8 openvino-int8
 # The R-50 config's whole scene, from the export bench's random-init R-50 model and its INT8 graph.
 run predict_r50 "${PY[@]}" bench.bench_predict --size 3000 --run .cache/bench/export/r50 \

@@ -299,6 +299,23 @@ def test_export_pair_script(work, tmp_path):
     assert set(more["seeds"]["0"]["detections_per_tile"]) == {
         "mnc", "mask_rcnn", "mnc, TEST_CASCADE_NMS 0.8"}
     assert more["seeds"]["0"]["accuracy"] == entry["accuracy"]  # kept from the first report
+    # --input-px: both models at another input size, rows keyed by it beside the config's own
+    (tmp_path / "more.json").write_text(json.dumps(more))
+    with mask_rcnn_stand_in(work):
+        sized = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
+                       "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
+                       "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
+                       str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
+                       str(work), "--work", str(tmp_path), "--parts", "paired", "--backends",
+                       "onnxruntime", "--input-px", "96", "--add-to", str(tmp_path / "more.json"),
+                       timeout=900)
+    rows = sized["seeds"]["0"]["paired"]
+    assert set(rows) == set(more["seeds"]["0"]["paired"]) | {"96 px / torch",
+                                                              "96 px / onnxruntime"}
+    assert sized["seeds"]["0"]["input_px"] == px  # the config's, as the flops table reads it
+    small = json.loads((tmp_path / f"mask_rcnn_{IMAGES}img_{ITERS}it_seed0_MIN_SIZE_TEST-96_"
+                                   "MAX_SIZE_TEST-96" / "export.json").read_text())
+    assert small["input"]["resized"] == [96, 96]  # the Mask R-CNN's export at that size too
     # --backends: a subset (eager always among them), in the script's order
     with mask_rcnn_stand_in(work):
         few = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
@@ -450,6 +467,10 @@ def test_export_pair_refuses_to_add_to_another_pairs_report(tmp_path):
                           "MODEL.MNC.TEST_CASCADE_NMS", "0.8"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode == 2 and "--mnc-opts with --parts accuracy" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "bench.bench_export_pair", "--input-px", "650",
+                          "--parts", "paired", "flops"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 2 and "--input-px with --parts flops: those parts" in out.stderr
 
 
 def test_scorer_and_speed_scripts(tmp_path):

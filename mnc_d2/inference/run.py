@@ -32,7 +32,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="torch", choices=("torch", *BACKEND_FILES),
                         help="torch: eager Detectron2 (default); the others run an exported "
                              "model (--model) without Detectron2, on the CPU (torchscript: "
-                             "where it was exported, export_model.py --device)")
+                             "where it was exported, export_model.py --device; openvino and "
+                             "openvino-int8: the folder's OpenVINO graphs where it has them, "
+                             "export_model.py --formats onnx-openvino,onnx-int8-openvino)")
     parser.add_argument("--model", metavar="EXPORTED_DIR",
                         help="the folder tools/export_model.py wrote (backends other than "
                              "torch); it carries the bands, threshold and polygon settings")
