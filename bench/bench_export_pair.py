@@ -375,8 +375,8 @@ def main() -> None:
             ("INPUT.MIN_SIZE_TEST", str(args.input_px), "INPUT.MAX_SIZE_TEST", str(args.input_px)))
     opts = both + tuple(check_test_opts(args.mnc_opts))
     # the rows of an MNC run with overrides: "650 px, TEST_CASCADE_NMS 0.8 / onnxruntime"
-    label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(opts[len(both)::2],
-                                                                  opts[len(both) + 1::2]))
+    own = opts[len(both):]  # the MNC's own overrides name its rows; the input size keys them
+    label = "".join(f", {k.rsplit('.', 1)[1]} {v}" for k, v in zip(own[0::2], own[1::2]))
     args.work.mkdir(parents=True, exist_ok=True)
     runs = args.accuracy_work / "runs"
     images = int(args.tag.split("img")[0])  # bench_accuracy.py's training tiles per city

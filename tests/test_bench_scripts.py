@@ -310,8 +310,8 @@ def test_export_pair_script(work, tmp_path):
                        "onnxruntime", "--input-px", "96", "--add-to", str(tmp_path / "more.json"),
                        timeout=900)
     rows = sized["seeds"]["0"]["paired"]
-    assert set(rows) == set(more["seeds"]["0"]["paired"]) | {"96 px / torch",
-                                                              "96 px / onnxruntime"}
+    assert set(rows) == set(more["seeds"]["0"]["paired"]) | {
+        "96 px / torch", "96 px / onnxruntime"}
     assert sized["seeds"]["0"]["input_px"] == px  # the config's, as the flops table reads it
     small = json.loads((tmp_path / f"mask_rcnn_{IMAGES}img_{ITERS}it_seed0_MIN_SIZE_TEST-96_"
                                    "MAX_SIZE_TEST-96" / "export.json").read_text())
