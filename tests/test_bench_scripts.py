@@ -258,14 +258,19 @@ def test_export_script(work, tmp_path):
                tables.table_maker("export")(paired))
 
 
+def _demo_pair(work: Path, tmp_path: Path, *args: str) -> dict:
+    """bench_export_pair.py on the fixture's MNC and its Mask R-CNN stand-in, seed 0, one
+    round over one speed tile (``args`` may give more), two calibration tiles."""
+    return _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn", "--tag",
+                  f"{IMAGES}img_{ITERS}it", "--train-setting", "default", "--seeds", "0",
+                  "--speed-tiles", "1", "--rounds", "1", "--test-images", str(IMAGES // 2),
+                  "--calibration-images", "2", "--accuracy-work", str(work), "--work",
+                  str(tmp_path), *args, timeout=900)
+
+
 def test_export_pair_script(work, tmp_path):
     with mask_rcnn_stand_in(work):
-        report = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
-                        "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
-                        "--test-settings", "default", "--seeds", "0", "--speed-tiles", "2",
-                        "--rounds", "1", "--test-images", str(IMAGES // 2),
-                        "--calibration-images", "2", "--accuracy-work", str(work),
-                        "--work", str(tmp_path), timeout=900)
+        report = _demo_pair(work, tmp_path, "--test-settings", "default", "--speed-tiles", "2")
     entry = report["seeds"]["0"]
     assert report["test_seed"] == 1  # bench_accuracy's benchmark tiles unless --test-seed
     acc = entry["accuracy"]["default"]
@@ -285,13 +290,9 @@ def test_export_pair_script(work, tmp_path):
     # an inference override's rows join the config's own rows of the same report
     (tmp_path / "first.json").write_text(json.dumps(report))
     with mask_rcnn_stand_in(work):
-        more = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
-                      "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
-                      "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
-                      str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
-                      str(work), "--work", str(tmp_path), "--parts", "paired", "detections",
-                      "--mnc-opts", "MODEL.MNC.TEST_CASCADE_NMS", "0.8",
-                      "--add-to", str(tmp_path / "first.json"), timeout=900)
+        more = _demo_pair(work, tmp_path, "--parts", "paired", "detections", "--mnc-opts",
+                          "MODEL.MNC.TEST_CASCADE_NMS", "0.8", "--add-to",
+                          str(tmp_path / "first.json"))
     rows = more["seeds"]["0"]["paired"]
     assert set(rows) == {f"{px} px{extra} / {b}" for b in acc
                          for extra in ("", ", TEST_CASCADE_NMS 0.8")}
@@ -302,13 +303,8 @@ def test_export_pair_script(work, tmp_path):
     # --input-px: both models at another input size, rows keyed by it beside the config's own
     (tmp_path / "more.json").write_text(json.dumps(more))
     with mask_rcnn_stand_in(work):
-        sized = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
-                       "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
-                       "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
-                       str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
-                       str(work), "--work", str(tmp_path), "--parts", "paired", "--backends",
-                       "onnxruntime", "--input-px", "96", "--add-to", str(tmp_path / "more.json"),
-                       timeout=900)
+        sized = _demo_pair(work, tmp_path, "--parts", "paired", "--backends", "onnxruntime",
+                           "--input-px", "96", "--add-to", str(tmp_path / "more.json"))
     rows = sized["seeds"]["0"]["paired"]
     assert set(rows) == set(more["seeds"]["0"]["paired"]) | {
         "96 px / torch", "96 px / onnxruntime"}
@@ -318,14 +314,10 @@ def test_export_pair_script(work, tmp_path):
     assert small["input"]["resized"] == [96, 96]  # the Mask R-CNN's export at that size too
     # --backends: a subset (eager always among them), in the script's order
     with mask_rcnn_stand_in(work):
-        few = _bench("bench_export_pair", "--mnc", "mnc5", "--mask-rcnn", "mask_rcnn",
-                     "--tag", f"{IMAGES}img_{ITERS}it", "--train-setting", "default",
-                     "--seeds", "0", "--speed-tiles", "1", "--rounds", "1", "--test-images",
-                     str(IMAGES // 2), "--calibration-images", "2", "--accuracy-work",
-                     str(work), "--work", str(tmp_path), "--parts", "accuracy", "paired",
-                     "pools", "warps", "optimisers", "roialign", "--backends", "openvino-int8",
-                     "onnxruntime-int8", "--test-settings", "default", "--openvino-warps",
-                     "roialign", timeout=900)
+        few = _demo_pair(work, tmp_path, "--parts", "accuracy", "paired", "pools", "warps",
+                         "optimisers", "roialign", "--backends", "openvino-int8",
+                         "onnxruntime-int8", "--test-settings", "default", "--openvino-warps",
+                         "roialign")
     # --openvino-warps roialign: scored from a folder with OpenVINO's own graphs beside the
     # default ones, each backend through the file predict.py picks for it
     scored = few["seeds"]["0"]["accuracy"]["default"]
