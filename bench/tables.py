@@ -945,14 +945,16 @@ def export_pair_tables(report: dict) -> list[str]:
     for setting in sorted({s for acc in scored.values() for s in acc},
                           key=lambda s: s != report.get("train_setting")):
         rows = {k: acc[setting] for k, acc in scored.items() if setting in acc}
+        # each backend's runs, those of another warp layout than the default export's apart
+        # (named with the file predict.py ran; reports before it was recorded: the default's)
+        groups = {}
+        for b in EXPORT_PAIR_BACKENDS:
+            for r in rows.values():
+                if b in r:
+                    groups.setdefault((b, r[b].get("warp_layout") or "stacked"), []).append(r)
         body = []
-        for b, layout in [(b, layout) for b in EXPORT_PAIR_BACKENDS for layout in sorted(
-                {r[b].get("warp_layout") or "stacked" for r in rows.values() if b in r},
-                key=lambda w: w != "stacked")]:
-            # rows of another warp layout than the default export's are listed apart, with the
-            # file predict.py ran (reports before it was recorded: the default export's)
-            picked = [r for r in rows.values() if b in r
-                      and (r[b].get("warp_layout") or "stacked") == layout]
+        for (b, layout), picked in sorted(groups.items(), key=lambda g: (
+                EXPORT_PAIR_BACKENDS.index(g[0][0]), g[0][1] != "stacked")):
             runs, eager = [r[b] for r in picked], [r["torch"] for r in picked]
             graph = f" ({runs[0]['graph']}, {layout} warps)" if layout != "stacked" else ""
             moved = [(r["tp"] + r["fp"]) - (e["tp"] + e["fp"]) for r, e in zip(runs, eager)]
