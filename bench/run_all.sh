@@ -81,7 +81,7 @@ run speed "${PY[@]}" bench.bench_speed $QUICK
 run speed_r50 "${PY[@]}" bench.bench_speed $QUICK --variants mask_rcnn_R50 mnc5_R50 mnc5_R50_nopool \
   --steps 4 --tiles 5
 run speed_releases "${PY[@]}" bench.bench_speed $QUICK --variants mnc5_R50 mnc5_R50_sn1 \
-  mnc5_R50_sn4 --steps 4 --tiles 6 --work .cache/bench/speed_releases
+  mnc5_R50_sn4 --steps 4 --tiles 5 --rounds 2 --work .cache/bench/speed_releases
 # The R-50 recipe's mask head at 256 and 128 channels, and with 200 test proposals, against
 # Mask R-CNN with the recipe's levers: random weights, 30 instances kept per tile (section 2).
 run speed_r50_recipe "${PY[@]}" bench.bench_speed $QUICK --variants mask_rcnn_R50_recipe \
